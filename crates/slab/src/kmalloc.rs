@@ -1,0 +1,503 @@
+//! `kmalloc` and friends: general-purpose allocation by size.
+//!
+//! Sizes up to [`KMALLOC_MAX_CACHE_SIZE`] are served by one of the [`KMALLOC_CLASSES`]
+//! caches, in three sets chosen by GFP flags, as in Linux: `kmalloc-*` (normal),
+//! `kmalloc-rcl-*` ([`Gfp::RECLAIMABLE`], reclaimable slab pages) and `dma-kmalloc-*`
+//! ([`Gfp::DMA`]). Larger sizes get a block of the smallest sufficient order straight from the
+//! page source; the block's head frame records the order in its private word, so `kfree` and
+//! `ksize` work on any pointer `kmalloc` returned.
+//!
+//! * Zero-size requests return [`ZERO_SIZE_PTR`], which is non-null, never dereferenceable,
+//!   and accepted by `kfree` / `ksize` / `krealloc`.
+//! * Power-of-two sizes are naturally aligned: power-of-two classes have power-of-two strides
+//!   in naturally aligned slabs, and large blocks are aligned to their size.
+//! * `kmalloc_aligned` honours any power-of-two alignment by rounding the size up to a power of
+//!   two at least the alignment.
+
+use core::fmt;
+use core::panic::Location;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use mmkit_addr::{IrqControl, Order, PAGE_SIZE};
+
+use crate::cache::{Cache, CacheConfig};
+use crate::error::{AllocError, CreateError, FreeError, VerifyError};
+use crate::flags::{CacheFlags, Gfp};
+use crate::page_source::{PageBlock, PageSource};
+use crate::slab::{self, PageKind, PRIVATE_LARGE};
+use crate::stats::SLABINFO_HEADER;
+
+/// The kmalloc size classes: Linux's `kmalloc_info` (8 ... 8192, with 96 and 192).
+pub const KMALLOC_CLASSES: [usize; NR_CLASSES] = [
+    8, 16, 32, 64, 96, 128, 192, 256, 512, 1024, 2048, 4096, 8192,
+];
+/// Number of size classes.
+pub const NR_CLASSES: usize = 13;
+/// Largest size served by a slab cache (Linux `KMALLOC_MAX_CACHE_SIZE`, two pages).
+pub const KMALLOC_MAX_CACHE_SIZE: usize = 8192;
+/// Largest size served at all: the largest block order of the page-source contract we assume
+/// (`MAX_PAGE_ORDER` = 10, 4 MiB).
+pub const KMALLOC_MAX_SIZE: usize = (PAGE_SIZE as usize) << 10;
+
+/// What `kmalloc(0)` returns (Linux `ZERO_SIZE_PTR`, address 16).
+pub const ZERO_SIZE_PTR: NonNull<u8> = {
+    let p = 16 as *mut u8;
+    // SAFETY: 16 is not null.
+    unsafe { NonNull::new_unchecked(p) }
+};
+
+/// Class index for sizes 1..=192 by `(size - 1) / 8` (Linux `size_index`), so the odd classes
+/// 96 and 192 need no search.
+const SIZE_INDEX: [u8; 24] = {
+    let mut t = [0u8; 24];
+    let mut i = 0;
+    while i < 24 {
+        let size = (i + 1) * 8;
+        let mut c = 0;
+        while KMALLOC_CLASSES[c] < size {
+            c += 1;
+        }
+        t[i] = c as u8;
+        i += 1;
+    }
+    t
+};
+
+/// The three kmalloc cache sets (Linux `enum kmalloc_cache_type`, the common three).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KmallocKind {
+    /// `kmalloc-*`.
+    Normal = 0,
+    /// `kmalloc-rcl-*`: slab pages allocated as reclaimable.
+    Reclaim = 1,
+    /// `dma-kmalloc-*`: slab pages from the DMA zone.
+    Dma = 2,
+}
+
+const NR_KINDS: usize = 3;
+
+/// Cache names, per kind and class (as `/proc/slabinfo` shows them).
+const NAMES: [[&str; NR_CLASSES]; NR_KINDS] = [
+    [
+        "kmalloc-8",
+        "kmalloc-16",
+        "kmalloc-32",
+        "kmalloc-64",
+        "kmalloc-96",
+        "kmalloc-128",
+        "kmalloc-192",
+        "kmalloc-256",
+        "kmalloc-512",
+        "kmalloc-1k",
+        "kmalloc-2k",
+        "kmalloc-4k",
+        "kmalloc-8k",
+    ],
+    [
+        "kmalloc-rcl-8",
+        "kmalloc-rcl-16",
+        "kmalloc-rcl-32",
+        "kmalloc-rcl-64",
+        "kmalloc-rcl-96",
+        "kmalloc-rcl-128",
+        "kmalloc-rcl-192",
+        "kmalloc-rcl-256",
+        "kmalloc-rcl-512",
+        "kmalloc-rcl-1k",
+        "kmalloc-rcl-2k",
+        "kmalloc-rcl-4k",
+        "kmalloc-rcl-8k",
+    ],
+    [
+        "dma-kmalloc-8",
+        "dma-kmalloc-16",
+        "dma-kmalloc-32",
+        "dma-kmalloc-64",
+        "dma-kmalloc-96",
+        "dma-kmalloc-128",
+        "dma-kmalloc-192",
+        "dma-kmalloc-256",
+        "dma-kmalloc-512",
+        "dma-kmalloc-1k",
+        "dma-kmalloc-2k",
+        "dma-kmalloc-4k",
+        "dma-kmalloc-8k",
+    ],
+];
+
+/// The class index serving `size` bytes (1..=8192), or `None` for larger sizes.
+pub const fn class_index(size: usize) -> Option<usize> {
+    if size == 0 {
+        Some(0)
+    } else if size <= 192 {
+        Some(SIZE_INDEX[(size - 1) / 8] as usize)
+    } else if size <= KMALLOC_MAX_CACHE_SIZE {
+        // 256 is class 7; each further power of two is one class up.
+        let log2 = usize::BITS - (size - 1).leading_zeros();
+        Some(7 + (log2 as usize - 8))
+    } else {
+        None
+    }
+}
+
+impl KmallocKind {
+    /// The set GFP flags select (DMA wins over reclaimable, as in Linux's `kmalloc_type`).
+    pub const fn from_gfp(gfp: Gfp) -> Self {
+        if gfp.contains(Gfp::DMA) {
+            Self::Dma
+        } else if gfp.contains(Gfp::RECLAIMABLE) {
+            Self::Reclaim
+        } else {
+            Self::Normal
+        }
+    }
+}
+
+/// Why `krealloc` failed; the old allocation is untouched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KreallocError {
+    /// The old pointer was refused.
+    Free(FreeError),
+    /// No memory for the new size.
+    Alloc(AllocError),
+}
+
+impl fmt::Display for KreallocError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+#[derive(Default)]
+struct LargeCounters {
+    allocs: AtomicU64,
+    frees: AtomicU64,
+    frames: AtomicU64,
+}
+
+/// The kmalloc caches of one system.
+pub struct Kmalloc<'a, S: PageSource, P: IrqControl> {
+    sets: [[Cache<'a, S, P>; NR_CLASSES]; NR_KINDS],
+    src: &'a S,
+    large: LargeCounters,
+}
+
+impl<S: PageSource, P: IrqControl> fmt::Debug for Kmalloc<'_, S, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Kmalloc")
+            .field("large_live", &self.large_live())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a, S: PageSource, P: IrqControl> Kmalloc<'a, S, P> {
+    /// Create the 39 kmalloc caches (normal, reclaimable, DMA).
+    pub fn new(src: &'a S, platform: &'a P) -> Result<Self, CreateError> {
+        Self::with_flags(src, platform, CacheFlags::empty())
+    }
+
+    /// Create the caches with extra flags on every one (for example debug flags, as the
+    /// `slub_debug=` boot option does).
+    pub fn with_flags(src: &'a S, platform: &'a P, flags: CacheFlags) -> Result<Self, CreateError> {
+        let mut err = None;
+        let sets: [[Option<Cache<'a, S, P>>; NR_CLASSES]; NR_KINDS] =
+            core::array::from_fn(|kind| {
+                core::array::from_fn(|class| {
+                    if err.is_some() {
+                        return None;
+                    }
+                    let mut f = flags;
+                    let mut gfp = Gfp::empty();
+                    match kind {
+                        1 => f |= CacheFlags::RECLAIM_ACCOUNT,
+                        2 => gfp = Gfp::DMA,
+                        _ => {}
+                    }
+                    let config = CacheConfig::new(NAMES[kind][class], KMALLOC_CLASSES[class])
+                        .flags(f)
+                        .gfp(gfp)
+                        .kmalloc_slot((kind * NR_CLASSES + class) as u16);
+                    match Cache::new(&config, src, platform) {
+                        Ok(c) => Some(c),
+                        Err(e) => {
+                            err = Some(e);
+                            None
+                        }
+                    }
+                })
+            });
+        if let Some(e) = err {
+            return Err(e);
+        }
+        let sets = sets.map(|set| set.map(|c| c.expect("every cache was created")));
+        Ok(Self {
+            sets,
+            src,
+            large: LargeCounters::default(),
+        })
+    }
+
+    /// The cache of `kind` serving `size` bytes, if a cache serves it.
+    pub fn cache_for(&self, size: usize, kind: KmallocKind) -> Option<&Cache<'a, S, P>> {
+        Some(&self.sets[kind as usize][class_index(size)?])
+    }
+
+    /// Every cache, normal set first.
+    pub fn caches(&self) -> impl Iterator<Item = &Cache<'a, S, P>> {
+        self.sets.iter().flatten()
+    }
+
+    /// Allocate `size` bytes (`kmalloc`).
+    #[track_caller]
+    #[inline]
+    pub fn kmalloc(&self, size: usize, gfp: Gfp) -> Result<NonNull<u8>, AllocError> {
+        if size == 0 {
+            return Ok(ZERO_SIZE_PTR);
+        }
+        match class_index(size) {
+            Some(class) => {
+                let cache = &self.sets[KmallocKind::from_gfp(gfp) as usize][class];
+                let obj = cache.alloc()?;
+                if gfp.contains(Gfp::ZERO) {
+                    // SAFETY: freshly allocated object of `object_size` bytes.
+                    unsafe { slab::zero_bytes(obj, cache.object_size()) };
+                }
+                Ok(obj)
+            }
+            None => self.alloc_large(size, gfp),
+        }
+    }
+
+    /// Allocate `size` zeroed bytes (`kzalloc`).
+    #[track_caller]
+    pub fn kzalloc(&self, size: usize, gfp: Gfp) -> Result<NonNull<u8>, AllocError> {
+        self.kmalloc(size, gfp | Gfp::ZERO)
+    }
+
+    /// Allocate `size` bytes aligned to `align` (a power of two).
+    #[track_caller]
+    pub fn kmalloc_aligned(
+        &self,
+        size: usize,
+        align: usize,
+        gfp: Gfp,
+    ) -> Result<NonNull<u8>, AllocError> {
+        if !align.is_power_of_two() {
+            return Err(AllocError::BadAlign);
+        }
+        if align <= crate::layout::MIN_ALIGN || size == 0 {
+            return self.kmalloc(size, gfp);
+        }
+        let size = size
+            .max(align)
+            .checked_next_power_of_two()
+            .ok_or(AllocError::TooLarge)?;
+        self.kmalloc(size, gfp)
+    }
+
+    fn alloc_large(&self, size: usize, gfp: Gfp) -> Result<NonNull<u8>, AllocError> {
+        if size > KMALLOC_MAX_SIZE {
+            return Err(AllocError::TooLarge);
+        }
+        let order = Order::for_bytes(size as u64).ok_or(AllocError::TooLarge)?;
+        let block = self
+            .src
+            .alloc_pages(order, gfp - Gfp::ZERO)
+            .ok_or(AllocError::OutOfMemory)?;
+        self.src
+            .set_page_private(block.pfn, (u64::from(order.get()) << 8) | PRIVATE_LARGE);
+        if gfp.contains(Gfp::ZERO) {
+            // SAFETY: the whole block is ours.
+            unsafe { slab::zero_bytes(block.ptr, order.bytes() as usize) };
+        }
+        self.large.allocs.fetch_add(1, Relaxed);
+        self.large.frames.fetch_add(order.pages(), Relaxed);
+        Ok(block.ptr)
+    }
+
+    /// The cache that owns a slab pointer, after checking the slab's tag names one of ours.
+    fn cache_of(&self, slab: slab::SlabPtr) -> Result<&Cache<'a, S, P>, FreeError> {
+        let slot = slab.tag() as usize;
+        let cache = self
+            .sets
+            .get(slot / NR_CLASSES)
+            .and_then(|set| set.get(slot % NR_CLASSES))
+            .ok_or(FreeError::WrongCache)?;
+        if cache.kmalloc_slot().map(usize::from) != Some(slot) {
+            return Err(FreeError::WrongCache);
+        }
+        Ok(cache)
+    }
+
+    /// Free what `kmalloc` returned (`kfree`). A pointer that is not a live kmalloc
+    /// allocation is refused where detectable (see [`FreeError`]) and nothing changes.
+    ///
+    /// # Safety
+    /// `ptr` came from this `Kmalloc` (or is [`ZERO_SIZE_PTR`]) and is not used afterwards.
+    #[track_caller]
+    #[inline]
+    pub unsafe fn kfree(&self, ptr: NonNull<u8>) -> Result<(), FreeError> {
+        if ptr == ZERO_SIZE_PTR {
+            return Ok(());
+        }
+        // SAFETY: caller's contract: if `ptr` is a slab object, the caller owns it.
+        match unsafe { slab::lookup(self.src, ptr) } {
+            PageKind::Slab(s) => {
+                let cache = self.cache_of(s)?;
+                // SAFETY: `s` is `ptr`'s slab; caller's contract.
+                unsafe { cache.free_in_slab(s, ptr, Location::caller()) }
+            }
+            PageKind::Large(pfn, order) => {
+                if ptr.as_ptr() as usize % PAGE_SIZE as usize != 0 {
+                    return Err(FreeError::Misaligned);
+                }
+                self.src.set_page_private(pfn, 0);
+                // SAFETY: the head frame's private word says a large kmalloc of `order`
+                // starts at `pfn` and `ptr` is its first byte; the caller gives it up.
+                unsafe { self.src.free_pages(PageBlock { pfn, ptr }, order) };
+                self.large.frees.fetch_add(1, Relaxed);
+                self.large.frames.fetch_sub(order.pages(), Relaxed);
+                Ok(())
+            }
+            PageKind::Unknown => Err(FreeError::NotSlabMemory),
+        }
+    }
+
+    /// Usable size of a kmalloc allocation (`ksize`): the class size, or the whole block for
+    /// large allocations; 0 for [`ZERO_SIZE_PTR`].
+    ///
+    /// # Safety
+    /// If `ptr` is a kmalloc allocation, it is live and owned by the caller for the call.
+    pub unsafe fn ksize(&self, ptr: NonNull<u8>) -> Result<usize, FreeError> {
+        if ptr == ZERO_SIZE_PTR {
+            return Ok(0);
+        }
+        // SAFETY: caller's contract.
+        match unsafe { slab::lookup(self.src, ptr) } {
+            PageKind::Slab(s) => {
+                let cache = self.cache_of(s)?;
+                s.object_index(cache.layout(), ptr)?;
+                Ok(cache.object_size())
+            }
+            PageKind::Large(_, order) if ptr.as_ptr() as usize % PAGE_SIZE as usize == 0 => {
+                Ok(order.bytes() as usize)
+            }
+            PageKind::Large(..) => Err(FreeError::Misaligned),
+            PageKind::Unknown => Err(FreeError::NotSlabMemory),
+        }
+    }
+
+    /// Resize (`krealloc`): in place when the usable size suffices, else allocate, copy the
+    /// old usable bytes and free the old allocation. Size 0 frees and returns
+    /// [`ZERO_SIZE_PTR`]. On error the old allocation is untouched.
+    ///
+    /// # Safety
+    /// As [`kfree`](Self::kfree): `ptr` is given up on success.
+    #[track_caller]
+    pub unsafe fn krealloc(
+        &self,
+        ptr: NonNull<u8>,
+        new_size: usize,
+        gfp: Gfp,
+    ) -> Result<NonNull<u8>, KreallocError> {
+        // SAFETY: caller's contract.
+        let old = unsafe { self.ksize(ptr) }.map_err(KreallocError::Free)?;
+        if new_size == 0 {
+            // SAFETY: caller's contract.
+            unsafe { self.kfree(ptr) }.map_err(KreallocError::Free)?;
+            return Ok(ZERO_SIZE_PTR);
+        }
+        if new_size <= old {
+            return Ok(ptr);
+        }
+        let new = self.kmalloc(new_size, gfp).map_err(KreallocError::Alloc)?;
+        // SAFETY: the caller owns `old` bytes at `ptr`; `new` is fresh and larger; distinct
+        // allocations do not overlap.
+        unsafe { slab::copy_bytes(ptr, new, old) };
+        if gfp.contains(Gfp::ZERO) {
+            // `kmalloc` zeroed the whole new object before the copy; nothing left to do.
+        }
+        // SAFETY: caller's contract; `ptr` passed `ksize`, so this cannot be refused except
+        // for a red zone broken by the caller, in which case we keep the new block too.
+        if let Err(e) = unsafe { self.kfree(ptr) } {
+            // SAFETY: `new` was allocated above and never handed out.
+            let _ = unsafe { self.kfree(new) };
+            return Err(KreallocError::Free(e));
+        }
+        Ok(new)
+    }
+
+    /// Large allocations currently live.
+    pub fn large_live(&self) -> u64 {
+        self.large
+            .allocs
+            .load(Relaxed)
+            .wrapping_sub(self.large.frees.load(Relaxed))
+    }
+
+    /// Frames held by live large allocations.
+    pub fn large_frames(&self) -> u64 {
+        self.large.frames.load(Relaxed)
+    }
+
+    /// Shrink every cache (this CPU's arrays and all empty slabs); returns frames released.
+    pub fn shrink(&self) -> u64 {
+        self.caches().map(Cache::shrink).sum()
+    }
+
+    /// Drain every CPU's arrays of every cache and release empty slabs.
+    pub fn drain_all(&mut self) -> u64 {
+        self.sets.iter_mut().flatten().map(Cache::drain_all).sum()
+    }
+
+    /// Verify every cache.
+    pub fn verify(&mut self) -> Result<(), VerifyError> {
+        self.sets.iter_mut().flatten().try_for_each(Cache::verify)
+    }
+}
+
+impl<S: PageSource, P: IrqControl> fmt::Display for Kmalloc<'_, S, P> {
+    /// `/proc/slabinfo` for the kmalloc caches, header included.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(SLABINFO_HEADER)?;
+        for c in self.caches() {
+            fmt::Display::fmt(c, f)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn class_index_matches_linux_classes() {
+        for size in 1..=KMALLOC_MAX_CACHE_SIZE {
+            let c = class_index(size).unwrap();
+            assert!(KMALLOC_CLASSES[c] >= size, "size {size}");
+            assert!(
+                c == 0 || KMALLOC_CLASSES[c - 1] < size,
+                "size {size} not tightest"
+            );
+        }
+        assert_eq!(class_index(96), Some(4));
+        assert_eq!(class_index(97), Some(5));
+        assert_eq!(class_index(193), Some(7));
+        assert_eq!(class_index(8193), None);
+    }
+
+    #[test]
+    fn gfp_selects_kind() {
+        assert_eq!(KmallocKind::from_gfp(Gfp::empty()), KmallocKind::Normal);
+        assert_eq!(
+            KmallocKind::from_gfp(Gfp::RECLAIMABLE),
+            KmallocKind::Reclaim
+        );
+        assert_eq!(
+            KmallocKind::from_gfp(Gfp::DMA | Gfp::RECLAIMABLE),
+            KmallocKind::Dma
+        );
+    }
+}

@@ -1,0 +1,65 @@
+//! # mmkit-slab: slab object caches and kmalloc
+//!
+//! SLUB-style object caches for a `no_std` kernel, with no heap: every byte comes from a
+//! [`PageSource`] (the buddy allocator, in a kernel), and per-CPU exclusion comes from the
+//! platform's [`IrqControl`](mmkit_addr::IrqControl).
+//!
+//! * [`Cache`]: `kmem_cache_create` / `alloc` / `free` / bulk / `shrink` / `destroy`, with
+//!   constructors, `HWCACHE_ALIGN`, `RECLAIM_ACCOUNT`, `TYPESAFE_BY_RCU`, and the debug flags
+//!   (consistency checks, red zones, poison, owner tracking).
+//! * [`TypedCache`] / [`SlabBox`]: a cache of `T` handing out owned, constructed objects.
+//! * [`Kmalloc`]: `kmalloc` / `kzalloc` / `kfree` / `ksize` / `krealloc` over Linux's size
+//!   classes, with reclaimable and DMA sets and page-backed large allocations.
+//! * `verify()` invariant scanners, [`CacheStats`], and `/proc/slabinfo` via `Display`.
+//!
+//! ## How it fits together
+//! ```text
+//! Kmalloc ──> Cache (handle) ──> descriptor block (percpu.rs): config, node lock, CPU arrays
+//!                                   │
+//!           CPU arrays (lock-free fast path) <──> NodeLists (slab.rs): partial / full / RCU
+//!                                   │
+//!                               PageSource: slab blocks + per-frame private word
+//! ```
+//!
+//! Module map: `layout` (geometry and policy tables), `slab` (slab memory, raw), `percpu`
+//! (descriptor block and per-CPU arrays, raw), `cache` (the cache and its paths), `typed`,
+//! `kmalloc`, `stats` (counters, slabinfo), `flags`, `error`, `page_source`, and with the
+//! `testing` feature `testing` (host page source and grace period).
+//!
+//! Unsafe code is confined to `slab`, `percpu`, and the calls into them from `cache`,
+//! `typed` and `kmalloc`, each with a `// SAFETY:` argument pointing at the contract; the
+//! policy modules deny `unsafe_code`.
+#![cfg_attr(not(any(test, feature = "std")), no_std)]
+#![deny(
+    unsafe_op_in_unsafe_fn,
+    clippy::undocumented_unsafe_blocks,
+    missing_docs
+)]
+
+mod cache;
+mod error;
+mod flags;
+mod kmalloc;
+pub mod layout;
+mod page_source;
+mod percpu;
+mod slab;
+mod stats;
+mod typed;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+pub use cache::{
+    Cache, CacheConfig, Ctor, DestroyError, LeakReport, LEAK_OWNERS, NAME_MAX, PARTIAL_BOUNDS,
+};
+pub use error::{AllocError, CreateError, FreeError, VerifyError};
+pub use flags::{CacheFlags, DebugLetters, Gfp};
+pub use kmalloc::{
+    class_index, Kmalloc, KmallocKind, KreallocError, KMALLOC_CLASSES, KMALLOC_MAX_CACHE_SIZE,
+    KMALLOC_MAX_SIZE, NR_CLASSES, ZERO_SIZE_PTR,
+};
+pub use layout::{LayoutError, SlabLayout};
+pub use page_source::{GracePeriod, PageBlock, PageSource};
+pub use stats::{CacheStats, SlabInfoLine, SLABINFO_HEADER};
+pub use typed::{SlabBox, TypedCache};
