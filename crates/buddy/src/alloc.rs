@@ -1,0 +1,281 @@
+//! The allocation path (Linux `__alloc_pages`, `get_page_from_freelist`, `rmqueue`).
+//!
+//! 1. Derive the request from the GFP flags: highest zone, migrate type (Unmovable for every
+//!    request when grouping is off), reserve entitlements.
+//! 2. **Fast pass**: walk the zonelist; take from the first zone that stays above its *low*
+//!    watermark plus the lowmem reserve for the request's highest zone.
+//! 3. Call the low-watermark hook for every zone of the zonelist below low (Linux wakes
+//!    kswapd here).
+//! 4. **Slow pass** at the *min* watermark, with the reserves the flags allow: `HIGH` half of
+//!    min, non-blocking a further quarter; non-blocking order > 0 requests use and grow the
+//!    high-atomic reserve.
+//! 5. If that fails, release one high-atomic pageblock per zone and try once more, then fail
+//!    with `OutOfMemory`. The allocator never empties a zone below what the request may use.
+//!
+//! Orders up to [`PCP_MAX_ORDER`] come from the CPU's list when it can be locked (refilled
+//! in a batch under the zone lock); otherwise straight from the zone. The per-CPU path checks
+//! only the free-page part of the watermark (Linux's `zone_watermark_fast`); the zone path
+//! checks the full rule, including that a large enough block exists.
+
+use core::sync::atomic::Ordering::Relaxed;
+
+use mmkit_addr::{IrqControl, Order, Pfn, PhysRange};
+
+use crate::allocator::{BuddyAllocator, Node};
+use crate::error::AllocError;
+use crate::fallback::AllocFlags;
+use crate::gfp::GfpFlags;
+use crate::migrate::MigrateType;
+use crate::pcp::PCP_MAX_ORDER;
+use crate::zone::{Watermark, Zone};
+
+/// A decoded request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Request {
+    pub order: u32,
+    /// The free lists to use (Unmovable for all when grouping is off).
+    pub mt: MigrateType,
+    /// The mobility the caller declared (recorded on the allocated block).
+    pub declared: MigrateType,
+    pub highest: usize,
+    pub node: usize,
+    pub this_node: bool,
+}
+
+impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
+    /// Allocate a block of `2^order` frames on the local node (node 0 unless the caller
+    /// chose otherwise with [`alloc_pages_node`](Self::alloc_pages_node)).
+    #[inline]
+    pub fn alloc_pages(&self, gfp: GfpFlags, order: Order) -> Result<Pfn, AllocError> {
+        self.alloc_pages_node(0, gfp, order)
+    }
+
+    /// Allocate a block of `2^order` frames preferring node `node`.
+    pub fn alloc_pages_node(
+        &self,
+        node: usize,
+        gfp: GfpFlags,
+        order: Order,
+    ) -> Result<Pfn, AllocError> {
+        let req = self.request(node, gfp, order.get())?;
+        if gfp.contains(GfpFlags::ZERO) && self.mapper.is_none() {
+            return Err(AllocError::NoMapper);
+        }
+        let pfn = self.alloc_request(&req, gfp)?;
+        if gfp.contains(GfpFlags::ZERO) {
+            self.zero_block(pfn, req.order)?;
+        }
+        Ok(Pfn::new(pfn))
+    }
+
+    pub(crate) fn request(
+        &self,
+        node: usize,
+        gfp: GfpFlags,
+        order: u32,
+    ) -> Result<Request, AllocError> {
+        if order > self.cfg.max_order {
+            return Err(AllocError::OrderTooLarge {
+                order,
+                max: self.cfg.max_order,
+            });
+        }
+        if node >= self.nr_nodes || self.nodes[node].is_none() {
+            return Err(AllocError::NoSuchNode(node));
+        }
+        let zone = gfp.zone().map_err(AllocError::InvalidFlags)?;
+        let declared = gfp.migrate_type().map_err(AllocError::InvalidFlags)?;
+        let mt = if self.grouping.load(Relaxed) {
+            declared
+        } else {
+            MigrateType::Unmovable
+        };
+        Ok(Request {
+            order,
+            mt,
+            declared,
+            highest: zone.index(),
+            node,
+            this_node: gfp.contains(GfpFlags::THISNODE),
+        })
+    }
+
+    /// The zones a request may use, in fallback order.
+    pub(crate) fn zonelist<'a>(
+        &'a self,
+        req: &Request,
+    ) -> impl Iterator<Item = (&'a Node<'m>, &'a Zone<'m>)> + 'a {
+        let pref = self.nodes[req.node].as_ref();
+        let order = pref.map(|n| n.fallback).unwrap_or([0; crate::MAX_NUMNODES]);
+        let nr = if req.this_node { 1 } else { self.nr_nodes };
+        let highest = req.highest;
+        order
+            .into_iter()
+            .take(nr)
+            .filter_map(move |nid| self.nodes[nid as usize].as_ref())
+            .flat_map(move |n| n.zones[..=highest].iter().rev().map(move |z| (n, z)))
+    }
+
+    fn alloc_request(&self, req: &Request, gfp: GfpFlags) -> Result<u64, AllocError> {
+        if !self.zonelist(req).any(|(_, z)| z.is_populated()) {
+            return Err(AllocError::ZoneNotPresent);
+        }
+        if let Some(pfn) = self.get_page_from_freelist(req, Watermark::Low, AllocFlags::default()) {
+            return Ok(pfn);
+        }
+        self.wake_low_watermark_hook(req);
+        let non_block = gfp.is_non_blocking();
+        let flags = AllocFlags {
+            min_reserve: gfp.contains(GfpFlags::HIGH),
+            non_block,
+            highatomic: non_block && req.order > 0,
+        };
+        if let Some(pfn) = self.get_page_from_freelist(req, Watermark::Min, flags) {
+            return Ok(pfn);
+        }
+        let mut released = false;
+        for (n, z) in self.zonelist(req) {
+            if z.is_populated() {
+                released |= self.lock(n, z).unreserve_highatomic_pageblock(req.mt);
+            }
+        }
+        if released {
+            if let Some(pfn) = self.get_page_from_freelist(req, Watermark::Min, flags) {
+                return Ok(pfn);
+            }
+        }
+        Err(AllocError::OutOfMemory)
+    }
+
+    fn wake_low_watermark_hook(&self, req: &Request) {
+        let Some(hook) = *self.low_hook.read() else {
+            return;
+        };
+        for (n, z) in self.zonelist(req) {
+            if z.is_populated() && z.free_pages.load(Relaxed) < z.wmark(Watermark::Low) {
+                hook(z.node, z.ty);
+                let _ = n;
+            }
+        }
+    }
+
+    /// Linux `zone_watermark_fast` without the order check: free pages above the mark.
+    fn watermark_fast(zone: &Zone<'_>, mark: u64, highest: usize, flags: AllocFlags) -> bool {
+        let free = zone.free_pages.load(Relaxed) as i64;
+        let mut min = mark as i64;
+        if flags.min_reserve {
+            min -= min / 2;
+        }
+        if flags.non_block {
+            min -= min / 4;
+        }
+        free > min + zone.lowmem_reserve[highest].load(Relaxed) as i64
+    }
+
+    fn get_page_from_freelist(
+        &self,
+        req: &Request,
+        w: Watermark,
+        flags: AllocFlags,
+    ) -> Option<u64> {
+        for (node, zone) in self.zonelist(req) {
+            if !zone.is_populated() {
+                continue;
+            }
+            let mark = zone.wmark(w);
+            if !Self::watermark_fast(zone, mark, req.highest, flags) && mark > 0 {
+                continue;
+            }
+            if self.pcp_enabled && req.order <= PCP_MAX_ORDER && !flags.highatomic {
+                if let Some(pfn) = self.rmqueue_pcplist(node, zone, req, flags) {
+                    return Some(pfn);
+                }
+                continue;
+            }
+            let mut z = self.lock(node, zone);
+            if !z.watermark_ok(req.order, mark, req.highest, flags) {
+                continue;
+            }
+            if let Some(pfn) = z.rmqueue(req.order, req.mt, flags) {
+                node.mm.desc(pfn).set_allocated(req.order, req.declared);
+                if flags.highatomic {
+                    z.reserve_highatomic_pageblock(pfn, req.order);
+                }
+                return Some(pfn);
+            }
+        }
+        None
+    }
+
+    /// Take a block from this CPU's list, refilling it from the zone when empty. `None` when
+    /// the zone has nothing; falls back to the zone itself when the list is busy.
+    fn rmqueue_pcplist(
+        &self,
+        node: &Node<'m>,
+        zone: &Zone<'m>,
+        req: &Request,
+        flags: AllocFlags,
+    ) -> Option<u64> {
+        let guard = self.platform.irq_save();
+        let Some(mut lists) = zone.pcp[guard.cpu()].inner.try_lock() else {
+            drop(guard);
+            return self.rmqueue_buddy(node, zone, req, flags);
+        };
+        let mm = node.mm;
+        if let Some(pfn) = lists.pop(&mm, req.order, req.mt) {
+            mm.desc(pfn).set_allocated(req.order, req.declared);
+            return Some(pfn);
+        }
+        let batch = zone.pcp_batch.load(Relaxed).max(1);
+        let count = if req.order > 0 {
+            (batch >> req.order).max(2)
+        } else {
+            batch
+        };
+        let mut z = self.lock(node, zone);
+        let mut got = None;
+        for i in 0..count {
+            let Some(pfn) = z.rmqueue(req.order, req.mt, flags) else {
+                break;
+            };
+            if i == 0 {
+                got = Some(pfn);
+            } else {
+                lists.push(&mm, pfn, req.order, req.mt);
+            }
+        }
+        drop(z);
+        let pfn = got?;
+        mm.desc(pfn).set_allocated(req.order, req.declared);
+        Some(pfn)
+    }
+
+    fn rmqueue_buddy(
+        &self,
+        node: &Node<'m>,
+        zone: &Zone<'m>,
+        req: &Request,
+        flags: AllocFlags,
+    ) -> Option<u64> {
+        let mut z = self.lock(node, zone);
+        let pfn = z.rmqueue(req.order, req.mt, flags)?;
+        node.mm.desc(pfn).set_allocated(req.order, req.declared);
+        Some(pfn)
+    }
+
+    fn zero_block(&self, pfn: u64, order: u32) -> Result<(), AllocError> {
+        let ok = match (
+            self.mapper,
+            PhysRange::from_pfns(Pfn::new(pfn), 1u64 << order),
+        ) {
+            (Some(m), Ok(r)) => crate::raw::zero_range(m, r),
+            _ => false,
+        };
+        if ok {
+            return Ok(());
+        }
+        // Could not reach the memory: give the block back so state is unchanged.
+        let _ = self.free_pages(Pfn::new(pfn), Order::new(order));
+        Err(AllocError::NoMapper)
+    }
+}

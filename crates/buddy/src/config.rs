@@ -1,0 +1,163 @@
+//! Configuration and the caller-provided storage the allocator needs.
+//!
+//! The allocator uses no heap. Its variable-size metadata lives in memory the caller hands
+//! over at construction (from bootmem in a kernel, from a leaked `Vec` or a stack array in
+//! tests):
+//!
+//! * per node, a memmap of [`memmap_len`] [`PageDesc`]s (16 bytes each) covering the node's
+//!   span rounded out to max-order blocks;
+//! * [`pcp_storage_len`] [`PerCpuPages`](crate::PerCpuPages) for the per-CPU lists (one per
+//!   node, zone and CPU).
+//!
+//! Pageblock migrate types are kept in the memmap (the descriptor of each pageblock's first
+//! frame has a spare word), so no separate bitmap is needed.
+
+use core::mem::MaybeUninit;
+
+use mmkit_addr::{PhysAddr, PhysRange};
+
+use crate::page::PageDesc;
+use crate::zone::NR_ZONES;
+use crate::{MAX_NUMNODES, MAX_ORDER_LIMIT};
+
+/// A `kernelcore=` / `movablecore=` size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CoreSize {
+    /// An amount of memory in bytes.
+    Bytes(u64),
+    /// A percentage (0..=100) of all present memory.
+    Percent(u8),
+}
+
+/// Allocator-wide settings. [`BuddyConfig::default`] gives Linux's x86-64 defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuddyConfig {
+    /// Largest order (Linux `MAX_PAGE_ORDER`), at most [`MAX_ORDER_LIMIT`]. Default 10.
+    pub max_order: u32,
+    /// log2 of the pageblock size in frames, at most `max_order`. Default 9 (2 MiB).
+    pub pageblock_order: u32,
+    /// End of ZONE_DMA. Default 16 MiB.
+    pub dma_limit: PhysAddr,
+    /// End of ZONE_DMA32. Default 4 GiB.
+    pub dma32_limit: PhysAddr,
+    /// `kernelcore=`: memory kept out of ZONE_MOVABLE (the rest becomes movable).
+    pub kernelcore: Option<CoreSize>,
+    /// `movablecore=`: memory put into ZONE_MOVABLE. When both are given, `kernelcore` wins
+    /// if it keeps more memory out of ZONE_MOVABLE, as in Linux.
+    pub movablecore: Option<CoreSize>,
+    /// Group pages by mobility. Switched off automatically on tiny memory (less than one
+    /// pageblock per migrate type), as Linux does.
+    pub mobility_grouping: bool,
+    /// Serve orders 0..=3 from per-CPU lists.
+    pub per_cpu_lists: bool,
+    /// `vm.watermark_scale_factor` (units of 0.01% of the zone). Default 10.
+    pub watermark_scale_factor: u32,
+    /// `vm.min_free_kbytes`; `None` computes Linux's default from lowmem size.
+    pub min_free_kbytes: Option<u64>,
+    /// `vm.lowmem_reserve_ratio` per zone. Default `[256, 256, 32, 0]`.
+    pub lowmem_reserve_ratio: [u32; NR_ZONES],
+}
+
+/// Linux's `sysctl_lowmem_reserve_ratio` defaults (`mm/page_alloc.c`), DMA, DMA32, Normal,
+/// Movable; 0 means "no protection from this zone".
+pub const DEFAULT_LOWMEM_RESERVE_RATIO: [u32; NR_ZONES] = [256, 256, 32, 0];
+
+impl Default for BuddyConfig {
+    fn default() -> Self {
+        Self {
+            max_order: 10,
+            pageblock_order: 9,
+            dma_limit: PhysAddr::new(16 << 20),
+            dma32_limit: PhysAddr::new(4 << 30),
+            kernelcore: None,
+            movablecore: None,
+            mobility_grouping: true,
+            per_cpu_lists: true,
+            watermark_scale_factor: 10,
+            min_free_kbytes: None,
+            lowmem_reserve_ratio: DEFAULT_LOWMEM_RESERVE_RATIO,
+        }
+    }
+}
+
+/// What the caller tells the allocator about one NUMA node. Node ids are positions in the
+/// slice passed to [`BuddyAllocator::new`](crate::BuddyAllocator::new).
+pub struct NodeInit<'m, 'r> {
+    /// The node's memory (present frames), reserved or not. Partial frames are ignored.
+    pub memory: &'r [PhysRange],
+    /// Distance to each node (Linux's SLIT values; 10 = local). At least as long as the
+    /// number of nodes.
+    pub distances: &'r [u8],
+    /// Storage for the node's memmap: at least [`memmap_len`] descriptors.
+    pub memmap: &'m mut [MaybeUninit<PageDesc>],
+}
+
+/// The span of frames a node's memmap covers: its memory rounded out to `2^max_order`
+/// frames. `None` for a node without whole frames.
+pub fn node_span(memory: &[PhysRange], max_order: u32) -> Option<(u64, u64)> {
+    let max_pages = 1u64 << max_order.min(MAX_ORDER_LIMIT);
+    let mut lo = u64::MAX;
+    let mut hi = 0;
+    for r in memory {
+        let p = r.whole_pfns();
+        if p.start < p.end {
+            lo = lo.min(p.start);
+            hi = hi.max(p.end);
+        }
+    }
+    if lo >= hi {
+        return None;
+    }
+    let start = lo & !(max_pages - 1);
+    let end = hi.div_ceil(max_pages) * max_pages;
+    Some((start, end))
+}
+
+/// Descriptors a node's memmap needs (the caller provides `memmap_len * 16` bytes aligned
+/// to 8).
+///
+/// ```
+/// use mmkit_addr::{PhysAddr, PhysRange};
+/// let ram = [PhysRange::from_start_size(PhysAddr::new(0x10_0000), 0x30_0000).unwrap()];
+/// // 1 MiB..4 MiB rounded out to 4 MiB (order-10) blocks: 1024 frames.
+/// assert_eq!(mmkit_buddy::memmap_len(&ram, 10), 1024);
+/// ```
+pub fn memmap_len(memory: &[PhysRange], max_order: u32) -> usize {
+    node_span(memory, max_order).map_or(0, |(s, e)| (e - s) as usize)
+}
+
+/// Entries of per-CPU storage needed for `nr_nodes` nodes and `nr_cpus` CPUs.
+pub const fn pcp_storage_len(nr_nodes: usize, nr_cpus: usize) -> usize {
+    let n = if nr_nodes > MAX_NUMNODES {
+        MAX_NUMNODES
+    } else {
+        nr_nodes
+    };
+    n * NR_ZONES * nr_cpus
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn span_rounds_out_to_max_order_blocks() {
+        let ram = [
+            PhysRange::from_start_size(PhysAddr::new(0x1000), 0x1000).unwrap(),
+            PhysRange::from_start_size(PhysAddr::new(0x50_0000), 0x1800).unwrap(),
+        ];
+        assert_eq!(node_span(&ram, 10), Some((0, 2048)));
+        assert_eq!(node_span(&ram, 0), Some((1, 0x501)));
+        assert_eq!(node_span(&[], 10), None);
+    }
+
+    #[test]
+    fn defaults_are_linux_x86_64() {
+        let c = BuddyConfig::default();
+        assert_eq!((c.max_order, c.pageblock_order), (10, 9));
+        assert_eq!(c.dma_limit.as_u64(), 16 << 20);
+        assert_eq!(c.dma32_limit.as_u64(), 4 << 30);
+        assert_eq!(c.lowmem_reserve_ratio, [256, 256, 32, 0]);
+        assert_eq!(pcp_storage_len(2, 3), 24);
+    }
+}

@@ -1,0 +1,161 @@
+//! Error types, one per operation. Every error leaves the allocator exactly as it was.
+
+use core::fmt;
+
+use mmkit_addr::Pfn;
+
+use crate::gfp::GfpError;
+
+/// Why [`BuddyAllocator::alloc_pages`](crate::BuddyAllocator::alloc_pages) failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllocError {
+    /// The order is above the configured max order.
+    OrderTooLarge {
+        /// Requested order.
+        order: u32,
+        /// Configured max order.
+        max: u32,
+    },
+    /// The flags contradict themselves.
+    InvalidFlags(GfpError),
+    /// The preferred node does not exist.
+    NoSuchNode(usize),
+    /// No zone the request may use exists (e.g. `GFP_DMA` on a machine without ZONE_DMA).
+    ZoneNotPresent,
+    /// `ZERO` was asked for but no `PhysMapper` is configured.
+    NoMapper,
+    /// Every allowed zone is at its watermark or lacks a large enough block.
+    OutOfMemory,
+}
+
+/// Why a free was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FreeError {
+    /// The order is above the configured max order.
+    OrderTooLarge {
+        /// Given order.
+        order: u32,
+        /// Configured max order.
+        max: u32,
+    },
+    /// The frame is in no zone of any node.
+    OutsideZones,
+    /// The frame is a hole in its node (no memory there).
+    Hole,
+    /// The frame is reserved (never given to the allocator).
+    Reserved,
+    /// The frame is not aligned to the order.
+    Misaligned,
+    /// The block is already free.
+    DoubleFree,
+    /// The block was allocated with another order.
+    WrongOrder {
+        /// The order it was allocated with.
+        allocated: u32,
+    },
+    /// The frame is inside an allocated block whose head is elsewhere.
+    InsideBlock {
+        /// The allocated block's first frame.
+        head: Pfn,
+    },
+}
+
+/// Why a boot-time free ([`BuddyAllocator::free_boot_block`](crate::BuddyAllocator::free_boot_block))
+/// was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootFreeError {
+    /// The order is above the configured max order.
+    OrderTooLarge,
+    /// The frame is not aligned to the order.
+    Misaligned,
+    /// The block is not wholly inside one zone.
+    OutsideZones,
+    /// Some frame of the block is a hole or was already freed.
+    NotReserved {
+        /// The first offending frame.
+        pfn: Pfn,
+    },
+}
+
+/// Why the allocator could not be built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitError {
+    /// `max_order` above [`MAX_ORDER_LIMIT`](crate::MAX_ORDER_LIMIT) or `pageblock_order`
+    /// above `max_order`.
+    BadOrder,
+    /// A zone boundary is not a multiple of the largest block, or DMA lies above DMA32.
+    BadZoneBoundary,
+    /// No node, or more than [`MAX_NUMNODES`](crate::MAX_NUMNODES).
+    BadNodeCount,
+    /// A node's distance table is shorter than the number of nodes.
+    BadDistances,
+    /// Two nodes' spans overlap.
+    OverlappingNodes,
+    /// A node spans more frames than 32-bit descriptor indices can address.
+    NodeTooLarge,
+    /// A node's memmap storage is smaller than [`memmap_len`](crate::memmap_len) says.
+    MemmapTooSmall {
+        /// The node.
+        node: usize,
+        /// Descriptors needed.
+        needed: usize,
+    },
+    /// The per-CPU storage is smaller than [`pcp_storage_len`](crate::pcp_storage_len) says.
+    PcpStorageTooSmall {
+        /// Entries needed.
+        needed: usize,
+    },
+    /// A percentage above 100 in `kernelcore` / `movablecore`.
+    BadCoreSize,
+}
+
+/// Why a page-private access failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrivateError {
+    /// The frame is in no zone.
+    OutsideZones,
+    /// The frame is not part of an allocated block.
+    NotAllocated,
+}
+
+/// Why isolating or allocating a frame range failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IsolateError {
+    /// The range is empty, not pageblock-aligned, or not inside one zone.
+    BadRange,
+    /// A pageblock of the range is already isolated.
+    AlreadyIsolated,
+    /// A pageblock of the range is not isolated (undo or test of a range never isolated).
+    NotIsolated,
+    /// A pageblock holds allocated pages that cannot move (unmovable, reclaimable, high-atomic
+    /// or reserved frames).
+    Unmovable {
+        /// A frame in the offending pageblock.
+        pfn: Pfn,
+    },
+    /// A frame of the range is still in use.
+    Busy {
+        /// The first frame found in use.
+        pfn: Pfn,
+    },
+    /// No suitable range was found (`alloc_contig_pages`).
+    NotFound,
+}
+
+macro_rules! display_via_debug {
+    ($($t:ty),*) => {$(
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(self, f)
+            }
+        }
+    )*};
+}
+display_via_debug!(
+    AllocError,
+    FreeError,
+    BootFreeError,
+    InitError,
+    PrivateError,
+    IsolateError
+);

@@ -1,0 +1,271 @@
+//! Mobility grouping: taking memory from another type's free lists without scattering
+//! unmovable pages over every pageblock, and the high-atomic reserve.
+//!
+//! The rules are Linux's (`mm/page_alloc.c`: `__rmqueue`, `__rmqueue_claim`,
+//! `__rmqueue_steal`, `try_to_claim_block`, `reserve_highatomic_pageblock`,
+//! `unreserve_highatomic_pageblock`):
+//!
+//! 1. Take the smallest fitting block of the requested type.
+//! 2. **Claim**: scan orders *downward* from the max order for a block on a fallback list
+//!    ([`FALLBACKS`](crate::FALLBACKS) order) and try to convert its whole pageblock to the
+//!    requested type. A block of pageblock order or more is always claimed. Below that,
+//!    claiming is tried only for requests that are unmovable or reclaimable, or when the block
+//!    is at least half a pageblock, and succeeds when the free pages plus the pages already
+//!    allocated with a compatible mobility fill at least half the pageblock. Small movable
+//!    requests never claim (movable pages don't fragment permanently).
+//! 3. **Steal**: scan orders upward and take the smallest foreign block without retyping its
+//!    pageblock.
+//! 4. Non-blocking requests finally dip into the high-atomic reserve.
+//!
+//! With grouping off every request is unmovable and every fallback claims.
+
+use core::sync::atomic::Ordering::Relaxed;
+
+use crate::freearea::ZoneLocked;
+use crate::migrate::MigrateType;
+use crate::page::PageState;
+
+/// Reserve entitlements of one allocation attempt (Linux `ALLOC_*` flags).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct AllocFlags {
+    /// `ALLOC_MIN_RESERVE`: may use half of the min watermark (`__GFP_HIGH`).
+    pub min_reserve: bool,
+    /// `ALLOC_NON_BLOCK`: may use a further quarter; may take high-atomic pages last.
+    pub non_block: bool,
+    /// `ALLOC_HIGHATOMIC`: order > 0 non-blocking; prefers and grows the high-atomic reserve.
+    pub highatomic: bool,
+}
+
+impl AllocFlags {
+    /// Whether any reserve entitlement is set (Linux `ALLOC_RESERVES`).
+    #[inline]
+    pub fn any_reserve(&self) -> bool {
+        self.min_reserve || self.non_block || self.highatomic
+    }
+}
+
+/// Linux `should_try_claim_block`.
+fn should_try_claim_block(order: u32, mt: MigrateType, p_pageblock: u32, grouping: bool) -> bool {
+    order >= p_pageblock
+        || order >= p_pageblock / 2
+        || mt == MigrateType::Reclaimable
+        || mt == MigrateType::Unmovable
+        || !grouping
+}
+
+impl ZoneLocked<'_, '_> {
+    /// Take a block of `order` for a request of type `mt` (Linux `__rmqueue` plus the
+    /// high-atomic steps of `rmqueue_buddy`). Returns its head; the caller sets its state.
+    pub fn rmqueue(&mut self, order: u32, mt: MigrateType, flags: AllocFlags) -> Option<u64> {
+        if flags.highatomic {
+            if let Some(pfn) = self.rmqueue_smallest(order, MigrateType::HighAtomic) {
+                return Some(pfn);
+            }
+        }
+        if let Some(pfn) = self.rmqueue_smallest(order, mt) {
+            return Some(pfn);
+        }
+        if let Some(pfn) = self.rmqueue_claim(order, mt) {
+            return Some(pfn);
+        }
+        if let Some(pfn) = self.rmqueue_steal(order, mt) {
+            return Some(pfn);
+        }
+        if flags.non_block {
+            return self.rmqueue_smallest(order, MigrateType::HighAtomic);
+        }
+        None
+    }
+
+    fn find_fallback(&self, order: u32, mt: MigrateType) -> Option<MigrateType> {
+        mt.fallbacks()
+            .iter()
+            .copied()
+            .find(|fb| self.fa.counts[order as usize][fb.index()] > 0)
+    }
+
+    /// Step 2: claim a whole pageblock from a fallback type.
+    fn rmqueue_claim(&mut self, order: u32, mt: MigrateType) -> Option<u64> {
+        for cur in (order..=self.p.max_order).rev() {
+            if !should_try_claim_block(cur, mt, self.p.pageblock_order, self.p.grouping) {
+                break;
+            }
+            let Some(fb) = self.find_fallback(cur, mt) else {
+                continue;
+            };
+            let pfn = self.first_free(cur, fb)?;
+            if let Some(got) = self.try_to_claim_block(pfn, cur, order, mt, fb) {
+                return Some(got);
+            }
+        }
+        None
+    }
+
+    /// Linux `try_to_claim_block`: `pfn` is a free block of order `cur` on list `fb`.
+    fn try_to_claim_block(
+        &mut self,
+        pfn: u64,
+        cur: u32,
+        order: u32,
+        mt: MigrateType,
+        fb: MigrateType,
+    ) -> Option<u64> {
+        if cur >= self.p.pageblock_order {
+            self.del_from_free_list(pfn, cur, fb);
+            self.set_pageblock_range(pfn, cur, mt);
+            self.expand(pfn, order, cur, mt);
+            return Some(pfn);
+        }
+        let pb = self.pageblock_start(pfn);
+        if !self.pageblock_in_zone(pb) {
+            return None;
+        }
+        let (free, movable) = self.scan_pageblock(pb, None);
+        let pages = self.p.pageblock_pages();
+        let alike = if mt == MigrateType::Movable {
+            movable
+        } else if fb == MigrateType::Movable {
+            pages - (free + movable).min(pages)
+        } else {
+            0
+        };
+        if free + alike >= pages / 2 || !self.p.grouping {
+            self.scan_pageblock(pb, Some(mt));
+            return self.rmqueue_smallest(order, mt);
+        }
+        None
+    }
+
+    /// Step 3: steal the smallest foreign block without retyping its pageblock.
+    fn rmqueue_steal(&mut self, order: u32, mt: MigrateType) -> Option<u64> {
+        for cur in order..=self.p.max_order {
+            let Some(fb) = self.find_fallback(cur, mt) else {
+                continue;
+            };
+            let pfn = self.first_free(cur, fb)?;
+            self.del_from_free_list(pfn, cur, fb);
+            self.expand(pfn, order, cur, fb);
+            return Some(pfn);
+        }
+        None
+    }
+
+    /// Upper bound of the high-atomic reserve: 1% of the zone plus one pageblock.
+    fn max_highatomic(&self) -> u64 {
+        self.zone.managed.load(Relaxed) / 100 + self.p.pageblock_pages()
+    }
+
+    /// After a successful high-order atomic allocation at `pfn`, turn its pageblock into a
+    /// high-atomic reserve if the reserve has room (Linux `reserve_highatomic_pageblock`).
+    pub fn reserve_highatomic_pageblock(&mut self, pfn: u64, order: u32) {
+        if order >= self.p.pageblock_order
+            || self.fa.nr_reserved_highatomic >= self.max_highatomic()
+        {
+            return;
+        }
+        let pb = self.pageblock_start(pfn);
+        let mt = self.pageblock_type(pb);
+        if !mt.is_mergeable() || !self.pageblock_in_zone(pb) {
+            return;
+        }
+        self.fa.nr_reserved_highatomic += self.p.pageblock_pages();
+        self.scan_pageblock(pb, Some(MigrateType::HighAtomic));
+    }
+
+    /// Give one high-atomic pageblock back to type `to` (Linux
+    /// `unreserve_highatomic_pageblock`). Returns whether one was released.
+    pub fn unreserve_highatomic_pageblock(&mut self, to: MigrateType) -> bool {
+        for order in 0..=self.p.max_order {
+            let Some(pfn) = self.first_free(order, MigrateType::HighAtomic) else {
+                continue;
+            };
+            let pb = self.pageblock_start(pfn);
+            // A free block larger than a pageblock spans several reserved pageblocks:
+            // release the first one only.
+            self.split_free_block_covering(pb);
+            if self.pageblock_type(pb) == MigrateType::HighAtomic {
+                let pages = self.p.pageblock_pages();
+                self.fa.nr_reserved_highatomic =
+                    self.fa.nr_reserved_highatomic.saturating_sub(pages);
+            }
+            self.scan_pageblock(pb, Some(to));
+            return true;
+        }
+        false
+    }
+
+    /// Linux `__zone_watermark_ok`, exact under the zone lock.
+    pub fn watermark_ok(&self, order: u32, mark: u64, highest: usize, flags: AllocFlags) -> bool {
+        let mut free = self.zone.free_pages.load(Relaxed) as i64 - ((1i64 << order) - 1);
+        let mut min = mark as i64;
+        if flags.min_reserve {
+            min -= min / 2;
+        }
+        if flags.non_block {
+            min -= min / 4;
+        }
+        if !flags.any_reserve() {
+            free -= self.fa.nr_reserved_highatomic as i64;
+        }
+        if free <= min + self.zone.lowmem_reserve[highest].load(Relaxed) as i64 {
+            return false;
+        }
+        if order == 0 {
+            return true;
+        }
+        (order..=self.p.max_order).any(|o| {
+            let c = &self.fa.counts[o as usize];
+            c[..crate::migrate::NR_PCP_TYPES].iter().any(|&n| n > 0)
+                || (flags.highatomic && c[MigrateType::HighAtomic.index()] > 0)
+        })
+    }
+
+    /// Number of pageblocks in the zone whose type is `mt` (for reports and verify).
+    pub fn count_pageblocks(&self, mt: MigrateType) -> u64 {
+        let pages = self.p.pageblock_pages();
+        let mut pb = self.pageblock_start(self.zone.start);
+        let mut n = 0;
+        while pb < self.zone.end {
+            if self.mm.contains(pb) && self.mm.desc(pb).block_type() == mt {
+                n += 1;
+            }
+            pb += pages;
+        }
+        n
+    }
+
+    /// Whether any descriptor in the pageblock at `pb` is an allocated head of type `mt`.
+    pub fn pageblock_holds_allocated(&self, pb: u64, mt: MigrateType) -> bool {
+        let end = (pb + self.p.pageblock_pages()).min(self.zone.end);
+        let mut pfn = pb.max(self.zone.start);
+        if let Some((h, f)) = self.find_block_head(pfn) {
+            if h < pfn {
+                return f.state == PageState::Allocated && f.mt == mt;
+            }
+        }
+        while pfn < end {
+            let f = self.mm.desc(pfn).flags();
+            match f.state {
+                PageState::Allocated if f.mt == mt => return true,
+                PageState::Free | PageState::Allocated | PageState::PerCpu => pfn += 1 << f.order,
+                _ => pfn += 1,
+            }
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_movable_requests_do_not_claim() {
+        assert!(!should_try_claim_block(0, MigrateType::Movable, 9, true));
+        assert!(!should_try_claim_block(3, MigrateType::Movable, 9, true));
+        assert!(should_try_claim_block(4, MigrateType::Movable, 9, true));
+        assert!(should_try_claim_block(0, MigrateType::Unmovable, 9, true));
+        assert!(should_try_claim_block(0, MigrateType::Reclaimable, 9, true));
+        assert!(should_try_claim_block(0, MigrateType::Movable, 9, false));
+    }
+}

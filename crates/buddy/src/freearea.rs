@@ -1,0 +1,308 @@
+//! The buddy core: free lists of one zone, split (`expand`) and merge (`free_one_page`).
+//!
+//! Everything here runs with the zone lock held: [`ZoneLocked`] owns the lock guard, so a
+//! method on it is the `_locked` variant by construction.
+//!
+//! ## Invariants kept here
+//! * A free block of order `o` is naturally aligned, lies inside the zone, has a
+//!   [`PageState::Free`] head with order `o` and list type `t`, and is on list `(o, t)`;
+//!   `counts[o][t]` is the length of that list and `Zone::free_pages` the sum of their pages.
+//! * `t` is the migrate type of the block's (first) pageblock; a free block of pageblock
+//!   order or more covers pageblocks that all have type `t`.
+//! * No two free buddies of equal order stay unmerged, except where Linux forbids the merge:
+//!   at or above pageblock order when the types differ and one of them is HighAtomic or
+//!   Isolate, or when the merged block would exceed the max order.
+//!
+//! Split and merge touch O(order) descriptors and never scan a list.
+
+use core::sync::atomic::Ordering::Relaxed;
+
+use spin::mutex::SpinMutexGuard;
+
+use crate::migrate::MigrateType;
+use crate::page::{Flags, Memmap, PageState};
+use crate::zone::{FreeArea, Zone};
+
+/// Allocator-wide parameters the locked code needs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Params {
+    pub max_order: u32,
+    pub pageblock_order: u32,
+    pub grouping: bool,
+}
+
+impl Params {
+    #[inline]
+    pub fn pageblock_pages(&self) -> u64 {
+        1 << self.pageblock_order
+    }
+}
+
+/// A zone with its lock held.
+pub(crate) struct ZoneLocked<'a, 'm> {
+    pub zone: &'a Zone<'m>,
+    pub mm: Memmap<'m>,
+    pub fa: SpinMutexGuard<'a, FreeArea>,
+    pub p: Params,
+}
+
+impl<'a, 'm> ZoneLocked<'a, 'm> {
+    pub fn lock(zone: &'a Zone<'m>, mm: Memmap<'m>, p: Params) -> Self {
+        Self {
+            zone,
+            mm,
+            fa: zone.free.lock(),
+            p,
+        }
+    }
+
+    // ---- free-list primitives -------------------------------------------------------------
+
+    /// Mark `pfn` a free head of `order` and `mt` and put it on that list.
+    pub fn add_to_free_list(&mut self, pfn: u64, order: u32, mt: MigrateType, to_tail: bool) {
+        let idx = self.mm.idx(pfn);
+        self.mm
+            .at(idx)
+            .set_flags(Flags::new(PageState::Free, order, mt));
+        let list = &mut self.fa.lists[order as usize][mt.index()];
+        if to_tail {
+            list.push_back(&self.mm, idx);
+        } else {
+            list.push_front(&self.mm, idx);
+        }
+        self.fa.counts[order as usize][mt.index()] += 1;
+        self.zone.free_pages.fetch_add(1 << order, Relaxed);
+    }
+
+    /// Take the free head `pfn` (order `order`, list `mt`) off its list. The caller gives the
+    /// descriptor its next state.
+    pub fn del_from_free_list(&mut self, pfn: u64, order: u32, mt: MigrateType) {
+        let idx = self.mm.idx(pfn);
+        self.fa.lists[order as usize][mt.index()].remove(&self.mm, idx);
+        self.fa.counts[order as usize][mt.index()] -= 1;
+        self.zone.free_pages.fetch_sub(1 << order, Relaxed);
+    }
+
+    /// Move a free block to another list of the same order.
+    pub fn move_to_free_list(&mut self, pfn: u64, order: u32, from: MigrateType, to: MigrateType) {
+        self.del_from_free_list(pfn, order, from);
+        self.add_to_free_list(pfn, order, to, true);
+    }
+
+    #[inline]
+    pub fn first_free(&self, order: u32, mt: MigrateType) -> Option<u64> {
+        let l = &self.fa.lists[order as usize][mt.index()];
+        if l.is_empty() {
+            None
+        } else {
+            Some(self.mm.pfn(l.head))
+        }
+    }
+
+    // ---- pageblocks -----------------------------------------------------------------------
+
+    #[inline]
+    pub fn pageblock_start(&self, pfn: u64) -> u64 {
+        pfn & !(self.p.pageblock_pages() - 1)
+    }
+
+    #[inline]
+    pub fn pageblock_type(&self, pfn: u64) -> MigrateType {
+        self.mm.desc(self.pageblock_start(pfn)).block_type()
+    }
+
+    /// Set the type of every pageblock overlapping `[pfn, pfn + 2^order)`.
+    pub fn set_pageblock_range(&mut self, pfn: u64, order: u32, mt: MigrateType) {
+        let start = self.pageblock_start(pfn);
+        let end = pfn + (1u64 << order);
+        let mut pb = start;
+        while pb < end {
+            self.mm.desc(pb).set_block_type(mt, mt);
+            pb += self.p.pageblock_pages();
+        }
+    }
+
+    // ---- split and merge ------------------------------------------------------------------
+
+    /// Split the block at `pfn` of order `high` down to order `low`, giving the upper halves
+    /// back to list `mt` (Linux `expand`). The caller owns `[pfn, pfn + 2^low)`.
+    pub fn expand(&mut self, pfn: u64, low: u32, mut high: u32, mt: MigrateType) {
+        while high > low {
+            high -= 1;
+            self.add_to_free_list(pfn + (1u64 << high), high, mt, false);
+        }
+    }
+
+    /// Take the smallest free block of at least `order` from list type `mt`, split it and
+    /// return the head of the `order` part (Linux `__rmqueue_smallest`).
+    pub fn rmqueue_smallest(&mut self, order: u32, mt: MigrateType) -> Option<u64> {
+        for cur in order..=self.p.max_order {
+            if let Some(pfn) = self.first_free(cur, mt) {
+                self.del_from_free_list(pfn, cur, mt);
+                self.expand(pfn, order, cur, mt);
+                return Some(pfn);
+            }
+        }
+        None
+    }
+
+    /// Whether the free block `buddy` of `order` can merge with a block of type `mt` being
+    /// freed. Returns the buddy's list type.
+    fn mergeable_buddy(&self, buddy: u64, order: u32, mt: MigrateType) -> Option<MigrateType> {
+        let end = buddy.checked_add(1u64 << order)?;
+        if buddy < self.zone.start || end > self.zone.end {
+            return None;
+        }
+        let f = self.mm.desc(buddy).flags();
+        if f.state != PageState::Free || f.order != order {
+            return None;
+        }
+        if order >= self.p.pageblock_order {
+            let bt = self.pageblock_type(buddy);
+            if bt != mt && (!bt.is_mergeable() || !mt.is_mergeable()) {
+                return None;
+            }
+        }
+        Some(f.mt)
+    }
+
+    /// Free the block `[pfn, pfn + 2^order)` (whose descriptors the caller owns: head in any
+    /// non-free state, interior `Tail`) onto list `mt`, merging with free buddies upward
+    /// (Linux `__free_one_page`). `force_tail` puts the result at the list tail regardless.
+    pub fn free_one_page(
+        &mut self,
+        mut pfn: u64,
+        mut order: u32,
+        mt: MigrateType,
+        force_tail: bool,
+    ) {
+        while order < self.p.max_order {
+            let buddy = pfn ^ (1u64 << order);
+            let Some(buddy_list) = self.mergeable_buddy(buddy, order, mt) else {
+                break;
+            };
+            self.del_from_free_list(buddy, order, buddy_list);
+            if order >= self.p.pageblock_order && self.pageblock_type(buddy) != mt {
+                // Match the buddy's pageblocks to the merged block's type so that a later
+                // split puts the pieces on the right lists.
+                self.set_pageblock_range(buddy, order, mt);
+            }
+            let higher = pfn.max(buddy);
+            self.mm
+                .desc(higher)
+                .set_flags(Flags::new(PageState::Tail, 0, MigrateType::Unmovable));
+            pfn &= buddy;
+            order += 1;
+        }
+        let to_tail = force_tail || self.buddy_merge_likely(pfn, order, mt);
+        self.add_to_free_list(pfn, order, mt, to_tail);
+    }
+
+    /// Whether the next-higher buddy of the block just freed is free, so that the block is
+    /// likely to merge soon and should wait at the list tail (Linux `buddy_merge_likely`).
+    fn buddy_merge_likely(&self, pfn: u64, order: u32, mt: MigrateType) -> bool {
+        if order + 1 >= self.p.max_order {
+            return false;
+        }
+        let parent = pfn & !((1u64 << (order + 1)) - 1);
+        let parent_buddy = parent ^ (1u64 << (order + 1));
+        self.mergeable_buddy(parent_buddy, order + 1, mt).is_some()
+    }
+
+    /// The head of the block containing `pfn` (`pfn` itself if it is a head), as
+    /// `(head, flags)`; `None` if `pfn` is a hole, reserved, or (impossibly) an orphan tail.
+    pub fn find_block_head(&self, pfn: u64) -> Option<(u64, Flags)> {
+        find_block_head(&self.mm, self.p.max_order, pfn)
+    }
+
+    /// Make sure no free block larger than a pageblock covers the pageblock at `pb`: split a
+    /// covering block so that `[pb, pb + pageblock)` becomes a free block of its own.
+    pub fn split_free_block_covering(&mut self, pb: u64) {
+        let Some((head, f)) = self.find_block_head(pb) else {
+            return;
+        };
+        if f.state != PageState::Free || f.order <= self.p.pageblock_order {
+            return;
+        }
+        self.del_from_free_list(head, f.order, f.mt);
+        let (mut h, mut o) = (head, f.order);
+        while o > self.p.pageblock_order {
+            o -= 1;
+            let upper = h + (1u64 << o);
+            if pb >= upper {
+                self.add_to_free_list(h, o, f.mt, false);
+                h = upper;
+            } else {
+                self.add_to_free_list(upper, o, f.mt, false);
+            }
+        }
+        self.add_to_free_list(h, o, f.mt, false);
+    }
+
+    /// Walk the pageblock at `pb` (which must be inside the zone and not covered by a larger
+    /// free block) and return `(free pages, pages allocated as movable)`. With `move_to`,
+    /// also move every free block in it to that list and retype the pageblock.
+    pub fn scan_pageblock(&mut self, pb: u64, move_to: Option<MigrateType>) -> (u64, u64) {
+        let end = pb + self.p.pageblock_pages();
+        let (mut free, mut movable) = (0, 0);
+        let mut pfn = pb;
+        while pfn < end {
+            let f = self.mm.desc(pfn).flags();
+            match f.state {
+                PageState::Free => {
+                    free += 1 << f.order;
+                    if let Some(to) = move_to {
+                        if to != f.mt {
+                            self.move_to_free_list(pfn, f.order, f.mt, to);
+                        }
+                    }
+                    pfn += 1 << f.order;
+                }
+                PageState::Allocated => {
+                    if f.mt == MigrateType::Movable {
+                        movable += 1 << f.order;
+                    }
+                    pfn += 1 << f.order;
+                }
+                PageState::PerCpu => pfn += 1 << f.order,
+                _ => pfn += 1,
+            }
+        }
+        if let Some(to) = move_to {
+            let saved = self.mm.desc(pb).saved_block_type();
+            self.mm.desc(pb).set_block_type(to, saved);
+        }
+        (free, movable)
+    }
+
+    /// Whether the whole pageblock at `pb` lies inside this zone.
+    #[inline]
+    pub fn pageblock_in_zone(&self, pb: u64) -> bool {
+        pb >= self.zone.start && pb + self.p.pageblock_pages() <= self.zone.end
+    }
+}
+
+/// See [`ZoneLocked::find_block_head`]; usable without the lock for error classification.
+pub(crate) fn find_block_head(mm: &Memmap<'_>, max_order: u32, pfn: u64) -> Option<(u64, Flags)> {
+    let f = mm.desc(pfn).flags();
+    match f.state {
+        PageState::Free | PageState::Allocated | PageState::PerCpu => return Some((pfn, f)),
+        PageState::Hole | PageState::Reserved => return None,
+        PageState::Tail => {}
+    }
+    for o in 1..=max_order {
+        let h = pfn & !((1u64 << o) - 1);
+        if !mm.contains(h) {
+            return None;
+        }
+        let f = mm.desc(h).flags();
+        match f.state {
+            PageState::Free | PageState::Allocated | PageState::PerCpu if f.order >= o => {
+                return Some((h, f))
+            }
+            PageState::Tail => {}
+            _ => return None,
+        }
+    }
+    None
+}

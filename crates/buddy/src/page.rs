@@ -1,0 +1,393 @@
+//! The page descriptor (one per frame, 16 bytes) and the memmap of a node.
+//!
+//! A descriptor is four `AtomicU32` words:
+//!
+//! | word    | free / per-CPU block head | allocated block head        | pageblock head frame |
+//! |---------|---------------------------|-----------------------------|----------------------|
+//! | `next`  | next index on its list    | private word, low half      |                      |
+//! | `prev`  | previous index on its list| private word, high half     |                      |
+//! | `flags` | state, order, list type   | state, order, alloc type    |                      |
+//! | `block` |                           |                             | pageblock type       |
+//!
+//! List links are descriptor *indices* within the node's memmap (`NIL` ends a list), so free
+//! lists never touch page contents and unlinking is O(1).
+//!
+//! ## Invariants
+//! * Exactly the first frame of a block (free, on a per-CPU list, or allocated) has a head
+//!   state; every other frame of the block is [`PageState::Tail`]. Splits and merges keep this
+//!   in O(order) because only heads change.
+//! * Present frames never given to the allocator are [`PageState::Reserved`]; frames outside
+//!   every memory range of the node are [`PageState::Hole`].
+//! * The `block` word of the first frame of every pageblock holds the pageblock's migrate type
+//!   (bits 0..4) and, while isolated, the type to restore (bits 4..8).
+//!
+//! ## Who writes what
+//! Free heads and their links belong to the zone lock; per-CPU heads and links to that CPU's
+//! per-CPU lock; allocated blocks to their owner. The only transition two parties can race on
+//! is "allocated -> being freed" (a double free from two CPUs), so it is a compare-exchange
+//! ([`PageDesc::begin_free`]); everything else is a relaxed store made under the owning lock.
+//! Atomics make every access data-race free without `unsafe`; on x86-64 and aarch64 relaxed
+//! loads and stores compile to plain moves.
+
+use core::sync::atomic::{AtomicU32, Ordering::Relaxed};
+
+use static_assertions::const_assert;
+
+use crate::migrate::MigrateType;
+
+/// End-of-list marker for descriptor indices.
+pub(crate) const NIL: u32 = u32::MAX;
+
+/// The life-cycle state of a frame's descriptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum PageState {
+    /// No memory at this frame (a hole in the node's span).
+    Hole = 0,
+    /// Present memory not managed by the allocator (never freed to it).
+    Reserved = 1,
+    /// A non-first frame of a block.
+    Tail = 2,
+    /// The first frame of a free block on a zone free list.
+    Free = 3,
+    /// The first frame of an allocated block.
+    Allocated = 4,
+    /// The first frame of a free block cached on a per-CPU list.
+    PerCpu = 5,
+}
+
+impl PageState {
+    const fn from_bits(b: u32) -> Self {
+        match b & 0x7 {
+            0 => PageState::Hole,
+            1 => PageState::Reserved,
+            2 => PageState::Tail,
+            3 => PageState::Free,
+            4 => PageState::Allocated,
+            _ => PageState::PerCpu,
+        }
+    }
+}
+
+/// A decoded `flags` word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Flags {
+    pub state: PageState,
+    pub order: u32,
+    pub mt: MigrateType,
+}
+
+impl Flags {
+    pub const fn new(state: PageState, order: u32, mt: MigrateType) -> Self {
+        Self { state, order, mt }
+    }
+    const fn encode(self) -> u32 {
+        (self.state as u32) | ((self.order & 0x3f) << 3) | ((self.mt as u32) << 9)
+    }
+    const fn decode(w: u32) -> Self {
+        let mt = match MigrateType::from_index(((w >> 9) & 0x7) as usize) {
+            Some(mt) => mt,
+            None => MigrateType::Unmovable,
+        };
+        Self {
+            state: PageState::from_bits(w),
+            order: (w >> 3) & 0x3f,
+            mt,
+        }
+    }
+}
+
+/// One frame's descriptor. Opaque: the caller only provides storage for an array of them.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct PageDesc {
+    next: AtomicU32,
+    prev: AtomicU32,
+    flags: AtomicU32,
+    block: AtomicU32,
+}
+
+// The memmap budget: at most 16 bytes per 4 KiB frame (Linux's `struct page` is 64).
+const_assert!(core::mem::size_of::<PageDesc>() <= 16);
+const_assert!(core::mem::align_of::<PageDesc>() <= 8);
+
+impl PageDesc {
+    /// A descriptor for a hole, the initial state.
+    pub const fn new() -> Self {
+        Self {
+            next: AtomicU32::new(NIL),
+            prev: AtomicU32::new(NIL),
+            flags: AtomicU32::new(0),
+            block: AtomicU32::new(MigrateType::Movable as u32),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn flags(&self) -> Flags {
+        Flags::decode(self.flags.load(Relaxed))
+    }
+    #[inline]
+    pub(crate) fn set_flags(&self, f: Flags) {
+        self.flags.store(f.encode(), Relaxed);
+    }
+    #[inline]
+    pub(crate) fn state(&self) -> PageState {
+        self.flags().state
+    }
+
+    /// Atomically turn an allocated head of `order` into `to`. On failure returns what was
+    /// there, unchanged.
+    #[inline]
+    pub(crate) fn begin_free(&self, order: u32, to: Flags) -> Result<Flags, Flags> {
+        let mut cur = self.flags.load(Relaxed);
+        loop {
+            let f = Flags::decode(cur);
+            if f.state != PageState::Allocated || f.order != order {
+                return Err(f);
+            }
+            match self
+                .flags
+                .compare_exchange_weak(cur, to.encode(), Relaxed, Relaxed)
+            {
+                Ok(_) => return Ok(f),
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Make this the head of a freshly allocated block (private word cleared).
+    #[inline]
+    pub(crate) fn set_allocated(&self, order: u32, mt: MigrateType) {
+        self.set_private(0);
+        self.set_flags(Flags::new(PageState::Allocated, order, mt));
+    }
+
+    #[inline]
+    pub(crate) fn next(&self) -> u32 {
+        self.next.load(Relaxed)
+    }
+    #[inline]
+    pub(crate) fn prev(&self) -> u32 {
+        self.prev.load(Relaxed)
+    }
+    #[inline]
+    pub(crate) fn set_next(&self, v: u32) {
+        self.next.store(v, Relaxed);
+    }
+    #[inline]
+    pub(crate) fn set_prev(&self, v: u32) {
+        self.prev.store(v, Relaxed);
+    }
+
+    /// The private word of an allocated block (kept in the unused link fields).
+    #[inline]
+    pub(crate) fn private(&self) -> u64 {
+        u64::from(self.next()) | (u64::from(self.prev()) << 32)
+    }
+    #[inline]
+    pub(crate) fn set_private(&self, v: u64) {
+        self.set_next(v as u32);
+        self.set_prev((v >> 32) as u32);
+    }
+
+    /// Pageblock type (meaningful on the first frame of a pageblock).
+    #[inline]
+    pub(crate) fn block_type(&self) -> MigrateType {
+        MigrateType::from_index((self.block.load(Relaxed) & 0xf) as usize)
+            .unwrap_or(MigrateType::Movable)
+    }
+    /// Type saved by isolation (meaningful on an isolated pageblock's first frame).
+    #[inline]
+    pub(crate) fn saved_block_type(&self) -> MigrateType {
+        MigrateType::from_index(((self.block.load(Relaxed) >> 4) & 0xf) as usize)
+            .unwrap_or(MigrateType::Movable)
+    }
+    #[inline]
+    pub(crate) fn set_block_type(&self, mt: MigrateType, saved: MigrateType) {
+        self.block
+            .store((mt as u32) | ((saved as u32) << 4), Relaxed);
+    }
+}
+
+/// The descriptors of one node: frame `base + i` is `descs[i]`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Memmap<'m> {
+    pub base: u64,
+    pub descs: &'m [PageDesc],
+}
+
+impl<'m> Memmap<'m> {
+    #[inline]
+    pub fn end(&self) -> u64 {
+        self.base + self.descs.len() as u64
+    }
+    #[inline]
+    pub fn contains(&self, pfn: u64) -> bool {
+        pfn >= self.base && pfn < self.end()
+    }
+    /// Descriptor of `pfn`; callers pass frames inside the node (checked at the API boundary).
+    #[inline]
+    pub fn desc(&self, pfn: u64) -> &'m PageDesc {
+        &self.descs[(pfn - self.base) as usize]
+    }
+    #[inline]
+    pub fn at(&self, idx: u32) -> &'m PageDesc {
+        &self.descs[idx as usize]
+    }
+    #[inline]
+    pub fn idx(&self, pfn: u64) -> u32 {
+        (pfn - self.base) as u32
+    }
+    #[inline]
+    pub fn pfn(&self, idx: u32) -> u64 {
+        self.base + u64::from(idx)
+    }
+}
+
+/// An intrusive doubly linked list of descriptor indices.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct List {
+    pub head: u32,
+    pub tail: u32,
+}
+
+impl List {
+    pub const EMPTY: List = List {
+        head: NIL,
+        tail: NIL,
+    };
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.head == NIL
+    }
+
+    #[inline]
+    pub fn push_front(&mut self, mm: &Memmap<'_>, idx: u32) {
+        let d = mm.at(idx);
+        d.set_prev(NIL);
+        d.set_next(self.head);
+        if self.head == NIL {
+            self.tail = idx;
+        } else {
+            mm.at(self.head).set_prev(idx);
+        }
+        self.head = idx;
+    }
+
+    #[inline]
+    pub fn push_back(&mut self, mm: &Memmap<'_>, idx: u32) {
+        let d = mm.at(idx);
+        d.set_next(NIL);
+        d.set_prev(self.tail);
+        if self.tail == NIL {
+            self.head = idx;
+        } else {
+            mm.at(self.tail).set_next(idx);
+        }
+        self.tail = idx;
+    }
+
+    /// Unlink `idx`, which the caller knows is on this list.
+    #[inline]
+    pub fn remove(&mut self, mm: &Memmap<'_>, idx: u32) {
+        let d = mm.at(idx);
+        let (prev, next) = (d.prev(), d.next());
+        if prev == NIL {
+            self.head = next;
+        } else {
+            mm.at(prev).set_next(next);
+        }
+        if next == NIL {
+            self.tail = prev;
+        } else {
+            mm.at(next).set_prev(prev);
+        }
+        d.set_next(NIL);
+        d.set_prev(NIL);
+    }
+
+    #[inline]
+    pub fn pop_front(&mut self, mm: &Memmap<'_>) -> Option<u32> {
+        let h = self.head;
+        if h == NIL {
+            return None;
+        }
+        self.remove(mm, h);
+        Some(h)
+    }
+
+    #[inline]
+    pub fn pop_back(&mut self, mm: &Memmap<'_>) -> Option<u32> {
+        let t = self.tail;
+        if t == NIL {
+            return None;
+        }
+        self.remove(mm, t);
+        Some(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptor_fits_sixteen_bytes() {
+        assert_eq!(core::mem::size_of::<PageDesc>(), 16);
+    }
+
+    #[test]
+    fn flags_round_trip() {
+        for st in [
+            PageState::Hole,
+            PageState::Reserved,
+            PageState::Tail,
+            PageState::Free,
+            PageState::Allocated,
+            PageState::PerCpu,
+        ] {
+            for mt in MigrateType::ALL {
+                let f = Flags::new(st, 13, mt);
+                assert_eq!(Flags::decode(f.encode()), f);
+            }
+        }
+    }
+
+    #[test]
+    fn begin_free_only_from_allocated_of_same_order() {
+        let d = PageDesc::new();
+        let pcp = Flags::new(PageState::PerCpu, 2, MigrateType::Movable);
+        assert!(d.begin_free(0, pcp).is_err());
+        d.set_flags(Flags::new(PageState::Allocated, 2, MigrateType::Unmovable));
+        assert_eq!(d.begin_free(1, pcp).unwrap_err().order, 2);
+        assert!(d.begin_free(2, pcp).is_ok());
+        assert_eq!(d.state(), PageState::PerCpu);
+        assert!(d.begin_free(2, pcp).is_err(), "second free is refused");
+    }
+
+    #[test]
+    fn list_push_remove_pop_keeps_links() {
+        let descs: [PageDesc; 4] = core::array::from_fn(|_| PageDesc::new());
+        let mm = Memmap {
+            base: 100,
+            descs: &descs,
+        };
+        let mut l = List::EMPTY;
+        l.push_back(&mm, 1);
+        l.push_front(&mm, 0);
+        l.push_back(&mm, 3);
+        l.remove(&mm, 1);
+        assert_eq!(l.pop_front(&mm), Some(0));
+        assert_eq!(l.pop_back(&mm), Some(3));
+        assert!(l.is_empty());
+        assert_eq!(l.pop_front(&mm), None);
+    }
+
+    #[test]
+    fn private_word_uses_link_fields() {
+        let d = PageDesc::new();
+        d.set_private(0xdead_beef_1234_5678);
+        assert_eq!(d.private(), 0xdead_beef_1234_5678);
+    }
+}

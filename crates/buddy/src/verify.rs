@@ -1,0 +1,335 @@
+//! `verify()`: a full invariant scan, for tests, fuzzing and debugging.
+//!
+//! For every zone (per-CPU locks in CPU order, then the zone lock, so the scan sees a
+//! consistent state even while other threads run):
+//! * every free list is a well-linked chain whose members are free heads of the list's order
+//!   and type, naturally aligned and inside the zone; its length equals its counter;
+//! * every per-CPU list likewise, and the list set's page count equals its lists;
+//! * walking the zone block by block, every block head is followed by exactly `2^order - 1`
+//!   tail descriptors (so no block overlaps another, or a reserved frame or hole); every free
+//!   head found is on a list (the counts match); no two free buddies of equal order are left
+//!   unmerged unless Linux forbids the merge;
+//! * each free block's type is its pageblock's type (every covered pageblock for large
+//!   blocks);
+//! * `free_pages` equals the pages on the lists; `managed` equals free + per-CPU + allocated;
+//!   the high-atomic reserve equals its pageblocks;
+//! * memmap frames outside every zone are holes.
+
+use core::sync::atomic::Ordering::Relaxed;
+
+use mmkit_addr::{IrqControl, Pfn};
+
+use crate::allocator::{BuddyAllocator, Node};
+use crate::freearea::ZoneLocked;
+use crate::migrate::{MigrateType, NR_MIGRATE_TYPES, NR_PCP_TYPES};
+use crate::page::{List, Memmap, PageState, NIL};
+use crate::pcp::PCP_MAX_ORDER;
+use crate::zone::{Zone, ZoneType};
+
+/// An invariant the scan found broken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyError {
+    /// A free or per-CPU list is mislinked, cyclic, or its length differs from its counter.
+    ListCorrupt {
+        /// Node.
+        node: usize,
+        /// Zone.
+        zone: ZoneType,
+        /// Order of the list.
+        order: u32,
+    },
+    /// A list member is not a head of the list's order and type, misaligned, or outside the
+    /// zone.
+    BadListMember {
+        /// The member.
+        pfn: Pfn,
+    },
+    /// A block's frames overlap another block, a reserved frame or a hole, or a tail has no
+    /// head.
+    Overlap {
+        /// The frame in question.
+        pfn: Pfn,
+    },
+    /// A free block is on no list (or listed twice).
+    UnlistedFree {
+        /// Node.
+        node: usize,
+        /// Zone.
+        zone: ZoneType,
+    },
+    /// Two free buddies of equal order were left unmerged.
+    UnmergedBuddies {
+        /// The lower buddy.
+        pfn: Pfn,
+        /// Their order.
+        order: u32,
+    },
+    /// A free block's type differs from its pageblock's.
+    PageblockMismatch {
+        /// The block.
+        pfn: Pfn,
+    },
+    /// A counter disagrees with the lists.
+    CounterMismatch {
+        /// Node.
+        node: usize,
+        /// Zone.
+        zone: ZoneType,
+        /// Which counter.
+        what: &'static str,
+        /// What the counter says.
+        counter: u64,
+        /// What the lists say.
+        actual: u64,
+    },
+}
+
+impl core::fmt::Display for VerifyError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        core::fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Walk one list; returns (blocks, pages).
+fn walk_list(
+    mm: &Memmap<'_>,
+    list: &List,
+    zone: &Zone<'_>,
+    order: u32,
+    mt: MigrateType,
+    state: PageState,
+) -> Result<(u64, u64), VerifyError> {
+    let corrupt = VerifyError::ListCorrupt {
+        node: zone.node,
+        zone: zone.ty,
+        order,
+    };
+    let mut prev = NIL;
+    let mut cur = list.head;
+    let mut n = 0u64;
+    while cur != NIL {
+        if cur as usize >= mm.descs.len() || n > zone.spanned() {
+            return Err(corrupt);
+        }
+        let d = mm.at(cur);
+        if d.prev() != prev {
+            return Err(corrupt);
+        }
+        let pfn = mm.pfn(cur);
+        let f = d.flags();
+        let fits =
+            pfn % (1u64 << order) == 0 && zone.contains(pfn) && pfn + (1u64 << order) <= zone.end;
+        if f.state != state || f.order != order || f.mt != mt || !fits {
+            return Err(VerifyError::BadListMember { pfn: Pfn::new(pfn) });
+        }
+        n += 1;
+        prev = cur;
+        cur = d.next();
+    }
+    if list.tail != prev {
+        return Err(corrupt);
+    }
+    Ok((n, n << order))
+}
+
+impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
+    /// Check every invariant of every zone; see the module docs for the list.
+    pub fn verify(&self) -> Result<(), VerifyError> {
+        for (nid, node) in self.nodes() {
+            let mut pfn = node.mm.base;
+            while pfn < node.mm.end() {
+                if !node.zones.iter().any(|z| z.contains(pfn))
+                    && node.mm.desc(pfn).state() != PageState::Hole
+                {
+                    return Err(VerifyError::Overlap { pfn: Pfn::new(pfn) });
+                }
+                pfn += 1;
+            }
+            for zone in node.zones.iter() {
+                self.verify_zone(nid, node, zone)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn verify_zone(&self, nid: usize, node: &Node<'m>, zone: &Zone<'m>) -> Result<(), VerifyError> {
+        let mm = node.mm;
+        let mismatch = |what, counter, actual| VerifyError::CounterMismatch {
+            node: nid,
+            zone: zone.ty,
+            what,
+            counter,
+            actual,
+        };
+        // Per-CPU lists first (lock order), all held until the zone scan is done.
+        let mut pcp_blocks = 0;
+        let mut pcp_pages = 0;
+        if zone.pcp.len() > MAX_VERIFY_CPUS {
+            self.drain_zone_pcp(node, zone);
+        }
+        let held = HeldPcp::lock_all(zone);
+        for lists in held.iter() {
+            let mut pages = 0;
+            for o in 0..=PCP_MAX_ORDER {
+                for t in 0..NR_PCP_TYPES {
+                    let mt = MigrateType::ALL[t];
+                    let (b, p) = walk_list(
+                        &mm,
+                        &lists.lists[o as usize][t],
+                        zone,
+                        o,
+                        mt,
+                        PageState::PerCpu,
+                    )?;
+                    pcp_blocks += b;
+                    pages += p;
+                }
+            }
+            if pages != lists.count {
+                return Err(mismatch("pcp count", lists.count, pages));
+            }
+            pcp_pages += pages;
+        }
+        let z = self.lock(node, zone);
+        let mut list_blocks = 0;
+        let mut list_pages = 0;
+        for o in 0..=self.cfg.max_order {
+            for t in 0..NR_MIGRATE_TYPES {
+                let mt = MigrateType::ALL[t];
+                let (b, p) = walk_list(
+                    &mm,
+                    &z.fa.lists[o as usize][t],
+                    zone,
+                    o,
+                    mt,
+                    PageState::Free,
+                )?;
+                if b != z.fa.counts[o as usize][t] {
+                    return Err(mismatch("free-list count", z.fa.counts[o as usize][t], b));
+                }
+                list_blocks += b;
+                list_pages += p;
+            }
+        }
+        let (walk_free, walk_pcp, allocated) = self.walk_zone(&z)?;
+        if walk_free != list_blocks {
+            return Err(VerifyError::UnlistedFree {
+                node: nid,
+                zone: zone.ty,
+            });
+        }
+        if walk_pcp != pcp_blocks {
+            return Err(mismatch("pcp blocks", pcp_blocks, walk_pcp));
+        }
+        let free = zone.free_pages.load(Relaxed);
+        if free != list_pages {
+            return Err(mismatch("free_pages", free, list_pages));
+        }
+        let managed = zone.managed.load(Relaxed);
+        if managed != list_pages + pcp_pages + allocated {
+            return Err(mismatch(
+                "managed",
+                managed,
+                list_pages + pcp_pages + allocated,
+            ));
+        }
+        let ha = z.count_pageblocks(MigrateType::HighAtomic) << self.cfg.pageblock_order;
+        if ha != z.fa.nr_reserved_highatomic {
+            return Err(mismatch(
+                "highatomic reserve",
+                z.fa.nr_reserved_highatomic,
+                ha,
+            ));
+        }
+        drop(z);
+        drop(held);
+        Ok(())
+    }
+
+    /// Walk the zone block by block. Returns (free heads, per-CPU heads, allocated pages).
+    fn walk_zone(&self, z: &ZoneLocked<'_, 'm>) -> Result<(u64, u64, u64), VerifyError> {
+        let (mm, zone) = (z.mm, z.zone);
+        let pb_order = self.cfg.pageblock_order;
+        let (mut free, mut pcp, mut allocated) = (0, 0, 0);
+        let mut pfn = zone.start;
+        while pfn < zone.end {
+            let f = mm.desc(pfn).flags();
+            let order = f.order;
+            match f.state {
+                PageState::Hole | PageState::Reserved => {
+                    pfn += 1;
+                    continue;
+                }
+                PageState::Tail => return Err(VerifyError::Overlap { pfn: Pfn::new(pfn) }),
+                PageState::Free | PageState::Allocated | PageState::PerCpu => {}
+            }
+            let end = pfn + (1u64 << order);
+            if pfn % (1u64 << order) != 0 || end > zone.end || order > self.cfg.max_order {
+                return Err(VerifyError::Overlap { pfn: Pfn::new(pfn) });
+            }
+            if let Some(bad) = (pfn + 1..end).find(|&p| mm.desc(p).state() != PageState::Tail) {
+                return Err(VerifyError::Overlap { pfn: Pfn::new(bad) });
+            }
+            match f.state {
+                PageState::Free => {
+                    free += 1;
+                    let mut pb = z.pageblock_start(pfn);
+                    while pb < end {
+                        if mm.desc(pb).block_type() != f.mt {
+                            return Err(VerifyError::PageblockMismatch { pfn: Pfn::new(pfn) });
+                        }
+                        pb += 1u64 << pb_order;
+                    }
+                    let buddy = pfn ^ (1u64 << order);
+                    if order < self.cfg.max_order
+                        && buddy >= zone.start
+                        && buddy + (1u64 << order) <= zone.end
+                    {
+                        let bf = mm.desc(buddy).flags();
+                        if bf.state == PageState::Free && bf.order == order {
+                            let bt = z.pageblock_type(buddy);
+                            let forbidden = order >= pb_order
+                                && bt != f.mt
+                                && (!bt.is_mergeable() || !f.mt.is_mergeable());
+                            if !forbidden {
+                                return Err(VerifyError::UnmergedBuddies {
+                                    pfn: Pfn::new(pfn.min(buddy)),
+                                    order,
+                                });
+                            }
+                        }
+                    }
+                }
+                PageState::PerCpu => pcp += 1,
+                _ => allocated += 1u64 << order,
+            }
+            pfn = end;
+        }
+        Ok((free, pcp, allocated))
+    }
+}
+
+/// All per-CPU list locks of a zone, taken in CPU order.
+struct HeldPcp<'a> {
+    guards: [Option<spin::mutex::SpinMutexGuard<'a, crate::pcp::PcpLists>>; MAX_VERIFY_CPUS],
+    n: usize,
+}
+
+/// `verify` holds every CPU's list of a zone at once, for up to this many CPUs; with more,
+/// it drains the zone's lists first and checks the first this-many.
+const MAX_VERIFY_CPUS: usize = 256;
+
+impl<'a> HeldPcp<'a> {
+    fn lock_all(zone: &'a Zone<'_>) -> Self {
+        let mut guards: [Option<_>; MAX_VERIFY_CPUS] = core::array::from_fn(|_| None);
+        let n = zone.pcp.len().min(MAX_VERIFY_CPUS);
+        for (g, pcp) in guards.iter_mut().zip(zone.pcp.iter()) {
+            *g = Some(pcp.inner.lock());
+        }
+        Self { guards, n }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &crate::pcp::PcpLists> {
+        self.guards[..self.n].iter().flatten().map(|g| &**g)
+    }
+}
