@@ -1,0 +1,256 @@
+//! kmalloc behaviour over the strict test page source.
+
+use core::ptr::NonNull;
+
+use mmkit_addr::host::HostPlatform;
+use mmkit_slab::testing::TestPageSource;
+use mmkit_slab::{
+    AllocError, CacheFlags, FreeError, Gfp, Kmalloc, KmallocKind, KreallocError, KMALLOC_CLASSES,
+    ZERO_SIZE_PTR,
+};
+
+fn env() -> (TestPageSource, HostPlatform) {
+    (TestPageSource::new(32 << 20), HostPlatform::new(2))
+}
+
+fn fill(p: NonNull<u8>, len: usize, b: u8) {
+    // SAFETY: tests fill only allocations they own, within their size.
+    unsafe { core::ptr::write_bytes(p.as_ptr(), b, len) };
+}
+
+fn all(p: NonNull<u8>, len: usize, b: u8) -> bool {
+    // SAFETY: tests read only allocations they own, within their size.
+    unsafe { core::slice::from_raw_parts(p.as_ptr(), len) }
+        .iter()
+        .all(|&x| x == b)
+}
+
+#[test]
+fn zero_size_returns_distinct_non_null_token() {
+    let (src, plat) = env();
+    let k = Kmalloc::new(&src, &plat).unwrap();
+    let z = k.kmalloc(0, Gfp::empty()).unwrap();
+    assert_eq!(z, ZERO_SIZE_PTR);
+    assert_ne!(z.as_ptr() as usize, 0);
+    // SAFETY: ZERO_SIZE_PTR is accepted by kfree/ksize.
+    unsafe {
+        assert_eq!(k.ksize(z), Ok(0));
+        k.kfree(z).unwrap();
+    }
+    let real = k.kmalloc(1, Gfp::empty()).unwrap();
+    assert_ne!(real, z);
+    // SAFETY: allocated above.
+    unsafe { k.kfree(real).unwrap() };
+}
+
+#[test]
+fn every_size_gets_its_class_and_power_of_two_sizes_are_naturally_aligned() {
+    let (src, plat) = env();
+    let mut k = Kmalloc::new(&src, &plat).unwrap();
+    for size in (1..=9000).step_by(7).chain(KMALLOC_CLASSES) {
+        let p = k.kmalloc(size, Gfp::empty()).unwrap();
+        // SAFETY: allocated above.
+        let usable = unsafe { k.ksize(p) }.unwrap();
+        assert!(usable >= size);
+        if size <= 8192 {
+            assert!(KMALLOC_CLASSES.contains(&usable));
+        }
+        if size.is_power_of_two() {
+            assert_eq!(
+                p.as_ptr() as usize % size,
+                0,
+                "size {size} not naturally aligned"
+            );
+        }
+        fill(p, usable, 0xee);
+        // SAFETY: allocated above.
+        unsafe { k.kfree(p).unwrap() };
+    }
+    k.verify().unwrap();
+}
+
+#[test]
+fn large_allocations_come_from_pages_and_are_tracked() {
+    let (src, plat) = env();
+    let k = Kmalloc::new(&src, &plat).unwrap();
+    let before = src.frames_in_use();
+    let p = k.kmalloc(20_000, Gfp::empty()).unwrap();
+    assert_eq!(src.frames_in_use(), before + 8);
+    assert_eq!(p.as_ptr() as usize % (8 * 4096), 0);
+    // SAFETY: allocated above; the second kfree and the interior pointer are refused.
+    unsafe {
+        assert_eq!(k.ksize(p), Ok(32768));
+        assert_eq!(k.kfree(p.add(4096)), Err(FreeError::NotSlabMemory));
+        assert_eq!(k.large_live(), 1);
+        k.kfree(p).unwrap();
+        assert_eq!(k.kfree(p), Err(FreeError::NotSlabMemory));
+    }
+    assert_eq!(src.frames_in_use(), before);
+    assert_eq!(k.large_live(), 0);
+    assert_eq!(
+        k.kmalloc(usize::MAX / 2, Gfp::empty()),
+        Err(AllocError::TooLarge)
+    );
+}
+
+#[test]
+fn kzalloc_zeroes_recycled_memory() {
+    let (src, plat) = env();
+    let k = Kmalloc::new(&src, &plat).unwrap();
+    for size in [24, 100, 5000, 70_000] {
+        let p = k.kmalloc(size, Gfp::empty()).unwrap();
+        fill(p, size, 0xab);
+        // SAFETY: allocated above.
+        unsafe { k.kfree(p).unwrap() };
+        let z = k.kzalloc(size, Gfp::empty()).unwrap();
+        assert!(all(z, size, 0), "kzalloc({size}) not zeroed");
+        // SAFETY: allocated above.
+        unsafe { k.kfree(z).unwrap() };
+    }
+}
+
+#[test]
+fn alignment_requests_are_honoured() {
+    let (src, plat) = env();
+    let k = Kmalloc::new(&src, &plat).unwrap();
+    for align in [1usize, 2, 8, 16, 32, 64, 256, 4096, 16384] {
+        for size in [1usize, 24, 96, 200, 3000] {
+            let p = k.kmalloc_aligned(size, align, Gfp::empty()).unwrap();
+            assert_eq!(p.as_ptr() as usize % align, 0, "size {size} align {align}");
+            // SAFETY: allocated above.
+            unsafe { k.kfree(p).unwrap() };
+        }
+    }
+    assert_eq!(
+        k.kmalloc_aligned(8, 24, Gfp::empty()),
+        Err(AllocError::BadAlign)
+    );
+}
+
+#[test]
+fn krealloc_grows_by_copy_shrinks_in_place_and_frees_at_zero() {
+    let (src, plat) = env();
+    let mut k = Kmalloc::new(&src, &plat).unwrap();
+    let p = k.kmalloc(40, Gfp::empty()).unwrap();
+    fill(p, 40, 0x11);
+    // SAFETY: each call gives up the pointer it receives and the test uses only the result.
+    unsafe {
+        let same = k.krealloc(p, 60, Gfp::empty()).unwrap();
+        assert_eq!(same, p, "64-byte class already fits 60");
+        let big = k.krealloc(same, 10_000, Gfp::empty()).unwrap();
+        assert_ne!(big, p);
+        assert!(all(big, 40, 0x11), "contents copied");
+        let small = k.krealloc(big, 16, Gfp::empty()).unwrap();
+        assert_eq!(small, big);
+        let gone = k.krealloc(small, 0, Gfp::empty()).unwrap();
+        assert_eq!(gone, ZERO_SIZE_PTR);
+        let fresh = k.krealloc(ZERO_SIZE_PTR, 8, Gfp::empty()).unwrap();
+        let mut local = 0u8;
+        assert_eq!(
+            k.krealloc(NonNull::from(&mut local), 8, Gfp::empty()),
+            Err(KreallocError::Free(FreeError::NotSlabMemory))
+        );
+        k.kfree(fresh).unwrap();
+    }
+    assert_eq!(k.large_live(), 0);
+    k.verify().unwrap();
+}
+
+#[test]
+fn gfp_flags_pick_reclaimable_and_dma_sets() {
+    let (src, plat) = env();
+    let k = Kmalloc::new(&src, &plat).unwrap();
+    let r = k.kmalloc(64, Gfp::RECLAIMABLE).unwrap();
+    let d = k.kmalloc(64, Gfp::DMA).unwrap();
+    let n = k.kmalloc(64, Gfp::empty()).unwrap();
+    assert_eq!(src.reclaimable_blocks(), 1);
+    assert_eq!(src.dma_blocks(), 1);
+    let rc = k.cache_for(64, KmallocKind::Reclaim).unwrap();
+    assert_eq!(rc.name(), "kmalloc-rcl-64");
+    assert!(rc.flags().contains(CacheFlags::RECLAIM_ACCOUNT));
+    assert_eq!(rc.live_objects(), 1);
+    assert_eq!(k.cache_for(64, KmallocKind::Dma).unwrap().live_objects(), 1);
+    assert_eq!(
+        k.cache_for(64, KmallocKind::Normal).unwrap().live_objects(),
+        1
+    );
+    // SAFETY: allocated above; kfree finds each one's cache from the pointer alone.
+    unsafe {
+        k.kfree(r).unwrap();
+        k.kfree(d).unwrap();
+        k.kfree(n).unwrap();
+    }
+}
+
+#[test]
+fn kfree_refuses_pointers_kmalloc_did_not_return() {
+    let (src, plat) = env();
+    let k = Kmalloc::new(&src, &plat).unwrap();
+    let other =
+        mmkit_slab::Cache::new(&mmkit_slab::CacheConfig::new("own", 64), &src, &plat).unwrap();
+    let foreign = other.alloc().unwrap();
+    let p = k.kmalloc(100, Gfp::empty()).unwrap();
+    let mut local = 0u64;
+    // SAFETY: every kfree below is refused and changes nothing.
+    unsafe {
+        assert_eq!(k.kfree(foreign), Err(FreeError::WrongCache));
+        assert_eq!(k.kfree(p.add(8)), Err(FreeError::Misaligned));
+        assert_eq!(
+            k.kfree(NonNull::from(&mut local).cast()),
+            Err(FreeError::NotSlabMemory)
+        );
+        assert_eq!(k.ksize(p.add(1)), Err(FreeError::Misaligned));
+    }
+    // SAFETY: allocated above.
+    unsafe {
+        k.kfree(p).unwrap();
+        other.free(foreign).unwrap();
+    }
+}
+
+#[test]
+fn slabinfo_lists_every_kmalloc_cache() {
+    let (src, plat) = env();
+    let k = Kmalloc::new(&src, &plat).unwrap();
+    let p = k.kmalloc(96, Gfp::empty()).unwrap();
+    let report = k.to_string();
+    let mut lines = report.lines();
+    assert_eq!(lines.next(), Some("slabinfo - version: 2.1"));
+    assert!(lines.next().unwrap().starts_with("# name"));
+    let rest: Vec<&str> = lines.collect();
+    assert_eq!(rest.len(), 39);
+    let line96 = rest.iter().find(|l| l.starts_with("kmalloc-96 ")).unwrap();
+    let cols: Vec<&str> = line96.split_whitespace().collect();
+    assert_ne!(cols[1], "0", "an active object is counted");
+    assert_eq!(cols[3], "96");
+    // SAFETY: allocated above.
+    unsafe { k.kfree(p).unwrap() };
+}
+
+#[test]
+fn debug_kmalloc_catches_overflow_into_red_zone() {
+    let (src, plat) = env();
+    let k = Kmalloc::with_flags(&src, &plat, CacheFlags::RED_ZONE | CacheFlags::POISON).unwrap();
+    let p = k.kmalloc(32, Gfp::empty()).unwrap();
+    // SAFETY: deliberate one-byte overflow into our own slot's red zone.
+    unsafe { p.as_ptr().add(32).write(1) };
+    // SAFETY: refused, nothing changes.
+    let r = unsafe { k.kfree(p) };
+    assert_eq!(r, Err(FreeError::RedZoneCorrupted { offset: 32 }));
+}
+
+#[test]
+fn drop_returns_every_page() {
+    let (src, plat) = env();
+    {
+        let k = Kmalloc::new(&src, &plat).unwrap();
+        let ps: Vec<_> = (1..300)
+            .map(|i| k.kmalloc(i * 13, Gfp::empty()).unwrap())
+            .collect();
+        for p in ps {
+            // SAFETY: allocated above.
+            unsafe { k.kfree(p).unwrap() };
+        }
+    }
+    assert_eq!(src.frames_in_use(), 0);
+}
