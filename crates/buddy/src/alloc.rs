@@ -279,3 +279,223 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         Err(AllocError::NoMapper)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{build, mib, no_pcp};
+    use crate::{BuddyConfig, CoreSize, ZoneType};
+    use core::sync::atomic::{AtomicUsize, Ordering};
+    use std::vec::Vec;
+
+    fn o(n: u32) -> Order {
+        Order::new(n)
+    }
+
+    #[test]
+    fn zone_modifiers_pick_zones_and_fall_back_downward() {
+        let b = build(&[&[mib(0, 32)]], no_pcp(), 1);
+        let dma = b.alloc_pages(GfpFlags::GFP_DMA, o(0)).unwrap();
+        assert!(dma.as_u64() < 16 * 256);
+        // Normal requests prefer the highest zone present (DMA32 here).
+        let k = b.alloc_pages(GfpFlags::KERNEL, o(0)).unwrap();
+        assert!(k.as_u64() >= 16 * 256);
+        assert_eq!(
+            b.alloc_pages(GfpFlags::DMA | GfpFlags::DMA32, o(0)),
+            Err(AllocError::InvalidFlags(
+                crate::GfpError::ConflictingZoneModifiers
+            ))
+        );
+        b.verify().unwrap();
+    }
+
+    #[test]
+    fn missing_zone_is_a_specific_error() {
+        let b = build(&[&[mib(16, 16)]], no_pcp(), 1);
+        assert_eq!(
+            b.alloc_pages(GfpFlags::GFP_DMA, o(0)),
+            Err(AllocError::ZoneNotPresent)
+        );
+        assert_eq!(
+            b.alloc_pages_node(3, GfpFlags::KERNEL, o(0)),
+            Err(AllocError::NoSuchNode(3))
+        );
+        assert_eq!(
+            b.alloc_pages(GfpFlags::KERNEL, o(11)),
+            Err(AllocError::OrderTooLarge { order: 11, max: 10 })
+        );
+        assert_eq!(
+            b.alloc_pages(GfpFlags::KERNEL | GfpFlags::ZERO, o(0)),
+            Err(AllocError::NoMapper)
+        );
+    }
+
+    #[test]
+    fn allocation_stops_at_the_watermark_not_at_empty() {
+        let b = build(&[&[mib(16, 16)]], no_pcp(), 1);
+        let st = b.zone_stats(0, ZoneType::Dma32).unwrap();
+        assert!(st.min > 0);
+        let mut got = Vec::new();
+        while let Ok(p) = b.alloc_pages(GfpFlags::KERNEL, o(0)) {
+            got.push(p);
+        }
+        let free = b.total_free();
+        assert!(free > 0, "the zone was not emptied");
+        assert!(free <= st.min + 1, "stopped at min: {free} vs {}", st.min);
+        // Atomic requests may dig into the reserve below min.
+        assert!(b.alloc_pages(GfpFlags::ATOMIC, o(0)).is_ok());
+        assert!(b.total_free() < free);
+        b.verify().unwrap();
+    }
+
+    static HOOK_CALLS: AtomicUsize = AtomicUsize::new(0);
+    fn hook(node: usize, zone: ZoneType) {
+        assert_eq!((node, zone), (0, ZoneType::Dma32));
+        HOOK_CALLS.fetch_add(1, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn low_watermark_hook_hears_a_zone_below_low() {
+        let b = build(&[&[mib(16, 16)]], no_pcp(), 1);
+        b.set_low_watermark_hook(Some(hook));
+        let low = b.zone_stats(0, ZoneType::Dma32).unwrap().low;
+        while b.total_free() > low + 8 {
+            b.alloc_pages(GfpFlags::KERNEL, o(0)).unwrap();
+        }
+        assert_eq!(HOOK_CALLS.load(Ordering::Relaxed), 0, "not yet below low");
+        for _ in 0..16 {
+            let _ = b.alloc_pages(GfpFlags::KERNEL, o(0));
+        }
+        assert!(HOOK_CALLS.load(Ordering::Relaxed) > 0);
+    }
+
+    #[test]
+    fn high_order_atomic_requests_reserve_a_pageblock() {
+        let b = build(&[&[mib(16, 16)]], no_pcp(), 1);
+        let low = b.zone_stats(0, ZoneType::Dma32).unwrap().low;
+        // Push the zone below low so the slow path (where Linux reserves) runs.
+        let mut keep = Vec::new();
+        while b.total_free() > low {
+            keep.push(b.alloc_pages(GfpFlags::HIGHUSER_MOVABLE, o(0)).unwrap());
+        }
+        let p = b.alloc_pages(GfpFlags::ATOMIC, o(1)).unwrap();
+        let st = b.zone_stats(0, ZoneType::Dma32).unwrap();
+        assert_eq!(st.reserved_highatomic, 512);
+        b.verify().unwrap();
+        // Ordinary requests cannot take the reserved pages; once they fail, the reserve is
+        // given back.
+        b.free_pages(p, o(1)).unwrap();
+        while b.alloc_pages(GfpFlags::KERNEL, o(0)).is_ok() {}
+        b.verify().unwrap();
+        assert_eq!(
+            b.zone_stats(0, ZoneType::Dma32)
+                .unwrap()
+                .reserved_highatomic,
+            0
+        );
+    }
+
+    #[test]
+    fn unmovable_request_claims_a_whole_pageblock_movable_only_steals() {
+        let b = build(&[&[mib(16, 16)]], no_pcp(), 1);
+        // All pageblocks start Movable: an unmovable page claims a whole (max-order) block.
+        b.alloc_pages(GfpFlags::KERNEL, o(0)).unwrap();
+        let c = b.pageblock_census();
+        assert_eq!(c.by_type[MigrateType::Unmovable.index()], 2);
+        // A reclaimable request falls back to Unmovable lists first and claims from them.
+        b.alloc_pages(GfpFlags::KERNEL_RECLAIMABLE, o(0)).unwrap();
+        let c = b.pageblock_census();
+        assert!(c.by_type[MigrateType::Reclaimable.index()] >= 1);
+        b.verify().unwrap();
+    }
+
+    #[test]
+    fn grouping_off_puts_everything_on_one_type() {
+        let b = build(&[&[mib(16, 16)]], no_pcp(), 1);
+        b.set_mobility_grouping(false);
+        for f in [
+            GfpFlags::KERNEL,
+            GfpFlags::HIGHUSER_MOVABLE,
+            GfpFlags::KERNEL_RECLAIMABLE,
+        ] {
+            b.alloc_pages(f, o(0)).unwrap();
+        }
+        let c = b.pageblock_census();
+        assert_eq!(c.by_type[MigrateType::Reclaimable.index()], 0);
+        b.verify().unwrap();
+    }
+
+    #[test]
+    fn grouping_switches_itself_off_on_tiny_memory() {
+        // 8 MiB = 2048 frames < 5 pageblocks of 512.
+        let b = build(&[&[mib(16, 8)]], no_pcp(), 1);
+        assert!(!b.mobility_grouping());
+        let b = build(&[&[mib(16, 16)]], no_pcp(), 1);
+        assert!(b.mobility_grouping());
+    }
+
+    #[test]
+    fn zone_movable_holds_only_movable_allocations() {
+        let cfg = BuddyConfig {
+            movablecore: Some(CoreSize::Bytes(16 << 20)),
+            ..no_pcp()
+        };
+        let b = build(&[&[mib(16, 32)]], cfg, 1);
+        let mv = b.zone_stats(0, ZoneType::Movable).unwrap();
+        assert_eq!(mv.start_pfn.as_u64(), 32 * 256);
+        assert_eq!(mv.managed, 16 * 256);
+        let mut kernel = Vec::new();
+        while let Ok(p) = b.alloc_pages(GfpFlags::KERNEL, o(0)) {
+            assert!(p.as_u64() < 32 * 256, "kernel page in ZONE_MOVABLE");
+            kernel.push(p);
+        }
+        let user = b.alloc_pages(GfpFlags::HIGHUSER_MOVABLE, o(0)).unwrap();
+        assert!(user.as_u64() >= 32 * 256);
+        b.verify().unwrap();
+    }
+
+    #[test]
+    fn other_nodes_are_used_when_the_preferred_is_full() {
+        let b = build(&[&[mib(16, 16)], &[mib(32, 16)]], no_pcp(), 1);
+        let mut n0 = 0;
+        loop {
+            let p = b.alloc_pages_node(0, GfpFlags::KERNEL, o(0)).unwrap();
+            if p.as_u64() >= 32 * 256 {
+                break;
+            }
+            n0 += 1;
+        }
+        assert!(n0 > 3000);
+        // THISNODE keeps to node 0, down to its min watermark.
+        loop {
+            match b.alloc_pages_node(0, GfpFlags::KERNEL | GfpFlags::THISNODE, o(0)) {
+                Ok(p) => assert!(p.as_u64() < 32 * 256),
+                Err(e) => break assert_eq!(e, AllocError::OutOfMemory),
+            }
+        }
+        b.verify().unwrap();
+    }
+
+    #[test]
+    fn zero_flag_zeroes_through_the_mapper() {
+        use mmkit_addr::host::HostMemory;
+        use mmkit_addr::PhysAddr;
+        let mem: &'static HostMemory = std::boxed::Box::leak(std::boxed::Box::new(
+            HostMemory::new(PhysAddr::new(16 << 20), 16 << 20),
+        ));
+        let mut b = build(&[&[mib(16, 16)]], no_pcp(), 1);
+        b.set_mapper(mem);
+        let p = b.alloc_pages(GfpFlags::KERNEL, o(1)).unwrap();
+        let ptr = mem.ptr_of(p.addr()).unwrap().as_ptr();
+        // SAFETY: the two frames were just allocated to this test and lie in `mem`.
+        unsafe { core::ptr::write_bytes(ptr, 0xaa, 8192) };
+        b.free_pages(p, o(1)).unwrap();
+        let q = b
+            .alloc_pages(GfpFlags::KERNEL | GfpFlags::ZERO, o(1))
+            .unwrap();
+        assert_eq!(p, q, "same block comes back (LIFO)");
+        // SAFETY: as above.
+        let bytes = unsafe { core::slice::from_raw_parts(ptr, 8192) };
+        assert!(bytes.iter().all(|&x| x == 0));
+    }
+}
