@@ -1,0 +1,210 @@
+//! Free-range iteration: memory minus reserved, without allocating, in O(regions).
+//!
+//! A free range is the intersection of one memory region with one *gap* of the reserved list
+//! (gap `k` runs from the end of reserved region `k-1` to the start of reserved region `k`;
+//! gap 0 starts at address 0 and the last gap runs to the top of the address space). Both
+//! lists are sorted, so a two-index walk visits each region and each gap once — the same walk
+//! as Linux's `__next_mem_range`, forward ([`FreeRanges`]) or from the top down
+//! ([`FreeRangesRev`]). A free range therefore never spans two memory regions: ranges of
+//! different node or flags are reported separately, and so are touching regions.
+
+use mmkit_addr::{PhysAddr, PhysRange};
+
+use crate::region::{NodeId, Region, RegionFlags};
+
+/// Which memory regions a walk visits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RangeFilter {
+    /// Only regions of this node (`None`: any node).
+    pub node: Option<NodeId>,
+    /// Only regions that have all of these flags.
+    pub require: RegionFlags,
+    /// Only regions that have none of these flags.
+    pub exclude: RegionFlags,
+}
+
+impl RangeFilter {
+    /// Every memory region, whatever its flags.
+    pub const ALL: RangeFilter = RangeFilter {
+        node: None,
+        require: RegionFlags::empty(),
+        exclude: RegionFlags::empty(),
+    };
+
+    /// The regions bootmem may allocate from and hands off: all but
+    /// [`RegionFlags::NOT_ALLOCATABLE`] (no-map and driver-managed memory).
+    pub const ALLOCATABLE: RangeFilter = RangeFilter {
+        node: None,
+        require: RegionFlags::empty(),
+        exclude: RegionFlags::NOT_ALLOCATABLE,
+    };
+
+    /// The same filter restricted to one node.
+    #[must_use]
+    pub const fn on_node(mut self, nid: NodeId) -> Self {
+        self.node = Some(nid);
+        self
+    }
+
+    /// Whether the walk visits `region`.
+    #[inline]
+    pub fn accepts(&self, region: &Region) -> bool {
+        let node_ok = match self.node {
+            Some(n) => n == region.nid(),
+            None => true,
+        };
+        node_ok && region.flags().contains(self.require) && !region.flags().intersects(self.exclude)
+    }
+}
+
+/// One free range: part of a single memory region that no reserved region covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FreeRange {
+    /// The free bytes.
+    pub range: PhysRange,
+    /// The node of the memory region it lies in.
+    pub nid: NodeId,
+    /// The flags of the memory region it lies in.
+    pub flags: RegionFlags,
+}
+
+impl FreeRange {
+    fn new(base: u64, end: u64, m: &Region) -> Self {
+        Self {
+            range: PhysRange::new(PhysAddr::new(base), PhysAddr::new(end))
+                .unwrap_or(PhysRange::EMPTY),
+            nid: m.nid(),
+            flags: m.flags(),
+        }
+    }
+}
+
+/// Reserved gap `k` as raw `[start, end)`.
+#[inline]
+fn gap(reserved: &[Region], k: usize) -> (u64, u64) {
+    let start = if k == 0 { 0 } else { reserved[k - 1].raw_end() };
+    let end = match reserved.get(k) {
+        Some(r) => r.raw_base(),
+        None => u64::MAX,
+    };
+    (start, end)
+}
+
+/// Free ranges in ascending address order.
+#[derive(Debug, Clone)]
+pub struct FreeRanges<'a> {
+    memory: &'a [Region],
+    reserved: &'a [Region],
+    filter: RangeFilter,
+    mem_idx: usize,
+    gap_idx: usize,
+}
+
+impl<'a> FreeRanges<'a> {
+    pub(crate) fn new(memory: &'a [Region], reserved: &'a [Region], filter: RangeFilter) -> Self {
+        Self {
+            memory,
+            reserved,
+            filter,
+            mem_idx: 0,
+            gap_idx: 0,
+        }
+    }
+}
+
+impl Iterator for FreeRanges<'_> {
+    type Item = FreeRange;
+
+    fn next(&mut self) -> Option<FreeRange> {
+        loop {
+            let m = self.memory.get(self.mem_idx)?;
+            if !self.filter.accepts(m) {
+                self.mem_idx += 1;
+                continue;
+            }
+            loop {
+                if self.gap_idx > self.reserved.len() {
+                    return None;
+                }
+                let (gs, ge) = gap(self.reserved, self.gap_idx);
+                if gs >= m.raw_end() {
+                    self.mem_idx += 1;
+                    break;
+                }
+                let (s, e) = (gs.max(m.raw_base()), ge.min(m.raw_end()));
+                // Step past whichever of the region and the gap ends first.
+                let region_done = m.raw_end() <= ge;
+                if region_done {
+                    self.mem_idx += 1;
+                } else {
+                    self.gap_idx += 1;
+                }
+                if s < e {
+                    return Some(FreeRange::new(s, e, m));
+                }
+                if region_done {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Free ranges in descending address order (the order of a top-down allocator).
+#[derive(Debug, Clone)]
+pub struct FreeRangesRev<'a> {
+    memory: &'a [Region],
+    reserved: &'a [Region],
+    filter: RangeFilter,
+    /// One past the next memory region to visit.
+    mem_end: usize,
+    /// One past the next gap to visit (0: exhausted).
+    gap_end: usize,
+}
+
+impl<'a> FreeRangesRev<'a> {
+    pub(crate) fn new(memory: &'a [Region], reserved: &'a [Region], filter: RangeFilter) -> Self {
+        Self {
+            memory,
+            reserved,
+            filter,
+            mem_end: memory.len(),
+            gap_end: reserved.len() + 1,
+        }
+    }
+}
+
+impl Iterator for FreeRangesRev<'_> {
+    type Item = FreeRange;
+
+    fn next(&mut self) -> Option<FreeRange> {
+        loop {
+            let m = self.memory.get(self.mem_end.checked_sub(1)?)?;
+            if !self.filter.accepts(m) {
+                self.mem_end -= 1;
+                continue;
+            }
+            loop {
+                let (gs, ge) = gap(self.reserved, self.gap_end.checked_sub(1)?);
+                if ge <= m.raw_base() {
+                    self.mem_end -= 1;
+                    break;
+                }
+                let (s, e) = (gs.max(m.raw_base()), ge.min(m.raw_end()));
+                // Step below whichever of the region and the gap starts last.
+                let region_done = m.raw_base() >= gs;
+                if region_done {
+                    self.mem_end -= 1;
+                } else {
+                    self.gap_end -= 1;
+                }
+                if s < e {
+                    return Some(FreeRange::new(s, e, m));
+                }
+                if region_done {
+                    break;
+                }
+            }
+        }
+    }
+}
