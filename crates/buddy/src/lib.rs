@@ -69,6 +69,7 @@ mod fallback;
 mod free;
 mod freearea;
 mod gfp;
+mod isolate;
 mod migrate;
 mod movable;
 mod page;

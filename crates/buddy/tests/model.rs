@@ -41,6 +41,16 @@ enum Action {
     },
     DrainAll,
     DrainLocal,
+    Isolate {
+        pb: u64,
+    },
+    Undo {
+        pick: usize,
+    },
+    Contig {
+        pb: u64,
+        nr: u64,
+    },
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -52,6 +62,9 @@ fn action() -> impl Strategy<Value = Action> {
         1 => (0u64..(28 * 256), 0u32..4).prop_map(|(frame, order)| Action::FreeRandom { frame, order }),
         1 => Just(Action::DrainAll),
         1 => Just(Action::DrainLocal),
+        1 => (0u64..56).prop_map(|pb| Action::Isolate { pb }),
+        1 => any::<usize>().prop_map(|pick| Action::Undo { pick }),
+        1 => (0u64..56, 1u64..4).prop_map(|(pb, nr)| Action::Contig { pb, nr }),
     ]
 }
 
@@ -84,6 +97,7 @@ fn run(actions: Vec<Action>, pcp: bool) {
     b.verify().unwrap();
     let managed = b.total_managed();
     let mut model = Model::new();
+    let mut isolated: Vec<u64> = Vec::new();
     for a in actions {
         match a {
             Action::Alloc { flags, order, node } => {
@@ -95,6 +109,10 @@ fn run(actions: Vec<Action>, pcp: bool) {
                         assert!(
                             !overlaps(&model, pfn, order),
                             "{pfn:#x}/{order} handed out twice"
+                        );
+                        assert!(
+                            !isolated.iter().any(|&pb| pfn >= pb && pfn < pb + 512),
+                            "allocated from an isolated pageblock"
                         );
                         if FLAGS[flags] == GfpFlags::GFP_DMA {
                             assert!(pfn < 16 * 256, "GFP_DMA stays below 16 MiB");
@@ -137,6 +155,33 @@ fn run(actions: Vec<Action>, pcp: bool) {
             }
             Action::DrainAll => b.drain_all_pages(),
             Action::DrainLocal => b.drain_local_pages(),
+            Action::Isolate { pb } => {
+                let start = pb * 512;
+                if b.isolate_range(Pfn::new(start), 512).is_ok() {
+                    assert!(!isolated.contains(&start));
+                    isolated.push(start);
+                }
+            }
+            Action::Undo { pick } => {
+                if isolated.is_empty() {
+                    continue;
+                }
+                let start = isolated.swap_remove(pick % isolated.len());
+                b.undo_isolate_range(Pfn::new(start), 512).unwrap();
+            }
+            Action::Contig { pb, nr } => {
+                let start = pb * 512;
+                if isolated.iter().any(|&i| i >= start && i < start + nr * 512) {
+                    continue;
+                }
+                if b.alloc_contig_range(Pfn::new(start), nr * 512).is_ok() {
+                    for p in start..start + nr * 512 {
+                        assert!(!overlaps(&model, p, 0), "contig range overlaps {p:#x}");
+                        assert!(present(p, 0));
+                        model.insert(p, 0);
+                    }
+                }
+            }
         }
         b.verify().unwrap();
         let allocated: u64 = model.values().map(|&o| 1u64 << o).sum();
@@ -144,6 +189,9 @@ fn run(actions: Vec<Action>, pcp: bool) {
     }
     for (&pfn, &order) in &model {
         b.free_pages(Pfn::new(pfn), Order::new(order)).unwrap();
+    }
+    for start in isolated {
+        b.undo_isolate_range(Pfn::new(start), 512).unwrap();
     }
     b.drain_all_pages();
     b.verify().unwrap();
