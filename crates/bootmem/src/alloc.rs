@@ -236,3 +236,217 @@ impl<const N: usize> Bootmem<'_, N> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{FreeError, RegionFlags};
+    use mmkit_addr::host::HostMemory;
+
+    const MIB: u64 = 1 << 20;
+
+    fn pa(x: u64) -> PhysAddr {
+        PhysAddr::new(x)
+    }
+
+    fn two_nodes() -> Bootmem<'static> {
+        let mut bm: Bootmem = Bootmem::new();
+        bm.add_node(pa(0), 16 * MIB, NodeId::ZERO, RegionFlags::empty())
+            .unwrap();
+        bm.add_node(pa(16 * MIB), 16 * MIB, NodeId::new(1), RegionFlags::empty())
+            .unwrap();
+        bm
+    }
+
+    #[test]
+    fn alloc_is_top_down_by_default_and_bottom_up_on_request() {
+        let mut bm = two_nodes();
+        assert_eq!(bm.alloc(0x1000, 0x1000), Ok(pa(32 * MIB - 0x1000)));
+        bm.set_bottom_up(true);
+        assert_eq!(bm.alloc(0x1000, 0x1000), Ok(pa(0x1000)));
+        bm.verify().unwrap();
+    }
+
+    #[test]
+    fn alloc_never_returns_page_zero() {
+        let mut bm: Bootmem = Bootmem::new();
+        bm.add(pa(0), 0x2000).unwrap();
+        bm.set_bottom_up(true);
+        assert_eq!(bm.alloc(0x1000, 0x1000), Ok(pa(0x1000)));
+        assert_eq!(
+            bm.alloc(0x1000, 0x1000),
+            Err(AllocError::NoFit {
+                size: 0x1000,
+                align: 0x1000
+            })
+        );
+        // Asking for the first page explicitly is an impossible window, not page 0.
+        assert!(matches!(
+            bm.alloc_request(&AllocRequest::new(0x1000, 0x1000).below(pa(0x1000))),
+            Err(AllocError::ImpossibleWindow { .. })
+        ));
+    }
+
+    #[test]
+    fn alloc_respects_alignment_and_window() {
+        let mut bm = two_nodes();
+        let req = AllocRequest::new(0x3000, 2 * MIB)
+            .above(pa(3 * MIB))
+            .below(pa(9 * MIB));
+        // Top-down: the highest 2 MiB boundary with 12 KiB below 9 MiB.
+        let got = bm.alloc_request(&req).unwrap();
+        assert_eq!(got, pa(8 * MIB));
+        assert!(bm.is_reserved(raw_range(8 * MIB, 8 * MIB + 0x3000)));
+        bm.set_bottom_up(true);
+        assert_eq!(bm.alloc_request(&req), Ok(pa(4 * MIB)));
+    }
+
+    #[test]
+    fn alloc_prefers_node_then_falls_back_unless_exact() {
+        let mut bm = two_nodes();
+        let on0 = bm
+            .alloc_request(&AllocRequest::new(MIB, MIB).prefer_node(NodeId::ZERO))
+            .unwrap();
+        assert_eq!(on0, pa(15 * MIB));
+        // Node 1 is full: a preferring request falls back to node 0, an exact one fails.
+        bm.reserve(pa(16 * MIB), 16 * MIB).unwrap();
+        let fallback = AllocRequest::new(MIB, MIB).prefer_node(NodeId::new(1));
+        assert_eq!(bm.alloc_request(&fallback), Ok(pa(14 * MIB)));
+        let exact = AllocRequest::new(MIB, MIB).exact_node(NodeId::new(1));
+        let before = bm.reserved_size();
+        assert_eq!(
+            bm.alloc_request(&exact),
+            Err(AllocError::NoFit {
+                size: MIB,
+                align: MIB
+            })
+        );
+        assert_eq!(bm.reserved_size(), before);
+    }
+
+    #[test]
+    fn alloc_skips_nomap_and_driver_managed_memory() {
+        let mut bm = two_nodes();
+        bm.mark(pa(16 * MIB), 16 * MIB, RegionFlags::NOMAP).unwrap();
+        bm.mark(pa(8 * MIB), 8 * MIB, RegionFlags::DRIVER_MANAGED)
+            .unwrap();
+        assert_eq!(bm.alloc(MIB, MIB), Ok(pa(7 * MIB)));
+    }
+
+    #[test]
+    fn hotplug_policy_controls_hotpluggable_memory() {
+        let mut bm = two_nodes();
+        bm.mark(pa(16 * MIB), 16 * MIB, RegionFlags::HOTPLUG)
+            .unwrap();
+        assert_eq!(bm.find(&AllocRequest::new(MIB, MIB)), Ok(pa(31 * MIB)));
+        bm.set_hotplug_policy(HotplugPolicy::PreferOthers);
+        assert_eq!(bm.find(&AllocRequest::new(MIB, MIB)), Ok(pa(15 * MIB)));
+        bm.reserve(pa(MIB), 15 * MIB).unwrap();
+        // Nothing else fits: PreferOthers falls back, Avoid refuses.
+        assert_eq!(bm.find(&AllocRequest::new(MIB, MIB)), Ok(pa(31 * MIB)));
+        bm.set_hotplug_policy(HotplugPolicy::Avoid);
+        assert!(matches!(
+            bm.find(&AllocRequest::new(MIB, MIB)),
+            Err(AllocError::NoFit { .. })
+        ));
+    }
+
+    #[test]
+    fn mirror_first_prefers_mirrored_memory_then_falls_back() {
+        let mut bm = two_nodes();
+        bm.mark(pa(4 * MIB), 2 * MIB, RegionFlags::MIRROR).unwrap();
+        bm.set_mirror_first(true);
+        assert_eq!(bm.alloc(MIB, MIB), Ok(pa(5 * MIB)));
+        assert_eq!(bm.alloc(MIB, MIB), Ok(pa(4 * MIB)));
+        assert_eq!(bm.alloc(MIB, MIB), Ok(pa(31 * MIB)));
+    }
+
+    #[test]
+    fn current_limit_caps_allocations() {
+        let mut bm = two_nodes();
+        bm.set_current_limit(pa(8 * MIB));
+        assert_eq!(bm.alloc(MIB, MIB), Ok(pa(7 * MIB)));
+        assert!(matches!(
+            bm.alloc_request(&AllocRequest::new(MIB, MIB).above(pa(8 * MIB))),
+            Err(AllocError::ImpossibleWindow { .. })
+        ));
+    }
+
+    #[test]
+    fn bad_requests_are_rejected_without_change() {
+        let mut bm = two_nodes();
+        assert_eq!(bm.alloc(0, 0x1000), Err(AllocError::ZeroSize));
+        assert_eq!(bm.alloc(0x1000, 3), Err(AllocError::BadAlignment(3)));
+        assert_eq!(bm.alloc(0x1000, 0), Err(AllocError::BadAlignment(0)));
+        assert!(matches!(
+            bm.alloc(64 * MIB, 0x1000),
+            Err(AllocError::NoFit { .. })
+        ));
+        assert!(bm.reserved_regions().is_empty());
+    }
+
+    #[test]
+    fn allocation_is_freed_by_range_and_double_free_is_caught() {
+        let mut bm = two_nodes();
+        let a = bm.alloc(0x3000, 0x1000).unwrap();
+        bm.free(a, 0x3000).unwrap();
+        assert!(bm.reserved_regions().is_empty());
+        assert!(matches!(bm.free(a, 0x3000), Err(FreeError::NotReserved(_))));
+    }
+
+    #[test]
+    fn alloc_zeroed_clears_memory_through_the_mapper() {
+        let host = HostMemory::new(pa(0), 4 * MIB);
+        let mut bm: Bootmem<'_> = Bootmem::new();
+        bm.add(pa(0), 4 * MIB).unwrap();
+        assert_eq!(
+            bm.alloc_zeroed(&AllocRequest::new(0x1000, 0x1000)),
+            Err(AllocError::NoMapper)
+        );
+        // SAFETY: nothing else uses the host buffer.
+        unsafe { bm.set_mapper(&host) };
+        let dirty = host.ptr_of(pa(4 * MIB - 0x2000)).unwrap();
+        // SAFETY: inside the host buffer, which only this test touches.
+        unsafe { dirty.as_ptr().write_bytes(0xee, 0x2000) };
+        let got = bm.alloc_zeroed(&AllocRequest::new(0x2000, 0x1000)).unwrap();
+        assert_eq!(got, pa(4 * MIB - 0x2000));
+        // SAFETY: the allocation is ours and inside the buffer.
+        let bytes = unsafe { core::slice::from_raw_parts(dirty.as_ptr(), 0x2000) };
+        assert!(bytes.iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn alloc_zeroed_outside_the_mapper_fails_without_reserving() {
+        let host = HostMemory::new(pa(0), MIB);
+        let mut bm: Bootmem<'_> = Bootmem::new();
+        bm.add(pa(0), 4 * MIB).unwrap();
+        // SAFETY: the mapper maps only its buffer; bootmem checks before writing.
+        unsafe { bm.set_mapper(&host) };
+        assert!(matches!(
+            bm.alloc_zeroed(&AllocRequest::new(0x1000, 0x1000)),
+            Err(AllocError::Unmappable(_))
+        ));
+        assert!(bm.reserved_regions().is_empty());
+    }
+
+    #[test]
+    fn passes_table_orders_mirror_then_hotplug_then_node() {
+        let order: [(bool, bool, bool); 8] = core::array::from_fn(|i| {
+            let p = PASSES[i];
+            (p.mirror_only, p.hotplug, p.preferred_node)
+        });
+        assert_eq!(
+            order,
+            [
+                (true, false, true),
+                (true, false, false),
+                (true, true, true),
+                (true, true, false),
+                (false, false, true),
+                (false, false, false),
+                (false, true, true),
+                (false, true, false),
+            ]
+        );
+    }
+}

@@ -324,3 +324,126 @@ impl Iterator for ReservedInMemory<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use mmkit_addr::PhysAddr;
+    use std::vec::Vec;
+
+    fn pa(x: u64) -> PhysAddr {
+        PhysAddr::new(x)
+    }
+
+    fn blocks(h: &Handoff<'_>) -> Vec<(u64, u32)> {
+        h.blocks()
+            .map(|b| (b.pfn.as_u64(), b.order.get()))
+            .collect()
+    }
+
+    #[test]
+    fn blocks_are_largest_naturally_aligned() {
+        let mut bm: Bootmem = Bootmem::new();
+        // Frames 3..21: 3 (o0), 4..8 (o2), 8..16 (o3), 16..20 (o2), 20 (o0).
+        bm.add(pa(3 << 12), 18 << 12).unwrap();
+        bm.reserve(pa(20 << 12), 0x1000).unwrap();
+        let h = bm.handoff(Order::new(10));
+        assert_eq!(blocks(&h), [(3, 0), (4, 2), (8, 3), (16, 2)]);
+        assert_eq!(h.free_pages(), 17);
+    }
+
+    #[test]
+    fn max_order_caps_blocks() {
+        let mut bm: Bootmem = Bootmem::new();
+        bm.add(pa(0x40_0000), 0x80_0000).unwrap();
+        let h = bm.handoff(Order::new(9));
+        assert_eq!(blocks(&h), [(0x400, 9), (0x600, 9), (0x800, 9), (0xa00, 9)]);
+        let runs: Vec<_> = h
+            .block_runs()
+            .map(|r| (r.first.pfn.as_u64(), r.count))
+            .collect();
+        assert_eq!(runs, [(0x400, 4)]);
+    }
+
+    #[test]
+    fn partial_pages_and_page_zero_are_not_handed_off() {
+        let mut bm: Bootmem = Bootmem::new();
+        bm.add(pa(0), 0x3800).unwrap();
+        bm.reserve(pa(0x1800), 0x10).unwrap();
+        let h = bm.handoff(Order::new(10));
+        // Page 0 never; page 1 is partly reserved; page 3 is partial memory.
+        assert_eq!(blocks(&h), [(2, 0)]);
+    }
+
+    #[test]
+    fn nomap_memory_is_kept_back_and_attributes_travel_with_blocks() {
+        let mut bm: Bootmem = Bootmem::new();
+        bm.add_node(
+            pa(0x10_0000),
+            0x10_0000,
+            NodeId::new(2),
+            RegionFlags::MIRROR,
+        )
+        .unwrap();
+        bm.mark(pa(0x18_0000), 0x8_0000, RegionFlags::NOMAP)
+            .unwrap();
+        let h = bm.handoff(Order::new(10));
+        let got: Vec<_> = h.blocks().collect();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].range(), raw_range(0x10_0000, 0x18_0000));
+        assert_eq!(got[0].nid, NodeId::new(2));
+        assert_eq!(got[0].flags, RegionFlags::MIRROR);
+    }
+
+    #[test]
+    fn reserved_in_memory_reports_per_node_accounting() {
+        let mut bm: Bootmem = Bootmem::new();
+        bm.add(pa(0x1000), 0xf000).unwrap();
+        bm.add_node(pa(0x10000), 0x10000, NodeId::new(1), RegionFlags::empty())
+            .unwrap();
+        bm.reserve(pa(0xe000), 0x4000).unwrap(); // straddles the node boundary
+        bm.reserve(pa(0x40000), 0x1000).unwrap(); // not memory at all
+        let h = bm.handoff(Order::new(10));
+        let parts: Vec<_> = h
+            .reserved_in_memory()
+            .map(|p| (p.range.as_raw(), p.nid))
+            .collect();
+        assert_eq!(
+            parts,
+            [
+                (0xe000..0x10000, NodeId::ZERO),
+                (0x10000..0x12000, NodeId::new(1))
+            ]
+        );
+        assert_eq!(h.reserved_size(), 0x5000);
+    }
+
+    #[test]
+    fn region_arrays_come_back_after_the_handoff() {
+        let host = mmkit_addr::host::HostMemory::new(pa(0), 0x100_0000);
+        let mut bm: Bootmem<'_, 2> = Bootmem::new();
+        // SAFETY: nothing else uses the host buffer.
+        unsafe { bm.set_mapper(&host) };
+        for i in 0..8 {
+            bm.add(pa(0x10_0000 + i * 0x2000), 0x1000).unwrap();
+        }
+        let array = bm.region_arrays()[0].unwrap();
+        let h = bm.handoff(Order::new(10));
+        assert!(h.blocks().all(|b| !b.range().overlaps(&array)));
+        assert_eq!(h.memory_regions().len(), 8);
+        assert_eq!(h.into_region_arrays()[0], Some(array));
+    }
+
+    #[test]
+    fn one_tib_handoff_is_o_blocks() {
+        let mut bm: Bootmem = Bootmem::new();
+        bm.add(pa(0x1000), (1 << 40) - 0x1000).unwrap();
+        let h = bm.handoff(Order::new(10));
+        let runs: Vec<_> = h.block_runs().collect();
+        // Head from frame 1 up to order 10, then one run for the rest.
+        assert_eq!(runs.len(), 11);
+        assert_eq!(runs[10].count, (1 << 28) / 1024 - 1);
+        assert_eq!(h.free_pages(), (1 << 28) - 1);
+    }
+}

@@ -208,3 +208,95 @@ impl Iterator for FreeRangesRev<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use crate::Bootmem;
+    use std::vec::Vec;
+
+    fn pa(x: u64) -> PhysAddr {
+        PhysAddr::new(x)
+    }
+
+    fn raw(it: impl Iterator<Item = FreeRange>) -> Vec<(u64, u64)> {
+        it.map(|f| (f.range.start().as_u64(), f.range.end().as_u64()))
+            .collect()
+    }
+
+    fn sample() -> Bootmem<'static> {
+        let mut bm: Bootmem = Bootmem::new();
+        bm.add(pa(0x1000), 0x9000).unwrap(); // [0x1000, 0xa000)
+        bm.add_node(pa(0x10000), 0x10000, NodeId::new(1), RegionFlags::empty())
+            .unwrap(); // [0x10000, 0x20000)
+        bm.add_node(pa(0x20000), 0x4000, NodeId::new(1), RegionFlags::NOMAP)
+            .unwrap();
+        bm.reserve(pa(0x0), 0x2000).unwrap();
+        bm.reserve(pa(0x4000), 0x1000).unwrap();
+        bm.reserve(pa(0x9000), 0x8000).unwrap(); // spans the hole
+        bm.reserve(pa(0x1f000), 0x1000).unwrap();
+        bm
+    }
+
+    #[test]
+    fn free_ranges_subtract_reserved_in_both_directions() {
+        let bm = sample();
+        let fwd = raw(bm.free_ranges(RangeFilter::ALLOCATABLE));
+        assert_eq!(
+            fwd,
+            [(0x2000, 0x4000), (0x5000, 0x9000), (0x11000, 0x1f000)]
+        );
+        let mut rev = raw(bm.free_ranges_rev(RangeFilter::ALLOCATABLE));
+        rev.reverse();
+        assert_eq!(rev, fwd);
+    }
+
+    #[test]
+    fn free_ranges_filter_by_node_and_flags() {
+        let bm = sample();
+        let node1 = raw(bm.free_ranges(RangeFilter::ALLOCATABLE.on_node(NodeId::new(1))));
+        assert_eq!(node1, [(0x11000, 0x1f000)]);
+        let nomap = RangeFilter {
+            node: None,
+            require: RegionFlags::NOMAP,
+            exclude: RegionFlags::empty(),
+        };
+        assert_eq!(raw(bm.free_ranges(nomap)), [(0x20000, 0x24000)]);
+        assert_eq!(raw(bm.free_ranges_rev(nomap)), [(0x20000, 0x24000)]);
+        let all = raw(bm.free_ranges(RangeFilter::ALL));
+        assert_eq!(all.len(), 4);
+    }
+
+    #[test]
+    fn touching_regions_of_different_nodes_stay_separate_ranges() {
+        let mut bm: Bootmem = Bootmem::new();
+        bm.add(pa(0x1000), 0x1000).unwrap();
+        bm.add_node(pa(0x2000), 0x1000, NodeId::new(1), RegionFlags::empty())
+            .unwrap();
+        let got: Vec<_> = bm
+            .free_ranges(RangeFilter::ALL)
+            .map(|f| (f.range.start().as_u64(), f.nid))
+            .collect();
+        assert_eq!(got, [(0x1000, NodeId::ZERO), (0x2000, NodeId::new(1))]);
+    }
+
+    #[test]
+    fn memory_up_to_the_top_of_the_address_space_is_walked() {
+        let mut bm: Bootmem = Bootmem::new();
+        // The highest representable region ends at u64::MAX (exclusive).
+        bm.add(pa(u64::MAX - 0x4000), 0x4000).unwrap();
+        bm.reserve(pa(u64::MAX - 0x3000), 0x1000).unwrap();
+        let fwd = raw(bm.free_ranges(RangeFilter::ALL));
+        assert_eq!(
+            fwd,
+            [
+                (u64::MAX - 0x4000, u64::MAX - 0x3000),
+                (u64::MAX - 0x2000, u64::MAX)
+            ]
+        );
+        let mut rev = raw(bm.free_ranges_rev(RangeFilter::ALL));
+        rev.reverse();
+        assert_eq!(rev, fwd);
+    }
+}

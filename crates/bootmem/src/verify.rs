@@ -115,3 +115,15 @@ impl<const N: usize> Bootmem<'_, N> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{Bootmem, DEFAULT_REGIONS};
+
+    #[test]
+    fn bootmem_can_live_in_a_lock_shared_by_cpus() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Bootmem<'static>>();
+        send_sync::<crate::Handoff<'static, DEFAULT_REGIONS>>();
+    }
+}
