@@ -1,0 +1,79 @@
+//! # mmkit's aarch64 QEMU kernel
+//!
+//! A bare-metal kernel for QEMU's `virt` machine (`-kernel` with an ELF image) that reads the
+//! machine's real memory map from the device tree and runs self-tests of the platform pieces
+//! mmkit relies on, reporting on the PL011 UART and leaving QEMU with a status the boot
+//! script (`scripts/qemu-test.sh`) checks.
+//!
+//! Modules, in boot order:
+//! * [`boot`]: entry, EL2→EL1 drop, FP/SIMD enable, `.bss`, stack, vector table base;
+//! * [`exceptions`]: the vector table, exception handler, exception table and probes;
+//! * [`platform`]: serial console, QEMU exit (PSCI, semihosting), the mmkit platform hooks
+//!   (CPU, IRQ via DAIF, phys→virt);
+//! * [`memmap`]: the device tree turned into a memory map, and the kernel's own footprint;
+//! * [`selftest`]: the checks.
+//!
+//! Raw hardware access (asm, MMIO, system registers) stays in `boot`, `exceptions` and
+//! `platform`; every `unsafe` block says why it is sound.
+#![no_std]
+#![no_main]
+#![deny(
+    unsafe_op_in_unsafe_fn,
+    clippy::undocumented_unsafe_blocks,
+    missing_docs
+)]
+
+mod boot;
+mod exceptions;
+mod memmap;
+mod platform;
+mod selftest;
+
+use core::panic::PanicInfo;
+
+use platform::{exit, ExitCode};
+
+/// The Rust entry point, called by `boot.rs` at EL1 on the boot stack with `x0` as QEMU left
+/// it and the exception level the CPU entered at.
+pub extern "C" fn kmain(x0: u64, entry_el: u64) -> ! {
+    println!();
+    println!("mmkit-qemu: aarch64 kernel entered at EL{entry_el}, now at EL1, x0 = {x0:#x}");
+    // SAFETY: `boot.rs` installed the vector table; no interrupt controller is programmed.
+    unsafe { platform::enable_interrupts() };
+
+    let boot = match memmap::read_boot_info(x0) {
+        Ok(boot) => boot,
+        Err(e) => {
+            println!("mmkit-qemu: cannot use the device tree: {e}");
+            exit(ExitCode::Failure);
+        }
+    };
+    if let Some(conduit) = boot.facts.psci {
+        platform::set_psci_conduit(conduit);
+    }
+    println!(
+        "mmkit-qemu: device tree {} ({:?}), PSCI via {:?}",
+        boot.dtb, boot.dtb_source, boot.facts.psci
+    );
+    println!(
+        "mmkit-qemu: command line: {:?}",
+        boot.facts.bootargs.unwrap_or("")
+    );
+    println!("mmkit-qemu: firmware memory map (device tree):");
+    print!("{}", boot.map);
+    println!("mmkit-qemu: kernel image {}", memmap::kernel_image());
+
+    let outcome = selftest::run(&boot);
+    exit(if outcome.passed() {
+        ExitCode::Success
+    } else {
+        ExitCode::Failure
+    });
+}
+
+#[panic_handler]
+fn panic(info: &PanicInfo) -> ! {
+    println!();
+    println!("mmkit-qemu: panic: {info}");
+    exit(ExitCode::Failure)
+}

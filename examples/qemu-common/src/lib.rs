@@ -1,0 +1,44 @@
+//! # mmkit-qemu-common: what mmkit's two QEMU kernels share
+//!
+//! The kernels in `examples/qemu-x86_64` and `examples/qemu-aarch64` differ in how they boot,
+//! talk to the serial port and take exceptions; everything else they do is ordinary logic, and
+//! it lives here so that it runs — and is tested — on the host too:
+//!
+//! * [`checks`]: the checks both kernels run identically (memory map, RAM size, IRQ guard,
+//!   direct-map hook);
+//! * [`harness`]: named self-test checks printing `ok` / `FAILED` lines and one summary line
+//!   that the boot script looks for;
+//! * [`memmap`]: the firmware memory map as a fixed-capacity list of typed physical ranges
+//!   (RAM, reserved, ACPI, ...), with sorting, totals, sanity checks and a small top-down
+//!   search for free memory that is neither reserved nor excluded;
+//! * [`pvh`]: the x86 PVH boot ABI (`struct hvm_start_info` and its e820-style memory map);
+//! * [`dtb`] (feature `fdt`): `/memory`, `/reserved-memory`, `/memreserve/`, `/chosen` and
+//!   `/psci` from a flattened device tree;
+//! * [`cmdline`]: `key=value` parameters and `memparse`-style sizes (`512M`) from the kernel
+//!   command line QEMU passes with `-append`;
+//! * [`extable`]: the exception fixup table (Linux's `__ex_table`): instructions allowed to
+//!   fault, each with the address to resume at, so a kernel can *expect* a fault in a test.
+//!
+//! * [`rawmem`]: the one raw-memory routine, a pattern write-and-verify over owned memory.
+//!
+//! Nothing here touches hardware and nothing allocates: every structure has a fixed capacity
+//! and every fallible operation returns a specific error.
+#![cfg_attr(not(test), no_std)]
+#![deny(
+    unsafe_op_in_unsafe_fn,
+    clippy::undocumented_unsafe_blocks,
+    missing_docs
+)]
+// Unsafe code is confined to `rawmem` (and the tests' fake platforms).
+#![deny(unsafe_code)]
+
+pub mod checks;
+pub mod cmdline;
+#[cfg(feature = "fdt")]
+pub mod dtb;
+pub mod extable;
+pub mod harness;
+pub mod memmap;
+pub mod pvh;
+#[allow(unsafe_code)]
+pub mod rawmem;

@@ -1,0 +1,219 @@
+//! The machine as mmkit sees it: serial console, QEMU exit, and the platform hooks.
+//!
+//! * Serial: the 16550 UART at COM1 (I/O port 0x3f8), 115200 8N1, polled. `println!` writes
+//!   there; there is one CPU and the console is not used from the exception handler except on
+//!   the way out, so no lock is needed.
+//! * Exit: QEMU's `isa-debug-exit` device at port 0xf4 (`-device
+//!   isa-debug-exit,iobase=0xf4,iosize=0x04`); writing `v` ends QEMU with status
+//!   `(v << 1) | 1`, so [`ExitCode::Success`] gives 33 and [`ExitCode::Failure`] 35 — neither
+//!   can be confused with QEMU's own 0/1 (for instance a triple fault under `-no-reboot`).
+//! * [`Bsp`]: the boot CPU, implementing [`CpuTopology`] (one CPU, id 0) and [`IrqControl`]
+//!   with the real interrupt flag (`pushfq`/`cli`, `sti` on restore).
+//! * [`IDENTITY`]: the [`OffsetMapper`] for the boot identity map of the first 4 GiB.
+//!
+//! Port I/O is the only raw hardware access here; each `asm!` is wrapped in a function whose
+//! safety argument is the port's documented meaning.
+
+use core::arch::asm;
+use core::fmt::{self, Write};
+
+use mmkit_addr::{CpuTopology, IrqControl, OffsetMapper};
+
+/// COM1's base I/O port.
+const COM1: u16 = 0x3f8;
+/// The `isa-debug-exit` I/O port the boot script configures.
+const DEBUG_EXIT_PORT: u16 = 0xf4;
+/// How far the boot identity map reaches (see `boot.rs`).
+pub const IDENTITY_LIMIT: u64 = 4 << 30;
+
+/// The values written to `isa-debug-exit`.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitCode {
+    /// Every check passed: QEMU exits with status 33.
+    Success = 0x10,
+    /// A check failed, a panic, or an unexpected exception: QEMU exits with status 35.
+    Failure = 0x11,
+}
+
+/// Write `value` to I/O port `port`.
+///
+/// # Safety
+/// The port must belong to a device whose reaction to the write cannot break memory safety
+/// (the UART and `isa-debug-exit` ports used in this file qualify).
+unsafe fn outb(port: u16, value: u8) {
+    // SAFETY: the caller vouches for the port; `out` touches no memory.
+    unsafe {
+        asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags))
+    };
+}
+
+/// Read I/O port `port`.
+///
+/// # Safety
+/// As [`outb`]: reading the port must have no effect on memory safety.
+unsafe fn inb(port: u16) -> u8 {
+    let value: u8;
+    // SAFETY: the caller vouches for the port; `in` touches no memory.
+    unsafe {
+        asm!("in al, dx", out("al") value, in("dx") port, options(nomem, nostack, preserves_flags))
+    };
+    value
+}
+
+/// Program COM1 for 115200 8N1 with FIFOs and no interrupts.
+pub fn serial_init() {
+    const SETUP: [(u16, u8); 7] = [
+        (1, 0x00), // IER: no interrupts
+        (3, 0x80), // LCR: DLAB on, to reach the divisor
+        (0, 0x01), // DLL: divisor 1 = 115200 baud
+        (1, 0x00), // DLM
+        (3, 0x03), // LCR: 8 data bits, no parity, 1 stop bit, DLAB off
+        (2, 0xc7), // FCR: enable and clear FIFOs, 14-byte threshold
+        (4, 0x03), // MCR: DTR | RTS
+    ];
+    for (offset, value) in SETUP {
+        // SAFETY: COM1's registers only configure the UART.
+        unsafe { outb(COM1 + offset, value) };
+    }
+}
+
+fn serial_write_byte(byte: u8) {
+    // SAFETY: reading LSR and writing THR of COM1 only drive the UART.
+    unsafe {
+        while inb(COM1 + 5) & 0x20 == 0 {}
+        outb(COM1, byte);
+    }
+}
+
+/// The serial console as a [`fmt::Write`] sink (`\n` becomes `\r\n`).
+pub struct Serial;
+
+impl Write for Serial {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for byte in s.bytes() {
+            if byte == b'\n' {
+                serial_write_byte(b'\r');
+            }
+            serial_write_byte(byte);
+        }
+        Ok(())
+    }
+}
+
+/// Print to the serial console.
+#[macro_export]
+macro_rules! print {
+    ($($arg:tt)*) => {{
+        use core::fmt::Write as _;
+        let _ = write!($crate::platform::Serial, $($arg)*);
+    }};
+}
+
+/// Print a line to the serial console.
+#[macro_export]
+macro_rules! println {
+    () => { $crate::print!("\n") };
+    ($($arg:tt)*) => {{
+        use core::fmt::Write as _;
+        let _ = writeln!($crate::platform::Serial, $($arg)*);
+    }};
+}
+
+/// Leave QEMU with `code`. If the exit device is missing (the kernel was started by hand
+/// without it), say so and halt.
+pub fn exit(code: ExitCode) -> ! {
+    // SAFETY: port 0xf4 is `isa-debug-exit` (or nothing): the write ends the VM or is ignored.
+    unsafe {
+        asm!("out dx, eax", in("dx") DEBUG_EXIT_PORT, in("eax") code as u32, options(nomem, nostack))
+    };
+    println!("mmkit-qemu: no isa-debug-exit device at {DEBUG_EXIT_PORT:#x}; halting ({code:?})");
+    halt_forever()
+}
+
+/// Disable interrupts and halt for good.
+pub fn halt_forever() -> ! {
+    loop {
+        // SAFETY: `cli; hlt` stops this CPU; nothing else runs, so nothing is left inconsistent.
+        unsafe { asm!("cli", "hlt", options(nomem, nostack)) };
+    }
+}
+
+/// Mask every line of both legacy 8259 PICs, so that enabling interrupts delivers none: the
+/// firmware left them programmed with vectors that would land on CPU exceptions.
+pub fn mask_legacy_pics() {
+    // SAFETY: writing OCW1 (the mask register) of each PIC only masks IRQ lines.
+    unsafe {
+        outb(0x21, 0xff);
+        outb(0xa1, 0xff);
+    }
+}
+
+const RFLAGS_IF: u64 = 1 << 9;
+
+fn rflags() -> u64 {
+    let flags: u64;
+    // SAFETY: reading RFLAGS through the stack has no side effect.
+    unsafe { asm!("pushfq", "pop {}", out(reg) flags, options(nomem, preserves_flags)) };
+    flags
+}
+
+/// Whether local interrupts are enabled (RFLAGS.IF).
+pub fn interrupts_enabled() -> bool {
+    rflags() & RFLAGS_IF != 0
+}
+
+/// Enable local interrupts.
+///
+/// # Safety
+/// An IDT must be loaded that handles every interrupt that can arrive (the kernel masks the
+/// PICs first, so none should).
+pub unsafe fn enable_interrupts() {
+    // SAFETY: the caller guarantees an IDT is in place.
+    unsafe { asm!("sti", options(nomem, nostack)) };
+}
+
+/// The boot CPU: the only CPU this kernel runs on.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Bsp;
+
+// SAFETY: only the boot CPU runs kernel code (no AP is started), so there is exactly one CPU
+// and its id, 0, never changes.
+unsafe impl CpuTopology for Bsp {
+    fn nr_cpus(&self) -> usize {
+        1
+    }
+
+    fn current_cpu(&self) -> usize {
+        0
+    }
+}
+
+// SAFETY: `save_disable` clears RFLAGS.IF, so until `restore` no interrupt handler can run on
+// this (only) CPU; `restore` sets IF again only if it was set before, so nested sections keep
+// interrupts off until the outermost one ends.
+unsafe impl IrqControl for Bsp {
+    /// Whether interrupts were enabled.
+    type State = bool;
+
+    fn save_disable(&self) -> bool {
+        let was_enabled = interrupts_enabled();
+        // SAFETY: disabling interrupts is always allowed.
+        unsafe { asm!("cli", options(nomem, nostack)) };
+        was_enabled
+    }
+
+    unsafe fn restore(&self, was_enabled: bool) {
+        if was_enabled {
+            // SAFETY: interrupts were enabled when the matching `save_disable` ran, so the
+            // IDT that made that safe is still in place.
+            unsafe { enable_interrupts() };
+        }
+    }
+}
+
+/// The boot identity map of physical `[0, 4 GiB)` as a phys→virt hook.
+// SAFETY: `boot.rs` maps every address below 4 GiB readable and writable at itself, and the
+// kernel never unmaps that range (the self-tests only make one block read-only for the
+// duration of a check, and restore it).
+pub const IDENTITY: OffsetMapper = unsafe { OffsetMapper::new(0, IDENTITY_LIMIT) };

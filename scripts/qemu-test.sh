@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# Build mmkit's two bare-metal QEMU kernels and boot them; fail unless every boot ends the way
+# it must.
+#
+#   scripts/qemu-test.sh            host tests of examples/qemu-common, build, then all boots
+#
+# Boots (each with a timeout, serial output saved to $QEMU_LOG_DIR/<name>.log and echoed):
+#   x86_64  PVH on q35, -m 512M and -m 3G (RAM above 4 GiB)   success: status 33
+#   aarch64 virt at EL1, and at EL2 (virtualization=on)      success: status 0
+# Success also needs the kernel's line "mmkit-qemu: all N checks passed" on the serial port.
+# Then, per architecture, three boots with a failure injected on the kernel command line
+# (a failing check, a panic, an unexpected fault) must each be reported as a failure: the
+# failure status, the matching message, and no success line. They prove this script would
+# notice a broken kernel.
+#
+# Environment:
+#   QEMU_TARGET_DIR   cargo target dir for the kernels   (default: target/qemu)
+#   QEMU_LOG_DIR      serial logs                        (default: target/qemu-logs)
+#   QEMU_TIMEOUT      seconds per boot                   (default: 60)
+#   QEMU_SKIP_HOST_TESTS=1   skip the host tests of examples/qemu-common
+#   QEMU_SKIP_NEGATIVE=1     skip the failure-injection boots
+#
+# Needs (installed by .ci/run; this script installs nothing):
+#   Debian's rustc/cargo with library sources: apt-get install rustc-web cargo-web rust-web-src
+#   the LLVM linker:                           apt-get install lld
+#   QEMU:                                      apt-get install qemu-system-x86 qemu-system-arm
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+
+target_dir=${QEMU_TARGET_DIR:-$repo/target/qemu}
+log_dir=${QEMU_LOG_DIR:-$repo/target/qemu-logs}
+boot_timeout=${QEMU_TIMEOUT:-60}
+case $target_dir in /*) ;; *) target_dir=$repo/$target_dir ;; esac
+case $log_dir in /*) ;; *) log_dir=$repo/$log_dir ;; esac
+
+say() { printf '\n== %s\n' "$*"; }
+
+# ---------------------------------------------------------------------------------------------
+# Tools
+missing=()
+need() { # need <path-or-command> <what it is> <package>
+  if ! command -v "$1" >/dev/null 2>&1; then
+    missing+=("$1 ($2; apt-get install $3)")
+  fi
+}
+need /usr/bin/cargo "Debian's cargo" "cargo-web"
+need /usr/bin/rustc "Debian's rustc" "rustc-web"
+need ld.lld "the LLVM linker" "lld"
+need qemu-system-x86_64 "QEMU for x86_64" "qemu-system-x86"
+need qemu-system-aarch64 "QEMU for aarch64" "qemu-system-arm"
+need timeout "coreutils timeout" "coreutils"
+if [ -x /usr/bin/rustc ]; then
+  sysroot=$(/usr/bin/rustc --print sysroot)
+  if [ ! -d "$sysroot/lib/rustlib/src/rust/library/core" ]; then
+    missing+=("$sysroot/lib/rustlib/src/rust/library (Rust library sources for -Zbuild-std; apt-get install rust-web-src)")
+  fi
+fi
+if [ "${QEMU_SKIP_HOST_TESTS:-0}" != 1 ] && ! command -v cargo >/dev/null 2>&1; then
+  missing+=("cargo on PATH for the host tests (or set QEMU_SKIP_HOST_TESTS=1)")
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "qemu-test: missing tools:" >&2
+  printf '  - %s\n' "${missing[@]}" >&2
+  exit 2
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Host tests of the shared, arch-neutral kernel code
+if [ "${QEMU_SKIP_HOST_TESTS:-0}" != 1 ]; then
+  say "host tests: examples/qemu-common"
+  (cd examples/qemu-common && CARGO_TARGET_DIR="$target_dir/host" cargo test --quiet --features fdt)
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Build, with Debian's toolchain (the only one here with bare-metal library sources). Each
+# kernel's .cargo/config.toml names its target, linker and flags; an outer RUSTFLAGS would
+# replace those flags, so it is dropped.
+build() { # build <kernel dir> <target triple>
+  say "build $1 ($2)"
+  local start=$SECONDS
+  (cd "$1" && env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS PATH="/usr/bin:$PATH" RUSTC_BOOTSTRAP=1 \
+    CARGO_TARGET_DIR="$target_dir" /usr/bin/cargo build --release --locked -Zbuild-std=core --target "$2")
+  echo "built in $((SECONDS - start)) s"
+}
+build examples/qemu-x86_64 x86_64-unknown-none
+build examples/qemu-aarch64 aarch64-unknown-none
+kernel_x86="$target_dir/x86_64-unknown-none/release/mmkit-qemu-x86_64"
+kernel_arm="$target_dir/aarch64-unknown-none/release/mmkit-qemu-aarch64"
+
+# ---------------------------------------------------------------------------------------------
+# Boots
+mkdir -p "$log_dir"
+success_re='^mmkit-qemu: all [0-9]+ checks passed'
+failures=()
+
+x86=(qemu-system-x86_64 -machine q35 -display none -serial stdio -monitor none -no-reboot
+  -device isa-debug-exit,iobase=0xf4,iosize=0x04 -kernel "$kernel_x86")
+arm=(qemu-system-aarch64 -cpu cortex-a57 -display none -serial stdio -monitor none -no-reboot
+  -semihosting-config enable=on,target=native -kernel "$kernel_arm")
+
+# boot <name> <expected status> <required line regex> <forbid success line: yes|no> -- qemu...
+boot() {
+  local name=$1 want_status=$2 want_line=$3 forbid_success=$4
+  shift 5
+  local log="$log_dir/$name.log" status=0
+  say "boot $name"
+  set +e
+  timeout "$boot_timeout" "$@" </dev/null 2>&1 | tr -d '\r' | tee "$log"
+  status=${PIPESTATUS[0]}
+  set -e
+  local why=()
+  [ "$status" = 124 ] && why+=("timed out after ${boot_timeout} s")
+  [ "$status" = "$want_status" ] || why+=("exit status $status, expected $want_status")
+  grep -Eq "$want_line" "$log" || why+=("no line matching /$want_line/")
+  if [ "$forbid_success" = yes ] && grep -Eq "$success_re" "$log"; then
+    why+=("printed the success line although a failure was injected")
+  fi
+  if [ ${#why[@]} -eq 0 ]; then
+    echo "-- $name: as expected (status $status)"
+  else
+    echo "-- $name: FAILED: ${why[*]} (log: $log)"
+    failures+=("$name: ${why[*]}")
+  fi
+}
+
+boot x86_64-pvh-512m 33 "$success_re" no -- "${x86[@]}" -m 512M -append "mmkit.expect_mem=512M"
+boot x86_64-pvh-3g 33 "$success_re" no -- "${x86[@]}" -m 3G -append "mmkit.expect_mem=3G"
+boot aarch64-virt-el1 0 "$success_re" no -- \
+  "${arm[@]}" -machine virt -m 512M -append "mmkit.expect_mem=512M"
+boot aarch64-virt-el2 0 "$success_re" no -- \
+  "${arm[@]}" -machine virt,virtualization=on -m 512M -append "mmkit.expect_mem=512M"
+
+if [ "${QEMU_SKIP_NEGATIVE:-0}" != 1 ]; then
+  check_re='^mmkit-qemu: [0-9]+ of [0-9]+ checks FAILED'
+  panic_re='^mmkit-qemu: panic: '
+  fault_re='^mmkit-qemu: unexpected exception'
+  for kind in check panic fault; do
+    re_var=${kind}_re
+    boot "x86_64-inject-$kind" 35 "${!re_var}" yes -- \
+      "${x86[@]}" -m 512M -append "mmkit.inject=$kind"
+    boot "aarch64-inject-$kind" 1 "${!re_var}" yes -- \
+      "${arm[@]}" -machine virt -m 512M -append "mmkit.inject=$kind"
+  done
+fi
+
+# ---------------------------------------------------------------------------------------------
+if [ ${#failures[@]} -gt 0 ]; then
+  say "qemu-test: ${#failures[@]} boot(s) did not end as expected"
+  printf '  - %s\n' "${failures[@]}"
+  exit 1
+fi
+say "qemu-test: all boots ended as expected"
