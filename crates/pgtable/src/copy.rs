@@ -1,0 +1,231 @@
+//! Copy the mappings of a range into another table (fork's `copy_page_range`).
+//!
+//! The source and destination trees are walked side by side, once: where the source has a
+//! table, the destination gets (or reuses) one; where the source has a leaf, the part of it
+//! inside the range is mapped in the destination exactly as [`PageTable::map`] would with
+//! [`MapSize::Largest`](crate::MapSize::Largest). Physical pages are shared, not copied.
+//! Like every operation it plans first, so an error (a destination mapping in the way, or no
+//! frames) leaves the destination unchanged. The destination's new entries replace only
+//! absent ones, so the returned token is empty (but must be invalidated, as for map).
+
+use core::sync::atomic::AtomicU64;
+
+use mmkit_addr::{PhysAddr, PhysMapper, VirtAddr};
+
+use crate::error::{CopyError, MapError, ProtectError};
+use crate::flush::Flush;
+use crate::format::{EntryKind, PagingFormat};
+use crate::frame::FrameSource;
+use crate::map::{apply_map, count_new, plan_map, wants_leaf, MapOpts};
+use crate::raw;
+use crate::table::{Ctx, PageTable, Reserve, ReserveError, SpanError};
+
+const LARGEST: MapOpts = MapOpts { forced: None };
+
+impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
+    /// Map in `dst` every mapping of `[va, va + len)` of `self`, at the same addresses.
+    pub fn copy_range_to<M2: PhysMapper, S2: FrameSource>(
+        &self,
+        dst: &mut PageTable<F, M2, S2>,
+        va: VirtAddr,
+        len: u64,
+    ) -> Result<Flush, CopyError> {
+        if self.fmt.levels() != dst.fmt.levels() || self.fmt.granule() != dst.fmt.granule() {
+            return Err(CopyError::FormatMismatch);
+        }
+        let span = match self.check_span(va, len, self.fmt.granule().bytes()) {
+            Ok(Some(s)) => s,
+            Ok(None) => return Ok(Flush::nothing()),
+            Err(SpanError::Unaligned(m)) => {
+                return Err(CopyError::Source(ProtectError::Unaligned(m)))
+            }
+            Err(SpanError::NonCanonical(v)) => {
+                return Err(CopyError::Source(ProtectError::NonCanonical(v)))
+            }
+        };
+        if !dst.fmt.range_is_canonical(va, VirtAddr::new(span.last)) {
+            return Err(CopyError::Destination(MapError::NonCanonical(va)));
+        }
+        let src = self.ctx();
+        let need = plan_copy(
+            &src,
+            &dst.ctx(),
+            self.root,
+            Some(dst.root),
+            0,
+            span.first,
+            span.last,
+        )
+        .map_err(CopyError::Destination)?;
+        let mut reserve = match dst.reserve(need) {
+            Ok(r) => r,
+            Err(ReserveError::OutOfFrames) => {
+                return Err(CopyError::Destination(MapError::OutOfFrames))
+            }
+            Err(ReserveError::Unreachable(p)) => {
+                return Err(CopyError::Destination(MapError::FrameUnreachable(p)))
+            }
+        };
+        let dctx = dst.ctx();
+        let added = apply_copy(
+            &src,
+            &dctx,
+            self.root,
+            dctx.table(dst.root),
+            0,
+            span.first,
+            span.last,
+            &mut reserve,
+        );
+        dst.root_count += added;
+        dst.finish_reserve(reserve);
+        Ok(Flush::nothing())
+    }
+}
+
+/// Tables the destination needs; `dst` is `None` below a destination table still to create.
+fn plan_copy<F: PagingFormat, M: PhysMapper, M2: PhysMapper>(
+    src: &Ctx<'_, F, M>,
+    dst: &Ctx<'_, F, M2>,
+    src_table: PhysAddr,
+    dst_table: Option<PhysAddr>,
+    level: usize,
+    first: u64,
+    last: u64,
+) -> Result<usize, MapError> {
+    let fmt = src.fmt;
+    let st = src.table(src_table);
+    let dt = dst_table.map(|d| dst.table(d));
+    let lv = fmt.levels()[level];
+    let mask = lv.entry_span() - 1;
+    let mut need = 0;
+    let mut s = first;
+    loop {
+        let sl = (s | mask).min(last);
+        let i = lv.index(s);
+        let sraw = raw::load(st, i);
+        let draw = dt.map_or(0, |t| raw::load(t, i));
+        let dkind = fmt.kind(level, draw);
+        let slot = VirtAddr::new(s & !mask);
+        match fmt.kind(level, sraw) {
+            EntryKind::Leaf => {
+                let pa = fmt.leaf_addr(level, sraw).as_u64() + (s & mask);
+                match dkind {
+                    EntryKind::Absent => {
+                        if !wants_leaf(fmt, level, s, sl, pa, LARGEST) {
+                            need += 1 + count_new(fmt, level + 1, s, sl, pa, LARGEST);
+                        }
+                    }
+                    EntryKind::Table => {
+                        need += plan_map(dst, fmt.table_addr(draw), level + 1, s, sl, pa, LARGEST)?
+                    }
+                    _ => return Err(MapError::AlreadyMapped(slot)),
+                }
+            }
+            EntryKind::Table => {
+                let sc = fmt.table_addr(sraw);
+                match dkind {
+                    EntryKind::Absent => {
+                        need += 1 + plan_copy(src, dst, sc, None, level + 1, s, sl)?
+                    }
+                    EntryKind::Table => {
+                        need +=
+                            plan_copy(src, dst, sc, Some(fmt.table_addr(draw)), level + 1, s, sl)?
+                    }
+                    EntryKind::Leaf => {
+                        let size = lv.leaf.unwrap_or(fmt.granule());
+                        return Err(MapError::OverlapsHugeMapping(slot, size));
+                    }
+                    EntryKind::Malformed => return Err(MapError::AlreadyMapped(slot)),
+                }
+            }
+            EntryKind::Absent | EntryKind::Malformed => {}
+        }
+        if sl == last {
+            return Ok(need);
+        }
+        s = sl + 1;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn apply_copy<F: PagingFormat, M: PhysMapper, M2: PhysMapper>(
+    src: &Ctx<'_, F, M>,
+    dst: &Ctx<'_, F, M2>,
+    src_table: PhysAddr,
+    dt: &[AtomicU64],
+    level: usize,
+    first: u64,
+    last: u64,
+    reserve: &mut Reserve,
+) -> u32 {
+    let fmt = src.fmt;
+    let st = src.table(src_table);
+    let lv = fmt.levels()[level];
+    let mask = lv.entry_span() - 1;
+    let mut added = 0u32;
+    let mut s = first;
+    loop {
+        let sl = (s | mask).min(last);
+        let i = lv.index(s);
+        let sraw = raw::load(st, i);
+        let draw = raw::load(dt, i);
+        match fmt.kind(level, sraw) {
+            EntryKind::Leaf => {
+                let attrs = fmt.leaf_attrs(level, sraw);
+                let pa = fmt.leaf_addr(level, sraw).as_u64() + (s & mask);
+                if fmt.kind(level, draw) == EntryKind::Table {
+                    let ct = dst.table(fmt.table_addr(draw));
+                    let n = apply_map(dst, ct, level + 1, s, sl, pa, attrs, LARGEST, reserve);
+                    if n > 0 {
+                        raw::update(dt, i, |r| fmt.set_table_count(r, fmt.table_count(r) + n));
+                    }
+                } else if wants_leaf(fmt, level, s, sl, pa, LARGEST) {
+                    raw::store(dt, i, fmt.make_leaf(level, PhysAddr::new(pa), attrs));
+                    added += 1;
+                } else {
+                    let child = reserve.take(dst);
+                    let n = apply_map(
+                        dst,
+                        dst.table(child),
+                        level + 1,
+                        s,
+                        sl,
+                        pa,
+                        attrs,
+                        LARGEST,
+                        reserve,
+                    );
+                    raw::publish(dt, i, fmt.make_table(level, child, n));
+                    added += 1;
+                }
+            }
+            EntryKind::Table => {
+                let sc = fmt.table_addr(sraw);
+                if fmt.kind(level, draw) == EntryKind::Table {
+                    let ct = dst.table(fmt.table_addr(draw));
+                    let n = apply_copy(src, dst, sc, ct, level + 1, s, sl, reserve);
+                    if n > 0 {
+                        raw::update(dt, i, |r| fmt.set_table_count(r, fmt.table_count(r) + n));
+                    }
+                } else {
+                    let child = reserve.take(dst);
+                    let n = apply_copy(src, dst, sc, dst.table(child), level + 1, s, sl, reserve);
+                    if n > 0 {
+                        raw::publish(dt, i, fmt.make_table(level, child, n));
+                        added += 1;
+                    } else {
+                        // The source table had nothing inside the range: keep the tree free of
+                        // empty tables.
+                        reserve.give_back(dst, child);
+                    }
+                }
+            }
+            EntryKind::Absent | EntryKind::Malformed => {}
+        }
+        if sl == last {
+            return added;
+        }
+        s = sl + 1;
+    }
+}

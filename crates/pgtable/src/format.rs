@@ -1,0 +1,182 @@
+//! The paging-format trait: what an architecture's translation tables look like.
+//!
+//! A format is a *value* (so one type can describe every aarch64 granule and VA width) that
+//! answers three kinds of questions:
+//!
+//! * **geometry** — the levels from the root down ([`Level`]: the VA shift of the level's
+//!   index, its index bits, and the leaf size it can hold if any), the table granule, the
+//!   virtual-address width and canonical form, the physical-address width;
+//! * **entry encoding** — classify a raw entry ([`EntryKind`]), build and take apart table
+//!   and leaf entries, and keep the per-table entry count that this crate stores in bits the
+//!   hardware ignores in every *table* descriptor (so emptiness of a child table is O(1)
+//!   without any side allocation; the root's count lives in [`PageTable`](crate::PageTable));
+//! * **policy** — [`normalize`](PagingFormat::normalize) requested attributes to the canonical
+//!   form the format stores, whether changing a live valid entry needs break-before-make, and
+//!   the contiguous-hint run length per level (aarch64).
+//!
+//! Absent entries are always the value 0: the generic layer writes 0 to clear an entry.
+//!
+//! # Round-trip laws (the safety contract, tested for every format)
+//! For every level `l`, aligned table address `t`, count `n` up to the table's entry count,
+//! leaf address `p` aligned to the level's leaf size and below `1 << phys_bits`, and
+//! normalized attributes `a`:
+//! * `kind(l, 0) == Absent`;
+//! * `kind(l, make_table(l, t, n)) == Table`, `table_addr(make_table(l, t, n)) == t`,
+//!   `table_count(make_table(l, t, n)) == n`, and `set_table_count` changes only the count;
+//! * `kind(l, make_leaf(l, p, a)) == Leaf`, `leaf_addr(l, make_leaf(l, p, a)) == p`,
+//!   `leaf_attrs(l, make_leaf(l, p, a)) == a`;
+//! * `normalize(normalize(a)?) == normalize(a)`.
+
+use mmkit_addr::{PageSize, PhysAddr, VirtAddr};
+
+use crate::attrs::Attrs;
+use crate::error::AttrError;
+
+/// The most levels any supported format has (x86_64 5-level paging).
+pub const MAX_LEVELS: usize = 5;
+
+/// One level of a translation-table tree, counted from the root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Level {
+    /// log2 of the span of one entry: the VA bit where this level's index starts.
+    pub shift: u32,
+    /// Number of index bits at this level (the table has `1 << bits` entries).
+    pub bits: u32,
+    /// The leaf (page or block) size an entry at this level may map, if any.
+    pub leaf: Option<PageSize>,
+}
+
+impl Level {
+    /// Bytes covered by one entry.
+    #[inline]
+    pub const fn entry_span(&self) -> u64 {
+        1u64 << self.shift
+    }
+
+    /// Number of entries in a table of this level.
+    #[inline]
+    pub const fn entries(&self) -> usize {
+        1usize << self.bits
+    }
+
+    /// Index of `va` in a table of this level.
+    #[inline]
+    pub const fn index(&self, va: u64) -> usize {
+        ((va >> self.shift) & ((1u64 << self.bits) - 1)) as usize
+    }
+}
+
+/// What a raw entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// Not valid: the hardware faults (the generic layer only ever writes 0 here).
+    Absent,
+    /// A pointer to the next-level table.
+    Table,
+    /// A page or block mapping.
+    Leaf,
+    /// Valid but malformed for this level (e.g. a block where none is allowed); the hardware
+    /// would fault or misbehave. `verify` reports it.
+    Malformed,
+}
+
+/// An architecture's translation-table format. See the module docs for the laws.
+///
+/// # Safety
+/// The generic layer writes table memory at the addresses [`table_addr`](Self::table_addr)
+/// decodes, so an implementation must obey the round-trip laws in the module docs exactly:
+/// `table_addr(make_table(l, t, n)) == t`, `kind` of a table entry is [`EntryKind::Table`] and
+/// of a leaf entry [`EntryKind::Leaf`], `kind(l, 0)` is [`EntryKind::Absent`], and the
+/// geometry ([`levels`](Self::levels)) is constant for the value's lifetime with every
+/// level's table fitting in one [`granule`](Self::granule)-sized frame (`bits + 3 <=
+/// granule.shift()`), and at most [`MAX_LEVELS`] levels.
+pub unsafe trait PagingFormat {
+    /// The levels, root first. The last level's leaf size is the granule.
+    fn levels(&self) -> &[Level];
+
+    /// Size (and alignment) of one table frame, which is also the smallest page.
+    fn granule(&self) -> PageSize;
+
+    /// Whether `va` may be translated by a table of this format.
+    fn is_canonical(&self, va: VirtAddr) -> bool;
+
+    /// Whether `[first, last]` (inclusive) is one canonical stretch with no hole inside.
+    fn range_is_canonical(&self, first: VirtAddr, last: VirtAddr) -> bool;
+
+    /// Width of the output (physical) address.
+    fn phys_bits(&self) -> u32;
+
+    /// Classify a raw entry at `level`.
+    fn kind(&self, level: usize, raw: u64) -> EntryKind;
+
+    /// A table entry at `level` pointing to `table`, with entry count `count`.
+    fn make_table(&self, level: usize, table: PhysAddr, count: u32) -> u64;
+
+    /// The address of the next table from a table entry.
+    fn table_addr(&self, raw: u64) -> PhysAddr;
+
+    /// The entry count stored in a table entry.
+    fn table_count(&self, raw: u64) -> u32;
+
+    /// A table entry with its count replaced.
+    fn set_table_count(&self, raw: u64, count: u32) -> u64;
+
+    /// A leaf entry at `level` mapping `pa` with `attrs` (already normalized).
+    fn make_leaf(&self, level: usize, pa: PhysAddr, attrs: Attrs) -> u64;
+
+    /// The output address of a leaf entry.
+    fn leaf_addr(&self, level: usize, raw: u64) -> PhysAddr;
+
+    /// The attributes of a leaf entry, in normalized form.
+    fn leaf_attrs(&self, level: usize, raw: u64) -> Attrs;
+
+    /// The canonical form of `attrs` for this format, or why it cannot be expressed.
+    fn normalize(&self, attrs: Attrs) -> Result<Attrs, AttrError>;
+
+    /// Whether changing a *valid* entry of a live table to another valid entry (other than a
+    /// permission change) must go through an invalid entry and a TLB invalidation first.
+    fn needs_break_before_make(&self) -> bool {
+        false
+    }
+
+    /// Whether changing leaf attributes from `old` to `new` in place needs break-before-make.
+    fn attr_change_needs_bbm(&self, old: Attrs, new: Attrs) -> bool {
+        let _ = (old, new);
+        false
+    }
+
+    /// Number of entries in a contiguous-hint run at `level`, if the format has the hint.
+    fn contiguous_run(&self, level: usize) -> Option<usize> {
+        let _ = level;
+        None
+    }
+
+    /// Whether a leaf entry carries the contiguous hint.
+    fn is_contiguous(&self, raw: u64) -> bool {
+        let _ = raw;
+        false
+    }
+
+    /// A leaf entry with the contiguous hint set or cleared.
+    fn set_contiguous(&self, raw: u64, on: bool) -> u64 {
+        let _ = on;
+        raw
+    }
+
+    /// Number of levels.
+    #[inline]
+    fn depth(&self) -> usize {
+        self.levels().len()
+    }
+
+    /// The level index whose leaf is `size`, if any.
+    fn level_of_size(&self, size: PageSize) -> Option<usize> {
+        self.levels().iter().position(|l| l.leaf == Some(size))
+    }
+
+    /// Whether `pa` fits the output-address width.
+    #[inline]
+    fn phys_fits(&self, pa: u64) -> bool {
+        pa >> self.phys_bits() == 0
+    }
+}

@@ -1,0 +1,204 @@
+//! Host scaffolding: a table-frame arena over [`HostMemory`] that catches misuse.
+//!
+//! [`TableArena`] stands in for a stretch of physical memory and hands out table frames of
+//! one size (the granule). It zeroes frames on allocation, panics on a double free or a free
+//! of a frame it never gave out (test scaffolding: the trait method is `unsafe` and such a call
+//! is a bug in the page-table layer), can be limited to simulate running out of memory, and
+//! reports outstanding frames so tests can assert that nothing leaked.
+//! [`ArenaRef`] is the cheap `Copy` handle a [`PageTable`](crate::PageTable) holds as both its
+//! [`PhysMapper`] and its [`FrameSource`].
+
+extern crate std;
+
+use core::ptr::NonNull;
+use std::sync::Mutex;
+use std::vec::Vec;
+
+use mmkit_addr::host::HostMemory;
+use mmkit_addr::{PageSize, PhysAddr, PhysMapper, PhysRange};
+
+use crate::frame::FrameSource;
+use crate::raw;
+
+struct ArenaState {
+    allocated: Vec<bool>,
+    free: Vec<usize>,
+    outstanding: usize,
+    limit: usize,
+    allocs: usize,
+    frees: usize,
+}
+
+/// Host memory handing out zeroed table frames of one size.
+pub struct TableArena {
+    mem: HostMemory,
+    frame: PageSize,
+    state: Mutex<ArenaState>,
+}
+
+impl TableArena {
+    /// An arena of `frames` frames of `frame` bytes, standing for physical memory at `base`
+    /// (which must be aligned to `frame`).
+    pub fn new(base: PhysAddr, frame: PageSize, frames: usize) -> Self {
+        assert!(
+            base.is_aligned(frame.bytes()),
+            "arena base must be frame-aligned"
+        );
+        let mem = HostMemory::new(base, frame.bytes() * frames as u64);
+        // HostMemory aligns its buffer to 4 KiB only; frames are addressed physically, so
+        // alignment of the host buffer does not matter beyond the entry size.
+        Self {
+            mem,
+            frame,
+            state: Mutex::new(ArenaState {
+                allocated: std::vec![false; frames],
+                free: (0..frames).rev().collect(),
+                outstanding: 0,
+                limit: usize::MAX,
+                allocs: 0,
+                frees: 0,
+            }),
+        }
+    }
+
+    /// A handle to use as a page table's mapper and frame source.
+    pub fn handle(&self) -> ArenaRef<'_> {
+        ArenaRef(self)
+    }
+
+    /// The frame size.
+    pub fn frame_size(&self) -> PageSize {
+        self.frame
+    }
+
+    /// Frames allocated and not freed.
+    pub fn outstanding(&self) -> usize {
+        self.lock().outstanding
+    }
+
+    /// Total allocations and frees so far.
+    pub fn counters(&self) -> (usize, usize) {
+        let s = self.lock();
+        (s.allocs, s.frees)
+    }
+
+    /// Allow at most `limit` outstanding frames (to simulate running out).
+    pub fn set_limit(&self, limit: usize) {
+        self.lock().limit = limit;
+    }
+
+    /// The memory, for mappers and software MMUs.
+    pub fn memory(&self) -> &HostMemory {
+        &self.mem
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ArenaState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn index_of(&self, pa: PhysAddr) -> Option<usize> {
+        let off = pa.offset_from(self.mem.range().start())?;
+        if off % self.frame.bytes() != 0 {
+            return None;
+        }
+        let i = (off / self.frame.bytes()) as usize;
+        (i < self.lock().allocated.len()).then_some(i)
+    }
+
+    fn alloc(&self, size: PageSize) -> Option<PhysAddr> {
+        assert_eq!(size, self.frame, "arena serves one frame size");
+        let i = {
+            let mut s = self.lock();
+            if s.outstanding >= s.limit {
+                return None;
+            }
+            let i = s.free.pop()?;
+            s.allocated[i] = true;
+            s.outstanding += 1;
+            s.allocs += 1;
+            i
+        };
+        let pa = PhysAddr::new(self.mem.range().start().as_u64() + i as u64 * self.frame.bytes());
+        let t = raw::table_at(&self.mem, pa, self.frame.bytes()).expect("arena frame reachable");
+        raw::zero(t);
+        Some(pa)
+    }
+
+    fn free(&self, pa: PhysAddr, size: PageSize) {
+        assert_eq!(size, self.frame, "freed with a different size");
+        let i = match self.index_of(pa) {
+            Some(i) => i,
+            None => panic!("free of {pa:?}, which this arena never handed out"),
+        };
+        let mut s = self.lock();
+        assert!(s.allocated[i], "double free of table frame {pa:?}");
+        s.allocated[i] = false;
+        s.free.push(i);
+        s.outstanding -= 1;
+        s.frees += 1;
+    }
+}
+
+/// A `Copy` handle on a [`TableArena`]: mapper and frame source in one.
+#[derive(Clone, Copy)]
+pub struct ArenaRef<'a>(&'a TableArena);
+
+impl ArenaRef<'_> {
+    /// The arena.
+    pub fn arena(&self) -> &TableArena {
+        self.0
+    }
+}
+
+// SAFETY: delegates to `HostMemory`, which keeps the mapping promise for its whole buffer for
+// as long as it lives; the arena (and so the memory) outlives the handle.
+unsafe impl PhysMapper for ArenaRef<'_> {
+    fn phys_to_virt(&self, range: PhysRange) -> Option<NonNull<u8>> {
+        self.0.mem.phys_to_virt(range)
+    }
+}
+
+// SAFETY: frames come from the arena's free list (so they are exclusively the caller's until
+// freed), are `frame`-sized and -aligned physically (the base is aligned and frames are
+// consecutive), and are zeroed just before being returned.
+unsafe impl FrameSource for ArenaRef<'_> {
+    fn alloc_table(&mut self, size: PageSize) -> Option<PhysAddr> {
+        self.0.alloc(size)
+    }
+
+    unsafe fn free_table(&mut self, frame: PhysAddr, size: PageSize) {
+        self.0.free(frame, size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arena_zeroes_counts_and_limits() {
+        let a = TableArena::new(PhysAddr::new(0x10_0000), PageSize::Size4K, 4);
+        let mut h = a.handle();
+        let f = h.alloc_table(PageSize::Size4K).unwrap();
+        assert_eq!(a.outstanding(), 1);
+        a.set_limit(1);
+        assert!(h.alloc_table(PageSize::Size4K).is_none());
+        // SAFETY: `f` came from this arena and is unused.
+        unsafe { h.free_table(f, PageSize::Size4K) };
+        assert_eq!(a.outstanding(), 0);
+        assert_eq!(a.counters(), (1, 1));
+    }
+
+    #[test]
+    #[should_panic(expected = "double free")]
+    fn arena_catches_double_free() {
+        let a = TableArena::new(PhysAddr::new(0x10_0000), PageSize::Size4K, 2);
+        let mut h = a.handle();
+        let f = h.alloc_table(PageSize::Size4K).unwrap();
+        // SAFETY: deliberately wrong, to show the arena catches it; the frame is not used.
+        unsafe {
+            h.free_table(f, PageSize::Size4K);
+            h.free_table(f, PageSize::Size4K);
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! # mmkit-pgtable: arch-neutral page tables with x86_64 and aarch64 backends
+//!
+//! One trait describes an architecture's translation-table format ([`PagingFormat`]: levels,
+//! index bits, leaf sizes per level, VA width and canonical form, entry encoding), one generic
+//! [`PageTable`] implements the operations over any format, and two backends provide the
+//! formats: [`arch::x86_64::X86_64`] (4- and 5-level) and [`arch::aarch64::Aarch64`] (4, 16 and
+//! 64 KiB granules, 39–48-bit and 52-bit VA, TTBR0 and TTBR1 halves). Page sizes are values
+//! ([`PageSize`](mmkit_addr::PageSize)), not type parameters.
+//!
+//! ## Operations
+//! * [`PageTable::map`] — largest sizes alignment allows, or a forced size ([`MapSize`]);
+//! * [`PageTable::unmap`] — splits huge/block mappings on partial unmap, unhooks emptied tables;
+//! * [`PageTable::protect`] — an [`AttrChange`] over a mapped range, splitting likewise;
+//! * [`PageTable::translate`], [`PageTable::walk`] (per-level callbacks and holes),
+//!   [`PageTable::cursor`] (sequential iteration), [`PageTable::clear_accessed_dirty`],
+//!   [`PageTable::copy_range_to`] (fork-style copy into another table);
+//! * [`PageTable::split_live`] — break-before-make split on live aarch64 tables;
+//! * [`PageTable::verify`] — the invariant scanner.
+//!
+//! Range operations descend the tree once per range. Each change returns a `#[must_use]`
+//! [`Flush`] token saying what to invalidate; tables emptied by unmap travel inside it and can
+//! only be freed ([`PageTable::free_tables`]) after [`Flush::invalidate`]. Every error leaves
+//! the table exactly as it was (plan, reserve frames, then apply).
+//!
+//! ## Memory and safety boundary
+//! No allocation: table frames come from a [`FrameSource`] (the buddy in the facade, an arena
+//! in host tests), and are read and written through a
+//! [`PhysMapper`](mmkit_addr::PhysMapper). All raw-memory code is in the private `raw`
+//! module; the unsafe traits are [`FrameSource`] (frames are zeroed and exclusively ours),
+//! [`PagingFormat`] (its encoding round-trips, since we write where it points) and
+//! [`TlbInvalidate`] (an invalidation really happened, since frames are freed after it).
+//! Hardware access lives in `arch::x86_64_hw` / `arch::aarch64_hw`, compiled only for the
+//! matching bare-metal target.
+//!
+//! ## Host testing
+//! With feature `std`, [`host::TableArena`] supplies frames with double-free and leak
+//! detection, and [`softmmu`] walks the raw tables as the hardware does, with a TLB model that
+//! keeps stale translations until a flush token is invalidated through it.
+#![cfg_attr(not(any(test, feature = "std")), no_std)]
+#![deny(
+    unsafe_op_in_unsafe_fn,
+    clippy::undocumented_unsafe_blocks,
+    missing_docs
+)]
+
+mod attrs;
+mod copy;
+mod error;
+mod flush;
+mod format;
+mod frame;
+mod map;
+mod protect;
+mod raw;
+mod split;
+mod table;
+mod unmap;
+mod walk;
+
+pub mod arch;
+
+#[cfg(any(test, feature = "std"))]
+pub mod host;
+#[cfg(any(test, feature = "std"))]
+pub mod softmmu;
+
+#[cfg(test)]
+mod tests;
+
+pub use attrs::{AttrChange, Attrs, CachePolicy};
+pub use error::{
+    AttrError, CopyError, MapError, Misaligned, NewError, ProtectError, SplitError, UnmapError,
+    VerifyError,
+};
+pub use flush::{Flush, FlushScope, FreedTables, TlbInvalidate, FLUSH_CEILING};
+pub use format::{EntryKind, Level, PagingFormat, MAX_LEVELS};
+pub use frame::FrameSource;
+pub use protect::Cleared;
+pub use table::{MapSize, PageTable, Translation, VerifyReport};
+pub use walk::{Cursor, Visitor};
+
+static_assertions::const_assert!(MAX_LEVELS == 5);
+static_assertions::assert_eq_size!(u64, core::sync::atomic::AtomicU64);

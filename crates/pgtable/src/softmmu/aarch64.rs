@@ -1,0 +1,144 @@
+//! The aarch64 stage-1 walker (Arm ARM D8), with its own bit definitions.
+//!
+//! Models: TTBR0/TTBR1 selection by the top VA bits and TnSZ, 4/16/64 KiB granules, start
+//! level from the VA width, table / block / page descriptors (a block where none may be, or
+//! `0b01` at level 3, is a translation fault), the hierarchical table controls (APTable,
+//! UXNTable, PXNTable), AP[2:1], UXN, PXN, EL0-writable implies PXN, PAN = 1, and the access
+//! flag without hardware management (AF = 0 faults; nothing is written to memory). The
+//! contiguous hint is a TLB-size hint only and does not change translation.
+
+extern crate std;
+
+use core::sync::atomic::{AtomicU64, Ordering};
+use std::vec::Vec;
+
+use mmkit_addr::{PhysAddr, PhysMapper, VaHalf, VirtAddr};
+
+use super::{Access, Fault, Mode, Perms, Walked, Walker};
+use crate::arch::aarch64::{Aarch64, Granule};
+use crate::format::PagingFormat;
+
+/// Walks aarch64 stage-1 tables for both halves.
+pub struct Aarch64Walker<'m, M: PhysMapper> {
+    mem: &'m M,
+    ttbr0: Option<(PhysAddr, Aarch64)>,
+    ttbr1: Option<(PhysAddr, Aarch64)>,
+}
+
+impl<'m, M: PhysMapper> Aarch64Walker<'m, M> {
+    /// A walker with TTBR0 and/or TTBR1 loaded (root and the regime's granule and size).
+    pub fn new(
+        mem: &'m M,
+        ttbr0: Option<(PhysAddr, Aarch64)>,
+        ttbr1: Option<(PhysAddr, Aarch64)>,
+    ) -> Self {
+        Self { mem, ttbr0, ttbr1 }
+    }
+
+    fn entry(&self, table: u64, bytes: u64, idx: u64) -> &AtomicU64 {
+        let t = crate::raw::table_at(self.mem, PhysAddr::new(table), bytes)
+            .expect("walker: table frame outside memory");
+        &t[idx as usize]
+    }
+}
+
+fn output_address(g: Granule, e: u64) -> u64 {
+    let low = e & 0x0000_ffff_ffff_f000 & !((1u64 << g.shift()) - 1);
+    match g {
+        Granule::K64 => low | ((e >> 12) & 0xf) << 48,
+        _ => low,
+    }
+}
+
+impl<M: PhysMapper> Walker for Aarch64Walker<'_, M> {
+    fn shifts(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = [self.ttbr0, self.ttbr1]
+            .iter()
+            .flatten()
+            .flat_map(|(_, f)| {
+                f.levels()
+                    .iter()
+                    .filter_map(|l| l.leaf.map(|s| s.shift()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    fn walk(&self, va: u64, _access: Access, _mode: Mode, _update: bool) -> Result<Walked, Fault> {
+        let regime = [self.ttbr0, self.ttbr1]
+            .into_iter()
+            .flatten()
+            .find(|(_, f)| {
+                let want = f.half();
+                VirtAddr::new(va).aarch64_half(f.va_bits()) == Some(want)
+            });
+        let Some((root, f)) = regime else {
+            return Err(Fault::NonCanonical);
+        };
+        debug_assert!(matches!(f.half(), VaHalf::Lower | VaHalf::Upper));
+        let g = f.granule_kind();
+        let gs = g.shift();
+        let per = gs - 3;
+        let depth = f.levels().len() as u32;
+        let start = 4 - depth;
+        let mut table = root.as_u64();
+        let (mut no_el0, mut ro_table, mut uxn_t, mut pxn_t) = (false, false, false, false);
+        for level in 0..depth as usize {
+            let hw = start + level as u32;
+            let shift = gs + (3 - hw) * per;
+            let bits = if level == 0 { f.va_bits() - shift } else { per };
+            let idx = (va >> shift) & ((1u64 << bits) - 1);
+            let e = self.entry(table, 1 << gs, idx).load(Ordering::Acquire);
+            if e & 1 == 0 {
+                return Err(Fault::Translation { level });
+            }
+            let is_table_bit = e & 2 != 0;
+            if hw < 3 && is_table_bit {
+                no_el0 |= e >> 61 & 1 != 0;
+                ro_table |= e >> 62 & 1 != 0;
+                uxn_t |= e >> 60 & 1 != 0;
+                pxn_t |= e >> 59 & 1 != 0;
+                table = output_address(g, e);
+                continue;
+            }
+            let block_ok = match (g, hw) {
+                (_, 3) => is_table_bit,
+                (Granule::K4, 1 | 2) | (Granule::K16, 2) | (Granule::K64, 2) => true,
+                _ => false,
+            };
+            if !block_ok {
+                return Err(Fault::Translation { level });
+            }
+            if e & (1 << 10) == 0 {
+                return Err(Fault::AccessFlag);
+            }
+            let ap1 = e & (1 << 6) != 0 && !no_el0;
+            let ro = e & (1 << 7) != 0 || ro_table;
+            let uxn = e & (1 << 54) != 0 || uxn_t;
+            let pxn = e & (1 << 53) != 0 || pxn_t;
+            let el0_writable = ap1 && !ro;
+            let perms = Perms {
+                user_r: ap1,
+                user_w: el0_writable,
+                user_x: !uxn,
+                kern_r: !ap1,
+                kern_w: !ap1 && !ro,
+                kern_x: !pxn && !el0_writable,
+            };
+            let size_mask = (1u64 << shift) - 1;
+            return Ok(Walked {
+                page_va: va & !size_mask,
+                page_pa: output_address(g, e) & !size_mask,
+                shift,
+                perms,
+                dirty: true,
+            });
+        }
+        Err(Fault::Translation {
+            level: depth as usize,
+        })
+    }
+}

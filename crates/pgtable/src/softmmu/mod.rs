@@ -1,0 +1,224 @@
+//! Software MMUs: walk the raw tables as the hardware does, behind a TLB model.
+//!
+//! A [`Walker`] per architecture ([`x86_64::X86Walker`], [`aarch64::Aarch64Walker`]) decodes
+//! descriptors with its *own* bit definitions (not the format's encoder, so the two check each
+//! other), applies the architecture's permission rules (x86: RW/US ANDed and NX ORed across
+//! levels, CR0.WP, SMEP, SMAP; aarch64: AP, UXN/PXN, EL0-writable implies PXN, PAN, the
+//! hierarchical table controls, the access flag) and, where the hardware does, updates the
+//! accessed/dirty bits in memory.
+//!
+//! [`SoftMmu`] caches every successful walk in a TLB keyed by page and size and serves later
+//! accesses from it, *stale or not*, until a [`Flush`](crate::Flush) is invalidated through it
+//! (it implements [`TlbInvalidate`]). A test that forgets a flush after unmap or protect
+//! therefore sees the old translation and fails. Like the hardware, it never caches a fault,
+//! and a fault drops the faulting page's entry. Walk caches are not modelled.
+
+extern crate std;
+
+use std::collections::HashMap;
+use std::vec::Vec;
+
+use mmkit_addr::{PageSize, PhysAddr, VirtAddr};
+
+use crate::flush::TlbInvalidate;
+
+pub mod aarch64;
+pub mod x86_64;
+
+/// Kind of access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Access {
+    /// Data read.
+    Read,
+    /// Data write.
+    Write,
+    /// Instruction fetch.
+    Exec,
+}
+
+/// Privilege of the access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// CPL 3 / EL0.
+    User,
+    /// CPL 0 / EL1.
+    Kernel,
+}
+
+/// Why an access faulted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The address is outside every translated range.
+    NonCanonical,
+    /// No valid descriptor at this level.
+    Translation {
+        /// Level index from the root.
+        level: usize,
+    },
+    /// A descriptor has reserved bits set or a type not allowed at its level.
+    Reserved {
+        /// Level index from the root.
+        level: usize,
+    },
+    /// The access flag is clear (aarch64 without hardware AF management).
+    AccessFlag,
+    /// The mapping does not allow this access in this mode.
+    Permission,
+}
+
+/// What a mapping allows, after combining every level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Perms {
+    /// User read.
+    pub user_r: bool,
+    /// User write.
+    pub user_w: bool,
+    /// User execute.
+    pub user_x: bool,
+    /// Kernel read.
+    pub kern_r: bool,
+    /// Kernel write.
+    pub kern_w: bool,
+    /// Kernel execute.
+    pub kern_x: bool,
+}
+
+impl Perms {
+    /// Whether `access` in `mode` is allowed.
+    pub fn allows(&self, access: Access, mode: Mode) -> bool {
+        match (mode, access) {
+            (Mode::User, Access::Read) => self.user_r,
+            (Mode::User, Access::Write) => self.user_w,
+            (Mode::User, Access::Exec) => self.user_x,
+            (Mode::Kernel, Access::Read) => self.kern_r,
+            (Mode::Kernel, Access::Write) => self.kern_w,
+            (Mode::Kernel, Access::Exec) => self.kern_x,
+        }
+    }
+}
+
+/// A successful walk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Walked {
+    /// First address of the page or block.
+    pub page_va: u64,
+    /// Its output address.
+    pub page_pa: u64,
+    /// log2 of its size.
+    pub shift: u32,
+    /// Effective permissions.
+    pub perms: Perms,
+    /// Whether a write may be served from the TLB without a new walk (x86: D already set).
+    pub dirty: bool,
+}
+
+/// A hardware table walker.
+pub trait Walker {
+    /// Walk for `va`. With `update`, set accessed (and, for a permitted write, dirty) bits as
+    /// the hardware would.
+    fn walk(&self, va: u64, access: Access, mode: Mode, update: bool) -> Result<Walked, Fault>;
+
+    /// The page and block sizes (log2) a walk can produce.
+    fn shifts(&self) -> Vec<u32>;
+}
+
+/// A walker plus a TLB that keeps stale entries until invalidated.
+pub struct SoftMmu<W: Walker> {
+    walker: W,
+    shifts: Vec<u32>,
+    tlb: HashMap<(u64, u32), Walked>,
+    /// Page invalidations received.
+    pub page_invalidations: usize,
+    /// Full invalidations received.
+    pub full_invalidations: usize,
+}
+
+impl<W: Walker> SoftMmu<W> {
+    /// An MMU with an empty TLB.
+    pub fn new(walker: W) -> Self {
+        let shifts = walker.shifts();
+        Self {
+            walker,
+            shifts,
+            tlb: HashMap::new(),
+            page_invalidations: 0,
+            full_invalidations: 0,
+        }
+    }
+
+    /// The walker.
+    pub fn walker(&self) -> &W {
+        &self.walker
+    }
+
+    /// Replace the walker (e.g. a new root), keeping the TLB — as loading CR3 with global
+    /// pages or switching TTBR without ASIDs would keep stale entries.
+    pub fn set_walker(&mut self, walker: W) {
+        self.walker = walker;
+    }
+
+    /// Number of cached translations.
+    pub fn tlb_entries(&self) -> usize {
+        self.tlb.len()
+    }
+
+    fn lookup(&self, va: u64) -> Option<Walked> {
+        self.shifts.iter().find_map(|&s| {
+            let key = (va & !((1u64 << s) - 1), s);
+            self.tlb.get(&key).copied()
+        })
+    }
+
+    fn drop_va(&mut self, va: u64) {
+        for &s in &self.shifts {
+            self.tlb.remove(&(va & !((1u64 << s) - 1), s));
+        }
+    }
+
+    /// Perform an access: from the TLB if cached (even if stale), else by a walk that fills it.
+    /// Returns the physical address accessed.
+    pub fn access(&mut self, va: VirtAddr, access: Access, mode: Mode) -> Result<PhysAddr, Fault> {
+        let va = va.as_u64();
+        let cached = self
+            .lookup(va)
+            .filter(|w| access != Access::Write || w.dirty || !w.perms.allows(access, mode));
+        let w = match cached {
+            Some(w) => w,
+            None => match self.walker.walk(va, access, mode, true) {
+                Ok(w) => {
+                    self.tlb.insert((w.page_va, w.shift), w);
+                    w
+                }
+                Err(f) => {
+                    self.drop_va(va);
+                    return Err(f);
+                }
+            },
+        };
+        if !w.perms.allows(access, mode) {
+            self.drop_va(va);
+            return Err(Fault::Permission);
+        }
+        Ok(PhysAddr::new(w.page_pa + (va - w.page_va)))
+    }
+
+    /// Walk without the TLB and without touching accessed/dirty bits.
+    pub fn peek(&self, va: VirtAddr, access: Access, mode: Mode) -> Result<Walked, Fault> {
+        self.walker.walk(va.as_u64(), access, mode, false)
+    }
+}
+
+// SAFETY: the model's only TLB is `tlb`; invalidation removes every entry containing the
+// address (of any size), and invalidate_all clears it.
+unsafe impl<W: Walker> TlbInvalidate for SoftMmu<W> {
+    fn invalidate_page(&mut self, va: VirtAddr, _size: PageSize, _leaf_only: bool) {
+        self.page_invalidations += 1;
+        // As INVLPG / TLBI VAE1: entries of any size that contain `va`, nothing else.
+        self.drop_va(va.as_u64());
+    }
+
+    fn invalidate_all(&mut self) {
+        self.full_invalidations += 1;
+        self.tlb.clear();
+    }
+}

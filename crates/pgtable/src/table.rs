@@ -1,0 +1,583 @@
+//! [`PageTable`]: one translation-table tree of some [`PagingFormat`], and the parts every
+//! operation shares: range checks, the frame reserve, translation, freeing, verification.
+//!
+//! # Invariants (checked by [`PageTable::verify`])
+//! * Every table reachable from the root was allocated from the frame source, is reached
+//!   exactly once, and [`PageTable::table_frames`] counts them (root included) plus nothing
+//!   else: tables waiting in a [`Flush`] are no longer owned by the tree.
+//! * Every non-root table has at least one valid entry: unmap unhooks a table the moment its
+//!   last entry goes. The count of valid entries of each child table is stored in its parent
+//!   entry (bits the hardware ignores), the root's in the `PageTable`; all counts are exact.
+//! * Absent entries are 0; leaves are aligned to their size, within the physical width, and
+//!   their attributes are in normalized form; contiguous-hint runs are whole and uniform.
+//!
+//! # How operations keep "bad input leaves state unchanged"
+//! Each range operation runs in two passes over the range, each descending the tree once per
+//! range (not once per page): a *plan* pass that only reads, finds every error and counts the
+//! table frames the change needs; then the frames are reserved from the source (all or none);
+//! then an *apply* pass that cannot fail. So an error — including running out of frames —
+//! leaves the tree, the TLBs and the frame source as they were.
+
+use core::sync::atomic::AtomicU64;
+
+use mmkit_addr::{PageSize, PhysAddr, PhysMapper, VirtAddr};
+
+use crate::attrs::Attrs;
+use crate::error::{Misaligned, NewError, VerifyError};
+use crate::flush::{Flush, FreedTables, TlbInvalidate};
+use crate::format::{EntryKind, PagingFormat};
+use crate::frame::FrameSource;
+use crate::raw;
+
+/// How map chooses page sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MapSize {
+    /// The largest page or block sizes that the alignment of each piece allows (and that fit
+    /// between existing tables).
+    Largest,
+    /// Exactly this size for every page; the range must be aligned to it.
+    Exactly(PageSize),
+}
+
+/// One leaf mapping, as found by translate, walk or a cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Translation {
+    /// First virtual address of the page or block.
+    pub page_va: VirtAddr,
+    /// First physical address of the page or block.
+    pub page_pa: PhysAddr,
+    /// Its size.
+    pub size: PageSize,
+    /// Its attributes (normalized).
+    pub attrs: Attrs,
+    /// The level (from the root, 0-based) holding the leaf.
+    pub level: usize,
+    /// Whether the entry carries the contiguous hint (aarch64).
+    pub contiguous: bool,
+}
+
+impl Translation {
+    /// The physical address `va` (inside this mapping) translates to.
+    #[inline]
+    pub fn pa_of(&self, va: VirtAddr) -> PhysAddr {
+        PhysAddr::new(self.page_pa.as_u64() + (va.as_u64() - self.page_va.as_u64()))
+    }
+}
+
+/// What [`PageTable::verify`] counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct VerifyReport {
+    /// Tables reached, root included.
+    pub tables: usize,
+    /// Leaf entries.
+    pub leaves: usize,
+    /// Bytes mapped.
+    pub mapped_bytes: u128,
+}
+
+/// A translation-table tree of format `F`, reading tables through `M` and getting table
+/// frames from `S`.
+pub struct PageTable<F: PagingFormat, M: PhysMapper, S: FrameSource> {
+    pub(crate) fmt: F,
+    pub(crate) mapper: M,
+    pub(crate) frames: S,
+    pub(crate) root: PhysAddr,
+    pub(crate) root_count: u32,
+    pub(crate) owned: usize,
+    pub(crate) live: bool,
+}
+
+/// Split borrow of a table's read-only parts, so frames can be allocated while tables are
+/// borrowed.
+pub(crate) struct Ctx<'a, F, M> {
+    pub(crate) fmt: &'a F,
+    pub(crate) mapper: &'a M,
+    pub(crate) gran: u64,
+}
+
+impl<'a, F: PagingFormat, M: PhysMapper> Ctx<'a, F, M> {
+    /// The entries of a table of this tree. Tables enter the tree only after
+    /// `alloc_checked` proved the mapper reaches them, so failure is a broken `PhysMapper`.
+    #[inline]
+    pub(crate) fn table(&self, pa: PhysAddr) -> &'a [AtomicU64] {
+        match raw::table_at(self.mapper, pa, self.gran) {
+            Some(t) => t,
+            None => panic!("table frame {pa:?} became unreachable through the PhysMapper"),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn last_level(&self) -> usize {
+        self.fmt.depth() - 1
+    }
+
+    /// Push a detached table on a freed list.
+    pub(crate) fn push_freed(&self, list: &mut FreedTables, pa: PhysAddr) {
+        raw::set_link(self.table(pa), None);
+        match list.tail {
+            Some(tail) => raw::set_link(self.table(tail), Some(pa)),
+            None => list.head = Some(pa),
+        }
+        list.tail = Some(pa);
+        list.count += 1;
+    }
+
+    /// Detach-free a whole subtree rooted at table `pa` of `level`: push every table of it on
+    /// `flush`'s freed list (children first; entries are left as they are, the frames are
+    /// unreachable once the parent entry is cleared) and widen the flush stride to the
+    /// smallest leaf inside.
+    pub(crate) fn retire_subtree(&self, pa: PhysAddr, level: usize, flush: &mut Flush) {
+        let lv = self.fmt.levels()[level];
+        if level == self.last_level() {
+            flush.tables = true;
+            flush.stride = Some(
+                self.fmt
+                    .granule()
+                    .min(flush.stride.unwrap_or(PageSize::Size1G)),
+            );
+        } else {
+            let t = self.table(pa);
+            for i in 0..lv.entries() {
+                let rawv = raw::load(t, i);
+                match self.fmt.kind(level, rawv) {
+                    EntryKind::Table => {
+                        self.retire_subtree(self.fmt.table_addr(rawv), level + 1, flush)
+                    }
+                    EntryKind::Leaf => {
+                        if let Some(sz) = lv.leaf {
+                            flush.stride = Some(sz.min(flush.stride.unwrap_or(sz)));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            flush.tables = true;
+        }
+        self.push_freed(&mut flush.freed, pa);
+    }
+}
+
+/// Table frames reserved for one operation, linked through entry 0 (invalid encoding).
+pub(crate) struct Reserve {
+    head: Option<PhysAddr>,
+    pub(crate) count: usize,
+}
+
+impl Reserve {
+    pub(crate) const fn empty() -> Self {
+        Self {
+            head: None,
+            count: 0,
+        }
+    }
+
+    /// Take one zeroed frame. The plan pass counted exactly what apply takes, so running dry
+    /// is a bug in this crate.
+    pub(crate) fn take<F: PagingFormat, M: PhysMapper>(&mut self, ctx: &Ctx<'_, F, M>) -> PhysAddr {
+        let pa = match self.head {
+            Some(pa) => pa,
+            None => panic!("page-table frame reserve ran dry: plan and apply disagree"),
+        };
+        let t = ctx.table(pa);
+        self.head = raw::link(t);
+        raw::store(t, 0, 0);
+        self.count -= 1;
+        pa
+    }
+}
+
+impl Reserve {
+    /// Put back an unused (zeroed) frame taken by [`Reserve::take`].
+    pub(crate) fn give_back<F: PagingFormat, M: PhysMapper>(
+        &mut self,
+        ctx: &Ctx<'_, F, M>,
+        pa: PhysAddr,
+    ) {
+        raw::set_link(ctx.table(pa), self.head);
+        self.head = Some(pa);
+        self.count += 1;
+    }
+}
+
+/// Why frames could not be reserved.
+pub(crate) enum ReserveError {
+    OutOfFrames,
+    Unreachable(PhysAddr),
+}
+
+/// Allocate one table frame and prove the mapper reaches it.
+fn alloc_checked<M: PhysMapper, S: FrameSource>(
+    mapper: &M,
+    frames: &mut S,
+    gran: PageSize,
+) -> Result<PhysAddr, ReserveError> {
+    let pa = frames.alloc_table(gran).ok_or(ReserveError::OutOfFrames)?;
+    if raw::table_at(mapper, pa, gran.bytes()).is_none() {
+        // SAFETY: `pa` was just allocated from `frames` with this size and never used.
+        unsafe { frames.free_table(pa, gran) };
+        return Err(ReserveError::Unreachable(pa));
+    }
+    Ok(pa)
+}
+
+/// Checked arguments of a range operation: `first..=last`.
+pub(crate) struct Span {
+    pub(crate) first: u64,
+    pub(crate) last: u64,
+}
+
+pub(crate) enum SpanError {
+    Unaligned(Misaligned),
+    NonCanonical(VirtAddr),
+}
+
+impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
+    /// A new, empty table: allocates the root from `frames`.
+    pub fn new(fmt: F, mapper: M, mut frames: S) -> Result<Self, NewError> {
+        let gran = fmt.granule();
+        let root = match alloc_checked(&mapper, &mut frames, gran) {
+            Ok(pa) => pa,
+            Err(ReserveError::OutOfFrames) => return Err(NewError::OutOfFrames),
+            Err(ReserveError::Unreachable(pa)) => return Err(NewError::FrameUnreachable(pa)),
+        };
+        Ok(Self {
+            fmt,
+            mapper,
+            frames,
+            root,
+            root_count: 0,
+            owned: 1,
+            live: false,
+        })
+    }
+
+    /// The root table's physical address (what CR3 / TTBRn_EL1 point to).
+    pub fn root(&self) -> PhysAddr {
+        self.root
+    }
+
+    /// The format.
+    pub fn format(&self) -> &F {
+        &self.fmt
+    }
+
+    /// The mapper.
+    pub fn mapper(&self) -> &M {
+        &self.mapper
+    }
+
+    /// The frame source.
+    pub fn frames(&self) -> &S {
+        &self.frames
+    }
+
+    /// Number of table frames in the tree (root included).
+    pub fn table_frames(&self) -> usize {
+        self.owned
+    }
+
+    /// Whether the table is marked as loaded in an MMU (enables break-before-make checks).
+    pub fn is_live(&self) -> bool {
+        self.live
+    }
+
+    /// Mark the table as loaded (or no longer loaded) in some MMU. While live, changes that a
+    /// format says need break-before-make are refused (see [`split_live`](Self::split_live)).
+    pub fn set_live(&mut self, live: bool) {
+        self.live = live;
+    }
+
+    pub(crate) fn ctx(&self) -> Ctx<'_, F, M> {
+        Ctx {
+            fmt: &self.fmt,
+            mapper: &self.mapper,
+            gran: self.fmt.granule().bytes(),
+        }
+    }
+
+    /// Check `va`/`len` (granule-aligned, canonical, no wrap). `None` for an empty range.
+    pub(crate) fn check_span(
+        &self,
+        va: VirtAddr,
+        len: u64,
+        align: u64,
+    ) -> Result<Option<Span>, SpanError> {
+        if !va.is_aligned(align) {
+            return Err(SpanError::Unaligned(Misaligned::Virt(va)));
+        }
+        if len % align != 0 {
+            return Err(SpanError::Unaligned(Misaligned::Len(len)));
+        }
+        if len == 0 {
+            return Ok(None);
+        }
+        let last = va
+            .as_u64()
+            .checked_add(len - 1)
+            .ok_or(SpanError::NonCanonical(va))?;
+        if !self.fmt.range_is_canonical(va, VirtAddr::new(last)) {
+            return Err(SpanError::NonCanonical(va));
+        }
+        Ok(Some(Span {
+            first: va.as_u64(),
+            last,
+        }))
+    }
+
+    /// Reserve `n` table frames, all or none.
+    pub(crate) fn reserve(&mut self, n: usize) -> Result<Reserve, ReserveError> {
+        let gran = self.fmt.granule();
+        let mut r = Reserve::empty();
+        while r.count < n {
+            match alloc_checked(&self.mapper, &mut self.frames, gran) {
+                Ok(pa) => {
+                    let t = raw::table_at(&self.mapper, pa, gran.bytes())
+                        .unwrap_or_else(|| unreachable!("checked by alloc_checked"));
+                    raw::set_link(t, r.head);
+                    r.head = Some(pa);
+                    r.count += 1;
+                }
+                Err(e) => {
+                    self.unreserve(r);
+                    return Err(e);
+                }
+            }
+        }
+        self.owned += n;
+        Ok(r)
+    }
+
+    /// Give back frames a reserve did not use.
+    pub(crate) fn unreserve(&mut self, mut r: Reserve) {
+        let gran = self.fmt.granule();
+        while r.count > 0 {
+            let pa = r.take(&Ctx {
+                fmt: &self.fmt,
+                mapper: &self.mapper,
+                gran: gran.bytes(),
+            });
+            // SAFETY: reserved frames were allocated from `frames` and never linked into the
+            // tree, so nothing references them.
+            unsafe { self.frames.free_table(pa, gran) };
+        }
+    }
+
+    /// Account for frames of a reserve that were consumed (`owned` was raised by `reserve`).
+    pub(crate) fn finish_reserve(&mut self, r: Reserve) {
+        self.owned -= r.count;
+        self.unreserve(r);
+    }
+
+    /// The leaf mapping `va`, if any.
+    pub fn translate(&self, va: VirtAddr) -> Option<Translation> {
+        if !self.fmt.is_canonical(va) {
+            return None;
+        }
+        let ctx = self.ctx();
+        let levels = self.fmt.levels();
+        let mut table = ctx.table(self.root);
+        for (level, lv) in levels.iter().enumerate() {
+            let raw = raw::load(table, lv.index(va.as_u64()));
+            match self.fmt.kind(level, raw) {
+                EntryKind::Table => table = ctx.table(self.fmt.table_addr(raw)),
+                EntryKind::Leaf => {
+                    let size = lv.leaf?;
+                    return Some(Translation {
+                        page_va: va.align_down(size.bytes()),
+                        page_pa: self.fmt.leaf_addr(level, raw),
+                        size,
+                        attrs: self.fmt.leaf_attrs(level, raw),
+                        level,
+                        contiguous: self.fmt.is_contiguous(raw),
+                    });
+                }
+                EntryKind::Absent | EntryKind::Malformed => return None,
+            }
+        }
+        None
+    }
+
+    /// Merge two tokens from this table into one (for batching a shootdown).
+    pub fn merge_flush(&self, mut a: Flush, b: Flush) -> Flush {
+        a.merge_span(&b);
+        let mut b = b;
+        if let Some(bh) = b.freed.head {
+            match a.freed.tail {
+                Some(at) => raw::set_link(self.ctx().table(at), Some(bh)),
+                None => a.freed.head = Some(bh),
+            }
+            a.freed.tail = b.freed.tail;
+            a.freed.count += b.freed.count;
+        }
+        b.freed = FreedTables::none();
+        // SAFETY: `b` now carries no frames; its span was merged into `a`.
+        let _ = unsafe { b.assume_invalidated() };
+        a
+    }
+
+    /// Free tables handed back by an invalidated [`Flush`] of this table.
+    pub fn free_tables(&mut self, freed: FreedTables) {
+        let gran = self.fmt.granule();
+        let mut next = freed.head;
+        while let Some(pa) = next {
+            next = raw::link(self.ctx().table(pa));
+            // SAFETY: the list holds tables unhooked from this tree by an operation whose flush
+            // was invalidated (`Flush::invalidate` is the only safe way to get the list), so
+            // nothing references them; each was allocated from `frames` with this size.
+            unsafe { self.frames.free_table(pa, gran) };
+        }
+    }
+
+    /// Tear the tree down: invalidate everything through `tlb` and free every table, root
+    /// included, returning the frame source. The table must not be loaded in any MMU.
+    pub fn destroy<T: TlbInvalidate + ?Sized>(mut self, tlb: &mut T) -> S {
+        let mut flush = Flush::nothing();
+        let ctx = self.ctx();
+        ctx.retire_subtree(self.root, 0, &mut flush);
+        let freed = flush.freed;
+        tlb.invalidate_all();
+        self.free_tables(freed);
+        self.frames
+    }
+
+    /// Check every invariant listed in the module docs.
+    pub fn verify(&self) -> Result<VerifyReport, VerifyError> {
+        let mut rep = VerifyReport::default();
+        self.verify_table(self.root, 0, 0, self.root_count, &mut rep)?;
+        if rep.tables != self.owned {
+            return Err(VerifyError::TableCount {
+                reachable: rep.tables,
+                owned: self.owned,
+            });
+        }
+        Ok(rep)
+    }
+
+    fn verify_table(
+        &self,
+        pa: PhysAddr,
+        level: usize,
+        base: u64,
+        recorded: u32,
+        rep: &mut VerifyReport,
+    ) -> Result<(), VerifyError> {
+        let gran = self.fmt.granule().bytes();
+        if !pa.is_aligned(gran) || !self.fmt.phys_fits(pa.as_u64()) {
+            return Err(VerifyError::BadTableAddress(pa));
+        }
+        rep.tables += 1;
+        let t = self.ctx().table(pa);
+        let lv = self.fmt.levels()[level];
+        let mut count = 0u32;
+        for i in 0..lv.entries() {
+            let raw = raw::load(t, i);
+            let va = base | ((i as u64) << lv.shift);
+            match self.fmt.kind(level, raw) {
+                EntryKind::Absent => {
+                    if raw != 0 {
+                        return Err(VerifyError::DirtyAbsent {
+                            va: VirtAddr::new(va),
+                            raw,
+                        });
+                    }
+                }
+                EntryKind::Malformed => {
+                    return Err(VerifyError::Malformed {
+                        va: VirtAddr::new(va),
+                        level,
+                        raw,
+                    })
+                }
+                EntryKind::Table => {
+                    count += 1;
+                    let child = self.fmt.table_addr(raw);
+                    let n = self.fmt.table_count(raw);
+                    self.verify_table(child, level + 1, va, n, rep)?;
+                }
+                EntryKind::Leaf => {
+                    count += 1;
+                    self.verify_leaf(t, i, level, va, raw)?;
+                    rep.leaves += 1;
+                    rep.mapped_bytes += u128::from(lv.entry_span());
+                }
+            }
+        }
+        if count != recorded {
+            return Err(VerifyError::CountMismatch {
+                table: pa,
+                recorded,
+                actual: count,
+            });
+        }
+        if level > 0 && count == 0 {
+            return Err(VerifyError::EmptyTable(pa));
+        }
+        Ok(())
+    }
+
+    fn verify_leaf(
+        &self,
+        t: &[AtomicU64],
+        i: usize,
+        level: usize,
+        va: u64,
+        raw: u64,
+    ) -> Result<(), VerifyError> {
+        let lv = self.fmt.levels()[level];
+        let Some(size) = lv.leaf else {
+            return Err(VerifyError::Malformed {
+                va: VirtAddr::new(va),
+                level,
+                raw,
+            });
+        };
+        let pa = self.fmt.leaf_addr(level, raw);
+        if !pa.is_aligned(size.bytes()) || !self.fmt.phys_fits(pa.as_u64() + size.bytes() - 1) {
+            return Err(VerifyError::BadLeafAddress {
+                va: VirtAddr::new(va),
+                pa,
+            });
+        }
+        let attrs = self.fmt.leaf_attrs(level, raw);
+        if self.fmt.normalize(attrs) != Ok(attrs) {
+            return Err(VerifyError::NotNormalized {
+                va: VirtAddr::new(va),
+            });
+        }
+        let cont = self.fmt.is_contiguous(raw);
+        if self
+            .fmt
+            .set_contiguous(self.fmt.make_leaf(level, pa, attrs), cont)
+            != raw
+        {
+            return Err(VerifyError::Malformed {
+                va: VirtAddr::new(va),
+                level,
+                raw,
+            });
+        }
+        if cont {
+            let run = self.fmt.contiguous_run(level).unwrap_or(1);
+            let first = i - i % run;
+            let first_raw = raw::load(t, first);
+            let run_bytes = size.bytes() * run as u64;
+            let first_pa = self.fmt.leaf_addr(level, first_raw);
+            let ad = Attrs::ACCESSED | Attrs::DIRTY;
+            let mut ok = self.fmt.kind(level, first_raw) == EntryKind::Leaf
+                && self.fmt.is_contiguous(first_raw)
+                && first_pa.is_aligned(run_bytes)
+                && self.fmt.leaf_attrs(level, first_raw).difference(ad) == attrs.difference(ad)
+                && first_pa.as_u64() + (i - first) as u64 * size.bytes() == pa.as_u64();
+            if ok && i == first {
+                ok = (first..first + run).all(|j| {
+                    let r = raw::load(t, j);
+                    self.fmt.kind(level, r) == EntryKind::Leaf && self.fmt.is_contiguous(r)
+                });
+            }
+            if !ok {
+                return Err(VerifyError::BadContiguousRun(VirtAddr::new(va)));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,696 @@
+//! Every operation on every format (x86_64 4/5-level, aarch64 4/16/64 KiB granules at several
+//! VA widths and both halves), checked through `translate`, `verify` and the software MMU.
+
+use core::ops::ControlFlow;
+
+use mmkit_addr::{PageSize, PhysAddr, VaHalf, VirtAddr};
+
+use super::*;
+use crate::softmmu::{Access, Fault, Mode};
+use crate::{
+    AttrChange, Attrs, CachePolicy, MapError, MapSize, Misaligned, ProtectError, UnmapError,
+    Visitor,
+};
+
+/// Accesses `va` for read (and write when `write`) and checks the outcome.
+fn expect_access<W: Walker>(
+    mmu: &mut SoftMmu<W>,
+    va: u64,
+    mode: Mode,
+    pa: Option<u64>,
+    write: Option<bool>,
+) {
+    let got = mmu.access(VirtAddr::new(va), Access::Read, mode);
+    match pa {
+        Some(p) => assert_eq!(got, Ok(PhysAddr::new(p)), "read {va:#x}"),
+        None => assert!(
+            matches!(got, Err(Fault::Translation { .. })),
+            "read {va:#x}: {got:?}"
+        ),
+    }
+    if let Some(w) = write {
+        let got = mmu.access(VirtAddr::new(va), Access::Write, mode);
+        assert_eq!(got.is_ok(), w, "write {va:#x}: {got:?}");
+    }
+}
+
+fn exercise_format<F: TestFormat>(f: F) {
+    let g = f.granule().bytes();
+    let sizes = sizes_of(&f);
+    let block = sizes[1].bytes();
+    let arena = arena_for(&f, 64);
+    let mut pt = table(f, &arena);
+    let mut mmu = mmu_for(&pt, &arena);
+    let base = f.test_base();
+    let pa0 = 0x1_0000_0000u64;
+    let attrs = Attrs::KERNEL_RW;
+
+    // 1. A range of pages, one block and pages again: largest sizes chosen.
+    let va = base + block - g;
+    let len = block + 3 * g;
+    let flush = pt
+        .map(
+            VirtAddr::new(va),
+            PhysAddr::new(pa0 + block - g),
+            len,
+            attrs,
+            MapSize::Largest,
+        )
+        .unwrap();
+    assert!(flush.is_empty(), "a new mapping needs no invalidation");
+    let _ = flush.invalidate(&mut mmu);
+    pt.verify().unwrap();
+    let t = pt.translate(VirtAddr::new(va)).unwrap();
+    assert_eq!(
+        (t.size, t.page_pa),
+        (f.granule(), PhysAddr::new(pa0 + block - g))
+    );
+    let t = pt.translate(VirtAddr::new(base + block + 5 * g)).unwrap();
+    assert_eq!(t.size, sizes[1], "the aligned middle is one block");
+    assert_eq!(
+        t.pa_of(VirtAddr::new(base + block + 5 * g)),
+        PhysAddr::new(pa0 + block + 5 * g)
+    );
+    assert_eq!(t.attrs, f.normalize(attrs).unwrap());
+    let after = base + 2 * block;
+    assert_eq!(
+        pt.translate(VirtAddr::new(after + g)).unwrap().size,
+        f.granule()
+    );
+    assert!(pt.translate(VirtAddr::new(after + 2 * g)).is_none());
+    for v in [va, base + block, base + block + 77 * g, after, after + g] {
+        expect_access(
+            &mut mmu,
+            v,
+            Mode::Kernel,
+            Some(pa0 + (v - base)),
+            Some(true),
+        );
+    }
+    expect_access(&mut mmu, after + 2 * g, Mode::Kernel, None, None);
+    // User mode may not touch kernel mappings.
+    assert_eq!(
+        mmu.access(VirtAddr::new(va), Access::Read, Mode::User),
+        Err(Fault::Permission)
+    );
+
+    // 2. Conflicts leave everything unchanged.
+    let before = pt.verify().unwrap();
+    let outstanding = arena.outstanding();
+    assert_eq!(
+        pt.map(
+            VirtAddr::new(base + block + g),
+            PhysAddr::new(0),
+            g,
+            attrs,
+            MapSize::Largest
+        ),
+        Err(MapError::OverlapsHugeMapping(
+            VirtAddr::new(base + block),
+            sizes[1]
+        ))
+    );
+    assert_eq!(
+        pt.map(
+            VirtAddr::new(va),
+            PhysAddr::new(0),
+            g,
+            attrs,
+            MapSize::Largest
+        ),
+        Err(MapError::AlreadyMapped(VirtAddr::new(va)))
+    );
+    assert_eq!(
+        pt.map(
+            VirtAddr::new(va + 1),
+            PhysAddr::new(0),
+            g,
+            attrs,
+            MapSize::Largest
+        ),
+        Err(MapError::Unaligned(Misaligned::Virt(VirtAddr::new(va + 1))))
+    );
+    assert!(matches!(
+        pt.map(
+            VirtAddr::new(base + 8 * block),
+            PhysAddr::new(0),
+            g,
+            Attrs::WRITE,
+            MapSize::Largest
+        ),
+        Err(MapError::BadAttrs(_))
+    ));
+    assert_eq!(
+        pt.map(
+            VirtAddr::new(base + 8 * block),
+            PhysAddr::new(g),
+            block,
+            attrs,
+            MapSize::Exactly(sizes[1])
+        ),
+        Err(MapError::Unaligned(Misaligned::Phys(PhysAddr::new(g))))
+    );
+    let hole = VirtAddr::new(base ^ (1 << 62));
+    assert!(matches!(
+        pt.map(hole, PhysAddr::new(0), g, attrs, MapSize::Largest),
+        Err(MapError::NonCanonical(_))
+    ));
+    assert!(matches!(
+        pt.map(
+            VirtAddr::new(base),
+            PhysAddr::new(1 << 60),
+            g,
+            attrs,
+            MapSize::Largest
+        ),
+        Err(MapError::PhysTooWide(_))
+    ));
+    assert_eq!(pt.verify().unwrap(), before);
+    assert_eq!(arena.outstanding(), outstanding);
+
+    // 3. Partial unmap splits the block; the flush drops the stale block translation.
+    let hole_va = base + block + 7 * g;
+    expect_access(
+        &mut mmu,
+        hole_va,
+        Mode::Kernel,
+        Some(pa0 + block + 7 * g),
+        None,
+    );
+    let flush = pt.unmap(VirtAddr::new(hole_va), g).unwrap();
+    // Forgetting the flush leaves the stale translation usable: the TLB model keeps it.
+    expect_access(
+        &mut mmu,
+        hole_va,
+        Mode::Kernel,
+        Some(pa0 + block + 7 * g),
+        None,
+    );
+    let freed = flush.invalidate(&mut mmu);
+    pt.free_tables(freed);
+    expect_access(&mut mmu, hole_va, Mode::Kernel, None, None);
+    expect_access(
+        &mut mmu,
+        hole_va + g,
+        Mode::Kernel,
+        Some(pa0 + block + 8 * g),
+        Some(true),
+    );
+    let t = pt.translate(VirtAddr::new(hole_va - g)).unwrap();
+    assert!(t.size < sizes[1]);
+    pt.verify().unwrap();
+
+    // 4. Protect: write-protect a stretch across the split; writes fault after the flush.
+    let p_va = base + block + 4 * g;
+    assert_eq!(
+        pt.protect(
+            VirtAddr::new(p_va),
+            4 * g,
+            AttrChange::flags(Attrs::empty(), Attrs::WRITE)
+        )
+        .map(|_| ()),
+        Err(ProtectError::NotMapped(VirtAddr::new(hole_va))),
+        "holes are refused"
+    );
+    let flush = pt
+        .protect(
+            VirtAddr::new(p_va),
+            3 * g,
+            AttrChange::flags(Attrs::SW1, Attrs::WRITE),
+        )
+        .unwrap();
+    let _ = flush.invalidate(&mut mmu);
+    expect_access(
+        &mut mmu,
+        p_va,
+        Mode::Kernel,
+        Some(pa0 + block + 4 * g),
+        Some(false),
+    );
+    expect_access(
+        &mut mmu,
+        p_va + 4 * g,
+        Mode::Kernel,
+        Some(pa0 + block + 8 * g),
+        Some(true),
+    );
+    let t = pt.translate(VirtAddr::new(p_va + g)).unwrap();
+    assert!(t.attrs.contains(Attrs::SW1) && !t.attrs.contains(Attrs::WRITE));
+    pt.verify().unwrap();
+
+    // 5. Walk and cursor agree, holes are reported.
+    struct Collect(Vec<Translation>, u64);
+    impl Visitor for Collect {
+        fn leaf(&mut self, m: &Translation) -> ControlFlow<()> {
+            self.0.push(*m);
+            ControlFlow::Continue(())
+        }
+        fn hole(&mut self, _level: usize, _va: VirtAddr, len: u64) -> ControlFlow<()> {
+            self.1 += len;
+            ControlFlow::Continue(())
+        }
+    }
+    let mut c = Collect(Vec::new(), 0);
+    let wlen = 3 * block;
+    assert!(pt.walk(VirtAddr::new(base), wlen, &mut c).unwrap());
+    let cur: Vec<_> = pt.cursor(VirtAddr::new(base), wlen).unwrap().collect();
+    assert_eq!(c.0, cur);
+    let mapped: u64 = c.0.iter().map(|t| t.size.bytes()).sum();
+    assert_eq!(mapped + c.1, wlen, "leaves and holes tile the range");
+    assert_eq!(mapped, len - g);
+
+    // 6. Clear accessed/dirty.
+    let cl = pt
+        .clear_accessed_dirty(VirtAddr::new(base), wlen, Attrs::ACCESSED)
+        .unwrap();
+    assert!(cl.leaves > 0);
+    let _ = cl.flush.invalidate(&mut mmu);
+    assert!(!pt
+        .translate(VirtAddr::new(va))
+        .unwrap()
+        .attrs
+        .contains(Attrs::ACCESSED));
+    if !f.hw_ad() {
+        assert_eq!(
+            mmu.access(VirtAddr::new(va), Access::Read, Mode::Kernel),
+            Err(Fault::AccessFlag)
+        );
+    } else {
+        mmu.access(VirtAddr::new(va), Access::Read, Mode::Kernel)
+            .unwrap();
+        assert!(
+            pt.translate(VirtAddr::new(va))
+                .unwrap()
+                .attrs
+                .contains(Attrs::ACCESSED),
+            "hardware sets A"
+        );
+    }
+    pt.verify().unwrap();
+
+    // 7. Copy into another table gives the same translations.
+    let arena2 = arena_for(&f, 64);
+    let mut dst = table(f, &arena2);
+    let _ = pt
+        .copy_range_to(&mut dst, VirtAddr::new(base), wlen)
+        .unwrap();
+    dst.verify().unwrap();
+    let copied: Vec<_> = dst.cursor(VirtAddr::new(base), wlen).unwrap().collect();
+    let ad = Attrs::ACCESSED | Attrs::DIRTY;
+    let strip = |v: &[Translation]| -> Vec<_> {
+        v.iter()
+            .map(|t| (t.page_va, t.page_pa, t.size, t.attrs - ad))
+            .collect()
+    };
+    assert_eq!(
+        strip(&copied),
+        strip(
+            &pt.cursor(VirtAddr::new(base), wlen)
+                .unwrap()
+                .collect::<Vec<_>>()
+        )
+    );
+    assert!(matches!(
+        pt.copy_range_to(&mut dst, VirtAddr::new(base), wlen),
+        Err(crate::CopyError::Destination(_))
+    ));
+    let _ = dst.destroy(&mut mmu);
+    assert_eq!(arena2.outstanding(), 0, "no table frame leaked");
+
+    // 8. Forced size: granule pages over a block-aligned stretch.
+    let fva = base + 4 * block;
+    let _ = pt
+        .map(
+            VirtAddr::new(fva),
+            PhysAddr::new(pa0),
+            block,
+            Attrs::USER_RW,
+            MapSize::Exactly(f.granule()),
+        )
+        .unwrap();
+    assert_eq!(
+        pt.translate(VirtAddr::new(fva + block - g)).unwrap().size,
+        f.granule()
+    );
+    expect_access(&mut mmu, fva + g, Mode::User, Some(pa0 + g), Some(true));
+    assert_eq!(
+        mmu.access(VirtAddr::new(fva), Access::Read, Mode::Kernel),
+        Err(Fault::Permission),
+        "SMAP/PAN"
+    );
+    pt.verify().unwrap();
+
+    // 9. Out of frames: nothing changes.
+    let bva = base + 6 * block;
+    let _ = pt
+        .map(
+            VirtAddr::new(bva),
+            PhysAddr::new(pa0),
+            block,
+            attrs,
+            MapSize::Largest,
+        )
+        .unwrap();
+    assert_eq!(pt.translate(VirtAddr::new(bva)).unwrap().size, sizes[1]);
+    let before = pt.verify().unwrap();
+    arena.set_limit(arena.outstanding());
+    assert_eq!(
+        pt.map(
+            VirtAddr::new(base + 7 * block + g),
+            PhysAddr::new(0),
+            g,
+            attrs,
+            MapSize::Largest
+        ),
+        Err(MapError::OutOfFrames)
+    );
+    let fl = pt.unmap(VirtAddr::new(fva), g).unwrap();
+    assert_eq!(fl.freed_tables(), 0, "no table emptied");
+    let _ = fl.invalidate(&mut mmu);
+    assert_eq!(
+        pt.unmap(VirtAddr::new(bva + g), g).map(|_| ()),
+        Err(UnmapError::OutOfFrames)
+    );
+    assert_eq!(
+        pt.protect(
+            VirtAddr::new(bva + g),
+            g,
+            AttrChange::flags(Attrs::SW2, Attrs::empty())
+        )
+        .map(|_| ()),
+        Err(ProtectError::OutOfFrames)
+    );
+    arena.set_limit(usize::MAX);
+    let b2 = pt.verify().unwrap();
+    assert_eq!(b2.tables, before.tables);
+    assert_eq!(b2.leaves, before.leaves - 1);
+    assert_eq!(pt.translate(VirtAddr::new(bva + g)).unwrap().size, sizes[1]);
+
+    // 10. Unmap everything: emptied tables come back through the flush; destroy frees the rest.
+    let flush = pt.unmap(VirtAddr::new(base), 8 * block).unwrap();
+    assert!(flush.freed_tables() > 0);
+    let freed = flush.invalidate(&mut mmu);
+    pt.free_tables(freed);
+    assert_eq!(pt.verify().unwrap().tables, 1, "only the root is left");
+    for v in [va, base + block, fva] {
+        expect_access(&mut mmu, v, Mode::Kernel, None, None);
+    }
+    let _ = pt.destroy(&mut mmu);
+    assert_eq!(arena.outstanding(), 0, "no table frame leaked");
+}
+
+#[test]
+fn every_operation_on_x86_64_four_and_five_level() {
+    for f in all_x86() {
+        exercise_format(f);
+    }
+}
+
+#[test]
+fn every_operation_on_every_aarch64_granule_width_and_half() {
+    for f in all_aarch64() {
+        exercise_format(f);
+    }
+}
+
+#[test]
+fn x86_one_gib_page_splits_into_2m_and_4k() {
+    let f = X86_64::FOUR_LEVEL;
+    let arena = arena_for(&f, 16);
+    let mut pt = table(f, &arena);
+    let mut mmu = mmu_for(&pt, &arena);
+    let va = 0xffff_8000_4000_0000u64;
+    let _ = pt
+        .map(
+            VirtAddr::new(va),
+            PhysAddr::new(1 << 30),
+            1 << 30,
+            Attrs::KERNEL_RW,
+            MapSize::Largest,
+        )
+        .unwrap();
+    assert_eq!(
+        pt.translate(VirtAddr::new(va + 12345 * 4096)).unwrap().size,
+        PageSize::Size1G
+    );
+    assert_eq!(pt.table_frames(), 2, "root and PDPT");
+    mmu.access(VirtAddr::new(va + 0x30_0000), Access::Read, Mode::Kernel)
+        .unwrap();
+    let flush = pt.unmap(VirtAddr::new(va + 0x30_0000), 0x1000).unwrap();
+    let _ = flush.invalidate(&mut mmu);
+    assert_eq!(pt.table_frames(), 4, "1G split to 2M, one 2M split to 4K");
+    assert_eq!(
+        pt.translate(VirtAddr::new(va + 0x50_0000)).unwrap().size,
+        PageSize::Size2M
+    );
+    assert_eq!(
+        pt.translate(VirtAddr::new(va + 0x30_1000)).unwrap().size,
+        PageSize::Size4K
+    );
+    assert!(mmu
+        .access(VirtAddr::new(va + 0x30_0000), Access::Read, Mode::Kernel)
+        .is_err());
+    pt.verify().unwrap();
+    let _ = pt.destroy(&mut mmu);
+    assert_eq!(arena.outstanding(), 0);
+}
+
+#[test]
+fn x86_pkey_and_user_exec_reach_the_walker() {
+    let f = X86_64::FIVE_LEVEL;
+    let arena = arena_for(&f, 16);
+    let mut pt = table(f, &arena);
+    let mut mmu = mmu_for(&pt, &arena);
+    let va = 0x0000_1234_5600_0000u64;
+    let a = Attrs::USER_RX
+        .with_pkey(9)
+        .with_cache(CachePolicy::WriteThrough);
+    let _ = pt
+        .map(
+            VirtAddr::new(va),
+            PhysAddr::new(0x20_0000),
+            0x20_0000,
+            a,
+            MapSize::Largest,
+        )
+        .unwrap();
+    let t = pt.translate(VirtAddr::new(va)).unwrap();
+    assert_eq!(
+        (t.attrs.pkey(), t.attrs.cache(), t.size),
+        (9, CachePolicy::WriteThrough, PageSize::Size2M)
+    );
+    assert!(mmu
+        .access(VirtAddr::new(va), Access::Exec, Mode::User)
+        .is_ok());
+    assert_eq!(
+        mmu.access(VirtAddr::new(va), Access::Exec, Mode::Kernel),
+        Err(Fault::Permission),
+        "SMEP"
+    );
+    assert_eq!(
+        mmu.access(VirtAddr::new(va), Access::Write, Mode::User),
+        Err(Fault::Permission)
+    );
+    let _ = pt.destroy(&mut mmu);
+}
+
+fn aarch64_4k() -> crate::arch::aarch64::Aarch64 {
+    crate::arch::aarch64::Aarch64::new(crate::arch::aarch64::Granule::K4, 48, VaHalf::Lower)
+        .unwrap()
+}
+
+#[test]
+fn aarch64_live_split_needs_break_before_make() {
+    let f = aarch64_4k();
+    let arena = arena_for(&f, 16);
+    let mut pt = table(f, &arena);
+    let mut mmu = mmu_for(&pt, &arena);
+    let va = 0x4000_0000u64;
+    let _ = pt
+        .map(
+            VirtAddr::new(va),
+            PhysAddr::new(0x8000_0000),
+            0x20_0000,
+            Attrs::KERNEL_RW,
+            MapSize::Largest,
+        )
+        .unwrap();
+    pt.set_live(true);
+    let before = pt.verify().unwrap();
+    assert_eq!(
+        pt.unmap(VirtAddr::new(va + 0x1000), 0x1000).map(|_| ()),
+        Err(UnmapError::BreakBeforeMake(VirtAddr::new(va)))
+    );
+    let to_wc = AttrChange {
+        cache: Some(CachePolicy::WriteCombining),
+        ..AttrChange::flags(Attrs::empty(), Attrs::empty())
+    };
+    assert_eq!(
+        pt.protect(VirtAddr::new(va), 0x20_0000, to_wc).map(|_| ()),
+        Err(ProtectError::BreakBeforeMake(VirtAddr::new(va)))
+    );
+    assert_eq!(pt.verify().unwrap(), before);
+    // Permission changes need no BBM.
+    let f1 = pt
+        .protect(
+            VirtAddr::new(va),
+            0x20_0000,
+            AttrChange::flags(Attrs::empty(), Attrs::WRITE),
+        )
+        .unwrap();
+    let _ = f1.invalidate(&mut mmu);
+    mmu.access(VirtAddr::new(va + 0x1000), Access::Read, Mode::Kernel)
+        .unwrap();
+    pt.split_live(VirtAddr::new(va + 0x1000), &mut mmu).unwrap();
+    assert!(
+        mmu.page_invalidations > 0,
+        "the break was invalidated before the make"
+    );
+    let f2 = pt.unmap(VirtAddr::new(va + 0x1000), 0x1000).unwrap();
+    let _ = f2.invalidate(&mut mmu);
+    assert!(mmu
+        .access(VirtAddr::new(va + 0x1000), Access::Read, Mode::Kernel)
+        .is_err());
+    assert!(mmu
+        .access(VirtAddr::new(va + 0x2000), Access::Read, Mode::Kernel)
+        .is_ok());
+    pt.verify().unwrap();
+    let _ = pt.destroy(&mut mmu);
+    assert_eq!(arena.outstanding(), 0);
+}
+
+#[test]
+fn aarch64_contiguous_hint_set_on_aligned_runs_and_broken_on_partial_unmap() {
+    let f = aarch64_4k();
+    let arena = arena_for(&f, 16);
+    let mut pt = table(f, &arena);
+    let mut mmu = mmu_for(&pt, &arena);
+    let va = 0x1000_0000u64;
+    // 64 KiB-aligned 128 KiB plus one page before: two full runs get the hint, the page not.
+    let _ = pt
+        .map(
+            VirtAddr::new(va - 0x1000),
+            PhysAddr::new(0x2000_0000 - 0x1000),
+            0x2_1000,
+            Attrs::KERNEL_RW,
+            MapSize::Largest,
+        )
+        .unwrap();
+    assert!(!pt.translate(VirtAddr::new(va - 0x1000)).unwrap().contiguous);
+    assert!(pt.translate(VirtAddr::new(va)).unwrap().contiguous);
+    assert!(
+        pt.translate(VirtAddr::new(va + 0x1_f000))
+            .unwrap()
+            .contiguous
+    );
+    pt.verify().unwrap();
+    let fl = pt.unmap(VirtAddr::new(va + 0x3000), 0x1000).unwrap();
+    let _ = fl.invalidate(&mut mmu);
+    assert!(
+        !pt.translate(VirtAddr::new(va)).unwrap().contiguous,
+        "first run broken"
+    );
+    assert!(
+        pt.translate(VirtAddr::new(va + 0x1_0000))
+            .unwrap()
+            .contiguous,
+        "second run intact"
+    );
+    pt.verify().unwrap();
+    // Live: breaking the second run needs BBM.
+    pt.set_live(true);
+    assert!(matches!(
+        pt.unmap(VirtAddr::new(va + 0x1_1000), 0x1000),
+        Err(UnmapError::BreakBeforeMake(_))
+    ));
+    pt.split_live(VirtAddr::new(va + 0x1_1000), &mut mmu)
+        .unwrap();
+    assert!(
+        !pt.translate(VirtAddr::new(va + 0x1_0000))
+            .unwrap()
+            .contiguous
+    );
+    let fl = pt.unmap(VirtAddr::new(va + 0x1_1000), 0x1000).unwrap();
+    let _ = fl.invalidate(&mut mmu);
+    pt.verify().unwrap();
+    let _ = pt.destroy(&mut mmu);
+    assert_eq!(arena.outstanding(), 0);
+}
+
+#[test]
+fn forgotten_protect_flush_leaves_stale_write_permission() {
+    let f = X86_64::FOUR_LEVEL;
+    let arena = arena_for(&f, 16);
+    let mut pt = table(f, &arena);
+    let mut mmu = mmu_for(&pt, &arena);
+    let va = VirtAddr::new(0x7000_0000_0000);
+    let _ = pt
+        .map(
+            va,
+            PhysAddr::new(0x5000),
+            0x1000,
+            Attrs::USER_RW,
+            MapSize::Largest,
+        )
+        .unwrap();
+    mmu.access(va, Access::Write, Mode::User).unwrap();
+    let flush = pt
+        .protect(va, 0x1000, AttrChange::flags(Attrs::empty(), Attrs::WRITE))
+        .unwrap();
+    assert!(
+        mmu.access(va, Access::Write, Mode::User).is_ok(),
+        "stale TLB entry still writable"
+    );
+    let _ = flush.invalidate(&mut mmu);
+    assert_eq!(
+        mmu.access(va, Access::Write, Mode::User),
+        Err(Fault::Permission)
+    );
+    let _ = pt.destroy(&mut mmu);
+}
+
+#[test]
+fn merged_flush_frees_tables_of_both_unmaps() {
+    let f = X86_64::FOUR_LEVEL;
+    let arena = arena_for(&f, 32);
+    let mut pt = table(f, &arena);
+    let mut mmu = mmu_for(&pt, &arena);
+    let a = VirtAddr::new(0x1000_0000);
+    let b = VirtAddr::new(0x80_0000_0000);
+    let _ = pt
+        .map(
+            a,
+            PhysAddr::new(0),
+            0x1000,
+            Attrs::KERNEL_RW,
+            MapSize::Largest,
+        )
+        .unwrap();
+    let _ = pt
+        .map(
+            b,
+            PhysAddr::new(0),
+            0x1000,
+            Attrs::KERNEL_RW,
+            MapSize::Largest,
+        )
+        .unwrap();
+    let tables = arena.outstanding();
+    let fa = pt.unmap(a, 0x1000).unwrap();
+    let fb = pt.unmap(b, 0x1000).unwrap();
+    let (na, nb) = (fa.freed_tables(), fb.freed_tables());
+    assert_eq!((na, nb), (3, 3));
+    let merged = pt.merge_flush(fa, fb);
+    assert_eq!(merged.freed_tables(), 6);
+    assert_eq!(
+        arena.outstanding(),
+        tables,
+        "nothing freed before the flush"
+    );
+    let freed = merged.invalidate(&mut mmu);
+    pt.free_tables(freed);
+    assert_eq!(arena.outstanding(), 1);
+    pt.verify().unwrap();
+    let _ = pt.destroy(&mut mmu);
+    assert_eq!(arena.outstanding(), 0);
+}
