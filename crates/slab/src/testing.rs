@@ -28,6 +28,7 @@ pub const TEST_MAX_ORDER: u32 = 10;
 pub const TEST_PHYS_BASE: u64 = 0x4000_0000;
 
 struct BuddyState {
+    max_order: usize,
     free: Vec<BTreeSet<usize>>,
     /// Order of the allocated block headed by each frame; `u8::MAX` when not a head.
     head_order: Vec<u8>,
@@ -50,7 +51,15 @@ pub struct TestPageSource {
 impl TestPageSource {
     /// A source of at least `bytes` bytes (rounded up to whole max-order blocks).
     pub fn new(bytes: usize) -> Self {
-        let block = (PAGE_SIZE as usize) << TEST_MAX_ORDER;
+        Self::with_max_order(bytes, TEST_MAX_ORDER)
+    }
+
+    /// A source whose largest block is `max_order` (at most [`TEST_MAX_ORDER`]): a smaller
+    /// largest block means less host memory set aside for alignment, which matters when a
+    /// fuzzer builds a fresh source for every input.
+    pub fn with_max_order(bytes: usize, max_order: u32) -> Self {
+        let max_order = max_order.min(TEST_MAX_ORDER);
+        let block = (PAGE_SIZE as usize) << max_order;
         let len = bytes.max(block).div_ceil(block) * block;
         // Over-allocate by one block so the frames can start on a block-aligned host address:
         // the page-source contract wants blocks naturally aligned in virtual memory too.
@@ -61,11 +70,10 @@ impl TestPageSource {
             .as_ptr() as usize;
         let base = host.div_ceil(block) * block;
         let frames = len / PAGE_SIZE as usize;
-        let mut free: Vec<BTreeSet<usize>> =
-            (0..=TEST_MAX_ORDER).map(|_| BTreeSet::new()).collect();
-        let per_block = 1usize << TEST_MAX_ORDER;
+        let mut free: Vec<BTreeSet<usize>> = (0..=max_order).map(|_| BTreeSet::new()).collect();
+        let per_block = 1usize << max_order;
         for i in (0..frames).step_by(per_block) {
-            free[TEST_MAX_ORDER as usize].insert(i);
+            free[max_order as usize].insert(i);
         }
         Self {
             _mem: mem,
@@ -75,6 +83,7 @@ impl TestPageSource {
             first_pfn: TEST_PHYS_BASE / PAGE_SIZE,
             frames,
             state: Mutex::new(BuddyState {
+                max_order: max_order as usize,
                 free,
                 head_order: std::vec![u8::MAX; frames],
                 limit: frames,
@@ -133,15 +142,15 @@ impl core::fmt::Debug for TestPageSource {
 // returns 0 for frames outside the buffer. All state is behind a mutex or atomics.
 unsafe impl PageSource for TestPageSource {
     fn alloc_pages(&self, order: Order, gfp: Gfp) -> Option<PageBlock> {
-        if order.get() > TEST_MAX_ORDER {
-            return None;
-        }
         let o = order.get() as usize;
         let mut st = self.state.lock().expect("test source lock");
+        if o > st.max_order {
+            return None;
+        }
         if self.in_use.load(SeqCst) + (1 << o) > st.limit {
             return None;
         }
-        let from = (o..=TEST_MAX_ORDER as usize).find(|&k| !st.free[k].is_empty())?;
+        let from = (o..=st.max_order).find(|&k| !st.free[k].is_empty())?;
         let idx = st.free[from].pop_first()?;
         for k in (o..from).rev() {
             st.free[k].insert(idx + (1 << k));
@@ -182,7 +191,7 @@ unsafe impl PageSource for TestPageSource {
             self.private[i].store(0, SeqCst);
         }
         let mut o = order.get() as usize;
-        while o < TEST_MAX_ORDER as usize {
+        while o < st.max_order {
             let buddy = idx ^ (1 << o);
             if !st.free[o].remove(&buddy) {
                 break;
@@ -277,6 +286,22 @@ mod tests {
             whole.is_some(),
             "buddies merged back into a max-order block"
         );
+    }
+
+    #[test]
+    fn smaller_max_order_source_still_serves_its_largest_block() {
+        let s = TestPageSource::with_max_order(1 << 20, 4);
+        assert_eq!(s.frames(), 256);
+        assert!(s.alloc_pages(Order::new(5), Gfp::empty()).is_none());
+        let blocks: Vec<_> = (0..16)
+            .map(|_| s.alloc_pages(Order::new(4), Gfp::empty()).unwrap())
+            .collect();
+        assert!(s.alloc_pages(Order::new(0), Gfp::empty()).is_none());
+        for b in blocks {
+            assert_eq!(b.ptr.as_ptr() as usize % (16 * 4096), 0);
+            // SAFETY: from `s` at order 4.
+            unsafe { s.free_pages(b, Order::new(4)) };
+        }
     }
 
     #[test]
