@@ -62,6 +62,8 @@ pub mod arch;
 #[cfg(any(test, feature = "std"))]
 pub mod host;
 #[cfg(any(test, feature = "std"))]
+pub mod model;
+#[cfg(any(test, feature = "std"))]
 pub mod softmmu;
 
 #[cfg(test)]

@@ -1,0 +1,468 @@
+//! A reference model of a page table and a replay machine, shared by the proptest state
+//! machine and the fuzz target (host only, feature `std`).
+//!
+//! The model is one virtual page → (physical page, attributes). [`run`] replays a sequence of
+//! [`Op`]s (map / unmap / protect / frame limits) on a fresh table of a [`HostFormat`] inside
+//! a window of two blocks, and after every step invalidates the flush token through the
+//! software MMU, runs `verify()`, and checks every page of the window three ways: the model,
+//! `translate`, and a read and a write through the software MMU (whose TLB keeps whatever a
+//! missing or too-narrow flush left behind). Errors must be the ones the model predicts and
+//! leave everything unchanged; running out of frames is allowed only under a limit. At the
+//! end the table is destroyed and the arena must have every frame back. Any disagreement
+//! panics with the operation that caused it.
+
+extern crate std;
+
+use std::boxed::Box;
+use std::collections::BTreeMap;
+use std::vec;
+use std::vec::Vec;
+
+use mmkit_addr::{PageSize, PhysAddr, VaHalf, VirtAddr};
+
+use crate::arch::aarch64::{Aarch64, Granule};
+use crate::arch::x86_64::X86_64;
+use crate::host::{ArenaRef, TableArena};
+use crate::softmmu::aarch64::Aarch64Walker;
+use crate::softmmu::x86_64::X86Walker;
+use crate::softmmu::{Access, Fault, Mode, SoftMmu, Walked, Walker};
+use crate::{
+    AttrChange, Attrs, CachePolicy, MapError, MapSize, PageTable, PagingFormat, ProtectError,
+    UnmapError,
+};
+
+/// Physical base of test arenas (1 GiB, so table frames never collide with low test PAs).
+pub const ARENA_BASE: u64 = 0x4000_0000;
+
+/// A format the tests can build a software MMU for.
+pub trait HostFormat: PagingFormat + Copy + core::fmt::Debug {
+    /// A walker for a table of this format rooted at `root`.
+    fn walker<'m>(&self, arena: &'m TableArena, root: PhysAddr) -> Box<dyn Walker + 'm>;
+    /// Whether the hardware manages accessed/dirty (x86).
+    fn hw_ad(&self) -> bool;
+    /// A VA near which tests work.
+    fn test_base(&self) -> u64;
+}
+
+impl HostFormat for X86_64 {
+    fn walker<'m>(&self, arena: &'m TableArena, root: PhysAddr) -> Box<dyn Walker + 'm> {
+        Box::new(X86Walker::new(
+            arena.memory(),
+            root,
+            self.levels().len() as u32,
+        ))
+    }
+    fn hw_ad(&self) -> bool {
+        true
+    }
+    fn test_base(&self) -> u64 {
+        if self.va_bits() == 57 {
+            0xff00_0000_0000_0000
+        } else {
+            0xffff_8000_0000_0000
+        }
+    }
+}
+
+impl HostFormat for Aarch64 {
+    fn walker<'m>(&self, arena: &'m TableArena, root: PhysAddr) -> Box<dyn Walker + 'm> {
+        let r = Some((root, *self));
+        match self.half() {
+            VaHalf::Lower => Box::new(Aarch64Walker::new(arena.memory(), r, None)),
+            VaHalf::Upper => Box::new(Aarch64Walker::new(arena.memory(), None, r)),
+        }
+    }
+    fn hw_ad(&self) -> bool {
+        false
+    }
+    fn test_base(&self) -> u64 {
+        match self.half() {
+            VaHalf::Lower => 1 << 32,
+            VaHalf::Upper => {
+                VirtAddr::sign_extend(1 << (self.va_bits() - 1), self.va_bits()).as_u64()
+            }
+        }
+    }
+}
+
+impl Walker for Box<dyn Walker + '_> {
+    fn walk(&self, va: u64, access: Access, mode: Mode, update: bool) -> Result<Walked, Fault> {
+        (**self).walk(va, access, mode, update)
+    }
+    fn shifts(&self) -> Vec<u32> {
+        (**self).shifts()
+    }
+}
+
+/// Every format configuration the crate supports (a representative VA width set).
+pub fn all_aarch64() -> Vec<Aarch64> {
+    let mut v = Vec::new();
+    for g in Granule::ALL {
+        let mut widths = vec![39, 42, 47, 48];
+        if g == Granule::K64 {
+            widths.push(52);
+        }
+        for w in widths {
+            for half in [VaHalf::Lower, VaHalf::Upper] {
+                v.push(Aarch64::new(g, w, half).unwrap());
+            }
+        }
+    }
+    v
+}
+
+/// The x86 formats.
+pub fn all_x86() -> [X86_64; 2] {
+    [X86_64::FOUR_LEVEL, X86_64::FIVE_LEVEL]
+}
+
+/// An arena sized for `f`'s granule.
+pub fn arena_for<F: PagingFormat>(f: &F, frames: usize) -> TableArena {
+    TableArena::new(PhysAddr::new(ARENA_BASE), f.granule(), frames)
+}
+
+/// A table over `arena`.
+pub fn table<'a, F: PagingFormat>(
+    f: F,
+    arena: &'a TableArena,
+) -> PageTable<F, ArenaRef<'a>, ArenaRef<'a>> {
+    PageTable::new(f, arena.handle(), arena.handle()).expect("root frame")
+}
+
+/// The software MMU for `pt`.
+pub fn mmu_for<'a, F: HostFormat>(
+    pt: &PageTable<F, ArenaRef<'a>, ArenaRef<'a>>,
+    arena: &'a TableArena,
+) -> SoftMmu<Box<dyn Walker + 'a>> {
+    SoftMmu::new(pt.format().walker(arena, pt.root()))
+}
+
+/// Leaf sizes of a format, smallest first.
+pub fn sizes_of<F: PagingFormat>(f: &F) -> Vec<PageSize> {
+    let mut v: Vec<_> = f.levels().iter().filter_map(|l| l.leaf).collect();
+    v.sort();
+    v
+}
+
+/// Attribute sets the machine maps with (index 5 is invalid: not readable).
+pub const ATTRS: [Attrs; 7] = [
+    Attrs::KERNEL_RW,
+    Attrs::KERNEL_RO,
+    Attrs::KERNEL_RX,
+    Attrs::USER_RW,
+    Attrs::USER_RX,
+    Attrs::WRITE,
+    Attrs::USER_RW.union(Attrs::SW2).difference(Attrs::ACCESSED),
+];
+
+/// The attribute change number `i` the machine protects with (some are invalid).
+pub fn change(i: u8) -> AttrChange {
+    match i % 8 {
+        0 => AttrChange::flags(Attrs::empty(), Attrs::WRITE),
+        1 => AttrChange::flags(Attrs::WRITE | Attrs::DIRTY, Attrs::empty()),
+        2 => AttrChange::flags(Attrs::SW0, Attrs::SW2),
+        3 => AttrChange::flags(Attrs::empty(), Attrs::ACCESSED),
+        4 => AttrChange {
+            cache: Some(CachePolicy::WriteCombining),
+            ..AttrChange::flags(Attrs::ACCESSED, Attrs::empty())
+        },
+        5 => AttrChange::replace(Attrs::USER_RX),
+        6 => AttrChange::flags(Attrs::empty(), Attrs::READ),
+        _ => AttrChange {
+            pkey: Some(3),
+            ..AttrChange::flags(Attrs::empty(), Attrs::empty())
+        },
+    }
+}
+
+/// One step of the machine. Pages count granules from the window base; every field is
+/// reduced into range by [`run`], so any value is a valid step.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Map `pages` pages at `start` to physical page `pa_page` with `ATTRS[attrs]`, at the
+    /// largest sizes or (with `forced`) exactly the format's size number `forced`.
+    Map {
+        /// First page.
+        start: u64,
+        /// Number of pages.
+        pages: u64,
+        /// First physical page (counted from 4 GiB).
+        pa_page: u64,
+        /// Index into [`ATTRS`].
+        attrs: u8,
+        /// Index into the format's leaf sizes, smallest first.
+        forced: Option<u8>,
+    },
+    /// Unmap `pages` pages at `start`.
+    Unmap {
+        /// First page.
+        start: u64,
+        /// Number of pages.
+        pages: u64,
+    },
+    /// Apply [`change`]`(change)` to `pages` pages at `start`.
+    Protect {
+        /// First page.
+        start: u64,
+        /// Number of pages.
+        pages: u64,
+        /// Which change.
+        change: u8,
+    },
+    /// Allow this many more table frames than are in use (`None`: no limit).
+    Limit(Option<u8>),
+}
+
+/// What the model says an operation must do.
+#[derive(Debug, PartialEq)]
+enum Expect {
+    Ok,
+    Unaligned,
+    BadAttrs,
+    Conflict,
+    NotMapped,
+}
+
+/// The reference model.
+pub type Model = BTreeMap<u64, (u64, Attrs)>;
+
+/// Replay `ops` on a fresh table of format `f`; panics on any disagreement.
+pub fn run<F: HostFormat>(f: F, ops: &[Op]) {
+    let g = f.granule().bytes();
+    let sizes = sizes_of(&f);
+    let block_pages = sizes[1].bytes() / g;
+    let window = 2 * block_pages;
+    let base = f.test_base();
+    let pa_base = 0x1_0000_0000u64;
+    let arena = arena_for(&f, 256);
+    let mut pt = table(f, &arena);
+    let mut mmu = mmu_for(&pt, &arena);
+    let mut model: Model = BTreeMap::new();
+    let mut limited = false;
+    let ad = if f.hw_ad() {
+        Attrs::ACCESSED | Attrs::DIRTY
+    } else {
+        Attrs::empty()
+    };
+
+    let clamp = |start: u64, pages: u64| {
+        let start = start % window;
+        (start, pages.clamp(1, window - start))
+    };
+    for (step, op) in ops.iter().enumerate() {
+        let op = &match *op {
+            Op::Map {
+                start,
+                pages,
+                pa_page,
+                attrs,
+                forced,
+            } => {
+                let (start, pages) = clamp(start, pages);
+                Op::Map {
+                    start,
+                    pages,
+                    pa_page: pa_page % (1 << 24),
+                    attrs: attrs % ATTRS.len() as u8,
+                    forced,
+                }
+            }
+            Op::Unmap { start, pages } => {
+                let (start, pages) = clamp(start, pages);
+                Op::Unmap { start, pages }
+            }
+            Op::Protect {
+                start,
+                pages,
+                change,
+            } => {
+                let (start, pages) = clamp(start, pages);
+                Op::Protect {
+                    start,
+                    pages,
+                    change,
+                }
+            }
+            Op::Limit(l) => Op::Limit(l.map(|n| n % 4)),
+        };
+        let (outcome, expect): (Result<crate::Flush, Expect>, Expect) = match *op {
+            Op::Limit(l) => {
+                limited = l.is_some();
+                arena.set_limit(l.map_or(usize::MAX, |n| arena.outstanding() + n as usize));
+                continue;
+            }
+            Op::Map {
+                start,
+                pages,
+                pa_page,
+                attrs,
+                forced,
+            } => {
+                let size = forced.map(|i| sizes[i as usize % sizes.len()]);
+                let align = size.map_or(1, |s| s.bytes() / g);
+                let a = ATTRS[attrs as usize];
+                let expect = if start % align != 0 || pages % align != 0 || pa_page % align != 0 {
+                    Expect::Unaligned
+                } else if f.normalize(a).is_err() {
+                    Expect::BadAttrs
+                } else if model.range(start..start + pages).next().is_some() {
+                    Expect::Conflict
+                } else {
+                    Expect::Ok
+                };
+                let r = pt.map(
+                    VirtAddr::new(base + start * g),
+                    PhysAddr::new(pa_base + pa_page * g),
+                    pages * g,
+                    a,
+                    size.map_or(MapSize::Largest, MapSize::Exactly),
+                );
+                let r = r.map_err(|e| match e {
+                    MapError::Unaligned(_) => Expect::Unaligned,
+                    MapError::BadAttrs(_) => Expect::BadAttrs,
+                    MapError::AlreadyMapped(_) | MapError::OverlapsHugeMapping(..) => {
+                        Expect::Conflict
+                    }
+                    MapError::OutOfFrames => Expect::Ok,
+                    e => panic!("unexpected {e:?}"),
+                });
+                if r.is_ok() {
+                    let n = f.normalize(a).unwrap();
+                    for p in 0..pages {
+                        model.insert(start + p, (pa_page + p, n));
+                    }
+                }
+                (r, expect)
+            }
+            Op::Unmap { start, pages } => {
+                let r = pt
+                    .unmap(VirtAddr::new(base + start * g), pages * g)
+                    .map_err(|e| match e {
+                        UnmapError::OutOfFrames => Expect::Ok,
+                        e => panic!("unexpected {e:?}"),
+                    });
+                if r.is_ok() {
+                    for p in start..start + pages {
+                        model.remove(&p);
+                    }
+                }
+                (r, Expect::Ok)
+            }
+            Op::Protect {
+                start,
+                pages,
+                change: c,
+            } => {
+                let ch = change(c);
+                let mut expect = Expect::Ok;
+                for p in start..start + pages {
+                    match model.get(&p) {
+                        None => {
+                            expect = Expect::NotMapped;
+                            break;
+                        }
+                        Some(&(_, old)) if f.normalize(ch.apply(old)).is_err() => {
+                            expect = Expect::BadAttrs;
+                            break;
+                        }
+                        _ => {}
+                    }
+                }
+                let r = pt
+                    .protect(VirtAddr::new(base + start * g), pages * g, ch)
+                    .map_err(|e| match e {
+                        ProtectError::NotMapped(_) => Expect::NotMapped,
+                        ProtectError::BadAttrs(_) => Expect::BadAttrs,
+                        ProtectError::OutOfFrames => Expect::Ok,
+                        e => panic!("unexpected {e:?}"),
+                    });
+                if r.is_ok() {
+                    for p in start..start + pages {
+                        let e = model.get_mut(&p).unwrap();
+                        e.1 = f.normalize(ch.apply(e.1)).unwrap();
+                    }
+                }
+                (r, expect)
+            }
+        };
+        match outcome {
+            Ok(flush) => {
+                assert_eq!(expect, Expect::Ok, "{op:?}");
+                let freed = flush.invalidate(&mut mmu);
+                pt.free_tables(freed);
+            }
+            // Running out of frames is only allowed under a limit, and changes nothing.
+            Err(Expect::Ok) => assert!(limited && expect == Expect::Ok, "{op:?} ran out of frames"),
+            Err(e) => assert_eq!(e, expect, "{op:?}"),
+        }
+        pt.verify()
+            .unwrap_or_else(|e| panic!("after {op:?}: {e:?}"));
+        // Large windows (64 KiB granule) are checked a rotating third at a time.
+        let stride = if window > 4096 { 3 } else { 1 };
+        check_window(
+            &pt,
+            &mut mmu,
+            &model,
+            base,
+            (window, stride, step as u64 % stride),
+            g,
+            pa_base,
+            ad,
+            f.hw_ad(),
+        );
+    }
+    let _ = pt.destroy(&mut mmu);
+    assert_eq!(arena.outstanding(), 0, "table frames leaked");
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_window<W: Walker, F: HostFormat>(
+    pt: &PageTable<F, crate::host::ArenaRef<'_>, crate::host::ArenaRef<'_>>,
+    mmu: &mut SoftMmu<W>,
+    model: &Model,
+    base: u64,
+    (window, stride, phase): (u64, u64, u64),
+    g: u64,
+    pa_base: u64,
+    ad: Attrs,
+    hw_ad: bool,
+) {
+    for p in (phase..window).step_by(stride as usize) {
+        let va = VirtAddr::new(base + p * g);
+        let t = pt.translate(va);
+        match model.get(&p) {
+            None => {
+                assert_eq!(t, None, "page {p} should be unmapped");
+                let r = mmu.access(va, Access::Read, Mode::Kernel);
+                assert!(
+                    matches!(r, Err(Fault::Translation { .. })),
+                    "page {p}: stale {r:?}"
+                );
+            }
+            Some(&(pp, a)) => {
+                let t = t.unwrap_or_else(|| panic!("page {p} should be mapped"));
+                let pa = pa_base + pp * g;
+                assert_eq!(t.pa_of(va), PhysAddr::new(pa), "page {p}");
+                assert_eq!(t.attrs - ad, a - ad, "page {p}");
+                let mode = if a.contains(Attrs::USER) {
+                    Mode::User
+                } else {
+                    Mode::Kernel
+                };
+                let readable = hw_ad || a.contains(Attrs::ACCESSED);
+                let r = mmu.access(va, Access::Read, mode);
+                if readable {
+                    assert_eq!(r, Ok(PhysAddr::new(pa)), "page {p} {a:?}");
+                } else {
+                    assert_eq!(r, Err(Fault::AccessFlag), "page {p}");
+                }
+                let w = mmu.access(va, Access::Write, mode);
+                assert_eq!(
+                    w.is_ok(),
+                    readable && a.contains(Attrs::WRITE),
+                    "write page {p} {a:?}: {w:?}"
+                );
+            }
+        }
+    }
+}
