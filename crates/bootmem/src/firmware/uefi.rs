@@ -138,15 +138,16 @@ pub struct EfiDescriptor {
 }
 
 impl EfiDescriptor {
-    /// Encode as a version-1 descriptor into `out` (at least 40 bytes); for building test
-    /// maps and for firmware emulators.
-    pub fn write_to(&self, out: &mut [u8]) {
+    /// Encode as a version-1 descriptor (for building test maps and firmware emulators; a
+    /// firmware stride larger than 40 bytes pads after these bytes).
+    pub fn to_bytes(&self) -> [u8; DESCRIPTOR_MIN_SIZE] {
+        let mut out = [0u8; DESCRIPTOR_MIN_SIZE];
         out[0..4].copy_from_slice(&self.ty.to_le_bytes());
-        out[4..8].fill(0);
         out[8..16].copy_from_slice(&self.phys_start.to_le_bytes());
         out[16..24].copy_from_slice(&self.virt_start.to_le_bytes());
         out[24..32].copy_from_slice(&self.pages.to_le_bytes());
         out[32..40].copy_from_slice(&self.attribute.to_le_bytes());
+        out
     }
 
     fn read(raw: &[u8]) -> Self {
@@ -451,7 +452,7 @@ mod tests {
         descs.extend_from_slice(extra);
         let mut bytes = std::vec![0u8; descs.len() * 48];
         for (d, chunk) in descs.iter().zip(bytes.chunks_exact_mut(48)) {
-            d.write_to(chunk);
+            chunk[..40].copy_from_slice(&d.to_bytes());
             chunk[40..48].fill(0xaa); // firmware padding is ignored
         }
         bytes
