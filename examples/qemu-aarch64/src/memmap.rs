@@ -40,6 +40,8 @@ pub struct BootInfo {
     pub map: MemoryMap,
     /// The blob itself: memory to leave alone.
     pub dtb: PhysRange,
+    /// The blob's bytes, for mmkit-bootmem's own device-tree ingestion.
+    pub blob: &'static [u8],
     /// How the blob was found.
     pub dtb_source: DtbSource,
     /// `/chosen/bootargs`, `/psci/method` and counts.
@@ -75,6 +77,7 @@ pub fn read_boot_info(x0: u64) -> Result<BootInfo, DtbError> {
     Ok(BootInfo {
         map,
         dtb,
+        blob,
         dtb_source,
         facts,
     })

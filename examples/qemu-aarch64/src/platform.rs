@@ -221,4 +221,4 @@ unsafe impl IrqControl for Bsp {
 /// Physical memory as the kernel sees it with the MMU off.
 // SAFETY: with the MMU off every physical address is accessible at itself, RAM with read and
 // write permission; the kernel does not turn the MMU on.
-pub const IDENTITY: OffsetMapper = unsafe { OffsetMapper::new(0, IDENTITY_LIMIT) };
+pub static IDENTITY: OffsetMapper = unsafe { OffsetMapper::new(0, IDENTITY_LIMIT) };

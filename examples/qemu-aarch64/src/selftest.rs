@@ -11,14 +11,17 @@
 //! until it builds its tables with mmkit-pgtable.
 
 use mmkit_addr::{PhysAddr, PhysMapper, PhysRange, PAGE_SIZE};
+use mmkit_bootmem::{firmware::fdt, Bootmem};
+use mmkit_qemu_common::bootmem_checks;
 use mmkit_qemu_common::checks::{self, Injection};
-use mmkit_qemu_common::harness::{CheckResult, Harness, Outcome};
+use mmkit_qemu_common::harness::{CheckResult, Harness, Outcome, Reason};
 use mmkit_qemu_common::memmap::MemoryMap;
 use mmkit_qemu_common::{ensure, fail, rawmem};
 
 use crate::exceptions::{self, DFSC_SYNC_EXTERNAL_ABORT, EC_DATA_ABORT_SAME_EL, ESR_FNV};
 use crate::memmap::{kernel_image, BootInfo};
 use crate::platform::{interrupts_enabled, Bsp, Serial, IDENTITY, IDENTITY_LIMIT};
+use crate::println;
 
 /// How far above the kernel image the "far" RAM page must be.
 const FAR_FROM_KERNEL: u64 = 4 << 20;
@@ -64,6 +67,8 @@ pub fn run(boot: &BootInfo) -> Outcome {
     h.run("read_of_unbacked_address_aborts", || {
         read_of_unbacked_address_aborts(map)
     });
+    // Last: the platform checks above used free memory that bootmem is about to manage.
+    bootmem_sequence(&mut h, boot, &exclude);
     inject_failure(&mut h, cmdline, map);
     h.finish()
 }
@@ -153,6 +158,26 @@ fn read_of_unbacked_address_aborts(map: &MemoryMap) -> CheckResult {
         fault.far
     );
     Ok(())
+}
+
+/// mmkit-bootmem on the real firmware map: the device tree goes through bootmem's own
+/// ingestion, and the kernel image and the tree itself are reserved.
+fn bootmem_sequence(h: &mut Harness<Serial>, boot: &BootInfo, reserved: &[PhysRange]) {
+    let ingest = |bm: &mut Bootmem<'static>| {
+        fdt::ingest(bm, boot.blob)
+            .map(|_| ())
+            .map_err(|e| Reason::new(format_args!("device-tree ingest: {e}")))
+    };
+    let prepare = |bm: &mut Bootmem<'static>| -> Option<&'static dyn PhysMapper> {
+        // SAFETY: everything in use is reserved by now (kernel image with its stack, the
+        // device tree); the free RAM is unused (the earlier checks are done with theirs), and
+        // with the MMU off all of it is reachable at its physical address.
+        unsafe { bm.set_mapper(&IDENTITY) };
+        Some(&IDENTITY)
+    };
+    if let Some(summary) = bootmem_checks::run(h, &boot.map, reserved, ingest, prepare) {
+        println!("mmkit-qemu: bootmem hand-off: {summary}");
+    }
 }
 
 /// Fail on purpose if the command line asks for it (`mmkit.inject=`), so the boot script can

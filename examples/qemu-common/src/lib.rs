@@ -4,6 +4,8 @@
 //! talk to the serial port and take exceptions; everything else they do is ordinary logic, and
 //! it lives here so that it runs — and is tested — on the host too:
 //!
+//! * [`bootmem_checks`]: the kernels as users of mmkit-bootmem: ingest, reserve, allocate,
+//!   zero, double free, hand-off checked against a page-by-page model;
 //! * [`checks`]: the checks both kernels run identically (memory map, RAM size, IRQ guard,
 //!   direct-map hook);
 //! * [`harness`]: named self-test checks printing `ok` / `FAILED` lines and one summary line
@@ -32,6 +34,9 @@
 // Unsafe code is confined to `rawmem` (and the tests' fake platforms).
 #![deny(unsafe_code)]
 
+// Calls `rawmem`'s unsafe functions on memory bootmem hands out.
+#[allow(unsafe_code)]
+pub mod bootmem_checks;
 pub mod checks;
 pub mod cmdline;
 #[cfg(feature = "fdt")]

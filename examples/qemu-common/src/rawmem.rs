@@ -1,5 +1,6 @@
 //! The one place this crate touches memory through raw pointers: a pattern write-and-verify
-//! over a range the caller owns, used by both kernels' "RAM far from the kernel works" check.
+//! over a range the caller owns (both kernels' "RAM far from the kernel works" check, the
+//! bootmem zeroing check) and a zero test.
 
 use core::ptr::NonNull;
 
@@ -34,6 +35,16 @@ pub unsafe fn write_read_pattern(ptr: NonNull<u8>, words: usize, base: u64) -> C
         );
     }
     Ok(())
+}
+
+/// Whether the `words` 64-bit words at `ptr` are all zero (volatile reads).
+///
+/// # Safety
+/// `ptr` must be valid for volatile reads of `words * 8` bytes and 8-byte aligned.
+pub unsafe fn is_zero(ptr: NonNull<u8>, words: usize) -> bool {
+    let words_ptr = ptr.cast::<u64>().as_ptr();
+    // SAFETY: in bounds and aligned per the caller's contract.
+    (0..words).all(|i| unsafe { words_ptr.add(i).read_volatile() } == 0)
 }
 
 #[cfg(test)]

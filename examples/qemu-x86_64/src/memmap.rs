@@ -36,6 +36,8 @@ pub struct BootInfo {
     pub cmdline: &'static str,
     /// Where the start info, its memory map and the command line are: memory to leave alone.
     pub boot_data: [PhysRange; 3],
+    /// The raw PVH memory map, for mmkit-bootmem's own e820 ingestion.
+    pub firmware_table: &'static [HvmMemmapEntry],
 }
 
 /// Why the start info could not be read.
@@ -93,6 +95,7 @@ pub fn read_boot_info(start_info: u64) -> Result<BootInfo, BootInfoError> {
         map,
         cmdline,
         boot_data: [info_range, table_range, cmdline_range],
+        firmware_table: table,
     })
 }
 

@@ -216,4 +216,4 @@ unsafe impl IrqControl for Bsp {
 // SAFETY: `boot.rs` maps every address below 4 GiB readable and writable at itself, and the
 // kernel never unmaps that range (the self-tests only make one block read-only for the
 // duration of a check, and restore it).
-pub const IDENTITY: OffsetMapper = unsafe { OffsetMapper::new(0, IDENTITY_LIMIT) };
+pub static IDENTITY: OffsetMapper = unsafe { OffsetMapper::new(0, IDENTITY_LIMIT) };

@@ -7,15 +7,23 @@
 //! image and the boot data; nothing else allocates yet, so such memory is the check's own.
 
 use mmkit_addr::{PhysAddr, PhysMapper, PhysRange, PAGE_SIZE};
+use mmkit_bootmem::firmware::e820::{self, E820Entry, E820Type};
+use mmkit_bootmem::Bootmem;
+use mmkit_qemu_common::bootmem_checks;
 use mmkit_qemu_common::checks::Injection;
-use mmkit_qemu_common::harness::{CheckResult, Harness, Outcome};
+use mmkit_qemu_common::harness::{CheckResult, Harness, Outcome, Reason};
 use mmkit_qemu_common::memmap::MemoryMap;
 use mmkit_qemu_common::{checks, ensure, fail, rawmem};
 
 use crate::memmap::{kernel_image, BootInfo};
 use crate::paging::{self, BLOCK_SIZE};
 use crate::platform::{interrupts_enabled, Bsp, Serial, IDENTITY, IDENTITY_LIMIT};
+use crate::println;
 use crate::traps::{self, Fault, PF_PRESENT, PF_WRITE, VECTOR_PAGE_FAULT};
+
+/// Linux keeps the first 1 MiB of an x86 machine reserved (BIOS data, real-mode trampolines:
+/// `arch/x86/realmode/init.c`); so does this kernel.
+const LOW_MEMORY: u64 = 1 << 20;
 
 /// How far above the kernel image the "far" RAM page must be.
 const FAR_FROM_KERNEL: u64 = 4 << 20;
@@ -63,8 +71,49 @@ pub fn run(boot: &BootInfo) -> Outcome {
         "read_of_unmapped_address_faults",
         read_of_unmapped_address_faults,
     );
+    // Last: the platform checks above used free memory that bootmem is about to manage.
+    bootmem_sequence(&mut h, boot, &exclude);
     inject_failure(&mut h, boot.cmdline);
     h.finish()
+}
+
+/// mmkit-bootmem on the real firmware map: the PVH table goes through bootmem's e820
+/// ingestion, the kernel, boot data and low 1 MiB are reserved, and allocations stay below
+/// the 4 GiB the boot identity map reaches (memblock's "current limit").
+fn bootmem_sequence(h: &mut Harness<Serial>, boot: &BootInfo, exclude: &[PhysRange]) {
+    let low = PhysRange::from_start_size(PhysAddr::ZERO, LOW_MEMORY).unwrap_or(PhysRange::EMPTY);
+    let mut reserved = [PhysRange::EMPTY; 5];
+    reserved[..exclude.len()].copy_from_slice(exclude);
+    reserved[exclude.len()] = low;
+    let ingest = |bm: &mut Bootmem<'static>| {
+        let mut entries = [E820Entry::new(0, 0, E820Type::Ram); MemoryMap::CAPACITY];
+        let n = boot.firmware_table.len().min(entries.len());
+        for (out, e) in entries.iter_mut().zip(boot.firmware_table) {
+            *out = E820Entry {
+                addr: e.addr,
+                size: e.size,
+                kind: e.entry_type,
+            };
+        }
+        e820::ingest(bm, &entries[..n])
+            .map(|_| ())
+            .map_err(|e| Reason::new(format_args!("e820 ingest: {e}")))
+    };
+    let prepare = |bm: &mut Bootmem<'static>| -> Option<&'static dyn PhysMapper> {
+        bm.set_current_limit(PhysAddr::new(IDENTITY_LIMIT));
+        // SAFETY: everything in use is reserved by now (kernel image with its stack, page
+        // tables and IDT; the PVH start info, memory map and command line; the low 1 MiB);
+        // the free RAM below 4 GiB is unused (the earlier checks are done with theirs), and
+        // the identity map reaches all of it.
+        unsafe { bm.set_mapper(&IDENTITY) };
+        Some(&IDENTITY)
+    };
+    let map = &boot.map;
+    if let Some(summary) =
+        bootmem_checks::run(h, map, &reserved[..exclude.len() + 1], ingest, prepare)
+    {
+        println!("mmkit-qemu: bootmem hand-off: {summary}");
+    }
 }
 
 /// Fail on purpose if the command line asks for it (`mmkit.inject=`), so the boot script can
