@@ -21,7 +21,6 @@ use crate::zone::ZoneType;
 bitflags! {
     /// Allocation flags.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-    #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
     pub struct GfpFlags: u32 {
         /// Zone modifier: only ZONE_DMA (below 16 MiB by default).
         const DMA = 1 << 0;

@@ -226,6 +226,8 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             self.unisolate_locked(&mut z, s, e);
             return Err(err);
         }
+        // A free block may reach past the end (merged with an isolated neighbour): cut it.
+        z.split_free_block_straddling(e);
         let mut pfn = s;
         while pfn < e {
             let f = z.mm.desc(pfn).flags();
@@ -445,5 +447,22 @@ mod tests {
         // The range is usable again.
         b.isolate_range(pb, 512).unwrap();
         b.undo_isolate_range(pb, 512).unwrap();
+    }
+
+    #[test]
+    fn contig_range_beside_an_isolated_pageblock_takes_only_its_range() {
+        // Found by the model test: the range's free block merged with the isolated
+        // neighbour and the whole merged block was taken.
+        let b = build(&[&[mib(16, 16)]], no_pcp(), 1);
+        let managed = b.total_managed();
+        let (a, n) = (Pfn::new(16 * 256), Pfn::new(16 * 256 + 512));
+        b.isolate_range(n, 512).unwrap();
+        b.alloc_contig_range(a, 512).unwrap();
+        assert_eq!(b.allocated_block(n), None, "the neighbour stays free");
+        b.verify().unwrap();
+        b.free_contig_range(a, 512).unwrap();
+        b.undo_isolate_range(n, 512).unwrap();
+        b.verify().unwrap();
+        assert_eq!(b.total_free(), managed);
     }
 }

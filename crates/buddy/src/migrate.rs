@@ -11,7 +11,6 @@ use core::fmt;
 
 /// The mobility class of an allocation, a free list, or a pageblock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[repr(u8)]
 pub enum MigrateType {
     /// Kernel memory that can never move (page tables, slab without reclaim).

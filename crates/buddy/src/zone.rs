@@ -32,7 +32,6 @@ pub const NR_ZONES: usize = 4;
 
 /// The zone types, lowest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[repr(u8)]
 pub enum ZoneType {
     /// Memory for devices limited to 24-bit DMA (below 16 MiB by default).
