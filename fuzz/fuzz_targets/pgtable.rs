@@ -1,0 +1,66 @@
+//! Fuzz mmkit-pgtable: an `Arbitrary` format choice and sequence of map / unmap / protect /
+//! frame-limit actions, replayed by `mmkit_pgtable::model::run` — the same machine as the
+//! proptest state machine: `verify()`, the reference model, `translate` and the software MMU
+//! (with its stale-keeping TLB) are checked after every step, and every table frame must be
+//! back in the arena at the end.
+#![no_main]
+
+use arbitrary::Arbitrary;
+use libfuzzer_sys::fuzz_target;
+use mmkit_addr::VaHalf;
+use mmkit_pgtable::arch::aarch64::{Aarch64, Granule};
+use mmkit_pgtable::arch::x86_64::X86_64;
+use mmkit_pgtable::model::{run, Op};
+
+#[derive(Arbitrary, Debug)]
+enum Format {
+    X86FourLevel,
+    X86FiveLevel,
+    Aarch64 { granule: u8, va_bits: u8, upper: bool },
+}
+
+#[derive(Arbitrary, Debug)]
+enum Action {
+    Map { start: u16, pages: u16, pa_page: u16, attrs: u8, forced: Option<u8> },
+    Unmap { start: u16, pages: u16 },
+    Protect { start: u16, pages: u16, change: u8 },
+    Limit(Option<u8>),
+}
+
+impl Action {
+    fn to_op(&self) -> Op {
+        match *self {
+            Action::Map { start, pages, pa_page, attrs, forced } => Op::Map {
+                start: start.into(),
+                pages: pages.into(),
+                pa_page: pa_page.into(),
+                attrs,
+                forced,
+            },
+            Action::Unmap { start, pages } => Op::Unmap { start: start.into(), pages: pages.into() },
+            Action::Protect { start, pages, change } => {
+                Op::Protect { start: start.into(), pages: pages.into(), change }
+            }
+            Action::Limit(l) => Op::Limit(l),
+        }
+    }
+}
+
+fuzz_target!(|input: (Format, Vec<Action>)| {
+    let (format, actions) = input;
+    let ops: Vec<Op> = actions.iter().take(64).map(Action::to_op).collect();
+    match format {
+        Format::X86FourLevel => run(X86_64::FOUR_LEVEL, &ops),
+        Format::X86FiveLevel => run(X86_64::FIVE_LEVEL, &ops),
+        Format::Aarch64 { granule, va_bits, upper } => {
+            let granule = Granule::ALL[granule as usize % 3];
+            let widths: &[u32] = match granule {
+                Granule::K64 => &[39, 42, 48, 52],
+                _ => &[39, 40, 47, 48],
+            };
+            let va_bits = widths[va_bits as usize % widths.len()];
+            let half = if upper { VaHalf::Upper } else { VaHalf::Lower };
+            run(Aarch64::new(granule, va_bits, half).expect("supported width"), &ops);
+        }
+    }
+});
