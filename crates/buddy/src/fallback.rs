@@ -269,3 +269,64 @@ mod tests {
         assert!(should_try_claim_block(0, MigrateType::Movable, 9, false));
     }
 }
+
+#[cfg(test)]
+mod behaviour {
+    use crate::testutil::{build, mib, no_pcp};
+    use crate::{GfpFlags, MigrateType, ZoneType};
+    use mmkit_addr::Order;
+
+    #[test]
+    fn small_requests_steal_when_claiming_is_not_allowed() {
+        let cfg = crate::BuddyConfig {
+            min_free_kbytes: Some(0),
+            watermark_scale_factor: 0,
+            ..no_pcp()
+        };
+        let b = build(&[&[mib(16, 16)]], cfg, 1);
+        // Fill memory with unmovable order-3 blocks (every pageblock becomes unmovable),
+        // then free every other one: only small unmovable free blocks remain.
+        let mut held = std::vec::Vec::new();
+        while let Ok(p) = b.alloc_pages(GfpFlags::KERNEL, Order::new(3)) {
+            held.push(p);
+        }
+        for p in held.iter().filter(|p| (p.as_u64() / 8) % 2 == 0) {
+            b.free_pages(*p, Order::new(3)).unwrap();
+        }
+        let before = b.pageblock_census();
+        assert_eq!(before.by_type[MigrateType::Movable.index()], 0);
+        // Small movable requests may not claim below half a pageblock: they steal.
+        b.alloc_pages(GfpFlags::HIGHUSER_MOVABLE, Order::new(0))
+            .unwrap();
+        b.alloc_pages(GfpFlags::HIGHUSER_MOVABLE, Order::new(3))
+            .unwrap();
+        assert_eq!(b.pageblock_census().by_type, before.by_type);
+        b.verify().unwrap();
+    }
+
+    #[test]
+    fn reclaimable_request_claims_a_pageblock_that_is_half_free() {
+        let cfg = crate::BuddyConfig {
+            min_free_kbytes: Some(0),
+            watermark_scale_factor: 0,
+            ..no_pcp()
+        };
+        let b = build(&[&[mib(16, 16)]], cfg, 1);
+        let mut held = std::vec::Vec::new();
+        while let Ok(p) = b.alloc_pages(GfpFlags::KERNEL, Order::new(3)) {
+            held.push(p);
+        }
+        for p in held.iter().filter(|p| (p.as_u64() / 8) % 2 == 0) {
+            b.free_pages(*p, Order::new(3)).unwrap();
+        }
+        // Every unmovable pageblock is exactly half free: enough to claim.
+        b.alloc_pages(GfpFlags::KERNEL_RECLAIMABLE, Order::new(0))
+            .unwrap();
+        let c = b.pageblock_census();
+        assert_eq!(c.by_type[MigrateType::Reclaimable.index()], 1);
+        assert_eq!(c.holding[MigrateType::Reclaimable.index()], 1);
+        b.verify().unwrap();
+        let st = b.zone_stats(0, ZoneType::Dma32).unwrap();
+        assert_eq!(st.reserved_highatomic, 0);
+    }
+}

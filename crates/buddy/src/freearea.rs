@@ -71,7 +71,9 @@ impl<'a, 'm> ZoneLocked<'a, 'm> {
             list.push_front(&self.mm, idx);
         }
         self.fa.counts[order as usize][mt.index()] += 1;
-        self.zone.free_pages.fetch_add(1 << order, Relaxed);
+        // Written only under the zone lock: a plain load/store, no locked RMW.
+        let free = self.zone.free_pages.load(Relaxed);
+        self.zone.free_pages.store(free + (1 << order), Relaxed);
     }
 
     /// Take the free head `pfn` (order `order`, list `mt`) off its list. The caller gives the
@@ -80,7 +82,8 @@ impl<'a, 'm> ZoneLocked<'a, 'm> {
         let idx = self.mm.idx(pfn);
         self.fa.lists[order as usize][mt.index()].remove(&self.mm, idx);
         self.fa.counts[order as usize][mt.index()] -= 1;
-        self.zone.free_pages.fetch_sub(1 << order, Relaxed);
+        let free = self.zone.free_pages.load(Relaxed);
+        self.zone.free_pages.store(free - (1 << order), Relaxed);
     }
 
     /// Move a free block to another list of the same order.
@@ -305,4 +308,106 @@ pub(crate) fn find_block_head(mm: &Memmap<'_>, max_order: u32, pfn: u64) -> Opti
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testutil::{build, mib, no_pcp, TestBuddy};
+    use crate::{GfpFlags, MigrateType, PageState, ZoneType};
+    use mmkit_addr::{Order, Pfn};
+
+    fn dma32(
+        b: &TestBuddy,
+    ) -> (
+        &crate::allocator::Node<'static>,
+        &crate::zone::Zone<'static>,
+    ) {
+        let n = b.nodes[0].as_ref().unwrap();
+        (n, &n.zones[ZoneType::Dma32.index()])
+    }
+
+    #[test]
+    fn split_gives_upper_halves_back_one_per_order() {
+        let b = build(&[&[mib(16, 4)]], no_pcp(), 1);
+        let p = b
+            .alloc_pages(GfpFlags::HIGHUSER_MOVABLE, Order::new(0))
+            .unwrap();
+        assert_eq!(p.as_u64(), 16 * 256, "lowest frame of the only block");
+        let st = b.zone_stats(0, ZoneType::Dma32).unwrap();
+        for o in 0..10 {
+            assert_eq!(st.free_blocks[o].iter().sum::<u64>(), 1, "order {o}");
+        }
+        assert_eq!(st.free_blocks[10].iter().sum::<u64>(), 0);
+    }
+
+    #[test]
+    fn freed_block_waits_at_tail_when_its_parent_buddy_is_free() {
+        let b = build(&[&[mib(16, 4)]], no_pcp(), 1);
+        let (n, z) = dma32(&b);
+        let base = 16 * 256;
+        // Hand-craft: take the order-10 block and free pieces so that order-0 list has
+        // one block, then free a page whose order-1 parent's buddy is free.
+        let mut zl = b.lock(n, z);
+        let head = zl.rmqueue_smallest(10, MigrateType::Movable).unwrap();
+        assert_eq!(head, base);
+        for p in base..base + 1024 {
+            n.mm.desc(p).set_flags(crate::page::Flags::new(
+                PageState::Tail,
+                0,
+                MigrateType::Unmovable,
+            ));
+        }
+        // Free [2,4) (order 1) -> its buddy [0,2) is in use: stays order 1.
+        zl.free_one_page(base + 2, 1, MigrateType::Movable, false);
+        // Free page 5: buddy 4 in use; parent [4,6)'s buddy [6,8) is in use: head.
+        zl.free_one_page(base + 5, 0, MigrateType::Movable, false);
+        // Free page 1: buddy 0 in use; parent [0,2)'s buddy [2,4) is free: tail.
+        zl.free_one_page(base + 1, 0, MigrateType::Movable, false);
+        let l = zl.fa.lists[0][MigrateType::Movable.index()];
+        assert_eq!(n.mm.pfn(l.head), base + 5);
+        assert_eq!(n.mm.pfn(l.tail), base + 1);
+    }
+
+    #[test]
+    fn isolate_and_highatomic_do_not_merge_with_other_types_at_pageblock_order() {
+        let b = build(&[&[mib(16, 4)]], no_pcp(), 1);
+        let base = Pfn::new(16 * 256);
+        b.isolate_range(base, 512).unwrap();
+        // [base, +512) isolated, [+512, +1024) movable: both free order 9, not merged.
+        let st = b.zone_stats(0, ZoneType::Dma32).unwrap();
+        assert_eq!(st.free_blocks[9][MigrateType::Isolate.index()], 1);
+        assert_eq!(st.free_blocks[9][MigrateType::Movable.index()], 1);
+        assert_eq!(st.free_blocks[10].iter().sum::<u64>(), 0);
+        b.verify().unwrap();
+        b.undo_isolate_range(base, 512).unwrap();
+        let st = b.zone_stats(0, ZoneType::Dma32).unwrap();
+        assert_eq!(
+            st.free_blocks[10][MigrateType::Movable.index()],
+            1,
+            "merged again"
+        );
+    }
+
+    #[test]
+    fn mergeable_types_merge_above_pageblock_order_and_take_one_type() {
+        let b = build(&[&[mib(16, 4)]], no_pcp(), 1);
+        let (n, z) = dma32(&b);
+        let base = 16 * 256;
+        let mut zl = b.lock(n, z);
+        let head = zl.rmqueue_smallest(10, MigrateType::Movable).unwrap();
+        for p in head + 1..head + 1024 {
+            n.mm.desc(p).set_flags(crate::page::Flags::new(
+                PageState::Tail,
+                0,
+                MigrateType::Unmovable,
+            ));
+        }
+        zl.set_pageblock_range(base, 9, MigrateType::Unmovable);
+        zl.free_one_page(base, 9, MigrateType::Unmovable, false);
+        zl.free_one_page(base + 512, 9, MigrateType::Movable, false);
+        assert_eq!(zl.fa.counts[10][MigrateType::Movable.index()], 1);
+        assert_eq!(zl.pageblock_type(base), MigrateType::Movable);
+        drop(zl);
+        b.verify().unwrap();
+    }
 }
