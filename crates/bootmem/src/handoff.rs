@@ -191,8 +191,13 @@ fn frames_of(fr: &FreeRange) -> core::ops::Range<u64> {
 struct Cursor<'a> {
     ranges: FreeRanges<'a>,
     max_order: u32,
+    /// The next frame to hand off.
     next: u64,
+    /// The end of the current range, in frames.
     end: u64,
+    /// Below this frame, every block from an aligned `next` has `max_order` (the steady
+    /// state in the middle of a large range, served without recomputing the order).
+    steady_end: u64,
     nid: NodeId,
     flags: RegionFlags,
 }
@@ -204,14 +209,15 @@ impl<'a> Cursor<'a> {
             max_order: h.max_order.get(),
             next: 0,
             end: 0,
+            steady_end: 0,
             nid: NodeId::NONE,
             flags: RegionFlags::empty(),
         }
     }
 
-    /// The next block's first frame and order, moving to the next range when one is used up.
-    #[inline]
-    fn peek(&mut self) -> Option<(u64, u32)> {
+    /// Move to the next free range with at least one whole frame.
+    #[cold]
+    fn refill(&mut self) -> Option<()> {
         while self.next >= self.end {
             let fr = self.ranges.next()?;
             let frames = frames_of(&fr);
@@ -220,14 +226,32 @@ impl<'a> Cursor<'a> {
             self.nid = fr.nid;
             self.flags = fr.flags;
         }
+        Some(())
+    }
+
+    /// The next block's first frame and order, moving to the next range when one is used up.
+    #[inline]
+    fn peek(&mut self) -> Option<(u64, u32)> {
+        if self.next < self.steady_end {
+            return Some((self.next, self.max_order));
+        }
+        if self.next >= self.end {
+            self.refill()?;
+        }
         let left = self.end - self.next;
         let order = self
             .max_order
             .min(self.next.trailing_zeros())
             .min(63 - left.leading_zeros());
+        if order == self.max_order {
+            // Aligned to the maximum order with at least one such block left: every block up
+            // to the last whole max-order boundary is a max-order block.
+            self.steady_end = self.end & !((1u64 << order) - 1);
+        }
         Some((self.next, order))
     }
 
+    #[inline]
     fn block(&self, pfn: u64, order: u32) -> Block {
         Block {
             pfn: Pfn::new(pfn),
