@@ -397,6 +397,25 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
         None
     }
 
+    /// The raw leaf entry mapping `va` and its level, if any (for diagnostics and
+    /// cross-checks against other implementations).
+    pub fn raw_leaf(&self, va: VirtAddr) -> Option<(usize, u64)> {
+        if !self.fmt.is_canonical(va) {
+            return None;
+        }
+        let ctx = self.ctx();
+        let mut table = ctx.table(self.root);
+        for (level, lv) in self.fmt.levels().iter().enumerate() {
+            let raw = raw::load(table, lv.index(va.as_u64()));
+            match self.fmt.kind(level, raw) {
+                EntryKind::Table => table = ctx.table(self.fmt.table_addr(raw)),
+                EntryKind::Leaf => return Some((level, raw)),
+                EntryKind::Absent | EntryKind::Malformed => return None,
+            }
+        }
+        None
+    }
+
     /// Merge two tokens from this table into one (for batching a shootdown).
     pub fn merge_flush(&self, mut a: Flush, b: Flush) -> Flush {
         a.merge_span(&b);
