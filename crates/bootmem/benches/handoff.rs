@@ -8,8 +8,9 @@
 //! * `alloc/fragmented`: a 4 KiB alloc + free where every free range above the lowest one is
 //!   too small (2 KiB), so the top-down search walks all 1000 memory regions.
 //!
-//! No peer crate implements a memblock-style allocator with a buddy hand-off, so the
-//! comparison point is the naive page-by-page hand-off.
+//! Peers: the one memblock-style crate on crates.io, `moa_memblock`, needs Rust 1.97 in every
+//! release (this workspace builds on 1.95), and none has a buddy hand-off, so the comparison
+//! point is the naive page-by-page hand-off on the same map.
 //!
 //! Run: `cargo bench -p mmkit-bootmem --bench handoff`
 

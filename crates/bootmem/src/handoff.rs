@@ -181,6 +181,16 @@ impl<const N: usize> fmt::Display for Handoff<'_, N> {
     }
 }
 
+impl<const N: usize> fmt::Debug for Handoff<'_, N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handoff")
+            .field("memory", &self.memory_regions())
+            .field("reserved", &self.reserved_regions())
+            .field("max_order", &self.max_order)
+            .finish()
+    }
+}
+
 /// The whole frames of a free range, frame 0 excluded.
 fn frames_of(fr: &FreeRange) -> core::ops::Range<u64> {
     let frames = fr.range.whole_pfns();
