@@ -163,4 +163,44 @@ mod tests {
         assert_eq!(zone_highsize(1 << 20, 1 << 20, 63, 1), 1 << 17);
         assert_eq!(zone_highsize(4000, 1 << 20, 63, 2), 2000);
     }
+
+    use crate::testutil::{build, mib};
+    use crate::{BuddyConfig, GfpFlags, ZoneType};
+    use mmkit_addr::Order;
+
+    #[test]
+    fn busy_per_cpu_list_falls_back_to_the_zone() {
+        let b = build(&[&[mib(16, 16)]], BuddyConfig::default(), 1);
+        let n = b.nodes[0].as_ref().unwrap();
+        let z = &n.zones[ZoneType::Dma32.index()];
+        let held = z.pcp[0].inner.lock();
+        let p = b.alloc_pages(GfpFlags::KERNEL, Order::new(0)).unwrap();
+        b.free_pages(p, Order::new(0)).unwrap();
+        assert_eq!(held.count, 0, "neither path touched the busy list");
+        drop(held);
+        b.verify().unwrap();
+    }
+
+    #[test]
+    fn refill_takes_a_batch_and_free_from_another_cpu_lands_on_its_list() {
+        let b = std::sync::Arc::new(build(&[&[mib(16, 64)]], BuddyConfig::default(), 2));
+        b.platform().bind_current_thread(0);
+        let n = b.nodes[0].as_ref().unwrap();
+        let z = &n.zones[ZoneType::Dma32.index()];
+        let batch = u64::from(z.pcp_batch.load(core::sync::atomic::Ordering::Relaxed));
+        assert!(batch > 1);
+        let p = b.alloc_pages(GfpFlags::KERNEL, Order::new(0)).unwrap();
+        assert_eq!(z.pcp[0].inner.lock().count, batch - 1, "refilled one batch");
+        let b2 = b.clone();
+        std::thread::spawn(move || {
+            b2.platform().bind_current_thread(1);
+            b2.free_pages(p, Order::new(0)).unwrap();
+        })
+        .join()
+        .unwrap();
+        let n = b.nodes[0].as_ref().unwrap();
+        let z = &n.zones[ZoneType::Dma32.index()];
+        assert_eq!(z.pcp[1].inner.lock().count, 1);
+        b.verify().unwrap();
+    }
 }
