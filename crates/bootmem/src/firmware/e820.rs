@@ -442,4 +442,39 @@ mod tests {
             "[mem 0x000000000009fc00-0x000000000009ffff] reserved"
         );
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Sanitizing equals a byte-by-byte "highest type wins" scan of a small space.
+        #[test]
+        fn sanitize_matches_bytewise_highest_type(
+            raw in proptest::collection::vec((0u64..64, 0u64..24, 1u32..8), 0..12)
+        ) {
+            let entries: Vec<_> = raw
+                .iter()
+                .map(|&(addr, size, kind)| E820Entry { addr, size, kind })
+                .collect();
+            let mut best = [0u32; 96];
+            for e in &entries {
+                for b in e.addr..e.addr + e.size {
+                    best[b as usize] = best[b as usize].max(e.kind);
+                }
+            }
+            let mut want: Vec<(u64, u64, u32)> = Vec::new();
+            for (b, &k) in best.iter().enumerate() {
+                if k == 0 {
+                    continue;
+                }
+                match want.last_mut() {
+                    Some(last) if last.1 == b as u64 && last.2 == k => last.1 += 1,
+                    _ => want.push((b as u64, b as u64 + 1, k)),
+                }
+            }
+            let got: Vec<_> = sanitized(&entries)
+                .map(|r| (r.range.start().as_u64(), r.range.end().as_u64(), r.kind.raw()))
+                .collect();
+            proptest::prop_assert_eq!(got, want);
+        }
+    }
 }

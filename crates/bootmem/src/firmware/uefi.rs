@@ -561,4 +561,38 @@ mod tests {
         let uncached = EfiDescriptor { attribute: 1, ..d };
         assert_eq!(uncached.usage(), EfiUse::Skip);
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Garbage descriptors are rejected or ingested, never a panic, and bootmem stays
+        /// consistent either way.
+        #[test]
+        fn arbitrary_descriptor_bytes_never_panic(
+            descs in proptest::collection::vec(
+                (0u32..20, 0u64..0x100, 0u64..0x40, proptest::prelude::any::<u64>()), 0..16),
+            misalign in proptest::prelude::any::<bool>(),
+        ) {
+            let mut bytes = Vec::new();
+            for &(ty, page, pages, attribute) in &descs {
+                let d = EfiDescriptor {
+                    ty,
+                    phys_start: page * PAGE_SIZE + u64::from(misalign && page == 7),
+                    virt_start: 0,
+                    pages,
+                    attribute,
+                };
+                bytes.extend_from_slice(&d.to_bytes());
+                bytes.extend_from_slice(&[0u8; 8]);
+            }
+            if let Ok(map) = UefiMemoryMap::new(&bytes, 48, 1) {
+                let mut bm: Bootmem = Bootmem::new();
+                let _ = ingest(&mut bm, &map);
+                proptest::prop_assert!(bm.verify().is_ok());
+                proptest::prop_assert!(bm
+                    .free_ranges(RangeFilter::ALLOCATABLE)
+                    .all(|f| !f.flags.intersects(RegionFlags::NOT_ALLOCATABLE)));
+            }
+        }
+    }
 }
