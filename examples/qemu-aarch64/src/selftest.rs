@@ -175,7 +175,8 @@ fn bootmem_sequence(h: &mut Harness<Serial>, boot: &BootInfo, reserved: &[PhysRa
         unsafe { bm.set_mapper(&IDENTITY) };
         Some(&IDENTITY)
     };
-    if let Some(summary) = bootmem_checks::run(h, &boot.map, reserved, ingest, prepare) {
+    let outcome = bootmem_checks::run(h, &boot.map, reserved, ingest, prepare, 0);
+    if let Some(summary) = outcome.summary {
         println!("mmkit-qemu: bootmem hand-off: {summary}");
     }
 }

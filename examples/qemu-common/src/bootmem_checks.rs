@@ -15,6 +15,7 @@
 //! 4. [`zeroing`]: `alloc_zeroed` really zeroes (memory filled with a pattern, freed, and
 //!    allocated again zeroed — the same range, top-down);
 //! 5. [`double_free`]: freeing an allocation works once and is refused the second time;
+//!    then [`run`] keeps some memory for the kernel (its page-table frames) past the hand-off;
 //! 6. [`handoff`]: the blocks are sorted, disjoint, naturally aligned, clear of every reserved
 //!    range, and cover exactly the pages a page-by-page model counts as free.
 //!
@@ -45,8 +46,8 @@ const TOP_DOWN_REQUESTS: [(u64, u64); 3] = [(4096, 4096), (64 << 10, 64 << 10), 
 /// `ZONE_DMA` (16 MiB), applied wherever RAM starts (1 GiB on aarch64 `virt`).
 const LOW_WINDOW: u64 = 16 << 20;
 
-/// How many allocations [`allocations`] records.
-pub const ALLOCATIONS: usize = TOP_DOWN_REQUESTS.len() + 2;
+/// How many allocations [`allocations`] records, plus the one [`run`] keeps for the kernel.
+pub const ALLOCATIONS: usize = TOP_DOWN_REQUESTS.len() + 3;
 
 /// The allocations [`allocations`] took, kept so later checks (and the model) know of them.
 #[derive(Debug, Clone, Copy, Default)]
@@ -84,6 +85,16 @@ fn range(base: PhysAddr, size: u64) -> Result<PhysRange, Reason> {
         .map_err(|e| Reason::new(format_args!("allocation at {base:?}: {e}")))
 }
 
+/// What [`run`] leaves behind.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Outcome {
+    /// The hand-off summary, if the hand-off check ran and passed.
+    pub summary: Option<HandoffSummary>,
+    /// The memory kept for the kernel (zeroed if bootmem had a mapper), reserved through the
+    /// hand-off and so owned by the kernel from then on; `None` if it could not be taken.
+    pub kept: Option<PhysRange>,
+}
+
 /// Run the whole sequence on a fresh bootmem as harness checks named `bootmem_*`.
 ///
 /// * `ingest` feeds the firmware map to bootmem (and says why if it cannot);
@@ -92,15 +103,19 @@ fn range(base: PhysAddr, size: u64) -> Result<PhysRange, Reason> {
 ///   limit and gives bootmem its mapper (the caller's `unsafe` promise), returning the same
 ///   mapper for the zeroing check, or `None` to skip that check.
 ///
-/// Returns the hand-off summary if the hand-off check ran and passed. Once a step fails, the
-/// steps that depend on it are skipped (reported as such).
+/// * `keep` bytes (page-aligned; 0 for none) are allocated just before the hand-off and stay
+///   reserved through it: memory the kernel keeps, such as its page-table frames.
+///
+/// Once a step fails, the steps that depend on it are skipped (reported as such).
 pub fn run<W: Write>(
     h: &mut Harness<W>,
     map: &MemoryMap,
     reserved: &[PhysRange],
     ingest: impl FnOnce(&mut Bootmem<'static>) -> CheckResult,
     prepare: impl FnOnce(&mut Bootmem<'static>) -> Option<&'static dyn PhysMapper>,
-) -> Option<HandoffSummary> {
+    keep: u64,
+) -> Outcome {
+    let mut outcome = Outcome::default();
     let mut bm: Bootmem<'static> = Bootmem::new();
     let ingested_ok = h.run("bootmem_ingests_firmware_map", || {
         ingest(&mut bm)?;
@@ -108,13 +123,13 @@ pub fn run<W: Write>(
     });
     if !ingested_ok {
         h.skip("bootmem_*", "ingestion failed");
-        return None;
+        return outcome;
     }
     if !h.run("bootmem_reserves_boot_ranges", || {
         reserve_boot_ranges(&mut bm, reserved)
     }) {
         h.skip("bootmem_*", "reservations failed");
-        return None;
+        return outcome;
     }
     let mapper = prepare(&mut bm);
     let mut allocs = Allocations::default();
@@ -131,13 +146,40 @@ pub fn run<W: Write>(
     h.run("bootmem_free_refuses_double_free", || {
         double_free(&mut bm, &mut allocs)
     });
+    if keep > 0 {
+        h.run("bootmem_keeps_memory_for_the_kernel", || {
+            let kept = keep_for_kernel(&mut bm, keep, mapper.is_some(), &mut allocs)?;
+            outcome.kept = Some(kept);
+            Ok(())
+        });
+    }
     let _ = write!(h.out(), "{bm}");
-    let mut summary = None;
     h.run("bootmem_handoff_matches_model", || {
-        summary = Some(handoff(bm, map, reserved, &allocs)?);
+        outcome.summary = Some(handoff(bm, map, reserved, &allocs)?);
         Ok(())
     });
-    summary
+    outcome
+}
+
+/// Allocate `size` bytes (zeroed when bootmem has a mapper) that stay reserved through the
+/// hand-off, and record them in `allocs` so the model knows of them.
+fn keep_for_kernel(
+    bm: &mut Bootmem<'_>,
+    size: u64,
+    zeroed: bool,
+    allocs: &mut Allocations,
+) -> Result<PhysRange, Reason> {
+    let req = AllocRequest::new(size, PAGE_SIZE);
+    let base = if zeroed {
+        bm.alloc_zeroed(&req)
+    } else {
+        bm.alloc_request(&req)
+    }
+    .map_err(|e| Reason::new(format_args!("keeping {size:#x} bytes: {e:?}")))?;
+    let kept = range(base, size)?;
+    ensure!(bm.is_reserved(kept), "{kept} not reserved");
+    allocs.push(kept)?;
+    Ok(kept)
 }
 
 impl core::fmt::Display for HandoffSummary {
@@ -463,10 +505,10 @@ mod tests {
         reserve_boot_ranges(&mut bm, &reserved).unwrap();
         let mut allocs = Allocations::default();
         allocations(&mut bm, &reserved, &mut allocs).unwrap();
-        assert_eq!(allocs.ranges().len(), ALLOCATIONS);
+        assert_eq!(allocs.ranges().len(), ALLOCATIONS - 1);
         zeroing(&mut bm, &memory).unwrap();
         double_free(&mut bm, &mut allocs).unwrap();
-        assert_eq!(allocs.ranges().len(), ALLOCATIONS - 1);
+        assert_eq!(allocs.ranges().len(), ALLOCATIONS - 2);
         let summary = handoff(bm, &map, &reserved, &allocs).unwrap();
         assert!(summary.pages > 0);
         assert_eq!(summary.per_order.iter().sum::<u64>(), summary.blocks);
@@ -493,9 +535,13 @@ mod tests {
                 unsafe { bm.set_mapper(memory) };
                 Some(memory)
             },
+            64 << 10,
         );
         assert!(h.finish().passed(), "{out}");
-        let summary = summary.unwrap();
+        let kept = summary.kept.unwrap();
+        assert_eq!(kept.len(), 64 << 10);
+        assert!(!kept.overlaps(&kernel()));
+        let summary = summary.summary.unwrap();
         assert!(out.contains("check bootmem_handoff_matches_model ... ok"));
         assert!(out.contains("memory: 2 regions"), "{out}");
         assert!(summary.to_string().contains(" in "));
@@ -506,8 +552,9 @@ mod tests {
         let (_, map) = firmware();
         let mut out = String::new();
         let mut h = Harness::new(&mut out);
-        let summary = run(&mut h, &map, &[], |_| Ok(()), |_| None);
-        assert!(summary.is_none());
+        let outcome = run(&mut h, &map, &[], |_| Ok(()), |_| None, 4096);
+        assert!(outcome.summary.is_none());
+        assert!(outcome.kept.is_none());
         assert!(!h.finish().passed());
         assert!(
             out.contains("check bootmem_* ... skipped (ingestion failed)"),

@@ -18,6 +18,8 @@
 //!   `/psci` from a flattened device tree;
 //! * [`cmdline`]: `key=value` parameters and `memparse`-style sizes (`512M`) from the kernel
 //!   command line QEMU passes with `-append`;
+//! * [`frames`]: page-table frames for mmkit-pgtable from memory bootmem kept for the kernel,
+//!   and a mapper that reaches exactly that memory;
 //! * [`extable`]: the exception fixup table (Linux's `__ex_table`): instructions allowed to
 //!   fault, each with the address to resume at, so a kernel can *expect* a fault in a test.
 //!
@@ -42,6 +44,9 @@ pub mod cmdline;
 #[cfg(feature = "fdt")]
 pub mod dtb;
 pub mod extable;
+// Implements the unsafe `FrameSource` / `PhysMapper` traits over kernel-owned memory.
+#[allow(unsafe_code)]
+pub mod frames;
 pub mod harness;
 pub mod memmap;
 pub mod pvh;

@@ -25,8 +25,20 @@ pub unsafe fn write_read_pattern(ptr: NonNull<u8>, words: usize, base: u64) -> C
         // SAFETY: in bounds, aligned and owned per the caller's contract.
         unsafe { words_ptr.add(i).write_volatile(pattern(base, i as u64)) };
     }
+    // SAFETY: the caller's contract covers reading back.
+    unsafe { check_pattern(ptr, words, base) }
+}
+
+/// Check that the `words` 64-bit words at `ptr` hold [`pattern`]`(base, i)` (volatile reads),
+/// failing at the first mismatch: to read back, through another mapping, what
+/// [`write_read_pattern`] wrote.
+///
+/// # Safety
+/// `ptr` must be valid for volatile reads of `words * 8` bytes and 8-byte aligned.
+pub unsafe fn check_pattern(ptr: NonNull<u8>, words: usize, base: u64) -> CheckResult {
+    let words_ptr = ptr.cast::<u64>().as_ptr();
     for i in 0..words {
-        // SAFETY: as above.
+        // SAFETY: in bounds and aligned per the caller's contract.
         let got = unsafe { words_ptr.add(i).read_volatile() };
         let want = pattern(base, i as u64);
         ensure!(
@@ -35,6 +47,19 @@ pub unsafe fn write_read_pattern(ptr: NonNull<u8>, words: usize, base: u64) -> C
         );
     }
     Ok(())
+}
+
+/// Zero the `words` 64-bit words at `ptr` (volatile writes).
+///
+/// # Safety
+/// `ptr` must be valid for volatile writes of `words * 8` bytes, 8-byte aligned, and owned by
+/// the caller.
+pub unsafe fn zero(ptr: NonNull<u8>, words: usize) {
+    let words_ptr = ptr.cast::<u64>().as_ptr();
+    for i in 0..words {
+        // SAFETY: in bounds, aligned and owned per the caller's contract.
+        unsafe { words_ptr.add(i).write_volatile(0) };
+    }
 }
 
 /// Whether the `words` 64-bit words at `ptr` are all zero (volatile reads).

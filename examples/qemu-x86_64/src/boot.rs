@@ -15,7 +15,8 @@
 //! 4. enables PAE, sets EFER.LME (and EFER.NXE when the CPU has NX), turns on paging with
 //!    CR0.WP (so supervisor writes honour read-only pages, which the self-tests rely on);
 //! 5. loads a three-entry GDT and far-jumps to 64-bit code, which loads data segments, sets
-//!    the stack and calls `kmain(start_info_paddr)`.
+//!    the stack and calls `kmain(start_info_paddr)`. The descriptors carry the "accessed"
+//!    bit already, so the CPU never writes the GDT, which can then live in read-only data.
 //!
 //! The identity map is the "early" map. It is replaced by tables built with mmkit-pgtable
 //! once that crate is wired in; until then [`crate::paging`] edits it for the self-tests.
@@ -56,8 +57,8 @@ boot_stack_top:
     .balign 8
 boot_gdt:
     .quad 0                     /* null */
-    .quad 0x00209a0000000000    /* 0x08: 64-bit code, present, ring 0 */
-    .quad 0x0000920000000000    /* 0x10: data, present, writable */
+    .quad 0x00209b0000000000    /* 0x08: 64-bit code, present, ring 0, accessed */
+    .quad 0x0000930000000000    /* 0x10: data, present, writable, accessed */
 boot_gdt_end:
     .balign 8
 boot_gdt_ptr:

@@ -11,6 +11,8 @@
 //! * [`traps`]: IDT, exception handler, exception table and fault-tolerant probes;
 //! * [`memmap`]: the PVH start info turned into a memory map, and the kernel's own footprint;
 //! * [`paging`]: the boot page tables' one runtime edit (a read-only block for a test);
+//! * [`mmu`]: the kernel's own tables built with mmkit-pgtable (identity, W^X image, direct
+//!   map) and the switch to them;
 //! * [`selftest`]: the checks.
 //!
 //! Raw hardware access (asm, port I/O, page-table writes) stays in `boot`, `platform`, `traps`
@@ -25,6 +27,7 @@
 
 mod boot;
 mod memmap;
+mod mmu;
 mod paging;
 mod platform;
 mod selftest;

@@ -6,20 +6,24 @@
 //! Memory used by a check is chosen with [`MemoryMap::find_free_top_down`] clear of the kernel
 //! image and the boot data; nothing else allocates yet, so such memory is the check's own.
 
-use mmkit_addr::{PhysAddr, PhysMapper, PhysRange, PAGE_SIZE};
+use mmkit_addr::{PageSize, PhysAddr, PhysMapper, PhysRange, VirtAddr, PAGE_SIZE};
 use mmkit_bootmem::firmware::e820::{self, E820Entry, E820Type};
 use mmkit_bootmem::Bootmem;
+use mmkit_pgtable::arch::x86_64_hw::LocalTlb;
+use mmkit_pgtable::{AttrChange, Attrs};
 use mmkit_qemu_common::bootmem_checks;
 use mmkit_qemu_common::checks::Injection;
+use mmkit_qemu_common::frames::{PoolFrames, WindowMapper};
 use mmkit_qemu_common::harness::{CheckResult, Harness, Outcome, Reason};
 use mmkit_qemu_common::memmap::MemoryMap;
 use mmkit_qemu_common::{checks, ensure, fail, rawmem};
 
 use crate::memmap::{kernel_image, BootInfo};
+use crate::mmu::{self, KernelTable, DIRECT_MAP_BASE};
 use crate::paging::{self, BLOCK_SIZE};
 use crate::platform::{interrupts_enabled, Bsp, Serial, IDENTITY, IDENTITY_LIMIT};
 use crate::println;
-use crate::traps::{self, Fault, PF_PRESENT, PF_WRITE, VECTOR_PAGE_FAULT};
+use crate::traps::{self, Fault, PF_INSTRUCTION, PF_PRESENT, PF_WRITE, VECTOR_PAGE_FAULT};
 
 /// Linux keeps the first 1 MiB of an x86 machine reserved (BIOS data, real-mode trampolines:
 /// `arch/x86/realmode/init.c`); so does this kernel.
@@ -71,8 +75,9 @@ pub fn run(boot: &BootInfo) -> Outcome {
         "read_of_unmapped_address_faults",
         read_of_unmapped_address_faults,
     );
-    // Last: the platform checks above used free memory that bootmem is about to manage.
-    bootmem_sequence(&mut h, boot, &exclude);
+    // Then: the platform checks above used free memory that bootmem is about to manage.
+    let kept = bootmem_sequence(&mut h, boot, &exclude);
+    mmu_sequence(&mut h, map, kept, &exclude);
     inject_failure(&mut h, boot.cmdline);
     h.finish()
 }
@@ -80,7 +85,12 @@ pub fn run(boot: &BootInfo) -> Outcome {
 /// mmkit-bootmem on the real firmware map: the PVH table goes through bootmem's e820
 /// ingestion, the kernel, boot data and low 1 MiB are reserved, and allocations stay below
 /// the 4 GiB the boot identity map reaches (memblock's "current limit").
-fn bootmem_sequence(h: &mut Harness<Serial>, boot: &BootInfo, exclude: &[PhysRange]) {
+/// Returns the memory bootmem kept for the page tables.
+fn bootmem_sequence(
+    h: &mut Harness<Serial>,
+    boot: &BootInfo,
+    exclude: &[PhysRange],
+) -> Option<PhysRange> {
     let low = PhysRange::from_start_size(PhysAddr::ZERO, LOW_MEMORY).unwrap_or(PhysRange::EMPTY);
     let mut reserved = [PhysRange::EMPTY; 5];
     reserved[..exclude.len()].copy_from_slice(exclude);
@@ -109,11 +119,299 @@ fn bootmem_sequence(h: &mut Harness<Serial>, boot: &BootInfo, exclude: &[PhysRan
         Some(&IDENTITY)
     };
     let map = &boot.map;
-    if let Some(summary) =
-        bootmem_checks::run(h, map, &reserved[..exclude.len() + 1], ingest, prepare)
-    {
+    let reserved = &reserved[..exclude.len() + 1];
+    let outcome = bootmem_checks::run(h, map, reserved, ingest, prepare, PAGE_TABLE_POOL);
+    if let Some(summary) = outcome.summary {
         println!("mmkit-qemu: bootmem hand-off: {summary}");
     }
+    outcome.kept
+}
+
+/// Memory kept from bootmem for the kernel's page tables: 64 frames; the tables need about
+/// 20 with 2 MiB pages and 3 GiB of RAM.
+const PAGE_TABLE_POOL: u64 = 64 * PAGE_SIZE;
+
+/// The kernel's own tables: built with mmkit-pgtable from the kept pool, checked, loaded into
+/// CR3, and then checked again through the hardware: W^X, the unmapped null page, the direct
+/// map, and a `protect` on the live table.
+fn mmu_sequence(
+    h: &mut Harness<Serial>,
+    map: &MemoryMap,
+    pool: Option<PhysRange>,
+    exclude: &[PhysRange],
+) {
+    let Some(pool) = pool else {
+        h.skip("mmu_*", "bootmem kept no memory for page tables");
+        return;
+    };
+    // SAFETY: the pool is RAM below 4 GiB outside the kernel image: identity-mapped RW by the
+    // boot tables and by the tables built here, for as long as either is loaded.
+    let mapper = unsafe { WindowMapper::new(pool, 0) };
+    // SAFETY: bootmem kept the pool zeroed and reserved through the hand-off, so the kernel
+    // owns it, and nothing else uses it; `mapper` reaches all of it.
+    let frames = unsafe { PoolFrames::new(pool, &mapper) };
+    let cpu = mmu::paging_features();
+    println!(
+        "mmkit-qemu: page tables from {pool}; CPU: NX {}, 1 GiB pages {}",
+        cpu.nx, cpu.gib_pages
+    );
+
+    let mut table = None;
+    h.run("pgtable_builds_kernel_tables", || {
+        let pt =
+            mmu::build(map, mapper, frames, cpu).map_err(|e| Reason::new(format_args!("{e:?}")))?;
+        if let Err(e) = pt.verify() {
+            fail!("verify: {e:?}");
+        }
+        table = Some(pt);
+        Ok(())
+    });
+    let Some(mut pt) = table else {
+        h.skip("mmu_*", "no tables");
+        return;
+    };
+    h.run("kernel_image_is_w_xor_x", || kernel_image_is_w_xor_x(&pt));
+    h.run("direct_map_uses_large_pages", || {
+        direct_map_uses_large_pages(&pt, map, cpu.gib_pages)
+    });
+    let switched = h.run("mmu_switches_to_new_tables", || {
+        // SAFETY: `build` mapped the whole kernel image, the low memory holding the boot data,
+        // the page-table pool and every other address below 4 GiB the kernel touches (I/O
+        // ports need no mapping); `pt` lives until the kernel exits.
+        unsafe { mmu::switch_to(&mut pt) };
+        let cr3 = mmu::current_root();
+        ensure!(
+            cr3 == pt.root().as_u64(),
+            "CR3 {cr3:#x}, table root {:?}",
+            pt.root()
+        );
+        Ok(())
+    });
+    if !switched {
+        h.skip("mmu_*", "the switch failed");
+        return;
+    }
+    h.run("null_page_is_unmapped", null_page_is_unmapped);
+    h.run("direct_map_aliases_identity", || {
+        direct_map_aliases_identity(map, exclude, pool)
+    });
+    h.run("write_to_kernel_rodata_faults", || {
+        write_faults(core::ptr::addr_of!(traps::RET_IN_RODATA) as u64, "rodata")
+    });
+    h.run("write_to_kernel_text_faults", || {
+        write_faults(traps::call_rodata_nofault as *const () as u64, "text")
+    });
+    h.run("executing_rodata_faults", executing_rodata_faults);
+    h.run("protect_on_live_table_takes_effect", || {
+        protect_on_live_table_takes_effect(&mut pt, map, exclude, pool)
+    });
+    match pt.verify() {
+        Ok(r) => println!(
+            "mmkit-qemu: kernel tables: {} tables, {} leaves, {} MiB mapped; {} of {} pool frames used",
+            r.tables,
+            r.leaves,
+            r.mapped_bytes >> 20,
+            pt.frames().frames_in_use(),
+            pool.len() / PAGE_SIZE
+        ),
+        Err(e) => println!("mmkit-qemu: kernel tables fail verify: {e:?}"),
+    }
+}
+
+fn kernel_image_is_w_xor_x(pt: &KernelTable<'_>) -> CheckResult {
+    let s = mmu::sections();
+    let kernel = kernel_image();
+    for pfn in kernel.whole_pfns() {
+        let va = pfn * PAGE_SIZE;
+        let Some(t) = pt.translate(VirtAddr::new(va)) else {
+            fail!("kernel page {va:#x} is not mapped");
+        };
+        ensure!(
+            t.pa_of(VirtAddr::new(va)).as_u64() == va,
+            "kernel page {va:#x} is not identity-mapped"
+        );
+        let (w, x) = (
+            t.attrs.contains(Attrs::WRITE),
+            t.attrs.contains(Attrs::KERNEL_EXEC),
+        );
+        ensure!(!(w && x), "kernel page {va:#x} is writable and executable");
+        let pa = PhysAddr::new(va);
+        if s.text.contains(pa) {
+            ensure!(x && !w, "text page {va:#x}: {:?}", t.attrs);
+        } else if s.rodata.contains(pa) {
+            ensure!(!x && !w, "rodata page {va:#x}: {:?}", t.attrs);
+        } else if s.data.contains(pa) {
+            ensure!(!x && w, "data page {va:#x}: {:?}", t.attrs);
+        }
+    }
+    Ok(())
+}
+
+fn direct_map_uses_large_pages(
+    pt: &KernelTable<'_>,
+    map: &MemoryMap,
+    gib_pages: bool,
+) -> CheckResult {
+    let Some(biggest) = map.ram().max_by_key(|r| r.len()) else {
+        fail!("no RAM");
+    };
+    let two_mib = PageSize::Size2M.bytes();
+    let Some(pa) = biggest.start().align_up(two_mib) else {
+        fail!("{biggest} has no 2 MiB boundary");
+    };
+    ensure!(
+        pa.as_u64() + two_mib <= biggest.end().as_u64(),
+        "{biggest} holds no 2 MiB block"
+    );
+    let va = VirtAddr::new(DIRECT_MAP_BASE + pa.as_u64());
+    let Some(t) = pt.translate(va) else {
+        fail!("direct map of {pa:?} is not mapped");
+    };
+    ensure!(
+        t.pa_of(va) == pa,
+        "direct map of {pa:?} points at {:?}",
+        t.pa_of(va)
+    );
+    ensure!(
+        t.size >= PageSize::Size2M,
+        "direct map of {pa:?} uses {:?} pages",
+        t.size
+    );
+    ensure!(
+        !t.attrs.contains(Attrs::KERNEL_EXEC),
+        "direct map is executable"
+    );
+    if !gib_pages {
+        ensure!(t.size == PageSize::Size2M, "1 GiB page without CPU support");
+    }
+    Ok(())
+}
+
+fn null_page_is_unmapped() -> CheckResult {
+    // SAFETY: page 0 is not mapped, so the read faults and touches nothing.
+    let got = unsafe { traps::read_u64_nofault(0) };
+    let expected = Fault {
+        vector: VECTOR_PAGE_FAULT,
+        error_code: 0,
+        address: 0,
+    };
+    ensure!(got == Err(expected), "read of address 0 gave {got:?}");
+    Ok(())
+}
+
+fn direct_map_aliases_identity(
+    map: &MemoryMap,
+    exclude: &[PhysRange],
+    pool: PhysRange,
+) -> CheckResult {
+    let low = PhysRange::from_start_size(PhysAddr::ZERO, LOW_MEMORY).unwrap_or(PhysRange::EMPTY);
+    let avoid = [exclude[0], exclude[1], exclude[2], exclude[3], pool, low];
+    let Some(page) = map.find_free_top_down(PAGE_SIZE, PAGE_SIZE, IDENTITY_LIMIT, &avoid) else {
+        fail!("no free page");
+    };
+    let Some(identity) = IDENTITY.phys_to_virt(page) else {
+        fail!("{page} not in the identity map");
+    };
+    // SAFETY: the page is free RAM (bootmem handed it off and no allocator has taken it) and
+    // identity-mapped RW; the check owns it for its duration.
+    unsafe {
+        rawmem::write_read_pattern(identity, (PAGE_SIZE / 8) as usize, page.start().as_u64())
+    }?;
+    // SAFETY: the direct map covers all RAM, RW (module docs of `mmu`), 4 KiB-aligned here.
+    let direct =
+        unsafe { mmkit_addr::OffsetMapper::new(DIRECT_MAP_BASE, u64::MAX - DIRECT_MAP_BASE) };
+    checks::mapper_translates(&direct, DIRECT_MAP_BASE, u64::MAX - DIRECT_MAP_BASE, page)?;
+    let Some(alias) = direct.phys_to_virt(page) else {
+        fail!("{page} not in the direct map");
+    };
+    // SAFETY: as above; reading the same page through its direct-map alias.
+    unsafe { rawmem::check_pattern(alias, (PAGE_SIZE / 8) as usize, page.start().as_u64()) }
+}
+
+/// Writing one byte at `addr` (with the value already there, in case the write is allowed)
+/// must raise a protection `#PF`.
+fn write_faults(addr: u64, what: &str) -> CheckResult {
+    // SAFETY: `addr` is kernel image memory, mapped and readable.
+    let word = unsafe { traps::read_u64_nofault(addr & !7) };
+    let Ok(word) = word else {
+        fail!("{what} at {addr:#x} is not readable: {word:?}");
+    };
+    let byte = (word >> ((addr & 7) * 8)) as u8;
+    // SAFETY: writing back the byte that is there changes nothing even if the write succeeds.
+    let got = unsafe { traps::write_u8_nofault(addr, byte) };
+    let expected = Fault {
+        vector: VECTOR_PAGE_FAULT,
+        error_code: PF_PRESENT | PF_WRITE,
+        address: addr,
+    };
+    ensure!(
+        got == Err(expected),
+        "write to {what} at {addr:#x} gave {got:?}"
+    );
+    Ok(())
+}
+
+fn executing_rodata_faults() -> CheckResult {
+    let got = traps::call_rodata_nofault();
+    let target = core::ptr::addr_of!(traps::RET_IN_RODATA) as u64;
+    let expected = Fault {
+        vector: VECTOR_PAGE_FAULT,
+        error_code: PF_PRESENT | PF_INSTRUCTION,
+        address: target,
+    };
+    ensure!(
+        got == Err(expected),
+        "call into rodata at {target:#x} gave {got:?}"
+    );
+    Ok(())
+}
+
+/// Make a 2 MiB piece of the direct map read-only on the live table (splitting a 1 GiB page
+/// if there is one), flush, and see the hardware refuse a write; then make it writable again.
+fn protect_on_live_table_takes_effect(
+    pt: &mut KernelTable<'_>,
+    map: &MemoryMap,
+    exclude: &[PhysRange],
+    pool: PhysRange,
+) -> CheckResult {
+    let avoid = [exclude[0], exclude[1], exclude[2], exclude[3], pool];
+    let two_mib = PageSize::Size2M.bytes();
+    let Some(block) = map.find_free_top_down(two_mib, two_mib, IDENTITY_LIMIT, &avoid) else {
+        fail!("no free 2 MiB block");
+    };
+    let va = VirtAddr::new(DIRECT_MAP_BASE + block.start().as_u64());
+    // SAFETY: one CPU, interrupts do not touch these tables, and the table is only loaded here.
+    let mut tlb = unsafe { LocalTlb::new() };
+    let target = va.as_u64() + 0x2468;
+
+    let flush = pt
+        .protect(va, two_mib, AttrChange::flags(Attrs::empty(), Attrs::WRITE))
+        .map_err(|e| Reason::new(format_args!("protect read-only: {e:?}")))?;
+    let freed = flush.invalidate(&mut tlb);
+    pt.free_tables(freed);
+    // SAFETY: the block is free RAM this check owns; the write is expected to fault.
+    let denied = unsafe { traps::write_u8_nofault(target, 0x77) };
+    let flush = pt
+        .protect(va, two_mib, AttrChange::flags(Attrs::WRITE, Attrs::empty()))
+        .map_err(|e| Reason::new(format_args!("protect writable: {e:?}")))?;
+    let freed = flush.invalidate(&mut tlb);
+    pt.free_tables(freed);
+    let expected = Fault {
+        vector: VECTOR_PAGE_FAULT,
+        error_code: PF_PRESENT | PF_WRITE,
+        address: target,
+    };
+    ensure!(
+        denied == Err(expected),
+        "write to read-only {target:#x} gave {denied:?}"
+    );
+    // SAFETY: as above.
+    let allowed = unsafe { traps::write_u8_nofault(target, 0x77) };
+    ensure!(allowed.is_ok(), "write after restoring gave {allowed:?}");
+    if let Err(e) = pt.verify() {
+        fail!("verify after protect: {e:?}");
+    }
+    Ok(())
 }
 
 /// Fail on purpose if the command line asks for it (`mmkit.inject=`), so the boot script can

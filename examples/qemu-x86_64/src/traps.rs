@@ -381,6 +381,39 @@ pub unsafe fn write_u8_nofault(addr: u64, value: u8) -> Result<(), Fault> {
     end_probe()
 }
 
+/// A `ret` instruction placed in read-only data, for the execute-disable check.
+pub static RET_IN_RODATA: u8 = 0xc3;
+
+/// Call the `ret` in [`RET_IN_RODATA`]: with W^X tables the instruction fetch faults (`#PF`
+/// with the instruction-fetch bit) and the exception-table entry for *that data address*
+/// resumes at a fixup that drops the return address `call` pushed. Without execute-disable it
+/// simply returns.
+pub fn call_rodata_nofault() -> Result<(), Fault> {
+    begin_probe();
+    // SAFETY: the target is one `ret` byte: executed, it returns here with the stack as it
+    // was; if its fetch faults, the handler resumes at label 3, which pops the return address
+    // `call` pushed. Registers the call could clobber are declared.
+    unsafe {
+        asm!(
+            "call {target}",
+            "jmp 4f",
+            "3: add rsp, 8",
+            "4:",
+            ".pushsection .ex_table, \"a\"",
+            ".balign 8",
+            ".quad {ret_sym}, 3b",
+            ".popsection",
+            target = in(reg) core::ptr::addr_of!(RET_IN_RODATA),
+            ret_sym = sym RET_IN_RODATA,
+            clobber_abi("C"),
+        )
+    };
+    end_probe()
+}
+
+/// `#PF` error-code bit: the access was an instruction fetch.
+pub const PF_INSTRUCTION: u64 = 1 << 4;
+
 /// Read the `u64` at virtual address `addr` (8-byte aligned), reporting a fault instead of
 /// dying from it.
 ///
