@@ -43,11 +43,11 @@ pub(crate) struct Request {
 }
 
 impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
-    /// Allocate a block of `2^order` frames on the local node (node 0 unless the caller
-    /// chose otherwise with [`alloc_pages_node`](Self::alloc_pages_node)).
+    /// Allocate a block of `2^order` frames, preferring the calling CPU's node (see
+    /// [`set_cpu_nodes`](Self::set_cpu_nodes)).
     #[inline]
     pub fn alloc_pages(&self, gfp: GfpFlags, order: Order) -> Result<Pfn, AllocError> {
-        self.alloc_pages_node(0, gfp, order)
+        self.alloc_pages_node(self.local_node(), gfp, order)
     }
 
     /// Allocate a block of `2^order` frames preferring node `node`.
@@ -474,6 +474,24 @@ mod tests {
             }
         }
         b.verify().unwrap();
+    }
+
+    #[test]
+    fn alloc_pages_prefers_the_calling_cpus_node() {
+        let mut b = build(&[&[mib(16, 16)], &[mib(32, 16)]], no_pcp(), 2);
+        b.set_cpu_nodes(&[1, 0]);
+        b.platform().bind_current_thread(0);
+        let p = b.alloc_pages(GfpFlags::KERNEL, o(0)).unwrap();
+        assert!(p.as_u64() >= 32 * 256, "CPU 0 is on node 1");
+        let b = std::sync::Arc::new(b);
+        let b2 = b.clone();
+        let q = std::thread::spawn(move || {
+            b2.platform().bind_current_thread(1);
+            b2.alloc_pages(GfpFlags::KERNEL, o(0)).unwrap()
+        })
+        .join()
+        .unwrap();
+        assert!(q.as_u64() < 32 * 256, "CPU 1 is on node 0");
     }
 
     #[test]

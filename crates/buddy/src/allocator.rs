@@ -54,6 +54,8 @@ pub struct BuddyAllocator<'m, P: IrqControl> {
     pub(crate) pcp_enabled: bool,
     pub(crate) mapper: Option<&'m dyn PhysMapper>,
     pub(crate) low_hook: RwLock<Option<LowWatermarkHook>>,
+    /// Node of each CPU (empty: every CPU is on node 0).
+    pub(crate) cpu_nodes: &'m [u8],
 }
 
 impl<'m, P: IrqControl> core::fmt::Debug for BuddyAllocator<'m, P> {
@@ -210,12 +212,37 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             pcp_enabled: pcp_needed > 0,
             mapper: None,
             low_hook: RwLock::new(None),
+            cpu_nodes: &[],
         })
     }
 
     /// Use `mapper` to zero pages for `GfpFlags::ZERO` requests.
     pub fn set_mapper(&mut self, mapper: &'m dyn PhysMapper) {
         self.mapper = Some(mapper);
+    }
+
+    /// Say which node each CPU belongs to (`map[cpu]`); [`alloc_pages`](Self::alloc_pages)
+    /// prefers the calling CPU's node. CPUs beyond the map, or mapped to a node that does
+    /// not exist, use node 0.
+    pub fn set_cpu_nodes(&mut self, map: &'m [u8]) {
+        self.cpu_nodes = map;
+    }
+
+    /// The calling CPU's node.
+    #[inline]
+    pub fn local_node(&self) -> usize {
+        if self.cpu_nodes.is_empty() {
+            return 0;
+        }
+        let nid = self
+            .cpu_nodes
+            .get(self.platform.current_cpu())
+            .map_or(0, |&n| usize::from(n));
+        if self.nodes.get(nid).is_some_and(Option::is_some) {
+            nid
+        } else {
+            0
+        }
     }
 
     /// Register the low-watermark hook (replacing any previous one).

@@ -46,15 +46,28 @@ fn stress(threads: usize, cpus: usize, iters: usize) {
     let managed = b.total_managed();
     let map: Arc<Vec<AtomicU8>> = Arc::new((0..64 * 256).map(|_| AtomicU8::new(0)).collect());
     let stop = Arc::new(AtomicBool::new(false));
+    // Another thread verifies, drains every CPU's lists and takes contiguous runs while
+    // the workers allocate (isolation and remote drains racing the per-CPU fast path).
     let verifier = {
-        let (b, stop) = (b.clone(), stop.clone());
+        let (b, stop, map) = (b.clone(), stop.clone(), map.clone());
         std::thread::spawn(move || {
-            let mut runs = 0;
+            let (mut runs, mut contig) = (0, 0);
             while !stop.load(Ordering::Relaxed) {
                 b.verify().unwrap();
+                b.drain_all_pages();
+                if let Ok(p) = b.alloc_contig_pages(600, GfpFlags::HIGHUSER_MOVABLE, 0) {
+                    for f in p.as_u64()..p.as_u64() + 600 {
+                        take(&map, f, 0);
+                    }
+                    for f in p.as_u64()..p.as_u64() + 600 {
+                        give(&map, f, 0);
+                    }
+                    b.free_contig_range(p, 600).unwrap();
+                    contig += 1;
+                }
                 runs += 1;
             }
-            runs
+            (runs, contig)
         })
     };
     let (txs, rxs): (Vec<_>, Vec<_>) = (0..threads).map(|_| mpsc::channel::<(u64, u32)>()).unzip();
@@ -114,7 +127,9 @@ fn stress(threads: usize, cpus: usize, iters: usize) {
         }
     }
     stop.store(true, Ordering::Relaxed);
-    assert!(verifier.join().unwrap() > 0);
+    let (runs, contig) = verifier.join().unwrap();
+    assert!(runs > 0);
+    eprintln!("verify/drain rounds: {runs}, contiguous runs taken: {contig}");
     b.drain_all_pages();
     b.verify().unwrap();
     assert_eq!(b.total_free(), managed, "every frame came back");
