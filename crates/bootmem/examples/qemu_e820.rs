@@ -106,8 +106,11 @@ fn main() {
         println!("  {} order {:>2} node {}", b.range(), b.order, b.nid);
     }
     let reserved: u64 = handoff.reserved_in_memory().map(|r| r.range.len()).sum();
+    let node0 = handoff.node_pages(Some(NodeId::ZERO));
     println!(
-        "\nreserved memory (present, not handed off): {} KiB",
+        "\nnode 0: {} present pages, {} managed; reserved memory {} KiB",
+        node0.present,
+        node0.managed,
         reserved >> 10
     );
 }

@@ -51,6 +51,15 @@ impl Block {
     }
 }
 
+/// Frame counts of a node after the hand-off; see [`Handoff::node_pages`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NodePages {
+    /// Whole frames of memory.
+    pub present: u64,
+    /// Frames handed off as blocks.
+    pub managed: u64,
+}
+
 /// `count` consecutive blocks of the same order: `pfn`, `pfn + 2^order`, ...
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlockRun {
@@ -161,6 +170,33 @@ impl<'m, const N: usize> Handoff<'m, N> {
             m: 0,
             r: 0,
         }
+    }
+
+    /// Frame counts of one node (`None`: all nodes), for zone accounting in O(regions):
+    /// `present` counts the whole frames of memory (no-map and driver-managed included),
+    /// `managed` the frames the blocks hand off; the difference is what stays behind
+    /// (reserved, no-map, driver-managed, partly reserved frames, frame 0).
+    pub fn node_pages(&self, nid: Option<NodeId>) -> NodePages {
+        let on_node = |n: NodeId| nid.is_none() || nid == Some(n);
+        let present = self
+            .memory
+            .regions()
+            .iter()
+            .filter(|r| on_node(r.nid()))
+            .map(|r| {
+                let f = r.range().whole_pfns();
+                f.end - f.start
+            })
+            .sum();
+        let managed = self
+            .free_ranges()
+            .filter(|fr| on_node(fr.nid))
+            .map(|fr| {
+                let f = frames_of(&fr);
+                f.end - f.start
+            })
+            .sum();
+        NodePages { present, managed }
     }
 
     /// The region arrays bootmem allocated from itself (still reserved).
@@ -451,6 +487,22 @@ mod tests {
             ]
         );
         assert_eq!(h.reserved_size(), 0x5000);
+        // Node 0: frames 1..16, of which 14 and 15 are reserved and frame 0 is not memory.
+        assert_eq!(
+            h.node_pages(Some(NodeId::ZERO)),
+            NodePages {
+                present: 15,
+                managed: 13
+            }
+        );
+        assert_eq!(
+            h.node_pages(Some(NodeId::new(1))),
+            NodePages {
+                present: 16,
+                managed: 14
+            }
+        );
+        assert_eq!(h.node_pages(None).managed, h.free_pages());
     }
 
     #[test]

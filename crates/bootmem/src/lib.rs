@@ -70,7 +70,9 @@ mod verify;
 pub use alloc::AllocRequest;
 pub use bootmem::{Bootmem, HotplugPolicy, DEFAULT_REGIONS};
 pub use error::{AllocError, FreeError, GrowError, RegionError};
-pub use handoff::{Block, BlockRun, BlockRuns, Blocks, Handoff, ReservedInMemory, ReservedPart};
+pub use handoff::{
+    Block, BlockRun, BlockRuns, Blocks, Handoff, NodePages, ReservedInMemory, ReservedPart,
+};
 pub use iter::{FreeRange, FreeRanges, FreeRangesRev, RangeFilter};
 pub use list::ListKind;
 pub use region::{NodeId, Region, RegionFlags};

@@ -590,6 +590,19 @@ fn check_handoff(bm: Bootmem<'_, CAP>, m: &Model, max_order: u32) -> Result<(), 
         .collect();
     let blocks: Vec<_> = h.blocks().collect();
     check_eq!(from_runs, blocks);
+    // Per-node accounting.
+    for nid in [None, Some(0u16), Some(1), Some(2)] {
+        let on = |a: Attr| nid.map_or(true, |n| n == a.nid);
+        let present = (0..PAGES).filter(|&p| m.mem[p].is_some_and(on)).count() as u64;
+        let managed = (1..PAGES).filter(|&p| m.free(p).is_some_and(on)).count() as u64;
+        let got = h.node_pages(nid.map(NodeId::new));
+        check_eq!(
+            (got.present, got.managed),
+            (present, managed),
+            "node {:?} pages",
+            nid
+        );
+    }
     // Reserved parts of memory, per page.
     let mut reserved_mem = vec![false; PAGES];
     for part in h.reserved_in_memory() {
