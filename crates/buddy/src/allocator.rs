@@ -302,11 +302,12 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         ZoneLocked::lock(zone, node.mm, self.params())
     }
 
-    /// Give the boot-time free block `[pfn, pfn + 2^order)` to the allocator (Linux
-    /// `__free_pages_core`): every frame must be present and still reserved, the block
-    /// naturally aligned and inside one zone. Bypasses the per-CPU lists and merges.
-    pub fn free_boot_block(&self, pfn: Pfn, order: Order) -> Result<(), BootFreeError> {
-        let (pfn, order) = (pfn.as_u64(), order.get());
+    /// Check that `[pfn, pfn + 2^order)` may be freed at boot; returns its node and zone.
+    fn check_boot_block(
+        &self,
+        pfn: u64,
+        order: u32,
+    ) -> Result<(&Node<'m>, &Zone<'m>), BootFreeError> {
         if order > self.cfg.max_order {
             return Err(BootFreeError::OrderTooLarge);
         }
@@ -318,11 +319,22 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         if end > zone.end {
             return Err(BootFreeError::OutsideZones);
         }
-        let mut z = self.lock(node, zone);
         if let Some(bad) = (pfn..end).find(|&p| node.mm.desc(p).state() != PageState::Reserved) {
             return Err(BootFreeError::NotReserved { pfn: Pfn::new(bad) });
         }
-        for p in pfn + 1..end {
+        Ok((node, zone))
+    }
+
+    /// Give the boot-time free block `[pfn, pfn + 2^order)` to the allocator (Linux
+    /// `__free_pages_core`): every frame must be present and still reserved, the block
+    /// naturally aligned and inside one zone. Bypasses the per-CPU lists and merges.
+    pub fn free_boot_block(&self, pfn: Pfn, order: Order) -> Result<(), BootFreeError> {
+        let (pfn, order) = (pfn.as_u64(), order.get());
+        let (node, zone) = self.check_boot_block(pfn, order)?;
+        let mut z = self.lock(node, zone);
+        // Re-check under the lock (another CPU may have freed part of it meanwhile).
+        self.check_boot_block(pfn, order)?;
+        for p in pfn + 1..pfn + (1u64 << order) {
             node.mm
                 .desc(p)
                 .set_flags(Flags::new(PageState::Tail, 0, MigrateType::Unmovable));
@@ -333,27 +345,43 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         Ok(())
     }
 
-    /// Free the frames of `range` (partial frames ignored) in the largest naturally aligned
-    /// blocks, as the boot allocator's hand-off does. Stops at the first error.
-    pub fn free_boot_range(&self, range: PhysRange) -> Result<u64, BootFreeError> {
+    /// Split the frames of `range` (partial frames ignored) into the largest naturally
+    /// aligned blocks that stay inside one zone, as the boot allocator's hand-off does.
+    fn boot_blocks(
+        &self,
+        range: PhysRange,
+        mut f: impl FnMut(u64, u32) -> Result<(), BootFreeError>,
+    ) -> Result<(), BootFreeError> {
         let r = range.whole_pfns();
         let (mut pfn, end) = (r.start, r.end);
-        let mut freed = 0;
         while pfn < end {
             let align = if pfn == 0 { 63 } else { pfn.trailing_zeros() };
             let fit = 63 - (end - pfn).leading_zeros();
             let mut order = align.min(fit).min(self.cfg.max_order);
-            // Zone boundaries are max-order aligned, but the block must not cross one.
             while order > 0 {
                 match self.locate(pfn) {
                     Some((_, z)) if pfn + (1u64 << order) <= z.end => break,
                     _ => order -= 1,
                 }
             }
-            self.free_boot_block(Pfn::new(pfn), Order::new(order))?;
-            freed += 1u64 << order;
+            f(pfn, order)?;
             pfn += 1u64 << order;
         }
+        Ok(())
+    }
+
+    /// Free the frames of `range` (partial frames ignored) in the largest naturally aligned
+    /// blocks. Every block is checked first: on error nothing is freed. Returns the frames
+    /// freed.
+    pub fn free_boot_range(&self, range: PhysRange) -> Result<u64, BootFreeError> {
+        self.boot_blocks(range, |pfn, order| {
+            self.check_boot_block(pfn, order).map(|_| ())
+        })?;
+        let mut freed = 0;
+        self.boot_blocks(range, |pfn, order| {
+            freed += 1u64 << order;
+            self.free_boot_block(Pfn::new(pfn), Order::new(order))
+        })?;
         Ok(freed)
     }
 

@@ -332,6 +332,14 @@ mod tests {
             b.free_boot_block(pfn, o(11)),
             Err(BootFreeError::OrderTooLarge)
         );
+        // A range overlapping freed frames frees nothing.
+        let free = b.total_free();
+        assert_eq!(
+            b.free_boot_range(mib(16, 1)),
+            Err(BootFreeError::NotReserved { pfn })
+        );
+        assert_eq!(b.total_free(), free);
+        assert_eq!(b.free_boot_range(mib(17, 1)), Ok(256));
         b.verify().unwrap();
     }
 
