@@ -133,6 +133,7 @@ impl<const N: usize> Bootmem<'_, N> {
     }
 
     /// Allocate per `req` and zero the memory through the mapper (memblock's `memblock_alloc`).
+    #[allow(unsafe_code)]
     pub fn alloc_zeroed(&mut self, req: &AllocRequest) -> Result<PhysAddr, AllocError> {
         let base = self.find_raw(req)?;
         let mapper = self.mapper.ok_or(AllocError::NoMapper)?;

@@ -138,6 +138,7 @@ impl<'m, const N: usize> Bootmem<'m, N> {
     /// memory that exists, and reserve everything in use (kernel image, firmware tables, boot
     /// stacks) before the next allocation. Bootmem then writes only memory it has just taken
     /// out of the free set.
+    #[allow(unsafe_code)]
     pub unsafe fn set_mapper(&mut self, mapper: &'m dyn PhysMapper) {
         self.mapper = Some(mapper);
     }
@@ -405,6 +406,7 @@ impl<'m, const N: usize> Bootmem<'m, N> {
 
     /// Make sure `kind` has `extra` free slots, growing it if needed; `avoid` are ranges the
     /// new array must not take (the pending operation's range, a sibling array being placed).
+    #[allow(unsafe_code)]
     pub(crate) fn make_room_raw(
         &mut self,
         kind: ListKind,
