@@ -319,6 +319,92 @@ pub fn breakpoint<const IMM: u16>() {
     unsafe { asm!("brk #{imm}", imm = const IMM, options(nomem, nostack)) };
 }
 
+/// Instruction abort taken without a change in exception level.
+pub const EC_INSTRUCTION_ABORT_SAME_EL: u64 = 0x21;
+/// `ESR_ELx.ISS.WnR` of a data abort: the access was a write.
+pub const ESR_WNR: u64 = 1 << 6;
+
+/// Whether a fault status code (DFSC/IFSC) is a translation fault (levels 0-3).
+pub fn is_translation_fault(status: u64) -> bool {
+    (0x04..=0x07).contains(&status)
+}
+
+/// Whether a fault status code (DFSC/IFSC) is a permission fault (levels 1-3; 0x0c is level 0
+/// with FEAT_LPA2).
+pub fn is_permission_fault(status: u64) -> bool {
+    (0x0c..=0x0f).contains(&status)
+}
+
+/// Write `value` at address `addr`, reporting a fault instead of dying from it.
+///
+/// # Safety
+/// If `addr` is writable, writing `value` there must not break anything the kernel relies on
+/// (the caller owns that byte).
+pub unsafe fn write_u8_nofault(addr: u64, value: u8) -> Result<(), Fault> {
+    FAULT_TAKEN.store(false, Ordering::SeqCst);
+    // SAFETY: the caller owns the byte if it is writable; if it is not, the store faults and
+    // the exception-table entry resumes at label 4 with nothing written.
+    unsafe {
+        asm!(
+            "3: strb {value:w}, [{addr}]",
+            "4:",
+            ".pushsection .ex_table, \"a\"",
+            ".balign 8",
+            ".quad 3b, 4b",
+            ".popsection",
+            addr = in(reg) addr,
+            value = in(reg) u32::from(value),
+            options(nostack, preserves_flags),
+        )
+    };
+    take_fault()
+}
+
+/// A `ret` instruction placed in read-only data, for the execute-never check.
+#[repr(align(4))]
+pub struct Instruction(
+    // Read by the CPU's instruction fetch, never by Rust code.
+    #[allow(dead_code)] u32,
+);
+
+/// `ret` (A64 encoding `0xd65f03c0`) in `.rodata`.
+pub static RET_IN_RODATA: Instruction = Instruction(0xd65f_03c0);
+
+/// Branch-and-link to the `ret` in [`RET_IN_RODATA`]: with execute-never on read-only data
+/// the fetch faults (instruction abort) and the exception-table entry for *that data address*
+/// resumes after the branch. Without it, the `ret` simply returns.
+pub fn call_rodata_nofault() -> Result<(), Fault> {
+    FAULT_TAKEN.store(false, Ordering::SeqCst);
+    // SAFETY: the target is one `ret`: executed, it returns to label 4; if its fetch faults,
+    // the handler resumes at label 4 too. `blr` overwrites x30, declared through the ABI
+    // clobbers along with everything a call may change.
+    unsafe {
+        asm!(
+            "blr {target}",
+            "4:",
+            ".pushsection .ex_table, \"a\"",
+            ".balign 8",
+            ".quad {ret_sym}, 4b",
+            ".popsection",
+            target = in(reg) core::ptr::addr_of!(RET_IN_RODATA),
+            ret_sym = sym RET_IN_RODATA,
+            clobber_abi("C"),
+        )
+    };
+    take_fault()
+}
+
+fn take_fault() -> Result<(), Fault> {
+    if FAULT_TAKEN.swap(false, Ordering::SeqCst) {
+        Err(Fault {
+            esr: FAULT_ESR.load(Ordering::SeqCst),
+            far: FAULT_FAR.load(Ordering::SeqCst),
+        })
+    } else {
+        Ok(())
+    }
+}
+
 /// Read the `u64` at address `addr` (8-byte aligned), reporting a fault instead of dying from
 /// it.
 ///
@@ -343,12 +429,5 @@ pub unsafe fn read_u64_nofault(addr: u64) -> Result<u64, Fault> {
             options(nostack, preserves_flags),
         )
     };
-    if FAULT_TAKEN.swap(false, Ordering::SeqCst) {
-        Err(Fault {
-            esr: FAULT_ESR.load(Ordering::SeqCst),
-            far: FAULT_FAR.load(Ordering::SeqCst),
-        })
-    } else {
-        Ok(value)
-    }
+    take_fault().map(|()| value)
 }

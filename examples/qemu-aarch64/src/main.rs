@@ -11,6 +11,8 @@
 //! * [`platform`]: serial console, QEMU exit (PSCI, semihosting), the mmkit platform hooks
 //!   (CPU, IRQ via DAIF, phys→virt);
 //! * [`memmap`]: the device tree turned into a memory map, and the kernel's own footprint;
+//! * [`mmu`]: the kernel's own tables built with mmkit-pgtable (identity with a W^X image,
+//!   direct map) and turning the MMU on with them;
 //! * [`selftest`]: the checks.
 //!
 //! Raw hardware access (asm, MMIO, system registers) stays in `boot`, `exceptions` and
@@ -26,6 +28,7 @@
 mod boot;
 mod exceptions;
 mod memmap;
+mod mmu;
 mod platform;
 mod selftest;
 

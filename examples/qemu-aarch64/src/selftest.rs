@@ -10,16 +10,23 @@
 //! A write to a read-only mapping cannot be provoked yet: the kernel runs with the MMU off
 //! until it builds its tables with mmkit-pgtable.
 
-use mmkit_addr::{PhysAddr, PhysMapper, PhysRange, PAGE_SIZE};
+use mmkit_addr::{PageSize, PhysAddr, PhysMapper, PhysRange, VirtAddr, PAGE_SIZE};
 use mmkit_bootmem::{firmware::fdt, Bootmem};
+use mmkit_pgtable::arch::aarch64_hw::InnerShareableTlb;
+use mmkit_pgtable::{AttrChange, Attrs, ProtectError};
 use mmkit_qemu_common::bootmem_checks;
 use mmkit_qemu_common::checks::{self, Injection};
+use mmkit_qemu_common::frames::{PoolFrames, WindowMapper};
 use mmkit_qemu_common::harness::{CheckResult, Harness, Outcome, Reason};
 use mmkit_qemu_common::memmap::MemoryMap;
 use mmkit_qemu_common::{ensure, fail, rawmem};
 
-use crate::exceptions::{self, DFSC_SYNC_EXTERNAL_ABORT, EC_DATA_ABORT_SAME_EL, ESR_FNV};
+use crate::exceptions::{
+    self, Fault, DFSC_SYNC_EXTERNAL_ABORT, EC_DATA_ABORT_SAME_EL, EC_INSTRUCTION_ABORT_SAME_EL,
+    ESR_FNV, ESR_WNR,
+};
 use crate::memmap::{kernel_image, BootInfo};
+use crate::mmu::{self, KernelTable, DIRECT_MAP_BASE};
 use crate::platform::{interrupts_enabled, Bsp, Serial, IDENTITY, IDENTITY_LIMIT};
 use crate::println;
 
@@ -67,8 +74,9 @@ pub fn run(boot: &BootInfo) -> Outcome {
     h.run("read_of_unbacked_address_aborts", || {
         read_of_unbacked_address_aborts(map)
     });
-    // Last: the platform checks above used free memory that bootmem is about to manage.
-    bootmem_sequence(&mut h, boot, &exclude);
+    // Then: the platform checks above used free memory that bootmem is about to manage.
+    let kept = bootmem_sequence(&mut h, boot, &exclude);
+    mmu_sequence(&mut h, map, kept, &exclude);
     inject_failure(&mut h, cmdline, map);
     h.finish()
 }
@@ -162,7 +170,12 @@ fn read_of_unbacked_address_aborts(map: &MemoryMap) -> CheckResult {
 
 /// mmkit-bootmem on the real firmware map: the device tree goes through bootmem's own
 /// ingestion, and the kernel image and the tree itself are reserved.
-fn bootmem_sequence(h: &mut Harness<Serial>, boot: &BootInfo, reserved: &[PhysRange]) {
+/// Returns the memory bootmem kept for the page tables.
+fn bootmem_sequence(
+    h: &mut Harness<Serial>,
+    boot: &BootInfo,
+    reserved: &[PhysRange],
+) -> Option<PhysRange> {
     let ingest = |bm: &mut Bootmem<'static>| {
         fdt::ingest(bm, boot.blob)
             .map(|_| ())
@@ -175,10 +188,346 @@ fn bootmem_sequence(h: &mut Harness<Serial>, boot: &BootInfo, reserved: &[PhysRa
         unsafe { bm.set_mapper(&IDENTITY) };
         Some(&IDENTITY)
     };
-    let outcome = bootmem_checks::run(h, &boot.map, reserved, ingest, prepare, 0);
+    let outcome = bootmem_checks::run(h, &boot.map, reserved, ingest, prepare, PAGE_TABLE_POOL);
     if let Some(summary) = outcome.summary {
         println!("mmkit-qemu: bootmem hand-off: {summary}");
     }
+    outcome.kept
+}
+
+/// Memory kept from bootmem for the kernel's two page tables: 32 frames each, about three
+/// times what 512 MiB of RAM needs.
+const PAGE_TABLE_POOL: u64 = 64 * PAGE_SIZE;
+
+/// The kernel's own tables: built with mmkit-pgtable from the kept pool, checked, loaded,
+/// the MMU turned on, and then checked again through the hardware: W^X, unmapped memory, the
+/// direct map, and a `protect` on the live table.
+fn mmu_sequence(
+    h: &mut Harness<Serial>,
+    map: &MemoryMap,
+    pool: Option<PhysRange>,
+    exclude: &[PhysRange],
+) {
+    let Some(pool) = pool else {
+        h.skip("mmu_*", "bootmem kept no memory for page tables");
+        return;
+    };
+    let half = pool.len() / 2;
+    let (Ok(low_pool), Ok(high_pool)) = (
+        PhysRange::from_start_size(pool.start(), half),
+        PhysRange::from_start_size(PhysAddr::new(pool.start().as_u64() + half), half),
+    ) else {
+        h.skip("mmu_*", "pool too small");
+        return;
+    };
+    // SAFETY: the pool is RAM outside the kernel image: reachable at its physical address
+    // with the MMU off, and identity-mapped RW by the lower table once it is on.
+    let mapper = unsafe { WindowMapper::new(pool, 0) };
+    // SAFETY: bootmem kept the pool zeroed and reserved through the hand-off, so the kernel
+    // owns it; the two halves are disjoint and `mapper` reaches both.
+    let (low_frames, high_frames) = unsafe {
+        (
+            PoolFrames::new(low_pool, &mapper),
+            PoolFrames::new(high_pool, &mapper),
+        )
+    };
+    println!("mmkit-qemu: page tables from {pool}");
+
+    let mut tables = None;
+    h.run("pgtable_builds_kernel_tables", || {
+        let err = |e| Reason::new(format_args!("{e:?}"));
+        let lower = mmu::build_lower(map, mapper, low_frames).map_err(err)?;
+        let upper = mmu::build_upper(map, mapper, high_frames).map_err(err)?;
+        for (name, pt) in [("lower", &lower), ("upper", &upper)] {
+            if let Err(e) = pt.verify() {
+                fail!("{name} table: verify: {e:?}");
+            }
+        }
+        tables = Some((lower, upper));
+        Ok(())
+    });
+    let Some((mut lower, mut upper)) = tables else {
+        h.skip("mmu_*", "no tables");
+        return;
+    };
+    h.run("kernel_image_is_w_xor_x", || {
+        kernel_image_is_w_xor_x(&lower)
+    });
+    h.run("direct_map_uses_large_blocks", || {
+        direct_map_uses_large_blocks(&upper, map)
+    });
+    let switched = h.run("mmu_turns_on_with_new_tables", || {
+        // SAFETY: EL1 with the MMU off; the lower table identity-maps the kernel image (stack
+        // included), all RAM (device tree, table pool) and the UART; both tables live until
+        // the kernel exits.
+        unsafe { mmu::enable(&mut lower, &mut upper) };
+        ensure!(mmu::mmu_enabled(), "SCTLR_EL1.M is clear");
+        let (t0, t1) = mmu::current_roots();
+        ensure!(
+            t0 == lower.root().as_u64(),
+            "TTBR0 {t0:#x}, table {:?}",
+            lower.root()
+        );
+        ensure!(
+            t1 == upper.root().as_u64(),
+            "TTBR1 {t1:#x}, table {:?}",
+            upper.root()
+        );
+        Ok(())
+    });
+    if !switched {
+        h.skip("mmu_*", "the MMU did not come on");
+        return;
+    }
+    h.run("unmapped_address_faults", unmapped_address_faults);
+    h.run("direct_map_aliases_identity", || {
+        direct_map_aliases_identity(map, exclude, pool)
+    });
+    h.run("write_to_kernel_rodata_faults", || {
+        write_faults(
+            core::ptr::addr_of!(exceptions::RET_IN_RODATA) as u64,
+            "rodata",
+        )
+    });
+    h.run("write_to_kernel_text_faults", || {
+        write_faults(exceptions::call_rodata_nofault as *const () as u64, "text")
+    });
+    h.run("executing_rodata_faults", executing_rodata_faults);
+    let mut splits = 0;
+    let protected = h.run("protect_on_live_table_takes_effect", || {
+        splits = protect_on_live_table_takes_effect(&mut upper, map, exclude, pool)?;
+        Ok(())
+    });
+    if protected {
+        println!(
+            "mmkit-qemu: protect on the live table needed {splits} break-before-make split(s)"
+        );
+    }
+    for (name, pt) in [("identity", &lower), ("direct map", &upper)] {
+        match pt.verify() {
+            Ok(r) => println!(
+                "mmkit-qemu: {name} table: {} tables, {} leaves, {} MiB mapped; {} pool frames used",
+                r.tables,
+                r.leaves,
+                r.mapped_bytes >> 20,
+                pt.frames().frames_in_use()
+            ),
+            Err(e) => println!("mmkit-qemu: {name} table fails verify: {e:?}"),
+        }
+    }
+}
+
+fn kernel_image_is_w_xor_x(pt: &KernelTable<'_>) -> CheckResult {
+    let s = mmu::sections();
+    for pfn in kernel_image().whole_pfns() {
+        let va = pfn * PAGE_SIZE;
+        let Some(t) = pt.translate(VirtAddr::new(va)) else {
+            fail!("kernel page {va:#x} is not mapped");
+        };
+        ensure!(
+            t.pa_of(VirtAddr::new(va)).as_u64() == va,
+            "kernel page {va:#x} is not identity-mapped"
+        );
+        let (w, x) = (
+            t.attrs.contains(Attrs::WRITE),
+            t.attrs.contains(Attrs::KERNEL_EXEC),
+        );
+        ensure!(!(w && x), "kernel page {va:#x} is writable and executable");
+        let pa = PhysAddr::new(va);
+        if s.text.contains(pa) {
+            ensure!(x && !w, "text page {va:#x}: {:?}", t.attrs);
+        } else if s.rodata.contains(pa) {
+            ensure!(!x && !w, "rodata page {va:#x}: {:?}", t.attrs);
+        } else if s.data.contains(pa) {
+            ensure!(!x && w, "data page {va:#x}: {:?}", t.attrs);
+        }
+    }
+    Ok(())
+}
+
+fn direct_map_uses_large_blocks(pt: &KernelTable<'_>, map: &MemoryMap) -> CheckResult {
+    let Some(biggest) = map.ram().max_by_key(|r| r.len()) else {
+        fail!("no RAM");
+    };
+    let two_mib = PageSize::Size2M.bytes();
+    let Some(pa) = biggest.start().align_up(two_mib) else {
+        fail!("{biggest} has no 2 MiB boundary");
+    };
+    ensure!(
+        pa.as_u64() + two_mib <= biggest.end().as_u64(),
+        "{biggest} holds no 2 MiB block"
+    );
+    let va = VirtAddr::new(DIRECT_MAP_BASE + pa.as_u64());
+    let Some(t) = pt.translate(va) else {
+        fail!("direct map of {pa:?} is not mapped");
+    };
+    ensure!(
+        t.pa_of(va) == pa,
+        "direct map of {pa:?} points at {:?}",
+        t.pa_of(va)
+    );
+    ensure!(
+        t.size >= PageSize::Size2M,
+        "direct map of {pa:?} uses {:?} pages",
+        t.size
+    );
+    ensure!(
+        !t.attrs.contains(Attrs::KERNEL_EXEC),
+        "direct map is executable"
+    );
+    Ok(())
+}
+
+fn unmapped_address_faults() -> CheckResult {
+    // Address 0 (QEMU's flash) is not in the kernel's tables.
+    // SAFETY: the address is unmapped, so the read faults and touches nothing.
+    let got = unsafe { exceptions::read_u64_nofault(0) };
+    let Err(fault) = got else {
+        fail!("read of address 0 returned {got:?}");
+    };
+    ensure!(
+        fault.class() == EC_DATA_ABORT_SAME_EL
+            && exceptions::is_translation_fault(fault.status_code()),
+        "read of address 0: ESR {:#x}, expected a translation fault",
+        fault.esr
+    );
+    ensure!(fault.far == 0, "FAR {:#x}", fault.far);
+    Ok(())
+}
+
+fn direct_map_aliases_identity(
+    map: &MemoryMap,
+    exclude: &[PhysRange],
+    pool: PhysRange,
+) -> CheckResult {
+    let avoid = [exclude[0], exclude[1], pool];
+    let Some(page) = map.find_free_top_down(PAGE_SIZE, PAGE_SIZE, IDENTITY_LIMIT, &avoid) else {
+        fail!("no free page");
+    };
+    let Some(identity) = IDENTITY.phys_to_virt(page) else {
+        fail!("{page} not reachable");
+    };
+    // SAFETY: the page is free RAM (bootmem handed it off and no allocator has taken it),
+    // identity-mapped RW; the check owns it for its duration.
+    unsafe {
+        rawmem::write_read_pattern(identity, (PAGE_SIZE / 8) as usize, page.start().as_u64())
+    }?;
+    // SAFETY: the upper table maps all RAM RW at DIRECT_MAP_BASE + pa.
+    let direct =
+        unsafe { mmkit_addr::OffsetMapper::new(DIRECT_MAP_BASE, u64::MAX - DIRECT_MAP_BASE) };
+    checks::mapper_translates(&direct, DIRECT_MAP_BASE, u64::MAX - DIRECT_MAP_BASE, page)?;
+    let Some(alias) = direct.phys_to_virt(page) else {
+        fail!("{page} not in the direct map");
+    };
+    // SAFETY: as above; reading the same page through its direct-map alias.
+    unsafe { rawmem::check_pattern(alias, (PAGE_SIZE / 8) as usize, page.start().as_u64()) }
+}
+
+/// A write fault is a data abort at EL1 with a permission fault status, WnR set, FAR = addr.
+fn expect_write_permission_fault(got: Result<(), Fault>, addr: u64, what: &str) -> CheckResult {
+    let Err(fault) = got else {
+        fail!("write to {what} at {addr:#x} succeeded");
+    };
+    ensure!(
+        fault.class() == EC_DATA_ABORT_SAME_EL
+            && exceptions::is_permission_fault(fault.status_code())
+            && fault.esr & ESR_WNR != 0,
+        "write to {what} at {addr:#x}: ESR {:#x}, expected a write permission fault",
+        fault.esr
+    );
+    ensure!(
+        fault.far == addr,
+        "write to {what}: FAR {:#x}, expected {addr:#x}",
+        fault.far
+    );
+    Ok(())
+}
+
+/// Writing one byte at `addr` (with the value already there, in case the write is allowed)
+/// must raise a permission fault.
+fn write_faults(addr: u64, what: &str) -> CheckResult {
+    // SAFETY: `addr` is kernel image memory, mapped and readable.
+    let word = unsafe { exceptions::read_u64_nofault(addr & !7) };
+    let Ok(word) = word else {
+        fail!("{what} at {addr:#x} is not readable: {word:?}");
+    };
+    let byte = (word >> ((addr & 7) * 8)) as u8;
+    // SAFETY: writing back the byte that is there changes nothing even if the write succeeds.
+    let got = unsafe { exceptions::write_u8_nofault(addr, byte) };
+    expect_write_permission_fault(got, addr, what)
+}
+
+fn executing_rodata_faults() -> CheckResult {
+    let target = core::ptr::addr_of!(exceptions::RET_IN_RODATA) as u64;
+    let got = exceptions::call_rodata_nofault();
+    let Err(fault) = got else {
+        fail!("the ret in rodata at {target:#x} executed");
+    };
+    ensure!(
+        fault.class() == EC_INSTRUCTION_ABORT_SAME_EL
+            && exceptions::is_permission_fault(fault.status_code()),
+        "call into rodata: ESR {:#x}, expected an instruction permission fault",
+        fault.esr
+    );
+    ensure!(
+        fault.far == target,
+        "FAR {:#x}, expected {target:#x}",
+        fault.far
+    );
+    Ok(())
+}
+
+/// Make a 2 MiB block of the direct map read-only on the live table, flush, see the hardware
+/// refuse a write; then make it writable again. The block sits in a contiguous-hint run, so
+/// the first `protect` is refused with `BreakBeforeMake`; `split_live` then breaks the run
+/// the architected way (invalidate, TLBI, make) and the `protect` is retried. Returns how
+/// many splits it took.
+fn protect_on_live_table_takes_effect(
+    pt: &mut KernelTable<'_>,
+    map: &MemoryMap,
+    exclude: &[PhysRange],
+    pool: PhysRange,
+) -> Result<u32, Reason> {
+    let avoid = [exclude[0], exclude[1], pool];
+    let two_mib = PageSize::Size2M.bytes();
+    let Some(block) = map.find_free_top_down(two_mib, two_mib, IDENTITY_LIMIT, &avoid) else {
+        fail!("no free 2 MiB block");
+    };
+    let va = VirtAddr::new(DIRECT_MAP_BASE + block.start().as_u64());
+    // SAFETY: EL1, ASID 0.
+    let mut tlb = unsafe { InnerShareableTlb::new() };
+    let target = va.as_u64() + 0x2468;
+    let read_only = AttrChange::flags(Attrs::empty(), Attrs::WRITE);
+    let mut splits = 0;
+    let flush = loop {
+        match pt.protect(va, two_mib, read_only) {
+            Ok(flush) => break flush,
+            Err(ProtectError::BreakBeforeMake(at)) if splits < 4 => {
+                splits += 1;
+                if let Err(e) = pt.split_live(at, &mut tlb) {
+                    fail!("split_live at {at:?}: {e:?}");
+                }
+            }
+            Err(e) => fail!("protect read-only after {splits} splits: {e:?}"),
+        }
+    };
+    let freed = flush.invalidate(&mut tlb);
+    pt.free_tables(freed);
+    // SAFETY: the block is free RAM this check owns; the write is expected to fault.
+    let denied = unsafe { exceptions::write_u8_nofault(target, 0x77) };
+    let flush = pt
+        .protect(va, two_mib, AttrChange::flags(Attrs::WRITE, Attrs::empty()))
+        .map_err(|e| Reason::new(format_args!("protect writable: {e:?}")))?;
+    let freed = flush.invalidate(&mut tlb);
+    pt.free_tables(freed);
+    expect_write_permission_fault(denied, target, "a read-only direct-map block")?;
+    // SAFETY: as above.
+    let allowed = unsafe { exceptions::write_u8_nofault(target, 0x77) };
+    ensure!(allowed.is_ok(), "write after restoring gave {allowed:?}");
+    if let Err(e) = pt.verify() {
+        fail!("verify after protect: {e:?}");
+    }
+    Ok(splits)
 }
 
 /// Fail on purpose if the command line asks for it (`mmkit.inject=`), so the boot script can

@@ -1,0 +1,286 @@
+//! The kernel's own page tables, built with mmkit-pgtable, and turning the MMU on with them.
+//!
+//! Two tables, 4 KiB granule, 48-bit virtual addresses:
+//!
+//! | half | virtual | physical | mapping |
+//! |---|---|---|---|
+//! | TTBR0 | RAM outside the kernel | identity | RW, no-exec, largest blocks |
+//! | TTBR0 | kernel `.text` | identity | read + exec |
+//! | TTBR0 | kernel `.rodata` (exception table included) | identity | read only, no-exec |
+//! | TTBR0 | kernel `.data` / `.bss` (stack) | identity | RW, no-exec |
+//! | TTBR0 | PL011 UART page | identity | Device-nGnRE, RW, no-exec |
+//! | TTBR1 | [`DIRECT_MAP_BASE`] + every RAM range | RAM | RW, no-exec, largest blocks |
+//!
+//! Nothing else is mapped (flash, the rest of MMIO, address 0). The identity half keeps the
+//! running kernel, its stack, the device tree and the table pool where they were with the MMU
+//! off, so turning it on needs no jump. Each table draws frames from its own half of the pool
+//! bootmem kept (two tables cannot share one `&mut` frame source); the tables reach their
+//! frames through a [`WindowMapper`] over the pool, which is identity-mapped RW.
+//!
+//! Turning the MMU on: MAIR_EL1 (pgtable's attribute encodings), TCR_EL1 (both halves' fields
+//! from the formats, plus IPS from `ID_AA64MMFR0_EL1.PARange`), TTBR0/TTBR1, a full TLB
+//! invalidation, then `SCTLR_EL1.{M, C, I}`. QEMU does not model caches, so the tables and
+//! data written with the MMU off need no cache maintenance here; real hardware would want the
+//! tables cleaned to the point of coherency first.
+
+use core::arch::asm;
+
+use mmkit_addr::{align_down, align_up, PageSize, PhysAddr, PhysRange, VaHalf, VirtAddr};
+use mmkit_pgtable::arch::aarch64::{Aarch64, Granule};
+use mmkit_pgtable::arch::aarch64_hw::{self, InnerShareableTlb};
+use mmkit_pgtable::{Attrs, CachePolicy, MapError, MapSize, PageTable, TlbInvalidate};
+use mmkit_qemu_common::frames::{PoolFrames, WindowMapper};
+use mmkit_qemu_common::memmap::MemoryMap;
+
+use crate::memmap::kernel_image;
+
+/// Where the direct map of all RAM starts: the bottom of the TTBR1 half with 48-bit VAs
+/// (Linux arm64's `PAGE_OFFSET` for `VA_BITS=48`).
+pub const DIRECT_MAP_BASE: u64 = 0xffff_0000_0000_0000;
+
+/// The PL011 page (see `platform.rs`).
+const UART_PAGE: u64 = 0x0900_0000;
+
+/// The identity (TTBR0) format.
+pub const LOWER: Aarch64 = match Aarch64::new(Granule::K4, 48, VaHalf::Lower) {
+    Ok(f) => f,
+    Err(_) => panic!("4 KiB granule with 48-bit VAs is a valid aarch64 format"),
+};
+/// The direct-map (TTBR1) format.
+pub const UPPER: Aarch64 = match Aarch64::new(Granule::K4, 48, VaHalf::Upper) {
+    Ok(f) => f,
+    Err(_) => panic!("4 KiB granule with 48-bit VAs is a valid aarch64 format"),
+};
+
+/// One of the kernel's two tables.
+pub type KernelTable<'p> = PageTable<Aarch64, WindowMapper, PoolFrames<'p>>;
+
+extern "C" {
+    static __text_start: u8;
+    static __text_end: u8;
+    static __rodata_start: u8;
+    static __rodata_end: u8;
+    static __data_start: u8;
+    static __data_end: u8;
+}
+
+fn symbol_range(start: *const u8, end: *const u8) -> PhysRange {
+    PhysRange::new(PhysAddr::new(start as u64), PhysAddr::new(end as u64))
+        .unwrap_or(PhysRange::EMPTY)
+}
+
+/// The kernel image's sections, page-aligned by the linker script.
+#[derive(Debug, Clone, Copy)]
+pub struct Sections {
+    /// `.text` (vector table included): read + execute.
+    pub text: PhysRange,
+    /// `.rodata`, `.ex_table`: read only.
+    pub rodata: PhysRange,
+    /// `.data`, `.bss`: read + write.
+    pub data: PhysRange,
+}
+
+/// The sections, from the linker script's symbols.
+pub fn sections() -> Sections {
+    use core::ptr::addr_of;
+    Sections {
+        text: symbol_range(addr_of!(__text_start), addr_of!(__text_end)),
+        rodata: symbol_range(addr_of!(__rodata_start), addr_of!(__rodata_end)),
+        data: symbol_range(addr_of!(__data_start), addr_of!(__data_end)),
+    }
+}
+
+/// Why the tables could not be built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuildError {
+    /// A table had no root frame.
+    NoRoot,
+    /// A mapping failed.
+    Map {
+        /// What was being mapped.
+        what: &'static str,
+        /// Its first virtual address.
+        va: u64,
+        /// Why.
+        error: MapError,
+    },
+}
+
+fn map(
+    pt: &mut KernelTable<'_>,
+    what: &'static str,
+    va: u64,
+    pa: u64,
+    len: u64,
+    attrs: Attrs,
+) -> Result<(), BuildError> {
+    if len == 0 {
+        return Ok(());
+    }
+    let flush = pt
+        .map(
+            VirtAddr::new(va),
+            PhysAddr::new(pa),
+            len,
+            attrs,
+            MapSize::Largest,
+        )
+        .map_err(|error| BuildError::Map { what, va, error })?;
+    // The tables are not loaded yet: nothing can be cached for them.
+    let _ = flush;
+    Ok(())
+}
+
+/// Page-aligned inward.
+fn whole_pages(r: PhysRange) -> (u64, u64) {
+    let page = PageSize::Size4K.bytes();
+    let start = align_up(r.start().as_u64(), page).unwrap_or(u64::MAX);
+    (start, align_down(r.end().as_u64(), page).max(start))
+}
+
+/// Build the identity (TTBR0) table.
+pub fn build_lower<'p>(
+    map_: &MemoryMap,
+    mapper: WindowMapper,
+    frames: PoolFrames<'p>,
+) -> Result<KernelTable<'p>, BuildError> {
+    let mut pt = PageTable::new(LOWER, mapper, frames).map_err(|_| BuildError::NoRoot)?;
+    let kernel = kernel_image();
+    let s = sections();
+    let rw = Attrs::KERNEL_RW;
+    for ram in map_.ram() {
+        let (start, end) = whole_pages(ram);
+        if kernel.start().as_u64() >= start && kernel.end().as_u64() <= end {
+            let (k_start, k_end) = (kernel.start().as_u64(), kernel.end().as_u64());
+            map(
+                &mut pt,
+                "RAM below the kernel",
+                start,
+                start,
+                k_start - start,
+                rw,
+            )?;
+            let text = s.text.start().as_u64();
+            map(&mut pt, ".text", text, text, s.text.len(), Attrs::KERNEL_RX)?;
+            let rodata = s.rodata.start().as_u64();
+            map(
+                &mut pt,
+                ".rodata",
+                rodata,
+                rodata,
+                s.rodata.len(),
+                Attrs::KERNEL_RO,
+            )?;
+            let data = s.data.start().as_u64();
+            map(&mut pt, ".data", data, data, s.data.len(), rw)?;
+            map(
+                &mut pt,
+                "RAM above the kernel",
+                k_end,
+                k_end,
+                end - k_end,
+                rw,
+            )?;
+        } else {
+            map(&mut pt, "RAM", start, start, end - start, rw)?;
+        }
+    }
+    let device = Attrs::KERNEL_RW.with_cache(CachePolicy::Device);
+    map(
+        &mut pt,
+        "UART",
+        UART_PAGE,
+        UART_PAGE,
+        PageSize::Size4K.bytes(),
+        device,
+    )?;
+    Ok(pt)
+}
+
+/// Build the direct-map (TTBR1) table.
+pub fn build_upper<'p>(
+    map_: &MemoryMap,
+    mapper: WindowMapper,
+    frames: PoolFrames<'p>,
+) -> Result<KernelTable<'p>, BuildError> {
+    let mut pt = PageTable::new(UPPER, mapper, frames).map_err(|_| BuildError::NoRoot)?;
+    for ram in map_.ram() {
+        let (start, end) = whole_pages(ram);
+        map(
+            &mut pt,
+            "direct map",
+            DIRECT_MAP_BASE + start,
+            start,
+            end - start,
+            Attrs::KERNEL_RW,
+        )?;
+    }
+    Ok(pt)
+}
+
+fn sctlr() -> u64 {
+    let v: u64;
+    // SAFETY: reading SCTLR_EL1 at EL1 has no side effect.
+    unsafe { asm!("mrs {}, sctlr_el1", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+/// `SCTLR_EL1` bits: MMU, data cache, instruction cache.
+const SCTLR_M: u64 = 1 << 0;
+const SCTLR_C: u64 = 1 << 2;
+const SCTLR_I: u64 = 1 << 12;
+
+/// Whether the MMU is on.
+pub fn mmu_enabled() -> bool {
+    sctlr() & SCTLR_M != 0
+}
+
+/// The current TTBR0_EL1 / TTBR1_EL1 table addresses.
+pub fn current_roots() -> (u64, u64) {
+    let (t0, t1): (u64, u64);
+    // SAFETY: reading the TTBRs at EL1 has no side effect.
+    unsafe {
+        asm!("mrs {}, ttbr0_el1", "mrs {}, ttbr1_el1", out(reg) t0, out(reg) t1,
+             options(nomem, nostack, preserves_flags))
+    };
+    // Bits 47:1 hold the table address (ASID above, CnP at bit 0).
+    (t0 & 0x0000_ffff_ffff_fffe, t1 & 0x0000_ffff_ffff_fffe)
+}
+
+/// TCR_EL1 for the two formats: both halves' fields, IPS from the CPU's physical address
+/// range (`ID_AA64MMFR0_EL1.PARange`, same encoding), TBI off.
+pub fn tcr() -> u64 {
+    let mmfr0: u64;
+    // SAFETY: reading an ID register at EL1 has no side effect.
+    unsafe {
+        asm!("mrs {}, id_aa64mmfr0_el1", out(reg) mmfr0, options(nomem, nostack, preserves_flags))
+    };
+    let ips = (mmfr0 & 0xf).min(0b101);
+    LOWER.tcr_half_bits() | UPPER.tcr_half_bits() | (ips << 32)
+}
+
+/// Load both tables and turn the MMU (and caches) on.
+///
+/// # Safety
+/// Must run at EL1 with the MMU off. `lower` must identity-map everything the kernel uses
+/// (code, data, stack, device tree, UART, the tables' own frames), and both tables must stay
+/// alive, changed only through their own operations with their flushes, while loaded.
+pub unsafe fn enable(lower: &mut KernelTable<'_>, upper: &mut KernelTable<'_>) {
+    // SAFETY: EL1 with the MMU off (caller); the values describe the two tables' formats.
+    unsafe {
+        aarch64_hw::write_mair_tcr(tcr());
+        aarch64_hw::load_ttbr(lower.root(), true);
+        aarch64_hw::load_ttbr(upper.root(), false);
+    }
+    // SAFETY: EL1; ASID 0 is the only one in use.
+    let mut tlb = unsafe { InnerShareableTlb::new() };
+    tlb.begin();
+    tlb.invalidate_all();
+    tlb.finish();
+    let value = sctlr() | SCTLR_M | SCTLR_C | SCTLR_I;
+    // SAFETY: the caller guarantees the identity half maps everything in use at its current
+    // address, so execution continues at the next instruction with the MMU on.
+    unsafe { asm!("msr sctlr_el1, {}", "isb", in(reg) value, options(nostack, preserves_flags)) };
+    lower.set_live(true);
+    upper.set_live(true);
+}
