@@ -495,6 +495,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(unsafe_code)] // reads and writes the test's own host memory
     fn zero_flag_zeroes_through_the_mapper() {
         use mmkit_addr::host::HostMemory;
         use mmkit_addr::PhysAddr;

@@ -74,6 +74,7 @@ mod migrate;
 mod movable;
 mod page;
 mod pcp;
+#[allow(unsafe_code)]
 mod raw;
 mod report;
 mod verify;
