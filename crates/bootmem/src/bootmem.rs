@@ -37,6 +37,13 @@ use crate::list::{ListKind, RegionList};
 use crate::region::{NodeId, Region, RegionFlags};
 
 /// The initial capacity of each list, as memblock's `INIT_MEMBLOCK_REGIONS`.
+///
+/// ```
+/// use mmkit_bootmem::{Bootmem, ListKind, DEFAULT_REGIONS};
+/// assert_eq!(DEFAULT_REGIONS, 128);
+/// let bm: Bootmem = Bootmem::new();
+/// assert_eq!(bm.capacity(ListKind::Reserved), DEFAULT_REGIONS);
+/// ```
 pub const DEFAULT_REGIONS: usize = 128;
 
 /// Slots kept spare when an array grows: reserving the new array and freeing the old one may

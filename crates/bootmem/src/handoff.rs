@@ -92,6 +92,7 @@ pub struct Handoff<'m, const N: usize = DEFAULT_REGIONS> {
 impl<'m, const N: usize> Bootmem<'m, N> {
     /// End early allocation: consume the bootmem and describe its free memory as blocks of at
     /// most `max_order` (memblock's `memblock_free_all`).
+    #[must_use = "dropping the hand-off loses every free frame"]
     pub fn handoff(self, max_order: Order) -> Handoff<'m, N> {
         Handoff {
             memory: self.memory,
@@ -206,6 +207,7 @@ impl<'m, const N: usize> Handoff<'m, N> {
 
     /// Drop the lists and return the ranges of the self-allocated region arrays, which the
     /// caller may now free to the page allocator.
+    #[must_use = "the arrays are free memory to give to the page allocator"]
     pub fn into_region_arrays(self) -> [Option<PhysRange>; 2] {
         self.region_arrays()
     }

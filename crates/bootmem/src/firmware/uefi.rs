@@ -103,6 +103,15 @@ pub enum EfiUse {
 /// Policy per memory type, indexed by type number (after Linux's `is_usable_memory()` and
 /// `reserve_regions()`; persistent memory is left to its driver as x86 does). Types past the
 /// table (OEM and OS-loader ranges) are [`EfiUse::Skip`].
+///
+/// ```
+/// use mmkit_bootmem::firmware::uefi::{memory_type, EfiUse, EFI_USE};
+/// assert_eq!(EFI_USE[memory_type::CONVENTIONAL as usize], EfiUse::Ram);
+/// assert_eq!(EFI_USE[memory_type::BOOT_SERVICES_DATA as usize], EfiUse::Ram);
+/// assert_eq!(EFI_USE[memory_type::ACPI_RECLAIM as usize], EfiUse::RamReserved);
+/// assert_eq!(EFI_USE[memory_type::RUNTIME_SERVICES_DATA as usize], EfiUse::NoMap);
+/// assert_eq!(EFI_USE[memory_type::MMIO as usize], EfiUse::Skip);
+/// ```
 pub const EFI_USE: [EfiUse; 16] = [
     EfiUse::NoMap,       // 0 reserved
     EfiUse::Ram,         // 1 loader code
