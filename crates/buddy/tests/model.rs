@@ -51,6 +51,7 @@ enum Action {
         pb: u64,
         nr: u64,
     },
+    Grouping(bool),
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -65,6 +66,7 @@ fn action() -> impl Strategy<Value = Action> {
         1 => (0u64..56).prop_map(|pb| Action::Isolate { pb }),
         1 => any::<usize>().prop_map(|pick| Action::Undo { pick }),
         1 => (0u64..56, 1u64..4).prop_map(|(pb, nr)| Action::Contig { pb, nr }),
+        1 => any::<bool>().prop_map(Action::Grouping),
     ]
 }
 
@@ -86,9 +88,10 @@ fn present(pfn: u64, order: u32) -> bool {
     inside(0, 8) || inside(12, 16) || inside(16, 28)
 }
 
-fn run(actions: Vec<Action>, pcp: bool) {
+fn run(actions: Vec<Action>, pcp: bool, movable: bool) {
     let cfg = BuddyConfig {
         per_cpu_lists: pcp,
+        movablecore: movable.then_some(mmkit_buddy::CoreSize::Percent(30)),
         ..BuddyConfig::default()
     };
     let n0 = [mib(0, 8), mib(12, 4)];
@@ -96,6 +99,11 @@ fn run(actions: Vec<Action>, pcp: bool) {
     let b = build(&[&n0, &n1], cfg, 2);
     b.verify().unwrap();
     let managed = b.total_managed();
+    let movable_zones: Vec<(u64, u64)> = (0..2)
+        .filter_map(|n| b.zone_stats(n, mmkit_buddy::ZoneType::Movable))
+        .map(|z| (z.start_pfn.as_u64(), z.start_pfn.as_u64() + z.spanned))
+        .collect();
+    assert_eq!(movable_zones.is_empty(), !movable);
     let mut model = Model::new();
     let mut isolated: Vec<u64> = Vec::new();
     for a in actions {
@@ -114,6 +122,12 @@ fn run(actions: Vec<Action>, pcp: bool) {
                             !isolated.iter().any(|&pb| pfn >= pb && pfn < pb + 512),
                             "allocated from an isolated pageblock"
                         );
+                        if FLAGS[flags] != GfpFlags::HIGHUSER_MOVABLE {
+                            assert!(
+                                !movable_zones.iter().any(|&(s, e)| pfn >= s && pfn < e),
+                                "non-movable allocation in ZONE_MOVABLE"
+                            );
+                        }
                         if FLAGS[flags] == GfpFlags::GFP_DMA {
                             assert!(pfn < 16 * 256, "GFP_DMA stays below 16 MiB");
                         }
@@ -155,6 +169,7 @@ fn run(actions: Vec<Action>, pcp: bool) {
             }
             Action::DrainAll => b.drain_all_pages(),
             Action::DrainLocal => b.drain_local_pages(),
+            Action::Grouping(on) => b.set_mobility_grouping(on),
             Action::Isolate { pb } => {
                 let start = pb * 512;
                 if b.isolate_range(Pfn::new(start), 512).is_ok() {
@@ -202,12 +217,18 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     #[test]
-    fn model_with_per_cpu_lists(actions in proptest::collection::vec(action(), 1..80)) {
-        run(actions, true);
+    fn model_with_per_cpu_lists(
+        actions in proptest::collection::vec(action(), 1..80),
+        movable in any::<bool>(),
+    ) {
+        run(actions, true, movable);
     }
 
     #[test]
-    fn model_zone_path_only(actions in proptest::collection::vec(action(), 1..80)) {
-        run(actions, false);
+    fn model_zone_path_only(
+        actions in proptest::collection::vec(action(), 1..80),
+        movable in any::<bool>(),
+    ) {
+        run(actions, false, movable);
     }
 }
