@@ -117,11 +117,12 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
     }
 
     fn alloc_request(&self, req: &Request, gfp: GfpFlags) -> Result<u64, AllocError> {
-        if !self.zonelist(req).any(|(_, z)| z.is_populated()) {
-            return Err(AllocError::ZoneNotPresent);
-        }
         if let Some(pfn) = self.get_page_from_freelist(req, Watermark::Low, AllocFlags::default()) {
             return Ok(pfn);
+        }
+        // Slow path from here on; a request no zone can serve is a different failure.
+        if !self.zonelist(req).any(|(_, z)| z.is_populated()) {
+            return Err(AllocError::ZoneNotPresent);
         }
         self.wake_low_watermark_hook(req);
         let non_block = gfp.is_non_blocking();
