@@ -299,4 +299,50 @@ mod tests {
         rev.reverse();
         assert_eq!(rev, fwd);
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Byte-granular, unaligned input: both walks equal a byte-by-byte model, and a range
+        /// never spans two memory regions.
+        #[test]
+        fn free_ranges_match_a_bytewise_model(
+            ops in proptest::collection::vec((proptest::prelude::any::<bool>(), 0u64..300, 1u64..60, 0u16..2), 1..24)
+        ) {
+            let mut bm: Bootmem<'_, 64> = Bootmem::new();
+            let mut mem = [None::<u16>; 360];
+            let mut res = [false; 360];
+            for &(is_mem, base, size, nid) in &ops {
+                if is_mem {
+                    bm.add_node(pa(base), size, NodeId::new(nid), RegionFlags::empty()).unwrap();
+                    for b in base..base + size {
+                        mem[b as usize].get_or_insert(nid);
+                    }
+                } else {
+                    bm.reserve(pa(base), size).unwrap();
+                    res[base as usize..(base + size) as usize].fill(true);
+                }
+            }
+            bm.verify().unwrap();
+            let mut want: Vec<(u64, u64, u16)> = Vec::new();
+            for b in 0..360u64 {
+                let Some(nid) = mem[b as usize].filter(|_| !res[b as usize]) else { continue };
+                match want.last_mut() {
+                    Some(last) if last.1 == b && last.2 == nid => last.1 += 1,
+                    _ => want.push((b, b + 1, nid)),
+                }
+            }
+            let fwd: Vec<_> = bm
+                .free_ranges(RangeFilter::ALL)
+                .map(|f| (f.range.start().as_u64(), f.range.end().as_u64(), f.nid.get()))
+                .collect();
+            let mut rev: Vec<_> = bm
+                .free_ranges_rev(RangeFilter::ALL)
+                .map(|f| (f.range.start().as_u64(), f.range.end().as_u64(), f.nid.get()))
+                .collect();
+            rev.reverse();
+            proptest::prop_assert_eq!(&fwd, &want);
+            proptest::prop_assert_eq!(&rev, &want);
+        }
+    }
 }
