@@ -132,27 +132,28 @@ impl<const N: usize> RegionList<N> {
             if self.gap_absorber(i, gs, ge, flags, nid).is_none() {
                 slots += 1;
             }
+            true
         });
         slots
     }
 
     /// Call `f(i, gap_start, gap_end)` for each uncovered gap of `[base, end)`, where `i` is
-    /// the index a region filling the gap would take.
-    fn for_each_gap(&self, base: u64, end: u64, mut f: impl FnMut(usize, u64, u64)) {
+    /// the index a region filling the gap would take, until `f` returns `false`.
+    fn for_each_gap(&self, base: u64, end: u64, mut f: impl FnMut(usize, u64, u64) -> bool) {
         let mut i = self.first_ending_after(base);
         let mut cursor = base;
         while cursor < end {
             match self.regions().get(i) {
                 Some(r) if r.raw_base() < end => {
-                    if r.raw_base() > cursor {
-                        f(i, cursor, r.raw_base());
+                    if r.raw_base() > cursor && !f(i, cursor, r.raw_base()) {
+                        return;
                     }
                     cursor = cursor.max(r.raw_end());
                     i += 1;
                 }
                 _ => {
                     f(i, cursor, end);
-                    break;
+                    return;
                 }
             }
         }
@@ -186,15 +187,14 @@ impl<const N: usize> RegionList<N> {
     /// [`slots_to_add`](Self::slots_to_add) more regions.
     pub(crate) fn add_range(&mut self, base: u64, end: u64, flags: RegionFlags, nid: NodeId) {
         debug_assert!(self.len + self.slots_to_add(base, end, flags, nid) <= self.capacity());
-        // Collect gaps one at a time: each edit shifts indices, so restart the scan from the
-        // end of the gap just filled.
+        // Fill gaps one at a time: each edit shifts indices, so find the next gap afresh from
+        // the end of the gap just filled.
         let mut from = base;
         while from < end {
             let mut found = None;
             self.for_each_gap(from, end, |i, gs, ge| {
-                if found.is_none() {
-                    found = Some((i, gs, ge));
-                }
+                found = Some((i, gs, ge));
+                false
             });
             let Some((i, gs, ge)) = found else {
                 break;
