@@ -3,6 +3,10 @@
 //! proptest state machine uses (crates/bootmem/tests/common/page_model.rs): `verify()`, both
 //! region lists, the free ranges and every allocation address are checked after each step, and
 //! the hand-off blocks at the end.
+//!
+//! Inputs are action lists, so longer inputs reach deeper states; for a run longer than the
+//! CI smoke test, let libFuzzer use long inputs at once:
+//! `cargo fuzz run bootmem -- -max_total_time=300 -len_control=0 -max_len=1024`.
 #![no_main]
 
 use arbitrary::Arbitrary;
