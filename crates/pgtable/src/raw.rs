@@ -18,7 +18,7 @@ const LINK_END: u64 = 0b10;
 
 /// The entries of the table frame at `pa` (`bytes` long), or `None` if the mapper cannot reach
 /// it or the address is misaligned.
-#[inline]
+#[inline(always)]
 pub(crate) fn table_at<M: PhysMapper>(
     mapper: &M,
     pa: PhysAddr,

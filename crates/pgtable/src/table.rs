@@ -369,6 +369,7 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
     }
 
     /// The leaf mapping `va`, if any.
+    #[inline]
     pub fn translate(&self, va: VirtAddr) -> Option<Translation> {
         if !self.fmt.is_canonical(va) {
             return None;
@@ -410,6 +411,29 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
             match self.fmt.kind(level, raw) {
                 EntryKind::Table => table = ctx.table(self.fmt.table_addr(raw)),
                 EntryKind::Leaf => return Some((level, raw)),
+                EntryKind::Absent | EntryKind::Malformed => return None,
+            }
+        }
+        None
+    }
+
+    /// The physical address `va` translates to, if mapped: [`translate`](Self::translate)
+    /// without decoding the attributes.
+    #[inline]
+    pub fn translate_addr(&self, va: VirtAddr) -> Option<PhysAddr> {
+        if !self.fmt.is_canonical(va) {
+            return None;
+        }
+        let ctx = self.ctx();
+        let mut table = ctx.table(self.root);
+        for (level, lv) in self.fmt.levels().iter().enumerate() {
+            let raw = raw::load(table, lv.index(va.as_u64()));
+            match self.fmt.kind(level, raw) {
+                EntryKind::Table => table = ctx.table(self.fmt.table_addr(raw)),
+                EntryKind::Leaf => {
+                    let off = va.as_u64() & (lv.entry_span() - 1);
+                    return Some(PhysAddr::new(self.fmt.leaf_addr(level, raw).as_u64() | off));
+                }
                 EntryKind::Absent | EntryKind::Malformed => return None,
             }
         }

@@ -301,6 +301,7 @@ unsafe impl PagingFormat for Aarch64 {
         va.aarch64_half(self.va_bits) == Some(self.half)
     }
 
+    #[inline]
     fn range_is_canonical(&self, first: VirtAddr, last: VirtAddr) -> bool {
         first <= last && self.is_canonical(first) && self.is_canonical(last)
     }
@@ -398,6 +399,7 @@ unsafe impl PagingFormat for Aarch64 {
         PhysAddr::new(self.decode_oa(raw) & !size_mask)
     }
 
+    #[inline]
     fn leaf_attrs(&self, _level: usize, raw: u64) -> Attrs {
         let mut a = Attrs::READ;
         if raw & AP_EL0 != 0 {
@@ -433,6 +435,7 @@ unsafe impl PagingFormat for Aarch64 {
         a.with_cache(cache)
     }
 
+    #[inline]
     fn normalize(&self, attrs: Attrs) -> Result<Attrs, AttrError> {
         if !attrs.contains(Attrs::READ) {
             return Err(AttrError::NotReadable);

@@ -138,16 +138,19 @@ impl X86_64 {
     }
 }
 
-/// The cache policy of a PAT index, per [`PAT_MSR`].
-const fn policy_of_pat_index(i: u64) -> CachePolicy {
-    match i {
-        1 => CachePolicy::WriteCombining,
-        2 | 6 => CachePolicy::Uncached,
-        3 => CachePolicy::Device,
-        5 | 7 => CachePolicy::WriteThrough,
-        _ => CachePolicy::WriteBack,
-    }
-}
+/// The cache-policy field value of each PAT index, per [`PAT_MSR`]: WB, WC, UC-, UC, WB, WP,
+/// UC-, WT. WP (write-protect) has no arch-neutral policy and reads back as write-through; the
+/// encoder never produces index 5.
+const POLICY_FIELD_OF_PAT_INDEX: [u8; 8] = [
+    CachePolicy::WriteBack as u8,
+    CachePolicy::WriteCombining as u8,
+    CachePolicy::Uncached as u8,
+    CachePolicy::Device as u8,
+    CachePolicy::WriteBack as u8,
+    CachePolicy::WriteThrough as u8,
+    CachePolicy::Uncached as u8,
+    CachePolicy::WriteThrough as u8,
+];
 
 // SAFETY: `make_table` stores the 4 KiB-aligned address in bits 12..52 and `table_addr` reads
 // exactly those; the count lives in bits 52..62, disjoint from the address and the flags;
@@ -170,6 +173,7 @@ unsafe impl PagingFormat for X86_64 {
         va.is_canonical_x86(self.va_bits)
     }
 
+    #[inline]
     fn range_is_canonical(&self, first: VirtAddr, last: VirtAddr) -> bool {
         self.is_canonical(first)
             && self.is_canonical(last)
@@ -270,39 +274,29 @@ unsafe impl PagingFormat for X86_64 {
         PhysAddr::new(raw & ADDR_MASK & !size_mask)
     }
 
+    #[inline]
     fn leaf_attrs(&self, level: usize, raw: u64) -> Attrs {
-        let mut a = Attrs::READ;
-        if raw & RW != 0 {
-            a |= Attrs::WRITE;
-        }
-        let user = raw & US != 0;
-        if user {
-            a |= Attrs::USER;
-        }
-        if raw & NX == 0 {
-            a |= if user {
-                Attrs::USER_EXEC
-            } else {
-                Attrs::KERNEL_EXEC
-            };
-        }
-        if raw & G != 0 {
-            a |= Attrs::GLOBAL;
-        }
-        if raw & A != 0 {
-            a |= Attrs::ACCESSED;
-        }
-        if raw & D != 0 {
-            a |= Attrs::DIRTY;
-        }
-        a |= Attrs::from_bits_retain((((raw >> SW_SHIFT) & 0b111) as u32) << 8);
-        let idx = (raw & PWT != 0) as u64
-            | ((raw & PCD != 0) as u64) << 1
-            | ((raw & self.pat_bit(level) != 0) as u64) << 2;
-        a.with_cache(policy_of_pat_index(idx))
-            .with_pkey(((raw >> PKEY_SHIFT) & 0xf) as u8)
+        // Branch-free: each hardware bit moves to its `Attrs` position (see the bit table in
+        // the module docs and `Attrs`): RW 1 -> WRITE 1, US 2 -> USER 4, A 5 -> 6, D 6 -> 7,
+        // G 8 -> GLOBAL 5, AVL 9..12 -> SW 8..11, pkey 59..63 -> 16..20; !NX becomes USER_EXEC
+        // (bit 2) on user pages and KERNEL_EXEC (bit 3) on kernel pages.
+        let user = (raw >> 2) & 1;
+        let exec = ((raw >> 63) ^ 1) << (3 - user);
+        let pat = (raw >> 3) & 0b11 | (((raw & self.pat_bit(level)) != 0) as u64) << 2;
+        let cache = POLICY_FIELD_OF_PAT_INDEX[pat as usize] as u64;
+        let bits = 1 // READ
+            | (raw & RW)
+            | (user << 4)
+            | exec
+            | ((raw >> 3) & 0x20)
+            | ((raw & (A | D)) << 1)
+            | ((raw >> 1) & 0x700)
+            | (cache << Attrs::CACHE_SHIFT)
+            | (((raw >> PKEY_SHIFT) & 0xf) << Attrs::PKEY_SHIFT);
+        Attrs::from_bits_retain(bits as u32)
     }
 
+    #[inline]
     fn normalize(&self, attrs: Attrs) -> Result<Attrs, AttrError> {
         if !attrs.contains(Attrs::READ) {
             return Err(AttrError::NotReadable);
@@ -331,8 +325,26 @@ mod tests {
         for (i, t) in types.iter().enumerate() {
             assert_eq!((PAT_MSR >> (i * 8)) & 0xff, *t, "PA{i}");
         }
+        // Memory type of each PAT entry -> the policy it stands for.
+        let policy_of_type = |t: u64| match t {
+            0 => CachePolicy::Device,
+            1 => CachePolicy::WriteCombining,
+            4 | 5 => CachePolicy::WriteThrough,
+            6 => CachePolicy::WriteBack,
+            _ => CachePolicy::Uncached,
+        };
+        for (i, field) in POLICY_FIELD_OF_PAT_INDEX.iter().enumerate() {
+            assert_eq!(
+                *field,
+                policy_of_type((PAT_MSR >> (i * 8)) & 0xff) as u8,
+                "PA{i}"
+            );
+        }
         for c in CachePolicy::ALL {
-            assert_eq!(policy_of_pat_index(PAT_INDEX[c as usize] as u64), c);
+            assert_eq!(
+                POLICY_FIELD_OF_PAT_INDEX[PAT_INDEX[c as usize] as usize],
+                c as u8
+            );
         }
     }
 

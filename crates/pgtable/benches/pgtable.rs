@@ -1,0 +1,364 @@
+//! Criterion benches: mmkit-pgtable beside the `x86_64` crate's `OffsetPageTable`, same
+//! workload, same run, both over host memory reached through a direct-map offset.
+//!
+//! * `map_1GiB_4K/*`, `map_1GiB_2M/*`: map 1 GiB of fresh address space as 262 144 4 KiB pages
+//!   or 512 2 MiB pages into an empty 4-level table (mmkit: one range call with the size forced;
+//!   x86_64: one `map_to` per page). Only the map is timed; the table is emptied untimed.
+//! * `unmap_1GiB_4K/*`, `unmap_1GiB_2M/*`: unmap the same (mmkit: one range call, then the flush
+//!   token through a no-op TLB and the freed tables back to the frame source; x86_64: one
+//!   `unmap` per page, which leaves its empty tables in place).
+//! * `translate_4K/*`: fully translate (address, size, attributes) 4096 addresses spread over
+//!   the 1 GiB mapped as 4 KiB pages; `translate_addr_4K/*`: the same, address only.
+//!
+//! Throughput is reported per page (PTE), so criterion prints the per-PTE cost directly.
+//! Run: `cargo bench -p mmkit-pgtable --bench pgtable`
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_main, Criterion, Throughput};
+use mmkit_addr::host::HostMemory;
+use mmkit_addr::{OffsetMapper, PageSize, PhysAddr, VirtAddr};
+use mmkit_pgtable::arch::x86_64::X86_64;
+use mmkit_pgtable::{Attrs, FrameSource, MapSize, PageTable, TlbInvalidate};
+use x86_64::structures::paging::mapper::TranslateResult;
+use x86_64::structures::paging::{
+    FrameAllocator, Mapper, OffsetPageTable, Page, PageTable as XPageTable, PageTableFlags as XF,
+    PhysFrame, Size2MiB, Size4KiB, Translate,
+};
+
+const GIB: u64 = 1 << 30;
+const VA: u64 = 0xffff_8000_4000_0000;
+const PA: u64 = 0x1_0000_0000;
+/// Host memory standing for physical memory at this base, for the tables of each side.
+const TABLE_BASE: u64 = 0x1000_0000;
+const TABLE_BYTES: u64 = 8 << 20;
+
+/// A LIFO of 4 KiB frames inside a host buffer, zeroed on allocation.
+struct Frames {
+    free: Vec<u64>,
+    host_offset: u64,
+}
+
+impl Frames {
+    fn new(mem: &HostMemory) -> Self {
+        let base = mem.range().start().as_u64();
+        let host = mem.ptr_of(mem.range().start()).unwrap().as_ptr() as u64;
+        Self {
+            free: (0..mem.range().len() / 4096)
+                .rev()
+                .map(|i| base + i * 4096)
+                .collect(),
+            host_offset: host.wrapping_sub(base),
+        }
+    }
+
+    fn take_zeroed(&mut self) -> Option<u64> {
+        let pa = self.free.pop()?;
+        // SAFETY: `pa` is a free frame of the host buffer (offset mapping), exclusively ours.
+        unsafe { core::ptr::write_bytes(pa.wrapping_add(self.host_offset) as *mut u8, 0, 4096) };
+        Some(pa)
+    }
+}
+
+// SAFETY: frames come from the free list once each, 4 KiB-aligned, zeroed just above.
+unsafe impl FrameSource for Frames {
+    fn alloc_table(&mut self, size: PageSize) -> Option<PhysAddr> {
+        assert_eq!(size, PageSize::Size4K);
+        self.take_zeroed().map(PhysAddr::new)
+    }
+
+    unsafe fn free_table(&mut self, frame: PhysAddr, _size: PageSize) {
+        self.free.push(frame.as_u64());
+    }
+}
+
+// SAFETY: as above; the x86_64 crate zeroes new tables itself.
+unsafe impl FrameAllocator<Size4KiB> for Frames {
+    fn allocate_frame(&mut self) -> Option<PhysFrame<Size4KiB>> {
+        self.take_zeroed()
+            .map(|pa| PhysFrame::containing_address(x86_64::PhysAddr::new(pa)))
+    }
+}
+
+/// The bench tables are never loaded in an MMU.
+struct NoTlb;
+
+// SAFETY: the tables benchmarked here are never used by any MMU, so no TLB holds anything.
+unsafe impl TlbInvalidate for NoTlb {
+    fn invalidate_page(&mut self, _va: VirtAddr, _size: PageSize, _leaf_only: bool) {}
+    fn invalidate_all(&mut self) {}
+}
+
+fn mapper(mem: &HostMemory) -> OffsetMapper {
+    let base = mem.range().start().as_u64();
+    let host = mem.ptr_of(mem.range().start()).unwrap().as_ptr() as u64;
+    // SAFETY: physical [base, base + len) is the host buffer at `host`; nothing below `base` is
+    // ever asked for (tables only come from `Frames` over this buffer).
+    unsafe { OffsetMapper::new(host.wrapping_sub(base), mem.range().end().as_u64()) }
+}
+
+type Ours = PageTable<X86_64, OffsetMapper, Frames>;
+
+fn ours(mem: &HostMemory) -> Ours {
+    PageTable::new(X86_64::FOUR_LEVEL, mapper(mem), Frames::new(mem)).unwrap()
+}
+
+fn ours_map(pt: &mut Ours, size: PageSize) {
+    let f = pt
+        .map(
+            VirtAddr::new(VA),
+            PhysAddr::new(PA),
+            GIB,
+            Attrs::KERNEL_RW,
+            MapSize::Exactly(size),
+        )
+        .unwrap();
+    let freed = f.invalidate(&mut NoTlb);
+    pt.free_tables(freed);
+}
+
+fn ours_unmap(pt: &mut Ours) {
+    let f = pt.unmap(VirtAddr::new(VA), GIB).unwrap();
+    let freed = f.invalidate(&mut NoTlb);
+    pt.free_tables(freed);
+}
+
+/// The x86_64 crate's table over its own host buffer, rebuilt empty on demand.
+struct Theirs<'m> {
+    mem: &'m HostMemory,
+    frames: Frames,
+    root: u64,
+}
+
+impl<'m> Theirs<'m> {
+    fn new(mem: &'m HostMemory) -> Self {
+        let mut t = Self {
+            mem,
+            frames: Frames::new(mem),
+            root: 0,
+        };
+        t.reset();
+        t
+    }
+
+    /// A fresh, empty table (all frames free again).
+    fn reset(&mut self) {
+        self.frames = Frames::new(self.mem);
+        self.root = self.frames.take_zeroed().unwrap();
+    }
+
+    fn table(&mut self) -> (OffsetPageTable<'static>, &mut Frames) {
+        let off = self.frames.host_offset;
+        // SAFETY: `root` is a frame of the host buffer holding a valid (possibly empty) level-4
+        // table, only accessed through the returned mapper while it lives.
+        let pt4 = unsafe { &mut *(self.root.wrapping_add(off) as *mut XPageTable) };
+        // SAFETY: every frame the table uses is in the host buffer mapped at `off`.
+        (
+            unsafe { OffsetPageTable::new(pt4, x86_64::VirtAddr::new(off)) },
+            &mut self.frames,
+        )
+    }
+
+    fn map(&mut self, size: PageSize) {
+        let flags =
+            XF::PRESENT | XF::WRITABLE | XF::GLOBAL | XF::NO_EXECUTE | XF::ACCESSED | XF::DIRTY;
+        let (mut pt, frames) = self.table();
+        let step = size.bytes();
+        for i in 0..GIB / step {
+            let va = x86_64::VirtAddr::new(VA + i * step);
+            let pa = x86_64::PhysAddr::new(PA + i * step);
+            // SAFETY: the mapped frames are never accessed; the table is never loaded.
+            unsafe {
+                if size == PageSize::Size4K {
+                    pt.map_to(
+                        Page::<Size4KiB>::containing_address(va),
+                        PhysFrame::containing_address(pa),
+                        flags,
+                        frames,
+                    )
+                    .unwrap()
+                    .ignore();
+                } else {
+                    pt.map_to(
+                        Page::<Size2MiB>::containing_address(va),
+                        PhysFrame::containing_address(pa),
+                        flags,
+                        frames,
+                    )
+                    .unwrap()
+                    .ignore();
+                }
+            }
+        }
+    }
+
+    fn unmap(&mut self, size: PageSize) {
+        let (mut pt, _) = self.table();
+        let step = size.bytes();
+        for i in 0..GIB / step {
+            let va = x86_64::VirtAddr::new(VA + i * step);
+            if size == PageSize::Size4K {
+                pt.unmap(Page::<Size4KiB>::containing_address(va))
+                    .unwrap()
+                    .1
+                    .ignore();
+            } else {
+                pt.unmap(Page::<Size2MiB>::containing_address(va))
+                    .unwrap()
+                    .1
+                    .ignore();
+            }
+        }
+    }
+}
+
+fn map_unmap(c: &mut Criterion) {
+    let ours_mem = HostMemory::new(PhysAddr::new(TABLE_BASE), TABLE_BYTES);
+    let their_mem = HostMemory::new(PhysAddr::new(TABLE_BASE), TABLE_BYTES);
+    for (name, size) in [("1GiB_4K", PageSize::Size4K), ("1GiB_2M", PageSize::Size2M)] {
+        let ptes = GIB / size.bytes();
+        let mut g = c.benchmark_group(format!("map_{name}"));
+        g.throughput(Throughput::Elements(ptes));
+        g.sample_size(10).warm_up_time(Duration::from_millis(500));
+        let mut pt = ours(&ours_mem);
+        g.bench_function("mmkit", |b| {
+            b.iter_custom(|iters| {
+                let mut t = Duration::ZERO;
+                for _ in 0..iters {
+                    let s = Instant::now();
+                    ours_map(&mut pt, size);
+                    t += s.elapsed();
+                    ours_unmap(&mut pt);
+                }
+                t
+            })
+        });
+        let mut theirs = Theirs::new(&their_mem);
+        g.bench_function("x86_64", |b| {
+            b.iter_custom(|iters| {
+                let mut t = Duration::ZERO;
+                for _ in 0..iters {
+                    theirs.reset();
+                    let s = Instant::now();
+                    theirs.map(size);
+                    t += s.elapsed();
+                }
+                t
+            })
+        });
+        g.finish();
+
+        let mut g = c.benchmark_group(format!("unmap_{name}"));
+        g.throughput(Throughput::Elements(ptes));
+        g.sample_size(10).warm_up_time(Duration::from_millis(500));
+        g.bench_function("mmkit", |b| {
+            b.iter_custom(|iters| {
+                let mut t = Duration::ZERO;
+                for _ in 0..iters {
+                    ours_map(&mut pt, size);
+                    let s = Instant::now();
+                    ours_unmap(&mut pt);
+                    t += s.elapsed();
+                }
+                t
+            })
+        });
+        g.bench_function("x86_64", |b| {
+            b.iter_custom(|iters| {
+                let mut t = Duration::ZERO;
+                for _ in 0..iters {
+                    theirs.reset();
+                    theirs.map(size);
+                    let s = Instant::now();
+                    theirs.unmap(size);
+                    t += s.elapsed();
+                }
+                t
+            })
+        });
+        g.finish();
+    }
+}
+
+fn translate(c: &mut Criterion) {
+    let ours_mem = HostMemory::new(PhysAddr::new(TABLE_BASE), TABLE_BYTES);
+    let their_mem = HostMemory::new(PhysAddr::new(TABLE_BASE), TABLE_BYTES);
+    let mut pt = ours(&ours_mem);
+    ours_map(&mut pt, PageSize::Size4K);
+    let mut theirs = Theirs::new(&their_mem);
+    theirs.map(PageSize::Size4K);
+    // 4096 addresses spread over the GiB with a multiplicative hash (same for both).
+    let addrs: Vec<u64> = (0..4096u64)
+        .map(|i| VA + ((i.wrapping_mul(0x9e37_79b9) % (GIB / 4096)) << 12) + (i & 0xfff))
+        .collect();
+    // Full translation (address, size and attributes) on both sides.
+    let mut g = c.benchmark_group("translate_4K");
+    g.throughput(Throughput::Elements(addrs.len() as u64));
+    g.bench_function("mmkit", |b| {
+        b.iter(|| {
+            let mut sum = 0u64;
+            for &a in &addrs {
+                let t = pt.translate(VirtAddr::new(a)).unwrap();
+                sum = sum
+                    .wrapping_add(t.pa_of(VirtAddr::new(a)).as_u64() ^ u64::from(t.attrs.bits()));
+            }
+            black_box(sum)
+        })
+    });
+    let (tpt, _) = theirs.table();
+    g.bench_function("x86_64", |b| {
+        b.iter(|| {
+            let mut sum = 0u64;
+            for &a in &addrs {
+                match tpt.translate(x86_64::VirtAddr::new(a)) {
+                    TranslateResult::Mapped {
+                        frame,
+                        offset,
+                        flags,
+                    } => {
+                        sum = sum
+                            .wrapping_add((frame.start_address().as_u64() + offset) ^ flags.bits());
+                    }
+                    _ => unreachable!(),
+                }
+            }
+            black_box(sum)
+        })
+    });
+    g.finish();
+
+    // Address only.
+    let mut g = c.benchmark_group("translate_addr_4K");
+    g.throughput(Throughput::Elements(addrs.len() as u64));
+    g.bench_function("mmkit", |b| {
+        b.iter(|| {
+            let mut sum = 0u64;
+            for &a in &addrs {
+                sum = sum.wrapping_add(pt.translate_addr(VirtAddr::new(a)).unwrap().as_u64());
+            }
+            black_box(sum)
+        })
+    });
+    g.bench_function("x86_64", |b| {
+        b.iter(|| {
+            let mut sum = 0u64;
+            for &a in &addrs {
+                sum = sum.wrapping_add(
+                    tpt.translate_addr(x86_64::VirtAddr::new(a))
+                        .unwrap()
+                        .as_u64(),
+                );
+            }
+            black_box(sum)
+        })
+    });
+    g.finish();
+}
+
+/// `criterion_group!` generates an undocumented `pub fn`; the allow is scoped to it.
+mod group {
+    #![allow(missing_docs)]
+    criterion::criterion_group!(benches, super::map_unmap, super::translate);
+}
+criterion_main!(group::benches);
