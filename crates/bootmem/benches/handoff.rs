@@ -6,7 +6,9 @@
 //! * `handoff/16GiB/*`: the same shape at 16 GiB, with a page-by-page baseline — the O(pages)
 //!   loop the hand-off is designed to avoid — to give the ratio on one workload.
 //! * `alloc/fragmented`: a 4 KiB alloc + free where every free range above the lowest one is
-//!   too small (2 KiB), so the top-down search walks all 1000 memory regions.
+//!   too small (2 KiB), so the top-down search walks all 1000 memory regions;
+//!   `alloc/fragmented_low_window` asks for the same below the second region, and the walk
+//!   starts there (binary search) instead of at the top.
 //!
 //! Peers: the one memblock-style crate on crates.io, `moa_memblock`, needs Rust 1.97 in every
 //! release (this workspace builds on 1.95), and none has a buddy hand-off, so the comparison
@@ -16,7 +18,7 @@
 
 use criterion::{black_box, criterion_main, BatchSize, Criterion};
 use mmkit_addr::{Order, PhysAddr, PAGE_SIZE};
-use mmkit_bootmem::Bootmem;
+use mmkit_bootmem::{AllocRequest, Bootmem};
 
 const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
@@ -117,6 +119,14 @@ fn alloc_fragmented(c: &mut Criterion) {
     c.bench_function("alloc/fragmented", |b| {
         b.iter(|| {
             let pa = bm.alloc(PAGE_SIZE, PAGE_SIZE).unwrap();
+            bm.free(black_box(pa), PAGE_SIZE).unwrap();
+        })
+    });
+    // The same request with a window at the bottom: the walk starts there by binary search.
+    let low = AllocRequest::new(PAGE_SIZE, PAGE_SIZE).below(PhysAddr::new(GIB + 4 * MIB));
+    c.bench_function("alloc/fragmented_low_window", |b| {
+        b.iter(|| {
+            let pa = bm.alloc_request(&low).unwrap();
             bm.free(black_box(pa), PAGE_SIZE).unwrap();
         })
     });

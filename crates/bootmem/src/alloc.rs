@@ -4,8 +4,9 @@
 //! * the window is `[max(min, PAGE_SIZE), min(max, current limit))` — physical page 0 is
 //!   never handed out, whatever the caller asks;
 //! * free ranges are scanned top-down (highest fit first) by default, bottom-up (lowest fit
-//!   first) after [`Bootmem::set_bottom_up`]; an allocation lies inside one free range, so it
-//!   never spans two memory regions;
+//!   first) after [`Bootmem::set_bottom_up`]; the walk starts at the window's edge (binary
+//!   search), and an allocation lies inside one free range, so it never spans two memory
+//!   regions;
 //! * no-map and driver-managed memory is never used;
 //! * the passes in [`PASSES`] relax the preferences one at a time: node first, then hotplug
 //!   avoidance (only under [`HotplugPolicy::PreferOthers`]), then mirror;
@@ -226,12 +227,12 @@ impl<const N: usize> Bootmem<'_, N> {
         };
         if self.bottom_up {
             self.free_ranges(filter)
-                .skip_while(|fr| fr.range.end().as_u64() <= lo)
+                .above_addr(lo)
                 .take_while(|fr| fr.range.start().as_u64() < hi)
                 .find_map(|fr| fits(fr.range.start().as_u64(), fr.range.end().as_u64()))
         } else {
             self.free_ranges_rev(filter)
-                .skip_while(|fr| fr.range.start().as_u64() >= hi)
+                .below_addr(hi)
                 .take_while(|fr| fr.range.end().as_u64() > lo)
                 .find_map(|fr| fits(fr.range.start().as_u64(), fr.range.end().as_u64()))
         }

@@ -110,6 +110,14 @@ impl<'a> FreeRanges<'a> {
             gap_idx: 0,
         }
     }
+
+    /// Start the walk near the first free range that ends above `addr` (found by binary
+    /// search, so a windowed search does not walk the ranges below its window).
+    pub(crate) fn above_addr(mut self, addr: u64) -> Self {
+        self.mem_idx = self.memory.partition_point(|r| r.raw_end() <= addr);
+        self.gap_idx = self.reserved.partition_point(|r| r.raw_end() <= addr);
+        self
+    }
 }
 
 impl Iterator for FreeRanges<'_> {
@@ -171,6 +179,14 @@ impl<'a> FreeRangesRev<'a> {
             mem_end: memory.len(),
             gap_end: reserved.len() + 1,
         }
+    }
+
+    /// Start the walk at the last free range that starts below `addr` (found by binary
+    /// search, so a windowed search does not walk the ranges above its window).
+    pub(crate) fn below_addr(mut self, addr: u64) -> Self {
+        self.mem_end = self.memory.partition_point(|r| r.raw_base() < addr);
+        self.gap_end = self.reserved.partition_point(|r| r.raw_base() < addr) + 1;
+        self
     }
 }
 
@@ -307,7 +323,8 @@ mod tests {
         /// never spans two memory regions.
         #[test]
         fn free_ranges_match_a_bytewise_model(
-            ops in proptest::collection::vec((proptest::prelude::any::<bool>(), 0u64..300, 1u64..60, 0u16..2), 1..24)
+            ops in proptest::collection::vec((proptest::prelude::any::<bool>(), 0u64..300, 1u64..60, 0u16..2), 1..24),
+            cut in 0u64..360,
         ) {
             let mut bm: Bootmem<'_, 64> = Bootmem::new();
             let mut mem = [None::<u16>; 360];
@@ -343,6 +360,24 @@ mod tests {
             rev.reverse();
             proptest::prop_assert_eq!(&fwd, &want);
             proptest::prop_assert_eq!(&rev, &want);
+            // The windowed starts skip only ranges wholly on the far side of the cut.
+            let above: Vec<_> = bm
+                .free_ranges(RangeFilter::ALL)
+                .above_addr(cut)
+                .map(|f| (f.range.start().as_u64(), f.range.end().as_u64(), f.nid.get()))
+                .filter(|r| r.1 > cut)
+                .collect();
+            let want_above: Vec<_> = want.iter().copied().filter(|r| r.1 > cut).collect();
+            proptest::prop_assert_eq!(above, want_above);
+            let mut below: Vec<_> = bm
+                .free_ranges_rev(RangeFilter::ALL)
+                .below_addr(cut)
+                .map(|f| (f.range.start().as_u64(), f.range.end().as_u64(), f.nid.get()))
+                .filter(|r| r.0 < cut)
+                .collect();
+            below.reverse();
+            let want_below: Vec<_> = want.iter().copied().filter(|r| r.0 < cut).collect();
+            proptest::prop_assert_eq!(below, want_below);
         }
     }
 }
