@@ -323,24 +323,43 @@ mod tests {
         /// never spans two memory regions.
         #[test]
         fn free_ranges_match_a_bytewise_model(
-            ops in proptest::collection::vec((proptest::prelude::any::<bool>(), 0u64..300, 1u64..60, 0u16..2), 1..24),
+            ops in proptest::collection::vec((0u8..4, 0u64..300, 1u64..60, 0u16..2), 1..32),
             cut in 0u64..360,
         ) {
             let mut bm: Bootmem<'_, 64> = Bootmem::new();
             let mut mem = [None::<u16>; 360];
             let mut res = [false; 360];
-            for &(is_mem, base, size, nid) in &ops {
-                if is_mem {
-                    bm.add_node(pa(base), size, NodeId::new(nid), RegionFlags::empty()).unwrap();
-                    for b in base..base + size {
-                        mem[b as usize].get_or_insert(nid);
+            for &(kind, base, size, nid) in &ops {
+                let bytes = base as usize..(base + size) as usize;
+                match kind {
+                    0 => {
+                        bm.add_node(pa(base), size, NodeId::new(nid), RegionFlags::empty())
+                            .unwrap();
+                        for b in bytes {
+                            mem[b].get_or_insert(nid);
+                        }
                     }
-                } else {
-                    bm.reserve(pa(base), size).unwrap();
-                    res[base as usize..(base + size) as usize].fill(true);
+                    1 => {
+                        bm.reserve(pa(base), size).unwrap();
+                        res[bytes].fill(true);
+                    }
+                    2 => {
+                        bm.remove(pa(base), size).unwrap();
+                        mem[bytes].fill(None);
+                    }
+                    _ => {
+                        let all_reserved = res[bytes.clone()].iter().all(|&r| r);
+                        proptest::prop_assert_eq!(bm.free(pa(base), size).is_ok(), all_reserved);
+                        if all_reserved {
+                            res[bytes].fill(false);
+                        }
+                    }
                 }
+                proptest::prop_assert_eq!(bm.verify(), Ok(()));
             }
-            bm.verify().unwrap();
+            let want_mem: u64 = mem.iter().filter(|m| m.is_some()).count() as u64;
+            let want_res: u64 = res.iter().filter(|&&r| r).count() as u64;
+            proptest::prop_assert_eq!((bm.memory_size(), bm.reserved_size()), (want_mem, want_res));
             let mut want: Vec<(u64, u64, u16)> = Vec::new();
             for b in 0..360u64 {
                 let Some(nid) = mem[b as usize].filter(|_| !res[b as usize]) else { continue };

@@ -187,8 +187,12 @@ impl<const N: usize> RegionList<N> {
     /// [`slots_to_add`](Self::slots_to_add) more regions.
     pub(crate) fn add_range(&mut self, base: u64, end: u64, flags: RegionFlags, nid: NodeId) {
         debug_assert!(self.len + self.slots_to_add(base, end, flags, nid) <= self.capacity());
+        // Only the regions from the left neighbour of `base` to the region starting at `end`
+        // can merge afterwards.
+        let first = self.first_ending_after(base).saturating_sub(1);
         // Fill gaps one at a time: each edit shifts indices, so find the next gap afresh from
         // the end of the gap just filled.
+        let mut added = 0;
         let mut from = base;
         while from < end {
             let mut found = None;
@@ -204,10 +208,12 @@ impl<const N: usize> RegionList<N> {
                 Some(j) => self.store.slots_mut()[j].set_base(gs),
                 None => self.insert_at(i, Region::new(gs, ge, flags, nid)),
             }
+            added += ge - gs;
             from = ge;
         }
-        self.merge_all();
-        self.recount();
+        let last = self.regions().partition_point(|r| r.raw_base() <= end);
+        self.merge_window(first, last + 1);
+        self.total += added;
     }
 
     /// Slots needed by [`remove_range`](Self::remove_range): one if `[base, end)` lies strictly
@@ -227,13 +233,18 @@ impl<const N: usize> RegionList<N> {
         if i >= self.len {
             return;
         }
+        let removed: u64 = self.regions()[i..]
+            .iter()
+            .take_while(|r| r.raw_base() < end)
+            .map(|r| r.raw_end().min(end) - r.raw_base().max(base))
+            .sum();
+        self.total -= removed;
         let first = self.regions()[i];
         if first.raw_base() < base && end < first.raw_end() {
             let mut tail = first;
             tail.set_base(end);
             self.store.slots_mut()[i].set_end(base);
             self.insert_at(i + 1, tail);
-            self.recount();
             return;
         }
         if first.raw_base() < base {
@@ -248,7 +259,6 @@ impl<const N: usize> RegionList<N> {
             self.store.slots_mut()[j].set_base(end);
         }
         self.delete(i, j);
-        self.recount();
     }
 
     /// Slots needed by [`isolate`](Self::isolate): one per end of `[base, end)` that falls
@@ -264,7 +274,7 @@ impl<const N: usize> RegionList<N> {
     /// Split regions at `base` and `end` so that the regions inside `[base, end)` are exactly
     /// the index range returned. The caller has made room for
     /// [`slots_to_isolate`](Self::slots_to_isolate) more regions. The list may be left
-    /// unmerged: callers finish with [`merge_all`](Self::merge_all).
+    /// unmerged: callers finish with [`merge_window`](Self::merge_window).
     pub(crate) fn isolate(&mut self, base: u64, end: u64) -> core::ops::Range<usize> {
         for addr in [base, end] {
             let i = self.first_ending_after(addr);
@@ -285,21 +295,23 @@ impl<const N: usize> RegionList<N> {
     /// Apply `update` to every region inside `[base, end)` (isolating first), then merge.
     pub(crate) fn update_range(&mut self, base: u64, end: u64, update: impl Fn(&mut Region)) {
         let window = self.isolate(base, end);
-        for r in &mut self.store.slots_mut()[window] {
+        for r in &mut self.store.slots_mut()[window.clone()] {
             update(r);
         }
-        self.merge_all();
+        self.merge_window(window.start.saturating_sub(1), window.end + 1);
     }
 
-    /// Merge every pair of mergeable neighbours.
-    pub(crate) fn merge_all(&mut self) {
-        if self.len < 2 {
+    /// Merge every pair of mergeable neighbours among regions `start..end` (clipped to the
+    /// list), closing up the tail once.
+    pub(crate) fn merge_window(&mut self, start: usize, end: usize) {
+        let len = self.len;
+        let end = end.min(len);
+        if start + 1 >= end {
             return;
         }
-        let len = self.len;
         let slots = self.store.slots_mut();
-        let mut out = 0;
-        for i in 1..len {
+        let mut out = start;
+        for i in start + 1..end {
             let r = slots[i];
             if slots[out].merges_with(&r) {
                 slots[out].set_end(r.raw_end());
@@ -308,10 +320,14 @@ impl<const N: usize> RegionList<N> {
                 slots[out] = r;
             }
         }
-        for slot in &mut slots[out + 1..len] {
-            *slot = Region::EMPTY;
+        let removed = end - (out + 1);
+        if removed > 0 {
+            slots.copy_within(end..len, out + 1);
+            for slot in &mut slots[len - removed..len] {
+                *slot = Region::EMPTY;
+            }
+            self.len = len - removed;
         }
-        self.len = out + 1;
     }
 
     fn insert_at(&mut self, i: usize, r: Region) {
@@ -335,10 +351,6 @@ impl<const N: usize> RegionList<N> {
             *slot = Region::EMPTY;
         }
         self.len = new_len;
-    }
-
-    fn recount(&mut self) {
-        self.total = self.regions().iter().map(Region::size).sum();
     }
 
     /// Check the invariants listed in the module docs.
