@@ -143,7 +143,7 @@ pub struct Region {
     nid: NodeId,
 }
 
-// Layout budget: 24 bytes a region (memblock's `struct memblock_region` is 32 on 64-bit), so
+// Layout budget: 24 bytes a region (base, end, flags, node; padded), so
 // the two inline lists of `DEFAULT_REGIONS` cost 6 KiB.
 const _: () = assert!(core::mem::size_of::<Region>() == 24);
 
