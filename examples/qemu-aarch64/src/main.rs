@@ -39,6 +39,7 @@ use platform::{exit, ExitCode};
 /// The Rust entry point, called by `boot.rs` at EL1 on the boot stack with `x0` as QEMU left
 /// it and the exception level the CPU entered at.
 pub extern "C" fn kmain(x0: u64, entry_el: u64) -> ! {
+    boot::paint_boot_stack();
     println!();
     println!("mmkit-qemu: aarch64 kernel entered at EL{entry_el}, now at EL1, x0 = {x0:#x}");
     // SAFETY: `boot.rs` installed the vector table; no interrupt controller is programmed.

@@ -25,7 +25,9 @@
 
 use core::arch::asm;
 
-use mmkit_addr::{align_down, align_up, PageSize, PhysAddr, PhysRange, VaHalf, VirtAddr};
+use mmkit_addr::{
+    align_down, align_up, OffsetMapper, PageSize, PhysAddr, PhysRange, VaHalf, VirtAddr,
+};
 use mmkit_pgtable::arch::aarch64::{Aarch64, Granule};
 use mmkit_pgtable::arch::aarch64_hw::{self, InnerShareableTlb};
 use mmkit_pgtable::{Attrs, CachePolicy, MapError, MapSize, PageTable, TlbInvalidate};
@@ -37,6 +39,17 @@ use crate::memmap::kernel_image;
 /// Where the direct map of all RAM starts: the bottom of the TTBR1 half with 48-bit VAs
 /// (Linux arm64's `PAGE_OFFSET` for `VA_BITS=48`).
 pub const DIRECT_MAP_BASE: u64 = 0xffff_0000_0000_0000;
+
+/// How much physical memory the direct map could cover (the 48-bit TTBR1 half: 256 TiB).
+pub const DIRECT_MAP_LIMIT: u64 = 1 << 48;
+
+/// The direct map as mmkit's phys→virt hook. Use it only once [`enable`] has run.
+// SAFETY: after `enable`, every RAM address is mapped RW at `DIRECT_MAP_BASE + pa`
+// (`build_upper` maps each RAM range of the firmware map there), and the kernel uses this
+// mapper only from then on; `DIRECT_MAP_BASE + DIRECT_MAP_LIMIT` is 2^64 exactly, and the
+// mapper's range check keeps every sum below it.
+pub static DIRECT: OffsetMapper =
+    unsafe { OffsetMapper::new(DIRECT_MAP_BASE, DIRECT_MAP_LIMIT - 1) };
 
 /// The PL011 page (see `platform.rs`).
 const UART_PAGE: u64 = 0x0900_0000;

@@ -15,6 +15,7 @@ use mmkit_bootmem::{firmware::fdt, Bootmem};
 use mmkit_pgtable::arch::aarch64_hw::InnerShareableTlb;
 use mmkit_pgtable::{AttrChange, Attrs, ProtectError};
 use mmkit_qemu_common::bootmem_checks;
+use mmkit_qemu_common::buddy_checks::{self, BuddySetup};
 use mmkit_qemu_common::checks::{self, Injection};
 use mmkit_qemu_common::frames::{PoolFrames, WindowMapper};
 use mmkit_qemu_common::harness::{CheckResult, Harness, Outcome, Reason};
@@ -75,9 +76,32 @@ pub fn run(boot: &BootInfo) -> Outcome {
         read_of_unbacked_address_aborts(map)
     });
     // Then: the platform checks above used free memory that bootmem is about to manage.
-    let kept = bootmem_sequence(&mut h, boot, &exclude);
-    mmu_sequence(&mut h, map, kept, &exclude);
+    let mut ram = [PhysRange::EMPTY; MemoryMap::CAPACITY];
+    let nr_ram = ram
+        .iter_mut()
+        .zip(map.ram())
+        .map(|(slot, r)| *slot = r)
+        .count();
+    let ram = &ram[..nr_ram];
+    let (memmap_bytes, pcp_bytes) = buddy_checks::storage_sizes(ram);
+    let keep = [PAGE_TABLE_POOL, memmap_bytes, pcp_bytes];
+    let outcome = bootmem_sequence(&mut h, boot, &exclude, &keep);
+    if mmu_sequence(&mut h, map, outcome.kept[0], &exclude) {
+        buddy_sequence(&mut h, ram, &outcome, &exclude);
+    } else {
+        h.skip("buddy_*", "needs the kernel's tables");
+    }
     inject_failure(&mut h, cmdline, map);
+    let used = crate::boot::boot_stack_used();
+    let size = crate::boot::BOOT_STACK_SIZE as u64;
+    println!(
+        "mmkit-qemu: boot stack: deepest use {} KiB of {} KiB",
+        used >> 10,
+        size >> 10
+    );
+    h.run("boot_stack_has_headroom", || {
+        checks::stack_has_headroom(used, size)
+    });
     h.finish()
 }
 
@@ -170,12 +194,14 @@ fn read_of_unbacked_address_aborts(map: &MemoryMap) -> CheckResult {
 
 /// mmkit-bootmem on the real firmware map: the device tree goes through bootmem's own
 /// ingestion, and the kernel image and the tree itself are reserved.
-/// Returns the memory bootmem kept for the page tables.
+/// `keep` are the sizes of memory bootmem keeps for the kernel past the hand-off.
+#[inline(never)]
 fn bootmem_sequence(
     h: &mut Harness<Serial>,
     boot: &BootInfo,
     reserved: &[PhysRange],
-) -> Option<PhysRange> {
+    keep: &[u64],
+) -> bootmem_checks::Outcome {
     let ingest = |bm: &mut Bootmem<'static>| {
         fdt::ingest(bm, boot.blob)
             .map(|_| ())
@@ -188,11 +214,11 @@ fn bootmem_sequence(
         unsafe { bm.set_mapper(&IDENTITY) };
         Some(&IDENTITY)
     };
-    let outcome = bootmem_checks::run(h, &boot.map, reserved, ingest, prepare, PAGE_TABLE_POOL);
+    let outcome = bootmem_checks::run(h, &boot.map, reserved, ingest, prepare, keep);
     if let Some(summary) = outcome.summary {
         println!("mmkit-qemu: bootmem hand-off: {summary}");
     }
-    outcome.kept
+    outcome
 }
 
 /// Memory kept from bootmem for the kernel's two page tables: 32 frames each, about three
@@ -201,16 +227,17 @@ const PAGE_TABLE_POOL: u64 = 64 * PAGE_SIZE;
 
 /// The kernel's own tables: built with mmkit-pgtable from the kept pool, checked, loaded,
 /// the MMU turned on, and then checked again through the hardware: W^X, unmapped memory, the
-/// direct map, and a `protect` on the live table.
+/// direct map, and a `protect` on the live table. Returns whether the MMU is on with them.
+#[inline(never)]
 fn mmu_sequence(
     h: &mut Harness<Serial>,
     map: &MemoryMap,
     pool: Option<PhysRange>,
     exclude: &[PhysRange],
-) {
+) -> bool {
     let Some(pool) = pool else {
         h.skip("mmu_*", "bootmem kept no memory for page tables");
-        return;
+        return false;
     };
     let half = pool.len() / 2;
     let (Ok(low_pool), Ok(high_pool)) = (
@@ -218,7 +245,7 @@ fn mmu_sequence(
         PhysRange::from_start_size(PhysAddr::new(pool.start().as_u64() + half), half),
     ) else {
         h.skip("mmu_*", "pool too small");
-        return;
+        return false;
     };
     // SAFETY: the pool is RAM outside the kernel image: reachable at its physical address
     // with the MMU off, and identity-mapped RW by the lower table once it is on.
@@ -248,7 +275,7 @@ fn mmu_sequence(
     });
     let Some((mut lower, mut upper)) = tables else {
         h.skip("mmu_*", "no tables");
-        return;
+        return false;
     };
     h.run("kernel_image_is_w_xor_x", || {
         kernel_image_is_w_xor_x(&lower)
@@ -277,7 +304,7 @@ fn mmu_sequence(
     });
     if !switched {
         h.skip("mmu_*", "the MMU did not come on");
-        return;
+        return false;
     }
     h.run("unmapped_address_faults", unmapped_address_faults);
     h.run("direct_map_aliases_identity", || {
@@ -315,6 +342,7 @@ fn mmu_sequence(
             Err(e) => println!("mmkit-qemu: {name} table fails verify: {e:?}"),
         }
     }
+    true
 }
 
 fn kernel_image_is_w_xor_x(pt: &KernelTable<'_>) -> CheckResult {
@@ -528,6 +556,46 @@ fn protect_on_live_table_takes_effect(
         fail!("verify after protect: {e:?}");
     }
     Ok(splits)
+}
+
+/// mmkit-buddy on bootmem's hand-off, with its descriptors in memory bootmem kept and the
+/// direct map (live by now) as its mapper.
+#[inline(never)]
+fn buddy_sequence(
+    h: &mut Harness<Serial>,
+    ram: &[PhysRange],
+    outcome: &bootmem_checks::Outcome,
+    exclude: &[PhysRange],
+) {
+    let bootmem_checks::Outcome {
+        handoff: Some(handoff),
+        summary: Some(summary),
+        kept: [Some(pool), Some(memmap), Some(pcp), ..],
+    } = outcome
+    else {
+        h.skip("buddy_*", "needs the hand-off and the kept storage");
+        return;
+    };
+    let mut avoid = [PhysRange::EMPTY; 8];
+    let n = exclude.len();
+    avoid[..n].copy_from_slice(exclude);
+    avoid[n..n + 3].copy_from_slice(&[*pool, *memmap, *pcp]);
+    // SAFETY: bootmem kept both ranges through the hand-off, so the kernel owns them for good
+    // and nothing else uses them; this is the only call for them; the direct map (live from
+    // now on) maps them RW.
+    let Some(storage) = (unsafe { buddy_checks::storage_slices(ram, *memmap, *pcp, &mmu::DIRECT) })
+    else {
+        h.skip("buddy_*", "kept storage is too small or unreachable");
+        return;
+    };
+    let setup = BuddySetup {
+        platform: Bsp,
+        ram,
+        storage,
+        mapper: &mmu::DIRECT,
+        avoid: &avoid[..n + 3],
+    };
+    buddy_checks::run(h, setup, handoff, summary.pages);
 }
 
 /// Fail on purpose if the command line asks for it (`mmkit.inject=`), so the boot script can

@@ -29,7 +29,7 @@
 use core::fmt::Write;
 
 use mmkit_addr::{Order, PhysAddr, PhysMapper, PhysRange, PAGE_SIZE};
-use mmkit_bootmem::{AllocRequest, Bootmem, FreeError};
+use mmkit_bootmem::{AllocRequest, Bootmem, FreeError, Handoff};
 
 use crate::harness::{CheckResult, Harness, Reason};
 use crate::memmap::{MemoryMap, RegionKind};
@@ -46,8 +46,11 @@ const TOP_DOWN_REQUESTS: [(u64, u64); 3] = [(4096, 4096), (64 << 10, 64 << 10), 
 /// `ZONE_DMA` (16 MiB), applied wherever RAM starts (1 GiB on aarch64 `virt`).
 const LOW_WINDOW: u64 = 16 << 20;
 
-/// How many allocations [`allocations`] records, plus the one [`run`] keeps for the kernel.
-pub const ALLOCATIONS: usize = TOP_DOWN_REQUESTS.len() + 3;
+/// How many ranges [`run`] can keep for the kernel.
+pub const MAX_KEPT: usize = 4;
+
+/// How many allocations [`allocations`] records, plus the ones [`run`] keeps for the kernel.
+pub const ALLOCATIONS: usize = TOP_DOWN_REQUESTS.len() + 2 + MAX_KEPT;
 
 /// The allocations [`allocations`] took, kept so later checks (and the model) know of them.
 #[derive(Debug, Clone, Copy, Default)]
@@ -86,13 +89,15 @@ fn range(base: PhysAddr, size: u64) -> Result<PhysRange, Reason> {
 }
 
 /// What [`run`] leaves behind.
-#[derive(Debug, Clone, Copy, Default)]
 pub struct Outcome {
     /// The hand-off summary, if the hand-off check ran and passed.
     pub summary: Option<HandoffSummary>,
-    /// The memory kept for the kernel (zeroed if bootmem had a mapper), reserved through the
-    /// hand-off and so owned by the kernel from then on; `None` if it could not be taken.
-    pub kept: Option<PhysRange>,
+    /// The hand-off itself (its free ranges go to the page allocator), if the check passed.
+    pub handoff: Option<Handoff<'static>>,
+    /// The memory kept for the kernel, one range per requested size (zeroed if bootmem had a
+    /// mapper), reserved through the hand-off and so owned by the kernel from then on; `None`
+    /// where it could not be taken.
+    pub kept: [Option<PhysRange>; MAX_KEPT],
 }
 
 /// Run the whole sequence on a fresh bootmem as harness checks named `bootmem_*`.
@@ -103,19 +108,25 @@ pub struct Outcome {
 ///   limit and gives bootmem its mapper (the caller's `unsafe` promise), returning the same
 ///   mapper for the zeroing check, or `None` to skip that check.
 ///
-/// * `keep` bytes (page-aligned; 0 for none) are allocated just before the hand-off and stay
-///   reserved through it: memory the kernel keeps, such as its page-table frames.
+/// * `keep` sizes (page-aligned, at most [`MAX_KEPT`]) are allocated just before the hand-off
+///   and stay reserved through it: memory the kernel keeps, such as its page-table frames
+///   and the page allocator's descriptors.
 ///
 /// Once a step fails, the steps that depend on it are skipped (reported as such).
+#[inline(never)]
 pub fn run<W: Write>(
     h: &mut Harness<W>,
     map: &MemoryMap,
     reserved: &[PhysRange],
     ingest: impl FnOnce(&mut Bootmem<'static>) -> CheckResult,
     prepare: impl FnOnce(&mut Bootmem<'static>) -> Option<&'static dyn PhysMapper>,
-    keep: u64,
+    keep: &[u64],
 ) -> Outcome {
-    let mut outcome = Outcome::default();
+    let mut outcome = Outcome {
+        summary: None,
+        handoff: None,
+        kept: [None; MAX_KEPT],
+    };
     let mut bm: Bootmem<'static> = Bootmem::new();
     let ingested_ok = h.run("bootmem_ingests_firmware_map", || {
         ingest(&mut bm)?;
@@ -146,16 +157,29 @@ pub fn run<W: Write>(
     h.run("bootmem_free_refuses_double_free", || {
         double_free(&mut bm, &mut allocs)
     });
-    if keep > 0 {
+    if !keep.is_empty() {
         h.run("bootmem_keeps_memory_for_the_kernel", || {
-            let kept = keep_for_kernel(&mut bm, keep, mapper.is_some(), &mut allocs)?;
-            outcome.kept = Some(kept);
+            ensure!(
+                keep.len() <= MAX_KEPT,
+                "{} ranges to keep, at most {MAX_KEPT}",
+                keep.len()
+            );
+            for (slot, &size) in outcome.kept.iter_mut().zip(keep) {
+                *slot = Some(keep_for_kernel(
+                    &mut bm,
+                    size,
+                    mapper.is_some(),
+                    &mut allocs,
+                )?);
+            }
             Ok(())
         });
     }
     let _ = write!(h.out(), "{bm}");
     h.run("bootmem_handoff_matches_model", || {
-        outcome.summary = Some(handoff(bm, map, reserved, &allocs)?);
+        let (summary, handoff) = handoff(bm, map, reserved, &allocs)?;
+        outcome.summary = Some(summary);
+        outcome.handoff = Some(handoff);
         Ok(())
     });
     outcome
@@ -382,13 +406,13 @@ pub struct HandoffSummary {
 }
 
 /// Step 6: hand off and compare with the page-by-page model. `reserved` are the kernel's own
-/// reservations; `allocs` the live allocations.
-pub fn handoff(
-    bm: Bootmem<'_>,
+/// reservations; `allocs` the live allocations. Returns the summary and the hand-off.
+pub fn handoff<'m>(
+    bm: Bootmem<'m>,
     map: &MemoryMap,
     reserved: &[PhysRange],
     allocs: &Allocations,
-) -> Result<HandoffSummary, Reason> {
+) -> Result<(HandoffSummary, Handoff<'m>), Reason> {
     let handoff = bm.handoff(Order::new(HANDOFF_MAX_ORDER));
     let arrays = handoff.region_arrays();
     let mut summary = HandoffSummary {
@@ -458,7 +482,7 @@ pub fn handoff(
         "hand-off gave {} pages, the model counts {model_pages} free",
         summary.pages
     );
-    Ok(summary)
+    Ok((summary, handoff))
 }
 
 #[cfg(test)]
@@ -505,11 +529,11 @@ mod tests {
         reserve_boot_ranges(&mut bm, &reserved).unwrap();
         let mut allocs = Allocations::default();
         allocations(&mut bm, &reserved, &mut allocs).unwrap();
-        assert_eq!(allocs.ranges().len(), ALLOCATIONS - 1);
+        assert_eq!(allocs.ranges().len(), ALLOCATIONS - MAX_KEPT);
         zeroing(&mut bm, &memory).unwrap();
         double_free(&mut bm, &mut allocs).unwrap();
-        assert_eq!(allocs.ranges().len(), ALLOCATIONS - 2);
-        let summary = handoff(bm, &map, &reserved, &allocs).unwrap();
+        assert_eq!(allocs.ranges().len(), ALLOCATIONS - MAX_KEPT - 1);
+        let (summary, _) = handoff(bm, &map, &reserved, &allocs).unwrap();
         assert!(summary.pages > 0);
         assert_eq!(summary.per_order.iter().sum::<u64>(), summary.blocks);
     }
@@ -535,12 +559,17 @@ mod tests {
                 unsafe { bm.set_mapper(memory) };
                 Some(memory)
             },
-            64 << 10,
+            &[64 << 10, 4096],
         );
         assert!(h.finish().passed(), "{out}");
-        let kept = summary.kept.unwrap();
+        let kept = summary.kept[0].unwrap();
         assert_eq!(kept.len(), 64 << 10);
         assert!(!kept.overlaps(&kernel()));
+        let other = summary.kept[1].unwrap();
+        assert!(!other.overlaps(&kept));
+        assert_eq!(summary.kept[2], None);
+        let handoff = summary.handoff.unwrap();
+        assert!(handoff.free_ranges().all(|f| !f.range.overlaps(&kept)));
         let summary = summary.summary.unwrap();
         assert!(out.contains("check bootmem_handoff_matches_model ... ok"));
         assert!(out.contains("memory: 2 regions"), "{out}");
@@ -552,9 +581,10 @@ mod tests {
         let (_, map) = firmware();
         let mut out = String::new();
         let mut h = Harness::new(&mut out);
-        let outcome = run(&mut h, &map, &[], |_| Ok(()), |_| None, 4096);
+        let outcome = run(&mut h, &map, &[], |_| Ok(()), |_| None, &[4096]);
         assert!(outcome.summary.is_none());
-        assert!(outcome.kept.is_none());
+        assert!(outcome.handoff.is_none());
+        assert_eq!(outcome.kept, [None; MAX_KEPT]);
         assert!(!h.finish().passed());
         assert!(
             out.contains("check bootmem_* ... skipped (ingestion failed)"),

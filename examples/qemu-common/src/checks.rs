@@ -44,6 +44,22 @@ pub fn injection(cmdline: &str) -> Result<Option<Injection>, &str> {
     }
 }
 
+/// The deepest the boot stack may get, in percent of its size, before
+/// [`stack_has_headroom`] fails: what is left is the margin for paths the checks do not take
+/// (panics, exception handlers on top of the deepest call).
+pub const STACK_LIMIT_PERCENT: u64 = 75;
+
+/// The boot stack used `used` of `size` bytes: fail above [`STACK_LIMIT_PERCENT`].
+pub fn stack_has_headroom(used: u64, size: u64) -> CheckResult {
+    ensure!(
+        used * 100 <= size * STACK_LIMIT_PERCENT,
+        "boot stack used {} of {} KiB (limit {STACK_LIMIT_PERCENT}%)",
+        used >> 10,
+        size >> 10
+    );
+    Ok(())
+}
+
 /// The map is sorted and sane (RAM present, RAM regions disjoint).
 pub fn memmap_is_sane(map: &MemoryMap) -> CheckResult {
     if let Err(problem) = map.check() {
@@ -182,6 +198,13 @@ mod tests {
             .unwrap()
             .is_err());
         assert!(ram_matches_command_line(&m, "console=ttyS0").is_none());
+    }
+
+    #[test]
+    fn stack_check_allows_three_quarters() {
+        assert!(stack_has_headroom(48 << 10, 64 << 10).is_ok());
+        let err = stack_has_headroom(49 << 10, 64 << 10).unwrap_err();
+        assert!(err.as_str().contains("used 49 of 64 KiB"), "{err}");
     }
 
     #[test]

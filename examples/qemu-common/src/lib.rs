@@ -6,6 +6,8 @@
 //!
 //! * [`bootmem_checks`]: the kernels as users of mmkit-bootmem: ingest, reserve, allocate,
 //!   zero, double free, hand-off checked against a page-by-page model;
+//! * [`buddy_checks`]: the kernels as users of mmkit-buddy: the hand-off goes in, pages of
+//!   several orders come out and are written through the kernel's direct map;
 //! * [`checks`]: the checks both kernels run identically (memory map, RAM size, IRQ guard,
 //!   direct-map hook);
 //! * [`harness`]: named self-test checks printing `ok` / `FAILED` lines and one summary line
@@ -39,6 +41,9 @@
 // Calls `rawmem`'s unsafe functions on memory bootmem hands out.
 #[allow(unsafe_code)]
 pub mod bootmem_checks;
+// Calls `rawmem`'s unsafe functions on pages the buddy hands out.
+#[allow(unsafe_code)]
+pub mod buddy_checks;
 pub mod checks;
 pub mod cmdline;
 #[cfg(feature = "fdt")]

@@ -72,9 +72,66 @@ pub unsafe fn is_zero(ptr: NonNull<u8>, words: usize) -> bool {
     (0..words).all(|i| unsafe { words_ptr.add(i).read_volatile() } == 0)
 }
 
+/// The word [`paint`] fills unused stack with.
+pub const STACK_PAINT: u64 = 0x5354_4143_4b21_5354; // "ST!KCATS"
+
+/// Fill `words` 64-bit words at `ptr` with [`STACK_PAINT`] (volatile writes).
+///
+/// # Safety
+/// `ptr` must be valid for volatile writes of `words * 8` bytes, 8-byte aligned, and unused
+/// by anything live (for a stack: strictly below the current stack pointer).
+pub unsafe fn paint(ptr: NonNull<u8>, words: usize) {
+    let words_ptr = ptr.cast::<u64>().as_ptr();
+    for i in 0..words {
+        // SAFETY: in bounds, aligned and unused per the caller's contract.
+        unsafe { words_ptr.add(i).write_volatile(STACK_PAINT) };
+    }
+}
+
+/// How many of the `words` words at `ptr`, from the lowest address up, still hold
+/// [`STACK_PAINT`]: for a downward-growing stack painted by [`paint`], the part never used.
+///
+/// # Safety
+/// `ptr` must be valid for volatile reads of `words * 8` bytes and 8-byte aligned.
+pub unsafe fn painted_prefix(ptr: NonNull<u8>, words: usize) -> usize {
+    let words_ptr = ptr.cast::<u64>().as_ptr();
+    // SAFETY: in bounds and aligned per the caller's contract.
+    (0..words)
+        .position(|i| unsafe { words_ptr.add(i).read_volatile() } != STACK_PAINT)
+        .unwrap_or(words)
+}
+
+/// `len` uninitialised `T`s at `ptr`, as a slice that lives for the rest of the kernel.
+///
+/// # Safety
+/// `ptr` must be aligned for `T` and valid for reads and writes of `len * size_of::<T>()`
+/// bytes for the rest of the program, and owned exclusively by the returned slice (nothing
+/// else may access that memory, and this is called at most once for it).
+pub unsafe fn uninit_slice<T>(
+    ptr: NonNull<u8>,
+    len: usize,
+) -> &'static mut [core::mem::MaybeUninit<T>] {
+    // SAFETY: alignment, size, lifetime and exclusivity are the caller's contract;
+    // `MaybeUninit` needs no initialised contents.
+    unsafe { core::slice::from_raw_parts_mut(ptr.cast().as_ptr(), len) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn painted_prefix_measures_the_untouched_bottom() {
+        let mut buf = vec![0u64; 64];
+        let ptr = NonNull::new(buf.as_mut_ptr().cast::<u8>()).unwrap();
+        // SAFETY: `buf` is 64 aligned words owned by this test.
+        unsafe { paint(ptr, 64) };
+        // SAFETY: as above.
+        assert_eq!(unsafe { painted_prefix(ptr, 64) }, 64);
+        buf[40] = 7; // the "stack" reached down to word 40
+                     // SAFETY: as above.
+        assert_eq!(unsafe { painted_prefix(ptr, 64) }, 40);
+    }
 
     #[test]
     fn pattern_differs_between_words_and_regions() {

@@ -25,8 +25,10 @@ use mmkit_qemu_common::pvh::XEN_ELFNOTE_PHYS32_ENTRY;
 
 use crate::platform::ExitCode;
 
-/// Size of the boot stack in bytes.
-pub const BOOT_STACK_SIZE: usize = 64 * 1024;
+/// Size of the boot stack in bytes. The `boot_stack_has_headroom` check measures the deepest
+/// use (about 300 KiB on x86_64): `BuddyAllocator::new` alone takes over 100 KiB, building
+/// its ~45 KiB value on the stack and moving it, and bootmem and its hand-off are ~6 KiB each.
+pub const BOOT_STACK_SIZE: usize = 512 * 1024;
 
 /// The GDT's 64-bit kernel code selector (used by the IDT gates too).
 pub const KERNEL_CS: u16 = 0x08;
@@ -50,6 +52,7 @@ boot_pml4:  .space 4096
 boot_pdpt:  .space 4096
 boot_pd:    .space 4 * 4096
     .balign 16
+    .global boot_stack, boot_stack_top
 boot_stack: .space {stack_size}
 boot_stack_top:
 
@@ -155,3 +158,44 @@ pvh_start32:
     kmain = sym crate::kmain,
     options(att_syntax)
 );
+
+extern "C" {
+    /// The lowest byte of the boot stack (assembly above).
+    static boot_stack: u8;
+}
+
+/// Bytes of boot stack below the current stack pointer's page that are left out of painting,
+/// for the frames of the painting code itself.
+const PAINT_MARGIN: usize = 4096;
+
+fn stack_pointer() -> usize {
+    let sp: usize;
+    // SAFETY: reading the stack pointer has no side effect.
+    unsafe {
+        core::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack, preserves_flags))
+    };
+    sp
+}
+
+/// Fill the unused part of the boot stack with a known word, so [`boot_stack_used`] can later
+/// find how deep the stack went. Call once, early in `kmain`.
+pub fn paint_boot_stack() {
+    let bottom = core::ptr::addr_of!(boot_stack) as usize;
+    let end = stack_pointer().saturating_sub(PAINT_MARGIN) & !7;
+    if let (Some(ptr), true) = (core::ptr::NonNull::new(bottom as *mut u8), end > bottom) {
+        // SAFETY: `[bottom, end)` is boot stack below the current stack pointer minus a
+        // margin that covers this function's callees: nothing live is there.
+        unsafe { mmkit_qemu_common::rawmem::paint(ptr, (end - bottom) / 8) };
+    }
+}
+
+/// The deepest the boot stack has been since [`paint_boot_stack`], in bytes.
+pub fn boot_stack_used() -> u64 {
+    let bottom = core::ptr::addr_of!(boot_stack) as usize;
+    let Some(ptr) = core::ptr::NonNull::new(bottom as *mut u8) else {
+        return BOOT_STACK_SIZE as u64;
+    };
+    // SAFETY: the boot stack is `BOOT_STACK_SIZE` bytes of mapped, 16-byte-aligned memory.
+    let untouched = unsafe { mmkit_qemu_common::rawmem::painted_prefix(ptr, BOOT_STACK_SIZE / 8) };
+    (BOOT_STACK_SIZE - untouched * 8) as u64
+}

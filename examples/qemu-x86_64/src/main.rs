@@ -41,6 +41,7 @@ use platform::{exit, ExitCode};
 /// QEMU's `hvm_start_info`.
 pub extern "C" fn kmain(start_info: u64) -> ! {
     platform::serial_init();
+    boot::paint_boot_stack();
     println!();
     println!("mmkit-qemu: x86_64 kernel entered through PVH, start info at {start_info:#x}");
     traps::init();

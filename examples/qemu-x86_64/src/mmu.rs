@@ -19,7 +19,7 @@
 //!
 //! The boot tables of `boot.rs` stay in `.bss` but are no longer used once CR3 points here.
 
-use mmkit_addr::{align_down, align_up, PageSize, PhysAddr, PhysRange, VirtAddr};
+use mmkit_addr::{align_down, align_up, OffsetMapper, PageSize, PhysAddr, PhysRange, VirtAddr};
 use mmkit_pgtable::arch::x86_64::X86_64;
 use mmkit_pgtable::arch::x86_64_hw;
 use mmkit_pgtable::{Attrs, MapError, MapSize, PageTable};
@@ -31,6 +31,15 @@ use crate::platform::IDENTITY_LIMIT;
 
 /// Where the direct map of all RAM starts (Linux x86_64, 4-level: `0xffff888000000000`).
 pub const DIRECT_MAP_BASE: u64 = 0xffff_8880_0000_0000;
+
+/// How much physical memory the direct map could cover (Linux x86_64 4-level: 64 TiB).
+pub const DIRECT_MAP_LIMIT: u64 = 1 << 46;
+
+/// The direct map as mmkit's phys→virt hook. Use it only once [`switch_to`] has run.
+// SAFETY: after `switch_to`, every RAM address (all below 64 TiB) is mapped RW at
+// `DIRECT_MAP_BASE + pa` (`build` maps each RAM range of the firmware map there), and the
+// kernel uses this mapper only from then on; the sum cannot wrap.
+pub static DIRECT: OffsetMapper = unsafe { OffsetMapper::new(DIRECT_MAP_BASE, DIRECT_MAP_LIMIT) };
 
 /// The kernel's table type.
 pub type KernelTable<'p> = PageTable<X86_64, WindowMapper, PoolFrames<'p>>;

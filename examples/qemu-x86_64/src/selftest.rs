@@ -12,6 +12,7 @@ use mmkit_bootmem::Bootmem;
 use mmkit_pgtable::arch::x86_64_hw::LocalTlb;
 use mmkit_pgtable::{AttrChange, Attrs};
 use mmkit_qemu_common::bootmem_checks;
+use mmkit_qemu_common::buddy_checks::{self, BuddySetup};
 use mmkit_qemu_common::checks::Injection;
 use mmkit_qemu_common::frames::{PoolFrames, WindowMapper};
 use mmkit_qemu_common::harness::{CheckResult, Harness, Outcome, Reason};
@@ -76,22 +77,48 @@ pub fn run(boot: &BootInfo) -> Outcome {
         read_of_unmapped_address_faults,
     );
     // Then: the platform checks above used free memory that bootmem is about to manage.
-    let kept = bootmem_sequence(&mut h, boot, &exclude);
-    mmu_sequence(&mut h, map, kept, &exclude);
+    let mut ram = [PhysRange::EMPTY; MemoryMap::CAPACITY];
+    let nr_ram = ram
+        .iter_mut()
+        .zip(map.ram())
+        .map(|(slot, r)| *slot = r)
+        .count();
+    let ram = &ram[..nr_ram];
+    let (memmap_bytes, pcp_bytes) = buddy_checks::storage_sizes(ram);
+    let keep = [PAGE_TABLE_POOL, memmap_bytes, pcp_bytes];
+    let outcome = bootmem_sequence(&mut h, boot, &exclude, &keep);
+    let live = mmu_sequence(&mut h, map, outcome.kept[0], &exclude);
+    if live {
+        buddy_sequence(&mut h, ram, &outcome, &exclude);
+    } else {
+        h.skip("buddy_*", "needs the kernel's tables");
+    }
     inject_failure(&mut h, boot.cmdline);
+    let used = crate::boot::boot_stack_used();
+    let size = crate::boot::BOOT_STACK_SIZE as u64;
+    println!(
+        "mmkit-qemu: boot stack: deepest use {} KiB of {} KiB",
+        used >> 10,
+        size >> 10
+    );
+    h.run("boot_stack_has_headroom", || {
+        checks::stack_has_headroom(used, size)
+    });
     h.finish()
 }
 
 /// mmkit-bootmem on the real firmware map: the PVH table goes through bootmem's e820
 /// ingestion, the kernel, boot data and low 1 MiB are reserved, and allocations stay below
 /// the 4 GiB the boot identity map reaches (memblock's "current limit").
-/// Returns the memory bootmem kept for the page tables.
+/// `keep` are the sizes of memory bootmem keeps for the kernel past the hand-off.
+#[inline(never)]
 fn bootmem_sequence(
     h: &mut Harness<Serial>,
     boot: &BootInfo,
     exclude: &[PhysRange],
-) -> Option<PhysRange> {
-    let low = PhysRange::from_start_size(PhysAddr::ZERO, LOW_MEMORY).unwrap_or(PhysRange::EMPTY);
+    keep: &[u64],
+) -> bootmem_checks::Outcome {
+    let low = low_memory();
     let mut reserved = [PhysRange::EMPTY; 5];
     reserved[..exclude.len()].copy_from_slice(exclude);
     reserved[exclude.len()] = low;
@@ -120,11 +147,16 @@ fn bootmem_sequence(
     };
     let map = &boot.map;
     let reserved = &reserved[..exclude.len() + 1];
-    let outcome = bootmem_checks::run(h, map, reserved, ingest, prepare, PAGE_TABLE_POOL);
+    let outcome = bootmem_checks::run(h, map, reserved, ingest, prepare, keep);
     if let Some(summary) = outcome.summary {
         println!("mmkit-qemu: bootmem hand-off: {summary}");
     }
-    outcome.kept
+    outcome
+}
+
+/// The first 1 MiB, which the kernel keeps reserved (see [`LOW_MEMORY`]).
+fn low_memory() -> PhysRange {
+    PhysRange::from_start_size(PhysAddr::ZERO, LOW_MEMORY).unwrap_or(PhysRange::EMPTY)
 }
 
 /// Memory kept from bootmem for the kernel's page tables: 64 frames; the tables need about
@@ -133,16 +165,17 @@ const PAGE_TABLE_POOL: u64 = 64 * PAGE_SIZE;
 
 /// The kernel's own tables: built with mmkit-pgtable from the kept pool, checked, loaded into
 /// CR3, and then checked again through the hardware: W^X, the unmapped null page, the direct
-/// map, and a `protect` on the live table.
+/// map, and a `protect` on the live table. Returns whether the new tables are live.
+#[inline(never)]
 fn mmu_sequence(
     h: &mut Harness<Serial>,
     map: &MemoryMap,
     pool: Option<PhysRange>,
     exclude: &[PhysRange],
-) {
+) -> bool {
     let Some(pool) = pool else {
         h.skip("mmu_*", "bootmem kept no memory for page tables");
-        return;
+        return false;
     };
     // SAFETY: the pool is RAM below 4 GiB outside the kernel image: identity-mapped RW by the
     // boot tables and by the tables built here, for as long as either is loaded.
@@ -168,7 +201,7 @@ fn mmu_sequence(
     });
     let Some(mut pt) = table else {
         h.skip("mmu_*", "no tables");
-        return;
+        return false;
     };
     h.run("kernel_image_is_w_xor_x", || kernel_image_is_w_xor_x(&pt));
     h.run("direct_map_uses_large_pages", || {
@@ -189,7 +222,7 @@ fn mmu_sequence(
     });
     if !switched {
         h.skip("mmu_*", "the switch failed");
-        return;
+        return false;
     }
     h.run("null_page_is_unmapped", null_page_is_unmapped);
     h.run("direct_map_aliases_identity", || {
@@ -216,6 +249,7 @@ fn mmu_sequence(
         ),
         Err(e) => println!("mmkit-qemu: kernel tables fail verify: {e:?}"),
     }
+    true
 }
 
 fn kernel_image_is_w_xor_x(pt: &KernelTable<'_>) -> CheckResult {
@@ -304,8 +338,14 @@ fn direct_map_aliases_identity(
     exclude: &[PhysRange],
     pool: PhysRange,
 ) -> CheckResult {
-    let low = PhysRange::from_start_size(PhysAddr::ZERO, LOW_MEMORY).unwrap_or(PhysRange::EMPTY);
-    let avoid = [exclude[0], exclude[1], exclude[2], exclude[3], pool, low];
+    let avoid = [
+        exclude[0],
+        exclude[1],
+        exclude[2],
+        exclude[3],
+        pool,
+        low_memory(),
+    ];
     let Some(page) = map.find_free_top_down(PAGE_SIZE, PAGE_SIZE, IDENTITY_LIMIT, &avoid) else {
         fail!("no free page");
     };
@@ -412,6 +452,46 @@ fn protect_on_live_table_takes_effect(
         fail!("verify after protect: {e:?}");
     }
     Ok(())
+}
+
+/// mmkit-buddy on bootmem's hand-off, with its descriptors in memory bootmem kept and the
+/// direct map (live by now) as its mapper.
+#[inline(never)]
+fn buddy_sequence(
+    h: &mut Harness<Serial>,
+    ram: &[PhysRange],
+    outcome: &bootmem_checks::Outcome,
+    exclude: &[PhysRange],
+) {
+    let bootmem_checks::Outcome {
+        handoff: Some(handoff),
+        summary: Some(summary),
+        kept: [Some(pool), Some(memmap), Some(pcp), ..],
+    } = outcome
+    else {
+        h.skip("buddy_*", "needs the hand-off and the kept storage");
+        return;
+    };
+    let mut avoid = [PhysRange::EMPTY; 8];
+    let n = exclude.len();
+    avoid[..n].copy_from_slice(exclude);
+    avoid[n..n + 4].copy_from_slice(&[low_memory(), *pool, *memmap, *pcp]);
+    // SAFETY: bootmem kept both ranges through the hand-off, so the kernel owns them for good
+    // and nothing else uses them; this is the only call for them; the direct map (live from
+    // now on) maps them RW.
+    let Some(storage) = (unsafe { buddy_checks::storage_slices(ram, *memmap, *pcp, &mmu::DIRECT) })
+    else {
+        h.skip("buddy_*", "kept storage is too small or unreachable");
+        return;
+    };
+    let setup = BuddySetup {
+        platform: Bsp,
+        ram,
+        storage,
+        mapper: &mmu::DIRECT,
+        avoid: &avoid[..n + 4],
+    };
+    buddy_checks::run(h, setup, handoff, summary.pages);
 }
 
 /// Fail on purpose if the command line asks for it (`mmkit.inject=`), so the boot script can
