@@ -593,6 +593,7 @@ fn buddy_sequence(
         ram,
         storage,
         mapper: &mmu::DIRECT,
+        direct_offset: DIRECT_MAP_BASE,
         avoid: &avoid[..n + 3],
     };
     buddy_checks::run(h, setup, handoff, summary.pages);

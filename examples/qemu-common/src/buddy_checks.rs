@@ -17,7 +17,8 @@
 //! 4. `buddy_zeroes_on_request`: a page filled with a pattern and freed, then a `ZERO`
 //!    allocation, which must read as zeroes;
 //!
-//! and the `/proc/buddyinfo` view is printed.
+//! and the `/proc/buddyinfo` view is printed. Then, with the buddy still up, the slab checks
+//! ([`crate::slab_checks`]) run over it.
 //!
 //! This is the part of the facade's boot sequence (bootmem → memmap → zones → hand-off) the
 //! kernels can run before the facade exists; the facade will take it over.
@@ -33,6 +34,7 @@ use mmkit_buddy::{
 };
 
 use crate::harness::{CheckResult, Harness, Reason};
+use crate::slab_checks::{self, BuddyPages};
 use crate::{ensure, fail, rawmem};
 
 /// The orders the allocation check asks for: single pages, per-CPU-list orders, a pageblock
@@ -104,6 +106,8 @@ pub struct BuddySetup<'a, P: IrqControl> {
     pub storage: Storage,
     /// How the kernel reaches any RAM page (its direct map).
     pub mapper: &'static dyn PhysMapper,
+    /// The direct map's offset: `mapper` puts physical `pa` at `pa + direct_offset`.
+    pub direct_offset: u64,
     /// Ranges no allocated block may overlap (kernel image, boot data, kept memory).
     pub avoid: &'a [PhysRange],
 }
@@ -112,7 +116,7 @@ pub struct BuddySetup<'a, P: IrqControl> {
 /// is dropped at the end (its storage stays the kernel's): it is ~45 KiB, and passing it back
 /// by value would cost the kernel's boot stack another copy.
 #[inline(never)]
-pub fn run<W: Write, P: IrqControl>(
+pub fn run<W: Write, P: IrqControl + Sync>(
     h: &mut Harness<W>,
     setup: BuddySetup<'_, P>,
     handoff: &Handoff<'_>,
@@ -123,6 +127,7 @@ pub fn run<W: Write, P: IrqControl>(
         ram,
         storage: Storage { memmap, pcp },
         mapper,
+        direct_offset,
         avoid,
     } = setup;
     let mut buddy = None;
@@ -171,6 +176,10 @@ pub fn run<W: Write, P: IrqControl>(
         zeroes_on_request(&buddy, mapper)
     });
     let _ = write!(h.out(), "{}", buddy.buddyinfo());
+    // SAFETY: `mapper` is the kernel's direct map at `direct_offset` (the setup's contract),
+    // reaching every frame the buddy manages.
+    let pages = unsafe { BuddyPages::new(&buddy, mapper, direct_offset) };
+    slab_checks::run(h, &pages, buddy.platform());
     true
 }
 
@@ -285,13 +294,31 @@ mod tests {
     use std::boxed::Box;
     use std::vec::Vec;
 
-    use mmkit_addr::host::{HostMemory, HostPlatform};
+    use mmkit_addr::host::HostPlatform;
     use mmkit_addr::PhysAddr;
     use mmkit_bootmem::Bootmem;
+
+    use crate::frames::WindowMapper;
 
     use super::*;
 
     const MIB: u64 = 1 << 20;
+
+    /// `len` bytes of zeroed host memory standing for physical `[0, len)`, aligned to 4 MiB
+    /// so that every buddy block is aligned like its size at its host address (the slab's
+    /// page-source contract), and a mapper for it with its offset. Leaked: the buddy's
+    /// lifetime is `'static`.
+    fn aligned_memory(len: u64) -> (&'static WindowMapper, u64) {
+        let layout = std::alloc::Layout::from_size_align(len as usize, 4 << 20).unwrap();
+        // SAFETY: non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        assert!(!ptr.is_null());
+        let offset = ptr as u64;
+        let range = PhysRange::from_start_size(PhysAddr::new(0), len).unwrap();
+        // SAFETY: the allocation backs `[0, len)` at `pa + offset` and is never freed.
+        let mapper = unsafe { WindowMapper::new(range, offset) };
+        (Box::leak(Box::new(mapper)), offset)
+    }
 
     fn leak_uninit<T>(n: usize) -> &'static mut [MaybeUninit<T>] {
         let v: Vec<MaybeUninit<T>> = (0..n).map(|_| MaybeUninit::uninit()).collect();
@@ -300,9 +327,8 @@ mod tests {
 
     #[test]
     fn the_sequence_passes_on_host_memory() {
-        let memory: &'static HostMemory =
-            Box::leak(Box::new(HostMemory::new(PhysAddr::new(0), 64 * MIB)));
-        let ram = [memory.range()];
+        let (memory, offset) = aligned_memory(64 * MIB);
+        let ram = [PhysRange::from_start_size(PhysAddr::new(0), 64 * MIB).unwrap()];
         let kernel = PhysRange::from_start_size(PhysAddr::new(MIB), MIB).unwrap();
         let mut bm: Bootmem<'static> = Bootmem::new();
         bm.add(PhysAddr::new(0), 64 * MIB).unwrap();
@@ -322,6 +348,7 @@ mod tests {
                 pcp: leak_uninit(pcp_storage_len(1, 1)),
             },
             mapper: memory,
+            direct_offset: offset,
             avoid: &[kernel],
         };
         assert!(pcp_bytes >= PAGE_SIZE);
@@ -330,13 +357,14 @@ mod tests {
         assert!(run(&mut h, setup, &handoff, pages));
         assert!(h.finish().passed(), "{out}");
         assert!(out.contains("Node 0"), "{out}");
+        assert!(out.contains("check kzalloc_zeroes ... ok"), "{out}");
+        assert!(out.contains("kmalloc-"), "{out}");
     }
 
     #[test]
     fn a_wrong_page_count_fails_the_first_check() {
-        let memory: &'static HostMemory =
-            Box::leak(Box::new(HostMemory::new(PhysAddr::new(0), 16 * MIB)));
-        let ram = [memory.range()];
+        let (memory, offset) = aligned_memory(16 * MIB);
+        let ram = [PhysRange::from_start_size(PhysAddr::new(0), 16 * MIB).unwrap()];
         let mut bm: Bootmem<'static> = Bootmem::new();
         bm.add(PhysAddr::new(0), 16 * MIB).unwrap();
         let handoff = bm.handoff(Order::new(10));
@@ -350,6 +378,7 @@ mod tests {
                 pcp: leak_uninit(pcp_storage_len(1, 1)),
             },
             mapper: memory,
+            direct_offset: offset,
             avoid: &[],
         };
         let mut out = String::new();

@@ -201,7 +201,7 @@ mod tests {
         }
 
         fn pad(&mut self) {
-            while self.structs.len() % 4 != 0 {
+            while !self.structs.len().is_multiple_of(4) {
                 self.structs.push(0);
             }
         }

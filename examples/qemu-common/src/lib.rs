@@ -8,6 +8,8 @@
 //!   zero, double free, hand-off checked against a page-by-page model;
 //! * [`buddy_checks`]: the kernels as users of mmkit-buddy: the hand-off goes in, pages of
 //!   several orders come out and are written through the kernel's direct map;
+//! * [`slab_checks`]: the kernels as users of mmkit-slab: kmalloc of every size class and an
+//!   object cache over the buddy (the slab's `PageSource` on the buddy and the direct map);
 //! * [`checks`]: the checks both kernels run identically (memory map, RAM size, IRQ guard,
 //!   direct-map hook);
 //! * [`harness`]: named self-test checks printing `ok` / `FAILED` lines and one summary line
@@ -57,3 +59,6 @@ pub mod memmap;
 pub mod pvh;
 #[allow(unsafe_code)]
 pub mod rawmem;
+// Implements the slab's unsafe `PageSource` over the buddy; calls `rawmem` on objects.
+#[allow(unsafe_code)]
+pub mod slab_checks;
