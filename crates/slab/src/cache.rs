@@ -30,6 +30,12 @@
 //! (which may take its own zone locks). The page source is never called with the node lock
 //! held; slabs are formatted and released outside it.
 //!
+//! ## Nodes
+//! `NodeLists` is per node, as SLUB's `kmem_cache_node`. The platform hooks in mmkit-addr do
+//! not describe NUMA nodes yet, so a cache has exactly one; when they do, the descriptor
+//! holds one `NodeLists` per node and slabs go to the node the page source says their frames
+//! belong to.
+//!
 //! ## Storage
 //! The descriptor lives in a block from the page source (`percpu.rs`); the [`Cache`] value is a
 //! handle that may move freely. Slab headers point at the descriptor, which is how `kfree`

@@ -28,12 +28,16 @@ use crate::page_source::{PageBlock, PageSource};
 use crate::slab::{self, PageKind, PRIVATE_LARGE};
 use crate::stats::SLABINFO_HEADER;
 
-/// The kmalloc size classes: Linux's `kmalloc_info` (8 ... 8192, with 96 and 192).
+/// The kmalloc size classes: Linux's `kmalloc_info` (8 ... 8192, with 96 and 192), plus the
+/// three-quarter steps 384, 768, 1536, 3072 and 6144 above 256 bytes. The extra classes are
+/// there because the heap-efficiency bench (benches/slab.rs) showed them paying: with only
+/// powers of two, a request just above a power of two wastes almost half its object, and the
+/// 4 KiB / 8 KiB objects waste a further slot per order-3 slab to the slab header.
 pub const KMALLOC_CLASSES: [usize; NR_CLASSES] = [
-    8, 16, 32, 64, 96, 128, 192, 256, 512, 1024, 2048, 4096, 8192,
+    8, 16, 32, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192,
 ];
 /// Number of size classes.
-pub const NR_CLASSES: usize = 13;
+pub const NR_CLASSES: usize = 18;
 /// Largest size served by a slab cache (Linux `KMALLOC_MAX_CACHE_SIZE`, two pages).
 pub const KMALLOC_MAX_CACHE_SIZE: usize = 8192;
 /// Largest size served at all: the largest block order of the page-source contract we assume
@@ -47,22 +51,40 @@ pub const ZERO_SIZE_PTR: NonNull<u8> = {
     unsafe { NonNull::new_unchecked(p) }
 };
 
+/// The smallest class holding `size` bytes, by linear search (for building the tables).
+const fn smallest_class(size: usize) -> u8 {
+    let mut c = 0;
+    while c + 1 < NR_CLASSES && KMALLOC_CLASSES[c] < size {
+        c += 1;
+    }
+    c as u8
+}
+
 /// Class index for sizes 1..=192 by `(size - 1) / 8` (Linux `size_index`), so the odd classes
 /// 96 and 192 need no search.
-const SIZE_INDEX: [u8; 24] = {
+const SMALL_INDEX: [u8; 24] = {
     let mut t = [0u8; 24];
     let mut i = 0;
     while i < 24 {
-        let size = (i + 1) * 8;
-        let mut c = 0;
-        while KMALLOC_CLASSES[c] < size {
-            c += 1;
-        }
-        t[i] = c as u8;
+        t[i] = smallest_class((i + 1) * 8);
         i += 1;
     }
     t
 };
+
+/// Class index for sizes 129..=8192 by `(size - 1) / 128`. Exact because every class above
+/// 128 bytes is a multiple of 128, so no class boundary falls inside a bucket.
+const LARGE_INDEX: [u8; KMALLOC_MAX_CACHE_SIZE / 128] = {
+    let mut t = [0u8; KMALLOC_MAX_CACHE_SIZE / 128];
+    let mut i = 0;
+    while i < t.len() {
+        t[i] = smallest_class((i + 1) * 128);
+        i += 1;
+    }
+    t
+};
+
+static_assertions::const_assert!(KMALLOC_CLASSES[NR_CLASSES - 1] == KMALLOC_MAX_CACHE_SIZE);
 
 /// The three kmalloc cache sets (Linux `enum kmalloc_cache_type`, the common three).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,10 +110,15 @@ const NAMES: [[&str; NR_CLASSES]; NR_KINDS] = [
         "kmalloc-128",
         "kmalloc-192",
         "kmalloc-256",
+        "kmalloc-384",
         "kmalloc-512",
+        "kmalloc-768",
         "kmalloc-1k",
+        "kmalloc-1536",
         "kmalloc-2k",
+        "kmalloc-3k",
         "kmalloc-4k",
+        "kmalloc-6k",
         "kmalloc-8k",
     ],
     [
@@ -103,10 +130,15 @@ const NAMES: [[&str; NR_CLASSES]; NR_KINDS] = [
         "kmalloc-rcl-128",
         "kmalloc-rcl-192",
         "kmalloc-rcl-256",
+        "kmalloc-rcl-384",
         "kmalloc-rcl-512",
+        "kmalloc-rcl-768",
         "kmalloc-rcl-1k",
+        "kmalloc-rcl-1536",
         "kmalloc-rcl-2k",
+        "kmalloc-rcl-3k",
         "kmalloc-rcl-4k",
+        "kmalloc-rcl-6k",
         "kmalloc-rcl-8k",
     ],
     [
@@ -118,10 +150,15 @@ const NAMES: [[&str; NR_CLASSES]; NR_KINDS] = [
         "dma-kmalloc-128",
         "dma-kmalloc-192",
         "dma-kmalloc-256",
+        "dma-kmalloc-384",
         "dma-kmalloc-512",
+        "dma-kmalloc-768",
         "dma-kmalloc-1k",
+        "dma-kmalloc-1536",
         "dma-kmalloc-2k",
+        "dma-kmalloc-3k",
         "dma-kmalloc-4k",
+        "dma-kmalloc-6k",
         "dma-kmalloc-8k",
     ],
 ];
@@ -131,11 +168,9 @@ pub const fn class_index(size: usize) -> Option<usize> {
     if size == 0 {
         Some(0)
     } else if size <= 192 {
-        Some(SIZE_INDEX[(size - 1) / 8] as usize)
+        Some(SMALL_INDEX[(size - 1) / 8] as usize)
     } else if size <= KMALLOC_MAX_CACHE_SIZE {
-        // 256 is class 7; each further power of two is one class up.
-        let log2 = usize::BITS - (size - 1).leading_zeros();
-        Some(7 + (log2 as usize - 8))
+        Some(LARGE_INDEX[(size - 1) / 128] as usize)
     } else {
         None
     }
@@ -192,7 +227,7 @@ impl<S: PageSource, P: IrqControl> fmt::Debug for Kmalloc<'_, S, P> {
 }
 
 impl<'a, S: PageSource, P: IrqControl> Kmalloc<'a, S, P> {
-    /// Create the 39 kmalloc caches (normal, reclaimable, DMA).
+    /// Create the kmalloc caches: [`NR_CLASSES`] each of normal, reclaimable and DMA.
     pub fn new(src: &'a S, platform: &'a P) -> Result<Self, CreateError> {
         Self::with_flags(src, platform, CacheFlags::empty())
     }
@@ -482,9 +517,11 @@ mod tests {
                 "size {size} not tightest"
             );
         }
-        assert_eq!(class_index(96), Some(4));
-        assert_eq!(class_index(97), Some(5));
-        assert_eq!(class_index(193), Some(7));
+        assert_eq!(KMALLOC_CLASSES[class_index(96).unwrap()], 96);
+        assert_eq!(KMALLOC_CLASSES[class_index(97).unwrap()], 128);
+        assert_eq!(KMALLOC_CLASSES[class_index(193).unwrap()], 256);
+        assert_eq!(KMALLOC_CLASSES[class_index(257).unwrap()], 384);
+        assert_eq!(KMALLOC_CLASSES[class_index(4097).unwrap()], 6144);
         assert_eq!(class_index(8193), None);
     }
 

@@ -83,6 +83,9 @@ pub struct SlabLayout {
     pub align: usize,
     /// Distance between consecutive objects.
     pub stride: usize,
+    /// `floor(2^32 / stride) + 1`: turns "which slot holds this offset" into a multiply
+    /// (Linux `reciprocal_divide`), see [`SlabLayout::slot_of`].
+    pub reciprocal: u64,
     /// Offset of the free pointer inside a slot.
     pub fp_offset: usize,
     /// Whether the free pointer lies outside the object's bytes.
@@ -244,6 +247,7 @@ impl SlabLayout {
             object_size: size,
             align,
             stride,
+            reciprocal: (1u64 << 32) / stride as u64 + 1,
             fp_offset,
             fp_outside,
             red_zone,
@@ -255,6 +259,14 @@ impl SlabLayout {
             colours,
             cpu_capacity,
         })
+    }
+
+    /// Slot index of byte offset `off` from the first slot: `off / stride` by multiplication.
+    /// Exact for every offset inside a slab: the error of the reciprocal is below
+    /// `off / 2^32 < 2^-17`, less than the `1 / stride` gap to the next integer.
+    #[inline]
+    pub const fn slot_of(&self, off: usize) -> usize {
+        ((off as u64 * self.reciprocal) >> 32) as usize
     }
 
     /// Bytes in one slab.
@@ -400,6 +412,23 @@ mod tests {
             SlabLayout::new(40000, 8, f, false, 1),
             Err(LayoutError::ObjectTooLarge)
         );
+    }
+
+    #[test]
+    fn reciprocal_slot_index_matches_division() {
+        for size in [
+            8usize, 24, 40, 56, 96, 100, 192, 200, 384, 1000, 1536, 3072, 6144, 8192,
+        ] {
+            let l = layout(size, 8, CacheFlags::empty(), false);
+            for off in 0..l.slab_bytes() {
+                assert_eq!(
+                    l.slot_of(off),
+                    off / l.stride,
+                    "stride {} off {off}",
+                    l.stride
+                );
+            }
+        }
     }
 
     #[test]

@@ -121,13 +121,14 @@ impl SlabPtr {
         // SAFETY: as in `cache_id`; `first` and `objects` are immutable.
         let (first, objects) = unsafe { ((*self.hdr()).first, (*self.hdr()).objects) };
         let off = (obj.as_ptr() as usize).wrapping_sub(first.as_ptr() as usize);
-        if (obj.as_ptr() as usize) < first.as_ptr() as usize || off / layout.stride >= objects {
+        if (obj.as_ptr() as usize) < first.as_ptr() as usize || off >= objects * layout.stride {
             return Err(FreeError::NotAnObject);
         }
-        if off % layout.stride != 0 {
+        let index = layout.slot_of(off);
+        if off != index * layout.stride {
             return Err(FreeError::Misaligned);
         }
-        Ok(off / layout.stride)
+        Ok(index)
     }
 
     fn object(self, layout: &SlabLayout, index: usize) -> NonNull<u8> {

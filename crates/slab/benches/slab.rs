@@ -1,0 +1,629 @@
+//! mmkit-slab against talc, linked_list_allocator, buddy_system_allocator and the system
+//! allocator, the same workloads in the same run:
+//!
+//! * `hot/<size>`: one allocation and its free, repeated (the per-CPU fast path for mmkit);
+//! * `random/<max>`: talc's random-actions workload: a pre-generated sequence of allocations
+//!   (4..max bytes), frees and reallocs over a pool of live blocks;
+//! * `two_threads/<size>`: one thread allocates batches of 256 blocks, the other frees them;
+//! * heap efficiency (printed, not timed): fill a 16 MiB heap with random actions until the
+//!   first allocation fails and report the share of the heap in use.
+//!
+//! mmkit runs on `TestPageSource` (a host buddy behind a mutex) and `HostPlatform` (threads as
+//! CPUs, a per-CPU lock as the interrupt guard); peers get a plain host arena. Peers with a
+//! `&mut` API are wrapped in a `spin::Mutex` for the two-thread workload, as their own
+//! `Locked*` types do.
+//!
+//! Run: `CARGO_TARGET_DIR=/work/target-slab cargo bench -p mmkit-slab --bench slab`
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::hint::black_box;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use mmkit_addr::host::HostPlatform;
+use mmkit_addr::{CpuTopology, IrqControl};
+use mmkit_slab::testing::TestPageSource;
+use mmkit_slab::{Gfp, Kmalloc};
+
+const ARENA: usize = 64 << 20;
+const EFFICIENCY_HEAP: usize = 4 << 20;
+
+/// The allocators under test, through one interface. Every block is 8-aligned.
+trait Heap {
+    fn alloc(&mut self, size: usize) -> Option<NonNull<u8>>;
+    /// # Safety
+    /// `p` came from `alloc`/`realloc` of this heap with `size`.
+    unsafe fn free(&mut self, p: NonNull<u8>, size: usize);
+    /// # Safety
+    /// As `free`.
+    unsafe fn realloc(&mut self, p: NonNull<u8>, old: usize, new: usize) -> Option<NonNull<u8>>;
+}
+
+fn layout(size: usize) -> Layout {
+    Layout::from_size_align(size.max(1), 8).unwrap()
+}
+
+fn arena(size: usize) -> &'static mut [u8] {
+    Box::leak(vec![0u8; size].into_boxed_slice())
+}
+
+/// Realloc by allocate, copy, free, for heaps without one.
+///
+/// # Safety
+/// As `Heap::realloc`.
+unsafe fn realloc_by_copy<H: Heap + ?Sized>(
+    h: &mut H,
+    p: NonNull<u8>,
+    old: usize,
+    new: usize,
+) -> Option<NonNull<u8>> {
+    let n = h.alloc(new)?;
+    // SAFETY: both blocks are live and distinct; `min(old, new)` bytes fit in each.
+    unsafe {
+        core::ptr::copy_nonoverlapping(p.as_ptr(), n.as_ptr(), old.min(new));
+        h.free(p, old);
+    }
+    Some(n)
+}
+
+/// A leaner host platform, for the `mmkit-tlscpu` rows: the CPU id is a `const` thread-local
+/// (as a kernel keeps it in a per-CPU register) and the "interrupts off" section is an
+/// uncontended, re-entrant per-CPU spin lock, so per-CPU data keeps the exclusion it needs.
+/// `HostPlatform` does the same with a per-thread table lookup and a thread token, which is
+/// most of mmkit's hot-path time on the host.
+struct TlsPlatform {
+    locks: Vec<AtomicBool>,
+}
+
+thread_local! {
+    static TLS_CPU: Cell<usize> = const { Cell::new(0) };
+    static TLS_DEPTH: Cell<u32> = const { Cell::new(0) };
+}
+
+impl TlsPlatform {
+    fn new(n: usize) -> Self {
+        Self {
+            locks: (0..n.max(1)).map(|_| AtomicBool::new(false)).collect(),
+        }
+    }
+    fn bind(&self, cpu: usize) {
+        TLS_CPU.with(|c| c.set(cpu % self.locks.len()));
+    }
+}
+
+// SAFETY: `locks` never changes length; the id is reduced modulo it and changes only through
+// `bind`, which callers use outside sections.
+unsafe impl CpuTopology for TlsPlatform {
+    fn nr_cpus(&self) -> usize {
+        self.locks.len()
+    }
+    fn current_cpu(&self) -> usize {
+        TLS_CPU.with(Cell::get) % self.locks.len()
+    }
+}
+
+// SAFETY: the outermost section of a thread holds its CPU's lock until the matching restore,
+// so two threads are never inside sections of one CPU at once; inner sections nest by depth.
+unsafe impl IrqControl for TlsPlatform {
+    type State = usize;
+    fn save_disable(&self) -> usize {
+        let cpu = self.current_cpu();
+        if TLS_DEPTH.with(|d| {
+            let v = d.get();
+            d.set(v + 1);
+            v
+        }) == 0
+        {
+            while self.locks[cpu]
+                .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+            {
+                std::hint::spin_loop();
+            }
+        }
+        cpu
+    }
+    unsafe fn restore(&self, cpu: usize) {
+        if TLS_DEPTH.with(|d| {
+            let v = d.get() - 1;
+            d.set(v);
+            v
+        }) == 0
+        {
+            self.locks[cpu].store(false, Ordering::Release);
+        }
+    }
+}
+
+struct Mmkit<'a, P: IrqControl>(&'a Kmalloc<'a, TestPageSource, P>);
+
+impl<P: IrqControl> Heap for Mmkit<'_, P> {
+    fn alloc(&mut self, size: usize) -> Option<NonNull<u8>> {
+        self.0.kmalloc(size, Gfp::empty()).ok()
+    }
+    unsafe fn free(&mut self, p: NonNull<u8>, _size: usize) {
+        // SAFETY: caller's contract.
+        unsafe { self.0.kfree(p) }.unwrap();
+    }
+    unsafe fn realloc(&mut self, p: NonNull<u8>, _old: usize, new: usize) -> Option<NonNull<u8>> {
+        // SAFETY: caller's contract.
+        unsafe { self.0.krealloc(p, new, Gfp::empty()) }.ok()
+    }
+}
+
+struct Talc(talc::Talc<talc::ErrOnOom>);
+
+impl Talc {
+    fn new(size: usize) -> Self {
+        let mut t = talc::Talc::new(talc::ErrOnOom);
+        let a = arena(size);
+        // SAFETY: the arena is leaked, so it outlives the allocator.
+        unsafe { t.claim(talc::Span::from_base_size(a.as_mut_ptr(), a.len())) }.unwrap();
+        Self(t)
+    }
+}
+
+impl Heap for Talc {
+    fn alloc(&mut self, size: usize) -> Option<NonNull<u8>> {
+        // SAFETY: `layout` has non-zero size.
+        unsafe { self.0.malloc(layout(size)) }.ok()
+    }
+    unsafe fn free(&mut self, p: NonNull<u8>, size: usize) {
+        // SAFETY: caller's contract.
+        unsafe { self.0.free(p, layout(size)) }
+    }
+    unsafe fn realloc(&mut self, p: NonNull<u8>, old: usize, new: usize) -> Option<NonNull<u8>> {
+        // SAFETY: caller's contract; grow/shrink as talc's own realloc does.
+        unsafe {
+            if new >= old {
+                self.0.grow(p, layout(old), new.max(1)).ok()
+            } else {
+                self.0.shrink(p, layout(old), new.max(1));
+                Some(p)
+            }
+        }
+    }
+}
+
+struct LinkedList(linked_list_allocator::Heap);
+
+impl LinkedList {
+    fn new(size: usize) -> Self {
+        let mut h = linked_list_allocator::Heap::empty();
+        let a = arena(size);
+        // SAFETY: the arena is leaked and used by this heap only.
+        unsafe { h.init(a.as_mut_ptr(), a.len()) };
+        Self(h)
+    }
+}
+
+impl Heap for LinkedList {
+    fn alloc(&mut self, size: usize) -> Option<NonNull<u8>> {
+        self.0.allocate_first_fit(layout(size)).ok()
+    }
+    unsafe fn free(&mut self, p: NonNull<u8>, size: usize) {
+        // SAFETY: caller's contract.
+        unsafe { self.0.deallocate(p, layout(size)) }
+    }
+    unsafe fn realloc(&mut self, p: NonNull<u8>, old: usize, new: usize) -> Option<NonNull<u8>> {
+        // SAFETY: caller's contract.
+        unsafe { realloc_by_copy(self, p, old, new) }
+    }
+}
+
+struct Buddy(buddy_system_allocator::Heap<32>);
+
+impl Buddy {
+    fn new(size: usize) -> Self {
+        let mut h = buddy_system_allocator::Heap::<32>::new();
+        let a = arena(size);
+        // SAFETY: the arena is leaked and used by this heap only.
+        unsafe { h.init(a.as_mut_ptr() as usize, a.len()) };
+        Self(h)
+    }
+}
+
+impl Heap for Buddy {
+    fn alloc(&mut self, size: usize) -> Option<NonNull<u8>> {
+        self.0.alloc(layout(size)).ok()
+    }
+    unsafe fn free(&mut self, p: NonNull<u8>, size: usize) {
+        self.0.dealloc(p, layout(size))
+    }
+    unsafe fn realloc(&mut self, p: NonNull<u8>, old: usize, new: usize) -> Option<NonNull<u8>> {
+        // SAFETY: caller's contract.
+        unsafe { realloc_by_copy(self, p, old, new) }
+    }
+}
+
+struct Sys;
+
+impl Heap for Sys {
+    fn alloc(&mut self, size: usize) -> Option<NonNull<u8>> {
+        // SAFETY: non-zero size.
+        NonNull::new(unsafe { System.alloc(layout(size)) })
+    }
+    unsafe fn free(&mut self, p: NonNull<u8>, size: usize) {
+        // SAFETY: caller's contract.
+        unsafe { System.dealloc(p.as_ptr(), layout(size)) }
+    }
+    unsafe fn realloc(&mut self, p: NonNull<u8>, old: usize, new: usize) -> Option<NonNull<u8>> {
+        // SAFETY: caller's contract.
+        NonNull::new(unsafe { System.realloc(p.as_ptr(), layout(old), new.max(1)) })
+    }
+}
+
+/// xorshift64*: deterministic workloads, the same for every allocator.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Action {
+    Alloc(usize),
+    Free(usize),
+    Realloc(usize, usize),
+}
+
+const POOL: usize = 512;
+
+/// talc's random-actions mix: allocate (4..max), free or realloc a random live block.
+fn random_actions(max: usize, n: usize, seed: u64) -> Vec<Action> {
+    let mut rng = Rng(seed);
+    (0..n)
+        .map(|_| match rng.below(10) {
+            0..=4 => Action::Alloc(4 + rng.below(max - 3)),
+            5..=7 => Action::Free(rng.next() as usize),
+            _ => Action::Realloc(rng.next() as usize, 4 + rng.below(max - 3)),
+        })
+        .collect()
+}
+
+/// Run `actions` on `h`; returns how many allocations failed. Frees what is left.
+fn run_actions<H: Heap + ?Sized>(h: &mut H, actions: &[Action]) -> usize {
+    let mut live: Vec<(NonNull<u8>, usize)> = Vec::with_capacity(POOL);
+    let mut failed = 0;
+    for &a in actions {
+        match a {
+            Action::Alloc(size) if live.len() < POOL => match h.alloc(size) {
+                Some(p) => {
+                    // SAFETY: a fresh block of `size` bytes.
+                    unsafe { p.as_ptr().write(size as u8) };
+                    live.push((p, size));
+                }
+                None => failed += 1,
+            },
+            Action::Alloc(_) => {}
+            Action::Free(i) if !live.is_empty() => {
+                let (p, size) = live.swap_remove(i % live.len());
+                // SAFETY: a live block of this heap.
+                unsafe { h.free(black_box(p), size) };
+            }
+            Action::Realloc(i, new) if !live.is_empty() => {
+                let j = i % live.len();
+                let (p, old) = live[j];
+                // SAFETY: a live block of this heap.
+                match unsafe { h.realloc(p, old, new) } {
+                    Some(n) => live[j] = (n, new),
+                    None => failed += 1,
+                }
+            }
+            _ => {}
+        }
+    }
+    for (p, size) in live {
+        // SAFETY: live blocks of this heap.
+        unsafe { h.free(p, size) };
+    }
+    failed
+}
+
+fn criterion_config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(20)
+}
+
+fn mmkit_env(bytes: usize) -> (&'static TestPageSource, &'static HostPlatform) {
+    (
+        Box::leak(Box::new(TestPageSource::new(bytes))),
+        Box::leak(Box::new(HostPlatform::new(2))),
+    )
+}
+
+fn peers(size: usize) -> Vec<(&'static str, Box<dyn Heap>)> {
+    vec![
+        ("talc", Box::new(Talc::new(size))),
+        ("linked_list_allocator", Box::new(LinkedList::new(size))),
+        ("buddy_system_allocator", Box::new(Buddy::new(size))),
+        ("system", Box::new(Sys)),
+    ]
+}
+
+fn bench_hot(c: &mut Criterion) {
+    let (src, plat) = mmkit_env(ARENA);
+    let k = Kmalloc::new(src, plat).unwrap();
+    let tls_src: &'static TestPageSource = Box::leak(Box::new(TestPageSource::new(ARENA)));
+    let tls_plat: &'static TlsPlatform = Box::leak(Box::new(TlsPlatform::new(2)));
+    tls_plat.bind(0);
+    let k_tls = Kmalloc::new(tls_src, tls_plat).unwrap();
+    let mut heaps: Vec<(&str, Box<dyn Heap + '_>)> = vec![
+        ("mmkit", Box::new(Mmkit(&k))),
+        ("mmkit-tlscpu", Box::new(Mmkit(&k_tls))),
+    ];
+    heaps.extend(peers(ARENA));
+    let mut g = c.benchmark_group("hot");
+    for size in [8usize, 64, 96, 256, 1024, 4096] {
+        for (name, h) in heaps.iter_mut() {
+            g.bench_with_input(BenchmarkId::new(*name, size), &size, |b, &size| {
+                b.iter(|| {
+                    let p = h.alloc(black_box(size)).unwrap();
+                    // SAFETY: allocated just above.
+                    unsafe { h.free(black_box(p), size) };
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+fn bench_random(c: &mut Criterion) {
+    let (src, plat) = mmkit_env(ARENA);
+    let k = Kmalloc::new(src, plat).unwrap();
+    let mut heaps: Vec<(&str, Box<dyn Heap + '_>)> = vec![("mmkit", Box::new(Mmkit(&k)))];
+    heaps.extend(peers(ARENA));
+    let mut g = c.benchmark_group("random");
+    for max in [200usize, 1000, 3000, 10_000, 30_000] {
+        let actions = random_actions(max, 4000, 0x5eed ^ max as u64);
+        for (name, h) in heaps.iter_mut() {
+            g.bench_with_input(BenchmarkId::new(*name, max), &max, |b, _| {
+                b.iter(|| assert_eq!(run_actions(h.as_mut(), &actions), 0))
+            });
+        }
+    }
+    g.finish();
+}
+
+/// Thread-safe face for the two-thread workload.
+trait SharedHeap: Sync {
+    fn alloc(&self, size: usize) -> Option<NonNull<u8>>;
+    /// # Safety
+    /// As `Heap::free`.
+    unsafe fn free(&self, p: NonNull<u8>, size: usize);
+}
+
+impl<H: Heap + Send> SharedHeap for spin::Mutex<H> {
+    fn alloc(&self, size: usize) -> Option<NonNull<u8>> {
+        self.lock().alloc(size)
+    }
+    unsafe fn free(&self, p: NonNull<u8>, size: usize) {
+        // SAFETY: caller's contract.
+        unsafe { self.lock().free(p, size) }
+    }
+}
+
+// SAFETY: the peers own leaked arenas and are only used through the mutex above, one thread
+// at a time.
+unsafe impl Send for Talc {}
+// SAFETY: as above.
+unsafe impl Send for LinkedList {}
+// SAFETY: as above.
+unsafe impl Send for Buddy {}
+
+struct SharedMmkit<'a>(&'a Kmalloc<'a, TestPageSource, HostPlatform>);
+
+impl SharedHeap for SharedMmkit<'_> {
+    fn alloc(&self, size: usize) -> Option<NonNull<u8>> {
+        self.0.kmalloc(size, Gfp::empty()).ok()
+    }
+    unsafe fn free(&self, p: NonNull<u8>, _size: usize) {
+        // SAFETY: caller's contract.
+        unsafe { self.0.kfree(p) }.unwrap();
+    }
+}
+
+struct SharedSys;
+
+impl SharedHeap for SharedSys {
+    fn alloc(&self, size: usize) -> Option<NonNull<u8>> {
+        Sys.alloc(size)
+    }
+    unsafe fn free(&self, p: NonNull<u8>, size: usize) {
+        // SAFETY: caller's contract.
+        unsafe { Sys.free(p, size) }
+    }
+}
+
+const BATCH: usize = 256;
+
+/// Allocate `iters` blocks on this thread in batches; a second thread frees them.
+fn producer_consumer(h: &dyn SharedHeap, plat: &HostPlatform, size: usize, iters: u64) -> Duration {
+    let batches = (iters as usize).div_ceil(BATCH);
+    let (to_free, freed_rx) = mpsc::sync_channel::<Vec<usize>>(4);
+    let (recycle, recycled) = mpsc::sync_channel::<Vec<usize>>(8);
+    for _ in 0..6 {
+        recycle.send(Vec::with_capacity(BATCH)).unwrap();
+    }
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            plat.bind_current_thread(1);
+            for mut v in freed_rx {
+                for &a in &v {
+                    // SAFETY: ownership moved to this thread through the channel.
+                    unsafe { h.free(NonNull::new(a as *mut u8).unwrap(), size) };
+                }
+                v.clear();
+                if recycle.send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        plat.bind_current_thread(0);
+        let start = Instant::now();
+        for _ in 0..batches {
+            let mut v = recycled.recv().unwrap();
+            for _ in 0..BATCH {
+                v.push(h.alloc(size).unwrap().as_ptr() as usize);
+            }
+            to_free.send(v).unwrap();
+        }
+        drop(to_free);
+        // Wait for the last batch to be freed before stopping the clock.
+        let mut back = 0;
+        while back < 6 {
+            if recycled.recv().is_err() {
+                break;
+            }
+            back += 1;
+        }
+        start
+            .elapsed()
+            .mul_f64(iters as f64 / (batches * BATCH) as f64)
+    })
+}
+
+fn bench_two_threads(c: &mut Criterion) {
+    let (src, plat) = mmkit_env(ARENA);
+    let k = Kmalloc::new(src, plat).unwrap();
+    let mmkit = SharedMmkit(&k);
+    let talc = spin::Mutex::new(Talc::new(ARENA));
+    let ll = spin::Mutex::new(LinkedList::new(ARENA));
+    let buddy = spin::Mutex::new(Buddy::new(ARENA));
+    let heaps: [(&str, &dyn SharedHeap); 5] = [
+        ("mmkit", &mmkit),
+        ("talc", &talc),
+        ("linked_list_allocator", &ll),
+        ("buddy_system_allocator", &buddy),
+        ("system", &SharedSys),
+    ];
+    let mut g = c.benchmark_group("two_threads");
+    for size in [64usize, 1024] {
+        for (name, h) in heaps {
+            g.bench_with_input(BenchmarkId::new(name, size), &size, |b, &size| {
+                b.iter_custom(|iters| producer_consumer(h, plat, size, iters))
+            });
+        }
+    }
+    g.finish();
+}
+
+/// Random actions with allocation bias until the first failure: the share of the heap held
+/// by live requested bytes at that point.
+fn efficiency<H: Heap + ?Sized>(h: &mut H, heap_bytes: usize, max: usize, seed: u64) -> f64 {
+    let mut rng = Rng(seed);
+    let mut live: Vec<(NonNull<u8>, usize)> = Vec::new();
+    let mut in_use = 0usize;
+    let result = loop {
+        let r = rng.below(10);
+        if r < 7 || live.is_empty() {
+            let size = 4 + rng.below(max - 3);
+            match h.alloc(size) {
+                Some(p) => {
+                    live.push((p, size));
+                    in_use += size;
+                }
+                None => break in_use as f64 / heap_bytes as f64,
+            }
+        } else if r < 9 {
+            let (p, size) = live.swap_remove(rng.below(live.len()));
+            // SAFETY: a live block of this heap.
+            unsafe { h.free(p, size) };
+            in_use -= size;
+        } else {
+            let j = rng.below(live.len());
+            let (p, old) = live[j];
+            let new = 4 + rng.below(max - 3);
+            // SAFETY: a live block of this heap.
+            match unsafe { h.realloc(p, old, new) } {
+                Some(n) => {
+                    live[j] = (n, new);
+                    in_use = in_use - old + new;
+                }
+                None => break in_use as f64 / heap_bytes as f64,
+            }
+        }
+    };
+    for (p, size) in live {
+        // SAFETY: live blocks of this heap.
+        unsafe { h.free(p, size) };
+    }
+    result
+}
+
+fn heap_efficiency(_c: &mut Criterion) {
+    if std::env::var_os("SLAB_BENCH_SKIP_EFFICIENCY").is_some() {
+        return;
+    }
+    println!(
+        "heap efficiency: share of a {} MiB heap in use at the first failed allocation (mean of 3 seeds)",
+        EFFICIENCY_HEAP >> 20
+    );
+    println!(
+        "{:<24} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "allocator", 200, 1000, 3000, 10000, 30000
+    );
+    let maxes = [200usize, 1000, 3000, 10_000, 30_000];
+    let seeds = |max: usize| (1..=3u64).map(move |s| s * 7919 + max as u64);
+    print!("{:<24}", "mmkit");
+    let mut desc_frames = 0;
+    for &max in &maxes {
+        let mut sum = 0.0;
+        for seed in seeds(max) {
+            // The heap is the pages left after the kmalloc caches are set up: their
+            // descriptors and per-CPU arrays are a fixed per-system cost, reported apart.
+            let (src, plat) = mmkit_env(EFFICIENCY_HEAP * 2);
+            let k = Kmalloc::new(src, plat).unwrap();
+            desc_frames = src.frames_in_use();
+            src.set_limit(desc_frames + EFFICIENCY_HEAP / 4096);
+            sum += efficiency(&mut Mmkit(&k), EFFICIENCY_HEAP, max, seed);
+        }
+        print!(" {:>7.1}%", sum / 3.0 * 100.0);
+    }
+    println!("   (+{desc_frames} frames of descriptors for 3 x NR_CLASSES caches, 2 CPUs)");
+    type Make = fn(usize) -> Box<dyn Heap>;
+    let makers: [(&str, Make); 3] = [
+        ("talc", |s| Box::new(Talc::new(s))),
+        ("linked_list_allocator", |s| Box::new(LinkedList::new(s))),
+        ("buddy_system_allocator", |s| Box::new(Buddy::new(s))),
+    ];
+    for (name, make) in makers {
+        print!("{name:<24}");
+        for &max in &maxes {
+            let mut sum = 0.0;
+            for seed in seeds(max) {
+                let mut h = make(EFFICIENCY_HEAP);
+                sum += efficiency(h.as_mut(), EFFICIENCY_HEAP, max, seed);
+            }
+            print!(" {:>7.1}%", sum / 3.0 * 100.0);
+        }
+        println!();
+    }
+}
+
+/// The criterion entry points; `criterion_group!` generates an undocumented `pub fn`.
+mod harness {
+    #![allow(missing_docs)]
+    use super::*;
+
+    criterion_group! {
+        name = benches;
+        config = criterion_config();
+        targets = heap_efficiency, bench_hot, bench_random, bench_two_threads
+    }
+}
+criterion_main!(harness::benches);
