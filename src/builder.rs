@@ -1,0 +1,456 @@
+//! [`MmBuilder`]: from a firmware memory map to a running [`Mm`].
+//!
+//! The builder collects what a kernel knows at boot — the firmware memory map (e820, UEFI,
+//! device tree, or plain ranges), what is already in use (kernel image, initrd, firmware
+//! tables), the NUMA layout, `kernelcore=` / `movablecore=`, the platform hooks and the
+//! vmalloc window — and [`boot`](MmBuilder::boot) runs the sequence of `DESIGN.md`:
+//!
+//! 1. **bootmem**: the map and the reservations go into an [`mmkit_bootmem::Bootmem`];
+//! 2. **metadata from bootmem**: per-node memmaps, per-CPU page lists, the CPU→node map, the
+//!    page-owner table, the vmalloc bitmaps and the slot the page allocator will live in —
+//!    all carved out of bootmem and reached through the kernel map (`raw.rs`); no heap;
+//! 3. **zones**: the buddy sizes DMA / DMA32 / Normal / Movable per node;
+//! 4. **hand-off**: bootmem is consumed; every free block goes to the buddy's
+//!    `free_boot_block` (largest aligned blocks, never page by page), then bootmem's own
+//!    region arrays, if it grew them;
+//! 5. **slab**: the kmalloc caches come up on the buddy;
+//! 6. **vmalloc**: the kernel page table's root comes from the buddy.
+//!
+//! Builder steps never fail on the spot: the first error is kept and returned by `boot`, so
+//! a boot sequence reads as one chain. Everything before the hand-off is undone by simply
+//! dropping the builder (bootmem owns nothing else).
+
+use core::fmt;
+use core::sync::atomic::AtomicU8;
+
+use mmkit_addr::{IrqControl, PhysMapper, PhysRange, VirtRange};
+use mmkit_bootmem::firmware::{e820, uefi};
+use mmkit_bootmem::{Bootmem, NodeId, RegionError};
+use mmkit_buddy::{
+    memmap_len, pcp_storage_len, BootFreeError, BuddyAllocator, BuddyConfig, CoreSize, InitError,
+    NodeInit, PageDesc, PerCpuPages, MAX_NUMNODES,
+};
+use mmkit_pgtable::arch::x86_64::X86_64;
+use mmkit_pgtable::{NewError, PagingFormat};
+use mmkit_slab::{CacheFlags, CreateError, Kmalloc};
+
+use crate::map::KernelMap;
+use crate::mm::{BootSummary, Mm};
+use crate::owner::{PageOwners, HOLE, RESERVED};
+use crate::pages::PageAllocator;
+use crate::raw::{boot_slice, fill, fill_from};
+use crate::vmalloc::{Vmalloc, VmallocSpace};
+
+/// CPUs the builder can place on nodes; CPUs beyond it belong to node 0.
+pub const MAX_CPU_NODE_MAP: usize = 256;
+
+/// The distance Linux assumes between a node and itself (ACPI SLIT `LOCAL_DISTANCE`).
+pub const LOCAL_DISTANCE: u8 = 10;
+/// The distance Linux assumes between distinct nodes without a SLIT (`REMOTE_DISTANCE`).
+pub const REMOTE_DISTANCE: u8 = 20;
+
+/// Why the boot sequence failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootError {
+    /// The e820 map was refused.
+    E820(e820::E820Error),
+    /// The UEFI memory map was refused.
+    Uefi(uefi::UefiError),
+    /// The device tree was refused.
+    #[cfg(feature = "fdt")]
+    Fdt(mmkit_bootmem::firmware::fdt::FdtError),
+    /// A memory, reservation or node range was refused by bootmem.
+    Region(RegionError),
+    /// A node id at or above [`MAX_NUMNODES`](mmkit_buddy::MAX_NUMNODES).
+    BadNode(u16),
+    /// The map holds no memory.
+    NoMemory,
+    /// Bootmem could not provide boot metadata.
+    Bootmem(mmkit_bootmem::AllocError),
+    /// Boot metadata landed where the kernel map does not reach (or misaligned there).
+    Unmapped(PhysRange),
+    /// The metadata size overflows.
+    MetadataTooLarge,
+    /// The buddy refused its configuration or layout.
+    Buddy(InitError),
+    /// The buddy refused a block of the hand-off.
+    Handoff(BootFreeError),
+    /// The kmalloc caches could not be created.
+    Slab(CreateError),
+    /// The vmalloc window is empty, unaligned, or not canonical for the paging format.
+    BadVmallocRange(VirtRange),
+    /// The kernel page table could not be created.
+    PageTable(NewError),
+}
+
+impl fmt::Display for BootError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::E820(e) => write!(f, "e820 map refused: {e}"),
+            Self::Uefi(e) => write!(f, "UEFI memory map refused: {e}"),
+            #[cfg(feature = "fdt")]
+            Self::Fdt(e) => write!(f, "device tree refused: {e}"),
+            Self::Region(e) => write!(f, "memory range refused: {e}"),
+            Self::BadNode(n) => write!(f, "node {n} is beyond the supported {MAX_NUMNODES}"),
+            Self::NoMemory => f.write_str("the memory map holds no memory"),
+            Self::Bootmem(e) => write!(f, "no boot memory for allocator metadata: {e}"),
+            Self::Unmapped(r) => write!(f, "boot metadata at {r:?} is not reachable"),
+            Self::MetadataTooLarge => f.write_str("allocator metadata size overflows"),
+            Self::Buddy(e) => write!(f, "buddy allocator refused the layout: {e}"),
+            Self::Handoff(e) => write!(f, "buddy refused a hand-off block: {e}"),
+            Self::Slab(e) => write!(f, "kmalloc caches could not be created: {e:?}"),
+            Self::BadVmallocRange(r) => write!(f, "bad vmalloc window {r:?}"),
+            Self::PageTable(e) => write!(f, "kernel page table: {e:?}"),
+        }
+    }
+}
+
+/// Collects the boot parameters; [`boot`](Self::boot) brings memory management up.
+pub struct MmBuilder<'m, P: IrqControl, F: PagingFormat = X86_64> {
+    bm: Bootmem<'m>,
+    map: &'m dyn KernelMap,
+    phys: &'m dyn PhysMapper,
+    platform: P,
+    cfg: BuddyConfig,
+    distances: [[u8; MAX_NUMNODES]; MAX_NUMNODES],
+    cpu_nodes: [u8; MAX_CPU_NODE_MAP],
+    vmalloc: Option<(F, VirtRange)>,
+    slab_flags: CacheFlags,
+    error: Option<BootError>,
+}
+
+impl<P: IrqControl, F: PagingFormat> fmt::Debug for MmBuilder<'_, P, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MmBuilder")
+            .field("bootmem", &self.bm)
+            .field("config", &self.cfg)
+            .field("vmalloc", &self.vmalloc.as_ref().map(|v| v.1))
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'m, P: IrqControl> MmBuilder<'m, P, X86_64> {
+    /// Start a boot on `platform`, reaching physical memory through `map`.
+    ///
+    /// # Safety
+    /// Bootmem's [`set_mapper`](Bootmem::set_mapper) contract, from now until the [`Mm`] and
+    /// everything allocated from it are gone: every byte the builder is told is memory and
+    /// that is not reserved must be real memory that nothing else reads or writes, and `map`
+    /// must reach the memory boot metadata is placed in. In other words, reserve the kernel
+    /// image, boot stacks, initrd and firmware tables before [`boot`](Self::boot).
+    pub unsafe fn new<M: KernelMap>(platform: P, map: &'m M) -> Self {
+        let mut bm = Bootmem::new();
+        // SAFETY: this function's contract is `set_mapper`'s, passed on to our caller.
+        unsafe { bm.set_mapper(map) };
+        let mut distances = [[REMOTE_DISTANCE; MAX_NUMNODES]; MAX_NUMNODES];
+        for (i, row) in distances.iter_mut().enumerate() {
+            row[i] = LOCAL_DISTANCE;
+        }
+        Self {
+            bm,
+            map,
+            phys: map,
+            platform,
+            cfg: BuddyConfig::default(),
+            distances,
+            cpu_nodes: [0; MAX_CPU_NODE_MAP],
+            vmalloc: None,
+            slab_flags: CacheFlags::empty(),
+            error: None,
+        }
+    }
+}
+
+impl<'m, P: IrqControl, F: PagingFormat> MmBuilder<'m, P, F> {
+    fn record<E>(mut self, r: Result<(), E>, wrap: impl FnOnce(E) -> BootError) -> Self {
+        if let Err(e) = r {
+            self.error.get_or_insert(wrap(e));
+        }
+        self
+    }
+
+    /// Add an e820 map (sanitized as Linux does; RAM becomes memory, soft-reserved memory is
+    /// reserved, everything else is left out).
+    pub fn e820(mut self, entries: &[e820::E820Entry]) -> Self {
+        let r = e820::ingest(&mut self.bm, entries).map(|_| ());
+        self.record(r, BootError::E820)
+    }
+
+    /// Add a UEFI memory map (`GetMemoryMap` output).
+    pub fn uefi(mut self, map: &uefi::UefiMemoryMap<'_>) -> Self {
+        let r = uefi::ingest(&mut self.bm, map).map(|_| ());
+        self.record(r, BootError::Uefi)
+    }
+
+    /// Add the memory, reservations and carve-outs of a flattened device tree.
+    #[cfg(feature = "fdt")]
+    pub fn device_tree(mut self, blob: &[u8]) -> Self {
+        let r = mmkit_bootmem::firmware::fdt::ingest(&mut self.bm, blob).map(|_| ());
+        self.record(r, BootError::Fdt)
+    }
+
+    /// Add a range of memory (on node 0 unless [`node`](Self::node) says otherwise).
+    pub fn memory(mut self, range: PhysRange) -> Self {
+        let r = if range.is_empty() {
+            Ok(())
+        } else {
+            self.bm.add(range.start(), range.len())
+        };
+        self.record(r, BootError::Region)
+    }
+
+    /// Mark `range` as in use (kernel image, initrd, firmware tables, boot stacks).
+    pub fn reserve(mut self, range: PhysRange) -> Self {
+        let r = if range.is_empty() {
+            Ok(())
+        } else {
+            self.bm.reserve(range.start(), range.len())
+        };
+        self.record(r, BootError::Region)
+    }
+
+    /// Put the memory inside `range` on NUMA node `nid` (ACPI SRAT / device-tree
+    /// `numa-node-id`).
+    pub fn node(mut self, nid: u16, range: PhysRange) -> Self {
+        if usize::from(nid) >= MAX_NUMNODES {
+            self.error.get_or_insert(BootError::BadNode(nid));
+            return self;
+        }
+        let r = if range.is_empty() {
+            Ok(())
+        } else {
+            self.bm
+                .set_node(range.start(), range.len(), NodeId::new(nid))
+        };
+        self.record(r, BootError::Region)
+    }
+
+    /// The distance between nodes `a` and `b`, both ways (ACPI SLIT; default 10 local, 20
+    /// remote).
+    pub fn node_distance(mut self, a: u16, b: u16, distance: u8) -> Self {
+        let (ai, bi) = (usize::from(a), usize::from(b));
+        if ai >= MAX_NUMNODES || bi >= MAX_NUMNODES {
+            self.error.get_or_insert(BootError::BadNode(a.max(b)));
+            return self;
+        }
+        self.distances[ai][bi] = distance;
+        self.distances[bi][ai] = distance;
+        self
+    }
+
+    /// CPU `cpu` sits on node `nid`: its page allocations prefer that node.
+    pub fn cpu_node(mut self, cpu: usize, nid: u16) -> Self {
+        if usize::from(nid) >= MAX_NUMNODES {
+            self.error.get_or_insert(BootError::BadNode(nid));
+        } else if let Some(slot) = self.cpu_nodes.get_mut(cpu) {
+            *slot = nid as u8;
+        }
+        self
+    }
+
+    /// `kernelcore=`: memory kept out of ZONE_MOVABLE.
+    pub fn kernelcore(mut self, size: CoreSize) -> Self {
+        self.cfg.kernelcore = Some(size);
+        self
+    }
+
+    /// `movablecore=`: memory put into ZONE_MOVABLE.
+    pub fn movablecore(mut self, size: CoreSize) -> Self {
+        self.cfg.movablecore = Some(size);
+        self
+    }
+
+    /// Replace the buddy configuration (max order, pageblock order, zone limits, watermark
+    /// tunables). `kernelcore` / `movablecore` set earlier are kept unless `cfg` sets them.
+    pub fn buddy_config(mut self, cfg: BuddyConfig) -> Self {
+        let (kc, mc) = (self.cfg.kernelcore, self.cfg.movablecore);
+        self.cfg = cfg;
+        self.cfg.kernelcore = self.cfg.kernelcore.or(kc);
+        self.cfg.movablecore = self.cfg.movablecore.or(mc);
+        self
+    }
+
+    /// Extra flags on every kmalloc cache (the `slub_debug=` boot option).
+    pub fn slab_debug(mut self, flags: CacheFlags) -> Self {
+        self.slab_flags = flags;
+        self
+    }
+
+    /// Direct access to the bootmem before boot (custom firmware formats, early
+    /// allocations the kernel needs for itself, allocation limits).
+    pub fn bootmem_mut(&mut self) -> &mut Bootmem<'m> {
+        &mut self.bm
+    }
+
+    /// Create the kernel page table in format `fmt` and serve vmalloc from `window`
+    /// (granule-aligned, canonical). The kernel maps the rest of its address space into the
+    /// same table through [`Mm::with_page_table`].
+    pub fn vmalloc_area<G: PagingFormat>(self, fmt: G, window: VirtRange) -> MmBuilder<'m, P, G> {
+        MmBuilder {
+            bm: self.bm,
+            map: self.map,
+            phys: self.phys,
+            platform: self.platform,
+            cfg: self.cfg,
+            distances: self.distances,
+            cpu_nodes: self.cpu_nodes,
+            vmalloc: Some((fmt, window)),
+            slab_flags: self.slab_flags,
+            error: self.error,
+        }
+    }
+
+    /// Run the boot sequence (module docs).
+    pub fn boot(self) -> Result<Mm<'m, P, F>, BootError> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        let Self {
+            mut bm,
+            map,
+            phys,
+            platform,
+            cfg,
+            distances,
+            cpu_nodes,
+            vmalloc,
+            slab_flags,
+            ..
+        } = self;
+        let bm = &mut bm;
+
+        // The shape of memory: node count, frame span, regions per node.
+        let regions = bm.memory_regions();
+        if regions.is_empty() {
+            return Err(BootError::NoMemory);
+        }
+        let mut nr_nodes = 1;
+        let (mut lo, mut hi) = (u64::MAX, 0u64);
+        for r in regions {
+            let nid = r.nid().get();
+            if usize::from(nid) >= MAX_NUMNODES {
+                return Err(BootError::BadNode(nid));
+            }
+            nr_nodes = nr_nodes.max(usize::from(nid) + 1);
+            let p = r.range().whole_pfns();
+            if p.start < p.end {
+                lo = lo.min(p.start);
+                hi = hi.max(p.end);
+            }
+        }
+        if lo >= hi {
+            return Err(BootError::NoMemory);
+        }
+        let nr_regions = regions.len();
+        let memory_bytes = bm.memory_size();
+
+        // Per-node memory ranges, grouped by node.
+        let slots = boot_slice::<PhysRange>(bm, map, nr_regions, None)?;
+        let regions = bm.memory_regions();
+        let mut bounds = [0usize; MAX_NUMNODES + 1];
+        for nid in 0..nr_nodes {
+            let here = regions
+                .iter()
+                .filter(|r| usize::from(r.nid().get()) == nid)
+                .count();
+            bounds[nid + 1] = bounds[nid] + here;
+        }
+        let by_node = (0..nr_nodes).flat_map(|nid| {
+            regions
+                .iter()
+                .filter(move |r| usize::from(r.nid().get()) == nid)
+                .map(|r| r.range())
+        });
+        let ranges: &'m [PhysRange] = fill_from(slots, by_node);
+
+        // Boot metadata from bootmem.
+        let nr_cpus = platform.nr_cpus();
+        let pcp_len = if cfg.per_cpu_lists {
+            pcp_storage_len(nr_nodes, nr_cpus)
+        } else {
+            0
+        };
+        let pcp = boot_slice::<PerCpuPages>(bm, map, pcp_len, None)?;
+        let cpu_map = fill(boot_slice::<u8>(bm, map, nr_cpus, None)?, |cpu| {
+            cpu_nodes.get(cpu).copied().unwrap_or(0)
+        });
+        let owner_bytes = fill(
+            boot_slice::<AtomicU8>(bm, map, (hi - lo) as usize, None)?,
+            |_| AtomicU8::new(HOLE),
+        );
+        let owners = PageOwners::new(lo, owner_bytes);
+        let space = match &vmalloc {
+            Some((fmt, window)) => Some(VmallocSpace::carve(bm, map, fmt, *window)?),
+            None => None,
+        };
+        let slot = boot_slice::<PageAllocator<'m, P>>(bm, map, 1, None)?;
+        let mut nodes: [Option<NodeInit<'m, 'm>>; MAX_NUMNODES] = Default::default();
+        let mut memmap_bytes = 0u64;
+        for nid in 0..nr_nodes {
+            let memory = &ranges[bounds[nid]..bounds[nid + 1]];
+            let len = memmap_len(memory, cfg.max_order);
+            memmap_bytes += (len * core::mem::size_of::<PageDesc>()) as u64;
+            let memmap = boot_slice::<PageDesc>(bm, map, len, Some(NodeId::new(nid as u16)))?;
+            let row: &'m [u8] = fill(boot_slice::<u8>(bm, map, nr_nodes, None)?, |j| {
+                distances[nid][j]
+            });
+            nodes[nid] = Some(NodeInit {
+                memory,
+                distances: row,
+                memmap,
+            });
+        }
+        let mut inits: [NodeInit<'m, 'm>; MAX_NUMNODES] = nodes.map(|n| {
+            n.unwrap_or(NodeInit {
+                memory: &[],
+                distances: &[],
+                memmap: &mut [],
+            })
+        });
+        for r in ranges {
+            let p = r.whole_pfns();
+            owners.mark_range(p.start, p.end, RESERVED);
+        }
+
+        let mut buddy = BuddyAllocator::new(platform, cfg, &mut inits[..nr_nodes], pcp)
+            .map_err(BootError::Buddy)?;
+        buddy.set_mapper(phys);
+        buddy.set_cpu_nodes(cpu_map);
+
+        // Hand-off: bootmem is consumed here.
+        let reserved_bytes = bm.reserved_size();
+        let handoff = core::mem::take(bm).handoff(mmkit_addr::Order::new(cfg.max_order));
+        for run in handoff.block_runs() {
+            for b in run.blocks() {
+                buddy
+                    .free_boot_block(b.pfn, b.order)
+                    .map_err(BootError::Handoff)?;
+                let s = b.pfn.as_u64();
+                owners.mark_range(s, s + b.order.pages(), 0);
+            }
+        }
+        for array in handoff.into_region_arrays().into_iter().flatten() {
+            buddy.free_boot_range(array).map_err(BootError::Handoff)?;
+            let p = array.whole_pfns();
+            owners.mark_range(p.start, p.end, 0);
+        }
+        buddy.finish_boot();
+
+        let pages: &'m PageAllocator<'m, P> = slot[0].write(PageAllocator { buddy, owners, map });
+        let kmalloc = Kmalloc::with_flags(pages, pages.buddy.platform(), slab_flags)
+            .map_err(BootError::Slab)?;
+        let vmalloc = match (vmalloc, space) {
+            (Some((fmt, window)), Some(space)) => Some(Vmalloc::new(pages, fmt, window, space)?),
+            _ => None,
+        };
+        let summary = BootSummary {
+            memory_bytes,
+            reserved_bytes,
+            memmap_bytes,
+            nr_nodes,
+            span: (lo, hi),
+        };
+        Ok(Mm::from_parts(pages, kmalloc, vmalloc, summary))
+    }
+}

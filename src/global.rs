@@ -1,0 +1,196 @@
+//! [`GlobalMm`]: the facade as a `#[global_allocator]`.
+//!
+//! A `static GlobalMm` starts empty (every allocation returns null, as a kernel allocator
+//! before its memory is up) and is filled once at boot with [`GlobalMm::init`]. After that:
+//!
+//! * layouts up to [`KMALLOC_MAX_SIZE`] with alignment up to a page go to kmalloc (slab
+//!   objects up to 8 KiB on the per-CPU fast path, page-backed blocks beyond);
+//! * anything larger, or aligned beyond a page, takes a naturally aligned buddy block of the
+//!   smallest order covering both size and alignment.
+//!
+//! The choice depends only on the layout, so `dealloc` (which gets the same layout) takes the
+//! same path back. `realloc` uses `krealloc` when both sizes stay on the kmalloc path and the
+//! alignment is kmalloc's minimum, which resizes in place when the size class allows.
+
+use core::alloc::{GlobalAlloc, Layout};
+use core::ptr::{self, NonNull};
+
+use mmkit_addr::{IrqControl, Order, VirtAddr, PAGE_SIZE};
+use mmkit_buddy::GfpFlags;
+use mmkit_pgtable::arch::x86_64::X86_64;
+use mmkit_pgtable::PagingFormat;
+use mmkit_slab::layout::MIN_ALIGN;
+use mmkit_slab::KMALLOC_MAX_SIZE;
+use spin::Once;
+
+use crate::mm::Mm;
+
+/// An [`Mm`] installed at boot, usable as `#[global_allocator]`.
+pub struct GlobalMm<P: IrqControl + 'static, F: PagingFormat + 'static = X86_64> {
+    mm: Once<Mm<'static, P, F>>,
+}
+
+impl<P: IrqControl, F: PagingFormat> core::fmt::Debug for GlobalMm<P, F> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("GlobalMm")
+            .field("initialised", &self.mm.is_completed())
+            .finish()
+    }
+}
+
+impl<P: IrqControl, F: PagingFormat> Default for GlobalMm<P, F> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Whether a layout is served by kmalloc (else by whole buddy blocks).
+fn on_kmalloc_path(layout: &Layout) -> bool {
+    layout.size() <= KMALLOC_MAX_SIZE && layout.align() as u64 <= PAGE_SIZE
+}
+
+/// The buddy order for a layout off the kmalloc path.
+fn block_order(layout: &Layout) -> Option<Order> {
+    Order::for_bytes(layout.size().max(layout.align()) as u64)
+}
+
+impl<P: IrqControl, F: PagingFormat> GlobalMm<P, F> {
+    /// An empty global allocator: allocations fail (null) until [`init`](Self::init).
+    pub const fn new() -> Self {
+        Self { mm: Once::new() }
+    }
+
+    /// Install `mm`. Returns it back if one is installed already.
+    #[allow(clippy::result_large_err)]
+    pub fn init(&self, mm: Mm<'static, P, F>) -> Result<&Mm<'static, P, F>, Mm<'static, P, F>> {
+        let mut slot = Some(mm);
+        let installed = self.mm.call_once(|| slot.take().expect("taken once"));
+        match slot {
+            Some(mm) => Err(mm),
+            None => Ok(installed),
+        }
+    }
+
+    /// The installed `Mm`, if any.
+    pub fn get(&self) -> Option<&Mm<'static, P, F>> {
+        self.mm.get()
+    }
+
+    /// Whether `ptr` points into memory this allocator manages (its kernel map reaches it).
+    pub fn owns(&self, ptr: *const u8) -> bool {
+        self.get().is_some_and(|mm| {
+            mm.page_allocator()
+                .map()
+                .virt_to_phys(VirtAddr::from_ptr(ptr))
+                .is_some()
+        })
+    }
+
+    fn alloc_gfp(&self, layout: Layout, gfp: GfpFlags) -> *mut u8 {
+        let Some(mm) = self.get() else {
+            return ptr::null_mut();
+        };
+        if on_kmalloc_path(&layout) {
+            return mm
+                .kmalloc_aligned(layout.size(), layout.align(), gfp)
+                .map_or(ptr::null_mut(), NonNull::as_ptr);
+        }
+        let Some(order) = block_order(&layout) else {
+            return ptr::null_mut();
+        };
+        let Ok(pfn) = mm.alloc_pages(gfp, order) else {
+            return ptr::null_mut();
+        };
+        match mm.page_address(pfn, order) {
+            Some(p) => p.as_ptr(),
+            None => {
+                let _ = mm.free_pages(pfn, order);
+                ptr::null_mut()
+            }
+        }
+    }
+}
+
+// SAFETY: memory comes from kmalloc (objects at least `layout.size()` long, aligned as asked by
+// `kmalloc_aligned`) or from naturally aligned buddy blocks of at least `max(size, align)`
+// bytes; blocks are exclusively the caller's until `dealloc`, which takes the same path back
+// because the path depends only on the layout. Failures return null.
+unsafe impl<P: IrqControl, F: PagingFormat> GlobalAlloc for GlobalMm<P, F> {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        self.alloc_gfp(layout, GfpFlags::KERNEL)
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        self.alloc_gfp(layout, GfpFlags::KERNEL | GfpFlags::ZERO)
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        let (Some(mm), Some(p)) = (self.get(), NonNull::new(ptr)) else {
+            return;
+        };
+        if on_kmalloc_path(&layout) {
+            // SAFETY: `GlobalAlloc::dealloc`'s contract: `ptr` came from `alloc` with this
+            // layout, which took the kmalloc path, and is not used again.
+            let freed = unsafe { mm.kfree(p) };
+            debug_assert!(freed.is_ok(), "kfree refused {ptr:p}: {freed:?}");
+            return;
+        }
+        let pa = mm
+            .page_allocator()
+            .map()
+            .virt_to_phys(VirtAddr::from_ptr(ptr));
+        if let (Some(pa), Some(order)) = (pa, block_order(&layout)) {
+            let freed = mm.free_pages(pa.pfn(), order);
+            debug_assert!(freed.is_ok(), "free_pages refused {ptr:p}: {freed:?}");
+        }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let Some(mm) = self.get() else {
+            return ptr::null_mut();
+        };
+        let new = Layout::from_size_align(new_size, layout.align());
+        if let (Some(p), Ok(new)) = (NonNull::new(ptr), &new) {
+            if on_kmalloc_path(&layout) && on_kmalloc_path(new) && layout.align() <= MIN_ALIGN {
+                // SAFETY: `ptr` is a live kmalloc allocation of ours (same-layout rule), given
+                // up on success; on failure it is untouched, as `realloc` requires.
+                return unsafe { mm.krealloc(p, new_size, GfpFlags::KERNEL) }
+                    .map_or(ptr::null_mut(), NonNull::as_ptr);
+            }
+        }
+        let Ok(new) = new else {
+            return ptr::null_mut();
+        };
+        // SAFETY: `new` has non-zero size (`realloc`'s contract) and our alignment.
+        let fresh = unsafe { self.alloc(new) };
+        if !fresh.is_null() {
+            // SAFETY: both blocks are live and distinct; we copy the smaller size.
+            unsafe {
+                ptr::copy_nonoverlapping(ptr, fresh, layout.size().min(new_size));
+                self.dealloc(ptr, layout);
+            }
+        }
+        fresh
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_choice_depends_on_size_and_alignment() {
+        assert!(on_kmalloc_path(&Layout::from_size_align(100, 8).unwrap()));
+        assert!(on_kmalloc_path(
+            &Layout::from_size_align(KMALLOC_MAX_SIZE, 4096).unwrap()
+        ));
+        assert!(!on_kmalloc_path(
+            &Layout::from_size_align(64, 8192).unwrap()
+        ));
+        assert!(!on_kmalloc_path(
+            &Layout::from_size_align(KMALLOC_MAX_SIZE + 1, 8).unwrap()
+        ));
+        let big = Layout::from_size_align(64, 16384).unwrap();
+        assert_eq!(block_order(&big), Some(Order::new(2)));
+    }
+}

@@ -1,0 +1,295 @@
+//! [`Mm`]: what the kernel calls once memory management is up.
+//!
+//! * pages: [`alloc_pages`](Mm::alloc_pages) / [`free_pages`](Mm::free_pages) on the buddy
+//!   (per-CPU lists for orders 0..=3);
+//! * objects: the kmalloc family and [`cache_create`](Mm::cache_create) /
+//!   [`typed_cache`](Mm::typed_cache) on the slab (per-CPU arrays first);
+//! * vmalloc / vmap (`vmalloc.rs`), reports (`report.rs`), and [`verify`](Mm::verify), which
+//!   runs every crate's invariant scanner plus the facade's cross-checks.
+//!
+//! GFP flags are the buddy's [`GfpFlags`] everywhere; the kmalloc calls pass the parts the
+//! slab understands (zeroing, reclaimable, DMA).
+//!
+//! ## Lifetimes
+//! `'m` is the life of the kernel map: the page allocator, memmaps and per-CPU storage live
+//! in boot memory for that long, so an `Mm<'static, ..>` can back a `#[global_allocator]`.
+
+use core::ptr::NonNull;
+
+use mmkit_addr::{IrqControl, Order, Pfn};
+use mmkit_buddy::{AllocError, BuddyAllocator, FreeError, GfpFlags};
+use mmkit_pgtable::arch::x86_64::X86_64;
+use mmkit_pgtable::PagingFormat;
+use mmkit_slab::{Cache, CacheConfig, CreateError, Gfp, Kmalloc, TypedCache};
+
+use crate::owner::{PageUse, PageblockCensus};
+use crate::pages::PageAllocator;
+use crate::vmalloc::{Vmalloc, VmallocCorruption};
+
+/// A slab cache on the facade's page allocator.
+pub type MmCache<'m, P> = Cache<'m, PageAllocator<'m, P>, P>;
+/// A typed slab cache on the facade's page allocator.
+pub type MmTypedCache<'m, T, P> = TypedCache<'m, T, PageAllocator<'m, P>, P>;
+/// The kmalloc caches on the facade's page allocator.
+pub type MmKmalloc<'m, P> = Kmalloc<'m, PageAllocator<'m, P>, P>;
+
+/// What the boot sequence measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BootSummary {
+    /// Bytes of memory in the firmware map.
+    pub memory_bytes: u64,
+    /// Bytes reserved at the hand-off (firmware, kernel image, boot metadata).
+    pub reserved_bytes: u64,
+    /// Bytes of page descriptors (memmaps).
+    pub memmap_bytes: u64,
+    /// NUMA nodes.
+    pub nr_nodes: usize,
+    /// Frames `[lo, hi)` spanned by memory.
+    pub span: (u64, u64),
+}
+
+/// What [`Mm::verify`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyError {
+    /// The buddy allocator's scanner.
+    Buddy(mmkit_buddy::VerifyError),
+    /// A kmalloc cache's scanner.
+    Slab(mmkit_slab::VerifyError),
+    /// The kernel page table's scanner.
+    PageTable(mmkit_pgtable::VerifyError),
+    /// The vmalloc bookkeeping.
+    Vmalloc(VmallocCorruption),
+    /// The owner table records a block at this frame that the buddy does not hold as an
+    /// allocated block of that order.
+    OwnerMismatch(Pfn),
+}
+
+/// Memory management, up and running.
+pub struct Mm<'m, P: IrqControl, F: PagingFormat = X86_64> {
+    pub(crate) pages: &'m PageAllocator<'m, P>,
+    pub(crate) kmalloc: MmKmalloc<'m, P>,
+    pub(crate) vmalloc: Option<Vmalloc<'m, P, F>>,
+    pub(crate) boot: BootSummary,
+}
+
+impl<P: IrqControl, F: PagingFormat> core::fmt::Debug for Mm<'_, P, F> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Mm")
+            .field("boot", &self.boot)
+            .field("vmalloc", &self.vmalloc.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The slab's view of a GFP request.
+pub(crate) fn slab_flags(gfp: GfpFlags) -> Gfp {
+    let mut g = Gfp::empty();
+    if gfp.contains(GfpFlags::ZERO) {
+        g |= Gfp::ZERO;
+    }
+    if gfp.contains(GfpFlags::RECLAIMABLE) {
+        g |= Gfp::RECLAIMABLE;
+    }
+    if gfp.contains(GfpFlags::DMA) {
+        g |= Gfp::DMA;
+    }
+    g
+}
+
+impl<'m, P: IrqControl, F: PagingFormat> Mm<'m, P, F> {
+    pub(crate) fn from_parts(
+        pages: &'m PageAllocator<'m, P>,
+        kmalloc: MmKmalloc<'m, P>,
+        vmalloc: Option<Vmalloc<'m, P, F>>,
+        boot: BootSummary,
+    ) -> Self {
+        Self {
+            pages,
+            kmalloc,
+            vmalloc,
+            boot,
+        }
+    }
+
+    /// What the boot sequence measured.
+    pub fn boot_summary(&self) -> &BootSummary {
+        &self.boot
+    }
+
+    /// The page allocator (buddy plus ownership), e.g. to build more slab caches or page
+    /// tables on it.
+    pub fn page_allocator(&self) -> &'m PageAllocator<'m, P> {
+        self.pages
+    }
+
+    /// The buddy allocator underneath.
+    pub fn buddy(&self) -> &'m BuddyAllocator<'m, P> {
+        &self.pages.buddy
+    }
+
+    /// The platform hooks.
+    pub fn platform(&self) -> &'m P {
+        self.pages.buddy.platform()
+    }
+
+    /// The kmalloc caches.
+    pub fn kmalloc_caches(&self) -> &MmKmalloc<'m, P> {
+        &self.kmalloc
+    }
+
+    // ---- pages ----------------------------------------------------------------------
+
+    /// Allocate `2^order` contiguous frames (`alloc_pages`), preferring this CPU's node.
+    pub fn alloc_pages(&self, gfp: GfpFlags, order: Order) -> Result<Pfn, AllocError> {
+        self.pages.alloc(gfp, order, PageUse::Pages)
+    }
+
+    /// Free a block [`alloc_pages`](Self::alloc_pages) returned. A bad free (double, wrong
+    /// order, not allocated) is refused and changes nothing.
+    pub fn free_pages(&self, pfn: Pfn, order: Order) -> Result<(), FreeError> {
+        if self
+            .pages
+            .owner(pfn)
+            .is_some_and(|o| o.usage != PageUse::Pages)
+        {
+            // Slab, vmalloc and page-table frames are freed by their owners only.
+            return Err(FreeError::InsideBlock { head: pfn });
+        }
+        self.pages.free(pfn, order)
+    }
+
+    /// The kernel virtual address of a block (`page_address`).
+    pub fn page_address(&self, pfn: Pfn, order: Order) -> Option<NonNull<u8>> {
+        self.pages.page_address(pfn, order)
+    }
+
+    // ---- kmalloc --------------------------------------------------------------------
+
+    /// Allocate `size` bytes (`kmalloc`): a slab object up to 8 KiB, whole pages beyond.
+    /// `kmalloc(0)` returns [`ZERO_SIZE_PTR`](mmkit_slab::ZERO_SIZE_PTR).
+    #[track_caller]
+    pub fn kmalloc(
+        &self,
+        size: usize,
+        gfp: GfpFlags,
+    ) -> Result<NonNull<u8>, mmkit_slab::AllocError> {
+        self.kmalloc.kmalloc(size, slab_flags(gfp))
+    }
+
+    /// Allocate `size` zeroed bytes (`kzalloc`).
+    #[track_caller]
+    pub fn kzalloc(
+        &self,
+        size: usize,
+        gfp: GfpFlags,
+    ) -> Result<NonNull<u8>, mmkit_slab::AllocError> {
+        self.kmalloc.kzalloc(size, slab_flags(gfp))
+    }
+
+    /// Allocate `size` bytes aligned to `align` (a power of two, at most a page).
+    #[track_caller]
+    pub fn kmalloc_aligned(
+        &self,
+        size: usize,
+        align: usize,
+        gfp: GfpFlags,
+    ) -> Result<NonNull<u8>, mmkit_slab::AllocError> {
+        self.kmalloc.kmalloc_aligned(size, align, slab_flags(gfp))
+    }
+
+    /// Free a kmalloc allocation (`kfree`). Pointers that are not live kmalloc allocations
+    /// are refused where detectable and nothing changes.
+    ///
+    /// # Safety
+    /// `ptr` came from this `Mm`'s kmalloc family (or is `ZERO_SIZE_PTR`) and is not used
+    /// afterwards.
+    pub unsafe fn kfree(&self, ptr: NonNull<u8>) -> Result<(), mmkit_slab::FreeError> {
+        // SAFETY: the caller's promise is `Kmalloc::kfree`'s.
+        unsafe { self.kmalloc.kfree(ptr) }
+    }
+
+    /// Usable size of a kmalloc allocation (`ksize`).
+    ///
+    /// # Safety
+    /// If `ptr` is a kmalloc allocation, it is live and the caller owns it for the call.
+    pub unsafe fn ksize(&self, ptr: NonNull<u8>) -> Result<usize, mmkit_slab::FreeError> {
+        // SAFETY: forwarded contract.
+        unsafe { self.kmalloc.ksize(ptr) }
+    }
+
+    /// Resize a kmalloc allocation (`krealloc`); on error the old one is untouched.
+    ///
+    /// # Safety
+    /// As [`kfree`](Self::kfree): `ptr` is given up on success.
+    pub unsafe fn krealloc(
+        &self,
+        ptr: NonNull<u8>,
+        size: usize,
+        gfp: GfpFlags,
+    ) -> Result<NonNull<u8>, mmkit_slab::KreallocError> {
+        // SAFETY: forwarded contract.
+        unsafe { self.kmalloc.krealloc(ptr, size, slab_flags(gfp)) }
+    }
+
+    // ---- caches ---------------------------------------------------------------------
+
+    /// Create an object cache (`kmem_cache_create`).
+    pub fn cache_create(&self, config: &CacheConfig<'m>) -> Result<MmCache<'m, P>, CreateError> {
+        Cache::new(config, self.pages, self.platform())
+    }
+
+    /// Create a cache of `T` handing out owned, constructed objects.
+    pub fn typed_cache<T: Default>(
+        &self,
+        config: CacheConfig<'m>,
+    ) -> Result<MmTypedCache<'m, T, P>, CreateError> {
+        TypedCache::new(config, self.pages, self.platform())
+    }
+
+    // ---- maintenance ----------------------------------------------------------------
+
+    /// Give every cached per-CPU page and object back (Linux `drain_all_pages` plus a slab
+    /// shrink); returns slab frames released.
+    pub fn drain_all(&mut self) -> u64 {
+        let released = self.kmalloc.drain_all();
+        self.pages.buddy.drain_all_pages();
+        released
+    }
+
+    /// Free frames obtainable as blocks of at least `order` (the high-order availability
+    /// figure).
+    pub fn free_pages_at_order(&self, order: u32) -> u64 {
+        self.pages.buddy.free_pages_at_order(order)
+    }
+
+    /// Walk physical memory pageblock by pageblock with its frame counts (free, reserved,
+    /// holes, allocated per mobility). A lock-free snapshot.
+    pub fn pageblock_census(&self, mut f: impl FnMut(&PageblockCensus)) {
+        let order = self.pages.buddy.config().pageblock_order;
+        self.pages.owners.census(order, &mut f);
+    }
+
+    /// Run every invariant scanner: the buddy's, every kmalloc cache's, the kernel page
+    /// table's and the vmalloc bookkeeping, and cross-check the owner table against the
+    /// buddy (every recorded block is allocated in the buddy with that order).
+    pub fn verify(&mut self) -> Result<(), VerifyError> {
+        self.pages.buddy.verify().map_err(VerifyError::Buddy)?;
+        self.kmalloc.verify().map_err(VerifyError::Slab)?;
+        self.verify_vmalloc()?;
+        let (lo, hi) = self.boot.span;
+        let mut pfn = lo;
+        while pfn < hi {
+            let p = Pfn::new(pfn);
+            match self.pages.owners.get(p) {
+                Some(o) => {
+                    if self.pages.buddy.allocated_block(p) != Some((p, o.order)) {
+                        return Err(VerifyError::OwnerMismatch(p));
+                    }
+                    pfn += o.order.pages();
+                }
+                None => pfn += 1,
+            }
+        }
+        Ok(())
+    }
+}

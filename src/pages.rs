@@ -1,0 +1,94 @@
+//! The page layer: the buddy allocator plus the facade's page-owner table.
+//!
+//! [`PageAllocator`] is what every other part of the facade allocates frames from: direct
+//! page allocations ([`Mm::alloc_pages`](crate::Mm::alloc_pages)), slab pages (through the
+//! [`PageSource`](mmkit_slab::PageSource) adapter in `page_source.rs`), page-table frames
+//! (the [`FrameSource`](mmkit_pgtable::FrameSource) adapter in `frame_source.rs`) and
+//! vmalloc pages. Each allocation records its owner (`owner.rs`) after the buddy succeeds;
+//! each free clears it before the buddy sees the block, and puts it back if the buddy refuses
+//! the free, so a refused free changes nothing.
+//!
+//! The object lives in bootmem memory for the whole life of the kernel (`'m`), which is what
+//! lets the slab caches and page tables hold `&'m` references to it.
+
+use core::ptr::NonNull;
+
+use mmkit_addr::{IrqControl, Order, Pfn, PhysRange};
+use mmkit_buddy::{AllocError, BuddyAllocator, FreeError, GfpFlags, MigrateType};
+
+use crate::map::KernelMap;
+use crate::owner::{Owner, PageOwners, PageUse};
+
+/// The buddy allocator with ownership tracking and a kernel map.
+pub struct PageAllocator<'m, P: IrqControl> {
+    pub(crate) buddy: BuddyAllocator<'m, P>,
+    pub(crate) owners: PageOwners<'m>,
+    pub(crate) map: &'m dyn KernelMap,
+}
+
+impl<P: IrqControl> core::fmt::Debug for PageAllocator<'_, P> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("PageAllocator")
+            .field("buddy", &self.buddy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'m, P: IrqControl> PageAllocator<'m, P> {
+    /// The buddy allocator underneath (reports, tunables, contiguous ranges).
+    pub fn buddy(&self) -> &BuddyAllocator<'m, P> {
+        &self.buddy
+    }
+
+    /// The kernel map.
+    pub fn map(&self) -> &'m dyn KernelMap {
+        self.map
+    }
+
+    /// Allocate `2^order` frames for `usage`.
+    pub(crate) fn alloc(
+        &self,
+        gfp: GfpFlags,
+        order: Order,
+        usage: PageUse,
+    ) -> Result<Pfn, AllocError> {
+        let pfn = self.buddy.alloc_pages(gfp, order)?;
+        // The buddy already rejected contradictory flags.
+        let mobility = gfp.migrate_type().unwrap_or(MigrateType::Unmovable);
+        self.owners.record(
+            pfn,
+            Owner {
+                order,
+                mobility,
+                usage,
+            },
+        );
+        Ok(pfn)
+    }
+
+    /// Free a block [`alloc`](Self::alloc) returned.
+    pub(crate) fn free(&self, pfn: Pfn, order: Order) -> Result<(), FreeError> {
+        let owner = self.owners.take(pfn);
+        match self.buddy.free_pages(pfn, order) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                if let Some(o) = owner {
+                    self.owners.record(pfn, o);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The owner recorded for the block whose head is `pfn`.
+    pub fn owner(&self, pfn: Pfn) -> Option<Owner> {
+        self.owners.get(pfn)
+    }
+
+    /// The kernel virtual address of the block `[pfn, pfn + 2^order)` (Linux
+    /// `page_address`), if the map reaches it.
+    pub fn page_address(&self, pfn: Pfn, order: Order) -> Option<NonNull<u8>> {
+        let range = PhysRange::from_pfns(pfn, order.pages()).ok()?;
+        self.map.phys_to_virt(range)
+    }
+}

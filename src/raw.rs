@@ -1,0 +1,91 @@
+//! All raw-memory code of the facade: carving typed storage out of bootmem.
+//!
+//! At boot every structure the allocators need (memmaps, per-CPU lists, the page-owner
+//! table, the vmalloc bitmaps, the allocator object itself) is placed in memory taken from
+//! bootmem and reached through the kernel's [`KernelMap`]. Two helpers do it:
+//! [`boot_slice`] hands out `&'m mut [MaybeUninit<T>]` and [`boot_place`] moves a value in.
+//!
+//! ## Why this is sound
+//! [`MmBuilder::new`](crate::MmBuilder::new) is `unsafe` with bootmem's `set_mapper`
+//! contract: every free byte of the bootmem is real memory nothing else touches, reachable
+//! through the map for `'m`. A range bootmem allocates is removed from the free set for good
+//! (bootmem is consumed by the hand-off, and allocated ranges stay reserved in it), so the
+//! slice is exclusively ours for `'m`. Alignment is checked on the virtual address.
+
+use core::mem::{align_of, size_of, MaybeUninit};
+
+use mmkit_addr::{PhysRange, PAGE_SIZE};
+use mmkit_bootmem::{AllocRequest, Bootmem, NodeId};
+
+use crate::builder::BootError;
+use crate::map::KernelMap;
+
+/// Allocate room for `n` values of `T` from `bm` (preferring `node`), page-aligned.
+///
+/// The contract of [`MmBuilder::new`](crate::MmBuilder::new) must hold for `bm` and `map`
+/// (module docs); the builder is the only caller.
+pub(crate) fn boot_slice<'m, T>(
+    bm: &mut Bootmem<'m>,
+    map: &'m dyn KernelMap,
+    n: usize,
+    node: Option<NodeId>,
+) -> Result<&'m mut [MaybeUninit<T>], BootError> {
+    let bytes = size_of::<T>()
+        .checked_mul(n)
+        .ok_or(BootError::MetadataTooLarge)? as u64;
+    if bytes == 0 {
+        return Ok(&mut []);
+    }
+    let align = (align_of::<T>() as u64).max(PAGE_SIZE);
+    let mut req = AllocRequest::new(bytes, align);
+    if let Some(nid) = node {
+        req = req.prefer_node(nid);
+    }
+    let pa = bm.alloc_request(&req).map_err(BootError::Bootmem)?;
+    let range = PhysRange::from_start_size(pa, bytes).map_err(|_| BootError::MetadataTooLarge)?;
+    let ptr = map.phys_to_virt(range).ok_or(BootError::Unmapped(range))?;
+    if ptr.as_ptr() as usize % align_of::<T>() != 0 {
+        return Err(BootError::Unmapped(range));
+    }
+    // SAFETY: bootmem handed `range` to us alone for good (module docs: `MmBuilder::new`'s
+    // contract), the map makes `bytes` bytes at `ptr` valid for reads and writes for `'m`
+    // (`PhysMapper`'s contract), and `ptr` is aligned for `T` (checked above).
+    // `MaybeUninit<T>` needs no initialisation.
+    Ok(unsafe { core::slice::from_raw_parts_mut(ptr.as_ptr().cast::<MaybeUninit<T>>(), n) })
+}
+
+/// Initialise every slot of `slots` with `f(index)` and return the initialised slice.
+pub(crate) fn fill<T>(slots: &mut [MaybeUninit<T>], mut f: impl FnMut(usize) -> T) -> &mut [T] {
+    for (i, slot) in slots.iter_mut().enumerate() {
+        slot.write(f(i));
+    }
+    // SAFETY: every element was written just above, and `MaybeUninit<T>` has the layout of
+    // `T`, so the slice may be viewed as initialised.
+    unsafe { &mut *(slots as *mut [MaybeUninit<T>] as *mut [T]) }
+}
+
+/// Initialise `slots` from `items`, which yields at least `slots.len()` values (the caller
+/// counted them); slots the iterator does not reach are impossible by construction, and are
+/// filled by repeating the last value rather than left uninitialised.
+pub(crate) fn fill_from<T: Copy>(
+    slots: &mut [MaybeUninit<T>],
+    items: impl Iterator<Item = T>,
+) -> &mut [T] {
+    let mut items = items.peekable();
+    let mut last = None;
+    let n = slots.len();
+    let mut written = 0;
+    for slot in slots.iter_mut() {
+        match items.next().or(last) {
+            Some(v) => {
+                slot.write(v);
+                last = Some(v);
+                written += 1;
+            }
+            None => break,
+        }
+    }
+    let slots = &mut slots[..written.min(n)];
+    // SAFETY: the first `written` slots were written above; the slice is cut to them.
+    unsafe { &mut *(slots as *mut [MaybeUninit<T>] as *mut [T]) }
+}

@@ -1,0 +1,180 @@
+//! One report call: meminfo-style totals, `/proc/buddyinfo`, `/proc/pagetypeinfo`, the
+//! watermark part of `/proc/zoneinfo`, `/proc/slabinfo` for the kmalloc caches, and the
+//! high-order availability figure — all through `core::fmt::Display`, so a kernel can print
+//! it on its console and a host program to a terminal.
+
+use core::fmt;
+
+use mmkit_addr::{IrqControl, PAGE_SIZE};
+use mmkit_pgtable::PagingFormat;
+
+use crate::mm::Mm;
+use crate::owner::PageUse;
+
+/// `/proc/meminfo`-style totals, in KiB.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemInfo {
+    /// Memory handed to the buddy (`MemTotal`).
+    pub total_kb: u64,
+    /// Free on the zones' lists plus cached per CPU (`MemFree`).
+    pub free_kb: u64,
+    /// Of the free memory, cached on per-CPU lists.
+    pub pcp_kb: u64,
+    /// Memory in the firmware map.
+    pub present_kb: u64,
+    /// Memory never handed to the buddy (firmware, kernel, boot metadata).
+    pub reserved_kb: u64,
+    /// Of that, page descriptors.
+    pub memmap_kb: u64,
+    /// Slab pages and large kmalloc blocks (`Slab`).
+    pub slab_kb: u64,
+    /// Slab memory allocated reclaimable (`SReclaimable`).
+    pub slab_reclaimable_kb: u64,
+    /// Pages handed out by `alloc_pages`, per mobility (unmovable, movable, reclaimable).
+    pub pages_kb: [u64; 3],
+    /// Frames mapped by vmalloc (`VmallocUsed`).
+    pub vmalloc_used_kb: u64,
+    /// Size of the vmalloc window (`VmallocTotal`).
+    pub vmalloc_total_kb: u64,
+    /// Page-table frames (`PageTables`).
+    pub page_tables_kb: u64,
+}
+
+impl fmt::Display for MemInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let rows: [(&str, u64); 15] = [
+            ("MemTotal", self.total_kb),
+            ("MemFree", self.free_kb),
+            ("PerCpuCached", self.pcp_kb),
+            ("MemPresent", self.present_kb),
+            ("Reserved", self.reserved_kb),
+            ("Memmap", self.memmap_kb),
+            ("Slab", self.slab_kb),
+            ("SReclaimable", self.slab_reclaimable_kb),
+            (
+                "SUnreclaim",
+                self.slab_kb - self.slab_reclaimable_kb.min(self.slab_kb),
+            ),
+            ("PagesUnmovable", self.pages_kb[0]),
+            ("PagesMovable", self.pages_kb[1]),
+            ("PagesReclaimable", self.pages_kb[2]),
+            ("VmallocUsed", self.vmalloc_used_kb),
+            ("PageTables", self.page_tables_kb),
+            ("VmallocTotal", self.vmalloc_total_kb),
+        ];
+        for (name, kb) in rows {
+            writeln!(f, "{name}:{kb:>width$} kB", width = 24 - name.len())?;
+        }
+        Ok(())
+    }
+}
+
+/// How much free memory is obtainable in large blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HighOrder {
+    /// The order asked about.
+    pub order: u32,
+    /// Free frames in blocks of at least that order.
+    pub frames: u64,
+    /// All free frames on the zones' lists.
+    pub free_frames: u64,
+}
+
+impl HighOrder {
+    /// Blocks of exactly `2^order` frames that could be allocated now.
+    pub fn blocks(&self) -> u64 {
+        self.frames >> self.order
+    }
+
+    /// Percentage of free memory available at that order (0 when nothing is free).
+    pub fn percent(&self) -> f64 {
+        if self.free_frames == 0 {
+            0.0
+        } else {
+            self.frames as f64 * 100.0 / self.free_frames as f64
+        }
+    }
+}
+
+impl fmt::Display for HighOrder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "order >= {:>2} ({:>5} KiB blocks): {:>8} blocks, {:>5.1}% of free memory",
+            self.order,
+            (PAGE_SIZE << self.order) / 1024,
+            self.blocks(),
+            self.percent()
+        )
+    }
+}
+
+/// Everything [`Mm::report`] prints.
+pub struct Report<'a, 'm, P: IrqControl, F: PagingFormat> {
+    mm: &'a Mm<'m, P, F>,
+}
+
+impl<'m, P: IrqControl, F: PagingFormat> Mm<'m, P, F> {
+    /// The meminfo-style totals.
+    pub fn meminfo(&self) -> MemInfo {
+        let kb = |frames: u64| frames * (PAGE_SIZE / 1024);
+        let buddy = &self.pages.buddy;
+        let owners = &self.pages.owners;
+        let pcp = buddy.total_pcp();
+        let vm = self.vmalloc_stats();
+        let managed = buddy.total_managed();
+        let slab = owners.frames(PageUse::Slab);
+        MemInfo {
+            total_kb: kb(managed),
+            free_kb: kb(buddy.total_free() + pcp),
+            pcp_kb: kb(pcp),
+            present_kb: self.boot.memory_bytes / 1024,
+            reserved_kb: (self.boot.memory_bytes / 1024).saturating_sub(kb(managed)),
+            memmap_kb: self.boot.memmap_bytes / 1024,
+            slab_kb: kb(slab.iter().sum()),
+            slab_reclaimable_kb: kb(slab[2]),
+            pages_kb: owners.frames(PageUse::Pages).map(kb),
+            vmalloc_used_kb: vm.backed_bytes / 1024,
+            vmalloc_total_kb: vm.window_bytes / 1024,
+            page_tables_kb: kb(owners.frames_by_use(PageUse::PageTable)),
+        }
+    }
+
+    /// The high-order availability figure for `order`.
+    pub fn high_order(&self, order: u32) -> HighOrder {
+        HighOrder {
+            order,
+            frames: self.free_pages_at_order(order),
+            free_frames: self.free_pages_at_order(0),
+        }
+    }
+
+    /// The full report (meminfo, buddyinfo, pagetypeinfo, zoneinfo watermarks, slabinfo,
+    /// high-order availability), for `Display`.
+    pub fn report(&self) -> Report<'_, 'm, P, F> {
+        Report { mm: self }
+    }
+}
+
+impl<P: IrqControl, F: PagingFormat> fmt::Display for Report<'_, '_, P, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mm = self.mm;
+        let buddy = mm.buddy();
+        writeln!(f, "== meminfo")?;
+        write!(f, "{}", mm.meminfo())?;
+        writeln!(f, "\n== buddyinfo")?;
+        write!(f, "{}", buddy.buddyinfo())?;
+        writeln!(f, "\n== pagetypeinfo")?;
+        write!(f, "{}", buddy.pagetypeinfo())?;
+        writeln!(f, "\n== zoneinfo (watermarks)")?;
+        write!(f, "{}", buddy.zoneinfo())?;
+        writeln!(f, "\n== slabinfo")?;
+        write!(f, "{}", mm.kmalloc)?;
+        writeln!(f, "\n== high-order availability")?;
+        let cfg = buddy.config();
+        for order in [3, cfg.pageblock_order, cfg.max_order] {
+            writeln!(f, "{}", mm.high_order(order))?;
+        }
+        Ok(())
+    }
+}

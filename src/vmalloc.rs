@@ -1,0 +1,583 @@
+//! vmalloc: virtually contiguous kernel memory from scattered frames (Linux `mm/vmalloc.c`).
+//!
+//! The kernel page table (created at boot from buddy frames, in the format the builder was
+//! given) serves a fixed virtual window. An area of `n` pages takes `n + 1` consecutive
+//! window slots: the pages, then one **guard page** that stays unmapped, so running off the
+//! end of an area faults instead of corrupting the next one.
+//!
+//! ## Bookkeeping without a heap
+//! Three bitmaps over the window's slots, carved from bootmem at boot:
+//! * `used`: the slot belongs to an area (its pages or its guard);
+//! * `starts`: the slot is the first of an area — `vfree(va)` accepts only these;
+//! * `borrowed`: the area maps frames its caller owns (`vmap`), so `vunmap` must be used and
+//!   the frames are not freed.
+//!
+//! An area's length is the run of used slots from its start up to the next start or unused
+//! slot; its last slot is the guard. Allocation is first fit.
+//!
+//! ## TLB maintenance
+//! Every call that changes the table takes the kernel's [`TlbInvalidate`] and invalidates
+//! before returning; on `vfree`, pages and emptied tables go back to the buddy only after the
+//! invalidation (the page-table layer's token order: unhook → invalidate → free). Teardown is
+//! batched [`VFREE_BATCH`] pages per invalidation, as Linux purges lazily in batches.
+//!
+//! ## Locking
+//! One spin lock over the table and the bitmaps. Lock order: vmalloc lock, then the buddy's
+//! per-CPU and zone locks (page allocations happen under it). The table is the kernel's, so
+//! [`Mm::with_page_table`] takes the same lock.
+
+use core::fmt;
+
+use mmkit_addr::{IrqControl, Order, Pfn, PhysAddr, VirtAddr, VirtRange, PAGE_SHIFT};
+use mmkit_bootmem::Bootmem;
+use mmkit_buddy::GfpFlags;
+use mmkit_pgtable::{
+    Attrs, Flush, MapError, MapSize, PageTable, PagingFormat, TlbInvalidate, UnmapError,
+};
+use spin::Mutex;
+
+use crate::builder::BootError;
+use crate::frame_source::TableFrames;
+use crate::map::{KernelMap, MapRef};
+use crate::mm::Mm;
+use crate::owner::PageUse;
+use crate::pages::PageAllocator;
+use crate::raw::{boot_slice, fill};
+
+/// Pages unmapped per TLB invalidation in `vfree` / `vunmap`.
+pub const VFREE_BATCH: usize = 32;
+
+/// The kernel page table as the facade keeps it.
+pub type KernelPageTable<'m, P, F> = PageTable<F, MapRef<'m>, TableFrames<'m, P>>;
+
+/// Why a vmalloc or vmap failed. Nothing changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmallocError {
+    /// The `Mm` was built without a vmalloc window.
+    NoVmallocArea,
+    /// Zero bytes (or no frames) asked for.
+    ZeroSize,
+    /// No run of free window slots is long enough (area plus guard page).
+    NoVirtualSpace,
+    /// The buddy had no page.
+    OutOfMemory,
+    /// A frame given to `vmap` is not a granule-aligned frame.
+    BadFrame(Pfn),
+    /// The page table refused a mapping.
+    Map(MapError),
+}
+
+/// Why a vfree or vunmap was refused. Nothing changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VfreeError {
+    /// The `Mm` was built without a vmalloc window.
+    NoVmallocArea,
+    /// The address is not the start of a live area.
+    NotAnArea(VirtAddr),
+    /// `vfree` on a `vmap` area, or `vunmap` on a `vmalloc` area.
+    WrongKind(VirtAddr),
+    /// The page table refused to unmap (it could not split a mapping).
+    Unmap(UnmapError),
+}
+
+impl fmt::Display for VmallocError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+impl fmt::Display for VfreeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// The slot bitmaps (module docs).
+pub(crate) struct VmallocSpace<'m> {
+    used: &'m mut [u64],
+    starts: &'m mut [u64],
+    borrowed: &'m mut [u64],
+    slots: usize,
+}
+
+fn bit(map: &[u64], i: usize) -> bool {
+    map[i / 64] & (1 << (i % 64)) != 0
+}
+
+fn set(map: &mut [u64], i: usize, on: bool) {
+    if on {
+        map[i / 64] |= 1 << (i % 64);
+    } else {
+        map[i / 64] &= !(1 << (i % 64));
+    }
+}
+
+impl<'m> VmallocSpace<'m> {
+    /// Check `window` against `fmt` and carve the bitmaps from bootmem.
+    pub(crate) fn carve<F: PagingFormat>(
+        bm: &mut Bootmem<'m>,
+        map: &'m dyn KernelMap,
+        fmt: &F,
+        window: VirtRange,
+    ) -> Result<Self, BootError> {
+        let unit = fmt.granule().bytes();
+        let last = window.end().as_u64().wrapping_sub(1);
+        if window.is_empty()
+            || !window.is_aligned(unit)
+            || !fmt.is_canonical(window.start())
+            || !fmt.is_canonical(VirtAddr::new(last))
+        {
+            return Err(BootError::BadVmallocRange(window));
+        }
+        let slots =
+            usize::try_from(window.len() / unit).map_err(|_| BootError::MetadataTooLarge)?;
+        let words = slots.div_ceil(64);
+        let carve = |bm: &mut Bootmem<'m>| -> Result<&'m mut [u64], BootError> {
+            Ok(fill(boot_slice::<u64>(bm, map, words, None)?, |_| 0))
+        };
+        Ok(Self {
+            used: carve(bm)?,
+            starts: carve(bm)?,
+            borrowed: carve(bm)?,
+            slots,
+        })
+    }
+
+    /// First fit for `n` slots; returns the first slot.
+    fn find(&self, n: usize) -> Option<usize> {
+        let mut run = 0;
+        let mut i = 0;
+        while i < self.slots {
+            if i % 64 == 0 && self.used[i / 64] == u64::MAX {
+                run = 0;
+                i += 64;
+                continue;
+            }
+            if bit(self.used, i) {
+                run = 0;
+            } else {
+                run += 1;
+                if run == n {
+                    return Some(i + 1 - n);
+                }
+            }
+            i += 1;
+        }
+        None
+    }
+
+    fn claim(&mut self, first: usize, n: usize, borrowed: bool) {
+        for i in first..first + n {
+            set(self.used, i, true);
+        }
+        set(self.starts, first, true);
+        set(self.borrowed, first, borrowed);
+    }
+
+    /// Slots of the area starting at `first`, guard included.
+    fn area_slots(&self, first: usize) -> Option<usize> {
+        if first >= self.slots || !bit(self.starts, first) {
+            return None;
+        }
+        let mut n = 1;
+        while first + n < self.slots && bit(self.used, first + n) && !bit(self.starts, first + n) {
+            n += 1;
+        }
+        Some(n)
+    }
+
+    fn release(&mut self, first: usize, n: usize) {
+        for i in first..first + n {
+            set(self.used, i, false);
+        }
+        set(self.starts, first, false);
+        set(self.borrowed, first, false);
+    }
+
+    fn used_slots(&self) -> u64 {
+        self.used.iter().map(|w| u64::from(w.count_ones())).sum()
+    }
+
+    fn areas(&self) -> u64 {
+        self.starts.iter().map(|w| u64::from(w.count_ones())).sum()
+    }
+}
+
+struct Inner<'m, P: IrqControl, F: PagingFormat> {
+    pt: KernelPageTable<'m, P, F>,
+    space: VmallocSpace<'m>,
+    /// Frames mapped by vmalloc areas (not vmap).
+    backed: u64,
+}
+
+/// The vmalloc window and the kernel page table.
+pub struct Vmalloc<'m, P: IrqControl, F: PagingFormat> {
+    inner: Mutex<Inner<'m, P, F>>,
+    pages: &'m PageAllocator<'m, P>,
+    window: VirtRange,
+    unit: u64,
+    order: Order,
+}
+
+impl<'m, P: IrqControl, F: PagingFormat> Vmalloc<'m, P, F> {
+    pub(crate) fn new(
+        pages: &'m PageAllocator<'m, P>,
+        fmt: F,
+        window: VirtRange,
+        space: VmallocSpace<'m>,
+    ) -> Result<Self, BootError> {
+        let unit = fmt.granule().bytes();
+        let order = Order::new(fmt.granule().shift() - PAGE_SHIFT);
+        let pt = PageTable::new(fmt, MapRef(pages.map), TableFrames(pages))
+            .map_err(BootError::PageTable)?;
+        Ok(Self {
+            inner: Mutex::new(Inner {
+                pt,
+                space,
+                backed: 0,
+            }),
+            pages,
+            window,
+            unit,
+            order,
+        })
+    }
+
+    fn va_of(&self, slot: usize) -> VirtAddr {
+        VirtAddr::new(self.window.start().as_u64() + slot as u64 * self.unit)
+    }
+
+    fn slot_of(&self, va: VirtAddr) -> Option<usize> {
+        if !self.window.contains(va) || !va.is_aligned(self.unit) {
+            return None;
+        }
+        usize::try_from((va.as_u64() - self.window.start().as_u64()) / self.unit).ok()
+    }
+
+    /// Map `n` pages at `first`, each frame from `frame(i)`; on failure undo everything.
+    fn map_area<T: TlbInvalidate + ?Sized>(
+        &self,
+        inner: &mut Inner<'m, P, F>,
+        n: usize,
+        attrs: Attrs,
+        tlb: &mut T,
+        borrowed: bool,
+        mut frame: impl FnMut(usize) -> Result<PhysAddr, VmallocError>,
+    ) -> Result<VirtAddr, VmallocError> {
+        let first = inner
+            .space
+            .find(n + 1)
+            .ok_or(VmallocError::NoVirtualSpace)?;
+        inner.space.claim(first, n + 1, borrowed);
+        let mut done = 0;
+        let mut failure = None;
+        let mut flush: Option<Flush> = None;
+        for i in 0..n {
+            let pa = match frame(i) {
+                Ok(pa) => pa,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            };
+            let va = self.va_of(first + i);
+            match inner.pt.map(
+                va,
+                pa,
+                self.unit,
+                attrs,
+                MapSize::Exactly(inner.pt.format().granule()),
+            ) {
+                Ok(f) => {
+                    flush = Some(match flush.take() {
+                        Some(acc) => inner.pt.merge_flush(acc, f),
+                        None => f,
+                    });
+                    done += 1;
+                }
+                Err(e) => {
+                    if !borrowed {
+                        let _ = self.pages.free(pa.pfn(), self.order);
+                    }
+                    failure = Some(VmallocError::Map(e));
+                    break;
+                }
+            }
+        }
+        if let Some(f) = flush {
+            let freed = f.invalidate(tlb);
+            inner.pt.free_tables(freed);
+        }
+        if let Some(e) = failure {
+            // Undo: unmap what was mapped (frames freed unless borrowed), release the slots.
+            let _ = self.unmap_slots(inner, first, done, tlb, !borrowed);
+            inner.space.release(first, n + 1);
+            return Err(e);
+        }
+        if !borrowed {
+            inner.backed += n as u64;
+        }
+        Ok(self.va_of(first))
+    }
+
+    /// Unmap `n` pages from slot `first` in batches, invalidating before frames (if
+    /// `free_frames`) and emptied tables go back.
+    fn unmap_slots<T: TlbInvalidate + ?Sized>(
+        &self,
+        inner: &mut Inner<'m, P, F>,
+        first: usize,
+        n: usize,
+        tlb: &mut T,
+        free_frames: bool,
+    ) -> Result<(), UnmapError> {
+        let mut i = 0;
+        while i < n {
+            let batch = (n - i).min(VFREE_BATCH);
+            let mut frames = [None::<Pfn>; VFREE_BATCH];
+            for (j, f) in frames.iter_mut().enumerate().take(batch) {
+                *f = inner
+                    .pt
+                    .translate(self.va_of(first + i + j))
+                    .map(|t| t.page_pa.pfn());
+            }
+            let flush = inner
+                .pt
+                .unmap(self.va_of(first + i), batch as u64 * self.unit)?;
+            let freed = flush.invalidate(tlb);
+            inner.pt.free_tables(freed);
+            if free_frames {
+                for pfn in frames.iter().take(batch).flatten() {
+                    let freed = self.pages.free(*pfn, self.order);
+                    debug_assert!(freed.is_ok(), "vmalloc page free failed: {freed:?}");
+                }
+            }
+            i += batch;
+        }
+        Ok(())
+    }
+
+    fn free_area<T: TlbInvalidate + ?Sized>(
+        &self,
+        va: VirtAddr,
+        tlb: &mut T,
+        borrowed: bool,
+    ) -> Result<(), VfreeError> {
+        let mut inner = self.inner.lock();
+        let first = self.slot_of(va).ok_or(VfreeError::NotAnArea(va))?;
+        let slots = inner
+            .space
+            .area_slots(first)
+            .ok_or(VfreeError::NotAnArea(va))?;
+        if bit(inner.space.borrowed, first) != borrowed {
+            return Err(VfreeError::WrongKind(va));
+        }
+        let n = slots - 1;
+        self.unmap_slots(&mut inner, first, n, tlb, !borrowed)
+            .map_err(VfreeError::Unmap)?;
+        inner.space.release(first, slots);
+        if !borrowed {
+            inner.backed -= n as u64;
+        }
+        Ok(())
+    }
+}
+
+/// vmalloc usage, for the reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VmallocStats {
+    /// Bytes of the window.
+    pub window_bytes: u64,
+    /// Bytes of the window taken by areas, guard pages included.
+    pub used_bytes: u64,
+    /// Bytes of frames vmalloc allocated and maps (`VmallocUsed`).
+    pub backed_bytes: u64,
+    /// Live areas.
+    pub areas: u64,
+    /// Frames of the kernel page table.
+    pub table_frames: u64,
+}
+
+impl<'m, P: IrqControl, F: PagingFormat> Mm<'m, P, F> {
+    fn vm(&self) -> Result<&Vmalloc<'m, P, F>, VmallocError> {
+        self.vmalloc.as_ref().ok_or(VmallocError::NoVmallocArea)
+    }
+
+    fn vmalloc_gfp(
+        &self,
+        size: usize,
+        gfp: GfpFlags,
+        tlb: &mut (impl TlbInvalidate + ?Sized),
+    ) -> Result<VirtAddr, VmallocError> {
+        let vm = self.vm()?;
+        if size == 0 {
+            return Err(VmallocError::ZeroSize);
+        }
+        let n = usize::try_from((size as u64).div_ceil(vm.unit))
+            .map_err(|_| VmallocError::NoVirtualSpace)?;
+        let mut inner = vm.inner.lock();
+        vm.map_area(&mut inner, n, Attrs::KERNEL_RW, tlb, false, |_| {
+            vm.pages
+                .alloc(gfp, vm.order, PageUse::Vmalloc)
+                .map(Pfn::addr)
+                .map_err(|_| VmallocError::OutOfMemory)
+        })
+    }
+
+    /// Allocate `size` bytes of virtually contiguous kernel memory (`vmalloc`), page by page
+    /// from the buddy, mapped read-write in the kernel page table with a guard page after.
+    /// `tlb` is invoked before returning.
+    pub fn vmalloc(
+        &self,
+        size: usize,
+        tlb: &mut (impl TlbInvalidate + ?Sized),
+    ) -> Result<VirtAddr, VmallocError> {
+        self.vmalloc_gfp(size, GfpFlags::KERNEL, tlb)
+    }
+
+    /// [`vmalloc`](Self::vmalloc) with zeroed pages (`vzalloc`).
+    pub fn vzalloc(
+        &self,
+        size: usize,
+        tlb: &mut (impl TlbInvalidate + ?Sized),
+    ) -> Result<VirtAddr, VmallocError> {
+        self.vmalloc_gfp(size, GfpFlags::KERNEL | GfpFlags::ZERO, tlb)
+    }
+
+    /// Free a [`vmalloc`](Self::vmalloc) area: unmap, invalidate through `tlb`, then give
+    /// the pages and emptied tables back.
+    pub fn vfree(
+        &self,
+        va: VirtAddr,
+        tlb: &mut (impl TlbInvalidate + ?Sized),
+    ) -> Result<(), VfreeError> {
+        let vm = self.vmalloc.as_ref().ok_or(VfreeError::NoVmallocArea)?;
+        vm.free_area(va, tlb, false)
+    }
+
+    /// Map caller-owned frames contiguously (`vmap`) with `attrs`; each entry of `frames` is
+    /// one granule-sized frame. The frames stay the caller's; undo with
+    /// [`vunmap`](Self::vunmap).
+    pub fn vmap(
+        &self,
+        frames: &[Pfn],
+        attrs: Attrs,
+        tlb: &mut (impl TlbInvalidate + ?Sized),
+    ) -> Result<VirtAddr, VmallocError> {
+        let vm = self.vm()?;
+        if frames.is_empty() {
+            return Err(VmallocError::ZeroSize);
+        }
+        let mut inner = vm.inner.lock();
+        vm.map_area(&mut inner, frames.len(), attrs, tlb, true, |i| {
+            let pfn = frames[i];
+            if pfn.as_u64() % vm.order.pages() != 0 {
+                return Err(VmallocError::BadFrame(pfn));
+            }
+            pfn.checked_addr().ok_or(VmallocError::BadFrame(pfn))
+        })
+    }
+
+    /// Undo a [`vmap`](Self::vmap): unmap and invalidate; the frames are not freed.
+    pub fn vunmap(
+        &self,
+        va: VirtAddr,
+        tlb: &mut (impl TlbInvalidate + ?Sized),
+    ) -> Result<(), VfreeError> {
+        let vm = self.vmalloc.as_ref().ok_or(VfreeError::NoVmallocArea)?;
+        vm.free_area(va, tlb, true)
+    }
+
+    /// The frame backing vmalloc address `va` (`vmalloc_to_pfn`).
+    pub fn vmalloc_to_pfn(&self, va: VirtAddr) -> Option<Pfn> {
+        let vm = self.vmalloc.as_ref()?;
+        if !vm.window.contains(va) {
+            return None;
+        }
+        let t = vm.inner.lock().pt.translate(va)?;
+        Some(t.pa_of(va).pfn())
+    }
+
+    /// Run `f` on the kernel page table (under the vmalloc lock): map the kernel image and
+    /// the direct map, load the root into the MMU. Mappings inside the vmalloc window belong
+    /// to vmalloc; do not touch them here.
+    pub fn with_page_table<R>(
+        &self,
+        f: impl FnOnce(&mut KernelPageTable<'m, P, F>) -> R,
+    ) -> Option<R> {
+        let vm = self.vmalloc.as_ref()?;
+        Some(f(&mut vm.inner.lock().pt))
+    }
+
+    /// vmalloc usage (zero when there is no window).
+    pub fn vmalloc_stats(&self) -> VmallocStats {
+        let Some(vm) = self.vmalloc.as_ref() else {
+            return VmallocStats::default();
+        };
+        let inner = vm.inner.lock();
+        VmallocStats {
+            window_bytes: vm.window.len(),
+            used_bytes: inner.space.used_slots() * vm.unit,
+            backed_bytes: inner.backed * vm.unit,
+            areas: inner.space.areas(),
+            table_frames: inner.pt.table_frames() as u64,
+        }
+    }
+
+    /// Check the kernel page table's invariants and that every area start is in use.
+    pub(crate) fn verify_vmalloc(&self) -> Result<(), crate::mm::VerifyError> {
+        let Some(vm) = self.vmalloc.as_ref() else {
+            return Ok(());
+        };
+        let inner = vm.inner.lock();
+        inner
+            .pt
+            .verify()
+            .map_err(crate::mm::VerifyError::PageTable)?;
+        let s = &inner.space;
+        for i in 0..s.slots {
+            if bit(s.starts, i) && !bit(s.used, i) {
+                return Err(crate::mm::VerifyError::Vmalloc(
+                    self::VmallocCorruption::StartNotUsed(i),
+                ));
+            }
+            if bit(s.starts, i) && !bit(s.borrowed, i) {
+                // Every mapped page of a vmalloc area must be a frame vmalloc owns.
+                let n = s.area_slots(i).unwrap_or(1) - 1;
+                for j in 0..n {
+                    let va = vm.va_of(i + j);
+                    let Some(t) = inner.pt.translate(va) else {
+                        return Err(crate::mm::VerifyError::Vmalloc(
+                            VmallocCorruption::Unmapped(va),
+                        ));
+                    };
+                    let owner = vm.pages.owner(t.page_pa.pfn());
+                    if owner.map(|o| o.usage) != Some(PageUse::Vmalloc) {
+                        return Err(crate::mm::VerifyError::Vmalloc(
+                            VmallocCorruption::NotVmallocFrame(va),
+                        ));
+                    }
+                }
+                // The guard page stays unmapped.
+                if inner.pt.translate(vm.va_of(i + n)).is_some() {
+                    return Err(crate::mm::VerifyError::Vmalloc(
+                        VmallocCorruption::GuardMapped(vm.va_of(i + n)),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What [`Mm::verify`] found wrong with the vmalloc bookkeeping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmallocCorruption {
+    /// An area start slot is not marked used.
+    StartNotUsed(usize),
+    /// A page of a vmalloc area is not mapped.
+    Unmapped(VirtAddr),
+    /// A page of a vmalloc area maps a frame not recorded as a vmalloc page.
+    NotVmallocFrame(VirtAddr),
+    /// A guard page is mapped.
+    GuardMapped(VirtAddr),
+}

@@ -1,0 +1,290 @@
+//! Full boot from a synthetic firmware map and every facade API, on the host.
+
+use mmkit::addr::host::HostPlatform;
+use mmkit::addr::{Order, Pfn, PhysAddr, PhysRange, VirtAddr, VirtRange, PAGE_SIZE};
+use mmkit::bootmem::firmware::e820::{E820Entry, E820Type};
+use mmkit::buddy::{CoreSize, FreeError, GfpFlags, ZoneType};
+use mmkit::host::HostRam as HostMemory;
+use mmkit::pgtable::arch::x86_64::X86_64;
+use mmkit::pgtable::softmmu::x86_64::X86Walker;
+use mmkit::pgtable::softmmu::{Access, Mode, SoftMmu};
+use mmkit::pgtable::Attrs;
+use mmkit::slab::CacheConfig;
+use mmkit::{BootError, Mm, MmBuilder, PageUse, VfreeError, VmallocError};
+
+const MIB: u64 = 1 << 20;
+/// Memory spans 0..160 MiB: two nodes of 80 MiB, with a hole and firmware ranges.
+const SPAN: u64 = 160 * MIB;
+const VMALLOC: u64 = 0xffff_c900_0000_0000;
+
+fn range(start: u64, len: u64) -> PhysRange {
+    PhysRange::from_start_size(PhysAddr::new(start), len).unwrap()
+}
+
+fn e820_map() -> [E820Entry; 6] {
+    [
+        E820Entry::new(0, 0x9_fc00, E820Type::Ram),
+        E820Entry::new(0x9_fc00, 0x400, E820Type::Reserved),
+        E820Entry::new(0xf_0000, 0x1_0000, E820Type::Reserved),
+        E820Entry::new(MIB, 63 * MIB, E820Type::Ram),
+        // A hole at 64..72 MiB, then ACPI tables.
+        E820Entry::new(72 * MIB, MIB, E820Type::Acpi),
+        E820Entry::new(73 * MIB, SPAN - 73 * MIB, E820Type::Ram),
+    ]
+}
+
+fn boot(mem: &HostMemory) -> Mm<'_, HostPlatform> {
+    // SAFETY: `mem` is the whole simulated machine and nothing else uses it.
+    unsafe { MmBuilder::new(HostPlatform::new(4), mem) }
+        .e820(&e820_map())
+        .reserve(range(2 * MIB, 4 * MIB)) // kernel image
+        .reserve(range(8 * MIB, MIB)) // initrd
+        .node(1, range(80 * MIB, SPAN - 80 * MIB))
+        .node_distance(0, 1, 21)
+        .cpu_node(2, 1)
+        .cpu_node(3, 1)
+        .movablecore(CoreSize::Percent(25))
+        .vmalloc_area(
+            X86_64::FOUR_LEVEL,
+            VirtRange::from_start_size(VirtAddr::new(VMALLOC), 64 * MIB).unwrap(),
+        )
+        .boot()
+        .expect("boot")
+}
+
+#[test]
+fn boot_accounts_every_frame_of_the_map() {
+    let mem = HostMemory::new(PhysAddr::new(0), SPAN);
+    let mut mm = boot(&mem);
+    mm.verify().unwrap();
+    let s = *mm.boot_summary();
+    assert_eq!(s.nr_nodes, 2);
+    // e820 RAM: 0x9fc00 + 63 MiB + (160 - 73) MiB.
+    assert_eq!(s.memory_bytes, 0x9_fc00 + 63 * MIB + (SPAN - 73 * MIB));
+    let info = mm.meminfo();
+    assert!(
+        info.total_kb > 140 * 1024 && info.total_kb < 150 * 1024,
+        "{info}"
+    );
+    assert!(
+        info.reserved_kb >= 5 * 1024,
+        "kernel + initrd are reserved: {info}"
+    );
+    // Boot metadata came from bootmem: the slab's caches exist and page tables were built.
+    assert!(info.slab_kb > 0 && info.page_tables_kb > 0);
+    // ZONE_MOVABLE was carved and node 1 exists.
+    assert!(mm
+        .buddy()
+        .zone_stats(1, ZoneType::Movable)
+        .is_some_and(|z| z.managed > 0));
+    assert!(mm.buddy().zone_stats(1, ZoneType::Dma32).is_some());
+}
+
+#[test]
+fn reserved_ranges_are_never_allocated() {
+    let mem = HostMemory::new(PhysAddr::new(0), SPAN);
+    let mm = boot(&mem);
+    let forbidden = [
+        range(2 * MIB, 4 * MIB),
+        range(8 * MIB, MIB),
+        range(64 * MIB, 9 * MIB),
+    ];
+    let mut got = Vec::new();
+    while let Ok(pfn) = mm.alloc_pages(GfpFlags::KERNEL, Order::new(4)) {
+        let r = PhysRange::from_pfns(pfn, 16).unwrap();
+        assert!(
+            forbidden.iter().all(|f| !f.overlaps(&r)),
+            "{r:?} is reserved"
+        );
+        got.push(pfn);
+    }
+    assert!(got.len() > 1000);
+    for pfn in got {
+        mm.free_pages(pfn, Order::new(4)).unwrap();
+    }
+}
+
+#[test]
+fn pages_round_trip_and_bad_frees_change_nothing() {
+    let mem = HostMemory::new(PhysAddr::new(0), SPAN);
+    let mut mm = boot(&mem);
+    let free_before = mm.meminfo().free_kb;
+    let pfn = mm
+        .alloc_pages(GfpFlags::HIGHUSER_MOVABLE | GfpFlags::ZERO, Order::new(3))
+        .unwrap();
+    let p = mm.page_address(pfn, Order::new(3)).unwrap();
+    // SAFETY: the block is ours and mapped by the host memory.
+    unsafe { p.as_ptr().write_bytes(0xab, 8 * PAGE_SIZE as usize) };
+    assert_eq!(
+        mm.page_allocator().owner(pfn).unwrap().usage,
+        PageUse::Pages
+    );
+    assert_eq!(mm.meminfo().pages_kb[1], 32);
+    assert_eq!(
+        mm.free_pages(pfn, Order::new(2)),
+        Err(FreeError::WrongOrder { allocated: 3 })
+    );
+    mm.verify().unwrap();
+    mm.free_pages(pfn, Order::new(3)).unwrap();
+    assert_eq!(
+        mm.free_pages(pfn, Order::new(3)),
+        Err(FreeError::DoubleFree)
+    );
+    assert_eq!(mm.meminfo().pages_kb, [0, 0, 0]);
+    mm.drain_all();
+    assert_eq!(mm.meminfo().free_kb, free_before, "every frame came back");
+    mm.verify().unwrap();
+}
+
+#[test]
+fn kmalloc_family_and_caches_work_and_refuse_bad_pointers() {
+    let mem = HostMemory::new(PhysAddr::new(0), SPAN);
+    let mut mm = boot(&mem);
+    let p = mm.kzalloc(200, GfpFlags::KERNEL).unwrap();
+    // SAFETY: 200 zeroed bytes are ours.
+    unsafe {
+        assert!(core::slice::from_raw_parts(p.as_ptr(), 200)
+            .iter()
+            .all(|&b| b == 0));
+        p.as_ptr().write_bytes(7, 200);
+        assert_eq!(mm.ksize(p).unwrap(), 256);
+    }
+    // SAFETY: `p` is live and given up.
+    let q = unsafe { mm.krealloc(p, 5000, GfpFlags::KERNEL) }.unwrap();
+    // SAFETY: the first 200 bytes were copied.
+    assert_eq!(unsafe { *q.as_ptr().add(199) }, 7);
+    let big = mm.kmalloc(100_000, GfpFlags::KERNEL).unwrap();
+    assert!(mm.meminfo().slab_kb >= 128);
+    // SAFETY: each pointer is live and freed once; the second free of `big` must be refused.
+    unsafe {
+        mm.kfree(q).unwrap();
+        mm.kfree(big).unwrap();
+        assert!(mm.kfree(big).is_err());
+    }
+    // A page from alloc_pages is not a kmalloc pointer.
+    let pfn = mm.alloc_pages(GfpFlags::KERNEL, Order::ZERO).unwrap();
+    let page = mm.page_address(pfn, Order::ZERO).unwrap();
+    // SAFETY: refused without touching the page.
+    assert!(unsafe { mm.kfree(page) }.is_err());
+    mm.free_pages(pfn, Order::ZERO).unwrap();
+
+    #[derive(Default)]
+    struct Inode {
+        ino: u64,
+        _pad: [u64; 7],
+    }
+    let inodes = mm
+        .typed_cache::<Inode>(CacheConfig::new("inode", 64))
+        .unwrap();
+    let mut a = inodes.alloc().unwrap();
+    a.ino = 42;
+    assert_eq!(a.ino, 42);
+    drop(a);
+    let cache = mm.cache_create(&CacheConfig::new("dentry", 192)).unwrap();
+    let o = cache.alloc().unwrap();
+    // SAFETY: `o` came from this cache.
+    unsafe { cache.free(o).unwrap() };
+    let report = format!("{}", mm.report());
+    assert!(
+        report.contains("kmalloc-256") && report.contains("Node 1"),
+        "{report}"
+    );
+    mm.verify().unwrap();
+}
+
+#[test]
+fn vmalloc_maps_pages_with_a_guard_and_frees_after_invalidation() {
+    let mem = HostMemory::new(PhysAddr::new(0), SPAN);
+    let mut mm = boot(&mem);
+    let root = mm.with_page_table(|pt| pt.root()).unwrap();
+    let mut mmu = SoftMmu::new(X86Walker::new(&mem, root, 4));
+    let before = mm.meminfo();
+    let a = mm.vzalloc(5 * PAGE_SIZE as usize + 1, &mut mmu).unwrap();
+    let b = mm.vmalloc(PAGE_SIZE as usize, &mut mmu).unwrap();
+    // Six pages then a guard: `b` starts after the guard.
+    assert_eq!(b.as_u64(), a.as_u64() + 7 * PAGE_SIZE);
+    for i in 0..6 {
+        let va = VirtAddr::new(a.as_u64() + i * PAGE_SIZE + 8);
+        let pa = mmu.access(va, Access::Write, Mode::Kernel).unwrap();
+        assert_eq!(mm.vmalloc_to_pfn(va), Some(pa.pfn()));
+    }
+    let guard = VirtAddr::new(a.as_u64() + 6 * PAGE_SIZE);
+    assert!(mmu.access(guard, Access::Read, Mode::Kernel).is_err());
+    assert!(
+        mmu.access(a, Access::Read, Mode::User).is_err(),
+        "kernel only"
+    );
+    assert_eq!(mm.meminfo().vmalloc_used_kb, 28);
+    mm.verify().unwrap();
+
+    assert_eq!(
+        mm.vfree(VirtAddr::new(a.as_u64() + PAGE_SIZE), &mut mmu),
+        Err(VfreeError::NotAnArea(VirtAddr::new(a.as_u64() + PAGE_SIZE)))
+    );
+    mm.vfree(a, &mut mmu).unwrap();
+    assert!(
+        mmu.access(a, Access::Read, Mode::Kernel).is_err(),
+        "TLB was invalidated"
+    );
+    assert_eq!(mm.vfree(a, &mut mmu), Err(VfreeError::NotAnArea(a)));
+    mm.vfree(b, &mut mmu).unwrap();
+    assert_eq!(mm.meminfo().vmalloc_used_kb, 0);
+
+    // vmap borrows frames; vunmap leaves them allocated.
+    let pfn = mm.alloc_pages(GfpFlags::KERNEL, Order::new(1)).unwrap();
+    let frames = [pfn, Pfn::new(pfn.as_u64() + 1)];
+    let v = mm.vmap(&frames, Attrs::KERNEL_RO, &mut mmu).unwrap();
+    assert_eq!(
+        mmu.access(
+            VirtAddr::new(v.as_u64() + PAGE_SIZE),
+            Access::Read,
+            Mode::Kernel
+        )
+        .unwrap()
+        .pfn(),
+        frames[1]
+    );
+    assert!(
+        mmu.access(v, Access::Write, Mode::Kernel).is_err(),
+        "read-only"
+    );
+    assert_eq!(mm.vfree(v, &mut mmu), Err(VfreeError::WrongKind(v)));
+    mm.vunmap(v, &mut mmu).unwrap();
+    mm.free_pages(pfn, Order::new(1)).unwrap();
+    assert_eq!(mm.vmalloc(0, &mut mmu), Err(VmallocError::ZeroSize));
+    assert_eq!(
+        mm.vmalloc(128 * MIB as usize, &mut mmu),
+        Err(VmallocError::NoVirtualSpace)
+    );
+    mm.drain_all();
+    mm.verify().unwrap();
+    let after = mm.meminfo();
+    assert_eq!(after.pages_kb, before.pages_kb);
+    assert_eq!(after.vmalloc_used_kb, 0);
+}
+
+#[test]
+fn boot_errors_are_reported_not_panicked() {
+    let mem = HostMemory::new(PhysAddr::new(0), 16 * MIB);
+    // SAFETY: as in `boot`.
+    let empty = unsafe { MmBuilder::new(HostPlatform::new(1), &mem) }.boot();
+    assert_eq!(empty.err(), Some(BootError::NoMemory));
+    // SAFETY: as in `boot`.
+    let bad_node = unsafe { MmBuilder::new(HostPlatform::new(1), &mem) }
+        .memory(range(MIB, 8 * MIB))
+        .node(9, range(MIB, MIB))
+        .boot();
+    assert_eq!(bad_node.err(), Some(BootError::BadNode(9)));
+    // SAFETY: as in `boot`.
+    let bad_window = unsafe { MmBuilder::new(HostPlatform::new(1), &mem) }
+        .memory(range(MIB, 8 * MIB))
+        .vmalloc_area(
+            X86_64::FOUR_LEVEL,
+            VirtRange::from_start_size(VirtAddr::new(0x8000_0000_0000), 4096).unwrap(),
+        )
+        .boot();
+    assert!(matches!(
+        bad_window.err(),
+        Some(BootError::BadVmallocRange(_))
+    ));
+}
