@@ -33,6 +33,7 @@ use mmkit_pgtable::arch::aarch64_hw::{self, InnerShareableTlb};
 use mmkit_pgtable::{Attrs, CachePolicy, MapError, MapSize, PageTable, TlbInvalidate};
 use mmkit_qemu_common::frames::{PoolFrames, WindowMapper};
 use mmkit_qemu_common::memmap::MemoryMap;
+use mmkit_qemu_common::mmu_checks::KernelSections;
 
 use crate::memmap::kernel_image;
 
@@ -82,21 +83,10 @@ fn symbol_range(start: *const u8, end: *const u8) -> PhysRange {
         .unwrap_or(PhysRange::EMPTY)
 }
 
-/// The kernel image's sections, page-aligned by the linker script.
-#[derive(Debug, Clone, Copy)]
-pub struct Sections {
-    /// `.text` (vector table included): read + execute.
-    pub text: PhysRange,
-    /// `.rodata`, `.ex_table`: read only.
-    pub rodata: PhysRange,
-    /// `.data`, `.bss`: read + write.
-    pub data: PhysRange,
-}
-
-/// The sections, from the linker script's symbols.
-pub fn sections() -> Sections {
+/// The kernel image's sections, from the linker script's symbols (page-aligned there).
+pub fn sections() -> KernelSections {
     use core::ptr::addr_of;
-    Sections {
+    KernelSections {
         text: symbol_range(addr_of!(__text_start), addr_of!(__text_end)),
         rodata: symbol_range(addr_of!(__rodata_start), addr_of!(__rodata_end)),
         data: symbol_range(addr_of!(__data_start), addr_of!(__data_end)),

@@ -20,6 +20,7 @@ use mmkit_qemu_common::checks::{self, Injection};
 use mmkit_qemu_common::frames::{PoolFrames, WindowMapper};
 use mmkit_qemu_common::harness::{CheckResult, Harness, Outcome, Reason};
 use mmkit_qemu_common::memmap::MemoryMap;
+use mmkit_qemu_common::mmu_checks;
 use mmkit_qemu_common::{ensure, fail, rawmem};
 
 use crate::exceptions::{
@@ -278,10 +279,10 @@ fn mmu_sequence(
         return false;
     };
     h.run("kernel_image_is_w_xor_x", || {
-        kernel_image_is_w_xor_x(&lower)
+        mmu_checks::kernel_image_is_w_xor_x(&lower, kernel_image(), mmu::sections())
     });
     h.run("direct_map_uses_large_blocks", || {
-        direct_map_uses_large_blocks(&upper, map)
+        mmu_checks::direct_map_uses_large_pages(&upper, map, DIRECT_MAP_BASE)
     });
     let switched = h.run("mmu_turns_on_with_new_tables", || {
         // SAFETY: EL1 with the MMU off; the lower table identity-maps the kernel image (stack
@@ -308,7 +309,14 @@ fn mmu_sequence(
     }
     h.run("unmapped_address_faults", unmapped_address_faults);
     h.run("direct_map_aliases_identity", || {
-        direct_map_aliases_identity(map, exclude, pool)
+        let avoid = [exclude[0], exclude[1], pool];
+        mmu_checks::direct_map_aliases_identity(
+            map,
+            &avoid,
+            IDENTITY_LIMIT,
+            &IDENTITY,
+            &mmu::DIRECT,
+        )
     });
     h.run("write_to_kernel_rodata_faults", || {
         write_faults(
@@ -345,67 +353,6 @@ fn mmu_sequence(
     true
 }
 
-fn kernel_image_is_w_xor_x(pt: &KernelTable<'_>) -> CheckResult {
-    let s = mmu::sections();
-    for pfn in kernel_image().whole_pfns() {
-        let va = pfn * PAGE_SIZE;
-        let Some(t) = pt.translate(VirtAddr::new(va)) else {
-            fail!("kernel page {va:#x} is not mapped");
-        };
-        ensure!(
-            t.pa_of(VirtAddr::new(va)).as_u64() == va,
-            "kernel page {va:#x} is not identity-mapped"
-        );
-        let (w, x) = (
-            t.attrs.contains(Attrs::WRITE),
-            t.attrs.contains(Attrs::KERNEL_EXEC),
-        );
-        ensure!(!(w && x), "kernel page {va:#x} is writable and executable");
-        let pa = PhysAddr::new(va);
-        if s.text.contains(pa) {
-            ensure!(x && !w, "text page {va:#x}: {:?}", t.attrs);
-        } else if s.rodata.contains(pa) {
-            ensure!(!x && !w, "rodata page {va:#x}: {:?}", t.attrs);
-        } else if s.data.contains(pa) {
-            ensure!(!x && w, "data page {va:#x}: {:?}", t.attrs);
-        }
-    }
-    Ok(())
-}
-
-fn direct_map_uses_large_blocks(pt: &KernelTable<'_>, map: &MemoryMap) -> CheckResult {
-    let Some(biggest) = map.ram().max_by_key(|r| r.len()) else {
-        fail!("no RAM");
-    };
-    let two_mib = PageSize::Size2M.bytes();
-    let Some(pa) = biggest.start().align_up(two_mib) else {
-        fail!("{biggest} has no 2 MiB boundary");
-    };
-    ensure!(
-        pa.as_u64() + two_mib <= biggest.end().as_u64(),
-        "{biggest} holds no 2 MiB block"
-    );
-    let va = VirtAddr::new(DIRECT_MAP_BASE + pa.as_u64());
-    let Some(t) = pt.translate(va) else {
-        fail!("direct map of {pa:?} is not mapped");
-    };
-    ensure!(
-        t.pa_of(va) == pa,
-        "direct map of {pa:?} points at {:?}",
-        t.pa_of(va)
-    );
-    ensure!(
-        t.size >= PageSize::Size2M,
-        "direct map of {pa:?} uses {:?} pages",
-        t.size
-    );
-    ensure!(
-        !t.attrs.contains(Attrs::KERNEL_EXEC),
-        "direct map is executable"
-    );
-    Ok(())
-}
-
 fn unmapped_address_faults() -> CheckResult {
     // Address 0 (QEMU's flash) is not in the kernel's tables.
     // SAFETY: the address is unmapped, so the read faults and touches nothing.
@@ -421,34 +368,6 @@ fn unmapped_address_faults() -> CheckResult {
     );
     ensure!(fault.far == 0, "FAR {:#x}", fault.far);
     Ok(())
-}
-
-fn direct_map_aliases_identity(
-    map: &MemoryMap,
-    exclude: &[PhysRange],
-    pool: PhysRange,
-) -> CheckResult {
-    let avoid = [exclude[0], exclude[1], pool];
-    let Some(page) = map.find_free_top_down(PAGE_SIZE, PAGE_SIZE, IDENTITY_LIMIT, &avoid) else {
-        fail!("no free page");
-    };
-    let Some(identity) = IDENTITY.phys_to_virt(page) else {
-        fail!("{page} not reachable");
-    };
-    // SAFETY: the page is free RAM (bootmem handed it off and no allocator has taken it),
-    // identity-mapped RW; the check owns it for its duration.
-    unsafe {
-        rawmem::write_read_pattern(identity, (PAGE_SIZE / 8) as usize, page.start().as_u64())
-    }?;
-    // SAFETY: the upper table maps all RAM RW at DIRECT_MAP_BASE + pa.
-    let direct =
-        unsafe { mmkit_addr::OffsetMapper::new(DIRECT_MAP_BASE, u64::MAX - DIRECT_MAP_BASE) };
-    checks::mapper_translates(&direct, DIRECT_MAP_BASE, u64::MAX - DIRECT_MAP_BASE, page)?;
-    let Some(alias) = direct.phys_to_virt(page) else {
-        fail!("{page} not in the direct map");
-    };
-    // SAFETY: as above; reading the same page through its direct-map alias.
-    unsafe { rawmem::check_pattern(alias, (PAGE_SIZE / 8) as usize, page.start().as_u64()) }
 }
 
 /// A write fault is a data abort at EL1 with a permission fault status, WnR set, FAR = addr.

@@ -10,6 +10,8 @@
 //!   several orders come out and are written through the kernel's direct map;
 //! * [`slab_checks`]: the kernels as users of mmkit-slab: kmalloc of every size class and an
 //!   object cache over the buddy (the slab's `PageSource` on the buddy and the direct map);
+//! * [`mmu_checks`]: checks of the kernels' own page tables through `translate`, and of the
+//!   direct map aliasing the identity map;
 //! * [`checks`]: the checks both kernels run identically (memory map, RAM size, IRQ guard,
 //!   direct-map hook);
 //! * [`harness`]: named self-test checks printing `ok` / `FAILED` lines and one summary line
@@ -56,6 +58,7 @@ pub mod extable;
 pub mod frames;
 pub mod harness;
 pub mod memmap;
+pub mod mmu_checks;
 pub mod pvh;
 #[allow(unsafe_code)]
 pub mod rawmem;

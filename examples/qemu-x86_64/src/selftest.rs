@@ -17,6 +17,7 @@ use mmkit_qemu_common::checks::Injection;
 use mmkit_qemu_common::frames::{PoolFrames, WindowMapper};
 use mmkit_qemu_common::harness::{CheckResult, Harness, Outcome, Reason};
 use mmkit_qemu_common::memmap::MemoryMap;
+use mmkit_qemu_common::mmu_checks;
 use mmkit_qemu_common::{checks, ensure, fail, rawmem};
 
 use crate::memmap::{kernel_image, BootInfo};
@@ -203,9 +204,11 @@ fn mmu_sequence(
         h.skip("mmu_*", "no tables");
         return false;
     };
-    h.run("kernel_image_is_w_xor_x", || kernel_image_is_w_xor_x(&pt));
+    h.run("kernel_image_is_w_xor_x", || {
+        mmu_checks::kernel_image_is_w_xor_x(&pt, kernel_image(), mmu::sections())
+    });
     h.run("direct_map_uses_large_pages", || {
-        direct_map_uses_large_pages(&pt, map, cpu.gib_pages)
+        mmu_checks::direct_map_uses_large_pages(&pt, map, DIRECT_MAP_BASE)
     });
     let switched = h.run("mmu_switches_to_new_tables", || {
         // SAFETY: `build` mapped the whole kernel image, the low memory holding the boot data,
@@ -226,7 +229,21 @@ fn mmu_sequence(
     }
     h.run("null_page_is_unmapped", null_page_is_unmapped);
     h.run("direct_map_aliases_identity", || {
-        direct_map_aliases_identity(map, exclude, pool)
+        let avoid = [
+            exclude[0],
+            exclude[1],
+            exclude[2],
+            exclude[3],
+            pool,
+            low_memory(),
+        ];
+        mmu_checks::direct_map_aliases_identity(
+            map,
+            &avoid,
+            IDENTITY_LIMIT,
+            &IDENTITY,
+            &mmu::DIRECT,
+        )
     });
     h.run("write_to_kernel_rodata_faults", || {
         write_faults(core::ptr::addr_of!(traps::RET_IN_RODATA) as u64, "rodata")
@@ -252,75 +269,6 @@ fn mmu_sequence(
     true
 }
 
-fn kernel_image_is_w_xor_x(pt: &KernelTable<'_>) -> CheckResult {
-    let s = mmu::sections();
-    let kernel = kernel_image();
-    for pfn in kernel.whole_pfns() {
-        let va = pfn * PAGE_SIZE;
-        let Some(t) = pt.translate(VirtAddr::new(va)) else {
-            fail!("kernel page {va:#x} is not mapped");
-        };
-        ensure!(
-            t.pa_of(VirtAddr::new(va)).as_u64() == va,
-            "kernel page {va:#x} is not identity-mapped"
-        );
-        let (w, x) = (
-            t.attrs.contains(Attrs::WRITE),
-            t.attrs.contains(Attrs::KERNEL_EXEC),
-        );
-        ensure!(!(w && x), "kernel page {va:#x} is writable and executable");
-        let pa = PhysAddr::new(va);
-        if s.text.contains(pa) {
-            ensure!(x && !w, "text page {va:#x}: {:?}", t.attrs);
-        } else if s.rodata.contains(pa) {
-            ensure!(!x && !w, "rodata page {va:#x}: {:?}", t.attrs);
-        } else if s.data.contains(pa) {
-            ensure!(!x && w, "data page {va:#x}: {:?}", t.attrs);
-        }
-    }
-    Ok(())
-}
-
-fn direct_map_uses_large_pages(
-    pt: &KernelTable<'_>,
-    map: &MemoryMap,
-    gib_pages: bool,
-) -> CheckResult {
-    let Some(biggest) = map.ram().max_by_key(|r| r.len()) else {
-        fail!("no RAM");
-    };
-    let two_mib = PageSize::Size2M.bytes();
-    let Some(pa) = biggest.start().align_up(two_mib) else {
-        fail!("{biggest} has no 2 MiB boundary");
-    };
-    ensure!(
-        pa.as_u64() + two_mib <= biggest.end().as_u64(),
-        "{biggest} holds no 2 MiB block"
-    );
-    let va = VirtAddr::new(DIRECT_MAP_BASE + pa.as_u64());
-    let Some(t) = pt.translate(va) else {
-        fail!("direct map of {pa:?} is not mapped");
-    };
-    ensure!(
-        t.pa_of(va) == pa,
-        "direct map of {pa:?} points at {:?}",
-        t.pa_of(va)
-    );
-    ensure!(
-        t.size >= PageSize::Size2M,
-        "direct map of {pa:?} uses {:?} pages",
-        t.size
-    );
-    ensure!(
-        !t.attrs.contains(Attrs::KERNEL_EXEC),
-        "direct map is executable"
-    );
-    if !gib_pages {
-        ensure!(t.size == PageSize::Size2M, "1 GiB page without CPU support");
-    }
-    Ok(())
-}
-
 fn null_page_is_unmapped() -> CheckResult {
     // SAFETY: page 0 is not mapped, so the read faults and touches nothing.
     let got = unsafe { traps::read_u64_nofault(0) };
@@ -331,41 +279,6 @@ fn null_page_is_unmapped() -> CheckResult {
     };
     ensure!(got == Err(expected), "read of address 0 gave {got:?}");
     Ok(())
-}
-
-fn direct_map_aliases_identity(
-    map: &MemoryMap,
-    exclude: &[PhysRange],
-    pool: PhysRange,
-) -> CheckResult {
-    let avoid = [
-        exclude[0],
-        exclude[1],
-        exclude[2],
-        exclude[3],
-        pool,
-        low_memory(),
-    ];
-    let Some(page) = map.find_free_top_down(PAGE_SIZE, PAGE_SIZE, IDENTITY_LIMIT, &avoid) else {
-        fail!("no free page");
-    };
-    let Some(identity) = IDENTITY.phys_to_virt(page) else {
-        fail!("{page} not in the identity map");
-    };
-    // SAFETY: the page is free RAM (bootmem handed it off and no allocator has taken it) and
-    // identity-mapped RW; the check owns it for its duration.
-    unsafe {
-        rawmem::write_read_pattern(identity, (PAGE_SIZE / 8) as usize, page.start().as_u64())
-    }?;
-    // SAFETY: the direct map covers all RAM, RW (module docs of `mmu`), 4 KiB-aligned here.
-    let direct =
-        unsafe { mmkit_addr::OffsetMapper::new(DIRECT_MAP_BASE, u64::MAX - DIRECT_MAP_BASE) };
-    checks::mapper_translates(&direct, DIRECT_MAP_BASE, u64::MAX - DIRECT_MAP_BASE, page)?;
-    let Some(alias) = direct.phys_to_virt(page) else {
-        fail!("{page} not in the direct map");
-    };
-    // SAFETY: as above; reading the same page through its direct-map alias.
-    unsafe { rawmem::check_pattern(alias, (PAGE_SIZE / 8) as usize, page.start().as_u64()) }
 }
 
 /// Writing one byte at `addr` (with the value already there, in case the write is allowed)
