@@ -2,6 +2,7 @@
 //! cross-checks against peer crates. Fixtures come from the public `model` module, which the
 //! fuzz target shares.
 
+mod concurrency;
 mod crosscheck;
 mod laws;
 mod model;
