@@ -21,6 +21,10 @@ use mmkit_addr::{PageSize, PhysAddr, VirtAddr};
 
 /// Above this many pages, [`Flush::invalidate`] invalidates everything instead.
 /// Linux x86 `tlb_single_page_flush_ceiling` default (arch/x86/mm/tlb.c).
+///
+/// ```
+/// assert_eq!(mmkit_pgtable::FLUSH_CEILING, 33);
+/// ```
 pub const FLUSH_CEILING: u64 = 33;
 
 /// Something that can drop translations from the TLBs that may hold them: the local CPU's

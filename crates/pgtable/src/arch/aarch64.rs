@@ -3,15 +3,15 @@
 //! A format value is one half of the address space (TTBR0: addresses with the top bits clear;
 //! TTBR1: set) for one granule and VA width (`TnSZ = 64 - va_bits`): 39..=48 bits for every
 //! granule, and 52 bits (FEAT_LVA) with the 64 KiB granule, whose output addresses may then use
-//! 52 bits too (FEAT_LPA: OA[51:48] in descriptor bits 15:12). 52-bit VA with 4/16 KiB
+//! 52 bits too (FEAT_LPA: OA\[51:48\] in descriptor bits 15:12). 52-bit VA with 4/16 KiB
 //! granules needs FEAT_LPA2's different descriptor layout and is not supported.
 //!
 //! Levels: the hardware's level 3 holds pages; blocks exist at level 2 (2 MiB / 32 MiB /
 //! 512 MiB) and, for 4 KiB, level 1 (1 GiB). The root is the highest level the VA width
 //! needs, with fewer index bits when the width is not a whole level.
 //!
-//! Descriptor bits (Arm ARM D8.3): valid 0, table/page 1, AttrIndx 2–4, NS 5, AP[1] 6 (EL0
-//! access), AP[2] 7 (read-only), SH 8–9, AF 10, nG 11, Contiguous 52, PXN 53, UXN 54, software
+//! Descriptor bits (Arm ARM D8.3): valid 0, table/page 1, AttrIndx 2–4, NS 5, AP\[1\] 6 (EL0
+//! access), AP\[2\] 7 (read-only), SH 8–9, AF 10, nG 11, Contiguous 52, PXN 53, UXN 54, software
 //! 55–58 (this crate: 55 DIRTY as Linux's PTE_DIRTY, 56–58 SW0–SW2).
 //!
 //! * Table descriptors carry the child's entry count in bits 2–11 and 52–55, all ignored by
@@ -36,9 +36,9 @@ pub const VALID: u64 = 1 << 0;
 pub const TABLE_OR_PAGE: u64 = 1 << 1;
 /// AttrIndx shift.
 pub const ATTR_INDX_SHIFT: u32 = 2;
-/// AP[1]: EL0 may access.
+/// AP\[1\]: EL0 may access.
 pub const AP_EL0: u64 = 1 << 6;
-/// AP[2]: read-only.
+/// AP\[2\]: read-only.
 pub const AP_RO: u64 = 1 << 7;
 /// Inner shareable (SH = 0b11).
 pub const SH_INNER: u64 = 0b11 << 8;
@@ -58,13 +58,18 @@ pub const SW_DIRTY: u64 = 1 << 55;
 const SW_SHIFT: u32 = 56;
 /// Output-address bits 47:12 (further masked by the granule).
 const OA_LOW: u64 = 0x0000_ffff_ffff_f000;
-/// Descriptor bits 15:12 holding OA[51:48] with the 64 KiB granule and 52-bit PA.
+/// Descriptor bits 15:12 holding OA\[51:48\] with the 64 KiB granule and 52-bit PA.
 const OA_HIGH_64K: u64 = 0xf000;
 
 /// MAIR_EL1 value for this crate's cache policies (index = AttrIndx):
 /// 0 Normal WB RW-allocate (0xff), 1 Normal WT RW-allocate (0xbb), 2 Device-nGnRnE (0x00),
 /// 3 Normal non-cacheable (0x44), 4 Device-nGnRE (0x04). Linux uses the same encodings
 /// (arch/arm64/include/asm/memory.h, MT_*).
+///
+/// ```
+/// use mmkit_pgtable::arch::aarch64::MAIR_EL1;
+/// assert_eq!(MAIR_EL1.to_le_bytes()[..5], [0xff, 0xbb, 0x00, 0x44, 0x04]);
+/// ```
 pub const MAIR_EL1: u64 = 0x0000_0004_4400_bbff;
 
 /// AttrIndx used for each [`CachePolicy`], in field order.

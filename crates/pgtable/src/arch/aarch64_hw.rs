@@ -10,7 +10,7 @@ use mmkit_addr::{PageSize, PhysAddr, VirtAddr};
 
 use crate::flush::TlbInvalidate;
 
-/// The TLBI operand for `va`: VA[55:12] in bits 43:0, ASID 0.
+/// The TLBI operand for `va`: VA\[55:12\] in bits 43:0, ASID 0.
 #[inline]
 fn tlbi_operand(va: VirtAddr) -> u64 {
     (va.as_u64() >> 12) & ((1 << 44) - 1)

@@ -60,6 +60,11 @@ const COUNT_MASK: u64 = 0x3ff << COUNT_SHIFT;
 /// The PAT MSR (IA32_PAT, 0x277) value this crate's cache policies assume, as Linux programs
 /// it (arch/x86/mm/pat/memtype.c): PA0 WB, PA1 WC, PA2 UC-, PA3 UC, PA4 WB, PA5 WP, PA6 UC-,
 /// PA7 WT. Memory types: UC 0, WC 1, WT 4, WP 5, WB 6, UC- 7.
+///
+/// ```
+/// use mmkit_pgtable::arch::x86_64::PAT_MSR;
+/// assert_eq!(PAT_MSR.to_le_bytes(), [6, 1, 7, 0, 6, 5, 7, 4]);
+/// ```
 pub const PAT_MSR: u64 = 0x0407_0506_0007_0106;
 
 /// PAT index used for each [`CachePolicy`], in field order (see [`PAT_MSR`]).

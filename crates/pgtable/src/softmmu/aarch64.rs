@@ -3,7 +3,7 @@
 //! Models: TTBR0/TTBR1 selection by the top VA bits and TnSZ, 4/16/64 KiB granules, start
 //! level from the VA width, table / block / page descriptors (a block where none may be, or
 //! `0b01` at level 3, is a translation fault), the hierarchical table controls (APTable,
-//! UXNTable, PXNTable), AP[2:1], UXN, PXN, EL0-writable implies PXN, PAN = 1, and the access
+//! UXNTable, PXNTable), AP\[2:1\], UXN, PXN, EL0-writable implies PXN, PAN = 1, and the access
 //! flag without hardware management (AF = 0 faults; nothing is written to memory). The
 //! contiguous hint is a TLB-size hint only and does not change translation.
 
