@@ -102,7 +102,8 @@ unsafe impl CpuTopology for TlsPlatform {
         self.locks.len()
     }
     fn current_cpu(&self) -> usize {
-        TLS_CPU.with(Cell::get) % self.locks.len()
+        // `bind` stores the id already reduced modulo the CPU count (default 0).
+        TLS_CPU.with(Cell::get)
     }
 }
 

@@ -164,6 +164,14 @@ const NAMES: [[&str; NR_CLASSES]; NR_KINDS] = [
 ];
 
 /// The class index serving `size` bytes (1..=8192), or `None` for larger sizes.
+///
+/// ```
+/// use mmkit_slab::{class_index, KMALLOC_CLASSES};
+/// assert_eq!(KMALLOC_CLASSES[class_index(100).unwrap()], 128);
+/// assert_eq!(KMALLOC_CLASSES[class_index(300).unwrap()], 384);
+/// assert_eq!(KMALLOC_CLASSES[class_index(8192).unwrap()], 8192);
+/// assert_eq!(class_index(8193), None);
+/// ```
 pub const fn class_index(size: usize) -> Option<usize> {
     if size == 0 {
         Some(0)

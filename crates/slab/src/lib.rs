@@ -12,6 +12,32 @@
 //!   classes, with reclaimable and DMA sets and page-backed large allocations.
 //! * `verify()` invariant scanners, [`CacheStats`], and `/proc/slabinfo` via `Display`.
 //!
+//! ```
+//! use mmkit_addr::host::HostPlatform;
+//! use mmkit_slab::testing::TestPageSource;
+//! use mmkit_slab::{Cache, CacheConfig, CacheFlags, Gfp, Kmalloc};
+//!
+//! let pages = TestPageSource::new(8 << 20); // in a kernel: the buddy allocator
+//! let cpus = HostPlatform::new(2);           // in a kernel: CPU id + interrupt control
+//! let dentries = Cache::new(
+//!     &CacheConfig::new("dentry", 192).flags(CacheFlags::HWCACHE_ALIGN),
+//!     &pages,
+//!     &cpus,
+//! )
+//! .expect("descriptor pages");
+//! let d = dentries.alloc().expect("memory");
+//! assert_eq!(d.as_ptr() as usize % 64, 0);
+//! // SAFETY: `d` came from `dentries` and is not used again.
+//! unsafe { dentries.free(d) }.expect("a valid free");
+//!
+//! let k = Kmalloc::new(&pages, &cpus).expect("descriptor pages");
+//! let p = k.kzalloc(100, Gfp::empty()).expect("memory");
+//! // SAFETY: `p` came from `k`.
+//! assert_eq!(unsafe { k.ksize(p) }, Ok(128));
+//! // SAFETY: as above, and `p` is not used again.
+//! unsafe { k.kfree(p) }.expect("a valid free");
+//! ```
+//!
 //! ## How it fits together
 //! ```text
 //! Kmalloc ──> Cache (handle) ──> descriptor block (percpu.rs): config, node lock, CPU arrays
@@ -26,9 +52,18 @@
 //! `kmalloc`, `stats` (counters, slabinfo), `flags`, `error`, `page_source`, and with the
 //! `testing` feature `testing` (host page source and grace period).
 //!
-//! Unsafe code is confined to `slab`, `percpu`, and the calls into them from `cache`,
-//! `typed` and `kmalloc`, each with a `// SAFETY:` argument pointing at the contract; the
-//! policy modules deny `unsafe_code`.
+//! Raw memory is read and written only in `slab` (slab pages) and `percpu` (the descriptor
+//! block), plus `typed`'s reads and writes of a `T` through its box. `cache` and `kmalloc`
+//! only call into them (and into the page source), each call with a `// SAFETY:` argument
+//! pointing at the contract; the policy modules (`layout`, `error`, `stats`) deny
+//! `unsafe_code`.
+//!
+//! ## Safety boundary
+//! Allocation is safe. Freeing takes a raw pointer and is `unsafe`: the caller promises the
+//! pointer is a live allocation of that cache (or kmalloc) and is not used afterwards. What
+//! the allocator can detect it refuses with an error and no state change: pointers outside any
+//! slab, in another cache's slab, not at an object start, an immediate double free (every
+//! double free in debug caches), and broken red zones. [`SlabBox`] is the safe owner type.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![deny(
     unsafe_op_in_unsafe_fn,
