@@ -118,6 +118,12 @@ struct Job {
     bbm: bool,
 }
 
+/// Whether `change` sets or clears a bit the hardware may set on its own (x86 A/D).
+#[inline]
+fn touches_hw_bits(change: &AttrChange) -> bool {
+    (change.set | change.clear).intersects(Attrs::ACCESSED | Attrs::DIRTY)
+}
+
 /// The attributes a leaf gets, in stored form.
 #[inline]
 fn new_attrs<F: PagingFormat>(
@@ -158,7 +164,10 @@ fn plan_protect<F: PagingFormat, M: PhysMapper>(
             EntryKind::Leaf => {
                 let old = fmt.leaf_attrs(level, raw);
                 let new = new_attrs(fmt, old, &job.change)?;
-                if new != old {
+                // The hardware may set accessed/dirty between plan and apply; a change that
+                // touches those bits is planned as changing the leaf whatever they are now,
+                // so apply never needs a frame or a BBM decision the plan did not see.
+                if new != old || touches_hw_bits(&job.change) {
                     let breaks_run = fmt.is_contiguous(raw)
                         && run_sticks_out(fmt, level, s, job.first, job.last);
                     if job.bbm && (breaks_run || !whole || fmt.attr_change_needs_bbm(old, new)) {

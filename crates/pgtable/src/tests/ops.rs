@@ -694,3 +694,66 @@ fn merged_flush_frees_tables_of_both_unmaps() {
     let _ = pt.destroy(&mut mmu);
     assert_eq!(arena.outstanding(), 0);
 }
+
+#[test]
+fn protect_touching_hw_bits_reserves_conservatively_and_returns_unused_frames() {
+    // Clearing DIRTY on part of a clean block changes nothing, but the plan must reserve a
+    // split table in case the hardware dirties the block before apply; the unused frame goes
+    // straight back.
+    let f = X86_64::FOUR_LEVEL;
+    let arena = arena_for(&f, 16);
+    let mut pt = table(f, &arena);
+    let mut mmu = mmu_for(&pt, &arena);
+    let va = VirtAddr::new(0x4000_0000);
+    let clean = Attrs::KERNEL_RW - Attrs::DIRTY;
+    let _ = pt
+        .map(
+            va,
+            PhysAddr::new(0x4000_0000),
+            0x20_0000,
+            clean,
+            MapSize::Largest,
+        )
+        .unwrap();
+    let (tables, frames) = (pt.table_frames(), arena.outstanding());
+    let allocs = arena.counters().0;
+    let fl = pt
+        .protect(
+            VirtAddr::new(va.as_u64() + 0x1000),
+            0x1000,
+            AttrChange::flags(Attrs::empty(), Attrs::DIRTY),
+        )
+        .unwrap();
+    assert!(fl.is_empty(), "nothing changed");
+    assert_eq!((pt.table_frames(), arena.outstanding()), (tables, frames));
+    assert_eq!(
+        arena.counters().0,
+        allocs + 1,
+        "one split frame was reserved and returned"
+    );
+    assert_eq!(
+        pt.translate(va).unwrap().size,
+        PageSize::Size2M,
+        "not split"
+    );
+    // Once the block is dirty, the same protect splits it.
+    mmu.access(va, Access::Write, Mode::Kernel).unwrap();
+    let fl = pt
+        .protect(
+            VirtAddr::new(va.as_u64() + 0x1000),
+            0x1000,
+            AttrChange::flags(Attrs::empty(), Attrs::DIRTY),
+        )
+        .unwrap();
+    let _ = fl.invalidate(&mut mmu);
+    assert_eq!(pt.translate(va).unwrap().size, PageSize::Size4K);
+    assert!(!pt
+        .translate(VirtAddr::new(va.as_u64() + 0x1000))
+        .unwrap()
+        .attrs
+        .contains(Attrs::DIRTY));
+    assert!(pt.translate(va).unwrap().attrs.contains(Attrs::DIRTY));
+    pt.verify().unwrap();
+    let _ = pt.destroy(&mut mmu);
+    assert_eq!(arena.outstanding(), 0);
+}
