@@ -6,7 +6,7 @@ use std::sync::mpsc;
 
 use mmkit_addr::host::HostPlatform;
 use mmkit_slab::testing::TestPageSource;
-use mmkit_slab::{Cache, CacheConfig, Gfp, Kmalloc};
+use mmkit_slab::{Cache, CacheConfig, CacheFlags, Gfp, Kmalloc};
 
 const ROUNDS: usize = 20_000;
 
@@ -128,16 +128,26 @@ fn cross_cpu_frees_keep_caches_consistent() {
 
 #[test]
 fn concurrent_bulk_and_shrink_race_safely() {
+    bulk_and_shrink(CacheFlags::empty(), 2000);
+}
+
+#[test]
+fn concurrent_debug_cache_keeps_red_zones_and_poison() {
+    // The debug path walks a freelist per free, so fewer rounds.
+    bulk_and_shrink(CacheFlags::DEBUG, 300);
+}
+
+fn bulk_and_shrink(flags: CacheFlags, rounds: usize) {
     let src = TestPageSource::new(32 << 20);
     let plat = HostPlatform::new(4);
-    let mut cache = Cache::new(&CacheConfig::new("bulk", 128), &src, &plat).unwrap();
+    let mut cache = Cache::new(&CacheConfig::new("bulk", 128).flags(flags), &src, &plat).unwrap();
     std::thread::scope(|s| {
         for t in 0..4usize {
             let (cache, plat) = (&cache, &plat);
             s.spawn(move || {
                 plat.bind_current_thread(t);
                 let mut out = [None; 33];
-                for r in 0..2000 {
+                for r in 0..rounds {
                     cache.alloc_bulk(&mut out).unwrap();
                     let objs: Vec<_> = out.iter().map(|o| o.unwrap()).collect();
                     for (i, &o) in objs.iter().enumerate() {
@@ -157,6 +167,7 @@ fn concurrent_bulk_and_shrink_race_safely() {
     });
     cache.verify().unwrap();
     assert_eq!(cache.live_objects(), 0);
+    assert_eq!(cache.stats().poison_corruptions, 0);
     cache.destroy().unwrap();
     assert_eq!(src.frames_in_use(), 0);
 }
