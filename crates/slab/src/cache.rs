@@ -172,8 +172,8 @@ impl<'a> CacheConfig<'a> {
 
 #[derive(Default)]
 struct SlowCounters {
-    alloc_slow: AtomicU64,
-    free_slow: AtomicU64,
+    refills: AtomicU64,
+    flushes: AtomicU64,
     slabs_allocated: AtomicU64,
     slabs_freed: AtomicU64,
     alloc_failures: AtomicU64,
@@ -433,7 +433,7 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
         }
         let obj = cpu.pop()?;
         cpu.count_alloc(false);
-        inc(&core.slow.alloc_slow);
+        inc(&core.slow.refills);
         Some(obj)
     }
 
@@ -556,7 +556,6 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
             let fast = !cpu.is_full();
             if !fast {
                 self.flush(&mut cpu, core.batch, &mut released);
-                inc(&core.slow.free_slow);
             }
             cpu.push(obj);
             cpu.count_free(fast);
@@ -568,9 +567,13 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
     /// Give the `n` oldest objects of `cpu` back to their slabs; emptied slabs beyond
     /// `min_partial` go to `out` (or wait for RCU).
     fn flush(&self, cpu: &mut CpuRef<'_>, n: usize, out: &mut DetachedList) {
+        if n == 0 || cpu.len() == 0 {
+            return;
+        }
         let core = self.core();
         let cookie = self.grace.map(|g| g.snapshot());
         let rcu = core.flags.contains(CacheFlags::TYPESAFE_BY_RCU);
+        inc(&core.slow.flushes);
         let mut node = core.node.lock();
         cpu.take_oldest(n, |obj| {
             // SAFETY: objects in our arrays are objects of this cache counted in their slab's
@@ -666,7 +669,7 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
                     if got == 0 {
                         break;
                     }
-                    inc(&core.slow.alloc_slow);
+                    inc(&core.slow.refills);
                 }
             }
             if i < out.len() {
@@ -818,6 +821,8 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
             alloc_slowpath: allocs.wrapping_sub(fast_a) + slow.debug_allocs.load(Relaxed),
             free_fastpath: fast_f,
             free_slowpath: frees.wrapping_sub(fast_f) + slow.debug_frees.load(Relaxed),
+            refills: slow.refills.load(Relaxed),
+            flushes: slow.flushes.load(Relaxed),
             slabs_allocated: slow.slabs_allocated.load(Relaxed),
             slabs_freed: slow.slabs_freed.load(Relaxed),
             alloc_failures: slow.alloc_failures.load(Relaxed),
@@ -1439,6 +1444,7 @@ mod tests {
         );
         assert_eq!(s.live_objects, 1);
         assert_eq!(s.slabs_allocated, 1);
+        assert_eq!((s.refills, s.flushes), (1, 0));
         let line = c.to_string();
         assert!(line.starts_with("st "));
         let cols: Vec<&str> = line.split_whitespace().collect();

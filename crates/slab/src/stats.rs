@@ -48,6 +48,11 @@ pub struct CacheStats {
     pub free_fastpath: u64,
     /// Frees that needed the node lock (flush, or the debug path).
     pub free_slowpath: u64,
+    /// Batches moved from slabs into a per-CPU array (SLUB `ALLOC_REFILL`).
+    pub refills: u64,
+    /// Batches moved from a per-CPU array back to slabs (SLUB `CPUSLAB_FLUSH`), including
+    /// shrink and drain.
+    pub flushes: u64,
     /// Slabs taken from the page source.
     pub slabs_allocated: u64,
     /// Slabs given back to the page source.
