@@ -25,7 +25,7 @@ use crate::arch::x86_64::X86_64;
 use crate::host::{ArenaRef, TableArena};
 use crate::softmmu::aarch64::Aarch64Walker;
 use crate::softmmu::x86_64::X86Walker;
-use crate::softmmu::{Access, Fault, Mode, SoftMmu, Walked, Walker};
+use crate::softmmu::{Access, Fault, Mode, SoftMmu, WalkCache, Walked, Walker};
 use crate::{
     AttrChange, Attrs, CachePolicy, MapError, MapSize, PageTable, PagingFormat, ProtectError,
     UnmapError,
@@ -86,8 +86,15 @@ impl HostFormat for Aarch64 {
 }
 
 impl Walker for Box<dyn Walker + '_> {
-    fn walk(&self, va: u64, access: Access, mode: Mode, update: bool) -> Result<Walked, Fault> {
-        (**self).walk(va, access, mode, update)
+    fn walk_cached(
+        &self,
+        va: u64,
+        access: Access,
+        mode: Mode,
+        update: bool,
+        psc: Option<&mut WalkCache>,
+    ) -> Result<Walked, Fault> {
+        (**self).walk_cached(va, access, mode, update, psc)
     }
     fn shifts(&self) -> Vec<u32> {
         (**self).shifts()

@@ -14,7 +14,7 @@ use std::vec::Vec;
 
 use mmkit_addr::{PhysAddr, PhysMapper, VaHalf, VirtAddr};
 
-use super::{Access, Fault, Mode, Perms, Walked, Walker};
+use super::{Access, Fault, Mode, Perms, WalkCache, Walked, Walker};
 use crate::arch::aarch64::{Aarch64, Granule};
 use crate::format::PagingFormat;
 
@@ -67,7 +67,14 @@ impl<M: PhysMapper> Walker for Aarch64Walker<'_, M> {
         v
     }
 
-    fn walk(&self, va: u64, _access: Access, _mode: Mode, _update: bool) -> Result<Walked, Fault> {
+    fn walk_cached(
+        &self,
+        va: u64,
+        _access: Access,
+        _mode: Mode,
+        _update: bool,
+        mut psc: Option<&mut WalkCache>,
+    ) -> Result<Walked, Fault> {
         let regime = [self.ttbr0, self.ttbr1]
             .into_iter()
             .flatten()
@@ -91,7 +98,9 @@ impl<M: PhysMapper> Walker for Aarch64Walker<'_, M> {
             let shift = gs + (3 - hw) * per;
             let bits = if level == 0 { f.va_bits() - shift } else { per };
             let idx = (va >> shift) & ((1u64 << bits) - 1);
-            let e = self.entry(table, 1 << gs, idx).load(Ordering::Acquire);
+            let cached = psc.as_deref().and_then(|c| c.get(shift, va));
+            let e =
+                cached.unwrap_or_else(|| self.entry(table, 1 << gs, idx).load(Ordering::Acquire));
             if e & 1 == 0 {
                 return Err(Fault::Translation { level });
             }
@@ -101,6 +110,9 @@ impl<M: PhysMapper> Walker for Aarch64Walker<'_, M> {
                 ro_table |= e >> 62 & 1 != 0;
                 uxn_t |= e >> 60 & 1 != 0;
                 pxn_t |= e >> 59 & 1 != 0;
+                if let Some(c) = psc.as_deref_mut() {
+                    c.insert(shift, va, e);
+                }
                 table = output_address(g, e);
                 continue;
             }

@@ -11,7 +11,10 @@
 //! accesses from it, *stale or not*, until a [`Flush`](crate::Flush) is invalidated through it
 //! (it implements [`TlbInvalidate`]). A test that forgets a flush after unmap or protect
 //! therefore sees the old translation and fails. Like the hardware, it never caches a fault,
-//! and a fault drops the faulting page's entry. Walk caches are not modelled.
+//! and a fault drops the faulting page's entry. A walk cache ([`WalkCache`]) keeps every table
+//! entry a walk followed and serves it instead of memory until an invalidation that is not
+//! leaf-only covers it, so a flush that forgets to say "tables changed" walks into a freed
+//! (and possibly reused) table.
 
 extern crate std;
 
@@ -112,11 +115,59 @@ pub struct Walked {
     pub dirty: bool,
 }
 
+/// A paging-structure (walk) cache: table entries the walker followed, keyed by the entry's
+/// VA shift and the address bits above it, served instead of memory until invalidated.
+#[derive(Debug, Default)]
+pub struct WalkCache {
+    entries: HashMap<(u32, u64), u64>,
+}
+
+impl WalkCache {
+    /// The cached table entry of the level indexed at `shift` for `va`.
+    pub fn get(&self, shift: u32, va: u64) -> Option<u64> {
+        self.entries.get(&(shift, va >> shift)).copied()
+    }
+
+    /// Remember a table entry the walker followed.
+    pub fn insert(&mut self, shift: u32, va: u64, raw: u64) {
+        self.entries.insert((shift, va >> shift), raw);
+    }
+
+    /// Drop every cached entry used to translate `va`.
+    pub fn drop_va(&mut self, va: u64) {
+        self.entries
+            .retain(|&(shift, prefix), _| va >> shift != prefix);
+    }
+
+    /// Number of cached table entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
 /// A hardware table walker.
 pub trait Walker {
-    /// Walk for `va`. With `update`, set accessed (and, for a permitted write, dirty) bits as
-    /// the hardware would.
-    fn walk(&self, va: u64, access: Access, mode: Mode, update: bool) -> Result<Walked, Fault>;
+    /// Walk for `va`, reading table (non-leaf) entries from `psc` when it has them and
+    /// recording the ones read from memory into it. With `update`, set accessed (and, for a
+    /// permitted write, dirty) bits as the hardware would.
+    fn walk_cached(
+        &self,
+        va: u64,
+        access: Access,
+        mode: Mode,
+        update: bool,
+        psc: Option<&mut WalkCache>,
+    ) -> Result<Walked, Fault>;
+
+    /// Walk for `va` from memory only.
+    fn walk(&self, va: u64, access: Access, mode: Mode, update: bool) -> Result<Walked, Fault> {
+        self.walk_cached(va, access, mode, update, None)
+    }
 
     /// The page and block sizes (log2) a walk can produce.
     fn shifts(&self) -> Vec<u32>;
@@ -127,6 +178,7 @@ pub struct SoftMmu<W: Walker> {
     walker: W,
     shifts: Vec<u32>,
     tlb: HashMap<(u64, u32), Walked>,
+    psc: WalkCache,
     /// Page invalidations received.
     pub page_invalidations: usize,
     /// Full invalidations received.
@@ -141,6 +193,7 @@ impl<W: Walker> SoftMmu<W> {
             walker,
             shifts,
             tlb: HashMap::new(),
+            psc: WalkCache::default(),
             page_invalidations: 0,
             full_invalidations: 0,
         }
@@ -160,6 +213,11 @@ impl<W: Walker> SoftMmu<W> {
     /// Number of cached translations.
     pub fn tlb_entries(&self) -> usize {
         self.tlb.len()
+    }
+
+    /// Number of cached table entries (the walk cache).
+    pub fn walk_cache_entries(&self) -> usize {
+        self.psc.len()
     }
 
     fn lookup(&self, va: u64) -> Option<Walked> {
@@ -184,7 +242,10 @@ impl<W: Walker> SoftMmu<W> {
             .filter(|w| access != Access::Write || w.dirty || !w.perms.allows(access, mode));
         let w = match cached {
             Some(w) => w,
-            None => match self.walker.walk(va, access, mode, true) {
+            None => match self
+                .walker
+                .walk_cached(va, access, mode, true, Some(&mut self.psc))
+            {
                 Ok(w) => {
                     self.tlb.insert((w.page_va, w.shift), w);
                     w
@@ -211,14 +272,20 @@ impl<W: Walker> SoftMmu<W> {
 // SAFETY: the model's only TLB is `tlb`; invalidation removes every entry containing the
 // address (of any size), and invalidate_all clears it.
 unsafe impl<W: Walker> TlbInvalidate for SoftMmu<W> {
-    fn invalidate_page(&mut self, va: VirtAddr, _size: PageSize, _leaf_only: bool) {
+    fn invalidate_page(&mut self, va: VirtAddr, _size: PageSize, leaf_only: bool) {
         self.page_invalidations += 1;
-        // As INVLPG / TLBI VAE1: entries of any size that contain `va`, nothing else.
+        // As INVLPG / TLBI VAE1: entries of any size that contain `va`, nothing else; the walk
+        // cache too unless only leaves changed (TLBI VALE1). (x86 INVLPG always drops the walk
+        // cache; modelling the narrower aarch64 rule is the stricter test.)
         self.drop_va(va.as_u64());
+        if !leaf_only {
+            self.psc.drop_va(va.as_u64());
+        }
     }
 
     fn invalidate_all(&mut self) {
         self.full_invalidations += 1;
         self.tlb.clear();
+        self.psc = WalkCache::default();
     }
 }

@@ -13,7 +13,7 @@ use std::vec::Vec;
 
 use mmkit_addr::{PhysAddr, PhysMapper, VirtAddr};
 
-use super::{Access, Fault, Mode, Perms, Walked, Walker};
+use super::{Access, Fault, Mode, Perms, WalkCache, Walked, Walker};
 
 const MAXPHYADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 
@@ -43,7 +43,14 @@ impl<M: PhysMapper> Walker for X86Walker<'_, M> {
         std::vec![12, 21, 30]
     }
 
-    fn walk(&self, va: u64, access: Access, mode: Mode, update: bool) -> Result<Walked, Fault> {
+    fn walk_cached(
+        &self,
+        va: u64,
+        access: Access,
+        mode: Mode,
+        update: bool,
+        mut psc: Option<&mut WalkCache>,
+    ) -> Result<Walked, Fault> {
         let va_bits = 12 + 9 * self.levels;
         if !VirtAddr::new(va).is_canonical_x86(va_bits) {
             return Err(Fault::NonCanonical);
@@ -53,7 +60,8 @@ impl<M: PhysMapper> Walker for X86Walker<'_, M> {
         for level in 0..self.levels as usize {
             let shift = 12 + 9 * (self.levels - 1 - level as u32);
             let slot = self.entry(table, (va >> shift) & 511);
-            let e = slot.load(Ordering::Acquire);
+            let cached = psc.as_deref().and_then(|c| c.get(shift, va));
+            let e = cached.unwrap_or_else(|| slot.load(Ordering::Acquire));
             if e & 1 == 0 {
                 return Err(Fault::Translation { level });
             }
@@ -72,10 +80,13 @@ impl<M: PhysMapper> Walker for X86Walker<'_, M> {
                     return Err(Fault::Reserved { level });
                 }
             }
-            if update {
+            if update && cached.is_none() {
                 slot.fetch_or(0x20, Ordering::AcqRel);
             }
             if !leaf {
+                if let Some(c) = psc.as_deref_mut() {
+                    c.insert(shift, va, e);
+                }
                 table = e & MAXPHYADDR_MASK;
                 continue;
             }
