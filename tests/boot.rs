@@ -240,6 +240,7 @@ fn vmalloc_maps_pages_with_a_guard_and_frees_after_invalidation() {
             Access::Read,
             Mode::Kernel
         )
+        .map_err(|e| format!("{e:?} at {v:?} frames {frames:?} root {root:?}"))
         .unwrap()
         .pfn(),
         frames[1]
