@@ -1256,6 +1256,35 @@ mod tests {
     }
 
     #[test]
+    fn underflow_into_left_red_zone_refused_on_free() {
+        let (src, plat) = env();
+        let mut c = Cache::new(
+            &CacheConfig::new("rz", 40).flags(CacheFlags::RED_ZONE),
+            &src,
+            &plat,
+        )
+        .unwrap();
+        let objs: Vec<_> = (0..3).map(|_| c.alloc().unwrap()).collect();
+        for &a in &objs {
+            // One byte before the object: an underflow.
+            // SAFETY: deliberately writing the left red zone of our own object.
+            unsafe { a.as_ptr().sub(1).write(0) };
+            assert_eq!(c.verify(), Err(VerifyError::RedZoneCorrupted));
+            // SAFETY: refused, nothing freed.
+            let refused = unsafe { c.free(a) };
+            assert_eq!(refused, Err(FreeError::RedZoneCorrupted { offset: -1 }));
+            // SAFETY: restoring the byte we broke.
+            unsafe { a.as_ptr().sub(1).write(crate::slab::RED_ACTIVE) };
+            c.verify().unwrap();
+        }
+        for a in objs {
+            // SAFETY: allocated above.
+            unsafe { c.free(a).unwrap() };
+        }
+        c.verify().unwrap();
+    }
+
+    #[test]
     fn use_after_free_write_caught_by_poison() {
         let (src, plat) = env();
         let mut c = Cache::new(

@@ -44,11 +44,12 @@ pub enum FreeError {
     Misaligned,
     /// The object is already free.
     DoubleFree,
-    /// The object's red zone was overwritten (at this offset from the object start); the
-    /// object is left allocated so the evidence stays.
+    /// The object's red zone was overwritten (at this offset from the object start:
+    /// negative before the object, past its size after it); the object is left allocated so
+    /// the evidence stays.
     RedZoneCorrupted {
         /// Offset of the first bad byte from the object start.
-        offset: usize,
+        offset: isize,
     },
 }
 

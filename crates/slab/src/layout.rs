@@ -16,8 +16,11 @@
 //!
 //! ## A slot
 //! ```text
-//! | object (size) | pad to 8 | red zone (8, RED_ZONE) | free ptr (8, if outside) | owner (16, STORE_USER) | pad to align |
+//! | object (size) | pad to 8 | red zone (8, RED_ZONE) | free ptr (8, if outside) | owner (16, STORE_USER) | pad | left red zone of the next object (8, RED_ZONE) |
 //! ```
+//!
+//! With `RED_ZONE` the first object of a slab is preceded by `lead` bytes holding its left red
+//! zone, so every object has 8 guarded bytes on both sides.
 //!
 //! The free pointer of a free object lives *inside* the object (in its middle, as SLUB does,
 //! so a small overflow from the previous object does not hit it) unless the object's bytes must
@@ -92,6 +95,11 @@ pub struct SlabLayout {
     pub fp_outside: bool,
     /// Red zone `[start, end)` inside a slot, when `RED_ZONE`.
     pub red_zone: Option<(usize, usize)>,
+    /// Bytes of red zone right before each object (0 without `RED_ZONE`).
+    pub left_red_zone: usize,
+    /// Bytes before the first slot (after the colour), holding the first object's left red
+    /// zone.
+    pub lead: usize,
     /// Offset of the owner record inside a slot, when `STORE_USER`.
     pub track_offset: Option<usize>,
     /// Whether free objects carry the poison pattern.
@@ -139,28 +147,29 @@ pub const fn usable_bytes(order: u32) -> usize {
     ((PAGE_SIZE as usize) << order) - HEADER_RESERVE
 }
 
-fn objects_for(order: u32, stride: usize) -> usize {
-    (usable_bytes(order) / stride).min(MAX_OBJECTS_PER_SLAB)
+fn objects_for(order: u32, stride: usize, lead: usize) -> usize {
+    (usable_bytes(order).saturating_sub(lead) / stride).min(MAX_OBJECTS_PER_SLAB)
 }
 
-/// SLUB's order choice for slots of `stride` bytes on a machine with `nr_cpus` CPUs.
-pub fn slab_order(stride: usize, nr_cpus: usize) -> Result<u32, LayoutError> {
-    let max_objects = objects_for(MAX_SLAB_ORDER, stride);
+/// SLUB's order choice for slots of `stride` bytes, `lead` bytes before the first slot, on a
+/// machine with `nr_cpus` CPUs.
+pub fn slab_order(stride: usize, lead: usize, nr_cpus: usize) -> Result<u32, LayoutError> {
+    let max_objects = objects_for(MAX_SLAB_ORDER, stride, lead);
     if max_objects == 0 {
         return Err(LayoutError::ObjectTooLarge);
     }
     let min_objects = (4 * (fls(nr_cpus) as usize + 1)).min(max_objects);
     let mut min_order = 0;
-    while min_order < MAX_SLAB_ORDER && objects_for(min_order, stride) < min_objects {
+    while min_order < MAX_SLAB_ORDER && objects_for(min_order, stride, lead) < min_objects {
         min_order += 1;
     }
     for fraction in WASTE_FRACTIONS {
         for order in min_order..=MAX_SLAB_ORDER {
-            let n = objects_for(order, stride);
+            let n = objects_for(order, stride, lead);
             if n == 0 {
                 continue;
             }
-            let leftover = usable_bytes(order) - n * stride;
+            let leftover = usable_bytes(order) - lead - n * stride;
             if leftover <= ((PAGE_SIZE as usize) << order) / fraction {
                 return Ok(order);
             }
@@ -168,7 +177,7 @@ pub fn slab_order(stride: usize, nr_cpus: usize) -> Result<u32, LayoutError> {
     }
     // Unreachable in practice (fraction 1/2 always fits one object), kept total.
     (0..=MAX_SLAB_ORDER)
-        .find(|&o| objects_for(o, stride) > 0)
+        .find(|&o| objects_for(o, stride, lead) > 0)
         .ok_or(LayoutError::ObjectTooLarge)
 }
 
@@ -228,15 +237,28 @@ impl SlabLayout {
         } else {
             None
         };
+        // The left red zone of each object is the tail of the previous slot (reserved here)
+        // or, for the first object, `lead` bytes in front of it.
+        let left_red_zone = if flags.contains(CacheFlags::RED_ZONE) {
+            off += RED_ZONE_BYTES;
+            RED_ZONE_BYTES
+        } else {
+            0
+        };
+        let lead = if left_red_zone > 0 {
+            align_up(left_red_zone, align)
+        } else {
+            0
+        };
         let stride = align_up(off, align);
-        let order = slab_order(stride, nr_cpus)?;
-        let objects = objects_for(order, stride);
+        let order = slab_order(stride, lead, nr_cpus)?;
+        let objects = objects_for(order, stride, lead);
         let colour_unit = if align > CACHE_LINE {
             align
         } else {
             CACHE_LINE
         };
-        let leftover = usable_bytes(order) - objects * stride;
+        let leftover = usable_bytes(order) - lead - objects * stride;
         let colours = leftover / colour_unit + 1;
         let cpu_capacity = if flags.is_debug() {
             0
@@ -251,6 +273,8 @@ impl SlabLayout {
             fp_offset,
             fp_outside,
             red_zone,
+            left_red_zone,
+            lead,
             track_offset,
             poison,
             order: Order::new(order),
@@ -279,9 +303,14 @@ impl SlabLayout {
         self.slab_bytes() - HEADER_RESERVE
     }
 
-    /// Offset of the first slot for colour number `colour` (taken modulo the colour count).
+    /// Offset of the colour area for colour number `colour` (taken modulo the colour count).
     pub const fn colour_offset(&self, colour: usize) -> usize {
         (colour % self.colours) * self.colour_unit
+    }
+
+    /// Offset of the first object of a slab with colour number `colour`.
+    pub const fn first_object_offset(&self, colour: usize) -> usize {
+        self.colour_offset(colour) + self.lead
     }
 }
 
@@ -351,7 +380,9 @@ mod tests {
         assert_eq!(rz_end, 24 + RED_ZONE_BYTES);
         assert_eq!(l.fp_offset, rz_end);
         assert_eq!(l.track_offset, Some(rz_end + 8));
-        assert_eq!(l.stride, rz_end + 8 + TRACK_BYTES);
+        assert_eq!(l.left_red_zone, RED_ZONE_BYTES);
+        assert_eq!(l.stride, rz_end + 8 + TRACK_BYTES + RED_ZONE_BYTES);
+        assert_eq!(l.lead, 8);
         assert_eq!(l.cpu_capacity, 0, "debug caches bypass per-CPU arrays");
     }
 
@@ -388,7 +419,7 @@ mod tests {
         let leftover = usable_bytes(l.order.get()) - l.objects * l.stride;
         assert_eq!(l.colours, leftover / CACHE_LINE + 1);
         for c in 0..l.colours * 2 {
-            assert!(l.colour_offset(c) + l.objects * l.stride <= l.header_offset());
+            assert!(l.first_object_offset(c) + l.objects * l.stride <= l.header_offset());
             assert_eq!(l.colour_offset(c) % l.align, 0);
         }
     }

@@ -305,11 +305,12 @@ pub(crate) unsafe fn format_slab<S: PageSource>(
 ) -> NewSlab {
     let l = &params.layout;
     let base = block.ptr;
-    // SAFETY: the block is `slab_bytes` long and ours; the header offset and every slot are
-    // inside it (layout invariants: colour + objects * stride <= header_offset).
+    // SAFETY: the block is `slab_bytes` long and ours; the header offset and every slot
+    // (with its left red zone) are inside it (layout invariants:
+    // colour + lead + objects * stride <= header_offset, left_red_zone <= lead).
     unsafe {
         let hdr = base.add(l.header_offset()).cast::<SlabHeader>();
-        let first = base.add(l.colour_offset(colour));
+        let first = base.add(l.first_object_offset(colour));
         for i in 0..l.objects {
             let obj = first.as_ptr().add(i * l.stride);
             init_free_object_bytes(params, obj);
@@ -355,6 +356,7 @@ unsafe fn init_free_object_bytes(params: &SlabParams, obj: *mut u8) {
     unsafe {
         if let Some((start, end)) = l.red_zone {
             ptr::write_bytes(obj.add(start), RED_INACTIVE, end - start);
+            ptr::write_bytes(obj.sub(l.left_red_zone), RED_INACTIVE, l.left_red_zone);
         }
         if let Some(t) = l.track_offset {
             ptr::write_bytes(obj.add(t), 0, crate::layout::TRACK_BYTES);
@@ -411,10 +413,14 @@ pub(crate) unsafe fn debug_on_alloc(
             }
         }
         if let Some((start, end)) = l.red_zone {
-            if first_mismatch(p.add(start), end - start, RED_INACTIVE).is_some() {
+            let left = p.sub(l.left_red_zone);
+            if first_mismatch(p.add(start), end - start, RED_INACTIVE).is_some()
+                || first_mismatch(left, l.left_red_zone, RED_INACTIVE).is_some()
+            {
                 intact = false;
             }
             ptr::write_bytes(p.add(start), RED_ACTIVE, end - start);
+            ptr::write_bytes(left, RED_ACTIVE, l.left_red_zone);
         }
         if let Some(t) = l.track_offset {
             write_track(params, p.add(t), owner);
@@ -431,11 +437,28 @@ pub(crate) unsafe fn debug_check_free(
     params: &SlabParams,
     obj: NonNull<u8>,
 ) -> Result<(), FreeError> {
-    if let Some((start, end)) = params.layout.red_zone {
-        // SAFETY: caller's contract.
-        let bad = unsafe { first_mismatch(obj.as_ptr().add(start), end - start, RED_ACTIVE) };
-        if let Some(at) = bad {
-            return Err(FreeError::RedZoneCorrupted { offset: start + at });
+    let l = &params.layout;
+    if let Some((start, end)) = l.red_zone {
+        // SAFETY: caller's contract; both zones belong to this object's slot layout.
+        let (left, right) = unsafe {
+            (
+                first_mismatch(
+                    obj.as_ptr().sub(l.left_red_zone),
+                    l.left_red_zone,
+                    RED_ACTIVE,
+                ),
+                first_mismatch(obj.as_ptr().add(start), end - start, RED_ACTIVE),
+            )
+        };
+        if let Some(at) = left {
+            return Err(FreeError::RedZoneCorrupted {
+                offset: at as isize - l.left_red_zone as isize,
+            });
+        }
+        if let Some(at) = right {
+            return Err(FreeError::RedZoneCorrupted {
+                offset: (start + at) as isize,
+            });
         }
     }
     Ok(())
@@ -460,6 +483,7 @@ pub(crate) unsafe fn debug_on_free(
         }
         if let Some((start, end)) = l.red_zone {
             ptr::write_bytes(p.add(start), RED_INACTIVE, end - start);
+            ptr::write_bytes(p.sub(l.left_red_zone), RED_INACTIVE, l.left_red_zone);
         }
         if let Some(t) = l.track_offset {
             write_track(params, p.add(t), owner);
@@ -900,7 +924,9 @@ unsafe fn verify_free_object(params: &SlabParams, obj: NonNull<u8>) -> Result<()
             return Err(VerifyError::PoisonCorrupted);
         }
         if let Some((start, end)) = l.red_zone {
-            if first_mismatch(p.add(start), end - start, RED_INACTIVE).is_some() {
+            if first_mismatch(p.add(start), end - start, RED_INACTIVE).is_some()
+                || first_mismatch(p.sub(l.left_red_zone), l.left_red_zone, RED_INACTIVE).is_some()
+            {
                 return Err(VerifyError::RedZoneCorrupted);
             }
         }
@@ -916,9 +942,19 @@ pub(crate) unsafe fn verify_allocated_object(
     params: &SlabParams,
     obj: NonNull<u8>,
 ) -> Result<(), VerifyError> {
-    if let Some((start, end)) = params.layout.red_zone {
+    let l = &params.layout;
+    if let Some((start, end)) = l.red_zone {
         // SAFETY: caller's contract.
-        if unsafe { first_mismatch(obj.as_ptr().add(start), end - start, RED_ACTIVE) }.is_some() {
+        let broken = unsafe {
+            first_mismatch(obj.as_ptr().add(start), end - start, RED_ACTIVE).is_some()
+                || first_mismatch(
+                    obj.as_ptr().sub(l.left_red_zone),
+                    l.left_red_zone,
+                    RED_ACTIVE,
+                )
+                .is_some()
+        };
+        if broken {
             return Err(VerifyError::RedZoneCorrupted);
         }
     }
