@@ -12,7 +12,8 @@
 //!   ([`set_psci_conduit`]); until it is known, `hvc`, which is what `virt` uses without EL3.
 //! * [`Bsp`]: the boot CPU, implementing [`CpuTopology`] (one CPU, id 0) and [`IrqControl`]
 //!   with the real `DAIF` mask.
-//! * [`IDENTITY`]: the [`OffsetMapper`] for running with the MMU off (virtual = physical).
+//! * [`IDENTITY`]: the [`OffsetMapper`] for running with the MMU off (virtual = physical);
+//!   `mmu::DIRECT` once the MMU is on.
 //!
 //! MMIO and system-register access is fenced in the small functions below, each with its
 //! safety argument.
@@ -218,7 +219,8 @@ unsafe impl IrqControl for Bsp {
     }
 }
 
-/// Physical memory as the kernel sees it with the MMU off.
+/// Physical memory as the kernel sees it with the MMU off (after `mmu::enable`, use
+/// `mmu::DIRECT`).
 // SAFETY: with the MMU off every physical address is accessible at itself, RAM with read and
-// write permission; the kernel does not turn the MMU on.
+// write permission; the kernel uses this mapper only until it turns the MMU on.
 pub static IDENTITY: OffsetMapper = unsafe { OffsetMapper::new(0, IDENTITY_LIMIT) };

@@ -310,13 +310,11 @@ fn mmu_sequence(
     h.run("unmapped_address_faults", unmapped_address_faults);
     h.run("direct_map_aliases_identity", || {
         let avoid = [exclude[0], exclude[1], pool];
-        mmu_checks::direct_map_aliases_identity(
-            map,
-            &avoid,
-            IDENTITY_LIMIT,
-            &IDENTITY,
-            &mmu::DIRECT,
-        )
+        // SAFETY: after the hand-off no allocator has taken any free page yet, and the
+        // kernel's own tables map every free RAM page RW at its physical address.
+        unsafe {
+            mmu_checks::direct_map_aliases_identity(map, &avoid, IDENTITY_LIMIT, 0, &mmu::DIRECT)
+        }
     });
     h.run("write_to_kernel_rodata_faults", || {
         write_faults(

@@ -58,6 +58,8 @@ pub mod extable;
 pub mod frames;
 pub mod harness;
 pub mod memmap;
+// Writes patterns through `rawmem` into pages the caller vouches for.
+#[allow(unsafe_code)]
 pub mod mmu_checks;
 pub mod pvh;
 #[allow(unsafe_code)]

@@ -90,29 +90,33 @@ pub fn direct_map_uses_large_pages<F: PagingFormat, M: PhysMapper, S: FrameSourc
     Ok(())
 }
 
-/// A pattern written to the highest free page (below `limit`, clear of `avoid`) through
-/// `identity` reads back through `direct`: the two mappings alias the same frame.
+/// A pattern written to the highest free page (below `limit`, clear of `avoid`) through the
+/// identity map (`pa + identity_offset`) reads back through `direct`: the two mappings alias
+/// the same frame.
 ///
-/// The page is free RAM nobody has allocated (bootmem handed it off and no allocator took it
-/// yet), so the check may use it while it runs.
-pub fn direct_map_aliases_identity(
+/// # Safety
+/// Every free RAM page of `map` below `limit` and outside `avoid` must be nobody's (bootmem
+/// handed it off and no allocator took it yet, so the check may use it while it runs) and
+/// mapped RW at `pa + identity_offset`; `direct` must be a valid mapper.
+pub unsafe fn direct_map_aliases_identity(
     map: &MemoryMap,
     avoid: &[PhysRange],
     limit: u64,
-    identity: &dyn PhysMapper,
+    identity_offset: u64,
     direct: &dyn PhysMapper,
 ) -> CheckResult {
     let Some(page) = map.find_free_top_down(PAGE_SIZE, PAGE_SIZE, limit, avoid) else {
         fail!("no free page");
     };
+    // SAFETY: the caller maps this free page RW at `pa + identity_offset`.
+    let identity = unsafe { crate::frames::WindowMapper::new(page, identity_offset) };
     let (Some(a), Some(b)) = (identity.phys_to_virt(page), direct.phys_to_virt(page)) else {
         fail!("{page} is not reachable through both mappings");
     };
     ensure!(a != b, "both mappings put {page} at {a:p}");
     let words = (PAGE_SIZE / 8) as usize;
     // SAFETY: the page is free RAM no allocator has handed out, so this check owns it while it
-    // runs (see above); both mappers reach it RW, page-aligned.
-    #[allow(unsafe_code)]
+    // runs (the caller's contract); both mappers reach it RW, page-aligned.
     unsafe {
         rawmem::write_read_pattern(a, words, page.start().as_u64())?;
         rawmem::check_pattern(b, words, page.start().as_u64())
@@ -120,7 +124,6 @@ pub fn direct_map_aliases_identity(
 }
 
 #[cfg(test)]
-#[allow(unsafe_code)]
 mod tests {
     use mmkit_addr::host::HostMemory;
     use mmkit_pgtable::arch::x86_64::X86_64;
@@ -228,15 +231,18 @@ mod tests {
         let same = unsafe { WindowMapper::new(memory.range(), offset) };
         // Two mappers giving the same address prove nothing about aliasing: refused.
         let avoid = [r(0, PAGE_SIZE)];
-        let err = direct_map_aliases_identity(&map, &avoid, u64::MAX, &memory, &same).unwrap_err();
+        // SAFETY: the buffer backs every page at `pa + offset`; the test owns it.
+        let err = unsafe { direct_map_aliases_identity(&map, &avoid, u64::MAX, offset, &same) }
+            .unwrap_err();
         assert!(err.as_str().contains("both mappings put"), "{err}");
         // A mapper shifted by one page reads another frame: the pattern does not match.
         // SAFETY: as above; the shifted window stays inside the buffer for the pages used.
         let shifted =
             unsafe { WindowMapper::new(r(0, 3 * PAGE_SIZE), offset.wrapping_add(PAGE_SIZE)) };
         let avoid = [r(3 * PAGE_SIZE, PAGE_SIZE)];
-        let err =
-            direct_map_aliases_identity(&map, &avoid, u64::MAX, &memory, &shifted).unwrap_err();
+        // SAFETY: as above.
+        let err = unsafe { direct_map_aliases_identity(&map, &avoid, u64::MAX, offset, &shifted) }
+            .unwrap_err();
         assert!(err.as_str().contains("reads"), "{err}");
     }
 }

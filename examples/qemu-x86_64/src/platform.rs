@@ -9,7 +9,8 @@
 //!   can be confused with QEMU's own 0/1 (for instance a triple fault under `-no-reboot`).
 //! * [`Bsp`]: the boot CPU, implementing [`CpuTopology`] (one CPU, id 0) and [`IrqControl`]
 //!   with the real interrupt flag (`pushfq`/`cli`, `sti` on restore).
-//! * [`IDENTITY`]: the [`OffsetMapper`] for the boot identity map of the first 4 GiB.
+//! * [`IDENTITY`]: the [`OffsetMapper`] for the boot identity map of the first 4 GiB (until
+//!   the kernel switches to its own tables; `mmu::DIRECT` after that).
 //!
 //! Port I/O is the only raw hardware access here; each `asm!` is wrapped in a function whose
 //! safety argument is the port's documented meaning.
@@ -212,8 +213,9 @@ unsafe impl IrqControl for Bsp {
     }
 }
 
-/// The boot identity map of physical `[0, 4 GiB)` as a phys→virt hook.
+/// The boot identity map of physical `[0, 4 GiB)` as a phys→virt hook, for use while the boot
+/// tables are loaded (after `mmu::switch_to`, use `mmu::DIRECT`).
 // SAFETY: `boot.rs` maps every address below 4 GiB readable and writable at itself, and the
-// kernel never unmaps that range (the self-tests only make one block read-only for the
-// duration of a check, and restore it).
+// kernel uses this mapper only while those tables are loaded (the self-tests make one block
+// read-only for the duration of a check, through a fault-tolerant probe, and restore it).
 pub static IDENTITY: OffsetMapper = unsafe { OffsetMapper::new(0, IDENTITY_LIMIT) };

@@ -237,13 +237,11 @@ fn mmu_sequence(
             pool,
             low_memory(),
         ];
-        mmu_checks::direct_map_aliases_identity(
-            map,
-            &avoid,
-            IDENTITY_LIMIT,
-            &IDENTITY,
-            &mmu::DIRECT,
-        )
+        // SAFETY: after the hand-off no allocator has taken any free page yet, and the
+        // kernel's own tables map every free RAM page RW at its physical address.
+        unsafe {
+            mmu_checks::direct_map_aliases_identity(map, &avoid, IDENTITY_LIMIT, 0, &mmu::DIRECT)
+        }
     });
     h.run("write_to_kernel_rodata_faults", || {
         write_faults(core::ptr::addr_of!(traps::RET_IN_RODATA) as u64, "rodata")
