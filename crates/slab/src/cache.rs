@@ -49,6 +49,7 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use mmkit_addr::{IrqControl, Order};
 use spin::Mutex;
 
+pub use crate::config::{CacheConfig, Ctor};
 use crate::error::{AllocError, CreateError, FreeError, VerifyError};
 use crate::flags::{CacheFlags, Gfp};
 use crate::layout::SlabLayout;
@@ -72,102 +73,6 @@ fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
-}
-
-/// A constructor: called once on every object when its slab is formatted, with the object's
-/// (uninitialised) memory. Objects go back to the cache in their constructed state.
-pub type Ctor = fn(NonNull<u8>);
-
-/// How to create a cache (`kmem_cache_create` arguments).
-#[derive(Clone, Copy)]
-pub struct CacheConfig<'a> {
-    name: &'a str,
-    size: usize,
-    align: usize,
-    flags: CacheFlags,
-    ctor: Option<Ctor>,
-    random: Option<u64>,
-    grace: Option<&'a dyn GracePeriod>,
-    gfp: Gfp,
-    kmalloc_slot: Option<u16>,
-}
-
-impl fmt::Debug for CacheConfig<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CacheConfig")
-            .field("name", &self.name)
-            .field("size", &self.size)
-            .field("align", &self.align)
-            .field("flags", &self.flags)
-            .field("ctor", &self.ctor.is_some())
-            .field("gfp", &self.gfp)
-            .finish()
-    }
-}
-
-impl<'a> CacheConfig<'a> {
-    /// A cache of `size`-byte objects called `name`, word aligned, no flags, no constructor.
-    pub const fn new(name: &'a str, size: usize) -> Self {
-        Self {
-            name,
-            size,
-            align: 0,
-            flags: CacheFlags::empty(),
-            ctor: None,
-            random: None,
-            grace: None,
-            gfp: Gfp::empty(),
-            kmalloc_slot: None,
-        }
-    }
-
-    /// Object size in bytes.
-    pub const fn size(mut self, size: usize) -> Self {
-        self.size = size;
-        self
-    }
-
-    /// Minimum object alignment (a power of two up to a page).
-    pub const fn align(mut self, align: usize) -> Self {
-        self.align = align;
-        self
-    }
-
-    /// Cache flags.
-    pub const fn flags(mut self, flags: CacheFlags) -> Self {
-        self.flags = flags;
-        self
-    }
-
-    /// Constructor run on every object when its slab is created.
-    pub const fn ctor(mut self, ctor: Ctor) -> Self {
-        self.ctor = Some(ctor);
-        self
-    }
-
-    /// Secret for freelist hardening. Kernels should pass boot entropy; without it a value
-    /// derived from the descriptor address and a counter is used.
-    pub const fn random(mut self, random: u64) -> Self {
-        self.random = Some(random);
-        self
-    }
-
-    /// The RCU a `TYPESAFE_BY_RCU` cache waits on before releasing slab pages.
-    pub const fn grace_period(mut self, grace: &'a dyn GracePeriod) -> Self {
-        self.grace = Some(grace);
-        self
-    }
-
-    /// Extra page-source flags for slab pages (for example [`Gfp::DMA`]).
-    pub const fn gfp(mut self, gfp: Gfp) -> Self {
-        self.gfp = gfp;
-        self
-    }
-
-    pub(crate) const fn kmalloc_slot(mut self, slot: u16) -> Self {
-        self.kmalloc_slot = Some(slot);
-        self
-    }
 }
 
 #[derive(Default)]

@@ -47,7 +47,7 @@
 //!                               PageSource: slab blocks + per-frame private word
 //! ```
 //!
-//! Module map: `layout` (geometry and policy tables), `slab` (slab memory, raw), `percpu`
+//! Module map: `layout` (geometry and policy tables), `config` (creation parameters), `slab` (slab memory, raw), `percpu`
 //! (descriptor block and per-CPU arrays, raw), `cache` (the cache and its paths), `typed`,
 //! `kmalloc`, `stats` (counters, slabinfo), `flags`, `error`, `page_source`, and with the
 //! `testing` feature `testing` (host page source and grace period).
@@ -55,7 +55,7 @@
 //! Raw memory is read and written only in `slab` (slab pages) and `percpu` (the descriptor
 //! block), plus `typed`'s reads and writes of a `T` through its box. `cache` and `kmalloc`
 //! only call into them (and into the page source), each call with a `// SAFETY:` argument
-//! pointing at the contract; the policy modules (`layout`, `error`, `stats`) deny
+//! pointing at the contract; the policy modules (`layout`, `config`, `error`, `stats`) deny
 //! `unsafe_code`.
 //!
 //! ## Safety boundary
@@ -72,6 +72,7 @@
 )]
 
 mod cache;
+mod config;
 mod error;
 mod flags;
 mod kmalloc;
