@@ -15,9 +15,11 @@
 //! 4. [`zeroing`]: `alloc_zeroed` really zeroes (memory filled with a pattern, freed, and
 //!    allocated again zeroed — the same range, top-down);
 //! 5. [`double_free`]: freeing an allocation works once and is refused the second time;
-//!    then [`run`] keeps some memory for the kernel (its page-table frames) past the hand-off;
+//!    then [`run`] keeps memory for the kernel past the hand-off (its page-table frames, the
+//!    buddy's descriptors and per-CPU storage);
 //! 6. [`handoff`]: the blocks are sorted, disjoint, naturally aligned, clear of every reserved
-//!    range, and cover exactly the pages a page-by-page model counts as free.
+//!    range, and cover exactly the pages a page-by-page model counts as free; the hand-off is
+//!    returned for the buddy ([`crate::buddy_checks`]).
 //!
 //! The model of step 6 is deliberately naive: page `p` is free when it is not page 0, lies
 //! wholly in a RAM region of the kernel's map, and touches no reserved range the kernel knows

@@ -27,19 +27,26 @@
 //! * [`frames`]: page-table frames for mmkit-pgtable from memory bootmem kept for the kernel,
 //!   and a mapper that reaches exactly that memory;
 //! * [`extable`]: the exception fixup table (Linux's `__ex_table`): instructions allowed to
-//!   fault, each with the address to resume at, so a kernel can *expect* a fault in a test.
+//!   fault, each with the address to resume at, so a kernel can *expect* a fault in a test;
+//! * [`rawmem`]: every raw-memory access (pattern write and verify, zero, zero test, stack
+//!   paint, uninitialised slices), each an `unsafe fn` with its contract.
 //!
-//! * [`rawmem`]: the one raw-memory routine, a pattern write-and-verify over owned memory.
+//! Nothing here touches hardware registers and nothing needs a heap: every structure has a
+//! fixed capacity and every fallible operation returns a specific error.
 //!
-//! Nothing here touches hardware and nothing allocates: every structure has a fixed capacity
-//! and every fallible operation returns a specific error.
+//! ## Unsafe code
+//! Raw memory is touched only in [`rawmem`]. The modules that call it on memory a kernel
+//! vouches for (`bootmem_checks`, `buddy_checks`, `slab_checks`, `mmu_checks`) and the ones
+//! implementing mmkit's unsafe traits (`frames`: `FrameSource` / `PhysMapper`; `slab_checks`:
+//! `PageSource`) allow `unsafe_code` with a `// SAFETY:` argument at every use; everything
+//! else denies it.
 #![cfg_attr(not(test), no_std)]
 #![deny(
     unsafe_op_in_unsafe_fn,
     clippy::undocumented_unsafe_blocks,
     missing_docs
 )]
-// Unsafe code is confined to `rawmem` (and the tests' fake platforms).
+// See "Unsafe code" above: allowed module by module.
 #![deny(unsafe_code)]
 
 // Calls `rawmem`'s unsafe functions on memory bootmem hands out.
