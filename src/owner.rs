@@ -16,9 +16,10 @@
 //! | `0` | not allocated through the facade (free, or on a per-CPU list) |
 //! | [`HOLE`] | no memory at this frame |
 //! | [`RESERVED`] | memory never handed to the buddy (firmware, kernel image, boot metadata) |
+//! | [`SLAB_TAIL`] | a tail frame of a slab block |
 //! | `mob + 1 | order << 2 | use << 6` | head of an allocated block (`mob` = migrate-type index 0..=2) |
 //!
-//! Tail frames of a block read 0; the census walks from heads. Only the head byte changes on
+//! Tail frames of other blocks read 0; the census walks from heads. Only the head byte changes on
 //! allocation and free, so the cost is one relaxed store each way. The byte is written after
 //! the buddy allocation succeeds and cleared *before* the block goes back to the buddy, so a
 //! concurrent reallocation of the same frames is never overwritten by a late clear.
@@ -32,6 +33,9 @@ use mmkit_buddy::MigrateType;
 pub const HOLE: u8 = 0b0000_0100;
 /// Owner byte of a reserved frame.
 pub const RESERVED: u8 = 0b0000_1000;
+/// Owner byte of a tail frame of a slab block (so "does the slab own this frame" is one
+/// load, on the `kfree` path).
+pub const SLAB_TAIL: u8 = 0b0000_1100;
 
 /// What an allocated block is used for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,6 +153,10 @@ impl<'m> PageOwners<'m> {
         if let Some(s) = self.slot(pfn.as_u64()) {
             s.store(owner.encode(), Relaxed);
         }
+        if owner.usage == PageUse::Slab {
+            let p = pfn.as_u64();
+            self.mark_range(p + 1, p + owner.order.pages(), SLAB_TAIL);
+        }
         if let Some(c) = self.frames[owner.usage as usize].get(owner.mobility.index()) {
             c.fetch_add(owner.order.pages(), Relaxed);
         }
@@ -161,10 +169,23 @@ impl<'m> PageOwners<'m> {
         let owner = Owner::decode(b)?;
         // Only one freer of a block can win; a loser sees the free error from the buddy.
         s.compare_exchange(b, 0, Relaxed, Relaxed).ok()?;
+        if owner.usage == PageUse::Slab {
+            let p = pfn.as_u64();
+            self.mark_range(p + 1, p + owner.order.pages(), 0);
+        }
         if let Some(c) = self.frames[owner.usage as usize].get(owner.mobility.index()) {
             c.fetch_sub(owner.order.pages(), Relaxed);
         }
         Some(owner)
+    }
+
+    /// Whether `pfn` is a frame of a live slab block (head or tail).
+    pub(crate) fn is_slab(&self, pfn: Pfn) -> bool {
+        match self.slot(pfn.as_u64()).map(|s| s.load(Relaxed)) {
+            Some(SLAB_TAIL) => true,
+            Some(b) => Owner::decode(b).is_some_and(|o| o.usage == PageUse::Slab),
+            None => false,
+        }
     }
 
     /// The owner of the block whose head is `pfn`.
@@ -210,7 +231,7 @@ impl<'m> PageOwners<'m> {
                 left -= 1;
             } else {
                 match self.slot(pfn).map_or(HOLE, |s| s.load(Relaxed)) {
-                    0 => cur.free += 1,
+                    0 | SLAB_TAIL => cur.free += 1,
                     HOLE => cur.hole += 1,
                     RESERVED => cur.reserved += 1,
                     b => match Owner::decode(b) {
@@ -292,6 +313,7 @@ mod tests {
         let owners = PageOwners::new(0, &t);
         owners.mark_range(0, 2, HOLE);
         owners.mark_range(2, 3, RESERVED);
+        assert!(!owners.is_slab(Pfn::new(9)));
         // An order-3 unmovable block over pageblocks 2 and 3 (frames 8..16)...
         owners.record(
             Pfn::new(8),
@@ -310,6 +332,8 @@ mod tests {
                 usage: PageUse::Slab,
             },
         );
+        assert!(owners.is_slab(Pfn::new(8)) && owners.is_slab(Pfn::new(15)));
+        assert!(!owners.is_slab(Pfn::new(7)));
         let mut seen = Vec::new();
         owners.census(2, |c| seen.push(*c));
         assert_eq!(seen.len(), 4);

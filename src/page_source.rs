@@ -5,7 +5,7 @@
 //! * The private word is the buddy's per-frame private word. The contract wants every frame
 //!   of a new block to read 0 (the buddy only promises that for the head), so the tails are
 //!   cleared at allocation; and it wants 0 for frames the slab does not own, so reads check
-//!   the owner table first.
+//!   the owner table first (slab blocks mark their tail frames there too).
 //! * `virt_to_pfn` goes back through the [`KernelMap`](crate::KernelMap).
 
 use core::ptr::NonNull;
@@ -30,15 +30,9 @@ pub(crate) fn slab_gfp(gfp: Gfp) -> GfpFlags {
 }
 
 impl<P: IrqControl> PageAllocator<'_, P> {
-    /// Whether `pfn` lies in a live block the slab owns.
+    /// Whether `pfn` lies in a live block the slab owns (one load in the owner table).
     fn slab_owns(&self, pfn: Pfn) -> bool {
-        match self.buddy.allocated_block(pfn) {
-            Some((head, _)) => self
-                .owners
-                .get(head)
-                .is_some_and(|o| o.usage == PageUse::Slab),
-            None => false,
-        }
+        self.owners.is_slab(pfn)
     }
 }
 
