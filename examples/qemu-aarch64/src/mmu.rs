@@ -8,6 +8,7 @@
 //! | TTBR0 | kernel `.text` | identity | read + exec |
 //! | TTBR0 | kernel `.rodata` (exception table included) | identity | read only, no-exec |
 //! | TTBR0 | kernel `.data` / `.bss` (stack) | identity | RW, no-exec |
+//! | TTBR0 | lowest page of the boot stack | — | unmapped: the stack's guard page |
 //! | TTBR0 | PL011 UART page | identity | Device-nGnRE, RW, no-exec |
 //! | TTBR1 | [`DIRECT_MAP_BASE`] + every RAM range | RAM | RW, no-exec, largest blocks |
 //!
@@ -174,8 +175,19 @@ pub fn build_lower<'p>(
                 s.rodata.len(),
                 Attrs::KERNEL_RO,
             )?;
-            let data = s.data.start().as_u64();
-            map(&mut pt, ".data", data, data, s.data.len(), rw)?;
+            // `.data` and `.bss`, minus the boot stack's guard page.
+            let guard = crate::boot::boot_stack_guard();
+            let (data, data_end) = (s.data.start().as_u64(), s.data.end().as_u64());
+            let (g_start, g_end) = (guard.start().as_u64(), guard.end().as_u64());
+            map(&mut pt, ".data", data, data, g_start - data, rw)?;
+            map(
+                &mut pt,
+                ".bss above the guard",
+                g_end,
+                g_end,
+                data_end - g_end,
+                rw,
+            )?;
             map(
                 &mut pt,
                 "RAM above the kernel",

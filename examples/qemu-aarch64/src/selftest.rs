@@ -94,7 +94,7 @@ pub fn run(boot: &BootInfo) -> Outcome {
     }
     inject_failure(&mut h, cmdline, map);
     let used = crate::boot::boot_stack_used();
-    let size = crate::boot::BOOT_STACK_SIZE as u64;
+    let size = crate::boot::USABLE_STACK_SIZE as u64;
     println!(
         "mmkit-qemu: boot stack: deepest use {} KiB of {} KiB",
         used >> 10,
@@ -279,7 +279,12 @@ fn mmu_sequence(
         return false;
     };
     h.run("kernel_image_is_w_xor_x", || {
-        mmu_checks::kernel_image_is_w_xor_x(&lower, kernel_image(), mmu::sections())
+        mmu_checks::kernel_image_is_w_xor_x(
+            &lower,
+            kernel_image(),
+            mmu::sections(),
+            &[crate::boot::boot_stack_guard()],
+        )
     });
     h.run("direct_map_uses_large_blocks", || {
         mmu_checks::direct_map_uses_large_pages(&upper, map, DIRECT_MAP_BASE)
@@ -308,6 +313,7 @@ fn mmu_sequence(
         return false;
     }
     h.run("unmapped_address_faults", unmapped_address_faults);
+    h.run("boot_stack_guard_page_faults", boot_stack_guard_page_faults);
     h.run("direct_map_aliases_identity", || {
         let avoid = [exclude[0], exclude[1], pool];
         // SAFETY: after the hand-off no allocator has taken any free page yet, and the
@@ -349,6 +355,26 @@ fn mmu_sequence(
         }
     }
     true
+}
+
+/// A read of the boot stack's guard page (what a stack overflow would touch first) gives a
+/// translation fault.
+fn boot_stack_guard_page_faults() -> CheckResult {
+    let guard = crate::boot::boot_stack_guard().start().as_u64();
+    // SAFETY: the guard page is unmapped, so the read faults and touches nothing.
+    let got = unsafe { exceptions::read_u64_nofault(guard) };
+    let Err(fault) = got else {
+        fail!("read of the stack guard page at {guard:#x} returned {got:?}");
+    };
+    ensure!(
+        fault.class() == EC_DATA_ABORT_SAME_EL
+            && exceptions::is_translation_fault(fault.status_code())
+            && fault.far == guard,
+        "read of the stack guard page at {guard:#x}: ESR {:#x}, FAR {:#x}",
+        fault.esr,
+        fault.far
+    );
+    Ok(())
 }
 
 fn unmapped_address_faults() -> CheckResult {

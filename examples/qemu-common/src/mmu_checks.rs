@@ -20,16 +20,23 @@ pub struct KernelSections {
     pub data: PhysRange,
 }
 
-/// Every page of `image` is identity-mapped, never writable and executable at once, and each
-/// section has exactly its permissions.
+/// Every page of `image` except the `holes` (guard pages) is identity-mapped, never writable
+/// and executable at once, and each section has exactly its permissions; the holes are not
+/// mapped at all.
 pub fn kernel_image_is_w_xor_x<F: PagingFormat, M: PhysMapper, S: FrameSource>(
     pt: &PageTable<F, M, S>,
     image: PhysRange,
     s: KernelSections,
+    holes: &[PhysRange],
 ) -> CheckResult {
     for pfn in image.whole_pfns() {
         let va = pfn * PAGE_SIZE;
-        let Some(t) = pt.translate(VirtAddr::new(va)) else {
+        let translation = pt.translate(VirtAddr::new(va));
+        if holes.iter().any(|h| h.contains(PhysAddr::new(va))) {
+            ensure!(translation.is_none(), "guard page {va:#x} is mapped");
+            continue;
+        }
+        let Some(t) = translation else {
             fail!("kernel page {va:#x} is not mapped");
         };
         ensure!(
@@ -192,20 +199,26 @@ mod tests {
     #[test]
     fn w_xor_x_accepts_a_correct_image_and_rejects_writable_text() {
         with_table(Attrs::KERNEL_RX, |pt| {
-            assert!(kernel_image_is_w_xor_x(pt, image(), sections()).is_ok());
+            assert!(kernel_image_is_w_xor_x(pt, image(), sections(), &[]).is_ok());
         });
         with_table(Attrs::KERNEL_RX | Attrs::WRITE, |pt| {
-            let err = kernel_image_is_w_xor_x(pt, image(), sections()).unwrap_err();
+            let err = kernel_image_is_w_xor_x(pt, image(), sections(), &[]).unwrap_err();
             assert!(err.as_str().contains("writable and executable"), "{err}");
         });
         with_table(Attrs::KERNEL_RO, |pt| {
-            let err = kernel_image_is_w_xor_x(pt, image(), sections()).unwrap_err();
+            let err = kernel_image_is_w_xor_x(pt, image(), sections(), &[]).unwrap_err();
             assert!(err.as_str().starts_with("text page"), "{err}");
         });
         with_table(Attrs::KERNEL_RX, |pt| {
             let bigger = r(0x10_0000, 0x9000);
-            let err = kernel_image_is_w_xor_x(pt, bigger, sections()).unwrap_err();
+            let err = kernel_image_is_w_xor_x(pt, bigger, sections(), &[]).unwrap_err();
             assert!(err.as_str().contains("not mapped"), "{err}");
+            // The unmapped page is fine as a declared hole; a mapped page is not.
+            let hole = [r(0x10_8000, 0x1000)];
+            assert!(kernel_image_is_w_xor_x(pt, bigger, sections(), &hole).is_ok());
+            let mapped_hole = [r(0x10_5000, 0x1000)];
+            let err = kernel_image_is_w_xor_x(pt, image(), sections(), &mapped_hole).unwrap_err();
+            assert!(err.as_str().contains("guard page"), "{err}");
         });
     }
 

@@ -51,7 +51,7 @@ core::arch::global_asm!(
 boot_pml4:  .space 4096
 boot_pdpt:  .space 4096
 boot_pd:    .space 4 * 4096
-    .balign 16
+    .balign 4096                    /* the lowest page becomes the guard page */
     .global boot_stack, boot_stack_top
 boot_stack: .space {stack_size}
 boot_stack_top:
@@ -177,10 +177,24 @@ fn stack_pointer() -> usize {
     sp
 }
 
-/// Fill the unused part of the boot stack with a known word, so [`boot_stack_used`] can later
-/// find how deep the stack went. Call once, early in `kmain`.
+/// The lowest page of the boot stack, which the kernel's own page tables leave unmapped so
+/// that running off the stack faults instead of overwriting what lies below it.
+pub fn boot_stack_guard() -> mmkit_addr::PhysRange {
+    let bottom = core::ptr::addr_of!(boot_stack) as u64;
+    mmkit_addr::PhysRange::from_start_size(mmkit_addr::PhysAddr::new(bottom), GUARD_SIZE as u64)
+        .unwrap_or(mmkit_addr::PhysRange::EMPTY)
+}
+
+/// Size of the guard page at the bottom of the boot stack.
+const GUARD_SIZE: usize = 4096;
+
+/// The usable boot stack: everything above the guard page.
+pub const USABLE_STACK_SIZE: usize = BOOT_STACK_SIZE - GUARD_SIZE;
+
+/// Fill the unused part of the boot stack (above the guard page) with a known word, so
+/// [`boot_stack_used`] can later find how deep the stack went. Call once, early in `kmain`.
 pub fn paint_boot_stack() {
-    let bottom = core::ptr::addr_of!(boot_stack) as usize;
+    let bottom = core::ptr::addr_of!(boot_stack) as usize + GUARD_SIZE;
     let end = stack_pointer().saturating_sub(PAINT_MARGIN) & !7;
     if let (Some(ptr), true) = (core::ptr::NonNull::new(bottom as *mut u8), end > bottom) {
         // SAFETY: `[bottom, end)` is boot stack below the current stack pointer minus a
@@ -189,13 +203,16 @@ pub fn paint_boot_stack() {
     }
 }
 
-/// The deepest the boot stack has been since [`paint_boot_stack`], in bytes.
+/// The deepest the boot stack has been since [`paint_boot_stack`], in bytes of the
+/// [`USABLE_STACK_SIZE`].
 pub fn boot_stack_used() -> u64 {
-    let bottom = core::ptr::addr_of!(boot_stack) as usize;
+    let bottom = core::ptr::addr_of!(boot_stack) as usize + GUARD_SIZE;
     let Some(ptr) = core::ptr::NonNull::new(bottom as *mut u8) else {
-        return BOOT_STACK_SIZE as u64;
+        return USABLE_STACK_SIZE as u64;
     };
-    // SAFETY: the boot stack is `BOOT_STACK_SIZE` bytes of mapped, 16-byte-aligned memory.
-    let untouched = unsafe { mmkit_qemu_common::rawmem::painted_prefix(ptr, BOOT_STACK_SIZE / 8) };
-    (BOOT_STACK_SIZE - untouched * 8) as u64
+    // SAFETY: above the guard page the boot stack is `USABLE_STACK_SIZE` bytes of memory
+    // mapped in every address space the kernel uses, page-aligned.
+    let untouched =
+        unsafe { mmkit_qemu_common::rawmem::painted_prefix(ptr, USABLE_STACK_SIZE / 8) };
+    (USABLE_STACK_SIZE - untouched * 8) as u64
 }

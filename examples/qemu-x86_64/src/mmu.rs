@@ -9,6 +9,7 @@
 //! | kernel `.text` | identity | read + exec |
 //! | kernel `.rodata` (GDT, exception table included) | identity | read only, no-exec |
 //! | kernel `.data` / `.bss` (stack, IDT) | identity | RW, no-exec |
+//! | lowest page of the boot stack | — | unmapped: the stack's guard page |
 //! | [`DIRECT_MAP_BASE`] + every RAM range | RAM | RW, no-exec, largest pages alignment allows |
 //!
 //! So the kernel image is W^X, and all RAM has a higher-half alias (Linux's `page_offset_base`
@@ -216,13 +217,25 @@ pub fn build<'p>(
         MapSize::Largest,
     )?;
     let rw = Attrs::KERNEL_RW;
-    let data = s.data.start().as_u64();
+    // `.data` and `.bss`, minus the boot stack's guard page.
+    let guard = crate::boot::boot_stack_guard();
+    let (data, data_end) = (s.data.start().as_u64(), s.data.end().as_u64());
+    let (g_start, g_end) = (guard.start().as_u64(), guard.end().as_u64());
     map(
         &mut pt,
         ".data",
         data,
         data,
-        s.data.len(),
+        g_start - data,
+        rw,
+        MapSize::Largest,
+    )?;
+    map(
+        &mut pt,
+        ".bss above the guard",
+        g_end,
+        g_end,
+        data_end - g_end,
         rw,
         MapSize::Largest,
     )?;

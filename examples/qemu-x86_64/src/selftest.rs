@@ -96,7 +96,7 @@ pub fn run(boot: &BootInfo) -> Outcome {
     }
     inject_failure(&mut h, boot.cmdline);
     let used = crate::boot::boot_stack_used();
-    let size = crate::boot::BOOT_STACK_SIZE as u64;
+    let size = crate::boot::USABLE_STACK_SIZE as u64;
     println!(
         "mmkit-qemu: boot stack: deepest use {} KiB of {} KiB",
         used >> 10,
@@ -205,7 +205,12 @@ fn mmu_sequence(
         return false;
     };
     h.run("kernel_image_is_w_xor_x", || {
-        mmu_checks::kernel_image_is_w_xor_x(&pt, kernel_image(), mmu::sections())
+        mmu_checks::kernel_image_is_w_xor_x(
+            &pt,
+            kernel_image(),
+            mmu::sections(),
+            &[crate::boot::boot_stack_guard()],
+        )
     });
     h.run("direct_map_uses_large_pages", || {
         mmu_checks::direct_map_uses_large_pages(&pt, map, DIRECT_MAP_BASE)
@@ -228,6 +233,7 @@ fn mmu_sequence(
         return false;
     }
     h.run("null_page_is_unmapped", null_page_is_unmapped);
+    h.run("boot_stack_guard_page_faults", boot_stack_guard_page_faults);
     h.run("direct_map_aliases_identity", || {
         let avoid = [
             exclude[0],
@@ -265,6 +271,23 @@ fn mmu_sequence(
         Err(e) => println!("mmkit-qemu: kernel tables fail verify: {e:?}"),
     }
     true
+}
+
+/// A read of the boot stack's guard page (what a stack overflow would touch first) faults.
+fn boot_stack_guard_page_faults() -> CheckResult {
+    let guard = crate::boot::boot_stack_guard().start().as_u64();
+    // SAFETY: the guard page is unmapped, so the read faults and touches nothing.
+    let got = unsafe { traps::read_u64_nofault(guard) };
+    let expected = Fault {
+        vector: VECTOR_PAGE_FAULT,
+        error_code: 0,
+        address: guard,
+    };
+    ensure!(
+        got == Err(expected),
+        "read of the stack guard page at {guard:#x} gave {got:?}"
+    );
+    Ok(())
 }
 
 fn null_page_is_unmapped() -> CheckResult {
