@@ -94,7 +94,7 @@ pub use mm::{BootSummary, Mm, MmCache, MmKmalloc, MmTypedCache, VerifyError};
 pub use owner::{Owner, PageUse, PageblockCensus};
 pub use pages::PageAllocator;
 pub use report::{HighOrder, MemInfo, Report};
-pub use svg::SvgMap;
+pub use svg::{SvgMap, COLUMNS, PALETTE};
 pub use vmalloc::{
     KernelPageTable, VfreeError, VmallocCorruption, VmallocError, VmallocStats, VFREE_BATCH,
 };

@@ -89,3 +89,17 @@ pub(crate) fn fill_from<T: Copy>(
     // SAFETY: the first `written` slots were written above; the slice is cut to them.
     unsafe { &mut *(slots as *mut [MaybeUninit<T>] as *mut [T]) }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fill_from_initialises_every_slot_in_order() {
+        let mut slots = [MaybeUninit::<u32>::uninit(); 4];
+        let out = fill_from(&mut slots, [7, 8, 9, 10].into_iter());
+        assert_eq!(out, &[7, 8, 9, 10]);
+        let mut more = [MaybeUninit::<u32>::uninit(); 3];
+        assert_eq!(fill(&mut more, |i| i as u32 * 2), &[0, 2, 4]);
+    }
+}

@@ -178,3 +178,49 @@ impl<P: IrqControl, F: PagingFormat> fmt::Display for Report<'_, '_, P, F> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::format;
+
+    #[test]
+    fn meminfo_prints_aligned_kb_lines_with_derived_unreclaimable_slab() {
+        let m = MemInfo {
+            total_kb: 1000,
+            slab_kb: 300,
+            slab_reclaimable_kb: 100,
+            ..Default::default()
+        };
+        let text = format!("{m}");
+        let line = |name: &str| {
+            let l = text.lines().find(|l| l.starts_with(name)).unwrap();
+            l.split_whitespace()
+                .skip(1)
+                .collect::<std::vec::Vec<_>>()
+                .join(" ")
+        };
+        assert_eq!(line("MemTotal:"), "1000 kB");
+        assert_eq!(line("SUnreclaim:"), "200 kB", "{text}");
+        assert!(text
+            .lines()
+            .all(|l| l.len() == text.lines().next().unwrap().len()));
+    }
+
+    #[test]
+    fn high_order_share_is_of_free_memory() {
+        let h = HighOrder {
+            order: 9,
+            frames: 1024,
+            free_frames: 4096,
+        };
+        assert_eq!(h.blocks(), 2);
+        assert!((h.percent() - 25.0).abs() < 1e-9);
+        let none = HighOrder {
+            free_frames: 0,
+            frames: 0,
+            ..h
+        };
+        assert_eq!(none.percent(), 0.0);
+    }
+}

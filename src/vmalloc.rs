@@ -581,3 +581,55 @@ pub enum VmallocCorruption {
     /// A guard page is mapped.
     GuardMapped(VirtAddr),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::vec;
+
+    fn space(slots: usize) -> VmallocSpace<'static> {
+        let words = slots.div_ceil(64);
+        VmallocSpace {
+            used: vec![0; words].leak(),
+            starts: vec![0; words].leak(),
+            borrowed: vec![0; words].leak(),
+            slots,
+        }
+    }
+
+    #[test]
+    fn areas_keep_a_guard_slot_between_them() {
+        let mut s = space(100);
+        let a = s.find(4).unwrap(); // 3 pages + guard
+        s.claim(a, 4, false);
+        let b = s.find(2).unwrap();
+        s.claim(b, 2, true);
+        assert_eq!((a, b), (0, 4));
+        assert_eq!(
+            s.area_slots(a),
+            Some(4),
+            "length stops at the next area's start"
+        );
+        assert_eq!(s.area_slots(b), Some(2));
+        assert_eq!(s.area_slots(1), None, "not a start");
+        assert!(bit(s.borrowed, b) && !bit(s.borrowed, a));
+        assert_eq!((s.used_slots(), s.areas()), (6, 2));
+    }
+
+    #[test]
+    fn release_makes_the_hole_reusable_first_fit() {
+        let mut s = space(130);
+        s.claim(0, 70, false);
+        s.claim(70, 10, false);
+        s.release(0, 70);
+        assert_eq!(s.find(70), Some(0));
+        assert_eq!(
+            s.find(71),
+            None,
+            "neither the hole nor the 50 slots at the end fit"
+        );
+        assert_eq!(s.find(50), Some(0), "first fit takes the lowest hole");
+        s.claim(0, 70, false);
+        assert_eq!(s.find(50), Some(80));
+    }
+}

@@ -289,3 +289,26 @@ fn boot_errors_are_reported_not_panicked() {
         Some(BootError::BadVmallocRange(_))
     ));
 }
+
+#[test]
+fn svg_map_draws_every_pageblock_with_memory() {
+    let mem = HostMemory::new(PhysAddr::new(0), SPAN);
+    let mm = boot(&mem);
+    let pfn = mm
+        .alloc_pages(GfpFlags::HIGHUSER_MOVABLE, Order::new(9))
+        .unwrap();
+    let svg = mm.svg_map("test <map>").to_string();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert!(svg.contains("test &lt;map&gt;"));
+    let mut with_memory = 0;
+    mm.pageblock_census(|c| with_memory += usize::from(c.hole < 512));
+    // One cell per pageblock that has memory, plus six legend swatches and zone bars.
+    let cells = svg.matches("<rect x=").count();
+    let zones = svg.matches("#1f3fbf\"/>").count();
+    assert_eq!(cells, with_memory + 6 + zones, "{svg}");
+    assert!(
+        svg.contains(mmkit::PALETTE[1]),
+        "the movable huge page is drawn"
+    );
+    mm.free_pages(pfn, Order::new(9)).unwrap();
+}
