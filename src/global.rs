@@ -87,26 +87,51 @@ impl<P: IrqControl, F: PagingFormat> GlobalMm<P, F> {
     }
 
     fn alloc_gfp(&self, layout: Layout, gfp: GfpFlags) -> *mut u8 {
-        let Some(mm) = self.get() else {
-            return ptr::null_mut();
-        };
+        self.get()
+            .and_then(|mm| mm.alloc_layout(layout, gfp))
+            .map_or(ptr::null_mut(), NonNull::as_ptr)
+    }
+}
+
+impl<'m, P: IrqControl, F: PagingFormat> Mm<'m, P, F> {
+    /// Allocate memory for `layout` the way [`GlobalMm`] does (module docs): kmalloc up to
+    /// [`KMALLOC_MAX_SIZE`] with alignment up to a page, else a naturally aligned buddy
+    /// block. `None` when memory or the order runs out.
+    pub fn alloc_layout(&self, layout: Layout, gfp: GfpFlags) -> Option<NonNull<u8>> {
         if on_kmalloc_path(&layout) {
-            return mm
+            return self
                 .kmalloc_aligned(layout.size(), layout.align(), gfp)
-                .map_or(ptr::null_mut(), NonNull::as_ptr);
+                .ok();
         }
-        let Some(order) = block_order(&layout) else {
-            return ptr::null_mut();
-        };
-        let Ok(pfn) = mm.alloc_pages(gfp, order) else {
-            return ptr::null_mut();
-        };
-        match mm.page_address(pfn, order) {
-            Some(p) => p.as_ptr(),
-            None => {
-                let _ = mm.free_pages(pfn, order);
-                ptr::null_mut()
-            }
+        let order = block_order(&layout)?;
+        let pfn = self.alloc_pages(gfp, order).ok()?;
+        let p = self.page_address(pfn, order);
+        if p.is_none() {
+            let _ = self.free_pages(pfn, order);
+        }
+        p
+    }
+
+    /// Free what [`alloc_layout`](Self::alloc_layout) returned.
+    ///
+    /// # Safety
+    /// `ptr` came from `alloc_layout(layout, _)` on this `Mm`, is live, and is not used
+    /// afterwards.
+    pub unsafe fn dealloc_layout(&self, ptr: NonNull<u8>, layout: Layout) {
+        if on_kmalloc_path(&layout) {
+            // SAFETY: the caller's promise: `ptr` is a live kmalloc allocation (the path
+            // depends only on the layout) given up here.
+            let freed = unsafe { self.kfree(ptr) };
+            debug_assert!(freed.is_ok(), "kfree refused {ptr:p}: {freed:?}");
+            return;
+        }
+        let pa = self
+            .pages
+            .map()
+            .virt_to_phys(VirtAddr::from_ptr(ptr.as_ptr()));
+        if let (Some(pa), Some(order)) = (pa, block_order(&layout)) {
+            let freed = self.free_pages(pa.pfn(), order);
+            debug_assert!(freed.is_ok(), "free_pages refused {ptr:p}: {freed:?}");
         }
     }
 }
@@ -125,23 +150,10 @@ unsafe impl<P: IrqControl, F: PagingFormat> GlobalAlloc for GlobalMm<P, F> {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        let (Some(mm), Some(p)) = (self.get(), NonNull::new(ptr)) else {
-            return;
-        };
-        if on_kmalloc_path(&layout) {
+        if let (Some(mm), Some(p)) = (self.get(), NonNull::new(ptr)) {
             // SAFETY: `GlobalAlloc::dealloc`'s contract: `ptr` came from `alloc` with this
-            // layout, which took the kmalloc path, and is not used again.
-            let freed = unsafe { mm.kfree(p) };
-            debug_assert!(freed.is_ok(), "kfree refused {ptr:p}: {freed:?}");
-            return;
-        }
-        let pa = mm
-            .page_allocator()
-            .map()
-            .virt_to_phys(VirtAddr::from_ptr(ptr));
-        if let (Some(pa), Some(order)) = (pa, block_order(&layout)) {
-            let freed = mm.free_pages(pa.pfn(), order);
-            debug_assert!(freed.is_ok(), "free_pages refused {ptr:p}: {freed:?}");
+            // layout (which is `alloc_layout`) and is not used again.
+            unsafe { mm.dealloc_layout(p, layout) };
         }
     }
 
@@ -171,6 +183,33 @@ unsafe impl<P: IrqControl, F: PagingFormat> GlobalAlloc for GlobalMm<P, F> {
             }
         }
         fresh
+    }
+}
+
+#[cfg(feature = "allocator-api2")]
+// SAFETY: blocks come from `alloc_layout` (at least `layout.size()` bytes, aligned as asked,
+// exclusively the caller's until deallocated) and go back through `dealloc_layout` with the
+// same layout, which takes the same path. `&Mm` is `Copy`, so clones share one allocator.
+unsafe impl<P: IrqControl, F: PagingFormat> allocator_api2::alloc::Allocator for Mm<'_, P, F> {
+    fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, allocator_api2::alloc::AllocError> {
+        if layout.size() == 0 {
+            // A dangling, well-aligned pointer, as the trait allows for empty blocks.
+            let dangling =
+                NonNull::new(layout.align() as *mut u8).ok_or(allocator_api2::alloc::AllocError)?;
+            return Ok(NonNull::slice_from_raw_parts(dangling, 0));
+        }
+        let p = self
+            .alloc_layout(layout, GfpFlags::KERNEL)
+            .ok_or(allocator_api2::alloc::AllocError)?;
+        Ok(NonNull::slice_from_raw_parts(p, layout.size()))
+    }
+
+    unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
+        if layout.size() != 0 {
+            // SAFETY: `Allocator::deallocate`'s contract: `ptr` is a live block from
+            // `allocate` with this layout.
+            unsafe { self.dealloc_layout(ptr, layout) };
+        }
     }
 }
 

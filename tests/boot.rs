@@ -312,3 +312,28 @@ fn svg_map_draws_every_pageblock_with_memory() {
     );
     mm.free_pages(pfn, Order::new(9)).unwrap();
 }
+
+#[test]
+fn allocator_api2_collections_live_in_mm() {
+    let mem = HostMemory::new(PhysAddr::new(0), SPAN);
+    let mut mm = boot(&mem);
+    {
+        let mut v = allocator_api2::vec::Vec::new_in(&mm);
+        for i in 0..100_000u64 {
+            v.push(i);
+        }
+        assert_eq!(v.iter().sum::<u64>(), 100_000 * 99_999 / 2);
+        let p = v.as_ptr() as *const u8;
+        assert!(mm
+            .page_allocator()
+            .map()
+            .virt_to_phys(VirtAddr::from_ptr(p))
+            .is_some());
+        let empty: allocator_api2::vec::Vec<u64, _> =
+            allocator_api2::vec::Vec::with_capacity_in(0, &mm);
+        assert!(empty.is_empty());
+    }
+    mm.drain_all();
+    mm.verify().unwrap();
+    assert_eq!(mm.meminfo().pages_kb, [0; 3]);
+}
