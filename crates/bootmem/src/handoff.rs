@@ -23,7 +23,7 @@
 use core::fmt;
 use core::marker::PhantomData;
 
-use mmkit_addr::{Order, Pfn, PhysRange, PAGE_SHIFT};
+use mmkit_addr::{Order, Pfn, PhysAddr, PhysRange, PAGE_SHIFT, PAGE_SIZE};
 
 use crate::bootmem::{raw_range, Bootmem, DEFAULT_REGIONS};
 use crate::iter::{FreeRange, FreeRanges, RangeFilter};
@@ -123,13 +123,17 @@ impl<'m, const N: usize> Handoff<'m, N> {
         }
     }
 
-    /// The free ranges the blocks are cut from (byte-exact, before rounding to frames).
-    pub fn free_ranges(&self) -> FreeRanges<'_> {
-        FreeRanges::new(
-            self.memory.regions(),
-            self.reserved.regions(),
-            RangeFilter::ALLOCATABLE,
-        )
+    /// The free ranges the blocks are cut from (byte-exact, before rounding to frames), with
+    /// physical page 0 cut out as it is from the blocks: feeding these ranges to a page
+    /// allocator hands over exactly the frames [`Handoff::blocks`] does.
+    pub fn free_ranges(&self) -> HandoffRanges<'_> {
+        HandoffRanges {
+            inner: FreeRanges::new(
+                self.memory.regions(),
+                self.reserved.regions(),
+                RangeFilter::ALLOCATABLE,
+            ),
+        }
     }
 
     /// The number of frames the blocks cover, computed from the ranges in O(regions).
@@ -229,15 +233,39 @@ impl<const N: usize> fmt::Debug for Handoff<'_, N> {
     }
 }
 
-/// The whole frames of a free range, frame 0 excluded.
+/// The whole frames of a free range ([`HandoffRanges`] has already cut out frame 0).
 fn frames_of(fr: &FreeRange) -> core::ops::Range<u64> {
-    let frames = fr.range.whole_pfns();
-    frames.start.max(1)..frames.end.max(1)
+    fr.range.whole_pfns()
+}
+
+/// The free ranges of a [`Handoff`], physical page 0 excluded (see [`Handoff::free_ranges`]).
+pub struct HandoffRanges<'a> {
+    inner: FreeRanges<'a>,
+}
+
+impl Iterator for HandoffRanges<'_> {
+    type Item = FreeRange;
+
+    fn next(&mut self) -> Option<FreeRange> {
+        loop {
+            let mut fr = self.inner.next()?;
+            let start = fr.range.start().as_u64();
+            if start < PAGE_SIZE {
+                let end = fr.range.end();
+                if end.as_u64() <= PAGE_SIZE {
+                    continue;
+                }
+                fr.range = PhysRange::new(PhysAddr::new(PAGE_SIZE), end)
+                    .expect("end lies above the first page");
+            }
+            return Some(fr);
+        }
+    }
 }
 
 /// Shared walk state of [`Blocks`] and [`BlockRuns`].
 struct Cursor<'a> {
-    ranges: FreeRanges<'a>,
+    ranges: HandoffRanges<'a>,
     max_order: u32,
     /// The next frame to hand off.
     next: u64,
@@ -505,6 +533,24 @@ mod tests {
             }
         );
         assert_eq!(h.node_pages(None).managed, h.free_pages());
+    }
+
+    #[test]
+    fn free_ranges_leave_out_page_zero_like_the_blocks() {
+        let mut bm: Bootmem = Bootmem::new();
+        bm.add(pa(0), 0x9_fc00).unwrap();
+        bm.add(pa(0x10_0000), 0x10_0000).unwrap();
+        bm.reserve(pa(0x10_0000), 0x800).unwrap();
+        let h = bm.handoff(Order::new(10));
+        let ranges: Vec<_> = h.free_ranges().map(|f| f.range.as_raw()).collect();
+        assert_eq!(ranges, [0x1000..0x9_fc00, 0x10_0800..0x20_0000]);
+        let range_frames: u64 = h
+            .free_ranges()
+            .map(|f| f.range.whole_pfns().end - f.range.whole_pfns().start)
+            .sum();
+        let block_frames: u64 = h.blocks().map(|b| b.order.pages()).sum();
+        assert_eq!(range_frames, block_frames);
+        assert_eq!(block_frames, h.free_pages());
     }
 
     #[test]

@@ -76,7 +76,8 @@ pub use alloc::AllocRequest;
 pub use bootmem::{Bootmem, HotplugPolicy, DEFAULT_REGIONS};
 pub use error::{AllocError, FreeError, GrowError, RegionError};
 pub use handoff::{
-    Block, BlockRun, BlockRuns, Blocks, Handoff, NodePages, ReservedInMemory, ReservedPart,
+    Block, BlockRun, BlockRuns, Blocks, Handoff, HandoffRanges, NodePages, ReservedInMemory,
+    ReservedPart,
 };
 pub use iter::{FreeRange, FreeRanges, FreeRangesRev, RangeFilter};
 pub use list::ListKind;
