@@ -13,7 +13,7 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::alloc::{self, Layout};
 use std::boxed::Box;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::vec::Vec;
 
 use crate::platform::{CpuTopology, IrqControl, PhysMapper};
@@ -23,10 +23,21 @@ use crate::PhysAddr;
 static NEXT_PLATFORM_ID: AtomicU64 = AtomicU64::new(1);
 static NEXT_THREAD_TOKEN: AtomicU64 = AtomicU64::new(1);
 
+/// Per-thread state: a token naming the thread, and its CPU bindings, one per platform.
+struct ThreadState {
+    token: u64,
+    /// The most recently used binding: the fast path of `current_cpu`.
+    last: Cell<(u64, usize)>,
+    /// Every (platform id, cpu) binding of this thread.
+    bindings: RefCell<Vec<(u64, usize)>>,
+}
+
 std::thread_local! {
-    static THREAD_TOKEN: u64 = NEXT_THREAD_TOKEN.fetch_add(1, Ordering::Relaxed);
-    /// (platform id, cpu) bindings of this thread.
-    static BINDINGS: RefCell<Vec<(u64, usize)>> = const { RefCell::new(Vec::new()) };
+    static THREAD: ThreadState = ThreadState {
+        token: NEXT_THREAD_TOKEN.fetch_add(1, Ordering::Relaxed),
+        last: Cell::new((0, 0)),
+        bindings: RefCell::new(Vec::new()),
+    };
 }
 
 #[derive(Default)]
@@ -60,13 +71,42 @@ impl HostPlatform {
     /// Returns the CPU bound.
     pub fn bind_current_thread(&self, cpu: usize) -> usize {
         let cpu = cpu % self.cpus.len();
-        BINDINGS.with(|b| {
-            let mut b = b.borrow_mut();
+        THREAD.with(|t| {
+            let mut b = t.bindings.borrow_mut();
             match b.iter_mut().find(|(id, _)| *id == self.id) {
                 Some(entry) => entry.1 = cpu,
                 None => b.push((self.id, cpu)),
             }
+            t.last.set((self.id, cpu));
         });
+        cpu
+    }
+
+    /// The calling thread's CPU on this platform (bound round-robin on first use) and the
+    /// thread's token, in one thread-local access.
+    #[inline]
+    fn cpu_and_token(&self) -> (usize, u64) {
+        THREAD.with(|t| {
+            let (id, cpu) = t.last.get();
+            if id == self.id {
+                return (cpu, t.token);
+            }
+            (self.bind_slow(t), t.token)
+        })
+    }
+
+    #[cold]
+    fn bind_slow(&self, t: &ThreadState) -> usize {
+        let mut b = t.bindings.borrow_mut();
+        let cpu = match b.iter().find(|(id, _)| *id == self.id) {
+            Some(&(_, cpu)) => cpu,
+            None => {
+                let cpu = self.next_cpu.fetch_add(1, Ordering::Relaxed) % self.cpus.len();
+                b.push((self.id, cpu));
+                cpu
+            }
+        };
+        t.last.set((self.id, cpu));
         cpu
     }
 }
@@ -76,7 +116,12 @@ impl Drop for HostPlatform {
         let id = self.id;
         // Only this thread's binding can be removed; other threads' entries are harmless
         // (platform ids are never reused).
-        let _ = BINDINGS.try_with(|b| b.borrow_mut().retain(|(p, _)| *p != id));
+        let _ = THREAD.try_with(|t| {
+            t.bindings.borrow_mut().retain(|(p, _)| *p != id);
+            if t.last.get().0 == id {
+                t.last.set((0, 0));
+            }
+        });
     }
 }
 
@@ -89,15 +134,9 @@ unsafe impl CpuTopology for HostPlatform {
         self.cpus.len()
     }
 
+    #[inline]
     fn current_cpu(&self) -> usize {
-        BINDINGS.with(|b| {
-            if let Some(&(_, cpu)) = b.borrow().iter().find(|(id, _)| *id == self.id) {
-                return cpu;
-            }
-            let cpu = self.next_cpu.fetch_add(1, Ordering::Relaxed) % self.cpus.len();
-            b.borrow_mut().push((self.id, cpu));
-            cpu
-        })
+        self.cpu_and_token().0
     }
 }
 
@@ -107,10 +146,10 @@ unsafe impl CpuTopology for HostPlatform {
 unsafe impl IrqControl for HostPlatform {
     type State = usize;
 
+    #[inline]
     fn save_disable(&self) -> usize {
-        let cpu = self.current_cpu();
+        let (cpu, me) = self.cpu_and_token();
         let lock = &self.cpus[cpu];
-        let me = THREAD_TOKEN.with(|t| *t);
         if lock.owner.load(Ordering::Relaxed) == me {
             lock.depth.fetch_add(1, Ordering::Relaxed);
             return cpu;
@@ -132,12 +171,10 @@ unsafe impl IrqControl for HostPlatform {
         cpu
     }
 
+    #[inline]
     unsafe fn restore(&self, cpu: usize) {
         let lock = &self.cpus[cpu];
-        debug_assert_eq!(
-            lock.owner.load(Ordering::Relaxed),
-            THREAD_TOKEN.with(|t| *t)
-        );
+        debug_assert_eq!(lock.owner.load(Ordering::Relaxed), THREAD.with(|t| t.token));
         if lock.depth.fetch_sub(1, Ordering::Relaxed) == 1 {
             lock.owner.store(0, Ordering::Release);
         }
@@ -226,6 +263,26 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(p.bind_current_thread(5), 1);
         assert_eq!(p.current_cpu(), 1);
+    }
+
+    #[test]
+    fn bindings_are_per_platform_when_alternating() {
+        let a = HostPlatform::new(4);
+        let b = HostPlatform::new(4);
+        a.bind_current_thread(3);
+        b.bind_current_thread(1);
+        for _ in 0..3 {
+            assert_eq!(a.current_cpu(), 3);
+            assert_eq!(b.current_cpu(), 1);
+        }
+        drop(a);
+        let c = HostPlatform::new(2);
+        assert_eq!(
+            c.current_cpu(),
+            0,
+            "a new platform starts its own round-robin"
+        );
+        assert_eq!(b.current_cpu(), 1);
     }
 
     #[test]
