@@ -13,6 +13,11 @@
 //! ## Lifetimes
 //! `'m` is the life of the kernel map: the page allocator, memmaps and per-CPU storage live
 //! in boot memory for that long, so an `Mm<'static, ..>` can back a `#[global_allocator]`.
+//! Caches made with [`cache_create`](Mm::cache_create) borrow the page allocator for `'m`,
+//! not the `Mm`, so the page allocator is never torn down: dropping an `Mm` drops its kmalloc
+//! caches and leaves the page allocator (and the platform value inside it) in boot memory,
+//! as a kernel would. On a host, give it a platform that owns no heap memory
+//! ([`HostCpus`](crate::host::HostCpus)) where leak checkers run.
 
 use core::ptr::NonNull;
 

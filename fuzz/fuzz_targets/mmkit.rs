@@ -5,10 +5,9 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use mmkit::addr::host::HostPlatform;
 use mmkit::addr::{Order, Pfn, PhysAddr, PhysRange, VirtAddr, VirtRange, PAGE_SIZE};
 use mmkit::buddy::GfpFlags;
-use mmkit::host::HostRam;
+use mmkit::host::{HostCpus, HostRam};
 use mmkit::pgtable::arch::x86_64::X86_64;
 use mmkit::{MmBuilder, NotLoaded};
 
@@ -32,8 +31,11 @@ fuzz_target!(|actions: Vec<Action>| {
     let mem = HostRam::new(PhysAddr::new(0), 24 * MIB);
     let window =
         VirtRange::from_start_size(VirtAddr::new(0xffff_c900_0000_0000), 4 * MIB).unwrap();
+    // `HostCpus` owns no heap memory: the page allocator (and the platform inside it) lives
+    // in boot memory and is never dropped, as in a kernel, so a heap-owning platform would
+    // show up as a leak here.
     // SAFETY: `mem` is the whole machine and nothing else uses it.
-    let mut mm = unsafe { MmBuilder::new(HostPlatform::new(2), &mem) }
+    let mut mm = unsafe { MmBuilder::new(HostCpus::<2>::new(), &mem) }
         .memory(PhysRange::from_start_size(PhysAddr::new(MIB), 23 * MIB).unwrap())
         .vmalloc_area(X86_64::FOUR_LEVEL, window)
         .boot()
