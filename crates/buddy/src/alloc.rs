@@ -13,9 +13,14 @@
 //!    with `OutOfMemory`. The allocator never empties a zone below what the request may use.
 //!
 //! Orders up to [`PCP_MAX_ORDER`] come from the CPU's list when it can be locked (refilled
-//! in a batch under the zone lock); otherwise straight from the zone. The per-CPU path checks
-//! only the free-page part of the watermark (Linux's `zone_watermark_fast`); the zone path
-//! checks the full rule, including that a large enough block exists.
+//! in a batch under the zone lock); otherwise straight from the zone. Both paths first check
+//! the whole watermark rule as Linux does before `rmqueue` (`zone_watermark_fast`, which
+//! falls through to `__zone_watermark_ok`): free pages minus the block, minus the high-atomic
+//! reserve unless the request may use it, above the mark (lowered by the request's reserve
+//! entitlements) plus the lowmem reserve, and for order > 0 a free block of at least that
+//! order on a list the request may take from. The check reads only atomics (see
+//! `Zone::watermark_ok`), so the per-CPU fast path stays free of the zone lock; the zone path
+//! repeats it under the lock, where it is exact.
 
 use core::sync::atomic::Ordering::Relaxed;
 
@@ -80,7 +85,7 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
                 max: self.cfg.max_order,
             });
         }
-        if node >= self.nr_nodes || self.nodes[node].is_none() {
+        if self.node(node).is_none() {
             return Err(AllocError::NoSuchNode(node));
         }
         let zone = gfp.zone().map_err(AllocError::InvalidFlags)?;
@@ -105,14 +110,14 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         &'a self,
         req: &Request,
     ) -> impl Iterator<Item = (&'a Node<'m>, &'a Zone<'m>)> + 'a {
-        let pref = self.nodes[req.node].as_ref();
+        let pref = self.node(req.node);
         let order = pref.map(|n| n.fallback).unwrap_or([0; crate::MAX_NUMNODES]);
         let nr = if req.this_node { 1 } else { self.nr_nodes };
         let highest = req.highest;
         order
             .into_iter()
             .take(nr)
-            .filter_map(move |nid| self.nodes[nid as usize].as_ref())
+            .filter_map(move |nid| self.node(nid as usize))
             .flat_map(move |n| n.zones[..=highest].iter().rev().map(move |z| (n, z)))
     }
 
@@ -160,19 +165,6 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         }
     }
 
-    /// Linux `zone_watermark_fast` without the order check: free pages above the mark.
-    fn watermark_fast(zone: &Zone<'_>, mark: u64, highest: usize, flags: AllocFlags) -> bool {
-        let free = zone.free_pages.load(Relaxed) as i64;
-        let mut min = mark as i64;
-        if flags.min_reserve {
-            min -= min / 2;
-        }
-        if flags.non_block {
-            min -= min / 4;
-        }
-        free > min + zone.lowmem_reserve[highest].load(Relaxed) as i64
-    }
-
     fn get_page_from_freelist(
         &self,
         req: &Request,
@@ -184,7 +176,10 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
                 continue;
             }
             let mark = zone.wmark(w);
-            if !Self::watermark_fast(zone, mark, req.highest, flags) && mark > 0 {
+            // The whole rule, lock-free, before either path (Linux `zone_watermark_fast`
+            // falling through to `__zone_watermark_ok`): a per-CPU hit must not take a zone
+            // below what the request may use any more than a zone allocation may.
+            if !zone.watermark_ok(req.order, mark, req.highest, flags) {
                 continue;
             }
             if self.pcp_enabled && req.order <= PCP_MAX_ORDER && !flags.highatomic {
@@ -394,6 +389,83 @@ mod tests {
                 .reserved_highatomic,
             0
         );
+    }
+
+    #[test]
+    fn per_cpu_path_keeps_the_whole_watermark_including_the_highatomic_reserve() {
+        // 64 MiB with per-CPU lists: min is 256 pages, batch 3.
+        let b = build(&[&[mib(16, 64)]], BuddyConfig::default(), 1);
+        let n = b.node(0).unwrap();
+        let z = &n.zones[ZoneType::Dma32.index()];
+        let pb = 20 * 256;
+        let mut zl = b.lock(n, z);
+        zl.split_free_block_covering(pb);
+        zl.reserve_highatomic_pageblock(pb, 0);
+        drop(zl);
+        b.verify().unwrap();
+        let st = b.zone_stats(0, ZoneType::Dma32).unwrap();
+        assert_eq!(st.reserved_highatomic, 512);
+        assert!(
+            st.min < 512,
+            "the reserve alone would pass a free-pages-only check"
+        );
+        let mut got = 0;
+        while b.alloc_pages(GfpFlags::KERNEL, o(0)).is_ok() {
+            got += 1;
+        }
+        assert!(got > 10_000);
+        let st = b.zone_stats(0, ZoneType::Dma32).unwrap();
+        let usable = st.free - st.reserved_highatomic;
+        assert!(
+            usable + u64::from(st.pcp_batch) > st.min,
+            "per-CPU allocations stopped at min: usable {usable}, min {}",
+            st.min
+        );
+        b.verify().unwrap();
+    }
+
+    #[test]
+    fn per_cpu_path_needs_a_free_block_of_the_order_in_the_zone() {
+        let b = build(&[&[mib(16, 64)]], BuddyConfig::default(), 1);
+        let p = b.alloc_pages(GfpFlags::KERNEL, o(1)).unwrap();
+        let mut held = Vec::new();
+        while let Ok(q) = b.alloc_pages(GfpFlags::KERNEL, o(0)) {
+            held.push(q);
+        }
+        b.drain_all_pages();
+        // Take every block the watermark left free (as if allocated).
+        let n = b.node(0).unwrap();
+        let z = &n.zones[ZoneType::Dma32.index()];
+        let mut zl = b.lock(n, z);
+        for order in 0..=10 {
+            for mt in MigrateType::ALL {
+                while let Some(pfn) = zl.first_free(order, mt) {
+                    zl.del_from_free_list(pfn, order, mt);
+                    n.mm.desc(pfn).set_allocated(order, mt);
+                }
+            }
+        }
+        drop(zl);
+        // Free every other frame (plenty of free pages, no free pair), then cache the
+        // order-1 block on the per-CPU list.
+        for q in held.iter().filter(|q| q.as_u64() % 2 == 0) {
+            b.free_pages(*q, o(0)).unwrap();
+        }
+        b.drain_all_pages();
+        b.free_pages(p, o(1)).unwrap();
+        let st = b.zone_stats(0, ZoneType::Dma32).unwrap();
+        assert!(st.free > st.low, "enough free pages");
+        assert!(st.free_blocks[1..].iter().flatten().all(|&c| c == 0));
+        b.verify().unwrap();
+        // Linux's rule: an order > 0 request needs such a block in the zone, even when the
+        // per-CPU list holds one.
+        assert_eq!(
+            b.alloc_pages(GfpFlags::KERNEL, o(1)),
+            Err(AllocError::OutOfMemory)
+        );
+        // A per-CPU order-0 hit still works.
+        assert!(b.alloc_pages(GfpFlags::KERNEL, o(0)).is_ok());
+        b.verify().unwrap();
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! path that brings memory in.
 //!
 //! ## Construction and boot
-//! 1. [`BuddyAllocator::new`] takes each node's memory ranges and memmap storage, marks every
+//! 1. [`BuddyAllocator::init_in`] (or [`BuddyAllocator::new`]) takes each node's memory ranges and memmap storage, marks every
 //!    present frame [`Reserved`](crate::PageState::Reserved) (and the rest of the span as
 //!    holes), sizes ZONE_MOVABLE and cuts each node into zones.
 //! 2. The boot allocator's hand-off frees every free range with
@@ -16,6 +16,7 @@
 //! An allocation preferring node `n` with highest zone `z` tries zones `z, z-1, .., DMA` of
 //! `n`, then of the other nodes by increasing distance (Linux's node-ordered zonelist).
 
+use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use mmkit_addr::{IrqControl, Order, Pfn, PhysMapper, PhysRange};
@@ -28,7 +29,7 @@ use crate::migrate::MigrateType;
 use crate::movable::zone_movable_starts;
 use crate::page::{Flags, Memmap, PageDesc, PageState};
 use crate::pcp::PerCpuPages;
-use crate::raw::init_slice;
+use crate::raw::{init_allocator_in, init_by_value, init_slice, AllocatorHead, NodeHead};
 use crate::zone::{Zone, ZoneType, NR_ZONES};
 use crate::{MAX_NUMNODES, MAX_ORDER_LIMIT};
 
@@ -37,6 +38,10 @@ use crate::{MAX_NUMNODES, MAX_ORDER_LIMIT};
 pub type LowWatermarkHook = fn(node: usize, zone: ZoneType);
 
 pub(crate) struct Node<'m> {
+    /// Whether the node has memory. Absent nodes (ids at or above the node count, or nodes
+    /// without whole frames) have an empty memmap and empty zones, so every node slot is
+    /// initialised and the array can be built in place without an `Option` discriminant.
+    pub present: bool,
     pub mm: Memmap<'m>,
     pub zones: [Zone<'m>; NR_ZONES],
     /// Other nodes by increasing distance (this node first).
@@ -45,10 +50,15 @@ pub(crate) struct Node<'m> {
 }
 
 /// The buddy page allocator. `Sync`: use it from every CPU through `&self`.
+///
+/// About 36 KiB (eight nodes of four zones, each zone's free lists for every order up to
+/// [`MAX_ORDER_LIMIT`]); build it where it will live with [`init_in`](Self::init_in), whose
+/// own stack use is a few KiB (see its docs), rather than with [`new`](Self::new), which
+/// returns it by value.
 pub struct BuddyAllocator<'m, P: IrqControl> {
     pub(crate) platform: P,
     pub(crate) cfg: BuddyConfig,
-    pub(crate) nodes: [Option<Node<'m>>; MAX_NUMNODES],
+    pub(crate) nodes: [Node<'m>; MAX_NUMNODES],
     pub(crate) nr_nodes: usize,
     pub(crate) grouping: AtomicBool,
     pub(crate) pcp_enabled: bool,
@@ -67,17 +77,154 @@ impl<'m, P: IrqControl> core::fmt::Debug for BuddyAllocator<'m, P> {
     }
 }
 
+/// What validation of the construction arguments found, before anything is written.
+struct Plan {
+    spans: [Option<(u64, u64)>; MAX_NUMNODES],
+    movable: [Option<u64>; MAX_NUMNODES],
+    dma_end: u64,
+    dma32_end: u64,
+    nr_cpus: usize,
+    pcp_needed: usize,
+}
+
 impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
-    /// Build the allocator over `nodes` (ids are slice positions) with per-CPU storage `pcp`
-    /// of at least [`pcp_storage_len`] entries (may be empty when `per_cpu_lists` is off).
-    /// Every present frame starts reserved; memory enters with
+    /// Build the allocator by value over `nodes` (ids are slice positions) with per-CPU
+    /// storage `pcp` of at least [`pcp_storage_len`] entries (may be empty when
+    /// `per_cpu_lists` is off). Every present frame starts reserved; memory enters with
     /// [`free_boot_block`](Self::free_boot_block).
+    ///
+    /// A convenience over [`init_in`](Self::init_in): the ~36 KiB value is built in a stack
+    /// slot and moved to the caller, so this needs about three times that much stack (less
+    /// when the compiler elides the moves). On a small boot stack use `init_in`.
     pub fn new(
         platform: P,
         cfg: BuddyConfig,
         nodes: &mut [NodeInit<'m, '_>],
-        pcp: &'m mut [core::mem::MaybeUninit<PerCpuPages>],
+        pcp: &'m mut [MaybeUninit<PerCpuPages>],
     ) -> Result<Self, InitError> {
+        init_by_value(|slot| Self::init_in(slot, platform, cfg, nodes, pcp))
+    }
+
+    /// Build the allocator in `slot` (a `static`, or memory from the boot allocator) and
+    /// return it there; arguments as for [`new`](Self::new). On error nothing is written:
+    /// neither `slot` nor any memmap or per-CPU storage.
+    ///
+    /// The large arrays (nodes, zones, free lists) are written field by field straight into
+    /// `slot`; the largest temporary is one zone (about 1 KiB). The test
+    /// `init_in_fits_a_small_boot_stack` runs construction on a thread with a 32 KiB stack
+    /// (debug build); the measured figures are in the crate README (about 5 KiB in a
+    /// release build, 11 KiB in a debug build).
+    ///
+    /// ```
+    /// use core::mem::MaybeUninit;
+    /// use mmkit_addr::{host::HostPlatform, PhysAddr, PhysRange};
+    /// use mmkit_buddy::*;
+    ///
+    /// let ram = [PhysRange::from_start_size(PhysAddr::new(0), 32 << 20).unwrap()];
+    /// let cfg = BuddyConfig::default();
+    /// let memmap = Vec::leak((0..memmap_len(&ram, 10)).map(|_| MaybeUninit::uninit()).collect());
+    /// let pcp = Vec::leak((0..pcp_storage_len(1, 1)).map(|_| MaybeUninit::uninit()).collect());
+    /// let mut nodes = [NodeInit { memory: &ram, distances: &[10], memmap }];
+    /// // In a kernel: a `static mut` slot or one carved from bootmem.
+    /// let slot = Box::leak(Box::new(MaybeUninit::uninit()));
+    /// let buddy = BuddyAllocator::init_in(slot, HostPlatform::new(1), cfg, &mut nodes, pcp)
+    ///     .unwrap();
+    /// buddy.free_boot_range(ram[0]).unwrap();
+    /// buddy.finish_boot();
+    /// buddy.verify().unwrap();
+    /// ```
+    pub fn init_in<'s>(
+        slot: &'s mut MaybeUninit<Self>,
+        platform: P,
+        cfg: BuddyConfig,
+        nodes: &mut [NodeInit<'m, '_>],
+        pcp: &'m mut [MaybeUninit<PerCpuPages>],
+    ) -> Result<&'s mut Self, InitError> {
+        let plan = Self::validate(&platform, &cfg, nodes, pcp.len())?;
+        let nr_nodes = nodes.len();
+
+        // Validation done: initialise the caller's storage, then the allocator in place.
+        let pcp_all: &'m [PerCpuPages] =
+            init_slice(&mut pcp[..plan.pcp_needed], |_| PerCpuPages::new());
+        let mut mms: [Option<Memmap<'m>>; MAX_NUMNODES] = [None; MAX_NUMNODES];
+        for (nid, n) in nodes.iter_mut().enumerate() {
+            let Some((start, end)) = plan.spans[nid] else {
+                continue;
+            };
+            let storage = core::mem::take(&mut n.memmap);
+            let descs: &'m [PageDesc] =
+                init_slice(&mut storage[..(end - start) as usize], |_| PageDesc::new());
+            let mm = Memmap { base: start, descs };
+            for r in n.memory {
+                for pfn in r.whole_pfns() {
+                    mm.desc(pfn).set_flags(Flags::new(
+                        PageState::Reserved,
+                        0,
+                        MigrateType::Unmovable,
+                    ));
+                }
+            }
+            mms[nid] = Some(mm);
+        }
+        let head = AllocatorHead {
+            platform,
+            cfg,
+            nr_nodes,
+            pcp_enabled: plan.pcp_needed > 0,
+        };
+        let node_head = |nid: usize| {
+            let mut distances = [u8::MAX; MAX_NUMNODES];
+            if let Some(n) = nodes.get(nid) {
+                distances[..nr_nodes].copy_from_slice(&n.distances[..nr_nodes]);
+            }
+            // Node fallback order: by distance, then id, self first.
+            let mut fallback: [u8; MAX_NUMNODES] = core::array::from_fn(|i| i as u8);
+            fallback[..nr_nodes]
+                .sort_unstable_by_key(|&o| (o as usize != nid, distances[o as usize], o));
+            NodeHead {
+                present: mms[nid].is_some(),
+                mm: mms[nid].unwrap_or(Memmap {
+                    base: 0,
+                    descs: &[],
+                }),
+                fallback,
+                distances,
+            }
+        };
+        let zone = |nid: usize, ty: ZoneType| {
+            let zi = ty.index();
+            let (Some((start, end)), Some(mm)) = (plan.spans[nid], mms[nid]) else {
+                return Zone::new(ty, nid, 0, 0);
+            };
+            let ms = plan.movable[nid].unwrap_or(end).clamp(start, end);
+            let lo_bounds = [0, plan.dma_end, plan.dma32_end, ms];
+            let hi_bounds = [plan.dma_end, plan.dma32_end, u64::MAX, u64::MAX];
+            let (lo, hi) = if ty == ZoneType::Movable {
+                (ms, end)
+            } else {
+                let lo = lo_bounds[zi].clamp(start, ms);
+                (lo, hi_bounds[zi].clamp(lo, ms))
+            };
+            let mut z = Zone::new(ty, nid, lo, hi);
+            z.present = (lo..hi)
+                .filter(|&p| mm.desc(p).state() != PageState::Hole)
+                .count() as u64;
+            if plan.pcp_needed > 0 {
+                let base = (nid * NR_ZONES + zi) * plan.nr_cpus;
+                z.pcp = &pcp_all[base..base + plan.nr_cpus];
+            }
+            z
+        };
+        Ok(init_allocator_in(slot, head, node_head, zone))
+    }
+
+    /// Check every construction argument; touches nothing.
+    fn validate(
+        platform: &P,
+        cfg: &BuddyConfig,
+        nodes: &[NodeInit<'m, '_>],
+        pcp_len: usize,
+    ) -> Result<Plan, InitError> {
         if cfg.max_order > MAX_ORDER_LIMIT || cfg.pageblock_order > cfg.max_order {
             return Err(InitError::BadOrder);
         }
@@ -96,10 +243,9 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         } else {
             0
         };
-        if pcp.len() < pcp_needed {
+        if pcp_len < pcp_needed {
             return Err(InitError::PcpStorageTooSmall { needed: pcp_needed });
         }
-        // Validate every node before touching any storage.
         let mut spans = [None; MAX_NUMNODES];
         for (nid, n) in nodes.iter().enumerate() {
             if n.distances.len() < nr_nodes {
@@ -117,10 +263,8 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
                     });
                 }
                 for (os, oe) in spans.iter().take(nid).flatten() {
-                    {
-                        if s < *oe && *os < e {
-                            return Err(InitError::OverlappingNodes);
-                        }
+                    if s < *oe && *os < e {
+                        return Err(InitError::OverlappingNodes);
                     }
                 }
             }
@@ -142,77 +286,14 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         }
         let mems: [&[PhysRange]; MAX_NUMNODES] =
             core::array::from_fn(|i| nodes.get(i).map_or(&[][..], |n| n.memory));
-        let movable = zone_movable_starts(&mems[..nr_nodes], &cfg, highest_start)?;
-
-        // Validation done: build.
-        let pcp_all: &'m [PerCpuPages] = init_slice(&mut pcp[..pcp_needed], |_| PerCpuPages::new());
-        let mut built: [Option<Node<'m>>; MAX_NUMNODES] = core::array::from_fn(|_| None);
-        for (nid, n) in nodes.iter_mut().enumerate() {
-            let Some((start, end)) = spans[nid] else {
-                continue;
-            };
-            let len = (end - start) as usize;
-            let storage = core::mem::take(&mut n.memmap);
-            let descs: &'m [PageDesc] = init_slice(&mut storage[..len], |_| PageDesc::new());
-            let mm = Memmap { base: start, descs };
-            for r in n.memory {
-                for pfn in r.whole_pfns() {
-                    mm.desc(pfn).set_flags(Flags::new(
-                        PageState::Reserved,
-                        0,
-                        MigrateType::Unmovable,
-                    ));
-                }
-            }
-            let ms = movable[nid].unwrap_or(end).clamp(start, end);
-            let lo_bounds = [0, dma_end, dma32_end, ms];
-            let hi_bounds = [dma_end, dma32_end, u64::MAX, u64::MAX];
-            let zones: [Zone<'m>; NR_ZONES] = core::array::from_fn(|zi| {
-                let (lo, hi) = if zi == ZoneType::Movable.index() {
-                    (ms, end)
-                } else {
-                    let lo = lo_bounds[zi].clamp(start, ms);
-                    (lo, hi_bounds[zi].clamp(lo, ms))
-                };
-                let mut z = Zone::new(ZoneType::ALL[zi], nid, lo, hi);
-                z.present = (lo..hi)
-                    .filter(|&p| mm.desc(p).state() != PageState::Hole)
-                    .count() as u64;
-                if pcp_needed > 0 {
-                    let base = (nid * NR_ZONES + zi) * nr_cpus;
-                    z.pcp = &pcp_all[base..base + nr_cpus];
-                }
-                z
-            });
-            let mut distances = [u8::MAX; MAX_NUMNODES];
-            distances[..nr_nodes].copy_from_slice(&n.distances[..nr_nodes]);
-            built[nid] = Some(Node {
-                mm,
-                zones,
-                fallback: [0; MAX_NUMNODES],
-                distances,
-            });
-        }
-        // Node fallback order: by distance, then id, self first.
-        for (nid, slot) in built.iter_mut().enumerate().take(nr_nodes) {
-            let Some(node) = slot.as_mut() else {
-                continue;
-            };
-            let mut order: [u8; MAX_NUMNODES] = core::array::from_fn(|i| i as u8);
-            let d = node.distances;
-            order[..nr_nodes].sort_unstable_by_key(|&o| (o as usize != nid, d[o as usize], o));
-            node.fallback = order;
-        }
-        Ok(Self {
-            platform,
-            cfg,
-            nodes: built,
-            nr_nodes,
-            grouping: AtomicBool::new(cfg.mobility_grouping),
-            pcp_enabled: pcp_needed > 0,
-            mapper: None,
-            low_hook: RwLock::new(None),
-            cpu_nodes: &[],
+        let movable = zone_movable_starts(&mems[..nr_nodes], cfg, highest_start)?;
+        Ok(Plan {
+            spans,
+            movable,
+            dma_end,
+            dma32_end,
+            nr_cpus,
+            pcp_needed,
         })
     }
 
@@ -238,7 +319,7 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             .cpu_nodes
             .get(self.platform.current_cpu())
             .map_or(0, |&n| usize::from(n));
-        if self.nodes.get(nid).is_some_and(Option::is_some) {
+        if self.node(nid).is_some() {
             nid
         } else {
             0
@@ -280,16 +361,23 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
     }
 
     pub(crate) fn nodes(&self) -> impl Iterator<Item = (usize, &Node<'m>)> + Clone {
-        self.nodes
+        self.nodes[..self.nr_nodes]
             .iter()
             .enumerate()
-            .filter_map(|(i, n)| n.as_ref().map(|n| (i, n)))
+            .filter(|(_, n)| n.present)
+    }
+
+    /// Node `nid`, if it exists and has memory.
+    #[inline]
+    pub(crate) fn node(&self, nid: usize) -> Option<&Node<'m>> {
+        self.nodes[..self.nr_nodes].get(nid).filter(|n| n.present)
     }
 
     /// The node and zone holding `pfn`.
     #[inline]
     pub(crate) fn locate(&self, pfn: u64) -> Option<(&Node<'m>, &Zone<'m>)> {
-        for n in self.nodes.iter().flatten() {
+        // Absent nodes have an empty memmap, so they contain no frame.
+        for n in &self.nodes[..self.nr_nodes] {
             if n.mm.contains(pfn) {
                 let z = n.zones.iter().find(|z| z.contains(pfn))?;
                 return Some((n, z));
@@ -427,15 +515,13 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
 
     /// Statistics of one zone, or `None` if the node or zone does not exist (empty span).
     pub fn zone_stats(&self, node: usize, zone: ZoneType) -> Option<ZoneStats> {
-        let n = self.nodes.get(node)?.as_ref()?;
+        let n = self.node(node)?;
         let z = &n.zones[zone.index()];
         if z.spanned() == 0 {
             return None;
         }
         let fa = z.free.lock();
-        let mut free_blocks =
-            [[0u64; crate::migrate::NR_MIGRATE_TYPES]; MAX_ORDER_LIMIT as usize + 1];
-        free_blocks.copy_from_slice(&fa.counts);
+        let free_blocks = fa.counts.map(|per_type| per_type.map(u64::from));
         Some(ZoneStats {
             start_pfn: Pfn::new(z.start),
             spanned: z.spanned(),
@@ -483,4 +569,105 @@ pub struct ZoneStats {
     pub pcp_high: u32,
     /// Free blocks per order per migrate type.
     pub free_blocks: [[u64; crate::migrate::NR_MIGRATE_TYPES]; MAX_ORDER_LIMIT as usize + 1],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{mib, TestBuddy};
+    use crate::{memmap_len, GfpFlags};
+    use mmkit_addr::host::HostPlatform;
+    use std::boxed::Box;
+    use std::vec::Vec;
+
+    /// The smallest thread stack the host lets us ask for (glibc's `PTHREAD_STACK_MIN` on
+    /// x86-64 and aarch64 rounds anything smaller up to this), a common kernel boot stack.
+    const SMALL_STACK: usize = 16 * 1024;
+
+    fn leaked<T>(n: usize) -> &'static mut [MaybeUninit<T>] {
+        Vec::leak((0..n).map(|_| MaybeUninit::uninit()).collect())
+    }
+
+    fn init_on_small_stack(ram: &'static [PhysRange], cfg: BuddyConfig) -> &'static TestBuddy {
+        let slot: &'static mut MaybeUninit<TestBuddy> = Box::leak(Box::new(MaybeUninit::uninit()));
+        let memmap = leaked(memmap_len(ram, cfg.max_order));
+        let pcp = leaked(pcp_storage_len(1, 4));
+        // An overflow hits the thread's guard page and kills the test process: the test
+        // fails rather than passing silently.
+        std::thread::Builder::new()
+            .stack_size(SMALL_STACK)
+            .spawn(move || {
+                let mut nodes = [NodeInit {
+                    memory: ram,
+                    distances: &[10],
+                    memmap,
+                }];
+                let b = BuddyAllocator::init_in(slot, HostPlatform::new(4), cfg, &mut nodes, pcp)
+                    .unwrap();
+                &*b
+            })
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    #[test]
+    fn init_in_fits_a_small_boot_stack() {
+        let ram: &'static [PhysRange] = Box::leak(Box::new([mib(0, 64), mib(4096, 16)]));
+        let b = init_on_small_stack(ram, BuddyConfig::default());
+        for r in ram {
+            b.free_boot_range(*r).unwrap();
+        }
+        b.finish_boot();
+        b.verify().unwrap();
+        assert!(b.zone_stats(0, ZoneType::Dma).is_some());
+        assert!(b.zone_stats(0, ZoneType::Normal).is_some());
+        let p = b.alloc_pages(GfpFlags::KERNEL, Order::new(3)).unwrap();
+        b.free_pages(p, Order::new(3)).unwrap();
+        b.verify().unwrap();
+    }
+
+    #[test]
+    fn init_in_rejects_bad_input_without_writing_storage() {
+        let ram = [mib(0, 16)];
+        let mut memmap = leaked::<PageDesc>(memmap_len(&ram, 10) - 1);
+        let mut nodes = [NodeInit {
+            memory: &ram,
+            distances: &[10],
+            memmap: core::mem::take(&mut memmap),
+        }];
+        let mut slot = Box::new(MaybeUninit::<TestBuddy>::uninit());
+        let r = BuddyAllocator::init_in(
+            &mut slot,
+            HostPlatform::new(1),
+            BuddyConfig::default(),
+            &mut nodes,
+            leaked(pcp_storage_len(1, 1)),
+        );
+        assert_eq!(
+            r.err(),
+            Some(InitError::MemmapTooSmall {
+                node: 0,
+                needed: 4096
+            })
+        );
+        assert_eq!(nodes[0].memmap.len(), 4095, "storage not taken");
+    }
+
+    #[test]
+    fn allocator_is_small_enough_to_build_in_place() {
+        // Eight nodes of four zones; each zone's free lists and u32 counts for 16 orders.
+        let size = core::mem::size_of::<TestBuddy>();
+        assert!(size <= 40 * 1024, "BuddyAllocator is {size} bytes");
+        assert!(core::mem::size_of::<Zone<'static>>() <= 1152);
+    }
+
+    #[test]
+    fn absent_nodes_hold_no_frames() {
+        let b = crate::testutil::build(&[&[mib(16, 16)]], BuddyConfig::default(), 1);
+        assert!(b.node(1).is_none());
+        assert!(b.node(MAX_NUMNODES).is_none());
+        assert!(b.locate(0).is_none());
+        assert!(b.locate(16 * 256).is_some());
+    }
 }

@@ -140,6 +140,10 @@ pub enum IsolateError {
     },
     /// No suitable range was found (`alloc_contig_pages`).
     NotFound,
+    /// The flags contradict themselves (`alloc_contig_pages`).
+    InvalidFlags(GfpError),
+    /// The preferred node does not exist (`alloc_contig_pages`).
+    NoSuchNode(usize),
 }
 
 macro_rules! display_via_debug {

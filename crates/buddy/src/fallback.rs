@@ -168,7 +168,8 @@ impl ZoneLocked<'_, '_> {
         if !mt.is_mergeable() || !self.pageblock_in_zone(pb) {
             return;
         }
-        self.fa.nr_reserved_highatomic += self.p.pageblock_pages();
+        let pages = self.fa.nr_reserved_highatomic + self.p.pageblock_pages();
+        self.set_reserved_highatomic(pages);
         self.scan_pageblock(pb, Some(MigrateType::HighAtomic));
     }
 
@@ -185,8 +186,8 @@ impl ZoneLocked<'_, '_> {
             self.split_free_block_covering(pb);
             if self.pageblock_type(pb) == MigrateType::HighAtomic {
                 let pages = self.p.pageblock_pages();
-                self.fa.nr_reserved_highatomic =
-                    self.fa.nr_reserved_highatomic.saturating_sub(pages);
+                let left = self.fa.nr_reserved_highatomic.saturating_sub(pages);
+                self.set_reserved_highatomic(left);
             }
             self.scan_pageblock(pb, Some(to));
             return true;
@@ -194,30 +195,12 @@ impl ZoneLocked<'_, '_> {
         false
     }
 
-    /// Linux `__zone_watermark_ok`, exact under the zone lock.
+    /// Linux `__zone_watermark_ok`, exact under the zone lock (see [`Zone::watermark_ok`]).
+    ///
+    /// [`Zone::watermark_ok`]: crate::zone::Zone::watermark_ok
+    #[inline]
     pub fn watermark_ok(&self, order: u32, mark: u64, highest: usize, flags: AllocFlags) -> bool {
-        let mut free = self.zone.free_pages.load(Relaxed) as i64 - ((1i64 << order) - 1);
-        let mut min = mark as i64;
-        if flags.min_reserve {
-            min -= min / 2;
-        }
-        if flags.non_block {
-            min -= min / 4;
-        }
-        if !flags.any_reserve() {
-            free -= self.fa.nr_reserved_highatomic as i64;
-        }
-        if free <= min + self.zone.lowmem_reserve[highest].load(Relaxed) as i64 {
-            return false;
-        }
-        if order == 0 {
-            return true;
-        }
-        (order..=self.p.max_order).any(|o| {
-            let c = &self.fa.counts[o as usize];
-            c[..crate::migrate::NR_PCP_TYPES].iter().any(|&n| n > 0)
-                || (flags.highatomic && c[MigrateType::HighAtomic.index()] > 0)
-        })
+        self.zone.watermark_ok(order, mark, highest, flags)
     }
 
     /// Number of pageblocks in the zone whose type is `mt` (for reports and verify).

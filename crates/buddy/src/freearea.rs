@@ -19,9 +19,9 @@ use core::sync::atomic::Ordering::Relaxed;
 
 use spin::mutex::SpinMutexGuard;
 
-use crate::migrate::MigrateType;
+use crate::migrate::{MigrateType, NR_PCP_TYPES};
 use crate::page::{Flags, Memmap, PageState};
-use crate::zone::{FreeArea, Zone};
+use crate::zone::{FreeArea, Zone, HIGHATOMIC_MASK_SHIFT};
 
 /// Allocator-wide parameters the locked code needs.
 #[derive(Debug, Clone, Copy)]
@@ -70,7 +70,11 @@ impl<'a, 'm> ZoneLocked<'a, 'm> {
         } else {
             list.push_front(&self.mm, idx);
         }
-        self.fa.counts[order as usize][mt.index()] += 1;
+        let count = &mut self.fa.counts[order as usize][mt.index()];
+        *count += 1;
+        if *count == 1 {
+            self.refresh_order_mask(order);
+        }
         // Written only under the zone lock: a plain load/store, no locked RMW.
         let free = self.zone.free_pages.load(Relaxed);
         self.zone.free_pages.store(free + (1 << order), Relaxed);
@@ -81,9 +85,39 @@ impl<'a, 'm> ZoneLocked<'a, 'm> {
     pub fn del_from_free_list(&mut self, pfn: u64, order: u32, mt: MigrateType) {
         let idx = self.mm.idx(pfn);
         self.fa.lists[order as usize][mt.index()].remove(&self.mm, idx);
-        self.fa.counts[order as usize][mt.index()] -= 1;
+        let count = &mut self.fa.counts[order as usize][mt.index()];
+        *count -= 1;
+        if *count == 0 {
+            self.refresh_order_mask(order);
+        }
         let free = self.zone.free_pages.load(Relaxed);
         self.zone.free_pages.store(free - (1 << order), Relaxed);
+    }
+
+    /// Recompute the bits of `order` in [`Zone::free_order_mask`] from the counts (called
+    /// when a list of that order turns empty or non-empty).
+    fn refresh_order_mask(&mut self, order: u32) {
+        let c = &self.fa.counts[order as usize];
+        let usable = c[..NR_PCP_TYPES].iter().any(|&n| n > 0);
+        let atomic = c[MigrateType::HighAtomic.index()] > 0;
+        let (u_bit, a_bit) = (1u32 << order, 1u32 << (HIGHATOMIC_MASK_SHIFT + order));
+        let old = self.zone.free_order_mask.load(Relaxed);
+        let mut mask = old & !(u_bit | a_bit);
+        if usable {
+            mask |= u_bit;
+        }
+        if atomic {
+            mask |= a_bit;
+        }
+        if mask != old {
+            self.zone.free_order_mask.store(mask, Relaxed);
+        }
+    }
+
+    /// Set the high-atomic reserve size (and its lock-free mirror).
+    pub fn set_reserved_highatomic(&mut self, pages: u64) {
+        self.fa.nr_reserved_highatomic = pages;
+        self.zone.highatomic_pages.store(pages, Relaxed);
     }
 
     /// Move a free block to another list of the same order.
@@ -322,7 +356,7 @@ mod tests {
         &crate::allocator::Node<'static>,
         &crate::zone::Zone<'static>,
     ) {
-        let n = b.nodes[0].as_ref().unwrap();
+        let n = b.node(0).unwrap();
         (n, &n.zones[ZoneType::Dma32.index()])
     }
 

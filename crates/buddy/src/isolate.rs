@@ -20,7 +20,7 @@
 use mmkit_addr::{IrqControl, Pfn};
 
 use crate::allocator::{BuddyAllocator, Node};
-use crate::error::{FreeError, IsolateError};
+use crate::error::{AllocError, FreeError, IsolateError};
 use crate::freearea::ZoneLocked;
 use crate::gfp::GfpFlags;
 use crate::migrate::MigrateType;
@@ -116,7 +116,8 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             while pb < end {
                 let old = z.pageblock_type(pb);
                 if old == MigrateType::HighAtomic {
-                    z.fa.nr_reserved_highatomic = z.fa.nr_reserved_highatomic.saturating_sub(pages);
+                    let left = z.fa.nr_reserved_highatomic.saturating_sub(pages);
+                    z.set_reserved_highatomic(left);
                 }
                 node.mm.desc(pb).set_block_type(MigrateType::Isolate, old);
                 z.scan_pageblock(pb, Some(MigrateType::Isolate));
@@ -193,7 +194,8 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             z.split_free_block_covering(pb);
             let restore = z.mm.desc(pb).saved_block_type();
             if restore == MigrateType::HighAtomic {
-                z.fa.nr_reserved_highatomic += pages;
+                let now = z.fa.nr_reserved_highatomic + pages;
+                z.set_reserved_highatomic(now);
             }
             z.scan_pageblock(pb, Some(restore));
             z.mm.desc(pb).set_block_type(restore, restore);
@@ -242,7 +244,8 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         while pb < e {
             let restore = node.mm.desc(pb).saved_block_type();
             if restore == MigrateType::HighAtomic {
-                z.fa.nr_reserved_highatomic += pages;
+                let now = z.fa.nr_reserved_highatomic + pages;
+                z.set_reserved_highatomic(now);
             }
             node.mm.desc(pb).set_block_type(restore, restore);
             pb += pages;
@@ -289,7 +292,8 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
     /// Find and allocate `nr_pages` contiguous frames (any count, even beyond the max
     /// order) in the zones `gfp` allows on `node` and its fallbacks. The run starts on a
     /// boundary of its size rounded up to pageblocks. Free with
-    /// [`free_contig_range`](Self::free_contig_range).
+    /// [`free_contig_range`](Self::free_contig_range). Errors: `BadRange` for zero pages,
+    /// `InvalidFlags` / `NoSuchNode` for a bad request, `NotFound` when no run is free.
     pub fn alloc_contig_pages(
         &self,
         nr_pages: u64,
@@ -302,9 +306,12 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         }
         let span = nr_pages.div_ceil(pb) * pb;
         let align = if nr_pages.is_power_of_two() { span } else { pb };
-        let req = self
-            .request(node, gfp, 0)
-            .map_err(|_| IsolateError::BadRange)?;
+        let req = self.request(node, gfp, 0).map_err(|e| match e {
+            AllocError::InvalidFlags(g) => IsolateError::InvalidFlags(g),
+            AllocError::NoSuchNode(n) => IsolateError::NoSuchNode(n),
+            // `request` fails only on flags, node, or an order above the max (not 0).
+            _ => IsolateError::BadRange,
+        })?;
         for (n, z) in self.zonelist(&req) {
             if !z.is_populated() {
                 continue;
@@ -428,6 +435,28 @@ mod tests {
         b.drain_all_pages();
         b.verify().unwrap();
         assert_eq!(b.total_free(), managed);
+    }
+
+    #[test]
+    fn contig_allocation_names_bad_flags_and_nodes() {
+        let b = build(&[&[mib(16, 32)]], BuddyConfig::default(), 1);
+        let free = b.total_free();
+        assert_eq!(
+            b.alloc_contig_pages(600, GfpFlags::DMA | GfpFlags::DMA32, 0),
+            Err(IsolateError::InvalidFlags(
+                crate::GfpError::ConflictingZoneModifiers
+            ))
+        );
+        assert_eq!(
+            b.alloc_contig_pages(600, GfpFlags::HIGHUSER_MOVABLE, 1),
+            Err(IsolateError::NoSuchNode(1))
+        );
+        assert_eq!(
+            b.alloc_contig_pages(0, GfpFlags::HIGHUSER_MOVABLE, 0),
+            Err(IsolateError::BadRange)
+        );
+        assert_eq!(b.total_free(), free, "nothing changed");
+        b.verify().unwrap();
     }
 
     #[test]

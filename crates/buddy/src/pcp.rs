@@ -171,7 +171,7 @@ mod tests {
     #[test]
     fn busy_per_cpu_list_falls_back_to_the_zone() {
         let b = build(&[&[mib(16, 16)]], BuddyConfig::default(), 1);
-        let n = b.nodes[0].as_ref().unwrap();
+        let n = b.node(0).unwrap();
         let z = &n.zones[ZoneType::Dma32.index()];
         let held = z.pcp[0].inner.lock();
         let p = b.alloc_pages(GfpFlags::KERNEL, Order::new(0)).unwrap();
@@ -185,7 +185,7 @@ mod tests {
     fn refill_takes_a_batch_and_free_from_another_cpu_lands_on_its_list() {
         let b = std::sync::Arc::new(build(&[&[mib(16, 64)]], BuddyConfig::default(), 2));
         b.platform().bind_current_thread(0);
-        let n = b.nodes[0].as_ref().unwrap();
+        let n = b.node(0).unwrap();
         let z = &n.zones[ZoneType::Dma32.index()];
         let batch = u64::from(z.pcp_batch.load(core::sync::atomic::Ordering::Relaxed));
         assert!(batch > 1);
@@ -198,7 +198,7 @@ mod tests {
         })
         .join()
         .unwrap();
-        let n = b.nodes[0].as_ref().unwrap();
+        let n = b.node(0).unwrap();
         let z = &n.zones[ZoneType::Dma32.index()];
         assert_eq!(z.pcp[1].inner.lock().count, 1);
         b.verify().unwrap();

@@ -97,6 +97,7 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             for o in order..=self.cfg.max_order {
                 let blocks: u64 = fa.counts[o as usize][..MigrateType::Isolate.index()]
                     .iter()
+                    .map(|&n| u64::from(n))
                     .sum();
                 total += blocks << o;
             }
@@ -111,7 +112,7 @@ impl<P: IrqControl> fmt::Display for BuddyInfo<'_, '_, P> {
             let fa = z.free.lock();
             write!(f, "Node {}, zone {:>8} ", nid, z.ty.name())?;
             for o in 0..=self.0.cfg.max_order {
-                let n: u64 = fa.counts[o as usize].iter().sum();
+                let n: u64 = fa.counts[o as usize].iter().map(|&n| u64::from(n)).sum();
                 write!(f, "{:>6} ", n)?;
             }
             writeln!(f)?;

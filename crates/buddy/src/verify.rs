@@ -24,7 +24,7 @@ use crate::freearea::ZoneLocked;
 use crate::migrate::{MigrateType, NR_MIGRATE_TYPES, NR_PCP_TYPES};
 use crate::page::{List, Memmap, PageState, NIL};
 use crate::pcp::PCP_MAX_ORDER;
-use crate::zone::{Zone, ZoneType};
+use crate::zone::{Zone, ZoneType, HIGHATOMIC_MASK_SHIFT};
 
 /// An invariant the scan found broken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,8 +204,9 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
                     mt,
                     PageState::Free,
                 )?;
-                if b != z.fa.counts[o as usize][t] {
-                    return Err(mismatch("free-list count", z.fa.counts[o as usize][t], b));
+                let count = u64::from(z.fa.counts[o as usize][t]);
+                if b != count {
+                    return Err(mismatch("free-list count", count, b));
                 }
                 list_blocks += b;
                 list_pages += p;
@@ -239,6 +240,31 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
                 "highatomic reserve",
                 z.fa.nr_reserved_highatomic,
                 ha,
+            ));
+        }
+        let mirror = zone.highatomic_pages.load(Relaxed);
+        if mirror != z.fa.nr_reserved_highatomic {
+            return Err(mismatch(
+                "highatomic mirror",
+                z.fa.nr_reserved_highatomic,
+                mirror,
+            ));
+        }
+        let mut mask = 0u32;
+        for (o, c) in z.fa.counts.iter().enumerate() {
+            if c[..NR_PCP_TYPES].iter().any(|&n| n > 0) {
+                mask |= 1 << o;
+            }
+            if c[MigrateType::HighAtomic.index()] > 0 {
+                mask |= 1 << (HIGHATOMIC_MASK_SHIFT as usize + o);
+            }
+        }
+        let seen = zone.free_order_mask.load(Relaxed);
+        if seen != mask {
+            return Err(mismatch(
+                "free-order mask",
+                u64::from(mask),
+                u64::from(seen),
             ));
         }
         drop(z);

@@ -22,6 +22,9 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
 use spin::mutex::SpinMutex;
 
+use static_assertions::const_assert;
+
+use crate::fallback::AllocFlags;
 use crate::migrate::NR_MIGRATE_TYPES;
 use crate::page::List;
 use crate::pcp::PerCpuPages;
@@ -88,9 +91,13 @@ pub enum Watermark {
 }
 
 /// The zone-lock-protected part of a zone.
+///
+/// Counts are `u32`: a node spans fewer than `u32::MAX` frames (checked at construction), so
+/// no list can hold more blocks than that. Halving them keeps a zone near 1 KiB and the whole
+/// allocator near 36 KiB (see [`BuddyAllocator::init_in`](crate::BuddyAllocator::init_in)).
 pub(crate) struct FreeArea {
     pub lists: [[List; NR_MIGRATE_TYPES]; MAX_ORDER_LIMIT as usize + 1],
-    pub counts: [[u64; NR_MIGRATE_TYPES]; MAX_ORDER_LIMIT as usize + 1],
+    pub counts: [[u32; NR_MIGRATE_TYPES]; MAX_ORDER_LIMIT as usize + 1],
     pub nr_reserved_highatomic: u64,
 }
 
@@ -118,6 +125,13 @@ pub(crate) struct Zone<'m> {
     pub managed: AtomicU64,
     /// Frames on the zone's free lists (Linux `NR_FREE_PAGES`).
     pub free_pages: AtomicU64,
+    /// Mirror of `FreeArea::nr_reserved_highatomic`, for the lock-free watermark check.
+    pub highatomic_pages: AtomicU64,
+    /// Bit `o`: some Unmovable / Movable / Reclaimable list of order `o` is non-empty; bit
+    /// `HIGHATOMIC_MASK_SHIFT + o`: the HighAtomic list of order `o` is. Written under the
+    /// zone lock when a list turns empty or non-empty; read lock-free by [`Zone::watermark_ok`]
+    /// (the block-availability part of Linux's `__zone_watermark_ok`).
+    pub free_order_mask: AtomicU32,
     pub wmark: [AtomicU64; 3],
     pub lowmem_reserve: [AtomicU64; NR_ZONES],
     pub pcp_batch: AtomicU32,
@@ -137,6 +151,8 @@ impl<'m> Zone<'m> {
             present: 0,
             managed: AtomicU64::new(0),
             free_pages: AtomicU64::new(0),
+            highatomic_pages: AtomicU64::new(0),
+            free_order_mask: AtomicU32::new(0),
             wmark: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
             lowmem_reserve: [const { AtomicU64::new(0) }; NR_ZONES],
             pcp_batch: AtomicU32::new(1),
@@ -166,7 +182,45 @@ impl<'m> Zone<'m> {
     pub fn wmark(&self, w: Watermark) -> u64 {
         self.wmark[w as usize].load(Relaxed)
     }
+
+    /// Linux `__zone_watermark_ok`: would the zone stay above `mark` (lowered by the reserve
+    /// entitlements in `flags`) plus the lowmem reserve for `highest` after handing out a
+    /// block of `order`, not counting the high-atomic reserve unless `flags` may use it, and
+    /// does a free block of at least `order` exist on a list the request may take from?
+    ///
+    /// Reads only atomics, so it runs without the zone lock (as Linux's does); under the lock
+    /// the answer is exact. Used for both the per-CPU and the zone path.
+    #[inline]
+    pub fn watermark_ok(&self, order: u32, mark: u64, highest: usize, flags: AllocFlags) -> bool {
+        let mut free = self.free_pages.load(Relaxed) as i64 - ((1i64 << order) - 1);
+        let mut min = mark as i64;
+        if flags.min_reserve {
+            min -= min / 2;
+        }
+        if flags.non_block {
+            min -= min / 4;
+        }
+        if !flags.any_reserve() {
+            free -= self.highatomic_pages.load(Relaxed) as i64;
+        }
+        if free <= min + self.lowmem_reserve[highest].load(Relaxed) as i64 {
+            return false;
+        }
+        if order == 0 {
+            return true;
+        }
+        let mask = self.free_order_mask.load(Relaxed);
+        let usable = (mask & PCP_TYPES_MASK) >> order != 0;
+        let atomic = flags.highatomic && (mask >> HIGHATOMIC_MASK_SHIFT) >> order != 0;
+        usable || atomic
+    }
 }
+
+/// Where the HighAtomic bits start in [`Zone::free_order_mask`].
+pub(crate) const HIGHATOMIC_MASK_SHIFT: u32 = MAX_ORDER_LIMIT + 1;
+/// The Unmovable / Movable / Reclaimable bits of [`Zone::free_order_mask`].
+const PCP_TYPES_MASK: u32 = (1 << HIGHATOMIC_MASK_SHIFT) - 1;
+const_assert!(2 * (MAX_ORDER_LIMIT + 1) <= u32::BITS);
 
 #[cfg(test)]
 mod tests {
