@@ -1,6 +1,7 @@
-//! Fuzz the facade: boot a small machine, replay an `Arbitrary` list of page, kmalloc and
-//! vmalloc actions (including bad frees) against a reference model of what is live, and run
-//! `Mm::verify` (every crate's scanner plus the owner cross-check) after every step.
+//! Fuzz the facade: boot a small machine once, then per input replay an `Arbitrary` list of
+//! page, kmalloc and vmalloc actions (including bad frees) against a reference model of what
+//! is live, run `Mm::verify` (every crate's scanner plus the owner cross-check) after every
+//! step, and give everything back at the end, so each input starts from a clean machine.
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -9,7 +10,8 @@ use mmkit::addr::{Order, Pfn, PhysAddr, PhysRange, VirtAddr, VirtRange, PAGE_SIZ
 use mmkit::buddy::GfpFlags;
 use mmkit::host::{HostCpus, HostRam};
 use mmkit::pgtable::arch::x86_64::X86_64;
-use mmkit::{MmBuilder, NotLoaded};
+use mmkit::{Mm, MmBuilder, NotLoaded};
+use std::sync::{Mutex, OnceLock};
 
 const MIB: u64 = 1 << 20;
 
@@ -27,19 +29,30 @@ enum Action {
     VfreeAt { offset: u32 },
 }
 
+fn window() -> VirtRange {
+    VirtRange::from_start_size(VirtAddr::new(0xffff_c900_0000_0000), 4 * MIB).unwrap()
+}
+
+fn machine() -> &'static Mutex<Mm<'static, HostCpus<2>>> {
+    static MM: OnceLock<Mutex<Mm<'static, HostCpus<2>>>> = OnceLock::new();
+    MM.get_or_init(|| {
+        let mem: &'static HostRam = Box::leak(Box::new(HostRam::new(PhysAddr::new(0), 24 * MIB)));
+        // `HostCpus` owns no heap memory: the page allocator (and the platform inside it)
+        // lives in boot memory and is never dropped, as in a kernel.
+        // SAFETY: `mem` is the whole machine, used by nothing else, and lives forever.
+        let mm = unsafe { MmBuilder::new(HostCpus::<2>::new(), mem) }
+            .memory(PhysRange::from_start_size(PhysAddr::new(MIB), 23 * MIB).unwrap())
+            .vmalloc_area(X86_64::FOUR_LEVEL, window())
+            .boot()
+            .unwrap();
+        Mutex::new(mm)
+    })
+}
+
 fuzz_target!(|actions: Vec<Action>| {
-    let mem = HostRam::new(PhysAddr::new(0), 24 * MIB);
-    let window =
-        VirtRange::from_start_size(VirtAddr::new(0xffff_c900_0000_0000), 4 * MIB).unwrap();
-    // `HostCpus` owns no heap memory: the page allocator (and the platform inside it) lives
-    // in boot memory and is never dropped, as in a kernel, so a heap-owning platform would
-    // show up as a leak here.
-    // SAFETY: `mem` is the whole machine and nothing else uses it.
-    let mut mm = unsafe { MmBuilder::new(HostCpus::<2>::new(), &mem) }
-        .memory(PhysRange::from_start_size(PhysAddr::new(MIB), 23 * MIB).unwrap())
-        .vmalloc_area(X86_64::FOUR_LEVEL, window)
-        .boot()
-        .unwrap();
+    let mut mm = machine().lock().unwrap_or_else(|e| e.into_inner());
+    let mm = &mut *mm;
+    let window = window();
     // SAFETY: the table is loaded in no MMU.
     let mut tlb = unsafe { NotLoaded::new() };
     let mut pages: Vec<(Pfn, Order)> = Vec::new();
@@ -48,8 +61,11 @@ fuzz_target!(|actions: Vec<Action>| {
     for a in actions.into_iter().take(200) {
         match a {
             Action::AllocPages { order, mobility } => {
-                let gfp = [GfpFlags::KERNEL, GfpFlags::HIGHUSER_MOVABLE, GfpFlags::KERNEL_RECLAIMABLE]
-                    [usize::from(mobility % 3)];
+                let gfp = [
+                    GfpFlags::KERNEL,
+                    GfpFlags::HIGHUSER_MOVABLE,
+                    GfpFlags::KERNEL_RECLAIMABLE,
+                ][usize::from(mobility % 3)];
                 if let Ok(pfn) = mm.alloc_pages(gfp, Order::new(u32::from(order % 12))) {
                     pages.push((pfn, Order::new(u32::from(order % 12))));
                 }
@@ -69,7 +85,10 @@ fuzz_target!(|actions: Vec<Action>| {
                 let pfn = Pfn::new(u64::from(pfn));
                 let order = Order::new(u32::from(order % 12));
                 if !pages.contains(&(pfn, order)) {
-                    assert!(mm.free_pages(pfn, order).is_err(), "freed a block nobody owns");
+                    assert!(
+                        mm.free_pages(pfn, order).is_err(),
+                        "freed a block nobody owns"
+                    );
                 }
             }
             Action::Kmalloc { size } => {
@@ -85,7 +104,9 @@ fuzz_target!(|actions: Vec<Action>| {
             Action::Krealloc { index, size } if !objects.is_empty() => {
                 let i = usize::from(index) % objects.len();
                 // SAFETY: live; given up on success.
-                if let Ok(q) = unsafe { mm.krealloc(objects[i], usize::from(size) * 2, GfpFlags::KERNEL) } {
+                if let Ok(q) =
+                    unsafe { mm.krealloc(objects[i], usize::from(size) * 2, GfpFlags::KERNEL) }
+                {
                     objects[i] = q;
                 }
             }
