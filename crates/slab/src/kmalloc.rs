@@ -350,6 +350,13 @@ impl<'a, S: PageSource, P: IrqControl> Kmalloc<'a, S, P> {
             .ok_or(AllocError::OutOfMemory)?;
         self.src
             .set_page_private(block.pfn, (u64::from(order.get()) << 8) | PRIVATE_LARGE);
+        // Tail frames say "nothing here", so a pointer into them is refused rather than read
+        // through whatever a previous owner of the frame left in its word.
+        for i in 1..order.pages() {
+            if let Some(pfn) = block.pfn.checked_add_frames(i) {
+                self.src.set_page_private(pfn, 0);
+            }
+        }
         if gfp.contains(Gfp::ZERO) {
             // SAFETY: the whole block is ours.
             unsafe { slab::zero_bytes(block.ptr, order.bytes() as usize) };

@@ -40,16 +40,18 @@ pub struct PageBlock {
 ///   `2^order` frames starting at `b.pfn` that nobody else owns until it is given back with
 ///   [`free_pages`](PageSource::free_pages); `b.ptr` is aligned to the block size
 ///   (`PAGE_SIZE << order`), maps the block's frames contiguously and is valid for reads and
-///   writes of the whole block until it is freed. The private word of every frame of a new
-///   block is 0.
+///   writes of the whole block until it is freed.
 /// * [`virt_to_pfn`](PageSource::virt_to_pfn) returns, for any address inside a live block,
 ///   the frame that address lies in; for other addresses it returns `None` or a frame whose
 ///   private word is 0 (a frame this source did not hand out to the slab).
 /// * [`page_private`](PageSource::page_private) returns the value last stored by
 ///   [`set_page_private`](PageSource::set_page_private) on a frame of a live block handed out
-///   by this source, and 0 for every other frame (free frames, frames owned by other
-///   subsystems, frames outside the source). The word belongs to the slab: nothing else
-///   writes it while the block is live.
+///   by this source (the slab stores a word on every frame of every block before relying on
+///   it, so a fresh block's words may hold anything), and 0 for every other frame (free
+///   frames, frames owned by other subsystems, frames outside the source). The word belongs
+///   to the slab: nothing else writes it while the block is live. A buddy allocator that
+///   shares its page descriptors with other users meets the "0 for other frames" part with
+///   a page-type mark, as Linux does with `PageSlab`.
 /// * All methods may be called concurrently from several CPUs.
 pub unsafe trait PageSource: Sync {
     /// Allocate a naturally aligned block of `2^order` frames. `gfp` carries mobility and zone

@@ -24,6 +24,9 @@ use crate::page_source::{GracePeriod, PageBlock, PageSource};
 
 /// Largest block order the test source hands out (Linux's default `MAX_PAGE_ORDER`).
 pub const TEST_MAX_ORDER: u32 = 10;
+/// What the private words of a freshly allocated block read until their owner stores one: an
+/// address-like value with the slab tag, the worst thing a stale word could hold.
+pub const STALE_PRIVATE: u64 = 0xdead_0000_0000_0001;
 /// Physical address the test source's first frame stands for.
 pub const TEST_PHYS_BASE: u64 = 0x4000_0000;
 
@@ -156,6 +159,11 @@ unsafe impl PageSource for TestPageSource {
             st.free[k].insert(idx + (1 << k));
         }
         st.head_order[idx] = o as u8;
+        // A fresh block's words hold garbage on purpose: the contract does not promise clean
+        // words, so the slab must store one on every frame before relying on it.
+        for i in idx..idx + (1 << o) {
+            self.private[i].store(STALE_PRIVATE, SeqCst);
+        }
         drop(st);
         self.in_use.fetch_add(1 << o, SeqCst);
         if gfp.contains(Gfp::RECLAIMABLE) {
