@@ -171,36 +171,56 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         w: Watermark,
         flags: AllocFlags,
     ) -> Option<u64> {
-        for (node, zone) in self.zonelist(req) {
-            if !zone.is_populated() {
+        // Plain loops over the zonelist (not the `zonelist` iterator chain, whose nested
+        // `flat_map` showed up in profiles of the order-0 paths).
+        let node = self.node(req.node)?;
+        let nr = if req.this_node { 1 } else { self.nr_nodes };
+        for &nid in &node.fallback[..nr] {
+            let Some(node) = self.node(usize::from(nid)) else {
                 continue;
-            }
-            let mark = zone.wmark(w);
-            // The whole rule, lock-free, before either path (Linux `zone_watermark_fast`
-            // falling through to `__zone_watermark_ok`): a per-CPU hit must not take a zone
-            // below what the request may use any more than a zone allocation may.
-            if !zone.watermark_ok(req.order, mark, req.highest, flags) {
-                continue;
-            }
-            if self.pcp_enabled && req.order <= PCP_MAX_ORDER && !flags.highatomic {
-                if let Some(pfn) = self.rmqueue_pcplist(node, zone, req, flags) {
+            };
+            for zone in node.zones[..=req.highest].iter().rev() {
+                if let Some(pfn) = self.try_zone(node, zone, req, w, flags) {
                     return Some(pfn);
                 }
-                continue;
-            }
-            let mut z = self.lock(node, zone);
-            if !z.watermark_ok(req.order, mark, req.highest, flags) {
-                continue;
-            }
-            if let Some(pfn) = z.rmqueue(req.order, req.mt, flags) {
-                node.mm.desc(pfn).set_allocated(req.order, req.declared);
-                if flags.highatomic {
-                    z.reserve_highatomic_pageblock(pfn, req.order);
-                }
-                return Some(pfn);
             }
         }
         None
+    }
+
+    /// One zone of [`get_page_from_freelist`](Self::get_page_from_freelist).
+    #[inline]
+    fn try_zone(
+        &self,
+        node: &Node<'m>,
+        zone: &Zone<'m>,
+        req: &Request,
+        w: Watermark,
+        flags: AllocFlags,
+    ) -> Option<u64> {
+        if !zone.is_populated() {
+            return None;
+        }
+        let mark = zone.wmark(w);
+        // The whole rule, lock-free, before either path (Linux `zone_watermark_fast`
+        // falling through to `__zone_watermark_ok`): a per-CPU hit must not take a zone
+        // below what the request may use any more than a zone allocation may.
+        if !zone.watermark_ok(req.order, mark, req.highest, flags) {
+            return None;
+        }
+        if self.pcp_enabled && req.order <= PCP_MAX_ORDER && !flags.highatomic {
+            return self.rmqueue_pcplist(node, zone, req, flags);
+        }
+        let mut z = self.lock(node, zone);
+        if !z.watermark_ok(req.order, mark, req.highest, flags) {
+            return None;
+        }
+        let pfn = z.rmqueue(req.order, req.mt, flags)?;
+        node.mm.desc(pfn).set_allocated(req.order, req.declared);
+        if flags.highatomic {
+            z.reserve_highatomic_pageblock(pfn, req.order);
+        }
+        Some(pfn)
     }
 
     /// Take a block from this CPU's list, refilling it from the zone when empty. `None` when

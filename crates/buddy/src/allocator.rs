@@ -386,6 +386,7 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         None
     }
 
+    #[inline]
     pub(crate) fn lock<'a>(&'a self, node: &'a Node<'m>, zone: &'a Zone<'m>) -> ZoneLocked<'a, 'm> {
         ZoneLocked::lock(zone, node.mm, self.params())
     }

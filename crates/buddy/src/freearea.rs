@@ -47,6 +47,7 @@ pub(crate) struct ZoneLocked<'a, 'm> {
 }
 
 impl<'a, 'm> ZoneLocked<'a, 'm> {
+    #[inline]
     pub fn lock(zone: &'a Zone<'m>, mm: Memmap<'m>, p: Params) -> Self {
         Self {
             zone,
@@ -59,6 +60,7 @@ impl<'a, 'm> ZoneLocked<'a, 'm> {
     // ---- free-list primitives -------------------------------------------------------------
 
     /// Mark `pfn` a free head of `order` and `mt` and put it on that list.
+    #[inline]
     pub fn add_to_free_list(&mut self, pfn: u64, order: u32, mt: MigrateType, to_tail: bool) {
         let idx = self.mm.idx(pfn);
         self.mm
@@ -82,6 +84,7 @@ impl<'a, 'm> ZoneLocked<'a, 'm> {
 
     /// Take the free head `pfn` (order `order`, list `mt`) off its list. The caller gives the
     /// descriptor its next state.
+    #[inline]
     pub fn del_from_free_list(&mut self, pfn: u64, order: u32, mt: MigrateType) {
         let idx = self.mm.idx(pfn);
         self.fa.lists[order as usize][mt.index()].remove(&self.mm, idx);
@@ -185,6 +188,7 @@ impl<'a, 'm> ZoneLocked<'a, 'm> {
 
     /// Whether the free block `buddy` of `order` can merge with a block of type `mt` being
     /// freed. Returns the buddy's list type.
+    #[inline]
     fn mergeable_buddy(&self, buddy: u64, order: u32, mt: MigrateType) -> Option<MigrateType> {
         let end = buddy.checked_add(1u64 << order)?;
         if buddy < self.zone.start || end > self.zone.end {
