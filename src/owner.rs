@@ -16,7 +16,7 @@
 //! | `0` | not allocated through the facade (free, or on a per-CPU list) |
 //! | [`HOLE`] | no memory at this frame |
 //! | [`RESERVED`] | memory never handed to the buddy (firmware, kernel image, boot metadata) |
-//! | [`SLAB_TAIL`] | a tail frame of a slab block |
+//! | [`SLAB_TAIL`] / [`SLAB_TAIL_PRIVATE`] | a tail frame of a slab block (private word unset / set) |
 //! | `mob + 1 | order << 2 | use << 6` | head of an allocated block (`mob` = migrate-type index 0..=2) |
 //!
 //! Tail frames of other blocks read 0; the census walks from heads. Only the head byte changes on
@@ -34,8 +34,23 @@ pub const HOLE: u8 = 0b0000_0100;
 /// Owner byte of a reserved frame.
 pub const RESERVED: u8 = 0b0000_1000;
 /// Owner byte of a tail frame of a slab block (so "does the slab own this frame" is one
-/// load, on the `kfree` path).
+/// load, on the `kfree` path) whose private word the slab has not set: it reads 0.
 pub const SLAB_TAIL: u8 = 0b0000_1100;
+/// Owner byte of a tail frame of a slab block whose private word the slab has set.
+pub const SLAB_TAIL_PRIVATE: u8 = 0b0001_0000;
+
+/// What the owner table says about a frame, for the slab's private-word lookups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SlabFrame {
+    /// Not a frame of a live slab block.
+    NotSlab,
+    /// The head frame of a slab block.
+    Head,
+    /// A tail frame whose private word was never set (reads 0).
+    Tail,
+    /// A tail frame whose private word was set.
+    TailWithPrivate,
+}
 
 /// What an allocated block is used for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,12 +194,22 @@ impl<'m> PageOwners<'m> {
         Some(owner)
     }
 
-    /// Whether `pfn` is a frame of a live slab block (head or tail).
-    pub(crate) fn is_slab(&self, pfn: Pfn) -> bool {
+    /// Whether `pfn` is a frame of a live slab block, and which kind.
+    pub(crate) fn slab_frame(&self, pfn: Pfn) -> SlabFrame {
         match self.slot(pfn.as_u64()).map(|s| s.load(Relaxed)) {
-            Some(SLAB_TAIL) => true,
-            Some(b) => Owner::decode(b).is_some_and(|o| o.usage == PageUse::Slab),
-            None => false,
+            Some(SLAB_TAIL) => SlabFrame::Tail,
+            Some(SLAB_TAIL_PRIVATE) => SlabFrame::TailWithPrivate,
+            Some(b) if Owner::decode(b).is_some_and(|o| o.usage == PageUse::Slab) => {
+                SlabFrame::Head
+            }
+            _ => SlabFrame::NotSlab,
+        }
+    }
+
+    /// Note that the private word of slab tail frame `pfn` is being set.
+    pub(crate) fn mark_tail_private(&self, pfn: Pfn) {
+        if let Some(s) = self.slot(pfn.as_u64()) {
+            let _ = s.compare_exchange(SLAB_TAIL, SLAB_TAIL_PRIVATE, Relaxed, Relaxed);
         }
     }
 
@@ -231,7 +256,7 @@ impl<'m> PageOwners<'m> {
                 left -= 1;
             } else {
                 match self.slot(pfn).map_or(HOLE, |s| s.load(Relaxed)) {
-                    0 | SLAB_TAIL => cur.free += 1,
+                    0 | SLAB_TAIL | SLAB_TAIL_PRIVATE => cur.free += 1,
                     HOLE => cur.hole += 1,
                     RESERVED => cur.reserved += 1,
                     b => match Owner::decode(b) {
@@ -313,7 +338,7 @@ mod tests {
         let owners = PageOwners::new(0, &t);
         owners.mark_range(0, 2, HOLE);
         owners.mark_range(2, 3, RESERVED);
-        assert!(!owners.is_slab(Pfn::new(9)));
+        assert_eq!(owners.slab_frame(Pfn::new(9)), SlabFrame::NotSlab);
         // An order-3 unmovable block over pageblocks 2 and 3 (frames 8..16)...
         owners.record(
             Pfn::new(8),
@@ -332,8 +357,11 @@ mod tests {
                 usage: PageUse::Slab,
             },
         );
-        assert!(owners.is_slab(Pfn::new(8)) && owners.is_slab(Pfn::new(15)));
-        assert!(!owners.is_slab(Pfn::new(7)));
+        assert_eq!(owners.slab_frame(Pfn::new(8)), SlabFrame::Head);
+        assert_eq!(owners.slab_frame(Pfn::new(15)), SlabFrame::Tail);
+        owners.mark_tail_private(Pfn::new(15));
+        assert_eq!(owners.slab_frame(Pfn::new(15)), SlabFrame::TailWithPrivate);
+        assert_eq!(owners.slab_frame(Pfn::new(7)), SlabFrame::NotSlab);
         let mut seen = Vec::new();
         owners.census(2, |c| seen.push(*c));
         assert_eq!(seen.len(), 4);

@@ -3,9 +3,11 @@
 //! * Slab blocks come from the buddy as `GFP_KERNEL`, reclaimable when the slab asks for a
 //!   reclaimable cache, from ZONE_DMA for DMA caches, and are recorded as [`PageUse::Slab`].
 //! * The private word is the buddy's per-frame private word. The contract wants every frame
-//!   of a new block to read 0 (the buddy only promises that for the head), so the tails are
-//!   cleared at allocation; and it wants 0 for frames the slab does not own, so reads check
-//!   the owner table first (slab blocks mark their tail frames there too).
+//!   of a new block to read 0 (the buddy only promises that for the head) and 0 for frames
+//!   the slab does not own, so reads consult the owner table first: slab blocks mark their
+//!   tail frames there, and a tail's mark changes when the slab sets its private word. An
+//!   unset tail reads 0 without asking the buddy, so a new block needs no clearing pass (a
+//!   4 MiB kmalloc would otherwise touch 1023 descriptors).
 //! * `virt_to_pfn` goes back through the [`KernelMap`](crate::KernelMap).
 
 use core::ptr::NonNull;
@@ -14,7 +16,7 @@ use mmkit_addr::{IrqControl, Order, Pfn, VirtAddr};
 use mmkit_buddy::GfpFlags;
 use mmkit_slab::{Gfp, PageBlock, PageSource};
 
-use crate::owner::PageUse;
+use crate::owner::{PageUse, SlabFrame};
 use crate::pages::PageAllocator;
 
 /// The GFP flags a slab request maps to.
@@ -29,18 +31,12 @@ pub(crate) fn slab_gfp(gfp: Gfp) -> GfpFlags {
     flags
 }
 
-impl<P: IrqControl> PageAllocator<'_, P> {
-    /// Whether `pfn` lies in a live block the slab owns (one load in the owner table).
-    fn slab_owns(&self, pfn: Pfn) -> bool {
-        self.owners.is_slab(pfn)
-    }
-}
-
 // SAFETY: blocks come from the buddy, which hands each block to one owner until it is freed;
 // `page_address` maps the whole block contiguously through the kernel map for `'m`, and a
-// buddy block is naturally aligned physically, which the map preserves (checked below). Tail
-// private words are cleared before the block is returned and the head's is 0 from the buddy.
-// `page_private` answers only for blocks recorded as slab-owned, 0 otherwise. `virt_to_pfn`
+// buddy block is naturally aligned physically, which the map preserves (checked below). The
+// head's private word is 0 from the buddy; a tail's reads 0 until the slab sets it (the owner
+// table says which tails were set). `page_private` answers only for frames of blocks recorded
+// as slab-owned, 0 otherwise. `virt_to_pfn`
 // inverts the map (`KernelMap`'s contract). Every method is safe to call from several CPUs
 // (the buddy and the owner table are `Sync`).
 unsafe impl<P: IrqControl> PageSource for PageAllocator<'_, P> {
@@ -53,11 +49,6 @@ unsafe impl<P: IrqControl> PageSource for PageAllocator<'_, P> {
             let _ = self.free(pfn, order);
             return None;
         };
-        for tail in 1..order.pages() {
-            let _ = self
-                .buddy
-                .set_page_private(Pfn::new(pfn.as_u64() + tail), 0);
-        }
         Some(PageBlock { pfn, ptr })
     }
 
@@ -70,16 +61,24 @@ unsafe impl<P: IrqControl> PageSource for PageAllocator<'_, P> {
     }
 
     fn set_page_private(&self, pfn: Pfn, value: u64) {
-        if self.slab_owns(pfn) {
-            let _ = self.buddy.set_page_private(pfn, value);
+        match self.owners.slab_frame(pfn) {
+            SlabFrame::NotSlab => {}
+            SlabFrame::Head | SlabFrame::TailWithPrivate => {
+                let _ = self.buddy.set_page_private(pfn, value);
+            }
+            SlabFrame::Tail => {
+                let _ = self.buddy.set_page_private(pfn, value);
+                self.owners.mark_tail_private(pfn);
+            }
         }
     }
 
     fn page_private(&self, pfn: Pfn) -> u64 {
-        if self.slab_owns(pfn) {
-            self.buddy.page_private(pfn).unwrap_or(0)
-        } else {
-            0
+        match self.owners.slab_frame(pfn) {
+            SlabFrame::Head | SlabFrame::TailWithPrivate => {
+                self.buddy.page_private(pfn).unwrap_or(0)
+            }
+            SlabFrame::NotSlab | SlabFrame::Tail => 0,
         }
     }
 
