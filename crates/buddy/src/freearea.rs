@@ -75,7 +75,7 @@ impl<'a, 'm> ZoneLocked<'a, 'm> {
         let count = &mut self.fa.counts[order as usize][mt.index()];
         *count += 1;
         if *count == 1 {
-            self.refresh_order_mask(order);
+            self.mark_order_nonempty(order, mt);
         }
         // Written only under the zone lock: a plain load/store, no locked RMW.
         let free = self.zone.free_pages.load(Relaxed);
@@ -97,8 +97,25 @@ impl<'a, 'm> ZoneLocked<'a, 'm> {
         self.zone.free_pages.store(free - (1 << order), Relaxed);
     }
 
-    /// Recompute the bits of `order` in [`Zone::free_order_mask`] from the counts (called
-    /// when a list of that order turns empty or non-empty).
+    /// Set the bit of `(order, mt)` in [`Zone::free_order_mask`] (a list just turned
+    /// non-empty).
+    #[inline]
+    fn mark_order_nonempty(&mut self, order: u32, mt: MigrateType) {
+        let bit = if mt.index() < NR_PCP_TYPES {
+            1u32 << order
+        } else if mt == MigrateType::HighAtomic {
+            1u32 << (HIGHATOMIC_MASK_SHIFT + order)
+        } else {
+            return;
+        };
+        let old = self.zone.free_order_mask.load(Relaxed);
+        if old & bit == 0 {
+            self.zone.free_order_mask.store(old | bit, Relaxed);
+        }
+    }
+
+    /// Recompute the bits of `order` in [`Zone::free_order_mask`] from the counts (a list of
+    /// that order just turned empty).
     fn refresh_order_mask(&mut self, order: u32) {
         let c = &self.fa.counts[order as usize];
         let usable = c[..NR_PCP_TYPES].iter().any(|&n| n > 0);

@@ -43,6 +43,10 @@
 //! buddy.verify().unwrap();
 //! ```
 //!
+//! In a kernel, build the allocator where it will live with [`BuddyAllocator::init_in`]
+//! (a `static` slot or bootmem): it writes the ~36 KiB structure in place and needs about
+//! 6 KiB of stack (12 KiB in a debug build), where `new` returns it by value.
+//!
 //! ## Locking (order: per-CPU list lock, then zone lock)
 //! Each zone has a spin lock over its free lists; each (zone, CPU) has a per-CPU list lock
 //! taken by its CPU with a try-lock inside an interrupt guard. No path takes two zone locks,
