@@ -35,7 +35,14 @@
 //! [`MmBuilder::boot`] runs the sequence of `DESIGN.md` (firmware map → bootmem → memmap,
 //! per-CPU storage and zones from bootmem → hand-off → slab → kernel page table); see the
 //! `builder` module docs. [`Mm`] then offers pages, kmalloc and caches, vmalloc/vmap,
-//! [`Mm::report`] and [`Mm::verify`]; [`GlobalMm`] makes it a `#[global_allocator]`.
+//! [`Mm::report`] and [`Mm::verify`]; [`GlobalMm`] makes it a `#[global_allocator]`, and
+//! with feature `allocator-api2` `&Mm` is an `allocator_api2::alloc::Allocator`.
+//!
+//! ## Features
+//! * `std`: host stand-ins (`host::HostRam`, `host::HostCpus`) for tests, benches and
+//!   the `simulate` example; never for a kernel build.
+//! * `fdt`: `MmBuilder::device_tree` through mmkit-bootmem's device-tree ingestion.
+//! * `allocator-api2`: the `Allocator` impl.
 //!
 //! ## Map of the crate
 //! | module | concept |
@@ -52,7 +59,7 @@
 //! | `global` | [`GlobalMm`]: `GlobalAlloc` over an `Mm` initialised at boot |
 //! | `map` | [`KernelMap`] (phys↔virt), [`LinearMap`] |
 //! | `raw` | all raw-memory code: typed storage carved from bootmem |
-//! | `host` (feature `std`) | [`host::HostRam`] (simulated physical memory), [`host::HostCpus`] (a platform that never allocates) |
+//! | `host` (feature `std`) | `host::HostRam` (simulated physical memory), `host::HostCpus` (a platform that never allocates) |
 //!
 //! ## Locks (outermost first)
 //! vmalloc lock → slab node locks → buddy per-CPU list lock → buddy zone lock. The slab

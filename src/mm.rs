@@ -17,7 +17,7 @@
 //! not the `Mm`, so the page allocator is never torn down: dropping an `Mm` drops its kmalloc
 //! caches and leaves the page allocator (and the platform value inside it) in boot memory,
 //! as a kernel would. On a host, give it a platform that owns no heap memory
-//! ([`HostCpus`](crate::host::HostCpus)) where leak checkers run.
+//! (`host::HostCpus`, feature `std`) where leak checkers run.
 
 use core::ptr::NonNull;
 

@@ -105,7 +105,7 @@ impl Owner {
     }
 }
 
-/// Frame counts of one pageblock, from [`PageOwners::census`].
+/// Frame counts of one pageblock, from [`Mm::pageblock_census`](crate::Mm::pageblock_census).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PageblockCensus {
     /// First frame of the pageblock.
