@@ -69,6 +69,25 @@ pub enum VerifyError {
     OwnerMismatch(Pfn),
 }
 
+/// Why [`Mm::free_pages`] refused a block. Nothing changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageFreeError {
+    /// The buddy refused the free (double free, wrong order, inside a block, reserved, ...).
+    Buddy(FreeError),
+    /// The block belongs to another user of the page allocator (slab, vmalloc, page
+    /// tables), which frees it itself.
+    NotFromAllocPages(PageUse),
+}
+
+impl core::fmt::Display for PageFreeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Buddy(e) => write!(f, "page free refused: {e}"),
+            Self::NotFromAllocPages(u) => write!(f, "block is owned by {u:?}, not alloc_pages"),
+        }
+    }
+}
+
 /// Memory management, up and running.
 pub struct Mm<'m, P: IrqControl, F: PagingFormat = X86_64> {
     pub(crate) pages: &'m PageAllocator<'m, P>,
@@ -151,16 +170,12 @@ impl<'m, P: IrqControl, F: PagingFormat> Mm<'m, P, F> {
 
     /// Free a block [`alloc_pages`](Self::alloc_pages) returned. A bad free (double, wrong
     /// order, not allocated) is refused and changes nothing.
-    pub fn free_pages(&self, pfn: Pfn, order: Order) -> Result<(), FreeError> {
-        if self
-            .pages
-            .owner(pfn)
-            .is_some_and(|o| o.usage != PageUse::Pages)
-        {
+    pub fn free_pages(&self, pfn: Pfn, order: Order) -> Result<(), PageFreeError> {
+        if let Some(o) = self.pages.owner(pfn).filter(|o| o.usage != PageUse::Pages) {
             // Slab, vmalloc and page-table frames are freed by their owners only.
-            return Err(FreeError::InsideBlock { head: pfn });
+            return Err(PageFreeError::NotFromAllocPages(o.usage));
         }
-        self.pages.free(pfn, order)
+        self.pages.free(pfn, order).map_err(PageFreeError::Buddy)
     }
 
     /// The kernel virtual address of a block (`page_address`).

@@ -10,7 +10,7 @@ use mmkit::pgtable::softmmu::x86_64::X86Walker;
 use mmkit::pgtable::softmmu::{Access, Mode, SoftMmu};
 use mmkit::pgtable::Attrs;
 use mmkit::slab::CacheConfig;
-use mmkit::{BootError, Mm, MmBuilder, PageUse, VfreeError, VmallocError};
+use mmkit::{BootError, Mm, MmBuilder, PageFreeError, PageUse, VfreeError, VmallocError};
 
 const MIB: u64 = 1 << 20;
 /// Memory spans 0..160 MiB: two nodes of 80 MiB, with a hole and firmware ranges.
@@ -122,13 +122,13 @@ fn pages_round_trip_and_bad_frees_change_nothing() {
     assert_eq!(mm.meminfo().pages_kb[1], 32);
     assert_eq!(
         mm.free_pages(pfn, Order::new(2)),
-        Err(FreeError::WrongOrder { allocated: 3 })
+        Err(PageFreeError::Buddy(FreeError::WrongOrder { allocated: 3 }))
     );
     mm.verify().unwrap();
     mm.free_pages(pfn, Order::new(3)).unwrap();
     assert_eq!(
         mm.free_pages(pfn, Order::new(3)),
-        Err(FreeError::DoubleFree)
+        Err(PageFreeError::Buddy(FreeError::DoubleFree))
     );
     assert_eq!(mm.meminfo().pages_kb, [0, 0, 0]);
     mm.drain_all();
@@ -167,6 +167,21 @@ fn kmalloc_family_and_caches_work_and_refuse_bad_pointers() {
     // SAFETY: refused without touching the page.
     assert!(unsafe { mm.kfree(page) }.is_err());
     mm.free_pages(pfn, Order::ZERO).unwrap();
+    // A slab page cannot be freed through free_pages.
+    let obj = mm.kmalloc(64, GfpFlags::KERNEL).unwrap();
+    let slab_pfn = mm
+        .page_allocator()
+        .map()
+        .virt_to_phys(VirtAddr::from_ptr(obj.as_ptr()))
+        .unwrap()
+        .pfn();
+    let (head, order) = mm.buddy().allocated_block(slab_pfn).unwrap();
+    assert_eq!(
+        mm.free_pages(head, order),
+        Err(PageFreeError::NotFromAllocPages(PageUse::Slab))
+    );
+    // SAFETY: live, freed once.
+    unsafe { mm.kfree(obj).unwrap() };
 
     #[derive(Default)]
     struct Inode {
