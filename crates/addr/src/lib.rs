@@ -43,7 +43,7 @@ pub mod host;
 pub use addr::{AddrError, Pfn, PhysAddr, VaHalf, VirtAddr};
 pub use align::{align_down, align_up, is_aligned, is_power_of_two};
 pub use order::{Order, PageSize};
-pub use platform::{CpuTopology, IrqControl, IrqGuard, OffsetMapper, PhysMapper};
+pub use platform::{CpuTopology, IrqControl, IrqGuard, LinearWindow, OffsetMapper, PhysMapper};
 pub use range::{PhysRange, RangeError, VirtRange};
 
 /// log2 of the base page (frame) size.

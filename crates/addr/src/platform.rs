@@ -122,10 +122,37 @@ impl<P: IrqControl> fmt::Debug for IrqGuard<'_, P> {
 /// `range.start()` (successive bytes map successive physical addresses), and it stays valid for
 /// as long as the mapper is alive. Whether writing there is *allowed* is the caller's business:
 /// callers only write memory they own.
+///
+/// When [`linear_window`](PhysMapper::linear_window) returns `Some(w)`, then for every
+/// non-empty `range` with `w.start <= range.start()` and `range.end() <= w.end`,
+/// `phys_to_virt(range)` returns `Some(p)` with `p` equal to `range.start() + w.offset`
+/// (wrapping), so callers may compute that address instead of asking.
 pub unsafe trait PhysMapper: Sync {
     /// The virtual address of `range.start()`, or `None` if any part of `range` is not
     /// reachable through this mapper.
     fn phys_to_virt(&self, range: PhysRange) -> Option<NonNull<u8>>;
+
+    /// A stretch of physical memory this mapper maps at a fixed offset, if any, so that hot
+    /// paths (page-table walks) can turn a physical address into a virtual one with one
+    /// compare and one add instead of a call per access. The default, `None`, promises
+    /// nothing; callers must still work (through [`phys_to_virt`](PhysMapper::phys_to_virt))
+    /// outside the window.
+    #[inline]
+    fn linear_window(&self) -> Option<LinearWindow> {
+        None
+    }
+}
+
+/// Physical `[start, end)` mapped at `pa + offset` (wrapping add), as reported by
+/// [`PhysMapper::linear_window`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinearWindow {
+    /// First physical address of the window.
+    pub start: u64,
+    /// End of the window (exclusive).
+    pub end: u64,
+    /// Added (wrapping) to a physical address inside the window to get its virtual address.
+    pub offset: u64,
 }
 
 /// A mapper for a kernel direct map: physical address `pa` is at virtual `pa + offset`, for
@@ -156,5 +183,59 @@ unsafe impl PhysMapper for OffsetMapper {
         }
         let va = range.start().as_u64().checked_add(self.offset)?;
         NonNull::new(va as usize as *mut u8)
+    }
+
+    /// All of `[0, limit)`, except physical 0 under an identity map (whose virtual address
+    /// would be null, which `phys_to_virt` refuses).
+    #[inline]
+    fn linear_window(&self) -> Option<LinearWindow> {
+        self.limit.checked_add(self.offset)?;
+        Some(LinearWindow {
+            start: u64::from(self.offset == 0),
+            end: self.limit,
+            offset: self.offset,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PhysAddr;
+
+    /// The window promise: inside it, `phys_to_virt` is exactly `start + offset`.
+    #[test]
+    fn offset_mapper_window_agrees_with_phys_to_virt() {
+        for (offset, limit) in [
+            (0u64, 1u64 << 30),
+            (0xffff_8000_0000_0000, 1 << 40),
+            (4096, 8192),
+        ] {
+            // SAFETY: the mapper is only asked for addresses, never dereferenced.
+            let m = unsafe { OffsetMapper::new(offset, limit) };
+            let w = m.linear_window().expect("offset mappers have a window");
+            assert_eq!((w.end, w.offset), (limit, offset));
+            for start in [w.start, w.start + 1, 4096, limit / 2, limit - 8] {
+                for len in [1u64, 8, 4096] {
+                    if start < w.start || start + len > w.end {
+                        continue;
+                    }
+                    let r = PhysRange::from_start_size(PhysAddr::new(start), len).unwrap();
+                    let p = m.phys_to_virt(r).expect("inside the window");
+                    assert_eq!(p.as_ptr() as u64, start.wrapping_add(w.offset));
+                }
+            }
+            // Just outside: the window must not claim what phys_to_virt refuses.
+            let past = PhysRange::from_start_size(PhysAddr::new(w.end - 8), 16).unwrap();
+            assert!(m.phys_to_virt(past).is_none());
+            if w.start > 0 {
+                let zero = PhysRange::from_start_size(PhysAddr::new(0), 8).unwrap();
+                assert!(m.phys_to_virt(zero).is_none());
+            }
+        }
+        // A mapper whose window would wrap has none.
+        // SAFETY: as above.
+        let m = unsafe { OffsetMapper::new(u64::MAX - 10, 100) };
+        assert_eq!(m.linear_window(), None);
     }
 }
