@@ -13,11 +13,16 @@
 //!
 //! Throughput is reported per page (PTE), so criterion prints the per-PTE cost directly.
 //! Run: `cargo bench -p mmkit-pgtable --bench pgtable`
+//!
+//! Instruction counts (repeatable on a shared host): `MMKIT_ICOUNT=10 valgrind
+//! --tool=callgrind <bench binary>` runs each side's translate loops 10 times in non-inlined
+//! `icount_*` functions instead of criterion; their inclusive counts (`callgrind_annotate
+//! --inclusive=yes`) divided by 10 × 4096 are instructions per translate.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_main, Criterion, Throughput};
+use criterion::{Criterion, Throughput};
 use mmkit_addr::host::HostMemory;
 use mmkit_addr::{OffsetMapper, PageSize, PhysAddr, VirtAddr};
 use mmkit_pgtable::arch::x86_64::X86_64;
@@ -31,8 +36,10 @@ use x86_64::structures::paging::{
 const GIB: u64 = 1 << 30;
 const VA: u64 = 0xffff_8000_4000_0000;
 const PA: u64 = 0x1_0000_0000;
-/// Host memory standing for physical memory at this base, for the tables of each side.
-const TABLE_BASE: u64 = 0x1000_0000;
+/// Host memory standing for physical memory at this base, for the tables of each side (low, so
+/// that the host buffer lies above it and the direct-map offset does not wrap, also under
+/// valgrind, which places heap mappings low).
+const TABLE_BASE: u64 = 0x20_0000;
 const TABLE_BYTES: u64 = 8 << 20;
 
 /// A LIFO of 4 KiB frames inside a host buffer, zeroed on allocation.
@@ -289,38 +296,10 @@ fn translate(c: &mut Criterion) {
     ours_map(&mut pt, PageSize::Size4K);
     let mut theirs = Theirs::new(&their_mem);
     theirs.map(PageSize::Size4K);
-    // 4096 addresses spread over the GiB with a multiplicative hash (same for both).
-    let addrs: Vec<u64> = (0..4096u64)
-        .map(|i| VA + ((i.wrapping_mul(0x9e37_79b9) % (GIB / 4096)) << 12) + (i & 0xfff))
-        .collect();
+    let addrs = translate_addrs();
     let (tpt, _) = theirs.table();
-
-    // Full translation (address, size and attributes) on both sides.
-    let ours_full = || {
-        let mut sum = 0u64;
-        for &a in &addrs {
-            let t = pt.translate(VirtAddr::new(a)).unwrap();
-            sum = sum.wrapping_add(t.pa_of(VirtAddr::new(a)).as_u64() ^ u64::from(t.attrs.bits()));
-        }
-        sum
-    };
-    let theirs_full = || {
-        let mut sum = 0u64;
-        for &a in &addrs {
-            match tpt.translate(x86_64::VirtAddr::new(a)) {
-                TranslateResult::Mapped {
-                    frame,
-                    offset,
-                    flags,
-                } => {
-                    sum =
-                        sum.wrapping_add((frame.start_address().as_u64() + offset) ^ flags.bits());
-                }
-                _ => unreachable!(),
-            }
-        }
-        sum
-    };
+    let ours_full = || ours_full(&pt, &addrs);
+    let theirs_full = || theirs_full(&tpt, &addrs);
     // Each timed batch of one side is followed by an untimed batch of the other, so load
     // changes on a shared host hit both sides alike.
     let mut g = c.benchmark_group("translate_4K");
@@ -334,24 +313,8 @@ fn translate(c: &mut Criterion) {
     g.finish();
 
     // Address only.
-    let ours_addr = || {
-        let mut sum = 0u64;
-        for &a in &addrs {
-            sum = sum.wrapping_add(pt.translate_addr(VirtAddr::new(a)).unwrap().as_u64());
-        }
-        sum
-    };
-    let theirs_addr = || {
-        let mut sum = 0u64;
-        for &a in &addrs {
-            sum = sum.wrapping_add(
-                tpt.translate_addr(x86_64::VirtAddr::new(a))
-                    .unwrap()
-                    .as_u64(),
-            );
-        }
-        sum
-    };
+    let ours_addr = || ours_addr(&pt, &addrs);
+    let theirs_addr = || theirs_addr(&tpt, &addrs);
     let mut g = c.benchmark_group("translate_addr_4K");
     g.throughput(Throughput::Elements(addrs.len() as u64));
     g.bench_function("mmkit", |b| {
@@ -361,6 +324,67 @@ fn translate(c: &mut Criterion) {
         b.iter_custom(|n| interleaved(n, theirs_addr, ours_addr))
     });
     g.finish();
+}
+
+/// 4096 addresses spread over the GiB with a multiplicative hash (same for both sides).
+fn translate_addrs() -> Vec<u64> {
+    (0..4096u64)
+        .map(|i| VA + ((i.wrapping_mul(0x9e37_79b9) % (GIB / 4096)) << 12) + (i & 0xfff))
+        .collect()
+}
+
+/// Full translation (address, size and attributes) of every address, mmkit.
+#[inline(always)]
+fn ours_full(pt: &Ours, addrs: &[u64]) -> u64 {
+    let mut sum = 0u64;
+    for &a in addrs {
+        let t = pt.translate(VirtAddr::new(a)).unwrap();
+        sum = sum.wrapping_add(t.pa_of(VirtAddr::new(a)).as_u64() ^ u64::from(t.attrs.bits()));
+    }
+    sum
+}
+
+/// Full translation (frame, offset and flags) of every address, x86_64 crate.
+#[inline(always)]
+fn theirs_full(tpt: &OffsetPageTable<'_>, addrs: &[u64]) -> u64 {
+    let mut sum = 0u64;
+    for &a in addrs {
+        match tpt.translate(x86_64::VirtAddr::new(a)) {
+            TranslateResult::Mapped {
+                frame,
+                offset,
+                flags,
+            } => {
+                sum = sum.wrapping_add((frame.start_address().as_u64() + offset) ^ flags.bits());
+            }
+            _ => unreachable!(),
+        }
+    }
+    sum
+}
+
+/// Address-only translation of every address, mmkit.
+#[inline(always)]
+fn ours_addr(pt: &Ours, addrs: &[u64]) -> u64 {
+    let mut sum = 0u64;
+    for &a in addrs {
+        sum = sum.wrapping_add(pt.translate_addr(VirtAddr::new(a)).unwrap().as_u64());
+    }
+    sum
+}
+
+/// Address-only translation of every address, x86_64 crate.
+#[inline(always)]
+fn theirs_addr(tpt: &OffsetPageTable<'_>, addrs: &[u64]) -> u64 {
+    let mut sum = 0u64;
+    for &a in addrs {
+        sum = sum.wrapping_add(
+            tpt.translate_addr(x86_64::VirtAddr::new(a))
+                .unwrap()
+                .as_u64(),
+        );
+    }
+    sum
 }
 
 /// Time `n` runs of `timed`, each followed by an untimed run of `other`.
@@ -375,9 +399,69 @@ fn interleaved(n: u64, timed: impl Fn() -> u64, other: impl Fn() -> u64) -> Dura
     t
 }
 
+/// Instruction-count probe for `valgrind --tool=callgrind`: builds the translate workload of
+/// both sides, then runs `rounds` batches of one side's translate loop in a non-inlined
+/// function named after it (`icount_<side>_<kind>`), so callgrind's inclusive count of that
+/// function divided by `rounds * 4096` is the instruction count per translate.
+///
+/// `MMKIT_ICOUNT=<rounds> valgrind --tool=callgrind <bench binary>` runs this instead of
+/// criterion.
+fn icount(rounds: u64) {
+    let ours_mem = HostMemory::new(PhysAddr::new(TABLE_BASE), TABLE_BYTES);
+    let their_mem = HostMemory::new(PhysAddr::new(TABLE_BASE), TABLE_BYTES);
+    let mut pt = ours(&ours_mem);
+    ours_map(&mut pt, PageSize::Size4K);
+    let mut theirs = Theirs::new(&their_mem);
+    theirs.map(PageSize::Size4K);
+    let addrs = translate_addrs();
+    let (tpt, _) = theirs.table();
+    let mut sum = 0u64;
+    for _ in 0..rounds {
+        sum = sum.wrapping_add(icount_ours_full(&pt, &addrs));
+        sum = sum.wrapping_add(icount_theirs_full(&tpt, &addrs));
+        sum = sum.wrapping_add(icount_ours_addr(&pt, &addrs));
+        sum = sum.wrapping_add(icount_theirs_addr(&tpt, &addrs));
+    }
+    println!(
+        "checksum {sum:#x} over {rounds} rounds of {} addresses",
+        addrs.len()
+    );
+}
+
+#[inline(never)]
+fn icount_ours_full(pt: &Ours, addrs: &[u64]) -> u64 {
+    ours_full(pt, addrs)
+}
+
+#[inline(never)]
+fn icount_theirs_full(tpt: &OffsetPageTable<'_>, addrs: &[u64]) -> u64 {
+    theirs_full(tpt, addrs)
+}
+
+#[inline(never)]
+fn icount_ours_addr(pt: &Ours, addrs: &[u64]) -> u64 {
+    ours_addr(pt, addrs)
+}
+
+#[inline(never)]
+fn icount_theirs_addr(tpt: &OffsetPageTable<'_>, addrs: &[u64]) -> u64 {
+    theirs_addr(tpt, addrs)
+}
+
 /// `criterion_group!` generates an undocumented `pub fn`; the allow is scoped to it.
 mod group {
     #![allow(missing_docs)]
     criterion::criterion_group!(benches, super::map_unmap, super::translate);
 }
-criterion_main!(group::benches);
+
+fn main() {
+    if let Some(rounds) = std::env::var("MMKIT_ICOUNT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        icount(rounds);
+        return;
+    }
+    group::benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -89,7 +89,11 @@ pub enum EntryKind {
 /// of a leaf entry [`EntryKind::Leaf`], `kind(l, 0)` is [`EntryKind::Absent`], and the
 /// geometry ([`levels`](Self::levels)) is constant for the value's lifetime with every
 /// level's table fitting in one [`granule`](Self::granule)-sized frame (`bits + 3 <=
-/// granule.shift()`), and at most [`MAX_LEVELS`] levels.
+/// granule.shift()`), and at most [`MAX_LEVELS`] levels. The walk hooks
+/// [`index_of`](Self::index_of), [`leaf_size`](Self::leaf_size) and
+/// [`leaf_span_mask`](Self::leaf_span_mask), if overridden, must return exactly what their
+/// defaults compute from [`levels`](Self::levels) (in particular `index_of(l, va) < 1 <<
+/// levels()[l].bits`, since walks index tables with it).
 pub unsafe trait PagingFormat {
     /// The levels, root first. The last level's leaf size is the granule.
     fn levels(&self) -> &[Level];
@@ -161,6 +165,30 @@ pub unsafe trait PagingFormat {
     fn set_contiguous(&self, raw: u64, on: bool) -> u64 {
         let _ = on;
         raw
+    }
+
+    /// Index of `va` in a table at `level` (`level < depth()`).
+    ///
+    /// A walk hook: the default reads [`levels`](Self::levels); a format whose geometry is
+    /// arithmetic (x86_64: 9 bits per level above a 12-bit page) overrides it with shifts, so
+    /// a monomorphised walk has no per-level table loads or bounds checks.
+    #[inline]
+    fn index_of(&self, level: usize, va: u64) -> usize {
+        self.levels()[level].index(va)
+    }
+
+    /// The leaf size an entry at `level` may map, if any (`levels()[level].leaf`; a walk hook
+    /// like [`index_of`](Self::index_of)).
+    #[inline]
+    fn leaf_size(&self, level: usize) -> Option<PageSize> {
+        self.levels()[level].leaf
+    }
+
+    /// `levels()[level].entry_span() - 1`: the VA bits below one entry of `level` (a walk hook
+    /// like [`index_of`](Self::index_of)).
+    #[inline]
+    fn leaf_span_mask(&self, level: usize) -> u64 {
+        self.levels()[level].entry_span() - 1
     }
 
     /// Number of levels.

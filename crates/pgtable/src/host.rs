@@ -11,11 +11,12 @@
 extern crate std;
 
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::vec::Vec;
 
 use mmkit_addr::host::HostMemory;
-use mmkit_addr::{PageSize, PhysAddr, PhysMapper, PhysRange};
+use mmkit_addr::{LinearWindow, PageSize, PhysAddr, PhysMapper, PhysRange};
 
 use crate::frame::FrameSource;
 use crate::raw;
@@ -34,6 +35,9 @@ pub struct TableArena {
     mem: HostMemory,
     frame: PageSize,
     state: Mutex<ArenaState>,
+    /// Whether handles report the buffer as a [`LinearWindow`] (tests run the page-table
+    /// code both through the window fast path and through `phys_to_virt` calls).
+    window: AtomicBool,
 }
 
 impl TableArena {
@@ -58,7 +62,16 @@ impl TableArena {
                 allocs: 0,
                 frees: 0,
             }),
+            window: AtomicBool::new(true),
         }
+    }
+
+    /// Whether handles report the whole buffer as a linear window (the default) or make
+    /// every access go through [`PhysMapper::phys_to_virt`]. Either is a correct mapper, so
+    /// this may change at any time; a [`PageTable`](crate::PageTable) takes the window once,
+    /// when it is created, so this picks the path of tables created afterwards.
+    pub fn set_linear_window(&self, on: bool) {
+        self.window.store(on, Ordering::Relaxed);
     }
 
     /// A handle to use as a page table's mapper and frame source.
@@ -151,10 +164,25 @@ impl ArenaRef<'_> {
 }
 
 // SAFETY: delegates to `HostMemory`, which keeps the mapping promise for its whole buffer for
-// as long as it lives; the arena (and so the memory) outlives the handle.
+// as long as it lives; the arena (and so the memory) outlives the handle. The window is the
+// buffer: for a non-empty range inside `[base, base + len)`, `HostMemory::phys_to_virt`
+// returns `ptr + (start - base)`, which is `start + (ptr - base)` (wrapping).
 unsafe impl PhysMapper for ArenaRef<'_> {
     fn phys_to_virt(&self, range: PhysRange) -> Option<NonNull<u8>> {
         self.0.mem.phys_to_virt(range)
+    }
+
+    fn linear_window(&self) -> Option<LinearWindow> {
+        if !self.0.window.load(Ordering::Relaxed) {
+            return None;
+        }
+        let r = self.0.mem.range();
+        let host = self.0.mem.ptr_of(r.start())?.as_ptr() as u64;
+        Some(LinearWindow {
+            start: r.start().as_u64(),
+            end: r.end().as_u64(),
+            offset: host.wrapping_sub(r.start().as_u64()),
+        })
     }
 }
 

@@ -25,7 +25,10 @@
 //! ## Memory and safety boundary
 //! No allocation: table frames come from a [`FrameSource`] (the buddy in the facade, an arena
 //! in host tests), and are read and written through a
-//! [`PhysMapper`](mmkit_addr::PhysMapper). All raw-memory code is in the private `raw`
+//! [`PhysMapper`](mmkit_addr::PhysMapper); where the mapper reports a
+//! [`LinearWindow`](mmkit_addr::LinearWindow) (a direct map), taken once when the table is
+//! created, walks turn table addresses into pointers with one compare and one add instead of
+//! a mapper call per level. All raw-memory code is in the private `raw`
 //! module; the unsafe traits are [`FrameSource`] (frames are zeroed and exclusively ours),
 //! [`PagingFormat`] (its encoding round-trips, since we write where it points) and
 //! [`TlbInvalidate`] (an invalidation really happened, since frames are freed after it).

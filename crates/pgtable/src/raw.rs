@@ -41,6 +41,98 @@ pub(crate) fn table_at<M: PhysMapper>(
     })
 }
 
+/// A mapper's [`LinearWindow`](mmkit_addr::LinearWindow), pre-checked for table frames of
+/// one size: a `bytes`-aligned frame at `pa` lies inside it exactly when `pa - lo <= span`
+/// (wrapping), and is at virtual `pa + offset` (wrapping), 8-aligned.
+///
+/// Taken once when a [`PageTable`](crate::PageTable) is created: by the `PhysMapper`
+/// contract, every pointer the window promised then stays valid for as long as the mapper
+/// lives, so it need not be asked again per operation.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Window {
+    lo: u64,
+    span: u64,
+    offset: u64,
+}
+
+impl Window {
+    /// The window of `mapper` for frames of `bytes` (a power of two, at least 8), if it has
+    /// one that holds at least one frame.
+    pub(crate) fn of<M: PhysMapper>(mapper: &M, bytes: u64) -> Option<Self> {
+        let w = mapper.linear_window()?;
+        // Frames are `bytes`-aligned, so an 8-aligned offset keeps entries aligned.
+        if w.offset % core::mem::align_of::<AtomicU64>() as u64 != 0 {
+            return None;
+        }
+        let last_start = w.end.checked_sub(bytes)?;
+        let span = last_start.checked_sub(w.start)?;
+        Some(Self {
+            lo: w.start,
+            span,
+            offset: w.offset,
+        })
+    }
+}
+
+/// Table frames of one size reached through one mapper: through its [`Window`] with one
+/// compare and one add where it has one, through [`PhysMapper::phys_to_virt`] elsewhere.
+#[derive(Clone, Copy)]
+pub(crate) struct Tables<'m, M> {
+    mapper: &'m M,
+    bytes: u64,
+    window: Option<Window>,
+}
+
+impl<'m, M: PhysMapper> Tables<'m, M> {
+    /// Frames of `bytes` through `mapper`.
+    ///
+    /// # Safety
+    /// `window` is `None` or what [`Window::of`]`(mapper, bytes)` returned for this same
+    /// mapper (at any earlier point of its life).
+    #[inline(always)]
+    pub(crate) unsafe fn new(mapper: &'m M, bytes: u64, window: Option<Window>) -> Self {
+        Self {
+            mapper,
+            bytes,
+            window,
+        }
+    }
+
+    /// The entries of the table frame at `pa`, or `unreachable(pa)` if the mapper cannot
+    /// reach it or the address is misaligned (the window path returns a slice the optimiser
+    /// knows to be there, with no `Option` to test per level).
+    #[inline(always)]
+    pub(crate) fn get_or(
+        &self,
+        pa: PhysAddr,
+        unreachable: impl FnOnce(PhysAddr) -> &'m [AtomicU64],
+    ) -> &'m [AtomicU64] {
+        if let Some(w) = self.window {
+            let pa = pa.as_u64();
+            if pa % self.bytes == 0 && pa.wrapping_sub(w.lo) <= w.span {
+                let va = pa.wrapping_add(w.offset);
+                // SAFETY: by `new`'s contract the window came from `self.mapper`;
+                // `[pa, pa + bytes)` is non-empty and inside it (`lo <= pa` and `pa + bytes <=
+                // end`, checked in `Window::of`), so by the `PhysMapper::linear_window` contract
+                // `phys_to_virt` returned (or would have) exactly `va` for it: valid for reads
+                // and writes of `bytes` bytes while the mapper (borrowed for `'m`) lives,
+                // non-null, and 8-aligned (`pa` is `bytes`-aligned and `offset` 8-aligned).
+                // Table frames are only accessed through atomics, as in `table_at`.
+                return unsafe {
+                    core::slice::from_raw_parts(
+                        va as usize as *const AtomicU64,
+                        (self.bytes / 8) as usize,
+                    )
+                };
+            }
+        }
+        match table_at(self.mapper, pa, self.bytes) {
+            Some(t) => t,
+            None => unreachable(pa),
+        }
+    }
+}
+
 /// Read an entry.
 #[inline]
 pub(crate) fn load(t: &[AtomicU64], i: usize) -> u64 {
@@ -99,5 +191,48 @@ pub(crate) fn link(t: &[AtomicU64]) -> Option<PhysAddr> {
         None
     } else {
         Some(PhysAddr::new(v & !LINK_END))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::TableArena;
+    use mmkit_addr::PageSize;
+
+    /// The window fast path hands out exactly the slices `phys_to_virt` does, and falls back
+    /// (to the same answer) outside the window and for misaligned frames.
+    #[test]
+    fn window_fast_path_agrees_with_phys_to_virt() {
+        let base = 0x20_0000u64;
+        let arena = TableArena::new(PhysAddr::new(base), PageSize::Size4K, 4);
+        let h = arena.handle();
+        let probes = [
+            base - 4096,
+            base,
+            base + 8,
+            base + 4096,
+            base + 3 * 4096,
+            base + 4 * 4096,
+            base + 3 * 4096 + 8,
+            0,
+        ];
+        for on in [true, false] {
+            arena.set_linear_window(on);
+            let w = Window::of(&h, 4096);
+            assert_eq!(w.is_some(), on);
+            // SAFETY: `w` was just taken from `h` for this frame size.
+            let t = unsafe { Tables::new(&h, 4096, w) };
+            for pa in probes {
+                let pa = PhysAddr::new(pa);
+                let want = table_at(&h, pa, 4096).map(|s| (s.as_ptr(), s.len()));
+                let got = Some(t.get_or(pa, |_| &[])).filter(|s| !s.is_empty());
+                let got = got.map(|s| (s.as_ptr(), s.len()));
+                assert_eq!(got, want, "{pa:?} window {on}");
+            }
+        }
+        // A window too small for one frame is not used.
+        arena.set_linear_window(true);
+        assert!(Window::of(&h, 8 * 4096).is_none());
     }
 }

@@ -85,25 +85,34 @@ pub struct PageTable<F: PagingFormat, M: PhysMapper, S: FrameSource> {
     pub(crate) root_count: u32,
     pub(crate) owned: usize,
     pub(crate) live: bool,
+    /// The mapper's linear window for table frames, taken once in `new` (see `raw::Window`).
+    window: Option<raw::Window>,
 }
 
 /// Split borrow of a table's read-only parts, so frames can be allocated while tables are
 /// borrowed.
 pub(crate) struct Ctx<'a, F, M> {
     pub(crate) fmt: &'a F,
-    pub(crate) mapper: &'a M,
-    pub(crate) gran: u64,
+    pub(crate) tables: raw::Tables<'a, M>,
 }
 
 impl<'a, F: PagingFormat, M: PhysMapper> Ctx<'a, F, M> {
+    /// # Safety
+    /// `window` is `None` or `raw::Window::of(mapper, fmt.granule().bytes())` for this mapper.
+    #[inline(always)]
+    pub(crate) unsafe fn new(fmt: &'a F, mapper: &'a M, window: Option<raw::Window>) -> Self {
+        Self {
+            fmt,
+            // SAFETY: forwarded from this function's contract.
+            tables: unsafe { raw::Tables::new(mapper, fmt.granule().bytes(), window) },
+        }
+    }
+
     /// The entries of a table of this tree. Tables enter the tree only after
     /// `alloc_checked` proved the mapper reaches them, so failure is a broken `PhysMapper`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn table(&self, pa: PhysAddr) -> &'a [AtomicU64] {
-        match raw::table_at(self.mapper, pa, self.gran) {
-            Some(t) => t,
-            None => panic!("table frame {pa:?} became unreachable through the PhysMapper"),
-        }
+        self.tables.get_or(pa, |pa| table_unreachable(pa))
     }
 
     #[inline]
@@ -155,6 +164,14 @@ impl<'a, F: PagingFormat, M: PhysMapper> Ctx<'a, F, M> {
         }
         self.push_freed(&mut flush.freed, pa);
     }
+}
+
+/// A table of the tree no longer reachable through the mapper: a broken `PhysMapper` (kept
+/// out of line so walks carry no formatting code).
+#[cold]
+#[inline(never)]
+fn table_unreachable(pa: PhysAddr) -> ! {
+    panic!("table frame {pa:?} became unreachable through the PhysMapper")
 }
 
 /// Table frames reserved for one operation, linked through entry 0 (invalid encoding).
@@ -240,6 +257,9 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
             Err(ReserveError::OutOfFrames) => return Err(NewError::OutOfFrames),
             Err(ReserveError::Unreachable(pa)) => return Err(NewError::FrameUnreachable(pa)),
         };
+        // Pointers the window promises stay valid while the mapper lives, moves included (the
+        // `PhysMapper` contract), so it can be taken before the mapper moves into the table.
+        let window = raw::Window::of(&mapper, gran.bytes());
         Ok(Self {
             fmt,
             mapper,
@@ -248,6 +268,7 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
             root_count: 0,
             owned: 1,
             live: false,
+            window,
         })
     }
 
@@ -287,12 +308,11 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
         self.live = live;
     }
 
+    #[inline(always)]
     pub(crate) fn ctx(&self) -> Ctx<'_, F, M> {
-        Ctx {
-            fmt: &self.fmt,
-            mapper: &self.mapper,
-            gran: self.fmt.granule().bytes(),
-        }
+        // SAFETY: `window` was taken from `mapper` for the granule in `new`, and neither field
+        // is ever replaced.
+        unsafe { Ctx::new(&self.fmt, &self.mapper, self.window) }
     }
 
     /// Check `va`/`len` (granule-aligned, canonical, no wrap). `None` for an empty range.
@@ -351,11 +371,7 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
     pub(crate) fn unreserve(&mut self, mut r: Reserve) {
         let gran = self.fmt.granule();
         while r.count > 0 {
-            let pa = r.take(&Ctx {
-                fmt: &self.fmt,
-                mapper: &self.mapper,
-                gran: gran.bytes(),
-            });
+            let pa = r.take(&self.ctx());
             // SAFETY: reserved frames were allocated from `frames` and never linked into the
             // tree, so nothing references them.
             unsafe { self.frames.free_table(pa, gran) };
@@ -368,76 +384,64 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
         self.unreserve(r);
     }
 
-    /// The leaf mapping `va`, if any.
-    #[inline]
-    pub fn translate(&self, va: VirtAddr) -> Option<Translation> {
+    /// The leaf entry mapping `va` and its level: the one walk that
+    /// [`translate`](Self::translate), [`translate_addr`](Self::translate_addr) and
+    /// [`raw_leaf`](Self::raw_leaf) share.
+    ///
+    /// Per level it is one mapper call, one entry load at [`PagingFormat::index_of`] and one
+    /// [`PagingFormat::kind`]; inlined into a monomorphised caller, a format with arithmetic
+    /// geometry (x86_64) turns the index, the leaf check and (with a 4 KiB granule) the table
+    /// bounds check into shifts and masks with no loads from the level table.
+    #[inline(always)]
+    fn leaf_entry(&self, va: VirtAddr) -> Option<(usize, u64)> {
         if !self.fmt.is_canonical(va) {
             return None;
         }
         let ctx = self.ctx();
-        let levels = self.fmt.levels();
+        let depth = self.fmt.depth();
+        let va = va.as_u64();
         let mut table = ctx.table(self.root);
-        for (level, lv) in levels.iter().enumerate() {
-            let raw = raw::load(table, lv.index(va.as_u64()));
-            match self.fmt.kind(level, raw) {
-                EntryKind::Table => table = ctx.table(self.fmt.table_addr(raw)),
-                EntryKind::Leaf => {
-                    let size = lv.leaf?;
-                    return Some(Translation {
-                        page_va: va.align_down(size.bytes()),
-                        page_pa: self.fmt.leaf_addr(level, raw),
-                        size,
-                        attrs: self.fmt.leaf_attrs(level, raw),
-                        level,
-                        contiguous: self.fmt.is_contiguous(raw),
-                    });
-                }
-                EntryKind::Absent | EntryKind::Malformed => return None,
-            }
-        }
-        None
-    }
-
-    /// The raw leaf entry mapping `va` and its level, if any (for diagnostics and
-    /// cross-checks against other implementations).
-    pub fn raw_leaf(&self, va: VirtAddr) -> Option<(usize, u64)> {
-        if !self.fmt.is_canonical(va) {
-            return None;
-        }
-        let ctx = self.ctx();
-        let mut table = ctx.table(self.root);
-        for (level, lv) in self.fmt.levels().iter().enumerate() {
-            let raw = raw::load(table, lv.index(va.as_u64()));
+        let mut level = 0;
+        while level < depth {
+            let raw = raw::load(table, self.fmt.index_of(level, va));
             match self.fmt.kind(level, raw) {
                 EntryKind::Table => table = ctx.table(self.fmt.table_addr(raw)),
                 EntryKind::Leaf => return Some((level, raw)),
                 EntryKind::Absent | EntryKind::Malformed => return None,
             }
+            level += 1;
         }
         None
+    }
+
+    /// The leaf mapping `va`, if any.
+    #[inline]
+    pub fn translate(&self, va: VirtAddr) -> Option<Translation> {
+        let (level, raw) = self.leaf_entry(va)?;
+        let size = self.fmt.leaf_size(level)?;
+        Some(Translation {
+            page_va: VirtAddr::new(va.as_u64() & !self.fmt.leaf_span_mask(level)),
+            page_pa: self.fmt.leaf_addr(level, raw),
+            size,
+            attrs: self.fmt.leaf_attrs(level, raw),
+            level,
+            contiguous: self.fmt.is_contiguous(raw),
+        })
+    }
+
+    /// The raw leaf entry mapping `va` and its level, if any (for diagnostics and
+    /// cross-checks against other implementations).
+    pub fn raw_leaf(&self, va: VirtAddr) -> Option<(usize, u64)> {
+        self.leaf_entry(va)
     }
 
     /// The physical address `va` translates to, if mapped: [`translate`](Self::translate)
     /// without decoding the attributes.
     #[inline]
     pub fn translate_addr(&self, va: VirtAddr) -> Option<PhysAddr> {
-        if !self.fmt.is_canonical(va) {
-            return None;
-        }
-        let ctx = self.ctx();
-        let mut table = ctx.table(self.root);
-        for (level, lv) in self.fmt.levels().iter().enumerate() {
-            let raw = raw::load(table, lv.index(va.as_u64()));
-            match self.fmt.kind(level, raw) {
-                EntryKind::Table => table = ctx.table(self.fmt.table_addr(raw)),
-                EntryKind::Leaf => {
-                    let off = va.as_u64() & (lv.entry_span() - 1);
-                    return Some(PhysAddr::new(self.fmt.leaf_addr(level, raw).as_u64() | off));
-                }
-                EntryKind::Absent | EntryKind::Malformed => return None,
-            }
-        }
-        None
+        let (level, raw) = self.leaf_entry(va)?;
+        let off = va.as_u64() & self.fmt.leaf_span_mask(level);
+        Some(PhysAddr::new(self.fmt.leaf_addr(level, raw).as_u64() | off))
     }
 
     /// Merge two tokens from this table into one (for batching a shootdown).

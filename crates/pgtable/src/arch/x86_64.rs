@@ -133,6 +133,14 @@ impl X86_64 {
         level + 1 == self.levels.len()
     }
 
+    /// log2 of the span of one entry at `level`: 12 at the last level, 9 more per level above
+    /// (the same as `levels[level].shift`, computed instead of loaded so that walks compile to
+    /// shifts; `x86_geometry_is_arithmetic` checks the two agree).
+    #[inline]
+    fn shift_of(&self, level: usize) -> u32 {
+        12 + 9 * (self.levels.len() - 1 - level) as u32
+    }
+
     #[inline]
     fn pat_bit(&self, level: usize) -> u64 {
         if self.is_last(level) {
@@ -201,7 +209,8 @@ unsafe impl PagingFormat for X86_64 {
         }
         if raw & PS == 0 {
             EntryKind::Table
-        } else if self.levels[level].leaf.is_some() {
+        } else if level + 3 >= self.levels.len() {
+            // PS is honoured in the PDPT (1 GiB) and PD (2 MiB): the two levels above the PT.
             EntryKind::Leaf
         } else {
             EntryKind::Malformed
@@ -275,8 +284,27 @@ unsafe impl PagingFormat for X86_64 {
 
     #[inline]
     fn leaf_addr(&self, level: usize, raw: u64) -> PhysAddr {
-        let size_mask = self.levels[level].entry_span() - 1;
-        PhysAddr::new(raw & ADDR_MASK & !size_mask)
+        PhysAddr::new(raw & ADDR_MASK & !self.leaf_span_mask(level))
+    }
+
+    #[inline]
+    fn index_of(&self, level: usize, va: u64) -> usize {
+        ((va >> self.shift_of(level)) & 0x1ff) as usize
+    }
+
+    #[inline]
+    fn leaf_size(&self, level: usize) -> Option<PageSize> {
+        match self.levels.len() - 1 - level {
+            0 => Some(PageSize::Size4K),
+            1 => Some(PageSize::Size2M),
+            2 => Some(PageSize::Size1G),
+            _ => None,
+        }
+    }
+
+    #[inline]
+    fn leaf_span_mask(&self, level: usize) -> u64 {
+        (1u64 << self.shift_of(level)) - 1
     }
 
     #[inline]
@@ -376,6 +404,25 @@ mod tests {
         assert_eq!(e & NX, 0);
         assert_eq!(f.leaf_attrs(3, e), a);
         assert_eq!(f.normalize(Attrs::WRITE), Err(AttrError::NotReadable));
+    }
+
+    #[test]
+    fn x86_geometry_is_arithmetic() {
+        for f in [X86_64::FOUR_LEVEL, X86_64::FIVE_LEVEL] {
+            for (level, lv) in f.levels().iter().enumerate() {
+                assert_eq!(f.shift_of(level), lv.shift, "{f:?} level {level}");
+                assert_eq!(f.leaf_size(level), lv.leaf, "{f:?} level {level}");
+                assert_eq!(f.leaf_span_mask(level), lv.entry_span() - 1);
+                for va in [
+                    0u64,
+                    0x1ff << lv.shift,
+                    0xffff_ffff_ffff_ffff,
+                    0x1234_5678_9abc,
+                ] {
+                    assert_eq!(f.index_of(level, va), lv.index(va), "{f:?} {level} {va:#x}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -95,8 +95,29 @@ fn check_laws<F: PagingFormat + core::fmt::Debug>(
     }
 }
 
+/// The walk hooks (`index_of`, `leaf_size`, `leaf_span_mask`) say exactly what `levels()`
+/// says, for every format, level and address: walks index tables with them.
+fn check_walk_hooks<F: PagingFormat + core::fmt::Debug>(f: &F, va: u64) {
+    for (level, lv) in f.levels().iter().enumerate() {
+        assert_eq!(f.index_of(level, va), lv.index(va), "{f:?} level {level}");
+        assert!(f.index_of(level, va) < lv.entries());
+        assert_eq!(f.leaf_size(level), lv.leaf, "{f:?} level {level}");
+        assert_eq!(f.leaf_span_mask(level), lv.entry_span() - 1);
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn walk_hooks_agree_with_levels(va in any::<u64>()) {
+        for f in all_x86() {
+            check_walk_hooks(&f, va);
+        }
+        for f in all_aarch64() {
+            check_walk_hooks(&f, va);
+        }
+    }
 
     #[test]
     fn x86_entries_round_trip(pa in any::<u64>(), n in any::<u32>(), a in arb_attrs()) {
