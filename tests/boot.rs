@@ -352,3 +352,41 @@ fn allocator_api2_collections_live_in_mm() {
     mm.verify().unwrap();
     assert_eq!(mm.meminfo().pages_kb, [0; 3]);
 }
+
+#[test]
+fn vmalloc_on_aarch64_16k_tables_maps_granule_sized_pages() {
+    use mmkit::addr::VaHalf;
+    use mmkit::pgtable::arch::aarch64::{Aarch64, Granule};
+    use mmkit::pgtable::softmmu::aarch64::Aarch64Walker;
+
+    let mem = HostMemory::new(PhysAddr::new(0), 64 * MIB);
+    let fmt = Aarch64::new(Granule::K16, 48, VaHalf::Upper).unwrap();
+    let window =
+        VirtRange::from_start_size(VirtAddr::new(0xffff_0000_1000_0000), 16 * MIB).unwrap();
+    // SAFETY: `mem` is the whole machine and nothing else uses it.
+    let mut mm = unsafe { MmBuilder::new(HostPlatform::new(1), &mem) }
+        .memory(range(MIB, 63 * MIB))
+        .vmalloc_area(fmt, window)
+        .boot()
+        .unwrap();
+    let root = mm.with_page_table(|pt| pt.root()).unwrap();
+    let mut mmu = SoftMmu::new(Aarch64Walker::new(&mem, None, Some((root, fmt))));
+    let va = mm.vmalloc(40 << 10, &mut mmu).unwrap(); // three 16 KiB pages
+    for i in 0..3u64 {
+        let at = VirtAddr::new(va.as_u64() + i * (16 << 10) + 100);
+        let pa = mmu.access(at, Access::Write, Mode::Kernel).unwrap();
+        assert_eq!(
+            pa.as_u64() % (16 << 10),
+            100,
+            "16 KiB frames are 16 KiB aligned"
+        );
+        assert_eq!(mm.vmalloc_to_pfn(at), Some(pa.pfn()));
+    }
+    let guard = VirtAddr::new(va.as_u64() + 3 * (16 << 10));
+    assert!(mmu.access(guard, Access::Read, Mode::Kernel).is_err());
+    assert_eq!(mm.meminfo().vmalloc_used_kb, 48);
+    mm.verify().unwrap();
+    mm.vfree(va, &mut mmu).unwrap();
+    assert_eq!(mm.meminfo().vmalloc_used_kb, 0);
+    mm.verify().unwrap();
+}
