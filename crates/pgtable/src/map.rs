@@ -103,11 +103,12 @@ pub(crate) fn wants_leaf<F: PagingFormat>(
     pa: u64,
     opts: MapOpts,
 ) -> bool {
-    let lv = fmt.levels()[level];
-    if lv.leaf.is_none() {
+    // Called per entry: the walk hooks, not the level table, so a format with arithmetic
+    // geometry pays no loads or bounds checks here.
+    if fmt.leaf_size(level).is_none() {
         return false;
     }
-    let mask = lv.entry_span() - 1;
+    let mask = fmt.leaf_span_mask(level);
     let whole = s & mask == 0 && sl & mask == mask && pa & mask == 0;
     whole
         && match opts.forced {
