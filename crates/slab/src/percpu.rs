@@ -12,7 +12,9 @@
 //! `array_cache`), one cache line of bookkeeping per CPU so CPUs never share a line. Only the
 //! owning CPU writes its array, inside an `IrqGuard`; the counters are atomics so reports may
 //! read them from elsewhere (plain loads and stores, no read-modify-write, so they cost what a
-//! plain counter costs).
+//! plain counter costs). The fast path bumps exactly one counter per operation (`allocs` or
+//! `frees`); the slow-path counts are bumped on the slow path only, and the fast-path counts
+//! are derived as the difference when a report asks.
 
 use core::mem::{align_of, size_of};
 use core::ptr::NonNull;
@@ -24,8 +26,8 @@ use crate::page_source::PageBlock;
 #[repr(C, align(64))]
 pub(crate) struct CpuArray {
     count: AtomicUsize,
-    alloc_fast: AtomicU64,
-    free_fast: AtomicU64,
+    alloc_slow: AtomicU64,
+    free_slow: AtomicU64,
     allocs: AtomicU64,
     frees: AtomicU64,
     objs: *mut *mut u8,
@@ -81,8 +83,8 @@ pub(crate) unsafe fn place_descriptor<T>(
         for cpu in 0..nr_cpus {
             arrays.add(cpu).write(CpuArray {
                 count: AtomicUsize::new(0),
-                alloc_fast: AtomicU64::new(0),
-                free_fast: AtomicU64::new(0),
+                alloc_slow: AtomicU64::new(0),
+                free_slow: AtomicU64::new(0),
                 allocs: AtomicU64::new(0),
                 frees: AtomicU64::new(0),
                 objs: objs.add(cpu * cap),
@@ -142,12 +144,13 @@ impl CpuArrays {
         }
         // SAFETY: in range; only atomics are read.
         let a = unsafe { &*self.base.add(cpu) };
+        let (allocs, frees) = (a.allocs.load(Relaxed), a.frees.load(Relaxed));
         CpuCounters {
             cached: a.count.load(Relaxed),
-            alloc_fast: a.alloc_fast.load(Relaxed),
-            free_fast: a.free_fast.load(Relaxed),
-            allocs: a.allocs.load(Relaxed),
-            frees: a.frees.load(Relaxed),
+            alloc_fast: allocs.wrapping_sub(a.alloc_slow.load(Relaxed)),
+            free_fast: frees.wrapping_sub(a.free_slow.load(Relaxed)),
+            allocs,
+            frees,
         }
     }
 }
@@ -242,8 +245,8 @@ impl CpuRef<'_> {
     #[inline]
     pub fn count_alloc(&self, fast: bool) {
         bump(&self.arr.allocs, 1);
-        if fast {
-            bump(&self.arr.alloc_fast, 1);
+        if !fast {
+            bump(&self.arr.alloc_slow, 1);
         }
     }
 
@@ -251,8 +254,8 @@ impl CpuRef<'_> {
     #[inline]
     pub fn count_free(&self, fast: bool) {
         bump(&self.arr.frees, 1);
-        if fast {
-            bump(&self.arr.free_fast, 1);
+        if !fast {
+            bump(&self.arr.free_slow, 1);
         }
     }
 }

@@ -123,6 +123,7 @@ impl TestPageSource {
         self.dma_blocks.load(SeqCst)
     }
 
+    #[inline]
     fn index(&self, pfn: Pfn) -> Option<usize> {
         let i = pfn.as_u64().checked_sub(self.first_pfn)? as usize;
         (i < self.frames).then_some(i)
@@ -219,10 +220,12 @@ unsafe impl PageSource for TestPageSource {
         self.private[i].store(value, Relaxed);
     }
 
+    #[inline]
     fn page_private(&self, pfn: Pfn) -> u64 {
         self.index(pfn).map_or(0, |i| self.private[i].load(Relaxed))
     }
 
+    #[inline]
     fn virt_to_pfn(&self, addr: NonNull<u8>) -> Option<Pfn> {
         let off = (addr.as_ptr() as usize).checked_sub(self.base)?;
         let i = off / PAGE_SIZE as usize;
