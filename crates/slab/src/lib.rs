@@ -9,7 +9,7 @@
 //!   (consistency checks, red zones, poison, owner tracking).
 //! * [`TypedCache`] / [`SlabBox`]: a cache of `T` handing out owned, constructed objects.
 //! * [`Kmalloc`]: `kmalloc` / `kzalloc` / `kfree` / `ksize` / `krealloc` over Linux's size
-//!   classes, with reclaimable and DMA sets and page-backed large allocations.
+//!   classes (refined to four per doubling), with reclaimable and DMA sets and page-backed large allocations.
 //! * `verify()` invariant scanners, [`CacheStats`], and `/proc/slabinfo` via `Display`.
 //!
 //! ```
@@ -33,7 +33,7 @@
 //! let k = Kmalloc::new(&pages, &cpus).expect("descriptor pages");
 //! let p = k.kzalloc(100, Gfp::empty()).expect("memory");
 //! // SAFETY: `p` came from `k`.
-//! assert_eq!(unsafe { k.ksize(p) }, Ok(128));
+//! assert_eq!(unsafe { k.ksize(p) }, Ok(112));
 //! // SAFETY: as above, and `p` is not used again.
 //! unsafe { k.kfree(p) }.expect("a valid free");
 //! ```

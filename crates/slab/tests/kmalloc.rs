@@ -131,15 +131,15 @@ fn alignment_requests_are_honoured() {
 fn krealloc_grows_by_copy_shrinks_in_place_and_frees_at_zero() {
     let (src, plat) = env();
     let mut k = Kmalloc::new(&src, &plat).unwrap();
-    let p = k.kmalloc(40, Gfp::empty()).unwrap();
-    fill(p, 40, 0x11);
+    let p = k.kmalloc(50, Gfp::empty()).unwrap();
+    fill(p, 50, 0x11);
     // SAFETY: each call gives up the pointer it receives and the test uses only the result.
     unsafe {
         let same = k.krealloc(p, 60, Gfp::empty()).unwrap();
         assert_eq!(same, p, "64-byte class already fits 60");
         let big = k.krealloc(same, 10_000, Gfp::empty()).unwrap();
         assert_ne!(big, p);
-        assert!(all(big, 40, 0x11), "contents copied");
+        assert!(all(big, 50, 0x11), "contents copied");
         let small = k.krealloc(big, 16, Gfp::empty()).unwrap();
         assert_eq!(small, big);
         let gone = k.krealloc(small, 0, Gfp::empty()).unwrap();
@@ -253,4 +253,36 @@ fn drop_returns_every_page() {
         }
     }
     assert_eq!(src.frames_in_use(), 0);
+}
+
+#[test]
+fn out_of_pages_takes_back_pages_parked_in_other_classes() {
+    let (src, plat) = env();
+    let mut k = Kmalloc::new(&src, &plat).unwrap();
+    let base = src.frames_in_use();
+    src.set_limit(base + 16);
+    let mut small = Vec::new();
+    while let Ok(p) = k.kmalloc(64, Gfp::empty()) {
+        small.push(p);
+    }
+    assert!(small.len() > 16, "the 16 frames held 64-byte objects");
+    for p in small {
+        // SAFETY: allocated above, freed once.
+        unsafe { k.kfree(p).unwrap() };
+    }
+    let parked = src.frames_in_use() - base;
+    assert!(parked > 0, "kmalloc-64 keeps empty slabs and its CPU array");
+    // All 16 frames in one block: only there once kmalloc-64 gives its pages back.
+    let big = k
+        .kmalloc(16 * 4096, Gfp::empty())
+        .expect("parked pages reclaimed");
+    assert_eq!(src.frames_in_use() - base, 16);
+    // SAFETY: allocated just above.
+    unsafe { k.kfree(big).unwrap() };
+    assert_eq!(
+        k.kmalloc(32 * 4096, Gfp::empty()),
+        Err(AllocError::OutOfMemory),
+        "nothing to reclaim: the failure is reported"
+    );
+    k.verify().unwrap();
 }
