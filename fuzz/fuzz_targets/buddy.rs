@@ -12,7 +12,7 @@ use mmkit_addr::host::HostPlatform;
 use mmkit_addr::{Order, Pfn, PhysAddr, PhysRange};
 use mmkit_buddy::{
     memmap_len, pcp_storage_len, AllocError, BuddyAllocator, BuddyConfig, CoreSize, GfpFlags,
-    NodeInit, PageDesc, PerCpuPages,
+    IsolateError, NodeInit, PageDesc, PerCpuPages,
 };
 
 #[derive(Arbitrary, Debug)]
@@ -24,7 +24,7 @@ enum Action {
     DrainLocal,
     Isolate { pb: u8 },
     Undo { pick: u8 },
-    Contig { nr: u16 },
+    Contig { nr: u16, flags: u16, node: u8 },
     Grouping(bool),
 }
 
@@ -132,13 +132,18 @@ fuzz_target!(|input: Input| {
                     b.undo_isolate_range(Pfn::new(s), 512).unwrap();
                 }
             }
-            Action::Contig { nr } => {
+            Action::Contig { nr, flags, node } => {
                 let nr = u64::from(nr % 3000) + 1;
-                if let Ok(p) = b.alloc_contig_pages(nr, GfpFlags::HIGHUSER_MOVABLE, 0) {
-                    for f in p.as_u64()..p.as_u64() + nr {
-                        assert!(!overlaps(&model, f, 0));
-                        model.insert(f, 0);
+                let gfp = GfpFlags::from_bits_truncate(u32::from(flags)) & !GfpFlags::ZERO;
+                match b.alloc_contig_pages(nr, gfp, usize::from(node % 3)) {
+                    Ok(p) => {
+                        for f in p.as_u64()..p.as_u64() + nr {
+                            assert!(!overlaps(&model, f, 0));
+                            model.insert(f, 0);
+                        }
                     }
+                    // A bad request is named as such, never as a bad range.
+                    Err(e) => assert_ne!(e, IsolateError::BadRange, "nr {nr} is never 0"),
                 }
             }
             Action::Grouping(on) => b.set_mobility_grouping(on),

@@ -107,7 +107,9 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
 
     /// Build the allocator in `slot` (a `static`, or memory from the boot allocator) and
     /// return it there; arguments as for [`new`](Self::new). On error nothing is written:
-    /// neither `slot` nor any memmap or per-CPU storage.
+    /// neither `slot` nor any memmap or per-CPU storage. Like any `MaybeUninit`, the slot
+    /// never drops what it holds (for a kernel's allocator, which lives forever, that is
+    /// what is wanted); `MaybeUninit::assume_init_drop` drops it, releasing the platform.
     ///
     /// The large arrays (nodes, zones, free lists) are written field by field straight into
     /// `slot`; the largest temporary is one zone (about 1 KiB). The test
