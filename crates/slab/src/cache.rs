@@ -420,6 +420,7 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
     ///
     /// # Safety
     /// As [`free`](Self::free); `slab` is what `lookup` returned for `obj`.
+    #[inline]
     pub(crate) unsafe fn free_in_slab(
         &self,
         slab: SlabPtr,
@@ -448,6 +449,7 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
     }
 
     /// Push a validated object on this CPU's array, flushing a batch first if it is full.
+    #[inline]
     fn free_cached(&self, obj: NonNull<u8>) -> Result<(), FreeError> {
         let core = self.core();
         let mut released = DetachedList::new();
