@@ -2,7 +2,8 @@
 //! frame-limit actions, replayed by `mmkit_pgtable::model::run` — the same machine as the
 //! proptest state machine: `verify()`, the reference model, `translate` and the software MMU
 //! (with its stale-keeping TLB) are checked after every step, and every table frame must be
-//! back in the arena at the end.
+//! back in the arena at the end. Even-length sequences reach the tables through the arena's
+//! linear window (the walk fast path), odd-length ones through `phys_to_virt` calls.
 #![no_main]
 
 use arbitrary::Arbitrary;
