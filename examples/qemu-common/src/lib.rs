@@ -10,6 +10,8 @@
 //!   several orders come out and are written through the kernel's direct map;
 //! * [`slab_checks`]: the kernels as users of mmkit-slab: kmalloc of every size class and an
 //!   object cache over the buddy (the slab's `PageSource` on the buddy and the direct map);
+//! * [`mm_checks`]: the kernels as users of the facade: kmalloc, caches, pages and `verify`
+//!   on a booted `mmkit::Mm`, and vmalloc through the kernel's live page table;
 //! * [`mmu_checks`]: checks of the kernels' own page tables through `translate`, and of the
 //!   direct map aliasing the identity map;
 //! * [`checks`]: the checks both kernels run identically (memory map, RAM size, IRQ guard,
@@ -65,6 +67,9 @@ pub mod extable;
 pub mod frames;
 pub mod harness;
 pub mod memmap;
+// Calls `rawmem`'s unsafe functions on memory a booted `Mm` hands out.
+#[allow(unsafe_code)]
+pub mod mm_checks;
 // Writes patterns through `rawmem` into pages the caller vouches for.
 #[allow(unsafe_code)]
 pub mod mmu_checks;
