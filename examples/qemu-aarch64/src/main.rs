@@ -13,6 +13,8 @@
 //! * [`memmap`]: the device tree turned into a memory map, and the kernel's own footprint;
 //! * [`mmu`]: the kernel's own tables built with mmkit-pgtable (identity with a W^X image,
 //!   direct map) and turning the MMU on with them;
+//! * [`facade`]: mmkit brought up through its facade (`MmBuilder` on the device tree), and
+//!   TTBR1 switched to the facade's page table, on which vmalloc maps;
 //! * [`selftest`]: the checks.
 //!
 //! Raw hardware access (asm, MMIO, system registers) stays in `boot`, `exceptions` and
@@ -27,6 +29,7 @@
 
 mod boot;
 mod exceptions;
+mod facade;
 mod memmap;
 mod mmu;
 mod platform;

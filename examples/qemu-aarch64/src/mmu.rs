@@ -27,11 +27,11 @@
 use core::arch::asm;
 
 use mmkit_addr::{
-    align_down, align_up, OffsetMapper, PageSize, PhysAddr, PhysRange, VaHalf, VirtAddr,
+    align_down, align_up, OffsetMapper, PageSize, PhysAddr, PhysMapper, PhysRange, VaHalf, VirtAddr,
 };
 use mmkit_pgtable::arch::aarch64::{Aarch64, Granule};
 use mmkit_pgtable::arch::aarch64_hw::{self, InnerShareableTlb};
-use mmkit_pgtable::{Attrs, CachePolicy, MapError, MapSize, PageTable, TlbInvalidate};
+use mmkit_pgtable::{Attrs, CachePolicy, FrameSource, MapError, MapSize, PageTable, TlbInvalidate};
 use mmkit_qemu_common::frames::{PoolFrames, WindowMapper};
 use mmkit_qemu_common::memmap::MemoryMap;
 use mmkit_qemu_common::mmu_checks::KernelSections;
@@ -110,8 +110,8 @@ pub enum BuildError {
     },
 }
 
-fn map(
-    pt: &mut KernelTable<'_>,
+fn map<M: PhysMapper, S: FrameSource>(
+    pt: &mut PageTable<Aarch64, M, S>,
     what: &'static str,
     va: u64,
     pa: u64,
@@ -219,10 +219,20 @@ pub fn build_upper<'p>(
     frames: PoolFrames<'p>,
 ) -> Result<KernelTable<'p>, BuildError> {
     let mut pt = PageTable::new(UPPER, mapper, frames).map_err(|_| BuildError::NoRoot)?;
+    populate_upper(&mut pt, map_)?;
+    Ok(pt)
+}
+
+/// Map the direct map of every RAM range into a TTBR1 table `pt`, which may already serve
+/// other ranges (the facade's table holds the vmalloc window).
+pub fn populate_upper<M: PhysMapper, S: FrameSource>(
+    pt: &mut PageTable<Aarch64, M, S>,
+    map_: &MemoryMap,
+) -> Result<(), BuildError> {
     for ram in map_.ram() {
         let (start, end) = whole_pages(ram);
         map(
-            &mut pt,
+            pt,
             "direct map",
             DIRECT_MAP_BASE + start,
             start,
@@ -230,7 +240,7 @@ pub fn build_upper<'p>(
             Attrs::KERNEL_RW,
         )?;
     }
-    Ok(pt)
+    Ok(())
 }
 
 fn sctlr() -> u64 {

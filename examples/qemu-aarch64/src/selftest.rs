@@ -15,18 +15,18 @@ use mmkit_bootmem::{firmware::fdt, Bootmem};
 use mmkit_pgtable::arch::aarch64_hw::InnerShareableTlb;
 use mmkit_pgtable::{AttrChange, Attrs, ProtectError};
 use mmkit_qemu_common::bootmem_checks;
-use mmkit_qemu_common::buddy_checks::{self, BuddySetup};
 use mmkit_qemu_common::checks::{self, Injection};
 use mmkit_qemu_common::frames::{PoolFrames, WindowMapper};
 use mmkit_qemu_common::harness::{CheckResult, Harness, Outcome, Reason};
 use mmkit_qemu_common::memmap::MemoryMap;
-use mmkit_qemu_common::mmu_checks;
 use mmkit_qemu_common::{ensure, fail, rawmem};
+use mmkit_qemu_common::{mm_checks, mmu_checks};
 
 use crate::exceptions::{
     self, Fault, DFSC_SYNC_EXTERNAL_ABORT, EC_DATA_ABORT_SAME_EL, EC_INSTRUCTION_ABORT_SAME_EL,
     ESR_FNV, ESR_WNR,
 };
+use crate::facade;
 use crate::memmap::{kernel_image, BootInfo};
 use crate::mmu::{self, KernelTable, DIRECT_MAP_BASE};
 use crate::platform::{interrupts_enabled, Bsp, Serial, IDENTITY, IDENTITY_LIMIT};
@@ -77,20 +77,13 @@ pub fn run(boot: &BootInfo) -> Outcome {
         read_of_unbacked_address_aborts(map)
     });
     // Then: the platform checks above used free memory that bootmem is about to manage.
-    let mut ram = [PhysRange::EMPTY; MemoryMap::CAPACITY];
-    let nr_ram = ram
-        .iter_mut()
-        .zip(map.ram())
-        .map(|(slot, r)| *slot = r)
-        .count();
-    let ram = &ram[..nr_ram];
-    let (memmap_bytes, pcp_bytes) = buddy_checks::storage_sizes(ram);
-    let keep = [PAGE_TABLE_POOL, memmap_bytes, pcp_bytes];
+    let keep = [PAGE_TABLE_POOL];
     let outcome = bootmem_sequence(&mut h, boot, &exclude, &keep);
-    if mmu_sequence(&mut h, map, outcome.kept[0], &exclude) {
-        buddy_sequence(&mut h, ram, &outcome, &exclude);
-    } else {
-        h.skip("buddy_*", "needs the kernel's tables");
+    let pool = outcome.kept[0];
+    let live = mmu_sequence(&mut h, map, pool, &exclude);
+    match pool {
+        Some(pool) if live => facade_sequence(&mut h, boot, &exclude, pool),
+        _ => h.skip("mm_*", "needs the MMU on with the direct map"),
     }
     inject_failure(&mut h, cmdline, map);
     let used = crate::boot::boot_stack_used();
@@ -501,45 +494,58 @@ fn protect_on_live_table_takes_effect(
     Ok(splits)
 }
 
-/// mmkit-buddy on bootmem's hand-off, with its descriptors in memory bootmem kept and the
-/// direct map (live by now) as its mapper.
+/// mmkit through its facade (see [`facade`](crate::facade)): boot from the device tree on
+/// the direct map, the facade checks, the switch of TTBR1 to the facade's page table (frames
+/// from the buddy), the direct map checked again through it, and vmalloc through it.
 #[inline(never)]
-fn buddy_sequence(
+fn facade_sequence(
     h: &mut Harness<Serial>,
-    ram: &[PhysRange],
-    outcome: &bootmem_checks::Outcome,
+    boot: &BootInfo,
     exclude: &[PhysRange],
+    pool: PhysRange,
 ) {
-    let bootmem_checks::Outcome {
-        handoff: Some(handoff),
-        summary: Some(summary),
-        kept: [Some(pool), Some(memmap), Some(pcp), ..],
-    } = outcome
-    else {
-        h.skip("buddy_*", "needs the hand-off and the kept storage");
+    let reserved = [exclude[0], exclude[1], pool];
+    let mut booted = None;
+    h.run("mm_boots_from_the_device_tree", || {
+        let mm =
+            facade::boot(boot.blob, &reserved).map_err(|e| Reason::new(format_args!("{e}")))?;
+        booted = Some(mm);
+        Ok(())
+    });
+    let Some(mut mm) = booted else {
+        h.skip("mm_*", "mmkit did not boot");
         return;
     };
-    let mut avoid = [PhysRange::EMPTY; 8];
-    let n = exclude.len();
-    avoid[..n].copy_from_slice(exclude);
-    avoid[n..n + 3].copy_from_slice(&[*pool, *memmap, *pcp]);
-    // SAFETY: bootmem kept both ranges through the hand-off, so the kernel owns them for good
-    // and nothing else uses them; this is the only call for them; the direct map (live from
-    // now on) maps them RW.
-    let Some(storage) = (unsafe { buddy_checks::storage_slices(ram, *memmap, *pcp, &mmu::DIRECT) })
-    else {
-        h.skip("buddy_*", "kept storage is too small or unreachable");
+    mm_checks::run(h, &mut mm);
+
+    let adopted = h.run("ttbr1_switches_to_the_mm_page_table", || {
+        facade::adopt_page_table(&mm, &boot.map).map(|_| ())
+    });
+    if !adopted {
+        h.skip("mm_table_*", "the switch to the mm page table failed");
         return;
-    };
-    let setup = BuddySetup {
-        platform: Bsp,
-        ram,
-        storage,
-        mapper: &mmu::DIRECT,
-        direct_offset: DIRECT_MAP_BASE,
-        avoid: &avoid[..n + 3],
-    };
-    buddy_checks::run(h, setup, handoff, summary.pages);
+    }
+    h.run("mm_table_direct_map_uses_large_blocks", || {
+        let checked = mm.with_page_table(|pt| {
+            mmu_checks::direct_map_uses_large_pages(pt, &boot.map, DIRECT_MAP_BASE)
+        });
+        checked.unwrap_or_else(|| fail!("no kernel page table"))
+    });
+    h.run("mm_table_pages_of_several_orders", || {
+        mm_checks::pages_of_several_orders(&mm)
+    });
+    let mut tlb = facade::tlb();
+    h.run("vmalloc_through_the_live_table", || {
+        mm_checks::vmalloc_through_live_tables(&mut mm, &mut tlb, &facade::probe)
+    });
+    if let Some(Ok(r)) = mm.with_page_table(|pt| pt.verify()) {
+        println!(
+            "mmkit-qemu: mm TTBR1 table: {} tables, {} leaves, {} MiB mapped; table frames from the buddy",
+            r.tables,
+            r.leaves,
+            r.mapped_bytes >> 20
+        );
+    }
 }
 
 /// Fail on purpose if the command line asks for it (`mmkit.inject=`), so the boot script can

@@ -13,6 +13,8 @@
 //! * [`paging`]: the boot page tables' one runtime edit (a read-only block for a test);
 //! * [`mmu`]: the kernel's own tables built with mmkit-pgtable (identity, W^X image, direct
 //!   map) and the switch to them;
+//! * [`facade`]: mmkit brought up through its facade (`MmBuilder`), the switch to the
+//!   facade's page table, vmalloc on it, and mmkit as the `#[global_allocator]`;
 //! * [`selftest`]: the checks.
 //!
 //! Raw hardware access (asm, port I/O, page-table writes) stays in `boot`, `platform`, `traps`
@@ -25,7 +27,10 @@
     missing_docs
 )]
 
+extern crate alloc;
+
 mod boot;
+mod facade;
 mod memmap;
 mod mmu;
 mod paging;

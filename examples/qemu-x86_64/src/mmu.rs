@@ -20,10 +20,12 @@
 //!
 //! The boot tables of `boot.rs` stay in `.bss` but are no longer used once CR3 points here.
 
-use mmkit_addr::{align_down, align_up, OffsetMapper, PageSize, PhysAddr, PhysRange, VirtAddr};
+use mmkit_addr::{
+    align_down, align_up, OffsetMapper, PageSize, PhysAddr, PhysMapper, PhysRange, VirtAddr,
+};
 use mmkit_pgtable::arch::x86_64::X86_64;
 use mmkit_pgtable::arch::x86_64_hw;
-use mmkit_pgtable::{Attrs, MapError, MapSize, PageTable};
+use mmkit_pgtable::{Attrs, FrameSource, MapError, MapSize, PageTable};
 use mmkit_qemu_common::frames::{PoolFrames, WindowMapper};
 use mmkit_qemu_common::memmap::MemoryMap;
 use mmkit_qemu_common::mmu_checks::KernelSections;
@@ -107,8 +109,8 @@ pub enum BuildError {
     },
 }
 
-fn map(
-    pt: &mut KernelTable<'_>,
+fn map<M: PhysMapper, S: FrameSource>(
+    pt: &mut PageTable<X86_64, M, S>,
     what: &'static str,
     va: u64,
     pa: u64,
@@ -129,8 +131,8 @@ fn map(
 
 /// Map `[pa, pa + len)` at `va` with the largest pages the CPU supports: 1 GiB pages need
 /// CPU support, so without it the 2 MiB-aligned middle is mapped with 2 MiB pages exactly.
-fn map_large(
-    pt: &mut KernelTable<'_>,
+fn map_large<M: PhysMapper, S: FrameSource>(
+    pt: &mut PageTable<X86_64, M, S>,
     what: &'static str,
     va: u64,
     pa: u64,
@@ -178,6 +180,22 @@ pub fn build<'p>(
     }
     let mut pt =
         PageTable::new(X86_64::FOUR_LEVEL, mapper, frames).map_err(|_| BuildError::NoRoot)?;
+    populate(&mut pt, map_, cpu)?;
+    Ok(pt)
+}
+
+/// Map the kernel's address space (module docs) into `pt`, which may already serve other
+/// ranges (the facade's table holds the vmalloc window): identity with the W^X image, and
+/// the direct map.
+pub fn populate<M: PhysMapper, S: FrameSource>(
+    pt: &mut PageTable<X86_64, M, S>,
+    map_: &MemoryMap,
+    cpu: PagingFeatures,
+) -> Result<(), BuildError> {
+    if !cpu.nx {
+        return Err(BuildError::NoNx);
+    }
+    let pt = &mut *pt;
     let kernel = kernel_image();
     let s = sections();
     let two_mib = PageSize::Size2M.bytes();
@@ -187,7 +205,7 @@ pub fn build<'p>(
     // Identity, below and around the kernel (4 KiB pages; page 0 stays unmapped).
     let page = PageSize::Size4K.bytes();
     map(
-        &mut pt,
+        pt,
         "low memory",
         page,
         page,
@@ -197,7 +215,7 @@ pub fn build<'p>(
     )?;
     let rx = Attrs::KERNEL_RX;
     map(
-        &mut pt,
+        pt,
         ".text",
         s.text.start().as_u64(),
         s.text.start().as_u64(),
@@ -208,7 +226,7 @@ pub fn build<'p>(
     let ro = Attrs::KERNEL_RO;
     let rodata = s.rodata.start().as_u64();
     map(
-        &mut pt,
+        pt,
         ".rodata",
         rodata,
         rodata,
@@ -222,7 +240,7 @@ pub fn build<'p>(
     let (data, data_end) = (s.data.start().as_u64(), s.data.end().as_u64());
     let (g_start, g_end) = (guard.start().as_u64(), guard.end().as_u64());
     map(
-        &mut pt,
+        pt,
         ".data",
         data,
         data,
@@ -231,7 +249,7 @@ pub fn build<'p>(
         MapSize::Largest,
     )?;
     map(
-        &mut pt,
+        pt,
         ".bss above the guard",
         g_end,
         g_end,
@@ -240,7 +258,7 @@ pub fn build<'p>(
         MapSize::Largest,
     )?;
     map(
-        &mut pt,
+        pt,
         "above the kernel",
         k_end,
         k_end,
@@ -250,7 +268,7 @@ pub fn build<'p>(
     )?;
     // Identity for the rest of the first 4 GiB (RAM, firmware, MMIO).
     map_large(
-        &mut pt,
+        pt,
         "identity",
         low_end,
         low_end,
@@ -264,7 +282,7 @@ pub fn build<'p>(
         let end = align_down(ram.end().as_u64(), page);
         if start < end {
             map_large(
-                &mut pt,
+                pt,
                 "direct map",
                 DIRECT_MAP_BASE + start,
                 start,
@@ -273,7 +291,7 @@ pub fn build<'p>(
             )?;
         }
     }
-    Ok(pt)
+    Ok(())
 }
 
 /// Load `pt` into CR3.
@@ -282,7 +300,7 @@ pub fn build<'p>(
 /// `pt` must map everything the kernel uses from now on at its current address (it does:
 /// see [`build`]) and must stay alive, unchanged except through its own operations with
 /// their flushes, for as long as it is loaded.
-pub unsafe fn switch_to(pt: &mut KernelTable<'_>) {
+pub unsafe fn switch_to<M: PhysMapper, S: FrameSource>(pt: &mut PageTable<X86_64, M, S>) {
     // SAFETY: CPL 0; the caller guarantees the table keeps the running kernel mapped.
     unsafe { x86_64_hw::load_cr3(pt.root()) };
     pt.set_live(true);

@@ -12,14 +12,14 @@ use mmkit_bootmem::Bootmem;
 use mmkit_pgtable::arch::x86_64_hw::LocalTlb;
 use mmkit_pgtable::{AttrChange, Attrs};
 use mmkit_qemu_common::bootmem_checks;
-use mmkit_qemu_common::buddy_checks::{self, BuddySetup};
 use mmkit_qemu_common::checks::Injection;
 use mmkit_qemu_common::frames::{PoolFrames, WindowMapper};
 use mmkit_qemu_common::harness::{CheckResult, Harness, Outcome, Reason};
 use mmkit_qemu_common::memmap::MemoryMap;
-use mmkit_qemu_common::mmu_checks;
 use mmkit_qemu_common::{checks, ensure, fail, rawmem};
+use mmkit_qemu_common::{mm_checks, mmu_checks};
 
+use crate::facade;
 use crate::memmap::{kernel_image, BootInfo};
 use crate::mmu::{self, KernelTable, DIRECT_MAP_BASE};
 use crate::paging::{self, BLOCK_SIZE};
@@ -78,21 +78,14 @@ pub fn run(boot: &BootInfo) -> Outcome {
         read_of_unmapped_address_faults,
     );
     // Then: the platform checks above used free memory that bootmem is about to manage.
-    let mut ram = [PhysRange::EMPTY; MemoryMap::CAPACITY];
-    let nr_ram = ram
-        .iter_mut()
-        .zip(map.ram())
-        .map(|(slot, r)| *slot = r)
-        .count();
-    let ram = &ram[..nr_ram];
-    let (memmap_bytes, pcp_bytes) = buddy_checks::storage_sizes(ram);
-    let keep = [PAGE_TABLE_POOL, memmap_bytes, pcp_bytes];
+    let (e820, nr_e820) = facade::e820_entries(boot);
+    let keep = [PAGE_TABLE_POOL];
     let outcome = bootmem_sequence(&mut h, boot, &exclude, &keep);
-    let live = mmu_sequence(&mut h, map, outcome.kept[0], &exclude);
-    if live {
-        buddy_sequence(&mut h, ram, &outcome, &exclude);
-    } else {
-        h.skip("buddy_*", "needs the kernel's tables");
+    let pool = outcome.kept[0];
+    let live = mmu_sequence(&mut h, map, pool, &exclude);
+    match pool {
+        Some(pool) if live => facade_sequence(&mut h, boot, &e820[..nr_e820], &exclude, pool),
+        _ => h.skip("mm_*", "needs the interim tables with the direct map"),
     }
     inject_failure(&mut h, boot.cmdline);
     let used = crate::boot::boot_stack_used();
@@ -388,45 +381,87 @@ fn protect_on_live_table_takes_effect(
     Ok(())
 }
 
-/// mmkit-buddy on bootmem's hand-off, with its descriptors in memory bootmem kept and the
-/// direct map (live by now) as its mapper.
+/// mmkit through its facade (see [`facade`](crate::facade)): boot from the firmware map on
+/// the direct map, the facade checks, the switch to the facade's page table (frames from the
+/// buddy), the image checks again on it, vmalloc through it, and the global allocator.
 #[inline(never)]
-fn buddy_sequence(
+fn facade_sequence(
     h: &mut Harness<Serial>,
-    ram: &[PhysRange],
-    outcome: &bootmem_checks::Outcome,
+    boot: &BootInfo,
+    e820: &[E820Entry],
     exclude: &[PhysRange],
+    pool: PhysRange,
 ) {
-    let bootmem_checks::Outcome {
-        handoff: Some(handoff),
-        summary: Some(summary),
-        kept: [Some(pool), Some(memmap), Some(pcp), ..],
-    } = outcome
-    else {
-        h.skip("buddy_*", "needs the hand-off and the kept storage");
+    let reserved = [
+        exclude[0],
+        exclude[1],
+        exclude[2],
+        exclude[3],
+        low_memory(),
+        pool,
+    ];
+    let mut booted = None;
+    h.run("mm_boots_from_the_firmware_map", || {
+        let mm = facade::boot(e820, &reserved).map_err(|e| Reason::new(format_args!("{e}")))?;
+        booted = Some(mm);
+        Ok(())
+    });
+    let Some(mut mm) = booted else {
+        h.skip("mm_*", "mmkit did not boot");
         return;
     };
-    let mut avoid = [PhysRange::EMPTY; 8];
-    let n = exclude.len();
-    avoid[..n].copy_from_slice(exclude);
-    avoid[n..n + 4].copy_from_slice(&[low_memory(), *pool, *memmap, *pcp]);
-    // SAFETY: bootmem kept both ranges through the hand-off, so the kernel owns them for good
-    // and nothing else uses them; this is the only call for them; the direct map (live from
-    // now on) maps them RW.
-    let Some(storage) = (unsafe { buddy_checks::storage_slices(ram, *memmap, *pcp, &mmu::DIRECT) })
-    else {
-        h.skip("buddy_*", "kept storage is too small or unreachable");
-        return;
-    };
-    let setup = BuddySetup {
-        platform: Bsp,
-        ram,
-        storage,
-        mapper: &mmu::DIRECT,
-        direct_offset: DIRECT_MAP_BASE,
-        avoid: &avoid[..n + 4],
-    };
-    buddy_checks::run(h, setup, handoff, summary.pages);
+    mm_checks::run(h, &mut mm);
+
+    let cpu = mmu::paging_features();
+    let adopted = h.run("mmu_switches_to_the_mm_page_table", || {
+        facade::adopt_page_table(&mm, &boot.map, cpu).map(|_| ())
+    });
+    if adopted {
+        h.run("mm_table_kernel_image_is_w_xor_x", || {
+            let checked = mm.with_page_table(|pt| {
+                mmu_checks::kernel_image_is_w_xor_x(
+                    pt,
+                    kernel_image(),
+                    mmu::sections(),
+                    &[crate::boot::boot_stack_guard()],
+                )
+            });
+            checked.unwrap_or_else(|| fail!("no kernel page table"))
+        });
+        h.run("mm_table_null_page_is_unmapped", null_page_is_unmapped);
+        h.run(
+            "mm_table_boot_stack_guard_page_faults",
+            boot_stack_guard_page_faults,
+        );
+        h.run("mm_table_write_to_kernel_rodata_faults", || {
+            write_faults(core::ptr::addr_of!(traps::RET_IN_RODATA) as u64, "rodata")
+        });
+        let mut tlb = facade::tlb();
+        h.run("vmalloc_through_the_live_table", || {
+            mm_checks::vmalloc_through_live_tables(&mut mm, &mut tlb, &facade::probe)
+        });
+        if let Some(Ok(r)) = mm.with_page_table(|pt| pt.verify()) {
+            println!(
+                "mmkit-qemu: mm page table: {} tables, {} leaves, {} MiB mapped; table frames from the buddy",
+                r.tables,
+                r.leaves,
+                r.mapped_bytes >> 20
+            );
+        }
+    } else {
+        h.skip("mm_table_*", "the switch to the mm page table failed");
+    }
+    match facade::install_global(mm) {
+        Ok(mm) => {
+            h.run("collections_on_the_global_allocator", || {
+                facade::collections_on_global(mm)
+            });
+            println!("mmkit-qemu: after the collections:\n{}", mm.meminfo());
+        }
+        Err(e) => {
+            h.run("collections_on_the_global_allocator", || Err(e));
+        }
+    }
 }
 
 /// Fail on purpose if the command line asks for it (`mmkit.inject=`), so the boot script can

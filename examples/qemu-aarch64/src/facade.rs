@@ -1,0 +1,117 @@
+//! mmkit brought up through its facade, with the direct-map half on the facade's page table.
+//!
+//! Sequence (called by `selftest` once the MMU is on with the interim tables built from the
+//! bootmem-kept pool, so the direct map reaches all RAM):
+//!
+//! 1. [`boot`]: [`MmBuilder`] over the device tree (bootmem's device-tree ingestion:
+//!    `/memory`, `/reserved-memory`, `/memreserve/`), with the kernel image, the tree itself
+//!    and the interim table pool reserved; the platform hooks are the boot CPU ([`Bsp`]: one
+//!    CPU, the real `DAIF` guard); the kernel map is the direct map ([`KERNEL_MAP`]); the
+//!    facade creates a TTBR1 table (4 KiB granule, 48-bit) with a vmalloc window at
+//!    [`VMALLOC_BASE`], in the upper half of the TTBR1 space as on Linux arm64.
+//! 2. [`adopt_page_table`]: the direct map ([`mmu::populate_upper`]) is mapped into the
+//!    facade's table, whose frames come from the buddy (the facade's `TableFrames`), and
+//!    TTBR1 is switched to it (the identity half stays on the interim TTBR0 table). From then
+//!    on vmalloc maps into the live table and its flush tokens go to [`InnerShareableTlb`]
+//!    (`tlbi vale1is` / `vmalle1is` with the barriers).
+//!
+//! The interim TTBR1 table's frames stay in the reserved pool (the facade has no call to
+//! hand a reserved range to the buddy after boot).
+
+use mmkit::addr::{PhysRange, VirtAddr, VirtRange};
+use mmkit::pgtable::arch::aarch64::Aarch64;
+use mmkit::pgtable::arch::aarch64_hw::{self, InnerShareableTlb};
+use mmkit::pgtable::TlbInvalidate;
+use mmkit::{BootError, LinearMap, Mm, MmBuilder};
+use mmkit_qemu_common::harness::Reason;
+use mmkit_qemu_common::memmap::MemoryMap;
+use mmkit_qemu_common::mm_checks::ProbeOutcome;
+use mmkit_qemu_common::{ensure, fail};
+
+use crate::exceptions::{self, EC_DATA_ABORT_SAME_EL};
+use crate::mmu::{self, DIRECT_MAP_BASE, UPPER};
+use crate::platform::Bsp;
+
+/// Physical memory the direct map may cover: the lower half of the TTBR1 space (128 TiB),
+/// leaving the upper half to vmalloc (Linux arm64 with 48-bit VAs splits it the same way).
+pub const DIRECT_MAP_SPAN: u64 = 1 << 47;
+
+/// The kernel map the facade uses: the direct map.
+// SAFETY: `selftest` boots the facade only after `mmu::enable` loaded a TTBR1 table mapping
+// every RAM range RW at `DIRECT_MAP_BASE + pa`, and the facade's own table, loaded later,
+// maps the same (`mmu::populate_upper`); `DIRECT_MAP_BASE + 2^47` does not wrap.
+pub static KERNEL_MAP: LinearMap = unsafe { LinearMap::new(DIRECT_MAP_BASE, DIRECT_MAP_SPAN) };
+
+/// Start of the vmalloc window: the upper half of the TTBR1 space.
+pub const VMALLOC_BASE: u64 = DIRECT_MAP_BASE + DIRECT_MAP_SPAN;
+/// Size of the vmalloc window (1 GiB keeps the slot bitmaps at 96 KiB).
+pub const VMALLOC_SIZE: u64 = 1 << 30;
+
+/// The kernel's memory manager.
+pub type KernelMm = Mm<'static, Bsp, Aarch64>;
+
+/// Step 1 (module docs): boot mmkit from the device tree with `reserved` kept out.
+pub fn boot(dtb: &[u8], reserved: &[PhysRange]) -> Result<KernelMm, BootError> {
+    let window = VirtRange::from_start_size(VirtAddr::new(VMALLOC_BASE), VMALLOC_SIZE)
+        .unwrap_or(VirtRange::EMPTY);
+    // SAFETY: everything in use is in `reserved` or in the tree's own reservations (kernel
+    // image with its stack; the device tree; the interim page tables); the free RAM is unused
+    // (the earlier checks are done with theirs), and the direct map reaches all RAM.
+    let mut builder = unsafe { MmBuilder::new(Bsp, &KERNEL_MAP) }.device_tree(dtb);
+    for r in reserved {
+        builder = builder.reserve(*r);
+    }
+    builder.vmalloc_area(UPPER, window).boot()
+}
+
+/// Step 2 (module docs): map the direct map into the facade's table and load it into TTBR1.
+/// Returns the root now in TTBR1.
+pub fn adopt_page_table(mm: &KernelMm, map: &MemoryMap) -> Result<u64, Reason> {
+    let adopted = mm.with_page_table(|pt| {
+        mmu::populate_upper(pt, map).map_err(|e| Reason::new(format_args!("{e:?}")))?;
+        if let Err(e) = pt.verify() {
+            fail!("verify: {e:?}");
+        }
+        // SAFETY: EL1 with the MMU on; the new table maps the direct map exactly as the
+        // interim one did (the only TTBR1 addresses in use), and lives inside `mm`, which the
+        // kernel keeps until it exits, changed only through vmalloc with its flushes.
+        let mut t = tlb();
+        // The new table's writes reach the walker before TTBR1 points at it.
+        t.begin();
+        unsafe { aarch64_hw::load_ttbr(pt.root(), false) };
+        t.invalidate_all();
+        t.finish();
+        pt.set_live(true);
+        Ok(pt.root().as_u64())
+    });
+    let root = adopted.unwrap_or_else(|| Err(Reason::new(format_args!("no kernel page table"))))?;
+    let (_, t1) = mmu::current_roots();
+    ensure!(t1 == root, "TTBR1 {t1:#x}, table root {root:#x}");
+    Ok(root)
+}
+
+/// Read a word at `va` through the exception table and classify what happened.
+pub fn probe(va: VirtAddr) -> ProbeOutcome {
+    // SAFETY: a faulting read is caught by the exception table and touches nothing; a
+    // successful one reads a mapped kernel address.
+    match unsafe { exceptions::read_u64_nofault(va.as_u64()) } {
+        Ok(_) => ProbeOutcome::Readable,
+        Err(f)
+            if f.class() == EC_DATA_ABORT_SAME_EL
+                && exceptions::is_translation_fault(f.status_code())
+                && f.far == va.as_u64() =>
+        {
+            ProbeOutcome::NotPresentFault
+        }
+        Err(f) => ProbeOutcome::OtherFault(Reason::new(format_args!(
+            "ESR {:#x}, FAR {:#x}",
+            f.esr, f.far
+        ))),
+    }
+}
+
+/// The kernel's TLB invalidation for vmalloc's flush tokens.
+pub fn tlb() -> InnerShareableTlb {
+    // SAFETY: EL1; ASID 0 is the only one in use.
+    unsafe { InnerShareableTlb::new() }
+}

@@ -1,0 +1,197 @@
+//! mmkit brought up through its facade, on the kernel's own page table, as the global allocator.
+//!
+//! Sequence (called by `selftest` once the interim tables built from the bootmem-kept pool are
+//! live, so the direct map reaches all RAM):
+//!
+//! 1. [`boot`]: [`MmBuilder`] over the PVH e820 table (bootmem's e820 ingestion), with the
+//!    kernel image, the boot data, the low 1 MiB and the interim table pool reserved; the
+//!    platform hooks are the boot CPU ([`Bsp`]: one CPU, the real `cli`/`sti` guard); the
+//!    kernel map is the direct map ([`KERNEL_MAP`]); the facade creates its kernel page table
+//!    (4-level) with a vmalloc window at [`VMALLOC_BASE`] (Linux's `VMALLOC_START` for 4-level
+//!    paging).
+//! 2. [`adopt_page_table`]: the kernel's address space (identity with the W^X image, direct
+//!    map: [`mmu::populate`]) is mapped into the facade's table, whose frames come from the
+//!    buddy (the facade's `TableFrames`), and CR3 is switched to it. From then on vmalloc maps
+//!    into the live table and its flush tokens go to [`LocalTlb`] (`invlpg` / CR3 reload).
+//! 3. [`install_global`]: the `Mm` becomes the `#[global_allocator]` ([`GLOBAL`]), and
+//!    `alloc` collections run on it.
+//!
+//! The interim tables' pool stays reserved (a few hundred KiB; the facade has no call to hand
+//! a reserved range to the buddy after boot).
+
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt::Write;
+
+use mmkit::addr::{PhysRange, VirtAddr, VirtRange};
+use mmkit::bootmem::firmware::e820::{E820Entry, E820Type};
+use mmkit::pgtable::arch::x86_64::X86_64;
+use mmkit::pgtable::arch::x86_64_hw::LocalTlb;
+use mmkit::{BootError, GlobalMm, LinearMap, Mm, MmBuilder};
+use mmkit_qemu_common::harness::{CheckResult, Reason};
+use mmkit_qemu_common::memmap::MemoryMap;
+use mmkit_qemu_common::mm_checks::ProbeOutcome;
+use mmkit_qemu_common::{ensure, fail};
+
+use crate::memmap::BootInfo;
+use crate::mmu::{self, PagingFeatures, DIRECT_MAP_BASE, DIRECT_MAP_LIMIT};
+use crate::platform::Bsp;
+use crate::traps::{self, Fault, VECTOR_PAGE_FAULT};
+
+/// The kernel map the facade uses: the direct map.
+// SAFETY: `selftest` boots the facade only after `mmu::switch_to` loaded tables mapping every
+// RAM range RW at `DIRECT_MAP_BASE + pa` (`mmu::populate`), and the facade's own table, loaded
+// later, maps the same; the sum cannot wrap.
+pub static KERNEL_MAP: LinearMap = unsafe { LinearMap::new(DIRECT_MAP_BASE, DIRECT_MAP_LIMIT) };
+
+/// Start of the vmalloc window (Linux x86_64 4-level `VMALLOC_START`).
+pub const VMALLOC_BASE: u64 = 0xffff_c900_0000_0000;
+/// Size of the vmalloc window (Linux has 32 TiB; 1 GiB keeps the slot bitmaps at 96 KiB).
+pub const VMALLOC_SIZE: u64 = 1 << 30;
+
+/// The kernel's memory manager.
+pub type KernelMm = Mm<'static, Bsp, X86_64>;
+
+/// The kernel's heap: mmkit's `GlobalAlloc` adapter (kmalloc up to its largest class, whole
+/// buddy blocks above). Allocations fail until [`install_global`].
+#[global_allocator]
+pub static GLOBAL: GlobalMm<Bsp, X86_64> = GlobalMm::new();
+
+/// The PVH memory map as e820 entries for bootmem's ingestion. Call it while the boot
+/// tables are loaded: the PVH table may sit in page 0, which the kernel's own tables leave
+/// unmapped.
+pub fn e820_entries(info: &BootInfo) -> ([E820Entry; MemoryMap::CAPACITY], usize) {
+    let mut entries = [E820Entry::new(0, 0, E820Type::Ram); MemoryMap::CAPACITY];
+    let n = info.firmware_table.len().min(entries.len());
+    for (out, e) in entries.iter_mut().zip(info.firmware_table) {
+        *out = E820Entry {
+            addr: e.addr,
+            size: e.size,
+            kind: e.entry_type,
+        };
+    }
+    (entries, n)
+}
+
+/// Step 1 (module docs): boot mmkit from the e820 map with `reserved` kept out.
+pub fn boot(e820: &[E820Entry], reserved: &[PhysRange]) -> Result<KernelMm, BootError> {
+    let window = VirtRange::from_start_size(VirtAddr::new(VMALLOC_BASE), VMALLOC_SIZE)
+        .unwrap_or(VirtRange::EMPTY);
+    // SAFETY: everything in use is in `reserved` (kernel image with its stack, boot tables
+    // and IDT; the PVH start info, map and command line; the low 1 MiB; the interim page
+    // tables), the free RAM is unused (the earlier checks are done with theirs), and the
+    // direct map reaches all RAM.
+    let mut builder = unsafe { MmBuilder::new(Bsp, &KERNEL_MAP) }.e820(e820);
+    for r in reserved {
+        builder = builder.reserve(*r);
+    }
+    builder.vmalloc_area(X86_64::FOUR_LEVEL, window).boot()
+}
+
+/// Step 2 (module docs): map the kernel into the facade's table and load it into CR3.
+/// Returns the root now in CR3.
+pub fn adopt_page_table(
+    mm: &KernelMm,
+    map: &MemoryMap,
+    cpu: PagingFeatures,
+) -> Result<u64, Reason> {
+    let adopted = mm.with_page_table(|pt| {
+        mmu::populate(pt, map, cpu).map_err(|e| Reason::new(format_args!("{e:?}")))?;
+        if let Err(e) = pt.verify() {
+            fail!("verify: {e:?}");
+        }
+        // SAFETY: `populate` mapped the whole kernel image, the low memory holding the boot
+        // data and everything else below 4 GiB the kernel touches, and the direct map; the
+        // table lives inside `mm`, which the kernel keeps until it exits, and changes only
+        // through vmalloc with its flushes.
+        unsafe { mmu::switch_to(pt) };
+        Ok(pt.root().as_u64())
+    });
+    let root = adopted.unwrap_or_else(|| Err(Reason::new(format_args!("no kernel page table"))))?;
+    let cr3 = mmu::current_root();
+    ensure!(cr3 == root, "CR3 {cr3:#x}, table root {root:#x}");
+    Ok(root)
+}
+
+/// Read a word at `va` through the exception table and classify what happened.
+pub fn probe(va: VirtAddr) -> ProbeOutcome {
+    // SAFETY: a faulting read is caught by the exception table and touches nothing; a
+    // successful one reads a mapped kernel address.
+    match unsafe { traps::read_u64_nofault(va.as_u64()) } {
+        Ok(_) => ProbeOutcome::Readable,
+        Err(Fault {
+            vector: VECTOR_PAGE_FAULT,
+            error_code: 0,
+            address,
+        }) if address == va.as_u64() => ProbeOutcome::NotPresentFault,
+        Err(f) => ProbeOutcome::OtherFault(Reason::new(format_args!("{f:?}"))),
+    }
+}
+
+/// The kernel's TLB invalidation for vmalloc's flush tokens.
+pub fn tlb() -> LocalTlb {
+    // SAFETY: one CPU, and no interrupt handler touches the page tables.
+    unsafe { LocalTlb::new() }
+}
+
+/// Step 3 (module docs): make `mm` the global allocator.
+pub fn install_global(mm: KernelMm) -> Result<&'static KernelMm, Reason> {
+    GLOBAL
+        .init(mm)
+        .map_err(|_| Reason::new(format_args!("a global allocator is installed already")))
+}
+
+/// `Vec`, `String` and `BTreeMap` on the global allocator: growth through several kmalloc
+/// classes into buddy blocks, contents checked, and every byte given back (the kmalloc and
+/// page count returns to where it was: the large `Vec` buffers are whole buddy blocks).
+pub fn collections_on_global(mm: &KernelMm) -> CheckResult {
+    let before = mm.meminfo();
+    {
+        let mut v: Vec<u64> = Vec::new();
+        for i in 0..100_000u64 {
+            v.push(i * 3);
+        }
+        ensure!(v.len() == 100_000, "Vec holds {} elements", v.len());
+        ensure!(
+            v.iter().enumerate().all(|(i, &x)| x == i as u64 * 3),
+            "Vec contents changed"
+        );
+        let heap = v.as_ptr() as u64;
+        ensure!(
+            GLOBAL.owns(v.as_ptr().cast()),
+            "Vec's {} KiB buffer at {heap:#x} is not mmkit memory",
+            v.capacity() * 8 / 1024
+        );
+        let mut tree = BTreeMap::new();
+        for i in 0..5_000u32 {
+            let mut name = String::new();
+            let _ = write!(name, "key-{:05}", i.wrapping_mul(7919) % 5_000);
+            tree.insert(name, i);
+        }
+        ensure!(tree.len() == 5_000, "BTreeMap holds {} keys", tree.len());
+        let mut last: Option<&String> = None;
+        for k in tree.keys() {
+            ensure!(last.is_none_or(|l| l < k), "BTreeMap out of order at {k}");
+            last = Some(k);
+        }
+        for i in (0..5_000u32).step_by(2) {
+            let mut name = String::new();
+            let _ = write!(name, "key-{i:05}");
+            ensure!(tree.remove(&name).is_some(), "{name} missing");
+        }
+        ensure!(
+            tree.len() == 2_500,
+            "BTreeMap holds {} keys after removals",
+            tree.len()
+        );
+    }
+    let after = mm.meminfo();
+    ensure!(
+        after.pages_kb == before.pages_kb,
+        "alloc_pages memory went from {:?} KiB to {:?} KiB after the collections were dropped",
+        before.pages_kb,
+        after.pages_kb
+    );
+    Ok(())
+}
