@@ -72,12 +72,12 @@ pub fn adopt_page_table(mm: &KernelMm, map: &MemoryMap) -> Result<u64, Reason> {
         if let Err(e) = pt.verify() {
             fail!("verify: {e:?}");
         }
-        // SAFETY: EL1 with the MMU on; the new table maps the direct map exactly as the
-        // interim one did (the only TTBR1 addresses in use), and lives inside `mm`, which the
-        // kernel keeps until it exits, changed only through vmalloc with its flushes.
         let mut t = tlb();
         // The new table's writes reach the walker before TTBR1 points at it.
         t.begin();
+        // SAFETY: EL1 with the MMU on; the new table maps the direct map exactly as the
+        // interim one did (the only TTBR1 addresses in use), and lives inside `mm`, which the
+        // kernel keeps until it exits, changed only through vmalloc with its flushes.
         unsafe { aarch64_hw::load_ttbr(pt.root(), false) };
         t.invalidate_all();
         t.finish();
