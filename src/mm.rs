@@ -283,10 +283,15 @@ impl<'m, P: IrqControl, F: PagingFormat> Mm<'m, P, F> {
     }
 
     /// Walk physical memory pageblock by pageblock with its frame counts (free, reserved,
-    /// holes, allocated per mobility). A lock-free snapshot.
+    /// holes, allocated per mobility) and its migrate type. A lock-free snapshot.
     pub fn pageblock_census(&self, mut f: impl FnMut(&PageblockCensus)) {
-        let order = self.pages.buddy.config().pageblock_order;
-        self.pages.owners.census(order, &mut f);
+        let buddy = &self.pages.buddy;
+        let order = buddy.config().pageblock_order;
+        self.pages.owners.census(order, &mut |c: &PageblockCensus| {
+            let mut c = *c;
+            c.migratetype = buddy.pageblock_migratetype(Pfn::new(c.pfn));
+            f(&c)
+        });
     }
 
     /// Run every invariant scanner: the buddy's, every kmalloc cache's, the kernel page

@@ -118,6 +118,8 @@ pub struct PageblockCensus {
     pub hole: u32,
     /// Allocated frames per mobility (unmovable, movable, reclaimable).
     pub by_mobility: [u32; 3],
+    /// The pageblock's migrate type in the buddy allocator (`None` outside every zone).
+    pub migratetype: Option<MigrateType>,
 }
 
 impl PageblockCensus {
@@ -129,6 +131,22 @@ impl PageblockCensus {
     /// How many mobility classes hold frames here (2 or 3 means a mixed pageblock).
     pub fn mobilities(&self) -> usize {
         self.by_mobility.iter().filter(|&&n| n > 0).count()
+    }
+
+    /// Whether the pageblock holds allocations of more than one mobility, or of a mobility
+    /// other than its migrate type: the blocks that keep large allocations from forming.
+    pub fn is_mixed(&self) -> bool {
+        if self.mobilities() > 1 {
+            return true;
+        }
+        match self.migratetype {
+            Some(mt) if mt.index() < self.by_mobility.len() => self
+                .by_mobility
+                .iter()
+                .enumerate()
+                .any(|(i, &n)| n > 0 && i != mt.index()),
+            _ => false,
+        }
     }
 }
 

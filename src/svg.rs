@@ -2,10 +2,11 @@
 //! fragmentation.
 //!
 //! Cells run left to right, [`COLUMNS`] pageblocks per row, from the lowest frame of memory.
-//! A cell's colour is the mobility holding most of its allocated frames ([`PALETTE`]); its
-//! opacity is the fraction of the pageblock in use; a black outline marks a **mixed**
-//! pageblock (frames of two or three mobilities — the blocks that keep large allocations
-//! from forming). Free pageblocks are pale grey, reserved ones dark grey, holes blank. Zone
+//! A cell's colour is the pageblock's migrate type in the buddy allocator ([`PALETTE`]); a
+//! free pageblock is a light tint of it, and a used one is solid in proportion to the share
+//! of its frames in use; a black outline marks a **mixed** pageblock (allocations of two or
+//! three mobilities, or of a mobility other than the block's type — the blocks that keep
+//! large allocations from forming). Reserved pageblocks are dark grey, holes blank. Zone
 //! starts are marked by a blue bar with the zone's name. The SVG is written through
 //! `core::fmt`, so a kernel could emit it on a console too.
 
@@ -24,14 +25,20 @@ pub const COLUMNS: u64 = 128;
 const CELL: u64 = 7;
 /// Left margin for the address labels.
 const MARGIN: u64 = 110;
+/// Rows per address label.
+const LABEL_EVERY: usize = 2;
 /// Top margin for the title and legend.
 const TOP: u64 = 74;
 
-/// Fill colours for unmovable, movable, reclaimable (the matplotlib "tab10" red, green,
-/// orange, chosen to stay distinguishable for most colour-blind readers with the outline).
-pub const PALETTE: [&str; 3] = ["#d62728", "#2ca02c", "#ff7f0e"];
-const FREE: &str = "#e6e6e6";
+/// Fill colours by migrate type, in [`MigrateType::index`](mmkit_buddy::MigrateType::index) order: unmovable, movable,
+/// reclaimable, high-atomic, isolate (the matplotlib "tab10" red, green, orange, purple,
+/// brown, chosen to stay distinguishable for most colour-blind readers with the outline).
+pub const PALETTE: [&str; 5] = ["#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"];
+/// Colour of a pageblock outside every zone that holds allocations.
+const UNZONED: &str = "#7f7f7f";
 const RESERVED: &str = "#4d4d4d";
+/// Opacity of a free pageblock's tint.
+const FREE_TINT: f64 = 0.15;
 
 /// `Display` adapter writing the SVG (see [`Mm::svg_map`]).
 pub struct SvgMap<'a, 'm, P: IrqControl, F: PagingFormat> {
@@ -48,28 +55,22 @@ impl<'m, P: IrqControl, F: PagingFormat> Mm<'m, P, F> {
 
 fn cell_style(c: &PageblockCensus, pb_frames: u32) -> (&'static str, f64, bool) {
     let used = c.used();
-    if used == 0 {
-        if c.reserved > 0 && c.reserved + c.hole >= pb_frames / 2 {
-            return (RESERVED, 1.0, false);
-        }
-        if c.hole == pb_frames {
-            return ("none", 0.0, false);
-        }
-        return (FREE, 1.0, false);
+    if used == 0 && c.hole == pb_frames {
+        return ("none", 0.0, false);
     }
-    let (dominant, _) = c
-        .by_mobility
-        .iter()
-        .enumerate()
-        .max_by_key(|(_, n)| **n)
-        .unwrap_or((0, &0));
+    if used == 0 && c.reserved > 0 && c.reserved + c.hole >= pb_frames / 2 {
+        return (RESERVED, 1.0, false);
+    }
+    let colour = c
+        .migratetype
+        .and_then(|mt| PALETTE.get(mt.index()).copied())
+        .unwrap_or(UNZONED);
+    if used == 0 {
+        return (colour, FREE_TINT, false);
+    }
     let managed = (pb_frames - c.hole - c.reserved).max(1);
     let fill = f64::from(used) / f64::from(managed);
-    (
-        PALETTE[dominant],
-        0.3 + 0.7 * fill.min(1.0),
-        c.mobilities() > 1,
-    )
+    (colour, 0.3 + 0.7 * fill.min(1.0), c.is_mixed())
 }
 
 impl<P: IrqControl, F: PagingFormat> fmt::Display for SvgMap<'_, '_, P, F> {
@@ -100,16 +101,17 @@ impl<P: IrqControl, F: PagingFormat> fmt::Display for SvgMap<'_, '_, P, F> {
             r##"<text x="8" y="32">one cell = one {pb_mib} MiB pageblock, {COLUMNS} per row; free in max-order blocks: {:.1}%</text>"##,
             h.percent()
         )?;
-        let legend: [(&str, &str, bool); 6] = [
+        let legend: [(&str, &str, bool); 7] = [
             (PALETTE[0], "unmovable", false),
             (PALETTE[1], "movable", false),
             (PALETTE[2], "reclaimable", false),
-            (FREE, "free", false),
+            (PALETTE[3], "high-atomic", false),
+            (PALETTE[4], "isolate", false),
             (RESERVED, "reserved", false),
             ("white", "mixed (outline)", true),
         ];
         for (i, (colour, name, outline)) in legend.iter().enumerate() {
-            let x = 8 + i as u64 * 130;
+            let x = 8 + i as u64 * 118;
             let stroke = if *outline {
                 r##" stroke="black" stroke-width="1.5""##
             } else {
@@ -123,9 +125,10 @@ impl<P: IrqControl, F: PagingFormat> fmt::Display for SvgMap<'_, '_, P, F> {
         }
         writeln!(
             f,
-            r##"<text x="8" y="68">opacity = share of the pageblock in use</text>"##
+            r##"<text x="8" y="68">colour = the pageblock's migrate type; light tint = free, solid = share in use</text>"##
         )?;
-        for row in 0..rows {
+        // An address label on every LABEL_EVERY-th row: the font is taller than a cell.
+        for row in (0..rows).step_by(LABEL_EVERY) {
             let pa = (first + row * COLUMNS * pb) * PAGE_SIZE;
             writeln!(
                 f,
@@ -206,28 +209,43 @@ impl fmt::Display for Escaped<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mmkit_buddy::MigrateType;
 
     #[test]
-    fn mixed_pageblock_is_outlined_in_its_dominant_colour() {
+    fn used_pageblock_takes_its_migratetype_colour_and_mixed_is_outlined() {
         let c = PageblockCensus {
             pfn: 0,
             free: 100,
             by_mobility: [10, 400, 2],
+            migratetype: Some(MigrateType::Movable),
             ..Default::default()
         };
         let (fill, opacity, mixed) = cell_style(&c, 512);
         assert_eq!(fill, PALETTE[1]);
         assert!(mixed);
         assert!(opacity > 0.8 && opacity <= 1.0);
+        // Only movable allocations in a movable block: not mixed.
+        let pure = PageblockCensus {
+            by_mobility: [0, 512, 0],
+            ..c
+        };
+        assert!(!cell_style(&pure, 512).2);
+        // Movable allocations that fell back into an unmovable block: mixed, unmovable colour.
+        let stolen = PageblockCensus {
+            migratetype: Some(MigrateType::Unmovable),
+            ..pure
+        };
+        assert_eq!(cell_style(&stolen, 512), (PALETTE[0], 1.0, true));
     }
 
     #[test]
     fn free_reserved_and_hole_blocks_get_their_own_styles() {
         let free = PageblockCensus {
             free: 512,
+            migratetype: Some(MigrateType::Reclaimable),
             ..Default::default()
         };
-        assert_eq!(cell_style(&free, 512).0, FREE);
+        assert_eq!(cell_style(&free, 512), (PALETTE[2], FREE_TINT, false));
         let reserved = PageblockCensus {
             reserved: 512,
             ..Default::default()

@@ -14,7 +14,7 @@
 use core::fmt;
 use core::sync::atomic::Ordering::Relaxed;
 
-use mmkit_addr::IrqControl;
+use mmkit_addr::{IrqControl, Pfn};
 
 use crate::allocator::BuddyAllocator;
 use crate::migrate::{MigrateType, NR_MIGRATE_TYPES};
@@ -86,6 +86,16 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             }
         }
         c
+    }
+
+    /// The migrate type of the pageblock holding `pfn` (Linux's
+    /// `get_pageblock_migratetype`), or `None` for a frame outside every zone. Read without
+    /// the zone lock, so a concurrent claim may make it stale at once: a snapshot for
+    /// reports and memory maps.
+    pub fn pageblock_migratetype(&self, pfn: Pfn) -> Option<MigrateType> {
+        let (n, _) = self.locate(pfn.as_u64())?;
+        let start = pfn.as_u64() & !((1u64 << self.cfg.pageblock_order) - 1);
+        n.mm.contains(start).then(|| n.mm.desc(start).block_type())
     }
 
     /// Free frames obtainable as blocks of at least `order` (on the zones' lists, every
@@ -195,7 +205,7 @@ impl<P: IrqControl> fmt::Display for ZoneInfo<'_, '_, P> {
 mod tests {
     use crate::testutil::{build, mib, no_pcp};
     use crate::{GfpFlags, MigrateType};
-    use mmkit_addr::Order;
+    use mmkit_addr::{Order, Pfn};
     use std::string::ToString;
 
     #[test]
@@ -231,6 +241,19 @@ mod tests {
         assert_eq!(c.total, 8);
         assert_eq!(c.by_type[MigrateType::Unmovable.index()], 2);
         assert_eq!(c.holding[MigrateType::Unmovable.index()], 1);
+    }
+
+    #[test]
+    fn pageblock_migratetype_follows_claims() {
+        let b = build(&[&[mib(16, 16)]], no_pcp(), 1);
+        let pb = |pfn: u64| b.pageblock_migratetype(Pfn::new(pfn));
+        // Boot leaves every pageblock movable, as Linux's memmap_init does.
+        assert_eq!(pb(0x1000), Some(MigrateType::Movable));
+        let got = b.alloc_pages(GfpFlags::KERNEL, Order::new(9)).unwrap();
+        assert_eq!(pb(got.as_u64() + 7), Some(MigrateType::Unmovable));
+        // Outside the zone: no pageblock.
+        assert_eq!(pb(0), None);
+        assert_eq!(pb(0x2000), None);
     }
 
     #[test]
