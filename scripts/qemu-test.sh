@@ -24,7 +24,7 @@
 # Time on the 2-core development machine (second round: both kernels on the facade, core and
 # alloc built from source, other engineers' builds sharing the machine): cold (empty target
 # dir) 6.0 min in all (host tests ~1 min, x86_64 build 196 s, aarch64 build 100 s, 10 boots
-# ~15 s); warm 45 s when the mmkit crates changed since the last build, ~15 s when nothing did.
+# ~4 s); warm 45 s when the mmkit crates changed since the last build, 6 s when nothing did.
 #
 # Needs (installed by .ci/run; this script installs nothing):
 #   Debian's rustc/cargo with library sources: apt-get install rustc-web cargo-web rust-web-src
