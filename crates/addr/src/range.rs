@@ -125,10 +125,14 @@ macro_rules! range_type {
                     && other.end.as_u64() <= self.end.as_u64()
             }
 
-            /// Whether the two ranges share at least one address.
+            /// Whether the two ranges share at least one address (an empty range shares
+            /// none, so it overlaps nothing).
             #[inline]
             pub const fn overlaps(&self, other: &Self) -> bool {
-                self.start.as_u64() < other.end.as_u64() && other.start.as_u64() < self.end.as_u64()
+                !self.is_empty()
+                    && !other.is_empty()
+                    && self.start.as_u64() < other.end.as_u64()
+                    && other.start.as_u64() < self.end.as_u64()
             }
 
             /// Whether the two ranges overlap or touch end to start.
@@ -306,6 +310,9 @@ mod tests {
         assert_eq!(a.intersect(&pr(0x2000, 0x5000)), Some(pr(0x2000, 0x3000)));
         assert!(a.contains_range(&pr(0x1000, 0x3000)));
         assert!(!a.contains(PhysAddr::new(0x3000)));
+        // An empty range inside another shares no address with it.
+        assert!(!a.overlaps(&pr(0x2000, 0x2000)));
+        assert!(!pr(0x2000, 0x2000).overlaps(&a));
     }
 
     #[test]
