@@ -594,6 +594,10 @@ mod tests {
         .join()
         .unwrap();
         assert!(q.as_u64() < 32 * 256, "CPU 1 is on node 0");
+        assert_eq!((b.cpu_node(0), b.cpu_node(1), b.cpu_node(7)), (1, 0, 0));
+        assert_eq!(b.pfn_node(p), Some(1));
+        assert_eq!(b.pfn_node(q), Some(0));
+        assert_eq!(b.pfn_node(Pfn::new(1 << 30)), None);
     }
 
     #[test]

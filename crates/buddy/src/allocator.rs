@@ -317,15 +317,27 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         if self.cpu_nodes.is_empty() {
             return 0;
         }
-        let nid = self
-            .cpu_nodes
-            .get(self.platform.current_cpu())
-            .map_or(0, |&n| usize::from(n));
-        if self.node(nid).is_some() {
+        self.cpu_node(self.platform.current_cpu())
+    }
+
+    /// The node of CPU `cpu` (Linux `cpu_to_node`): what [`set_cpu_nodes`](Self::set_cpu_nodes)
+    /// said, or 0 for CPUs it did not cover and nodes without memory.
+    #[inline]
+    pub fn cpu_node(&self, cpu: usize) -> usize {
+        let nid = self.cpu_nodes.get(cpu).map_or(0, |&n| usize::from(n));
+        if nid == 0 || self.node(nid).is_some() {
             nid
         } else {
             0
         }
+    }
+
+    /// The node whose memmap covers `pfn` (Linux `pfn_to_nid`), or `None` for a frame no node
+    /// has.
+    pub fn pfn_node(&self, pfn: Pfn) -> Option<usize> {
+        self.nodes[..self.nr_nodes]
+            .iter()
+            .position(|n| n.mm.contains(pfn.as_u64()))
     }
 
     /// Register the low-watermark hook (replacing any previous one).
