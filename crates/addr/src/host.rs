@@ -142,17 +142,50 @@ unsafe impl CpuTopology for HostPlatform {
 
 // SAFETY: `save_disable` takes the current CPU's lock (re-entrantly for its owner) and
 // `restore` releases it when the outermost section ends, so at most one thread is inside a
-// section for a given CPU at a time.
+// section for a given CPU at a time. `run_on_cpu` holds the target CPU's lock for the whole
+// of `f`, so `f` is excluded from that CPU's sections as they are from each other.
 unsafe impl IrqControl for HostPlatform {
     type State = usize;
 
     #[inline]
     fn save_disable(&self) -> usize {
         let (cpu, me) = self.cpu_and_token();
+        self.lock_cpu(cpu, me);
+        cpu
+    }
+
+    #[inline]
+    unsafe fn restore(&self, cpu: usize) {
+        let lock = &self.cpus[cpu];
+        debug_assert_eq!(lock.owner.load(Ordering::Relaxed), THREAD.with(|t| t.token));
+        if lock.depth.fetch_sub(1, Ordering::Relaxed) == 1 {
+            lock.owner.store(0, Ordering::Release);
+        }
+    }
+
+    /// Takes `cpu`'s lock for the calling thread (as a thread bound to `cpu` would for its
+    /// own section), runs `f`, and releases it.
+    fn run_on_cpu(&self, cpu: usize, f: &(dyn Fn() + Sync)) -> bool {
+        if cpu >= self.cpus.len() {
+            return false;
+        }
+        let me = THREAD.with(|t| t.token);
+        self.lock_cpu(cpu, me);
+        f();
+        // SAFETY: `lock_cpu` just took (or re-entered) this CPU's lock for this thread.
+        unsafe { self.restore(cpu) };
+        true
+    }
+}
+
+impl HostPlatform {
+    /// Take `cpu`'s lock for the thread `me`, re-entrantly.
+    #[inline]
+    fn lock_cpu(&self, cpu: usize, me: u64) {
         let lock = &self.cpus[cpu];
         if lock.owner.load(Ordering::Relaxed) == me {
             lock.depth.fetch_add(1, Ordering::Relaxed);
-            return cpu;
+            return;
         }
         let mut spins = 0u32;
         while lock
@@ -168,16 +201,6 @@ unsafe impl IrqControl for HostPlatform {
             }
         }
         lock.depth.store(1, Ordering::Relaxed);
-        cpu
-    }
-
-    #[inline]
-    unsafe fn restore(&self, cpu: usize) {
-        let lock = &self.cpus[cpu];
-        debug_assert_eq!(lock.owner.load(Ordering::Relaxed), THREAD.with(|t| t.token));
-        if lock.depth.fetch_sub(1, Ordering::Relaxed) == 1 {
-            lock.owner.store(0, Ordering::Release);
-        }
     }
 }
 
@@ -283,6 +306,41 @@ mod tests {
             "a new platform starts its own round-robin"
         );
         assert_eq!(b.current_cpu(), 1);
+    }
+
+    #[test]
+    fn run_on_cpu_excludes_that_cpus_sections() {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Arc;
+        let p = Arc::new(HostPlatform::new(2));
+        p.bind_current_thread(0);
+        assert!(!p.run_on_cpu(2, &|| unreachable!()), "no such CPU");
+        let inside = Arc::new(AtomicBool::new(false));
+        let (p2, in2) = (p.clone(), inside.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || {
+            p2.bind_current_thread(1);
+            let g = p2.irq_save();
+            in2.store(true, Ordering::SeqCst);
+            tx.send(()).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            in2.store(false, Ordering::SeqCst);
+            drop(g);
+        });
+        rx.recv().unwrap();
+        let saw = AtomicBool::new(true);
+        assert!(p.run_on_cpu(1, &|| saw
+            .store(inside.load(Ordering::SeqCst), Ordering::SeqCst)));
+        assert!(
+            !saw.load(Ordering::SeqCst),
+            "ran while CPU 1 was in a section"
+        );
+        t.join().unwrap();
+        // Re-entrant for a thread already inside CPU 0's section.
+        let _g = p.irq_save();
+        let ran = AtomicBool::new(false);
+        assert!(p.run_on_cpu(0, &|| ran.store(true, Ordering::SeqCst)));
+        assert!(ran.load(Ordering::SeqCst));
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! * [`CpuTopology`]: how many CPUs there are and which one runs the caller.
 //! * [`IrqControl`]: disable and restore local interrupts. Inside an [`IrqGuard`] the caller is
 //!   the only context on its CPU that can touch that CPU's per-CPU data, so per-CPU lists need
-//!   no lock. This is the only exclusion per-CPU code relies on.
+//!   no lock. This is the only exclusion per-CPU code relies on. Its optional
+//!   [`run_on_cpu`](IrqControl::run_on_cpu) is the cross-CPU call (an IPI in a kernel) that
+//!   lets a cache drain other CPUs' per-CPU data.
 //! * [`PhysMapper`]: a virtual address for physical memory the kernel can touch, used only for
 //!   explicit requests (zeroing an allocation, slab object storage); the allocators never touch
 //!   free memory.
@@ -42,6 +44,10 @@ pub unsafe trait CpuTopology: Sync {
 /// own* `save_disable` section: the caller is neither preempted by nor interleaved with another
 /// user of the same per-CPU data. In a kernel this holds when local interrupts are off (and no
 /// NMI handler allocates); the host implementation holds a per-CPU lock. Sections nest.
+///
+/// When [`run_on_cpu(cpu, f)`](IrqControl::run_on_cpu) returns `true`, `f` ran to completion
+/// exactly once, as a section of CPU `cpu`: excluded from every other `save_disable` section
+/// on `cpu` exactly as that CPU's own sections are.
 pub unsafe trait IrqControl: CpuTopology {
     /// What `save_disable` saved (on hardware, the previous interrupt flag).
     type State;
@@ -63,6 +69,27 @@ pub unsafe trait IrqControl: CpuTopology {
         Self: Sized,
     {
         IrqGuard::new(self)
+    }
+
+    /// Run `f` on CPU `cpu` with its interrupts off and wait for it (Linux
+    /// `smp_call_function_single(cpu, f, wait = true)`, which a kernel implements with an
+    /// IPI). Returns `false`, without running `f`, if the platform cannot reach `cpu`.
+    ///
+    /// Call it with interrupts on (outside any section): two CPUs waiting for each other's
+    /// call with interrupts off would deadlock, on hardware as on the host.
+    ///
+    /// The default reaches only the calling CPU, which is all a uniprocessor kernel or one
+    /// without cross-CPU calls needs.
+    fn run_on_cpu(&self, cpu: usize, f: &(dyn Fn() + Sync)) -> bool
+    where
+        Self: Sized,
+    {
+        let guard = self.irq_save();
+        if guard.cpu() != cpu {
+            return false;
+        }
+        f();
+        true
     }
 }
 
