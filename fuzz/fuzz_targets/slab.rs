@@ -8,7 +8,7 @@ use std::ptr::NonNull;
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use mmkit_addr::host::HostPlatform;
-use mmkit_slab::testing::{TestGracePeriod, TestPageSource};
+use mmkit_slab::testing::{TestRcu, TestPageSource};
 use mmkit_slab::{Cache, CacheConfig, CacheFlags, FreeError, Gfp, Kmalloc, ZERO_SIZE_PTR};
 
 #[derive(Arbitrary, Debug)]
@@ -57,14 +57,14 @@ fn ctor(p: NonNull<u8>) {
 fuzz_target!(|actions: Vec<Action>| {
     let src = TestPageSource::with_max_order(2 << 20, 6);
     let plat = HostPlatform::new(2);
-    let gp = TestGracePeriod::new();
+    let rcu = TestRcu::new();
     let configs = [
         CacheConfig::new("plain", SIZES[0]),
         CacheConfig::new("ctor", SIZES[1]).ctor(ctor),
         CacheConfig::new("debug", SIZES[2]).flags(CacheFlags::DEBUG),
         CacheConfig::new("rcu", SIZES[3])
             .flags(CacheFlags::TYPESAFE_BY_RCU | CacheFlags::RECLAIM_ACCOUNT)
-            .grace_period(&gp),
+            .rcu(&rcu),
     ];
     let mut caches: Vec<_> = configs
         .iter()
@@ -201,7 +201,7 @@ fuzz_target!(|actions: Vec<Action>| {
             }
             Action::GracePeriod => {
                 // SAFETY: no RCU readers here.
-                unsafe { gp.advance() };
+                unsafe { rcu.advance() };
             }
         }
         for c in caches.iter_mut() {

@@ -7,56 +7,70 @@
 //!   (an O(1) lookup that catches frees of foreign, misaligned and non-slab pointers) and
 //!   rejects the object if it is the one most recently freed on this CPU (SLUB's naive
 //!   double-free check).
-//! * **Refill / flush**: an empty array takes up to `batch` objects from the node's partial
-//!   slabs under the node lock; a full array gives its `batch` oldest objects back to their
-//!   slabs. A free from another CPU is simply absorbed by that CPU's array: arrays hold any
-//!   object of the cache, and flushing returns each to its own slab.
+//! * **Refill / flush**: an empty array takes up to `batch` objects from partial slabs of its
+//!   CPU's node under that node's lock (then from other nodes that hold more than
+//!   `min_partial` partial slabs, as SLUB's `get_any_partial`); a full array gives its `batch`
+//!   oldest objects back to their slabs, each under its own node's lock. A free from another
+//!   CPU of the same node is simply absorbed by that CPU's array: arrays hold any object of
+//!   the cache, and flushing returns each to its own slab.
+//! * **Remote-node free**: an object whose slab lives on another node than the freeing CPU's
+//!   goes straight back to its slab under that node's lock, so arrays do not carry remote
+//!   memory to be handed out again on the wrong node (what Linux's sheaves do).
 //! * **Grow**: with no partial slab, the guard is dropped, a slab is taken from the page
-//!   source and formatted (constructors run here, with interrupts "on"), then published on
-//!   the partial list and the allocation retried.
+//!   source on the CPU's node (the source may fall back to another), formatted (constructors
+//!   run here, with interrupts "on"), published on the partial list of the node its frames
+//!   belong to, and the allocation retried.
+//! * **Node-directed allocation** ([`Cache::alloc_node`], `kmem_cache_alloc_node`): for
+//!   another node than the caller's, an object comes straight from that node's partial slabs
+//!   (or a slab grown there), bypassing the array.
 //! * **Debug path** (any of `CONSISTENCY_CHECKS`, `RED_ZONE`, `POISON`, `STORE_USER`): no
 //!   arrays; every allocation and free takes the node lock and runs the checks (freelist walk
 //!   for double frees, red zone, poison, owner records), as SLUB's debug caches do.
 //!
 //! ## Slab lifetime
-//! A slab that becomes empty stays on the partial list while the node has at most
+//! A slab that becomes empty stays on its node's partial list while the node has at most
 //! `min_partial` partial slabs (`clamp(ilog2(size) / 2, 5, 10)`, SLUB's `set_min_partial`),
 //! otherwise it is released; `shrink` releases every empty slab. In a `TYPESAFE_BY_RCU`
-//! cache, "released" means parked with a grace-period cookie; the pages go back only once
-//! [`GracePeriod::elapsed`] says so (checked on grow, shrink and destroy).
+//! cache, "released" means handed to the kernel's [`Rcu::call_rcu`] with the `RcuHead` in
+//! the slab header; the callback returns the pages after a grace period (SLUB's
+//! `rcu_free_slab`), so a reader that found an object under `rcu_read_lock` may still read
+//! it as memory of this cache.
 //!
 //! ## Lock order
-//! `IrqGuard` (per-CPU exclusion) → node lock (`spin::Mutex<NodeLists>`) → page source
-//! (which may take its own zone locks). The page source is never called with the node lock
-//! held; slabs are formatted and released outside it.
+//! `IrqGuard` (per-CPU exclusion) → one node lock (`spin::Mutex<NodeLists>`) → page source
+//! (which may take its own zone locks). The page source is never called with a node lock
+//! held, and no path holds two node locks at once except `destroy`, which takes them in node
+//! order; slabs are formatted and released outside them.
 //!
 //! ## Nodes
-//! `NodeLists` is per node, as SLUB's `kmem_cache_node`. The platform hooks in mmkit-addr do
-//! not describe NUMA nodes yet, so a cache has exactly one; when they do, the descriptor
-//! holds one `NodeLists` per node and slabs go to the node the page source says their frames
-//! belong to.
+//! `NodeLists` is per node, as SLUB's `kmem_cache_node`: the descriptor holds one per node
+//! of the page source (up to [`MAX_NODES`]), each on its own cache line. A slab is filed
+//! under the node [`PageSource::pfn_node`] reports for its frames, and each CPU's array
+//! knows its CPU's node ([`PageSource::cpu_node`]) from creation.
 //!
 //! ## Storage
 //! The descriptor lives in a block from the page source (`percpu.rs`); the [`Cache`] value is a
 //! handle that may move freely. Slab headers point at the descriptor, which is how `kfree`
-//! finds a cache from a pointer.
+//! finds a cache from a pointer, and how an RCU callback finds its page source.
 
 use core::fmt;
 use core::panic::Location;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use core::sync::atomic::{
+    AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
 
 use mmkit_addr::{IrqControl, Order};
-use spin::Mutex;
+use spin::{Mutex, MutexGuard};
 
 pub use crate::config::{CacheConfig, Ctor};
 use crate::error::{AllocError, CreateError, FreeError, VerifyError};
 use crate::flags::{CacheFlags, Gfp};
 use crate::layout::SlabLayout;
-use crate::page_source::{GracePeriod, PageBlock, PageSource};
+use crate::page_source::{PageBlock, PageSource, Rcu, RcuHead};
 use crate::percpu::{self, CpuArrays, CpuRef};
 use crate::slab::{self, DetachedList, NodeLists, PageKind, SlabParams, SlabPtr};
-use crate::stats::{CacheStats, SlabInfoLine};
+use crate::stats::{CacheStats, NodeStats, SlabInfoLine};
 
 /// Longest cache name, in bytes.
 pub const NAME_MAX: usize = 32;
@@ -64,6 +78,9 @@ pub const NAME_MAX: usize = 32;
 pub const PARTIAL_BOUNDS: (usize, usize) = (5, 10);
 /// Owners listed in a [`LeakReport`].
 pub const LEAK_OWNERS: usize = 4;
+/// Most memory nodes a cache keeps separate lists for; a page source with more has its
+/// higher nodes share the last list.
+pub const MAX_NODES: usize = 8;
 
 static RANDOM_COUNTER: AtomicU64 = AtomicU64::new(0x2545_f491_4f6c_dd1d);
 
@@ -85,11 +102,19 @@ struct SlowCounters {
     poison_corruptions: AtomicU64,
     debug_allocs: AtomicU64,
     debug_frees: AtomicU64,
+    /// Allocations served straight from a node's lists (not through a CPU array).
+    node_allocs: AtomicU64,
+    /// Frees that went straight to a remote node's lists.
+    node_frees: AtomicU64,
 }
 
 fn inc(c: &AtomicU64) {
     c.fetch_add(1, Relaxed);
 }
+
+/// One node's lists on a cache line of its own.
+#[repr(align(64))]
+struct NodeSlot(Mutex<NodeLists>);
 
 /// The cache descriptor, in page-source memory.
 pub(crate) struct CacheCore {
@@ -102,21 +127,62 @@ pub(crate) struct CacheCore {
     gfp: Gfp,
     kmalloc_slot: Option<u16>,
     colour: AtomicUsize,
-    node: Mutex<NodeLists>,
+    nodes: [NodeSlot; MAX_NODES],
+    nr_nodes: usize,
     cpus: CpuArrays,
     block: PageBlock,
     block_order: Order,
     slow: SlowCounters,
+    /// The page source, type-erased, for RCU callbacks (which get only a head).
+    src: *const (),
+    /// Slabs handed to RCU whose callback has not run yet.
+    rcu_pending: AtomicUsize,
 }
 
 static_assertions::const_assert!(core::mem::align_of::<CacheCore>() <= 4096);
+
+impl CacheCore {
+    #[inline]
+    fn node(&self, nid: usize) -> &Mutex<NodeLists> {
+        &self.nodes[nid.min(self.nr_nodes - 1)].0
+    }
+
+    #[inline]
+    fn node_id(&self, nid: usize) -> usize {
+        nid.min(self.nr_nodes - 1)
+    }
+}
+
+/// The RCU callback of a `TYPESAFE_BY_RCU` cache: the grace period is over, so the slab's
+/// pages go back to the page source (SLUB's `rcu_free_slab`).
+///
+/// # Safety
+/// `head` is the `RcuHead` of a slab of a cache over page source `S`, handed to
+/// [`Rcu::call_rcu`] by that cache's `release`, and this is its one callback.
+unsafe fn rcu_free_slab<S: PageSource>(head: NonNull<RcuHead>) {
+    // SAFETY: the header embedding `head` is intact until its pages are freed below, and its
+    // cache identity is the descriptor's address. The descriptor outlives the callback: a
+    // cache with `rcu_pending > 0` refuses to be destroyed, and the count drops only at the
+    // end of this function.
+    let core = unsafe { &*(slab::rcu_slab_cache(head) as *const CacheCore) };
+    // SAFETY: as above; the slab is owned by this callback.
+    let detached = unsafe { slab::rcu_slab(head, &core.params.layout) };
+    // SAFETY: `core.src` is the `&S` the cache was created with (the callback was
+    // instantiated for that `S`), which outlives the cache.
+    let src = unsafe { &*(core.src as *const S) };
+    // SAFETY: the slab came from `src`; nothing refers to it any more.
+    unsafe { slab::release_slab(src, detached) };
+    inc(&core.slow.slabs_freed);
+    core.rcu_pending.fetch_sub(1, Release);
+}
 
 /// Why `destroy` refused: objects are still live (or slabs wait for a grace period).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LeakReport {
     /// Objects still allocated.
     pub live_objects: usize,
-    /// Slabs still waiting for an RCU grace period.
+    /// Slabs handed to RCU whose callback has not run yet (call the kernel's `rcu_barrier`
+    /// and retry, as Linux's `kmem_cache_destroy` does for these caches).
     pub rcu_pending_slabs: usize,
     /// Allocation sites of some live objects (with `STORE_USER`).
     pub owners: [Option<&'static Location<'static>>; LEAK_OWNERS],
@@ -158,10 +224,10 @@ pub struct Cache<'a, S: PageSource, P: IrqControl> {
     core: NonNull<CacheCore>,
     src: &'a S,
     platform: &'a P,
-    grace: Option<&'a dyn GracePeriod>,
+    rcu: Option<&'a dyn Rcu>,
 }
 
-// SAFETY: the descriptor is shared state protected by the node lock (lists), atomics
+// SAFETY: the descriptor is shared state protected by the node locks (lists), atomics
 // (counters) and per-CPU exclusion through `P`'s IrqGuard (arrays); `S` and `P` are Sync.
 unsafe impl<S: PageSource, P: IrqControl> Sync for Cache<'_, S, P> {}
 // SAFETY: as above; the handle holds no thread-bound state.
@@ -176,6 +242,13 @@ impl<S: PageSource, P: IrqControl> fmt::Debug for Cache<'_, S, P> {
     }
 }
 
+/// The node lock currently held while returning objects, switched as objects of other
+/// nodes come along.
+struct HeldNode<'c> {
+    id: usize,
+    lists: MutexGuard<'c, NodeLists>,
+}
+
 impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
     /// Create a cache (`kmem_cache_create`). Takes one block from `src` for the descriptor
     /// and per-CPU arrays; slabs come later, on demand.
@@ -183,8 +256,8 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
         if config.name.len() > NAME_MAX {
             return Err(CreateError::NameTooLong);
         }
-        if config.flags.contains(CacheFlags::TYPESAFE_BY_RCU) && config.grace.is_none() {
-            return Err(CreateError::RcuWithoutGracePeriod);
+        if config.flags.contains(CacheFlags::TYPESAFE_BY_RCU) && config.rcu.is_none() {
+            return Err(CreateError::RcuWithoutCallback);
         }
         let nr_cpus = platform.nr_cpus().max(1);
         let layout = SlabLayout::new(
@@ -197,8 +270,10 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
         let cap = layout.cpu_capacity;
         let bytes = percpu::block_bytes::<CacheCore>(nr_cpus, cap);
         let block_order = Order::for_bytes(bytes as u64).ok_or(CreateError::OutOfMemory)?;
+        let nr_nodes = src.nr_nodes().clamp(1, MAX_NODES);
+        let home = src.cpu_node(platform.current_cpu()).min(nr_nodes - 1);
         let block = src
-            .alloc_pages(block_order, Gfp::empty())
+            .alloc_pages_node(home, block_order, Gfp::empty())
             .ok_or(CreateError::OutOfMemory)?;
         let id = block.ptr.as_ptr() as usize;
         let random = config
@@ -212,10 +287,11 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
         if config.flags.contains(CacheFlags::RECLAIM_ACCOUNT) {
             gfp |= Gfp::RECLAIMABLE;
         }
+        let cpu_node = |cpu: usize| src.cpu_node(cpu).min(nr_nodes - 1);
         // SAFETY: `block` is ours, page aligned and `block_bytes` long (order from its size);
         // it stays allocated until `teardown` frees it after the last use.
         let core = unsafe {
-            percpu::place_descriptor(block, nr_cpus, cap, |cpus| CacheCore {
+            percpu::place_descriptor(block, nr_cpus, cap, cpu_node, |cpus| CacheCore {
                 params: SlabParams {
                     layout,
                     random,
@@ -231,18 +307,21 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
                 gfp,
                 kmalloc_slot: config.kmalloc_slot,
                 colour: AtomicUsize::new(0),
-                node: Mutex::new(NodeLists::new()),
+                nodes: core::array::from_fn(|_| NodeSlot(Mutex::new(NodeLists::new()))),
+                nr_nodes,
                 cpus,
                 block,
                 block_order,
                 slow: SlowCounters::default(),
+                src: src as *const S as *const (),
+                rcu_pending: AtomicUsize::new(0),
             })
         };
         Ok(Self {
             core,
             src,
             platform,
-            grace: config.grace,
+            rcu: config.rcu,
         })
     }
 
@@ -279,6 +358,11 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
         self.core().min_partial
     }
 
+    /// Memory nodes the cache keeps lists for.
+    pub fn nr_nodes(&self) -> usize {
+        self.core().nr_nodes
+    }
+
     pub(crate) fn id(&self) -> usize {
         self.core().params.cache
     }
@@ -287,19 +371,64 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
         self.core().kmalloc_slot
     }
 
+    /// The node of the calling CPU (a preference: the caller may move right after).
+    fn local_node(&self) -> usize {
+        self.core().cpus.node(self.platform.current_cpu())
+    }
+
     /// Allocate one object (`kmem_cache_alloc`). Its contents are whatever the constructor
     /// (or the previous owner) left; with a constructor, a constructed object.
     #[track_caller]
     #[inline]
     pub fn alloc(&self) -> Result<NonNull<u8>, AllocError> {
         if self.core().params.layout.cpu_capacity == 0 {
-            return self.alloc_debug(Location::caller());
+            return self.alloc_debug(None, Location::caller());
         }
+        if let Some(obj) = self.alloc_cached(None) {
+            return Ok(obj);
+        }
+        self.alloc_grow()
+    }
+
+    #[cold]
+    fn alloc_grow(&self) -> Result<NonNull<u8>, AllocError> {
         loop {
-            if let Some(obj) = self.alloc_cached() {
+            let grown = self.grow(self.local_node())?;
+            if let Some(obj) = self.alloc_cached(Some(grown)) {
                 return Ok(obj);
             }
-            self.grow()?;
+        }
+    }
+
+    /// Allocate one object from memory of node `node` where the page source has it
+    /// (`kmem_cache_alloc_node`; a node out of range means the last one). For another node
+    /// than the caller's the object comes straight from that node's lists, not through the
+    /// CPU array; if that node has no memory left, the page source's fallback decides.
+    #[track_caller]
+    pub fn alloc_node(&self, node: usize) -> Result<NonNull<u8>, AllocError> {
+        let core = self.core();
+        let node = core.node_id(node);
+        if core.params.layout.cpu_capacity == 0 {
+            return self.alloc_debug(Some(node), Location::caller());
+        }
+        if node == self.local_node() {
+            return self.alloc();
+        }
+        loop {
+            let got = core.node(node).lock().alloc_object(&core.params);
+            if let Some(obj) = got {
+                inc(&core.slow.node_allocs);
+                return Ok(obj);
+            }
+            let grown = self.grow(node)?;
+            if grown != node {
+                // The source fell back to another node: take the object from there.
+                let got = core.node(grown).lock().alloc_object(&core.params);
+                if let Some(obj) = got {
+                    inc(&core.slow.node_allocs);
+                    return Ok(obj);
+                }
+            }
         }
     }
 
@@ -312,9 +441,10 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
         Ok(obj)
     }
 
-    /// Pop from this CPU's array, refilling it from the node once.
+    /// Pop from this CPU's array, refilling it once (from the CPU's node, then `extra`, then
+    /// other nodes with partial slabs to spare).
     #[inline]
-    fn alloc_cached(&self) -> Option<NonNull<u8>> {
+    fn alloc_cached(&self, extra: Option<usize>) -> Option<NonNull<u8>> {
         let core = self.core();
         let guard = self.platform.irq_save();
         // SAFETY: we hold this CPU's guard of the platform the arrays were sized for, and do
@@ -324,15 +454,26 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
             cpu.count_alloc(true);
             return Some(obj);
         }
+        self.refill(&mut cpu, extra)
+    }
+
+    /// Fill an empty array with up to `batch` objects and pop one.
+    #[inline(never)]
+    fn refill(&self, cpu: &mut CpuRef<'_>, extra: Option<usize>) -> Option<NonNull<u8>> {
+        let core = self.core();
         let want = core.batch.min(cpu.room());
-        {
-            let mut node = core.node.lock();
-            for _ in 0..want {
-                match node.alloc_object(&core.params) {
-                    Some(o) => {
-                        cpu.push(o);
-                    }
-                    None => break,
+        let local = cpu.node();
+        let mut got = Self::take_from(core, local, want, 0, cpu);
+        if got == 0 {
+            if let Some(e) = extra.filter(|&e| e != local) {
+                got = Self::take_from(core, e, want, 0, cpu);
+            }
+        }
+        if got == 0 && core.nr_nodes > 1 {
+            for nid in (0..core.nr_nodes).filter(|&n| n != local && Some(n) != extra) {
+                got = Self::take_from(core, nid, want, core.min_partial, cpu);
+                if got > 0 {
+                    break;
                 }
             }
         }
@@ -342,27 +483,63 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
         Some(obj)
     }
 
-    /// Take a slab from the page source and publish it on the partial list.
-    fn grow(&self) -> Result<(), AllocError> {
+    /// Move up to `want` objects from node `nid`'s partial slabs to `cpu`, if the node has
+    /// more than `spare` partial slabs. Returns how many moved.
+    fn take_from(
+        core: &CacheCore,
+        nid: usize,
+        want: usize,
+        spare: usize,
+        cpu: &mut CpuRef<'_>,
+    ) -> usize {
+        let mut node = core.node(nid).lock();
+        if node.nr_partial <= spare && spare > 0 {
+            return 0;
+        }
+        let mut got = 0;
+        while got < want {
+            match node.alloc_object(&core.params) {
+                Some(o) => {
+                    cpu.push(o);
+                    got += 1;
+                }
+                None => break,
+            }
+        }
+        got
+    }
+
+    /// Take a slab from the page source, preferring node `nid`, and publish it on the
+    /// partial list of the node its frames belong to; returns that node.
+    fn grow(&self, nid: usize) -> Result<usize, AllocError> {
         let core = self.core();
-        self.reap_rcu();
-        let Some(block) = self.src.alloc_pages(core.params.layout.order, core.gfp) else {
+        let Some(block) = self
+            .src
+            .alloc_pages_node(nid, core.params.layout.order, core.gfp)
+        else {
             inc(&core.slow.alloc_failures);
             return Err(AllocError::OutOfMemory);
         };
+        let node = core.node_id(self.src.pfn_node(block.pfn));
         let colour = core.colour.fetch_add(1, Relaxed);
         // SAFETY: a fresh block of the slab order from our source, owned here.
-        let slab = unsafe { slab::format_slab(self.src, block, &core.params, colour) };
-        core.node.lock().add_new_slab(slab);
+        let slab = unsafe { slab::format_slab(self.src, block, &core.params, colour, node) };
+        core.node(node).lock().add_new_slab(slab);
         inc(&core.slow.slabs_allocated);
-        Ok(())
+        Ok(node)
     }
 
-    fn alloc_debug(&self, owner: &'static Location<'static>) -> Result<NonNull<u8>, AllocError> {
+    fn alloc_debug(
+        &self,
+        want: Option<usize>,
+        owner: &'static Location<'static>,
+    ) -> Result<NonNull<u8>, AllocError> {
         let core = self.core();
+        let first = want.unwrap_or_else(|| self.local_node());
+        let mut extra = None;
         loop {
-            {
-                let mut node = core.node.lock();
+            for nid in [Some(first), extra].into_iter().flatten() {
+                let mut node = core.node(nid).lock();
                 if let Some(obj) = node.alloc_object(&core.params) {
                     // SAFETY: just taken off our freelist, under the node lock.
                     if !unsafe { slab::debug_on_alloc(&core.params, obj, owner) } {
@@ -372,7 +549,7 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
                     return Ok(obj);
                 }
             }
-            self.grow()?;
+            extra = Some(self.grow(first)?);
         }
     }
 
@@ -445,12 +622,17 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
             // SAFETY: caller's contract.
             return unsafe { self.free_debug(slab, obj, owner) };
         }
-        self.free_cached(obj)
+        // SAFETY: caller's contract.
+        unsafe { self.free_cached(slab, obj) }
     }
 
-    /// Push a validated object on this CPU's array, flushing a batch first if it is full.
+    /// Push a validated object on this CPU's array, flushing a batch first if it is full;
+    /// an object of another node goes back to its slab instead.
+    ///
+    /// # Safety
+    /// As [`free_validated`](Self::free_validated).
     #[inline]
-    fn free_cached(&self, obj: NonNull<u8>) -> Result<(), FreeError> {
+    unsafe fn free_cached(&self, slab: SlabPtr, obj: NonNull<u8>) -> Result<(), FreeError> {
         let core = self.core();
         let mut released = DetachedList::new();
         {
@@ -459,6 +641,11 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
             let mut cpu = unsafe { core.cpus.get(guard.cpu()) };
             if cpu.last() == Some(obj) {
                 return Err(FreeError::DoubleFree);
+            }
+            if slab.node() != cpu.node() {
+                drop(guard);
+                // SAFETY: caller's contract.
+                return unsafe { self.free_remote(slab, obj) };
             }
             let fast = !cpu.is_full();
             if !fast {
@@ -471,32 +658,60 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
         Ok(())
     }
 
+    /// Return `obj` straight to its slab on another node.
+    ///
+    /// # Safety
+    /// As [`free_validated`](Self::free_validated).
+    #[cold]
+    unsafe fn free_remote(&self, slab: SlabPtr, obj: NonNull<u8>) -> Result<(), FreeError> {
+        let core = self.core();
+        let mut released = DetachedList::new();
+        {
+            let mut node = core.node(slab.node()).lock();
+            // SAFETY: the slab is live (the caller owns `obj`) and listed on its node, whose
+            // lock we hold.
+            let empty = unsafe { node.free_object(&core.params, slab, obj) };
+            if empty && node.nr_partial > core.min_partial {
+                // SAFETY: empty slab on our partial list.
+                unsafe { node.detach_empty(slab, &mut released) };
+            }
+            inc(&core.slow.node_frees);
+        }
+        self.release(released);
+        Ok(())
+    }
+
     /// Give the `n` oldest objects of `cpu` back to their slabs; emptied slabs beyond
-    /// `min_partial` go to `out` (or wait for RCU).
+    /// `min_partial` go to `out`.
     fn flush(&self, cpu: &mut CpuRef<'_>, n: usize, out: &mut DetachedList) {
         if n == 0 || cpu.len() == 0 {
             return;
         }
         let core = self.core();
-        let cookie = self.grace.map(|g| g.snapshot());
-        let rcu = core.flags.contains(CacheFlags::TYPESAFE_BY_RCU);
         inc(&core.slow.flushes);
-        let mut node = core.node.lock();
+        let mut held: Option<HeldNode<'_>> = None;
         cpu.take_oldest(n, |obj| {
             // SAFETY: objects in our arrays are objects of this cache counted in their slab's
-            // `inuse`, so the slab is live; we hold the node lock.
+            // `inuse`, so the slab is live.
             let PageKind::Slab(slab) = (unsafe { slab::lookup(self.src, obj) }) else {
                 return;
             };
-            // SAFETY: the slab is on our lists and `obj` is one of its in-use objects.
+            let nid = slab.node();
+            if held.as_ref().map(|h| h.id) != Some(nid) {
+                drop(held.take());
+                held = Some(HeldNode {
+                    id: nid,
+                    lists: core.node(nid).lock(),
+                });
+            }
+            let Some(h) = held.as_mut() else { return };
+            let node = &mut h.lists;
+            // SAFETY: the slab is on the lists of its node, whose lock we hold, and `obj` is
+            // one of its in-use objects.
             let empty = unsafe { node.free_object(&core.params, slab, obj) };
             if empty && node.nr_partial > core.min_partial {
-                match (rcu, cookie) {
-                    // SAFETY: empty slab on our partial list.
-                    (true, Some(c)) => unsafe { node.park_for_rcu(slab, c) },
-                    // SAFETY: as above.
-                    _ => unsafe { node.detach_empty(slab, out) },
-                }
+                // SAFETY: empty slab on our partial list.
+                unsafe { node.detach_empty(slab, out) };
             }
         });
     }
@@ -510,10 +725,9 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
         owner: &'static Location<'static>,
     ) -> Result<(), FreeError> {
         let core = self.core();
-        let cookie = self.grace.map(|g| g.snapshot());
         let mut released = DetachedList::new();
         {
-            let mut node = core.node.lock();
+            let mut node = core.node(slab.node()).lock();
             // SAFETY: the slab is live (caller owns an object of it) and we hold the lock.
             if unsafe { node.on_freelist(&core.params, slab, obj) } {
                 return Err(FreeError::DoubleFree);
@@ -525,12 +739,8 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
             // SAFETY: as above; the slab is listed.
             let empty = unsafe { node.free_object(&core.params, slab, obj) };
             if empty && node.nr_partial > core.min_partial {
-                match cookie.filter(|_| core.flags.contains(CacheFlags::TYPESAFE_BY_RCU)) {
-                    // SAFETY: empty slab on our partial list.
-                    Some(c) => unsafe { node.park_for_rcu(slab, c) },
-                    // SAFETY: as above.
-                    None => unsafe { node.detach_empty(slab, &mut released) },
-                }
+                // SAFETY: empty slab on our partial list.
+                unsafe { node.detach_empty(slab, &mut released) };
             }
             inc(&core.slow.debug_frees);
         }
@@ -543,9 +753,10 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
     pub fn alloc_bulk(&self, out: &mut [Option<NonNull<u8>>]) -> Result<(), AllocError> {
         let core = self.core();
         let mut i = 0;
+        let mut extra = None;
         while i < out.len() {
             if core.params.layout.cpu_capacity == 0 {
-                match self.alloc_debug(Location::caller()) {
+                match self.alloc_debug(None, Location::caller()) {
                     Ok(o) => out[i] = Some(o),
                     Err(e) => return Err(self.undo_bulk(out, i, e)),
                 }
@@ -563,25 +774,17 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
                         i += 1;
                         continue;
                     }
-                    let want = core.batch.min(cpu.room());
-                    let mut got = 0;
-                    let mut node = core.node.lock();
-                    while got < want {
-                        let Some(o) = node.alloc_object(&core.params) else {
-                            break;
-                        };
-                        cpu.push(o);
-                        got += 1;
-                    }
-                    if got == 0 {
+                    let Some(o) = self.refill(&mut cpu, extra) else {
                         break;
-                    }
-                    inc(&core.slow.refills);
+                    };
+                    out[i] = Some(o);
+                    i += 1;
                 }
             }
             if i < out.len() {
-                if let Err(e) = self.grow() {
-                    return Err(self.undo_bulk(out, i, e));
+                match self.grow(self.local_node()) {
+                    Ok(n) => extra = Some(n),
+                    Err(e) => return Err(self.undo_bulk(out, i, e)),
                 }
             }
         }
@@ -616,11 +819,39 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
         Ok(())
     }
 
-    /// Give this CPU's cached objects back to their slabs and release every empty slab (and
-    /// RCU-parked slabs whose grace period has elapsed) to the page source
-    /// (`kmem_cache_shrink`). Other CPUs' arrays are drained by [`drain_all`](Self::drain_all).
-    /// Returns the number of frames released.
+    /// Give every CPU's cached objects back to their slabs and release every empty slab to
+    /// the page source (`kmem_cache_shrink`). Each CPU's array is drained on that CPU through
+    /// [`IrqControl::run_on_cpu`] (SLUB's `flush_all`); arrays of CPUs the platform cannot
+    /// reach keep their objects. Returns the number of frames released (in a
+    /// `TYPESAFE_BY_RCU` cache: handed to RCU, to be freed after the grace period).
+    ///
+    /// Call it with interrupts on (not from inside an `IrqGuard`), as `run_on_cpu` requires.
     pub fn shrink(&self) -> u64 {
+        let core = self.core();
+        let released = AtomicU64::new(0);
+        if core.params.layout.cpu_capacity > 0 {
+            for c in 0..core.cpus.nr_cpus() {
+                let drain = || {
+                    // SAFETY: `run_on_cpu` runs this as a section of CPU `c`: nobody else
+                    // uses `c`'s array meanwhile, and we do not re-enter the cache.
+                    let mut cpu = unsafe { self.core().cpus.get(c) };
+                    let mut out = DetachedList::new();
+                    let n = cpu.len();
+                    self.flush(&mut cpu, n, &mut out);
+                    released.fetch_add(out.len() as u64, Relaxed);
+                    self.release(out);
+                };
+                self.platform.run_on_cpu(c, &drain);
+            }
+        }
+        let mut out = DetachedList::new();
+        let n = self.shrink_nodes(&mut out) + released.load(Relaxed);
+        n * core.params.layout.order.pages()
+    }
+
+    /// Drain this CPU's array and release every empty slab: [`shrink`](Self::shrink) without
+    /// cross-CPU calls, for callers that may have interrupts off. Returns frames released.
+    pub(crate) fn shrink_this_cpu(&self) -> u64 {
         let core = self.core();
         let mut out = DetachedList::new();
         if core.params.layout.cpu_capacity > 0 {
@@ -630,7 +861,7 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
             let n = cpu.len();
             self.flush(&mut cpu, n, &mut out);
         }
-        self.shrink_nodes(&mut out)
+        self.shrink_nodes(&mut out) * core.params.layout.order.pages()
     }
 
     /// Drain every CPU's array and release every empty slab. Needs exclusive access, which
@@ -644,41 +875,37 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
             let n = cpu.len();
             self.flush(&mut cpu, n, &mut out);
         }
-        self.shrink_nodes(&mut out)
+        self.shrink_nodes(&mut out) * core.params.layout.order.pages()
     }
 
+    /// Detach every empty slab of every node into `out`, release them all; returns how many.
     fn shrink_nodes(&self, out: &mut DetachedList) -> u64 {
         let core = self.core();
-        let rcu = core
-            .flags
-            .contains(CacheFlags::TYPESAFE_BY_RCU)
-            .then(|| self.grace.map(|g| g.snapshot()))
-            .flatten();
-        core.node.lock().shrink_empty(0, rcu, out);
-        let n = out.len() as u64 + self.reap_rcu();
-        self.release(core::mem::replace(out, DetachedList::new()));
-        n * core.params.layout.order.pages()
-    }
-
-    /// Release RCU-parked slabs whose grace period has elapsed; returns how many.
-    fn reap_rcu(&self) -> u64 {
-        let Some(grace) = self.grace else { return 0 };
-        let core = self.core();
-        let mut out = DetachedList::new();
-        {
-            let mut node = core.node.lock();
-            if node.nr_rcu == 0 {
-                return 0;
-            }
-            node.reap_rcu(|c| grace.elapsed(c), &mut out);
+        for slot in &core.nodes[..core.nr_nodes] {
+            slot.0.lock().shrink_empty(0, out);
         }
         let n = out.len() as u64;
-        self.release(out);
+        self.release(core::mem::replace(out, DetachedList::new()));
         n
     }
 
+    /// Release detached slabs: to the page source, or in a `TYPESAFE_BY_RCU` cache to the
+    /// kernel's RCU, whose callback frees them after a grace period.
     fn release(&self, mut list: DetachedList) {
         let core = self.core();
+        if let Some(rcu) = self
+            .rcu
+            .filter(|_| core.flags.contains(CacheFlags::TYPESAFE_BY_RCU))
+        {
+            while let Some(head) = list.pop_rcu() {
+                core.rcu_pending.fetch_add(1, Relaxed);
+                // SAFETY: the head is in the header of a slab we own outright (detached,
+                // empty) and not queued; the header stays intact until the callback, which
+                // `rcu_free_slab::<S>` is for a cache over `S` (its contract).
+                unsafe { rcu.call_rcu(head, rcu_free_slab::<S>) };
+            }
+            return;
+        }
         while let Some(s) = list.pop(&core.params.layout) {
             // SAFETY: every slab of this cache comes from `self.src`.
             unsafe { slab::release_slab(self.src, s) };
@@ -692,14 +919,31 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
         s.live_objects
     }
 
+    /// The lists of node `node` (`/sys/kernel/slab/<cache>/partial` and friends).
+    pub fn node_stats(&self, node: usize) -> Option<NodeStats> {
+        let core = self.core();
+        if node >= core.nr_nodes {
+            return None;
+        }
+        let n = core.node(node).lock();
+        Some(NodeStats {
+            partial_slabs: n.nr_partial,
+            full_slabs: n.nr_full,
+            empty_slabs: n.nr_empty,
+            active_objects: n.inuse,
+        })
+    }
+
     /// A snapshot of the counters.
     pub fn stats(&self) -> CacheStats {
         let core = self.core();
         let l = &core.params.layout;
-        let (slabs, rcu, inuse) = {
-            let node = core.node.lock();
-            (node.nr_slabs(), node.nr_rcu, node.inuse)
-        };
+        let (mut slabs, mut inuse) = (0, 0);
+        for slot in &core.nodes[..core.nr_nodes] {
+            let node = slot.0.lock();
+            slabs += node.nr_slabs();
+            inuse += node.inuse;
+        }
         let mut cached = 0usize;
         let (mut fast_a, mut fast_f, mut allocs, mut frees) = (0u64, 0u64, 0u64, 0u64);
         for c in 0..core.cpus.nr_cpus() {
@@ -717,7 +961,7 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
             objects_per_slab: l.objects,
             pages_per_slab: l.order.pages() as usize,
             slabs,
-            rcu_pending_slabs: rcu,
+            rcu_pending_slabs: core.rcu_pending.load(Acquire),
             total_objects: slabs * l.objects,
             active_objects: inuse,
             cpu_cached: cached,
@@ -725,9 +969,13 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
             cpu_limit: core.cpus.capacity(),
             batch: core.batch,
             alloc_fastpath: fast_a,
-            alloc_slowpath: allocs.wrapping_sub(fast_a) + slow.debug_allocs.load(Relaxed),
+            alloc_slowpath: allocs.wrapping_sub(fast_a)
+                + slow.debug_allocs.load(Relaxed)
+                + slow.node_allocs.load(Relaxed),
             free_fastpath: fast_f,
-            free_slowpath: frees.wrapping_sub(fast_f) + slow.debug_frees.load(Relaxed),
+            free_slowpath: frees.wrapping_sub(fast_f)
+                + slow.debug_frees.load(Relaxed)
+                + slow.node_frees.load(Relaxed),
             refills: slow.refills.load(Relaxed),
             flushes: slow.flushes.load(Relaxed),
             slabs_allocated: slow.slabs_allocated.load(Relaxed),
@@ -746,13 +994,20 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
     }
 
     /// Check every invariant: each slab's free count matches its freelist, no object is on
-    /// two freelists or on a freelist and in a per-CPU array, lists and counters agree, the
-    /// per-CPU counters add up, and (debug caches) poison and red zones are intact. Needs
-    /// exclusive access so the per-CPU arrays hold still.
+    /// two freelists or on a freelist and in a per-CPU array, every slab is on the lists of
+    /// its own node, lists and counters agree, the per-CPU counters add up, and (debug
+    /// caches) poison and red zones are intact. Needs exclusive access so the per-CPU arrays
+    /// hold still.
     pub fn verify(&mut self) -> Result<(), VerifyError> {
         let core = self.core();
-        let node = core.node.lock();
-        let summary = node.verify(&core.params)?;
+        let nodes: [Option<MutexGuard<'_, NodeLists>>; MAX_NODES] =
+            core::array::from_fn(|n| (n < core.nr_nodes).then(|| core.nodes[n].0.lock()));
+        let mut inuse = 0;
+        for (nid, node) in nodes.iter().enumerate() {
+            if let Some(node) = node {
+                inuse += node.verify(&core.params, nid)?.inuse;
+            }
+        }
         let nr = core.cpus.nr_cpus();
         let mut cached = 0usize;
         let (mut allocs, mut frees) = (0u64, 0u64);
@@ -764,8 +1019,8 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
             frees = frees.wrapping_add(k.frees);
             for i in 0..cpu.len() {
                 let obj = cpu.get(i).ok_or(VerifyError::CpuArrayCorrupt)?;
-                // SAFETY: we hold the node lock, so no listed slab goes away; an object of a
-                // live slab has a live header.
+                // SAFETY: we hold every node lock, so no listed slab goes away; an object of
+                // a live slab has a live header.
                 let PageKind::Slab(slab) = (unsafe { slab::lookup(self.src, obj) }) else {
                     return Err(VerifyError::CpuArrayCorrupt);
                 };
@@ -774,7 +1029,10 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
                 {
                     return Err(VerifyError::CpuArrayCorrupt);
                 }
-                // SAFETY: the slab is ours and listed; node lock held.
+                let Some(Some(node)) = nodes.get(slab.node()) else {
+                    return Err(VerifyError::CpuArrayCorrupt);
+                };
+                // SAFETY: the slab is ours and listed on `node`, whose lock we hold.
                 if unsafe { node.on_freelist(&core.params, slab, obj) } {
                     return Err(VerifyError::CpuArrayCorrupt);
                 }
@@ -791,54 +1049,76 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
             cached += cpu.len();
         }
         if core.params.layout.cpu_capacity > 0 {
-            let live = allocs.wrapping_sub(frees) as usize;
-            if summary.inuse != live.wrapping_add(cached) {
+            let live = allocs
+                .wrapping_add(core.slow.node_allocs.load(Relaxed))
+                .wrapping_sub(frees)
+                .wrapping_sub(core.slow.node_frees.load(Relaxed)) as usize;
+            if inuse != live.wrapping_add(cached) {
                 return Err(VerifyError::LiveCountMismatch);
             }
         } else {
             let mut result = Ok(());
-            node.for_each_inuse(&core.params, |obj| {
-                // SAFETY: an allocated object of a listed slab, node lock held; callers may
-                // write the object but not its red zone.
-                if let Err(e) = unsafe { slab::verify_allocated_object(&core.params, obj) } {
-                    result = Err(e);
-                }
-            });
+            for node in nodes.iter().flatten() {
+                node.for_each_inuse(&core.params, |obj| {
+                    // SAFETY: an allocated object of a listed slab, node lock held; callers
+                    // may write the object but not its red zone.
+                    if let Err(e) = unsafe { slab::verify_allocated_object(&core.params, obj) } {
+                        result = Err(e);
+                    }
+                });
+            }
             result?;
         }
         Ok(())
     }
 
-    /// Drain, then release everything if no object is live; else report what is.
+    /// Drain, then release everything if no object is live and no RCU callback is pending;
+    /// else report what is.
     fn teardown(&mut self) -> Result<(), LeakReport> {
         self.drain_all();
-        self.reap_rcu();
         let core = self.core();
         let mut out = DetachedList::new();
         {
-            let mut node = core.node.lock();
-            if !node.detach_all_if_empty(&mut out) {
+            let mut nodes: [Option<MutexGuard<'_, NodeLists>>; MAX_NODES] =
+                core::array::from_fn(|n| (n < core.nr_nodes).then(|| core.nodes[n].0.lock()));
+            let pending = core.rcu_pending.load(Acquire);
+            if pending > 0 || nodes.iter().flatten().any(|n| !n.is_idle()) {
                 let mut owners = [None; LEAK_OWNERS];
                 let mut k = 0;
                 if core.params.layout.track_offset.is_some() {
-                    node.for_each_inuse(&core.params, |obj| {
-                        if k < LEAK_OWNERS {
-                            // SAFETY: an in-use object of a listed slab under the node lock;
-                            // its owner record is written only by alloc/free of this cache,
-                            // which cannot run (we have `&mut self`).
-                            owners[k] = unsafe { slab::read_track(&core.params, obj) };
-                            k += 1;
-                        }
-                    });
+                    for node in nodes.iter().flatten() {
+                        node.for_each_inuse(&core.params, |obj| {
+                            if k < LEAK_OWNERS {
+                                // SAFETY: an in-use object of a listed slab under the node
+                                // lock; its owner record is written only by alloc/free of
+                                // this cache, which cannot run (we have `&mut self`).
+                                owners[k] = unsafe { slab::read_track(&core.params, obj) };
+                                k += 1;
+                            }
+                        });
+                    }
                 }
                 return Err(LeakReport {
-                    live_objects: node.inuse,
-                    rcu_pending_slabs: node.nr_rcu,
+                    live_objects: nodes.iter().flatten().map(|n| n.inuse).sum(),
+                    rcu_pending_slabs: pending,
                     owners,
                 });
             }
+            for node in nodes.iter_mut().flatten() {
+                node.shrink_empty(0, &mut out);
+            }
         }
+        // `drain_all` released every empty slab already; anything found here goes the same
+        // way, and in an RCU cache the descriptor must then wait for its callbacks.
         self.release(out);
+        let pending = core.rcu_pending.load(Acquire);
+        if pending > 0 {
+            return Err(LeakReport {
+                live_objects: 0,
+                rcu_pending_slabs: pending,
+                owners: [None; LEAK_OWNERS],
+            });
+        }
         let (block, order) = (core.block, core.block_order);
         // SAFETY: the descriptor block came from `self.src` at this order; no slab refers to
         // it any more and the handle is not used after teardown succeeds.
@@ -848,7 +1128,8 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
 
     /// Destroy the cache (`kmem_cache_destroy`): every slab and the descriptor go back to the
     /// page source. Fails with a [`LeakReport`] while objects are live (or slabs still wait for
-    /// a grace period), handing the cache back unchanged apart from drained per-CPU arrays.
+    /// their RCU callback), handing the cache back unchanged apart from drained per-CPU
+    /// arrays.
     pub fn destroy(mut self) -> Result<(), DestroyError<'a, S, P>> {
         match self.teardown() {
             Ok(()) => {
@@ -880,7 +1161,8 @@ mod tests {
     extern crate std;
 
     use super::*;
-    use crate::testing::{TestGracePeriod, TestPageSource};
+    use crate::testing::{TestPageSource, TestRcu};
+    use crate::NodeStats;
     use mmkit_addr::host::HostPlatform;
     use std::string::ToString;
     use std::vec::Vec;
@@ -1231,13 +1513,153 @@ mod tests {
         unsafe { c.free(a).unwrap() };
     }
 
+    /// CPU 0 on node 0, CPU 1 on node 1; run `f` on a thread bound to `cpu`.
+    fn on_cpu<R: Send>(plat: &HostPlatform, cpu: usize, f: impl FnOnce() -> R + Send) -> R {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                plat.bind_current_thread(cpu);
+                f()
+            })
+            .join()
+            .unwrap()
+        })
+    }
+
+    #[test]
+    fn slabs_are_filed_under_the_node_of_their_frames() {
+        let src = TestPageSource::numa(8 << 20, 2, &[0, 1]);
+        let plat = HostPlatform::new(2);
+        let mut c = Cache::new(&CacheConfig::new("numa", 256), &src, &plat).unwrap();
+        assert_eq!(c.nr_nodes(), 2);
+        let node_of = |o: NonNull<u8>| src.pfn_node(src.virt_to_pfn(o).unwrap());
+        let far: Vec<usize> = on_cpu(&plat, 1, || {
+            (0..100)
+                .map(|_| c.alloc().unwrap().as_ptr() as usize)
+                .collect()
+        });
+        let far: Vec<NonNull<u8>> = far
+            .into_iter()
+            .map(|a| NonNull::new(a as *mut u8).unwrap())
+            .collect();
+        assert!(
+            far.iter().all(|&o| node_of(o) == 1),
+            "CPU 1 allocates on node 1"
+        );
+        assert_eq!(c.node_stats(0).unwrap(), NodeStats::default());
+        let n1 = c.node_stats(1).unwrap();
+        assert_eq!(n1.active_objects, 100 + c.stats().cpu_cached);
+        assert!(c.node_stats(2).is_none());
+        // CPU 0 frees node-1 objects: they go straight back to their slabs, not into
+        // CPU 0's array, where they would be handed out again as node-0 memory.
+        plat.bind_current_thread(0);
+        let cached = c.stats().cpu_cached;
+        let slow = c.stats().free_slowpath;
+        for &o in &far[..10] {
+            // SAFETY: allocated above, freed once.
+            unsafe { c.free(o).unwrap() };
+        }
+        assert_eq!(c.stats().cpu_cached, cached);
+        assert_eq!(c.stats().free_slowpath, slow + 10);
+        let near = c.alloc().unwrap();
+        assert_eq!(node_of(near), 0);
+        c.verify().unwrap();
+        // SAFETY: allocated above, freed once.
+        unsafe { c.free(near).unwrap() };
+        for &o in &far[10..] {
+            // SAFETY: as above.
+            unsafe { c.free(o).unwrap() };
+        }
+        c.verify().unwrap();
+        assert_eq!(c.live_objects(), 0);
+        c.drain_all();
+        c.destroy().unwrap();
+        assert_eq!(src.frames_in_use(), 0);
+    }
+
+    #[test]
+    fn alloc_node_serves_the_asked_node_and_falls_back_when_it_is_full() {
+        let src = TestPageSource::numa(4 << 20, 2, &[0, 1]);
+        let plat = HostPlatform::new(2);
+        plat.bind_current_thread(0);
+        let mut c = Cache::new(&CacheConfig::new("node", 512), &src, &plat).unwrap();
+        let node_of = |o: NonNull<u8>| src.pfn_node(src.virt_to_pfn(o).unwrap());
+        let first = [
+            c.alloc_node(1).unwrap(),
+            c.alloc_node(0).unwrap(),
+            c.alloc_node(99).unwrap(),
+        ];
+        assert_eq!(node_of(first[0]), 1);
+        assert_eq!(node_of(first[1]), 0);
+        assert_eq!(node_of(first[2]), 1, "out of range: the last node");
+        // Fill node 1 with pages taken behind the cache's back.
+        let mut hog = Vec::new();
+        while let Some(b) = src.alloc_pages_node(1, Order::new(0), Gfp::empty()) {
+            if src.pfn_node(b.pfn) != 1 {
+                // SAFETY: just allocated from `src` at order 0.
+                unsafe { src.free_pages(b, Order::new(0)) };
+                break;
+            }
+            hog.push(b);
+        }
+        let mut objs = Vec::new();
+        let mut fell_back = false;
+        for _ in 0..200 {
+            let o = c.alloc_node(1).unwrap();
+            fell_back |= node_of(o) == 0;
+            objs.push(o);
+        }
+        assert!(
+            fell_back,
+            "a full node falls back to another instead of failing"
+        );
+        c.verify().unwrap();
+        for o in objs {
+            // SAFETY: allocated above.
+            unsafe { c.free(o).unwrap() };
+        }
+        for b in hog {
+            // SAFETY: allocated above at order 0.
+            unsafe { src.free_pages(b, Order::new(0)) };
+        }
+        c.verify().unwrap();
+        assert_eq!(c.live_objects(), 3);
+        for o in first {
+            // SAFETY: allocated above.
+            unsafe { c.free(o).unwrap() };
+        }
+        c.verify().unwrap();
+        assert_eq!(c.live_objects(), 0);
+    }
+
+    #[test]
+    fn shrink_drains_every_cpus_array() {
+        let src = TestPageSource::new(8 << 20);
+        let plat = HostPlatform::new(2);
+        let mut c = Cache::new(&CacheConfig::new("s", 64), &src, &plat).unwrap();
+        let desc = src.frames_in_use();
+        on_cpu(&plat, 1, || {
+            let objs: Vec<_> = (0..50).map(|_| c.alloc().unwrap()).collect();
+            for o in objs {
+                // SAFETY: allocated above.
+                unsafe { c.free(o).unwrap() };
+            }
+        });
+        assert!(c.stats().cpu_cached > 0, "CPU 1 keeps freed objects cached");
+        plat.bind_current_thread(0);
+        let released = c.shrink();
+        assert_eq!(c.stats().cpu_cached, 0, "CPU 1's array drained from CPU 0");
+        assert!(released > 0);
+        assert_eq!(src.frames_in_use(), desc, "every slab went back");
+        c.verify().unwrap();
+    }
+
     #[test]
     fn typesafe_by_rcu_keeps_pages_until_grace_period() {
         let (src, plat) = env();
-        let gp = TestGracePeriod::new();
+        let rcu = TestRcu::new();
         let config = CacheConfig::new("rcu", 128)
             .flags(CacheFlags::TYPESAFE_BY_RCU)
-            .grace_period(&gp);
+            .rcu(&rcu);
         assert_eq!(
             Cache::new(
                 &CacheConfig::new("x", 8).flags(CacheFlags::TYPESAFE_BY_RCU),
@@ -1245,7 +1667,7 @@ mod tests {
                 &plat
             )
             .unwrap_err(),
-            CreateError::RcuWithoutGracePeriod
+            CreateError::RcuWithoutCallback
         );
         let mut c = Cache::new(&config, &src, &plat).unwrap();
         assert!(c.layout().fp_outside);
@@ -1257,19 +1679,42 @@ mod tests {
         }
         c.drain_all();
         c.verify().unwrap();
-        assert!(c.stats().rcu_pending_slabs > 0);
+        let pending = c.stats().rcu_pending_slabs;
+        assert!(pending > 0);
+        assert_eq!(
+            rcu.pending(),
+            pending,
+            "every released slab went to call_rcu"
+        );
         assert_eq!(
             src.frames_in_use(),
             held,
             "no page freed before the grace period"
         );
+        // The slab memory still reads as this cache's: a reader that found an object under
+        // rcu_read_lock sees the slab header and freelist intact.
+        let c = match c.destroy() {
+            Err(e) => {
+                assert_eq!(e.leak.rcu_pending_slabs, pending);
+                assert_eq!(e.leak.live_objects, 0);
+                e.cache
+            }
+            Ok(()) => panic!("destroyed with RCU callbacks pending"),
+        };
         // SAFETY: no readers exist in this test.
-        unsafe { gp.advance() };
-        c.shrink();
+        assert_eq!(unsafe { rcu.advance() }, pending);
         assert_eq!(c.stats().rcu_pending_slabs, 0);
+        assert_eq!(c.stats().slabs_freed, pending as u64);
         assert!(src.frames_in_use() < held);
+        let mut c = c;
         c.verify().unwrap();
+        src.buddy().verify().unwrap();
         c.destroy().unwrap();
+        assert_eq!(
+            src.frames_in_use(),
+            0,
+            "descriptor and slabs all back in the buddy"
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use core::fmt;
 use core::ptr::NonNull;
 
 use crate::flags::{CacheFlags, Gfp};
-use crate::page_source::GracePeriod;
+use crate::page_source::Rcu;
 
 /// A constructor: called once on every object when its slab is formatted, with the object's
 /// (uninitialised) memory. Objects go back to the cache in their constructed state.
@@ -21,7 +21,7 @@ pub struct CacheConfig<'a> {
     pub(crate) flags: CacheFlags,
     pub(crate) ctor: Option<Ctor>,
     pub(crate) random: Option<u64>,
-    pub(crate) grace: Option<&'a dyn GracePeriod>,
+    pub(crate) rcu: Option<&'a dyn Rcu>,
     pub(crate) gfp: Gfp,
     pub(crate) kmalloc_slot: Option<u16>,
 }
@@ -49,7 +49,7 @@ impl<'a> CacheConfig<'a> {
             flags: CacheFlags::empty(),
             ctor: None,
             random: None,
-            grace: None,
+            rcu: None,
             gfp: Gfp::empty(),
             kmalloc_slot: None,
         }
@@ -86,9 +86,10 @@ impl<'a> CacheConfig<'a> {
         self
     }
 
-    /// The RCU a `TYPESAFE_BY_RCU` cache waits on before releasing slab pages.
-    pub const fn grace_period(mut self, grace: &'a dyn GracePeriod) -> Self {
-        self.grace = Some(grace);
+    /// The kernel's RCU: a `TYPESAFE_BY_RCU` cache hands every slab it releases to
+    /// [`Rcu::call_rcu`] and frees the pages in the callback, after a grace period.
+    pub const fn rcu(mut self, rcu: &'a dyn Rcu) -> Self {
+        self.rcu = Some(rcu);
         self
     }
 

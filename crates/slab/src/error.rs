@@ -15,8 +15,8 @@ pub enum CreateError {
     NameTooLong,
     /// The page source could not provide the cache descriptor block.
     OutOfMemory,
-    /// `TYPESAFE_BY_RCU` was asked for without a [`crate::GracePeriod`].
-    RcuWithoutGracePeriod,
+    /// `TYPESAFE_BY_RCU` was asked for without an [`crate::Rcu`] to defer slab freeing to.
+    RcuWithoutCallback,
 }
 
 /// Why an allocation failed.

@@ -366,8 +366,23 @@ impl<'a, S: PageSource, P: IrqControl> Kmalloc<'a, S, P> {
     #[track_caller]
     #[inline]
     pub fn kmalloc(&self, size: usize, gfp: Gfp) -> Result<NonNull<u8>, AllocError> {
-        match self.kmalloc_once(size, gfp) {
-            Err(AllocError::OutOfMemory) => self.kmalloc_after_shrink(size, gfp),
+        match self.kmalloc_once(size, gfp, None) {
+            Err(AllocError::OutOfMemory) => self.kmalloc_after_shrink(size, gfp, None),
+            r => r,
+        }
+    }
+
+    /// Allocate `size` bytes from memory of node `node` where there is some
+    /// (`kmalloc_node`); see [`Cache::alloc_node`].
+    #[track_caller]
+    pub fn kmalloc_node(
+        &self,
+        size: usize,
+        gfp: Gfp,
+        node: usize,
+    ) -> Result<NonNull<u8>, AllocError> {
+        match self.kmalloc_once(size, gfp, Some(node)) {
+            Err(AllocError::OutOfMemory) => self.kmalloc_after_shrink(size, gfp, Some(node)),
             r => r,
         }
     }
@@ -375,34 +390,48 @@ impl<'a, S: PageSource, P: IrqControl> Kmalloc<'a, S, P> {
     /// Out of pages: give back what every cache holds unused (this CPU's arrays, empty slabs
     /// kept as `min_partial`) and try once more if that freed anything. Memory parked in one
     /// size class is then not lost to another, which is what the heap-efficiency bench
-    /// measures (Linux gets the same effect from slab shrinkers under direct reclaim).
+    /// measures (Linux gets the same effect from slab shrinkers under direct reclaim). Other
+    /// CPUs are not called: the caller may have interrupts off.
     #[cold]
     #[inline(never)]
     #[track_caller]
-    fn kmalloc_after_shrink(&self, size: usize, gfp: Gfp) -> Result<NonNull<u8>, AllocError> {
-        if self.shrink() == 0 {
+    fn kmalloc_after_shrink(
+        &self,
+        size: usize,
+        gfp: Gfp,
+        node: Option<usize>,
+    ) -> Result<NonNull<u8>, AllocError> {
+        if self.caches().map(Cache::shrink_this_cpu).sum::<u64>() == 0 {
             return Err(AllocError::OutOfMemory);
         }
-        self.kmalloc_once(size, gfp)
+        self.kmalloc_once(size, gfp, node)
     }
 
     #[track_caller]
     #[inline]
-    fn kmalloc_once(&self, size: usize, gfp: Gfp) -> Result<NonNull<u8>, AllocError> {
+    fn kmalloc_once(
+        &self,
+        size: usize,
+        gfp: Gfp,
+        node: Option<usize>,
+    ) -> Result<NonNull<u8>, AllocError> {
         if size == 0 {
             return Ok(ZERO_SIZE_PTR);
         }
         match class_index(size) {
             Some(class) => {
                 let cache = &self.sets[KmallocKind::from_gfp(gfp) as usize][class];
-                let obj = cache.alloc()?;
+                let obj = match node {
+                    None => cache.alloc()?,
+                    Some(n) => cache.alloc_node(n)?,
+                };
                 if gfp.contains(Gfp::ZERO) {
                     // SAFETY: freshly allocated object of `object_size` bytes.
                     unsafe { slab::zero_bytes(obj, cache.object_size()) };
                 }
                 Ok(obj)
             }
-            None => self.alloc_large(size, gfp),
+            None => self.alloc_large(size, gfp, node),
         }
     }
 
@@ -433,15 +462,21 @@ impl<'a, S: PageSource, P: IrqControl> Kmalloc<'a, S, P> {
         self.kmalloc(size, gfp)
     }
 
-    fn alloc_large(&self, size: usize, gfp: Gfp) -> Result<NonNull<u8>, AllocError> {
+    fn alloc_large(
+        &self,
+        size: usize,
+        gfp: Gfp,
+        node: Option<usize>,
+    ) -> Result<NonNull<u8>, AllocError> {
         if size > KMALLOC_MAX_SIZE {
             return Err(AllocError::TooLarge);
         }
         let order = Order::for_bytes(size as u64).ok_or(AllocError::TooLarge)?;
-        let block = self
-            .src
-            .alloc_pages(order, gfp - Gfp::ZERO)
-            .ok_or(AllocError::OutOfMemory)?;
+        let block = match node {
+            None => self.src.alloc_pages(order, gfp - Gfp::ZERO),
+            Some(n) => self.src.alloc_pages_node(n, order, gfp - Gfp::ZERO),
+        }
+        .ok_or(AllocError::OutOfMemory)?;
         self.src
             .set_page_private(block.pfn, (u64::from(order.get()) << 8) | PRIVATE_LARGE);
         // Tail frames say "nothing here", so a pointer into them is refused rather than read
@@ -586,7 +621,8 @@ impl<'a, S: PageSource, P: IrqControl> Kmalloc<'a, S, P> {
         self.large.frames.load(Relaxed)
     }
 
-    /// Shrink every cache (this CPU's arrays and all empty slabs); returns frames released.
+    /// Shrink every cache (every reachable CPU's arrays and all empty slabs, see
+    /// [`Cache::shrink`]); returns frames released.
     pub fn shrink(&self) -> u64 {
         self.caches().map(Cache::shrink).sum()
     }

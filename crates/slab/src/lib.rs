@@ -50,7 +50,7 @@
 //! Module map: `layout` (geometry and policy tables), `config` (creation parameters), `slab` (slab memory, raw), `percpu`
 //! (descriptor block and per-CPU arrays, raw), `cache` (the cache and its paths), `typed`,
 //! `kmalloc`, `stats` (counters, slabinfo), `flags`, `error`, `page_source`, and with the
-//! `testing` feature `testing` (host page source and grace period).
+//! `testing` feature `testing` (the real buddy as a host page source, and a hand-driven RCU).
 //!
 //! Raw memory is read and written only in `slab` (slab pages) and `percpu` (the descriptor
 //! block), plus `typed`'s reads and writes of a `T` through its box. `cache` and `kmalloc`
@@ -103,11 +103,12 @@ mod slab;
 mod stats;
 mod typed;
 
-#[cfg(any(test, feature = "testing"))]
+#[cfg(feature = "testing")]
 pub mod testing;
 
 pub use cache::{
-    Cache, CacheConfig, Ctor, DestroyError, LeakReport, LEAK_OWNERS, NAME_MAX, PARTIAL_BOUNDS,
+    Cache, CacheConfig, Ctor, DestroyError, LeakReport, LEAK_OWNERS, MAX_NODES, NAME_MAX,
+    PARTIAL_BOUNDS,
 };
 pub use error::{AllocError, CreateError, FreeError, VerifyError};
 pub use flags::{CacheFlags, DebugLetters, Gfp};
@@ -116,6 +117,6 @@ pub use kmalloc::{
     KMALLOC_MAX_SIZE, NR_CLASSES, ZERO_SIZE_PTR,
 };
 pub use layout::{LayoutError, SlabLayout};
-pub use page_source::{GracePeriod, PageBlock, PageSource};
-pub use stats::{CacheStats, SlabInfoLine, SLABINFO_HEADER};
+pub use page_source::{PageBlock, PageSource, Rcu, RcuCallback, RcuHead};
+pub use stats::{CacheStats, NodeStats, SlabInfoLine, SLABINFO_HEADER};
 pub use typed::{SlabBox, TypedCache};

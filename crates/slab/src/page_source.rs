@@ -10,12 +10,20 @@
 //! * the head frame of a large kmalloc holds `order << 8 | PRIVATE_LARGE`; its tail frames 0.
 //!
 //! The buddy allocator (mmkit-buddy) implements this trait from its page descriptors; the
-//! `testing` feature has a host implementation over `mmkit_addr::host::HostMemory`.
+//! `testing` feature wraps a real `mmkit_buddy::BuddyAllocator` over host memory.
 //!
-//! [`GracePeriod`] is the kernel's RCU, in the polled form Linux offers as
-//! `get_state_synchronize_rcu()` / `poll_state_synchronize_rcu()`: a `TYPESAFE_BY_RCU` cache
-//! parks an emptied slab with a cookie and returns its pages only once the cookie's grace
-//! period has elapsed.
+//! ## Nodes
+//! A page source with several NUMA nodes says so through [`nr_nodes`](PageSource::nr_nodes),
+//! [`cpu_node`](PageSource::cpu_node) and [`pfn_node`](PageSource::pfn_node), and takes
+//! node-directed requests through [`alloc_pages_node`](PageSource::alloc_pages_node). The
+//! defaults describe one node, so a single-node source implements only the five required
+//! methods.
+//!
+//! ## RCU
+//! [`Rcu`] is the kernel's `call_rcu`: a `TYPESAFE_BY_RCU` cache hands each emptied slab to
+//! it with an [`RcuHead`] kept in the slab header, and the slab's pages go back to the page
+//! source only when the kernel invokes the callback after a grace period, as SLUB's
+//! `rcu_free_slab` does.
 
 use core::ptr::NonNull;
 
@@ -75,18 +83,81 @@ pub unsafe trait PageSource: Sync {
 
     /// The frame of kernel virtual address `addr`.
     fn virt_to_pfn(&self, addr: NonNull<u8>) -> Option<Pfn>;
+
+    /// Number of memory nodes; node ids are `0..nr_nodes()`. The default is one node.
+    fn nr_nodes(&self) -> usize {
+        1
+    }
+
+    /// The node of CPU `cpu` (Linux `cpu_to_node`): the node whose memory that CPU's
+    /// allocations prefer. The default is node 0.
+    fn cpu_node(&self, cpu: usize) -> usize {
+        let _ = cpu;
+        0
+    }
+
+    /// The node holding frame `pfn` (Linux `page_to_nid`), asked only for frames of live
+    /// blocks from this source. The default is node 0.
+    fn pfn_node(&self, pfn: Pfn) -> usize {
+        let _ = pfn;
+        0
+    }
+
+    /// Allocate as [`alloc_pages`](Self::alloc_pages) does, preferring node `node`. The
+    /// source may fall back to another node; the slab files a block under the node
+    /// [`pfn_node`](Self::pfn_node) reports for it. The default ignores `node`.
+    fn alloc_pages_node(&self, node: usize, order: Order, gfp: Gfp) -> Option<PageBlock> {
+        let _ = node;
+        self.alloc_pages(order, gfp)
+    }
 }
 
-/// The kernel's RCU, polled: enough for `TYPESAFE_BY_RCU` caches to defer freeing slab pages.
+/// A callback run after a grace period (Linux `rcu_callback_t`).
+pub type RcuCallback = unsafe fn(NonNull<RcuHead>);
+
+/// The two words `call_rcu` needs (Linux `struct rcu_head`), embedded in what is to be freed.
+///
+/// While a head is queued (from [`Rcu::call_rcu`] until its callback runs) both fields belong
+/// to the kernel's RCU: `next` for chaining heads into its callback lists, `func` for the
+/// callback it was given.
+#[repr(C)]
+#[derive(Debug)]
+pub struct RcuHead {
+    /// Link for the kernel's list of pending callbacks.
+    pub next: Option<NonNull<RcuHead>>,
+    /// The callback to run after the grace period.
+    pub func: Option<RcuCallback>,
+}
+
+impl RcuHead {
+    /// A head not queued anywhere.
+    pub const fn new() -> Self {
+        Self {
+            next: None,
+            func: None,
+        }
+    }
+}
+
+impl Default for RcuHead {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The kernel's RCU, as the slab uses it: `call_rcu`.
 ///
 /// # Safety
-/// When [`elapsed`](GracePeriod::elapsed) returns `true` for a cookie from
-/// [`snapshot`](GracePeriod::snapshot), every RCU read-side critical section that was running
-/// when `snapshot` was called has ended.
-pub unsafe trait GracePeriod: Sync {
-    /// A cookie for "a grace period starting now" (`get_state_synchronize_rcu`).
-    fn snapshot(&self) -> u64;
-
-    /// Whether the grace period of `cookie` has elapsed (`poll_state_synchronize_rcu`).
-    fn elapsed(&self, cookie: u64) -> bool;
+/// Implementors promise that for every [`call_rcu(head, func)`](Rcu::call_rcu), `func(head)`
+/// is called exactly once, after every RCU read-side critical section that was running when
+/// `call_rcu` was called has ended, and that they do not touch `head` after calling `func`.
+/// The callback may run on any CPU, in any context where the page source may be called;
+/// it takes no lock the caller of `call_rcu` might hold.
+pub unsafe trait Rcu: Sync {
+    /// Queue `func(head)` to run after a grace period (Linux `call_rcu`).
+    ///
+    /// # Safety
+    /// `head` is valid for reads and writes until `func` is called, and is not queued
+    /// already; `func` may be called with `head` on any CPU.
+    unsafe fn call_rcu(&self, head: NonNull<RcuHead>, func: RcuCallback);
 }

@@ -31,6 +31,8 @@ pub(crate) struct CpuArray {
     allocs: AtomicU64,
     frees: AtomicU64,
     objs: *mut *mut u8,
+    /// The CPU's memory node (fixed at creation).
+    node: usize,
 }
 
 /// Counters of one CPU.
@@ -71,6 +73,7 @@ pub(crate) unsafe fn place_descriptor<T>(
     block: PageBlock,
     nr_cpus: usize,
     cap: usize,
+    cpu_node: impl Fn(usize) -> usize,
     make: impl FnOnce(CpuArrays) -> T,
 ) -> NonNull<T> {
     let base = block.ptr.as_ptr();
@@ -88,6 +91,7 @@ pub(crate) unsafe fn place_descriptor<T>(
                 allocs: AtomicU64::new(0),
                 frees: AtomicU64::new(0),
                 objs: objs.add(cpu * cap),
+                node: cpu_node(cpu),
             });
         }
         let desc = base.cast::<T>();
@@ -137,6 +141,15 @@ impl CpuArrays {
         }
     }
 
+    /// The node of `cpu` (0 for CPUs out of range).
+    pub fn node(&self, cpu: usize) -> usize {
+        if cpu >= self.nr {
+            return 0;
+        }
+        // SAFETY: in range; `node` is immutable after formatting.
+        unsafe { (*self.base.add(cpu)).node }
+    }
+
     /// Counters of `cpu` (racy snapshot; exact when no CPU is using the cache).
     pub fn counters(&self, cpu: usize) -> CpuCounters {
         if cpu >= self.nr {
@@ -162,6 +175,12 @@ fn bump(c: &AtomicU64, by: u64) {
 }
 
 impl CpuRef<'_> {
+    /// The CPU's memory node.
+    #[inline]
+    pub fn node(&self) -> usize {
+        self.arr.node
+    }
+
     /// Objects held.
     #[inline]
     pub fn len(&self) -> usize {

@@ -6,18 +6,21 @@
 //! ## Invariants
 //! * A slab is a block from the cache's page source laid out as `layout.rs` describes. Every
 //!   frame's private word is `header address | PRIVATE_SLAB` from formatting until release.
-//! * The header fields `magic`, `cache`, `base`, `first`, `pfn`, `objects` never change after
-//!   formatting; `freelist`, `inuse`, `next`, `prev`, `list`, `rcu_cookie` change only under
-//!   the owning cache's node lock (a `&mut NodeLists`) or while the slab is owned outright
-//!   (`NewSlab`, `DetachedSlab`).
+//! * The header fields `magic`, `cache`, `base`, `first`, `pfn`, `objects`, `node` never
+//!   change after formatting; `freelist`, `inuse`, `next`, `prev`, `list` change only under
+//!   the lock of the slab's node (a `&mut NodeLists`) or while the slab is owned outright
+//!   (`NewSlab`, a `DetachedList`); `rcu` belongs to the kernel's RCU from `call_rcu` until
+//!   the callback.
 //! * `inuse` counts objects not on the slab's freelist: objects held by callers *and* objects
 //!   sitting in per-CPU arrays. A slab with `inuse > 0` is never released, so an object a
 //!   caller owns keeps its slab (and header) alive.
 //! * Freelist links are stored hardened (SLUB's `CONFIG_SLAB_FREELIST_HARDENED`):
 //!   `next ^ cache_random ^ swap_bytes(address of the link)`.
-//! * Every slab is on exactly one list: partial (some free objects, or empty and kept as one
-//!   of the cache's `min_partial`), full (no free objects), or RCU-pending (empty, waiting for
-//!   a grace period before its pages go back).
+//! * Every live slab is on exactly one list of the node its frames belong to: partial (some
+//!   free objects, or empty and kept as one of the cache's `min_partial`) or full (no free
+//!   objects). An empty slab taken off its list is released: its pages go back to the page
+//!   source at once, or, in a `TYPESAFE_BY_RCU` cache, from an RCU callback after a grace
+//!   period (its header, with the `RcuHead`, stays intact until then).
 //!
 //! A [`SlabPtr`] is only ever created for an initialised header and used while its slab is
 //! live (see the `# Safety` of [`lookup`]); its methods read only the immutable fields.
@@ -29,7 +32,7 @@ use mmkit_addr::{Order, Pfn};
 
 use crate::error::{FreeError, VerifyError};
 use crate::layout::{SlabLayout, HEADER_RESERVE, MAX_OBJECTS_PER_SLAB};
-use crate::page_source::{PageBlock, PageSource};
+use crate::page_source::{PageBlock, PageSource, RcuHead};
 
 /// Header magic: "mmkitSLB".
 const SLAB_MAGIC: u64 = 0x6d6d_6b69_7453_4c42;
@@ -56,7 +59,6 @@ enum ListKind {
     Detached,
     Partial,
     Full,
-    RcuPending,
 }
 
 #[repr(C)]
@@ -71,8 +73,9 @@ struct SlabHeader {
     pfn: Pfn,
     objects: usize,
     inuse: usize,
-    rcu_cookie: u64,
+    rcu: RcuHead,
     tag: u32,
+    node: u16,
     list: ListKind,
 }
 
@@ -139,6 +142,13 @@ impl SlabPtr {
     fn objects(self) -> usize {
         // SAFETY: as in `cache_id`.
         unsafe { (*self.hdr()).objects }
+    }
+
+    /// The node whose lists hold this slab.
+    #[inline]
+    pub fn node(self) -> usize {
+        // SAFETY: as in `cache_id`; `node` is immutable.
+        usize::from(unsafe { (*self.hdr()).node })
     }
 }
 
@@ -227,6 +237,20 @@ impl DetachedList {
         self.len += 1;
     }
 
+    /// Take one slab to hand to RCU: the head embedded in its header. The header stays
+    /// intact until [`rcu_slab`] turns the head back into the slab in the callback.
+    pub fn pop_rcu(&mut self) -> Option<NonNull<RcuHead>> {
+        let hdr = NonNull::new(self.head)?;
+        // SAFETY: slabs on this list are owned by it and their headers are live.
+        unsafe {
+            self.head = (*hdr.as_ptr()).next;
+            (*hdr.as_ptr()).rcu = RcuHead::new();
+        }
+        self.len -= 1;
+        // SAFETY: a field of a live header.
+        Some(unsafe { NonNull::new_unchecked(ptr::addr_of_mut!((*hdr.as_ptr()).rcu)) })
+    }
+
     /// Take one slab.
     pub fn pop(&mut self, layout: &SlabLayout) -> Option<DetachedSlab> {
         let hdr = NonNull::new(self.head)?;
@@ -242,6 +266,33 @@ impl DetachedList {
             order: layout.order,
         })
     }
+}
+
+/// The cache identity and pages of the slab whose header embeds `head`.
+///
+/// # Safety
+/// `head` came from [`DetachedList::pop_rcu`] and its RCU callback is running: the slab is
+/// owned by the callback, its header intact.
+pub(crate) unsafe fn rcu_slab(head: NonNull<RcuHead>, layout: &SlabLayout) -> DetachedSlab {
+    let off = core::mem::offset_of!(SlabHeader, rcu);
+    // SAFETY: `head` is the `rcu` field of a live header (caller's contract).
+    let h = unsafe { head.as_ptr().byte_sub(off).cast::<SlabHeader>() };
+    // SAFETY: as above.
+    let (base, pfn) = unsafe { ((*h).base, (*h).pfn) };
+    DetachedSlab {
+        block: PageBlock { pfn, ptr: base },
+        order: layout.order,
+    }
+}
+
+/// The cache identity stored in the header that embeds `head`.
+///
+/// # Safety
+/// As [`rcu_slab`].
+pub(crate) unsafe fn rcu_slab_cache(head: NonNull<RcuHead>) -> usize {
+    let off = core::mem::offset_of!(SlabHeader, rcu);
+    // SAFETY: caller's contract: `head` is the `rcu` field of a live header.
+    unsafe { (*head.as_ptr().byte_sub(off).cast::<SlabHeader>()).cache }
 }
 
 /// Return a detached slab's pages to `src`: clear every frame's private word, then free.
@@ -302,6 +353,7 @@ pub(crate) unsafe fn format_slab<S: PageSource>(
     block: PageBlock,
     params: &SlabParams,
     colour: usize,
+    node: usize,
 ) -> NewSlab {
     let l = &params.layout;
     let base = block.ptr;
@@ -332,8 +384,9 @@ pub(crate) unsafe fn format_slab<S: PageSource>(
             pfn: block.pfn,
             objects: l.objects,
             inuse: 0,
-            rcu_cookie: 0,
+            rcu: RcuHead::new(),
             tag: params.tag,
+            node: node as u16,
             list: ListKind::Detached,
         });
         let word = hdr.as_ptr() as usize as u64 | PRIVATE_SLAB;
@@ -561,13 +614,10 @@ pub(crate) struct VerifySummary {
 pub(crate) struct NodeLists {
     partial: *mut SlabHeader,
     full: *mut SlabHeader,
-    rcu: *mut SlabHeader,
     /// Slabs on the partial list (including kept empty ones).
     pub nr_partial: usize,
     /// Slabs on the full list.
     pub nr_full: usize,
-    /// Slabs waiting for a grace period.
-    pub nr_rcu: usize,
     /// Empty slabs on the partial list.
     pub nr_empty: usize,
     /// Objects not on a freelist, over partial and full slabs.
@@ -584,10 +634,8 @@ impl NodeLists {
         Self {
             partial: ptr::null_mut(),
             full: ptr::null_mut(),
-            rcu: ptr::null_mut(),
             nr_partial: 0,
             nr_full: 0,
-            nr_rcu: 0,
             nr_empty: 0,
             inuse: 0,
         }
@@ -600,17 +648,15 @@ impl NodeLists {
 
     fn head_mut(&mut self, kind: ListKind) -> &mut *mut SlabHeader {
         match kind {
-            ListKind::Partial => &mut self.partial,
+            ListKind::Partial | ListKind::Detached => &mut self.partial,
             ListKind::Full => &mut self.full,
-            ListKind::RcuPending | ListKind::Detached => &mut self.rcu,
         }
     }
 
     fn count_mut(&mut self, kind: ListKind) -> &mut usize {
         match kind {
-            ListKind::Partial => &mut self.nr_partial,
+            ListKind::Partial | ListKind::Detached => &mut self.nr_partial,
             ListKind::Full => &mut self.nr_full,
-            ListKind::RcuPending | ListKind::Detached => &mut self.nr_rcu,
         }
     }
 
@@ -742,21 +788,8 @@ impl NodeLists {
         out.push(slab);
     }
 
-    /// Move an empty partial slab to the RCU-pending list with `cookie`.
-    ///
-    /// # Safety
-    /// As [`detach_empty`](Self::detach_empty).
-    pub unsafe fn park_for_rcu(&mut self, slab: SlabPtr, cookie: u64) {
-        self.unlink(slab);
-        self.nr_empty -= 1;
-        // SAFETY: caller's contract.
-        unsafe { (*slab.hdr()).rcu_cookie = cookie };
-        self.link(slab, ListKind::RcuPending);
-    }
-
-    /// Detach empty slabs from the partial list until at most `keep` empty ones remain;
-    /// with `rcu` they go to the RCU-pending list with that cookie instead.
-    pub fn shrink_empty(&mut self, keep: usize, rcu: Option<u64>, out: &mut DetachedList) {
+    /// Detach empty slabs from the partial list until at most `keep` empty ones remain.
+    pub fn shrink_empty(&mut self, keep: usize, out: &mut DetachedList) {
         let mut cur = self.partial;
         while self.nr_empty > keep {
             let Some(h) = NonNull::new(cur) else { break };
@@ -764,27 +797,8 @@ impl NodeLists {
             // SAFETY: `h` is on our partial list (lock held).
             let (next, empty) = unsafe { ((*h.as_ptr()).next, (*h.as_ptr()).inuse == 0) };
             if empty {
-                match rcu {
-                    // SAFETY: on the partial list and empty.
-                    Some(cookie) => unsafe { self.park_for_rcu(slab, cookie) },
-                    // SAFETY: as above.
-                    None => unsafe { self.detach_empty(slab, out) },
-                }
-            }
-            cur = next;
-        }
-    }
-
-    /// Detach RCU-pending slabs whose grace period has elapsed.
-    pub fn reap_rcu(&mut self, elapsed: impl Fn(u64) -> bool, out: &mut DetachedList) {
-        let mut cur = self.rcu;
-        while let Some(h) = NonNull::new(cur) {
-            // SAFETY: `h` is on our RCU list (lock held).
-            let (next, cookie) = unsafe { ((*h.as_ptr()).next, (*h.as_ptr()).rcu_cookie) };
-            if elapsed(cookie) {
-                let slab = SlabPtr(h);
-                self.unlink(slab);
-                out.push(slab);
+                // SAFETY: on the partial list and empty.
+                unsafe { self.detach_empty(slab, out) };
             }
             cur = next;
         }
@@ -822,18 +836,14 @@ impl NodeLists {
         }
     }
 
-    /// Detach every slab for cache destruction; returns `false` (and changes nothing) if
-    /// any has objects in use or is waiting for a grace period.
-    pub fn detach_all_if_empty(&mut self, out: &mut DetachedList) -> bool {
-        if self.inuse != 0 || self.nr_full != 0 || self.nr_rcu != 0 {
-            return false;
-        }
-        self.shrink_empty(0, None, out);
-        true
+    /// Whether no slab of this node has an object in use.
+    pub fn is_idle(&self) -> bool {
+        self.inuse == 0 && self.nr_full == 0
     }
 
-    /// Check every invariant of the lists, the slabs on them and their free objects.
-    pub fn verify(&self, params: &SlabParams) -> Result<VerifySummary, VerifyError> {
+    /// Check every invariant of the lists, the slabs on them and their free objects; `node`
+    /// is this node's id, which every listed slab must carry.
+    pub fn verify(&self, params: &SlabParams, node: usize) -> Result<VerifySummary, VerifyError> {
         let l = &params.layout;
         let mut seen = [0u64; MAX_OBJECTS_PER_SLAB / 64];
         let mut inuse = 0;
@@ -841,7 +851,6 @@ impl NodeLists {
         for (head, kind, count) in [
             (self.partial, ListKind::Partial, self.nr_partial),
             (self.full, ListKind::Full, self.nr_full),
-            (self.rcu, ListKind::RcuPending, self.nr_rcu),
         ] {
             let mut n = 0;
             let mut prev: *mut SlabHeader = ptr::null_mut();
@@ -853,7 +862,7 @@ impl NodeLists {
                 if hd.magic != SLAB_MAGIC || hd.cache != params.cache {
                     return Err(VerifyError::BadHeader);
                 }
-                if hd.list != kind || hd.prev != prev {
+                if hd.list != kind || hd.prev != prev || usize::from(hd.node) != node {
                     return Err(VerifyError::ListCorrupt);
                 }
                 if hd.objects != l.objects || hd.inuse > hd.objects {
@@ -884,14 +893,11 @@ impl NodeLists {
                     ListKind::Partial if hd.inuse == hd.objects => {
                         return Err(VerifyError::WrongList)
                     }
-                    ListKind::RcuPending if hd.inuse != 0 => return Err(VerifyError::WrongList),
                     _ => {}
                 }
-                if kind != ListKind::RcuPending {
-                    inuse += hd.inuse;
-                    if hd.inuse == 0 {
-                        empty += 1;
-                    }
+                inuse += hd.inuse;
+                if hd.inuse == 0 {
+                    empty += 1;
                 }
                 n += 1;
                 prev = cur;

@@ -13,6 +13,20 @@
 
 use core::fmt;
 
+/// One node's slab lists in one cache (a snapshot).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Slabs on the partial list (including empty ones kept for reuse).
+    pub partial_slabs: usize,
+    /// Slabs with no free object.
+    pub full_slabs: usize,
+    /// Empty slabs kept on the partial list (at most the cache's `min_partial` after a
+    /// free; `shrink` releases them).
+    pub empty_slabs: usize,
+    /// Objects of this node's slabs not on a freelist (held by callers or CPU arrays).
+    pub active_objects: usize,
+}
+
 /// A snapshot of one cache's counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CacheStats {

@@ -5,7 +5,7 @@
 use core::ptr::NonNull;
 
 use mmkit_addr::host::HostPlatform;
-use mmkit_slab::testing::{TestGracePeriod, TestPageSource};
+use mmkit_slab::testing::{TestPageSource, TestRcu};
 use mmkit_slab::{Cache, CacheConfig, CacheFlags, FreeError, Gfp, Kmalloc, ZERO_SIZE_PTR};
 use proptest::prelude::*;
 
@@ -17,6 +17,11 @@ enum Op {
     },
     CacheFree {
         pick: usize,
+    },
+    CacheAllocNode {
+        cache: usize,
+        node: usize,
+        byte: u8,
     },
     CacheBulk {
         cache: usize,
@@ -53,6 +58,8 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (0..4usize, any::<u8>()).prop_map(|(cache, byte)| Op::CacheAlloc { cache, byte }),
         3 => any::<usize>().prop_map(|pick| Op::CacheFree { pick }),
+        1 => (0..4usize, 0..3usize, any::<u8>())
+            .prop_map(|(cache, node, byte)| Op::CacheAllocNode { cache, node, byte }),
         1 => (0..4usize, 0..40usize, any::<u8>())
             .prop_map(|(cache, n, byte)| Op::CacheBulk { cache, n, byte }),
         4 => (prop_oneof![0..300usize, 0..9000usize, 0..40_000usize], 0..3u8, any::<bool>(), any::<u8>())
@@ -98,9 +105,11 @@ fn ctor(p: NonNull<u8>) {
 }
 
 fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let src = TestPageSource::new(16 << 20);
+    // Two nodes: CPUs 0 and 1 on node 0, CPU 2 on node 1, so `Migrate` moves the model
+    // between nodes and frees cross them.
+    let src = TestPageSource::numa(8 << 20, 2, &[0, 0, 1]);
     let plat = HostPlatform::new(3);
-    let gp = TestGracePeriod::new();
+    let rcu = TestRcu::new();
     let configs = [
         CacheConfig::new("plain", SIZES[0]),
         CacheConfig::new("ctor", SIZES[1])
@@ -109,7 +118,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         CacheConfig::new("debug", SIZES[2]).flags(CacheFlags::DEBUG),
         CacheConfig::new("rcu", SIZES[3])
             .flags(CacheFlags::TYPESAFE_BY_RCU)
-            .grace_period(&gp),
+            .rcu(&rcu),
     ];
     let mut caches: Vec<Cache<'_, _, _>> = configs
         .iter()
@@ -126,6 +135,17 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     // HWCACHE_ALIGN: 72-byte objects are cache-line aligned.
                     prop_assert!(ptr.as_ptr() as usize % 64 == 0);
                 }
+                let l = Live {
+                    ptr,
+                    len: SIZES[cache],
+                    byte,
+                    cache: Some(cache),
+                };
+                fill(&l);
+                live.push(l);
+            }
+            Op::CacheAllocNode { cache, node, byte } => {
+                let ptr = caches[cache].alloc_node(node).unwrap();
                 let l = Live {
                     ptr,
                     len: SIZES[cache],
@@ -278,7 +298,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::GracePeriod => {
                 // SAFETY: no RCU readers in this model.
-                unsafe { gp.advance() };
+                unsafe { rcu.advance() };
             }
         }
         for c in &mut caches {
@@ -290,6 +310,11 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         for l in &live {
             prop_assert!(intact(l), "object {:?} lost its bytes", l);
         }
+        prop_assert_eq!(
+            caches[3].stats().rcu_pending_slabs,
+            rcu.pending(),
+            "slabs waiting for RCU are exactly the queued callbacks"
+        );
         let per_cache: Vec<usize> = (0..caches.len())
             .map(|c| live.iter().filter(|l| l.cache == Some(c)).count())
             .collect();
@@ -306,7 +331,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         }
     }
     // SAFETY: no readers.
-    unsafe { gp.advance() };
+    unsafe { rcu.advance() };
     for c in caches {
         // Destroying drains the per-CPU arrays; in the RCU cache that parks the emptied
         // slabs for one more grace period, so the first attempt may report them.
@@ -314,7 +339,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             prop_assert_eq!(e.leak.live_objects, 0);
             prop_assert!(e.leak.rcu_pending_slabs > 0);
             // SAFETY: no readers.
-            unsafe { gp.advance() };
+            unsafe { rcu.advance() };
             e.cache
                 .destroy()
                 .map_err(|e| TestCaseError::fail(format!("destroy: {}", e.leak)))?;

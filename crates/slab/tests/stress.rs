@@ -31,11 +31,30 @@ fn check(p: NonNull<u8>, len: usize, v: u64) -> bool {
 
 #[test]
 fn cross_cpu_frees_keep_caches_consistent() {
-    let src = TestPageSource::new(64 << 20);
     // Three CPUs for four threads: two threads share a CPU, as tasks do.
+    cross_cpu(&TestPageSource::new(64 << 20));
+}
+
+#[test]
+fn cross_node_frees_keep_per_node_lists_consistent() {
+    // CPUs 0 and 1 on node 0, CPU 2 on node 1: objects sent from CPU 1 to CPU 2 and from
+    // CPU 2 to the thread on CPU 0 are freed on the other node.
+    let src = TestPageSource::numa(32 << 20, 2, &[0, 0, 1]);
+    let (cache_nodes, kmalloc_nodes) = cross_cpu(&src);
+    for n in 0..2 {
+        assert!(
+            cache_nodes[n] > 0 && kmalloc_nodes[n] > 0,
+            "node {n} held slabs ({cache_nodes:?}, {kmalloc_nodes:?})"
+        );
+    }
+}
+
+/// Run the four-thread exchange; returns, per node, the slabs the cache and the kmalloc
+/// caches held at the end (before draining).
+fn cross_cpu(src: &TestPageSource) -> ([usize; 2], [usize; 2]) {
     let plat = HostPlatform::new(3);
-    let mut cache = Cache::new(&CacheConfig::new("stress", 48), &src, &plat).unwrap();
-    let mut k = Kmalloc::new(&src, &plat).unwrap();
+    let mut cache = Cache::new(&CacheConfig::new("stress", 48), src, &plat).unwrap();
+    let mut k = Kmalloc::new(src, &plat).unwrap();
     std::thread::scope(|s| {
         let mut senders = Vec::new();
         let mut receivers = Vec::new();
@@ -117,6 +136,15 @@ fn cross_cpu_frees_keep_caches_consistent() {
     assert!(k.caches().all(|c| c.live_objects() == 0));
     let s = cache.stats();
     assert!(s.free_fastpath > 0 && s.alloc_fastpath > 0);
+    let slabs = |n: usize| -> (usize, usize) {
+        let held = |c: &Cache<'_, _, _>| {
+            c.node_stats(n)
+                .map_or(0, |x| x.partial_slabs + x.full_slabs)
+        };
+        (held(&cache), k.caches().map(held).sum())
+    };
+    let (c0, k0) = slabs(0);
+    let (c1, k1) = slabs(1);
     cache.drain_all();
     k.drain_all();
     cache.verify().unwrap();
@@ -124,6 +152,8 @@ fn cross_cpu_frees_keep_caches_consistent() {
     cache.destroy().unwrap();
     drop(k);
     assert_eq!(src.frames_in_use(), 0);
+    src.buddy().verify().unwrap();
+    ([c0, c1], [k0, k1])
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Typed caches: constructed objects handed out as owning boxes.
 
 use mmkit_addr::host::HostPlatform;
-use mmkit_slab::testing::{TestGracePeriod, TestPageSource};
+use mmkit_slab::testing::{TestPageSource, TestRcu};
 use mmkit_slab::{CacheConfig, CacheFlags, SlabBox, TypedCache};
 
 #[derive(Debug, PartialEq)]
@@ -90,11 +90,11 @@ fn leaked_box_blocks_destroy() {
 fn typesafe_by_rcu_typed_cache_round_trips() {
     let src = TestPageSource::new(8 << 20);
     let plat = HostPlatform::new(1);
-    let gp = TestGracePeriod::new();
+    let rcu = TestRcu::new();
     let mut cache: TypedCache<Inode, _, _> = TypedCache::new(
         CacheConfig::new("rcu-inode", 0)
             .flags(CacheFlags::TYPESAFE_BY_RCU | CacheFlags::HWCACHE_ALIGN)
-            .grace_period(&gp),
+            .rcu(&rcu),
         &src,
         &plat,
     )
@@ -106,7 +106,7 @@ fn typesafe_by_rcu_typed_cache_round_trips() {
     cache.cache_mut().drain_all();
     cache.verify().unwrap();
     // SAFETY: no RCU readers in this test.
-    unsafe { gp.advance() };
+    unsafe { rcu.advance() };
     cache.destroy().unwrap();
     assert_eq!(src.frames_in_use(), 0);
 }
