@@ -168,6 +168,17 @@ impl<'m, P: IrqControl, F: PagingFormat> Mm<'m, P, F> {
         self.pages.alloc(gfp, order, PageUse::Pages)
     }
 
+    /// Allocate `2^order` contiguous frames preferring node `node` (`alloc_pages_node`);
+    /// with [`GfpFlags::THISNODE`] only that node.
+    pub fn alloc_pages_node(
+        &self,
+        node: usize,
+        gfp: GfpFlags,
+        order: Order,
+    ) -> Result<Pfn, AllocError> {
+        self.pages.alloc_node(node, gfp, order, PageUse::Pages)
+    }
+
     /// Free a block [`alloc_pages`](Self::alloc_pages) returned. A bad free (double, wrong
     /// order, not allocated) is refused and changes nothing.
     pub fn free_pages(&self, pfn: Pfn, order: Order) -> Result<(), PageFreeError> {
@@ -194,6 +205,18 @@ impl<'m, P: IrqControl, F: PagingFormat> Mm<'m, P, F> {
         gfp: GfpFlags,
     ) -> Result<NonNull<u8>, mmkit_slab::AllocError> {
         self.kmalloc.kmalloc(size, slab_flags(gfp))
+    }
+
+    /// Allocate `size` bytes from node `node`'s memory where it has some (`kmalloc_node`):
+    /// the object comes from that node's slabs (see [`mmkit_slab::Cache::alloc_node`]).
+    #[track_caller]
+    pub fn kmalloc_node(
+        &self,
+        size: usize,
+        gfp: GfpFlags,
+        node: usize,
+    ) -> Result<NonNull<u8>, mmkit_slab::AllocError> {
+        self.kmalloc.kmalloc_node(size, slab_flags(gfp), node)
     }
 
     /// Allocate `size` zeroed bytes (`kzalloc`).

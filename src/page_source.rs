@@ -9,6 +9,9 @@
 //!   unset tail reads 0 without asking the buddy, so a new block needs no clearing pass (a
 //!   4 MiB kmalloc would otherwise touch 1023 descriptors).
 //! * `virt_to_pfn` goes back through the [`KernelMap`](crate::KernelMap).
+//! * Nodes are the buddy's: its node count, its CPU-to-node map (from
+//!   [`MmBuilder::cpu_node`](crate::MmBuilder::cpu_node)) and the node of each frame, so
+//!   every cache keeps per-node slab lists on a NUMA machine.
 
 use core::ptr::NonNull;
 
@@ -41,7 +44,13 @@ pub(crate) fn slab_gfp(gfp: Gfp) -> GfpFlags {
 // (the buddy and the owner table are `Sync`).
 unsafe impl<P: IrqControl> PageSource for PageAllocator<'_, P> {
     fn alloc_pages(&self, order: Order, gfp: Gfp) -> Option<PageBlock> {
-        let pfn = self.alloc(slab_gfp(gfp), order, PageUse::Slab).ok()?;
+        self.alloc_pages_node(self.buddy.local_node(), order, gfp)
+    }
+
+    fn alloc_pages_node(&self, node: usize, order: Order, gfp: Gfp) -> Option<PageBlock> {
+        let pfn = self
+            .alloc_node(node, slab_gfp(gfp), order, PageUse::Slab)
+            .ok()?;
         let ptr = self
             .page_address(pfn, order)
             .filter(|p| p.as_ptr() as u64 % order.bytes() == 0);
@@ -88,5 +97,17 @@ unsafe impl<P: IrqControl> PageSource for PageAllocator<'_, P> {
                 .virt_to_phys(VirtAddr::from_ptr(addr.as_ptr()))?
                 .pfn(),
         )
+    }
+
+    fn nr_nodes(&self) -> usize {
+        self.buddy.nr_nodes()
+    }
+
+    fn cpu_node(&self, cpu: usize) -> usize {
+        self.buddy.cpu_node(cpu)
+    }
+
+    fn pfn_node(&self, pfn: Pfn) -> usize {
+        self.buddy.pfn_node(pfn).unwrap_or(0)
     }
 }

@@ -52,7 +52,18 @@ impl<'m, P: IrqControl> PageAllocator<'m, P> {
         order: Order,
         usage: PageUse,
     ) -> Result<Pfn, AllocError> {
-        let pfn = self.buddy.alloc_pages(gfp, order)?;
+        self.alloc_node(self.buddy.local_node(), gfp, order, usage)
+    }
+
+    /// Allocate `2^order` frames for `usage`, preferring node `node`.
+    pub(crate) fn alloc_node(
+        &self,
+        node: usize,
+        gfp: GfpFlags,
+        order: Order,
+        usage: PageUse,
+    ) -> Result<Pfn, AllocError> {
+        let pfn = self.buddy.alloc_pages_node(node, gfp, order)?;
         // The buddy already rejected contradictory flags.
         let mobility = gfp.migrate_type().unwrap_or(MigrateType::Unmovable);
         self.owners.record(

@@ -9,7 +9,7 @@ use mmkit::pgtable::arch::x86_64::X86_64;
 use mmkit::pgtable::softmmu::x86_64::X86Walker;
 use mmkit::pgtable::softmmu::{Access, Mode, SoftMmu};
 use mmkit::pgtable::Attrs;
-use mmkit::slab::CacheConfig;
+use mmkit::slab::{CacheConfig, KmallocKind};
 use mmkit::{BootError, Mm, MmBuilder, PageFreeError, PageUse, VfreeError, VmallocError};
 
 const MIB: u64 = 1 << 20;
@@ -391,5 +391,42 @@ fn vmalloc_on_aarch64_16k_tables_maps_granule_sized_pages() {
     mm.verify().unwrap();
     mm.vfree(va, &mut mmu).unwrap();
     assert_eq!(mm.meminfo().vmalloc_used_kb, 0);
+    mm.verify().unwrap();
+}
+
+#[test]
+fn kmalloc_and_caches_keep_per_node_slabs() {
+    let mem = HostMemory::new(PhysAddr::new(0), SPAN);
+    let mut mm = boot(&mem);
+    let node_of = |p: core::ptr::NonNull<u8>| {
+        let pa = mm
+            .page_allocator()
+            .map()
+            .virt_to_phys(VirtAddr::from_ptr(p.as_ptr()))
+            .unwrap();
+        mm.buddy().pfn_node(pa.pfn()).unwrap()
+    };
+    mm.platform().bind_current_thread(0);
+    let near = mm.kmalloc(100, GfpFlags::KERNEL).unwrap();
+    let far = mm.kmalloc_node(100, GfpFlags::KERNEL, 1).unwrap();
+    let big = mm.kmalloc_node(64 << 10, GfpFlags::KERNEL, 1).unwrap();
+    assert_eq!((node_of(near), node_of(far), node_of(big)), (0, 1, 1));
+    let cache = mm
+        .kmalloc_caches()
+        .cache_for(100, KmallocKind::Normal)
+        .unwrap();
+    assert_eq!(cache.nr_nodes(), 2);
+    assert!(cache.node_stats(1).unwrap().active_objects >= 1);
+    let pfn = mm
+        .alloc_pages_node(1, GfpFlags::KERNEL | GfpFlags::THISNODE, Order::new(2))
+        .unwrap();
+    assert_eq!(mm.buddy().pfn_node(pfn), Some(1));
+    mm.free_pages(pfn, Order::new(2)).unwrap();
+    // SAFETY: each allocated above and freed once.
+    unsafe {
+        mm.kfree(far).unwrap();
+        mm.kfree(near).unwrap();
+        mm.kfree(big).unwrap();
+    }
     mm.verify().unwrap();
 }
