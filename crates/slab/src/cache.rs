@@ -69,7 +69,7 @@ use crate::flags::{CacheFlags, Gfp};
 use crate::layout::SlabLayout;
 use crate::page_source::{PageBlock, PageSource, Rcu, RcuHead};
 use crate::percpu::{self, CpuArrays, CpuRef};
-use crate::slab::{self, DetachedList, NodeLists, PageKind, SlabParams, SlabPtr};
+use crate::slab::{self, DetachedList, HeaderPool, NodeLists, PageKind, SlabParams, SlabPtr};
 use crate::stats::{CacheStats, NodeStats, SlabInfoLine};
 
 /// Longest cache name, in bytes.
@@ -137,6 +137,8 @@ pub(crate) struct CacheCore {
     src: *const (),
     /// Slabs handed to RCU whose callback has not run yet.
     rcu_pending: AtomicUsize,
+    /// Off-slab headers (caches whose layout says `off_slab`).
+    headers: Mutex<HeaderPool>,
 }
 
 static_assertions::const_assert!(core::mem::align_of::<CacheCore>() <= 4096);
@@ -150,6 +152,47 @@ impl CacheCore {
     #[inline]
     fn node_id(&self, nid: usize) -> usize {
         nid.min(self.nr_nodes - 1)
+    }
+
+    /// An off-slab header slot, adding a header page from `src` (preferring node `nid`) if
+    /// every page is full.
+    fn take_header<S: PageSource>(&self, src: &S, nid: usize) -> Option<NonNull<u8>> {
+        if let Some(h) = self.headers.lock().take() {
+            return Some(h);
+        }
+        let page = src.alloc_pages_node(nid, Order::new(0), Gfp::empty())?;
+        src.set_page_private(page.pfn, 0);
+        let mut pool = self.headers.lock();
+        // SAFETY: a fresh order-0 block from the cache's source, given to the pool; its
+        // private word says "not slab memory", so kfree refuses pointers into it.
+        unsafe { pool.add_page(page) };
+        pool.take()
+    }
+
+    /// Give back an off-slab header slot, freeing its page to `src` if the pool lets go.
+    ///
+    /// # Safety
+    /// `slot` came from [`take_header`](Self::take_header) with this `src` and is unused.
+    unsafe fn put_header<S: PageSource>(&self, src: &S, slot: NonNull<u8>) {
+        // SAFETY: caller's contract.
+        let page = unsafe { self.headers.lock().put(slot) };
+        if let Some(page) = page {
+            // SAFETY: a header page from `src`, order 0, no slot in use.
+            unsafe { src.free_pages(page, Order::new(0)) };
+        }
+    }
+
+    /// Release a detached slab to `src` (and its off-slab header to the pool).
+    ///
+    /// # Safety
+    /// The slab belongs to this cache, whose page source is `src`.
+    unsafe fn release_to<S: PageSource>(&self, src: &S, slab: slab::DetachedSlab) {
+        // SAFETY: caller's contract.
+        if let Some(h) = unsafe { slab::release_slab(src, slab) } {
+            // SAFETY: the header slot of a slab of this cache, now unused.
+            unsafe { self.put_header(src, h) };
+        }
+        inc(&self.slow.slabs_freed);
     }
 }
 
@@ -171,8 +214,7 @@ unsafe fn rcu_free_slab<S: PageSource>(head: NonNull<RcuHead>) {
     // instantiated for that `S`), which outlives the cache.
     let src = unsafe { &*(core.src as *const S) };
     // SAFETY: the slab came from `src`; nothing refers to it any more.
-    unsafe { slab::release_slab(src, detached) };
-    inc(&core.slow.slabs_freed);
+    unsafe { core.release_to(src, detached) };
     core.rcu_pending.fetch_sub(1, Release);
 }
 
@@ -315,6 +357,7 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
                 slow: SlowCounters::default(),
                 src: src as *const S as *const (),
                 rcu_pending: AtomicUsize::new(0),
+                headers: Mutex::new(HeaderPool::new()),
             })
         };
         Ok(Self {
@@ -513,17 +556,32 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
     /// partial list of the node its frames belong to; returns that node.
     fn grow(&self, nid: usize) -> Result<usize, AllocError> {
         let core = self.core();
+        let header = if core.params.layout.off_slab {
+            let Some(h) = core.take_header(self.src, nid) else {
+                inc(&core.slow.alloc_failures);
+                return Err(AllocError::OutOfMemory);
+            };
+            Some(h)
+        } else {
+            None
+        };
         let Some(block) = self
             .src
             .alloc_pages_node(nid, core.params.layout.order, core.gfp)
         else {
+            if let Some(h) = header {
+                // SAFETY: taken just above and unused.
+                unsafe { core.put_header(self.src, h) };
+            }
             inc(&core.slow.alloc_failures);
             return Err(AllocError::OutOfMemory);
         };
         let node = core.node_id(self.src.pfn_node(block.pfn));
         let colour = core.colour.fetch_add(1, Relaxed);
-        // SAFETY: a fresh block of the slab order from our source, owned here.
-        let slab = unsafe { slab::format_slab(self.src, block, &core.params, colour, node) };
+        // SAFETY: a fresh block of the slab order from our source, owned here, and (for an
+        // off-slab layout) a header slot of this cache's pool, owned here.
+        let slab =
+            unsafe { slab::format_slab(self.src, block, &core.params, colour, node, header) };
         core.node(node).lock().add_new_slab(slab);
         inc(&core.slow.slabs_allocated);
         Ok(node)
@@ -908,8 +966,7 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
         }
         while let Some(s) = list.pop(&core.params.layout) {
             // SAFETY: every slab of this cache comes from `self.src`.
-            unsafe { slab::release_slab(self.src, s) };
-            inc(&core.slow.slabs_freed);
+            unsafe { core.release_to(self.src, s) };
         }
     }
 
@@ -944,6 +1001,7 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
             slabs += node.nr_slabs();
             inuse += node.inuse;
         }
+        let header_pages = core.headers.lock().pages;
         let mut cached = 0usize;
         let (mut fast_a, mut fast_f, mut allocs, mut frees) = (0u64, 0u64, 0u64, 0u64);
         for c in 0..core.cpus.nr_cpus() {
@@ -962,6 +1020,7 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
             pages_per_slab: l.order.pages() as usize,
             slabs,
             rcu_pending_slabs: core.rcu_pending.load(Acquire),
+            header_pages,
             total_objects: slabs * l.objects,
             active_objects: inuse,
             cpu_cached: cached,
@@ -1002,10 +1061,19 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
         let core = self.core();
         let nodes: [Option<MutexGuard<'_, NodeLists>>; MAX_NODES] =
             core::array::from_fn(|n| (n < core.nr_nodes).then(|| core.nodes[n].0.lock()));
-        let mut inuse = 0;
+        let (mut inuse, mut slabs) = (0, 0);
         for (nid, node) in nodes.iter().enumerate() {
             if let Some(node) = node {
                 inuse += node.verify(&core.params, nid)?.inuse;
+                slabs += node.nr_slabs();
+            }
+        }
+        if core.params.layout.off_slab {
+            let pool = core.headers.lock();
+            if pool.used != slabs + core.rcu_pending.load(Acquire)
+                || pool.used > pool.pages * slab::HEADERS_PER_PAGE
+            {
+                return Err(VerifyError::CountMismatch);
             }
         }
         let nr = core.cpus.nr_cpus();
@@ -1118,6 +1186,12 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
                 rcu_pending_slabs: pending,
                 owners: [None; LEAK_OWNERS],
             });
+        }
+        loop {
+            let page = core.headers.lock().pop_unused_page();
+            let Some(page) = page else { break };
+            // SAFETY: a header page from `self.src`, order 0, no slot in use.
+            unsafe { self.src.free_pages(page, Order::new(0)) };
         }
         let (block, order) = (core.block, core.block_order);
         // SAFETY: the descriptor block came from `self.src` at this order; no slab refers to
@@ -1629,6 +1703,50 @@ mod tests {
         }
         c.verify().unwrap();
         assert_eq!(c.live_objects(), 0);
+    }
+
+    #[test]
+    fn off_slab_headers_fill_slabs_and_come_and_go_with_them() {
+        let (src, plat) = env();
+        let mut c = Cache::new(&CacheConfig::new("4k", 4096), &src, &plat).unwrap();
+        assert!(c.layout().off_slab);
+        let per_slab = c.layout().objects;
+        assert_eq!(per_slab * 4096, c.layout().slab_bytes());
+        let n = per_slab * (slab::HEADERS_PER_PAGE + 2);
+        let objs: Vec<_> = (0..n).map(|_| c.alloc().unwrap()).collect();
+        for (i, &o) in objs.iter().enumerate() {
+            assert_eq!(o.as_ptr() as usize % 4096, 0, "naturally aligned");
+            fill(o, 4096, i as u8);
+        }
+        assert_eq!(c.stats().header_pages, 2, "31 headers per page");
+        c.verify().unwrap();
+        // The header is outside the slab, in a page that is not slab memory: a free of a
+        // pointer into it is refused.
+        let word = src.page_private(src.virt_to_pfn(objs[0]).unwrap());
+        let hdr = NonNull::new((word & !slab::PRIVATE_TAG_MASK) as usize as *mut u8).unwrap();
+        let slab_start = objs[0].as_ptr() as usize & !(c.layout().slab_bytes() - 1);
+        assert!(
+            !(slab_start..slab_start + c.layout().slab_bytes()).contains(&(hdr.as_ptr() as usize))
+        );
+        // SAFETY: refused without any change.
+        assert_eq!(unsafe { c.free(hdr) }, Err(FreeError::NotSlabMemory));
+        for (i, &o) in objs.iter().enumerate() {
+            assert!((0..4096).all(|k| read(o, k) == i as u8), "object {i}");
+        }
+        for o in objs {
+            // SAFETY: allocated above, freed once.
+            unsafe { c.free(o).unwrap() };
+        }
+        c.shrink();
+        c.verify().unwrap();
+        assert_eq!(c.stats().slabs, 0);
+        assert_eq!(
+            c.stats().header_pages,
+            1,
+            "one header page kept for the next slab"
+        );
+        c.destroy().unwrap();
+        assert_eq!(src.frames_in_use(), 0);
     }
 
     #[test]

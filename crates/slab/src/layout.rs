@@ -10,7 +10,15 @@
 //! ```
 //!
 //! The header sits at the end so the first slot starts on the block's natural alignment,
-//! which is what makes power-of-two kmalloc objects naturally aligned. Each new slab starts
+//! which is what makes power-of-two kmalloc objects naturally aligned.
+//!
+//! ## Off-slab headers
+//! For objects of at least [`OFF_SLAB_MIN`] bytes whose slabs would lose an object (or more
+//! than the header's share) to an in-slab header (the 1, 2, 4 and 8 KiB kmalloc classes lose
+//! one in 32, 16, 8 and 4), the header goes *off slab*: into a header page of the cache
+//! (`slab.rs`, one page of headers serves 31 slabs), and the slots fill the whole block, as
+//! in SLAB's `OFF_SLAB` caches. SLUB keeps the same data in `struct page`, which a page
+//! source with one private word per frame cannot offer. Each new slab starts
 //! its slots at the next *colour* (Bonwick 1994): a multiple of the cache line within the
 //! leftover space, so the first objects of different slabs do not share cache sets.
 //!
@@ -41,8 +49,11 @@ use crate::flags::CacheFlags;
 
 /// Largest slab order, as SLUB's default `slub_max_order` (`PAGE_ALLOC_COSTLY_ORDER`).
 pub const MAX_SLAB_ORDER: u32 = 3;
-/// Bytes reserved at the end of every slab for its header.
+/// Bytes reserved at the end of every slab for its header (none with an off-slab header);
+/// also the size of an off-slab header slot.
 pub const HEADER_RESERVE: usize = 128;
+/// Smallest object size that may get an off-slab header (SLAB's `PAGE_SIZE >> 3`).
+pub const OFF_SLAB_MIN: usize = 512;
 /// The cache-line size assumed for `HWCACHE_ALIGN` and colouring.
 pub const CACHE_LINE: usize = 64;
 /// Smallest object alignment: a machine word, so the free pointer can live in an object.
@@ -114,6 +125,8 @@ pub struct SlabLayout {
     pub colours: usize,
     /// Per-CPU array capacity (0 for debug caches, which bypass the arrays).
     pub cpu_capacity: usize,
+    /// Whether the slab header lives in a header page instead of the slab's last bytes.
+    pub off_slab: bool,
 }
 
 /// Alignment for an object of `size` asked to be aligned to `align` (Linux
@@ -142,18 +155,35 @@ const fn align_up(x: usize, a: usize) -> usize {
     (x + a - 1) & !(a - 1)
 }
 
-/// Usable bytes of a slab of `order` (without the header).
+/// Usable bytes of a slab of `order` with an in-slab header.
 pub const fn usable_bytes(order: u32) -> usize {
-    ((PAGE_SIZE as usize) << order) - HEADER_RESERVE
+    usable(order, HEADER_RESERVE)
 }
 
-fn objects_for(order: u32, stride: usize, lead: usize) -> usize {
-    (usable_bytes(order).saturating_sub(lead) / stride).min(MAX_OBJECTS_PER_SLAB)
+/// Usable bytes of a slab of `order` when `reserve` bytes at its end hold the header.
+const fn usable(order: u32, reserve: usize) -> usize {
+    ((PAGE_SIZE as usize) << order) - reserve
+}
+
+fn objects_for(order: u32, stride: usize, lead: usize, reserve: usize) -> usize {
+    (usable(order, reserve).saturating_sub(lead) / stride).min(MAX_OBJECTS_PER_SLAB)
 }
 
 /// SLUB's order choice for slots of `stride` bytes, `lead` bytes before the first slot, on a
-/// machine with `nr_cpus` CPUs.
+/// machine with `nr_cpus` CPUs, with an in-slab header.
 pub fn slab_order(stride: usize, lead: usize, nr_cpus: usize) -> Result<u32, LayoutError> {
+    order_with(stride, lead, nr_cpus, HEADER_RESERVE)
+}
+
+/// [`slab_order`] for a slab whose last `reserve` bytes hold the header.
+fn order_with(
+    stride: usize,
+    lead: usize,
+    nr_cpus: usize,
+    reserve: usize,
+) -> Result<u32, LayoutError> {
+    let objects_for = |order, stride, lead| objects_for(order, stride, lead, reserve);
+    let usable_bytes = |order| usable(order, reserve);
     let max_objects = objects_for(MAX_SLAB_ORDER, stride, lead);
     if max_objects == 0 {
         return Err(LayoutError::ObjectTooLarge);
@@ -207,7 +237,7 @@ impl SlabLayout {
         if align > PAGE_SIZE as usize {
             return Err(LayoutError::AlignTooLarge);
         }
-        if size > usable_bytes(MAX_SLAB_ORDER) {
+        if size > usable(MAX_SLAB_ORDER, 0) {
             return Err(LayoutError::ObjectTooLarge);
         }
         let align = object_align(size, align, flags);
@@ -251,14 +281,13 @@ impl SlabLayout {
             0
         };
         let stride = align_up(off, align);
-        let order = slab_order(stride, lead, nr_cpus)?;
-        let objects = objects_for(order, stride, lead);
+        let (order, objects, reserve) = Self::choose_header(stride, lead, nr_cpus, size)?;
         let colour_unit = if align > CACHE_LINE {
             align
         } else {
             CACHE_LINE
         };
-        let leftover = usable_bytes(order) - lead - objects * stride;
+        let leftover = usable(order, reserve) - lead - objects * stride;
         let colours = leftover / colour_unit + 1;
         let cpu_capacity = if flags.is_debug() {
             0
@@ -282,7 +311,32 @@ impl SlabLayout {
             colour_unit,
             colours,
             cpu_capacity,
+            off_slab: reserve == 0,
         })
+    }
+
+    /// Order, objects per slab and header reserve: the in-slab header unless an off-slab
+    /// one packs the memory better (more object bytes per slab byte) for an object of at
+    /// least [`OFF_SLAB_MIN`] bytes.
+    fn choose_header(
+        stride: usize,
+        lead: usize,
+        nr_cpus: usize,
+        size: usize,
+    ) -> Result<(u32, usize, usize), LayoutError> {
+        let inline = order_with(stride, lead, nr_cpus, HEADER_RESERVE)
+            .map(|o| (o, objects_for(o, stride, lead, HEADER_RESERVE)));
+        if size < OFF_SLAB_MIN {
+            let (o, n) = inline?;
+            return Ok((o, n, HEADER_RESERVE));
+        }
+        let off = order_with(stride, lead, nr_cpus, 0)?;
+        let off_n = objects_for(off, stride, lead, 0);
+        match inline {
+            // Compare n_in / 2^o_in with n_off / 2^o_off without division.
+            Ok((o, n)) if n << off >= off_n << o => Ok((o, n, HEADER_RESERVE)),
+            _ => Ok((off, off_n, 0)),
+        }
     }
 
     /// Slot index of byte offset `off` from the first slot: `off / stride` by multiplication.
@@ -298,9 +352,14 @@ impl SlabLayout {
         (PAGE_SIZE as usize) << self.order.get()
     }
 
-    /// Offset of the header from the slab start.
+    /// Offset of the in-slab header from the slab start (the slab's end when the header is
+    /// off slab).
     pub const fn header_offset(&self) -> usize {
-        self.slab_bytes() - HEADER_RESERVE
+        if self.off_slab {
+            self.slab_bytes()
+        } else {
+            self.slab_bytes() - HEADER_RESERVE
+        }
     }
 
     /// Offset of the colour area for colour number `colour` (taken modulo the colour count).
@@ -392,8 +451,8 @@ mod tests {
             let l = layout(size, 8, CacheFlags::empty(), false);
             assert!(l.order.get() <= MAX_SLAB_ORDER);
             assert!(l.objects >= 1);
-            assert!(l.objects * l.stride <= usable_bytes(l.order.get()));
-            let leftover = usable_bytes(l.order.get()) - l.objects * l.stride;
+            assert!(l.objects * l.stride <= l.header_offset());
+            let leftover = l.header_offset() - l.objects * l.stride;
             assert!(
                 leftover * 2 <= l.slab_bytes(),
                 "size {size}: leftover {leftover}"
@@ -443,6 +502,32 @@ mod tests {
             SlabLayout::new(40000, 8, f, false, 1),
             Err(LayoutError::ObjectTooLarge)
         );
+    }
+
+    #[test]
+    fn big_power_of_two_objects_get_off_slab_headers_and_full_slabs() {
+        for size in [1024usize, 2048, 4096, 8192] {
+            let l = layout(size, 8, CacheFlags::empty(), false);
+            assert!(l.off_slab, "{size}");
+            assert_eq!(
+                l.objects * size,
+                l.slab_bytes(),
+                "{size}: slots fill the slab"
+            );
+            assert!(l.objects >= 4, "{size}");
+            assert_eq!(l.header_offset(), l.slab_bytes());
+            assert_eq!(l.first_object_offset(0), 0, "natural alignment kept");
+        }
+        // Small objects and sizes that lose nothing to the header keep it in the slab.
+        for size in [64usize, 256, 3072] {
+            assert!(
+                !layout(size, 8, CacheFlags::empty(), false).off_slab,
+                "{size}"
+            );
+        }
+        // Objects as large as a whole order-3 slab fit once the header is off slab.
+        let whole = layout(32768, 8, CacheFlags::empty(), false);
+        assert!(whole.off_slab && whole.objects == 1);
     }
 
     #[test]

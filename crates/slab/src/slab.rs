@@ -6,6 +6,9 @@
 //! ## Invariants
 //! * A slab is a block from the cache's page source laid out as `layout.rs` describes. Every
 //!   frame's private word is `header address | PRIVATE_SLAB` from formatting until release.
+//!   The header is the slab's last [`HEADER_RESERVE`] bytes, or, in an off-slab layout, a slot
+//!   of a header page from the cache's [`HeaderPool`] (private word 0: not slab memory),
+//!   returned to the pool when the slab is released.
 //! * The header fields `magic`, `cache`, `base`, `first`, `pfn`, `objects`, `node` never
 //!   change after formatting; `freelist`, `inuse`, `next`, `prev`, `list` change only under
 //!   the lock of the slab's node (a `&mut NodeLists`) or while the slab is owned outright
@@ -28,7 +31,7 @@
 use core::panic::Location;
 use core::ptr::{self, NonNull};
 
-use mmkit_addr::{Order, Pfn};
+use mmkit_addr::{Order, Pfn, PAGE_SIZE};
 
 use crate::error::{FreeError, VerifyError};
 use crate::layout::{SlabLayout, HEADER_RESERVE, MAX_OBJECTS_PER_SLAB};
@@ -204,6 +207,8 @@ pub(crate) struct NewSlab(SlabPtr);
 pub(crate) struct DetachedSlab {
     block: PageBlock,
     order: Order,
+    /// The off-slab header slot, to go back to the cache's [`HeaderPool`].
+    header: Option<NonNull<u8>>,
 }
 
 /// Detached slabs chained through their headers.
@@ -264,6 +269,7 @@ impl DetachedList {
         Some(DetachedSlab {
             block: PageBlock { pfn, ptr: base },
             order: layout.order,
+            header: layout.off_slab.then_some(hdr.cast()),
         })
     }
 }
@@ -282,6 +288,10 @@ pub(crate) unsafe fn rcu_slab(head: NonNull<RcuHead>, layout: &SlabLayout) -> De
     DetachedSlab {
         block: PageBlock { pfn, ptr: base },
         order: layout.order,
+        // SAFETY: `h` is derived from a non-null head by a field offset.
+        header: layout
+            .off_slab
+            .then(|| unsafe { NonNull::new_unchecked(h.cast::<u8>()) }),
     }
 }
 
@@ -296,10 +306,15 @@ pub(crate) unsafe fn rcu_slab_cache(head: NonNull<RcuHead>) -> usize {
 }
 
 /// Return a detached slab's pages to `src`: clear every frame's private word, then free.
+/// Returns the off-slab header slot, which the caller gives back to its [`HeaderPool`].
 ///
 /// # Safety
 /// `src` must be the page source the slab was allocated from.
-pub(crate) unsafe fn release_slab<S: PageSource>(src: &S, slab: DetachedSlab) {
+#[must_use]
+pub(crate) unsafe fn release_slab<S: PageSource>(
+    src: &S,
+    slab: DetachedSlab,
+) -> Option<NonNull<u8>> {
     for i in 0..slab.order.pages() {
         if let Some(pfn) = slab.block.pfn.checked_add_frames(i) {
             src.set_page_private(pfn, 0);
@@ -308,6 +323,194 @@ pub(crate) unsafe fn release_slab<S: PageSource>(src: &S, slab: DetachedSlab) {
     // SAFETY: a DetachedSlab is the only owner of a block `src` handed out at this order
     // (caller's contract), and nothing refers to its memory any more (inuse was 0).
     unsafe { src.free_pages(slab.block, slab.order) };
+    slab.header
+}
+
+/// Metadata of a header page, in its first slot.
+#[repr(C)]
+struct HeaderPage {
+    next: *mut HeaderPage,
+    prev: *mut HeaderPage,
+    /// Free slots, linked through their first word.
+    free: *mut u8,
+    nr_free: usize,
+    block: PageBlock,
+    /// Whether the page is on the `partial` list (else on `full`).
+    partial: bool,
+}
+
+static_assertions::const_assert!(core::mem::size_of::<HeaderPage>() <= HEADER_RESERVE);
+
+/// Header slots per page (slot 0 holds the page's metadata).
+pub(crate) const HEADERS_PER_PAGE: usize = PAGE_SIZE as usize / HEADER_RESERVE - 1;
+
+/// A cache's off-slab slab headers: pages of [`HEADER_RESERVE`]-byte slots, on a partial list
+/// (some slots free) or a full one. Lives inside the cache's header lock.
+#[derive(Debug)]
+pub(crate) struct HeaderPool {
+    partial: *mut HeaderPage,
+    full: *mut HeaderPage,
+    /// Pages held.
+    pub pages: usize,
+    /// Slots handed out.
+    pub used: usize,
+    nr_partial: usize,
+}
+
+// SAFETY: the pointers are header pages owned by the pool; all access goes through the lock
+// that wraps it.
+unsafe impl Send for HeaderPool {}
+
+impl HeaderPool {
+    /// No pages.
+    pub const fn new() -> Self {
+        Self {
+            partial: ptr::null_mut(),
+            full: ptr::null_mut(),
+            pages: 0,
+            used: 0,
+            nr_partial: 0,
+        }
+    }
+
+    fn list(&mut self, partial: bool) -> &mut *mut HeaderPage {
+        if partial {
+            &mut self.partial
+        } else {
+            &mut self.full
+        }
+    }
+
+    /// # Safety
+    /// `p` is a page of this pool on no list.
+    unsafe fn link(&mut self, p: *mut HeaderPage, partial: bool) {
+        let head = *self.list(partial);
+        // SAFETY: `p` and the list head are pages of this pool (caller, lock held).
+        unsafe {
+            (*p).partial = partial;
+            (*p).prev = ptr::null_mut();
+            (*p).next = head;
+            if !head.is_null() {
+                (*head).prev = p;
+            }
+        }
+        *self.list(partial) = p;
+        if partial {
+            self.nr_partial += 1;
+        }
+    }
+
+    /// # Safety
+    /// `p` is a page of this pool on its list.
+    unsafe fn unlink(&mut self, p: *mut HeaderPage) {
+        // SAFETY: caller's contract; neighbours are pages of this pool.
+        let (partial, prev, next) = unsafe { ((*p).partial, (*p).prev, (*p).next) };
+        // SAFETY: as above.
+        unsafe {
+            if !next.is_null() {
+                (*next).prev = prev;
+            }
+            if prev.is_null() {
+                *self.list(partial) = next;
+            } else {
+                (*prev).next = next;
+            }
+        }
+        if partial {
+            self.nr_partial -= 1;
+        }
+    }
+
+    /// A free slot, if a page has one.
+    pub fn take(&mut self) -> Option<NonNull<u8>> {
+        let p = self.partial;
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: pages on the partial list are live pool pages with a free slot.
+        unsafe {
+            let slot = (*p).free;
+            (*p).free = slot.cast::<*mut u8>().read();
+            (*p).nr_free -= 1;
+            if (*p).nr_free == 0 {
+                self.unlink(p);
+                self.link(p, false);
+            }
+            self.used += 1;
+            NonNull::new(slot)
+        }
+    }
+
+    /// Format `block` (one page from the cache's page source, private word cleared) as a
+    /// header page and add it.
+    ///
+    /// # Safety
+    /// `block` is an order-0 block owned by the caller and given to the pool.
+    pub unsafe fn add_page(&mut self, block: PageBlock) {
+        let base = block.ptr.as_ptr();
+        let p = base.cast::<HeaderPage>();
+        let mut free = ptr::null_mut();
+        // SAFETY: the page is ours; every slot lies inside it.
+        unsafe {
+            for i in (1..=HEADERS_PER_PAGE).rev() {
+                let slot = base.add(i * HEADER_RESERVE);
+                slot.cast::<*mut u8>().write(free);
+                free = slot;
+            }
+            p.write(HeaderPage {
+                next: ptr::null_mut(),
+                prev: ptr::null_mut(),
+                free,
+                nr_free: HEADERS_PER_PAGE,
+                block,
+                partial: true,
+            });
+            self.link(p, true);
+        }
+        self.pages += 1;
+    }
+
+    /// Give back a slot [`take`](Self::take) returned. Returns its page when the page is now
+    /// unused and another page has free slots: the caller frees it.
+    ///
+    /// # Safety
+    /// `slot` came from this pool's `take` and is not used afterwards.
+    pub unsafe fn put(&mut self, slot: NonNull<u8>) -> Option<PageBlock> {
+        let page = (slot.as_ptr() as usize & !(PAGE_SIZE as usize - 1)) as *mut HeaderPage;
+        self.used -= 1;
+        // SAFETY: `slot` lies in a live page of this pool, whose first slot is its metadata
+        // (caller's contract); writing the link also wipes the header's magic.
+        unsafe {
+            slot.as_ptr().cast::<*mut u8>().write((*page).free);
+            (*page).free = slot.as_ptr();
+            (*page).nr_free += 1;
+            if !(*page).partial {
+                self.unlink(page);
+                self.link(page, true);
+            }
+            if (*page).nr_free == HEADERS_PER_PAGE && self.nr_partial > 1 {
+                self.unlink(page);
+                self.pages -= 1;
+                return Some((*page).block);
+            }
+        }
+        None
+    }
+
+    /// Take one page off an unused pool (for cache destruction); `None` when the pool has
+    /// no pages or still hands out slots.
+    pub fn pop_unused_page(&mut self) -> Option<PageBlock> {
+        if self.used != 0 || self.partial.is_null() {
+            return None;
+        }
+        let p = self.partial;
+        // SAFETY: a live page of this pool.
+        unsafe {
+            self.unlink(p);
+            self.pages -= 1;
+            Some((*p).block)
+        }
+    }
 }
 
 #[inline]
@@ -347,21 +550,27 @@ unsafe fn set_free_ptr(params: &SlabParams, obj: *mut u8, next: *mut u8) {
 ///
 /// # Safety
 /// `block` is a block of `params.layout.order` just allocated from `src` and owned by the
-/// caller.
+/// caller; for an off-slab layout, `off_slab_header` is a slot from the cache's
+/// [`HeaderPool`] owned by the caller, which the slab keeps until it is released.
 pub(crate) unsafe fn format_slab<S: PageSource>(
     src: &S,
     block: PageBlock,
     params: &SlabParams,
     colour: usize,
     node: usize,
+    off_slab_header: Option<NonNull<u8>>,
 ) -> NewSlab {
     let l = &params.layout;
     let base = block.ptr;
     // SAFETY: the block is `slab_bytes` long and ours; the header offset and every slot
     // (with its left red zone) are inside it (layout invariants:
-    // colour + lead + objects * stride <= header_offset, left_red_zone <= lead).
+    // colour + lead + objects * stride <= header_offset, left_red_zone <= lead); an
+    // off-slab header slot is `HEADER_RESERVE` bytes owned by the caller (contract).
     unsafe {
-        let hdr = base.add(l.header_offset()).cast::<SlabHeader>();
+        let hdr = match off_slab_header {
+            Some(h) if l.off_slab => h.cast::<SlabHeader>(),
+            _ => base.add(l.header_offset()).cast::<SlabHeader>(),
+        };
         let first = base.add(l.first_object_offset(colour));
         for i in 0..l.objects {
             let obj = first.as_ptr().add(i * l.stride);

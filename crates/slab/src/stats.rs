@@ -40,6 +40,8 @@ pub struct CacheStats {
     pub pages_per_slab: usize,
     /// Slabs on the partial and full lists.
     pub slabs: usize,
+    /// Pages holding off-slab slab headers.
+    pub header_pages: usize,
     /// Slabs waiting for an RCU grace period.
     pub rcu_pending_slabs: usize,
     /// Objects in all slabs.
