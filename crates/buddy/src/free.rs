@@ -66,8 +66,24 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         let tail = Flags::new(PageState::Tail, 0, MigrateType::Unmovable);
         match node.mm.desc(pfn).begin_free(order, tail) {
             Ok(_) => {
-                let mt = z.pageblock_type(pfn);
-                z.free_one_page(pfn, order, mt, false);
+                let pb_order = self.cfg.pageblock_order;
+                if order <= pb_order {
+                    let mt = z.pageblock_type(pfn);
+                    z.free_one_page(pfn, order, mt, false);
+                } else {
+                    // A block larger than a pageblock may span pageblocks of different types
+                    // (one isolated, or retyped, while the block was allocated): free it
+                    // pageblock by pageblock, each onto its own type's list, and let merging
+                    // rebuild the large block where the types allow (Linux
+                    // `split_large_buddy`).
+                    let end = pfn + (1u64 << order);
+                    let mut p = pfn;
+                    while p < end {
+                        let mt = z.pageblock_type(p);
+                        z.free_one_page(p, pb_order, mt, false);
+                        p += 1u64 << pb_order;
+                    }
+                }
                 Ok(())
             }
             Err(f) => {
@@ -175,16 +191,43 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             .sum()
     }
 
+    /// The descriptor of `pfn` if it lies in an allocated block. This is on every slab
+    /// free's path (`kfree` finds its slab through the private word), so it finds the node
+    /// by span alone and answers a block head from its own flags before walking up to a
+    /// tail's head.
+    #[inline]
     fn allocated_desc(&self, pfn: u64) -> Result<&'m crate::page::PageDesc, PrivateError> {
-        let (node, _) = self.locate(pfn).ok_or(PrivateError::OutsideZones)?;
-        match find_block_head(&node.mm, self.cfg.max_order, pfn) {
-            Some((_, f)) if f.state == PageState::Allocated => Ok(node.mm.desc(pfn)),
-            _ => Err(PrivateError::NotAllocated),
+        let node = self.nodes[..self.nr_nodes]
+            .iter()
+            .find(|n| n.mm.contains(pfn))
+            .ok_or(PrivateError::OutsideZones)?;
+        let d = node.mm.desc(pfn);
+        match d.state_order().0 {
+            PageState::Allocated => return Ok(d),
+            PageState::Tail => {}
+            _ => return Err(PrivateError::NotAllocated),
         }
+        // A tail: walk up to its head as `find_block_head` does, reading state and order only.
+        for o in 1..=self.cfg.max_order {
+            if pfn & (1u64 << (o - 1)) == 0 {
+                continue;
+            }
+            let h = pfn & !((1u64 << o) - 1);
+            if !node.mm.contains(h) {
+                break;
+            }
+            match node.mm.desc(h).state_order() {
+                (PageState::Allocated, order) if order >= o => return Ok(d),
+                (PageState::Tail, _) => {}
+                _ => break,
+            }
+        }
+        Err(PrivateError::NotAllocated)
     }
 
     /// Store `value` in the private word of `pfn`, a frame of an allocated block (the slab
     /// allocator keeps its slab pointer there, as Linux keeps `page->slab_cache`).
+    #[inline]
     pub fn set_page_private(&self, pfn: Pfn, value: u64) -> Result<(), PrivateError> {
         self.allocated_desc(pfn.as_u64())?.set_private(value);
         Ok(())
@@ -193,6 +236,7 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
     /// The private word of `pfn`, a frame of an allocated block: what its owner last
     /// stored. A block's first frame reads 0 right after allocation; other frames are
     /// unspecified until set.
+    #[inline]
     pub fn page_private(&self, pfn: Pfn) -> Result<u64, PrivateError> {
         Ok(self.allocated_desc(pfn.as_u64())?.private())
     }

@@ -353,12 +353,12 @@ pub(crate) fn find_block_head(mm: &Memmap<'_>, max_order: u32, pfn: u64) -> Opti
         if !mm.contains(h) {
             return None;
         }
-        let f = mm.desc(h).flags();
-        match f.state {
-            PageState::Free | PageState::Allocated | PageState::PerCpu if f.order >= o => {
-                return Some((h, f))
+        let d = mm.desc(h);
+        match d.state_order() {
+            (PageState::Free | PageState::Allocated | PageState::PerCpu, order) if order >= o => {
+                return Some((h, d.flags()))
             }
-            PageState::Tail => {}
+            (PageState::Tail, _) => {}
             _ => return None,
         }
     }

@@ -130,9 +130,15 @@ impl PageDesc {
     pub(crate) fn set_flags(&self, f: Flags) {
         self.flags.store(f.encode(), Relaxed);
     }
+    /// State and order without decoding the migrate type (the block-head walk's inner loop).
+    #[inline]
+    pub(crate) fn state_order(&self) -> (PageState, u32) {
+        let w = self.flags.load(Relaxed);
+        (PageState::from_bits(w), (w >> 3) & 0x3f)
+    }
     #[inline]
     pub(crate) fn state(&self) -> PageState {
-        self.flags().state
+        self.state_order().0
     }
 
     /// Atomically turn an allocated head of `order` into `to`. On failure returns what was

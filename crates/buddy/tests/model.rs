@@ -232,3 +232,103 @@ proptest! {
         run(actions, false, movable);
     }
 }
+
+/// Found by the state machine: isolating a pageblock while mobility grouping is off, then
+/// freeing into it.
+#[test]
+fn regression_isolate_with_grouping_off() {
+    use Action::*;
+    let actions = vec![
+        Alloc {
+            flags: 6,
+            order: 0,
+            node: 0,
+        },
+        Free { pick: 0 },
+        Alloc {
+            flags: 1,
+            order: 10,
+            node: 0,
+        },
+        Alloc {
+            flags: 0,
+            order: 0,
+            node: 1,
+        },
+        Alloc {
+            flags: 1,
+            order: 0,
+            node: 0,
+        },
+        Alloc {
+            flags: 2,
+            order: 0,
+            node: 0,
+        },
+        Free {
+            pick: 17115388448873904,
+        },
+        Free {
+            pick: 18342168559449498229,
+        },
+        Alloc {
+            flags: 3,
+            order: 3,
+            node: 0,
+        },
+        Alloc {
+            flags: 0,
+            order: 3,
+            node: 0,
+        },
+        Alloc {
+            flags: 1,
+            order: 2,
+            node: 0,
+        },
+        Alloc {
+            flags: 2,
+            order: 0,
+            node: 1,
+        },
+        Free {
+            pick: 12339782606507103857,
+        },
+        Alloc {
+            flags: 4,
+            order: 2,
+            node: 0,
+        },
+        Alloc {
+            flags: 4,
+            order: 2,
+            node: 0,
+        },
+        Alloc {
+            flags: 5,
+            order: 1,
+            node: 1,
+        },
+        Grouping(false),
+        Alloc {
+            flags: 2,
+            order: 2,
+            node: 1,
+        },
+        Alloc {
+            flags: 6,
+            order: 2,
+            node: 0,
+        },
+        Isolate { pb: 3 },
+        Alloc {
+            flags: 1,
+            order: 1,
+            node: 0,
+        },
+        Free {
+            pick: 15781438701277829630,
+        },
+    ];
+    run(actions, true, true);
+}
