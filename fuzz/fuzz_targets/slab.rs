@@ -1,6 +1,9 @@
 //! Fuzz mmkit-slab: an `Arbitrary` sequence of cache and kmalloc actions against a model of
 //! live objects. After every action every cache is verified and every live object must hold
-//! the bytes its owner wrote; refused frees must be refused with the expected error.
+//! the bytes its owner wrote; refused frees must be refused with the expected error. Pages
+//! come from the real buddy over two NUMA nodes (CPU 0 on node 0, CPU 1 on node 1), so
+//! `Migrate` makes frees cross nodes, and RCU callbacks run when the fuzzer ends a grace
+//! period.
 #![no_main]
 
 use std::ptr::NonNull;
@@ -14,6 +17,8 @@ use mmkit_slab::{Cache, CacheConfig, CacheFlags, FreeError, Gfp, Kmalloc, ZERO_S
 #[derive(Arbitrary, Debug)]
 enum Action {
     Alloc { cache: u8, byte: u8 },
+    AllocNode { cache: u8, node: u8, byte: u8 },
+    KmallocNode { size: u16, node: u8, byte: u8 },
     Free { pick: u16 },
     Bulk { cache: u8, n: u8, byte: u8 },
     Kmalloc { size: u16, large: bool, kind: u8, zero: bool, byte: u8 },
@@ -55,7 +60,7 @@ fn ctor(p: NonNull<u8>) {
 }
 
 fuzz_target!(|actions: Vec<Action>| {
-    let src = TestPageSource::with_max_order(2 << 20, 6);
+    let src = TestPageSource::numa_with_max_order(1 << 20, 2, &[0, 1], 6);
     let plat = HostPlatform::new(2);
     let rcu = TestRcu::new();
     let configs = [
@@ -79,6 +84,26 @@ fuzz_target!(|actions: Vec<Action>| {
                 let c = cache as usize % caches.len();
                 if let Ok(ptr) = caches[c].alloc() {
                     let l = Live { ptr, len: SIZES[c], byte, cache: Some(c) };
+                    fill(&l);
+                    live.push(l);
+                }
+            }
+            Action::AllocNode { cache, node, byte } => {
+                let c = cache as usize % caches.len();
+                if let Ok(ptr) = caches[c].alloc_node(node as usize % 3) {
+                    let l = Live { ptr, len: SIZES[c], byte, cache: Some(c) };
+                    fill(&l);
+                    live.push(l);
+                }
+            }
+            Action::KmallocNode { size, node, byte } => {
+                let size = size as usize % 20_000;
+                if let Ok(ptr) = k.kmalloc_node(size, Gfp::empty(), node as usize % 3) {
+                    if size == 0 {
+                        assert_eq!(ptr, ZERO_SIZE_PTR);
+                        continue;
+                    }
+                    let l = Live { ptr, len: size, byte, cache: None };
                     fill(&l);
                     live.push(l);
                 }
@@ -211,6 +236,7 @@ fuzz_target!(|actions: Vec<Action>| {
         for l in &live {
             assert!(intact(l), "live object lost its bytes: {l:?}");
         }
+        assert_eq!(caches[3].stats().rcu_pending_slabs, rcu.pending(), "RCU accounting");
     }
     for l in live {
         match l.cache {

@@ -4,12 +4,17 @@
 //! [`PageSource`] (the buddy allocator, in a kernel), and per-CPU exclusion comes from the
 //! platform's [`IrqControl`](mmkit_addr::IrqControl).
 //!
-//! * [`Cache`]: `kmem_cache_create` / `alloc` / `free` / bulk / `shrink` / `destroy`, with
-//!   constructors, `HWCACHE_ALIGN`, `RECLAIM_ACCOUNT`, `TYPESAFE_BY_RCU`, and the debug flags
-//!   (consistency checks, red zones, poison, owner tracking).
+//! * [`Cache`]: `kmem_cache_create` / `alloc` / `alloc_node` / `free` / bulk / `shrink` /
+//!   `destroy`, with constructors, `HWCACHE_ALIGN`, `RECLAIM_ACCOUNT`, `TYPESAFE_BY_RCU`
+//!   (slab pages freed from the kernel's [`Rcu::call_rcu`] callback), and the debug flags
+//!   (consistency checks, red zones, poison, owner tracking). Slabs are kept on per-node
+//!   partial lists ([`PageSource::cpu_node`] / [`PageSource::pfn_node`]); `shrink` drains
+//!   every CPU's array through [`IrqControl::run_on_cpu`](mmkit_addr::IrqControl::run_on_cpu);
+//!   big objects get off-slab headers so their slots fill the slab.
 //! * [`TypedCache`] / [`SlabBox`]: a cache of `T` handing out owned, constructed objects.
-//! * [`Kmalloc`]: `kmalloc` / `kzalloc` / `kfree` / `ksize` / `krealloc` over Linux's size
-//!   classes (refined to four per doubling), with reclaimable and DMA sets and page-backed large allocations.
+//! * [`Kmalloc`]: `kmalloc` / `kmalloc_node` / `kzalloc` / `kfree` / `ksize` / `krealloc`
+//!   over Linux's size classes (refined to four per doubling), with reclaimable and DMA sets
+//!   and page-backed large allocations.
 //! * `verify()` invariant scanners, [`CacheStats`], and `/proc/slabinfo` via `Display`.
 //!
 //! ```
@@ -17,7 +22,7 @@
 //! use mmkit_slab::testing::TestPageSource;
 //! use mmkit_slab::{Cache, CacheConfig, CacheFlags, Gfp, Kmalloc};
 //!
-//! let pages = TestPageSource::new(8 << 20); // in a kernel: the buddy allocator
+//! let pages = TestPageSource::new(8 << 20); // the real buddy over host memory
 //! let cpus = HostPlatform::new(2);           // in a kernel: CPU id + interrupt control
 //! let dentries = Cache::new(
 //!     &CacheConfig::new("dentry", 192).flags(CacheFlags::HWCACHE_ALIGN),
@@ -40,11 +45,12 @@
 //!
 //! ## How it fits together
 //! ```text
-//! Kmalloc ──> Cache (handle) ──> descriptor block (percpu.rs): config, node lock, CPU arrays
+//! Kmalloc ──> Cache (handle) ──> descriptor block (percpu.rs): config, node locks, CPU arrays
 //!                                   │
-//!           CPU arrays (lock-free fast path) <──> NodeLists (slab.rs): partial / full / RCU
-//!                                   │
-//!                               PageSource: slab blocks + per-frame private word
+//!           CPU arrays (lock-free fast path) <──> NodeLists per node (slab.rs): partial / full
+//!                                   │                      └─ HeaderPool: off-slab headers
+//!                               PageSource: slab blocks + per-frame private word + nodes
+//!                               Rcu: call_rcu for TYPESAFE_BY_RCU slabs
 //! ```
 //!
 //! Module map: `layout` (geometry and policy tables), `config` (creation parameters), `slab` (slab memory, raw), `percpu`

@@ -110,6 +110,16 @@ impl TestPageSource {
         Self::build(node_bytes, nodes, cpu_nodes, TEST_MAX_ORDER)
     }
 
+    /// As [`numa`](Self::numa) with a smaller largest order (small arenas for fuzzing).
+    pub fn numa_with_max_order(
+        node_bytes: usize,
+        nodes: usize,
+        cpu_nodes: &[u8],
+        max_order: u32,
+    ) -> Self {
+        Self::build(node_bytes, nodes, cpu_nodes, max_order)
+    }
+
     fn build(node_bytes: usize, nodes: usize, cpu_nodes: &[u8], max_order: u32) -> Self {
         assert!(
             (1..=MAX_NUMNODES).contains(&nodes),
