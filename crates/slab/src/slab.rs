@@ -326,6 +326,68 @@ pub(crate) unsafe fn release_slab<S: PageSource>(
     slab.header
 }
 
+/// An element of a doubly linked intrusive list (slab headers on node lists, header pages on
+/// pool lists): where its `next` and `prev` links are.
+trait Linked: Sized {
+    /// The `next` and `prev` fields of `p`.
+    ///
+    /// # Safety
+    /// `p` points at a live element.
+    unsafe fn links(p: *mut Self) -> (*mut *mut Self, *mut *mut Self);
+}
+
+impl Linked for SlabHeader {
+    unsafe fn links(p: *mut Self) -> (*mut *mut Self, *mut *mut Self) {
+        // SAFETY: caller's contract; field projections of a live header.
+        unsafe { (ptr::addr_of_mut!((*p).next), ptr::addr_of_mut!((*p).prev)) }
+    }
+}
+
+impl Linked for HeaderPage {
+    unsafe fn links(p: *mut Self) -> (*mut *mut Self, *mut *mut Self) {
+        // SAFETY: caller's contract; field projections of a live page's metadata.
+        unsafe { (ptr::addr_of_mut!((*p).next), ptr::addr_of_mut!((*p).prev)) }
+    }
+}
+
+/// Put `p` at the front of the list starting at `head`.
+///
+/// # Safety
+/// `p` and every element on the list are live and owned by the caller (under the lock that
+/// guards the list); `p` is on no list.
+unsafe fn list_push<T: Linked>(head: &mut *mut T, p: *mut T) {
+    // SAFETY: caller's contract.
+    unsafe {
+        let (next, prev) = T::links(p);
+        *prev = ptr::null_mut();
+        *next = *head;
+        if !head.is_null() {
+            *T::links(*head).1 = p;
+        }
+    }
+    *head = p;
+}
+
+/// Take `p` off the list starting at `head`.
+///
+/// # Safety
+/// As [`list_push`], and `p` is on this list.
+unsafe fn list_unlink<T: Linked>(head: &mut *mut T, p: *mut T) {
+    // SAFETY: caller's contract: `p` and its neighbours are live elements of this list.
+    unsafe {
+        let (next, prev) = T::links(p);
+        let (n, pr) = (*next, *prev);
+        if !n.is_null() {
+            *T::links(n).1 = pr;
+        }
+        if pr.is_null() {
+            *head = n;
+        } else {
+            *T::links(pr).0 = n;
+        }
+    }
+}
+
 /// Metadata of a header page, in its first slot.
 #[repr(C)]
 struct HeaderPage {
@@ -384,17 +446,11 @@ impl HeaderPool {
     /// # Safety
     /// `p` is a page of this pool on no list.
     unsafe fn link(&mut self, p: *mut HeaderPage, partial: bool) {
-        let head = *self.list(partial);
-        // SAFETY: `p` and the list head are pages of this pool (caller, lock held).
+        // SAFETY: `p` and the list's pages are pages of this pool (caller, lock held).
         unsafe {
             (*p).partial = partial;
-            (*p).prev = ptr::null_mut();
-            (*p).next = head;
-            if !head.is_null() {
-                (*head).prev = p;
-            }
+            list_push(self.list(partial), p);
         }
-        *self.list(partial) = p;
         if partial {
             self.nr_partial += 1;
         }
@@ -404,18 +460,9 @@ impl HeaderPool {
     /// `p` is a page of this pool on its list.
     unsafe fn unlink(&mut self, p: *mut HeaderPage) {
         // SAFETY: caller's contract; neighbours are pages of this pool.
-        let (partial, prev, next) = unsafe { ((*p).partial, (*p).prev, (*p).next) };
-        // SAFETY: as above.
-        unsafe {
-            if !next.is_null() {
-                (*next).prev = prev;
-            }
-            if prev.is_null() {
-                *self.list(partial) = next;
-            } else {
-                (*prev).next = next;
-            }
-        }
+        let partial = unsafe { (*p).partial };
+        // SAFETY: as above: `p` is on the list `partial` names.
+        unsafe { list_unlink(self.list(partial), p) };
         if partial {
             self.nr_partial -= 1;
         }
@@ -871,34 +918,21 @@ impl NodeLists {
 
     fn link(&mut self, slab: SlabPtr, kind: ListKind) {
         let h = slab.hdr();
-        let head = *self.head_mut(kind);
-        // SAFETY: `slab` and the list head are live headers of this node (lock held).
+        // SAFETY: `slab` and the list's headers are live headers of this node (lock held).
         unsafe {
             (*h).list = kind;
-            (*h).prev = ptr::null_mut();
-            (*h).next = head;
-            if !head.is_null() {
-                (*head).prev = h;
-            }
+            list_push(self.head_mut(kind), h);
         }
-        *self.head_mut(kind) = h;
         *self.count_mut(kind) += 1;
     }
 
     fn unlink(&mut self, slab: SlabPtr) {
         let h = slab.hdr();
         // SAFETY: `slab` is on one of this node's lists (lock held); its neighbours are too.
-        let (kind, prev, next) = unsafe { ((*h).list, (*h).prev, (*h).next) };
-        // SAFETY: as above.
+        let kind = unsafe { (*h).list };
+        // SAFETY: as above: `h` is on the list `kind` names.
         unsafe {
-            if !next.is_null() {
-                (*next).prev = prev;
-            }
-            if prev.is_null() {
-                *self.head_mut(kind) = next;
-            } else {
-                (*prev).next = next;
-            }
+            list_unlink(self.head_mut(kind), h);
             (*h).list = ListKind::Detached;
         }
         *self.count_mut(kind) -= 1;

@@ -129,23 +129,16 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
 
     for op in ops {
         match op {
-            Op::CacheAlloc { cache, byte } => {
-                let ptr = caches[cache].alloc().unwrap();
+            Op::CacheAlloc { cache, byte } | Op::CacheAllocNode { cache, byte, .. } => {
+                let ptr = match op {
+                    Op::CacheAllocNode { node, .. } => caches[cache].alloc_node(node),
+                    _ => caches[cache].alloc(),
+                }
+                .unwrap();
                 if cache == 1 {
                     // HWCACHE_ALIGN: 72-byte objects are cache-line aligned.
                     prop_assert!(ptr.as_ptr() as usize % 64 == 0);
                 }
-                let l = Live {
-                    ptr,
-                    len: SIZES[cache],
-                    byte,
-                    cache: Some(cache),
-                };
-                fill(&l);
-                live.push(l);
-            }
-            Op::CacheAllocNode { cache, node, byte } => {
-                let ptr = caches[cache].alloc_node(node).unwrap();
                 let l = Live {
                     ptr,
                     len: SIZES[cache],
