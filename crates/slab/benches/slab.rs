@@ -8,32 +8,34 @@
 //! * heap efficiency (printed, not timed): fill a 4 MiB heap with random actions until the
 //!   first allocation fails and report the share of the heap in use.
 //!
-//! mmkit runs on `TestPageSource` (a host buddy behind a mutex) and `HostPlatform` (threads as
-//! CPUs, a per-CPU lock as the interrupt guard); peers get a plain host arena. Peers with a
-//! `&mut` API are wrapped in a `spin::Mutex` for the two-thread workload, as their own
-//! `Locked*` types do.
+//! mmkit runs on `TestPageSource` (the real mmkit-buddy over host memory, per-CPU page lists
+//! on) and `HostPlatform` (threads as CPUs, a per-CPU lock as the interrupt guard);
+//! `mmkit-tlscpu` is the same with a thread-local CPU id and a plain flag as the guard, closer
+//! to a kernel's cost. Peers get a plain host arena. Peers with a `&mut` API are wrapped in a
+//! `spin::Mutex` for the two-thread workload, as their own `Locked*` types do.
 //!
-//! Run: `CARGO_TARGET_DIR=/work/target-slab cargo bench -p mmkit-slab --bench slab`
+//! Run: `cargo bench -p mmkit-slab --bench slab`, then
+//! `scripts/bench-ratios.py hot random two_threads` for the ratio tables.
 //!
-//! ## Figures (2026-11-25, shared 2-core host, one run; times are noisy there, ratios less so)
-//! Peer time / mmkit time (above 1: mmkit faster):
+//! ## Figures (2026-11-25, 2-core host otherwise idle, one run)
+//! Peer median / mmkit median (above 1: mmkit faster):
 //!
 //! | workload        | talc | linked_list | buddy_system | system |
 //! |-----------------|------|-------------|--------------|--------|
-//! | hot/8           | 0.76 | 0.41        | 0.41         | 0.37   |
-//! | hot/64          | 0.72 | 0.94        | 0.46         | 0.62   |
-//! | hot/256         | 0.74 | 0.39        | 0.31         | 0.39   |
-//! | hot/4096        | 0.69 | 0.43        | 0.45         | 1.62   |
-//! | random/200      | 0.45 | 2.69        | 2.04         | 2.88   |
-//! | random/1000     | 1.61 | 15.1        | 3.40         | 2.32   |
-//! | random/3000     | 0.99 | 6.37        | 1.64         | 1.92   |
-//! | random/10000    | 0.78 | 5.05        | 0.99         | 1.81   |
-//! | random/30000    | 0.83 | 4.46        | 1.41         | 2.15   |
-//! | two_threads/64  | 0.95 | 0.35        | 0.92         | 0.32   |
-//! | two_threads/1k  | 0.75 | 0.52        | 0.27         | 0.50   |
+//! | hot/8           | 0.54 | 0.35        | 0.39         | 0.33   |
+//! | hot/64          | 0.54 | 0.35        | 0.29         | 0.33   |
+//! | hot/256         | 0.57 | 0.36        | 0.30         | 0.33   |
+//! | hot/4096        | 0.56 | 0.34        | 0.27         | 1.11   |
+//! | random/200      | 0.45 | 3.61        | 0.85         | 0.84   |
+//! | random/1000     | 0.39 | 3.97        | 1.69         | 1.11   |
+//! | random/3000     | 0.53 | 3.77        | 0.81         | 0.86   |
+//! | random/10000    | 0.34 | 3.74        | 0.72         | 0.84   |
+//! | random/30000    | 0.40 | 3.32        | 0.82         | 0.91   |
+//! | two_threads/64  | 1.60 | 1.21        | 1.03         | 0.99   |
+//! | two_threads/1k  | 2.04 | 1.42        | 1.42         | 3.56   |
 //!
 //! Heap efficiency (share of 4 MiB in use at the first failure, max 200 / 1000 / 3000 /
-//! 10000 / 30000): mmkit 82.0 / 83.5 / 78.9 / 62.6 / 64.6 % (+102 descriptor frames),
+//! 10000 / 30000): mmkit 82.0 / 84.2 / 79.1 / 65.6 / 64.4 % (+102 descriptor frames),
 //! talc 88.7 / 96.6 / 97.5 / 97.2 / 96.6 %, buddy_system 68.5 / 74.0 / 67.1 / 67.2 / 70.9 %.
 //!
 //! Timings on this host swing by 2x between runs; `examples/hotloop.rs` gives repeatable

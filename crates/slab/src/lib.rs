@@ -67,18 +67,23 @@
 //! ## Performance
 //! Instructions per `kmalloc` + `kfree` of a cached object, counted by callgrind with
 //! `examples/hotloop.rs` (repeatable on a shared host, unlike timings; peers get the same
-//! loop over an 8 MiB arena, without a lock):
+//! loop over an 8 MiB arena, without a lock). mmkit's pages come from the real mmkit-buddy,
+//! and every `kfree` validates its pointer through the buddy's page descriptors:
 //!
 //! | size | mmkit, host platform | mmkit, one-CPU flag guard | talc | linked_list | buddy_system | glibc |
 //! |------|----------------------|---------------------------|------|-------------|--------------|-------|
-//! | 8    | 241                  | 159                       | 227  | 173         | 145          | 142   |
-//! | 64   | 241 (283 before)     | 159                       | 226  | 173         | 84           | 145   |
-//! | 256  | 245                  | 163                       | 228  | 173         | 84           | 145   |
-//! | 4096 | 245                  | 163                       | 238  | 173         | 84           | 325   |
+//! | 8    | 307                  | 212                       | 227  | 173         | 145          | 142   |
+//! | 64   | 307                  | 212                       | 226  | 173         | 84           | 145   |
+//! | 256  | 311                  | 216                       | 228  | 173         | 84           | 145   |
+//! | 4096 | 401                  | 306                       | 238  | 173         | 84           | 325   |
 //!
-//! About 80 of the host figure is `HostPlatform`'s guard (a thread-local CPU id and a
+//! About 95 of the host figure is `HostPlatform`'s guard (a thread-local CPU id and a
 //! compare-exchange / fetch-sub pair per section); a kernel's interrupt disable costs what the
-//! one-CPU column shows. In talc's random-actions workload at max 200 mmkit runs 1.6x talc's
+//! one-CPU column shows. About 55 are the page-source lookup that proves a freed pointer is
+//! an object of a live slab (`virt_to_pfn`, then the buddy's private word, which the buddy
+//! returns only for frames of allocated blocks); 4 KiB objects live in order-3 slabs, so most
+//! of their frames are block tails whose head the buddy walks up to (another ~90). A test
+//! double with a flat array of private words (the first round's) cost 159 / 163. In talc's random-actions workload at max 200 mmkit runs 1.6x talc's
 //! instructions and 3.2x its L1 data misses per action (callgrind `--cache-sim`): each
 //! operation touches the cache descriptor, the CPU array, the frame's private word and the
 //! slab header, spread over a dozen caches, where talc touches one chunk and its neighbours.
