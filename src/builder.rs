@@ -36,10 +36,11 @@ use mmkit_slab::{CacheFlags, CreateError, Kmalloc};
 
 use crate::map::KernelMap;
 use crate::mm::{BootSummary, Mm};
-use crate::owner::{PageOwners, HOLE, RESERVED};
+use crate::owner::{PageOwners, HOLE, METADATA, RESERVED};
 use crate::pages::PageAllocator;
-use crate::raw::{boot_slice, fill, fill_from};
+use crate::raw::{boot_slice, fill, fill_from, MetaLog};
 use crate::vmalloc::{Vmalloc, VmallocSpace};
+use mmkit_addr::PAGE_SIZE;
 
 /// CPUs the builder can place on nodes; CPUs beyond it belong to node 0.
 pub const MAX_CPU_NODE_MAP: usize = 256;
@@ -319,6 +320,7 @@ impl<'m, P: IrqControl, F: PagingFormat> MmBuilder<'m, P, F> {
             ..
         } = self;
         let bm = &mut bm;
+        let mut meta = MetaLog::new();
 
         // The shape of memory: node count, frame span, regions per node.
         let regions = bm.memory_regions();
@@ -346,7 +348,7 @@ impl<'m, P: IrqControl, F: PagingFormat> MmBuilder<'m, P, F> {
         let memory_bytes = bm.memory_size();
 
         // Per-node memory ranges, grouped by node.
-        let slots = boot_slice::<PhysRange>(bm, map, nr_regions, None)?;
+        let slots = boot_slice::<PhysRange>(bm, map, &mut meta, nr_regions, None)?;
         let regions = bm.memory_regions();
         let mut bounds = [0usize; MAX_NUMNODES + 1];
         for nid in 0..nr_nodes {
@@ -371,28 +373,30 @@ impl<'m, P: IrqControl, F: PagingFormat> MmBuilder<'m, P, F> {
         } else {
             0
         };
-        let pcp = boot_slice::<PerCpuPages>(bm, map, pcp_len, None)?;
-        let cpu_map = fill(boot_slice::<u8>(bm, map, nr_cpus, None)?, |cpu| {
-            cpu_nodes.get(cpu).copied().unwrap_or(0)
-        });
+        let pcp = boot_slice::<PerCpuPages>(bm, map, &mut meta, pcp_len, None)?;
+        let cpu_map = fill(
+            boot_slice::<u8>(bm, map, &mut meta, nr_cpus, None)?,
+            |cpu| cpu_nodes.get(cpu).copied().unwrap_or(0),
+        );
         let owner_bytes = fill(
-            boot_slice::<AtomicU8>(bm, map, (hi - lo) as usize, None)?,
+            boot_slice::<AtomicU8>(bm, map, &mut meta, (hi - lo) as usize, None)?,
             |_| AtomicU8::new(HOLE),
         );
         let owners = PageOwners::new(lo, owner_bytes);
         let space = match &vmalloc {
-            Some((fmt, window)) => Some(VmallocSpace::carve(bm, map, fmt, *window)?),
+            Some((fmt, window)) => Some(VmallocSpace::carve(bm, map, &mut meta, fmt, *window)?),
             None => None,
         };
-        let slot = boot_slice::<PageAllocator<'m, P>>(bm, map, 1, None)?;
+        let slot = boot_slice::<PageAllocator<'m, P>>(bm, map, &mut meta, 1, None)?;
         let mut nodes: [Option<NodeInit<'m, 'm>>; MAX_NUMNODES] = Default::default();
         let mut memmap_bytes = 0u64;
         for nid in 0..nr_nodes {
             let memory = &ranges[bounds[nid]..bounds[nid + 1]];
             let len = memmap_len(memory, cfg.max_order);
             memmap_bytes += (len * core::mem::size_of::<PageDesc>()) as u64;
-            let memmap = boot_slice::<PageDesc>(bm, map, len, Some(NodeId::new(nid as u16)))?;
-            let row: &'m [u8] = fill(boot_slice::<u8>(bm, map, nr_nodes, None)?, |j| {
+            let memmap =
+                boot_slice::<PageDesc>(bm, map, &mut meta, len, Some(NodeId::new(nid as u16)))?;
+            let row: &'m [u8] = fill(boot_slice::<u8>(bm, map, &mut meta, nr_nodes, None)?, |j| {
                 distances[nid][j]
             });
             nodes[nid] = Some(NodeInit {
@@ -411,6 +415,11 @@ impl<'m, P: IrqControl, F: PagingFormat> MmBuilder<'m, P, F> {
         for r in ranges {
             let p = r.whole_pfns();
             owners.mark_range(p.start, p.end, RESERVED);
+        }
+        // mmkit's own boot structures stay reserved for good; `free_reserved_range` refuses them.
+        for r in meta.ranges() {
+            let end = r.end().as_u64().div_ceil(PAGE_SIZE);
+            owners.mark_range(r.start().pfn().as_u64(), end, METADATA);
         }
 
         let mut buddy = BuddyAllocator::new(platform, cfg, &mut inits[..nr_nodes], pcp)

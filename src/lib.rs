@@ -97,7 +97,10 @@ pub use builder::{BootError, MmBuilder, LOCAL_DISTANCE, MAX_CPU_NODE_MAP, REMOTE
 pub use frame_source::TableFrames;
 pub use global::GlobalMm;
 pub use map::{KernelMap, LinearMap, MapRef};
-pub use mm::{BootSummary, Mm, MmCache, MmKmalloc, MmTypedCache, PageFreeError, VerifyError};
+pub use mm::{
+    BootSummary, FreeReservedError, Mm, MmCache, MmKmalloc, MmTypedCache, PageFreeError,
+    VerifyError,
+};
 pub use owner::{Owner, PageUse, PageblockCensus};
 pub use pages::PageAllocator;
 pub use report::{HighOrder, MemInfo, Report};

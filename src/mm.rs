@@ -21,8 +21,8 @@
 
 use core::ptr::NonNull;
 
-use mmkit_addr::{IrqControl, Order, Pfn};
-use mmkit_buddy::{AllocError, BuddyAllocator, FreeError, GfpFlags};
+use mmkit_addr::{IrqControl, Order, Pfn, PhysRange};
+use mmkit_buddy::{AllocError, BootFreeError, BuddyAllocator, FreeError, GfpFlags};
 use mmkit_pgtable::arch::x86_64::X86_64;
 use mmkit_pgtable::PagingFormat;
 use mmkit_slab::{Cache, CacheConfig, CreateError, Gfp, Kmalloc, TypedCache};
@@ -69,6 +69,23 @@ pub enum VerifyError {
     OwnerMismatch(Pfn),
 }
 
+impl core::fmt::Display for VerifyError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Buddy(e) => write!(f, "buddy allocator: {e:?}"),
+            Self::Slab(e) => write!(f, "kmalloc cache: {e:?}"),
+            Self::PageTable(e) => write!(f, "kernel page table: {e:?}"),
+            Self::Vmalloc(e) => write!(f, "vmalloc bookkeeping: {e:?}"),
+            Self::OwnerMismatch(p) => {
+                write!(
+                    f,
+                    "owner table records a block at {p:?} the buddy does not hold"
+                )
+            }
+        }
+    }
+}
+
 /// Why [`Mm::free_pages`] refused a block. Nothing changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PageFreeError {
@@ -84,6 +101,31 @@ impl core::fmt::Display for PageFreeError {
         match self {
             Self::Buddy(e) => write!(f, "page free refused: {e}"),
             Self::NotFromAllocPages(u) => write!(f, "block is owned by {u:?}, not alloc_pages"),
+        }
+    }
+}
+
+/// Why [`Mm::free_reserved_range`] refused a range. Nothing changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FreeReservedError {
+    /// The range holds no whole frame.
+    Empty,
+    /// A frame is not reserved memory: free, allocated, a hole, or outside the machine.
+    NotReserved(Pfn),
+    /// A frame holds mmkit's own boot structures (memmap, page-owner table, per-CPU lists,
+    /// vmalloc bitmaps), which stay reserved for good.
+    Metadata(Pfn),
+    /// The buddy refused a block (a frame outside its zones).
+    Buddy(BootFreeError),
+}
+
+impl core::fmt::Display for FreeReservedError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Empty => write!(f, "the range holds no whole frame"),
+            Self::NotReserved(p) => write!(f, "frame {p:?} is not reserved memory"),
+            Self::Metadata(p) => write!(f, "frame {p:?} holds mmkit's boot metadata"),
+            Self::Buddy(e) => write!(f, "the buddy refused the range: {e}"),
         }
     }
 }
@@ -177,6 +219,41 @@ impl<'m, P: IrqControl, F: PagingFormat> Mm<'m, P, F> {
         order: Order,
     ) -> Result<Pfn, AllocError> {
         self.pages.alloc_node(node, gfp, order, PageUse::Pages)
+    }
+
+    /// Give reserved memory to the page allocator after boot (Linux `free_reserved_area`,
+    /// `memblock_free_late`): an initrd once unpacked, the kernel's init sections, a boot-time
+    /// page-table pool the kernel has switched away from. Frames only partly inside `range`
+    /// are left alone. Every frame must be reserved memory the facade did not use for its own
+    /// structures; otherwise nothing changes. Watermarks are recomputed for the larger zones.
+    /// Returns the frames freed.
+    ///
+    /// # Safety
+    /// Nothing reads or writes the whole frames of `range` from now on, other than through
+    /// later allocations of them (they are the page allocator's).
+    pub unsafe fn free_reserved_range(&self, range: PhysRange) -> Result<u64, FreeReservedError> {
+        let p = range.whole_pfns();
+        if p.start >= p.end {
+            return Err(FreeReservedError::Empty);
+        }
+        let owners = &self.pages.owners;
+        owners
+            .release_reserved(p.start, p.end)
+            .map_err(|(pfn, byte)| match byte {
+                Some(crate::owner::METADATA) => FreeReservedError::Metadata(Pfn::new(pfn)),
+                _ => FreeReservedError::NotReserved(Pfn::new(pfn)),
+            })?;
+        match self.pages.buddy.free_boot_range(range) {
+            Ok(n) => {
+                self.pages.buddy.finish_boot();
+                Ok(n)
+            }
+            Err(e) => {
+                // The buddy checks every block before freeing any: nothing was freed.
+                owners.mark_range(p.start, p.end, crate::owner::RESERVED);
+                Err(FreeReservedError::Buddy(e))
+            }
+        }
     }
 
     /// Free a block [`alloc_pages`](Self::alloc_pages) returned. A bad free (double, wrong

@@ -15,7 +15,8 @@
 //! |---|---|
 //! | `0` | not allocated through the facade (free, or on a per-CPU list) |
 //! | [`HOLE`] | no memory at this frame |
-//! | [`RESERVED`] | memory never handed to the buddy (firmware, kernel image, boot metadata) |
+//! | [`RESERVED`] | memory never handed to the buddy (firmware, kernel image, initrd, ...) |
+//! | [`METADATA`] | memory holding mmkit's own boot structures (memmap, this table, ...) |
 //! | [`SLAB_TAIL`] / [`SLAB_TAIL_PRIVATE`] | a tail frame of a slab block (private word unset / set) |
 //! | `mob + 1 | order << 2 | use << 6` | head of an allocated block (`mob` = migrate-type index 0..=2) |
 //!
@@ -33,6 +34,8 @@ use mmkit_buddy::MigrateType;
 pub const HOLE: u8 = 0b0000_0100;
 /// Owner byte of a reserved frame.
 pub const RESERVED: u8 = 0b0000_1000;
+/// Owner byte of a frame holding mmkit's own boot metadata: reserved for good.
+pub const METADATA: u8 = 0b0001_0100;
 /// Owner byte of a tail frame of a slab block (so "does the slab own this frame" is one
 /// load, on the `kfree` path) whose private word the slab has not set: it reads 0.
 pub const SLAB_TAIL: u8 = 0b0000_1100;
@@ -181,6 +184,20 @@ impl<'m> PageOwners<'m> {
         }
     }
 
+    /// Turn the reserved frames `[start, end)` into free ones (owner byte 0) before they go to
+    /// the buddy. Refuses, changing nothing, if a frame is outside the table or not plain
+    /// reserved memory: returns that frame and its byte.
+    pub(crate) fn release_reserved(&self, start: u64, end: u64) -> Result<(), (u64, Option<u8>)> {
+        for pfn in start..end {
+            match self.slot(pfn).map(|s| s.load(Relaxed)) {
+                Some(RESERVED) => {}
+                other => return Err((pfn, other)),
+            }
+        }
+        self.mark_range(start, end, 0);
+        Ok(())
+    }
+
     /// Record a freshly allocated block.
     pub(crate) fn record(&self, pfn: Pfn, owner: Owner) {
         if let Some(s) = self.slot(pfn.as_u64()) {
@@ -210,6 +227,11 @@ impl<'m> PageOwners<'m> {
             c.fetch_sub(owner.order.pages(), Relaxed);
         }
         Some(owner)
+    }
+
+    /// Whether `pfn` holds mmkit's own boot metadata.
+    pub(crate) fn is_metadata(&self, pfn: u64) -> bool {
+        self.slot(pfn).is_some_and(|s| s.load(Relaxed) == METADATA)
     }
 
     /// Whether `pfn` is a frame of a live slab block, and which kind.

@@ -91,6 +91,13 @@ impl<'m, P: IrqControl> PageAllocator<'m, P> {
         }
     }
 
+    /// Whether frame `pfn` holds mmkit's own boot structures (memmap, page-owner table,
+    /// per-CPU lists, vmalloc bitmaps, the allocator object): memory the kernel must keep
+    /// mapped and never hand out or free.
+    pub fn is_boot_metadata(&self, pfn: Pfn) -> bool {
+        self.owners.is_metadata(pfn.as_u64())
+    }
+
     /// The owner recorded for the block whose head is `pfn`.
     pub fn owner(&self, pfn: Pfn) -> Option<Owner> {
         self.owners.get(pfn)

@@ -20,13 +20,50 @@ use mmkit_bootmem::{AllocRequest, Bootmem, NodeId};
 use crate::builder::BootError;
 use crate::map::KernelMap;
 
-/// Allocate room for `n` values of `T` from `bm` (preferring `node`), page-aligned.
+/// Most boot-metadata allocations one boot makes (a handful, plus two per node and three for
+/// vmalloc).
+const META_MAX: usize = 40;
+
+/// The physical ranges of every boot-metadata allocation, so the page-owner table can mark
+/// them as mmkit's own and `Mm::free_reserved_range` can refuse to free them.
+pub(crate) struct MetaLog {
+    ranges: [Option<PhysRange>; META_MAX],
+    len: usize,
+}
+
+impl MetaLog {
+    pub(crate) const fn new() -> Self {
+        Self {
+            ranges: [None; META_MAX],
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, r: PhysRange) -> Result<(), BootError> {
+        let slot = self
+            .ranges
+            .get_mut(self.len)
+            .ok_or(BootError::MetadataTooLarge)?;
+        *slot = Some(r);
+        self.len += 1;
+        Ok(())
+    }
+
+    /// Every range logged.
+    pub(crate) fn ranges(&self) -> impl Iterator<Item = PhysRange> + '_ {
+        self.ranges[..self.len].iter().flatten().copied()
+    }
+}
+
+/// Allocate room for `n` values of `T` from `bm` (preferring `node`), page-aligned, and log
+/// the range in `log`.
 ///
 /// The contract of [`MmBuilder::new`](crate::MmBuilder::new) must hold for `bm` and `map`
 /// (module docs); the builder is the only caller.
 pub(crate) fn boot_slice<'m, T>(
     bm: &mut Bootmem<'m>,
     map: &'m dyn KernelMap,
+    log: &mut MetaLog,
     n: usize,
     node: Option<NodeId>,
 ) -> Result<&'m mut [MaybeUninit<T>], BootError> {
@@ -43,6 +80,7 @@ pub(crate) fn boot_slice<'m, T>(
     }
     let pa = bm.alloc_request(&req).map_err(BootError::Bootmem)?;
     let range = PhysRange::from_start_size(pa, bytes).map_err(|_| BootError::MetadataTooLarge)?;
+    log.push(range)?;
     let ptr = map.phys_to_virt(range).ok_or(BootError::Unmapped(range))?;
     if ptr.as_ptr() as usize % align_of::<T>() != 0 {
         return Err(BootError::Unmapped(range));

@@ -42,7 +42,7 @@ use crate::map::{KernelMap, MapRef};
 use crate::mm::Mm;
 use crate::owner::PageUse;
 use crate::pages::PageAllocator;
-use crate::raw::{boot_slice, fill};
+use crate::raw::{boot_slice, fill, MetaLog};
 
 /// Pages unmapped per TLB invalidation in `vfree` / `vunmap`.
 pub const VFREE_BATCH: usize = 32;
@@ -117,6 +117,7 @@ impl<'m> VmallocSpace<'m> {
     pub(crate) fn carve<F: PagingFormat>(
         bm: &mut Bootmem<'m>,
         map: &'m dyn KernelMap,
+        log: &mut MetaLog,
         fmt: &F,
         window: VirtRange,
     ) -> Result<Self, BootError> {
@@ -132,13 +133,13 @@ impl<'m> VmallocSpace<'m> {
         let slots =
             usize::try_from(window.len() / unit).map_err(|_| BootError::MetadataTooLarge)?;
         let words = slots.div_ceil(64);
-        let carve = |bm: &mut Bootmem<'m>| -> Result<&'m mut [u64], BootError> {
-            Ok(fill(boot_slice::<u64>(bm, map, words, None)?, |_| 0))
+        let carve = |bm: &mut Bootmem<'m>, log: &mut MetaLog| -> Result<&'m mut [u64], BootError> {
+            Ok(fill(boot_slice::<u64>(bm, map, log, words, None)?, |_| 0))
         };
         Ok(Self {
-            used: carve(bm)?,
-            starts: carve(bm)?,
-            borrowed: carve(bm)?,
+            used: carve(bm, log)?,
+            starts: carve(bm, log)?,
+            borrowed: carve(bm, log)?,
             slots,
         })
     }

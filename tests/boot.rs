@@ -10,7 +10,9 @@ use mmkit::pgtable::softmmu::x86_64::X86Walker;
 use mmkit::pgtable::softmmu::{Access, Mode, SoftMmu};
 use mmkit::pgtable::Attrs;
 use mmkit::slab::{CacheConfig, KmallocKind};
-use mmkit::{BootError, Mm, MmBuilder, PageFreeError, PageUse, VfreeError, VmallocError};
+use mmkit::{
+    BootError, FreeReservedError, Mm, MmBuilder, PageFreeError, PageUse, VfreeError, VmallocError,
+};
 
 const MIB: u64 = 1 << 20;
 /// Memory spans 0..160 MiB: two nodes of 80 MiB, with a hole and firmware ranges.
@@ -427,6 +429,65 @@ fn kmalloc_and_caches_keep_per_node_slabs() {
         mm.kfree(far).unwrap();
         mm.kfree(near).unwrap();
         mm.kfree(big).unwrap();
+    }
+    mm.verify().unwrap();
+}
+
+#[test]
+fn reserved_memory_goes_back_to_the_buddy_after_boot() {
+    let mem = HostMemory::new(PhysAddr::new(0), SPAN);
+    let mut mm = boot(&mem);
+    let initrd = range(8 * MIB, MIB);
+    let managed = mm.buddy().total_managed();
+    let reserved_kb = mm.meminfo().reserved_kb;
+    // SAFETY: the simulated initrd is never read in this test.
+    assert_eq!(unsafe { mm.free_reserved_range(initrd) }, Ok(256));
+    assert_eq!(mm.buddy().total_managed(), managed + 256);
+    assert_eq!(mm.meminfo().reserved_kb, reserved_kb - 1024);
+    mm.verify().unwrap();
+    // Twice is refused; so are free memory, holes and mmkit's own structures.
+    let initrd_pfn = initrd.start().pfn();
+    // SAFETY: refused without any change (checked below).
+    unsafe {
+        assert_eq!(
+            mm.free_reserved_range(initrd),
+            Err(FreeReservedError::NotReserved(initrd_pfn))
+        );
+        assert_eq!(
+            mm.free_reserved_range(range(100 * MIB, MIB)),
+            Err(FreeReservedError::NotReserved(Pfn::new(100 * 256)))
+        );
+        assert_eq!(
+            mm.free_reserved_range(range(64 * MIB, 4096)),
+            Err(FreeReservedError::NotReserved(Pfn::new(64 * 256))),
+            "a hole"
+        );
+        assert_eq!(
+            mm.free_reserved_range(range(8 * MIB + 100, 4000)),
+            Err(FreeReservedError::Empty)
+        );
+    }
+    let meta = (0..SPAN / PAGE_SIZE)
+        .map(Pfn::new)
+        .find(|&p| mm.page_allocator().is_boot_metadata(p))
+        .expect("the memmap and owner table live somewhere");
+    // A range holding mmkit metadata is refused as a whole.
+    let r = PhysRange::from_pfns(meta, 4).unwrap();
+    // SAFETY: refused without any change.
+    let e = unsafe { mm.free_reserved_range(r) };
+    assert_eq!(e, Err(FreeReservedError::Metadata(meta)));
+    assert_eq!(mm.buddy().total_managed(), managed + 256);
+    mm.verify().unwrap();
+    // The frames are allocatable now.
+    let mut got = Vec::new();
+    let mut seen = false;
+    while let Ok(p) = mm.alloc_pages(GfpFlags::KERNEL, Order::new(0)) {
+        seen |= initrd.contains(p.addr());
+        got.push(p);
+    }
+    assert!(seen, "a frame of the old initrd was handed out");
+    for p in got {
+        mm.free_pages(p, Order::new(0)).unwrap();
     }
     mm.verify().unwrap();
 }
