@@ -16,8 +16,8 @@
 //! 3. [`install_global`]: the `Mm` becomes the `#[global_allocator]` ([`GLOBAL`]), and
 //!    `alloc` collections run on it.
 //!
-//! The interim tables' pool stays reserved (a few hundred KiB; the facade has no call to hand
-//! a reserved range to the buddy after boot).
+//! Once CR3 holds the facade's table, `selftest` gives the interim tables' pool back to the
+//! buddy with [`Mm::free_reserved_range`] (Linux's `free_reserved_area`).
 
 use alloc::collections::BTreeMap;
 use alloc::string::String;

@@ -428,6 +428,24 @@ fn facade_sequence(
             });
             checked.unwrap_or_else(|| fail!("no kernel page table"))
         });
+        h.run("mm_frees_the_interim_table_pool", || {
+            let managed = mm.buddy().total_managed();
+            // SAFETY: CR3 now holds the facade's table, whose frames come from the buddy; the
+            // interim tables built in `pool` are no longer walked or written, and nothing
+            // else lives in the pool.
+            let freed = unsafe { mm.free_reserved_range(pool) }
+                .map_err(|e| Reason::new(format_args!("{e}")))?;
+            ensure!(
+                freed == pool.len() / PAGE_SIZE,
+                "freed {freed} frames of a {}-frame pool",
+                pool.len() / PAGE_SIZE
+            );
+            ensure!(
+                mm.buddy().total_managed() == managed + freed,
+                "managed frames did not grow by {freed}"
+            );
+            mm.verify().map_err(|e| Reason::new(format_args!("{e}")))
+        });
         h.run("mm_table_null_page_is_unmapped", null_page_is_unmapped);
         h.run(
             "mm_table_boot_stack_guard_page_faults",
