@@ -19,13 +19,44 @@ use page_model::{run, Op, PAGES};
 
 #[derive(Arbitrary, Debug)]
 enum Action {
-    Add { start: u16, len: u8, nid: u8, flags: u8 },
-    Remove { start: u16, len: u8 },
-    Reserve { start: u16, len: u8 },
-    Free { start: u16, len: u8 },
-    Mark { start: u16, len: u8, flags: u8, set: bool },
-    SetNode { start: u16, len: u8, nid: u8 },
-    Alloc { pages: u8, align_shift: u8, min: u16, max: u16, node: Option<u8>, exact: bool, zeroed: bool },
+    Add {
+        start: u16,
+        len: u8,
+        nid: u8,
+        flags: u8,
+    },
+    Remove {
+        start: u16,
+        len: u8,
+    },
+    Reserve {
+        start: u16,
+        len: u8,
+    },
+    Free {
+        start: u16,
+        len: u8,
+    },
+    Mark {
+        start: u16,
+        len: u8,
+        flags: u8,
+        set: bool,
+    },
+    SetNode {
+        start: u16,
+        len: u8,
+        nid: u8,
+    },
+    Alloc {
+        pages: u8,
+        align_shift: u8,
+        min: u16,
+        max: u16,
+        node: Option<u8>,
+        exact: bool,
+        zeroed: bool,
+    },
     BottomUp(bool),
     Limit(u16),
     Hotplug(u8),
@@ -42,9 +73,19 @@ fn span(start: u16, len: u8) -> (usize, usize) {
 impl Action {
     fn to_op(&self) -> Op {
         match *self {
-            Action::Add { start, len, nid, flags } => {
+            Action::Add {
+                start,
+                len,
+                nid,
+                flags,
+            } => {
                 let (start, len) = span(start, len);
-                Op::Add { start, len, nid: u16::from(nid % 3), flags: flags % 8 }
+                Op::Add {
+                    start,
+                    len,
+                    nid: u16::from(nid % 3),
+                    flags: flags % 8,
+                }
             }
             Action::Remove { start, len } => {
                 let (start, len) = span(start, len);
@@ -58,15 +99,37 @@ impl Action {
                 let (start, len) = span(start, len);
                 Op::Free { start, len }
             }
-            Action::Mark { start, len, flags, set } => {
+            Action::Mark {
+                start,
+                len,
+                flags,
+                set,
+            } => {
                 let (start, len) = span(start, len);
-                Op::Mark { start, len, flags: (flags % 7) + 1, set }
+                Op::Mark {
+                    start,
+                    len,
+                    flags: (flags % 7) + 1,
+                    set,
+                }
             }
             Action::SetNode { start, len, nid } => {
                 let (start, len) = span(start, len);
-                Op::SetNode { start, len, nid: u16::from(nid % 3) }
+                Op::SetNode {
+                    start,
+                    len,
+                    nid: u16::from(nid % 3),
+                }
             }
-            Action::Alloc { pages, align_shift, min, max, node, exact, zeroed } => Op::Alloc {
+            Action::Alloc {
+                pages,
+                align_shift,
+                min,
+                max,
+                node,
+                exact,
+                zeroed,
+            } => Op::Alloc {
                 pages: (pages as usize % 16).max(1),
                 align_shift: u32::from(align_shift % 4),
                 min: min as usize % PAGES,

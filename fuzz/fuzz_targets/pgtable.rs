@@ -17,31 +17,63 @@ use mmkit_pgtable::model::{run, Op};
 enum Format {
     X86FourLevel,
     X86FiveLevel,
-    Aarch64 { granule: u8, va_bits: u8, upper: bool },
+    Aarch64 {
+        granule: u8,
+        va_bits: u8,
+        upper: bool,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
 enum Action {
-    Map { start: u16, pages: u16, pa_page: u16, attrs: u8, forced: Option<u8> },
-    Unmap { start: u16, pages: u16 },
-    Protect { start: u16, pages: u16, change: u8 },
+    Map {
+        start: u16,
+        pages: u16,
+        pa_page: u16,
+        attrs: u8,
+        forced: Option<u8>,
+    },
+    Unmap {
+        start: u16,
+        pages: u16,
+    },
+    Protect {
+        start: u16,
+        pages: u16,
+        change: u8,
+    },
     Limit(Option<u8>),
 }
 
 impl Action {
     fn to_op(&self) -> Op {
         match *self {
-            Action::Map { start, pages, pa_page, attrs, forced } => Op::Map {
+            Action::Map {
+                start,
+                pages,
+                pa_page,
+                attrs,
+                forced,
+            } => Op::Map {
                 start: start.into(),
                 pages: pages.into(),
                 pa_page: pa_page.into(),
                 attrs,
                 forced,
             },
-            Action::Unmap { start, pages } => Op::Unmap { start: start.into(), pages: pages.into() },
-            Action::Protect { start, pages, change } => {
-                Op::Protect { start: start.into(), pages: pages.into(), change }
-            }
+            Action::Unmap { start, pages } => Op::Unmap {
+                start: start.into(),
+                pages: pages.into(),
+            },
+            Action::Protect {
+                start,
+                pages,
+                change,
+            } => Op::Protect {
+                start: start.into(),
+                pages: pages.into(),
+                change,
+            },
             Action::Limit(l) => Op::Limit(l),
         }
     }
@@ -53,7 +85,11 @@ fuzz_target!(|input: (Format, Vec<Action>)| {
     match format {
         Format::X86FourLevel => run(X86_64::FOUR_LEVEL, &ops),
         Format::X86FiveLevel => run(X86_64::FIVE_LEVEL, &ops),
-        Format::Aarch64 { granule, va_bits, upper } => {
+        Format::Aarch64 {
+            granule,
+            va_bits,
+            upper,
+        } => {
             let granule = Granule::ALL[granule as usize % 3];
             let widths: &[u32] = match granule {
                 Granule::K64 => &[39, 42, 48, 52],
@@ -61,7 +97,10 @@ fuzz_target!(|input: (Format, Vec<Action>)| {
             };
             let va_bits = widths[va_bits as usize % widths.len()];
             let half = if upper { VaHalf::Upper } else { VaHalf::Lower };
-            run(Aarch64::new(granule, va_bits, half).expect("supported width"), &ops);
+            run(
+                Aarch64::new(granule, va_bits, half).expect("supported width"),
+                &ops,
+            );
         }
     }
 });

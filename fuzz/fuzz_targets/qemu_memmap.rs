@@ -19,13 +19,30 @@ const SPACE: u64 = 256 * PAGE;
 
 #[derive(Arbitrary, Debug)]
 enum Action {
-    Add { start: u16, len: u16, kind: u8 },
-    AddHuge { start: u64, len: u64 },
+    Add {
+        start: u16,
+        len: u16,
+        kind: u8,
+    },
+    AddHuge {
+        start: u64,
+        len: u64,
+    },
     Sort,
     Check,
-    IsRam { start: u16, len: u16 },
-    FindFree { pages: u8, align_shift: u8, limit: u16, exclude: Option<(u8, u8)> },
-    Total { kind: u8 },
+    IsRam {
+        start: u16,
+        len: u16,
+    },
+    FindFree {
+        pages: u8,
+        align_shift: u8,
+        limit: u16,
+        exclude: Option<(u8, u8)>,
+    },
+    Total {
+        kind: u8,
+    },
 }
 
 fn kind_of(k: u8) -> RegionKind {
@@ -55,10 +72,19 @@ impl Model {
     /// Every byte of `[s, e)` is in some RAM region (checked per 256-byte granule, the
     /// finest granule starts and ends have here).
     fn is_ram(&self, s: u64, e: u64) -> bool {
-        s < e && (s..e).step_by(256).all(|b| self.ram().any(|(rs, re)| rs <= b && b + 256 <= re))
+        s < e
+            && (s..e)
+                .step_by(256)
+                .all(|b| self.ram().any(|(rs, re)| rs <= b && b + 256 <= re))
     }
 
-    fn find_free(&self, size: u64, align: u64, limit: u64, exclude: &[(u64, u64)]) -> Option<PhysRange> {
+    fn find_free(
+        &self,
+        size: u64,
+        align: u64,
+        limit: u64,
+        exclude: &[(u64, u64)],
+    ) -> Option<PhysRange> {
         let top = SPACE.min(limit);
         let mut start = (top.checked_sub(size)? / align) * align;
         loop {
@@ -81,7 +107,9 @@ impl Model {
 
 fuzz_target!(|actions: Vec<Action>| {
     let mut map = MemoryMap::new();
-    let mut model = Model { regions: Vec::new() };
+    let mut model = Model {
+        regions: Vec::new(),
+    };
     let mut sorted = true;
     for action in actions.into_iter().take(64) {
         match action {
@@ -103,7 +131,10 @@ fuzz_target!(|actions: Vec<Action>| {
             Action::AddHuge { start, len } => {
                 let before = map.regions().to_vec();
                 if start.checked_add(len).is_none() {
-                    assert!(matches!(map.add(start, len, RegionKind::Ram), Err(AddRegionError::Wraps(_))));
+                    assert!(matches!(
+                        map.add(start, len, RegionKind::Ram),
+                        Err(AddRegionError::Wraps(_))
+                    ));
                     assert_eq!(map.regions(), &before[..], "a refused add changed the map");
                 }
             }
@@ -121,7 +152,11 @@ fuzz_target!(|actions: Vec<Action>| {
                     let mut ram: Vec<_> = model.ram().collect();
                     ram.sort();
                     let overlap = ram.windows(2).any(|w| w[1].0 < w[0].1);
-                    assert_eq!(got.is_err(), overlap, "check {got:?}, model overlap {overlap}");
+                    assert_eq!(
+                        got.is_err(),
+                        overlap,
+                        "check {got:?}, model overlap {overlap}"
+                    );
                 }
             }
             Action::IsRam { start, len } => {
@@ -129,11 +164,20 @@ fuzz_target!(|actions: Vec<Action>| {
                     let s = u64::from(start) * 256 % SPACE;
                     let e = (s + u64::from(len) * 256).min(SPACE);
                     let want = model.is_ram(s, e);
-                    let got = if s < e { map.is_ram(range(s, e)) } else { false };
+                    let got = if s < e {
+                        map.is_ram(range(s, e))
+                    } else {
+                        false
+                    };
                     assert_eq!(got, want, "is_ram [{s:#x}, {e:#x})");
                 }
             }
-            Action::FindFree { pages, align_shift, limit, exclude } => {
+            Action::FindFree {
+                pages,
+                align_shift,
+                limit,
+                exclude,
+            } => {
                 let size = (u64::from(pages) % 16 + 1) * PAGE;
                 let align = PAGE << (align_shift % 4);
                 let limit = u64::from(limit) * 256;
@@ -148,11 +192,19 @@ fuzz_target!(|actions: Vec<Action>| {
                 let ex: Vec<PhysRange> = exclude.iter().map(|&(s, e)| range(s, e)).collect();
                 let got = map.find_free_top_down(size, align, limit, &ex);
                 let want = model.find_free(size, align, limit, &exclude);
-                assert_eq!(got, want, "find_free size {size:#x} align {align:#x} limit {limit:#x}");
+                assert_eq!(
+                    got, want,
+                    "find_free size {size:#x} align {align:#x} limit {limit:#x}"
+                );
             }
             Action::Total { kind } => {
                 let kind = kind_of(kind);
-                let want: u64 = model.regions.iter().filter(|r| r.2 == kind).map(|r| r.1 - r.0).sum();
+                let want: u64 = model
+                    .regions
+                    .iter()
+                    .filter(|r| r.2 == kind)
+                    .map(|r| r.1 - r.0)
+                    .sum();
                 assert_eq!(map.total(kind), want);
             }
         }

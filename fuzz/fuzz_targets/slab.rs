@@ -11,22 +11,56 @@ use std::ptr::NonNull;
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use mmkit_addr::host::HostPlatform;
-use mmkit_slab::testing::{TestRcu, TestPageSource};
+use mmkit_slab::testing::{TestPageSource, TestRcu};
 use mmkit_slab::{Cache, CacheConfig, CacheFlags, FreeError, Gfp, Kmalloc, ZERO_SIZE_PTR};
 
 #[derive(Arbitrary, Debug)]
 enum Action {
-    Alloc { cache: u8, byte: u8 },
-    AllocNode { cache: u8, node: u8, byte: u8 },
-    KmallocNode { size: u16, node: u8, byte: u8 },
-    Free { pick: u16 },
-    Bulk { cache: u8, n: u8, byte: u8 },
-    Kmalloc { size: u16, large: bool, kind: u8, zero: bool, byte: u8 },
-    Kfree { pick: u16 },
-    Krealloc { pick: u16, size: u16, byte: u8 },
-    InteriorFree { pick: u16, offset: u16 },
+    Alloc {
+        cache: u8,
+        byte: u8,
+    },
+    AllocNode {
+        cache: u8,
+        node: u8,
+        byte: u8,
+    },
+    KmallocNode {
+        size: u16,
+        node: u8,
+        byte: u8,
+    },
+    Free {
+        pick: u16,
+    },
+    Bulk {
+        cache: u8,
+        n: u8,
+        byte: u8,
+    },
+    Kmalloc {
+        size: u16,
+        large: bool,
+        kind: u8,
+        zero: bool,
+        byte: u8,
+    },
+    Kfree {
+        pick: u16,
+    },
+    Krealloc {
+        pick: u16,
+        size: u16,
+        byte: u8,
+    },
+    InteriorFree {
+        pick: u16,
+        offset: u16,
+    },
     DoubleFreeDebug,
-    Migrate { cpu: u8 },
+    Migrate {
+        cpu: u8,
+    },
     Shrink,
     DrainAll,
     GracePeriod,
@@ -83,7 +117,12 @@ fuzz_target!(|actions: Vec<Action>| {
             Action::Alloc { cache, byte } => {
                 let c = cache as usize % caches.len();
                 if let Ok(ptr) = caches[c].alloc() {
-                    let l = Live { ptr, len: SIZES[c], byte, cache: Some(c) };
+                    let l = Live {
+                        ptr,
+                        len: SIZES[c],
+                        byte,
+                        cache: Some(c),
+                    };
                     fill(&l);
                     live.push(l);
                 }
@@ -91,7 +130,12 @@ fuzz_target!(|actions: Vec<Action>| {
             Action::AllocNode { cache, node, byte } => {
                 let c = cache as usize % caches.len();
                 if let Ok(ptr) = caches[c].alloc_node(node as usize % 3) {
-                    let l = Live { ptr, len: SIZES[c], byte, cache: Some(c) };
+                    let l = Live {
+                        ptr,
+                        len: SIZES[c],
+                        byte,
+                        cache: Some(c),
+                    };
                     fill(&l);
                     live.push(l);
                 }
@@ -103,13 +147,20 @@ fuzz_target!(|actions: Vec<Action>| {
                         assert_eq!(ptr, ZERO_SIZE_PTR);
                         continue;
                     }
-                    let l = Live { ptr, len: size, byte, cache: None };
+                    let l = Live {
+                        ptr,
+                        len: size,
+                        byte,
+                        cache: None,
+                    };
                     fill(&l);
                     live.push(l);
                 }
             }
             Action::Free { pick } => {
-                let cands: Vec<usize> = (0..live.len()).filter(|&j| live[j].cache.is_some()).collect();
+                let cands: Vec<usize> = (0..live.len())
+                    .filter(|&j| live[j].cache.is_some())
+                    .collect();
                 if !cands.is_empty() {
                     let l = live.swap_remove(cands[pick as usize % cands.len()]);
                     // SAFETY: a live object of that cache, freed once.
@@ -121,16 +172,34 @@ fuzz_target!(|actions: Vec<Action>| {
                 let mut out = vec![None; n as usize % 64];
                 if caches[c].alloc_bulk(&mut out).is_ok() {
                     for o in out {
-                        let l = Live { ptr: o.unwrap(), len: SIZES[c], byte, cache: Some(c) };
+                        let l = Live {
+                            ptr: o.unwrap(),
+                            len: SIZES[c],
+                            byte,
+                            cache: Some(c),
+                        };
                         fill(&l);
                         live.push(l);
                     }
                 } else {
-                    assert!(out.iter().all(Option::is_none), "bulk failure leaves nothing");
+                    assert!(
+                        out.iter().all(Option::is_none),
+                        "bulk failure leaves nothing"
+                    );
                 }
             }
-            Action::Kmalloc { size, large, kind, zero, byte } => {
-                let size = if large { size as usize * 4 } else { size as usize % 9000 };
+            Action::Kmalloc {
+                size,
+                large,
+                kind,
+                zero,
+                byte,
+            } => {
+                let size = if large {
+                    size as usize * 4
+                } else {
+                    size as usize % 9000
+                };
                 let gfp = [Gfp::empty(), Gfp::RECLAIMABLE, Gfp::DMA][kind as usize % 3]
                     | if zero { Gfp::ZERO } else { Gfp::empty() };
                 if let Ok(ptr) = k.kmalloc(size, gfp) {
@@ -139,18 +208,30 @@ fuzz_target!(|actions: Vec<Action>| {
                         continue;
                     }
                     if zero {
-                        assert!(intact(&Live { ptr, len: size, byte: 0, cache: None }));
+                        assert!(intact(&Live {
+                            ptr,
+                            len: size,
+                            byte: 0,
+                            cache: None
+                        }));
                     }
                     if size.is_power_of_two() {
                         assert_eq!(ptr.as_ptr() as usize % size, 0);
                     }
-                    let l = Live { ptr, len: size, byte, cache: None };
+                    let l = Live {
+                        ptr,
+                        len: size,
+                        byte,
+                        cache: None,
+                    };
                     fill(&l);
                     live.push(l);
                 }
             }
             Action::Kfree { pick } => {
-                let cands: Vec<usize> = (0..live.len()).filter(|&j| live[j].cache.is_none()).collect();
+                let cands: Vec<usize> = (0..live.len())
+                    .filter(|&j| live[j].cache.is_none())
+                    .collect();
                 if !cands.is_empty() {
                     let l = live.swap_remove(cands[pick as usize % cands.len()]);
                     // SAFETY: a live kmalloc allocation, freed once.
@@ -158,7 +239,9 @@ fuzz_target!(|actions: Vec<Action>| {
                 }
             }
             Action::Krealloc { pick, size, byte } => {
-                let cands: Vec<usize> = (0..live.len()).filter(|&j| live[j].cache.is_none()).collect();
+                let cands: Vec<usize> = (0..live.len())
+                    .filter(|&j| live[j].cache.is_none())
+                    .collect();
                 if !cands.is_empty() {
                     let j = cands[pick as usize % cands.len()];
                     let old = live[j];
@@ -170,8 +253,17 @@ fuzz_target!(|actions: Vec<Action>| {
                             live.swap_remove(j);
                         }
                         Ok(p) => {
-                            assert!(intact(&Live { ptr: p, len: old.len.min(size), ..old }));
-                            let l = Live { ptr: p, len: size, byte, cache: None };
+                            assert!(intact(&Live {
+                                ptr: p,
+                                len: old.len.min(size),
+                                ..old
+                            }));
+                            let l = Live {
+                                ptr: p,
+                                len: size,
+                                byte,
+                                cache: None,
+                            };
                             fill(&l);
                             live[j] = l;
                         }
@@ -236,7 +328,11 @@ fuzz_target!(|actions: Vec<Action>| {
         for l in &live {
             assert!(intact(l), "live object lost its bytes: {l:?}");
         }
-        assert_eq!(caches[3].stats().rcu_pending_slabs, rcu.pending(), "RCU accounting");
+        assert_eq!(
+            caches[3].stats().rcu_pending_slabs,
+            rcu.pending(),
+            "RCU accounting"
+        );
     }
     for l in live {
         match l.cache {
