@@ -13,7 +13,7 @@ use mmkit::host::HostRam;
 use mmkit::pgtable::arch::x86_64::X86_64;
 use mmkit::pgtable::softmmu::x86_64::X86Walker;
 use mmkit::pgtable::softmmu::{Access, Mode, SoftMmu};
-use mmkit::{Mm, MmBuilder};
+use mmkit::{FreeReservedError, Mm, MmBuilder};
 use proptest::prelude::*;
 
 const MIB: u64 = 1 << 20;
@@ -21,7 +21,10 @@ const SPAN: u64 = 48 * MIB;
 
 #[derive(Debug, Clone)]
 enum Action {
-    AllocPages { order: u32, mobility: u8 },
+    AllocPages {
+        order: u32,
+        mobility: u8,
+    },
     FreePages(usize),
     FreeWrongOrder(usize),
     Kmalloc(usize),
@@ -30,6 +33,8 @@ enum Action {
     Vmalloc(usize),
     Vfree(usize),
     VfreeInside(usize),
+    /// Give back one 256 KiB chunk of the reserved 4..6 MiB range.
+    FreeReserved(usize),
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -43,6 +48,7 @@ fn action() -> impl Strategy<Value = Action> {
         2 => (1usize..40_000).prop_map(Action::Vmalloc),
         2 => any::<usize>().prop_map(Action::Vfree),
         1 => any::<usize>().prop_map(Action::VfreeInside),
+        1 => (0usize..8).prop_map(Action::FreeReserved),
     ]
 }
 
@@ -86,6 +92,7 @@ fn run(actions: Vec<Action>) {
     let mut mmu = SoftMmu::new(X86Walker::new(&mem, root, 4));
     let boot = mm.meminfo();
     let held_at_boot = boot.free_kb + boot.slab_kb + boot.page_tables_kb;
+    let mut freed_chunks = [false; 8];
     let mut m = Model {
         pages: Vec::new(),
         objects: Vec::new(),
@@ -166,6 +173,25 @@ fn run(actions: Vec<Action>) {
                 let (va, _, _) = m.areas[i % m.areas.len()];
                 assert!(mm.vfree(VirtAddr::new(va.as_u64() + 8), &mut mmu).is_err());
             }
+            Action::FreeReserved(c) => {
+                let chunk = PhysRange::from_start_size(
+                    PhysAddr::new(4 * MIB + c as u64 * (256 << 10)),
+                    256 << 10,
+                )
+                .unwrap();
+                // SAFETY: the reserved range stands for memory nothing uses.
+                let r = unsafe { mm.free_reserved_range(chunk) };
+                if freed_chunks[c] {
+                    assert_eq!(
+                        r,
+                        Err(FreeReservedError::NotReserved(chunk.start().pfn())),
+                        "freed twice"
+                    );
+                } else {
+                    assert_eq!(r, Ok(64));
+                    freed_chunks[c] = true;
+                }
+            }
             _ => {}
         }
         mm.verify().unwrap();
@@ -199,9 +225,10 @@ fn run(actions: Vec<Action>) {
     assert_eq!(info.pages_kb, [0; 3]);
     // Every frame is free again or back where it was at boot: slab (caches keep partial
     // slabs) or page tables (vmalloc keeps upper-level tables for its window).
+    let given_back = freed_chunks.iter().filter(|&&f| f).count() as u64 * 256;
     assert_eq!(
         info.free_kb + info.slab_kb + info.page_tables_kb,
-        held_at_boot,
+        held_at_boot + given_back,
         "{info}"
     );
 }

@@ -27,6 +27,7 @@ enum Action {
     Vmalloc { pages: u8 },
     Vfree { index: u16 },
     VfreeAt { offset: u32 },
+    FreeReserved { first: u16, frames: u8 },
 }
 
 fn window() -> VirtRange {
@@ -124,6 +125,17 @@ fuzz_target!(|actions: Vec<Action>| {
                 if !areas.contains(&va) {
                     assert!(mm.vfree(va, &mut tlb).is_err());
                 }
+            }
+            Action::FreeReserved { first, frames } => {
+                // Only mmkit's own metadata is reserved on this machine: every range is
+                // refused, and a refusal changes nothing.
+                let start = u64::from(first) % (24 * 256);
+                let r = PhysRange::from_pfns(Pfn::new(start), u64::from(frames).max(1)).unwrap();
+                let managed = mm.buddy().total_managed();
+                // SAFETY: refused without change (asserted), so no memory is given away.
+                let result = unsafe { mm.free_reserved_range(r) };
+                assert!(result.is_err(), "{r:?} freed: {result:?}");
+                assert_eq!(mm.buddy().total_managed(), managed);
             }
             _ => {}
         }
