@@ -78,10 +78,7 @@ unsafe impl KernelMap for LinearMap {
 // buffer; this is its inverse over the buffer and `None` outside it.
 unsafe impl KernelMap for mmkit_addr::host::HostMemory {
     fn virt_to_phys(&self, va: VirtAddr) -> Option<PhysAddr> {
-        let range = self.range();
-        let base = self.ptr_of(range.start())?.as_ptr() as u64;
-        let off = va.as_u64().checked_sub(base)?;
-        (off < range.len()).then(|| PhysAddr::new(range.start().as_u64() + off))
+        self.phys_of(va.as_u64() as usize as *const u8)
     }
 }
 

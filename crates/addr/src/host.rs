@@ -4,8 +4,10 @@
 //! CPU id round-robin (or [`HostPlatform::bind_current_thread`] picks one). Because more
 //! threads than CPUs may exist, the "interrupts off" section is a re-entrant per-CPU lock: two
 //! threads bound to the same CPU exclude each other exactly as two contexts on one CPU do when
-//! interrupts are off. [`HostMemory`] is a zeroed, page-aligned buffer that stands in for a
-//! stretch of physical memory at a chosen physical base.
+//! interrupts are off. [`HostCpus`] is the same with a fixed CPU count, a constant
+//! thread-local id and no allocation, for use under a `#[global_allocator]`. [`HostMemory`] is
+//! zeroed host memory standing for a stretch of physical memory at a chosen base, its virtual
+//! addresses keeping the physical alignment of large blocks.
 
 extern crate std;
 
@@ -40,7 +42,7 @@ std::thread_local! {
     };
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct CpuLock {
     /// Thread token of the owner, 0 when free.
     owner: AtomicU64,
@@ -150,7 +152,7 @@ unsafe impl IrqControl for HostPlatform {
     #[inline]
     fn save_disable(&self) -> usize {
         let (cpu, me) = self.cpu_and_token();
-        self.lock_cpu(cpu, me);
+        lock_cpu(&self.cpus[cpu], me);
         cpu
     }
 
@@ -158,9 +160,7 @@ unsafe impl IrqControl for HostPlatform {
     unsafe fn restore(&self, cpu: usize) {
         let lock = &self.cpus[cpu];
         debug_assert_eq!(lock.owner.load(Ordering::Relaxed), THREAD.with(|t| t.token));
-        if lock.depth.fetch_sub(1, Ordering::Relaxed) == 1 {
-            lock.owner.store(0, Ordering::Release);
-        }
+        unlock_cpu(lock);
     }
 
     /// Takes `cpu`'s lock for the calling thread (as a thread bound to `cpu` would for its
@@ -170,44 +170,56 @@ unsafe impl IrqControl for HostPlatform {
             return false;
         }
         let me = THREAD.with(|t| t.token);
-        self.lock_cpu(cpu, me);
+        let lock = &self.cpus[cpu];
+        lock_cpu(lock, me);
         f();
-        // SAFETY: `lock_cpu` just took (or re-entered) this CPU's lock for this thread.
-        unsafe { self.restore(cpu) };
+        unlock_cpu(lock);
         true
     }
 }
 
-impl HostPlatform {
-    /// Take `cpu`'s lock for the thread `me`, re-entrantly.
-    #[inline]
-    fn lock_cpu(&self, cpu: usize, me: u64) {
-        let lock = &self.cpus[cpu];
-        if lock.owner.load(Ordering::Relaxed) == me {
-            lock.depth.fetch_add(1, Ordering::Relaxed);
-            return;
+/// Take `lock` for the thread `me`, re-entrantly.
+#[inline]
+fn lock_cpu(lock: &CpuLock, me: u64) {
+    if lock.owner.load(Ordering::Relaxed) == me {
+        lock.depth.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let mut spins = 0u32;
+    while lock
+        .owner
+        .compare_exchange_weak(0, me, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        spins += 1;
+        if spins < 64 {
+            core::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
         }
-        let mut spins = 0u32;
-        while lock
-            .owner
-            .compare_exchange_weak(0, me, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            spins += 1;
-            if spins < 64 {
-                core::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
-            }
-        }
-        lock.depth.store(1, Ordering::Relaxed);
+    }
+    lock.depth.store(1, Ordering::Relaxed);
+}
+
+/// Leave one level of `lock`, releasing it at the outermost.
+#[inline]
+fn unlock_cpu(lock: &CpuLock) {
+    if lock.depth.fetch_sub(1, Ordering::Relaxed) == 1 {
+        lock.owner.store(0, Ordering::Release);
     }
 }
 
-/// A zeroed, page-aligned host buffer standing in for physical memory `[base, base + len)`.
+/// Zeroed host memory standing for physical `[base, base + len)`, whose *virtual* addresses
+/// keep the physical alignment of every block up to [`HostMemory::ALIGN`], as a kernel's
+/// direct map does (the slab's page-source contract wants a block's pointer aligned to the
+/// block size). It comes zeroed from the host's `calloc`, which on Linux maps fresh zero
+/// pages lazily, so a simulated machine of several GiB costs only the memory touched.
 pub struct HostMemory {
     base: PhysAddr,
+    len: u64,
+    /// `base` lives here; `ptr ≡ base (mod ALIGN)`.
     ptr: NonNull<u8>,
+    raw: NonNull<u8>,
     layout: Layout,
 }
 
@@ -218,41 +230,75 @@ unsafe impl Send for HostMemory {}
 // SAFETY: see `Send`; `&HostMemory` only hands out addresses.
 unsafe impl Sync for HostMemory {}
 
+impl core::fmt::Debug for HostMemory {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("HostMemory")
+            .field("base", &self.base)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
 impl HostMemory {
-    /// Allocate `len` bytes (rounded up to 4 KiB) of zeroed memory standing for physical
-    /// addresses starting at `base`. The host pages are committed lazily by the OS.
+    /// Virtual addresses agree with physical ones modulo this (128 MiB, more than the
+    /// largest buddy block mmkit-buddy supports).
+    pub const ALIGN: u64 = 128 << 20;
+
+    /// `len` bytes (rounded up to 4 KiB) of zeroed memory standing for physical addresses
+    /// starting at `base`.
     ///
-    /// Panics if the host cannot allocate the buffer (this is test scaffolding).
+    /// Panics if the host cannot reserve the address space (this is test scaffolding).
     pub fn new(base: PhysAddr, len: u64) -> Self {
         let len = crate::align_up(len.max(1), crate::PAGE_SIZE).expect("size overflow");
-        let layout = Layout::from_size_align(len as usize, crate::PAGE_SIZE as usize)
-            .expect("host memory layout");
+        let total = usize::try_from(len + Self::ALIGN).expect("host address space");
+        // Alignment 1 keeps std on the `calloc` path, which maps fresh zero pages lazily
+        // (an over-aligned layout would memset the whole buffer).
+        let layout = Layout::from_size_align(total, 1).expect("host memory layout");
         // SAFETY: `layout` has non-zero size.
-        let ptr = unsafe { alloc::alloc_zeroed(layout) };
-        let ptr = NonNull::new(ptr).unwrap_or_else(|| alloc::handle_alloc_error(layout));
-        Self { base, ptr, layout }
+        let raw = unsafe { alloc::alloc_zeroed(layout) };
+        let raw = NonNull::new(raw).unwrap_or_else(|| alloc::handle_alloc_error(layout));
+        let want = base.as_u64() % Self::ALIGN;
+        let have = raw.as_ptr() as u64 % Self::ALIGN;
+        let skip = (want + Self::ALIGN - have) % Self::ALIGN;
+        // SAFETY: `skip < ALIGN` and the allocation is `len + ALIGN` bytes, so `ptr` and the
+        // `len` bytes after it are inside it.
+        let ptr = unsafe { raw.add(skip as usize) };
+        Self {
+            base,
+            len,
+            ptr,
+            raw,
+            layout,
+        }
     }
 
     /// The physical range this buffer stands for.
     pub fn range(&self) -> PhysRange {
-        PhysRange::from_start_size(self.base, self.layout.size() as u64).expect("host range")
+        PhysRange::from_start_size(self.base, self.len).expect("host range")
     }
 
     /// The host address of physical `pa`, if it is inside.
     pub fn ptr_of(&self, pa: PhysAddr) -> Option<NonNull<u8>> {
         let off = pa.offset_from(self.base)?;
-        if off >= self.layout.size() as u64 {
+        if off >= self.len {
             return None;
         }
-        // SAFETY: `off` is inside the allocation.
+        // SAFETY: `off` is inside the buffer.
         Some(unsafe { self.ptr.add(off as usize) })
+    }
+
+    /// The physical address of host address `va`, if it is inside (the inverse of
+    /// [`ptr_of`](Self::ptr_of)).
+    pub fn phys_of(&self, va: *const u8) -> Option<PhysAddr> {
+        let off = (va as u64).checked_sub(self.ptr.as_ptr() as u64)?;
+        (off < self.len).then(|| PhysAddr::new(self.base.as_u64() + off))
     }
 }
 
 impl Drop for HostMemory {
     fn drop(&mut self) {
         // SAFETY: allocated in `new` with this layout, freed once.
-        unsafe { alloc::dealloc(self.ptr.as_ptr(), self.layout) };
+        unsafe { alloc::dealloc(self.raw.as_ptr(), self.layout) };
     }
 }
 
@@ -268,6 +314,96 @@ unsafe impl PhysMapper for HostMemory {
         } else {
             None
         })
+    }
+}
+
+std::thread_local! {
+    /// This thread's [`HostCpus`] id (`usize::MAX` until first use). Constant-initialised:
+    /// reading it never allocates.
+    static CPU_ID: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+static NEXT_CPU: AtomicUsize = AtomicUsize::new(0);
+
+/// `N` host CPUs that never allocate: threads take CPU ids round-robin on first use (shared
+/// by every `HostCpus` in the process, taken modulo `N`), and the "interrupts off" section is
+/// a re-entrant lock per CPU. `const`-constructible, so it can live in a `static` under a
+/// `#[global_allocator]` built on mmkit, where [`HostPlatform`] (whose first call on a thread
+/// grows a thread-local list) would re-enter the allocator.
+#[derive(Debug)]
+pub struct HostCpus<const N: usize> {
+    locks: [CpuLock; N],
+}
+
+impl<const N: usize> Default for HostCpus<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const N: usize> HostCpus<N> {
+    /// `N` CPUs (`N` must be at least 1; 0 is a compile-time error).
+    pub const fn new() -> Self {
+        assert!(N > 0, "HostCpus needs at least one CPU");
+        Self {
+            locks: [const {
+                CpuLock {
+                    owner: AtomicU64::new(0),
+                    depth: AtomicUsize::new(0),
+                }
+            }; N],
+        }
+    }
+
+    /// This thread's lock token: the address of its `CPU_ID` slot (never 0).
+    fn thread_token() -> u64 {
+        CPU_ID.with(|c| c as *const Cell<usize> as u64)
+    }
+}
+
+// SAFETY: `N >= 1` is constant; a thread's id is chosen once and never changes, so
+// `current_cpu` is in range and stable inside a section.
+unsafe impl<const N: usize> CpuTopology for HostCpus<N> {
+    fn nr_cpus(&self) -> usize {
+        N
+    }
+
+    fn current_cpu(&self) -> usize {
+        CPU_ID.with(|c| {
+            if c.get() == usize::MAX {
+                c.set(NEXT_CPU.fetch_add(1, Ordering::Relaxed));
+            }
+            c.get() % N
+        })
+    }
+}
+
+// SAFETY: as for `HostPlatform`: `save_disable` takes the current CPU's lock (re-entrantly for
+// its owner thread), `restore` releases it when the outermost section ends, and `run_on_cpu`
+// holds the target CPU's lock for the whole of `f`.
+unsafe impl<const N: usize> IrqControl for HostCpus<N> {
+    type State = usize;
+
+    #[inline]
+    fn save_disable(&self) -> usize {
+        let cpu = self.current_cpu();
+        lock_cpu(&self.locks[cpu], Self::thread_token());
+        cpu
+    }
+
+    #[inline]
+    unsafe fn restore(&self, cpu: usize) {
+        unlock_cpu(&self.locks[cpu]);
+    }
+
+    fn run_on_cpu(&self, cpu: usize, f: &(dyn Fn() + Sync)) -> bool {
+        let Some(lock) = self.locks.get(cpu) else {
+            return false;
+        };
+        lock_cpu(lock, Self::thread_token());
+        f();
+        unlock_cpu(lock);
+        true
     }
 }
 
@@ -306,6 +442,62 @@ mod tests {
             "a new platform starts its own round-robin"
         );
         assert_eq!(b.current_cpu(), 1);
+    }
+
+    #[test]
+    fn host_cpus_sections_nest_and_exclude_threads_on_one_cpu() {
+        static CPUS: HostCpus<1> = HostCpus::new();
+        let counter = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let c = counter.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..2000 {
+                        let _g = CPUS.irq_save();
+                        let _inner = CPUS.irq_save();
+                        // Non-atomic read-modify-write: lost updates show a broken lock.
+                        let v = c.load(Ordering::Relaxed);
+                        std::hint::black_box(());
+                        c.store(v + 1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(counter.load(Ordering::Relaxed), 8000);
+        let ran = std::sync::atomic::AtomicBool::new(false);
+        assert!(CPUS.run_on_cpu(0, &|| ran.store(true, Ordering::SeqCst)));
+        assert!(ran.load(Ordering::SeqCst));
+        assert!(!CPUS.run_on_cpu(1, &|| unreachable!()));
+    }
+
+    #[test]
+    fn host_cpus_id_is_stable_and_in_range() {
+        let cpus: HostCpus<3> = HostCpus::new();
+        let a = cpus.current_cpu();
+        assert!(a < 3);
+        assert_eq!(a, cpus.current_cpu());
+    }
+
+    #[test]
+    fn host_memory_keeps_physical_alignment_and_round_trips() {
+        let mem = HostMemory::new(PhysAddr::new(0x20_0000), 8 << 20);
+        let r = PhysRange::from_start_size(PhysAddr::new(0x40_0000), 0x40_0000).unwrap();
+        let p = mem.phys_to_virt(r).unwrap();
+        assert_eq!(
+            p.as_ptr() as u64 % 0x40_0000,
+            0,
+            "4 MiB block stays 4 MiB aligned"
+        );
+        assert_eq!(
+            mem.phys_of(p.as_ptr().wrapping_add(3)),
+            Some(PhysAddr::new(0x40_0003))
+        );
+        assert_eq!(mem.phys_of(core::ptr::null()), None);
+        // SAFETY: inside the buffer, zeroed.
+        assert_eq!(unsafe { p.as_ptr().read() }, 0);
     }
 
     #[test]

@@ -58,7 +58,7 @@ pub struct TestPageSource {
     buddy: NonNull<Buddy>,
     storage: Storage,
     _mem: HostMemory,
-    /// Host address of the first frame, aligned to a max-order block.
+    /// Host address of the first frame (aligned like the physical address).
     base: usize,
     first_pfn: u64,
     frames: usize,
@@ -129,12 +129,13 @@ impl TestPageSource {
         let block = (PAGE_SIZE as usize) << max_order;
         let node_len = node_bytes.max(block).div_ceil(block) * block;
         let len = node_len * nodes;
-        let mem = HostMemory::new(PhysAddr::new(TEST_PHYS_BASE), (len + block) as u64);
-        let host = mem
+        // HostMemory keeps physical alignment in its host addresses, so every block's pointer
+        // is aligned to the block size, as the page-source contract wants.
+        let mem = HostMemory::new(PhysAddr::new(TEST_PHYS_BASE), len as u64);
+        let base = mem
             .ptr_of(PhysAddr::new(TEST_PHYS_BASE))
             .expect("host memory start")
             .as_ptr() as usize;
-        let base = host.div_ceil(block) * block;
         let ranges: Vec<[PhysRange; 1]> = (0..nodes)
             .map(|n| {
                 let start = TEST_PHYS_BASE + (n * node_len) as u64;
