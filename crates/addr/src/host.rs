@@ -210,14 +210,15 @@ fn unlock_cpu(lock: &CpuLock) {
 }
 
 /// Zeroed host memory standing for physical `[base, base + len)`, whose *virtual* addresses
-/// keep the physical alignment of every block up to [`HostMemory::ALIGN`], as a kernel's
+/// keep the physical alignment of every block that fits in it, up to [`HostMemory::ALIGN`],
+/// as a kernel's
 /// direct map does (the slab's page-source contract wants a block's pointer aligned to the
 /// block size). It comes zeroed from the host's `calloc`, which on Linux maps fresh zero
 /// pages lazily, so a simulated machine of several GiB costs only the memory touched.
 pub struct HostMemory {
     base: PhysAddr,
     len: u64,
-    /// `base` lives here; `ptr ≡ base (mod ALIGN)`.
+    /// `base` lives here; `ptr ≡ base` modulo `min(ALIGN, len.next_power_of_two())`.
     ptr: NonNull<u8>,
     raw: NonNull<u8>,
     layout: Layout,
@@ -250,17 +251,20 @@ impl HostMemory {
     /// Panics if the host cannot reserve the address space (this is test scaffolding).
     pub fn new(base: PhysAddr, len: u64) -> Self {
         let len = crate::align_up(len.max(1), crate::PAGE_SIZE).expect("size overflow");
-        let total = usize::try_from(len + Self::ALIGN).expect("host address space");
+        // No block larger than the memory fits in it, so aligning beyond its size buys
+        // nothing (and a smaller over-allocation keeps sanitizer builds fast).
+        let align = Self::ALIGN.min(len.next_power_of_two());
+        let total = usize::try_from(len + align).expect("host address space");
         // Alignment 1 keeps std on the `calloc` path, which maps fresh zero pages lazily
         // (an over-aligned layout would memset the whole buffer).
         let layout = Layout::from_size_align(total, 1).expect("host memory layout");
         // SAFETY: `layout` has non-zero size.
         let raw = unsafe { alloc::alloc_zeroed(layout) };
         let raw = NonNull::new(raw).unwrap_or_else(|| alloc::handle_alloc_error(layout));
-        let want = base.as_u64() % Self::ALIGN;
-        let have = raw.as_ptr() as u64 % Self::ALIGN;
-        let skip = (want + Self::ALIGN - have) % Self::ALIGN;
-        // SAFETY: `skip < ALIGN` and the allocation is `len + ALIGN` bytes, so `ptr` and the
+        let want = base.as_u64() % align;
+        let have = raw.as_ptr() as u64 % align;
+        let skip = (want + align - have) % align;
+        // SAFETY: `skip < align` and the allocation is `len + align` bytes, so `ptr` and the
         // `len` bytes after it are inside it.
         let ptr = unsafe { raw.add(skip as usize) };
         Self {
