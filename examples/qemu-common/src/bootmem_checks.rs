@@ -19,7 +19,7 @@
 //!    buddy's descriptors and per-CPU storage);
 //! 6. [`handoff`]: the blocks are sorted, disjoint, naturally aligned, clear of every reserved
 //!    range, and cover exactly the pages a page-by-page model counts as free; the hand-off is
-//!    returned for the buddy ([`crate::buddy_checks`]).
+//!    returned for the facade's buddy.
 //!
 //! The model of step 6 is deliberately naive: page `p` is free when it is not page 0, lies
 //! wholly in a RAM region of the kernel's map, and touches no reserved range the kernel knows

@@ -6,10 +6,6 @@
 //!
 //! * [`bootmem_checks`]: the kernels as users of mmkit-bootmem: ingest, reserve, allocate,
 //!   zero, double free, hand-off checked against a page-by-page model;
-//! * [`buddy_checks`]: the kernels as users of mmkit-buddy: the hand-off goes in, pages of
-//!   several orders come out and are written through the kernel's direct map;
-//! * [`slab_checks`]: the kernels as users of mmkit-slab: kmalloc of every size class and an
-//!   object cache over the buddy (the slab's `PageSource` on the buddy and the direct map);
 //! * [`mm_checks`]: the kernels as users of the facade: kmalloc, caches, pages and `verify`
 //!   on a booted `mmkit::Mm`, and vmalloc through the kernel's live page table;
 //! * [`mmu_checks`]: checks of the kernels' own page tables through `translate`, and of the
@@ -38,10 +34,10 @@
 //!
 //! ## Unsafe code
 //! Raw memory is touched only in [`rawmem`]. The modules that call it on memory a kernel
-//! vouches for (`bootmem_checks`, `buddy_checks`, `slab_checks`, `mmu_checks`) and the ones
-//! implementing mmkit's unsafe traits (`frames`: `FrameSource` / `PhysMapper`; `slab_checks`:
-//! `PageSource`) allow `unsafe_code` with a `// SAFETY:` argument at every use; everything
-//! else denies it.
+//! vouches for (`bootmem_checks`, `mm_checks`, `mmu_checks`) and the one implementing
+//! mmkit's unsafe traits (`frames`: `FrameSource` / `PhysMapper`) allow `unsafe_code` with a
+//! `// SAFETY:` argument at every use; everything else denies it. (The buddy and the slab
+//! are checked through the facade, which implements the slab's `PageSource` itself.)
 #![cfg_attr(not(test), no_std)]
 #![deny(
     unsafe_op_in_unsafe_fn,
@@ -54,9 +50,6 @@
 // Calls `rawmem`'s unsafe functions on memory bootmem hands out.
 #[allow(unsafe_code)]
 pub mod bootmem_checks;
-// Calls `rawmem`'s unsafe functions on pages the buddy hands out.
-#[allow(unsafe_code)]
-pub mod buddy_checks;
 pub mod checks;
 pub mod cmdline;
 #[cfg(feature = "fdt")]
@@ -76,6 +69,3 @@ pub mod mmu_checks;
 pub mod pvh;
 #[allow(unsafe_code)]
 pub mod rawmem;
-// Implements the slab's unsafe `PageSource` over the buddy; calls `rawmem` on objects.
-#[allow(unsafe_code)]
-pub mod slab_checks;

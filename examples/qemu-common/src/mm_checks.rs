@@ -5,7 +5,7 @@
 //! CPU / interrupt hooks, the direct map as the kernel map) and then run, in this order:
 //!
 //! 1. [`run`]: `mm_kmalloc_serves_every_size` (one object of every size in
-//!    [`SIZES`](crate::slab_checks::SIZES), aligned, disjoint, written and read back, `ksize`
+//!    [`SIZES`], aligned, disjoint, written and read back, `ksize`
 //!    at least the size), `mm_kzalloc_zeroes`, `mm_cache_hands_out_aligned_distinct_objects`
 //!    (a cache of 200-byte, 64-byte-aligned objects spanning several slabs),
 //!    `mm_pages_of_several_orders` (orders 0 to [`MAX_TEST_ORDER`], each block written through
@@ -30,7 +30,14 @@ use mmkit::Mm;
 
 use crate::harness::{CheckResult, Harness, Reason};
 use crate::rawmem;
-use crate::slab_checks::{CACHE_OBJECTS, SIZES};
+/// The sizes `kmalloc` is asked for: every Linux kmalloc class (8 B to 8 KiB, with the 96
+/// and 192 byte ones) and two page-backed sizes.
+pub const SIZES: [usize; 15] = [
+    8, 16, 32, 64, 96, 128, 192, 256, 512, 1024, 2048, 4096, 8192, 16384, 65536,
+];
+
+/// Objects the cache check allocates (several 4 KiB slabs of 200-byte objects).
+pub const CACHE_OBJECTS: usize = 100;
 use crate::{ensure, fail};
 
 /// The highest order `mm_pages_of_several_orders` allocates (2 MiB with 4 KiB pages).
