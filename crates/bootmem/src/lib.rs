@@ -70,6 +70,8 @@ mod region;
 mod report;
 #[allow(unsafe_code)]
 mod storage;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 mod verify;
 
 pub use alloc::AllocRequest;

@@ -181,129 +181,37 @@ fn add_reg(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Builds flattened device trees (DTSpec v17 layout) for the tests.
-    struct Builder {
-        structs: Vec<u8>,
-        strings: Vec<u8>,
-    }
-
-    impl Builder {
-        fn new() -> Self {
-            Self {
-                structs: Vec::new(),
-                strings: Vec::new(),
-            }
-        }
-
-        fn token(&mut self, t: u32) {
-            self.structs.extend_from_slice(&t.to_be_bytes());
-        }
-
-        fn pad(&mut self) {
-            while !self.structs.len().is_multiple_of(4) {
-                self.structs.push(0);
-            }
-        }
-
-        fn begin(&mut self, name: &str) -> &mut Self {
-            self.token(1);
-            self.structs.extend_from_slice(name.as_bytes());
-            self.structs.push(0);
-            self.pad();
-            self
-        }
-
-        fn end(&mut self) -> &mut Self {
-            self.token(2);
-            self
-        }
-
-        fn prop(&mut self, name: &str, value: &[u8]) -> &mut Self {
-            let off = self.strings.len() as u32;
-            self.strings.extend_from_slice(name.as_bytes());
-            self.strings.push(0);
-            self.token(3);
-            self.token(value.len() as u32);
-            self.token(off);
-            self.structs.extend_from_slice(value);
-            self.pad();
-            self
-        }
-
-        fn cells(&mut self, name: &str, cells: &[u32]) -> &mut Self {
-            let bytes: Vec<u8> = cells.iter().flat_map(|c| c.to_be_bytes()).collect();
-            self.prop(name, &bytes)
-        }
-
-        fn string(&mut self, name: &str, value: &str) -> &mut Self {
-            let mut bytes = value.as_bytes().to_vec();
-            bytes.push(0);
-            self.prop(name, &bytes)
-        }
-
-        fn finish(&mut self, memreserve: &[(u64, u64)]) -> Vec<u8> {
-            self.token(9);
-            let mut rsv = Vec::new();
-            for &(a, s) in memreserve.iter().chain(&[(0, 0)]) {
-                rsv.extend_from_slice(&a.to_be_bytes());
-                rsv.extend_from_slice(&s.to_be_bytes());
-            }
-            let off_rsv = 40u32;
-            let off_struct = off_rsv + rsv.len() as u32;
-            let off_strings = off_struct + self.structs.len() as u32;
-            let total = off_strings + self.strings.len() as u32;
-            let mut blob = Vec::new();
-            for word in [
-                FDT_MAGIC,
-                total,
-                off_struct,
-                off_strings,
-                off_rsv,
-                17,
-                16,
-                0,
-                self.strings.len() as u32,
-                self.structs.len() as u32,
-            ] {
-                blob.extend_from_slice(&word.to_be_bytes());
-            }
-            blob.extend_from_slice(&rsv);
-            blob.extend_from_slice(&self.structs);
-            blob.extend_from_slice(&self.strings);
-            blob
-        }
-    }
+    use mmkit_bootmem::testing::FdtWriter as Builder;
 
     /// The shape of QEMU's `virt` tree, plus a reserved-memory node and a memreserve entry.
     fn virt_like() -> Vec<u8> {
         let mut b = Builder::new();
         b.begin("")
-            .cells("#address-cells", &[2])
-            .cells("#size-cells", &[2])
+            .prop_u32s("#address-cells", &[2])
+            .prop_u32s("#size-cells", &[2])
             .begin("psci")
-            .string("method", "hvc")
+            .prop_str("method", "hvc")
             .end()
             .begin("memory@40000000")
-            .string("device_type", "memory")
-            .cells("reg", &[0, 0x4000_0000, 0, 0x2000_0000])
+            .prop_str("device_type", "memory")
+            .prop_u32s("reg", &[0, 0x4000_0000, 0, 0x2000_0000])
             .end()
             .begin("reserved-memory")
-            .cells("#address-cells", &[2])
-            .cells("#size-cells", &[2])
+            .prop_u32s("#address-cells", &[2])
+            .prop_u32s("#size-cells", &[2])
             .begin("fw@5fe00000")
-            .cells("reg", &[0, 0x5fe0_0000, 0, 0x20_0000])
+            .prop_u32s("reg", &[0, 0x5fe0_0000, 0, 0x20_0000])
             .prop("no-map", &[])
             .end()
             .begin("cma")
-            .cells("size", &[0, 0x100_0000])
+            .prop_u32s("size", &[0, 0x100_0000])
             .end()
             .end()
             .begin("chosen")
-            .string("bootargs", "mmkit.expect_mem=512M")
+            .prop_str("bootargs", "mmkit.expect_mem=512M")
             .end()
             .end();
-        b.finish(&[(0x4800_0000, 0x1000)])
+        b.memreserve(0x4800_0000, 0x1000).finish()
     }
 
     #[test]
@@ -329,16 +237,16 @@ mod tests {
     fn read_accepts_one_cell_addresses_and_several_memory_nodes() {
         let mut b = Builder::new();
         b.begin("")
-            .cells("#address-cells", &[1])
-            .cells("#size-cells", &[1])
+            .prop_u32s("#address-cells", &[1])
+            .prop_u32s("#size-cells", &[1])
             .begin("memory@0")
-            .cells("reg", &[0x0, 0x1000_0000, 0x2000_0000, 0x1000_0000])
+            .prop_u32s("reg", &[0x0, 0x1000_0000, 0x2000_0000, 0x1000_0000])
             .end()
             .begin("memory")
-            .cells("reg", &[0x8000_0000, 0x100_0000])
+            .prop_u32s("reg", &[0x8000_0000, 0x100_0000])
             .end()
             .end();
-        let blob = b.finish(&[]);
+        let blob = b.finish();
         let mut map = MemoryMap::new();
         let facts = read(&blob, &mut map).unwrap();
         assert_eq!(facts.ram_ranges, 3);

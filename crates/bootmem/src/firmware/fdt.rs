@@ -378,103 +378,9 @@ fn apply<const N: usize>(
 mod tests {
     extern crate std;
     use super::*;
+    use crate::testing::FdtWriter as Builder;
     use crate::{Bootmem, RangeFilter};
     use std::vec::Vec;
-
-    /// A minimal flattened-device-tree writer (version 17), enough for memory nodes.
-    struct Builder {
-        structure: Vec<u8>,
-        strings: Vec<u8>,
-        reservations: Vec<(u64, u64)>,
-    }
-
-    impl Builder {
-        fn new() -> Self {
-            Self {
-                structure: Vec::new(),
-                strings: Vec::new(),
-                reservations: Vec::new(),
-            }
-        }
-
-        fn token(&mut self, t: u32) {
-            self.structure.extend_from_slice(&t.to_be_bytes());
-        }
-
-        fn pad(&mut self) {
-            while self.structure.len() % 4 != 0 {
-                self.structure.push(0);
-            }
-        }
-
-        fn begin(&mut self, name: &str) -> &mut Self {
-            self.token(1);
-            self.structure.extend_from_slice(name.as_bytes());
-            self.structure.push(0);
-            self.pad();
-            self
-        }
-
-        fn end(&mut self) -> &mut Self {
-            self.token(2);
-            self
-        }
-
-        fn prop(&mut self, name: &str, value: &[u8]) -> &mut Self {
-            let off = self.strings.len() as u32;
-            self.strings.extend_from_slice(name.as_bytes());
-            self.strings.push(0);
-            self.token(3);
-            self.token(value.len() as u32);
-            self.token(off);
-            self.structure.extend_from_slice(value);
-            self.pad();
-            self
-        }
-
-        fn prop_u32s(&mut self, name: &str, cells: &[u32]) -> &mut Self {
-            let bytes: Vec<u8> = cells.iter().flat_map(|c| c.to_be_bytes()).collect();
-            self.prop(name, &bytes)
-        }
-
-        fn prop_str(&mut self, name: &str, s: &str) -> &mut Self {
-            let mut bytes = s.as_bytes().to_vec();
-            bytes.push(0);
-            self.prop(name, &bytes)
-        }
-
-        fn finish(&mut self) -> Vec<u8> {
-            self.token(9);
-            let header = 40usize;
-            let rsv_off = header;
-            let rsv_len = (self.reservations.len() + 1) * 16;
-            let struct_off = rsv_off + rsv_len;
-            let strings_off = struct_off + self.structure.len();
-            let total = strings_off + self.strings.len();
-            let mut blob = Vec::with_capacity(total);
-            for v in [
-                0xd00d_feedu32,
-                total as u32,
-                struct_off as u32,
-                strings_off as u32,
-                rsv_off as u32,
-                17,
-                16,
-                0,
-                self.strings.len() as u32,
-                self.structure.len() as u32,
-            ] {
-                blob.extend_from_slice(&v.to_be_bytes());
-            }
-            for &(a, s) in self.reservations.iter().chain([(0, 0)].iter()) {
-                blob.extend_from_slice(&a.to_be_bytes());
-                blob.extend_from_slice(&s.to_be_bytes());
-            }
-            blob.extend_from_slice(&self.structure);
-            blob.extend_from_slice(&self.strings);
-            blob
-        }
-    }
 
     /// A two-node arm64-like tree (QEMU virt with NUMA): 1 GiB at 0x4000_0000 on node 0,
     /// 1 GiB at 0x8000_0000 on node 1 (hotpluggable), a /memreserve/ for the DTB itself, and
@@ -482,7 +388,7 @@ mod tests {
     /// dynamically placed pool.
     fn virt_tree() -> Vec<u8> {
         let mut b = Builder::new();
-        b.reservations.push((0x4800_0000, 0x1_0000));
+        b.memreserve(0x4800_0000, 0x1_0000);
         b.begin("")
             .prop_u32s("#address-cells", &[2])
             .prop_u32s("#size-cells", &[2]);
