@@ -15,6 +15,8 @@
 //! registers), zeroes `.bss` (which holds the boot stack), sets `SP_EL1`, installs the vector
 //! table ([`crate::exceptions`]) in `VBAR_EL1`, and calls `kmain(x0 at entry, entry EL)`.
 
+use mmkit_qemu_common::bootstack::{self, BootStack};
+
 /// Size of the boot stack in bytes. The `boot_stack_has_headroom` check measures the deepest
 /// use (about 300 KiB on x86_64): `BuddyAllocator::new` alone takes over 100 KiB, building
 /// its ~45 KiB value on the stack and moving it, and bootmem and its hand-off are ~6 KiB each.
@@ -89,10 +91,6 @@ extern "C" {
     static boot_stack: u8;
 }
 
-/// Bytes of boot stack below the current stack pointer's page that are left out of painting,
-/// for the frames of the painting code itself.
-const PAINT_MARGIN: usize = 4096;
-
 fn stack_pointer() -> usize {
     let sp: usize;
     // SAFETY: reading the stack pointer has no side effect.
@@ -102,42 +100,30 @@ fn stack_pointer() -> usize {
     sp
 }
 
+fn stack() -> BootStack {
+    // SAFETY: `boot_stack` is the page-aligned `BOOT_STACK_SIZE`-byte stack of the assembly
+    // above, identity-placed at its link address; the kernel's tables map all of it but the
+    // lowest page.
+    unsafe { BootStack::new(core::ptr::addr_of!(boot_stack) as usize, BOOT_STACK_SIZE) }
+}
+
 /// The lowest page of the boot stack, which the kernel's own page tables leave unmapped so
 /// that running off the stack faults instead of overwriting what lies below it.
 pub fn boot_stack_guard() -> mmkit_addr::PhysRange {
-    let bottom = core::ptr::addr_of!(boot_stack) as u64;
-    mmkit_addr::PhysRange::from_start_size(mmkit_addr::PhysAddr::new(bottom), GUARD_SIZE as u64)
-        .unwrap_or(mmkit_addr::PhysRange::EMPTY)
+    stack().guard()
 }
 
-/// Size of the guard page at the bottom of the boot stack.
-const GUARD_SIZE: usize = 4096;
-
 /// The usable boot stack: everything above the guard page.
-pub const USABLE_STACK_SIZE: usize = BOOT_STACK_SIZE - GUARD_SIZE;
+pub const USABLE_STACK_SIZE: usize = BOOT_STACK_SIZE - bootstack::GUARD_SIZE;
 
 /// Fill the unused part of the boot stack (above the guard page) with a known word, so
 /// [`boot_stack_used`] can later find how deep the stack went. Call once, early in `kmain`.
 pub fn paint_boot_stack() {
-    let bottom = core::ptr::addr_of!(boot_stack) as usize + GUARD_SIZE;
-    let end = stack_pointer().saturating_sub(PAINT_MARGIN) & !7;
-    if let (Some(ptr), true) = (core::ptr::NonNull::new(bottom as *mut u8), end > bottom) {
-        // SAFETY: `[bottom, end)` is boot stack below the current stack pointer minus a
-        // margin that covers this function's callees: nothing live is there.
-        unsafe { mmkit_qemu_common::rawmem::paint(ptr, (end - bottom) / 8) };
-    }
+    stack().paint(stack_pointer());
 }
 
 /// The deepest the boot stack has been since [`paint_boot_stack`], in bytes of the
 /// [`USABLE_STACK_SIZE`].
 pub fn boot_stack_used() -> u64 {
-    let bottom = core::ptr::addr_of!(boot_stack) as usize + GUARD_SIZE;
-    let Some(ptr) = core::ptr::NonNull::new(bottom as *mut u8) else {
-        return USABLE_STACK_SIZE as u64;
-    };
-    // SAFETY: above the guard page the boot stack is `USABLE_STACK_SIZE` bytes of memory
-    // mapped in every address space the kernel uses, page-aligned.
-    let untouched =
-        unsafe { mmkit_qemu_common::rawmem::painted_prefix(ptr, USABLE_STACK_SIZE / 8) };
-    (USABLE_STACK_SIZE - untouched * 8) as u64
+    stack().used()
 }

@@ -19,7 +19,7 @@ use mmkit_qemu_common::checks::{self, Injection};
 use mmkit_qemu_common::frames::{PoolFrames, WindowMapper};
 use mmkit_qemu_common::harness::{CheckResult, Harness, Outcome, Reason};
 use mmkit_qemu_common::memmap::MemoryMap;
-use mmkit_qemu_common::{ensure, fail, rawmem};
+use mmkit_qemu_common::{ensure, fail};
 use mmkit_qemu_common::{mm_checks, mmu_checks};
 
 use crate::exceptions::{
@@ -70,7 +70,18 @@ pub fn run(boot: &BootInfo) -> Outcome {
         checks::mapper_translates(&IDENTITY, 0, IDENTITY_LIMIT, kernel)
     });
     h.run("far_ram_page_write_read", || {
-        far_ram_page_write_read(map, kernel, &exclude)
+        // SAFETY: nothing allocates memory yet, and `exclude` covers the kernel, the device
+        // tree and what bootmem kept; with the MMU off the identity mapper reaches all RAM.
+        unsafe {
+            mmu_checks::far_ram_page_write_read(
+                map,
+                kernel,
+                &exclude,
+                &IDENTITY,
+                IDENTITY_LIMIT,
+                FAR_FROM_KERNEL,
+            )
+        }
     });
     h.run("brk_trap_returns", brk_trap_returns);
     h.run("read_of_unbacked_address_aborts", || {
@@ -110,27 +121,6 @@ fn device_tree_in_ram_below_kernel(
         "device tree {dtb} is not below the kernel image {kernel}"
     );
     Ok(())
-}
-
-fn far_ram_page_write_read(
-    map: &MemoryMap,
-    kernel: PhysRange,
-    exclude: &[PhysRange],
-) -> CheckResult {
-    let Some(page) = map.find_free_top_down(PAGE_SIZE, PAGE_SIZE, IDENTITY_LIMIT, exclude) else {
-        fail!("no free RAM page");
-    };
-    ensure!(
-        page.start().as_u64() >= kernel.end().as_u64() + FAR_FROM_KERNEL,
-        "highest free page {page} is within {FAR_FROM_KERNEL:#x} of the kernel"
-    );
-    let Some(ptr) = IDENTITY.phys_to_virt(page) else {
-        fail!("{page} not reachable");
-    };
-    // SAFETY: `page` is RAM, not reserved, clear of the kernel and the device tree, and
-    // nothing else allocates memory yet, so this check owns it; with the MMU off it is
-    // accessible at `ptr` (page-aligned).
-    unsafe { rawmem::write_read_pattern(ptr, (PAGE_SIZE / 8) as usize, page.start().as_u64()) }
 }
 
 fn brk_trap_returns() -> CheckResult {

@@ -6,6 +6,7 @@
 //!
 //! * [`bootmem_checks`]: the kernels as users of mmkit-bootmem: ingest, reserve, allocate,
 //!   zero, double free, hand-off checked against a page-by-page model;
+//! * [`bootstack`]: the boot stack's guard page and stack painting;
 //! * [`mm_checks`]: the kernels as users of the facade: kmalloc, caches, pages and `verify`
 //!   on a booted `mmkit::Mm`, and vmalloc through the kernel's live page table;
 //! * [`mmu_checks`]: checks of the kernels' own page tables through `translate`, and of the
@@ -50,6 +51,9 @@
 // Calls `rawmem`'s unsafe functions on memory bootmem hands out.
 #[allow(unsafe_code)]
 pub mod bootmem_checks;
+// Paints and measures the boot stack through `rawmem`.
+#[allow(unsafe_code)]
+pub mod bootstack;
 pub mod checks;
 pub mod cmdline;
 #[cfg(feature = "fdt")]

@@ -130,6 +130,36 @@ pub unsafe fn direct_map_aliases_identity(
     }
 }
 
+/// The highest free RAM page below `limit` (not in `exclude`) lies at least `far` bytes above
+/// the kernel image and takes a pattern written and read back through `mapper`: RAM far from
+/// where the kernel was loaded is real and reachable before anything else runs.
+///
+/// # Safety
+/// Every RAM page of `map` below `limit` that `exclude` does not cover is unused (nothing
+/// allocates memory yet), and `mapper` reaches it for reads and writes.
+pub unsafe fn far_ram_page_write_read<M: PhysMapper>(
+    map: &MemoryMap,
+    kernel: PhysRange,
+    exclude: &[PhysRange],
+    mapper: &M,
+    limit: u64,
+    far: u64,
+) -> CheckResult {
+    let Some(page) = map.find_free_top_down(PAGE_SIZE, PAGE_SIZE, limit, exclude) else {
+        fail!("no free RAM page below {limit:#x}");
+    };
+    ensure!(
+        page.start().as_u64() >= kernel.end().as_u64() + far,
+        "highest free page {page} is within {far:#x} of the kernel"
+    );
+    let Some(ptr) = mapper.phys_to_virt(page) else {
+        fail!("{page} not reachable through the mapper");
+    };
+    // SAFETY: `page` is free RAM below `limit` outside `exclude`, so unused (caller), and
+    // `mapper` makes it writable at `ptr`, page-aligned (caller, `PhysMapper`'s contract).
+    unsafe { rawmem::write_read_pattern(ptr, (PAGE_SIZE / 8) as usize, page.start().as_u64()) }
+}
+
 #[cfg(test)]
 mod tests {
     use mmkit_addr::host::HostMemory;

@@ -16,7 +16,7 @@ use mmkit_qemu_common::checks::Injection;
 use mmkit_qemu_common::frames::{PoolFrames, WindowMapper};
 use mmkit_qemu_common::harness::{CheckResult, Harness, Outcome, Reason};
 use mmkit_qemu_common::memmap::MemoryMap;
-use mmkit_qemu_common::{checks, ensure, fail, rawmem};
+use mmkit_qemu_common::{checks, ensure, fail};
 use mmkit_qemu_common::{mm_checks, mmu_checks};
 
 use crate::facade;
@@ -67,7 +67,18 @@ pub fn run(boot: &BootInfo) -> Outcome {
         checks::mapper_translates(&IDENTITY, 0, IDENTITY_LIMIT, kernel)
     });
     h.run("far_ram_page_write_read", || {
-        far_ram_page_write_read(map, kernel, &exclude)
+        // SAFETY: nothing allocates memory yet, and `exclude` covers the kernel and the boot
+        // data; the boot identity map reaches RAM below `IDENTITY_LIMIT` writable.
+        unsafe {
+            mmu_checks::far_ram_page_write_read(
+                map,
+                kernel,
+                &exclude,
+                &IDENTITY,
+                IDENTITY_LIMIT,
+                FAR_FROM_KERNEL,
+            )
+        }
     });
     h.run("breakpoint_trap_returns", breakpoint_trap_returns);
     h.run("write_to_read_only_block_faults", || {
@@ -506,27 +517,6 @@ fn inject_failure(h: &mut Harness<Serial>, cmdline: &str) {
             });
         }
     }
-}
-
-fn far_ram_page_write_read(
-    map: &MemoryMap,
-    kernel: PhysRange,
-    exclude: &[PhysRange],
-) -> CheckResult {
-    let Some(page) = map.find_free_top_down(PAGE_SIZE, PAGE_SIZE, IDENTITY_LIMIT, exclude) else {
-        fail!("no free RAM page below {IDENTITY_LIMIT:#x}");
-    };
-    ensure!(
-        page.start().as_u64() >= kernel.end().as_u64() + FAR_FROM_KERNEL,
-        "highest free page {page} is within {FAR_FROM_KERNEL:#x} of the kernel"
-    );
-    let Some(ptr) = IDENTITY.phys_to_virt(page) else {
-        fail!("{page} not reachable through the identity map");
-    };
-    // SAFETY: `page` is RAM, not reserved, clear of the kernel and boot data, and nothing else
-    // allocates memory yet, so this check owns it; the identity map makes it writable at `ptr`
-    // (page-aligned).
-    unsafe { rawmem::write_read_pattern(ptr, (PAGE_SIZE / 8) as usize, page.start().as_u64()) }
 }
 
 fn breakpoint_trap_returns() -> CheckResult {
