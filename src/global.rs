@@ -6,7 +6,11 @@
 //! * layouts up to [`KMALLOC_MAX_SIZE`] with alignment up to a page go to kmalloc (slab
 //!   objects up to 8 KiB on the per-CPU fast path, page-backed blocks beyond);
 //! * anything larger, or aligned beyond a page, takes a naturally aligned buddy block of the
-//!   smallest order covering both size and alignment.
+//!   smallest order covering both size and alignment;
+//! * beyond the buddy's largest order, a run of contiguous frames from
+//!   `alloc_contig_pages` (Linux's gigantic-page path): a `Vec` may outgrow 4 MiB, as long as
+//!   a free run of that size exists. The run is aligned to 2 MiB pageblocks, or to its own
+//!   power-of-two size when the layout asks for more.
 //!
 //! The choice depends only on the layout, so `dealloc` (which gets the same layout) takes the
 //! same path back. `realloc` uses `krealloc` when both sizes stay on the kmalloc path and the
@@ -15,7 +19,7 @@
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::{self, NonNull};
 
-use mmkit_addr::{IrqControl, Order, VirtAddr, PAGE_SIZE};
+use mmkit_addr::{IrqControl, Order, PhysRange, VirtAddr, PAGE_SIZE};
 use mmkit_buddy::GfpFlags;
 use mmkit_pgtable::arch::x86_64::X86_64;
 use mmkit_pgtable::PagingFormat;
@@ -24,6 +28,7 @@ use mmkit_slab::KMALLOC_MAX_SIZE;
 use spin::Once;
 
 use crate::mm::Mm;
+use crate::owner::PageUse;
 
 /// An [`Mm`] installed at boot, usable as `#[global_allocator]`.
 pub struct GlobalMm<P: IrqControl + 'static, F: PagingFormat + 'static = X86_64> {
@@ -52,6 +57,24 @@ fn on_kmalloc_path(layout: &Layout) -> bool {
 /// The buddy order for a layout off the kmalloc path.
 fn block_order(layout: &Layout) -> Option<Order> {
     Order::for_bytes(layout.size().max(layout.align()) as u64)
+}
+
+/// Frames of the contiguous run for a layout beyond the buddy's largest order (`max_order`),
+/// with `pageblock` frames per pageblock: the size in frames, or for an alignment beyond a
+/// pageblock the power of two covering size and alignment (`alloc_contig_pages` aligns such
+/// runs to their size). `None` for layouts the buddy serves as one block.
+fn contig_pages(layout: &Layout, max_order: u32, pageblock: u64) -> Option<u64> {
+    let order = block_order(layout)?;
+    if order.get() <= max_order {
+        return None;
+    }
+    let pages = (layout.size() as u64).div_ceil(PAGE_SIZE);
+    let align = layout.align() as u64 / PAGE_SIZE;
+    if align <= pageblock {
+        Some(pages)
+    } else {
+        pages.max(align).checked_next_power_of_two()
+    }
 }
 
 impl<P: IrqControl, F: PagingFormat> GlobalMm<P, F> {
@@ -96,12 +119,16 @@ impl<P: IrqControl, F: PagingFormat> GlobalMm<P, F> {
 impl<'m, P: IrqControl, F: PagingFormat> Mm<'m, P, F> {
     /// Allocate memory for `layout` the way [`GlobalMm`] does (module docs): kmalloc up to
     /// [`KMALLOC_MAX_SIZE`] with alignment up to a page, else a naturally aligned buddy
-    /// block. `None` when memory or the order runs out.
+    /// block, else (beyond the largest order) a contiguous run of frames. `None` when no
+    /// memory fits.
     pub fn alloc_layout(&self, layout: Layout, gfp: GfpFlags) -> Option<NonNull<u8>> {
         if on_kmalloc_path(&layout) {
             return self
                 .kmalloc_aligned(layout.size(), layout.align(), gfp)
                 .ok();
+        }
+        if let Some(n) = self.contig_pages(&layout) {
+            return self.alloc_contig_layout(n, gfp);
         }
         let order = block_order(&layout)?;
         let pfn = self.alloc_pages(gfp, order).ok()?;
@@ -110,6 +137,29 @@ impl<'m, P: IrqControl, F: PagingFormat> Mm<'m, P, F> {
             let _ = self.free_pages(pfn, order);
         }
         p
+    }
+
+    fn contig_pages(&self, layout: &Layout) -> Option<u64> {
+        let cfg = self.buddy().config();
+        contig_pages(layout, cfg.max_order, 1u64 << cfg.pageblock_order)
+    }
+
+    /// A contiguous run of `n` frames for a layout beyond the largest buddy order.
+    fn alloc_contig_layout(&self, n: u64, gfp: GfpFlags) -> Option<NonNull<u8>> {
+        let pfn = self.pages.alloc_contig(n, gfp, PageUse::Pages).ok()?;
+        let p = PhysRange::from_pfns(pfn, n)
+            .ok()
+            .and_then(|r| self.pages.map().phys_to_virt(r));
+        let Some(p) = p else {
+            let _ = self.pages.free_contig(pfn, n);
+            return None;
+        };
+        if gfp.contains(GfpFlags::ZERO) {
+            // SAFETY: the run was just allocated for us and the map makes all `n` frames
+            // writable at `p`.
+            unsafe { crate::raw::zero(p, (n * PAGE_SIZE) as usize) };
+        }
+        Some(p)
     }
 
     /// Free what [`alloc_layout`](Self::alloc_layout) returned.
@@ -129,6 +179,11 @@ impl<'m, P: IrqControl, F: PagingFormat> Mm<'m, P, F> {
             .pages
             .map()
             .virt_to_phys(VirtAddr::from_ptr(ptr.as_ptr()));
+        if let (Some(pa), Some(n)) = (pa, self.contig_pages(&layout)) {
+            let freed = self.pages.free_contig(pa.pfn(), n);
+            debug_assert!(freed.is_ok(), "free_contig refused {ptr:p}: {freed:?}");
+            return;
+        }
         if let (Some(pa), Some(order)) = (pa, block_order(&layout)) {
             let freed = self.free_pages(pa.pfn(), order);
             debug_assert!(freed.is_ok(), "free_pages refused {ptr:p}: {freed:?}");

@@ -14,7 +14,7 @@
 use core::ptr::NonNull;
 
 use mmkit_addr::{IrqControl, Order, Pfn, PhysRange};
-use mmkit_buddy::{AllocError, BuddyAllocator, FreeError, GfpFlags, MigrateType};
+use mmkit_buddy::{AllocError, BuddyAllocator, FreeError, GfpFlags, IsolateError, MigrateType};
 
 use crate::map::KernelMap;
 use crate::owner::{Owner, PageOwners, PageUse};
@@ -75,6 +75,56 @@ impl<'m, P: IrqControl> PageAllocator<'m, P> {
             },
         );
         Ok(pfn)
+    }
+
+    /// Allocate `nr_pages` contiguous frames, any count, even beyond the max order (the
+    /// buddy's `alloc_contig_pages`), for `usage`; every frame is recorded as an order-0
+    /// block. `gfp`'s zone and mobility choose where; `ZERO` is the caller's to honour.
+    pub(crate) fn alloc_contig(
+        &self,
+        nr_pages: u64,
+        gfp: GfpFlags,
+        usage: PageUse,
+    ) -> Result<Pfn, IsolateError> {
+        let gfp = gfp - GfpFlags::ZERO;
+        let pfn = self
+            .buddy
+            .alloc_contig_pages(nr_pages, gfp, self.buddy.local_node())?;
+        let mobility = gfp.migrate_type().unwrap_or(MigrateType::Unmovable);
+        for i in 0..nr_pages {
+            if let Some(p) = pfn.checked_add_frames(i) {
+                self.owners.record(
+                    p,
+                    Owner {
+                        order: Order::ZERO,
+                        mobility,
+                        usage,
+                    },
+                );
+            }
+        }
+        Ok(pfn)
+    }
+
+    /// Free a run [`alloc_contig`](Self::alloc_contig) returned. On a refusal nothing changes.
+    pub(crate) fn free_contig(&self, pfn: Pfn, nr_pages: u64) -> Result<(), FreeError> {
+        let Some(owner) = self.owners.get(pfn) else {
+            return Err(FreeError::DoubleFree);
+        };
+        let frames = || (0..nr_pages).filter_map(|i| pfn.checked_add_frames(i));
+        if frames().any(|p| self.owners.get(p) != Some(owner)) {
+            return Err(FreeError::DoubleFree);
+        }
+        for p in frames() {
+            self.owners.take(p);
+        }
+        self.buddy
+            .free_contig_range(pfn, nr_pages)
+            .inspect_err(|_| {
+                for p in frames() {
+                    self.owners.record(p, owner);
+                }
+            })
     }
 
     /// Free a block [`alloc`](Self::alloc) returned.

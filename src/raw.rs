@@ -92,6 +92,15 @@ pub(crate) fn boot_slice<'m, T>(
     Ok(unsafe { core::slice::from_raw_parts_mut(ptr.as_ptr().cast::<MaybeUninit<T>>(), n) })
 }
 
+/// Zero `len` bytes at `ptr`.
+///
+/// # Safety
+/// The caller owns `[ptr, ptr + len)` (memory it just allocated) and it is valid for writes.
+pub(crate) unsafe fn zero(ptr: core::ptr::NonNull<u8>, len: usize) {
+    // SAFETY: caller's contract.
+    unsafe { core::ptr::write_bytes(ptr.as_ptr(), 0, len) };
+}
+
 /// Initialise every slot of `slots` with `f(index)` and return the initialised slice.
 pub(crate) fn fill<T>(slots: &mut [MaybeUninit<T>], mut f: impl FnMut(usize) -> T) -> &mut [T] {
     for (i, slot) in slots.iter_mut().enumerate() {

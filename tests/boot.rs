@@ -491,3 +491,45 @@ fn reserved_memory_goes_back_to_the_buddy_after_boot() {
     }
     mm.verify().unwrap();
 }
+
+#[test]
+fn layouts_beyond_the_largest_block_take_contiguous_runs() {
+    use core::alloc::Layout;
+    let mem = HostMemory::new(PhysAddr::new(0), SPAN);
+    let mut mm = boot(&mem);
+    let pages_before = mm.meminfo().pages_kb;
+    // 6 MiB + 1 byte: more than an order-10 block, 1537 frames.
+    let odd = Layout::from_size_align((6 << 20) + 1, 8).unwrap();
+    let p = mm
+        .alloc_layout(odd, GfpFlags::KERNEL | GfpFlags::ZERO)
+        .unwrap();
+    // SAFETY: the run is ours; every byte was zeroed.
+    let bytes = unsafe { core::slice::from_raw_parts_mut(p.as_ptr(), odd.size()) };
+    assert!(bytes.iter().all(|&b| b == 0));
+    bytes.fill(0x5a);
+    assert_eq!(
+        mm.meminfo().pages_kb.iter().sum::<u64>(),
+        pages_before.iter().sum::<u64>() + 1537 * 4
+    );
+    // An 8 MiB alignment asks for a run aligned to its power-of-two size.
+    let aligned = Layout::from_size_align(5 << 20, 8 << 20).unwrap();
+    let q = mm.alloc_layout(aligned, GfpFlags::KERNEL).unwrap();
+    assert_eq!(q.as_ptr() as usize % (8 << 20), 0);
+    mm.verify().unwrap();
+    // SAFETY: each came from `alloc_layout` with this layout and is not used again.
+    unsafe {
+        mm.dealloc_layout(p, odd);
+        mm.dealloc_layout(q, aligned);
+    }
+    assert_eq!(mm.meminfo().pages_kb, pages_before);
+    mm.verify().unwrap();
+    // Larger than any free run: refused, nothing changes.
+    let free = mm.meminfo().free_kb;
+    assert!(mm
+        .alloc_layout(
+            Layout::from_size_align(200 << 20, 8).unwrap(),
+            GfpFlags::KERNEL
+        )
+        .is_none());
+    assert_eq!(mm.meminfo().free_kb, free);
+}

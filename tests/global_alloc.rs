@@ -89,6 +89,11 @@ fn workload(seed: u64) -> u64 {
         // beyond a page (a whole buddy block).
         let big = vec![round as u8; 3 << 20];
         check = check.wrapping_add(u64::from(big[12345]));
+        // Beyond the buddy's largest block (4 MiB): a contiguous run of frames.
+        let mut huge: Vec<u64> = Vec::with_capacity((9 << 20) / 8);
+        huge.extend((0..(9u64 << 20) / 8).map(|i| i ^ seed));
+        check = check.wrapping_add(huge[(7 << 20) / 8] ^ huge[12]);
+        drop(huge);
         let aligned = Box::new(Aligned([seed as u8; 64]));
         assert_eq!(&*aligned as *const Aligned as usize % 16384, 0);
         check = check.wrapping_add(u64::from(aligned.0[63]));
