@@ -126,10 +126,17 @@ impl<'m, M: PhysMapper> Tables<'m, M> {
                 };
             }
         }
-        match table_at(self.mapper, pa, self.bytes) {
+        match self.outside_window(pa) {
             Some(t) => t,
             None => unreachable(pa),
         }
+    }
+
+    /// [`table_at`] for frames the window does not cover: kept out of line so a walk's hot
+    /// path (the window) carries no mapper call, and no registers to save for one.
+    #[inline(never)]
+    fn outside_window(&self, pa: PhysAddr) -> Option<&'m [AtomicU64]> {
+        table_at(self.mapper, pa, self.bytes)
     }
 }
 

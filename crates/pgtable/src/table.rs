@@ -388,18 +388,30 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
     /// [`translate`](Self::translate), [`translate_addr`](Self::translate_addr) and
     /// [`raw_leaf`](Self::raw_leaf) share.
     ///
-    /// Per level it is one mapper call, one entry load at [`PagingFormat::index_of`] and one
-    /// [`PagingFormat::kind`]; inlined into a monomorphised caller, a format with arithmetic
-    /// geometry (x86_64) turns the index, the leaf check and (with a 4 KiB granule) the table
-    /// bounds check into shifts and masks with no loads from the level table.
+    /// Per level it is one table lookup (through the linear window: a compare and an add), one
+    /// entry load at [`PagingFormat::index_of`] and one [`PagingFormat::kind`]. The common
+    /// depths (4 and 5) get their own copy of the loop with the depth a constant, so it unrolls
+    /// and a format with arithmetic geometry (x86_64) turns the index, the leaf check and the
+    /// table bounds check into immediate shifts and masks, with no loads from the level table
+    /// and no loop counter; other depths share one general loop.
     #[inline(always)]
     fn leaf_entry(&self, va: VirtAddr) -> Option<(usize, u64)> {
         if !self.fmt.is_canonical(va) {
             return None;
         }
-        let ctx = self.ctx();
-        let depth = self.fmt.depth();
         let va = va.as_u64();
+        match self.fmt.depth() {
+            4 => self.leaf_entry_at_depth(va, 4),
+            5 => self.leaf_entry_at_depth(va, 5),
+            depth => self.leaf_entry_at_depth(va, depth),
+        }
+    }
+
+    /// The walk of [`leaf_entry`](Self::leaf_entry) for a canonical `va`, with `depth ==
+    /// self.fmt.depth()` passed in so that each call site with a literal depth is specialised.
+    #[inline(always)]
+    fn leaf_entry_at_depth(&self, va: u64, depth: usize) -> Option<(usize, u64)> {
+        let ctx = self.ctx();
         let mut table = ctx.table(self.root);
         let mut level = 0;
         while level < depth {
