@@ -533,3 +533,68 @@ fn layouts_beyond_the_largest_block_take_contiguous_runs() {
         .is_none());
     assert_eq!(mm.meminfo().free_kb, free);
 }
+
+/// A kernel's RCU in miniature: `call_rcu` queues, `synchronize` ends a grace period.
+#[derive(Default)]
+struct QueueRcu {
+    queue: std::sync::Mutex<Vec<(usize, mmkit::slab::RcuCallback)>>,
+}
+
+impl QueueRcu {
+    /// Run every queued callback. No reader exists in the test, so the grace period is over.
+    fn synchronize(&self) -> usize {
+        let queued = std::mem::take(&mut *self.queue.lock().unwrap());
+        for &(head, func) in &queued {
+            let head = core::ptr::NonNull::new(head as *mut mmkit::slab::RcuHead).unwrap();
+            // SAFETY: each head was queued by `call_rcu` with this callback, and runs once.
+            unsafe { func(head) };
+        }
+        queued.len()
+    }
+}
+
+// SAFETY: `synchronize` runs each callback once, after the (trivial) grace period, and
+// never touches a head afterwards.
+unsafe impl mmkit::slab::Rcu for QueueRcu {
+    unsafe fn call_rcu(
+        &self,
+        head: core::ptr::NonNull<mmkit::slab::RcuHead>,
+        func: mmkit::slab::RcuCallback,
+    ) {
+        self.queue
+            .lock()
+            .unwrap()
+            .push((head.as_ptr() as usize, func));
+    }
+}
+
+#[test]
+fn typesafe_by_rcu_cache_frees_slab_pages_from_the_rcu_callback() {
+    use mmkit::slab::CacheFlags;
+    let mem = HostMemory::new(PhysAddr::new(0), SPAN);
+    let rcu: &'static QueueRcu = Box::leak(Box::default());
+    let mut mm = boot(&mem);
+    let config = CacheConfig::new("sighand", 2048)
+        .flags(CacheFlags::TYPESAFE_BY_RCU)
+        .rcu(rcu);
+    let mut cache = mm.cache_create(&config).unwrap();
+    let objs: Vec<_> = (0..200).map(|_| cache.alloc().unwrap()).collect();
+    let slab_kb = mm.meminfo().slab_kb;
+    for o in objs {
+        // SAFETY: allocated above, freed once.
+        unsafe { cache.free(o).unwrap() };
+    }
+    cache.drain_all();
+    let pending = cache.stats().rcu_pending_slabs;
+    assert!(pending > 0);
+    assert_eq!(
+        mm.meminfo().slab_kb,
+        slab_kb,
+        "no slab page freed before the grace period"
+    );
+    assert_eq!(rcu.synchronize(), pending);
+    assert!(mm.meminfo().slab_kb < slab_kb);
+    cache.verify().unwrap();
+    cache.destroy().unwrap();
+    mm.verify().unwrap();
+}
