@@ -9,6 +9,7 @@
 //! that still reaches such a table before the flush sees a fault, never a mapping we did not
 //! make.
 
+use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use mmkit_addr::{PhysAddr, PhysMapper, PhysRange};
@@ -107,37 +108,94 @@ impl<'m, M: PhysMapper> Tables<'m, M> {
         pa: PhysAddr,
         unreachable: impl FnOnce(PhysAddr) -> &'m [AtomicU64],
     ) -> &'m [AtomicU64] {
-        if let Some(w) = self.window {
-            let pa = pa.as_u64();
-            if pa % self.bytes == 0 && pa.wrapping_sub(w.lo) <= w.span {
-                let va = pa.wrapping_add(w.offset);
-                // SAFETY: by `new`'s contract the window came from `self.mapper`;
-                // `[pa, pa + bytes)` is non-empty and inside it (`lo <= pa` and `pa + bytes <=
-                // end`, checked in `Window::of`), so by the `PhysMapper::linear_window` contract
-                // `phys_to_virt` returned (or would have) exactly `va` for it: valid for reads
-                // and writes of `bytes` bytes while the mapper (borrowed for `'m`) lives,
-                // non-null, and 8-aligned (`pa` is `bytes`-aligned and `offset` 8-aligned).
-                // Table frames are only accessed through atomics, as in `table_at`.
-                return unsafe {
-                    core::slice::from_raw_parts(
-                        va as usize as *const AtomicU64,
-                        (self.bytes / 8) as usize,
-                    )
-                };
-            }
-        }
-        match self.outside_window(pa) {
-            Some(t) => t,
-            None => unreachable(pa),
+        match self.windowed() {
+            Some(w) => w.get_or(pa, unreachable),
+            None => outside_window_or(self.mapper, pa, self.bytes, unreachable),
         }
     }
 
-    /// [`table_at`] for frames the window does not cover: kept out of line so a walk's hot
-    /// path (the window) carries no mapper call, and no registers to save for one.
-    #[inline(never)]
-    fn outside_window(&self, pa: PhysAddr) -> Option<&'m [AtomicU64]> {
-        table_at(self.mapper, pa, self.bytes)
+    /// The same frames, seen through the window, if the mapper has one: a walk tests for the
+    /// window once and then pays no `Option` test per level.
+    #[inline(always)]
+    pub(crate) fn windowed(&self) -> Option<Windowed<'m, M>> {
+        Some(Windowed {
+            mapper: self.mapper,
+            bytes: self.bytes,
+            window: self.window?,
+        })
     }
+}
+
+/// [`Tables`] whose mapper has a [`Window`].
+#[derive(Clone, Copy)]
+pub(crate) struct Windowed<'m, M> {
+    mapper: &'m M,
+    bytes: u64,
+    /// Taken from `mapper` for frames of `bytes` (only [`Tables::windowed`] builds this, from
+    /// a `Tables` whose construction promised that).
+    window: Window,
+}
+
+impl<'m, M: PhysMapper> Windowed<'m, M> {
+    /// [`Tables::get_or`]: one compare and one add inside the window, an out-of-line mapper
+    /// call outside it.
+    #[inline(always)]
+    pub(crate) fn get_or(
+        &self,
+        pa: PhysAddr,
+        unreachable: impl FnOnce(PhysAddr) -> &'m [AtomicU64],
+    ) -> &'m [AtomicU64] {
+        let w = self.window;
+        let a = pa.as_u64();
+        if a % self.bytes == 0 && a.wrapping_sub(w.lo) <= w.span {
+            let va = a.wrapping_add(w.offset);
+            // SAFETY: the window came from `self.mapper` for this frame size (the field's
+            // invariant, from `Tables::new`'s contract); `[a, a + bytes)` is non-empty and
+            // inside it (`lo <= a` and `a + bytes <= end`, checked in `Window::of`), so by the
+            // `PhysMapper::linear_window` contract `phys_to_virt` returned (or would have)
+            // exactly `va` for it: valid for reads and writes of `bytes` bytes while the mapper
+            // (borrowed for `'m`) lives, non-null, and 8-aligned (`a` is `bytes`-aligned and
+            // `offset` 8-aligned). Table frames are only accessed through atomics, as in
+            // `table_at`.
+            return unsafe {
+                core::slice::from_raw_parts(
+                    va as usize as *const AtomicU64,
+                    (self.bytes / 8) as usize,
+                )
+            };
+        }
+        outside_window_or(self.mapper, pa, self.bytes, unreachable)
+    }
+}
+
+/// [`table_at`] as a slice whose length the optimiser sees, or `unreachable(pa)`.
+#[inline(always)]
+fn outside_window_or<'m, M: PhysMapper>(
+    mapper: &'m M,
+    pa: PhysAddr,
+    bytes: u64,
+    unreachable: impl FnOnce(PhysAddr) -> &'m [AtomicU64],
+) -> &'m [AtomicU64] {
+    match table_outside_window(mapper, pa, bytes) {
+        // SAFETY: `table_outside_window` returns the start of the slice `table_at` gave for
+        // this mapper (borrowed for `'m`) and size: `bytes / 8` entries, valid as explained
+        // there. Rebuilding the slice here, rather than returning it, lets the optimiser see
+        // its length.
+        Some(p) => unsafe { core::slice::from_raw_parts(p.as_ptr(), (bytes / 8) as usize) },
+        None => unreachable(pa),
+    }
+}
+
+/// The start of [`table_at`]`(mapper, pa, bytes)`, for frames outside the linear window:
+/// kept out of line so a walk's hot path (the window) carries no mapper call and no
+/// registers saved for one.
+#[inline(never)]
+fn table_outside_window<M: PhysMapper>(
+    mapper: &M,
+    pa: PhysAddr,
+    bytes: u64,
+) -> Option<NonNull<AtomicU64>> {
+    table_at(mapper, pa, bytes).map(|t| NonNull::from(t).cast())
 }
 
 /// Read an entry.

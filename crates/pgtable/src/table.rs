@@ -408,16 +408,33 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
     }
 
     /// The walk of [`leaf_entry`](Self::leaf_entry) for a canonical `va`, with `depth ==
-    /// self.fmt.depth()` passed in so that each call site with a literal depth is specialised.
+    /// self.fmt.depth()` passed in so that each call site with a literal depth is specialised,
+    /// and the test for a linear window made once, not per level.
     #[inline(always)]
     fn leaf_entry_at_depth(&self, va: u64, depth: usize) -> Option<(usize, u64)> {
         let ctx = self.ctx();
-        let mut table = ctx.table(self.root);
+        match ctx.tables.windowed() {
+            Some(w) => {
+                self.leaf_entry_via(va, depth, |pa| w.get_or(pa, |pa| table_unreachable(pa)))
+            }
+            None => self.leaf_entry_via(va, depth, |pa| ctx.table(pa)),
+        }
+    }
+
+    /// The walk itself, reading tables through `table`.
+    #[inline(always)]
+    fn leaf_entry_via<'a>(
+        &self,
+        va: u64,
+        depth: usize,
+        table: impl Fn(PhysAddr) -> &'a [AtomicU64],
+    ) -> Option<(usize, u64)> {
+        let mut t = table(self.root);
         let mut level = 0;
         while level < depth {
-            let raw = raw::load(table, self.fmt.index_of(level, va));
+            let raw = raw::load(t, self.fmt.index_of(level, va));
             match self.fmt.kind(level, raw) {
-                EntryKind::Table => table = ctx.table(self.fmt.table_addr(raw)),
+                EntryKind::Table => t = table(self.fmt.table_addr(raw)),
                 EntryKind::Leaf => return Some((level, raw)),
                 EntryKind::Absent | EntryKind::Malformed => return None,
             }
