@@ -384,58 +384,56 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
         self.unreserve(r);
     }
 
-    /// The leaf entry mapping `va` and its level: the one walk that
-    /// [`translate`](Self::translate), [`translate_addr`](Self::translate_addr) and
+    /// Find the leaf entry mapping `va` and hand it, with its level, to `found`: the one walk
+    /// that [`translate`](Self::translate), [`translate_addr`](Self::translate_addr) and
     /// [`raw_leaf`](Self::raw_leaf) share.
     ///
     /// Per level it is one table lookup (through the linear window: a compare and an add), one
-    /// entry load at [`PagingFormat::index_of`] and one [`PagingFormat::kind`]. The common
-    /// depths (4 and 5) get their own copy of the loop with the depth a constant, so it unrolls
-    /// and a format with arithmetic geometry (x86_64) turns the index, the leaf check and the
-    /// table bounds check into immediate shifts and masks, with no loads from the level table
-    /// and no loop counter; other depths share one general loop.
+    /// entry load at [`PagingFormat::index_of`] and one [`PagingFormat::kind`]. With a window,
+    /// the common depths (4 and 5) get their own copy of the loop with the depth a constant,
+    /// so it unrolls: a format with arithmetic geometry (x86_64) turns the index, the leaf
+    /// check and the table bounds check into immediate shifts and masks, with no loads from the
+    /// level table and no loop counter, and `found` is inlined at each level with the level a
+    /// constant, so decoding the leaf (its size, address mask, attribute bits) is specialised
+    /// too. Other depths, and mappers without a window, share one general loop.
     #[inline(always)]
-    fn leaf_entry(&self, va: VirtAddr) -> Option<(usize, u64)> {
+    fn find_leaf<R>(&self, va: VirtAddr, found: impl Fn(usize, u64) -> R) -> Option<R> {
         if !self.fmt.is_canonical(va) {
             return None;
         }
         let va = va.as_u64();
-        match self.fmt.depth() {
-            4 => self.leaf_entry_at_depth(va, 4),
-            5 => self.leaf_entry_at_depth(va, 5),
-            depth => self.leaf_entry_at_depth(va, depth),
-        }
-    }
-
-    /// The walk of [`leaf_entry`](Self::leaf_entry) for a canonical `va`, with `depth ==
-    /// self.fmt.depth()` passed in so that each call site with a literal depth is specialised,
-    /// and the test for a linear window made once, not per level.
-    #[inline(always)]
-    fn leaf_entry_at_depth(&self, va: u64, depth: usize) -> Option<(usize, u64)> {
         let ctx = self.ctx();
         match ctx.tables.windowed() {
             Some(w) => {
-                self.leaf_entry_via(va, depth, |pa| w.get_or(pa, |pa| table_unreachable(pa)))
+                let table = |pa| w.get_or(pa, |pa| table_unreachable(pa));
+                match self.fmt.depth() {
+                    4 => self.find_leaf_via(va, 4, table, found),
+                    5 => self.find_leaf_via(va, 5, table, found),
+                    depth => self.find_leaf_via(va, depth, table, found),
+                }
             }
-            None => self.leaf_entry_via(va, depth, |pa| ctx.table(pa)),
+            None => self.find_leaf_via(va, self.fmt.depth(), |pa| ctx.table(pa), found),
         }
     }
 
-    /// The walk itself, reading tables through `table`.
+    /// The walk of [`find_leaf`](Self::find_leaf) for a canonical `va`, reading tables through
+    /// `table`; `depth == self.fmt.depth()`, passed in so that a call with a literal depth is
+    /// specialised.
     #[inline(always)]
-    fn leaf_entry_via<'a>(
+    fn find_leaf_via<'a, R>(
         &self,
         va: u64,
         depth: usize,
         table: impl Fn(PhysAddr) -> &'a [AtomicU64],
-    ) -> Option<(usize, u64)> {
+        found: impl Fn(usize, u64) -> R,
+    ) -> Option<R> {
         let mut t = table(self.root);
         let mut level = 0;
         while level < depth {
             let raw = raw::load(t, self.fmt.index_of(level, va));
             match self.fmt.kind(level, raw) {
                 EntryKind::Table => t = table(self.fmt.table_addr(raw)),
-                EntryKind::Leaf => return Some((level, raw)),
+                EntryKind::Leaf => return Some(found(level, raw)),
                 EntryKind::Absent | EntryKind::Malformed => return None,
             }
             level += 1;
@@ -446,31 +444,41 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
     /// The leaf mapping `va`, if any.
     #[inline]
     pub fn translate(&self, va: VirtAddr) -> Option<Translation> {
-        let (level, raw) = self.leaf_entry(va)?;
-        let size = self.fmt.leaf_size(level)?;
-        Some(Translation {
-            page_va: VirtAddr::new(va.as_u64() & !self.fmt.leaf_span_mask(level)),
-            page_pa: self.fmt.leaf_addr(level, raw),
-            size,
-            attrs: self.fmt.leaf_attrs(level, raw),
-            level,
-            contiguous: self.fmt.is_contiguous(raw),
-        })
+        self.find_leaf(
+            va,
+            #[inline(always)]
+            |level, raw| {
+                Some(Translation {
+                    page_va: VirtAddr::new(va.as_u64() & !self.fmt.leaf_span_mask(level)),
+                    page_pa: self.fmt.leaf_addr(level, raw),
+                    size: self.fmt.leaf_size(level)?,
+                    attrs: self.fmt.leaf_attrs(level, raw),
+                    level,
+                    contiguous: self.fmt.is_contiguous(raw),
+                })
+            },
+        )
+        .flatten()
     }
 
     /// The raw leaf entry mapping `va` and its level, if any (for diagnostics and
     /// cross-checks against other implementations).
     pub fn raw_leaf(&self, va: VirtAddr) -> Option<(usize, u64)> {
-        self.leaf_entry(va)
+        self.find_leaf(va, |level, raw| (level, raw))
     }
 
     /// The physical address `va` translates to, if mapped: [`translate`](Self::translate)
     /// without decoding the attributes.
     #[inline]
     pub fn translate_addr(&self, va: VirtAddr) -> Option<PhysAddr> {
-        let (level, raw) = self.leaf_entry(va)?;
-        let off = va.as_u64() & self.fmt.leaf_span_mask(level);
-        Some(PhysAddr::new(self.fmt.leaf_addr(level, raw).as_u64() | off))
+        self.find_leaf(
+            va,
+            #[inline(always)]
+            |level, raw| {
+                let off = va.as_u64() & self.fmt.leaf_span_mask(level);
+                PhysAddr::new(self.fmt.leaf_addr(level, raw).as_u64() | off)
+            },
+        )
     }
 
     /// Merge two tokens from this table into one (for batching a shootdown).
