@@ -44,7 +44,8 @@ pub(crate) fn table_at<M: PhysMapper>(
 
 /// A mapper's [`LinearWindow`](mmkit_addr::LinearWindow), pre-checked for table frames of
 /// one size: a `bytes`-aligned frame at `pa` lies inside it exactly when `pa - lo <= span`
-/// (wrapping), and is at virtual `pa + offset` (wrapping), 8-aligned.
+/// (wrapping), and is at virtual `pa + offset` (wrapping), 8-aligned, which is computed as
+/// `(pa - lo) + lo_va` to reuse the subtraction of the range check.
 ///
 /// Taken once when a [`PageTable`](crate::PageTable) is created: by the `PhysMapper`
 /// contract, every pointer the window promised then stays valid for as long as the mapper
@@ -53,7 +54,8 @@ pub(crate) fn table_at<M: PhysMapper>(
 pub(crate) struct Window {
     lo: u64,
     span: u64,
-    offset: u64,
+    /// `lo + offset` (wrapping): the virtual address of `lo`.
+    lo_va: u64,
 }
 
 impl Window {
@@ -70,7 +72,7 @@ impl Window {
         Some(Self {
             lo: w.start,
             span,
-            offset: w.offset,
+            lo_va: w.start.wrapping_add(w.offset),
         })
     }
 }
@@ -147,13 +149,16 @@ impl<'m, M: PhysMapper> Windowed<'m, M> {
     ) -> &'m [AtomicU64] {
         let w = self.window;
         let a = pa.as_u64();
-        if a % self.bytes == 0 && a.wrapping_sub(w.lo) <= w.span {
-            let va = a.wrapping_add(w.offset);
+        let above_lo = a.wrapping_sub(w.lo);
+        if a % self.bytes == 0 && above_lo <= w.span {
+            // `a + offset`, reusing the subtraction of the range check.
+            let va = above_lo.wrapping_add(w.lo_va);
             // SAFETY: the window came from `self.mapper` for this frame size (the field's
             // invariant, from `Tables::new`'s contract); `[a, a + bytes)` is non-empty and
             // inside it (`lo <= a` and `a + bytes <= end`, checked in `Window::of`), so by the
             // `PhysMapper::linear_window` contract `phys_to_virt` returned (or would have)
-            // exactly `va` for it: valid for reads and writes of `bytes` bytes while the mapper
+            // exactly `a + offset` for it, which is `va` (`(a - lo) + (lo + offset)`, all
+            // wrapping): valid for reads and writes of `bytes` bytes while the mapper
             // (borrowed for `'m`) lives, non-null, and 8-aligned (`a` is `bytes`-aligned and
             // `offset` 8-aligned). Table frames are only accessed through atomics, as in
             // `table_at`.

@@ -314,7 +314,8 @@ unsafe impl PagingFormat for X86_64 {
         // G 8 -> GLOBAL 5, AVL 9..12 -> SW 8..11, pkey 59..63 -> 16..20; !NX becomes USER_EXEC
         // (bit 2) on user pages and KERNEL_EXEC (bit 3) on kernel pages.
         let user = (raw >> 2) & 1;
-        let exec = ((raw >> 63) ^ 1) << (3 - user);
+        // !NX lands on KERNEL_EXEC (bit 3), then moves down to USER_EXEC (bit 2) if US.
+        let exec = ((!raw >> 60) & 0b1000) >> user;
         let pat = (raw >> 3) & 0b11 | (((raw & self.pat_bit(level)) != 0) as u64) << 2;
         let cache = POLICY_FIELD_OF_PAT_INDEX[pat as usize] as u64;
         let bits = 1 // READ
