@@ -84,8 +84,10 @@ unsafe impl<P: IrqControl> PageSource for PageAllocator<'_, P> {
 
     fn page_private(&self, pfn: Pfn) -> u64 {
         match self.owners.slab_frame(pfn) {
+            // The owner table already proves the frame belongs to a live slab block, so the
+            // buddy's own allocated-block check (a walk up from a tail) is not repeated.
             SlabFrame::Head | SlabFrame::TailWithPrivate => {
-                self.buddy.page_private(pfn).unwrap_or(0)
+                self.buddy.page_private_unchecked(pfn).unwrap_or(0)
             }
             SlabFrame::NotSlab | SlabFrame::Tail => 0,
         }

@@ -241,6 +241,21 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         Ok(self.allocated_desc(pfn.as_u64())?.private())
     }
 
+    /// The private word of `pfn` as last stored, without checking that `pfn` lies in an
+    /// allocated block (`None` only outside every node). For callers that know it does, from
+    /// their own records (the facade's page-owner table says which frames are slab frames):
+    /// it skips the walk from a tail frame up to its block head that
+    /// [`page_private`](Self::page_private) makes. On a frame that is not allocated the word
+    /// is meaningless (free blocks keep list links there).
+    #[inline]
+    pub fn page_private_unchecked(&self, pfn: Pfn) -> Option<u64> {
+        let p = pfn.as_u64();
+        let node = self.nodes[..self.nr_nodes]
+            .iter()
+            .find(|n| n.mm.contains(p))?;
+        Some(node.mm.desc(p).private())
+    }
+
     /// The head and order of the allocated block containing `pfn`.
     pub fn allocated_block(&self, pfn: Pfn) -> Option<(Pfn, Order)> {
         let (node, _) = self.locate(pfn.as_u64())?;
@@ -397,6 +412,9 @@ mod tests {
         b.set_page_private(tail, 7).unwrap();
         assert_eq!(b.page_private(x), Ok(0xfeed));
         assert_eq!(b.page_private(tail), Ok(7));
+        assert_eq!(b.page_private_unchecked(tail), Some(7));
+        assert_eq!(b.page_private_unchecked(x), Some(0xfeed));
+        assert_eq!(b.page_private_unchecked(Pfn::new(1 << 30)), None);
         assert_eq!(b.allocated_block(tail), Some((x, o(1))));
         b.free_pages(x, o(1)).unwrap();
         assert_eq!(b.page_private(x), Err(PrivateError::NotAllocated));
