@@ -8,8 +8,9 @@
 //!   token through a no-op TLB and the freed tables back to the frame source; x86_64: one
 //!   `unmap` per page, which leaves its empty tables in place).
 //! * `translate_4K/*` (interleaved: each timed batch is followed by an untimed batch of the
-//!   other side, so load changes on a shared host hit both): fully translate (address, size, attributes) 4096 addresses spread over
-//!   the 1 GiB mapped as 4 KiB pages; `translate_addr_4K/*`: the same, address only.
+//!   other side, so load changes on a shared host hit both): fully translate (address, size,
+//!   attributes) 4096 addresses spread over the 1 GiB mapped as 4 KiB pages;
+//!   `translate_addr_4K/*`: the same, address only.
 //!
 //! Throughput is reported per page (PTE), so criterion prints the per-PTE cost directly.
 //! Run: `cargo bench -p mmkit-pgtable --bench pgtable`
@@ -18,6 +19,15 @@
 //! --tool=callgrind <bench binary>` runs each side's translate loops 10 times in non-inlined
 //! `icount_*` functions instead of criterion; their inclusive counts (`callgrind_annotate
 //! --inclusive=yes`) divided by 10 × 4096 are instructions per translate.
+//!
+//! Figures (idle 2-core host; ranges over several runs; per translate):
+//!
+//! | | mmkit | x86_64 crate |
+//! |---|---:|---:|
+//! | full translate, instructions (callgrind) | 97 (before the specialised walk: 197) | 113 |
+//! | address only, instructions (callgrind) | 76 (before: 148) | 116 |
+//! | full translate, time (criterion) | 13.5–16 ns | 10–12 ns |
+//! | address only, time (criterion) | 10.5–13 ns | 10–12 ns |
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};

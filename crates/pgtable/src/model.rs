@@ -441,6 +441,19 @@ fn check_window<W: Walker, F: HostFormat>(
     for p in (phase..window).step_by(stride as usize) {
         let va = VirtAddr::new(base + p * g);
         let t = pt.translate(va);
+        // The three views of the one walk agree (the address-only form also inside the page).
+        let inside = VirtAddr::new(va.as_u64() + (p * 8) % g);
+        assert_eq!(pt.translate(inside), t, "page {p}");
+        assert_eq!(
+            pt.translate_addr(inside),
+            t.map(|t| t.pa_of(inside)),
+            "page {p}"
+        );
+        assert_eq!(
+            pt.raw_leaf(va).map(|(l, _)| l),
+            t.map(|t| t.level),
+            "page {p}"
+        );
         match model.get(&p) {
             None => {
                 assert_eq!(t, None, "page {p} should be unmapped");

@@ -757,3 +757,62 @@ fn protect_touching_hw_bits_reserves_conservatively_and_returns_unused_frames() 
     let _ = pt.destroy(&mut mmu);
     assert_eq!(arena.outstanding(), 0);
 }
+
+/// A malformed entry (a leaf where the level allows none) on the path stops every form of
+/// translate, with or without the linear window, at every depth the walk specialises and the
+/// general one; restoring the entry brings the mapping back. Returns whether the format has
+/// such a level (and so was checked).
+fn translate_refuses_malformed_path_entry<F: TestFormat>(f: F) -> bool {
+    // The first level that can hold no leaf, and an entry there that is malformed.
+    let Some(level) = (0..f.depth() - 1).find(|&l| f.leaf_size(l).is_none()) else {
+        return false;
+    };
+    let malformed = f.make_leaf(level, PhysAddr::ZERO, Attrs::KERNEL_RW);
+    if f.kind(level, malformed) != crate::EntryKind::Malformed {
+        return false;
+    }
+    let g = f.granule().bytes();
+    let pa = PhysAddr::new(0x1_0000_0000);
+    for window in [true, false] {
+        let arena = arena_for(&f, 16);
+        arena.set_linear_window(window);
+        let mut pt = table(f, &arena);
+        let mut mmu = mmu_for(&pt, &arena);
+        let va = VirtAddr::new(f.test_base() + 3 * g);
+        let flush = pt
+            .map(va, pa, g, Attrs::KERNEL_RW, MapSize::Exactly(f.granule()))
+            .unwrap();
+        let _ = flush.invalidate(&mut mmu);
+        // The table at `level` on the path to `va`, and its entry for `va`.
+        let ctx = pt.ctx();
+        let mut table_pa = pt.root();
+        for l in 0..level {
+            let e = crate::raw::load(ctx.table(table_pa), f.index_of(l, va.as_u64()));
+            table_pa = f.table_addr(e);
+        }
+        let t = ctx.table(table_pa);
+        let slot = f.index_of(level, va.as_u64());
+        let saved = crate::raw::load(t, slot);
+        crate::raw::store(t, slot, malformed);
+        let what = format!("{f:?} level {level} window {window}");
+        assert_eq!(pt.translate(va), None, "{what}");
+        assert_eq!(pt.translate_addr(va), None, "{what}");
+        assert_eq!(pt.raw_leaf(va), None, "{what}");
+        crate::raw::store(t, slot, saved);
+        assert_eq!(pt.translate_addr(va), Some(pa), "{what}");
+        let _ = pt.destroy(&mut mmu);
+    }
+    true
+}
+
+#[test]
+fn translate_refuses_malformed_entries_on_every_format() {
+    for f in all_x86() {
+        assert!(translate_refuses_malformed_path_entry(f), "{f:?}");
+    }
+    let checked = all_aarch64()
+        .into_iter()
+        .filter(|&f| translate_refuses_malformed_path_entry(f))
+        .count();
+    assert!(checked > 0, "no aarch64 format has a level without blocks");
+}
