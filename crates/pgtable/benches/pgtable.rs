@@ -20,14 +20,15 @@
 //! `icount_*` functions instead of criterion; their inclusive counts (`callgrind_annotate
 //! --inclusive=yes`) divided by 10 × 4096 are instructions per translate.
 //!
-//! Figures (idle 2-core host; ranges over several runs; per translate):
+//! Figures (shared 2-core host; ranges over several runs, old and new binaries back to back;
+//! per translate):
 //!
-//! | | mmkit | x86_64 crate |
-//! |---|---:|---:|
-//! | full translate, instructions (callgrind) | 97 (before the specialised walk: 197) | 113 |
-//! | address only, instructions (callgrind) | 76 (before: 148) | 116 |
-//! | full translate, time (criterion) | 13.5–16 ns | 10–12 ns |
-//! | address only, time (criterion) | 10.5–13 ns | 10–12 ns |
+//! | | mmkit | x86_64 crate | peer time ÷ mmkit time |
+//! |---|---:|---:|---:|
+//! | full translate, instructions (callgrind) | 97 (before the specialised walk: 197) | 113 | |
+//! | address only, instructions (callgrind) | 76 (before: 148) | 116 | |
+//! | full translate, time (criterion) | 13.5–16 ns (before: 26–27) | 10–16 ns | 0.7–1.0 (before: 0.5) |
+//! | address only, time (criterion) | 10.5–15.5 ns (before: 19–27) | 10–14 ns | 0.8–1.15 (before: 0.4–0.6) |
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};

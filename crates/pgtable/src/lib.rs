@@ -47,11 +47,13 @@
 //! 4 KiB pages, 4096 scattered addresses (`benches/pgtable.rs`, whose header has the
 //! commands): callgrind counts 97 instructions per full translate (address, size, attributes)
 //! and 76 address-only, against the peer's 113 and 116 (this crate before: 197 and 148). Wall
-//! time on an idle 2-core host (several criterion runs): address-only 10.5–13 ns against the
-//! peer's 10–12 ns, parity within run-to-run noise; the full translate 13.5–16 ns against
-//! 10–12 ns, still behind although it executes fewer instructions — the time is dominated by
-//! each level's dependent entry load, and the arch-neutral attribute decode the peer does not
-//! do sits after the last one.
+//! time on the shared 2-core host moves ±15% between runs, so it is quoted as the ratio peer
+//! time ÷ mmkit time from runs of both binaries back to back: full translate 0.7–1.0 (before:
+//! 0.5), address only 0.8–1.15 (before: 0.4–0.6); per translate, full 13.5–16 ns against the
+//! peer's 10–16 ns, address only 10.5–15.5 ns against 10–14 ns. The full form still trails
+//! in time although it executes fewer instructions: the time is dominated by each level's
+//! dependent entry load, and the arch-neutral attribute decode the peer does not do sits
+//! after the last one.
 //!
 //! ## Host testing
 //! With feature `std`, [`host::TableArena`] supplies frames with double-free and leak
