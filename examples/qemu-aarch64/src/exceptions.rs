@@ -166,7 +166,8 @@ extern "C" {
 }
 
 /// The exception table the linker gathered.
-fn exception_table() -> &'static [ExEntry] {
+/// The exception table the linker gathered.
+pub fn exception_table() -> &'static [ExEntry] {
     let start = core::ptr::addr_of!(__ex_table_start);
     let end = core::ptr::addr_of!(__ex_table_end);
     let len = (end as usize - start as usize) / core::mem::size_of::<ExEntry>();
@@ -373,6 +374,11 @@ pub static RET_IN_RODATA: Instruction = Instruction(0xd65f_03c0);
 /// Branch-and-link to the `ret` in [`RET_IN_RODATA`]: with execute-never on read-only data
 /// the fetch faults (instruction abort) and the exception-table entry for *that data address*
 /// resumes after the branch. Without it, the `ret` simply returns.
+///
+/// Never inlined: the exception-table entry is keyed by the *data* address, which every copy
+/// of this function would share, and the handler takes the first entry it finds; a second,
+/// inlined copy once made the fault resume inside the other copy's frame.
+#[inline(never)]
 pub fn call_rodata_nofault() -> Result<(), Fault> {
     FAULT_TAKEN.store(false, Ordering::SeqCst);
     // SAFETY: the target is one `ret`: executed, it returns to label 4; if its fetch faults,

@@ -84,6 +84,12 @@ pub fn run(boot: &BootInfo) -> Outcome {
         }
     });
     h.run("brk_trap_returns", brk_trap_returns);
+    h.run("exception_table_has_one_entry_per_address", || {
+        match mmkit_qemu_common::extable::duplicate(exceptions::exception_table()) {
+            Some(pc) => fail!("two exception-table entries for {pc:#x}"),
+            None => Ok(()),
+        }
+    });
     h.run("read_of_unbacked_address_aborts", || {
         read_of_unbacked_address_aborts(map)
     });

@@ -36,6 +36,18 @@ pub fn search(table: &[ExEntry], pc: u64) -> Option<u64> {
     table.iter().find(|e| e.fault_pc == pc).map(|e| e.resume_pc)
 }
 
+/// A fault address that has more than one entry, if any. `search` takes the first match, so
+/// a duplicate (the same faulting address emitted by two copies of an inlined function, whose
+/// resume points lie in different frames) would resume in the wrong frame; the kernels check
+/// their table with this at boot.
+pub fn duplicate(table: &[ExEntry]) -> Option<u64> {
+    table
+        .iter()
+        .enumerate()
+        .find(|(i, e)| table[i + 1..].iter().any(|o| o.fault_pc == e.fault_pc))
+        .map(|(_, e)| e.fault_pc)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,5 +68,16 @@ mod tests {
         assert_eq!(search(&table, 0x1000), Some(0x1004));
         assert_eq!(search(&table, 0x1004), None);
         assert_eq!(search(&[], 0x1000), None);
+    }
+
+    #[test]
+    fn duplicate_fault_addresses_are_found() {
+        let e = |f, r| ExEntry {
+            fault_pc: f,
+            resume_pc: r,
+        };
+        assert_eq!(duplicate(&[e(1, 2), e(3, 4)]), None);
+        assert_eq!(duplicate(&[e(1, 2), e(3, 4), e(1, 9)]), Some(1));
+        assert_eq!(duplicate(&[]), None);
     }
 }

@@ -81,6 +81,12 @@ pub fn run(boot: &BootInfo) -> Outcome {
         }
     });
     h.run("breakpoint_trap_returns", breakpoint_trap_returns);
+    h.run("exception_table_has_one_entry_per_address", || {
+        match mmkit_qemu_common::extable::duplicate(traps::exception_table()) {
+            Some(pc) => fail!("two exception-table entries for {pc:#x}"),
+            None => Ok(()),
+        }
+    });
     h.run("write_to_read_only_block_faults", || {
         write_to_read_only_block_faults(map, &exclude)
     });

@@ -216,7 +216,8 @@ pub fn init() {
 }
 
 /// The exception table the linker gathered.
-fn exception_table() -> &'static [ExEntry] {
+/// The exception table the linker gathered.
+pub fn exception_table() -> &'static [ExEntry] {
     let start = core::ptr::addr_of!(__ex_table_start);
     let end = core::ptr::addr_of!(__ex_table_end);
     let len = (end as usize - start as usize) / core::mem::size_of::<ExEntry>();
@@ -388,6 +389,11 @@ pub static RET_IN_RODATA: u8 = 0xc3;
 /// with the instruction-fetch bit) and the exception-table entry for *that data address*
 /// resumes at a fixup that drops the return address `call` pushed. Without execute-disable it
 /// simply returns.
+///
+/// Never inlined: the exception-table entry is keyed by the *data* address, which every copy
+/// of this function would share, and the handler takes the first entry it finds; a second,
+/// inlined copy once made the fault resume inside the other copy's frame.
+#[inline(never)]
 pub fn call_rodata_nofault() -> Result<(), Fault> {
     begin_probe();
     // SAFETY: the target is one `ret` byte: executed, it returns here with the stack as it
