@@ -448,29 +448,30 @@ mod tests {
         assert_eq!(b.current_cpu(), 1);
     }
 
+    /// Four threads on `p`'s one CPU bump a counter non-atomically inside nested sections:
+    /// a lost update would show two threads inside at once.
+    fn sections_exclude_four_threads<P: IrqControl>(p: &P) {
+        let counter = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..2000 {
+                        let _g = p.irq_save();
+                        let _inner = p.irq_save();
+                        let v = counter.load(Ordering::Relaxed);
+                        std::hint::black_box(());
+                        counter.store(v + 1, Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        assert_eq!(counter.load(Ordering::Relaxed), 8000);
+    }
+
     #[test]
     fn host_cpus_sections_nest_and_exclude_threads_on_one_cpu() {
         static CPUS: HostCpus<1> = HostCpus::new();
-        let counter = Arc::new(AtomicUsize::new(0));
-        let threads: Vec<_> = (0..4)
-            .map(|_| {
-                let c = counter.clone();
-                std::thread::spawn(move || {
-                    for _ in 0..2000 {
-                        let _g = CPUS.irq_save();
-                        let _inner = CPUS.irq_save();
-                        // Non-atomic read-modify-write: lost updates show a broken lock.
-                        let v = c.load(Ordering::Relaxed);
-                        std::hint::black_box(());
-                        c.store(v + 1, Ordering::Relaxed);
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
-        assert_eq!(counter.load(Ordering::Relaxed), 8000);
+        sections_exclude_four_threads(&CPUS);
         let ran = std::sync::atomic::AtomicBool::new(false);
         assert!(CPUS.run_on_cpu(0, &|| ran.store(true, Ordering::SeqCst)));
         assert!(ran.load(Ordering::SeqCst));
@@ -541,29 +542,7 @@ mod tests {
 
     #[test]
     fn irq_sections_nest_and_exclude() {
-        let p = Arc::new(HostPlatform::new(1));
-        let counter = Arc::new(AtomicUsize::new(0));
-        let threads: Vec<_> = (0..4)
-            .map(|_| {
-                let p = p.clone();
-                let c = counter.clone();
-                std::thread::spawn(move || {
-                    for _ in 0..2000 {
-                        let _g = p.irq_save();
-                        let _inner = p.irq_save();
-                        // A non-atomic read-modify-write: lost updates would show if two
-                        // threads were inside at once.
-                        let v = c.load(Ordering::Relaxed);
-                        std::hint::black_box(());
-                        c.store(v + 1, Ordering::Relaxed);
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
-        assert_eq!(counter.load(Ordering::Relaxed), 8000);
+        sections_exclude_four_threads(&HostPlatform::new(1));
     }
 
     #[test]
