@@ -17,7 +17,7 @@ use mmkit_addr::{IrqControl, Order, Pfn};
 
 use crate::allocator::{BuddyAllocator, Node};
 use crate::error::{FreeError, PrivateError};
-use crate::freearea::find_block_head;
+use crate::freearea::{block_head_state, find_block_head};
 use crate::migrate::MigrateType;
 use crate::page::{Flags, PageState};
 use crate::pcp::PCP_MAX_ORDER;
@@ -191,38 +191,23 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             .sum()
     }
 
-    /// The descriptor of `pfn` if it lies in an allocated block. This is on every slab
-    /// free's path (`kfree` finds its slab through the private word), so it finds the node
-    /// by span alone and answers a block head from its own flags before walking up to a
-    /// tail's head.
+    /// The node whose memmap spans `pfn`, found by span alone (no zone search): the private
+    /// word is on every slab free's path (`kfree` finds its slab through it).
     #[inline]
-    fn allocated_desc(&self, pfn: u64) -> Result<&'m crate::page::PageDesc, PrivateError> {
-        let node = self.nodes[..self.nr_nodes]
+    fn node_spanning(&self, pfn: u64) -> Option<&Node<'m>> {
+        self.nodes[..self.nr_nodes]
             .iter()
             .find(|n| n.mm.contains(pfn))
-            .ok_or(PrivateError::OutsideZones)?;
-        let d = node.mm.desc(pfn);
-        match d.state_order().0 {
-            PageState::Allocated => return Ok(d),
-            PageState::Tail => {}
-            _ => return Err(PrivateError::NotAllocated),
+    }
+
+    /// The descriptor of `pfn` if it lies in an allocated block.
+    #[inline]
+    fn allocated_desc(&self, pfn: u64) -> Result<&'m crate::page::PageDesc, PrivateError> {
+        let node = self.node_spanning(pfn).ok_or(PrivateError::OutsideZones)?;
+        match block_head_state(&node.mm, self.cfg.max_order, pfn) {
+            Some((_, PageState::Allocated)) => Ok(node.mm.desc(pfn)),
+            _ => Err(PrivateError::NotAllocated),
         }
-        // A tail: walk up to its head as `find_block_head` does, reading state and order only.
-        for o in 1..=self.cfg.max_order {
-            if pfn & (1u64 << (o - 1)) == 0 {
-                continue;
-            }
-            let h = pfn & !((1u64 << o) - 1);
-            if !node.mm.contains(h) {
-                break;
-            }
-            match node.mm.desc(h).state_order() {
-                (PageState::Allocated, order) if order >= o => return Ok(d),
-                (PageState::Tail, _) => {}
-                _ => break,
-            }
-        }
-        Err(PrivateError::NotAllocated)
     }
 
     /// Store `value` in the private word of `pfn`, a frame of an allocated block (the slab
@@ -250,10 +235,7 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
     #[inline]
     pub fn page_private_unchecked(&self, pfn: Pfn) -> Option<u64> {
         let p = pfn.as_u64();
-        let node = self.nodes[..self.nr_nodes]
-            .iter()
-            .find(|n| n.mm.contains(p))?;
-        Some(node.mm.desc(p).private())
+        Some(self.node_spanning(p)?.mm.desc(p).private())
     }
 
     /// The head and order of the allocated block containing `pfn`.

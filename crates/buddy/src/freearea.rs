@@ -342,21 +342,39 @@ impl<'a, 'm> ZoneLocked<'a, 'm> {
 
 /// See [`ZoneLocked::find_block_head`]; usable without the lock for error classification.
 pub(crate) fn find_block_head(mm: &Memmap<'_>, max_order: u32, pfn: u64) -> Option<(u64, Flags)> {
-    let f = mm.desc(pfn).flags();
-    match f.state {
-        PageState::Free | PageState::Allocated | PageState::PerCpu => return Some((pfn, f)),
+    let (head, _) = block_head_state(mm, max_order, pfn)?;
+    Some((head, mm.desc(head).flags()))
+}
+
+/// The head of the block containing `pfn` and its state, reading only state and order bits
+/// (no migrate-type decode): the walk behind [`find_block_head`], and on its own the
+/// private-word lookups' check that a frame is allocated, which every `kfree` makes.
+#[inline]
+pub(crate) fn block_head_state(
+    mm: &Memmap<'_>,
+    max_order: u32,
+    pfn: u64,
+) -> Option<(u64, PageState)> {
+    match mm.desc(pfn).state_order().0 {
+        s @ (PageState::Free | PageState::Allocated | PageState::PerCpu) => return Some((pfn, s)),
         PageState::Hole | PageState::Reserved => return None,
         PageState::Tail => {}
     }
     for o in 1..=max_order {
+        // The candidate head only changes where bit `o - 1` of `pfn` is set; an unchanged
+        // candidate was a tail at the previous order and still is.
+        if pfn & (1u64 << (o - 1)) == 0 {
+            continue;
+        }
         let h = pfn & !((1u64 << o) - 1);
         if !mm.contains(h) {
             return None;
         }
-        let d = mm.desc(h);
-        match d.state_order() {
-            (PageState::Free | PageState::Allocated | PageState::PerCpu, order) if order >= o => {
-                return Some((h, d.flags()))
+        match mm.desc(h).state_order() {
+            (s @ (PageState::Free | PageState::Allocated | PageState::PerCpu), order)
+                if order >= o =>
+            {
+                return Some((h, s))
             }
             (PageState::Tail, _) => {}
             _ => return None,
