@@ -27,14 +27,14 @@ const META_MAX: usize = 40;
 /// The physical ranges of every boot-metadata allocation, so the page-owner table can mark
 /// them as mmkit's own and `Mm::free_reserved_range` can refuse to free them.
 pub(crate) struct MetaLog {
-    ranges: [Option<PhysRange>; META_MAX],
+    ranges: [PhysRange; META_MAX],
     len: usize,
 }
 
 impl MetaLog {
     pub(crate) const fn new() -> Self {
         Self {
-            ranges: [None; META_MAX],
+            ranges: [PhysRange::EMPTY; META_MAX],
             len: 0,
         }
     }
@@ -44,14 +44,14 @@ impl MetaLog {
             .ranges
             .get_mut(self.len)
             .ok_or(BootError::MetadataTooLarge)?;
-        *slot = Some(r);
+        *slot = r;
         self.len += 1;
         Ok(())
     }
 
     /// Every range logged.
-    pub(crate) fn ranges(&self) -> impl Iterator<Item = PhysRange> + '_ {
-        self.ranges[..self.len].iter().flatten().copied()
+    pub(crate) fn ranges(&self) -> &[PhysRange] {
+        &self.ranges[..self.len]
     }
 }
 
