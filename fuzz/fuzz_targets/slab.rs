@@ -114,22 +114,13 @@ fuzz_target!(|actions: Vec<Action>| {
 
     for a in actions.into_iter().take(400) {
         match a {
-            Action::Alloc { cache, byte } => {
+            Action::Alloc { cache, byte } | Action::AllocNode { cache, byte, .. } => {
                 let c = cache as usize % caches.len();
-                if let Ok(ptr) = caches[c].alloc() {
-                    let l = Live {
-                        ptr,
-                        len: SIZES[c],
-                        byte,
-                        cache: Some(c),
-                    };
-                    fill(&l);
-                    live.push(l);
-                }
-            }
-            Action::AllocNode { cache, node, byte } => {
-                let c = cache as usize % caches.len();
-                if let Ok(ptr) = caches[c].alloc_node(node as usize % 3) {
+                let got = match a {
+                    Action::AllocNode { node, .. } => caches[c].alloc_node(node as usize % 3),
+                    _ => caches[c].alloc(),
+                };
+                if let Ok(ptr) = got {
                     let l = Live {
                         ptr,
                         len: SIZES[c],
