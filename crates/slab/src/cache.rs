@@ -39,8 +39,8 @@
 //! ## Lock order
 //! `IrqGuard` (per-CPU exclusion) → one node lock (`spin::Mutex<NodeLists>`) → page source
 //! (which may take its own zone locks). The page source is never called with a node lock
-//! held, and no path holds two node locks at once except `destroy`, which takes them in node
-//! order; slabs are formatted and released outside them.
+//! held, and no path holds two node locks at once except `verify` and `destroy`, which take
+//! them all in node order; slabs are formatted and released outside them.
 //!
 //! ## Nodes
 //! `NodeLists` is per node, as SLUB's `kmem_cache_node`: the descriptor holds one per node

@@ -930,6 +930,7 @@ impl NodeLists {
         let h = slab.hdr();
         // SAFETY: `slab` is on one of this node's lists (lock held); its neighbours are too.
         let kind = unsafe { (*h).list };
+        debug_assert!(kind != ListKind::Detached, "unlink of a slab on no list");
         // SAFETY: as above: `h` is on the list `kind` names.
         unsafe {
             list_unlink(self.head_mut(kind), h);
