@@ -61,7 +61,7 @@ impl<'a> CacheConfig<'a> {
         self
     }
 
-    /// Minimum object alignment (a power of two up to a page).
+    /// Minimum object alignment (a power of two up to [`MAX_ALIGN`](crate::layout::MAX_ALIGN)).
     pub const fn align(mut self, align: usize) -> Self {
         self.align = align;
         self

@@ -9,8 +9,9 @@
 //!
 //! * Zero-size requests return [`ZERO_SIZE_PTR`], which is non-null, never dereferenceable,
 //!   and accepted by `kfree` / `ksize` / `krealloc`.
-//! * Power-of-two sizes are naturally aligned: power-of-two classes have power-of-two strides
-//!   in naturally aligned slabs, and large blocks are aligned to their size.
+//! * Power-of-two sizes are naturally aligned: power-of-two classes are created with their
+//!   size as alignment, so their strides, slab colours and debug padding are all multiples of
+//!   it inside naturally aligned slabs; large blocks are aligned to their size.
 //! * When the page source is out of memory, `kmalloc` shrinks every kmalloc cache (this CPU's
 //!   arrays and the empty slabs kept for reuse) and retries once, so pages parked in one size
 //!   class serve another before the caller sees [`AllocError::OutOfMemory`].
@@ -108,6 +109,19 @@ const fn classes_fit_index_tables() -> bool {
 
 static_assertions::const_assert!(classes_fit_index_tables());
 static_assertions::const_assert!(KMALLOC_CLASSES[NR_CLASSES - 1] == KMALLOC_MAX_CACHE_SIZE);
+
+/// The alignment a kmalloc class is created with (Linux `create_boot_cache`): a power-of-two
+/// class is aligned to its size, so that neither slab colouring nor debug padding can move
+/// its objects off their natural alignment; other classes take the minimum.
+const fn natural_align(size: usize) -> usize {
+    if size.is_power_of_two() {
+        size
+    } else {
+        0
+    }
+}
+
+static_assertions::const_assert!(KMALLOC_MAX_CACHE_SIZE <= crate::layout::MAX_ALIGN);
 
 /// The three kmalloc cache sets (Linux `enum kmalloc_cache_type`, the common three).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -328,7 +342,9 @@ impl<'a, S: PageSource, P: IrqControl> Kmalloc<'a, S, P> {
                         2 => gfp = Gfp::DMA,
                         _ => {}
                     }
-                    let config = CacheConfig::new(NAMES[kind][class], KMALLOC_CLASSES[class])
+                    let size = KMALLOC_CLASSES[class];
+                    let config = CacheConfig::new(NAMES[kind][class], size)
+                        .align(natural_align(size))
                         .flags(f)
                         .gfp(gfp)
                         .kmalloc_slot((kind * NR_CLASSES + class) as u16);
@@ -683,6 +699,38 @@ mod tests {
     fn classes_are_at_most_a_quarter_apart_from_48_bytes() {
         for pair in KMALLOC_CLASSES.windows(2).filter(|p| p[0] >= 48) {
             assert!(4 * (pair[1] - pair[0]) <= pair[1], "{pair:?}");
+        }
+    }
+
+    /// Every slot of every colour of every power-of-two class sits on its natural alignment
+    /// (slab blocks are naturally aligned, so an offset aligned to the size is enough), with
+    /// and without debug flags, for machines of 1 to 64 CPUs (the CPU count picks the order).
+    #[test]
+    fn power_of_two_classes_are_naturally_aligned_in_every_colour() {
+        use crate::layout::SlabLayout;
+        let flag_sets = [
+            CacheFlags::empty(),
+            CacheFlags::RED_ZONE,
+            CacheFlags::POISON | CacheFlags::RED_ZONE | CacheFlags::STORE_USER,
+            CacheFlags::RECLAIM_ACCOUNT,
+        ];
+        for &size in KMALLOC_CLASSES.iter().filter(|s| s.is_power_of_two()) {
+            let want = size;
+            for flags in flag_sets {
+                for cpus in [1, 2, 3, 4, 8, 64] {
+                    let l = SlabLayout::new(size, natural_align(size), flags, false, cpus).unwrap();
+                    for colour in 0..=l.colours {
+                        for slot in 0..l.objects {
+                            let off = l.first_object_offset(colour) + slot * l.stride;
+                            assert_eq!(
+                                off % want,
+                                0,
+                                "kmalloc-{size} {flags:?} cpus {cpus} colour {colour} slot {slot}"
+                            );
+                        }
+                    }
+                }
+            }
         }
     }
 

@@ -58,6 +58,10 @@ pub const OFF_SLAB_MIN: usize = 512;
 pub const CACHE_LINE: usize = 64;
 /// Smallest object alignment: a machine word, so the free pointer can live in an object.
 pub const MIN_ALIGN: usize = 8;
+/// Largest object alignment: the largest slab. Slabs are naturally aligned blocks, and a slot
+/// of stride at least `align` fits only in a slab at least twice `align`, so every offset that
+/// is a multiple of `align` is an aligned address.
+pub const MAX_ALIGN: usize = (PAGE_SIZE as usize) << MAX_SLAB_ORDER;
 /// Most objects one slab may hold (8-byte objects in an order-3 slab); bounds the scratch
 /// bitmap of `verify()`.
 pub const MAX_OBJECTS_PER_SLAB: usize = 4096;
@@ -82,7 +86,7 @@ pub enum LayoutError {
     ZeroSize,
     /// Alignment not a power of two.
     BadAlign,
-    /// Alignment larger than a page.
+    /// Alignment larger than [`MAX_ALIGN`].
     AlignTooLarge,
     /// No slab of order up to [`MAX_SLAB_ORDER`] holds one object.
     ObjectTooLarge,
@@ -234,7 +238,7 @@ impl SlabLayout {
         if !align.is_power_of_two() && align != 0 {
             return Err(LayoutError::BadAlign);
         }
-        if align > PAGE_SIZE as usize {
+        if align > MAX_ALIGN {
             return Err(LayoutError::AlignTooLarge);
         }
         if size > usable(MAX_SLAB_ORDER, 0) {
@@ -495,7 +499,7 @@ mod tests {
             Err(LayoutError::BadAlign)
         );
         assert_eq!(
-            SlabLayout::new(8, 8192, f, false, 1),
+            SlabLayout::new(8, 2 * MAX_ALIGN, f, false, 1),
             Err(LayoutError::AlignTooLarge)
         );
         assert_eq!(
