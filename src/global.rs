@@ -12,12 +12,24 @@
 //!   a free run of that size exists. The run is aligned to 2 MiB pageblocks, or to its own
 //!   power-of-two size when the layout asks for more.
 //!
-//! The choice depends only on the layout, so `dealloc` (which gets the same layout) takes the
-//! same path back. `realloc` uses `krealloc` when both sizes stay on the kmalloc path and the
-//! alignment is kmalloc's minimum, which resizes in place when the size class allows.
+//! `dealloc` does not trust the layout to find the block: a kmalloc object is freed by
+//! `kfree` (which proves the pointer is one), a buddy block by the order in its head frame's
+//! owner byte, a contiguous run by the length the owner table records for it. A layout that
+//! disagrees with the allocation still frees it whole and is reported as
+//! [`DeallocError::LayoutMismatch`]; a pointer that starts no live allocation (double free,
+//! foreign, interior) frees nothing and is reported as [`DeallocError::NotAllocated`].
+//! `GlobalAlloc::dealloc` cannot return an error, so it counts each one
+//! ([`Mm::dealloc_errors`]) and calls the hook set with [`Mm::set_dealloc_hook`]; nothing in
+//! this module panics, so nothing unwinds out of the allocator. `realloc` uses `krealloc`
+//! when both sizes stay on the kmalloc path and the alignment is kmalloc's minimum, which
+//! resizes in place when the size class allows.
+//!
+//! `GlobalAlloc` is implemented for [`Mm`] itself, so code holding a scoped `&Mm` can use it
+//! as one; [`GlobalMm`] forwards to the `Mm` installed in it.
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use mmkit_addr::{IrqControl, Order, PhysRange, VirtAddr, PAGE_SIZE};
 use mmkit_buddy::GfpFlags;
@@ -108,35 +120,135 @@ impl<P: IrqControl, F: PagingFormat> GlobalMm<P, F> {
                 .is_some()
         })
     }
+}
 
-    fn alloc_gfp(&self, layout: Layout, gfp: GfpFlags) -> *mut u8 {
-        self.get()
-            .and_then(|mm| mm.alloc_layout(layout, gfp))
-            .map_or(ptr::null_mut(), NonNull::as_ptr)
+/// A misuse of the allocation interface found by [`Mm::dealloc_layout`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeallocError {
+    /// `addr` is not the start of a live allocation of this `Mm` (a double free, a pointer
+    /// from another allocator, or one into the middle of a block). Nothing was freed.
+    NotAllocated {
+        /// The pointer given.
+        addr: usize,
+        /// The layout given.
+        layout: Layout,
+    },
+    /// The allocation at `addr` was freed whole, but `layout` is not one it could have been
+    /// allocated with: `block` says what it really was.
+    LayoutMismatch {
+        /// The pointer given.
+        addr: usize,
+        /// The layout given.
+        layout: Layout,
+        /// What the allocation was.
+        block: AllocatedBlock,
+    },
+}
+
+/// What an allocation of [`Mm::alloc_layout`] turned out to be, in a
+/// [`DeallocError::LayoutMismatch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllocatedBlock {
+    /// A kmalloc allocation (`usable` bytes where the check ran, else 0).
+    Kmalloc {
+        /// Its usable size (`ksize`), 0 when not measured.
+        usable: usize,
+    },
+    /// A buddy block of this order.
+    Pages {
+        /// The block order.
+        order: Order,
+    },
+    /// A contiguous run of this many frames.
+    Contig {
+        /// Frames in the run.
+        frames: u64,
+    },
+}
+
+impl core::fmt::Display for DeallocError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NotAllocated { addr, layout } => write!(
+                f,
+                "dealloc of {addr:#x} ({} bytes, align {}): not a live allocation, nothing freed",
+                layout.size(),
+                layout.align()
+            ),
+            Self::LayoutMismatch {
+                addr,
+                layout,
+                block,
+            } => write!(
+                f,
+                "dealloc of {addr:#x} with {} bytes, align {}: allocated as {block:?}; freed whole",
+                layout.size(),
+                layout.align()
+            ),
+        }
     }
 }
 
+/// A function told about every [`DeallocError`] that [`GlobalAlloc::dealloc`] meets (it
+/// cannot return an error). It runs in the caller's context, perhaps with interrupts off:
+/// it must not allocate or free through the same allocator.
+pub type DeallocHook = fn(&DeallocError);
+
+/// Where `dealloc` reports what it found: a hook set once, and a count.
+#[derive(Default)]
+pub(crate) struct DeallocReport {
+    hook: Once<DeallocHook>,
+    errors: AtomicU64,
+}
+
+impl DeallocReport {
+    fn report(&self, e: &DeallocError) {
+        self.errors.fetch_add(1, Relaxed);
+        if let Some(hook) = self.hook.get() {
+            hook(e);
+        }
+    }
+}
+
+/// Which path a layout takes (module docs); `dealloc_layout` compares it with what the
+/// pointer turns out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LayoutPath {
+    Kmalloc,
+    Pages(Order),
+    Contig(u64),
+}
+
 impl<'m, P: IrqControl, F: PagingFormat> Mm<'m, P, F> {
+    fn layout_path(&self, layout: &Layout) -> Option<LayoutPath> {
+        if on_kmalloc_path(layout) {
+            return Some(LayoutPath::Kmalloc);
+        }
+        if let Some(n) = self.contig_pages(layout) {
+            return Some(LayoutPath::Contig(n));
+        }
+        block_order(layout).map(LayoutPath::Pages)
+    }
+
     /// Allocate memory for `layout` the way [`GlobalMm`] does (module docs): kmalloc up to
     /// [`KMALLOC_MAX_SIZE`] with alignment up to a page, else a naturally aligned buddy
     /// block, else (beyond the largest order) a contiguous run of frames. `None` when no
     /// memory fits.
     pub fn alloc_layout(&self, layout: Layout, gfp: GfpFlags) -> Option<NonNull<u8>> {
-        if on_kmalloc_path(&layout) {
-            return self
+        match self.layout_path(&layout)? {
+            LayoutPath::Kmalloc => self
                 .kmalloc_aligned(layout.size(), layout.align(), gfp)
-                .ok();
+                .ok(),
+            LayoutPath::Contig(n) => self.alloc_contig_layout(n, gfp),
+            LayoutPath::Pages(order) => {
+                let pfn = self.alloc_pages(gfp, order).ok()?;
+                let p = self.page_address(pfn, order);
+                if p.is_none() {
+                    let _ = self.free_pages(pfn, order);
+                }
+                p
+            }
         }
-        if let Some(n) = self.contig_pages(&layout) {
-            return self.alloc_contig_layout(n, gfp);
-        }
-        let order = block_order(&layout)?;
-        let pfn = self.alloc_pages(gfp, order).ok()?;
-        let p = self.page_address(pfn, order);
-        if p.is_none() {
-            let _ = self.free_pages(pfn, order);
-        }
-        p
     }
 
     fn contig_pages(&self, layout: &Layout) -> Option<u64> {
@@ -151,7 +263,7 @@ impl<'m, P: IrqControl, F: PagingFormat> Mm<'m, P, F> {
             .ok()
             .and_then(|r| self.pages.map().phys_to_virt(r));
         let Some(p) = p else {
-            let _ = self.pages.free_contig(pfn, n);
+            let _ = self.pages.free_contig(pfn);
             return None;
         };
         if gfp.contains(GfpFlags::ZERO) {
@@ -164,64 +276,136 @@ impl<'m, P: IrqControl, F: PagingFormat> Mm<'m, P, F> {
 
     /// Free what [`alloc_layout`](Self::alloc_layout) returned.
     ///
+    /// The block to free is found from the pointer, not the layout: a kmalloc object, a
+    /// buddy block from its head frame's owner byte, a contiguous run from its recorded
+    /// length. So a wrong layout never frees part of a block or the wrong kind of block; it
+    /// frees the whole allocation and returns [`DeallocError::LayoutMismatch`]. A layout
+    /// on the kmalloc path whose size or alignment disagrees with the object it names is
+    /// found only in builds with debug assertions (it costs a `ksize`); every other mismatch
+    /// is found in every build. A pointer that starts no live allocation is refused with
+    /// [`DeallocError::NotAllocated`] and nothing changes.
+    ///
     /// # Safety
     /// `ptr` came from `alloc_layout(layout, _)` on this `Mm`, is live, and is not used
-    /// afterwards.
-    pub unsafe fn dealloc_layout(&self, ptr: NonNull<u8>, layout: Layout) {
-        if on_kmalloc_path(&layout) {
-            // SAFETY: the caller's promise: `ptr` is a live kmalloc allocation (the path
-            // depends only on the layout) given up here.
-            let freed = unsafe { self.kfree(ptr) };
-            debug_assert!(freed.is_ok(), "kfree refused {ptr:p}: {freed:?}");
-            return;
+    /// afterwards. A pointer that breaks this is detected (and so defined) when it is not a
+    /// live allocation start; freeing someone else's live allocation is not detectable.
+    pub unsafe fn dealloc_layout(
+        &self,
+        ptr: NonNull<u8>,
+        layout: Layout,
+    ) -> Result<(), DeallocError> {
+        let addr = ptr.as_ptr() as usize;
+        let expected = self.layout_path(&layout);
+        let mismatch = |block| DeallocError::LayoutMismatch {
+            addr,
+            layout,
+            block,
+        };
+        if expected == Some(LayoutPath::Kmalloc) {
+            #[cfg(debug_assertions)]
+            // SAFETY: the caller's promise: `ptr` is a live allocation of ours; `ksize` only
+            // reads metadata and refuses pointers that are not kmalloc objects.
+            let usable = unsafe { self.ksize(ptr) }.ok();
+            // SAFETY: as above; a pointer that is not a live kmalloc allocation is refused
+            // by `kfree` and nothing changes, and the search below takes over.
+            if unsafe { self.kfree(ptr) }.is_ok() {
+                #[cfg(debug_assertions)]
+                if let Some(usable) = usable {
+                    if usable < layout.size() || addr % layout.align() != 0 {
+                        return Err(mismatch(AllocatedBlock::Kmalloc { usable }));
+                    }
+                }
+                return Ok(());
+            }
         }
+        let not_allocated = DeallocError::NotAllocated { addr, layout };
         let pa = self
             .pages
             .map()
-            .virt_to_phys(VirtAddr::from_ptr(ptr.as_ptr()));
-        if let (Some(pa), Some(n)) = (pa, self.contig_pages(&layout)) {
-            let freed = self.pages.free_contig(pa.pfn(), n);
-            debug_assert!(freed.is_ok(), "free_contig refused {ptr:p}: {freed:?}");
-            return;
+            .virt_to_phys(VirtAddr::from_ptr(ptr.as_ptr()))
+            .ok_or(not_allocated)?;
+        let pfn = pa.pfn();
+        let page_start = pa.as_u64() % PAGE_SIZE == 0;
+        if page_start {
+            if let Some(frames) = self.pages.contig_len(pfn) {
+                self.pages.free_contig(pfn).map_err(|_| not_allocated)?;
+                return match expected {
+                    Some(LayoutPath::Contig(n)) if n == frames => Ok(()),
+                    _ => Err(mismatch(AllocatedBlock::Contig { frames })),
+                };
+            }
+            if let Some(o) = self.pages.owner(pfn).filter(|o| o.usage == PageUse::Pages) {
+                self.pages.free(pfn, o.order).map_err(|_| not_allocated)?;
+                return match expected {
+                    Some(LayoutPath::Pages(order)) if order == o.order => Ok(()),
+                    _ => Err(mismatch(AllocatedBlock::Pages { order: o.order })),
+                };
+            }
         }
-        if let (Some(pa), Some(order)) = (pa, block_order(&layout)) {
-            let freed = self.free_pages(pa.pfn(), order);
-            debug_assert!(freed.is_ok(), "free_pages refused {ptr:p}: {freed:?}");
+        if expected != Some(LayoutPath::Kmalloc) {
+            // SAFETY: as above: `kfree` refuses what is not a live kmalloc allocation.
+            if unsafe { self.kfree(ptr) }.is_ok() {
+                return Err(mismatch(AllocatedBlock::Kmalloc { usable: 0 }));
+            }
         }
+        Err(not_allocated)
+    }
+
+    /// Tell `hook` about every [`DeallocError`] that [`GlobalAlloc::dealloc`] on this `Mm`
+    /// (or on a [`GlobalMm`] holding it) meets. Set once; a second hook is returned.
+    pub fn set_dealloc_hook(&self, hook: DeallocHook) -> Result<(), DeallocHook> {
+        let mut set = false;
+        self.dealloc_report.hook.call_once(|| {
+            set = true;
+            hook
+        });
+        if set {
+            Ok(())
+        } else {
+            Err(hook)
+        }
+    }
+
+    /// How many [`DeallocError`]s [`GlobalAlloc::dealloc`] has met on this `Mm`.
+    pub fn dealloc_errors(&self) -> u64 {
+        self.dealloc_report.errors.load(Relaxed)
     }
 }
 
 // SAFETY: memory comes from kmalloc (objects at least `layout.size()` long, aligned as asked by
-// `kmalloc_aligned`) or from naturally aligned buddy blocks of at least `max(size, align)`
-// bytes; blocks are exclusively the caller's until `dealloc`, which takes the same path back
-// because the path depends only on the layout. Failures return null.
-unsafe impl<P: IrqControl, F: PagingFormat> GlobalAlloc for GlobalMm<P, F> {
+// `kmalloc_aligned`), from naturally aligned buddy blocks of at least `max(size, align)` bytes,
+// or from contiguous runs aligned as `alloc_contig_pages` promises; blocks are exclusively the
+// caller's until `dealloc`, which finds the block from the pointer. Failures return null;
+// nothing here panics (errors are values, reported through the dealloc hook).
+unsafe impl<P: IrqControl, F: PagingFormat> GlobalAlloc for Mm<'_, P, F> {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        self.alloc_gfp(layout, GfpFlags::KERNEL)
+        self.alloc_layout(layout, GfpFlags::KERNEL)
+            .map_or(ptr::null_mut(), NonNull::as_ptr)
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        self.alloc_gfp(layout, GfpFlags::KERNEL | GfpFlags::ZERO)
+        self.alloc_layout(layout, GfpFlags::KERNEL | GfpFlags::ZERO)
+            .map_or(ptr::null_mut(), NonNull::as_ptr)
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if let (Some(mm), Some(p)) = (self.get(), NonNull::new(ptr)) {
-            // SAFETY: `GlobalAlloc::dealloc`'s contract: `ptr` came from `alloc` with this
-            // layout (which is `alloc_layout`) and is not used again.
-            unsafe { mm.dealloc_layout(p, layout) };
+        let Some(p) = NonNull::new(ptr) else {
+            return;
+        };
+        // SAFETY: `GlobalAlloc::dealloc`'s contract: `ptr` came from `alloc` with this
+        // layout (which is `alloc_layout`) and is not used again.
+        if let Err(e) = unsafe { self.dealloc_layout(p, layout) } {
+            self.dealloc_report.report(&e);
         }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let Some(mm) = self.get() else {
-            return ptr::null_mut();
-        };
         let new = Layout::from_size_align(new_size, layout.align());
         if let (Some(p), Ok(new)) = (NonNull::new(ptr), &new) {
             if on_kmalloc_path(&layout) && on_kmalloc_path(new) && layout.align() <= MIN_ALIGN {
                 // SAFETY: `ptr` is a live kmalloc allocation of ours (same-layout rule), given
                 // up on success; on failure it is untouched, as `realloc` requires.
-                return unsafe { mm.krealloc(p, new_size, GfpFlags::KERNEL) }
+                return unsafe { self.krealloc(p, new_size, GfpFlags::KERNEL) }
                     .map_or(ptr::null_mut(), NonNull::as_ptr);
             }
         }
@@ -238,6 +422,41 @@ unsafe impl<P: IrqControl, F: PagingFormat> GlobalAlloc for GlobalMm<P, F> {
             }
         }
         fresh
+    }
+}
+
+// SAFETY: forwarded to the installed `Mm`'s `GlobalAlloc` (above); before `init` every
+// allocation fails with null and `dealloc` has nothing to free.
+unsafe impl<P: IrqControl, F: PagingFormat> GlobalAlloc for GlobalMm<P, F> {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        match self.get() {
+            // SAFETY: forwarded contract.
+            Some(mm) => unsafe { mm.alloc(layout) },
+            None => ptr::null_mut(),
+        }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        match self.get() {
+            // SAFETY: forwarded contract.
+            Some(mm) => unsafe { mm.alloc_zeroed(layout) },
+            None => ptr::null_mut(),
+        }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if let Some(mm) = self.get() {
+            // SAFETY: forwarded contract.
+            unsafe { mm.dealloc(ptr, layout) }
+        }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        match self.get() {
+            // SAFETY: forwarded contract.
+            Some(mm) => unsafe { mm.realloc(ptr, layout, new_size) },
+            None => ptr::null_mut(),
+        }
     }
 }
 
@@ -263,7 +482,9 @@ unsafe impl<P: IrqControl, F: PagingFormat> allocator_api2::alloc::Allocator for
         if layout.size() != 0 {
             // SAFETY: `Allocator::deallocate`'s contract: `ptr` is a live block from
             // `allocate` with this layout.
-            unsafe { self.dealloc_layout(ptr, layout) };
+            if let Err(e) = unsafe { self.dealloc_layout(ptr, layout) } {
+                self.dealloc_report.report(&e);
+            }
         }
     }
 }

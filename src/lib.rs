@@ -95,7 +95,7 @@ pub use mmkit_slab as slab;
 
 pub use builder::{BootError, MmBuilder, LOCAL_DISTANCE, MAX_CPU_NODE_MAP, REMOTE_DISTANCE};
 pub use frame_source::TableFrames;
-pub use global::GlobalMm;
+pub use global::{AllocatedBlock, DeallocError, DeallocHook, GlobalMm};
 pub use map::{KernelMap, LinearMap, MapRef};
 pub use mm::{
     BootSummary, FreeReservedError, Mm, MmCache, MmKmalloc, MmTypedCache, PageFreeError,

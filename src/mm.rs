@@ -94,6 +94,10 @@ pub enum PageFreeError {
     /// The block belongs to another user of the page allocator (slab, vmalloc, page
     /// tables), which frees it itself.
     NotFromAllocPages(PageUse),
+    /// The frame is the head of a contiguous run (a [`GlobalMm`](crate::GlobalMm) layout
+    /// beyond the largest order), which is freed whole through
+    /// [`dealloc_layout`](Mm::dealloc_layout).
+    ContiguousRun,
 }
 
 impl core::fmt::Display for PageFreeError {
@@ -101,6 +105,7 @@ impl core::fmt::Display for PageFreeError {
         match self {
             Self::Buddy(e) => write!(f, "page free refused: {e}"),
             Self::NotFromAllocPages(u) => write!(f, "block is owned by {u:?}, not alloc_pages"),
+            Self::ContiguousRun => write!(f, "frame heads a contiguous run, freed only whole"),
         }
     }
 }
@@ -136,6 +141,7 @@ pub struct Mm<'m, P: IrqControl, F: PagingFormat = X86_64> {
     pub(crate) kmalloc: MmKmalloc<'m, P>,
     pub(crate) vmalloc: Option<Vmalloc<'m, P, F>>,
     pub(crate) boot: BootSummary,
+    pub(crate) dealloc_report: crate::global::DeallocReport,
 }
 
 impl<P: IrqControl, F: PagingFormat> core::fmt::Debug for Mm<'_, P, F> {
@@ -174,6 +180,7 @@ impl<'m, P: IrqControl, F: PagingFormat> Mm<'m, P, F> {
             kmalloc,
             vmalloc,
             boot,
+            dealloc_report: Default::default(),
         }
     }
 
@@ -262,6 +269,10 @@ impl<'m, P: IrqControl, F: PagingFormat> Mm<'m, P, F> {
         if let Some(o) = self.pages.owner(pfn).filter(|o| o.usage != PageUse::Pages) {
             // Slab, vmalloc and page-table frames are freed by their owners only.
             return Err(PageFreeError::NotFromAllocPages(o.usage));
+        }
+        if order == Order::ZERO && self.pages.contig_len(pfn).is_some() {
+            // Freeing the head frame alone would strand the rest of the run.
+            return Err(PageFreeError::ContiguousRun);
         }
         self.pages.free(pfn, order).map_err(PageFreeError::Buddy)
     }
@@ -396,7 +407,8 @@ impl<'m, P: IrqControl, F: PagingFormat> Mm<'m, P, F> {
 
     /// Run every invariant scanner: the buddy's, every kmalloc cache's, the kernel page
     /// table's and the vmalloc bookkeeping, and cross-check the owner table against the
-    /// buddy (every recorded block is allocated in the buddy with that order).
+    /// buddy (every recorded block is allocated in the buddy with that order, every frame of
+    /// a contiguous run an allocated single frame).
     pub fn verify(&mut self) -> Result<(), VerifyError> {
         self.pages.buddy.verify().map_err(VerifyError::Buddy)?;
         self.kmalloc.verify().map_err(VerifyError::Slab)?;
@@ -411,6 +423,13 @@ impl<'m, P: IrqControl, F: PagingFormat> Mm<'m, P, F> {
                         return Err(VerifyError::OwnerMismatch(p));
                     }
                     pfn += o.order.pages();
+                }
+                // A contiguous run's tail frames are order-0 blocks in the buddy too.
+                None if self.pages.owners.is_contig_tail(pfn) => {
+                    if self.pages.buddy.allocated_block(p) != Some((p, Order::ZERO)) {
+                        return Err(VerifyError::OwnerMismatch(p));
+                    }
+                    pfn += 1;
                 }
                 None => pfn += 1,
             }

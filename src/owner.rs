@@ -18,9 +18,12 @@
 //! | [`RESERVED`] | memory never handed to the buddy (firmware, kernel image, initrd, ...) |
 //! | [`METADATA`] | memory holding mmkit's own boot structures (memmap, this table, ...) |
 //! | [`SLAB_TAIL`] / [`SLAB_TAIL_PRIVATE`] | a tail frame of a slab block (private word unset / set) |
+//! | [`CONTIG_TAIL`] | a frame after the head of a contiguous run (`alloc_contig`), whose head is an order-0 block byte |
 //! | `mob + 1 | order << 2 | use << 6` | head of an allocated block (`mob` = migrate-type index 0..=2) |
 //!
-//! Tail frames of other blocks read 0; the census walks from heads. Only the head byte changes on
+//! Tail frames of other blocks read 0; the census walks from heads. A contiguous run is not
+//! one buddy block, so its length is kept in the table itself: the run's tail frames are
+//! marked, and the run ends at the first frame that is not [`CONTIG_TAIL`]. Only the head byte changes on
 //! allocation and free, so the cost is one relaxed store each way. The byte is written after
 //! the buddy allocation succeeds and cleared *before* the block goes back to the buddy, so a
 //! concurrent reallocation of the same frames is never overwritten by a late clear.
@@ -41,6 +44,9 @@ pub const METADATA: u8 = 0b0001_0100;
 pub const SLAB_TAIL: u8 = 0b0000_1100;
 /// Owner byte of a tail frame of a slab block whose private word the slab has set.
 pub const SLAB_TAIL_PRIVATE: u8 = 0b0001_0000;
+
+/// Owner byte of a frame after the head of a contiguous run.
+pub const CONTIG_TAIL: u8 = 0b0001_1000;
 
 /// What the owner table says about a frame, for the slab's private-word lookups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,6 +235,59 @@ impl<'m> PageOwners<'m> {
         Some(owner)
     }
 
+    /// Record a freshly allocated contiguous run of `n` frames: the head as an order-0 block
+    /// of `owner`, the other frames as [`CONTIG_TAIL`].
+    pub(crate) fn record_run(&self, pfn: Pfn, n: u64, owner: Owner) {
+        let p = pfn.as_u64();
+        let owner = Owner {
+            order: Order::ZERO,
+            ..owner
+        };
+        self.mark_range(p.saturating_add(1), p.saturating_add(n), CONTIG_TAIL);
+        if let Some(s) = self.slot(p) {
+            s.store(owner.encode(), Relaxed);
+        }
+        if let Some(c) = self.frames[owner.usage as usize].get(owner.mobility.index()) {
+            c.fetch_add(n, Relaxed);
+        }
+    }
+
+    /// The length of the contiguous run whose head is `pfn`, or `None` if `pfn` is not the
+    /// head of one (not an order-0 block byte followed by a [`CONTIG_TAIL`]).
+    pub(crate) fn run_len(&self, pfn: Pfn) -> Option<u64> {
+        let head = self.get(pfn)?;
+        let p = pfn.as_u64();
+        if head.order != Order::ZERO || !self.is_contig_tail(p.checked_add(1)?) {
+            return None;
+        }
+        let mut n = 2;
+        while p.checked_add(n).is_some_and(|q| self.is_contig_tail(q)) {
+            n += 1;
+        }
+        Some(n)
+    }
+
+    /// Forget the run of `n` frames at `pfn` (as [`run_len`](Self::run_len) measured it)
+    /// before it is freed; returns its owner. Only one caller wins the head.
+    pub(crate) fn take_run(&self, pfn: Pfn, n: u64) -> Option<Owner> {
+        let s = self.slot(pfn.as_u64())?;
+        let b = s.load(Relaxed);
+        let owner = Owner::decode(b)?;
+        s.compare_exchange(b, 0, Relaxed, Relaxed).ok()?;
+        let p = pfn.as_u64();
+        self.mark_range(p.saturating_add(1), p.saturating_add(n), 0);
+        if let Some(c) = self.frames[owner.usage as usize].get(owner.mobility.index()) {
+            c.fetch_sub(n, Relaxed);
+        }
+        Some(owner)
+    }
+
+    /// Whether `pfn` is a tail frame of a contiguous run.
+    pub(crate) fn is_contig_tail(&self, pfn: u64) -> bool {
+        self.slot(pfn)
+            .is_some_and(|s| s.load(Relaxed) == CONTIG_TAIL)
+    }
+
     /// Whether `pfn` holds mmkit's own boot metadata.
     pub(crate) fn is_metadata(&self, pfn: u64) -> bool {
         self.slot(pfn).is_some_and(|s| s.load(Relaxed) == METADATA)
@@ -297,6 +356,8 @@ impl<'m> PageOwners<'m> {
             } else {
                 match self.slot(pfn).map_or(HOLE, |s| s.load(Relaxed)) {
                     0 | SLAB_TAIL | SLAB_TAIL_PRIVATE => cur.free += 1,
+                    // Tails follow their run's head, which set `mob`.
+                    CONTIG_TAIL => cur.by_mobility[mob] += 1,
                     HOLE => cur.hole += 1,
                     RESERVED => cur.reserved += 1,
                     b => match Owner::decode(b) {
@@ -369,6 +430,31 @@ mod tests {
         );
         assert_eq!(owners.frames_by_use(PageUse::Pages), 0);
         assert_eq!(owners.take(Pfn::new(5)), None, "outside the table");
+    }
+
+    #[test]
+    fn a_contiguous_run_knows_its_length_and_counts_every_frame() {
+        let t = table(16);
+        let owners = PageOwners::new(0, &t);
+        let o = Owner {
+            order: Order::ZERO,
+            mobility: MigrateType::Movable,
+            usage: PageUse::Pages,
+        };
+        owners.record_run(Pfn::new(3), 6, o);
+        owners.record(Pfn::new(9), o);
+        assert_eq!(owners.run_len(Pfn::new(3)), Some(6));
+        assert_eq!(owners.run_len(Pfn::new(9)), None, "a lone order-0 block");
+        assert_eq!(owners.run_len(Pfn::new(4)), None, "a tail is not a head");
+        assert_eq!(owners.frames(PageUse::Pages), [0, 7, 0]);
+        let mut seen = Vec::new();
+        owners.census(2, |c| seen.push(*c));
+        let movable: u32 = seen.iter().map(|c| c.by_mobility[1]).sum();
+        assert_eq!(movable, 7);
+        assert_eq!(owners.take_run(Pfn::new(3), 6), Some(o));
+        assert_eq!(owners.take_run(Pfn::new(3), 6), None, "taken once");
+        assert!((3..9).all(|p| t[p].load(Relaxed) == 0));
+        assert_eq!(owners.frames(PageUse::Pages), [0, 1, 0]);
     }
 
     #[test]

@@ -91,40 +91,41 @@ impl<'m, P: IrqControl> PageAllocator<'m, P> {
             .buddy
             .alloc_contig_pages(nr_pages, gfp, self.buddy.local_node())?;
         let mobility = gfp.migrate_type().unwrap_or(MigrateType::Unmovable);
-        for i in 0..nr_pages {
-            if let Some(p) = pfn.checked_add_frames(i) {
-                self.owners.record(
-                    p,
-                    Owner {
-                        order: Order::ZERO,
-                        mobility,
-                        usage,
-                    },
-                );
-            }
+        let owner = Owner {
+            order: Order::ZERO,
+            mobility,
+            usage,
+        };
+        if nr_pages == 1 {
+            self.owners.record(pfn, owner);
+        } else {
+            self.owners.record_run(pfn, nr_pages, owner);
         }
         Ok(pfn)
     }
 
-    /// Free a run [`alloc_contig`](Self::alloc_contig) returned. On a refusal nothing changes.
-    pub(crate) fn free_contig(&self, pfn: Pfn, nr_pages: u64) -> Result<(), FreeError> {
-        let Some(owner) = self.owners.get(pfn) else {
+    /// The length of the contiguous run [`alloc_contig`](Self::alloc_contig) returned at
+    /// `pfn` (two frames or more), or `None` if no such run starts there.
+    pub(crate) fn contig_len(&self, pfn: Pfn) -> Option<u64> {
+        self.owners.run_len(pfn)
+    }
+
+    /// Free the whole run [`alloc_contig`](Self::alloc_contig) returned at `pfn`, whatever
+    /// its length; returns the length. On a refusal nothing changes.
+    pub(crate) fn free_contig(&self, pfn: Pfn) -> Result<u64, FreeError> {
+        let Some(n) = self.owners.run_len(pfn) else {
             return Err(FreeError::DoubleFree);
         };
-        let frames = || (0..nr_pages).filter_map(|i| pfn.checked_add_frames(i));
-        if frames().any(|p| self.owners.get(p) != Some(owner)) {
+        let Some(owner) = self.owners.take_run(pfn, n) else {
             return Err(FreeError::DoubleFree);
+        };
+        match self.buddy.free_contig_range(pfn, n) {
+            Ok(()) => Ok(n),
+            Err(e) => {
+                self.owners.record_run(pfn, n, owner);
+                Err(e)
+            }
         }
-        for p in frames() {
-            self.owners.take(p);
-        }
-        self.buddy
-            .free_contig_range(pfn, nr_pages)
-            .inspect_err(|_| {
-                for p in frames() {
-                    self.owners.record(p, owner);
-                }
-            })
     }
 
     /// Free a block [`alloc`](Self::alloc) returned.

@@ -518,8 +518,8 @@ fn layouts_beyond_the_largest_block_take_contiguous_runs() {
     mm.verify().unwrap();
     // SAFETY: each came from `alloc_layout` with this layout and is not used again.
     unsafe {
-        mm.dealloc_layout(p, odd);
-        mm.dealloc_layout(q, aligned);
+        mm.dealloc_layout(p, odd).unwrap();
+        mm.dealloc_layout(q, aligned).unwrap();
     }
     assert_eq!(mm.meminfo().pages_kb, pages_before);
     mm.verify().unwrap();
