@@ -22,11 +22,13 @@ use core::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use mmkit_addr::{IrqControl, Order, Pfn, PhysMapper, PhysRange};
 use spin::RwLock;
 
+use crate::compaction::CompactCounters;
 use crate::config::{node_span, pcp_storage_len, BuddyConfig, NodeInit};
 use crate::error::{BootFreeError, InitError};
 use crate::freearea::{Params, ZoneLocked};
 use crate::migrate::MigrateType;
 use crate::movable::zone_movable_starts;
+use crate::mover::{MigrateCounters, Mover, MAX_MOVERS};
 use crate::page::{Flags, Memmap, PageDesc, PageState};
 use crate::pcp::PerCpuPages;
 use crate::raw::{init_allocator_in, init_by_value, init_slice, AllocatorHead, NodeHead};
@@ -66,6 +68,10 @@ pub struct BuddyAllocator<'m, P: IrqControl> {
     pub(crate) low_hook: RwLock<Option<LowWatermarkHook>>,
     /// Node of each CPU (empty: every CPU is on node 0).
     pub(crate) cpu_nodes: &'m [u8],
+    /// Registered movers; id `i + 1` is slot `i`.
+    pub(crate) movers: RwLock<[Option<&'m dyn Mover>; MAX_MOVERS]>,
+    pub(crate) migrate_counters: MigrateCounters,
+    pub(crate) compact_counters: CompactCounters,
 }
 
 impl<'m, P: IrqControl> core::fmt::Debug for BuddyAllocator<'m, P> {

@@ -58,6 +58,60 @@ pub enum FreeError {
         /// The allocated block's first frame.
         head: Pfn,
     },
+    /// The block is being migrated: its mover promised not to free it until the migration
+    /// ends ([`Mover`](crate::Mover)).
+    Migrating,
+}
+
+/// Why a block could not be migrated ([`BuddyAllocator::migrate_block`](crate::BuddyAllocator::migrate_block)).
+/// Nothing changed: the block is still allocated where it was, with its owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MigrateError {
+    /// The frame is in no zone of any node.
+    OutsideZones,
+    /// No allocated block of that order starts at the frame (free, a tail, reserved, a hole,
+    /// or another order).
+    NotAllocated,
+    /// The block was not allocated as movable.
+    NotMovable,
+    /// The block is movable but no mover is registered for it: movable by type only.
+    NoMover,
+    /// Another migration of the block is under way.
+    AlreadyMigrating,
+    /// The mover says: not now (the owner is using the block); try later.
+    Busy,
+    /// The mover says: this block cannot move.
+    Refused,
+    /// No free block of that order outside the excluded range to move it to.
+    NoTarget,
+}
+
+/// Why a mover could not be registered ([`BuddyAllocator::register_mover`](crate::BuddyAllocator::register_mover)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MoverError {
+    /// Every mover slot is taken ([`MAX_MOVERS`](crate::MAX_MOVERS)).
+    TableFull,
+    /// The id names no registered mover.
+    UnknownMover(u8),
+    /// No allocated, movable block of that order starts at the frame, or it is being
+    /// migrated.
+    NotMovableBlock,
+}
+
+/// Why a compaction request was refused ([`BuddyAllocator::compact_zone`](crate::BuddyAllocator::compact_zone)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompactError {
+    /// The node does not exist.
+    NoSuchNode(usize),
+    /// The zone is empty (not populated) on that node.
+    EmptyZone,
+    /// The target order is above the configured max order.
+    OrderTooLarge {
+        /// Requested order.
+        order: u32,
+        /// Configured max order.
+        max: u32,
+    },
 }
 
 /// Why a boot-time free ([`BuddyAllocator::free_boot_block`](crate::BuddyAllocator::free_boot_block))
@@ -161,5 +215,8 @@ display_via_debug!(
     BootFreeError,
     InitError,
     PrivateError,
-    IsolateError
+    IsolateError,
+    MigrateError,
+    MoverError,
+    CompactError
 );

@@ -133,6 +133,8 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
                     FreeError::WrongOrder {
                         allocated: seen.order,
                     }
+                } else if node.mm.desc(pfn).is_migrating() {
+                    FreeError::Migrating
                 } else {
                     // Raced with a concurrent free of the same block that won.
                     FreeError::DoubleFree

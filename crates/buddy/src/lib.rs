@@ -17,6 +17,9 @@
 //!   Linux wakes kswapd.
 //! * **Per-CPU lists** for orders 0..=3 per mobility type, refilled and drained in batches.
 //! * **Isolation** of frame ranges and contiguous allocation beyond the max order.
+//! * **Migration and compaction**: owners register a [`Mover`] for their movable blocks;
+//!   [`BuddyAllocator::migrate_block`] moves one block, [`BuddyAllocator::compact_zone`]
+//!   runs Linux's two-scanner compaction; [`Extfrag`] gives the fragmentation indices.
 //! * **Reports** in `/proc/buddyinfo`, `/proc/pagetypeinfo` and `/proc/zoneinfo` layouts.
 //! * [`BuddyAllocator::verify`] checks every invariant.
 //!
@@ -67,6 +70,7 @@ extern crate std;
 
 mod alloc;
 mod allocator;
+mod compaction;
 mod config;
 mod error;
 mod fallback;
@@ -76,6 +80,7 @@ mod gfp;
 mod isolate;
 mod migrate;
 mod movable;
+mod mover;
 mod page;
 mod pcp;
 #[allow(unsafe_code)]
@@ -89,13 +94,18 @@ mod zone;
 mod testutil;
 
 pub use allocator::{BuddyAllocator, LowWatermarkHook, ZoneStats};
+pub use compaction::{CompactOutcome, CompactResult, CompactStats, Extfrag};
 pub use config::{
     memmap_len, node_span, pcp_storage_len, BuddyConfig, CoreSize, NodeInit,
     DEFAULT_LOWMEM_RESERVE_RATIO,
 };
-pub use error::{AllocError, BootFreeError, FreeError, InitError, IsolateError, PrivateError};
+pub use error::{
+    AllocError, BootFreeError, CompactError, FreeError, InitError, IsolateError, MigrateError,
+    MoverError, PrivateError,
+};
 pub use gfp::{GfpError, GfpFlags};
 pub use migrate::{MigrateType, FALLBACKS, NR_MIGRATE_TYPES, NR_PCP_TYPES};
+pub use mover::{MoveError, Mover, MoverId, MAX_MOVERS};
 pub use page::{PageDesc, PageState};
 pub use pcp::{PerCpuPages, PCP_MAX_ORDER};
 pub use report::{BuddyInfo, PageTypeInfo, PageblockCensus, ZoneInfo};

@@ -6,7 +6,7 @@
 //! |---------|---------------------------|-----------------------------|----------------------|
 //! | `next`  | next index on its list    | private word, low half      |                      |
 //! | `prev`  | previous index on its list| private word, high half     |                      |
-//! | `flags` | state, order, list type   | state, order, alloc type    |                      |
+//! | `flags` | state, order, list type   | state, order, alloc type, mover id, migrating bit |  |
 //! | `block` |                           |                             | pageblock type       |
 //!
 //! List links are descriptor *indices* within the node's memmap (`NIL` ends a list), so free
@@ -19,7 +19,10 @@
 //! * Present frames never given to the allocator are [`PageState::Reserved`]; frames outside
 //!   every memory range of the node are [`PageState::Hole`].
 //! * The `block` word of the first frame of every pageblock holds the pageblock's migrate type
-//!   (bits 0..4) and, while isolated, the type to restore (bits 4..8).
+//!   (bits 0..4), while isolated the type to restore (bits 4..8), and compaction's skip hint
+//!   (bit 8).
+//! * An allocated head's `flags` word also holds its mover id (bits 12..16, 0 for none) and
+//!   the migrating bit (16), which makes every free of the block fail while it is set.
 //!
 //! ## Who writes what
 //! Free heads and their links belong to the zone lock; per-CPU heads and links to that CPU's
@@ -97,6 +100,14 @@ impl Flags {
     }
 }
 
+/// Bits 12..16 of the `flags` word of an allocated head: the block's mover (0: none).
+const MOVER_SHIFT: u32 = 12;
+const MOVER_MASK: u32 = 0xf << MOVER_SHIFT;
+/// Bit 16 of the `flags` word of an allocated head: the block is being migrated.
+const MIGRATING: u32 = 1 << 16;
+/// Bit 8 of a pageblock's `block` word: compaction's skip hint.
+const SKIP_HINT: u32 = 1 << 8;
+
 /// One frame's descriptor. Opaque: the caller only provides storage for an array of them.
 #[repr(C)]
 #[derive(Debug, Default)]
@@ -148,7 +159,7 @@ impl PageDesc {
         let mut cur = self.flags.load(Relaxed);
         loop {
             let f = Flags::decode(cur);
-            if f.state != PageState::Allocated || f.order != order {
+            if f.state != PageState::Allocated || f.order != order || cur & MIGRATING != 0 {
                 return Err(f);
             }
             match self
@@ -159,6 +170,60 @@ impl PageDesc {
                 Err(now) => cur = now,
             }
         }
+    }
+
+    /// The mover id of an allocated head (0: none).
+    #[inline]
+    pub(crate) fn mover_id(&self) -> u8 {
+        ((self.flags.load(Relaxed) & MOVER_MASK) >> MOVER_SHIFT) as u8
+    }
+
+    /// Whether an allocated head is being migrated.
+    #[inline]
+    pub(crate) fn is_migrating(&self) -> bool {
+        self.flags.load(Relaxed) & MIGRATING != 0
+    }
+
+    /// Set the mover id of an allocated head of `order` (not being migrated). On failure
+    /// returns what was there, unchanged.
+    pub(crate) fn set_mover_id(&self, order: u32, id: u8) -> Result<(), Flags> {
+        let mut cur = self.flags.load(Relaxed);
+        loop {
+            let f = Flags::decode(cur);
+            if f.state != PageState::Allocated || f.order != order || cur & MIGRATING != 0 {
+                return Err(f);
+            }
+            let new = (cur & !MOVER_MASK) | (u32::from(id & 0xf) << MOVER_SHIFT);
+            match self.flags.compare_exchange_weak(cur, new, Relaxed, Relaxed) {
+                Ok(_) => return Ok(()),
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Claim an allocated head of `order` for migration: set the migrating bit, which makes
+    /// every free of the block fail until [`end_migration`](Self::end_migration). Returns
+    /// the flags and the mover id; on failure what was there, unchanged.
+    pub(crate) fn begin_migration(&self, order: u32) -> Result<(Flags, u8), Flags> {
+        let mut cur = self.flags.load(Relaxed);
+        loop {
+            let f = Flags::decode(cur);
+            if f.state != PageState::Allocated || f.order != order || cur & MIGRATING != 0 {
+                return Err(f);
+            }
+            match self
+                .flags
+                .compare_exchange_weak(cur, cur | MIGRATING, Relaxed, Relaxed)
+            {
+                Ok(_) => return Ok((f, ((cur & MOVER_MASK) >> MOVER_SHIFT) as u8)),
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Clear the migrating bit (the block stays allocated with its mover).
+    pub(crate) fn end_migration(&self) {
+        self.flags.fetch_and(!MIGRATING, Relaxed);
     }
 
     /// Make this the head of a freshly allocated block (private word cleared).
@@ -208,6 +273,21 @@ impl PageDesc {
         MigrateType::from_index(((self.block.load(Relaxed) >> 4) & 0xf) as usize)
             .unwrap_or(MigrateType::Movable)
     }
+    /// Compaction's skip hint on a pageblock's first frame (Linux `PG_migrate_skip`):
+    /// the last scan found nothing to migrate here.
+    #[inline]
+    pub(crate) fn skip_hint(&self) -> bool {
+        self.block.load(Relaxed) & SKIP_HINT != 0
+    }
+    #[inline]
+    pub(crate) fn set_skip_hint(&self, on: bool) {
+        if on {
+            self.block.fetch_or(SKIP_HINT, Relaxed);
+        } else {
+            self.block.fetch_and(!SKIP_HINT, Relaxed);
+        }
+    }
+    /// Set the pageblock type and the type isolation saved (clears the skip hint).
     #[inline]
     pub(crate) fn set_block_type(&self, mt: MigrateType, saved: MigrateType) {
         self.block
@@ -388,6 +468,33 @@ mod tests {
         assert_eq!(l.pop_back(&mm), Some(3));
         assert!(l.is_empty());
         assert_eq!(l.pop_front(&mm), None);
+    }
+
+    #[test]
+    fn mover_id_and_migration_bit_live_beside_the_flags() {
+        let d = PageDesc::new();
+        assert!(d.set_mover_id(0, 3).is_err(), "not allocated");
+        d.set_allocated(1, MigrateType::Movable);
+        assert!(d.set_mover_id(0, 3).is_err(), "wrong order");
+        d.set_mover_id(1, 3).unwrap();
+        assert_eq!(d.mover_id(), 3);
+        assert_eq!(
+            d.flags(),
+            Flags::new(PageState::Allocated, 1, MigrateType::Movable)
+        );
+        let (f, id) = d.begin_migration(1).unwrap();
+        assert_eq!((f.order, id), (1, 3));
+        assert!(d.is_migrating());
+        assert!(d.begin_migration(1).is_err(), "claimed once");
+        let tail = Flags::new(PageState::Tail, 0, MigrateType::Unmovable);
+        assert!(d.begin_free(1, tail).is_err(), "no free while migrating");
+        assert!(d.set_mover_id(1, 4).is_err());
+        d.end_migration();
+        assert!(!d.is_migrating());
+        assert_eq!(d.mover_id(), 3);
+        assert!(d.begin_free(1, tail).is_ok());
+        d.set_allocated(0, MigrateType::Movable);
+        assert_eq!(d.mover_id(), 0, "a new allocation has no mover");
     }
 
     #[test]

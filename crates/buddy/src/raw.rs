@@ -17,7 +17,9 @@ use mmkit_addr::{IrqControl, PhysMapper, PhysRange};
 use spin::RwLock;
 
 use crate::allocator::{BuddyAllocator, Node};
+use crate::compaction::CompactCounters;
 use crate::config::BuddyConfig;
+use crate::mover::{MigrateCounters, MAX_MOVERS};
 use crate::page::Memmap;
 use crate::zone::{Zone, ZoneType};
 use crate::MAX_NUMNODES;
@@ -79,6 +81,9 @@ pub(crate) fn init_allocator_in<'s, 'm, P: IrqControl>(
         addr_of_mut!((*this).mapper).write(None);
         addr_of_mut!((*this).low_hook).write(RwLock::new(None));
         addr_of_mut!((*this).cpu_nodes).write(&[]);
+        addr_of_mut!((*this).movers).write(RwLock::new([None; MAX_MOVERS]));
+        addr_of_mut!((*this).migrate_counters).write(MigrateCounters::default());
+        addr_of_mut!((*this).compact_counters).write(CompactCounters::default());
         let nodes = addr_of_mut!((*this).nodes).cast::<Node<'m>>();
         for nid in 0..MAX_NUMNODES {
             let n = nodes.add(nid);
@@ -109,6 +114,9 @@ fn _every_field_is_written<P: IrqControl>(b: BuddyAllocator<'_, P>) {
         mapper: _,
         low_hook: _,
         cpu_nodes: _,
+        movers: _,
+        migrate_counters: _,
+        compact_counters: _,
     } = b;
     let [Node {
         present: _,

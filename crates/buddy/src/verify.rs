@@ -69,6 +69,11 @@ pub enum VerifyError {
         /// The block.
         pfn: Pfn,
     },
+    /// An allocated block names a mover but was not allocated as movable.
+    MoverOnUnmovable {
+        /// The block.
+        pfn: Pfn,
+    },
     /// A counter disagrees with the lists.
     CounterMismatch {
         /// Node.
@@ -327,7 +332,12 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
                     }
                 }
                 PageState::PerCpu => pcp += 1,
-                _ => allocated += 1u64 << order,
+                _ => {
+                    if mm.desc(pfn).mover_id() != 0 && f.mt != MigrateType::Movable {
+                        return Err(VerifyError::MoverOnUnmovable { pfn: Pfn::new(pfn) });
+                    }
+                    allocated += 1u64 << order;
+                }
             }
             pfn = end;
         }

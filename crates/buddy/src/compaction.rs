@@ -1,0 +1,561 @@
+//! Memory compaction (Linux `mm/compaction.c`) and the fragmentation indices
+//! (`mm/vmstat.c`'s `extfrag` debugfs files).
+//!
+//! ## One pass over a zone ([`compact_zone`](BuddyAllocator::compact_zone))
+//! * The per-CPU lists of the zone are drained first, so cached free pages can merge.
+//! * A **migrate scanner** walks the zone's pageblocks upward from its start and migrates
+//!   every allocated movable block that has a [mover](crate::Mover); a **free scanner** walks
+//!   pageblocks downward from the zone's end and hands out targets: the smallest free block
+//!   of the needed order in a movable pageblock, never a free block of a pageblock or more.
+//!   The pass ends when the scanners meet (so a target always lies above its source), or, for
+//!   a target order, as soon as a free block of that order exists.
+//! * A pageblock where the migrate scanner found allocated blocks but could move none
+//!   (unmovable, reclaimable, movable without a mover, or busy) gets a **skip hint**, and
+//!   later passes pass it by; a pass that ends with the scanners meeting clears every hint
+//!   of the zone for the next one (Linux resets its skip bits the same way).
+//! * Counters: Linux's `compact_migrate_scanned`, `compact_free_scanned`, `compact_success`,
+//!   `compact_fail`, with `pgmigrate_success` / `pgmigrate_fail` from `mover.rs`.
+//!
+//! ## Fragmentation indices ([`Extfrag`])
+//! For a zone and an order: the *unusable free index* (share of free memory in blocks too
+//! small for the order, 0..=1000) and the *fragmentation index* (Linux's: -1000 when a free
+//! block of the order exists, else towards 0 when the failure is lack of memory and towards
+//! 1000 when it is fragmentation).
+
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use mmkit_addr::IrqControl;
+
+use crate::allocator::{BuddyAllocator, Node};
+use crate::error::CompactError;
+use crate::migrate::MigrateType;
+use crate::page::PageState;
+use crate::zone::{Watermark, Zone, ZoneType, HIGHATOMIC_MASK_SHIFT};
+
+/// Compaction counters (Linux `/proc/vmstat`), summed over every pass.
+#[derive(Debug, Default)]
+pub(crate) struct CompactCounters {
+    migrate_scanned: AtomicU64,
+    free_scanned: AtomicU64,
+    success: AtomicU64,
+    fail: AtomicU64,
+}
+
+/// Compaction and migration counters, named as in Linux's `/proc/vmstat`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CompactStats {
+    /// Frames the migrate scanners walked.
+    pub compact_migrate_scanned: u64,
+    /// Frames the free scanners walked.
+    pub compact_free_scanned: u64,
+    /// Passes that reached their target order.
+    pub compact_success: u64,
+    /// Passes with a target order that ended without it.
+    pub compact_fail: u64,
+    /// Blocks migrated.
+    pub pgmigrate_success: u64,
+    /// Migrations that failed (busy, refused, no target).
+    pub pgmigrate_fail: u64,
+}
+
+impl core::fmt::Display for CompactStats {
+    /// `/proc/vmstat` lines.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        writeln!(f, "pgmigrate_success {}", self.pgmigrate_success)?;
+        writeln!(f, "pgmigrate_fail {}", self.pgmigrate_fail)?;
+        writeln!(
+            f,
+            "compact_migrate_scanned {}",
+            self.compact_migrate_scanned
+        )?;
+        writeln!(f, "compact_free_scanned {}", self.compact_free_scanned)?;
+        writeln!(f, "compact_fail {}", self.compact_fail)?;
+        writeln!(f, "compact_success {}", self.compact_success)
+    }
+}
+
+/// How a compaction pass ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompactOutcome {
+    /// A free block of the target order exists (perhaps before the pass started).
+    Success,
+    /// The scanners met: the zone is as compact as its movers allow.
+    Complete,
+    /// Not attempted: the zone lacks the free memory for the order even when compacted
+    /// (Linux `compaction_suitable`: the min watermark plus twice the block).
+    Skipped,
+}
+
+/// What one pass did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactResult {
+    /// How it ended.
+    pub outcome: CompactOutcome,
+    /// Frames the migrate scanner walked.
+    pub migrate_scanned: u64,
+    /// Frames the free scanner walked.
+    pub free_scanned: u64,
+    /// Blocks migrated.
+    pub migrated: u64,
+    /// Migrations that failed.
+    pub failed: u64,
+}
+
+/// The fragmentation figures of one zone at one moment (debugfs `extfrag`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extfrag {
+    /// Free blocks per order (every list).
+    pub free_blocks: [u64; crate::MAX_ORDER_LIMIT as usize + 1],
+    /// Largest order with a list (`max_order`).
+    pub max_order: u32,
+}
+
+impl Extfrag {
+    fn free_pages(&self) -> u64 {
+        self.free_blocks
+            .iter()
+            .enumerate()
+            .map(|(o, &n)| n << o)
+            .sum()
+    }
+
+    /// Free blocks of at least `order`, counted in blocks of `order`.
+    fn suitable(&self, order: u32) -> u64 {
+        self.free_blocks
+            .iter()
+            .enumerate()
+            .skip(order as usize)
+            .map(|(o, &n)| n << (o - order as usize))
+            .sum()
+    }
+
+    /// Linux `unusable_free_index` × 1000: the share of free memory that cannot serve a
+    /// request of `order` (0 when memory is empty).
+    pub fn unusable_index(&self, order: u32) -> u64 {
+        let free = self.free_pages();
+        if free == 0 || order > self.max_order {
+            return 0;
+        }
+        (free - (self.suitable(order) << order)) * 1000 / free
+    }
+
+    /// Linux `__fragmentation_index`: -1000 when a block of `order` is free; otherwise
+    /// 0..=1000, towards 1000 when the free memory is there but in pieces (compaction can
+    /// help) and towards 0 when it is not there at all (0 also for no free memory).
+    pub fn fragmentation_index(&self, order: u32) -> i64 {
+        let total: u64 = self.free_blocks.iter().sum();
+        if total == 0 || order > self.max_order {
+            return 0;
+        }
+        if self.suitable(order) > 0 {
+            return -1000;
+        }
+        let requested = 1u64 << order;
+        1000 - ((1000 + self.free_pages() * 1000 / requested) / total) as i64
+    }
+}
+
+impl core::fmt::Display for Extfrag {
+    /// One line: the index for each order, as debugfs `extfrag_index` prints them.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        for o in 0..=self.max_order {
+            let i = self.fragmentation_index(o);
+            write!(
+                f,
+                "{}{}.{:03}",
+                if o == 0 { "" } else { " " },
+                i / 1000,
+                (i % 1000).abs()
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
+    fn zone_of(&self, nid: usize, ty: ZoneType) -> Result<(&Node<'m>, &Zone<'m>), CompactError> {
+        let node = self.node(nid).ok_or(CompactError::NoSuchNode(nid))?;
+        let zone = &node.zones[ty.index()];
+        if !zone.is_populated() {
+            return Err(CompactError::EmptyZone);
+        }
+        Ok((node, zone))
+    }
+
+    /// The fragmentation figures of zone `ty` of node `nid`.
+    pub fn extfrag(&self, nid: usize, ty: ZoneType) -> Result<Extfrag, CompactError> {
+        let (node, zone) = self.zone_of(nid, ty)?;
+        let z = self.lock(node, zone);
+        let mut free_blocks = [0; crate::MAX_ORDER_LIMIT as usize + 1];
+        for (o, counts) in
+            z.fa.counts
+                .iter()
+                .enumerate()
+                .take(self.cfg.max_order as usize + 1)
+        {
+            free_blocks[o] = counts.iter().map(|&n| u64::from(n)).sum();
+        }
+        Ok(Extfrag {
+            free_blocks,
+            max_order: self.cfg.max_order,
+        })
+    }
+
+    /// Compaction and migration counters.
+    pub fn compact_stats(&self) -> CompactStats {
+        let c = &self.compact_counters;
+        let (ok, fail) = self.migrate_counts();
+        CompactStats {
+            compact_migrate_scanned: c.migrate_scanned.load(Relaxed),
+            compact_free_scanned: c.free_scanned.load(Relaxed),
+            compact_success: c.success.load(Relaxed),
+            compact_fail: c.fail.load(Relaxed),
+            pgmigrate_success: ok,
+            pgmigrate_fail: fail,
+        }
+    }
+
+    /// Whether `zone` has a free block of at least `order` on an unmovable, movable or
+    /// reclaimable list.
+    fn has_free_block(zone: &Zone<'m>, order: u32) -> bool {
+        let usable = (1u32 << HIGHATOMIC_MASK_SHIFT) - 1;
+        zone.free_order_mask.load(Relaxed) & usable & (u32::MAX << order) != 0
+    }
+
+    /// One compaction pass over zone `ty` of node `nid` (module docs). With `order`, stop as
+    /// soon as a free block of that order exists; without, run until the scanners meet.
+    pub fn compact_zone(
+        &self,
+        nid: usize,
+        ty: ZoneType,
+        order: Option<u32>,
+    ) -> Result<CompactResult, CompactError> {
+        if let Some(o) = order.filter(|&o| o > self.cfg.max_order) {
+            return Err(CompactError::OrderTooLarge {
+                order: o,
+                max: self.cfg.max_order,
+            });
+        }
+        let (node, zone) = self.zone_of(nid, ty)?;
+        let mut r = CompactResult {
+            outcome: CompactOutcome::Complete,
+            migrate_scanned: 0,
+            free_scanned: 0,
+            migrated: 0,
+            failed: 0,
+        };
+        self.drain_zone_pcp(node, zone);
+        if let Some(o) = order {
+            if Self::has_free_block(zone, o) {
+                r.outcome = CompactOutcome::Success;
+                return Ok(r);
+            }
+            let need = zone.wmark(Watermark::Min) + (2u64 << o);
+            if zone.free_pages.load(Relaxed) < need {
+                r.outcome = CompactOutcome::Skipped;
+                return Ok(r);
+            }
+        }
+        let pb = 1u64 << self.cfg.pageblock_order;
+        let mut migrate_pb = zone.start.div_ceil(pb) * pb;
+        // The free scanner's pageblock: the last whole pageblock of the zone.
+        let mut free_pb = (zone.end / pb) * pb;
+        free_pb = free_pb.saturating_sub(pb);
+        'scan: while migrate_pb < free_pb {
+            let hint = node.mm.desc(migrate_pb);
+            if hint.skip_hint() {
+                migrate_pb += pb;
+                continue;
+            }
+            let (mut moved_here, mut stuck_here) = (0u64, 0u64);
+            let end = migrate_pb + pb;
+            let mut pfn = migrate_pb;
+            while pfn < end {
+                let d = node.mm.desc(pfn);
+                let f = d.flags();
+                let step = match f.state {
+                    PageState::Free | PageState::Allocated | PageState::PerCpu => 1u64 << f.order,
+                    _ => 1,
+                };
+                r.migrate_scanned += step.min(end - pfn);
+                if f.state == PageState::Allocated && !d.is_migrating() {
+                    if f.mt != MigrateType::Movable || d.mover_id() == 0 {
+                        stuck_here += 1;
+                    } else {
+                        let got = self.migrate_block_in(node, zone, pfn, f.order, |z, o| {
+                            while free_pb > migrate_pb {
+                                let (t, scanned) = z.take_target_in_pageblock(free_pb, o);
+                                r.free_scanned += scanned;
+                                if t.is_some() {
+                                    return t;
+                                }
+                                free_pb -= pb;
+                            }
+                            None
+                        });
+                        self.count_migration(&got);
+                        match got {
+                            Ok(_) => {
+                                moved_here += 1;
+                                r.migrated += 1;
+                            }
+                            Err(_) => {
+                                stuck_here += 1;
+                                r.failed += 1;
+                                if free_pb <= migrate_pb {
+                                    break 'scan;
+                                }
+                            }
+                        }
+                        if order.is_some_and(|o| Self::has_free_block(zone, o)) {
+                            r.outcome = CompactOutcome::Success;
+                            break 'scan;
+                        }
+                    }
+                }
+                pfn += step;
+            }
+            if moved_here == 0 && stuck_here > 0 {
+                hint.set_skip_hint(true);
+            }
+            migrate_pb += pb;
+        }
+        if r.outcome == CompactOutcome::Complete {
+            // The zone was walked to the meeting point: rescan everything next time.
+            let mut p = zone.start.div_ceil(pb) * pb;
+            while p + pb <= zone.end {
+                node.mm.desc(p).set_skip_hint(false);
+                p += pb;
+            }
+            if let Some(o) = order {
+                if Self::has_free_block(zone, o) {
+                    r.outcome = CompactOutcome::Success;
+                }
+            }
+        }
+        let c = &self.compact_counters;
+        c.migrate_scanned.fetch_add(r.migrate_scanned, Relaxed);
+        c.free_scanned.fetch_add(r.free_scanned, Relaxed);
+        if order.is_some() {
+            match r.outcome {
+                CompactOutcome::Success => c.success.fetch_add(1, Relaxed),
+                _ => c.fail.fetch_add(1, Relaxed),
+            };
+        }
+        Ok(r)
+    }
+
+    /// Compact every populated zone of node `nid` until its scanners meet (Linux's
+    /// `compact_node`, what `/proc/sys/vm/compact_memory` runs). Returns the blocks migrated.
+    pub fn compact_node(&self, nid: usize) -> Result<u64, CompactError> {
+        let node = self.node(nid).ok_or(CompactError::NoSuchNode(nid))?;
+        let mut moved = 0;
+        for z in node.zones.iter().filter(|z| z.is_populated()) {
+            moved += self.compact_zone(nid, z.ty, None)?.migrated;
+        }
+        Ok(moved)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+
+    use std::string::ToString;
+    use std::vec::Vec;
+
+    use mmkit_addr::{Order, Pfn};
+
+    use super::*;
+    use crate::mover::tests::{free_frames, leaked_mover, TagMover};
+    use crate::testutil::{build, mib, no_pcp, TestBuddy};
+    use crate::{BuddyConfig, GfpFlags, MigrateError};
+
+    /// Fill memory with movable order-0 pages owned by `m`, then free every other one
+    /// (compaction_test's checkerboard). Returns the live pages.
+    fn checkerboard(b: &TestBuddy, m: &'static TagMover) -> Vec<Pfn> {
+        let id = b.register_mover(m).unwrap();
+        let mut all = Vec::new();
+        while let Ok(p) = b.alloc_pages(GfpFlags::MOVABLE, Order::ZERO) {
+            all.push(p);
+        }
+        all.sort_unstable();
+        let mut live = Vec::new();
+        for (i, p) in all.into_iter().enumerate() {
+            if i % 2 == 0 {
+                b.free_pages(p, Order::ZERO).unwrap();
+            } else {
+                m.own(p, Order::ZERO, p.as_u64());
+                b.set_mover(p, Order::ZERO, Some(id)).unwrap();
+                live.push(p);
+            }
+        }
+        live
+    }
+
+    /// Share of free memory in blocks of pageblock order or more, in percent.
+    fn huge_share(b: &TestBuddy) -> f64 {
+        let huge = b.free_pages_at_order(b.config().pageblock_order) as f64;
+        100.0 * huge / b.free_pages_at_order(0) as f64
+    }
+
+    fn check_contents(b: &TestBuddy, m: &TagMover, live: usize) {
+        let blocks = m.blocks.lock().unwrap();
+        assert_eq!(blocks.len(), live, "every live block still has its owner");
+        for (&pfn, &(order, _)) in blocks.iter() {
+            assert_eq!(
+                b.allocated_block(Pfn::new(pfn)),
+                Some((Pfn::new(pfn), Order::new(order)))
+            );
+        }
+    }
+
+    #[test]
+    fn checkerboard_compaction_turns_free_memory_into_huge_pages() {
+        for cfg in [no_pcp(), BuddyConfig::default()] {
+            let b = build(&[&[mib(0, 64)]], cfg, 2);
+            let m = leaked_mover();
+            let live = checkerboard(&b, m);
+            b.drain_all_pages();
+            let before = huge_share(&b);
+            assert!(before < 1.0, "checkerboard leaves no huge page: {before}%");
+            let free = free_frames(&b);
+            let moved = b.compact_node(0).unwrap();
+            let after = huge_share(&b);
+            assert!(
+                after >= 90.0,
+                "{after}% of free memory as order-9 after compaction"
+            );
+            assert_eq!(
+                free_frames(&b),
+                free,
+                "compaction neither frees nor allocates"
+            );
+            assert!(moved > 0);
+            let s = b.compact_stats();
+            assert_eq!(s.pgmigrate_success, moved);
+            assert!(s.compact_migrate_scanned > 0 && s.compact_free_scanned > 0);
+            check_contents(&b, m, live.len());
+            b.verify().unwrap();
+        }
+    }
+
+    #[test]
+    fn compaction_to_an_order_stops_when_a_block_is_free() {
+        let b = build(&[&[mib(0, 64)]], no_pcp(), 1);
+        let m = leaked_mover();
+        let live = checkerboard(&b, m);
+        let r = b.compact_zone(0, ZoneType::Dma32, Some(9)).unwrap();
+        assert_eq!(r.outcome, CompactOutcome::Success);
+        assert!(b.free_pages_at_order(9) > 0);
+        let partial = r.migrated;
+        // A full pass then moves more.
+        let full = b.compact_zone(0, ZoneType::Dma32, None).unwrap();
+        assert_eq!(full.outcome, CompactOutcome::Complete);
+        assert!(full.migrated + partial > partial);
+        let again = b.compact_zone(0, ZoneType::Dma32, Some(9)).unwrap();
+        assert_eq!(
+            (again.outcome, again.migrated),
+            (CompactOutcome::Success, 0)
+        );
+        // A pass that found the order already free did no compaction and counts nothing.
+        let s = b.compact_stats();
+        assert_eq!((s.compact_success, s.compact_fail), (1, 0));
+        check_contents(&b, m, live.len());
+        b.verify().unwrap();
+    }
+
+    #[test]
+    fn blocks_without_a_mover_or_unmovable_stay_and_their_pageblocks_are_skipped() {
+        let b = build(&[&[mib(0, 64)]], no_pcp(), 1);
+        // Every frame allocated: half unmovable (kernel), half movable without a mover.
+        let mut all = Vec::new();
+        while let Ok(p) = b.alloc_pages(GfpFlags::MOVABLE, Order::ZERO) {
+            all.push(p);
+        }
+        for p in all.iter().step_by(2) {
+            b.free_pages(*p, Order::ZERO).unwrap();
+        }
+        let free = free_frames(&b);
+        let r = b.compact_zone(0, ZoneType::Dma32, None).unwrap();
+        assert_eq!((r.migrated, r.failed), (0, 0), "nothing has a mover");
+        assert_eq!(free_frames(&b), free);
+        assert!(
+            b.extfrag(0, ZoneType::Dma32)
+                .unwrap()
+                .fragmentation_index(9)
+                > 500
+        );
+        b.verify().unwrap();
+    }
+
+    #[test]
+    fn a_busy_or_failing_mover_costs_moves_but_never_blocks() {
+        let b = build(&[&[mib(0, 64)]], no_pcp(), 1);
+        let m = leaked_mover();
+        let live = checkerboard(&b, m);
+        m.busy_every.store(3, core::sync::atomic::Ordering::Relaxed);
+        m.fail_every.store(5, core::sync::atomic::Ordering::Relaxed);
+        let r = b.compact_zone(0, ZoneType::Dma32, None).unwrap();
+        assert!(r.migrated > 0 && r.failed > 0, "{r:?}");
+        check_contents(&b, m, live.len());
+        b.verify().unwrap();
+        // Nothing is lost: free everything and memory is whole again.
+        let blocks: Vec<_> = m.blocks.lock().unwrap().keys().copied().collect();
+        for p in blocks {
+            b.free_pages(Pfn::new(p), Order::ZERO).unwrap();
+        }
+        b.verify().unwrap();
+        assert!(huge_share(&b) > 99.0);
+    }
+
+    #[test]
+    fn bad_compaction_requests_are_refused() {
+        let b = build(&[&[mib(0, 64)]], no_pcp(), 1);
+        assert_eq!(
+            b.compact_zone(3, ZoneType::Dma32, None),
+            Err(CompactError::NoSuchNode(3))
+        );
+        assert_eq!(
+            b.compact_zone(0, ZoneType::Normal, None),
+            Err(CompactError::EmptyZone)
+        );
+        assert_eq!(
+            b.compact_zone(0, ZoneType::Dma32, Some(11)),
+            Err(CompactError::OrderTooLarge { order: 11, max: 10 })
+        );
+        assert_eq!(
+            b.extfrag(0, ZoneType::Movable),
+            Err(CompactError::EmptyZone)
+        );
+        assert_eq!(b.compact_node(9), Err(CompactError::NoSuchNode(9)));
+        // Nothing to do on an empty machine: success at once for an order, a quiet full pass.
+        let r = b.compact_zone(0, ZoneType::Dma32, Some(10)).unwrap();
+        assert_eq!((r.outcome, r.migrated), (CompactOutcome::Success, 0));
+        assert_eq!(
+            b.compact_zone(0, ZoneType::Dma32, None).unwrap().migrated,
+            0
+        );
+        let _ = MigrateError::NoTarget;
+    }
+
+    #[test]
+    fn fragmentation_indices_follow_linux() {
+        let mut e = Extfrag {
+            free_blocks: [0; crate::MAX_ORDER_LIMIT as usize + 1],
+            max_order: 10,
+        };
+        assert_eq!(e.fragmentation_index(3), 0, "no free memory");
+        assert_eq!(e.unusable_index(3), 0);
+        // 64 free single pages, nothing larger.
+        e.free_blocks[0] = 64;
+        assert_eq!(e.unusable_index(0), 0);
+        assert_eq!(e.unusable_index(1), 1000);
+        // Linux: 1000 - (1000 + 64 * 1000 / 8) / 64 = 1000 - 140 = 860.
+        assert_eq!(e.fragmentation_index(3), 860);
+        e.free_blocks[3] = 1;
+        assert_eq!(e.fragmentation_index(3), -1000);
+        assert_eq!(e.unusable_index(3), 64 * 1000 / 72);
+        assert_eq!(e.to_string().split(' ').count(), 11);
+    }
+}
