@@ -122,6 +122,28 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
     }
 
     fn alloc_request(&self, req: &Request, gfp: GfpFlags) -> Result<u64, AllocError> {
+        // An unmovable or reclaimable request that may block first tries not to mix
+        // pageblocks: its own lists and whole claimed pageblocks only, then a movable
+        // pageblock emptied for it by migration, and only then single stolen blocks.
+        let nofragment = self.cfg.compaction
+            && req.mt != MigrateType::Movable
+            && req.mt.index() < crate::migrate::NR_PCP_TYPES
+            && self.grouping.load(Relaxed)
+            && !gfp.is_non_blocking();
+        if nofragment {
+            let flags = AllocFlags {
+                nofragment: true,
+                ..AllocFlags::default()
+            };
+            if let Some(pfn) = self.get_page_from_freelist(req, Watermark::Low, flags) {
+                return Ok(pfn);
+            }
+            if self.evacuate_for(req) {
+                if let Some(pfn) = self.get_page_from_freelist(req, Watermark::Low, flags) {
+                    return Ok(pfn);
+                }
+            }
+        }
         if let Some(pfn) = self.get_page_from_freelist(req, Watermark::Low, AllocFlags::default()) {
             return Ok(pfn);
         }
@@ -135,9 +157,17 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             min_reserve: gfp.contains(GfpFlags::HIGH),
             non_block,
             highatomic: non_block && req.order > 0,
+            nofragment: false,
         };
         if let Some(pfn) = self.get_page_from_freelist(req, Watermark::Min, flags) {
             return Ok(pfn);
+        }
+        // Direct compaction (Linux `__alloc_pages_direct_compact`) for a higher-order
+        // request that may block, then one more try.
+        if self.cfg.compaction && req.order > 0 && !non_block && self.direct_compact(req) {
+            if let Some(pfn) = self.get_page_from_freelist(req, Watermark::Min, flags) {
+                return Ok(pfn);
+            }
         }
         let mut released = false;
         for (n, z) in self.zonelist(req) {
@@ -455,7 +485,13 @@ mod tests {
 
     #[test]
     fn per_cpu_path_needs_a_free_block_of_the_order_in_the_zone() {
-        let b = build(&[&[mib(16, 64)]], BuddyConfig::default(), 1);
+        // Without compaction: direct compaction drains the per-CPU lists into the zone,
+        // which would hand the cached block out.
+        let cfg = BuddyConfig {
+            compaction: false,
+            ..BuddyConfig::default()
+        };
+        let b = build(&[&[mib(16, 64)]], cfg, 1);
         let p = b.alloc_pages(GfpFlags::KERNEL, o(1)).unwrap();
         let mut held = Vec::new();
         while let Ok(q) = b.alloc_pages(GfpFlags::KERNEL, o(0)) {

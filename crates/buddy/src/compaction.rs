@@ -26,6 +26,7 @@ use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use mmkit_addr::IrqControl;
 
+use crate::alloc::Request;
 use crate::allocator::{BuddyAllocator, Node};
 use crate::error::CompactError;
 use crate::migrate::MigrateType;
@@ -39,7 +40,13 @@ pub(crate) struct CompactCounters {
     free_scanned: AtomicU64,
     success: AtomicU64,
     fail: AtomicU64,
+    stall: AtomicU64,
+    evacuated: AtomicU64,
 }
+
+/// How many movable pageblocks [`evacuate_for`](BuddyAllocator::evacuate_for) examines
+/// before it settles for the emptiest one seen.
+const EVACUATE_CANDIDATES: usize = 64;
 
 /// Compaction and migration counters, named as in Linux's `/proc/vmstat`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -52,6 +59,11 @@ pub struct CompactStats {
     pub compact_success: u64,
     /// Passes with a target order that ended without it.
     pub compact_fail: u64,
+    /// Allocations that ran direct compaction.
+    pub compact_stall: u64,
+    /// Movable pageblocks emptied for an unmovable or reclaimable request (mmkit's own
+    /// counter; Linux steals instead).
+    pub compact_evacuated: u64,
     /// Blocks migrated.
     pub pgmigrate_success: u64,
     /// Migrations that failed (busy, refused, no target).
@@ -69,8 +81,10 @@ impl core::fmt::Display for CompactStats {
             self.compact_migrate_scanned
         )?;
         writeln!(f, "compact_free_scanned {}", self.compact_free_scanned)?;
+        writeln!(f, "compact_stall {}", self.compact_stall)?;
         writeln!(f, "compact_fail {}", self.compact_fail)?;
-        writeln!(f, "compact_success {}", self.compact_success)
+        writeln!(f, "compact_success {}", self.compact_success)?;
+        writeln!(f, "compact_evacuated {}", self.compact_evacuated)
     }
 }
 
@@ -210,6 +224,8 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             compact_free_scanned: c.free_scanned.load(Relaxed),
             compact_success: c.success.load(Relaxed),
             compact_fail: c.fail.load(Relaxed),
+            compact_stall: c.stall.load(Relaxed),
+            compact_evacuated: c.evacuated.load(Relaxed),
             pgmigrate_success: ok,
             pgmigrate_fail: fail,
         }
@@ -343,6 +359,115 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             };
         }
         Ok(r)
+    }
+
+    /// Direct compaction for `req` (Linux `__alloc_pages_direct_compact`): one pass to the
+    /// request's order over each populated zone of its zonelist until one succeeds.
+    pub(crate) fn direct_compact(&self, req: &Request) -> bool {
+        self.compact_counters.stall.fetch_add(1, Relaxed);
+        for (_, z) in self.zonelist(req) {
+            if !z.is_populated() {
+                continue;
+            }
+            if let Ok(r) = self.compact_zone(z.node, z.ty, Some(req.order)) {
+                if r.outcome == CompactOutcome::Success {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Empty one movable pageblock by migration so that an unmovable or reclaimable request
+    /// can claim it whole instead of stealing pages from a movable pageblock. Tries the
+    /// zones of the request's zonelist in order; in each, examines up to
+    /// [`EVACUATE_CANDIDATES`] movable pageblocks whose blocks all have movers and takes the
+    /// one with the fewest allocated pages. Returns whether a pageblock was emptied.
+    pub(crate) fn evacuate_for(&self, req: &Request) -> bool {
+        for (n, z) in self.zonelist(req) {
+            if !z.is_populated() || z.ty == ZoneType::Movable {
+                continue;
+            }
+            if let Some(pb) = self.pick_evacuation(n, z) {
+                if self.evacuate_pageblock(n, z, pb) {
+                    self.drain_zone_pcp(n, z);
+                    self.compact_counters.evacuated.fetch_add(1, Relaxed);
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Allocated pages of the movable pageblock at `pb` if every allocated block in it can
+    /// move (movable, with a mover, not migrating) and it holds no reserved frame or hole;
+    /// `None` otherwise. Reads descriptors without the zone lock: a hint, rechecked by each
+    /// migration.
+    fn evacuation_cost(&self, node: &Node<'m>, pb: u64) -> Option<u64> {
+        let end = pb + (1u64 << self.cfg.pageblock_order);
+        let mut used = 0;
+        let mut pfn = pb;
+        while pfn < end {
+            let d = node.mm.desc(pfn);
+            let f = d.flags();
+            match f.state {
+                PageState::Free | PageState::PerCpu => {}
+                PageState::Allocated => {
+                    if f.mt != MigrateType::Movable || d.mover_id() == 0 || d.is_migrating() {
+                        return None;
+                    }
+                    used += 1u64 << f.order;
+                }
+                _ => return None,
+            }
+            pfn += 1u64 << f.order;
+        }
+        Some(used)
+    }
+
+    fn pick_evacuation(&self, node: &Node<'m>, zone: &Zone<'m>) -> Option<u64> {
+        let pages = 1u64 << self.cfg.pageblock_order;
+        let mut best: Option<(u64, u64)> = None;
+        let mut seen = 0;
+        let mut pb = zone.start.div_ceil(pages) * pages;
+        while pb + pages <= zone.end && seen < EVACUATE_CANDIDATES {
+            if node.mm.desc(pb).block_type() == MigrateType::Movable {
+                if let Some(used) = self.evacuation_cost(node, pb) {
+                    seen += 1;
+                    if best.map_or(true, |(_, u)| used < u) {
+                        best = Some((pb, used));
+                    }
+                    if used <= pages / 16 {
+                        break;
+                    }
+                }
+            }
+            pb += pages;
+        }
+        best.map(|(pb, _)| pb)
+    }
+
+    /// Migrate every allocated block out of the pageblock at `pb`, to targets outside it.
+    fn evacuate_pageblock(&self, node: &Node<'m>, zone: &Zone<'m>, pb: u64) -> bool {
+        let end = pb + (1u64 << self.cfg.pageblock_order);
+        let mut pfn = pb;
+        while pfn < end {
+            let f = node.mm.desc(pfn).flags();
+            if f.state == PageState::Allocated {
+                let r = self.migrate_block_in(node, zone, pfn, f.order, |z, o| {
+                    z.take_target_outside(o, pb, end)
+                });
+                self.count_migration(&r);
+                if r.is_err() {
+                    return false;
+                }
+            }
+            pfn += match f.state {
+                PageState::Free | PageState::Allocated | PageState::PerCpu => 1u64 << f.order,
+                _ => 1,
+            };
+        }
+        true
     }
 
     /// Compact every populated zone of node `nid` until its scanners meet (Linux's
@@ -537,6 +662,102 @@ mod tests {
             0
         );
         let _ = MigrateError::NoTarget;
+    }
+
+    /// Fill memory with movable pages that have a mover, then free every fourth one: plenty
+    /// of free memory, no free pageblock.
+    fn full_of_movable_holes(b: &TestBuddy, m: &'static TagMover) {
+        let id = b.register_mover(m).unwrap();
+        let mut all = Vec::new();
+        while let Ok(p) = b.alloc_pages(GfpFlags::MOVABLE, Order::ZERO) {
+            all.push(p);
+        }
+        for (i, p) in all.into_iter().enumerate() {
+            if i % 4 == 0 {
+                b.free_pages(p, Order::ZERO).unwrap();
+            } else {
+                m.own(p, Order::ZERO, p.as_u64());
+                b.set_mover(p, Order::ZERO, Some(id)).unwrap();
+            }
+        }
+        b.drain_all_pages();
+    }
+
+    #[test]
+    fn an_unmovable_request_gets_an_emptied_pageblock_instead_of_stealing() {
+        let b = build(&[&[mib(0, 64)]], no_pcp(), 1);
+        let m = leaked_mover();
+        full_of_movable_holes(&b, m);
+        assert_eq!(
+            b.pageblock_census().holding[MigrateType::Unmovable.index()],
+            0
+        );
+        let mut got = Vec::new();
+        for _ in 0..600 {
+            got.push(b.alloc_pages(GfpFlags::KERNEL, Order::ZERO).unwrap());
+        }
+        // 600 pages fill two pageblocks; each was emptied for them, none was mixed.
+        let s = b.compact_stats();
+        assert!(s.compact_evacuated >= 2, "{s:?}");
+        for p in &got {
+            assert_eq!(b.pageblock_migratetype(*p), Some(MigrateType::Unmovable));
+        }
+        let c = b.pageblock_census();
+        assert_eq!(c.holding[MigrateType::Unmovable.index()], 2);
+        assert_eq!(c.by_type[MigrateType::Unmovable.index()], 2);
+        let live = m.blocks.lock().unwrap().len();
+        check_contents(&b, m, live);
+        b.verify().unwrap();
+    }
+
+    #[test]
+    fn without_compaction_or_when_it_cannot_block_an_unmovable_request_steals() {
+        for (cfg, gfp) in [
+            (
+                BuddyConfig {
+                    compaction: false,
+                    ..no_pcp()
+                },
+                GfpFlags::KERNEL,
+            ),
+            (no_pcp(), GfpFlags::ATOMIC),
+        ] {
+            let b = build(&[&[mib(0, 64)]], cfg, 1);
+            full_of_movable_holes(&b, leaked_mover());
+            let p = b.alloc_pages(gfp, Order::ZERO).unwrap();
+            assert_eq!(b.pageblock_migratetype(p), Some(MigrateType::Movable));
+            assert_eq!(b.compact_stats().compact_evacuated, 0);
+            b.verify().unwrap();
+        }
+    }
+
+    #[test]
+    fn direct_compaction_serves_a_costly_order() {
+        let b = build(&[&[mib(0, 64)]], no_pcp(), 1);
+        let m = leaked_mover();
+        let live = checkerboard(&b, m);
+        assert_eq!(b.free_pages_at_order(9), 0);
+        let p = b
+            .alloc_pages(GfpFlags::HIGHUSER_MOVABLE, Order::new(9))
+            .unwrap();
+        let s = b.compact_stats();
+        assert_eq!((s.compact_stall, s.compact_success), (1, 1));
+        check_contents(&b, m, live.len());
+        b.free_pages(p, Order::new(9)).unwrap();
+        b.verify().unwrap();
+        // Without compaction the same request fails.
+        let b = build(
+            &[&[mib(0, 64)]],
+            BuddyConfig {
+                compaction: false,
+                ..no_pcp()
+            },
+            1,
+        );
+        let _ = checkerboard(&b, leaked_mover());
+        assert!(b
+            .alloc_pages(GfpFlags::HIGHUSER_MOVABLE, Order::new(9))
+            .is_err());
     }
 
     #[test]

@@ -56,6 +56,11 @@ pub struct BuddyConfig {
     pub min_free_kbytes: Option<u64>,
     /// `vm.lowmem_reserve_ratio` per zone. Default `[256, 256, 32, 0]`.
     pub lowmem_reserve_ratio: [u32; NR_ZONES],
+    /// Compact in the allocation slow path of requests that may block: direct compaction
+    /// for costly orders, and for an unmovable or reclaimable request that would otherwise
+    /// take pages from a movable pageblock, emptying a whole movable pageblock for it first
+    /// (`compaction.rs`). Only blocks with a [`Mover`](crate::Mover) move. Default on.
+    pub compaction: bool,
 }
 
 /// Linux's `sysctl_lowmem_reserve_ratio` defaults (`mm/page_alloc.c`), DMA, DMA32, Normal,
@@ -76,6 +81,7 @@ impl Default for BuddyConfig {
             watermark_scale_factor: 10,
             min_free_kbytes: None,
             lowmem_reserve_ratio: DEFAULT_LOWMEM_RESERVE_RATIO,
+            compaction: true,
         }
     }
 }

@@ -34,6 +34,9 @@ pub(crate) struct AllocFlags {
     pub non_block: bool,
     /// `ALLOC_HIGHATOMIC`: order > 0 non-blocking; prefers and grows the high-atomic reserve.
     pub highatomic: bool,
+    /// `ALLOC_NOFRAGMENT`: take pages of another type only by claiming their pageblock,
+    /// never by stealing single blocks out of it.
+    pub nofragment: bool,
 }
 
 impl AllocFlags {
@@ -68,8 +71,10 @@ impl ZoneLocked<'_, '_> {
         if let Some(pfn) = self.rmqueue_claim(order, mt) {
             return Some(pfn);
         }
-        if let Some(pfn) = self.rmqueue_steal(order, mt) {
-            return Some(pfn);
+        if !flags.nofragment {
+            if let Some(pfn) = self.rmqueue_steal(order, mt) {
+                return Some(pfn);
+            }
         }
         if flags.non_block {
             return self.rmqueue_smallest(order, MigrateType::HighAtomic);

@@ -285,7 +285,7 @@ impl ZoneLocked<'_, '_> {
 
     /// A migration target of `order` outside frames `[lo, hi)`: the smallest suitable free
     /// block of at least that order on the movable lists.
-    fn take_target_outside(&mut self, order: u32, lo: u64, hi: u64) -> Option<u64> {
+    pub(crate) fn take_target_outside(&mut self, order: u32, lo: u64, hi: u64) -> Option<u64> {
         let mt = MigrateType::Movable;
         for have in order..self.p.pageblock_order {
             let mut idx = self.fa.lists[have as usize][mt.index()].head;
