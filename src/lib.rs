@@ -66,6 +66,7 @@
 //! never calls the page allocator with its node lock held, and the buddy never holds two
 //! zone locks; per-CPU sections are the platform's interrupt guard.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(
     unsafe_op_in_unsafe_fn,
     clippy::undocumented_unsafe_blocks,

@@ -24,7 +24,16 @@
 //! * Physical addresses are `u64` on every target; virtual addresses are `u64` too, so the same
 //!   code describes a 64-bit target from a 32-bit or 64-bit host.
 //! * Ranges are half-open, `[start, end)`, and never have `end < start`.
+//!
+// Links to items behind a feature resolve in the crate when the feature is on and go to
+// docs.rs (built with all features) when it is off, so the docs build warning-free either way.
+#![cfg_attr(feature = "std", doc = "[`host::HostPlatform`]: host::HostPlatform")]
+#![cfg_attr(
+    not(feature = "std"),
+    doc = "[`host::HostPlatform`]: https://docs.rs/mmkit-addr/latest/mmkit_addr/host/struct.HostPlatform.html"
+)]
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(
     unsafe_op_in_unsafe_fn,
     clippy::undocumented_unsafe_blocks,

@@ -59,7 +59,21 @@
 //! With feature `std`, [`host::TableArena`] supplies frames with double-free and leak
 //! detection, and [`softmmu`] walks the raw tables as the hardware does, with a TLB model that
 //! keeps stale translations until a flush token is invalidated through it.
+//!
+// Links to items behind a feature resolve in the crate when the feature is on and go to
+// docs.rs (built with all features) when it is off, so the docs build warning-free either way.
+#![cfg_attr(feature = "std", doc = "[`host::TableArena`]: host::TableArena")]
+#![cfg_attr(feature = "std", doc = "[`softmmu`]: softmmu")]
+#![cfg_attr(
+    not(feature = "std"),
+    doc = "[`host::TableArena`]: https://docs.rs/mmkit-pgtable/latest/mmkit_pgtable/host/struct.TableArena.html"
+)]
+#![cfg_attr(
+    not(feature = "std"),
+    doc = "[`softmmu`]: https://docs.rs/mmkit-pgtable/latest/mmkit_pgtable/softmmu/index.html"
+)]
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(
     unsafe_op_in_unsafe_fn,
     clippy::undocumented_unsafe_blocks,

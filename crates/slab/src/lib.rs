@@ -96,6 +96,7 @@
 //! slab, in another cache's slab, not at an object start, an immediate double free (every
 //! double free in debug caches), and broken red zones. [`SlabBox`] is the safe owner type.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(
     unsafe_op_in_unsafe_fn,
     clippy::undocumented_unsafe_blocks,
