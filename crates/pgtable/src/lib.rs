@@ -32,8 +32,11 @@
 //! module; the unsafe traits are [`FrameSource`] (frames are zeroed and exclusively ours),
 //! [`PagingFormat`] (its encoding round-trips, since we write where it points) and
 //! [`TlbInvalidate`] (an invalidation really happened, since frames are freed after it).
-//! Hardware access lives in `arch::x86_64_hw` / `arch::aarch64_hw`, compiled only for the
-//! matching bare-metal target.
+//! Hardware access lives in `arch::x86_64_hw` / `arch::aarch64_hw`, behind
+//! `cfg(all(not(test), target_arch = "..."))`: the cfg names the architecture only, so a
+//! non-test host build on x86_64 or aarch64 (a library, example or bench build) compiles the
+//! matching module too. Its functions are `unsafe` and need CPL 0 / EL1, so only a kernel
+//! calls them; unit tests never compile them.
 //!
 //! ## Translate cost
 //! [`PageTable::translate`] and [`PageTable::translate_addr`] share one walk that tests for
