@@ -13,10 +13,13 @@
 //!   [`IrqGuard`]; inside a guard the current context owns its CPU's per-CPU data;
 //! * [`PhysMapper`] — phys→virt for memory the kernel can touch (zeroing, object storage).
 //!
-//! With the `std` feature, [`host::HostPlatform`] implements all three on a host: threads are
-//! registered as CPUs, and the "interrupt" guard is a re-entrant per-CPU lock, so tests and
-//! benches can run the per-CPU code multi-threaded with the same exclusion a kernel gets from
-//! disabling interrupts.
+//! With the `std` feature, the `host` module implements them on a host:
+//! [`host::HostPlatform`] the first two — threads are registered as CPUs, and the
+//! "interrupt" guard is a re-entrant per-CPU lock, so tests and benches can run the per-CPU
+//! code multi-threaded with the same exclusion a kernel gets from disabling interrupts;
+//! `host::HostCpus` the same with a fixed CPU count and no allocation (for use under a
+//! `#[global_allocator]`); and `host::HostMemory` the third, over zeroed host memory standing
+//! for a stretch of physical memory.
 //!
 //! ## Conventions
 //! * The base page (frame) is 4 KiB: [`PAGE_SIZE`], [`PAGE_SHIFT`]. Other translation granules
