@@ -38,6 +38,17 @@
 //! [`Mm::report`] and [`Mm::verify`]; [`GlobalMm`] makes it a `#[global_allocator]`, and
 //! with feature `allocator-api2` `&Mm` is an `allocator_api2::alloc::Allocator`.
 //!
+//! ## Embedding
+//! A kernel implements the platform hooks of [`addr`] (CPU id, interrupt guard, cross-CPU
+//! call) and a [`KernelMap`] (usually a [`LinearMap`] over its direct map), then boots:
+//! `MmBuilder::new` → firmware map (`e820` / `uefi` / `device_tree` / `memory`) →
+//! `reserve` everything in use → `vmalloc_area` → `boot`, and maps its address space into
+//! the facade's page table with [`Mm::with_page_table`]. The embedding guide,
+//! [`docs/embedding.md`](https://github.com/mmkit-rs/mmkit/blob/main/docs/embedding.md),
+//! walks through it as the two QEMU kernels (`examples/qemu-*`) do it, gives the memory boot
+//! takes (`cargo run --example boot_memory` measures it), and says which kernel files to
+//! copy.
+//!
 //! ## Features
 //! * `std`: host stand-ins (`host::HostRam`, `host::HostCpus`) for tests, benches and
 //!   the `simulate` example; never for a kernel build.
@@ -62,10 +73,13 @@
 //! | `host` (feature `std`) | `host::HostRam` (simulated physical memory), `host::HostCpus` (a platform that never allocates) |
 //!
 //! ## Locks (outermost first)
-//! vmalloc lock → slab node locks → buddy per-CPU list lock → buddy zone lock. The slab
-//! never calls the page allocator with its node lock held, and the buddy never holds two
-//! zone locks; per-CPU sections are the platform's interrupt guard.
+//! vmalloc lock → slab node locks → buddy per-CPU list lock → buddy zone lock. With a node
+//! lock held the slab calls only the page allocator's lookups (`virt_to_pfn`,
+//! `page_private`: the kernel map and atomic loads, no lock); it allocates and frees pages
+//! with no node lock held. The buddy never holds two zone locks; per-CPU sections are the
+//! platform's interrupt guard.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(
     unsafe_op_in_unsafe_fn,
     clippy::undocumented_unsafe_blocks,

@@ -332,8 +332,12 @@ impl<'m, P: IrqControl, F: PagingFormat> Mm<'m, P, F> {
     /// are refused where detectable and nothing changes.
     ///
     /// # Safety
-    /// `ptr` came from this `Mm`'s kmalloc family (or is `ZERO_SIZE_PTR`) and is not used
-    /// afterwards.
+    /// [`Kmalloc::kfree`](mmkit_slab::Kmalloc::kfree)'s contract: `ptr` is `ZERO_SIZE_PTR`,
+    /// or a live allocation of this `Mm`'s kmalloc family owned by the caller and not used
+    /// afterwards, or a misuse `kfree` detects (a pointer outside every slab and large block,
+    /// into another cache, not at an object start, the object this CPU freed last), which is
+    /// defined: it returns the error and changes nothing. Any other second free, and use
+    /// after free, is undefined.
     pub unsafe fn kfree(&self, ptr: NonNull<u8>) -> Result<(), mmkit_slab::FreeError> {
         // SAFETY: the caller's promise is `Kmalloc::kfree`'s.
         unsafe { self.kmalloc.kfree(ptr) }

@@ -13,10 +13,13 @@
 //!   [`IrqGuard`]; inside a guard the current context owns its CPU's per-CPU data;
 //! * [`PhysMapper`] — phys→virt for memory the kernel can touch (zeroing, object storage).
 //!
-//! With the `std` feature, [`host::HostPlatform`] implements all three on a host: threads are
-//! registered as CPUs, and the "interrupt" guard is a re-entrant per-CPU lock, so tests and
-//! benches can run the per-CPU code multi-threaded with the same exclusion a kernel gets from
-//! disabling interrupts.
+//! With the `std` feature, the `host` module implements them on a host:
+//! [`host::HostPlatform`] the first two — threads are registered as CPUs, and the
+//! "interrupt" guard is a re-entrant per-CPU lock, so tests and benches can run the per-CPU
+//! code multi-threaded with the same exclusion a kernel gets from disabling interrupts;
+//! `host::HostCpus` the same with a fixed CPU count and no allocation (for use under a
+//! `#[global_allocator]`); and `host::HostMemory` the third, over zeroed host memory standing
+//! for a stretch of physical memory.
 //!
 //! ## Conventions
 //! * The base page (frame) is 4 KiB: [`PAGE_SIZE`], [`PAGE_SHIFT`]. Other translation granules
@@ -24,7 +27,16 @@
 //! * Physical addresses are `u64` on every target; virtual addresses are `u64` too, so the same
 //!   code describes a 64-bit target from a 32-bit or 64-bit host.
 //! * Ranges are half-open, `[start, end)`, and never have `end < start`.
+//!
+// Links to items behind a feature resolve in the crate when the feature is on and go to
+// docs.rs (built with all features) when it is off, so the docs build warning-free either way.
+#![cfg_attr(feature = "std", doc = "[`host::HostPlatform`]: host::HostPlatform")]
+#![cfg_attr(
+    not(feature = "std"),
+    doc = "[`host::HostPlatform`]: https://docs.rs/mmkit-addr/latest/mmkit_addr/host/struct.HostPlatform.html"
+)]
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(
     unsafe_op_in_unsafe_fn,
     clippy::undocumented_unsafe_blocks,

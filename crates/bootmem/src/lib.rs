@@ -50,6 +50,7 @@
 //!   promises that free memory is really free, which lets bootmem write region arrays and zero
 //!   allocations there.
 #![no_std]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(
     unsafe_op_in_unsafe_fn,
     clippy::undocumented_unsafe_blocks,

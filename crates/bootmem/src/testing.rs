@@ -3,6 +3,17 @@
 //! [`FdtWriter`] writes DTSpec v17 blobs (header, memory reservation block, structure and
 //! strings blocks) from nodes and properties, enough to feed [`crate::firmware::fdt`] and
 //! the QEMU kernels' device-tree reader in host tests.
+//!
+// The device-tree ingestion is behind feature `fdt`: link into the crate when it is on, to
+// docs.rs (built with all features) when it is off, so the docs build warning-free either way.
+#![cfg_attr(
+    feature = "fdt",
+    doc = "[`crate::firmware::fdt`]: crate::firmware::fdt"
+)]
+#![cfg_attr(
+    not(feature = "fdt"),
+    doc = "[`crate::firmware::fdt`]: https://docs.rs/mmkit-bootmem/latest/mmkit_bootmem/firmware/fdt/index.html"
+)]
 
 extern crate std;
 

@@ -12,8 +12,8 @@
 //! ## Sizes (Linux `zone_batchsize`, `zone_highsize`)
 //! * batch = `min(managed >> 10, 256) / 4`, then `rounddown_pow_of_two(b + b/2) - 1`, at
 //!   least 1 (63 for zones of 1 GiB or more);
-//! * high = the zone's low watermark split over the CPUs, at least `4 * batch`, at most
-//!   `managed / 8`;
+//! * high = the zone's low watermark split over the CPUs, at most `managed / 8` but never
+//!   below `4 * batch` (the floor wins on tiny zones);
 //! * an order-`o` refill takes `batch >> o` blocks (at least 2) for `o > 0`.
 //!
 //! Pages on a per-CPU list are counted as used by the zone (not in `free_pages`), as in Linux.

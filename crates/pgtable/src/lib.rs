@@ -32,8 +32,11 @@
 //! module; the unsafe traits are [`FrameSource`] (frames are zeroed and exclusively ours),
 //! [`PagingFormat`] (its encoding round-trips, since we write where it points) and
 //! [`TlbInvalidate`] (an invalidation really happened, since frames are freed after it).
-//! Hardware access lives in `arch::x86_64_hw` / `arch::aarch64_hw`, compiled only for the
-//! matching bare-metal target.
+//! Hardware access lives in `arch::x86_64_hw` / `arch::aarch64_hw`, behind
+//! `cfg(all(not(test), target_arch = "..."))`: the cfg names the architecture only, so a
+//! non-test host build on x86_64 or aarch64 (a library, example or bench build) compiles the
+//! matching module too. Its functions are `unsafe` and need CPL 0 / EL1, so only a kernel
+//! calls them; unit tests never compile them.
 //!
 //! ## Translate cost
 //! [`PageTable::translate`] and [`PageTable::translate_addr`] share one walk that tests for
@@ -59,7 +62,21 @@
 //! With feature `std`, [`host::TableArena`] supplies frames with double-free and leak
 //! detection, and [`softmmu`] walks the raw tables as the hardware does, with a TLB model that
 //! keeps stale translations until a flush token is invalidated through it.
+//!
+// Links to items behind a feature resolve in the crate when the feature is on and go to
+// docs.rs (built with all features) when it is off, so the docs build warning-free either way.
+#![cfg_attr(feature = "std", doc = "[`host::TableArena`]: host::TableArena")]
+#![cfg_attr(feature = "std", doc = "[`softmmu`]: softmmu")]
+#![cfg_attr(
+    not(feature = "std"),
+    doc = "[`host::TableArena`]: https://docs.rs/mmkit-pgtable/latest/mmkit_pgtable/host/struct.TableArena.html"
+)]
+#![cfg_attr(
+    not(feature = "std"),
+    doc = "[`softmmu`]: https://docs.rs/mmkit-pgtable/latest/mmkit_pgtable/softmmu/index.html"
+)]
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(
     unsafe_op_in_unsafe_fn,
     clippy::undocumented_unsafe_blocks,

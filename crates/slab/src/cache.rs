@@ -37,10 +37,30 @@
 //! it as memory of this cache.
 //!
 //! ## Lock order
-//! `IrqGuard` (per-CPU exclusion) → one node lock (`spin::Mutex<NodeLists>`) → page source
-//! (which may take its own zone locks). The page source is never called with a node lock
-//! held, and no path holds two node locks at once except `verify` and `destroy`, which take
-//! them all in node order; slabs are formatted and released outside them.
+//! `IrqGuard` (per-CPU exclusion) → node lock (`spin::Mutex<NodeLists>`) → off-slab header
+//! pool lock (`spin::Mutex<HeaderPool>`) → page source (which may take its own zone locks).
+//! No path holds two node locks at once except `verify` and `destroy`, which take them all
+//! in node order.
+//!
+//! What reaches the page source under which lock:
+//! * **Under a node lock**, only the lookups [`PageSource::virt_to_pfn`] and
+//!   [`PageSource::page_private`]: `flush` finds each returned object's slab through them
+//!   while it holds the lock of the node it is freeing into, and `verify` checks every
+//!   per-CPU array entry through them while it holds every node lock.
+//! * **Under no lock of the cache** (at most the CPU's exclusion: `shrink` releases the
+//!   slabs its per-CPU drain emptied inside `run_on_cpu`; a full array's flush releases after
+//!   dropping the `IrqGuard`): [`PageSource::alloc_pages_node`] and
+//!   [`PageSource::pfn_node`] in `grow` and for header pages,
+//!   [`PageSource::set_page_private`] while a slab is formatted or released, and
+//!   [`PageSource::free_pages`] / [`Rcu::call_rcu`] when slabs, header pages or the
+//!   descriptor are released. The header pool lock is dropped before a header page is
+//!   allocated or freed.
+//!
+//! Calling the lookups under a node lock follows the order above, so it cannot deadlock as
+//! long as the page source never calls back into a slab cache (it then never waits for a
+//! node lock while holding one of its own). The facade's page source answers both lookups
+//! from its `KernelMap` (arithmetic for `LinearMap`) and atomic loads of the page-owner
+//! table and the buddy's descriptor words, without taking a lock.
 //!
 //! ## Nodes
 //! `NodeLists` is per node, as SLUB's `kmem_cache_node`: the descriptor holds one per node
@@ -639,9 +659,27 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
     /// changes nothing.
     ///
     /// # Safety
-    /// `obj` was returned by an allocation from this cache and is not used after this call.
-    /// (Caches with debug flags catch every double free; others catch an immediate one only,
-    /// so the contract stands.)
+    /// Either `obj` is an object allocated from this cache, owned by the caller and not used
+    /// after this call, or it is a misuse this call detects. Detected misuse is defined: it
+    /// returns an error and changes nothing.
+    /// * [`FreeError::NotSlabMemory`]: `obj` is not in a slab of this cache's page source (a
+    ///   stack, static or foreign pointer, a page the source gave to another user);
+    /// * [`FreeError::WrongCache`], [`FreeError::NotAnObject`], [`FreeError::Misaligned`]:
+    ///   `obj` is in a slab of another cache, in a slab but outside its objects, or inside an
+    ///   object but not at its start;
+    /// * [`FreeError::DoubleFree`]: `obj` is the object most recently freed on this CPU, or,
+    ///   in a cache with debug flags (no per-CPU arrays), any free object of a slab the cache
+    ///   still holds;
+    /// * [`FreeError::RedZoneCorrupted`] (`RED_ZONE` caches): the object's red zone was
+    ///   overwritten; the object stays allocated.
+    ///
+    /// The check reads the header of the slab `obj` points into, so that slab must not be
+    /// released (and its frames reused) during the call. Everything else is undefined: a
+    /// second free the cache cannot see (without debug flags, an object freed before this
+    /// CPU's most recent free sits in a per-CPU array or on its slab's freelist and would be
+    /// handed out twice), a late double free of an object allocated again since (to someone
+    /// else), or of one whose slab was released and whose frames now hold another slab, and
+    /// any use of `obj` after a successful free.
     #[track_caller]
     #[inline]
     pub unsafe fn free(&self, obj: NonNull<u8>) -> Result<(), FreeError> {

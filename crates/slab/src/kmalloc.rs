@@ -33,13 +33,25 @@ use crate::slab::{self, PageKind, PRIVATE_LARGE};
 use crate::stats::SLABINFO_HEADER;
 
 /// The kmalloc size classes: Linux's `kmalloc_info` (8 ... 8192, with 96 and 192) refined to
-/// four classes per doubling from 32 bytes up (jemalloc's spacing), with 24 below. The extra
+/// 8, 16, 24, 32, 48, 64 and then four classes per doubling from 64 bytes up (jemalloc's
+/// spacing: 80, 96, 112, 128, then 160 ... 256, up to 5120, 6144, 7168, 8192). The extra
 /// classes are there because the heap-efficiency bench (benches/slab.rs) showed them paying:
 /// with Linux's table a request is rounded up by a quarter on average (76% of a 4 MiB heap in
 /// use at the first failure for requests of 4..200 bytes, against 88% for talc); with four
 /// steps per doubling the rounding costs about 10%. Power-of-two requests still get their
 /// power-of-two class, so they stay naturally aligned. Classes up to 192 are multiples of 8
 /// and above it multiples of 32, which is what the index tables below rely on.
+///
+/// ```
+/// use mmkit_slab::{KMALLOC_CLASSES, NR_CLASSES};
+/// assert_eq!(KMALLOC_CLASSES[..6], [8, 16, 24, 32, 48, 64]);
+/// // From 64 up: four classes per doubling, each a quarter of the lower power of two apart.
+/// for w in KMALLOC_CLASSES[5..].windows(2) {
+///     let base = 1 << w[0].ilog2();
+///     assert_eq!(w[1] - w[0], base / 4);
+/// }
+/// assert_eq!(KMALLOC_CLASSES[NR_CLASSES - 1], 8192);
+/// ```
 pub const KMALLOC_CLASSES: [usize; NR_CLASSES] = [
     8, 16, 24, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512, 640, 768, 896,
     1024, 1280, 1536, 1792, 2048, 2560, 3072, 3584, 4096, 5120, 6144, 7168, 8192,
@@ -530,7 +542,15 @@ impl<'a, S: PageSource, P: IrqControl> Kmalloc<'a, S, P> {
     /// allocation is refused where detectable (see [`FreeError`]) and nothing changes.
     ///
     /// # Safety
-    /// `ptr` came from this `Kmalloc` (or is [`ZERO_SIZE_PTR`]) and is not used afterwards.
+    /// Either `ptr` is [`ZERO_SIZE_PTR`] (a no-op), or a live allocation of this `Kmalloc`
+    /// owned by the caller and not used after this call, or a misuse this call detects, which
+    /// is defined (an error, nothing changed): every misuse [`Cache::free`] detects, for the
+    /// kmalloc cache `ptr` points into (a pointer into a slab of a cache that is not one of
+    /// this `Kmalloc`'s is [`FreeError::WrongCache`]); for large allocations, a pointer into
+    /// the first page that is not its start ([`FreeError::Misaligned`]), into a later page,
+    /// or to a block already freed and not reallocated ([`FreeError::NotSlabMemory`]).
+    /// What stays undefined is what [`Cache::free`] lists, and freeing a large block again
+    /// after its frames were handed out anew.
     #[track_caller]
     #[inline]
     pub unsafe fn kfree(&self, ptr: NonNull<u8>) -> Result<(), FreeError> {

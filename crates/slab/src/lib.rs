@@ -13,8 +13,8 @@
 //!   big objects get off-slab headers so their slots fill the slab.
 //! * [`TypedCache`] / [`SlabBox`]: a cache of `T` handing out owned, constructed objects.
 //! * [`Kmalloc`]: `kmalloc` / `kmalloc_node` / `kzalloc` / `kfree` / `ksize` / `krealloc`
-//!   over Linux's size classes (refined to four per doubling), with reclaimable and DMA sets
-//!   and page-backed large allocations.
+//!   over Linux's size classes (refined to four per doubling from 64 bytes), with
+//!   reclaimable and DMA sets and page-backed large allocations.
 //! * `verify()` invariant scanners, [`CacheStats`], and `/proc/slabinfo` via `Display`.
 //!
 //! ```
@@ -91,11 +91,15 @@
 //!
 //! ## Safety boundary
 //! Allocation is safe. Freeing takes a raw pointer and is `unsafe`: the caller promises the
-//! pointer is a live allocation of that cache (or kmalloc) and is not used afterwards. What
-//! the allocator can detect it refuses with an error and no state change: pointers outside any
-//! slab, in another cache's slab, not at an object start, an immediate double free (every
-//! double free in debug caches), and broken red zones. [`SlabBox`] is the safe owner type.
+//! pointer is a live allocation of that cache (or kmalloc) and is not used afterwards, *or*
+//! one of the misuses the allocator detects. Those are defined: refused with an error and no
+//! state change — pointers outside any slab, in another cache's slab, not at an object start,
+//! the object most recently freed on this CPU freed again (every double free in debug
+//! caches, while the slab is still the cache's), and broken red zones. Other double frees and
+//! use after free remain undefined ([`Cache::free`] lists both). [`SlabBox`] is the safe
+//! owner type.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(
     unsafe_op_in_unsafe_fn,
     clippy::undocumented_unsafe_blocks,

@@ -15,8 +15,9 @@
 //!    on vmalloc maps into the live table and its flush tokens go to [`InnerShareableTlb`]
 //!    (`tlbi vale1is` / `vmalle1is` with the barriers).
 //!
-//! The interim TTBR1 table's frames stay in the reserved pool (the facade has no call to
-//! hand a reserved range to the buddy after boot).
+//! The interim TTBR1 table's frames stay in the reserved pool: the pool also holds the
+//! TTBR0 table (the identity half the kernel keeps running on), so unlike the x86_64 kernel
+//! this one does not give the pool back with `Mm::free_reserved_range`.
 
 use mmkit::addr::{PhysRange, VirtAddr, VirtRange};
 use mmkit::pgtable::arch::aarch64::Aarch64;

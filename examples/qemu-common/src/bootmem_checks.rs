@@ -15,11 +15,12 @@
 //! 4. [`zeroing`]: `alloc_zeroed` really zeroes (memory filled with a pattern, freed, and
 //!    allocated again zeroed — the same range, top-down);
 //! 5. [`double_free`]: freeing an allocation works once and is refused the second time;
-//!    then [`run`] keeps memory for the kernel past the hand-off (its page-table frames, the
-//!    buddy's descriptors and per-CPU storage);
+//!    then [`run`] keeps memory for the kernel past the hand-off (the kernels keep one
+//!    range: the pool their first page tables are built in);
 //! 6. [`handoff`]: the blocks are sorted, disjoint, naturally aligned, clear of every reserved
 //!    range, and cover exactly the pages a page-by-page model counts as free; the hand-off is
-//!    returned for the facade's buddy.
+//!    returned (the host tests look at it; the kernels' facade boot starts again from the
+//!    firmware map).
 //!
 //! The model of step 6 is deliberately naive: page `p` is free when it is not page 0, lies
 //! wholly in a RAM region of the kernel's map, and touches no reserved range the kernel knows
@@ -111,8 +112,7 @@ pub struct Outcome {
 ///   mapper for the zeroing check, or `None` to skip that check.
 ///
 /// * `keep` sizes (page-aligned, at most [`MAX_KEPT`]) are allocated just before the hand-off
-///   and stay reserved through it: memory the kernel keeps, such as its page-table frames
-///   and the page allocator's descriptors.
+///   and stay reserved through it: memory the kernel keeps, such as its page-table frames.
 ///
 /// Once a step fails, the steps that depend on it are skipped (reported as such).
 #[inline(never)]

@@ -14,7 +14,9 @@
 //!
 //! "Free" memory ([`MemoryMap::find_free_top_down`]) is RAM minus every non-RAM region minus the
 //! caller's exclusions (kernel image, boot data): the same rule memblock applies, in a form
-//! small enough to need no allocator. It is a stand-in until mmkit-bootmem runs in the kernels.
+//! small enough to need no allocator. The kernels use it to pick memory for their checks,
+//! as the model bootmem's ingestion and hand-off are compared with, and to lay out the direct
+//! map of their page tables.
 
 use core::fmt;
 

@@ -18,8 +18,9 @@
 //!    the stack and calls `kmain(start_info_paddr)`. The descriptors carry the "accessed"
 //!    bit already, so the CPU never writes the GDT, which can then live in read-only data.
 //!
-//! The identity map is the "early" map. It is replaced by tables built with mmkit-pgtable
-//! once that crate is wired in; until then [`crate::paging`] edits it for the self-tests.
+//! The identity map is the "early" map. [`crate::paging`] edits it for one self-test; then
+//! the kernel replaces it with its own tables built with mmkit-pgtable ([`crate::mmu`]) and,
+//! later, with the facade's table.
 
 use mmkit_qemu_common::bootstack::{self, BootStack};
 use mmkit_qemu_common::pvh::XEN_ELFNOTE_PHYS32_ENTRY;

@@ -3,8 +3,8 @@
 //! `boot_pd` holds 2048 entries mapping physical `[0, 4 GiB)` with 2 MiB pages, entry `i`
 //! covering `[i * 2 MiB, (i + 1) * 2 MiB)`. [`set_block_writable`] flips the writable bit of
 //! one entry and invalidates its TLB entry: enough to provoke and check a write-protection
-//! fault now. The kernel's real page tables (identity plus a higher-half direct map, W^X
-//! kernel image) will be built with mmkit-pgtable and replace these.
+//! fault. The kernel's own tables (identity plus a higher-half direct map, W^X kernel image),
+//! built with mmkit-pgtable in [`crate::mmu`], replace these.
 
 use core::arch::asm;
 
