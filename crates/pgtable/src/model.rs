@@ -400,7 +400,7 @@ pub fn run<F: HostFormat>(f: F, ops: &[Op]) {
             Ok(flush) => {
                 assert_eq!(expect, Expect::Ok, "{op:?}");
                 let freed = flush.invalidate(&mut mmu);
-                pt.free_tables(freed);
+                pt.free_tables(freed).unwrap();
             }
             // Running out of frames is only allowed under a limit, and changes nothing.
             Err(Expect::Ok) => assert!(limited && expect == Expect::Ok, "{op:?} ran out of frames"),
