@@ -500,6 +500,9 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
     /// Merge two tokens from this table into one (for batching a shootdown). Tokens whose
     /// freed tables came from another table are refused, both handed back untouched; tokens
     /// without freed tables merge with any (only their spans join).
+    // The error hands both tokens back (a dropped token would leak its tables and skip its
+    // invalidation), and without `alloc` there is no box to shrink it into.
+    #[allow(clippy::result_large_err)]
     pub fn merge_flush(&self, mut a: Flush, b: Flush) -> Result<Flush, MergeFlushError> {
         if !a.freed.belongs_to(self.id) || !b.freed.belongs_to(self.id) {
             return Err(MergeFlushError::ForeignTables(a, b));
