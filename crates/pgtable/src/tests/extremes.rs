@@ -10,6 +10,7 @@ use mmkit_addr::{PageSize, PhysAddr, VirtAddr};
 
 use super::*;
 use crate::host::{ArenaRef, TableArena};
+use crate::model::{extreme_lens, extreme_pas, extreme_vas};
 use crate::{AttrChange, Attrs, MapSize, PageTable, TlbInvalidate, Translation, Visitor};
 
 /// A TLB for tables never loaded in any MMU.
@@ -65,48 +66,6 @@ fn snapshot<F: TestFormat>(pt: &Table<'_, F>, arena: &TableArena, anchor: u64) -
         outstanding: arena.outstanding(),
         anchor: pt.translate(VirtAddr::new(anchor)),
     }
-}
-
-/// The extreme virtual addresses for a format with granule `g` and `va_bits`.
-fn extreme_vas<F: TestFormat>(f: &F) -> Vec<u64> {
-    let g = f.granule().bytes();
-    let top = f.levels()[0];
-    let va_bits = top.shift + top.entries().trailing_zeros();
-    let top_lower = (1u64 << va_bits) - g;
-    let bottom_upper = VirtAddr::sign_extend(1 << (va_bits - 1), va_bits).as_u64();
-    vec![
-        0,
-        1,
-        g,
-        top_lower,
-        top_lower + g,
-        (1u64 << (va_bits - 1)) - g,
-        1u64 << (va_bits - 1),
-        bottom_upper,
-        bottom_upper - g,
-        u64::MAX - 2 * g + 1,
-        u64::MAX - g + 1,
-        u64::MAX - 1,
-        u64::MAX,
-    ]
-}
-
-fn extreme_lens(g: u64) -> [u64; 9] {
-    [
-        0,
-        1,
-        g,
-        2 * g,
-        g - 1,
-        u64::MAX - 2 * g + 1,
-        u64::MAX - g + 1,
-        u64::MAX - 1,
-        u64::MAX,
-    ]
-}
-
-fn extreme_pas(g: u64) -> [u64; 6] {
-    [0, g, (1 << 52) - g, 1 << 52, u64::MAX - g + 1, u64::MAX]
 }
 
 fn exercise<F: TestFormat>(f: F) {
