@@ -68,6 +68,47 @@ fn snapshot<F: TestFormat>(pt: &Table<'_, F>, arena: &TableArena, anchor: u64) -
     }
 }
 
+/// The range operations on a mapping that ends at an edge of the space (`[va, va + len)`
+/// was just mapped): each loop that steps to `last` must stop there without wrapping.
+fn on_mapped_edge<F: TestFormat>(
+    pt: &mut Table<'_, F>,
+    dst: &mut Table<'_, F>,
+    v: VirtAddr,
+    len: u64,
+    ctx: (u64, u64),
+) {
+    let ro = AttrChange::flags(Attrs::empty(), Attrs::WRITE);
+    let _ = pt.protect(v, len, ro).unwrap().invalidate(&mut NeverLoaded);
+    assert!(
+        !pt.translate(v).unwrap().attrs.contains(Attrs::WRITE),
+        "{ctx:x?}"
+    );
+    let c = pt.clear_accessed_dirty(v, len, Attrs::ACCESSED).unwrap();
+    let _ = c.flush.invalidate(&mut NeverLoaded);
+    let mut count = Count {
+        first: v.as_u64(),
+        last: v.as_u64() + (len - 1),
+        items: 0,
+    };
+    assert!(pt.walk(v, len, &mut count).unwrap());
+    assert!(count.items >= 1, "{ctx:x?}");
+    let found: Vec<_> = pt.cursor(v, len).unwrap().collect();
+    assert!(
+        !found.is_empty() && found.iter().all(|t| t.page_va >= v),
+        "{ctx:x?}"
+    );
+    let _ = pt
+        .copy_range_to(dst, v, len)
+        .unwrap()
+        .invalidate(&mut NeverLoaded);
+    assert_eq!(
+        dst.translate(v).map(|t| t.page_pa),
+        pt.translate(v).map(|t| t.page_pa)
+    );
+    let freed = dst.unmap(v, len).unwrap().invalidate(&mut NeverLoaded);
+    dst.free_tables(freed).unwrap();
+}
+
 fn exercise<F: TestFormat>(f: F) {
     let g = f.granule().bytes();
     let arena = arena_for(&f, 64);
@@ -116,6 +157,7 @@ fn exercise<F: TestFormat>(f: F) {
                             maps_at_edges += 1;
                             let t = pt.translate(v).expect("mapped");
                             assert_eq!(t.page_pa.as_u64(), pa, "map {ctx:x?} at {pa:#x}");
+                            on_mapped_edge(&mut pt, &mut dst, v, len, ctx);
                             let freed = pt.unmap(v, len).unwrap().invalidate(&mut NeverLoaded);
                             pt.free_tables(freed).unwrap();
                         }
