@@ -91,7 +91,11 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         Ok((node, zone))
     }
 
-    /// Isolate the pageblock-aligned range `[start, start + nr_pages)`.
+    /// Isolate the pageblock-aligned range `[start, start + nr_pages)`. A count of zero, a
+    /// range that wraps `u64` or leaves its zone, and a start outside every zone are
+    /// `BadRange` (as for [`test_range_isolated`](Self::test_range_isolated),
+    /// [`undo_isolate_range`](Self::undo_isolate_range) and
+    /// [`alloc_contig_range`](Self::alloc_contig_range)).
     pub fn isolate_range(&self, start: Pfn, nr_pages: u64) -> Result<(), IsolateError> {
         let (node, zone) = self.isolation_range(start.as_u64(), nr_pages)?;
         let (start, end) = (start.as_u64(), start.as_u64() + nr_pages);
@@ -254,7 +258,9 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
     }
 
     /// Free `nr_pages` order-0 pages from `start` (a contiguous allocation, or part of one).
-    /// Every frame is checked first; on error nothing is freed.
+    /// Every frame is checked first; on error nothing is freed. A range that wraps `u64` or
+    /// leaves the zone of `start` is `OutsideZones`; a count of zero frees nothing (`Ok` when
+    /// `start` is in a zone).
     pub fn free_contig_range(&self, start: Pfn, nr_pages: u64) -> Result<(), FreeError> {
         let s = start.as_u64();
         let e = s.checked_add(nr_pages).ok_or(FreeError::OutsideZones)?;
