@@ -291,7 +291,10 @@ impl<'m, P: IrqControl, F: PagingFormat> Vmalloc<'m, P, F> {
             ) {
                 Ok(f) => {
                     flush = Some(match flush.take() {
-                        Some(acc) => inner.pt.merge_flush(acc, f),
+                        Some(acc) => inner
+                            .pt
+                            .merge_flush(acc, f)
+                            .expect("both tokens come from this area's own table"),
                         None => f,
                     });
                     done += 1;
@@ -307,7 +310,8 @@ impl<'m, P: IrqControl, F: PagingFormat> Vmalloc<'m, P, F> {
         }
         if let Some(f) = flush {
             let freed = f.invalidate(tlb);
-            inner.pt.free_tables(freed);
+            let refused = inner.pt.free_tables(freed);
+            debug_assert!(refused.is_ok(), "own tables refused: {refused:?}");
         }
         if let Some(e) = failure {
             // Undo: unmap what was mapped (frames freed unless borrowed), release the slots.
@@ -345,7 +349,8 @@ impl<'m, P: IrqControl, F: PagingFormat> Vmalloc<'m, P, F> {
                 .pt
                 .unmap(self.va_of(first + i), batch as u64 * self.unit)?;
             let freed = flush.invalidate(tlb);
-            inner.pt.free_tables(freed);
+            let refused = inner.pt.free_tables(freed);
+            debug_assert!(refused.is_ok(), "own tables refused: {refused:?}");
             if free_frames {
                 for pfn in frames.iter().take(batch).flatten() {
                     let freed = self.pages.free(*pfn, self.order);

@@ -1,6 +1,7 @@
 //! Fuzz mmkit-buddy: an `Arbitrary` list of actions (allocations with arbitrary flags and
 //! orders on arbitrary nodes, frees good and bogus, drains, isolation, contiguous ranges,
-//! mobility switches) against a model of allocated blocks, with `verify()` after every step.
+//! mobility switches, and range and frame calls with extreme frames, counts and orders)
+//! against a model of allocated blocks, with `verify()` after every step.
 #![no_main]
 
 use std::collections::BTreeMap;
@@ -17,16 +18,59 @@ use mmkit_buddy::{
 
 #[derive(Arbitrary, Debug)]
 enum Action {
-    Alloc { flags: u16, order: u8, node: u8 },
-    Free { pick: u16 },
-    FreeBogus { frame: u16, order: u8 },
+    Alloc {
+        flags: u16,
+        order: u8,
+        node: u8,
+    },
+    Free {
+        pick: u16,
+    },
+    FreeBogus {
+        frame: u16,
+        order: u8,
+    },
     DrainAll,
     DrainLocal,
-    Isolate { pb: u8 },
-    Undo { pick: u8 },
-    Contig { nr: u16, flags: u16, node: u8 },
+    Isolate {
+        pb: u8,
+    },
+    Undo {
+        pick: u8,
+    },
+    Contig {
+        nr: u16,
+        flags: u16,
+        node: u8,
+    },
     Grouping(bool),
+    /// A range or frame call with extreme arguments: `op` picks the call, `a` and `b` index
+    /// `EXTREMES` for the frame and the count, `order` `EXTREME_ORDERS`.
+    Extreme {
+        op: u8,
+        a: u8,
+        b: u8,
+        order: u8,
+    },
 }
+
+/// Frame numbers and counts at the extremes: 0, 1, a pageblock and one short of it, the
+/// nodes' edges (16 MiB, 32 MiB), and the tops of the 40-bit, address-sized and 64-bit spaces.
+const EXTREMES: [u64; 12] = [
+    0,
+    1,
+    511,
+    512,
+    4096,
+    8192,
+    8191,
+    1 << 40,
+    (u64::MAX >> 12) - 1,
+    u64::MAX >> 12,
+    u64::MAX - 1,
+    u64::MAX,
+];
+const EXTREME_ORDERS: [u32; 6] = [0, 1, 10, 11, 15, Order::LIMIT];
 
 #[derive(Arbitrary, Debug)]
 struct Input {
@@ -147,6 +191,88 @@ fuzz_target!(|input: Input| {
                 }
             }
             Action::Grouping(on) => b.set_mobility_grouping(on),
+            Action::Extreme {
+                op,
+                a,
+                b: bi,
+                order,
+            } => {
+                let x = EXTREMES[usize::from(a) % EXTREMES.len()];
+                let n = EXTREMES[usize::from(bi) % EXTREMES.len()];
+                let order = EXTREME_ORDERS[usize::from(order) % EXTREME_ORDERS.len()];
+                let (start, o) = (Pfn::new(x), Order::new(order));
+                let in_use = |m: &BTreeMap<u64, u32>, isolated: &[u64]| {
+                    n == 0
+                        || x.checked_add(n).is_none_or(|e| {
+                            m.range(..e)
+                                .next_back()
+                                .is_some_and(|(&h, &ho)| h + (1 << ho) > x)
+                                || isolated.iter().any(|&s| s < e && x < s + 512)
+                        })
+                };
+                match op % 8 {
+                    0 => match b.alloc_contig_pages(
+                        x,
+                        GfpFlags::HIGHUSER_MOVABLE,
+                        usize::from(bi % 3),
+                    ) {
+                        Ok(p) => {
+                            for f in p.as_u64()..p.as_u64() + x {
+                                assert!(!overlaps(&model, f, 0));
+                                model.insert(f, 0);
+                            }
+                        }
+                        // Zero pages is the only bad range.
+                        Err(e) => assert_eq!(e == IsolateError::BadRange, x == 0, "{x:#x}: {e:?}"),
+                    },
+                    1 => {
+                        // An isolation that works is undone at once (the model tracks only
+                        // the single-pageblock isolations above).
+                        if !in_use(&model, &isolated) && b.isolate_range(start, n).is_ok() {
+                            b.undo_isolate_range(start, n).unwrap();
+                        }
+                    }
+                    2 => {
+                        let _ = b.test_range_isolated(start, n);
+                    }
+                    3 => {
+                        if !in_use(&model, &isolated) {
+                            assert!(b.undo_isolate_range(start, n).is_err(), "{x:#x}+{n:#x}");
+                        }
+                    }
+                    4 => {
+                        if b.alloc_contig_range(start, n).is_ok() {
+                            for f in x..x + n {
+                                assert!(!overlaps(&model, f, 0));
+                                model.insert(f, 0);
+                            }
+                        }
+                    }
+                    5 => {
+                        if b.free_contig_range(start, n).is_ok() {
+                            for f in x..x + n {
+                                assert_eq!(model.remove(&f), Some(0), "freed {f:#x} not ours");
+                            }
+                        }
+                    }
+                    6 => {
+                        if model.get(&x) != Some(&order) {
+                            assert!(b.free_pages(start, o).is_err(), "{x:#x} order {order}");
+                        }
+                    }
+                    _ => {
+                        let _ = (b.pageblock_migratetype(start), b.pfn_node(start));
+                        let _ = (b.allocated_block(start), b.page_private(start));
+                        let _ = b.page_private_unchecked(start);
+                        let _ = b.free_pages_at_order(order);
+                        if let Ok(p) = b.alloc_pages_node(usize::from(a), GfpFlags::KERNEL, o) {
+                            assert!(order <= 10, "order {order} allocated");
+                            assert!(!overlaps(&model, p.as_u64(), order));
+                            model.insert(p.as_u64(), order);
+                        }
+                    }
+                }
+            }
         }
         b.verify().unwrap();
         let allocated: u64 = model.values().map(|&o| 1u64 << o).sum();

@@ -247,21 +247,31 @@ impl VirtAddr {
     }
 
     /// Sign-extend bit `va_bits - 1` into the upper bits: the canonical form of the low
-    /// `va_bits` bits of `addr`. `va_bits` must be in `1..=64`.
+    /// `va_bits` bits of `addr`. `va_bits` is clamped to `1..=64` (0 reads as 1, anything
+    /// above 64 as 64, which leaves `addr` as it is).
     ///
     /// ```
     /// use mmkit_addr::VirtAddr;
     /// assert_eq!(VirtAddr::sign_extend(0x8000_0000_0000, 48).as_u64(), 0xffff_8000_0000_0000);
+    /// assert_eq!(VirtAddr::sign_extend(0x8000_0000_0000, 99).as_u64(), 0x8000_0000_0000);
+    /// assert_eq!(VirtAddr::sign_extend(1, 0).as_u64(), u64::MAX);
     /// ```
     #[inline]
     pub const fn sign_extend(addr: u64, va_bits: u32) -> Self {
-        debug_assert!(va_bits >= 1 && va_bits <= 64);
-        let shift = 64 - va_bits;
+        let bits = if va_bits == 0 {
+            1
+        } else if va_bits > 64 {
+            64
+        } else {
+            va_bits
+        };
+        let shift = 64 - bits;
         Self((((addr << shift) as i64) >> shift) as u64)
     }
 
     /// Whether bits `va_bits-1..64` are all equal (sign-extended), as x86_64 requires:
-    /// `va_bits` is 48 for 4-level and 57 for 5-level (LA57) paging.
+    /// `va_bits` is 48 for 4-level and 57 for 5-level (LA57) paging (clamped to `1..=64` as
+    /// in [`sign_extend`](Self::sign_extend)).
     ///
     /// ```
     /// use mmkit_addr::VirtAddr;
@@ -285,17 +295,21 @@ impl VirtAddr {
 
     /// The aarch64 half this address belongs to when the translation regime uses `va_bits`
     /// of input address (TCR_ELx.TnSZ = 64 - `va_bits`), or `None` if the top bits are mixed
-    /// (a translation fault on hardware). Top-byte-ignore is not assumed.
+    /// (a translation fault on hardware). Top-byte-ignore is not assumed. With `va_bits` of 64
+    /// or more there are no top bits, so every address is in the lower half.
     ///
     /// ```
     /// use mmkit_addr::{VaHalf, VirtAddr};
     /// assert_eq!(VirtAddr::new(0x0000_7fff_ffff_f000).aarch64_half(48), Some(VaHalf::Lower));
     /// assert_eq!(VirtAddr::new(0xffff_0000_0000_0000).aarch64_half(48), Some(VaHalf::Upper));
     /// assert_eq!(VirtAddr::new(0x0000_0080_0000_0000).aarch64_half(39), None);
+    /// assert_eq!(VirtAddr::new(u64::MAX).aarch64_half(64), Some(VaHalf::Lower));
     /// ```
     #[inline]
     pub const fn aarch64_half(self, va_bits: u32) -> Option<VaHalf> {
-        debug_assert!(va_bits >= 1 && va_bits < 64);
+        if va_bits >= 64 {
+            return Some(VaHalf::Lower);
+        }
         let top = self.0 >> va_bits;
         if top == 0 {
             Some(VaHalf::Lower)
@@ -415,6 +429,94 @@ mod tests {
             let v = VirtAddr::sign_extend(x, bits);
             prop_assert!(v.is_canonical_x86(bits));
             prop_assert_eq!(v.as_u64() & ((1u64 << bits) - 1), x & ((1u64 << bits) - 1));
+        }
+    }
+
+    /// 0, 1, the largest values and the edges of the 52-bit physical space.
+    const EXTREMES: [u64; 6] = [0, 1, (1 << 52) - 1, 1 << 52, u64::MAX - 1, u64::MAX];
+
+    #[test]
+    fn address_helpers_never_wrap_at_extremes() {
+        for x in EXTREMES {
+            for shift in [0, 1, 12, 21, 52, 63] {
+                let a = 1u64 << shift;
+                let up = u128::from(x).div_ceil(u128::from(a)) * u128::from(a);
+                let want_up = u64::try_from(up).ok();
+                let want_down = x / a * a;
+                for (got_up, got_down, aligned) in [
+                    (
+                        PhysAddr::new(x).align_up(a).map(PhysAddr::as_u64),
+                        PhysAddr::new(x).align_down(a).as_u64(),
+                        PhysAddr::new(x).is_aligned(a),
+                    ),
+                    (
+                        VirtAddr::new(x).align_up(a).map(VirtAddr::as_u64),
+                        VirtAddr::new(x).align_down(a).as_u64(),
+                        VirtAddr::new(x).is_aligned(a),
+                    ),
+                    (
+                        Pfn::new(x).align_up(a).map(Pfn::as_u64),
+                        Pfn::new(x).align_down(a).as_u64(),
+                        Pfn::new(x).is_aligned(a),
+                    ),
+                ] {
+                    assert_eq!(got_up, want_up, "{x:#x} up to {a:#x}");
+                    assert_eq!(got_down, want_down, "{x:#x} down to {a:#x}");
+                    assert_eq!(aligned, x % a == 0, "{x:#x} aligned to {a:#x}");
+                }
+            }
+            for y in EXTREMES {
+                let sum = x.checked_add(y);
+                let diff = x.checked_sub(y);
+                assert_eq!(PhysAddr::new(x).checked_add(y).map(PhysAddr::as_u64), sum);
+                assert_eq!(VirtAddr::new(x).checked_sub(y).map(VirtAddr::as_u64), diff);
+                assert_eq!(Pfn::new(x).checked_add_frames(y).map(Pfn::as_u64), sum);
+                assert_eq!(PhysAddr::new(x).offset_from(PhysAddr::new(y)), diff);
+            }
+            assert_eq!(PhysAddr::new_checked(x).is_ok(), x < 1 << 52, "{x:#x}");
+            assert_eq!(PhysAddr::new(x).pfn().as_u64(), x >> 12);
+            assert_eq!(PhysAddr::new(x).page_offset(), x & 0xfff);
+            let fits = x <= u64::MAX >> 12;
+            assert_eq!(Pfn::new(x).checked_addr().is_some(), fits, "{x:#x}");
+            let addr = Pfn::new(x).addr().as_u64();
+            assert_eq!(
+                addr,
+                if fits {
+                    x << 12
+                } else {
+                    Pfn::MAX.as_u64() << 12
+                }
+            );
+            for order in [0, 1, Order::LIMIT] {
+                let b = Pfn::new(x).buddy(Order::new(order)).as_u64();
+                assert_eq!(b ^ x, 1 << order, "{x:#x} order {order}");
+            }
+        }
+    }
+
+    #[test]
+    fn canonical_forms_take_any_width() {
+        for x in EXTREMES {
+            for bits in [0, 1, 2, 39, 48, 52, 57, 63, 64, 65, u32::MAX - 1, u32::MAX] {
+                let clamped = bits.clamp(1, 64);
+                let shift = 64 - clamped;
+                let want = (((x << shift) as i64) >> shift) as u64;
+                assert_eq!(
+                    VirtAddr::sign_extend(x, bits).as_u64(),
+                    want,
+                    "{x:#x} {bits}"
+                );
+                assert_eq!(VirtAddr::new(x).is_canonical_x86(bits), want == x);
+                assert_eq!(VirtAddr::new_canonical_x86(x, bits).is_ok(), want == x);
+                let half = VirtAddr::new(x).aarch64_half(bits);
+                if bits >= 64 || x >> bits == 0 {
+                    assert_eq!(half, Some(VaHalf::Lower), "{x:#x} {bits}");
+                } else if x >> bits == u64::MAX >> bits {
+                    assert_eq!(half, Some(VaHalf::Upper), "{x:#x} {bits}");
+                } else {
+                    assert_eq!(half, None, "{x:#x} {bits}");
+                }
+            }
         }
     }
 }

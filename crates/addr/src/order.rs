@@ -248,4 +248,55 @@ mod tests {
         assert_eq!(PageSize::Size16K.to_string(), "16K");
         assert_eq!(PageSize::Size1G.to_string(), "1G");
     }
+
+    #[test]
+    fn orders_and_sizes_at_extremes() {
+        for o in [0, 1, Order::LIMIT - 1, Order::LIMIT] {
+            let order = Order::checked(o).unwrap();
+            assert_eq!(order.pages(), 1 << o);
+            assert_eq!(order.bytes(), PAGE_SIZE << o);
+            assert_eq!(order.next().is_some(), o < Order::LIMIT);
+        }
+        for o in [Order::LIMIT + 1, 64, u32::MAX - 1, u32::MAX] {
+            assert_eq!(Order::checked(o), None, "{o}");
+        }
+        let most = 1u64 << Order::LIMIT;
+        for (pages, want) in [
+            (0, None),
+            (1, Some(0)),
+            (2, Some(1)),
+            (most - 1, Some(Order::LIMIT)),
+            (most, Some(Order::LIMIT)),
+            (most + 1, None),
+            (u64::MAX - 1, None),
+            (u64::MAX, None),
+        ] {
+            assert_eq!(
+                Order::for_pages(pages).map(Order::get),
+                want,
+                "{pages:#x} pages"
+            );
+        }
+        for (bytes, want) in [
+            (0, None),
+            (1, Some(0)),
+            (PAGE_SIZE, Some(0)),
+            (PAGE_SIZE << Order::LIMIT, Some(Order::LIMIT)),
+            ((PAGE_SIZE << Order::LIMIT) + 1, None),
+            (u64::MAX - 1, None),
+            (u64::MAX, None),
+        ] {
+            assert_eq!(
+                Order::for_bytes(bytes).map(Order::get),
+                want,
+                "{bytes:#x} bytes"
+            );
+        }
+        for v in [0, 1, u64::MAX - 1, u64::MAX] {
+            assert_eq!(PageSize::from_bytes(v), None, "{v:#x}");
+        }
+        for s in [0, 1, 63, 64, u32::MAX - 1, u32::MAX] {
+            assert_eq!(PageSize::from_shift(s), None, "{s}");
+        }
+    }
 }

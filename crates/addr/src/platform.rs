@@ -209,7 +209,8 @@ unsafe impl PhysMapper for OffsetMapper {
             return None;
         }
         let va = range.start().as_u64().checked_add(self.offset)?;
-        NonNull::new(va as usize as *mut u8)
+        // A virtual address wider than the host's pointers is not mapped (32-bit hosts).
+        NonNull::new(usize::try_from(va).ok()? as *mut u8)
     }
 
     /// All of `[0, limit)`, except physical 0 under an identity map (whose virtual address

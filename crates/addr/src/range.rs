@@ -349,4 +349,54 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn ranges_at_extremes_refuse_wrapping() {
+        const X: [u64; 6] = [0, 1, 0xfff, 0x1000, u64::MAX - 1, u64::MAX];
+        for s in X {
+            for size in X {
+                let r = PhysRange::from_start_size(PhysAddr::new(s), size);
+                match s.checked_add(size) {
+                    Some(e) => {
+                        let r = r.unwrap();
+                        assert_eq!((r.len(), r.end().as_u64()), (size, e));
+                        let w = r.whole_pfns();
+                        assert!(w.start <= w.end && w.end <= u64::MAX >> 12);
+                        assert!(u128::from(w.end - w.start) * 4096 <= u128::from(size));
+                        match r.align_outward(0x1000) {
+                            Ok(o) => assert!(o.contains_range(&r), "{r:?}"),
+                            Err(err) => assert_eq!(
+                                err,
+                                RangeError::Wraps {
+                                    start: s & !0xfff,
+                                    size
+                                }
+                            ),
+                        }
+                        if let Some(i) = r.align_inward(0x1000).unwrap() {
+                            assert!(r.contains_range(&i) && i.is_page_aligned());
+                        }
+                        assert_eq!(r.align_inward(0), Err(RangeError::BadAlignment(0)));
+                        assert_eq!(
+                            r.align_outward(u64::MAX),
+                            Err(RangeError::BadAlignment(u64::MAX))
+                        );
+                    }
+                    None => assert_eq!(r, Err(RangeError::Wraps { start: s, size })),
+                }
+                let e = size;
+                let r = VirtRange::new(VirtAddr::new(s), VirtAddr::new(e));
+                assert_eq!(r.is_ok(), s <= e, "[{s:#x}, {e:#x})");
+            }
+            for count in X {
+                let r = PhysRange::from_pfns(Pfn::new(s), count);
+                let end = u128::from(s) * 4096 + u128::from(count) * 4096;
+                assert_eq!(
+                    r.is_ok(),
+                    end <= u128::from(u64::MAX),
+                    "{s:#x} + {count:#x}"
+                );
+            }
+        }
+    }
 }

@@ -659,4 +659,39 @@ mod tests {
         let bytes = unsafe { core::slice::from_raw_parts(ptr, 8192) };
         assert!(bytes.iter().all(|&x| x == 0));
     }
+
+    #[test]
+    fn alloc_refuses_extreme_orders_and_nodes_unchanged() {
+        use crate::testutil::snapshot;
+        let b = build(&[&[mib(16, 16)]], BuddyConfig::default(), 2);
+        let before = snapshot(&b);
+        for order in [11, 15, Order::LIMIT] {
+            for node in [0, 1, usize::MAX - 1, usize::MAX] {
+                assert_eq!(
+                    b.alloc_pages_node(node, GfpFlags::KERNEL, o(order)),
+                    Err(AllocError::OrderTooLarge { order, max: 10 })
+                );
+            }
+            assert_eq!(
+                b.alloc_pages(GfpFlags::KERNEL, o(order)),
+                Err(AllocError::OrderTooLarge { order, max: 10 })
+            );
+            assert_eq!(snapshot(&b), before, "order {order}");
+        }
+        for node in [1, usize::MAX - 1, usize::MAX] {
+            for order in [0, 1, 10] {
+                assert_eq!(
+                    b.alloc_pages_node(node, GfpFlags::KERNEL, o(order)),
+                    Err(AllocError::NoSuchNode(node))
+                );
+            }
+            assert_eq!(snapshot(&b), before, "node {node}");
+        }
+        // Every flag bit at once is refused as contradictory, not misread.
+        assert!(matches!(
+            b.alloc_pages(GfpFlags::all(), o(0)),
+            Err(AllocError::InvalidFlags(_))
+        ));
+        assert_eq!(snapshot(&b), before);
+    }
 }

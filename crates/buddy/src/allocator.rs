@@ -598,6 +598,7 @@ mod tests {
     use crate::testutil::{mib, TestBuddy};
     use crate::{memmap_len, GfpFlags};
     use mmkit_addr::host::HostPlatform;
+    use mmkit_addr::PhysAddr;
     use std::boxed::Box;
     use std::vec::Vec;
 
@@ -690,5 +691,64 @@ mod tests {
         assert!(b.node(MAX_NUMNODES).is_none());
         assert!(b.locate(0).is_none());
         assert!(b.locate(16 * 256).is_some());
+    }
+
+    #[test]
+    fn boot_frees_refuse_extreme_frames_and_ranges_unchanged() {
+        use crate::testutil::{build_reserved, snapshot, EXTREME_PFNS};
+        let b = build_reserved(&[&[mib(16, 16)]], BuddyConfig::default(), 2);
+        let before = snapshot(&b);
+        for p in EXTREME_PFNS {
+            for order in [0, 1, 10, 11, Order::LIMIT] {
+                let got = b.free_boot_block(Pfn::new(p), Order::checked(order).unwrap());
+                assert!(got.is_err(), "{p:#x} order {order}");
+                assert_eq!(snapshot(&b), before, "{p:#x} order {order}");
+            }
+        }
+        let r = |s: u64, l: u64| PhysRange::from_start_size(PhysAddr::new(s), l).unwrap();
+        for range in [
+            r(u64::MAX - 0x2fff, 0x2000),
+            r(u64::MAX - 0x1000, 0x1000),
+            r(u64::MAX - 1, 1),
+            r(u64::MAX, 0),
+            r(0, 0),
+            r(0, u64::MAX),
+            r(1, u64::MAX - 1),
+            r(16 << 20, (16 << 20) + 4096),
+            r((32 << 20) - 4096, 8192),
+        ] {
+            // A range without a whole frame frees nothing; any other reaches past the zone.
+            let want = if range.whole_pfns().is_empty() {
+                Ok(0)
+            } else {
+                Err(BootFreeError::OutsideZones)
+            };
+            assert_eq!(b.free_boot_range(range), want, "{range:?}");
+            assert_eq!(snapshot(&b), before, "{range:?}");
+        }
+        assert_eq!(snapshot(&b), before);
+    }
+
+    #[test]
+    fn construction_refuses_nodes_at_the_top_of_memory() {
+        let top = [PhysRange::from_start_size(PhysAddr::new(0), u64::MAX).unwrap()];
+        let mut mm: [MaybeUninit<PageDesc>; 0] = [];
+        let mut nodes = [NodeInit {
+            memory: &top,
+            distances: &[10],
+            memmap: &mut mm,
+        }];
+        let cfg = BuddyConfig {
+            per_cpu_lists: false,
+            ..BuddyConfig::default()
+        };
+        let got = BuddyAllocator::new(HostPlatform::new(1), cfg, &mut nodes, &mut []);
+        assert_eq!(got.err(), Some(InitError::NodeTooLarge));
+        let cfg = BuddyConfig {
+            dma_limit: PhysAddr::new(u64::MAX),
+            ..cfg
+        };
+        let got = BuddyAllocator::new(HostPlatform::new(1), cfg, &mut nodes, &mut []);
+        assert_eq!(got.err(), Some(InitError::BadZoneBoundary));
     }
 }

@@ -128,18 +128,28 @@ pub fn node_span(memory: &[PhysRange], max_order: u32) -> Option<(u64, u64)> {
 /// // 1 MiB..4 MiB rounded out to 4 MiB (order-10) blocks: 1024 frames.
 /// assert_eq!(mmkit_buddy::memmap_len(&ram, 10), 1024);
 /// ```
+///
+/// A span too large for `usize` saturates to `usize::MAX` (no storage can be that large, so
+/// construction then fails with `NodeTooLarge` or `MemmapTooSmall`).
 pub fn memmap_len(memory: &[PhysRange], max_order: u32) -> usize {
-    node_span(memory, max_order).map_or(0, |(s, e)| (e - s) as usize)
+    node_span(memory, max_order).map_or(0, |(s, e)| usize::try_from(e - s).unwrap_or(usize::MAX))
 }
 
-/// Entries of per-CPU storage needed for `nr_nodes` nodes and `nr_cpus` CPUs.
+/// Entries of per-CPU storage needed for `nr_nodes` nodes and `nr_cpus` CPUs. Nodes past
+/// [`MAX_NUMNODES`] are not counted; a CPU count too large for the product saturates to
+/// `usize::MAX` (no storage can be that large, so construction then fails with
+/// `PcpStorageTooSmall`).
+///
+/// ```
+/// assert_eq!(mmkit_buddy::pcp_storage_len(usize::MAX, usize::MAX), usize::MAX);
+/// ```
 pub const fn pcp_storage_len(nr_nodes: usize, nr_cpus: usize) -> usize {
     let n = if nr_nodes > MAX_NUMNODES {
         MAX_NUMNODES
     } else {
         nr_nodes
     };
-    n * NR_ZONES * nr_cpus
+    (n * NR_ZONES).saturating_mul(nr_cpus)
 }
 
 #[cfg(test)]
@@ -165,5 +175,36 @@ mod tests {
         assert_eq!(c.dma32_limit.as_u64(), 4 << 30);
         assert_eq!(c.lowmem_reserve_ratio, [256, 256, 32, 0]);
         assert_eq!(pcp_storage_len(2, 3), 24);
+    }
+
+    #[test]
+    fn sizes_saturate_at_extreme_counts() {
+        assert_eq!(pcp_storage_len(0, usize::MAX), 0);
+        assert_eq!(pcp_storage_len(1, usize::MAX), usize::MAX);
+        assert_eq!(pcp_storage_len(usize::MAX, 1), MAX_NUMNODES * NR_ZONES);
+        assert_eq!(pcp_storage_len(usize::MAX - 1, usize::MAX - 1), usize::MAX);
+        assert_eq!(pcp_storage_len(1, 0), 0);
+        for pages in [0, 1, u64::MAX - 1, u64::MAX] {
+            let kb = crate::default_min_free_kbytes(pages);
+            assert!((128..=262_144).contains(&kb), "{pages:#x} -> {kb}");
+        }
+        // The whole 64-bit physical space, and ranges touching its top.
+        let top = |s: u64, l: u64| PhysRange::from_start_size(PhysAddr::new(s), l).unwrap();
+        for ram in [
+            top(0, u64::MAX),
+            top(u64::MAX - 1, 1),
+            top(u64::MAX - 0x2000, 0x2000),
+            top(1, u64::MAX - 1),
+        ] {
+            for max_order in [0, 1, MAX_ORDER_LIMIT, MAX_ORDER_LIMIT + 1, u32::MAX] {
+                let span = node_span(&[ram], max_order);
+                if let Some((s, e)) = span {
+                    assert!(s < e, "{ram:?} at {max_order}");
+                    assert_eq!(memmap_len(&[ram], max_order) as u64, e - s);
+                } else {
+                    assert_eq!(memmap_len(&[ram], max_order), 0);
+                }
+            }
+        }
     }
 }

@@ -194,6 +194,12 @@ pub enum IsolateError {
     },
     /// No suitable range was found (`alloc_contig_pages`).
     NotFound,
+    /// The count, rounded up to whole pageblocks, is longer than every zone the request may
+    /// use, or does not fit a `u64` (`alloc_contig_pages`).
+    TooLarge {
+        /// The requested count.
+        nr_pages: u64,
+    },
     /// The flags contradict themselves (`alloc_contig_pages`).
     InvalidFlags(GfpError),
     /// The preferred node does not exist (`alloc_contig_pages`).

@@ -425,4 +425,42 @@ mod tests {
         assert_eq!(b.total_free(), managed);
         b.verify().unwrap();
     }
+
+    /// Orders at and past the configured max, up to the largest `Order` can hold.
+    const EXTREME_ORDERS: [u32; 6] = [0, 1, 10, 11, 15, Order::LIMIT];
+
+    #[test]
+    fn frees_and_private_words_refuse_extreme_frames_unchanged() {
+        use crate::testutil::{snapshot, EXTREME_PFNS};
+        let b = build(&[&[mib(16, 16)]], BuddyConfig::default(), 2);
+        let kept = b.alloc_pages(GfpFlags::KERNEL, o(0)).unwrap();
+        let before = snapshot(&b);
+        let mut pfns = EXTREME_PFNS.to_vec();
+        // Just before and at the end of memory, and the zone's last frame (free).
+        pfns.extend([16 * 256 - 1, 32 * 256 - 1, 32 * 256]);
+        for &p in &pfns {
+            let pfn = Pfn::new(p);
+            for order in EXTREME_ORDERS {
+                let got = b.free_pages(pfn, Order::checked(order).unwrap());
+                let want_order_err = order > 10;
+                assert!(got.is_err(), "free {p:#x} order {order}");
+                assert_eq!(
+                    matches!(got, Err(FreeError::OrderTooLarge { .. })),
+                    want_order_err,
+                    "free {p:#x} order {order}: {got:?}"
+                );
+                assert_eq!(snapshot(&b), before, "free {p:#x} order {order}");
+            }
+            if pfn != kept {
+                assert!(b.set_page_private(pfn, u64::MAX).is_err(), "{p:#x}");
+                assert!(b.page_private(pfn).is_err(), "{p:#x}");
+                assert_eq!(b.allocated_block(pfn), None, "{p:#x}");
+            }
+            let spanned = (16 * 256..32 * 256).contains(&p);
+            assert_eq!(b.page_private_unchecked(pfn).is_some(), spanned, "{p:#x}");
+            assert_eq!(snapshot(&b), before, "private word of {p:#x}");
+        }
+        b.free_pages(kept, o(0)).unwrap();
+        b.verify().unwrap();
+    }
 }

@@ -91,7 +91,11 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         Ok((node, zone))
     }
 
-    /// Isolate the pageblock-aligned range `[start, start + nr_pages)`.
+    /// Isolate the pageblock-aligned range `[start, start + nr_pages)`. A count of zero, a
+    /// range that wraps `u64` or leaves its zone, and a start outside every zone are
+    /// `BadRange` (as for [`test_range_isolated`](Self::test_range_isolated),
+    /// [`undo_isolate_range`](Self::undo_isolate_range) and
+    /// [`alloc_contig_range`](Self::alloc_contig_range)).
     pub fn isolate_range(&self, start: Pfn, nr_pages: u64) -> Result<(), IsolateError> {
         let (node, zone) = self.isolation_range(start.as_u64(), nr_pages)?;
         let (start, end) = (start.as_u64(), start.as_u64() + nr_pages);
@@ -254,7 +258,9 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
     }
 
     /// Free `nr_pages` order-0 pages from `start` (a contiguous allocation, or part of one).
-    /// Every frame is checked first; on error nothing is freed.
+    /// Every frame is checked first; on error nothing is freed. A range that wraps `u64` or
+    /// leaves the zone of `start` is `OutsideZones`; a count of zero frees nothing (`Ok` when
+    /// `start` is in a zone).
     pub fn free_contig_range(&self, start: Pfn, nr_pages: u64) -> Result<(), FreeError> {
         let s = start.as_u64();
         let e = s.checked_add(nr_pages).ok_or(FreeError::OutsideZones)?;
@@ -293,7 +299,9 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
     /// order) in the zones `gfp` allows on `node` and its fallbacks. The run starts on a
     /// boundary of its size rounded up to pageblocks. Free with
     /// [`free_contig_range`](Self::free_contig_range). Errors: `BadRange` for zero pages,
-    /// `InvalidFlags` / `NoSuchNode` for a bad request, `NotFound` when no run is free.
+    /// `InvalidFlags` / `NoSuchNode` for a bad request, `TooLarge` when the count (rounded up
+    /// to pageblocks) is longer than every zone the request may use (including counts whose
+    /// rounding would wrap `u64`), `NotFound` when no run is free.
     pub fn alloc_contig_pages(
         &self,
         nr_pages: u64,
@@ -304,20 +312,28 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         if nr_pages == 0 {
             return Err(IsolateError::BadRange);
         }
-        let span = nr_pages.div_ceil(pb) * pb;
-        let align = if nr_pages.is_power_of_two() { span } else { pb };
         let req = self.request(node, gfp, 0).map_err(|e| match e {
             AllocError::InvalidFlags(g) => IsolateError::InvalidFlags(g),
             AllocError::NoSuchNode(n) => IsolateError::NoSuchNode(n),
             // `request` fails only on flags, node, or an order above the max (not 0).
             _ => IsolateError::BadRange,
         })?;
+        // Rounded up to whole pageblocks; a count whose rounding wraps is longer than any zone.
+        let too_large = IsolateError::TooLarge { nr_pages };
+        let span = nr_pages.div_ceil(pb).checked_mul(pb).ok_or(too_large)?;
+        let align = if nr_pages.is_power_of_two() { span } else { pb };
+        let mut fits_somewhere = false;
         for (n, z) in self.zonelist(&req) {
-            if !z.is_populated() {
+            if !z.is_populated() || z.spanned() < span {
                 continue;
             }
-            let mut pfn = z.start.div_ceil(align) * align;
-            while pfn + span <= z.end {
+            fits_somewhere = true;
+            // `span <= spanned`, so `last_start` cannot underflow and `pfn + span` cannot wrap.
+            let last_start = z.end - span;
+            let Some(mut pfn) = z.start.div_ceil(align).checked_mul(align) else {
+                continue;
+            };
+            while pfn <= last_start {
                 if Self::looks_free(n, pfn, pfn + span)
                     && self.alloc_contig_range(Pfn::new(pfn), span).is_ok()
                 {
@@ -330,7 +346,11 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
                 pfn += align;
             }
         }
-        Err(IsolateError::NotFound)
+        Err(if fits_somewhere {
+            IsolateError::NotFound
+        } else {
+            too_large
+        })
     }
 
     /// A lock-free hint: every block in `[s, e)` is free or on a per-CPU list.
@@ -493,5 +513,103 @@ mod tests {
         b.undo_isolate_range(n, 512).unwrap();
         b.verify().unwrap();
         assert_eq!(b.total_free(), managed);
+    }
+
+    #[test]
+    fn range_operations_refuse_extreme_starts_and_counts_unchanged() {
+        use crate::testutil::{snapshot, EXTREMES, EXTREME_PFNS};
+        let b = build(&[&[mib(16, 16)]], BuddyConfig::default(), 2);
+        let (zs, ze) = (16 * 256, 32 * 256);
+        let before = snapshot(&b);
+        let mut starts = EXTREME_PFNS.to_vec();
+        // The zone's first and last pageblocks, and just past its end.
+        starts.extend([zs, ze - 512, ze, ze + 512]);
+        let mut counts = EXTREMES.to_vec();
+        // One pageblock past the end from the zone start, and the whole zone plus one block.
+        counts.extend([ze - zs + 512, 2 * 512]);
+        for &s in &starts {
+            for &nr in &counts {
+                let (start, ctx) = (Pfn::new(s), (s, nr));
+                let fits = nr != 0 && nr % 512 == 0 && s >= zs && s % 512 == 0 && s + nr <= ze;
+                if !fits {
+                    let bad = Err(IsolateError::BadRange);
+                    assert_eq!(b.isolate_range(start, nr), bad, "isolate {ctx:x?}");
+                    assert_eq!(b.test_range_isolated(start, nr), bad, "test {ctx:x?}");
+                    assert_eq!(b.undo_isolate_range(start, nr), bad, "undo {ctx:x?}");
+                    assert_eq!(b.alloc_contig_range(start, nr), bad, "contig {ctx:x?}");
+                } else {
+                    assert_eq!(
+                        b.test_range_isolated(start, nr),
+                        Err(IsolateError::NotIsolated)
+                    );
+                    assert_eq!(
+                        b.undo_isolate_range(start, nr),
+                        Err(IsolateError::NotIsolated)
+                    );
+                }
+                if nr != 0 {
+                    // Nothing is allocated, so every non-empty free is refused somehow.
+                    assert!(b.free_contig_range(start, nr).is_err(), "free {ctx:x?}");
+                } else {
+                    let inside = (zs..ze).contains(&s);
+                    assert_eq!(
+                        b.free_contig_range(start, 0),
+                        if inside {
+                            Ok(())
+                        } else {
+                            Err(FreeError::OutsideZones)
+                        },
+                        "free of nothing at {s:#x}"
+                    );
+                }
+                assert_eq!(snapshot(&b), before, "state changed by {ctx:x?}");
+            }
+        }
+    }
+
+    #[test]
+    fn contig_pages_refuses_extreme_counts_unchanged() {
+        use crate::testutil::snapshot;
+        let b = build(&[&[mib(16, 16)]], BuddyConfig::default(), 2);
+        let before = snapshot(&b);
+        let zone = 16 * 256;
+        for (nr, want) in [
+            (0, Err(IsolateError::BadRange)),
+            (zone + 1, Err(IsolateError::TooLarge { nr_pages: zone + 1 })),
+            (1 << 52, Err(IsolateError::TooLarge { nr_pages: 1 << 52 })),
+            (
+                u64::MAX / 2 + 1,
+                Err(IsolateError::TooLarge {
+                    nr_pages: u64::MAX / 2 + 1,
+                }),
+            ),
+            (
+                u64::MAX - 1,
+                Err(IsolateError::TooLarge {
+                    nr_pages: u64::MAX - 1,
+                }),
+            ),
+            (u64::MAX, Err(IsolateError::TooLarge { nr_pages: u64::MAX })),
+        ] {
+            for node in [0, 1, usize::MAX] {
+                let got = b.alloc_contig_pages(nr, GfpFlags::HIGHUSER_MOVABLE, node);
+                let want = if node == 0 || nr == 0 {
+                    want
+                } else {
+                    Err(IsolateError::NoSuchNode(node))
+                };
+                assert_eq!(got, want, "{nr:#x} pages on node {node}");
+                assert_eq!(snapshot(&b), before, "state changed by {nr:#x}");
+            }
+        }
+        // The smallest counts still work and give everything back.
+        for nr in [1, 2, zone] {
+            let p = b
+                .alloc_contig_pages(nr, GfpFlags::HIGHUSER_MOVABLE, 0)
+                .unwrap();
+            b.free_contig_range(p, nr).unwrap();
+            b.drain_all_pages();
+            assert_eq!(snapshot(&b), before, "{nr} pages");
+        }
     }
 }

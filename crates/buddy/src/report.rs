@@ -274,4 +274,44 @@ mod tests {
             "DMA is protected from DMA32 requests"
         );
     }
+
+    #[test]
+    fn lookups_and_reports_take_extreme_arguments() {
+        use crate::testutil::{snapshot, EXTREME_PFNS};
+        use crate::ZoneType;
+        let b = build(&[&[mib(16, 16)]], no_pcp(), 2);
+        let before = snapshot(&b);
+        for p in EXTREME_PFNS {
+            assert_eq!(b.pageblock_migratetype(Pfn::new(p)), None, "{p:#x}");
+            assert_eq!(b.pfn_node(Pfn::new(p)), None, "{p:#x}");
+        }
+        for order in [0, 1, 10, 11, u32::MAX - 1, u32::MAX] {
+            let want = if order <= 10 {
+                before_free(&b, order)
+            } else {
+                0
+            };
+            assert_eq!(b.free_pages_at_order(order), want, "order {order}");
+        }
+        for n in [1, usize::MAX - 1, usize::MAX] {
+            assert_eq!(b.zone_stats(n, ZoneType::Normal), None);
+            assert_eq!(b.cpu_node(n), 0);
+        }
+        assert_eq!(b.cpu_node(0), 0);
+        assert_eq!(snapshot(&b), before);
+    }
+
+    /// Free frames in blocks of at least `order`, counted from the zone statistics.
+    fn before_free(b: &crate::testutil::TestBuddy, order: u32) -> u64 {
+        let mut total = 0;
+        for zt in crate::ZoneType::ALL {
+            if let Some(s) = b.zone_stats(0, zt) {
+                for (o, per_type) in s.free_blocks.iter().enumerate().skip(order as usize) {
+                    let blocks: u64 = per_type[..MigrateType::Isolate.index()].iter().sum();
+                    total += blocks << o;
+                }
+            }
+        }
+        total
+    }
 }

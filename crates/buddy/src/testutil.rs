@@ -69,3 +69,41 @@ pub(crate) fn no_pcp() -> BuddyConfig {
         ..BuddyConfig::default()
     }
 }
+
+/// The extreme values every caller-supplied count and frame number is tried with.
+pub(crate) const EXTREMES: [u64; 4] = [0, 1, u64::MAX - 1, u64::MAX];
+
+/// Extreme frame numbers: [`EXTREMES`] plus the edges of the 52-bit physical space and of the
+/// largest frame number whose address fits a `u64`.
+pub(crate) const EXTREME_PFNS: [u64; 8] = [
+    0,
+    1,
+    u64::MAX - 1,
+    u64::MAX,
+    (1 << 40) - 1,
+    1 << 40,
+    (u64::MAX >> 12) - 1,
+    u64::MAX >> 12,
+];
+
+/// What a refused call must leave exactly as it was.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Snapshot {
+    free: u64,
+    pcp: u64,
+    managed: u64,
+    buddyinfo: std::string::String,
+    pagetypeinfo: std::string::String,
+}
+
+/// The counters and reports of `b`, after checking every invariant.
+pub(crate) fn snapshot(b: &TestBuddy) -> Snapshot {
+    b.verify().unwrap();
+    Snapshot {
+        free: b.total_free(),
+        pcp: b.total_pcp(),
+        managed: b.total_managed(),
+        buddyinfo: std::format!("{}", b.buddyinfo()),
+        pagetypeinfo: std::format!("{}", b.pagetypeinfo()),
+    }
+}

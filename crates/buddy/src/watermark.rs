@@ -23,8 +23,9 @@ fn isqrt(x: u64) -> u64 {
     if x < 2 {
         return x;
     }
-    // Newton's method from above converges to the floor.
-    let mut r = x;
+    // Newton's method from above converges to the floor. Start at or above the root but at
+    // most 2^32 (the root of any `u64` is below it), so `r + x / r` cannot overflow.
+    let mut r = x.min(1 << 32);
     let mut y = (r + x / r) / 2;
     while y < r {
         r = y;
@@ -34,9 +35,15 @@ fn isqrt(x: u64) -> u64 {
 }
 
 /// Linux `calculate_min_free_kbytes` for `lowmem_pages` managed pages outside ZONE_MOVABLE.
+/// The products saturate: counts too large for them get the 256 MiB ceiling, as they would.
+///
+/// ```
+/// assert_eq!(mmkit_buddy::default_min_free_kbytes(u64::MAX), 262_144);
+/// assert_eq!(mmkit_buddy::default_min_free_kbytes(0), 128);
+/// ```
 pub fn default_min_free_kbytes(lowmem_pages: u64) -> u64 {
-    let lowmem_kb = lowmem_pages * 4;
-    isqrt(lowmem_kb * 16).clamp(128, 262_144)
+    let lowmem_kb = lowmem_pages.saturating_mul(4);
+    isqrt(lowmem_kb.saturating_mul(16)).clamp(128, 262_144)
 }
 
 /// Recompute watermarks, lowmem reserve and per-CPU sizes for every zone in `zones`
@@ -118,8 +125,21 @@ mod tests {
 
     #[test]
     fn isqrt_is_exact_floor() {
-        for x in [0, 1, 2, 3, 4, 15, 16, 17, 1 << 40, u32::MAX as u64] {
-            let r = isqrt(x);
+        for x in [
+            0,
+            1,
+            2,
+            3,
+            4,
+            15,
+            16,
+            17,
+            1 << 40,
+            u32::MAX as u64,
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
+            let (r, x) = (u128::from(isqrt(x)), u128::from(x));
             assert!(r * r <= x && (r + 1) * (r + 1) > x, "{x}");
         }
     }

@@ -134,13 +134,13 @@ fn ours_map(pt: &mut Ours, size: PageSize) {
         )
         .unwrap();
     let freed = f.invalidate(&mut NoTlb);
-    pt.free_tables(freed);
+    pt.free_tables(freed).expect("tables of this table");
 }
 
 fn ours_unmap(pt: &mut Ours) {
     let f = pt.unmap(VirtAddr::new(VA), GIB).unwrap();
     let freed = f.invalidate(&mut NoTlb);
-    pt.free_tables(freed);
+    pt.free_tables(freed).expect("tables of this table");
 }
 
 /// The x86_64 crate's table over its own host buffer, rebuilt empty on demand.

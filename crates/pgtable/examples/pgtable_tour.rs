@@ -53,7 +53,7 @@ fn tour<F: HostFormat>(name: &str, f: F, va: u64) {
         .expect("mapped");
     let flush = pt.unmap(hole, g).expect("unmap");
     let freed = flush.invalidate(&mut mmu);
-    pt.free_tables(freed);
+    pt.free_tables(freed).expect("tables of this table");
     println!(
         "  after unmapping {hole:#x}: {:?}, {} tables",
         mmu.access(hole, Access::Read, Mode::Kernel),

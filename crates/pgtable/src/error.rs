@@ -4,6 +4,8 @@ use core::fmt;
 
 use mmkit_addr::{PageSize, PhysAddr, VirtAddr};
 
+use crate::flush::{Flush, FreedTables};
+
 /// Why requested attributes cannot be expressed by a format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttrError {
@@ -24,6 +26,22 @@ pub enum Misaligned {
     Phys(PhysAddr),
     /// The length.
     Len(u64),
+}
+
+/// Why [`PageTable::free_tables`](crate::PageTable::free_tables) refused a list.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FreeTablesError {
+    /// The list holds tables another [`PageTable`](crate::PageTable) unhooked. It is handed
+    /// back untouched and nothing was freed: give it to the table that produced it.
+    ForeignList(FreedTables),
+}
+
+/// Why [`PageTable::merge_flush`](crate::PageTable::merge_flush) refused two tokens.
+#[derive(Debug, PartialEq, Eq)]
+pub enum MergeFlushError {
+    /// A token carries tables another [`PageTable`](crate::PageTable) unhooked. Both tokens
+    /// are handed back untouched (`(a, b)` as passed): invalidate them separately.
+    ForeignTables(Flush, Flush),
 }
 
 /// Why a table could not be created.
@@ -191,5 +209,7 @@ display_debug!(
     ProtectError,
     CopyError,
     SplitError,
-    VerifyError
+    VerifyError,
+    FreeTablesError,
+    MergeFlushError
 );

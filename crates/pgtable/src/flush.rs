@@ -12,7 +12,11 @@
 //! [`FreedTables`]; the only way to get them out is [`Flush::invalidate`] (or the unsafe
 //! [`Flush::assume_invalidated`] after a shootdown done by other means), and the only way to
 //! free them is [`PageTable::free_tables`](crate::PageTable::free_tables). The order "unhook →
-//! invalidate → free" is therefore kept by the types.
+//! invalidate → free" is therefore kept by the types. That the list goes back to the table
+//! that unhooked it is checked at run time: each list carries its table's id, and another
+//! table refuses it ([`FreeTablesError::ForeignList`](crate::FreeTablesError::ForeignList),
+//! [`MergeFlushError::ForeignTables`](crate::MergeFlushError::ForeignTables)) with nothing
+//! freed or linked.
 //!
 //! [`Flush::invalidate`] invalidates page by page up to [`FLUSH_CEILING`] pages and the whole
 //! TLB beyond, as Linux's `tlb_single_page_flush_ceiling` does.
@@ -70,13 +74,21 @@ pub enum FlushScope {
 
 /// Table frames unhooked by an operation, waiting to be freed after the flush.
 ///
-/// Linked through their own entry 0 (see the `raw` module), so no allocation is needed.
+/// Linked through their own entry 0 (see the `raw` module), so no allocation is needed. A
+/// non-empty list remembers which [`PageTable`](crate::PageTable) unhooked its frames (an id
+/// unique per table, taken from a global counter when the table is created), so
+/// [`free_tables`](crate::PageTable::free_tables) and
+/// [`merge_flush`](crate::PageTable::merge_flush) of any other table refuse it instead of
+/// handing its frames to a frame source that never allocated them. An empty list belongs to
+/// no table.
 #[must_use = "freed tables leak unless given to PageTable::free_tables"]
 #[derive(Debug, PartialEq, Eq)]
 pub struct FreedTables {
     pub(crate) head: Option<PhysAddr>,
     pub(crate) tail: Option<PhysAddr>,
     pub(crate) count: usize,
+    /// The id of the table whose frames these are; meaningful only when `count > 0`.
+    pub(crate) owner: u64,
 }
 
 impl FreedTables {
@@ -85,7 +97,14 @@ impl FreedTables {
             head: None,
             tail: None,
             count: 0,
+            owner: 0,
         }
+    }
+
+    /// Whether table `id` may take this list: it is empty or holds `id`'s frames.
+    #[inline]
+    pub(crate) const fn belongs_to(&self, id: u64) -> bool {
+        self.count == 0 || self.owner == id
     }
 
     /// Number of table frames waiting.

@@ -19,8 +19,9 @@
 //!
 //! Range operations descend the tree once per range. Each change returns a `#[must_use]`
 //! [`Flush`] token saying what to invalidate; tables emptied by unmap travel inside it and can
-//! only be freed ([`PageTable::free_tables`]) after [`Flush::invalidate`]. Every error leaves
-//! the table exactly as it was (plan, reserve frames, then apply).
+//! only be freed ([`PageTable::free_tables`]) after [`Flush::invalidate`], and only by the table
+//! that unhooked them (another table refuses the list). Every error leaves the table exactly
+//! as it was (plan, reserve frames, then apply).
 //!
 //! ## Memory and safety boundary
 //! No allocation: table frames come from a [`FrameSource`] (the buddy in the facade, an arena
@@ -111,8 +112,8 @@ mod tests;
 
 pub use attrs::{AttrChange, Attrs, CachePolicy};
 pub use error::{
-    AttrError, CopyError, MapError, Misaligned, NewError, ProtectError, SplitError, UnmapError,
-    VerifyError,
+    AttrError, CopyError, FreeTablesError, MapError, MergeFlushError, Misaligned, NewError,
+    ProtectError, SplitError, UnmapError, VerifyError,
 };
 pub use flush::{Flush, FlushScope, FreedTables, TlbInvalidate, FLUSH_CEILING};
 pub use format::{EntryKind, Level, PagingFormat, MAX_LEVELS};

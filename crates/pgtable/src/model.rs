@@ -2,14 +2,15 @@
 //! machine and the fuzz target (host only, feature `std`).
 //!
 //! The model is one virtual page → (physical page, attributes). [`run`] replays a sequence of
-//! [`Op`]s (map / unmap / protect / frame limits) on a fresh table of a [`HostFormat`] inside
-//! a window of two blocks, and after every step invalidates the flush token through the
-//! software MMU, runs `verify()`, and checks every page of the window three ways: the model,
-//! `translate`, and a read and a write through the software MMU (whose TLB keeps whatever a
-//! missing or too-narrow flush left behind). Errors must be the ones the model predicts and
-//! leave everything unchanged; running out of frames is allowed only under a limit. At the
-//! end the table is destroyed and the arena must have every frame back. Any disagreement
-//! panics with the operation that caused it.
+//! [`Op`]s (map / unmap / protect / frame limits, and calls with extreme addresses and lengths
+//! outside the window) on a fresh table of a [`HostFormat`] inside a window of two blocks, and
+//! after every step invalidates the flush token through the software MMU, runs `verify()`,
+//! and checks every page of the window three ways: the model, `translate`, and a read and a
+//! write through the software MMU (whose TLB keeps whatever a missing or too-narrow flush
+//! left behind). Errors must be the ones the model predicts and leave everything unchanged;
+//! running out of frames is allowed only under a limit. At the end the table is destroyed and
+//! the arena must have every frame back. Any disagreement panics with the operation that
+//! caused it.
 
 extern crate std;
 
@@ -218,6 +219,69 @@ pub enum Op {
     },
     /// Allow this many more table frames than are in use (`None`: no limit).
     Limit(Option<u8>),
+    /// Call range operation `op` (map, unmap, protect, clear accessed, walk, cursor, in that
+    /// order, taken modulo 6) with raw extreme arguments: `va`, `len` and `pa` index (modulo
+    /// their length) [`extreme_vas`], [`extreme_lens`] and [`extreme_pas`]. Skipped when the
+    /// range meets the window; otherwise nothing is mapped there, so whatever the call
+    /// returns, the table must be as before (a map that succeeds is unmapped again).
+    Extreme {
+        /// Which operation.
+        op: u8,
+        /// Index of the virtual address.
+        va: u8,
+        /// Index of the length.
+        len: u8,
+        /// Index of the physical address.
+        pa: u8,
+    },
+}
+
+/// Virtual addresses at the edges of the 64-bit space and of `f`'s halves: 0, 1, one granule,
+/// the last granules below and at the lower half's end and the upper half's start, the last
+/// granules of the space, `u64::MAX - 1` and `u64::MAX`.
+pub fn extreme_vas<F: PagingFormat>(f: &F) -> Vec<u64> {
+    let g = f.granule().bytes();
+    let top = f.levels()[0];
+    let va_bits = top.shift + top.entries().trailing_zeros();
+    let top_lower = (1u64 << va_bits) - g;
+    let bottom_upper = VirtAddr::sign_extend(1 << (va_bits - 1), va_bits).as_u64();
+    vec![
+        0,
+        1,
+        g,
+        top_lower,
+        top_lower + g,
+        (1u64 << (va_bits - 1)) - g,
+        1u64 << (va_bits - 1),
+        bottom_upper,
+        bottom_upper - g,
+        u64::MAX - 2 * g + 1,
+        u64::MAX - g + 1,
+        u64::MAX - 1,
+        u64::MAX,
+    ]
+}
+
+/// Lengths at the extremes for granule `g`: 0, 1, one and two granules, one byte short of a
+/// granule, and the largest (aligned and not).
+pub fn extreme_lens(g: u64) -> [u64; 9] {
+    [
+        0,
+        1,
+        g,
+        2 * g,
+        g - 1,
+        u64::MAX - 2 * g + 1,
+        u64::MAX - g + 1,
+        u64::MAX - 1,
+        u64::MAX,
+    ]
+}
+
+/// Physical addresses at the extremes for granule `g`: 0, one granule, the edge of the 52-bit
+/// physical space, and the top of the 64-bit space.
+pub fn extreme_pas(g: u64) -> [u64; 6] {
+    [0, g, (1 << 52) - g, 1 << 52, u64::MAX - g + 1, u64::MAX]
 }
 
 /// What the model says an operation must do.
@@ -256,6 +320,7 @@ pub fn run<F: HostFormat>(f: F, ops: &[Op]) {
         Attrs::empty()
     };
 
+    let (vas, lens, pas) = (extreme_vas(&f), extreme_lens(g), extreme_pas(g));
     let clamp = |start: u64, pages: u64| {
         let start = start % window;
         (start, pages.clamp(1, window - start))
@@ -295,8 +360,23 @@ pub fn run<F: HostFormat>(f: F, ops: &[Op]) {
                 }
             }
             Op::Limit(l) => Op::Limit(l.map(|n| n % 4)),
+            Op::Extreme { op, va, len, pa } => {
+                let va = vas[va as usize % vas.len()];
+                let len = lens[len as usize % lens.len()];
+                let pa = pas[pa as usize % pas.len()];
+                let last = va.saturating_add(len.saturating_sub(1));
+                let window_last = base + (window * g - 1);
+                if len > 0 && va <= window_last && last >= base {
+                    continue;
+                }
+                extreme_step(&mut pt, &mut mmu, op, va, len, pa);
+                pt.verify()
+                    .unwrap_or_else(|e| panic!("after {op:?} at {va:#x}+{len:#x}: {e:?}"));
+                continue;
+            }
         };
         let (outcome, expect): (Result<crate::Flush, Expect>, Expect) = match *op {
+            Op::Extreme { .. } => unreachable!("handled above"),
             Op::Limit(l) => {
                 limited = l.is_some();
                 arena.set_limit(l.map_or(usize::MAX, |n| arena.outstanding() + n as usize));
@@ -400,7 +480,7 @@ pub fn run<F: HostFormat>(f: F, ops: &[Op]) {
             Ok(flush) => {
                 assert_eq!(expect, Expect::Ok, "{op:?}");
                 let freed = flush.invalidate(&mut mmu);
-                pt.free_tables(freed);
+                pt.free_tables(freed).unwrap();
             }
             // Running out of frames is only allowed under a limit, and changes nothing.
             Err(Expect::Ok) => assert!(limited && expect == Expect::Ok, "{op:?} ran out of frames"),
@@ -424,6 +504,66 @@ pub fn run<F: HostFormat>(f: F, ops: &[Op]) {
     }
     let _ = pt.destroy(&mut mmu);
     assert_eq!(arena.outstanding(), 0, "table frames leaked");
+}
+
+/// One [`Op::Extreme`] on a range outside the window, where nothing is mapped. Any result is
+/// allowed but a panic; walks and cursors must find no mapping, and a map that succeeds must
+/// translate and is unmapped again.
+fn extreme_step<F: HostFormat, W: Walker>(
+    pt: &mut PageTable<F, ArenaRef<'_>, ArenaRef<'_>>,
+    mmu: &mut SoftMmu<W>,
+    op: u8,
+    va: u64,
+    len: u64,
+    pa: u64,
+) {
+    struct NoLeaves;
+    impl crate::Visitor for NoLeaves {
+        fn leaf(&mut self, m: &crate::Translation) -> core::ops::ControlFlow<()> {
+            panic!("a walk outside the window found {m:?}")
+        }
+    }
+    let v = VirtAddr::new(va);
+    let flush = match op % 6 {
+        0 => match pt.map(v, PhysAddr::new(pa), len, ATTRS[0], MapSize::Largest) {
+            Ok(flush) => {
+                let _ = flush.invalidate(mmu);
+                if len > 0 {
+                    let t = pt.translate(v).expect("a successful map translates");
+                    assert_eq!(t.page_pa, PhysAddr::new(pa));
+                }
+                pt.unmap(v, len).ok()
+            }
+            Err(_) => None,
+        },
+        1 => pt.unmap(v, len).ok(),
+        2 => pt.protect(v, len, change(0)).ok(),
+        3 => pt
+            .clear_accessed_dirty(v, len, Attrs::ACCESSED)
+            .ok()
+            .map(|c| {
+                assert_eq!(c.leaves, 0);
+                c.flush
+            }),
+        4 => {
+            let _ = pt.walk(v, len, &mut NoLeaves);
+            None
+        }
+        _ => {
+            if let Ok(mut c) = pt.cursor(v, len) {
+                assert_eq!(
+                    c.next(),
+                    None,
+                    "a cursor outside the window found a mapping"
+                );
+            }
+            None
+        }
+    };
+    if let Some(flush) = flush {
+        let freed = flush.invalidate(mmu);
+        pt.free_tables(freed).unwrap();
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -18,12 +18,12 @@
 //! then an *apply* pass that cannot fail. So an error — including running out of frames —
 //! leaves the tree, the TLBs and the frame source as they were.
 
-use core::sync::atomic::AtomicU64;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use mmkit_addr::{PageSize, PhysAddr, PhysMapper, VirtAddr};
 
 use crate::attrs::Attrs;
-use crate::error::{Misaligned, NewError, VerifyError};
+use crate::error::{FreeTablesError, MergeFlushError, Misaligned, NewError, VerifyError};
 use crate::flush::{Flush, FreedTables, TlbInvalidate};
 use crate::format::{EntryKind, PagingFormat};
 use crate::frame::FrameSource;
@@ -87,24 +87,37 @@ pub struct PageTable<F: PagingFormat, M: PhysMapper, S: FrameSource> {
     pub(crate) live: bool,
     /// The mapper's linear window for table frames, taken once in `new` (see `raw::Window`).
     window: Option<raw::Window>,
+    /// This table's identity, stamped on the [`FreedTables`] it hands out.
+    id: u64,
 }
+
+/// The next table id (0 is never handed out). A 64-bit counter does not wrap in practice.
+static NEXT_TABLE_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Split borrow of a table's read-only parts, so frames can be allocated while tables are
 /// borrowed.
 pub(crate) struct Ctx<'a, F, M> {
     pub(crate) fmt: &'a F,
     pub(crate) tables: raw::Tables<'a, M>,
+    /// The id of the table, stamped on freed lists.
+    id: u64,
 }
 
 impl<'a, F: PagingFormat, M: PhysMapper> Ctx<'a, F, M> {
     /// # Safety
     /// `window` is `None` or `raw::Window::of(mapper, fmt.granule().bytes())` for this mapper.
     #[inline(always)]
-    pub(crate) unsafe fn new(fmt: &'a F, mapper: &'a M, window: Option<raw::Window>) -> Self {
+    pub(crate) unsafe fn new(
+        fmt: &'a F,
+        mapper: &'a M,
+        window: Option<raw::Window>,
+        id: u64,
+    ) -> Self {
         Self {
             fmt,
             // SAFETY: forwarded from this function's contract.
             tables: unsafe { raw::Tables::new(mapper, fmt.granule().bytes(), window) },
+            id,
         }
     }
 
@@ -122,6 +135,8 @@ impl<'a, F: PagingFormat, M: PhysMapper> Ctx<'a, F, M> {
 
     /// Push a detached table on a freed list.
     pub(crate) fn push_freed(&self, list: &mut FreedTables, pa: PhysAddr) {
+        debug_assert!(list.belongs_to(self.id), "mixing two tables' freed lists");
+        list.owner = self.id;
         raw::set_link(self.table(pa), None);
         match list.tail {
             Some(tail) => raw::set_link(self.table(tail), Some(pa)),
@@ -269,6 +284,7 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
             owned: 1,
             live: false,
             window,
+            id: NEXT_TABLE_ID.fetch_add(1, Ordering::Relaxed),
         })
     }
 
@@ -312,7 +328,7 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
     pub(crate) fn ctx(&self) -> Ctx<'_, F, M> {
         // SAFETY: `window` was taken from `mapper` for the granule in `new`, and neither field
         // is ever replaced.
-        unsafe { Ctx::new(&self.fmt, &self.mapper, self.window) }
+        unsafe { Ctx::new(&self.fmt, &self.mapper, self.window, self.id) }
     }
 
     /// Check `va`/`len` (granule-aligned, canonical, no wrap). `None` for an empty range.
@@ -481,8 +497,16 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
         )
     }
 
-    /// Merge two tokens from this table into one (for batching a shootdown).
-    pub fn merge_flush(&self, mut a: Flush, b: Flush) -> Flush {
+    /// Merge two tokens from this table into one (for batching a shootdown). Tokens whose
+    /// freed tables came from another table are refused, both handed back untouched; tokens
+    /// without freed tables merge with any (only their spans join).
+    // The error hands both tokens back (a dropped token would leak its tables and skip its
+    // invalidation), and without `alloc` there is no box to shrink it into.
+    #[allow(clippy::result_large_err)]
+    pub fn merge_flush(&self, mut a: Flush, b: Flush) -> Result<Flush, MergeFlushError> {
+        if !a.freed.belongs_to(self.id) || !b.freed.belongs_to(self.id) {
+            return Err(MergeFlushError::ForeignTables(a, b));
+        }
         a.merge_span(&b);
         let mut b = b;
         if let Some(bh) = b.freed.head {
@@ -492,24 +516,33 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
             }
             a.freed.tail = b.freed.tail;
             a.freed.count += b.freed.count;
+            a.freed.owner = self.id;
         }
         b.freed = FreedTables::none();
         // SAFETY: `b` now carries no frames; its span was merged into `a`.
         let _ = unsafe { b.assume_invalidated() };
-        a
+        Ok(a)
     }
 
-    /// Free tables handed back by an invalidated [`Flush`] of this table.
-    pub fn free_tables(&mut self, freed: FreedTables) {
+    /// Free tables handed back by an invalidated [`Flush`] of this table. A list another
+    /// table produced is refused and handed back in the error, with nothing freed (its
+    /// frames belong to that table's frame source, and may not even be reachable through
+    /// this table's mapper). An empty list is accepted from anywhere.
+    pub fn free_tables(&mut self, freed: FreedTables) -> Result<(), FreeTablesError> {
+        if !freed.belongs_to(self.id) {
+            return Err(FreeTablesError::ForeignList(freed));
+        }
         let gran = self.fmt.granule();
         let mut next = freed.head;
         while let Some(pa) = next {
             next = raw::link(self.ctx().table(pa));
-            // SAFETY: the list holds tables unhooked from this tree by an operation whose flush
-            // was invalidated (`Flush::invalidate` is the only safe way to get the list), so
-            // nothing references them; each was allocated from `frames` with this size.
+            // SAFETY: the list holds tables unhooked from this tree (its owner id is this
+            // table's) by an operation whose flush was invalidated (`Flush::invalidate` is the
+            // only safe way to get the list), so nothing references them; each was allocated
+            // from `frames` with this size.
             unsafe { self.frames.free_table(pa, gran) };
         }
+        Ok(())
     }
 
     /// Tear the tree down: invalidate everything through `tlb` and free every table, root
@@ -520,7 +553,9 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
         ctx.retire_subtree(self.root, 0, &mut flush);
         let freed = flush.freed;
         tlb.invalidate_all();
-        self.free_tables(freed);
+        if let Err(FreeTablesError::ForeignList(_)) = self.free_tables(freed) {
+            unreachable!("retire_subtree stamps this table's id");
+        }
         self.frames
     }
 

@@ -472,14 +472,16 @@ fn protect_on_live_table_takes_effect(
         }
     };
     let freed = flush.invalidate(&mut tlb);
-    pt.free_tables(freed);
+    pt.free_tables(freed)
+        .map_err(|e| Reason::new(format_args!("free tables: {e:?}")))?;
     // SAFETY: the block is free RAM this check owns; the write is expected to fault.
     let denied = unsafe { exceptions::write_u8_nofault(target, 0x77) };
     let flush = pt
         .protect(va, two_mib, AttrChange::flags(Attrs::WRITE, Attrs::empty()))
         .map_err(|e| Reason::new(format_args!("protect writable: {e:?}")))?;
     let freed = flush.invalidate(&mut tlb);
-    pt.free_tables(freed);
+    pt.free_tables(freed)
+        .map_err(|e| Reason::new(format_args!("free tables: {e:?}")))?;
     expect_write_permission_fault(denied, target, "a read-only direct-map block")?;
     // SAFETY: as above.
     let allowed = unsafe { exceptions::write_u8_nofault(target, 0x77) };

@@ -372,14 +372,16 @@ fn protect_on_live_table_takes_effect(
         .protect(va, two_mib, AttrChange::flags(Attrs::empty(), Attrs::WRITE))
         .map_err(|e| Reason::new(format_args!("protect read-only: {e:?}")))?;
     let freed = flush.invalidate(&mut tlb);
-    pt.free_tables(freed);
+    pt.free_tables(freed)
+        .map_err(|e| Reason::new(format_args!("free tables: {e:?}")))?;
     // SAFETY: the block is free RAM this check owns; the write is expected to fault.
     let denied = unsafe { traps::write_u8_nofault(target, 0x77) };
     let flush = pt
         .protect(va, two_mib, AttrChange::flags(Attrs::WRITE, Attrs::empty()))
         .map_err(|e| Reason::new(format_args!("protect writable: {e:?}")))?;
     let freed = flush.invalidate(&mut tlb);
-    pt.free_tables(freed);
+    pt.free_tables(freed)
+        .map_err(|e| Reason::new(format_args!("free tables: {e:?}")))?;
     let expected = Fault {
         vector: VECTOR_PAGE_FAULT,
         error_code: PF_PRESENT | PF_WRITE,

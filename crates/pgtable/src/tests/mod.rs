@@ -4,6 +4,7 @@
 
 mod concurrency;
 mod crosscheck;
+mod extremes;
 mod laws;
 mod model;
 mod ops;

@@ -8,8 +8,8 @@ use mmkit_addr::{PageSize, PhysAddr, VaHalf, VirtAddr};
 use super::*;
 use crate::softmmu::{Access, Fault, Mode};
 use crate::{
-    AttrChange, Attrs, CachePolicy, MapError, MapSize, Misaligned, ProtectError, UnmapError,
-    Visitor,
+    AttrChange, Attrs, CachePolicy, Flush, FreedTables, MapError, MapSize, Misaligned, PageTable,
+    ProtectError, TlbInvalidate, UnmapError, Visitor,
 };
 
 /// Accesses `va` for read (and write when `write`) and checks the outcome.
@@ -187,7 +187,7 @@ fn exercise_format<F: TestFormat>(f: F) {
         None,
     );
     let freed = flush.invalidate(&mut mmu);
-    pt.free_tables(freed);
+    pt.free_tables(freed).unwrap();
     expect_access(&mut mmu, hole_va, Mode::Kernel, None, None);
     expect_access(
         &mut mmu,
@@ -390,7 +390,7 @@ fn exercise_format<F: TestFormat>(f: F) {
     let flush = pt.unmap(VirtAddr::new(base), 8 * block).unwrap();
     assert!(flush.freed_tables() > 0);
     let freed = flush.invalidate(&mut mmu);
-    pt.free_tables(freed);
+    pt.free_tables(freed).unwrap();
     assert_eq!(pt.verify().unwrap().tables, 1, "only the root is left");
     for v in [va, base + block, fva] {
         expect_access(&mut mmu, v, Mode::Kernel, None, None);
@@ -680,7 +680,7 @@ fn merged_flush_frees_tables_of_both_unmaps() {
     let fb = pt.unmap(b, 0x1000).unwrap();
     let (na, nb) = (fa.freed_tables(), fb.freed_tables());
     assert_eq!((na, nb), (3, 3));
-    let merged = pt.merge_flush(fa, fb);
+    let merged = pt.merge_flush(fa, fb).unwrap();
     assert_eq!(merged.freed_tables(), 6);
     assert_eq!(
         arena.outstanding(),
@@ -688,7 +688,7 @@ fn merged_flush_frees_tables_of_both_unmaps() {
         "nothing freed before the flush"
     );
     let freed = merged.invalidate(&mut mmu);
-    pt.free_tables(freed);
+    pt.free_tables(freed).unwrap();
     assert_eq!(arena.outstanding(), 1);
     pt.verify().unwrap();
     let _ = pt.destroy(&mut mmu);
@@ -815,4 +815,131 @@ fn translate_refuses_malformed_entries_on_every_format() {
         .filter(|&f| translate_refuses_malformed_path_entry(f))
         .count();
     assert!(checked > 0, "no aarch64 format has a level without blocks");
+}
+
+/// A TLB for tables never loaded in any MMU: nothing can be cached, so nothing to drop.
+struct NeverLoaded;
+
+// SAFETY: used only with tables no MMU ever walked, so no TLB holds anything for them.
+unsafe impl TlbInvalidate for NeverLoaded {
+    fn invalidate_page(&mut self, _: VirtAddr, _: PageSize, _: bool) {}
+    fn invalidate_all(&mut self) {}
+}
+
+type ArenaTable<'a> = PageTable<X86_64, crate::host::ArenaRef<'a>, crate::host::ArenaRef<'a>>;
+
+/// Map one page at `va` in `pt` and unmap it again: the freed list holds the three tables
+/// the page needed (x86_64 4-level), unhooked but not yet freed.
+fn map_then_unmap(pt: &mut ArenaTable<'_>, va: u64) -> FreedTables {
+    let map = pt
+        .map(
+            VirtAddr::new(va),
+            PhysAddr::new(0),
+            0x1000,
+            Attrs::KERNEL_RW,
+            MapSize::Largest,
+        )
+        .unwrap();
+    assert!(map.invalidate(&mut NeverLoaded).is_empty());
+    let flush = pt.unmap(VirtAddr::new(va), 0x1000).unwrap();
+    assert_eq!(flush.freed_tables(), 3);
+    flush.invalidate(&mut NeverLoaded)
+}
+
+#[test]
+fn free_tables_refuses_another_tables_list() {
+    let f = X86_64::FOUR_LEVEL;
+    // Same physical base, so B's mapper reaches A's frame addresses (in B's own memory):
+    // before the check, B freed frames it never allocated into its arena. An arena elsewhere
+    // is a mapper that cannot reach A's frames at all: before, a panic. Both with and without
+    // the linear window (the two table-access paths).
+    let arena_a = arena_for(&f, 16);
+    let same_base = arena_for(&f, 16);
+    let elsewhere_base = PhysAddr::new(crate::model::ARENA_BASE + (1 << 30));
+    let elsewhere = crate::host::TableArena::new(elsewhere_base, PageSize::Size4K, 16);
+    let mut a = table(f, &arena_a);
+    for arena_b in [&same_base, &elsewhere] {
+        for window in [true, false] {
+            arena_b.set_linear_window(window);
+            let mut b = table(f, arena_b);
+            // B has tables of its own, so a mixed-up free would also hit frames B uses.
+            let map = b
+                .map(
+                    VirtAddr::new(0x4000_0000),
+                    PhysAddr::new(0),
+                    0x1000,
+                    Attrs::KERNEL_RW,
+                    MapSize::Largest,
+                )
+                .unwrap();
+            let _ = map.invalidate(&mut NeverLoaded);
+            let (a_out, b_counts) = (arena_a.outstanding(), arena_b.counters());
+            let freed = map_then_unmap(&mut a, 0x1000);
+            assert_eq!(arena_a.outstanding(), a_out + 3, "unhooked, not freed");
+            let refused = b.free_tables(freed);
+            let Err(crate::FreeTablesError::ForeignList(freed)) = refused else {
+                panic!("B accepted A's list: {refused:?}");
+            };
+            assert_eq!(freed.len(), 3, "handed back whole");
+            assert_eq!(arena_b.counters(), b_counts, "nothing freed into B's arena");
+            b.verify().unwrap();
+            // The right table takes it.
+            a.free_tables(freed).unwrap();
+            assert_eq!(arena_a.outstanding(), a_out);
+            a.verify().unwrap();
+            // An empty list belongs to no table: any table takes it and frees nothing.
+            b.free_tables(Flush::nothing().invalidate(&mut NeverLoaded))
+                .unwrap();
+            assert_eq!(arena_b.counters(), b_counts);
+            let _ = b.destroy(&mut NeverLoaded);
+            assert_eq!(arena_b.outstanding(), 0);
+        }
+    }
+    let _ = a.destroy(&mut NeverLoaded);
+    assert_eq!(arena_a.outstanding(), 0);
+}
+
+#[test]
+fn merge_flush_refuses_another_tables_tokens() {
+    let f = X86_64::FOUR_LEVEL;
+    let (arena_a, arena_b) = (arena_for(&f, 16), arena_for(&f, 16));
+    let (mut a, mut b) = (table(f, &arena_a), table(f, &arena_b));
+    let unmap_one = |pt: &mut ArenaTable<'_>, va: u64| {
+        let map = pt
+            .map(
+                VirtAddr::new(va),
+                PhysAddr::new(0),
+                0x1000,
+                Attrs::KERNEL_RW,
+                MapSize::Largest,
+            )
+            .unwrap();
+        let _ = map.invalidate(&mut NeverLoaded);
+        pt.unmap(VirtAddr::new(va), 0x1000).unwrap()
+    };
+    let (b_counts, a_out) = (arena_b.counters(), arena_a.outstanding());
+    let fa = unmap_one(&mut a, 0x1000);
+    let fb = unmap_one(&mut b, 0x1000);
+    // Either token foreign, in either position: both come back untouched.
+    let (fa, fb) = match a.merge_flush(fa, fb) {
+        Err(crate::MergeFlushError::ForeignTables(x, y)) => (x, y),
+        other => panic!("A merged B's token: {other:?}"),
+    };
+    let (fb, fa) = match a.merge_flush(fb, fa) {
+        Err(crate::MergeFlushError::ForeignTables(x, y)) => (x, y),
+        other => panic!("A merged B's token first: {other:?}"),
+    };
+    assert_eq!((fa.freed_tables(), fb.freed_tables()), (3, 3));
+    // A token without tables merges with any: only its span joins.
+    let spans = a.merge_flush(Flush::nothing(), fa).unwrap();
+    let fa = b
+        .merge_flush(spans, Flush::nothing())
+        .expect_err("B refuses A's tables even when B's token is empty");
+    let crate::MergeFlushError::ForeignTables(fa, _) = fa;
+    a.free_tables(fa.invalidate(&mut NeverLoaded)).unwrap();
+    b.free_tables(fb.invalidate(&mut NeverLoaded)).unwrap();
+    assert_eq!(arena_a.outstanding(), a_out);
+    assert_eq!(arena_b.counters().1, b_counts.1 + 3);
+    a.verify().unwrap();
+    b.verify().unwrap();
 }
