@@ -220,8 +220,9 @@ impl TestPageSource {
         }
     }
 
-    /// The buddy allocator underneath (for reports, `verify()` and pageblock checks).
-    pub fn buddy(&self) -> &BuddyAllocator<'_, HostPlatform> {
+    /// The buddy allocator underneath (for reports, `verify()` and pageblock checks). Its
+    /// `'static` names the arena this source owns: valid for as long as `self` is.
+    pub fn buddy(&self) -> &BuddyAllocator<'static, HostPlatform> {
         // SAFETY: initialised in `build`, dropped only in `drop`.
         unsafe { self.buddy.as_ref() }
     }
