@@ -46,6 +46,15 @@ use crate::region::{NodeId, Region, RegionFlags};
 /// ```
 pub const DEFAULT_REGIONS: usize = 128;
 
+/// The default physical address limit: 52 address bits, the most any x86_64 (`MAXPHYADDR`)
+/// or aarch64 (`FEAT_LPA`) machine can address. Firmware ingestion clips memory at the
+/// limit set with [`Bootmem::set_phys_limit`], this one by default.
+///
+/// ```
+/// assert_eq!(mmkit_bootmem::DEFAULT_PHYS_LIMIT, 1 << 52);
+/// ```
+pub const DEFAULT_PHYS_LIMIT: u64 = 1 << 52;
+
 /// Slots kept spare when an array grows: reserving the new array and freeing the old one may
 /// each add one reserved region.
 const GROW_SLACK: usize = 2;
@@ -86,6 +95,10 @@ pub struct Bootmem<'m, const N: usize = DEFAULT_REGIONS> {
     pub(crate) hotplug: HotplugPolicy,
     pub(crate) mirror_first: bool,
     pub(crate) mapper: Option<&'m dyn PhysMapper>,
+    pub(crate) phys_limit: u64,
+    /// An [`atomically`](Bootmem::atomically) block is running: edits carry the transaction
+    /// bookkeeping flags.
+    txn: bool,
 }
 
 impl<const N: usize> Default for Bootmem<'_, N> {
@@ -131,6 +144,8 @@ impl<'m, const N: usize> Bootmem<'m, N> {
             hotplug: HotplugPolicy::Allow,
             mirror_first: false,
             mapper: None,
+            phys_limit: DEFAULT_PHYS_LIMIT,
+            txn: false,
         }
     }
 
@@ -174,6 +189,68 @@ impl<'m, const N: usize> Bootmem<'m, N> {
     /// The current allocation limit (`u64::MAX`: none).
     pub fn current_limit(&self) -> PhysAddr {
         PhysAddr::new(self.limit)
+    }
+
+    /// Firmware ingestion ([`crate::firmware`]) clips memory and reservations at `end`, the
+    /// first byte the CPU cannot address (Linux trims memblock at `1 << PHYS_MASK_SHIFT` the
+    /// same way). Ranges given to [`add`](Self::add) and friends directly are not clipped.
+    pub fn set_phys_limit(&mut self, end: PhysAddr) {
+        self.phys_limit = end.as_u64();
+    }
+
+    /// The physical address limit ([`DEFAULT_PHYS_LIMIT`] unless set).
+    pub fn phys_limit(&self) -> PhysAddr {
+        PhysAddr::new(self.phys_limit)
+    }
+
+    /// `[base, end)` clipped at the physical address limit; `None` if nothing is left.
+    pub(crate) fn clip_to_phys_limit(&self, base: u64, end: u64) -> Option<(u64, u64)> {
+        let end = end.min(self.phys_limit);
+        (base < end).then_some((base, end))
+    }
+
+    /// Run `edits` all-or-nothing: if it returns an error, every change it made through
+    /// [`add_node`](Self::add_node), [`reserve`](Self::reserve), [`mark`](Self::mark) and the
+    /// allocation functions is undone and the bootmem is as it was (firmware ingestion is
+    /// built on this). Region arrays that grew on the way stay grown; that is invisible except
+    /// for [`capacity`](Self::capacity) and the arrays' own reservations.
+    ///
+    /// How: while the block runs, bytes it adds to either list carry a private flag and flags
+    /// it sets are recorded in private shadow bits, so such regions do not merge with older
+    /// ones. A growing array is never placed in memory the block added. At the end the
+    /// bookkeeping is dropped (commit) or the marked regions are removed and the shadowed
+    /// flags cleared (rollback); neither needs a free slot, so neither can fail. `remove`,
+    /// `free` of older reservations, `clear` and `set_node` are not undone and are not used
+    /// inside a block.
+    pub(crate) fn atomically<T, E>(
+        &mut self,
+        edits: impl FnOnce(&mut Self) -> Result<T, E>,
+    ) -> Result<T, E> {
+        debug_assert!(!self.txn, "atomically blocks do not nest");
+        self.txn = true;
+        let result = edits(self);
+        self.txn = false;
+        let committed = result.is_ok();
+        for list in [&mut self.memory, &mut self.reserved] {
+            if committed {
+                list.settle(|_| true, RegionFlags::txn_committed);
+            } else {
+                list.settle(
+                    |r| !r.flags().contains(RegionFlags::TXN_NEW),
+                    RegionFlags::txn_undone,
+                );
+            }
+        }
+        result
+    }
+
+    /// The flags new bytes get: `flags`, plus the transaction mark inside a transaction.
+    fn txn_flags(&self, flags: RegionFlags) -> RegionFlags {
+        if self.txn {
+            flags | RegionFlags::TXN_NEW
+        } else {
+            flags
+        }
     }
 
     /// How allocations treat [`RegionFlags::HOTPLUG`] memory.
@@ -274,6 +351,7 @@ impl<'m, const N: usize> Bootmem<'m, N> {
         flags: RegionFlags,
     ) -> Result<(), RegionError> {
         let (base, end) = region_span(base, size)?;
+        let flags = self.txn_flags(flags);
         let extra = self.memory.slots_to_add(base, end, flags, nid);
         self.make_room(ListKind::Memory, extra, (base, end))?;
         self.memory.add_range(base, end, flags, nid);
@@ -307,12 +385,10 @@ impl<'m, const N: usize> Bootmem<'m, N> {
 
     /// Reserve raw `[base, end)`, growing the reserved list if needed.
     pub(crate) fn reserve_raw(&mut self, base: u64, end: u64) -> Result<(), GrowError> {
-        let extra = self
-            .reserved
-            .slots_to_add(base, end, RegionFlags::empty(), NodeId::NONE);
+        let flags = self.txn_flags(RegionFlags::empty());
+        let extra = self.reserved.slots_to_add(base, end, flags, NodeId::NONE);
         self.make_room_raw(ListKind::Reserved, extra, &[(base, end)])?;
-        self.reserved
-            .add_range(base, end, RegionFlags::empty(), NodeId::NONE);
+        self.reserved.add_range(base, end, flags, NodeId::NONE);
         Ok(())
     }
 
@@ -346,7 +422,14 @@ impl<'m, const N: usize> Bootmem<'m, N> {
         size: u64,
         flags: RegionFlags,
     ) -> Result<(), RegionError> {
-        self.update_memory(base, size, |r| r.set_flags(r.flags() | flags))
+        let txn = self.txn;
+        self.update_memory(base, size, |r| {
+            let mut new = r.flags() | flags;
+            if txn {
+                new |= RegionFlags::txn_shadow(flags - r.flags());
+            }
+            r.set_flags(new)
+        })
     }
 
     /// Clear `flags` on the memory in `[base, base + size)` (memblock's `memblock_clear_*`).
@@ -356,6 +439,7 @@ impl<'m, const N: usize> Bootmem<'m, N> {
         size: u64,
         flags: RegionFlags,
     ) -> Result<(), RegionError> {
+        debug_assert!(!self.txn, "clear is not undone by a transaction");
         self.update_memory(base, size, |r| r.set_flags(r.flags() - flags))
     }
 
@@ -476,6 +560,10 @@ impl<'m, const N: usize> Bootmem<'m, N> {
     /// none of `avoid`.
     fn find_top_down_avoiding(&self, bytes: u64, avoid: &[(u64, u64)]) -> Option<u64> {
         for fr in self.free_ranges_rev(RangeFilter::ALLOCATABLE) {
+            if fr.flags.contains(RegionFlags::TXN_NEW) {
+                // A transaction may still roll this memory back.
+                continue;
+            }
             let lo = fr.range.start().as_u64().max(PAGE_SIZE);
             let mut hi = fr.range.end().as_u64().min(self.limit);
             while hi > lo && hi - lo >= bytes {
@@ -635,6 +723,50 @@ mod tests {
         // An add that merges into an existing region needs no slot and still works.
         bm.add(pa(0x10_1000), 0x1000).unwrap();
         bm.verify().unwrap();
+    }
+
+    #[test]
+    fn failed_transaction_undoes_its_edits_but_keeps_grown_arrays() {
+        let host = HostMemory::new(pa(0), 0x100_0000);
+        let mut bm: Bootmem<'_, 4> = Bootmem::new();
+        // SAFETY: nothing else uses the host buffer.
+        unsafe { bm.set_mapper(&host) };
+        bm.add(pa(0x80_0000), 0x80_0000).unwrap();
+        bm.mark(pa(0x80_0000), 0x1000, RegionFlags::MIRROR).unwrap();
+        bm.reserve(pa(0x90_0000), 0x1000).unwrap();
+        let memory = ranges(bm.memory_regions());
+        let flags: Vec<_> = bm.memory_regions().iter().map(|r| r.flags()).collect();
+        let r: Result<(), ()> = bm.atomically(|bm| {
+            // Enough separate ranges to grow both arrays, edits over old and new bytes.
+            for i in 0..12 {
+                bm.add(pa(0x10_0000 + i * 0x2000), 0x1000).unwrap();
+                bm.reserve(pa(0xa0_0000 + i * 0x2000), 0x1000).unwrap();
+            }
+            bm.mark(
+                pa(0x80_0000),
+                0x10_0000,
+                RegionFlags::NOMAP | RegionFlags::MIRROR,
+            )
+            .unwrap();
+            bm.alloc(0x1000, 0x1000).unwrap();
+            Err(())
+        });
+        assert_eq!(r, Err(()));
+        bm.verify().unwrap();
+        assert!(bm.capacity(ListKind::Memory) > 4 && bm.capacity(ListKind::Reserved) > 4);
+        assert_eq!(ranges(bm.memory_regions()), memory);
+        let after: Vec<_> = bm.memory_regions().iter().map(|r| r.flags()).collect();
+        assert_eq!(after, flags, "only MIRROR, which was there before, stays");
+        // The reserved list holds the old reservation plus the arrays that grew.
+        let arrays: u64 = bm.region_arrays().iter().flatten().map(|a| a.len()).sum();
+        assert_eq!(bm.reserved_size(), 0x1000 + arrays);
+        // A committed transaction leaves no bookkeeping behind: regions merge as usual.
+        bm.atomically(|bm| bm.add(pa(0x100_0000 - 0x1000), 0x1000))
+            .unwrap();
+        assert!(bm
+            .memory_regions()
+            .iter()
+            .all(|r| r.flags().bits() & 0xffff_0000 == 0));
     }
 
     #[test]
