@@ -217,7 +217,9 @@ impl<'m, const N: usize> Bootmem<'m, N> {
     ///
     /// How: while the block runs, bytes it adds to either list carry a private flag and flags
     /// it sets are recorded in private shadow bits, so such regions do not merge with older
-    /// ones. A growing array is never placed in memory the block added. At the end the
+    /// ones — so, as between any two unmerged regions, an allocation inside the block does
+    /// not straddle older memory and memory the block added. A growing array is never placed
+    /// in memory the block added. At the end the
     /// bookkeeping is dropped (commit) or the marked regions are removed and the shadowed
     /// flags cleared (rollback); neither needs a free slot, so neither can fail. `remove`,
     /// `free` of older reservations, `clear` and `set_node` are not undone and are not used
@@ -841,5 +843,100 @@ mod tests {
             })
         ));
         assert_eq!(bm.memory_regions().len(), 4);
+    }
+
+    /// One edit inside a transaction, in pages of a 16 MiB space.
+    #[derive(Debug, Clone)]
+    enum TxnOp {
+        Add(u64, u64, u8),
+        Reserve(u64, u64),
+        Mark(u64, u64, u8),
+        Alloc(u64, u32),
+    }
+
+    fn txn_op() -> impl proptest::strategy::Strategy<Value = TxnOp> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0u64..4096, 1u64..64, 0u8..8).prop_map(|(p, n, f)| TxnOp::Add(p, n, f)),
+            (0u64..4096, 1u64..64).prop_map(|(p, n)| TxnOp::Reserve(p, n)),
+            (0u64..4096, 1u64..64, 0u8..16).prop_map(|(p, n, f)| TxnOp::Mark(p, n, f)),
+            (1u64..32, 0u32..4).prop_map(|(n, a)| TxnOp::Alloc(n, a)),
+        ]
+    }
+
+    fn run_txn_op<const N: usize>(bm: &mut Bootmem<'_, N>, op: &TxnOp) {
+        let flags = |f: u8| RegionFlags::from_bits_truncate(u32::from(f));
+        // Errors (lists full, no fit) are part of the test: they must not leak either.
+        let _ = match *op {
+            TxnOp::Add(p, n, f) => bm
+                .add_node(
+                    pa(p << 12),
+                    n << 12,
+                    NodeId::new(u16::from(f % 2)),
+                    flags(f / 2),
+                )
+                .map_err(drop),
+            TxnOp::Reserve(p, n) => bm.reserve(pa(p << 12), n << 12).map_err(drop),
+            TxnOp::Mark(p, n, f) => bm.mark(pa(p << 12), n << 12, flags(f)).map_err(drop),
+            TxnOp::Alloc(n, a) => bm.alloc(n << 12, 0x1000 << a).map(drop).map_err(drop),
+        };
+    }
+
+    /// The bytes `regions` cover, minus `skip`, page by page (with node and flags).
+    fn pages(regions: &[Region], skip: &[PhysRange]) -> Vec<(u64, u16, u32)> {
+        regions
+            .iter()
+            .flat_map(|r| {
+                (r.base().as_u64()..r.end().as_u64())
+                    .step_by(0x1000)
+                    .map(move |p| (p, r.nid().get(), r.flags().bits()))
+            })
+            .filter(|&(p, _, _)| !skip.iter().any(|a| a.contains(pa(p))))
+            .collect()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+        /// A failed transaction leaves both lists as they were (apart from region arrays that
+        /// grew), whatever it did; a committed one leaves no bookkeeping bits behind.
+        #[test]
+        fn transaction_rollback_restores_every_region(
+            setup in proptest::collection::vec(txn_op(), 0..24),
+            edits in proptest::collection::vec(txn_op(), 0..48),
+            commit in proptest::prelude::any::<bool>(),
+        ) {
+            let host = HostMemory::new(pa(0), 0x100_0000);
+            let mut bm: Bootmem<'_, 4> = Bootmem::new();
+            // SAFETY: nothing else uses the host buffer.
+            unsafe { bm.set_mapper(&host) };
+            bm.add(pa(0x80_0000), 0x80_0000).unwrap();
+            for op in &setup {
+                run_txn_op(&mut bm, op);
+            }
+            let arrays_before: Vec<_> = bm.region_arrays().into_iter().flatten().collect();
+            let memory = pages(bm.memory_regions(), &[]);
+            let reserved = bm.reserved_regions().to_vec();
+            let r = bm.atomically(|bm| {
+                for op in &edits {
+                    run_txn_op(bm, op);
+                }
+                if commit { Ok(()) } else { Err(()) }
+            });
+            bm.verify().unwrap();
+            for r in bm.memory_regions().iter().chain(bm.reserved_regions()) {
+                proptest::prop_assert_eq!(r.flags().bits() & 0xffff_0000, 0);
+            }
+            if r.is_err() {
+                proptest::prop_assert_eq!(pages(bm.memory_regions(), &[]), memory);
+                let mut arrays: Vec<_> = bm.region_arrays().into_iter().flatten().collect();
+                arrays.extend(arrays_before);
+                // Reservations other than the region arrays (old or new) are as they were.
+                proptest::prop_assert_eq!(
+                    pages(bm.reserved_regions(), &arrays),
+                    pages(&reserved, &arrays)
+                );
+            }
+        }
     }
 }
