@@ -261,6 +261,8 @@ impl Iterator for Sanitized<'_> {
 }
 
 /// What [`ingest`] did.
+///
+/// Byte counts are over sanitized (non-overlapping) runs, so they cannot overflow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct E820Summary {
     /// Bytes added as memory.
@@ -303,20 +305,20 @@ fn apply<const N: usize>(
             E820Type::Ram | E820Type::ReservedKern | E820Type::SoftReserved
         );
         if !is_memory {
-            summary.other += end - start;
+            summary.other = summary.other.saturating_add(end - start);
             continue;
         }
         let Some((base, clipped_end)) = bm.clip_to_phys_limit(start, end) else {
-            summary.clipped += end - start;
+            summary.clipped = summary.clipped.saturating_add(end - start);
             continue;
         };
-        summary.clipped += end - clipped_end;
+        summary.clipped = summary.clipped.saturating_add(end - clipped_end);
         let size = clipped_end - base;
         let applied = if run.kind == E820Type::SoftReserved {
-            summary.reserved += size;
+            summary.reserved = summary.reserved.saturating_add(size);
             bm.reserve(PhysAddr::new(base), size)
         } else {
-            summary.ram += size;
+            summary.ram = summary.ram.saturating_add(size);
             bm.add(PhysAddr::new(base), size)
         };
         applied.map_err(|error| E820Error::Region {

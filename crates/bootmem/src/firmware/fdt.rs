@@ -223,6 +223,9 @@ impl fmt::Display for FdtError {
 }
 
 /// What [`ingest`] did.
+///
+/// Byte counts add up entry by entry (overlapping entries count twice) and saturate at
+/// `u64::MAX`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct FdtSummary {
     /// Memory ranges added.
@@ -509,12 +512,12 @@ fn apply<const N: usize>(
             flags,
         } => {
             let Some((base, end)) = clip(bm, base, size) else {
-                summary.clipped += size;
+                summary.clipped = summary.clipped.saturating_add(size);
                 return Ok(());
             };
-            summary.clipped += size - (end - base);
+            summary.clipped = summary.clipped.saturating_add(size - (end - base));
             summary.memory_ranges += 1;
-            summary.memory_bytes += end - base;
+            summary.memory_bytes = summary.memory_bytes.saturating_add(end - base);
             bm.add_node(PhysAddr::new(base), end - base, nid, flags)
                 .map_err(region(base, end))
         }
@@ -967,5 +970,24 @@ mod tests {
             0x4000_0000..0x5000_0000
         );
         assert_eq!(bm.memory_regions().len(), 1);
+    }
+
+    /// Found by the `fdt` fuzz target: the clipped-byte count overflowed.
+    #[test]
+    fn fdt_huge_overlapping_memory_ranges_saturate_the_summary() {
+        let mut b = Builder::new();
+        b.begin("")
+            .prop_u32s("#address-cells", &[2])
+            .prop_u32s("#size-cells", &[2]);
+        for i in 0..3 {
+            b.begin(&std::format!("memory@{i}"))
+                .prop_str("device_type", "memory")
+                .prop_u32s("reg", &[0, 0, 0xffff_ffff, 0xffff_f000])
+                .end();
+        }
+        b.end();
+        let s = ingest_or_unchanged(&b.finish()).unwrap();
+        assert_eq!(s.clipped, u64::MAX);
+        assert_eq!(s.memory_bytes, 3 * crate::DEFAULT_PHYS_LIMIT);
     }
 }

@@ -312,6 +312,9 @@ impl<'a> UefiMemoryMap<'a> {
 }
 
 /// What [`ingest`] did.
+///
+/// Byte counts add up entry by entry (overlapping entries count twice) and saturate at
+/// `u64::MAX`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct UefiSummary {
     /// Bytes added as usable RAM (including ACPI reclaim and soft-reserved memory).
@@ -356,7 +359,7 @@ fn apply<const N: usize>(
         };
         let clipped_end = end.min(bm.phys_limit);
         if d.usage() != EfiUse::Skip {
-            summary.clipped += end - clipped_end.max(base);
+            summary.clipped = summary.clipped.saturating_add(end - clipped_end.max(base));
         }
         let Some((base, end)) = bm.clip_to_phys_limit(base, end) else {
             if d.usage() == EfiUse::Skip {
@@ -372,11 +375,11 @@ fn apply<const N: usize>(
                 continue;
             }
             EfiUse::NoMap => {
-                summary.nomap += size;
+                summary.nomap = summary.nomap.saturating_add(size);
                 RegionFlags::empty()
             }
             EfiUse::Ram | EfiUse::RamReserved => {
-                summary.ram += size;
+                summary.ram = summary.ram.saturating_add(size);
                 RegionFlags::empty()
             }
         };
@@ -399,16 +402,16 @@ fn apply<const N: usize>(
                 .map_err(fail((base, end)))?;
         }
         if usage == EfiUse::RamReserved {
-            summary.reserved += size;
+            summary.reserved = summary.reserved.saturating_add(size);
             bm.reserve(pa, size).map_err(fail((base, end)))?;
         }
         if d.attribute & attribute::SP != 0 && usage != EfiUse::NoMap {
-            summary.driver_managed += size;
+            summary.driver_managed = summary.driver_managed.saturating_add(size);
             bm.mark(pa, size, RegionFlags::DRIVER_MANAGED)
                 .map_err(fail((base, end)))?;
         }
         if d.attribute & attribute::MORE_RELIABLE != 0 {
-            summary.mirror += size;
+            summary.mirror = summary.mirror.saturating_add(size);
             bm.mark(pa, size, RegionFlags::MIRROR)
                 .map_err(fail((base, end)))?;
         }
@@ -601,6 +604,27 @@ mod tests {
         assert_eq!(s.clipped, (1u64 << 40) * PAGE_SIZE);
         assert_eq!(bm.end_of_memory(), Some(PhysAddr::new(0x4000_0000)));
         assert!(bm.alloc(0x1000, 0x1000).unwrap().as_u64() < 0x4000_0000);
+    }
+
+    #[test]
+    fn uefi_huge_overlapping_descriptors_saturate_the_summary() {
+        let huge = EfiDescriptor {
+            ty: CONVENTIONAL,
+            phys_start: 0,
+            virt_start: 0,
+            pages: (u64::MAX >> 12) - 1,
+            attribute: WB,
+        };
+        let bytes: Vec<u8> = [huge; 3].iter().flat_map(|d| d.to_bytes()).collect();
+        let map = UefiMemoryMap::new(&bytes, 40, 1).unwrap();
+        let mut bm: Bootmem = Bootmem::new();
+        let s = ingest(&mut bm, &map).unwrap();
+        assert_eq!(s.clipped, u64::MAX);
+        assert_eq!(s.ram, 3 * crate::DEFAULT_PHYS_LIMIT);
+        assert_eq!(
+            bm.end_of_memory(),
+            Some(PhysAddr::new(crate::DEFAULT_PHYS_LIMIT))
+        );
     }
 
     #[test]
