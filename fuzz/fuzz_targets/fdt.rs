@@ -40,9 +40,16 @@ struct ReservedChild {
 }
 
 #[derive(Arbitrary, Debug)]
+struct MemoryNode {
+    /// `(base, size)` pairs in units of 64 KiB.
+    reg: Vec<(u16, u16)>,
+    numa_node: Option<u8>,
+    hotpluggable: bool,
+}
+
+#[derive(Arbitrary, Debug)]
 struct Tree {
-    /// Memory nodes: `(base, size)` pairs in units of 64 KiB, NUMA node, hotpluggable.
-    memory: Vec<(Vec<(u16, u16)>, Option<u8>, bool)>,
+    memory: Vec<MemoryNode>,
     memreserve: Vec<(u32, u32)>,
     reserved: Vec<ReservedChild>,
     /// `#size-cells` of `/reserved-memory`: 1 or 2 (others are errors, also worth a try).
@@ -76,8 +83,9 @@ fn write_tree(t: &Tree) -> Vec<u8> {
     b.begin("")
         .prop_u32s("#address-cells", &[2])
         .prop_u32s("#size-cells", &[2]);
-    for (i, (ranges, nid, hotplug)) in t.memory.iter().take(8).enumerate() {
-        let reg: Vec<u32> = ranges
+    for (i, node) in t.memory.iter().take(8).enumerate() {
+        let reg: Vec<u32> = node
+            .reg
             .iter()
             .take(8)
             .flat_map(|&(base, size)| {
@@ -88,10 +96,10 @@ fn write_tree(t: &Tree) -> Vec<u8> {
         b.begin(&format!("memory@{i}"))
             .prop_str("device_type", "memory")
             .prop_u32s("reg", &reg);
-        if let Some(nid) = nid {
-            b.prop_u32s("numa-node-id", &[u32::from(*nid % 4)]);
+        if let Some(nid) = node.numa_node {
+            b.prop_u32s("numa-node-id", &[u32::from(nid % 4)]);
         }
-        if *hotplug {
+        if node.hotpluggable {
             b.prop("hotpluggable", &[]);
         }
         b.end();
