@@ -23,7 +23,7 @@
 use core::fmt;
 use core::sync::atomic::AtomicU8;
 
-use mmkit_addr::{IrqControl, PhysMapper, PhysRange, VirtRange};
+use mmkit_addr::{IrqControl, PhysAddr, PhysMapper, PhysRange, VirtRange};
 use mmkit_bootmem::firmware::{e820, uefi};
 use mmkit_bootmem::{Bootmem, NodeId, RegionError};
 use mmkit_buddy::{
@@ -117,6 +117,7 @@ pub struct MmBuilder<'m, P: IrqControl, F: PagingFormat = X86_64> {
     cpu_nodes: [u8; MAX_CPU_NODE_MAP],
     vmalloc: Option<(F, VirtRange)>,
     slab_flags: CacheFlags,
+    clipped: u64,
     error: Option<BootError>,
 }
 
@@ -158,6 +159,7 @@ impl<'m, P: IrqControl> MmBuilder<'m, P, X86_64> {
             cpu_nodes: [0; MAX_CPU_NODE_MAP],
             vmalloc: None,
             slab_flags: CacheFlags::empty(),
+            clipped: 0,
             error: None,
         }
     }
@@ -171,23 +173,40 @@ impl<'m, P: IrqControl, F: PagingFormat> MmBuilder<'m, P, F> {
         self
     }
 
+    /// The first physical address the CPU cannot reach (x86 `MAXPHYADDR`, arm64
+    /// `PHYS_MASK_SHIFT`); 52 bits unless set. Firmware memory past it is clipped by the map
+    /// steps that follow ([`clipped_bytes`](Self::clipped_bytes) counts it), so set it before
+    /// [`e820`](Self::e820), [`uefi`](Self::uefi) or `device_tree`.
+    pub fn phys_limit(mut self, end: PhysAddr) -> Self {
+        self.bm.set_phys_limit(end);
+        self
+    }
+
+    /// Bytes of firmware memory dropped so far because they lie past the physical address
+    /// limit: nonzero means the firmware map is wrong, and a kernel should warn.
+    pub fn clipped_bytes(&self) -> u64 {
+        self.clipped
+    }
+
     /// Add an e820 map (sanitized as Linux does; RAM becomes memory, soft-reserved memory is
-    /// reserved, everything else is left out).
+    /// reserved, everything else is left out). A refused map changes nothing.
     pub fn e820(mut self, entries: &[e820::E820Entry]) -> Self {
-        let r = e820::ingest(&mut self.bm, entries).map(|_| ());
+        let r = e820::ingest(&mut self.bm, entries).map(|s| self.clipped += s.clipped);
         self.record(r, BootError::E820)
     }
 
-    /// Add a UEFI memory map (`GetMemoryMap` output).
+    /// Add a UEFI memory map (`GetMemoryMap` output). A refused map changes nothing.
     pub fn uefi(mut self, map: &uefi::UefiMemoryMap<'_>) -> Self {
-        let r = uefi::ingest(&mut self.bm, map).map(|_| ());
+        let r = uefi::ingest(&mut self.bm, map).map(|s| self.clipped += s.clipped);
         self.record(r, BootError::Uefi)
     }
 
-    /// Add the memory, reservations and carve-outs of a flattened device tree.
+    /// Add the memory, reservations and carve-outs of a flattened device tree. A malformed
+    /// blob is an error (never a panic) and changes nothing.
     #[cfg(feature = "fdt")]
     pub fn device_tree(mut self, blob: &[u8]) -> Self {
-        let r = mmkit_bootmem::firmware::fdt::ingest(&mut self.bm, blob).map(|_| ());
+        let r = mmkit_bootmem::firmware::fdt::ingest(&mut self.bm, blob)
+            .map(|s| self.clipped += s.clipped);
         self.record(r, BootError::Fdt)
     }
 
@@ -298,6 +317,7 @@ impl<'m, P: IrqControl, F: PagingFormat> MmBuilder<'m, P, F> {
             cpu_nodes: self.cpu_nodes,
             vmalloc: Some((fmt, window)),
             slab_flags: self.slab_flags,
+            clipped: self.clipped,
             error: self.error,
         }
     }

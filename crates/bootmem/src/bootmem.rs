@@ -46,6 +46,15 @@ use crate::region::{NodeId, Region, RegionFlags};
 /// ```
 pub const DEFAULT_REGIONS: usize = 128;
 
+/// The default physical address limit: 52 address bits, the most any x86_64 (`MAXPHYADDR`)
+/// or aarch64 (`FEAT_LPA`) machine can address. Firmware ingestion clips memory at the
+/// limit set with [`Bootmem::set_phys_limit`], this one by default.
+///
+/// ```
+/// assert_eq!(mmkit_bootmem::DEFAULT_PHYS_LIMIT, 1 << 52);
+/// ```
+pub const DEFAULT_PHYS_LIMIT: u64 = 1 << 52;
+
 /// Slots kept spare when an array grows: reserving the new array and freeing the old one may
 /// each add one reserved region.
 const GROW_SLACK: usize = 2;
@@ -86,6 +95,10 @@ pub struct Bootmem<'m, const N: usize = DEFAULT_REGIONS> {
     pub(crate) hotplug: HotplugPolicy,
     pub(crate) mirror_first: bool,
     pub(crate) mapper: Option<&'m dyn PhysMapper>,
+    pub(crate) phys_limit: u64,
+    /// An [`atomically`](Bootmem::atomically) block is running: edits carry the transaction
+    /// bookkeeping flags.
+    txn: bool,
 }
 
 impl<const N: usize> Default for Bootmem<'_, N> {
@@ -131,6 +144,8 @@ impl<'m, const N: usize> Bootmem<'m, N> {
             hotplug: HotplugPolicy::Allow,
             mirror_first: false,
             mapper: None,
+            phys_limit: DEFAULT_PHYS_LIMIT,
+            txn: false,
         }
     }
 
@@ -174,6 +189,70 @@ impl<'m, const N: usize> Bootmem<'m, N> {
     /// The current allocation limit (`u64::MAX`: none).
     pub fn current_limit(&self) -> PhysAddr {
         PhysAddr::new(self.limit)
+    }
+
+    /// Firmware ingestion ([`crate::firmware`]) clips memory and reservations at `end`, the
+    /// first byte the CPU cannot address (Linux trims memblock at `1 << PHYS_MASK_SHIFT` the
+    /// same way). Ranges given to [`add`](Self::add) and friends directly are not clipped.
+    pub fn set_phys_limit(&mut self, end: PhysAddr) {
+        self.phys_limit = end.as_u64();
+    }
+
+    /// The physical address limit ([`DEFAULT_PHYS_LIMIT`] unless set).
+    pub fn phys_limit(&self) -> PhysAddr {
+        PhysAddr::new(self.phys_limit)
+    }
+
+    /// `[base, end)` clipped at the physical address limit; `None` if nothing is left.
+    pub(crate) fn clip_to_phys_limit(&self, base: u64, end: u64) -> Option<(u64, u64)> {
+        let end = end.min(self.phys_limit);
+        (base < end).then_some((base, end))
+    }
+
+    /// Run `edits` all-or-nothing: if it returns an error, every change it made through
+    /// [`add_node`](Self::add_node), [`reserve`](Self::reserve), [`mark`](Self::mark) and the
+    /// allocation functions is undone and the bootmem is as it was (firmware ingestion is
+    /// built on this). Region arrays that grew on the way stay grown; that is invisible except
+    /// for [`capacity`](Self::capacity) and the arrays' own reservations.
+    ///
+    /// How: while the block runs, bytes it adds to either list carry a private flag and flags
+    /// it sets are recorded in private shadow bits, so such regions do not merge with older
+    /// ones — so, as between any two unmerged regions, an allocation inside the block does
+    /// not straddle older memory and memory the block added. A growing array is never placed
+    /// in memory the block added. At the end the
+    /// bookkeeping is dropped (commit) or the marked regions are removed and the shadowed
+    /// flags cleared (rollback); neither needs a free slot, so neither can fail. `remove`,
+    /// `free` of older reservations, `clear` and `set_node` are not undone and are not used
+    /// inside a block.
+    pub(crate) fn atomically<T, E>(
+        &mut self,
+        edits: impl FnOnce(&mut Self) -> Result<T, E>,
+    ) -> Result<T, E> {
+        debug_assert!(!self.txn, "atomically blocks do not nest");
+        self.txn = true;
+        let result = edits(self);
+        self.txn = false;
+        let committed = result.is_ok();
+        for list in [&mut self.memory, &mut self.reserved] {
+            if committed {
+                list.settle(|_| true, RegionFlags::txn_committed);
+            } else {
+                list.settle(
+                    |r| !r.flags().contains(RegionFlags::TXN_NEW),
+                    RegionFlags::txn_undone,
+                );
+            }
+        }
+        result
+    }
+
+    /// The flags new bytes get: `flags`, plus the transaction mark inside a transaction.
+    fn txn_flags(&self, flags: RegionFlags) -> RegionFlags {
+        if self.txn {
+            flags | RegionFlags::TXN_NEW
+        } else {
+            flags
+        }
     }
 
     /// How allocations treat [`RegionFlags::HOTPLUG`] memory.
@@ -274,6 +353,7 @@ impl<'m, const N: usize> Bootmem<'m, N> {
         flags: RegionFlags,
     ) -> Result<(), RegionError> {
         let (base, end) = region_span(base, size)?;
+        let flags = self.txn_flags(flags);
         let extra = self.memory.slots_to_add(base, end, flags, nid);
         self.make_room(ListKind::Memory, extra, (base, end))?;
         self.memory.add_range(base, end, flags, nid);
@@ -307,12 +387,10 @@ impl<'m, const N: usize> Bootmem<'m, N> {
 
     /// Reserve raw `[base, end)`, growing the reserved list if needed.
     pub(crate) fn reserve_raw(&mut self, base: u64, end: u64) -> Result<(), GrowError> {
-        let extra = self
-            .reserved
-            .slots_to_add(base, end, RegionFlags::empty(), NodeId::NONE);
+        let flags = self.txn_flags(RegionFlags::empty());
+        let extra = self.reserved.slots_to_add(base, end, flags, NodeId::NONE);
         self.make_room_raw(ListKind::Reserved, extra, &[(base, end)])?;
-        self.reserved
-            .add_range(base, end, RegionFlags::empty(), NodeId::NONE);
+        self.reserved.add_range(base, end, flags, NodeId::NONE);
         Ok(())
     }
 
@@ -346,7 +424,14 @@ impl<'m, const N: usize> Bootmem<'m, N> {
         size: u64,
         flags: RegionFlags,
     ) -> Result<(), RegionError> {
-        self.update_memory(base, size, |r| r.set_flags(r.flags() | flags))
+        let txn = self.txn;
+        self.update_memory(base, size, |r| {
+            let mut new = r.flags() | flags;
+            if txn {
+                new |= RegionFlags::txn_shadow(flags - r.flags());
+            }
+            r.set_flags(new)
+        })
     }
 
     /// Clear `flags` on the memory in `[base, base + size)` (memblock's `memblock_clear_*`).
@@ -356,6 +441,7 @@ impl<'m, const N: usize> Bootmem<'m, N> {
         size: u64,
         flags: RegionFlags,
     ) -> Result<(), RegionError> {
+        debug_assert!(!self.txn, "clear is not undone by a transaction");
         self.update_memory(base, size, |r| r.set_flags(r.flags() - flags))
     }
 
@@ -476,6 +562,10 @@ impl<'m, const N: usize> Bootmem<'m, N> {
     /// none of `avoid`.
     fn find_top_down_avoiding(&self, bytes: u64, avoid: &[(u64, u64)]) -> Option<u64> {
         for fr in self.free_ranges_rev(RangeFilter::ALLOCATABLE) {
+            if fr.flags.contains(RegionFlags::TXN_NEW) {
+                // A transaction may still roll this memory back.
+                continue;
+            }
             let lo = fr.range.start().as_u64().max(PAGE_SIZE);
             let mut hi = fr.range.end().as_u64().min(self.limit);
             while hi > lo && hi - lo >= bytes {
@@ -638,6 +728,50 @@ mod tests {
     }
 
     #[test]
+    fn failed_transaction_undoes_its_edits_but_keeps_grown_arrays() {
+        let host = HostMemory::new(pa(0), 0x100_0000);
+        let mut bm: Bootmem<'_, 4> = Bootmem::new();
+        // SAFETY: nothing else uses the host buffer.
+        unsafe { bm.set_mapper(&host) };
+        bm.add(pa(0x80_0000), 0x80_0000).unwrap();
+        bm.mark(pa(0x80_0000), 0x1000, RegionFlags::MIRROR).unwrap();
+        bm.reserve(pa(0x90_0000), 0x1000).unwrap();
+        let memory = ranges(bm.memory_regions());
+        let flags: Vec<_> = bm.memory_regions().iter().map(|r| r.flags()).collect();
+        let r: Result<(), ()> = bm.atomically(|bm| {
+            // Enough separate ranges to grow both arrays, edits over old and new bytes.
+            for i in 0..12 {
+                bm.add(pa(0x10_0000 + i * 0x2000), 0x1000).unwrap();
+                bm.reserve(pa(0xa0_0000 + i * 0x2000), 0x1000).unwrap();
+            }
+            bm.mark(
+                pa(0x80_0000),
+                0x10_0000,
+                RegionFlags::NOMAP | RegionFlags::MIRROR,
+            )
+            .unwrap();
+            bm.alloc(0x1000, 0x1000).unwrap();
+            Err(())
+        });
+        assert_eq!(r, Err(()));
+        bm.verify().unwrap();
+        assert!(bm.capacity(ListKind::Memory) > 4 && bm.capacity(ListKind::Reserved) > 4);
+        assert_eq!(ranges(bm.memory_regions()), memory);
+        let after: Vec<_> = bm.memory_regions().iter().map(|r| r.flags()).collect();
+        assert_eq!(after, flags, "only MIRROR, which was there before, stays");
+        // The reserved list holds the old reservation plus the arrays that grew.
+        let arrays: u64 = bm.region_arrays().iter().flatten().map(|a| a.len()).sum();
+        assert_eq!(bm.reserved_size(), 0x1000 + arrays);
+        // A committed transaction leaves no bookkeeping behind: regions merge as usual.
+        bm.atomically(|bm| bm.add(pa(0x100_0000 - 0x1000), 0x1000))
+            .unwrap();
+        assert!(bm
+            .memory_regions()
+            .iter()
+            .all(|r| r.flags().bits() & 0xffff_0000 == 0));
+    }
+
+    #[test]
     fn full_lists_grow_into_self_allocated_memory() {
         let host = HostMemory::new(pa(0), 0x100_0000);
         let mut bm: Bootmem<'_, 4> = Bootmem::new();
@@ -709,5 +843,100 @@ mod tests {
             })
         ));
         assert_eq!(bm.memory_regions().len(), 4);
+    }
+
+    /// One edit inside a transaction, in pages of a 16 MiB space.
+    #[derive(Debug, Clone)]
+    enum TxnOp {
+        Add(u64, u64, u8),
+        Reserve(u64, u64),
+        Mark(u64, u64, u8),
+        Alloc(u64, u32),
+    }
+
+    fn txn_op() -> impl proptest::strategy::Strategy<Value = TxnOp> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0u64..4096, 1u64..64, 0u8..8).prop_map(|(p, n, f)| TxnOp::Add(p, n, f)),
+            (0u64..4096, 1u64..64).prop_map(|(p, n)| TxnOp::Reserve(p, n)),
+            (0u64..4096, 1u64..64, 0u8..16).prop_map(|(p, n, f)| TxnOp::Mark(p, n, f)),
+            (1u64..32, 0u32..4).prop_map(|(n, a)| TxnOp::Alloc(n, a)),
+        ]
+    }
+
+    fn run_txn_op<const N: usize>(bm: &mut Bootmem<'_, N>, op: &TxnOp) {
+        let flags = |f: u8| RegionFlags::from_bits_truncate(u32::from(f));
+        // Errors (lists full, no fit) are part of the test: they must not leak either.
+        let _ = match *op {
+            TxnOp::Add(p, n, f) => bm
+                .add_node(
+                    pa(p << 12),
+                    n << 12,
+                    NodeId::new(u16::from(f % 2)),
+                    flags(f / 2),
+                )
+                .map_err(drop),
+            TxnOp::Reserve(p, n) => bm.reserve(pa(p << 12), n << 12).map_err(drop),
+            TxnOp::Mark(p, n, f) => bm.mark(pa(p << 12), n << 12, flags(f)).map_err(drop),
+            TxnOp::Alloc(n, a) => bm.alloc(n << 12, 0x1000 << a).map(drop).map_err(drop),
+        };
+    }
+
+    /// The bytes `regions` cover, minus `skip`, page by page (with node and flags).
+    fn pages(regions: &[Region], skip: &[PhysRange]) -> Vec<(u64, u16, u32)> {
+        regions
+            .iter()
+            .flat_map(|r| {
+                (r.base().as_u64()..r.end().as_u64())
+                    .step_by(0x1000)
+                    .map(move |p| (p, r.nid().get(), r.flags().bits()))
+            })
+            .filter(|&(p, _, _)| !skip.iter().any(|a| a.contains(pa(p))))
+            .collect()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+        /// A failed transaction leaves both lists as they were (apart from region arrays that
+        /// grew), whatever it did; a committed one leaves no bookkeeping bits behind.
+        #[test]
+        fn transaction_rollback_restores_every_region(
+            setup in proptest::collection::vec(txn_op(), 0..24),
+            edits in proptest::collection::vec(txn_op(), 0..48),
+            commit in proptest::prelude::any::<bool>(),
+        ) {
+            let host = HostMemory::new(pa(0), 0x100_0000);
+            let mut bm: Bootmem<'_, 4> = Bootmem::new();
+            // SAFETY: nothing else uses the host buffer.
+            unsafe { bm.set_mapper(&host) };
+            bm.add(pa(0x80_0000), 0x80_0000).unwrap();
+            for op in &setup {
+                run_txn_op(&mut bm, op);
+            }
+            let arrays_before: Vec<_> = bm.region_arrays().into_iter().flatten().collect();
+            let memory = pages(bm.memory_regions(), &[]);
+            let reserved = bm.reserved_regions().to_vec();
+            let r = bm.atomically(|bm| {
+                for op in &edits {
+                    run_txn_op(bm, op);
+                }
+                if commit { Ok(()) } else { Err(()) }
+            });
+            bm.verify().unwrap();
+            for r in bm.memory_regions().iter().chain(bm.reserved_regions()) {
+                proptest::prop_assert_eq!(r.flags().bits() & 0xffff_0000, 0);
+            }
+            if r.is_err() {
+                proptest::prop_assert_eq!(pages(bm.memory_regions(), &[]), memory);
+                let mut arrays: Vec<_> = bm.region_arrays().into_iter().flatten().collect();
+                arrays.extend(arrays_before);
+                // Reservations other than the region arrays (old or new) are as they were.
+                proptest::prop_assert_eq!(
+                    pages(bm.reserved_regions(), &arrays),
+                    pages(&reserved, &arrays)
+                );
+            }
+        }
     }
 }

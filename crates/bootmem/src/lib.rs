@@ -76,7 +76,7 @@ pub mod testing;
 mod verify;
 
 pub use alloc::AllocRequest;
-pub use bootmem::{Bootmem, HotplugPolicy, DEFAULT_REGIONS};
+pub use bootmem::{Bootmem, HotplugPolicy, DEFAULT_PHYS_LIMIT, DEFAULT_REGIONS};
 pub use error::{AllocError, FreeError, GrowError, RegionError};
 pub use handoff::{
     Block, BlockRun, BlockRuns, Blocks, Handoff, HandoffRanges, NodePages, ReservedInMemory,

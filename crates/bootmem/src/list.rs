@@ -301,6 +301,27 @@ impl<const N: usize> RegionList<N> {
         self.merge_window(window.start.saturating_sub(1), window.end + 1);
     }
 
+    /// Drop every region `keep` refuses, rewrite the flags of the others with `flags`, then
+    /// merge the whole list. Needs no free slot, so it cannot fail (transaction end).
+    pub(crate) fn settle(
+        &mut self,
+        keep: impl Fn(&Region) -> bool,
+        flags: impl Fn(RegionFlags) -> RegionFlags,
+    ) {
+        let mut i = 0;
+        while i < self.len {
+            let r = self.store.slots()[i];
+            if keep(&r) {
+                self.store.slots_mut()[i].set_flags(flags(r.flags()));
+                i += 1;
+            } else {
+                self.total -= r.size();
+                self.delete(i, i + 1);
+            }
+        }
+        self.merge_window(0, self.len);
+    }
+
     /// Merge every pair of mergeable neighbours among regions `start..end` (clipped to the
     /// list), closing up the tail once.
     pub(crate) fn merge_window(&mut self, start: usize, end: usize) {

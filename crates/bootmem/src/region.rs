@@ -36,6 +36,29 @@ impl RegionFlags {
     /// Flags whose memory bootmem never allocates from and never hands to the buddy.
     pub const NOT_ALLOCATABLE: RegionFlags = RegionFlags::NOMAP.union(RegionFlags::DRIVER_MANAGED);
 
+    /// Transaction bookkeeping (see `Bootmem::atomically`), never visible outside one:
+    /// a region whose bytes an open transaction added.
+    pub(crate) const TXN_NEW: RegionFlags = RegionFlags::from_bits_retain(1 << 31);
+    /// Transaction bookkeeping: flag bit `k` set by an open transaction is recorded as bit
+    /// `k + TXN_SHADOW_SHIFT`, so a rollback clears exactly what the transaction set.
+    pub(crate) const TXN_SHADOW_SHIFT: u32 = 16;
+
+    /// The shadow bits recording that `set` was set by an open transaction.
+    pub(crate) const fn txn_shadow(set: RegionFlags) -> RegionFlags {
+        RegionFlags::from_bits_retain((set.bits() & 0xffff) << Self::TXN_SHADOW_SHIFT)
+    }
+
+    /// The flags with the transaction's edits undone: shadowed bits cleared, bookkeeping gone.
+    pub(crate) const fn txn_undone(self) -> RegionFlags {
+        let set_by_txn = (self.bits() >> Self::TXN_SHADOW_SHIFT) & 0x7fff;
+        RegionFlags::from_bits_retain(self.bits() & 0xffff & !set_by_txn)
+    }
+
+    /// The flags with the transaction's edits kept, bookkeeping gone.
+    pub(crate) const fn txn_committed(self) -> RegionFlags {
+        RegionFlags::from_bits_retain(self.bits() & 0xffff)
+    }
+
     /// Names used by the region report, in bit order (as memblock's debugfs prints them).
     const NAMES: [(RegionFlags, &'static str); 4] = [
         (RegionFlags::HOTPLUG, "HOTPLUG"),

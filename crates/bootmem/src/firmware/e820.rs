@@ -12,10 +12,19 @@
 //! [`E820Type::SoftReserved`] runs are reserved (they belong to drivers); every other type is
 //! not memory for bootmem (ACPI tables and NVS, persistent memory, unusable ranges, holes) and
 //! is only counted in the returned [`E820Summary`].
+//!
+//! ## Refused and clipped input
+//! An entry whose end does not fit in 64 bits (`addr + size` wraps) makes the whole map an
+//! error ([`E820Error::Wraps`] names it), as Linux refuses such a table. Runs are clipped at
+//! the bootmem's physical address limit ([`Bootmem::set_phys_limit`]): bytes past it are not
+//! memory the CPU can reach, so they are dropped and counted in [`E820Summary::clipped`] for
+//! the caller to warn about (Linux trims memblock the same way). A map is applied
+//! all-or-nothing: if an edit fails (region lists full and unable to grow), every edit before
+//! it is undone.
 
 use core::fmt;
 
-use mmkit_addr::PhysRange;
+use mmkit_addr::{PhysAddr, PhysRange};
 
 use crate::bootmem::{raw_range, Bootmem};
 use crate::error::RegionError;
@@ -154,7 +163,7 @@ pub enum E820Error {
         /// The entry's index.
         index: usize,
     },
-    /// Adding or reserving a run failed; the runs before it were applied.
+    /// Adding or reserving a run failed; nothing was applied.
     Region {
         /// The run that failed.
         range: PhysRange,
@@ -252,6 +261,8 @@ impl Iterator for Sanitized<'_> {
 }
 
 /// What [`ingest`] did.
+///
+/// Byte counts are over sanitized (non-overlapping) runs, so they cannot overflow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct E820Summary {
     /// Bytes added as memory.
@@ -262,6 +273,9 @@ pub struct E820Summary {
     pub other: u64,
     /// Sanitized runs seen.
     pub runs: usize,
+    /// Bytes of RAM and soft-reserved runs dropped because they lie past the physical
+    /// address limit.
+    pub clipped: u64,
 }
 
 /// Sanitize `entries` and apply them to `bm` (see the module docs).
@@ -275,32 +289,45 @@ pub fn ingest<const N: usize>(
     {
         return Err(E820Error::Wraps { index });
     }
+    bm.atomically(|bm| apply(bm, entries))
+}
+
+fn apply<const N: usize>(
+    bm: &mut Bootmem<'_, N>,
+    entries: &[E820Entry],
+) -> Result<E820Summary, E820Error> {
     let mut summary = E820Summary::default();
     for run in sanitized(entries) {
         summary.runs += 1;
-        let (base, size) = (run.range.start(), run.range.len());
-        let applied = match run.kind {
-            E820Type::Ram | E820Type::ReservedKern => {
-                summary.ram += size;
-                bm.add(base, size)
-            }
-            E820Type::SoftReserved => {
-                summary.reserved += size;
-                bm.reserve(base, size)
-            }
-            _ => {
-                summary.other += size;
-                Ok(())
-            }
+        let (start, end) = (run.range.start().as_u64(), run.range.end().as_u64());
+        let is_memory = matches!(
+            run.kind,
+            E820Type::Ram | E820Type::ReservedKern | E820Type::SoftReserved
+        );
+        if !is_memory {
+            summary.other = summary.other.saturating_add(end - start);
+            continue;
+        }
+        let Some((base, clipped_end)) = bm.clip_to_phys_limit(start, end) else {
+            summary.clipped = summary.clipped.saturating_add(end - start);
+            continue;
+        };
+        summary.clipped = summary.clipped.saturating_add(end - clipped_end);
+        let size = clipped_end - base;
+        let applied = if run.kind == E820Type::SoftReserved {
+            summary.reserved = summary.reserved.saturating_add(size);
+            bm.reserve(PhysAddr::new(base), size)
+        } else {
+            summary.ram = summary.ram.saturating_add(size);
+            bm.add(PhysAddr::new(base), size)
         };
         applied.map_err(|error| E820Error::Region {
-            range: run.range,
+            range: raw_range(base, clipped_end),
             error,
         })?;
     }
     Ok(summary)
 }
-
 /// Decode a packed table of `count` entries (e.g. `boot_params.e820_table`) into `out`,
 /// returning the filled prefix; extra entries beyond `out`'s length are dropped.
 pub fn decode_packed<'o>(raw: &[u8], out: &'o mut [E820Entry]) -> &'o [E820Entry] {
@@ -409,6 +436,74 @@ mod tests {
         let mut bm: Bootmem = Bootmem::new();
         assert_eq!(ingest(&mut bm, &map), Err(E820Error::Wraps { index: 1 }));
         assert!(bm.memory_regions().is_empty());
+    }
+
+    #[test]
+    fn e820_entry_past_phys_limit_is_clipped() {
+        const MIB: u64 = 1 << 20;
+        let map = [
+            E820Entry::new(0x0, 0x9_fc00, E820Type::Ram),
+            E820Entry::new(64 * MIB, u64::MAX - 64 * MIB, E820Type::Ram),
+            E820Entry::new(1 << 60, 1 << 40, E820Type::Ram),
+            E820Entry::new(1 << 61, 1 << 40, E820Type::SoftReserved),
+        ];
+        let mut bm: Bootmem = Bootmem::new();
+        let s = ingest(&mut bm, &map).unwrap();
+        bm.verify().unwrap();
+        let mem: Vec<_> = bm
+            .memory_regions()
+            .iter()
+            .map(|r| r.range().as_raw())
+            .collect();
+        assert_eq!(mem, [0x0..0x9_fc00, 64 * MIB..crate::DEFAULT_PHYS_LIMIT]);
+        assert!(bm.reserved_regions().is_empty());
+        // The later entries lie inside the huge one: everything from the limit up is gone.
+        assert_eq!(s.clipped, u64::MAX - crate::DEFAULT_PHYS_LIMIT);
+        // The next allocation comes from memory the CPU can address.
+        assert!(bm.alloc(0x1000, 0x1000).unwrap().as_u64() < crate::DEFAULT_PHYS_LIMIT);
+
+        // A lower limit (what the machine really has) keeps only the real memory.
+        let mut bm: Bootmem = Bootmem::new();
+        bm.set_phys_limit(PhysAddr::new(1 << 32));
+        ingest(&mut bm, &map).unwrap();
+        assert_eq!(bm.end_of_memory(), Some(PhysAddr::new(1 << 32)));
+        assert_eq!(
+            bm.alloc(0x1000, 0x1000).unwrap().as_u64(),
+            (1 << 32) - 0x1000
+        );
+    }
+
+    #[test]
+    fn e820_refused_or_failed_map_changes_nothing() {
+        let mut bm: Bootmem<'_, 8> = Bootmem::new();
+        bm.add(PhysAddr::new(0x10_0000), 0x1000).unwrap();
+        bm.reserve(PhysAddr::new(0x10_0000), 0x100).unwrap();
+        let before = (bm.memory_regions().to_vec(), bm.reserved_regions().to_vec());
+        // Wrapping entry anywhere in the map: refused before anything is applied.
+        let wrapping = [
+            E820Entry::new(0x100_0000, 0x1000, E820Type::Ram),
+            E820Entry::new(u64::MAX, 1, E820Type::Ram),
+        ];
+        assert_eq!(
+            ingest(&mut bm, &wrapping),
+            Err(E820Error::Wraps { index: 1 })
+        );
+        // More runs than the lists hold, no mapper to grow: the runs already added are undone.
+        let many: Vec<_> = (1..20u64)
+            .map(|i| E820Entry::new(i << 24, 0x1000, E820Type::Ram))
+            .collect();
+        assert!(matches!(
+            ingest(&mut bm, &many),
+            Err(E820Error::Region {
+                error: RegionError::RegionsFull { .. },
+                ..
+            })
+        ));
+        bm.verify().unwrap();
+        assert_eq!(
+            (bm.memory_regions().to_vec(), bm.reserved_regions().to_vec()),
+            before
+        );
     }
 
     #[test]

@@ -3,12 +3,22 @@
 //! * [`e820`] — the x86 BIOS map (also what QEMU's `-kernel` boot and multiboot give);
 //! * [`uefi`] — the raw `EFI_MEMORY_DESCRIPTOR` array from `GetMemoryMap()`;
 //! * `fdt` (feature `fdt`) — device-tree `/memory` nodes, `/reserved-memory` and the
-//!   `/memreserve/` block, through the `fdt` crate.
+//!   `/memreserve/` block, through bootmem's own panic-free FDT reader.
 //!
-//! Each parser validates the whole input before it changes the bootmem, so malformed input
-//! is an error with the bootmem untouched. The bootmem edits that follow can still fail for
-//! lack of room (`RegionsFull`) part-way; the error says so and the ranges applied before it
-//! stay applied (each single edit is still atomic).
+//! Every ingestion follows the same rules:
+//! * **Malformed input is an error value, never a panic**, naming the bad entry (index,
+//!   descriptor or blob offset). Each parser checks the whole input before it changes the
+//!   bootmem.
+//! * **End-address overflow is refused**: an entry whose `base + size` does not fit in 64 bits
+//!   makes the whole input an error (`Wraps`).
+//! * **Memory past the physical address limit is clipped**
+//!   ([`Bootmem::set_phys_limit`](crate::Bootmem::set_phys_limit), 52 bits by default): those
+//!   bytes cannot exist, so they are dropped and counted in the summary's `clipped` field for
+//!   the caller to warn about, as Linux trims memblock.
+//! * **All-or-nothing**: the edits run inside a bootmem transaction; if one fails (region lists
+//!   full and unable to grow, a dynamic device-tree region with no room), the edits before it
+//!   are undone and the error says which edit failed. Region arrays that grew on the way stay
+//!   grown.
 
 pub mod e820;
 #[cfg(feature = "fdt")]

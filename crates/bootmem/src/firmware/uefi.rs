@@ -20,6 +20,15 @@
 //!
 //! Memory is added first and the flags and reservations applied in a second pass, so
 //! overlapping descriptors resolve the same whatever their order.
+//!
+//! ## Refused and clipped input
+//! [`UefiMemoryMap::new`] refuses the whole map if a descriptor is not page aligned or its
+//! end (`PhysicalStart + NumberOfPages * 4 KiB`) does not fit in 64 bits, naming the
+//! descriptor. [`ingest`] clips every descriptor at the bootmem's physical address limit
+//! ([`Bootmem::set_phys_limit`]) and counts the dropped bytes of memory descriptors in
+//! [`UefiSummary::clipped`], for the caller to warn about. The map is applied
+//! all-or-nothing: if an edit fails (region lists full and unable to grow), every edit before
+//! it is undone.
 
 use core::fmt;
 
@@ -225,7 +234,7 @@ pub enum UefiError {
         /// The descriptor's index.
         index: usize,
     },
-    /// A bootmem edit failed; the descriptors before it were applied.
+    /// A bootmem edit failed; nothing was applied.
     Region {
         /// The range being applied.
         range: PhysRange,
@@ -303,6 +312,9 @@ impl<'a> UefiMemoryMap<'a> {
 }
 
 /// What [`ingest`] did.
+///
+/// Byte counts add up entry by entry (overlapping entries count twice) and saturate at
+/// `u64::MAX`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct UefiSummary {
     /// Bytes added as usable RAM (including ACPI reclaim and soft-reserved memory).
@@ -317,10 +329,19 @@ pub struct UefiSummary {
     pub mirror: u64,
     /// Descriptors skipped.
     pub skipped: usize,
+    /// Bytes of memory descriptors dropped because they lie past the physical address limit.
+    pub clipped: u64,
 }
 
 /// Apply `map` to `bm` per the module policy; memory goes to node 0.
 pub fn ingest<const N: usize>(
+    bm: &mut Bootmem<'_, N>,
+    map: &UefiMemoryMap<'_>,
+) -> Result<UefiSummary, UefiError> {
+    bm.atomically(|bm| apply(bm, map))
+}
+
+fn apply<const N: usize>(
     bm: &mut Bootmem<'_, N>,
     map: &UefiMemoryMap<'_>,
 ) -> Result<UefiSummary, UefiError> {
@@ -336,6 +357,16 @@ pub fn ingest<const N: usize>(
         let Some((base, end)) = d.span().filter(|(b, e)| b < e) else {
             continue;
         };
+        let clipped_end = end.min(bm.phys_limit);
+        if d.usage() != EfiUse::Skip {
+            summary.clipped = summary.clipped.saturating_add(end - clipped_end.max(base));
+        }
+        let Some((base, end)) = bm.clip_to_phys_limit(base, end) else {
+            if d.usage() == EfiUse::Skip {
+                summary.skipped += 1;
+            }
+            continue;
+        };
         let pa = PhysAddr::new(base);
         let size = end - base;
         let flags = match d.usage() {
@@ -344,11 +375,11 @@ pub fn ingest<const N: usize>(
                 continue;
             }
             EfiUse::NoMap => {
-                summary.nomap += size;
+                summary.nomap = summary.nomap.saturating_add(size);
                 RegionFlags::empty()
             }
             EfiUse::Ram | EfiUse::RamReserved => {
-                summary.ram += size;
+                summary.ram = summary.ram.saturating_add(size);
                 RegionFlags::empty()
             }
         };
@@ -357,7 +388,7 @@ pub fn ingest<const N: usize>(
     }
     // Pass 2: flags and reservations, which override whatever pass 1 merged.
     for d in map.descriptors() {
-        let Some((base, end)) = d.span().filter(|(b, e)| b < e) else {
+        let Some((base, end)) = d.span().and_then(|(b, e)| bm.clip_to_phys_limit(b, e)) else {
             continue;
         };
         let pa = PhysAddr::new(base);
@@ -371,16 +402,16 @@ pub fn ingest<const N: usize>(
                 .map_err(fail((base, end)))?;
         }
         if usage == EfiUse::RamReserved {
-            summary.reserved += size;
+            summary.reserved = summary.reserved.saturating_add(size);
             bm.reserve(pa, size).map_err(fail((base, end)))?;
         }
         if d.attribute & attribute::SP != 0 && usage != EfiUse::NoMap {
-            summary.driver_managed += size;
+            summary.driver_managed = summary.driver_managed.saturating_add(size);
             bm.mark(pa, size, RegionFlags::DRIVER_MANAGED)
                 .map_err(fail((base, end)))?;
         }
         if d.attribute & attribute::MORE_RELIABLE != 0 {
-            summary.mirror += size;
+            summary.mirror = summary.mirror.saturating_add(size);
             bm.mark(pa, size, RegionFlags::MIRROR)
                 .map_err(fail((base, end)))?;
         }
@@ -555,6 +586,79 @@ mod tests {
         assert!(bm
             .free_ranges(RangeFilter::ALLOCATABLE)
             .all(|fr| fr.flags & RegionFlags::NOT_ALLOCATABLE == RegionFlags::empty()));
+    }
+
+    #[test]
+    fn uefi_descriptor_past_phys_limit_is_clipped() {
+        let bytes = ovmf_map(&[EfiDescriptor {
+            ty: CONVENTIONAL,
+            phys_start: 1 << 60,
+            virt_start: 0,
+            pages: 1 << 40,
+            attribute: WB,
+        }]);
+        let map = UefiMemoryMap::new(&bytes, 48, 1).unwrap();
+        let mut bm: Bootmem = Bootmem::new();
+        let s = ingest(&mut bm, &map).unwrap();
+        bm.verify().unwrap();
+        assert_eq!(s.clipped, (1u64 << 40) * PAGE_SIZE);
+        assert_eq!(bm.end_of_memory(), Some(PhysAddr::new(0x4000_0000)));
+        assert!(bm.alloc(0x1000, 0x1000).unwrap().as_u64() < 0x4000_0000);
+    }
+
+    #[test]
+    fn uefi_huge_overlapping_descriptors_saturate_the_summary() {
+        let huge = EfiDescriptor {
+            ty: CONVENTIONAL,
+            phys_start: 0,
+            virt_start: 0,
+            pages: (u64::MAX >> 12) - 1,
+            attribute: WB,
+        };
+        let bytes: Vec<u8> = [huge; 3].iter().flat_map(|d| d.to_bytes()).collect();
+        let map = UefiMemoryMap::new(&bytes, 40, 1).unwrap();
+        let mut bm: Bootmem = Bootmem::new();
+        let s = ingest(&mut bm, &map).unwrap();
+        assert_eq!(s.clipped, u64::MAX);
+        assert_eq!(s.ram, 3 * crate::DEFAULT_PHYS_LIMIT);
+        assert_eq!(
+            bm.end_of_memory(),
+            Some(PhysAddr::new(crate::DEFAULT_PHYS_LIMIT))
+        );
+    }
+
+    #[test]
+    fn uefi_failed_map_changes_nothing() {
+        // Conventional descriptors with holes between them: more regions than the lists
+        // hold, and no mapper to grow with.
+        let descs: Vec<EfiDescriptor> = (1..20u64)
+            .map(|i| EfiDescriptor {
+                ty: CONVENTIONAL,
+                phys_start: i << 24,
+                virt_start: 0,
+                pages: 1,
+                attribute: WB | attribute::MORE_RELIABLE,
+            })
+            .collect();
+        let bytes: Vec<u8> = descs.iter().flat_map(|d| d.to_bytes()).collect();
+        let map = UefiMemoryMap::new(&bytes, 40, 1).unwrap();
+        let mut bm: Bootmem<'_, 8> = Bootmem::new();
+        bm.add(PhysAddr::new(0x10_0000), 0x1000).unwrap();
+        bm.mark(PhysAddr::new(0x10_0000), 0x1000, RegionFlags::HOTPLUG)
+            .unwrap();
+        let before = (bm.memory_regions().to_vec(), bm.reserved_regions().to_vec());
+        assert!(matches!(
+            ingest(&mut bm, &map),
+            Err(UefiError::Region {
+                error: RegionError::RegionsFull { .. },
+                ..
+            })
+        ));
+        bm.verify().unwrap();
+        assert_eq!(
+            (bm.memory_regions().to_vec(), bm.reserved_regions().to_vec()),
+            before
+        );
     }
 
     #[test]
