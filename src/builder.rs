@@ -6,6 +6,9 @@
 //! vmalloc window — and [`boot`](MmBuilder::boot) runs the sequence of `DESIGN.md`:
 //!
 //! 1. **bootmem**: the map and the reservations go into an [`mmkit_bootmem::Bootmem`];
+//!    memory past the physical address limit is clipped as the map goes in, and at boot
+//!    memory the kernel map does not reach is dropped (both counted in
+//!    [`BootSummary::dropped_bytes`](crate::BootSummary::dropped_bytes));
 //! 2. **metadata from bootmem**: per-node memmaps, per-CPU page lists, the CPU→node map, the
 //!    page-owner table, the vmalloc bitmaps and the slot the page allocator will live in —
 //!    all carved out of bootmem and reached through the kernel map (`raw.rs`); no heap;
@@ -106,6 +109,51 @@ impl fmt::Display for BootError {
     }
 }
 
+/// Whether `map` reaches every byte of `[start, end)`.
+fn reaches(map: &dyn KernelMap, start: u64, end: u64) -> bool {
+    PhysRange::from_start_size(PhysAddr::new(start), end - start)
+        .ok()
+        .and_then(|r| map.phys_to_virt(r))
+        .is_some()
+}
+
+/// Remove from bootmem the memory `map` does not reach: boot metadata must be reachable, and
+/// frames the kernel cannot address are no use to kmalloc or `page_address` either. A region
+/// keeps the longest frame-aligned prefix the map reaches (found by bisection, so a map whose
+/// window is one contiguous range is honoured exactly); the rest is dropped. Returns the
+/// bytes dropped.
+fn drop_unreachable_memory(bm: &mut Bootmem<'_>, map: &dyn KernelMap) -> Result<u64, BootError> {
+    let mut dropped = 0u64;
+    loop {
+        let Some((start, end)) = bm
+            .memory_regions()
+            .iter()
+            .map(|r| (r.range().start().as_u64(), r.range().end().as_u64()))
+            .find(|&(s, e)| !reaches(map, s, e))
+        else {
+            return Ok(dropped);
+        };
+        // Largest `keep` in [start, end] with [start, keep) reachable, in whole frames.
+        let (mut lo, mut hi) = (start, end);
+        while hi - lo > PAGE_SIZE {
+            let mid = lo + (((hi - lo) / 2) & !(PAGE_SIZE - 1)).max(PAGE_SIZE);
+            if mid < hi && reaches(map, start, mid) {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        let keep = if lo > start && reaches(map, start, lo) {
+            lo
+        } else {
+            start
+        };
+        bm.remove(PhysAddr::new(keep), end - keep)
+            .map_err(BootError::Region)?;
+        dropped = dropped.saturating_add(end - keep);
+    }
+}
+
 /// Collects the boot parameters; [`boot`](Self::boot) brings memory management up.
 pub struct MmBuilder<'m, P: IrqControl, F: PagingFormat = X86_64> {
     bm: Bootmem<'m>,
@@ -138,8 +186,8 @@ impl<'m, P: IrqControl> MmBuilder<'m, P, X86_64> {
     /// # Safety
     /// Bootmem's [`set_mapper`](Bootmem::set_mapper) contract, from now until the [`Mm`] and
     /// everything allocated from it are gone: every byte the builder is told is memory and
-    /// that is not reserved must be real memory that nothing else reads or writes, and `map`
-    /// must reach the memory boot metadata is placed in. In other words, reserve the kernel
+    /// that is not reserved and that `map` reaches must be real memory that nothing else reads
+    /// or writes (memory `map` does not reach is dropped at boot). In other words, reserve the kernel
     /// image, boot stacks, initrd and firmware tables before [`boot`](Self::boot).
     pub unsafe fn new<M: KernelMap>(platform: P, map: &'m M) -> Self {
         let mut bm = Bootmem::new();
@@ -337,10 +385,12 @@ impl<'m, P: IrqControl, F: PagingFormat> MmBuilder<'m, P, F> {
             cpu_nodes,
             vmalloc,
             slab_flags,
+            clipped,
             ..
         } = self;
         let bm = &mut bm;
         let mut meta = MetaLog::new();
+        let unreachable = drop_unreachable_memory(bm, map)?;
 
         // The shape of memory: node count, frame span, regions per node.
         let regions = bm.memory_regions();
@@ -475,6 +525,7 @@ impl<'m, P: IrqControl, F: PagingFormat> MmBuilder<'m, P, F> {
         };
         let summary = BootSummary {
             memory_bytes,
+            dropped_bytes: clipped.saturating_add(unreachable),
             reserved_bytes,
             memmap_bytes,
             nr_nodes,

@@ -41,8 +41,13 @@ pub type MmKmalloc<'m, P> = Kmalloc<'m, PageAllocator<'m, P>, P>;
 /// What the boot sequence measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BootSummary {
-    /// Bytes of memory in the firmware map.
+    /// Bytes of memory in the firmware map (after what was dropped, below).
     pub memory_bytes: u64,
+    /// Bytes of firmware memory dropped: past the physical address limit
+    /// ([`MmBuilder::clipped_bytes`](crate::MmBuilder::clipped_bytes)) or out of the kernel
+    /// map's reach at boot. Nonzero means the firmware map or the map given to the builder is
+    /// wrong; a kernel should warn.
+    pub dropped_bytes: u64,
     /// Bytes reserved at the hand-off (firmware, kernel image, boot metadata).
     pub reserved_bytes: u64,
     /// Bytes of page descriptors (memmaps).

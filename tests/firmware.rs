@@ -138,3 +138,22 @@ mod device_tree {
         ));
     }
 }
+
+#[test]
+fn e820_entry_to_the_top_of_memory_boots_on_what_the_kernel_map_reaches() {
+    // The firmware map: one RAM entry from 64 MiB to the top of the 64-bit space.
+    // Clipped at the 52-bit limit, it still claims petabytes; the builder keeps what its map
+    // reaches, so the machine boots on its 64 MiB and says how much it dropped.
+    let mem = HostMemory::new(PhysAddr::new(0), RAM);
+    let map = [
+        E820Entry::new(MIB, 63 * MIB, E820Type::Ram),
+        E820Entry::new(64 * MIB, u64::MAX - 64 * MIB, E820Type::Ram),
+    ];
+    let b = builder(&mem).e820(&map);
+    let clipped = b.clipped_bytes();
+    assert_eq!(clipped, u64::MAX - (1 << 52));
+    let mut mm = b.boot().expect("boots on the real memory");
+    assert_boots_on_real_memory(&mut mm);
+    let dropped = mm.boot_summary().dropped_bytes;
+    assert_eq!(dropped, clipped.saturating_add((1 << 52) - RAM));
+}
