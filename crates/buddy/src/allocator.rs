@@ -53,7 +53,7 @@ pub(crate) struct Node<'m> {
 
 /// The buddy page allocator. `Sync`: use it from every CPU through `&self`.
 ///
-/// About 36 KiB (eight nodes of four zones, each zone's free lists for every order up to
+/// About 42 KiB (eight nodes of four zones, each zone's free lists for every order up to
 /// [`MAX_ORDER_LIMIT`]); build it where it will live with [`init_in`](Self::init_in), whose
 /// own stack use is a few KiB (see its docs), rather than with [`new`](Self::new), which
 /// returns it by value.
@@ -99,7 +99,7 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
     /// `per_cpu_lists` is off). Every present frame starts reserved; memory enters with
     /// [`free_boot_block`](Self::free_boot_block).
     ///
-    /// A convenience over [`init_in`](Self::init_in): the ~36 KiB value is built in a stack
+    /// A convenience over [`init_in`](Self::init_in): the ~42 KiB value is built in a stack
     /// slot and moved to the caller, so this needs about three times that much stack (less
     /// when the compiler elides the moves). On a small boot stack use `init_in`.
     pub fn new(
@@ -678,10 +678,12 @@ mod tests {
 
     #[test]
     fn allocator_is_small_enough_to_build_in_place() {
-        // Eight nodes of four zones; each zone's free lists and u32 counts for 16 orders.
+        // Eight nodes of four zones; each zone's free lists and u32 counts for 16 orders and
+        // six migrate types (CMA, the sixth, added about 6 KiB).
         let size = core::mem::size_of::<TestBuddy>();
-        assert!(size <= 40 * 1024, "BuddyAllocator is {size} bytes");
-        assert!(core::mem::size_of::<Zone<'static>>() <= 1152);
+        assert!(size <= 44 * 1024, "BuddyAllocator is {size} bytes");
+        let zone = core::mem::size_of::<Zone<'static>>();
+        assert!(zone <= 1344, "Zone is {zone} bytes");
     }
 
     #[test]

@@ -204,6 +204,68 @@ pub enum IsolateError {
     InvalidFlags(GfpError),
     /// The preferred node does not exist (`alloc_contig_pages`).
     NoSuchNode(usize),
+    /// A frame of the range is a hole (no memory there): the range can never be taken.
+    Hole {
+        /// The first hole found.
+        pfn: Pfn,
+    },
+    /// An allocated movable block in the range names no [`Mover`](crate::Mover): it is
+    /// movable by type only, so the range cannot be cleared.
+    NoMover {
+        /// The block's first frame.
+        pfn: Pfn,
+    },
+    /// The mover of a block in the range refused to move it (pinned): the range cannot be
+    /// cleared.
+    Refused {
+        /// The block's first frame.
+        pfn: Pfn,
+    },
+    /// No free block outside the range to migrate a block of the range to. Transient:
+    /// freeing memory elsewhere may help.
+    NoTarget {
+        /// The block that could not move.
+        pfn: Pfn,
+    },
+}
+
+impl IsolateError {
+    /// Whether the same request may succeed later without the caller changing anything
+    /// ("busy, try later": a mover was busy, a block was being freed or migrated, no
+    /// migration target was free, another isolation held the range), as opposed to a
+    /// request that cannot succeed as asked.
+    pub const fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            IsolateError::Busy { .. }
+                | IsolateError::NoTarget { .. }
+                | IsolateError::AlreadyIsolated
+        )
+    }
+}
+
+/// Why a CMA area could not be declared or a CMA run released
+/// ([`BuddyAllocator::declare_cma`](crate::BuddyAllocator::declare_cma),
+/// [`cma_release`](crate::BuddyAllocator::cma_release)). Nothing changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmaError {
+    /// The range is empty, not pageblock-aligned, wraps, or is not inside one zone.
+    BadRange,
+    /// A frame of the range is not free (allocated, reserved, a hole, or already isolated):
+    /// declare areas right after the boot hand-off.
+    NotFree {
+        /// The first such frame.
+        pfn: Pfn,
+    },
+    /// A pageblock of the range is already CMA, high-atomic or isolated.
+    WrongType {
+        /// The pageblock's first frame.
+        pfn: Pfn,
+    },
+    /// The run to release is not wholly inside the area.
+    OutsideArea,
+    /// The run could not be freed (not a run `cma_alloc` returned, or part of one).
+    Free(FreeError),
 }
 
 macro_rules! display_via_debug {
@@ -222,6 +284,7 @@ display_via_debug!(
     InitError,
     PrivateError,
     IsolateError,
+    CmaError,
     MigrateError,
     MoverError,
     CompactError

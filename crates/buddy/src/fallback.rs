@@ -65,8 +65,21 @@ impl ZoneLocked<'_, '_> {
                 return Some(pfn);
             }
         }
+        // CMA (cma.rs): movable requests use it first when it holds more than half of the
+        // zone's free memory, and before any fallback when their own lists are empty.
+        let cma = mt == MigrateType::Movable && self.zone.cma_pages.load(Relaxed) > 0;
+        if cma && self.cma_preferred() {
+            if let Some(pfn) = self.rmqueue_smallest(order, MigrateType::Cma) {
+                return Some(pfn);
+            }
+        }
         if let Some(pfn) = self.rmqueue_smallest(order, mt) {
             return Some(pfn);
+        }
+        if cma {
+            if let Some(pfn) = self.rmqueue_smallest(order, MigrateType::Cma) {
+                return Some(pfn);
+            }
         }
         if let Some(pfn) = self.rmqueue_claim(order, mt) {
             return Some(pfn);

@@ -101,7 +101,8 @@ impl<'a, 'm> ZoneLocked<'a, 'm> {
     /// non-empty).
     #[inline]
     fn mark_order_nonempty(&mut self, order: u32, mt: MigrateType) {
-        let bit = if mt.index() < NR_PCP_TYPES {
+        // CMA blocks serve movable requests, so they count as usable for the fast check.
+        let bit = if mt.index() < NR_PCP_TYPES || mt == MigrateType::Cma {
             1u32 << order
         } else if mt == MigrateType::HighAtomic {
             1u32 << (HIGHATOMIC_MASK_SHIFT + order)
@@ -118,7 +119,7 @@ impl<'a, 'm> ZoneLocked<'a, 'm> {
     /// that order just turned empty).
     fn refresh_order_mask(&mut self, order: u32) {
         let c = &self.fa.counts[order as usize];
-        let usable = c[..NR_PCP_TYPES].iter().any(|&n| n > 0);
+        let usable = c[..NR_PCP_TYPES].iter().any(|&n| n > 0) || c[MigrateType::Cma.index()] > 0;
         let atomic = c[MigrateType::HighAtomic.index()] > 0;
         let (u_bit, a_bit) = (1u32 << order, 1u32 << (HIGHATOMIC_MASK_SHIFT + order));
         let old = self.zone.free_order_mask.load(Relaxed);

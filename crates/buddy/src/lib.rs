@@ -16,7 +16,10 @@
 //! * **Watermarks** min/low/high, lowmem reserve, the high-atomic reserve, and a hook where
 //!   Linux wakes kswapd.
 //! * **Per-CPU lists** for orders 0..=3 per mobility type, refilled and drained in batches.
-//! * **Isolation** of frame ranges and contiguous allocation beyond the max order.
+//! * **Isolation** of frame ranges and contiguous allocation beyond the max order, migrating
+//!   movable blocks out of the way ([`BuddyAllocator::alloc_contig_range`]); **CMA** areas
+//!   declared at boot that movable memory borrows ([`BuddyAllocator::declare_cma`],
+//!   [`BuddyAllocator::cma_alloc`]).
 //! * **Migration and compaction**: owners register a [`Mover`] for their movable blocks;
 //!   [`BuddyAllocator::migrate_block`] moves one block, [`BuddyAllocator::compact_zone`]
 //!   runs Linux's two-scanner compaction; [`Extfrag`] gives the fragmentation indices.
@@ -47,7 +50,7 @@
 //! ```
 //!
 //! In a kernel, build the allocator where it will live with [`BuddyAllocator::init_in`]
-//! (a `static` slot or bootmem): it writes the ~36 KiB structure in place and needs about
+//! (a `static` slot or bootmem): it writes the ~42 KiB structure in place and needs about
 //! 6 KiB of stack (12 KiB in a debug build), where `new` returns it by value.
 //!
 //! ## Locking (order: per-CPU list lock, then zone lock)
@@ -70,6 +73,7 @@ extern crate std;
 
 mod alloc;
 mod allocator;
+mod cma;
 mod compaction;
 mod config;
 mod error;
@@ -94,16 +98,18 @@ mod zone;
 mod testutil;
 
 pub use allocator::{BuddyAllocator, LowWatermarkHook, ZoneStats};
+pub use cma::CmaArea;
 pub use compaction::{CompactOutcome, CompactResult, CompactStats, Extfrag};
 pub use config::{
     memmap_len, node_span, pcp_storage_len, BuddyConfig, CoreSize, NodeInit,
     DEFAULT_LOWMEM_RESERVE_RATIO,
 };
 pub use error::{
-    AllocError, BootFreeError, CompactError, FreeError, InitError, IsolateError, MigrateError,
-    MoverError, PrivateError,
+    AllocError, BootFreeError, CmaError, CompactError, FreeError, InitError, IsolateError,
+    MigrateError, MoverError, PrivateError,
 };
 pub use gfp::{GfpError, GfpFlags};
+pub use isolate::CONTIG_CANDIDATES;
 pub use migrate::{MigrateType, FALLBACKS, NR_MIGRATE_TYPES, NR_PCP_TYPES};
 pub use mover::{MoveError, Mover, MoverId, MAX_MOVERS};
 pub use page::{PageDesc, PageState};

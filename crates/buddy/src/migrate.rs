@@ -5,7 +5,9 @@
 //! lists are empty the allocator falls back to other types in the order of [`FALLBACKS`].
 //!
 //! Which types exist and the fallback order are Linux's (`include/linux/mmzone.h`,
-//! `mm/page_alloc.c: fallbacks[]`), without CMA.
+//! `mm/page_alloc.c: fallbacks[]`). `Cma` pageblocks are declared at boot
+//! ([`declare_cma`](crate::BuddyAllocator::declare_cma)); they have no fallbacks of their
+//! own, and movable allocations borrow them by the rule in `fallback.rs` (`rmqueue`).
 
 use core::fmt;
 
@@ -21,12 +23,16 @@ pub enum MigrateType {
     Reclaimable = 2,
     /// Pageblocks reserved for high-order atomic allocations.
     HighAtomic = 3,
+    /// Pageblocks of a contiguous memory area (Linux `MIGRATE_CMA`): reserved at boot for
+    /// [`cma_alloc`](crate::BuddyAllocator::cma_alloc), lent to movable allocations until a
+    /// contiguous request migrates them out.
+    Cma = 4,
     /// Pageblocks taken out of use (compaction, contiguous allocation, hot-unplug).
-    Isolate = 4,
+    Isolate = 5,
 }
 
 /// Number of migrate types.
-pub const NR_MIGRATE_TYPES: usize = 5;
+pub const NR_MIGRATE_TYPES: usize = 6;
 
 /// The three types per-CPU lists and ordinary allocations use ("pcp types" in Linux).
 pub const NR_PCP_TYPES: usize = 3;
@@ -38,6 +44,7 @@ impl MigrateType {
         MigrateType::Movable,
         MigrateType::Reclaimable,
         MigrateType::HighAtomic,
+        MigrateType::Cma,
         MigrateType::Isolate,
     ];
 
@@ -64,6 +71,7 @@ impl MigrateType {
             MigrateType::Movable => "Movable",
             MigrateType::Reclaimable => "Reclaimable",
             MigrateType::HighAtomic => "HighAtomic",
+            MigrateType::Cma => "CMA",
             MigrateType::Isolate => "Isolate",
         }
     }
@@ -75,14 +83,14 @@ impl MigrateType {
         (self as u8) < NR_PCP_TYPES as u8
     }
 
-    /// The types this one may fall back to, in order; empty for HighAtomic and Isolate.
+    /// The types this one may fall back to, in order; empty for HighAtomic, Cma and Isolate.
     #[inline]
     pub const fn fallbacks(self) -> &'static [MigrateType] {
         match self {
             MigrateType::Unmovable => &FALLBACKS[0],
             MigrateType::Movable => &FALLBACKS[1],
             MigrateType::Reclaimable => &FALLBACKS[2],
-            MigrateType::HighAtomic | MigrateType::Isolate => &[],
+            MigrateType::HighAtomic | MigrateType::Cma | MigrateType::Isolate => &[],
         }
     }
 }
@@ -123,13 +131,14 @@ mod tests {
             &[MigrateType::Unmovable, MigrateType::Movable]
         );
         assert!(MigrateType::HighAtomic.fallbacks().is_empty());
+        assert!(MigrateType::Cma.fallbacks().is_empty());
         assert!(MigrateType::Isolate.fallbacks().is_empty());
     }
 
     #[test]
     fn only_pcp_types_are_mergeable() {
         let mergeable: [bool; NR_MIGRATE_TYPES] = MigrateType::ALL.map(MigrateType::is_mergeable);
-        assert_eq!(mergeable, [true, true, true, false, false]);
+        assert_eq!(mergeable, [true, true, true, false, false, false]);
     }
 
     #[test]

@@ -229,11 +229,11 @@ mod tests {
         let s = b.pagetypeinfo().to_string();
         assert!(s.starts_with("Page block order: 9\nPages per block:  512\n\n"));
         assert!(s.contains(
-            "Number of blocks type     Unmovable      Movable  Reclaimable   HighAtomic      Isolate \n"
+            "Number of blocks type     Unmovable      Movable  Reclaimable   HighAtomic          CMA      Isolate \n"
         ));
         // The unmovable page claimed one max-order block: 2 pageblocks of 8.
         assert!(
-            s.contains("Node 0, zone    DMA32            2            6            0            0            0 \n"),
+            s.contains("Node 0, zone    DMA32            2            6            0            0            0            0 \n"),
             "{s}"
         );
         assert!(s.contains("Node    0, zone    DMA32, type    Unmovable "));

@@ -12,7 +12,8 @@
 //! * each free block's type is its pageblock's type (every covered pageblock for large
 //!   blocks);
 //! * `free_pages` equals the pages on the lists; `managed` equals free + per-CPU + allocated;
-//!   the high-atomic reserve equals its pageblocks;
+//!   the high-atomic reserve equals its pageblocks; the zone's CMA size equals its CMA
+//!   pageblocks (isolated ones included);
 //! * memmap frames outside every zone are holes.
 
 use core::sync::atomic::Ordering::Relaxed;
@@ -247,6 +248,10 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
                 ha,
             ));
         }
+        let cma = zone.cma_pages.load(Relaxed);
+        if cma != z.count_cma_pages() {
+            return Err(mismatch("cma pages", cma, z.count_cma_pages()));
+        }
         let mirror = zone.highatomic_pages.load(Relaxed);
         if mirror != z.fa.nr_reserved_highatomic {
             return Err(mismatch(
@@ -257,7 +262,7 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         }
         let mut mask = 0u32;
         for (o, c) in z.fa.counts.iter().enumerate() {
-            if c[..NR_PCP_TYPES].iter().any(|&n| n > 0) {
+            if c[..NR_PCP_TYPES].iter().any(|&n| n > 0) || c[MigrateType::Cma.index()] > 0 {
                 mask |= 1 << o;
             }
             if c[MigrateType::HighAtomic.index()] > 0 {

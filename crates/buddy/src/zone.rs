@@ -94,7 +94,7 @@ pub enum Watermark {
 ///
 /// Counts are `u32`: a node spans fewer than `u32::MAX` frames (checked at construction), so
 /// no list can hold more blocks than that. Halving them keeps a zone near 1 KiB and the whole
-/// allocator near 36 KiB (see [`BuddyAllocator::init_in`](crate::BuddyAllocator::init_in)).
+/// allocator near 42 KiB (see [`BuddyAllocator::init_in`](crate::BuddyAllocator::init_in)).
 pub(crate) struct FreeArea {
     pub lists: [[List; NR_MIGRATE_TYPES]; MAX_ORDER_LIMIT as usize + 1],
     pub counts: [[u32; NR_MIGRATE_TYPES]; MAX_ORDER_LIMIT as usize + 1],
@@ -127,7 +127,10 @@ pub(crate) struct Zone<'m> {
     pub free_pages: AtomicU64,
     /// Mirror of `FreeArea::nr_reserved_highatomic`, for the lock-free watermark check.
     pub highatomic_pages: AtomicU64,
-    /// Bit `o`: some Unmovable / Movable / Reclaimable list of order `o` is non-empty; bit
+    /// Frames of the zone's CMA pageblocks (declared with `declare_cma`); written under the
+    /// zone lock, read lock-free by `rmqueue` to skip the CMA rule in zones without CMA.
+    pub cma_pages: AtomicU64,
+    /// Bit `o`: some Unmovable / Movable / Reclaimable / CMA list of order `o` is non-empty; bit
     /// `HIGHATOMIC_MASK_SHIFT + o`: the HighAtomic list of order `o` is. Written under the
     /// zone lock when a list turns empty or non-empty; read lock-free by [`Zone::watermark_ok`]
     /// (the block-availability part of Linux's `__zone_watermark_ok`).
@@ -152,6 +155,7 @@ impl<'m> Zone<'m> {
             managed: AtomicU64::new(0),
             free_pages: AtomicU64::new(0),
             highatomic_pages: AtomicU64::new(0),
+            cma_pages: AtomicU64::new(0),
             free_order_mask: AtomicU32::new(0),
             wmark: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
             lowmem_reserve: [const { AtomicU64::new(0) }; NR_ZONES],
@@ -218,7 +222,7 @@ impl<'m> Zone<'m> {
 
 /// Where the HighAtomic bits start in [`Zone::free_order_mask`].
 pub(crate) const HIGHATOMIC_MASK_SHIFT: u32 = MAX_ORDER_LIMIT + 1;
-/// The Unmovable / Movable / Reclaimable bits of [`Zone::free_order_mask`].
+/// The Unmovable / Movable / Reclaimable / CMA bits of [`Zone::free_order_mask`].
 const PCP_TYPES_MASK: u32 = (1 << HIGHATOMIC_MASK_SHIFT) - 1;
 const_assert!(2 * (MAX_ORDER_LIMIT + 1) <= u32::BITS);
 
