@@ -2,7 +2,7 @@
 //!
 //! The builder collects what a kernel knows at boot — the firmware memory map (e820, UEFI,
 //! device tree, or plain ranges), what is already in use (kernel image, initrd, firmware
-//! tables), the NUMA layout, `kernelcore=` / `movablecore=`, the platform hooks and the
+//! tables), the NUMA layout, `kernelcore=` / `movablecore=` / `cma=`, the platform hooks and the
 //! vmalloc window — and [`boot`](MmBuilder::boot) runs the sequence of `DESIGN.md`:
 //!
 //! 1. **bootmem**: the map and the reservations go into an [`mmkit_bootmem::Bootmem`];
@@ -15,7 +15,8 @@
 //! 3. **zones**: the buddy sizes DMA / DMA32 / Normal / Movable per node;
 //! 4. **hand-off**: bootmem is consumed; every free block goes to the buddy's
 //!    `free_boot_block` (largest aligned blocks, never page by page), then bootmem's own
-//!    region arrays, if it grew them;
+//!    region arrays, if it grew them; then the CMA area (`cma=`,
+//!    [`MmBuilder::cma`]) is declared on the first free run that fits;
 //! 5. **slab**: the kmalloc caches come up on the buddy;
 //! 6. **vmalloc**: the kernel page table's root comes from the buddy.
 //!
@@ -30,8 +31,8 @@ use mmkit_addr::{IrqControl, PhysAddr, PhysMapper, PhysRange, VirtRange};
 use mmkit_bootmem::firmware::{e820, uefi};
 use mmkit_bootmem::{Bootmem, NodeId, RegionError};
 use mmkit_buddy::{
-    memmap_len, pcp_storage_len, BootFreeError, BuddyAllocator, BuddyConfig, CoreSize, InitError,
-    NodeInit, PageDesc, PerCpuPages, MAX_NUMNODES,
+    memmap_len, pcp_storage_len, BootFreeError, BuddyAllocator, BuddyConfig, CmaArea, CoreSize,
+    GfpFlags, InitError, IsolateError, NodeInit, PageDesc, PerCpuPages, MAX_NUMNODES,
 };
 use mmkit_pgtable::arch::x86_64::X86_64;
 use mmkit_pgtable::{NewError, PagingFormat};
@@ -85,6 +86,9 @@ pub enum BootError {
     BadVmallocRange(VirtRange),
     /// The kernel page table could not be created.
     PageTable(NewError),
+    /// No free run of the size [`MmBuilder::cma`] asked for was found after the hand-off
+    /// (the buddy's reason), or the size overflows.
+    Cma(IsolateError),
 }
 
 impl fmt::Display for BootError {
@@ -105,8 +109,38 @@ impl fmt::Display for BootError {
             Self::Slab(e) => write!(f, "kmalloc caches could not be created: {e:?}"),
             Self::BadVmallocRange(r) => write!(f, "bad vmalloc window {r:?}"),
             Self::PageTable(e) => write!(f, "kernel page table: {e:?}"),
+            Self::Cma(e) => write!(f, "no room for the CMA area: {e}"),
         }
     }
+}
+
+/// Find a free run of `bytes` (rounded up to pageblocks) right after the hand-off and make
+/// it the CMA area (`MmBuilder::cma`). The run is found the way `alloc_contig_pages` finds
+/// one (aligned to its size when that is a power of two), taken, given back, and declared:
+/// nothing else runs during boot, so it is still free.
+fn declare_cma<P: IrqControl>(
+    buddy: &BuddyAllocator<'_, P>,
+    bytes: u64,
+) -> Result<Option<CmaArea>, BootError> {
+    if bytes == 0 {
+        return Ok(None);
+    }
+    let pb = 1u64 << buddy.config().pageblock_order;
+    let frames = bytes.div_ceil(PAGE_SIZE);
+    let too_large = BootError::Cma(IsolateError::TooLarge { nr_pages: frames });
+    let pages = frames.div_ceil(pb);
+    let pages = pages.checked_mul(pb).ok_or(too_large)?;
+    let start = buddy
+        .alloc_contig_pages(pages, GfpFlags::KERNEL, 0)
+        .map_err(BootError::Cma)?;
+    buddy
+        .free_contig_range(start, pages)
+        .map_err(|_| BootError::Cma(IsolateError::Busy { pfn: start }))?;
+    buddy.drain_all_pages();
+    buddy
+        .declare_cma(start, pages)
+        .map(Some)
+        .map_err(|_| BootError::Cma(IsolateError::Busy { pfn: start }))
 }
 
 /// Whether `map` reaches every byte of `[start, end)`.
@@ -166,6 +200,8 @@ pub struct MmBuilder<'m, P: IrqControl, F: PagingFormat = X86_64> {
     vmalloc: Option<(F, VirtRange)>,
     slab_flags: CacheFlags,
     clipped: u64,
+    /// `cma=`: bytes for the CMA area (0: none).
+    cma_bytes: u64,
     error: Option<BootError>,
 }
 
@@ -208,6 +244,7 @@ impl<'m, P: IrqControl> MmBuilder<'m, P, X86_64> {
             vmalloc: None,
             slab_flags: CacheFlags::empty(),
             clipped: 0,
+            cma_bytes: 0,
             error: None,
         }
     }
@@ -317,6 +354,17 @@ impl<'m, P: IrqControl, F: PagingFormat> MmBuilder<'m, P, F> {
         self
     }
 
+    /// `cma=`: reserve a contiguous memory area of `bytes` (rounded up to whole pageblocks)
+    /// at boot (Linux `cma=`). Right after the hand-off, the first free, suitably aligned
+    /// run of the highest zone a `GFP_KERNEL` request may use becomes the area: its
+    /// pageblocks are CMA, lent to movable allocations until [`Mm::cma_alloc`] takes runs
+    /// of it back. 0 (the default) declares none; a size no zone can hold fails the boot
+    /// with [`BootError::Cma`].
+    pub fn cma(mut self, bytes: u64) -> Self {
+        self.cma_bytes = bytes;
+        self
+    }
+
     /// `kernelcore=`: memory kept out of ZONE_MOVABLE.
     pub fn kernelcore(mut self, size: CoreSize) -> Self {
         self.cfg.kernelcore = Some(size);
@@ -366,6 +414,7 @@ impl<'m, P: IrqControl, F: PagingFormat> MmBuilder<'m, P, F> {
             vmalloc: Some((fmt, window)),
             slab_flags: self.slab_flags,
             clipped: self.clipped,
+            cma_bytes: self.cma_bytes,
             error: self.error,
         }
     }
@@ -386,6 +435,7 @@ impl<'m, P: IrqControl, F: PagingFormat> MmBuilder<'m, P, F> {
             vmalloc,
             slab_flags,
             clipped,
+            cma_bytes,
             ..
         } = self;
         let bm = &mut bm;
@@ -514,6 +564,7 @@ impl<'m, P: IrqControl, F: PagingFormat> MmBuilder<'m, P, F> {
             let p = array.whole_pfns();
             owners.mark_range(p.start, p.end, 0);
         }
+        let cma = declare_cma(&buddy, cma_bytes)?;
         buddy.finish_boot();
 
         let pages: &'m PageAllocator<'m, P> = slot[0].write(PageAllocator { buddy, owners, map });
@@ -531,6 +582,6 @@ impl<'m, P: IrqControl, F: PagingFormat> MmBuilder<'m, P, F> {
             nr_nodes,
             span: (lo, hi),
         };
-        Ok(Mm::from_parts(pages, kmalloc, vmalloc, summary))
+        Ok(Mm::from_parts(pages, kmalloc, vmalloc, summary, cma))
     }
 }

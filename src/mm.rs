@@ -1,7 +1,12 @@
 //! [`Mm`]: what the kernel calls once memory management is up.
 //!
 //! * pages: [`alloc_pages`](Mm::alloc_pages) / [`free_pages`](Mm::free_pages) on the buddy
-//!   (per-CPU lists for orders 0..=3);
+//!   (per-CPU lists for orders 0..=3); contiguous runs of any length with
+//!   [`alloc_contig_pages`](Mm::alloc_contig_pages) / [`free_contig_pages`](Mm::free_contig_pages)
+//!   and from the boot-time CMA area with [`cma_alloc`](Mm::cma_alloc) /
+//!   [`cma_release`](Mm::cma_release), which migrate movable blocks that have a mover out of
+//!   the way; every run is recorded in the owner table (head byte plus contiguous-tail bytes)
+//!   and freed only whole;
 //! * objects: the kmalloc family and [`cache_create`](Mm::cache_create) /
 //!   [`typed_cache`](Mm::typed_cache) on the slab (per-CPU arrays first);
 //! * vmalloc / vmap (`vmalloc.rs`), reports (`report.rs`), and [`verify`](Mm::verify), which
@@ -22,7 +27,9 @@
 use core::ptr::NonNull;
 
 use mmkit_addr::{IrqControl, Order, Pfn, PhysRange};
-use mmkit_buddy::{AllocError, BootFreeError, BuddyAllocator, FreeError, GfpFlags};
+use mmkit_buddy::{
+    AllocError, BootFreeError, BuddyAllocator, CmaArea, FreeError, GfpFlags, IsolateError,
+};
 use mmkit_pgtable::arch::x86_64::X86_64;
 use mmkit_pgtable::PagingFormat;
 use mmkit_slab::{Cache, CacheConfig, CreateError, Gfp, Kmalloc, TypedCache};
@@ -103,6 +110,15 @@ pub enum PageFreeError {
     /// beyond the largest order), which is freed whole through
     /// [`dealloc_layout`](Mm::dealloc_layout).
     ContiguousRun,
+    /// [`free_contig_pages`](Mm::free_contig_pages) was given a count that is not the
+    /// run's.
+    RunLength {
+        /// The length of the run recorded at the frame (`None`: no run starts there).
+        recorded: Option<u64>,
+    },
+    /// [`cma_release`](Mm::cma_release) was given a run outside the CMA area, or there is
+    /// no area.
+    NotInCmaArea,
 }
 
 impl core::fmt::Display for PageFreeError {
@@ -111,6 +127,10 @@ impl core::fmt::Display for PageFreeError {
             Self::Buddy(e) => write!(f, "page free refused: {e}"),
             Self::NotFromAllocPages(u) => write!(f, "block is owned by {u:?}, not alloc_pages"),
             Self::ContiguousRun => write!(f, "frame heads a contiguous run, freed only whole"),
+            Self::RunLength { recorded } => {
+                write!(f, "count is not the run's (recorded: {recorded:?})")
+            }
+            Self::NotInCmaArea => f.write_str("run is not inside the CMA area"),
         }
     }
 }
@@ -147,6 +167,7 @@ pub struct Mm<'m, P: IrqControl, F: PagingFormat = X86_64> {
     pub(crate) vmalloc: Option<Vmalloc<'m, P, F>>,
     pub(crate) boot: BootSummary,
     pub(crate) dealloc_report: crate::global::DeallocReport,
+    pub(crate) cma: Option<CmaArea>,
 }
 
 impl<P: IrqControl, F: PagingFormat> core::fmt::Debug for Mm<'_, P, F> {
@@ -179,6 +200,7 @@ impl<'m, P: IrqControl, F: PagingFormat> Mm<'m, P, F> {
         kmalloc: MmKmalloc<'m, P>,
         vmalloc: Option<Vmalloc<'m, P, F>>,
         boot: BootSummary,
+        cma: Option<CmaArea>,
     ) -> Self {
         Self {
             pages,
@@ -186,6 +208,7 @@ impl<'m, P: IrqControl, F: PagingFormat> Mm<'m, P, F> {
             vmalloc,
             boot,
             dealloc_report: Default::default(),
+            cma,
         }
     }
 
@@ -265,6 +288,72 @@ impl<'m, P: IrqControl, F: PagingFormat> Mm<'m, P, F> {
                 owners.mark_range(p.start, p.end, crate::owner::RESERVED);
                 Err(FreeReservedError::Buddy(e))
             }
+        }
+    }
+
+    /// Allocate `nr_pages` physically contiguous frames, any count, even beyond the largest
+    /// buddy order (Linux `alloc_contig_pages`), preferring this CPU's node. The run starts
+    /// on a pageblock boundary (on a boundary of its size when the count is a power of two).
+    /// Movable blocks with a mover are migrated out of the chosen run
+    /// ([`BuddyAllocator::alloc_contig_pages`]); a `gfp` that may not block takes free runs
+    /// only. The run is recorded in the owner table; free it whole with
+    /// [`free_contig_pages`](Self::free_contig_pages). `ZERO` is not honoured (zero through
+    /// [`page_address`](Self::page_address)).
+    pub fn alloc_contig_pages(&self, nr_pages: u64, gfp: GfpFlags) -> Result<Pfn, IsolateError> {
+        self.pages.alloc_contig(nr_pages, gfp, PageUse::Pages)
+    }
+
+    /// Free the run of `nr_pages` frames [`alloc_contig_pages`](Self::alloc_contig_pages) or
+    /// [`cma_alloc`](Self::cma_alloc) returned at `pfn`. The count must be the run's
+    /// (`RunLength` names the recorded one); a refused free changes nothing.
+    pub fn free_contig_pages(&self, pfn: Pfn, nr_pages: u64) -> Result<(), PageFreeError> {
+        if let Some(o) = self.pages.owner(pfn).filter(|o| o.usage != PageUse::Pages) {
+            return Err(PageFreeError::NotFromAllocPages(o.usage));
+        }
+        let recorded = self.pages.contig_len(pfn);
+        match (nr_pages, recorded) {
+            // A one-frame run is recorded as a plain order-0 block.
+            (1, None)
+                if self
+                    .pages
+                    .owner(pfn)
+                    .is_some_and(|o| o.order == Order::ZERO) =>
+            {
+                self.pages
+                    .free(pfn, Order::ZERO)
+                    .map_err(PageFreeError::Buddy)
+            }
+            (n, Some(len)) if n == len => self
+                .pages
+                .free_contig(pfn)
+                .map(|_| ())
+                .map_err(PageFreeError::Buddy),
+            _ => Err(PageFreeError::RunLength { recorded }),
+        }
+    }
+
+    /// The CMA area [`MmBuilder::cma`](crate::MmBuilder::cma) declared at boot, if any.
+    pub fn cma_area(&self) -> Option<CmaArea> {
+        self.cma
+    }
+
+    /// Allocate `nr_pages` contiguous frames from the CMA area, starting on a multiple of
+    /// `2^align_order` frames (Linux `cma_alloc`): movable memory borrowing the area is
+    /// migrated out of the chosen run ([`BuddyAllocator::cma_alloc`]). Recorded in the owner
+    /// table as a movable run; give it back with [`cma_release`](Self::cma_release).
+    /// Without an area, `NotFound`.
+    pub fn cma_alloc(&self, nr_pages: u64, align_order: u32) -> Result<Pfn, IsolateError> {
+        let area = self.cma.as_ref().ok_or(IsolateError::NotFound)?;
+        self.pages.alloc_cma(area, nr_pages, align_order)
+    }
+
+    /// Give back a run [`cma_alloc`](Self::cma_alloc) returned (the whole run). Refused,
+    /// changing nothing: `NotInCmaArea` for a run outside the area (or without one), else as
+    /// [`free_contig_pages`](Self::free_contig_pages).
+    pub fn cma_release(&self, pfn: Pfn, nr_pages: u64) -> Result<(), PageFreeError> {
+        match self.cma {
+            Some(area) if area.contains(pfn, nr_pages) => self.free_contig_pages(pfn, nr_pages),
+            _ => Err(PageFreeError::NotInCmaArea),
         }
     }
 

@@ -14,7 +14,9 @@
 use core::ptr::NonNull;
 
 use mmkit_addr::{IrqControl, Order, Pfn, PhysRange};
-use mmkit_buddy::{AllocError, BuddyAllocator, FreeError, GfpFlags, IsolateError, MigrateType};
+use mmkit_buddy::{
+    AllocError, BuddyAllocator, CmaArea, FreeError, GfpFlags, IsolateError, MigrateType,
+};
 
 use crate::map::KernelMap;
 use crate::owner::{Owner, PageOwners, PageUse};
@@ -96,12 +98,36 @@ impl<'m, P: IrqControl> PageAllocator<'m, P> {
             mobility,
             usage,
         };
+        self.record_contig(pfn, nr_pages, owner);
+        Ok(pfn)
+    }
+
+    /// Allocate `nr_pages` contiguous frames from the CMA `area` (the buddy's `cma_alloc`)
+    /// for `Mm::cma_alloc`, recorded as a movable run of `PageUse::Pages` like
+    /// [`alloc_contig`](Self::alloc_contig)'s.
+    pub(crate) fn alloc_cma(
+        &self,
+        area: &CmaArea,
+        nr_pages: u64,
+        align_order: u32,
+    ) -> Result<Pfn, IsolateError> {
+        let pfn = self.buddy.cma_alloc(area, nr_pages, align_order)?;
+        let owner = Owner {
+            order: Order::ZERO,
+            mobility: MigrateType::Movable,
+            usage: PageUse::Pages,
+        };
+        self.record_contig(pfn, nr_pages, owner);
+        Ok(pfn)
+    }
+
+    /// Record a run of `nr_pages` frames at `pfn` (one frame: a plain order-0 block).
+    fn record_contig(&self, pfn: Pfn, nr_pages: u64, owner: Owner) {
         if nr_pages == 1 {
             self.owners.record(pfn, owner);
         } else {
             self.owners.record_run(pfn, nr_pages, owner);
         }
-        Ok(pfn)
     }
 
     /// The length of the contiguous run [`alloc_contig`](Self::alloc_contig) returned at

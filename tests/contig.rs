@@ -1,0 +1,125 @@
+//! Contiguous runs and the CMA area through the facade (`Mm::alloc_contig_pages`,
+//! `MmBuilder::cma`, `Mm::cma_alloc`), with owner-table records.
+
+use mmkit::addr::host::HostPlatform;
+use mmkit::addr::{Order, Pfn, PhysAddr, PhysRange};
+use mmkit::buddy::{GfpFlags, IsolateError, MigrateType};
+use mmkit::host::HostRam as HostMemory;
+use mmkit::{BootError, Mm, MmBuilder, PageFreeError, PageUse};
+
+const MIB: u64 = 1 << 20;
+const SPAN: u64 = 128 * MIB;
+
+fn boot(mem: &HostMemory, cma: u64) -> Result<Mm<'_, HostPlatform>, BootError> {
+    // SAFETY: `mem` is the whole simulated machine and nothing else uses it.
+    unsafe { MmBuilder::new(HostPlatform::new(2), mem) }
+        .memory(PhysRange::from_start_size(PhysAddr::new(0), SPAN).unwrap())
+        .reserve(PhysRange::from_start_size(PhysAddr::new(MIB), 4 * MIB).unwrap())
+        .cma(cma)
+        .boot()
+}
+
+#[test]
+fn contig_runs_are_recorded_and_freed_only_whole() {
+    let mem = HostMemory::new(PhysAddr::new(0), SPAN);
+    let mut mm = boot(&mem, 0).unwrap();
+    mm.drain_all();
+    let free = mm.buddy().total_free();
+    let pfn = mm
+        .alloc_contig_pages(3000, GfpFlags::HIGHUSER_MOVABLE)
+        .unwrap();
+    let owner = mm.page_allocator().owner(pfn).unwrap();
+    assert_eq!(owner.usage, PageUse::Pages);
+    assert_eq!(owner.mobility, MigrateType::Movable);
+    mm.verify().unwrap();
+    // Refused, changing nothing: the head alone, a wrong count, a frame inside.
+    assert_eq!(
+        mm.free_pages(pfn, Order::ZERO),
+        Err(PageFreeError::ContiguousRun)
+    );
+    assert_eq!(
+        mm.free_contig_pages(pfn, 2999),
+        Err(PageFreeError::RunLength {
+            recorded: Some(3000)
+        })
+    );
+    assert_eq!(
+        mm.free_contig_pages(Pfn::new(pfn.as_u64() + 1), 2999),
+        Err(PageFreeError::RunLength { recorded: None })
+    );
+    mm.verify().unwrap();
+    mm.free_contig_pages(pfn, 3000).unwrap();
+    assert_eq!(
+        mm.free_contig_pages(pfn, 3000),
+        Err(PageFreeError::RunLength { recorded: None })
+    );
+    mm.drain_all();
+    assert_eq!(mm.buddy().total_free(), free);
+    mm.verify().unwrap();
+    // One frame is recorded as an order-0 block and freed as one.
+    let one = mm.alloc_contig_pages(1, GfpFlags::KERNEL).unwrap();
+    mm.free_contig_pages(one, 1).unwrap();
+    assert_eq!(
+        mm.alloc_contig_pages(0, GfpFlags::KERNEL),
+        Err(IsolateError::BadRange)
+    );
+    mm.verify().unwrap();
+}
+
+#[test]
+fn cma_area_declared_at_boot_serves_cma_alloc_with_owner_records() {
+    let mem = HostMemory::new(PhysAddr::new(0), SPAN);
+    let mut mm = boot(&mem, 16 * MIB).unwrap();
+    let area = mm.cma_area().unwrap();
+    assert_eq!(area.nr_pages(), 4096);
+    assert_eq!(mm.buddy().cma_total(), 4096);
+    assert_eq!(mm.buddy().cma_free(), 4096);
+    assert_eq!(
+        mm.buddy().pageblock_migratetype(area.start()),
+        Some(MigrateType::Cma)
+    );
+    let run = mm.cma_alloc(1024, 10).unwrap();
+    assert!(area.contains(run, 1024));
+    assert_eq!(
+        mm.page_allocator().owner(run).unwrap().mobility,
+        MigrateType::Movable
+    );
+    mm.verify().unwrap();
+    assert_eq!(
+        mm.cma_release(Pfn::new(0), 1024),
+        Err(PageFreeError::NotInCmaArea)
+    );
+    assert_eq!(
+        mm.cma_release(run, 1000),
+        Err(PageFreeError::RunLength {
+            recorded: Some(1024)
+        })
+    );
+    mm.cma_release(run, 1024).unwrap();
+    mm.drain_all();
+    assert_eq!(mm.buddy().cma_free(), 4096);
+    mm.verify().unwrap();
+}
+
+#[test]
+fn cma_without_an_area_and_oversized_areas_are_refused() {
+    let mem = HostMemory::new(PhysAddr::new(0), SPAN);
+    let mm = boot(&mem, 0).unwrap();
+    assert_eq!(mm.cma_area(), None);
+    assert_eq!(mm.cma_alloc(1, 0), Err(IsolateError::NotFound));
+    assert_eq!(
+        mm.cma_release(Pfn::new(4096), 1),
+        Err(PageFreeError::NotInCmaArea)
+    );
+    drop(mm);
+    let mem = HostMemory::new(PhysAddr::new(0), SPAN);
+    assert!(matches!(
+        boot(&mem, 2 * SPAN),
+        Err(BootError::Cma(IsolateError::TooLarge { .. }))
+    ));
+    let mem = HostMemory::new(PhysAddr::new(0), SPAN);
+    assert!(matches!(
+        boot(&mem, u64::MAX),
+        Err(BootError::Cma(IsolateError::TooLarge { .. }))
+    ));
+}
