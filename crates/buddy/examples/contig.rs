@@ -29,7 +29,8 @@ use std::time::Instant;
 use mmkit_addr::host::HostPlatform;
 use mmkit_addr::{Order, Pfn, PhysAddr, PhysRange};
 use mmkit_buddy::{
-    memmap_len, BuddyAllocator, BuddyConfig, GfpFlags, MoveError, Mover, NodeInit, PageDesc,
+    memmap_len, BuddyAllocator, BuddyConfig, GfpFlags, IsolateError, MoveError, Mover, NodeInit,
+    PageDesc,
 };
 
 struct Rng(u64);
@@ -85,6 +86,8 @@ struct Row {
     migrations: u64,
     us_per_run: f64,
     compact_ms: f64,
+    /// The error that ended the run of requests.
+    stop: IsolateError,
 }
 
 fn run(memory_mib: u64, occupancy: u64, mode: Mode) -> Row {
@@ -148,16 +151,16 @@ fn run(memory_mib: u64, occupancy: u64, mode: Mode) -> Row {
     };
     let (moved_before, _) = b.migrate_counts();
     let (mut obtained, mut secs) = (0u64, 0.0f64);
-    loop {
+    let stop = loop {
         let t = Instant::now();
         match b.alloc_contig_pages(512, gfp, 0) {
             Ok(_) => {
                 secs += t.elapsed().as_secs_f64();
                 obtained += 1;
             }
-            Err(_) => break,
+            Err(e) => break e,
         }
-    }
+    };
     let migrations = b.migrate_counts().0 - moved_before;
     b.verify().unwrap();
     assert_eq!(
@@ -175,6 +178,7 @@ fn run(memory_mib: u64, occupancy: u64, mode: Mode) -> Row {
             0.0
         },
         compact_ms,
+        stop,
     }
 }
 
@@ -190,10 +194,10 @@ fn main() {
     println!("alloc_contig_pages(512) on {memory_mib} MiB full of movable blocks with a mover");
     println!();
     println!(
-        "| occupancy | mode            | runs obtained | runs possible | obtained % | migrations/run | µs/run | compaction ms |"
+        "| occupancy | mode            | runs obtained | runs possible | obtained % | migrations/run | µs/run | compaction ms | stopped by |"
     );
     println!(
-        "|----------:|-----------------|--------------:|--------------:|-----------:|---------------:|-------:|--------------:|"
+        "|----------:|-----------------|--------------:|--------------:|-----------:|---------------:|-------:|--------------:|------------|"
     );
     for occupancy in [50, 70, 90] {
         for mode in [Mode::FreeOnly, Mode::Migrate, Mode::CompactMigrate] {
@@ -209,12 +213,13 @@ fn main() {
                 0.0
             };
             println!(
-                "| {occupancy:>8}% | {:<15} | {:>13} | {:>13} | {share:>9.1}% | {per_run:>14.1} | {:>6.0} | {:>13.1} |",
+                "| {occupancy:>8}% | {:<15} | {:>13} | {:>13} | {share:>9.1}% | {per_run:>14.1} | {:>6.0} | {:>13.1} | {:?} |",
                 mode.name(),
                 r.obtained,
                 r.possible,
                 r.us_per_run,
                 r.compact_ms,
+                r.stop,
             );
         }
     }
