@@ -312,13 +312,8 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
     /// whole blocks that straddle the range.
     fn survey_range_locked(z: &ZoneLocked<'_, 'm>, s: u64, e: u64) -> Result<Survey, IsolateError> {
         let mut survey = Survey { lo: s, hi: e };
-        let mut pfn = s;
-        if let Some((h, f)) = z.find_block_head(s) {
-            if h < s && f.state == PageState::Allocated {
-                survey.lo = h;
-                pfn = h;
-            }
-        }
+        let mut pfn = first_block_from(&z.mm, z.p.max_order, s);
+        survey.lo = survey.lo.min(pfn);
         while pfn < e {
             let f = z.mm.desc(pfn).flags();
             let here = Pfn::new(pfn);
@@ -578,12 +573,7 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             pb += pages;
         }
         let mut cost = 0;
-        let mut pfn = s;
-        if let Some((h, f)) = crate::freearea::find_block_head(&n.mm, self.cfg.max_order, s) {
-            if h < s && f.state == PageState::Allocated {
-                pfn = h;
-            }
-        }
+        let mut pfn = first_block_from(&n.mm, self.cfg.max_order, s);
         while pfn < e {
             let d = n.mm.desc(pfn);
             let f = d.flags();
@@ -600,6 +590,17 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             pfn += 1u64 << f.order;
         }
         Some(cost)
+    }
+}
+
+/// Where a block-by-block walk of a range starting at `s` begins: the head of an allocated
+/// block that straddles `s` (it must move whole), the end of a free or per-CPU block that
+/// straddles it (nothing of it to look at), else `s`.
+fn first_block_from(mm: &crate::page::Memmap<'_>, max_order: u32, s: u64) -> u64 {
+    match crate::freearea::find_block_head(mm, max_order, s) {
+        Some((h, f)) if h < s && f.state == PageState::Allocated => h,
+        Some((h, f)) if h < s => h + (1u64 << f.order),
+        _ => s,
     }
 }
 
@@ -991,6 +992,31 @@ mod tests {
         b.free_contig_range(upper, 512).unwrap();
         b.verify().unwrap();
         assert_eq!(b.total_free(), free);
+    }
+
+    #[test]
+    fn contig_range_inside_a_larger_free_block_takes_only_its_pageblock() {
+        let b = build(&[&[mib(16, 16)]], no_pcp(), 1);
+        let managed = b.total_managed();
+        // Frames 0x1000..0x1400 are one free order-10 block: take its upper half only.
+        let upper = Pfn::new(16 * 256 + 512);
+        b.alloc_contig_range(upper, 512).unwrap();
+        b.verify().unwrap();
+        assert_eq!(b.allocated_block(Pfn::new(16 * 256)), None);
+        assert_eq!(b.total_free(), managed - 512);
+        b.free_contig_range(upper, 512).unwrap();
+        b.verify().unwrap();
+        // Every odd pageblock of a free zone is a candidate run too.
+        let mut runs = std::vec::Vec::new();
+        while let Ok(p) = b.alloc_contig_pages(512, GfpFlags::MOVABLE, 0) {
+            runs.push(p);
+        }
+        assert_eq!(runs.len() as u64, managed / 512);
+        for p in runs {
+            b.free_contig_range(p, 512).unwrap();
+        }
+        b.verify().unwrap();
+        assert_eq!(b.total_free(), managed);
     }
 
     /// What a refused `alloc_contig_range` must leave unchanged besides `snapshot`: every
