@@ -31,9 +31,11 @@ const LABEL_EVERY: usize = 2;
 const TOP: u64 = 74;
 
 /// Fill colours by migrate type, in [`MigrateType::index`](mmkit_buddy::MigrateType::index) order: unmovable, movable,
-/// reclaimable, high-atomic, isolate (the matplotlib "tab10" red, green, orange, purple,
-/// brown, chosen to stay distinguishable for most colour-blind readers with the outline).
-pub const PALETTE: [&str; 5] = ["#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"];
+/// reclaimable, high-atomic, CMA, isolate (the matplotlib "tab10" red, green, orange, purple,
+/// cyan, brown, chosen to stay distinguishable for most colour-blind readers with the outline).
+pub const PALETTE: [&str; mmkit_buddy::NR_MIGRATE_TYPES] = [
+    "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#17becf", "#8c564b",
+];
 /// Colour of a pageblock outside every zone that holds allocations.
 const UNZONED: &str = "#7f7f7f";
 const RESERVED: &str = "#4d4d4d";
@@ -101,17 +103,18 @@ impl<P: IrqControl, F: PagingFormat> fmt::Display for SvgMap<'_, '_, P, F> {
             r##"<text x="8" y="32">one cell = one {pb_mib} MiB pageblock, {COLUMNS} per row; free in max-order blocks: {:.1}%</text>"##,
             h.percent()
         )?;
-        let legend: [(&str, &str, bool); 7] = [
+        let legend: [(&str, &str, bool); 8] = [
             (PALETTE[0], "unmovable", false),
             (PALETTE[1], "movable", false),
             (PALETTE[2], "reclaimable", false),
             (PALETTE[3], "high-atomic", false),
-            (PALETTE[4], "isolate", false),
+            (PALETTE[4], "CMA", false),
+            (PALETTE[5], "isolate", false),
             (RESERVED, "reserved", false),
             ("white", "mixed (outline)", true),
         ];
         for (i, (colour, name, outline)) in legend.iter().enumerate() {
-            let x = 8 + i as u64 * 118;
+            let x = 8 + i as u64 * 112;
             let stroke = if *outline {
                 r##" stroke="black" stroke-width="1.5""##
             } else {
@@ -236,6 +239,23 @@ mod tests {
             ..pure
         };
         assert_eq!(cell_style(&stolen, 512), (PALETTE[0], 1.0, true));
+    }
+
+    #[test]
+    fn cma_and_isolated_pageblocks_have_their_own_colours() {
+        // A CMA pageblock lent to movable pages is not mixed.
+        let lent = PageblockCensus {
+            by_mobility: [0, 512, 0],
+            migratetype: Some(MigrateType::Cma),
+            ..Default::default()
+        };
+        assert_eq!(cell_style(&lent, 512), (PALETTE[4], 1.0, false));
+        let isolated = PageblockCensus {
+            free: 512,
+            migratetype: Some(MigrateType::Isolate),
+            ..Default::default()
+        };
+        assert_eq!(cell_style(&isolated, 512).0, PALETTE[5]);
     }
 
     #[test]

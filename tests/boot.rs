@@ -322,10 +322,10 @@ fn svg_map_draws_every_pageblock_with_memory() {
     assert!(svg.contains("test &lt;map&gt;"));
     let mut with_memory = 0;
     mm.pageblock_census(|c| with_memory += usize::from(c.hole < 512));
-    // One cell per pageblock that has memory, plus seven legend swatches and zone bars.
+    // One cell per pageblock that has memory, plus eight legend swatches and zone bars.
     let cells = svg.matches("<rect x=").count();
     let zones = svg.matches("#1f3fbf\"/>").count();
-    assert_eq!(cells, with_memory + 7 + zones, "{svg}");
+    assert_eq!(cells, with_memory + 8 + zones, "{svg}");
     assert!(
         svg.contains(mmkit::PALETTE[1]),
         "the movable huge page is drawn"
