@@ -22,7 +22,7 @@ use core::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use mmkit_addr::{IrqControl, Order, Pfn, PhysMapper, PhysRange};
 use spin::RwLock;
 
-use crate::compaction::CompactCounters;
+use crate::compaction::CompactState;
 use crate::config::{node_span, pcp_storage_len, BuddyConfig, NodeInit};
 use crate::error::{BootFreeError, InitError};
 use crate::freearea::{Params, ZoneLocked};
@@ -71,7 +71,7 @@ pub struct BuddyAllocator<'m, P: IrqControl> {
     /// Registered movers; id `i + 1` is slot `i`.
     pub(crate) movers: RwLock<[Option<&'m dyn Mover>; MAX_MOVERS]>,
     pub(crate) migrate_counters: MigrateCounters,
-    pub(crate) compact_counters: CompactCounters,
+    pub(crate) compact_counters: CompactState,
 }
 
 impl<'m, P: IrqControl> core::fmt::Debug for BuddyAllocator<'m, P> {

@@ -16,13 +16,30 @@
 //! * Counters: Linux's `compact_migrate_scanned`, `compact_free_scanned`, `compact_success`,
 //!   `compact_fail`, with `pgmigrate_success` / `pgmigrate_fail` from `mover.rs`.
 //!
+//! ## In the allocation path (`alloc.rs`, with [`BuddyConfig::compaction`](crate::BuddyConfig))
+//! * An unmovable or reclaimable request that may block first allocates without stealing
+//!   (Linux `ALLOC_NOFRAGMENT`); failing that, it **evacuates** a movable pageblock — the one
+//!   with the fewest allocated pages among up to [`EVACUATE_CANDIDATES`] whose blocks all
+//!   have movers — and claims it whole; only then does it steal pages as Linux would.
+//! * A request of order > 0 that may block runs **direct compaction** (one pass to its
+//!   order per zone of its zonelist) when the min-watermark pass fails, then retries.
+//!
+//! ## kcompactd ([`kcompactd_step`](BuddyAllocator::kcompactd_step))
+//! The kernel runs the step from a per-node thread when
+//! [`kcompactd_pending`](BuddyAllocator::kcompactd_pending) says so: a zone's watermark boost
+//! was raised by a fallback into another type's pageblock (`fallback.rs`), or the node's
+//! fragmentation score (share of free memory not in pageblock-sized blocks, weighted by zone
+//! size) is above `min(100 - proactiveness + 10, 100)`. The step compacts the boosted zones
+//! and those scoring above `max(100 - proactiveness, 5)`, then clears the boosts
+//! (Linux's proactive compaction, 5.9, and watermark boosting, 5.0).
+//!
 //! ## Fragmentation indices ([`Extfrag`])
 //! For a zone and an order: the *unusable free index* (share of free memory in blocks too
 //! small for the order, 0..=1000) and the *fragmentation index* (Linux's: -1000 when a free
 //! block of the order exists, else towards 0 when the failure is lack of memory and towards
 //! 1000 when it is fragmentation).
 
-use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
 use mmkit_addr::IrqControl;
 
@@ -33,15 +50,43 @@ use crate::migrate::MigrateType;
 use crate::page::PageState;
 use crate::zone::{Watermark, Zone, ZoneType, HIGHATOMIC_MASK_SHIFT};
 
-/// Compaction counters (Linux `/proc/vmstat`), summed over every pass.
-#[derive(Debug, Default)]
-pub(crate) struct CompactCounters {
+/// Compaction counters (Linux `/proc/vmstat`), summed over every pass, and the
+/// proactiveness knob.
+#[derive(Debug)]
+pub(crate) struct CompactState {
     migrate_scanned: AtomicU64,
     free_scanned: AtomicU64,
     success: AtomicU64,
     fail: AtomicU64,
     stall: AtomicU64,
     evacuated: AtomicU64,
+    proactive: AtomicU64,
+    /// `vm.compaction_proactiveness`, 0..=100.
+    proactiveness: AtomicU32,
+}
+
+impl Default for CompactState {
+    fn default() -> Self {
+        Self {
+            migrate_scanned: AtomicU64::new(0),
+            free_scanned: AtomicU64::new(0),
+            success: AtomicU64::new(0),
+            fail: AtomicU64::new(0),
+            stall: AtomicU64::new(0),
+            evacuated: AtomicU64::new(0),
+            proactive: AtomicU64::new(0),
+            proactiveness: AtomicU32::new(DEFAULT_PROACTIVENESS),
+        }
+    }
+}
+
+/// Linux's default `vm.compaction_proactiveness`.
+pub const DEFAULT_PROACTIVENESS: u32 = 20;
+
+/// The order whose availability the fragmentation score measures (Linux
+/// `COMPACTION_HPAGE_ORDER`: a pageblock, 2 MiB on x86-64).
+fn hpage_order(pageblock_order: u32) -> u32 {
+    pageblock_order
 }
 
 /// How many movable pageblocks [`evacuate_for`](BuddyAllocator::evacuate_for) examines
@@ -64,6 +109,9 @@ pub struct CompactStats {
     /// Movable pageblocks emptied for an unmovable or reclaimable request (mmkit's own
     /// counter; Linux steals instead).
     pub compact_evacuated: u64,
+    /// kcompactd steps that compacted (boosted zone or fragmentation score above the
+    /// proactiveness mark); Linux's `compact_daemon_wake` counts wake-ups instead.
+    pub compact_daemon_runs: u64,
     /// Blocks migrated.
     pub pgmigrate_success: u64,
     /// Migrations that failed (busy, refused, no target).
@@ -84,7 +132,8 @@ impl core::fmt::Display for CompactStats {
         writeln!(f, "compact_stall {}", self.compact_stall)?;
         writeln!(f, "compact_fail {}", self.compact_fail)?;
         writeln!(f, "compact_success {}", self.compact_success)?;
-        writeln!(f, "compact_evacuated {}", self.compact_evacuated)
+        writeln!(f, "compact_evacuated {}", self.compact_evacuated)?;
+        writeln!(f, "compact_daemon_runs {}", self.compact_daemon_runs)
     }
 }
 
@@ -226,6 +275,7 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             compact_fail: c.fail.load(Relaxed),
             compact_stall: c.stall.load(Relaxed),
             compact_evacuated: c.evacuated.load(Relaxed),
+            compact_daemon_runs: c.proactive.load(Relaxed),
             pgmigrate_success: ok,
             pgmigrate_fail: fail,
         }
@@ -468,6 +518,102 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             };
         }
         true
+    }
+
+    /// `vm.compaction_proactiveness` (0..=100, default [`DEFAULT_PROACTIVENESS`]): how low
+    /// [`kcompactd_step`](Self::kcompactd_step) keeps the fragmentation score; 0 leaves only
+    /// boosted zones to it. Larger values are taken as 100.
+    pub fn set_compaction_proactiveness(&self, value: u32) {
+        self.compact_counters
+            .proactiveness
+            .store(value.min(100), Relaxed);
+    }
+
+    /// The current proactiveness.
+    pub fn compaction_proactiveness(&self) -> u32 {
+        self.compact_counters.proactiveness.load(Relaxed)
+    }
+
+    /// A zone's fragmentation score (Linux `fragmentation_score_zone`): the share of its free
+    /// memory, in percent, that is not in free blocks of pageblock order or more.
+    fn zone_score(&self, node: &Node<'m>, zone: &Zone<'m>) -> u64 {
+        let order = hpage_order(self.cfg.pageblock_order);
+        let z = self.lock(node, zone);
+        let (mut free, mut big) = (0u64, 0u64);
+        for (o, counts) in
+            z.fa.counts
+                .iter()
+                .enumerate()
+                .take(self.cfg.max_order as usize + 1)
+        {
+            let pages: u64 = counts[..MigrateType::Isolate.index()]
+                .iter()
+                .map(|&n| u64::from(n) << o)
+                .sum();
+            free += pages;
+            if o as u32 >= order {
+                big += pages;
+            }
+        }
+        ((free - big) * 100).checked_div(free).unwrap_or(0)
+    }
+
+    /// Node `nid`'s fragmentation score, 0..=100 (Linux `fragmentation_score_node`): its
+    /// zones' scores weighted by their present pages. `None` for a node that does not exist.
+    pub fn fragmentation_score(&self, nid: usize) -> Option<u64> {
+        let node = self.node(nid)?;
+        let (mut sum, mut present) = (0u64, 0u64);
+        for z in node.zones.iter().filter(|z| z.is_populated()) {
+            sum += self.zone_score(node, z) * z.present;
+            present += z.present;
+        }
+        Some(sum.checked_div(present).unwrap_or(0))
+    }
+
+    /// Whether node `nid` has work for kcompactd: a boosted zone, or (with proactiveness
+    /// above 0) a fragmentation score above the high mark `min(100 - proactiveness + 10, 100)`.
+    pub fn kcompactd_pending(&self, nid: usize) -> bool {
+        let Some(node) = self.node(nid) else {
+            return false;
+        };
+        if node
+            .zones
+            .iter()
+            .any(|z| z.watermark_boost.load(Relaxed) > 0)
+        {
+            return true;
+        }
+        let p = u64::from(self.compaction_proactiveness());
+        p > 0
+            && self
+                .fragmentation_score(nid)
+                .is_some_and(|s| s > ((100 - p).max(5) + 10).min(100))
+    }
+
+    /// One run of kcompactd for node `nid`, the step a kernel calls from its per-node
+    /// compaction thread (or timer) when [`kcompactd_pending`](Self::kcompactd_pending) says
+    /// so: every boosted zone, and while the score is above the low mark
+    /// `max(100 - proactiveness, 5)` every zone with a score above it, gets a full compaction
+    /// pass; boosts are then cleared. Returns the blocks migrated, or `None` when there was
+    /// nothing to do.
+    pub fn kcompactd_step(&self, nid: usize) -> Result<Option<u64>, CompactError> {
+        if !self.kcompactd_pending(nid) {
+            self.node(nid).ok_or(CompactError::NoSuchNode(nid))?;
+            return Ok(None);
+        }
+        let node = self.node(nid).ok_or(CompactError::NoSuchNode(nid))?;
+        let p = u64::from(self.compaction_proactiveness());
+        let low = (100 - p).max(5);
+        let mut moved = 0;
+        for z in node.zones.iter().filter(|z| z.is_populated()) {
+            let boosted = z.watermark_boost.load(Relaxed) > 0;
+            if boosted || (p > 0 && self.zone_score(node, z) > low) {
+                moved += self.compact_zone(nid, z.ty, None)?.migrated;
+            }
+            z.watermark_boost.store(0, Relaxed);
+        }
+        self.compact_counters.proactive.fetch_add(1, Relaxed);
+        Ok(Some(moved))
     }
 
     /// Compact every populated zone of node `nid` until its scanners meet (Linux's
@@ -758,6 +904,53 @@ mod tests {
         assert!(b
             .alloc_pages(GfpFlags::HIGHUSER_MOVABLE, Order::new(9))
             .is_err());
+    }
+
+    #[test]
+    fn a_steal_boosts_the_watermark_and_kcompactd_works_it_off() {
+        let b = build(&[&[mib(0, 64)]], no_pcp(), 1);
+        let m = leaked_mover();
+        full_of_movable_holes(&b, m);
+        b.set_compaction_proactiveness(0);
+        assert!(!b.kcompactd_pending(0));
+        assert_eq!(b.kcompactd_step(0), Ok(None));
+        // An atomic request cannot wait for an evacuation: it steals, and boosts.
+        let p = b.alloc_pages(GfpFlags::ATOMIC, Order::ZERO).unwrap();
+        assert_eq!(b.pageblock_migratetype(p), Some(MigrateType::Movable));
+        assert!(b.kcompactd_pending(0));
+        let moved = b.kcompactd_step(0).unwrap().unwrap();
+        assert!(moved > 0);
+        assert!(!b.kcompactd_pending(0), "boost cleared");
+        assert_eq!(b.compact_stats().compact_daemon_runs, 1);
+        let live = m.blocks.lock().unwrap().len();
+        check_contents(&b, m, live);
+        b.verify().unwrap();
+        assert_eq!(b.kcompactd_step(7), Err(CompactError::NoSuchNode(7)));
+    }
+
+    #[test]
+    fn proactive_compaction_brings_the_score_under_the_mark() {
+        let b = build(&[&[mib(0, 64)]], no_pcp(), 1);
+        let m = leaked_mover();
+        let live = checkerboard(&b, m);
+        let before = b.fragmentation_score(0).unwrap();
+        assert!(before > 90, "checkerboard scores {before}");
+        b.set_compaction_proactiveness(0);
+        assert!(!b.kcompactd_pending(0), "proactiveness 0: boosts only");
+        b.set_compaction_proactiveness(DEFAULT_PROACTIVENESS);
+        assert!(b.kcompactd_pending(0));
+        assert!(b.kcompactd_step(0).unwrap().unwrap() > 0);
+        let after = b.fragmentation_score(0).unwrap();
+        assert!(
+            after <= 100 - u64::from(DEFAULT_PROACTIVENESS),
+            "score {after}"
+        );
+        assert!(!b.kcompactd_pending(0));
+        assert_eq!(b.kcompactd_step(0), Ok(None));
+        check_contents(&b, m, live.len());
+        b.set_compaction_proactiveness(1000);
+        assert_eq!(b.compaction_proactiveness(), 100);
+        assert_eq!(b.fragmentation_score(5), None);
     }
 
     #[test]

@@ -94,7 +94,7 @@ mod zone;
 mod testutil;
 
 pub use allocator::{BuddyAllocator, LowWatermarkHook, ZoneStats};
-pub use compaction::{CompactOutcome, CompactResult, CompactStats, Extfrag};
+pub use compaction::{CompactOutcome, CompactResult, CompactStats, Extfrag, DEFAULT_PROACTIVENESS};
 pub use config::{
     memmap_len, node_span, pcp_storage_len, BuddyConfig, CoreSize, NodeInit,
     DEFAULT_LOWMEM_RESERVE_RATIO,
@@ -111,7 +111,7 @@ pub use pcp::{PerCpuPages, PCP_MAX_ORDER};
 pub use report::{BuddyInfo, PageTypeInfo, PageblockCensus, ZoneInfo};
 pub use verify::VerifyError;
 pub use watermark::default_min_free_kbytes;
-pub use zone::{Watermark, ZoneType, NR_ZONES};
+pub use zone::{Watermark, ZoneType, NR_ZONES, WATERMARK_BOOST_FACTOR};
 
 /// Largest supported `max_order` (blocks of `2^15` frames, 128 MiB).
 pub const MAX_ORDER_LIMIT: u32 = 15;

@@ -61,9 +61,13 @@ pub trait Mover: Sync {
     fn isolate(&self, pfn: Pfn, order: Order, private: u64) -> Result<(), MoveError>;
 
     /// Copy the contents of `src` to `dst` (both `2^order` frames; `dst` is free memory the
-    /// allocator hands over) and repoint every reference the owner holds to `dst`. Returns
-    /// the private word for the block at `dst`. On `Err` the owner must still be using `src`
-    /// with its contents intact; `putback(src)` follows.
+    /// allocator hands over, already naming this mover) and repoint every reference the owner
+    /// holds to `dst`. Returns the private word for the block at `dst` (the owner does not
+    /// set it itself). From the moment the owner can reach `dst` it may use it; a free of it
+    /// fails with [`FreeError::Migrating`](crate::FreeError::Migrating) until this call has
+    /// returned and the allocator has recorded the private word (retry). On `Err` the owner
+    /// must still be using `src` with its contents intact, and must not have kept `dst`;
+    /// `putback(src)` follows.
     fn migrate(&self, src: Pfn, dst: Pfn, order: Order, private: u64) -> Result<u64, MoveError>;
 
     /// The migration of the isolated block at `pfn` is over without a move: the owner may
@@ -182,20 +186,24 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             return Err(MigrateError::NotAllocated);
         }
         let src = node.mm.desc(pfn);
-        let (flags, id) = src.begin_migration(order).map_err(|f| {
-            if f.state == PageState::Allocated && f.order == order {
-                MigrateError::AlreadyMigrating
-            } else {
+        // Only a block that names a mover is claimed, so a claim never gets in the way of an
+        // owner naming one (`set_mover` fails on a claimed block).
+        let (_, id) = src.begin_migration(order).map_err(|(f, id, migrating)| {
+            if f.state != PageState::Allocated || f.order != order {
                 MigrateError::NotAllocated
+            } else if migrating {
+                MigrateError::AlreadyMigrating
+            } else if f.mt != MigrateType::Movable {
+                MigrateError::NotMovable
+            } else {
+                debug_assert_eq!(id, 0);
+                MigrateError::NoMover
             }
         })?;
         let abort = |e| {
             src.end_migration();
             Err(e)
         };
-        if flags.mt != MigrateType::Movable {
-            return abort(MigrateError::NotMovable);
-        }
         let Some(mover) = self.mover(id) else {
             return abort(MigrateError::NoMover);
         };
@@ -204,11 +212,16 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         if let Err(e) = mover.isolate(p, o, private) {
             return abort(move_error(e));
         }
+        // The target is born claimed, with the mover named: once `migrate` returns, the
+        // owner may use and free it at once, so everything the buddy writes to it afterwards
+        // (the private word) happens before the claim ends.
         let dst = {
             let mut z = self.lock(node, zone);
             let t = target(&mut z, order);
             if let Some(t) = t {
-                node.mm.desc(t).set_allocated(order, MigrateType::Movable);
+                node.mm
+                    .desc(t)
+                    .set_migration_target(order, MigrateType::Movable, id);
             }
             t
         };
@@ -216,30 +229,30 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             mover.putback(p, o, private);
             return abort(MigrateError::NoTarget);
         };
+        let d = node.mm.desc(dst);
         match mover.migrate(p, Pfn::new(dst), o, private) {
             Ok(new_private) => {
-                let d = node.mm.desc(dst);
                 d.set_private(new_private);
-                // Cannot fail: `dst` is an allocated head of `order` only we know about.
-                let _ = d.set_mover_id(order, id);
-                src.end_migration();
-                self.free_block_to_zone(node, zone, pfn, order);
+                d.end_migration();
+                // Free the source straight from the migrating state: clearing the bit first
+                // would let another migration claim it, and this free would then fail.
+                self.free_claimed_block(node, zone, pfn, order);
                 Ok(dst)
             }
             Err(e) => {
-                self.free_block_to_zone(node, zone, dst, order);
+                self.free_claimed_block(node, zone, dst, order);
                 mover.putback(p, o, private);
                 abort(move_error(e))
             }
         }
     }
 
-    /// Free an allocated block that only the caller knows about straight to its zone (not a
-    /// per-CPU list), so it merges at once.
-    fn free_block_to_zone(&self, node: &Node<'m>, zone: &Zone<'m>, pfn: u64, order: u32) {
+    /// Free a block this migration claimed straight to its zone (not a per-CPU list), so it
+    /// merges at once.
+    fn free_claimed_block(&self, node: &Node<'m>, zone: &Zone<'m>, pfn: u64, order: u32) {
         let mut z = self.lock(node, zone);
         let tail = Flags::new(PageState::Tail, 0, MigrateType::Unmovable);
-        if node.mm.desc(pfn).begin_free(order, tail).is_ok() {
+        if node.mm.desc(pfn).end_migration_free(order, tail).is_ok() {
             let mt = z.pageblock_type(pfn);
             z.free_one_page(pfn, order, mt, false);
         }
