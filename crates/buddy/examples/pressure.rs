@@ -124,6 +124,10 @@ fn run(name: &str, p: Params, grouping: bool, compaction: bool) -> Outcome {
     let mut next_id = 0u64;
     let start = Instant::now();
     for step in 0..p.steps {
+        // The kernel's kcompactd thread, woken now and then (with compaction on).
+        if compaction && step % 2000 == 0 && b.kcompactd_pending(0) {
+            b.kcompactd_step(0).unwrap();
+        }
         let r = rng.next();
         let grown = 2 + (p.unmovable.saturating_sub(2)) * step as u64 / p.steps as u64;
         let unmovable_target = managed * grown / 100;
@@ -224,13 +228,14 @@ fn run(name: &str, p: Params, grouping: bool, compaction: bool) -> Outcome {
         migrated: s.pgmigrate_success,
     };
     println!(
-        "{:<34} {:>6.1}% {:>10.1}% {:>7.2} {:>8.2}s {:>10}",
+        "{:<34} {:>6.1}% {:>10.1}% {:>7.2} {:>8.2}s {:>10} {:>10}",
         name,
         out.unmovable_share * 100.0,
         out.order9 * 100.0,
         out.spread,
         out.secs,
         out.migrated,
+        s.compact_evacuated,
     );
     out
 }
@@ -259,8 +264,8 @@ fn main() {
         p.memory_mib, p.steps, p.occupancy, p.unmovable, p.lifetime, p.random_reclaim
     );
     println!(
-        "{:<34} {:>7} {:>11} {:>7} {:>9} {:>10}",
-        "configuration", "unmov", "free@order9", "spread", "churn", "migrated"
+        "{:<34} {:>7} {:>11} {:>7} {:>9} {:>10} {:>10}",
+        "configuration", "unmov", "free@order9", "spread", "churn", "migrated", "evacuated"
     );
     run("grouping off", p, false, false);
     run("grouping on, compaction off", p, true, false);

@@ -20,7 +20,9 @@
 //! * An unmovable or reclaimable request that may block first allocates without stealing
 //!   (Linux `ALLOC_NOFRAGMENT`); failing that, it **evacuates** a movable pageblock — the one
 //!   with the fewest allocated pages among up to [`EVACUATE_CANDIDATES`] whose blocks all
-//!   have movers — and claims it whole; only then does it steal pages as Linux would.
+//!   have movers — and claims it whole; failing that, it claims the movable pageblock with
+//!   the most free pages, movable pages and all; only then does it steal pages as Linux
+//!   would.
 //! * A request of order > 0 that may block runs **direct compaction** (one pass to its
 //!   order per zone of its zonelist) when the min-watermark pass fails, then retries.
 //!
@@ -60,6 +62,7 @@ pub(crate) struct CompactState {
     fail: AtomicU64,
     stall: AtomicU64,
     evacuated: AtomicU64,
+    partial_claims: AtomicU64,
     proactive: AtomicU64,
     /// `vm.compaction_proactiveness`, 0..=100.
     proactiveness: AtomicU32,
@@ -74,6 +77,7 @@ impl Default for CompactState {
             fail: AtomicU64::new(0),
             stall: AtomicU64::new(0),
             evacuated: AtomicU64::new(0),
+            partial_claims: AtomicU64::new(0),
             proactive: AtomicU64::new(0),
             proactiveness: AtomicU32::new(DEFAULT_PROACTIVENESS),
         }
@@ -109,6 +113,9 @@ pub struct CompactStats {
     /// Movable pageblocks emptied for an unmovable or reclaimable request (mmkit's own
     /// counter; Linux steals instead).
     pub compact_evacuated: u64,
+    /// Partly used movable pageblocks claimed whole for an unmovable or reclaimable request
+    /// when none could be emptied (mmkit's own counter).
+    pub compact_partial_claims: u64,
     /// kcompactd steps that compacted (boosted zone or fragmentation score above the
     /// proactiveness mark); Linux's `compact_daemon_wake` counts wake-ups instead.
     pub compact_daemon_runs: u64,
@@ -133,6 +140,7 @@ impl core::fmt::Display for CompactStats {
         writeln!(f, "compact_fail {}", self.compact_fail)?;
         writeln!(f, "compact_success {}", self.compact_success)?;
         writeln!(f, "compact_evacuated {}", self.compact_evacuated)?;
+        writeln!(f, "compact_partial_claims {}", self.compact_partial_claims)?;
         writeln!(f, "compact_daemon_runs {}", self.compact_daemon_runs)
     }
 }
@@ -275,6 +283,7 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             compact_fail: c.fail.load(Relaxed),
             compact_stall: c.stall.load(Relaxed),
             compact_evacuated: c.evacuated.load(Relaxed),
+            compact_partial_claims: c.partial_claims.load(Relaxed),
             compact_daemon_runs: c.proactive.load(Relaxed),
             pgmigrate_success: ok,
             pgmigrate_fail: fail,
@@ -444,6 +453,129 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
                     self.compact_counters.evacuated.fetch_add(1, Relaxed);
                     return true;
                 }
+            }
+        }
+        false
+    }
+
+    /// Make room for an unmovable or reclaimable request inside pageblocks of its own type:
+    /// find the pageblock of type `req.mt` holding the most movable pages that have movers
+    /// (among the first [`EVACUATE_CANDIDATES`] such pageblocks of each zone of its zonelist)
+    /// and migrate those pages out to movable pageblocks. Movable pages land in other types'
+    /// pageblocks when small movable requests steal, and in partly claimed pageblocks; moving
+    /// them out packs unmovable memory into the pageblocks it already has. Returns whether
+    /// anything moved.
+    pub(crate) fn tidy_for(&self, req: &Request) -> bool {
+        let pages = 1u64 << self.cfg.pageblock_order;
+        for (n, z) in self.zonelist(req) {
+            if !z.is_populated() || z.ty == ZoneType::Movable {
+                continue;
+            }
+            let mut best: Option<(u64, u64)> = None;
+            let mut seen = 0;
+            let mut pb = z.start.div_ceil(pages) * pages;
+            while pb + pages <= z.end && seen < EVACUATE_CANDIDATES {
+                if n.mm.desc(pb).block_type() == req.mt {
+                    let movable = self.movable_with_mover(n, pb);
+                    if movable > 0 {
+                        seen += 1;
+                        if best.map_or(true, |(_, m)| movable > m) {
+                            best = Some((pb, movable));
+                        }
+                    }
+                }
+                pb += pages;
+            }
+            if let Some((pb, _)) = best {
+                if self.migrate_movable_out(n, z, pb) > 0 {
+                    self.drain_zone_pcp(n, z);
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Pages of blocks with movers in the pageblock at `pb` (a lock-free hint).
+    fn movable_with_mover(&self, node: &Node<'m>, pb: u64) -> u64 {
+        let end = pb + (1u64 << self.cfg.pageblock_order);
+        let mut pages = 0;
+        let mut pfn = pb;
+        while pfn < end {
+            let d = node.mm.desc(pfn);
+            let f = d.flags();
+            let step = match f.state {
+                PageState::Free | PageState::Allocated | PageState::PerCpu => 1u64 << f.order,
+                _ => 1,
+            };
+            if f.state == PageState::Allocated && d.mover_id() != 0 {
+                pages += step;
+            }
+            pfn += step;
+        }
+        pages
+    }
+
+    /// Migrate every block with a mover out of the pageblock at `pb`, to movable pageblocks
+    /// elsewhere; returns how many moved.
+    fn migrate_movable_out(&self, node: &Node<'m>, zone: &Zone<'m>, pb: u64) -> u64 {
+        let end = pb + (1u64 << self.cfg.pageblock_order);
+        let mut moved = 0;
+        let mut pfn = pb;
+        while pfn < end {
+            let d = node.mm.desc(pfn);
+            let f = d.flags();
+            if f.state == PageState::Allocated && d.mover_id() != 0 {
+                let r = self.migrate_block_in(node, zone, pfn, f.order, |z, o| {
+                    z.take_target_outside(o, pb, end)
+                });
+                self.count_migration(&r);
+                match r {
+                    Ok(_) => moved += 1,
+                    Err(crate::MigrateError::NoTarget) => break,
+                    Err(_) => {}
+                }
+            }
+            pfn += match f.state {
+                PageState::Free | PageState::Allocated | PageState::PerCpu => 1u64 << f.order,
+                _ => 1,
+            };
+        }
+        moved
+    }
+
+    /// When no movable pageblock could be emptied for an unmovable or reclaimable request,
+    /// claim the movable pageblock with the most free pages among the first
+    /// [`EVACUATE_CANDIDATES`] of each zone of its zonelist (retype it, with its free pages),
+    /// rather than steal pages out of one: its movable pages stay until they are freed or
+    /// migrated, and no movable pageblock ends up holding unmovable pages. Returns whether a
+    /// pageblock was claimed.
+    pub(crate) fn claim_partial_for(&self, req: &Request) -> bool {
+        let pages = 1u64 << self.cfg.pageblock_order;
+        for (n, z) in self.zonelist(req) {
+            if !z.is_populated() || z.ty == ZoneType::Movable {
+                continue;
+            }
+            let mut zl = self.lock(n, z);
+            let mut best: Option<(u64, u64)> = None;
+            let mut seen = 0;
+            let mut pb = z.start.div_ceil(pages) * pages;
+            while pb + pages <= z.end && seen < EVACUATE_CANDIDATES {
+                let d = n.mm.desc(pb);
+                if d.block_type() == MigrateType::Movable && d.state() != PageState::Tail {
+                    seen += 1;
+                    let (free, _) = zl.scan_pageblock(pb, None);
+                    if free >= 1u64 << req.order && best.map_or(true, |(_, f)| free > f) {
+                        best = Some((pb, free));
+                    }
+                }
+                pb += pages;
+            }
+            if let Some((pb, _)) = best {
+                zl.scan_pageblock(pb, Some(req.mt));
+                z.boost_watermark(pages);
+                self.compact_counters.partial_claims.fetch_add(1, Relaxed);
+                return true;
             }
         }
         false
