@@ -336,6 +336,8 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         // The free scanner's pageblock: the last whole pageblock of the zone.
         let mut free_pb = (zone.end / pb) * pb;
         free_pb = free_pb.saturating_sub(pb);
+        // Where the free scanner goes on inside its pageblock.
+        let mut free_cursor = free_pb;
         'scan: while migrate_pb < free_pb {
             let hint = node.mm.desc(migrate_pb);
             if hint.skip_hint() {
@@ -359,12 +361,15 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
                     } else {
                         let got = self.migrate_block_in(node, zone, pfn, f.order, |z, o| {
                             while free_pb > migrate_pb {
-                                let (t, scanned) = z.take_target_in_pageblock(free_pb, o);
-                                r.free_scanned += scanned;
+                                let from = free_cursor.max(free_pb);
+                                let (t, next) = z.take_target_in_pageblock(free_pb, from, o);
+                                r.free_scanned += next - from;
+                                free_cursor = next;
                                 if t.is_some() {
                                     return t;
                                 }
                                 free_pb -= pb;
+                                free_cursor = free_pb;
                             }
                             None
                         });

@@ -314,36 +314,33 @@ impl ZoneLocked<'_, '_> {
         None
     }
 
-    /// Take a suitable free block of at least `order` inside the pageblock at `pb` (the
-    /// smallest that fits), as compaction's free scanner does. Returns its head and the
-    /// pages walked.
-    pub(crate) fn take_target_in_pageblock(&mut self, pb: u64, order: u32) -> (Option<u64>, u64) {
-        if self.pageblock_type(pb) != MigrateType::Movable {
-            return (None, 0);
-        }
+    /// Take the first suitable free block of at least `order` in the pageblock at `pb`,
+    /// walking from `from` (compaction's free scanner, which resumes where it stopped).
+    /// Returns the block's head (its first `2^order` frames now the caller's) and the frame
+    /// to resume from.
+    pub(crate) fn take_target_in_pageblock(
+        &mut self,
+        pb: u64,
+        from: u64,
+        order: u32,
+    ) -> (Option<u64>, u64) {
         let end = pb + self.p.pageblock_pages();
-        let mut best: Option<(u64, Flags)> = None;
-        let mut pfn = pb;
+        if self.pageblock_type(pb) != MigrateType::Movable {
+            return (None, end);
+        }
+        let mut pfn = from;
         while pfn < end {
             let f = self.mm.desc(pfn).flags();
-            let step = match f.state {
+            if f.state == PageState::Free && f.order >= order && self.suitable_target(pfn, f.order)
+            {
+                return (Some(self.take_free_block(pfn, f.order, order, f.mt)), pfn);
+            }
+            pfn += match f.state {
                 PageState::Free | PageState::Allocated | PageState::PerCpu => 1u64 << f.order,
                 _ => 1,
             };
-            if f.state == PageState::Free
-                && f.order >= order
-                && self.suitable_target(pfn, f.order)
-                && best.map_or(true, |(_, b)| f.order < b.order)
-            {
-                best = Some((pfn, f));
-            }
-            pfn += step;
         }
-        let scanned = pfn - pb;
-        match best {
-            Some((h, f)) => (Some(self.take_free_block(h, f.order, order, f.mt)), scanned),
-            None => (None, scanned),
-        }
+        (None, end)
     }
 }
 
