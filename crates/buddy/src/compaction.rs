@@ -231,19 +231,53 @@ impl core::fmt::Display for Extfrag {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         for o in 0..=self.max_order {
             let i = self.fragmentation_index(o);
-            write!(
-                f,
-                "{}{}.{:03}",
-                if o == 0 { "" } else { " " },
-                i / 1000,
-                (i % 1000).abs()
-            )?;
+            let sign = if i < 0 { "-" } else { "" };
+            let sep = if o == 0 { "" } else { " " };
+            write!(f, "{sep}{sign}{}.{:03}", i.abs() / 1000, i.abs() % 1000)?;
+        }
+        Ok(())
+    }
+}
+
+/// Both debugfs `extfrag` files for every populated zone: `unusable_index` and
+/// `extfrag_index` (one line per zone, one column per order, in thousandths as Linux
+/// prints them: `0.250`, `-1.000`). From [`BuddyAllocator::extfrag_report`].
+pub struct ExtfragReport<'a, 'm, P: IrqControl>(&'a BuddyAllocator<'m, P>);
+
+impl<P: IrqControl> core::fmt::Display for ExtfragReport<'_, '_, P> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let b = self.0;
+        for (title, unusable) in [("unusable_index", true), ("extfrag_index", false)] {
+            writeln!(f, "{title}")?;
+            for (nid, node) in b.nodes() {
+                for z in node.zones.iter().filter(|z| z.is_populated()) {
+                    let Ok(e) = b.extfrag(nid, z.ty) else {
+                        continue;
+                    };
+                    write!(f, "Node {nid}, zone {:>8}", z.ty.name())?;
+                    for o in 0..=e.max_order {
+                        let v = if unusable {
+                            e.unusable_index(o) as i64
+                        } else {
+                            e.fragmentation_index(o)
+                        };
+                        let sign = if v < 0 { "-" } else { "" };
+                        write!(f, " {sign}{}.{:03}", v.abs() / 1000, v.abs() % 1000)?;
+                    }
+                    writeln!(f)?;
+                }
+            }
         }
         Ok(())
     }
 }
 
 impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
+    /// The debugfs `extfrag` files (`unusable_index`, `extfrag_index`) for every zone.
+    pub fn extfrag_report(&self) -> ExtfragReport<'_, 'm, P> {
+        ExtfragReport(self)
+    }
+
     fn zone_of(&self, nid: usize, ty: ZoneType) -> Result<(&Node<'m>, &Zone<'m>), CompactError> {
         let node = self.node(nid).ok_or(CompactError::NoSuchNode(nid))?;
         let zone = &node.zones[ty.index()];
@@ -1108,5 +1142,27 @@ mod tests {
         assert_eq!(e.fragmentation_index(3), -1000);
         assert_eq!(e.unusable_index(3), 64 * 1000 / 72);
         assert_eq!(e.to_string().split(' ').count(), 11);
+        // Orders 0..=3 have a free block; order 4: 1000 - (1000 + 72 * 1000 / 16) / 65 = 916.
+        assert!(
+            e.to_string()
+                .starts_with("-1.000 -1.000 -1.000 -1.000 0.916"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_extfrag_report_has_a_line_per_zone_and_order() {
+        let b = build(&[&[mib(0, 64)]], no_pcp(), 1);
+        let _ = checkerboard(&b, leaked_mover());
+        let text = b.extfrag_report().to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "unusable_index");
+        assert!(
+            lines[1].starts_with("Node 0, zone      DMA 0.000"),
+            "{text}"
+        );
+        let ext = lines.iter().position(|l| *l == "extfrag_index").unwrap();
+        assert_eq!(ext, 3, "two zones: DMA and DMA32");
+        assert_eq!(lines[ext + 2].split_whitespace().count(), 4 + 11, "{text}");
     }
 }
