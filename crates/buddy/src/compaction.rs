@@ -63,6 +63,7 @@ pub(crate) struct CompactState {
     stall: AtomicU64,
     evacuated: AtomicU64,
     partial_claims: AtomicU64,
+    no_mover: AtomicU64,
     proactive: AtomicU64,
     /// `vm.compaction_proactiveness`, 0..=100.
     proactiveness: AtomicU32,
@@ -78,6 +79,7 @@ impl Default for CompactState {
             stall: AtomicU64::new(0),
             evacuated: AtomicU64::new(0),
             partial_claims: AtomicU64::new(0),
+            no_mover: AtomicU64::new(0),
             proactive: AtomicU64::new(0),
             proactiveness: AtomicU32::new(DEFAULT_PROACTIVENESS),
         }
@@ -116,6 +118,9 @@ pub struct CompactStats {
     /// Partly used movable pageblocks claimed whole for an unmovable or reclaimable request
     /// when none could be emptied (mmkit's own counter).
     pub compact_partial_claims: u64,
+    /// Frames of movable blocks without a mover that migrate scanners passed (mmkit's own:
+    /// memory that is movable by type only).
+    pub compact_no_mover: u64,
     /// kcompactd steps that compacted (boosted zone or fragmentation score above the
     /// proactiveness mark); Linux's `compact_daemon_wake` counts wake-ups instead.
     pub compact_daemon_runs: u64,
@@ -141,6 +146,7 @@ impl core::fmt::Display for CompactStats {
         writeln!(f, "compact_success {}", self.compact_success)?;
         writeln!(f, "compact_evacuated {}", self.compact_evacuated)?;
         writeln!(f, "compact_partial_claims {}", self.compact_partial_claims)?;
+        writeln!(f, "compact_no_mover {}", self.compact_no_mover)?;
         writeln!(f, "compact_daemon_runs {}", self.compact_daemon_runs)
     }
 }
@@ -170,6 +176,9 @@ pub struct CompactResult {
     pub migrated: u64,
     /// Migrations that failed.
     pub failed: u64,
+    /// Frames of movable blocks the migrate scanner passed because they name no mover:
+    /// movable by type only.
+    pub no_mover: u64,
 }
 
 /// The fragmentation figures of one zone at one moment (debugfs `extfrag`).
@@ -318,6 +327,7 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             compact_stall: c.stall.load(Relaxed),
             compact_evacuated: c.evacuated.load(Relaxed),
             compact_partial_claims: c.partial_claims.load(Relaxed),
+            compact_no_mover: c.no_mover.load(Relaxed),
             compact_daemon_runs: c.proactive.load(Relaxed),
             pgmigrate_success: ok,
             pgmigrate_fail: fail,
@@ -352,6 +362,7 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             free_scanned: 0,
             migrated: 0,
             failed: 0,
+            no_mover: 0,
         };
         self.drain_zone_pcp(node, zone);
         if let Some(o) = order {
@@ -392,6 +403,9 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
                 if f.state == PageState::Allocated && !d.is_migrating() {
                     if f.mt != MigrateType::Movable || d.mover_id() == 0 {
                         stuck_here += 1;
+                        if f.mt == MigrateType::Movable {
+                            r.no_mover += step;
+                        }
                     } else {
                         let got = self.migrate_block_in(node, zone, pfn, f.order, |z, o| {
                             while free_pb > migrate_pb {
@@ -450,6 +464,7 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         let c = &self.compact_counters;
         c.migrate_scanned.fetch_add(r.migrate_scanned, Relaxed);
         c.free_scanned.fetch_add(r.free_scanned, Relaxed);
+        c.no_mover.fetch_add(r.no_mover, Relaxed);
         if order.is_some() {
             match r.outcome {
                 CompactOutcome::Success => c.success.fetch_add(1, Relaxed),
@@ -921,6 +936,8 @@ mod tests {
         let free = free_frames(&b);
         let r = b.compact_zone(0, ZoneType::Dma32, None).unwrap();
         assert_eq!((r.migrated, r.failed), (0, 0), "nothing has a mover");
+        assert!(r.no_mover > 0, "counted as movable by type only");
+        assert_eq!(b.compact_stats().compact_no_mover, r.no_mover);
         assert_eq!(free_frames(&b), free);
         assert!(
             b.extfrag(0, ZoneType::Dma32)
