@@ -17,7 +17,8 @@
 //! * compaction's counters and the time the churn took.
 //!
 //! Run: `cargo run --release -p mmkit-buddy --example pressure -- [--memory-mib N]
-//! [--occupancy PCT] [--unmovable PCT] [--steps N] [--lifetime N] [--random-reclaim PCT]`
+//! [--occupancy PCT] [--unmovable PCT] [--steps N] [--lifetime N] [--random-reclaim PCT]
+//! [--only 0|1|2]`
 
 use core::mem::MaybeUninit;
 use std::collections::{HashMap, VecDeque};
@@ -267,7 +268,16 @@ fn main() {
         "{:<34} {:>7} {:>11} {:>7} {:>9} {:>10} {:>10}",
         "configuration", "unmov", "free@order9", "spread", "churn", "migrated", "evacuated"
     );
-    run("grouping off", p, false, false);
-    run("grouping on, compaction off", p, true, false);
-    run("grouping on, compaction on", p, true, true);
+    // `--only N` runs one configuration (for profilers): 0 off, 1 on without compaction, 2 on.
+    let only = arg(&args, "--only", u64::MAX);
+    let configs = [
+        ("grouping off", false, false),
+        ("grouping on, compaction off", true, false),
+        ("grouping on, compaction on", true, true),
+    ];
+    for (i, (name, grouping, compaction)) in configs.into_iter().enumerate() {
+        if only == u64::MAX || only == i as u64 {
+            run(name, p, grouping, compaction);
+        }
+    }
 }
