@@ -105,7 +105,7 @@ pub use error::{
 };
 pub use gfp::{GfpError, GfpFlags};
 pub use migrate::{MigrateType, FALLBACKS, NR_MIGRATE_TYPES, NR_PCP_TYPES};
-pub use mover::{MoveError, Mover, MoverId, MAX_MOVERS};
+pub use mover::{MigrationObserver, MoveError, Mover, MoverId, MAX_MOVERS};
 pub use page::{PageDesc, PageState};
 pub use pcp::{PerCpuPages, PCP_MAX_ORDER};
 pub use report::{BuddyInfo, PageTypeInfo, PageblockCensus, ZoneInfo};

@@ -21,6 +21,9 @@
 //!    On failure the target goes back to the free lists, `Mover::putback` returns the source
 //!    to its owner, and nothing has changed.
 //!
+//! A [`MigrationObserver`] (one per allocator, e.g. the facade's page-owner table) hears of
+//! every successful migration between steps 4 and the source's free.
+//!
 //! [`register_mover`]: BuddyAllocator::register_mover
 //! [`set_mover`]: BuddyAllocator::set_mover
 //! [`migrate_block`]: BuddyAllocator::migrate_block
@@ -75,6 +78,14 @@ pub trait Mover: Sync {
     fn putback(&self, pfn: Pfn, order: Order, private: u64);
 }
 
+/// Told about every migration that succeeded, after the mover moved the block and before
+/// the source is freed: for bookkeeping that follows blocks by frame number, such as a
+/// page-owner table. Called without allocator locks; must not allocate or free.
+pub trait MigrationObserver: Sync {
+    /// The block `[src, src + 2^order)` now lives at `dst`.
+    fn migrated(&self, src: Pfn, dst: Pfn, order: Order);
+}
+
 /// A registered mover, as [`BuddyAllocator::register_mover`] returned it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct MoverId(NonZeroU8);
@@ -104,6 +115,17 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         table[slot] = Some(mover);
         let id = NonZeroU8::new(slot as u8 + 1).ok_or(MoverError::TableFull)?;
         Ok(MoverId(id))
+    }
+
+    /// Install the [`MigrationObserver`]; there is one. Returns whether none was set before
+    /// (an existing observer stays).
+    pub fn set_migration_observer(&self, observer: &'m dyn MigrationObserver) -> bool {
+        let mut slot = self.migration_observer.write();
+        if slot.is_some() {
+            return false;
+        }
+        *slot = Some(observer);
+        true
     }
 
     fn mover(&self, id: u8) -> Option<&'m dyn Mover> {
@@ -233,6 +255,9 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         match mover.migrate(p, Pfn::new(dst), o, private) {
             Ok(new_private) => {
                 d.set_private(new_private);
+                if let Some(obs) = *self.migration_observer.read() {
+                    obs.migrated(p, Pfn::new(dst), o);
+                }
                 d.end_migration();
                 // Free the source straight from the migrating state: clearing the bit first
                 // would let another migration claim it, and this free would then fail.
@@ -547,6 +572,40 @@ pub(crate) mod tests {
         let dst = b.migrate_block(src, Order::ZERO, None).unwrap();
         b.free_pages(dst, Order::ZERO).unwrap();
         b.verify().unwrap();
+    }
+
+    #[derive(Default)]
+    struct Seen(Mutex<std::vec::Vec<(u64, u64, u32)>>);
+
+    impl MigrationObserver for Seen {
+        fn migrated(&self, src: Pfn, dst: Pfn, order: Order) {
+            self.0
+                .lock()
+                .unwrap()
+                .push((src.as_u64(), dst.as_u64(), order.get()));
+        }
+    }
+
+    #[test]
+    fn the_observer_hears_each_successful_migration_once() {
+        let b = build(&[&[mib(0, 64)]], no_pcp(), 1);
+        let seen: &'static Seen = std::boxed::Box::leak(std::boxed::Box::default());
+        assert!(b.set_migration_observer(seen));
+        assert!(!b.set_migration_observer(seen), "one observer");
+        let m = leaked_mover();
+        let id = b.register_mover(m).unwrap();
+        let src = movable(&b, 1);
+        m.own(src, Order::new(1), 3);
+        b.set_mover(src, Order::new(1), Some(id)).unwrap();
+        m.fail_every.store(1, Relaxed);
+        assert!(b.migrate_block(src, Order::new(1), None).is_err());
+        assert!(
+            seen.0.lock().unwrap().is_empty(),
+            "a failed migration is not reported"
+        );
+        m.fail_every.store(0, Relaxed);
+        let dst = b.migrate_block(src, Order::new(1), None).unwrap();
+        assert_eq!(*seen.0.lock().unwrap(), [(src.as_u64(), dst.as_u64(), 1)]);
     }
 
     #[test]
