@@ -14,7 +14,9 @@
 use core::ptr::NonNull;
 
 use mmkit_addr::{IrqControl, Order, Pfn, PhysRange};
-use mmkit_buddy::{AllocError, BuddyAllocator, FreeError, GfpFlags, IsolateError, MigrateType};
+use mmkit_buddy::{
+    AllocError, BuddyAllocator, FreeError, GfpFlags, IsolateError, MigrateType, MigrationObserver,
+};
 
 use crate::map::KernelMap;
 use crate::owner::{Owner, PageOwners, PageUse};
@@ -31,6 +33,16 @@ impl<P: IrqControl> core::fmt::Debug for PageAllocator<'_, P> {
         f.debug_struct("PageAllocator")
             .field("buddy", &self.buddy)
             .finish_non_exhaustive()
+    }
+}
+
+/// Migration moves a block's owner record with it: the head byte goes from the source's
+/// frame to the target's (the buddy calls this while both are allocated).
+impl<P: IrqControl> MigrationObserver for PageAllocator<'_, P> {
+    fn migrated(&self, src: Pfn, dst: Pfn, _: Order) {
+        if let Some(owner) = self.owners.take(src) {
+            self.owners.record(dst, owner);
+        }
     }
 }
 
