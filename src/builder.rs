@@ -568,6 +568,8 @@ impl<'m, P: IrqControl, F: PagingFormat> MmBuilder<'m, P, F> {
         buddy.finish_boot();
 
         let pages: &'m PageAllocator<'m, P> = slot[0].write(PageAllocator { buddy, owners, map });
+        // The owner table follows every block a mover migrates.
+        pages.buddy.set_migration_observer(pages);
         let kmalloc = Kmalloc::with_flags(pages, pages.buddy.platform(), slab_flags)
             .map_err(BootError::Slab)?;
         let vmalloc = match (vmalloc, space) {

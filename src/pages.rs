@@ -16,6 +16,7 @@ use core::ptr::NonNull;
 use mmkit_addr::{IrqControl, Order, Pfn, PhysRange};
 use mmkit_buddy::{
     AllocError, BuddyAllocator, CmaArea, FreeError, GfpFlags, IsolateError, MigrateType,
+    MigrationObserver,
 };
 
 use crate::map::KernelMap;
@@ -33,6 +34,16 @@ impl<P: IrqControl> core::fmt::Debug for PageAllocator<'_, P> {
         f.debug_struct("PageAllocator")
             .field("buddy", &self.buddy)
             .finish_non_exhaustive()
+    }
+}
+
+/// Migration moves a block's owner record with it: the head byte goes from the source's
+/// frame to the target's (the buddy calls this while both are allocated).
+impl<P: IrqControl> MigrationObserver for PageAllocator<'_, P> {
+    fn migrated(&self, src: Pfn, dst: Pfn, _: Order) {
+        if let Some(owner) = self.owners.take(src) {
+            self.owners.record(dst, owner);
+        }
     }
 }
 

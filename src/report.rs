@@ -1,6 +1,7 @@
 //! One report call: meminfo-style totals, `/proc/buddyinfo`, `/proc/pagetypeinfo`, the
-//! watermark part of `/proc/zoneinfo`, `/proc/slabinfo` for the kmalloc caches, and the
-//! high-order availability figure — all through `core::fmt::Display`, so a kernel can print
+//! watermark part of `/proc/zoneinfo`, `/proc/slabinfo` for the kmalloc caches, the
+//! high-order availability figure, the migration and compaction lines of `/proc/vmstat` and
+//! the debugfs `extfrag` indices — all through `core::fmt::Display`, so a kernel can print
 //! it on its console and a host program to a terminal.
 
 use core::fmt;
@@ -150,7 +151,7 @@ impl<'m, P: IrqControl, F: PagingFormat> Mm<'m, P, F> {
     }
 
     /// The full report (meminfo, buddyinfo, pagetypeinfo, zoneinfo watermarks, slabinfo,
-    /// high-order availability), for `Display`.
+    /// high-order availability, compaction vmstat, extfrag), for `Display`.
     pub fn report(&self) -> Report<'_, 'm, P, F> {
         Report { mm: self }
     }
@@ -175,7 +176,10 @@ impl<P: IrqControl, F: PagingFormat> fmt::Display for Report<'_, '_, P, F> {
         for order in [3, cfg.pageblock_order, cfg.max_order] {
             writeln!(f, "{}", mm.high_order(order))?;
         }
-        Ok(())
+        writeln!(f, "\n== vmstat (migration and compaction)")?;
+        write!(f, "{}", buddy.compact_stats())?;
+        writeln!(f, "\n== extfrag (debugfs)")?;
+        write!(f, "{}", buddy.extfrag_report())
     }
 }
 

@@ -209,6 +209,13 @@ fn kmalloc_family_and_caches_work_and_refuse_bad_pointers() {
         report.contains("kmalloc-256") && report.contains("Node 1"),
         "{report}"
     );
+    assert!(
+        report.contains("compact_migrate_scanned ")
+            && report.contains("pgmigrate_success ")
+            && report.contains("extfrag_index\nNode 0, zone")
+            && report.contains("unusable_index\nNode 0, zone"),
+        "{report}"
+    );
     mm.verify().unwrap();
 }
 

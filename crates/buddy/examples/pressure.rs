@@ -17,7 +17,8 @@
 //! * compaction's counters and the time the churn took.
 //!
 //! Run: `cargo run --release -p mmkit-buddy --example pressure -- [--memory-mib N]
-//! [--occupancy PCT] [--unmovable PCT] [--steps N] [--lifetime N] [--random-reclaim PCT]`
+//! [--occupancy PCT] [--unmovable PCT] [--steps N] [--lifetime N] [--random-reclaim PCT]
+//! [--only 0|1|2]`
 
 use core::mem::MaybeUninit;
 use std::collections::{HashMap, VecDeque};
@@ -124,6 +125,10 @@ fn run(name: &str, p: Params, grouping: bool, compaction: bool) -> Outcome {
     let mut next_id = 0u64;
     let start = Instant::now();
     for step in 0..p.steps {
+        // The kernel's kcompactd thread, woken now and then (with compaction on).
+        if compaction && step % 2000 == 0 && b.kcompactd_pending(0) {
+            b.kcompactd_step(0).unwrap();
+        }
         let r = rng.next();
         let grown = 2 + (p.unmovable.saturating_sub(2)) * step as u64 / p.steps as u64;
         let unmovable_target = managed * grown / 100;
@@ -224,13 +229,14 @@ fn run(name: &str, p: Params, grouping: bool, compaction: bool) -> Outcome {
         migrated: s.pgmigrate_success,
     };
     println!(
-        "{:<34} {:>6.1}% {:>10.1}% {:>7.2} {:>8.2}s {:>10}",
+        "{:<34} {:>6.1}% {:>10.1}% {:>7.2} {:>8.2}s {:>10} {:>10}",
         name,
         out.unmovable_share * 100.0,
         out.order9 * 100.0,
         out.spread,
         out.secs,
         out.migrated,
+        s.compact_evacuated,
     );
     out
 }
@@ -259,10 +265,19 @@ fn main() {
         p.memory_mib, p.steps, p.occupancy, p.unmovable, p.lifetime, p.random_reclaim
     );
     println!(
-        "{:<34} {:>7} {:>11} {:>7} {:>9} {:>10}",
-        "configuration", "unmov", "free@order9", "spread", "churn", "migrated"
+        "{:<34} {:>7} {:>11} {:>7} {:>9} {:>10} {:>10}",
+        "configuration", "unmov", "free@order9", "spread", "churn", "migrated", "evacuated"
     );
-    run("grouping off", p, false, false);
-    run("grouping on, compaction off", p, true, false);
-    run("grouping on, compaction on", p, true, true);
+    // `--only N` runs one configuration (for profilers): 0 off, 1 on without compaction, 2 on.
+    let only = arg(&args, "--only", u64::MAX);
+    let configs = [
+        ("grouping off", false, false),
+        ("grouping on, compaction off", true, false),
+        ("grouping on, compaction on", true, true),
+    ];
+    for (i, (name, grouping, compaction)) in configs.into_iter().enumerate() {
+        if only == u64::MAX || only == i as u64 {
+            run(name, p, grouping, compaction);
+        }
+    }
 }

@@ -124,7 +124,8 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
     fn alloc_request(&self, req: &Request, gfp: GfpFlags) -> Result<u64, AllocError> {
         // An unmovable or reclaimable request that may block first tries not to mix
         // pageblocks: its own lists and whole claimed pageblocks only, then a movable
-        // pageblock emptied for it by migration, and only then single stolen blocks.
+        // pageblock emptied for it by migration, or else the movable pageblock with the most
+        // free pages claimed whole, and only then single stolen blocks.
         let nofragment = self.cfg.compaction
             && req.mt != MigrateType::Movable
             && req.mt.index() < crate::migrate::NR_PCP_TYPES
@@ -138,7 +139,7 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             if let Some(pfn) = self.get_page_from_freelist(req, Watermark::Low, flags) {
                 return Ok(pfn);
             }
-            if self.evacuate_for(req) {
+            if self.evacuate_for(req) || self.tidy_for(req) || self.claim_partial_for(req) {
                 if let Some(pfn) = self.get_page_from_freelist(req, Watermark::Low, flags) {
                     return Ok(pfn);
                 }

@@ -22,13 +22,13 @@ use core::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use mmkit_addr::{IrqControl, Order, Pfn, PhysMapper, PhysRange};
 use spin::RwLock;
 
-use crate::compaction::CompactCounters;
+use crate::compaction::CompactState;
 use crate::config::{node_span, pcp_storage_len, BuddyConfig, NodeInit};
 use crate::error::{BootFreeError, InitError};
 use crate::freearea::{Params, ZoneLocked};
 use crate::migrate::MigrateType;
 use crate::movable::zone_movable_starts;
-use crate::mover::{MigrateCounters, Mover, MAX_MOVERS};
+use crate::mover::{MigrateCounters, MigrationObserver, Mover, MAX_MOVERS};
 use crate::page::{Flags, Memmap, PageDesc, PageState};
 use crate::pcp::PerCpuPages;
 use crate::raw::{init_allocator_in, init_by_value, init_slice, AllocatorHead, NodeHead};
@@ -70,8 +70,9 @@ pub struct BuddyAllocator<'m, P: IrqControl> {
     pub(crate) cpu_nodes: &'m [u8],
     /// Registered movers; id `i + 1` is slot `i`.
     pub(crate) movers: RwLock<[Option<&'m dyn Mover>; MAX_MOVERS]>,
+    pub(crate) migration_observer: RwLock<Option<&'m dyn MigrationObserver>>,
     pub(crate) migrate_counters: MigrateCounters,
-    pub(crate) compact_counters: CompactCounters,
+    pub(crate) compact_counters: CompactState,
 }
 
 impl<'m, P: IrqControl> core::fmt::Debug for BuddyAllocator<'m, P> {

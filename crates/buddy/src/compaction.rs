@@ -16,13 +16,32 @@
 //! * Counters: Linux's `compact_migrate_scanned`, `compact_free_scanned`, `compact_success`,
 //!   `compact_fail`, with `pgmigrate_success` / `pgmigrate_fail` from `mover.rs`.
 //!
+//! ## In the allocation path (`alloc.rs`, with [`BuddyConfig::compaction`](crate::BuddyConfig))
+//! * An unmovable or reclaimable request that may block first allocates without stealing
+//!   (Linux `ALLOC_NOFRAGMENT`); failing that, it **evacuates** a movable pageblock — the one
+//!   with the fewest allocated pages among up to [`EVACUATE_CANDIDATES`] whose blocks all
+//!   have movers — and claims it whole; failing that, it claims the movable pageblock with
+//!   the most free pages, movable pages and all; only then does it steal pages as Linux
+//!   would.
+//! * A request of order > 0 that may block runs **direct compaction** (one pass to its
+//!   order per zone of its zonelist) when the min-watermark pass fails, then retries.
+//!
+//! ## kcompactd ([`kcompactd_step`](BuddyAllocator::kcompactd_step))
+//! The kernel runs the step from a per-node thread when
+//! [`kcompactd_pending`](BuddyAllocator::kcompactd_pending) says so: a zone's watermark boost
+//! was raised by a fallback into another type's pageblock (`fallback.rs`), or the node's
+//! fragmentation score (share of free memory not in pageblock-sized blocks, weighted by zone
+//! size) is above `min(100 - proactiveness + 10, 100)`. The step compacts the boosted zones
+//! and those scoring above `max(100 - proactiveness, 5)`, then clears the boosts
+//! (Linux's proactive compaction, 5.9, and watermark boosting, 5.0).
+//!
 //! ## Fragmentation indices ([`Extfrag`])
 //! For a zone and an order: the *unusable free index* (share of free memory in blocks too
 //! small for the order, 0..=1000) and the *fragmentation index* (Linux's: -1000 when a free
 //! block of the order exists, else towards 0 when the failure is lack of memory and towards
 //! 1000 when it is fragmentation).
 
-use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
 use mmkit_addr::IrqControl;
 
@@ -33,15 +52,47 @@ use crate::migrate::MigrateType;
 use crate::page::PageState;
 use crate::zone::{Watermark, Zone, ZoneType, HIGHATOMIC_MASK_SHIFT};
 
-/// Compaction counters (Linux `/proc/vmstat`), summed over every pass.
-#[derive(Debug, Default)]
-pub(crate) struct CompactCounters {
+/// Compaction counters (Linux `/proc/vmstat`), summed over every pass, and the
+/// proactiveness knob.
+#[derive(Debug)]
+pub(crate) struct CompactState {
     migrate_scanned: AtomicU64,
     free_scanned: AtomicU64,
     success: AtomicU64,
     fail: AtomicU64,
     stall: AtomicU64,
     evacuated: AtomicU64,
+    partial_claims: AtomicU64,
+    no_mover: AtomicU64,
+    proactive: AtomicU64,
+    /// `vm.compaction_proactiveness`, 0..=100.
+    proactiveness: AtomicU32,
+}
+
+impl Default for CompactState {
+    fn default() -> Self {
+        Self {
+            migrate_scanned: AtomicU64::new(0),
+            free_scanned: AtomicU64::new(0),
+            success: AtomicU64::new(0),
+            fail: AtomicU64::new(0),
+            stall: AtomicU64::new(0),
+            evacuated: AtomicU64::new(0),
+            partial_claims: AtomicU64::new(0),
+            no_mover: AtomicU64::new(0),
+            proactive: AtomicU64::new(0),
+            proactiveness: AtomicU32::new(DEFAULT_PROACTIVENESS),
+        }
+    }
+}
+
+/// Linux's default `vm.compaction_proactiveness`.
+pub const DEFAULT_PROACTIVENESS: u32 = 20;
+
+/// The order whose availability the fragmentation score measures (Linux
+/// `COMPACTION_HPAGE_ORDER`: a pageblock, 2 MiB on x86-64).
+fn hpage_order(pageblock_order: u32) -> u32 {
+    pageblock_order
 }
 
 /// How many movable pageblocks [`evacuate_for`](BuddyAllocator::evacuate_for) examines
@@ -64,6 +115,15 @@ pub struct CompactStats {
     /// Movable pageblocks emptied for an unmovable or reclaimable request (mmkit's own
     /// counter; Linux steals instead).
     pub compact_evacuated: u64,
+    /// Partly used movable pageblocks claimed whole for an unmovable or reclaimable request
+    /// when none could be emptied (mmkit's own counter).
+    pub compact_partial_claims: u64,
+    /// Frames of movable blocks without a mover that migrate scanners passed (mmkit's own:
+    /// memory that is movable by type only).
+    pub compact_no_mover: u64,
+    /// kcompactd steps that compacted (boosted zone or fragmentation score above the
+    /// proactiveness mark); Linux's `compact_daemon_wake` counts wake-ups instead.
+    pub compact_daemon_runs: u64,
     /// Blocks migrated.
     pub pgmigrate_success: u64,
     /// Migrations that failed (busy, refused, no target).
@@ -84,7 +144,10 @@ impl core::fmt::Display for CompactStats {
         writeln!(f, "compact_stall {}", self.compact_stall)?;
         writeln!(f, "compact_fail {}", self.compact_fail)?;
         writeln!(f, "compact_success {}", self.compact_success)?;
-        writeln!(f, "compact_evacuated {}", self.compact_evacuated)
+        writeln!(f, "compact_evacuated {}", self.compact_evacuated)?;
+        writeln!(f, "compact_partial_claims {}", self.compact_partial_claims)?;
+        writeln!(f, "compact_no_mover {}", self.compact_no_mover)?;
+        writeln!(f, "compact_daemon_runs {}", self.compact_daemon_runs)
     }
 }
 
@@ -113,6 +176,9 @@ pub struct CompactResult {
     pub migrated: u64,
     /// Migrations that failed.
     pub failed: u64,
+    /// Frames of movable blocks the migrate scanner passed because they name no mover:
+    /// movable by type only.
+    pub no_mover: u64,
 }
 
 /// The fragmentation figures of one zone at one moment (debugfs `extfrag`).
@@ -174,19 +240,53 @@ impl core::fmt::Display for Extfrag {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         for o in 0..=self.max_order {
             let i = self.fragmentation_index(o);
-            write!(
-                f,
-                "{}{}.{:03}",
-                if o == 0 { "" } else { " " },
-                i / 1000,
-                (i % 1000).abs()
-            )?;
+            let sign = if i < 0 { "-" } else { "" };
+            let sep = if o == 0 { "" } else { " " };
+            write!(f, "{sep}{sign}{}.{:03}", i.abs() / 1000, i.abs() % 1000)?;
+        }
+        Ok(())
+    }
+}
+
+/// Both debugfs `extfrag` files for every populated zone: `unusable_index` and
+/// `extfrag_index` (one line per zone, one column per order, in thousandths as Linux
+/// prints them: `0.250`, `-1.000`). From [`BuddyAllocator::extfrag_report`].
+pub struct ExtfragReport<'a, 'm, P: IrqControl>(&'a BuddyAllocator<'m, P>);
+
+impl<P: IrqControl> core::fmt::Display for ExtfragReport<'_, '_, P> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let b = self.0;
+        for (title, unusable) in [("unusable_index", true), ("extfrag_index", false)] {
+            writeln!(f, "{title}")?;
+            for (nid, node) in b.nodes() {
+                for z in node.zones.iter().filter(|z| z.is_populated()) {
+                    let Ok(e) = b.extfrag(nid, z.ty) else {
+                        continue;
+                    };
+                    write!(f, "Node {nid}, zone {:>8}", z.ty.name())?;
+                    for o in 0..=e.max_order {
+                        let v = if unusable {
+                            e.unusable_index(o) as i64
+                        } else {
+                            e.fragmentation_index(o)
+                        };
+                        let sign = if v < 0 { "-" } else { "" };
+                        write!(f, " {sign}{}.{:03}", v.abs() / 1000, v.abs() % 1000)?;
+                    }
+                    writeln!(f)?;
+                }
+            }
         }
         Ok(())
     }
 }
 
 impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
+    /// The debugfs `extfrag` files (`unusable_index`, `extfrag_index`) for every zone.
+    pub fn extfrag_report(&self) -> ExtfragReport<'_, 'm, P> {
+        ExtfragReport(self)
+    }
+
     fn zone_of(&self, nid: usize, ty: ZoneType) -> Result<(&Node<'m>, &Zone<'m>), CompactError> {
         let node = self.node(nid).ok_or(CompactError::NoSuchNode(nid))?;
         let zone = &node.zones[ty.index()];
@@ -226,6 +326,9 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             compact_fail: c.fail.load(Relaxed),
             compact_stall: c.stall.load(Relaxed),
             compact_evacuated: c.evacuated.load(Relaxed),
+            compact_partial_claims: c.partial_claims.load(Relaxed),
+            compact_no_mover: c.no_mover.load(Relaxed),
+            compact_daemon_runs: c.proactive.load(Relaxed),
             pgmigrate_success: ok,
             pgmigrate_fail: fail,
         }
@@ -259,6 +362,7 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             free_scanned: 0,
             migrated: 0,
             failed: 0,
+            no_mover: 0,
         };
         self.drain_zone_pcp(node, zone);
         if let Some(o) = order {
@@ -277,6 +381,8 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         // The free scanner's pageblock: the last whole pageblock of the zone.
         let mut free_pb = (zone.end / pb) * pb;
         free_pb = free_pb.saturating_sub(pb);
+        // Where the free scanner goes on inside its pageblock.
+        let mut free_cursor = free_pb;
         'scan: while migrate_pb < free_pb {
             let hint = node.mm.desc(migrate_pb);
             if hint.skip_hint() {
@@ -297,15 +403,21 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
                 if f.state == PageState::Allocated && !d.is_migrating() {
                     if f.mt != MigrateType::Movable || d.mover_id() == 0 {
                         stuck_here += 1;
+                        if f.mt == MigrateType::Movable {
+                            r.no_mover += step;
+                        }
                     } else {
                         let got = self.migrate_block_in(node, zone, pfn, f.order, |z, o| {
                             while free_pb > migrate_pb {
-                                let (t, scanned) = z.take_target_in_pageblock(free_pb, o);
-                                r.free_scanned += scanned;
+                                let from = free_cursor.max(free_pb);
+                                let (t, next) = z.take_target_in_pageblock(free_pb, from, o);
+                                r.free_scanned += next - from;
+                                free_cursor = next;
                                 if t.is_some() {
                                     return t;
                                 }
                                 free_pb -= pb;
+                                free_cursor = free_pb;
                             }
                             None
                         });
@@ -352,6 +464,7 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         let c = &self.compact_counters;
         c.migrate_scanned.fetch_add(r.migrate_scanned, Relaxed);
         c.free_scanned.fetch_add(r.free_scanned, Relaxed);
+        c.no_mover.fetch_add(r.no_mover, Relaxed);
         if order.is_some() {
             match r.outcome {
                 CompactOutcome::Success => c.success.fetch_add(1, Relaxed),
@@ -394,6 +507,129 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
                     self.compact_counters.evacuated.fetch_add(1, Relaxed);
                     return true;
                 }
+            }
+        }
+        false
+    }
+
+    /// Make room for an unmovable or reclaimable request inside pageblocks of its own type:
+    /// find the pageblock of type `req.mt` holding the most movable pages that have movers
+    /// (among the first [`EVACUATE_CANDIDATES`] such pageblocks of each zone of its zonelist)
+    /// and migrate those pages out to movable pageblocks. Movable pages land in other types'
+    /// pageblocks when small movable requests steal, and in partly claimed pageblocks; moving
+    /// them out packs unmovable memory into the pageblocks it already has. Returns whether
+    /// anything moved.
+    pub(crate) fn tidy_for(&self, req: &Request) -> bool {
+        let pages = 1u64 << self.cfg.pageblock_order;
+        for (n, z) in self.zonelist(req) {
+            if !z.is_populated() || z.ty == ZoneType::Movable {
+                continue;
+            }
+            let mut best: Option<(u64, u64)> = None;
+            let mut seen = 0;
+            let mut pb = z.start.div_ceil(pages) * pages;
+            while pb + pages <= z.end && seen < EVACUATE_CANDIDATES {
+                if n.mm.desc(pb).block_type() == req.mt {
+                    let movable = self.movable_with_mover(n, pb);
+                    if movable > 0 {
+                        seen += 1;
+                        if best.map_or(true, |(_, m)| movable > m) {
+                            best = Some((pb, movable));
+                        }
+                    }
+                }
+                pb += pages;
+            }
+            if let Some((pb, _)) = best {
+                if self.migrate_movable_out(n, z, pb) > 0 {
+                    self.drain_zone_pcp(n, z);
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Pages of blocks with movers in the pageblock at `pb` (a lock-free hint).
+    fn movable_with_mover(&self, node: &Node<'m>, pb: u64) -> u64 {
+        let end = pb + (1u64 << self.cfg.pageblock_order);
+        let mut pages = 0;
+        let mut pfn = pb;
+        while pfn < end {
+            let d = node.mm.desc(pfn);
+            let f = d.flags();
+            let step = match f.state {
+                PageState::Free | PageState::Allocated | PageState::PerCpu => 1u64 << f.order,
+                _ => 1,
+            };
+            if f.state == PageState::Allocated && d.mover_id() != 0 {
+                pages += step;
+            }
+            pfn += step;
+        }
+        pages
+    }
+
+    /// Migrate every block with a mover out of the pageblock at `pb`, to movable pageblocks
+    /// elsewhere; returns how many moved.
+    fn migrate_movable_out(&self, node: &Node<'m>, zone: &Zone<'m>, pb: u64) -> u64 {
+        let end = pb + (1u64 << self.cfg.pageblock_order);
+        let mut moved = 0;
+        let mut pfn = pb;
+        while pfn < end {
+            let d = node.mm.desc(pfn);
+            let f = d.flags();
+            if f.state == PageState::Allocated && d.mover_id() != 0 {
+                let r = self.migrate_block_in(node, zone, pfn, f.order, |z, o| {
+                    z.take_target_outside(o, pb, end)
+                });
+                self.count_migration(&r);
+                match r {
+                    Ok(_) => moved += 1,
+                    Err(crate::MigrateError::NoTarget) => break,
+                    Err(_) => {}
+                }
+            }
+            pfn += match f.state {
+                PageState::Free | PageState::Allocated | PageState::PerCpu => 1u64 << f.order,
+                _ => 1,
+            };
+        }
+        moved
+    }
+
+    /// When no movable pageblock could be emptied for an unmovable or reclaimable request,
+    /// claim the movable pageblock with the most free pages among the first
+    /// [`EVACUATE_CANDIDATES`] of each zone of its zonelist (retype it, with its free pages),
+    /// rather than steal pages out of one: its movable pages stay until they are freed or
+    /// migrated, and no movable pageblock ends up holding unmovable pages. Returns whether a
+    /// pageblock was claimed.
+    pub(crate) fn claim_partial_for(&self, req: &Request) -> bool {
+        let pages = 1u64 << self.cfg.pageblock_order;
+        for (n, z) in self.zonelist(req) {
+            if !z.is_populated() || z.ty == ZoneType::Movable {
+                continue;
+            }
+            let mut zl = self.lock(n, z);
+            let mut best: Option<(u64, u64)> = None;
+            let mut seen = 0;
+            let mut pb = z.start.div_ceil(pages) * pages;
+            while pb + pages <= z.end && seen < EVACUATE_CANDIDATES {
+                let d = n.mm.desc(pb);
+                if d.block_type() == MigrateType::Movable && d.state() != PageState::Tail {
+                    seen += 1;
+                    let (free, _) = zl.scan_pageblock(pb, None);
+                    if free >= 1u64 << req.order && best.map_or(true, |(_, f)| free > f) {
+                        best = Some((pb, free));
+                    }
+                }
+                pb += pages;
+            }
+            if let Some((pb, _)) = best {
+                zl.scan_pageblock(pb, Some(req.mt));
+                z.boost_watermark(pages);
+                self.compact_counters.partial_claims.fetch_add(1, Relaxed);
+                return true;
             }
         }
         false
@@ -468,6 +704,102 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             };
         }
         true
+    }
+
+    /// `vm.compaction_proactiveness` (0..=100, default [`DEFAULT_PROACTIVENESS`]): how low
+    /// [`kcompactd_step`](Self::kcompactd_step) keeps the fragmentation score; 0 leaves only
+    /// boosted zones to it. Larger values are taken as 100.
+    pub fn set_compaction_proactiveness(&self, value: u32) {
+        self.compact_counters
+            .proactiveness
+            .store(value.min(100), Relaxed);
+    }
+
+    /// The current proactiveness.
+    pub fn compaction_proactiveness(&self) -> u32 {
+        self.compact_counters.proactiveness.load(Relaxed)
+    }
+
+    /// A zone's fragmentation score (Linux `fragmentation_score_zone`): the share of its free
+    /// memory, in percent, that is not in free blocks of pageblock order or more.
+    fn zone_score(&self, node: &Node<'m>, zone: &Zone<'m>) -> u64 {
+        let order = hpage_order(self.cfg.pageblock_order);
+        let z = self.lock(node, zone);
+        let (mut free, mut big) = (0u64, 0u64);
+        for (o, counts) in
+            z.fa.counts
+                .iter()
+                .enumerate()
+                .take(self.cfg.max_order as usize + 1)
+        {
+            let pages: u64 = counts[..MigrateType::Isolate.index()]
+                .iter()
+                .map(|&n| u64::from(n) << o)
+                .sum();
+            free += pages;
+            if o as u32 >= order {
+                big += pages;
+            }
+        }
+        ((free - big) * 100).checked_div(free).unwrap_or(0)
+    }
+
+    /// Node `nid`'s fragmentation score, 0..=100 (Linux `fragmentation_score_node`): its
+    /// zones' scores weighted by their present pages. `None` for a node that does not exist.
+    pub fn fragmentation_score(&self, nid: usize) -> Option<u64> {
+        let node = self.node(nid)?;
+        let (mut sum, mut present) = (0u64, 0u64);
+        for z in node.zones.iter().filter(|z| z.is_populated()) {
+            sum += self.zone_score(node, z) * z.present;
+            present += z.present;
+        }
+        Some(sum.checked_div(present).unwrap_or(0))
+    }
+
+    /// Whether node `nid` has work for kcompactd: a boosted zone, or (with proactiveness
+    /// above 0) a fragmentation score above the high mark `min(100 - proactiveness + 10, 100)`.
+    pub fn kcompactd_pending(&self, nid: usize) -> bool {
+        let Some(node) = self.node(nid) else {
+            return false;
+        };
+        if node
+            .zones
+            .iter()
+            .any(|z| z.watermark_boost.load(Relaxed) > 0)
+        {
+            return true;
+        }
+        let p = u64::from(self.compaction_proactiveness());
+        p > 0
+            && self
+                .fragmentation_score(nid)
+                .is_some_and(|s| s > ((100 - p).max(5) + 10).min(100))
+    }
+
+    /// One run of kcompactd for node `nid`, the step a kernel calls from its per-node
+    /// compaction thread (or timer) when [`kcompactd_pending`](Self::kcompactd_pending) says
+    /// so: every boosted zone, and while the score is above the low mark
+    /// `max(100 - proactiveness, 5)` every zone with a score above it, gets a full compaction
+    /// pass; boosts are then cleared. Returns the blocks migrated, or `None` when there was
+    /// nothing to do.
+    pub fn kcompactd_step(&self, nid: usize) -> Result<Option<u64>, CompactError> {
+        if !self.kcompactd_pending(nid) {
+            self.node(nid).ok_or(CompactError::NoSuchNode(nid))?;
+            return Ok(None);
+        }
+        let node = self.node(nid).ok_or(CompactError::NoSuchNode(nid))?;
+        let p = u64::from(self.compaction_proactiveness());
+        let low = (100 - p).max(5);
+        let mut moved = 0;
+        for z in node.zones.iter().filter(|z| z.is_populated()) {
+            let boosted = z.watermark_boost.load(Relaxed) > 0;
+            if boosted || (p > 0 && self.zone_score(node, z) > low) {
+                moved += self.compact_zone(nid, z.ty, None)?.migrated;
+            }
+            z.watermark_boost.store(0, Relaxed);
+        }
+        self.compact_counters.proactive.fetch_add(1, Relaxed);
+        Ok(Some(moved))
     }
 
     /// Compact every populated zone of node `nid` until its scanners meet (Linux's
@@ -604,6 +936,8 @@ mod tests {
         let free = free_frames(&b);
         let r = b.compact_zone(0, ZoneType::Dma32, None).unwrap();
         assert_eq!((r.migrated, r.failed), (0, 0), "nothing has a mover");
+        assert!(r.no_mover > 0, "counted as movable by type only");
+        assert_eq!(b.compact_stats().compact_no_mover, r.no_mover);
         assert_eq!(free_frames(&b), free);
         assert!(
             b.extfrag(0, ZoneType::Dma32)
@@ -761,6 +1095,53 @@ mod tests {
     }
 
     #[test]
+    fn a_steal_boosts_the_watermark_and_kcompactd_works_it_off() {
+        let b = build(&[&[mib(0, 64)]], no_pcp(), 1);
+        let m = leaked_mover();
+        full_of_movable_holes(&b, m);
+        b.set_compaction_proactiveness(0);
+        assert!(!b.kcompactd_pending(0));
+        assert_eq!(b.kcompactd_step(0), Ok(None));
+        // An atomic request cannot wait for an evacuation: it steals, and boosts.
+        let p = b.alloc_pages(GfpFlags::ATOMIC, Order::ZERO).unwrap();
+        assert_eq!(b.pageblock_migratetype(p), Some(MigrateType::Movable));
+        assert!(b.kcompactd_pending(0));
+        let moved = b.kcompactd_step(0).unwrap().unwrap();
+        assert!(moved > 0);
+        assert!(!b.kcompactd_pending(0), "boost cleared");
+        assert_eq!(b.compact_stats().compact_daemon_runs, 1);
+        let live = m.blocks.lock().unwrap().len();
+        check_contents(&b, m, live);
+        b.verify().unwrap();
+        assert_eq!(b.kcompactd_step(7), Err(CompactError::NoSuchNode(7)));
+    }
+
+    #[test]
+    fn proactive_compaction_brings_the_score_under_the_mark() {
+        let b = build(&[&[mib(0, 64)]], no_pcp(), 1);
+        let m = leaked_mover();
+        let live = checkerboard(&b, m);
+        let before = b.fragmentation_score(0).unwrap();
+        assert!(before > 90, "checkerboard scores {before}");
+        b.set_compaction_proactiveness(0);
+        assert!(!b.kcompactd_pending(0), "proactiveness 0: boosts only");
+        b.set_compaction_proactiveness(DEFAULT_PROACTIVENESS);
+        assert!(b.kcompactd_pending(0));
+        assert!(b.kcompactd_step(0).unwrap().unwrap() > 0);
+        let after = b.fragmentation_score(0).unwrap();
+        assert!(
+            after <= 100 - u64::from(DEFAULT_PROACTIVENESS),
+            "score {after}"
+        );
+        assert!(!b.kcompactd_pending(0));
+        assert_eq!(b.kcompactd_step(0), Ok(None));
+        check_contents(&b, m, live.len());
+        b.set_compaction_proactiveness(1000);
+        assert_eq!(b.compaction_proactiveness(), 100);
+        assert_eq!(b.fragmentation_score(5), None);
+    }
+
+    #[test]
     fn fragmentation_indices_follow_linux() {
         let mut e = Extfrag {
             free_blocks: [0; crate::MAX_ORDER_LIMIT as usize + 1],
@@ -778,5 +1159,27 @@ mod tests {
         assert_eq!(e.fragmentation_index(3), -1000);
         assert_eq!(e.unusable_index(3), 64 * 1000 / 72);
         assert_eq!(e.to_string().split(' ').count(), 11);
+        // Orders 0..=3 have a free block; order 4: 1000 - (1000 + 72 * 1000 / 16) / 65 = 916.
+        assert!(
+            e.to_string()
+                .starts_with("-1.000 -1.000 -1.000 -1.000 0.916"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_extfrag_report_has_a_line_per_zone_and_order() {
+        let b = build(&[&[mib(0, 64)]], no_pcp(), 1);
+        let _ = checkerboard(&b, leaked_mover());
+        let text = b.extfrag_report().to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "unusable_index");
+        assert!(
+            lines[1].starts_with("Node 0, zone      DMA 0.000"),
+            "{text}"
+        );
+        let ext = lines.iter().position(|l| *l == "extfrag_index").unwrap();
+        assert_eq!(ext, 3, "two zones: DMA and DMA32");
+        assert_eq!(lines[ext + 2].split_whitespace().count(), 4 + 11, "{text}");
     }
 }

@@ -17,6 +17,10 @@
 //!    pageblock.
 //! 4. Non-blocking requests finally dip into the high-atomic reserve.
 //!
+//! A claim of a partly used pageblock and every steal raise the zone's watermark boost (Linux
+//! `boost_watermark`), which asks kcompactd to repair the mixing (`compaction.rs`). mmkit has
+//! no reclaim, so unlike Linux the boost does not raise the watermarks allocations check.
+//!
 //! With grouping off every request is unmovable and every fallback claims.
 
 use core::sync::atomic::Ordering::Relaxed;
@@ -149,6 +153,10 @@ impl ZoneLocked<'_, '_> {
         };
         if free + alike >= pages / 2 || !self.p.grouping {
             self.scan_pageblock(pb, Some(mt));
+            if self.p.grouping {
+                // A pageblock changed hands with pages of another type in it.
+                self.zone.boost_watermark(pages);
+            }
             return self.rmqueue_smallest(order, mt);
         }
         None
@@ -163,6 +171,10 @@ impl ZoneLocked<'_, '_> {
             let pfn = self.first_free(cur, fb)?;
             self.del_from_free_list(pfn, cur, fb);
             self.expand(pfn, order, cur, fb);
+            if self.p.grouping {
+                // Pages of `mt` now sit in a pageblock of type `fb`: ask kcompactd to repair.
+                self.zone.boost_watermark(self.p.pageblock_pages());
+            }
             return Some(pfn);
         }
         None

@@ -133,7 +133,8 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
                     FreeError::WrongOrder {
                         allocated: seen.order,
                     }
-                } else if node.mm.desc(pfn).is_migrating() {
+                } else if seen.migrating {
+                    // What the refused compare-exchange saw: the bit may be gone by now.
                     FreeError::Migrating
                 } else {
                     // Raced with a concurrent free of the same block that won.

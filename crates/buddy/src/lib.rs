@@ -99,7 +99,7 @@ mod testutil;
 
 pub use allocator::{BuddyAllocator, LowWatermarkHook, ZoneStats};
 pub use cma::CmaArea;
-pub use compaction::{CompactOutcome, CompactResult, CompactStats, Extfrag};
+pub use compaction::{CompactOutcome, CompactResult, CompactStats, Extfrag, DEFAULT_PROACTIVENESS};
 pub use config::{
     memmap_len, node_span, pcp_storage_len, BuddyConfig, CoreSize, NodeInit,
     DEFAULT_LOWMEM_RESERVE_RATIO,
@@ -111,13 +111,13 @@ pub use error::{
 pub use gfp::{GfpError, GfpFlags};
 pub use isolate::CONTIG_CANDIDATES;
 pub use migrate::{MigrateType, FALLBACKS, NR_MIGRATE_TYPES, NR_PCP_TYPES};
-pub use mover::{MoveError, Mover, MoverId, MAX_MOVERS};
+pub use mover::{MigrationObserver, MoveError, Mover, MoverId, MAX_MOVERS};
 pub use page::{PageDesc, PageState};
 pub use pcp::{PerCpuPages, PCP_MAX_ORDER};
 pub use report::{BuddyInfo, PageTypeInfo, PageblockCensus, ZoneInfo};
 pub use verify::VerifyError;
 pub use watermark::default_min_free_kbytes;
-pub use zone::{Watermark, ZoneType, NR_ZONES};
+pub use zone::{Watermark, ZoneType, NR_ZONES, WATERMARK_BOOST_FACTOR};
 
 /// Largest supported `max_order` (blocks of `2^15` frames, 128 MiB).
 pub const MAX_ORDER_LIMIT: u32 = 15;

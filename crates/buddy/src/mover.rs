@@ -21,6 +21,9 @@
 //!    On failure the target goes back to the free lists, `Mover::putback` returns the source
 //!    to its owner, and nothing has changed.
 //!
+//! A [`MigrationObserver`] (one per allocator, e.g. the facade's page-owner table) hears of
+//! every successful migration between steps 4 and the source's free.
+//!
 //! [`register_mover`]: BuddyAllocator::register_mover
 //! [`set_mover`]: BuddyAllocator::set_mover
 //! [`migrate_block`]: BuddyAllocator::migrate_block
@@ -61,14 +64,26 @@ pub trait Mover: Sync {
     fn isolate(&self, pfn: Pfn, order: Order, private: u64) -> Result<(), MoveError>;
 
     /// Copy the contents of `src` to `dst` (both `2^order` frames; `dst` is free memory the
-    /// allocator hands over) and repoint every reference the owner holds to `dst`. Returns
-    /// the private word for the block at `dst`. On `Err` the owner must still be using `src`
-    /// with its contents intact; `putback(src)` follows.
+    /// allocator hands over, already naming this mover) and repoint every reference the owner
+    /// holds to `dst`. Returns the private word for the block at `dst` (the owner does not
+    /// set it itself). From the moment the owner can reach `dst` it may use it; a free of it
+    /// fails with [`FreeError::Migrating`](crate::FreeError::Migrating) until this call has
+    /// returned and the allocator has recorded the private word (retry). On `Err` the owner
+    /// must still be using `src` with its contents intact, and must not have kept `dst`;
+    /// `putback(src)` follows.
     fn migrate(&self, src: Pfn, dst: Pfn, order: Order, private: u64) -> Result<u64, MoveError>;
 
     /// The migration of the isolated block at `pfn` is over without a move: the owner may
     /// use and free it again.
     fn putback(&self, pfn: Pfn, order: Order, private: u64);
+}
+
+/// Told about every migration that succeeded, after the mover moved the block and before
+/// the source is freed: for bookkeeping that follows blocks by frame number, such as a
+/// page-owner table. Called without allocator locks; must not allocate or free.
+pub trait MigrationObserver: Sync {
+    /// The block `[src, src + 2^order)` now lives at `dst`.
+    fn migrated(&self, src: Pfn, dst: Pfn, order: Order);
 }
 
 /// A registered mover, as [`BuddyAllocator::register_mover`] returned it.
@@ -100,6 +115,17 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         table[slot] = Some(mover);
         let id = NonZeroU8::new(slot as u8 + 1).ok_or(MoverError::TableFull)?;
         Ok(MoverId(id))
+    }
+
+    /// Install the [`MigrationObserver`]; there is one. Returns whether none was set before
+    /// (an existing observer stays).
+    pub fn set_migration_observer(&self, observer: &'m dyn MigrationObserver) -> bool {
+        let mut slot = self.migration_observer.write();
+        if slot.is_some() {
+            return false;
+        }
+        *slot = Some(observer);
+        true
     }
 
     fn mover(&self, id: u8) -> Option<&'m dyn Mover> {
@@ -182,20 +208,24 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             return Err(MigrateError::NotAllocated);
         }
         let src = node.mm.desc(pfn);
-        let (flags, id) = src.begin_migration(order).map_err(|f| {
-            if f.state == PageState::Allocated && f.order == order {
-                MigrateError::AlreadyMigrating
-            } else {
+        // Only a block that names a mover is claimed, so a claim never gets in the way of an
+        // owner naming one (`set_mover` fails on a claimed block).
+        let (_, id) = src.begin_migration(order).map_err(|(f, id, migrating)| {
+            if f.state != PageState::Allocated || f.order != order {
                 MigrateError::NotAllocated
+            } else if migrating {
+                MigrateError::AlreadyMigrating
+            } else if f.mt != MigrateType::Movable {
+                MigrateError::NotMovable
+            } else {
+                debug_assert_eq!(id, 0);
+                MigrateError::NoMover
             }
         })?;
         let abort = |e| {
             src.end_migration();
             Err(e)
         };
-        if flags.mt != MigrateType::Movable {
-            return abort(MigrateError::NotMovable);
-        }
         let Some(mover) = self.mover(id) else {
             return abort(MigrateError::NoMover);
         };
@@ -204,11 +234,16 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         if let Err(e) = mover.isolate(p, o, private) {
             return abort(move_error(e));
         }
+        // The target is born claimed, with the mover named: once `migrate` returns, the
+        // owner may use and free it at once, so everything the buddy writes to it afterwards
+        // (the private word) happens before the claim ends.
         let dst = {
             let mut z = self.lock(node, zone);
             let t = target(&mut z, order);
             if let Some(t) = t {
-                node.mm.desc(t).set_allocated(order, MigrateType::Movable);
+                node.mm
+                    .desc(t)
+                    .set_migration_target(order, MigrateType::Movable, id);
             }
             t
         };
@@ -216,30 +251,33 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             mover.putback(p, o, private);
             return abort(MigrateError::NoTarget);
         };
+        let d = node.mm.desc(dst);
         match mover.migrate(p, Pfn::new(dst), o, private) {
             Ok(new_private) => {
-                let d = node.mm.desc(dst);
                 d.set_private(new_private);
-                // Cannot fail: `dst` is an allocated head of `order` only we know about.
-                let _ = d.set_mover_id(order, id);
-                src.end_migration();
-                self.free_block_to_zone(node, zone, pfn, order);
+                if let Some(obs) = *self.migration_observer.read() {
+                    obs.migrated(p, Pfn::new(dst), o);
+                }
+                d.end_migration();
+                // Free the source straight from the migrating state: clearing the bit first
+                // would let another migration claim it, and this free would then fail.
+                self.free_claimed_block(node, zone, pfn, order);
                 Ok(dst)
             }
             Err(e) => {
-                self.free_block_to_zone(node, zone, dst, order);
+                self.free_claimed_block(node, zone, dst, order);
                 mover.putback(p, o, private);
                 abort(move_error(e))
             }
         }
     }
 
-    /// Free an allocated block that only the caller knows about straight to its zone (not a
-    /// per-CPU list), so it merges at once.
-    fn free_block_to_zone(&self, node: &Node<'m>, zone: &Zone<'m>, pfn: u64, order: u32) {
+    /// Free a block this migration claimed straight to its zone (not a per-CPU list), so it
+    /// merges at once.
+    fn free_claimed_block(&self, node: &Node<'m>, zone: &Zone<'m>, pfn: u64, order: u32) {
         let mut z = self.lock(node, zone);
         let tail = Flags::new(PageState::Tail, 0, MigrateType::Unmovable);
-        if node.mm.desc(pfn).begin_free(order, tail).is_ok() {
+        if node.mm.desc(pfn).end_migration_free(order, tail).is_ok() {
             let mt = z.pageblock_type(pfn);
             z.free_one_page(pfn, order, mt, false);
         }
@@ -301,36 +339,33 @@ impl ZoneLocked<'_, '_> {
         None
     }
 
-    /// Take a suitable free block of at least `order` inside the pageblock at `pb` (the
-    /// smallest that fits), as compaction's free scanner does. Returns its head and the
-    /// pages walked.
-    pub(crate) fn take_target_in_pageblock(&mut self, pb: u64, order: u32) -> (Option<u64>, u64) {
-        if self.pageblock_type(pb) != MigrateType::Movable {
-            return (None, 0);
-        }
+    /// Take the first suitable free block of at least `order` in the pageblock at `pb`,
+    /// walking from `from` (compaction's free scanner, which resumes where it stopped).
+    /// Returns the block's head (its first `2^order` frames now the caller's) and the frame
+    /// to resume from.
+    pub(crate) fn take_target_in_pageblock(
+        &mut self,
+        pb: u64,
+        from: u64,
+        order: u32,
+    ) -> (Option<u64>, u64) {
         let end = pb + self.p.pageblock_pages();
-        let mut best: Option<(u64, Flags)> = None;
-        let mut pfn = pb;
+        if self.pageblock_type(pb) != MigrateType::Movable {
+            return (None, end);
+        }
+        let mut pfn = from;
         while pfn < end {
             let f = self.mm.desc(pfn).flags();
-            let step = match f.state {
+            if f.state == PageState::Free && f.order >= order && self.suitable_target(pfn, f.order)
+            {
+                return (Some(self.take_free_block(pfn, f.order, order, f.mt)), pfn);
+            }
+            pfn += match f.state {
                 PageState::Free | PageState::Allocated | PageState::PerCpu => 1u64 << f.order,
                 _ => 1,
             };
-            if f.state == PageState::Free
-                && f.order >= order
-                && self.suitable_target(pfn, f.order)
-                && best.map_or(true, |(_, b)| f.order < b.order)
-            {
-                best = Some((pfn, f));
-            }
-            pfn += step;
         }
-        let scanned = pfn - pb;
-        match best {
-            Some((h, f)) => (Some(self.take_free_block(h, f.order, order, f.mt)), scanned),
-            None => (None, scanned),
-        }
+        (None, end)
     }
 }
 
@@ -537,6 +572,40 @@ pub(crate) mod tests {
         let dst = b.migrate_block(src, Order::ZERO, None).unwrap();
         b.free_pages(dst, Order::ZERO).unwrap();
         b.verify().unwrap();
+    }
+
+    #[derive(Default)]
+    struct Seen(Mutex<std::vec::Vec<(u64, u64, u32)>>);
+
+    impl MigrationObserver for Seen {
+        fn migrated(&self, src: Pfn, dst: Pfn, order: Order) {
+            self.0
+                .lock()
+                .unwrap()
+                .push((src.as_u64(), dst.as_u64(), order.get()));
+        }
+    }
+
+    #[test]
+    fn the_observer_hears_each_successful_migration_once() {
+        let b = build(&[&[mib(0, 64)]], no_pcp(), 1);
+        let seen: &'static Seen = std::boxed::Box::leak(std::boxed::Box::default());
+        assert!(b.set_migration_observer(seen));
+        assert!(!b.set_migration_observer(seen), "one observer");
+        let m = leaked_mover();
+        let id = b.register_mover(m).unwrap();
+        let src = movable(&b, 1);
+        m.own(src, Order::new(1), 3);
+        b.set_mover(src, Order::new(1), Some(id)).unwrap();
+        m.fail_every.store(1, Relaxed);
+        assert!(b.migrate_block(src, Order::new(1), None).is_err());
+        assert!(
+            seen.0.lock().unwrap().is_empty(),
+            "a failed migration is not reported"
+        );
+        m.fail_every.store(0, Relaxed);
+        let dst = b.migrate_block(src, Order::new(1), None).unwrap();
+        assert_eq!(*seen.0.lock().unwrap(), [(src.as_u64(), dst.as_u64(), 1)]);
     }
 
     #[test]

@@ -78,11 +78,18 @@ pub(crate) struct Flags {
     pub state: PageState,
     pub order: u32,
     pub mt: MigrateType,
+    /// The migrating bit as read (decode only: [`Flags::encode`] never sets it).
+    pub migrating: bool,
 }
 
 impl Flags {
     pub const fn new(state: PageState, order: u32, mt: MigrateType) -> Self {
-        Self { state, order, mt }
+        Self {
+            state,
+            order,
+            mt,
+            migrating: false,
+        }
     }
     const fn encode(self) -> u32 {
         (self.state as u32) | ((self.order & 0x3f) << 3) | ((self.mt as u32) << 9)
@@ -96,6 +103,7 @@ impl Flags {
             state: PageState::from_bits(w),
             order: (w >> 3) & 0x3f,
             mt,
+            migrating: w & MIGRATING != 0,
         }
     }
 }
@@ -201,15 +209,18 @@ impl PageDesc {
         }
     }
 
-    /// Claim an allocated head of `order` for migration: set the migrating bit, which makes
-    /// every free of the block fail until [`end_migration`](Self::end_migration). Returns
-    /// the flags and the mover id; on failure what was there, unchanged.
-    pub(crate) fn begin_migration(&self, order: u32) -> Result<(Flags, u8), Flags> {
+    /// Claim an allocated head of `order` that names a mover for migration: set the
+    /// migrating bit, which makes every free of the block fail until
+    /// [`end_migration`](Self::end_migration). Returns the flags and the mover id; on
+    /// failure what was there (flags, mover id, migrating bit), unchanged.
+    pub(crate) fn begin_migration(&self, order: u32) -> Result<(Flags, u8), (Flags, u8, bool)> {
         let mut cur = self.flags.load(Relaxed);
         loop {
             let f = Flags::decode(cur);
-            if f.state != PageState::Allocated || f.order != order || cur & MIGRATING != 0 {
-                return Err(f);
+            let id = ((cur & MOVER_MASK) >> MOVER_SHIFT) as u8;
+            let migrating = cur & MIGRATING != 0;
+            if f.state != PageState::Allocated || f.order != order || migrating || id == 0 {
+                return Err((f, id, migrating));
             }
             match self
                 .flags
@@ -221,9 +232,41 @@ impl PageDesc {
         }
     }
 
+    /// Turn a head this migration claimed (allocated with `order`, migrating bit set) into
+    /// `to`, ending the migration and the block together, so that no one can claim the block
+    /// between the two. On failure returns what was there, unchanged.
+    pub(crate) fn end_migration_free(&self, order: u32, to: Flags) -> Result<Flags, Flags> {
+        let mut cur = self.flags.load(Relaxed);
+        loop {
+            let f = Flags::decode(cur);
+            if f.state != PageState::Allocated || f.order != order || cur & MIGRATING == 0 {
+                return Err(f);
+            }
+            match self
+                .flags
+                .compare_exchange_weak(cur, to.encode(), Relaxed, Relaxed)
+            {
+                Ok(_) => return Ok(f),
+                Err(now) => cur = now,
+            }
+        }
+    }
+
     /// Clear the migrating bit (the block stays allocated with its mover).
     pub(crate) fn end_migration(&self) {
         self.flags.fetch_and(!MIGRATING, Relaxed);
+    }
+
+    /// Make this the head of a freshly allocated migration target: allocated with `order`
+    /// and `mt`, naming mover `id`, claimed by the migration (frees fail until it ends),
+    /// private word cleared.
+    pub(crate) fn set_migration_target(&self, order: u32, mt: MigrateType, id: u8) {
+        self.set_private(0);
+        let f = Flags::new(PageState::Allocated, order, mt).encode();
+        self.flags.store(
+            f | (u32::from(id & 0xf) << MOVER_SHIFT) | MIGRATING,
+            Relaxed,
+        );
     }
 
     /// Make this the head of a freshly allocated block (private word cleared).
@@ -475,6 +518,7 @@ mod tests {
         let d = PageDesc::new();
         assert!(d.set_mover_id(0, 3).is_err(), "not allocated");
         d.set_allocated(1, MigrateType::Movable);
+        assert!(d.begin_migration(1).is_err(), "no mover: not claimable");
         assert!(d.set_mover_id(0, 3).is_err(), "wrong order");
         d.set_mover_id(1, 3).unwrap();
         assert_eq!(d.mover_id(), 3);

@@ -17,7 +17,7 @@ use mmkit_addr::{IrqControl, PhysMapper, PhysRange};
 use spin::RwLock;
 
 use crate::allocator::{BuddyAllocator, Node};
-use crate::compaction::CompactCounters;
+use crate::compaction::CompactState;
 use crate::config::BuddyConfig;
 use crate::mover::{MigrateCounters, MAX_MOVERS};
 use crate::page::Memmap;
@@ -82,8 +82,9 @@ pub(crate) fn init_allocator_in<'s, 'm, P: IrqControl>(
         addr_of_mut!((*this).low_hook).write(RwLock::new(None));
         addr_of_mut!((*this).cpu_nodes).write(&[]);
         addr_of_mut!((*this).movers).write(RwLock::new([None; MAX_MOVERS]));
+        addr_of_mut!((*this).migration_observer).write(RwLock::new(None));
         addr_of_mut!((*this).migrate_counters).write(MigrateCounters::default());
-        addr_of_mut!((*this).compact_counters).write(CompactCounters::default());
+        addr_of_mut!((*this).compact_counters).write(CompactState::default());
         let nodes = addr_of_mut!((*this).nodes).cast::<Node<'m>>();
         for nid in 0..MAX_NUMNODES {
             let n = nodes.add(nid);
@@ -115,6 +116,7 @@ fn _every_field_is_written<P: IrqControl>(b: BuddyAllocator<'_, P>) {
         low_hook: _,
         cpu_nodes: _,
         movers: _,
+        migration_observer: _,
         migrate_counters: _,
         compact_counters: _,
     } = b;

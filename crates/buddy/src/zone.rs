@@ -33,6 +33,10 @@ use crate::MAX_ORDER_LIMIT;
 /// Number of zone types.
 pub const NR_ZONES: usize = 4;
 
+/// `vm.watermark_boost_factor`: the boost is capped at this many ten-thousandths of the high
+/// watermark (Linux's default, 150%).
+pub const WATERMARK_BOOST_FACTOR: u64 = 15_000;
+
 /// The zone types, lowest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[repr(u8)]
@@ -139,6 +143,11 @@ pub(crate) struct Zone<'m> {
     pub lowmem_reserve: [AtomicU64; NR_ZONES],
     pub pcp_batch: AtomicU32,
     pub pcp_high: AtomicU32,
+    /// Pages of watermark boost (Linux `watermark_boost`): raised by a pageblock each time
+    /// an allocation falls back into another type's pageblock, capped at
+    /// `WATERMARK_BOOST_FACTOR` of the high watermark, cleared when kcompactd has compacted
+    /// the zone (`compaction.rs`).
+    pub watermark_boost: AtomicU64,
     pub free: SpinMutex<FreeArea>,
     /// One per CPU; empty when per-CPU lists are off.
     pub pcp: &'m [PerCpuPages],
@@ -161,9 +170,22 @@ impl<'m> Zone<'m> {
             lowmem_reserve: [const { AtomicU64::new(0) }; NR_ZONES],
             pcp_batch: AtomicU32::new(1),
             pcp_high: AtomicU32::new(4),
+            watermark_boost: AtomicU64::new(0),
             free: SpinMutex::new(FreeArea::new()),
             pcp: &[],
         }
+    }
+
+    /// Raise the watermark boost by `pages` (Linux `boost_watermark`), up to
+    /// [`WATERMARK_BOOST_FACTOR`] / 10000 of the high watermark. Returns whether it rose.
+    pub fn boost_watermark(&self, pages: u64) -> bool {
+        let max = self.wmark(Watermark::High) * WATERMARK_BOOST_FACTOR / 10_000;
+        let cur = self.watermark_boost.load(Relaxed);
+        if max == 0 || cur >= max {
+            return false;
+        }
+        self.watermark_boost.store((cur + pages).min(max), Relaxed);
+        true
     }
 
     /// Whether the zone has any memory given to the allocator.
