@@ -1,9 +1,12 @@
 //! Contiguous runs and the CMA area through the facade (`Mm::alloc_contig_pages`,
 //! `MmBuilder::cma`, `Mm::cma_alloc`), with owner-table records.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use mmkit::addr::host::HostPlatform;
 use mmkit::addr::{Order, Pfn, PhysAddr, PhysRange};
-use mmkit::buddy::{GfpFlags, IsolateError, MigrateType};
+use mmkit::buddy::{GfpFlags, IsolateError, MigrateType, MoveError, Mover};
 use mmkit::host::HostRam as HostMemory;
 use mmkit::{BootError, Mm, MmBuilder, PageFreeError, PageUse};
 
@@ -122,4 +125,128 @@ fn cma_without_an_area_and_oversized_areas_are_refused() {
         boot(&mem, u64::MAX),
         Err(BootError::Cma(IsolateError::TooLarge { .. }))
     ));
+}
+
+/// A kernel's movable pages: frame -> tag, each page filled with its tag's byte; migration
+/// copies the page through the host map.
+struct Copier {
+    mem: &'static HostMemory,
+    pages: Mutex<HashMap<u64, u8>>,
+}
+
+impl Copier {
+    fn ptr(&self, pfn: Pfn) -> *mut u8 {
+        self.mem
+            .ptr_of(PhysAddr::new(pfn.as_u64() * 4096))
+            .unwrap()
+            .as_ptr()
+    }
+}
+
+impl Mover for Copier {
+    fn isolate(&self, pfn: Pfn, _: Order, _: u64) -> Result<(), MoveError> {
+        match self.pages.lock().unwrap().contains_key(&pfn.as_u64()) {
+            true => Ok(()),
+            false => Err(MoveError::Refused),
+        }
+    }
+    fn migrate(&self, src: Pfn, dst: Pfn, order: Order, private: u64) -> Result<u64, MoveError> {
+        let mut t = self.pages.lock().unwrap();
+        let tag = t.remove(&src.as_u64()).ok_or(MoveError::Refused)?;
+        // SAFETY: both blocks are 2^order frames of this machine's memory, `src` isolated and
+        // `dst` handed to us by the allocator; they do not overlap.
+        unsafe {
+            core::ptr::copy_nonoverlapping(self.ptr(src), self.ptr(dst), 4096 << order.get())
+        };
+        t.insert(dst.as_u64(), tag);
+        Ok(private)
+    }
+    fn putback(&self, _: Pfn, _: Order, _: u64) {}
+}
+
+/// Fill memory with movable pages from `Mm::alloc_pages` that name `copier`, then free
+/// every other one: no free pageblock is left.
+fn checkerboard(mm: &Mm<'static, HostPlatform>, copier: &'static Copier) {
+    let id = mm.buddy().register_mover(copier).unwrap();
+    let mut got = Vec::new();
+    while let Ok(p) = mm.alloc_pages(GfpFlags::HIGHUSER_MOVABLE, Order::ZERO) {
+        let tag = (p.as_u64() % 251) as u8;
+        // SAFETY: the page is ours, 4 KiB long.
+        unsafe { core::ptr::write_bytes(copier.ptr(p), tag, 4096) };
+        copier.pages.lock().unwrap().insert(p.as_u64(), tag);
+        mm.buddy().set_mover(p, Order::ZERO, Some(id)).unwrap();
+        got.push(p);
+    }
+    for p in got.iter().step_by(2) {
+        copier.pages.lock().unwrap().remove(&p.as_u64());
+        mm.free_pages(*p, Order::ZERO).unwrap();
+    }
+}
+
+/// Every page still holds its bytes at its (possibly new) frame, outside `[s, s + n)`.
+fn check_pages(copier: &Copier, s: Pfn, n: u64) {
+    for (&f, &tag) in copier.pages.lock().unwrap().iter() {
+        assert!(
+            f < s.as_u64() || f >= s.as_u64() + n,
+            "page left in the run"
+        );
+        // SAFETY: the page is the copier's, 4 KiB long.
+        let bytes = unsafe { core::slice::from_raw_parts(copier.ptr(Pfn::new(f)), 4096) };
+        assert!(
+            bytes.iter().all(|&b| b == tag),
+            "page {f:#x} lost its bytes"
+        );
+    }
+}
+
+#[test]
+fn contig_pages_migrate_a_kernels_pages_and_the_owner_table_follows() {
+    let mem: &'static HostMemory = Box::leak(Box::new(HostMemory::new(PhysAddr::new(0), SPAN)));
+    let mut mm = boot(mem, 0).unwrap();
+    let copier: &'static Copier = Box::leak(Box::new(Copier {
+        mem,
+        pages: Mutex::new(HashMap::new()),
+    }));
+    checkerboard(&mm, copier);
+    let live = copier.pages.lock().unwrap().len();
+    let pages_kb = mm.meminfo().pages_kb;
+    let run = mm
+        .alloc_contig_pages(512, GfpFlags::HIGHUSER_MOVABLE)
+        .unwrap();
+    assert!(
+        mm.buddy().migrate_counts().0 > 0,
+        "the run needed migration"
+    );
+    assert_eq!(copier.pages.lock().unwrap().len(), live);
+    check_pages(copier, run, 512);
+    mm.verify().unwrap();
+    mm.free_contig_pages(run, 512).unwrap();
+    assert_eq!(mm.meminfo().pages_kb, pages_kb);
+    mm.verify().unwrap();
+}
+
+#[test]
+fn cma_alloc_takes_the_whole_area_back_from_a_kernels_pages() {
+    let mem: &'static HostMemory = Box::leak(Box::new(HostMemory::new(PhysAddr::new(0), SPAN)));
+    let mut mm = boot(mem, 8 * MIB).unwrap();
+    let area = mm.cma_area().unwrap();
+    let copier: &'static Copier = Box::leak(Box::new(Copier {
+        mem,
+        pages: Mutex::new(HashMap::new()),
+    }));
+    checkerboard(&mm, copier);
+    let borrowed = copier
+        .pages
+        .lock()
+        .unwrap()
+        .keys()
+        .filter(|&&f| area.contains(Pfn::new(f), 1))
+        .count();
+    assert!(borrowed > 0, "movable pages borrowed the area");
+    let run = mm.cma_alloc(area.nr_pages(), 0).unwrap();
+    assert_eq!(run, area.start());
+    check_pages(copier, run, area.nr_pages());
+    mm.verify().unwrap();
+    mm.cma_release(run, area.nr_pages()).unwrap();
+    mm.verify().unwrap();
 }
