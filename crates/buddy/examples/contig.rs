@@ -10,8 +10,10 @@
 //!
 //! * `free only`: a request that may not block (`GFP_MOVABLE` without direct reclaim) takes
 //!   runs that are already free, as `alloc_contig_pages` did before migration;
-//! * `migrate`: `GFP_HIGHUSER_MOVABLE`, which migrates movable blocks out of the cheapest
-//!   candidate runs;
+//! * `migrate, no compaction`: `GFP_HIGHUSER_MOVABLE`, which migrates movable blocks out of
+//!   the cheapest candidate runs, with `BuddyConfig::compaction` off;
+//! * `migrate`: the same with compaction on (the default; `alloc_contig_pages` does not
+//!   compact, but the allocations that fill memory may);
 //! * `compact+migrate`: `compact_node` first (time shown apart), then as `migrate`.
 //!
 //! *Possible* is the free memory in whole runs (free frames ÷ 512): every allocated block has
@@ -66,6 +68,7 @@ impl Mover for Owner {
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
     FreeOnly,
+    MigrateNoCompaction,
     Migrate,
     CompactMigrate,
 }
@@ -74,6 +77,7 @@ impl Mode {
     fn name(self) -> &'static str {
         match self {
             Mode::FreeOnly => "free only",
+            Mode::MigrateNoCompaction => "migrate, no compaction",
             Mode::Migrate => "migrate",
             Mode::CompactMigrate => "compact+migrate",
         }
@@ -94,6 +98,7 @@ fn run(memory_mib: u64, occupancy: u64, mode: Mode) -> Row {
     let ram = [PhysRange::from_start_size(PhysAddr::new(1 << 32), memory_mib << 20).unwrap()];
     let cfg = BuddyConfig {
         per_cpu_lists: false,
+        compaction: mode != Mode::MigrateNoCompaction,
         ..BuddyConfig::default()
     };
     let mut memmap: Vec<MaybeUninit<PageDesc>> = (0..memmap_len(&ram, cfg.max_order))
@@ -194,13 +199,18 @@ fn main() {
     println!("alloc_contig_pages(512) on {memory_mib} MiB full of movable blocks with a mover");
     println!();
     println!(
-        "| occupancy | mode            | runs obtained | runs possible | obtained % | migrations/run | µs/run | compaction ms | stopped by |"
+        "| occupancy | mode                   | runs obtained | runs possible | obtained % | migrations/run | µs/run | compaction ms | stopped by |"
     );
     println!(
-        "|----------:|-----------------|--------------:|--------------:|-----------:|---------------:|-------:|--------------:|------------|"
+        "|----------:|------------------------|--------------:|--------------:|-----------:|---------------:|-------:|--------------:|------------|"
     );
     for occupancy in [50, 70, 90] {
-        for mode in [Mode::FreeOnly, Mode::Migrate, Mode::CompactMigrate] {
+        for mode in [
+            Mode::FreeOnly,
+            Mode::MigrateNoCompaction,
+            Mode::Migrate,
+            Mode::CompactMigrate,
+        ] {
             let r = run(memory_mib, occupancy, mode);
             let share = if r.possible > 0 {
                 100.0 * r.obtained as f64 / r.possible as f64
@@ -213,7 +223,7 @@ fn main() {
                 0.0
             };
             println!(
-                "| {occupancy:>8}% | {:<15} | {:>13} | {:>13} | {share:>9.1}% | {per_run:>14.1} | {:>6.0} | {:>13.1} | {:?} |",
+                "| {occupancy:>8}% | {:<22} | {:>13} | {:>13} | {share:>9.1}% | {per_run:>14.1} | {:>6.0} | {:>13.1} | {:?} |",
                 mode.name(),
                 r.obtained,
                 r.possible,

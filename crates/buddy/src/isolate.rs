@@ -22,7 +22,9 @@
 //!    outside it (movable lists first, then CMA, then the other types' lists; isolated
 //!    pageblocks are on no such list, and a target inside the range is skipped). A block
 //!    freed or reallocated meanwhile is looked at again (up to three walks). Mover answers
-//!    map to errors: busy → `Busy`, refused → `Refused`, no free target → `NoTarget`.
+//!    map to errors: busy → `Busy`, refused → `Refused`, no free target → `NoTarget` (a
+//!    block of order k needs a free block of order k: free memory in smaller pieces does
+//!    not do).
 //! 4. *Test* that the range is free, take every frame as an order-0 movable allocation,
 //!    restore the range's pageblock types, and undo the isolation of the widening.
 //!
@@ -35,7 +37,9 @@
 //! power of two) of each zone in zonelist order are costed lock-free: `None` if a frame is
 //! a hole, reserved, unmovable, movable without a mover, isolated or CMA, else the number of
 //! blocks to migrate. A free run is taken at once; otherwise the [`CONTIG_CANDIDATES`]
-//! cheapest runs of the zone are tried in order. Requests that may not block take free runs
+//! cheapest runs of the zone are tried in order. When they all fail transiently (a busy
+//! mover, no target), the search is made again, up to three times: the blocks a failed
+//! candidate already moved changed the costs. Requests that may not block take free runs
 //! only. `cma_alloc` (module `cma`) runs the same search over CMA pageblocks only.
 //! `free_contig_range` gives runs back.
 
@@ -524,6 +528,21 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         n: &Node<'m>,
         runs: &RunSearch,
     ) -> Result<u64, IsolateError> {
+        let mut last = IsolateError::NotFound;
+        for _ in 0..CONTIG_ROUNDS {
+            match self.take_best_run_once(n, runs) {
+                Ok(pfn) => return Ok(pfn),
+                // Failed candidates may have moved blocks already, so the costs changed: a
+                // fresh search can succeed where the last one's candidates did not.
+                Err(e) if e.is_transient() => last = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+
+    /// One search of [`take_best_run`](Self::take_best_run).
+    fn take_best_run_once(&self, n: &Node<'m>, runs: &RunSearch) -> Result<u64, IsolateError> {
         let mut best = [(u64::MAX, 0u64); CONTIG_CANDIDATES];
         let mut last = IsolateError::NotFound;
         let Some(mut pfn) = runs.from.div_ceil(runs.align).checked_mul(runs.align) else {
@@ -609,6 +628,10 @@ fn first_block_from(mm: &crate::page::Memmap<'_>, max_order: u32, s: u64) -> u64
 ///
 /// [`alloc_contig_pages`]: BuddyAllocator::alloc_contig_pages
 pub const CONTIG_CANDIDATES: usize = 4;
+
+/// How many searches [`alloc_contig_pages`](BuddyAllocator::alloc_contig_pages) and
+/// [`cma_alloc`](BuddyAllocator::cma_alloc) make while their candidates fail transiently.
+const CONTIG_ROUNDS: usize = 3;
 
 /// How many times [`alloc_contig_range`](BuddyAllocator::alloc_contig_range) walks its
 /// range migrating blocks (a block freed or reallocated meanwhile is seen on the next walk).
