@@ -5,8 +5,10 @@
 //! * The per-CPU lists of the zone are drained first, so cached free pages can merge.
 //! * A **migrate scanner** walks the zone's pageblocks upward from its start and migrates
 //!   every allocated movable block that has a [mover](crate::Mover); a **free scanner** walks
-//!   pageblocks downward from the zone's end and hands out targets: the smallest free block
-//!   of the needed order in a movable pageblock, never a free block of a pageblock or more.
+//!   pageblocks downward from the zone's end and hands out targets: the first free block of
+//!   at least the needed order in a movable pageblock, never a free block of a pageblock or
+//!   more. It keeps one position per block order, so a pageblock without a big enough hole
+//!   for one block is still searched for smaller ones.
 //!   The pass ends when the scanners meet (so a target always lies above its source), or, for
 //!   a target order, as soon as a free block of that order exists.
 //! * A pageblock where the migrate scanner found allocated blocks but could move none
@@ -379,11 +381,12 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         let pb = 1u64 << self.cfg.pageblock_order;
         let mut migrate_pb = zone.start.div_ceil(pb) * pb;
         // The free scanner's pageblock: the last whole pageblock of the zone.
-        let mut free_pb = (zone.end / pb) * pb;
-        free_pb = free_pb.saturating_sub(pb);
-        // Where the free scanner goes on inside its pageblock.
-        let mut free_cursor = free_pb;
-        'scan: while migrate_pb < free_pb {
+        // The free scanner, one per block order: the pageblock it is in and the frame it
+        // resumes from. A pageblock without a free block of order `o` is passed by the
+        // order-`o` scanner only, so smaller blocks still find the holes it left behind.
+        let top = ((zone.end / pb) * pb).saturating_sub(pb);
+        let mut free_scan = [(top, top); crate::MAX_ORDER_LIMIT as usize + 1];
+        'scan: while migrate_pb < free_scan[0].0 {
             let hint = node.mm.desc(migrate_pb);
             if hint.skip_hint() {
                 migrate_pb += pb;
@@ -408,16 +411,17 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
                         }
                     } else {
                         let got = self.migrate_block_in(node, zone, pfn, f.order, |z, o| {
-                            while free_pb > migrate_pb {
-                                let from = free_cursor.max(free_pb);
-                                let (t, next) = z.take_target_in_pageblock(free_pb, from, o);
+                            let (free_pb, cursor) = &mut free_scan[o as usize];
+                            while *free_pb > migrate_pb {
+                                let from = (*cursor).max(*free_pb);
+                                let (t, next) = z.take_target_in_pageblock(*free_pb, from, o);
                                 r.free_scanned += next - from;
-                                free_cursor = next;
+                                *cursor = next;
                                 if t.is_some() {
                                     return t;
                                 }
-                                free_pb -= pb;
-                                free_cursor = free_pb;
+                                *free_pb -= pb;
+                                *cursor = *free_pb;
                             }
                             None
                         });
@@ -430,7 +434,7 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
                             Err(_) => {
                                 stuck_here += 1;
                                 r.failed += 1;
-                                if free_pb <= migrate_pb {
+                                if free_scan[0].0 <= migrate_pb {
                                     break 'scan;
                                 }
                             }
