@@ -24,6 +24,10 @@
 //!   then frees `src`. On any refusal before the unmap nothing has changed; after it nothing
 //!   can fail (the table is still there, the map needs no frame).
 //! * `putback`: nothing to release.
+//! * The mover never waits for the vmalloc lock: it tries it a bounded number of times
+//!   (`MOVER_LOCK_TRIES`) and answers busy, because the buddy may call it from an
+//!   allocation made with that lock held (a page-table frame whose slow path evacuates a
+//!   pageblock), where waiting would deadlock.
 //!
 //! ## Guarantees and the access contract
 //! * The bytes at `va` are the same before and after a migration; only the translation
@@ -40,10 +44,11 @@
 //!   pages (unmovable) never name the mover.
 //!
 //! ## Locks (outermost first)
-//! vmalloc lock → (the [`MoverTlb`]'s own locks, e.g. a shootdown's) ; vmalloc lock → buddy
-//! per-CPU and zone locks. The buddy calls the mover with none of its locks held, so the
-//! mover may take the vmalloc lock; `vfree` never waits for a migration with the vmalloc lock
-//! held. The [`MoverTlb`] must not call back into the `Mm`.
+//! vmalloc lock → the [`MoverTlb`]'s own locks (e.g. a shootdown's); vmalloc lock → buddy
+//! per-CPU and zone locks. The buddy calls the mover with none of *its* locks held; the
+//! mover only tries the vmalloc lock (above); `vfree` never waits for a migration with the
+//! vmalloc lock held; [`Mm::movable_fault`] waits for it with nothing held. The
+//! [`MoverTlb`] must not call back into the `Mm`.
 //!
 //! [`migrate_block`]: mmkit_buddy::BuddyAllocator::migrate_block
 //! [`MoveError::Refused`]: mmkit_buddy::MoveError::Refused
@@ -160,12 +165,12 @@ fn shares_table<P: IrqControl, F: PagingFormat>(
     })
 }
 
-impl<'m, P: IrqControl, F: PagingFormat> Mover for Vmalloc<'m, P, F>
-where
-    Self: Sync,
-{
+impl<P: IrqControl + Sync, F: PagingFormat + Send + Sync> Mover for Vmalloc<'_, P, F> {
     fn isolate(&self, pfn: Pfn, order: Order, private: u64) -> Result<(), MoveError> {
-        let inner = self.inner.lock();
+        let Some(inner) = self.lock_for_mover() else {
+            self.count_declined();
+            return Err(MoveError::Busy);
+        };
         let r = mapped_here(self, &inner, pfn, order, private).and_then(|_| {
             if shares_table(self, &inner, private) {
                 Ok(())
@@ -183,7 +188,10 @@ where
         let Some(state) = self.movable.get() else {
             return Err(MoveError::Refused);
         };
-        let mut inner = self.inner.lock();
+        let Some(mut inner) = self.lock_for_mover() else {
+            self.count_declined();
+            return Err(MoveError::Busy);
+        };
         let checked = mapped_here(self, &inner, src, order, private).and_then(|attrs| {
             if !shares_table(self, &inner, private) {
                 return Err(MoveError::Busy);
@@ -252,7 +260,24 @@ fn flush_through(tlb: &dyn MoverTlb, flush: mmkit_pgtable::Flush) -> mmkit_pgtab
     }
 }
 
-impl<P: IrqControl, F: PagingFormat> Vmalloc<'_, P, F> {
+/// How many times the mover tries the vmalloc lock before it answers busy.
+const MOVER_LOCK_TRIES: u32 = 1 << 12;
+
+impl<'m, P: IrqControl, F: PagingFormat> Vmalloc<'m, P, F> {
+    /// The vmalloc lock for the mover, or `None` if it stays taken: the buddy may call the
+    /// mover from an allocation made *under* the vmalloc lock (a page-table frame or a
+    /// vmalloc page whose slow path compacts or evacuates a pageblock), where waiting would
+    /// deadlock on this CPU's own lock.
+    fn lock_for_mover(&self) -> Option<spin::MutexGuard<'_, Inner<'m, P, F>>> {
+        for _ in 0..MOVER_LOCK_TRIES {
+            if let Some(g) = self.inner.try_lock() {
+                return Some(g);
+            }
+            core::hint::spin_loop();
+        }
+        None
+    }
+
     fn count_declined(&self) {
         if let Some(s) = self.movable.get() {
             s.refused.fetch_add(1, Relaxed);
@@ -260,10 +285,7 @@ impl<P: IrqControl, F: PagingFormat> Vmalloc<'_, P, F> {
     }
 }
 
-impl<'m, P: IrqControl, F: PagingFormat> Mm<'m, P, F>
-where
-    Vmalloc<'m, P, F>: Sync,
-{
+impl<'m, P: IrqControl + Sync, F: PagingFormat + Send + Sync> Mm<'m, P, F> {
     /// Register the facade's mover with the buddy (once), invalidating through `tlb` when it
     /// migrates; [`vmalloc_movable`](Self::vmalloc_movable) works from then on. Returns the
     /// mover's id.

@@ -214,8 +214,12 @@ fn refusals_change_nothing() {
         mm.buddy().migrate_block(pfn, Order::ZERO, None),
         Err(MigrateError::Busy)
     );
-    // With a neighbour in the table it moves.
+    // With a neighbour in the table it moves, but not from under the vmalloc lock (as an
+    // allocation's slow path would call it): the mover answers busy instead of deadlocking.
     let other = mm.vmalloc_movable(1, &mut cpu.tlb()).unwrap();
+    let under_lock = mm.with_page_table(|_| mm.buddy().migrate_block(pfn, Order::ZERO, None));
+    assert_eq!(under_lock, Some(Err(MigrateError::Busy)));
+    assert_eq!(mm.vmalloc_to_pfn(lone), Some(pfn));
     let moved = mm.buddy().migrate_block(pfn, Order::ZERO, None).unwrap();
     assert_eq!(mm.vmalloc_to_pfn(lone), Some(moved));
     mm.verify().unwrap();
