@@ -38,7 +38,7 @@ use core::fmt;
 
 use mmkit_addr::{IrqControl, Order, Pfn, PhysAddr, VirtAddr, VirtRange, PAGE_SHIFT};
 use mmkit_bootmem::Bootmem;
-use mmkit_buddy::GfpFlags;
+use mmkit_buddy::{GfpFlags, MigrateType};
 use mmkit_pgtable::{
     Attrs, Flush, MapError, MapSize, PageTable, PagingFormat, TlbInvalidate, UnmapError,
 };
@@ -647,11 +647,27 @@ impl<'m, P: IrqControl, F: PagingFormat> Mm<'m, P, F> {
                             VmallocCorruption::Unmapped(va),
                         ));
                     };
-                    let owner = vm.pages.owner(t.page_pa.pfn());
+                    let pfn = t.page_pa.pfn();
+                    let owner = vm.pages.owner(pfn);
                     if owner.map(|o| o.usage) != Some(PageUse::Vmalloc) {
                         return Err(crate::mm::VerifyError::Vmalloc(
                             VmallocCorruption::NotVmallocFrame(va),
                         ));
+                    }
+                    // A movable page (`movable.rs`) names the facade's mover and keeps its
+                    // address as the reverse map.
+                    let movable = owner.is_some_and(|o| o.mobility == MigrateType::Movable);
+                    if movable {
+                        let buddy = &vm.pages.buddy;
+                        let id = vm.movable.get().map(|m| m.id);
+                        if id.is_none()
+                            || buddy.mover_of(pfn) != id
+                            || buddy.page_private(pfn) != Ok(va.as_u64())
+                        {
+                            return Err(crate::mm::VerifyError::Vmalloc(
+                                VmallocCorruption::StaleReverseMap(va),
+                            ));
+                        }
                     }
                 }
                 // The guard page stays unmapped.
@@ -677,6 +693,9 @@ pub enum VmallocCorruption {
     NotVmallocFrame(VirtAddr),
     /// A guard page is mapped.
     GuardMapped(VirtAddr),
+    /// A movable page does not name the facade's mover or its private word is not its
+    /// address.
+    StaleReverseMap(VirtAddr),
 }
 
 #[cfg(test)]

@@ -14,7 +14,10 @@ use mmkit::pgtable::arch::x86_64::X86_64;
 use mmkit::pgtable::softmmu::x86_64::X86Walker;
 use mmkit::pgtable::softmmu::{Access, Fault, Mode, SoftMmu};
 use mmkit::pgtable::TlbInvalidate;
-use mmkit::{Mm, MmBuilder, MovableError, MoverTlb, NotLoaded, PageUse, VfreeError, VmallocError};
+use mmkit::{
+    Mm, MmBuilder, MovableError, MoverTlb, NotLoaded, PageUse, VerifyError, VfreeError,
+    VmallocCorruption, VmallocError,
+};
 
 const MIB: u64 = 1 << 20;
 const VMALLOC: u64 = 0xffff_c900_0000_0000;
@@ -189,6 +192,15 @@ fn a_migrated_page_keeps_its_bytes_and_its_address_under_a_new_frame() {
         check_page(mm, cpu, page_va(i), i);
     }
     assert_eq!(mm.movable_stats().migrated, n as u64);
+    // verify() cross-checks the reverse map.
+    let pfn = mm.vmalloc_to_pfn(va).unwrap();
+    mm.buddy().set_page_private(pfn, 0).unwrap();
+    assert_eq!(
+        mm.verify(),
+        Err(VerifyError::Vmalloc(VmallocCorruption::StaleReverseMap(va)))
+    );
+    mm.buddy().set_page_private(pfn, va.as_u64()).unwrap();
+    mm.verify().unwrap();
     mm.vfree(va, &mut cpu.tlb()).unwrap();
     mm.drain_all();
     mm.verify().unwrap();
