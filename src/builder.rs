@@ -508,6 +508,14 @@ impl<'m, P: IrqControl, F: PagingFormat> MmBuilder<'m, P, F> {
             None => None,
         };
         let slot = boot_slice::<PageAllocator<'m, P>>(bm, map, &mut meta, 1, None)?;
+        // The vmalloc state lives in boot memory too, so the movable-page mover can refer to
+        // it for `'m` (`movable.rs`).
+        let vm_slot = match &vmalloc {
+            Some(_) => Some(boot_slice::<Vmalloc<'m, P, F>>(
+                bm, map, &mut meta, 1, None,
+            )?),
+            None => None,
+        };
         let mut nodes: [Option<NodeInit<'m, 'm>>; MAX_NUMNODES] = Default::default();
         let mut memmap_bytes = 0u64;
         for nid in 0..nr_nodes {
@@ -572,8 +580,12 @@ impl<'m, P: IrqControl, F: PagingFormat> MmBuilder<'m, P, F> {
         pages.buddy.set_migration_observer(pages);
         let kmalloc = Kmalloc::with_flags(pages, pages.buddy.platform(), slab_flags)
             .map_err(BootError::Slab)?;
-        let vmalloc = match (vmalloc, space) {
-            (Some((fmt, window)), Some(space)) => Some(Vmalloc::new(pages, fmt, window, space)?),
+        let vmalloc = match (vmalloc, space, vm_slot) {
+            (Some((fmt, window)), Some(space), Some(vm_slot)) => {
+                let vm: &'m Vmalloc<'m, P, F> =
+                    vm_slot[0].write(Vmalloc::new(pages, fmt, window, space)?);
+                Some(vm)
+            }
             _ => None,
         };
         let summary = BootSummary {

@@ -65,6 +65,7 @@
 //! | `page_source` | the buddy as slab's `PageSource` |
 //! | `frame_source` | the buddy as pgtable's `FrameSource` ([`TableFrames`]) |
 //! | `vmalloc` | vmalloc / vfree / vmap / vunmap / vmalloc_to_pfn on the kernel page table |
+//! | `movable` | `vmalloc_movable` and the facade's mover ([`MoverTlb`]): mapped pages compaction migrates by unmap → copy → remap |
 //! | `report` | meminfo, buddyinfo, pagetypeinfo, zoneinfo, slabinfo, high-order figure |
 //! | `svg` | an SVG map of physical memory by pageblock |
 //! | `global` | [`GlobalMm`]: `GlobalAlloc` over an `Mm` initialised at boot |
@@ -73,7 +74,9 @@
 //! | `host` (feature `std`) | `host::HostRam` (simulated physical memory), `host::HostCpus` (a platform that never allocates) |
 //!
 //! ## Locks (outermost first)
-//! vmalloc lock → slab node locks → buddy per-CPU list lock → buddy zone lock. With a node
+//! vmalloc lock → slab node locks → buddy per-CPU list lock → buddy zone lock; the buddy calls
+//! the facade's mover with no buddy lock held, and the mover takes the vmalloc lock, then the
+//! kernel's [`MoverTlb`]. With a node
 //! lock held the slab calls only the page allocator's lookups (`virt_to_pfn`,
 //! `page_private`: the kernel map and atomic loads, no lock); it allocates and frees pages
 //! with no node lock held. The buddy never holds two zone locks; per-CPU sections are the
@@ -93,6 +96,7 @@ mod global;
 pub mod host;
 mod map;
 mod mm;
+mod movable;
 mod owner;
 mod page_source;
 mod pages;
@@ -115,6 +119,7 @@ pub use mm::{
     BootSummary, FreeReservedError, Mm, MmCache, MmKmalloc, MmTypedCache, PageFreeError,
     VerifyError,
 };
+pub use movable::{MovableError, MovableStats, MoverTlb};
 pub use owner::{Owner, PageUse, PageblockCensus};
 pub use pages::PageAllocator;
 pub use report::{HighOrder, MemInfo, Report};

@@ -164,7 +164,7 @@ impl core::fmt::Display for FreeReservedError {
 pub struct Mm<'m, P: IrqControl, F: PagingFormat = X86_64> {
     pub(crate) pages: &'m PageAllocator<'m, P>,
     pub(crate) kmalloc: MmKmalloc<'m, P>,
-    pub(crate) vmalloc: Option<Vmalloc<'m, P, F>>,
+    pub(crate) vmalloc: Option<&'m Vmalloc<'m, P, F>>,
     pub(crate) boot: BootSummary,
     pub(crate) dealloc_report: crate::global::DeallocReport,
     pub(crate) cma: Option<CmaArea>,
@@ -198,7 +198,7 @@ impl<'m, P: IrqControl, F: PagingFormat> Mm<'m, P, F> {
     pub(crate) fn from_parts(
         pages: &'m PageAllocator<'m, P>,
         kmalloc: MmKmalloc<'m, P>,
-        vmalloc: Option<Vmalloc<'m, P, F>>,
+        vmalloc: Option<&'m Vmalloc<'m, P, F>>,
         boot: BootSummary,
         cma: Option<CmaArea>,
     ) -> Self {

@@ -101,6 +101,20 @@ pub(crate) unsafe fn zero(ptr: core::ptr::NonNull<u8>, len: usize) {
     unsafe { core::ptr::write_bytes(ptr.as_ptr(), 0, len) };
 }
 
+/// Copy `len` bytes from `from` to `to` (a page migration's copy, `movable.rs`).
+///
+/// # Safety
+/// Both ranges are valid for `len` bytes (reads at `from`, writes at `to`), do not overlap,
+/// and nothing else accesses either of them during the copy.
+pub(crate) unsafe fn copy_page(
+    from: core::ptr::NonNull<u8>,
+    to: core::ptr::NonNull<u8>,
+    len: usize,
+) {
+    // SAFETY: caller's contract.
+    unsafe { core::ptr::copy_nonoverlapping(from.as_ptr(), to.as_ptr(), len) };
+}
+
 /// Initialise every slot of `slots` with `f(index)` and return the initialised slice.
 pub(crate) fn fill<T>(slots: &mut [MaybeUninit<T>], mut f: impl FnMut(usize) -> T) -> &mut [T] {
     for (i, slot) in slots.iter_mut().enumerate() {

@@ -21,16 +21,24 @@
 //! invalidation (the page-table layer's token order: unhook → invalidate → free). Teardown is
 //! batched [`VFREE_BATCH`] pages per invalidation, as Linux purges lazily in batches.
 //!
+//! ## Movable areas
+//! [`Mm::vmalloc_movable`] areas (`movable.rs`) are vmalloc areas whose pages the facade's
+//! mover may migrate at any time, under the vmalloc lock. `vfree` serves both kinds: it
+//! takes the area's start bit first (the area is dying: a second `vfree` is refused, its
+//! slots stay used), unmaps batch by batch, and a page the buddy refuses to free because it is
+//! migrating is freed once the migration ends, waited for with the lock dropped.
+//!
 //! ## Locking
 //! One spin lock over the table and the bitmaps. Lock order: vmalloc lock, then the buddy's
 //! per-CPU and zone locks (page allocations happen under it). The table is the kernel's, so
-//! [`Mm::with_page_table`] takes the same lock.
+//! [`Mm::with_page_table`] takes the same lock. The `tlb` passed to each call is used with the
+//! lock held.
 
 use core::fmt;
 
 use mmkit_addr::{IrqControl, Order, Pfn, PhysAddr, VirtAddr, VirtRange, PAGE_SHIFT};
 use mmkit_bootmem::Bootmem;
-use mmkit_buddy::GfpFlags;
+use mmkit_buddy::{GfpFlags, MigrateType};
 use mmkit_pgtable::{
     Attrs, Flush, MapError, MapSize, PageTable, PagingFormat, TlbInvalidate, UnmapError,
 };
@@ -59,6 +67,8 @@ pub enum VmallocError {
     ZeroSize,
     /// No run of free window slots is long enough (area plus guard page).
     NoVirtualSpace,
+    /// [`Mm::vmalloc_movable`] before [`Mm::enable_movable`].
+    MovableNotEnabled,
     /// The buddy had no page.
     OutOfMemory,
     /// A frame given to `vmap` is not a granule-aligned frame.
@@ -204,20 +214,23 @@ impl<'m> VmallocSpace<'m> {
     }
 }
 
-struct Inner<'m, P: IrqControl, F: PagingFormat> {
-    pt: KernelPageTable<'m, P, F>,
+pub(crate) struct Inner<'m, P: IrqControl, F: PagingFormat> {
+    pub(crate) pt: KernelPageTable<'m, P, F>,
     space: VmallocSpace<'m>,
     /// Frames mapped by vmalloc areas (not vmap).
     backed: u64,
 }
 
-/// The vmalloc window and the kernel page table.
+/// The vmalloc window and the kernel page table. Lives in boot memory for `'m` (the builder
+/// places it there), so the movable-page mover (`movable.rs`) can refer to it.
 pub struct Vmalloc<'m, P: IrqControl, F: PagingFormat> {
-    inner: Mutex<Inner<'m, P, F>>,
-    pages: &'m PageAllocator<'m, P>,
-    window: VirtRange,
-    unit: u64,
-    order: Order,
+    pub(crate) inner: Mutex<Inner<'m, P, F>>,
+    pub(crate) pages: &'m PageAllocator<'m, P>,
+    pub(crate) window: VirtRange,
+    pub(crate) unit: u64,
+    pub(crate) order: Order,
+    /// The facade's mover, once [`Mm::enable_movable`] registered it.
+    pub(crate) movable: spin::Once<crate::movable::MovableState<'m>>,
 }
 
 impl<'m, P: IrqControl, F: PagingFormat> Vmalloc<'m, P, F> {
@@ -241,29 +254,31 @@ impl<'m, P: IrqControl, F: PagingFormat> Vmalloc<'m, P, F> {
             window,
             unit,
             order,
+            movable: spin::Once::new(),
         })
     }
 
-    fn va_of(&self, slot: usize) -> VirtAddr {
+    pub(crate) fn va_of(&self, slot: usize) -> VirtAddr {
         VirtAddr::new(self.window.start().as_u64() + slot as u64 * self.unit)
     }
 
-    fn slot_of(&self, va: VirtAddr) -> Option<usize> {
+    pub(crate) fn slot_of(&self, va: VirtAddr) -> Option<usize> {
         if !self.window.contains(va) || !va.is_aligned(self.unit) {
             return None;
         }
         usize::try_from((va.as_u64() - self.window.start().as_u64()) / self.unit).ok()
     }
 
-    /// Map `n` pages at `first`, each frame from `frame(i)`; on failure undo everything.
-    fn map_area<T: TlbInvalidate + ?Sized>(
+    /// Map `n` pages at `first`, page `i` (at `va`) to the frame `frame(i, va)` returns; on
+    /// failure undo everything. Returns the area's start.
+    pub(crate) fn map_area<T: TlbInvalidate + ?Sized>(
         &self,
         inner: &mut Inner<'m, P, F>,
         n: usize,
         attrs: Attrs,
         tlb: &mut T,
         borrowed: bool,
-        mut frame: impl FnMut(usize) -> Result<PhysAddr, VmallocError>,
+        mut frame: impl FnMut(usize, VirtAddr) -> Result<PhysAddr, VmallocError>,
     ) -> Result<VirtAddr, VmallocError> {
         let first = inner
             .space
@@ -274,14 +289,14 @@ impl<'m, P: IrqControl, F: PagingFormat> Vmalloc<'m, P, F> {
         let mut failure = None;
         let mut flush: Option<Flush> = None;
         for i in 0..n {
-            let pa = match frame(i) {
+            let va = self.va_of(first + i);
+            let pa = match frame(i, va) {
                 Ok(pa) => pa,
                 Err(e) => {
                     failure = Some(e);
                     break;
                 }
             };
-            let va = self.va_of(first + i);
             match inner.pt.map(
                 va,
                 pa,
@@ -378,13 +393,87 @@ impl<'m, P: IrqControl, F: PagingFormat> Vmalloc<'m, P, F> {
             return Err(VfreeError::WrongKind(va));
         }
         let n = slots - 1;
-        self.unmap_slots(&mut inner, first, n, tlb, !borrowed)
-            .map_err(VfreeError::Unmap)?;
-        inner.space.release(first, slots);
-        if !borrowed {
-            inner.backed -= n as u64;
+        if borrowed {
+            self.unmap_slots(&mut inner, first, n, tlb, false)
+                .map_err(VfreeError::Unmap)?;
+            inner.space.release(first, slots);
+            return Ok(());
         }
+        // From here the area is dying: no longer a start (a second vfree is refused), its
+        // slots still used (nothing reuses them) until every page is unmapped and freed.
+        set(inner.space.starts, first, false);
+        let mut i = 0;
+        while i < n {
+            let batch = (n - i).min(VFREE_BATCH);
+            let mut pending = [None::<Pfn>; VFREE_BATCH];
+            let mut frames = [None::<Pfn>; VFREE_BATCH];
+            for (j, f) in frames.iter_mut().enumerate().take(batch) {
+                *f = inner
+                    .pt
+                    .translate(self.va_of(first + i + j))
+                    .map(|t| t.page_pa.pfn());
+            }
+            let flush = match inner
+                .pt
+                .unmap(self.va_of(first + i), batch as u64 * self.unit)
+            {
+                Ok(f) => f,
+                Err(e) if i == 0 => {
+                    // Nothing was unmapped yet: the refusal changes nothing.
+                    set(inner.space.starts, first, true);
+                    return Err(VfreeError::Unmap(e));
+                }
+                Err(e) => unreachable!("granule leaves unmap without splits: {e:?}"),
+            };
+            let freed = flush.invalidate(tlb);
+            let refused = inner.pt.free_tables(freed);
+            debug_assert!(refused.is_ok(), "own tables refused: {refused:?}");
+            for (p, f) in pending.iter_mut().zip(frames.iter().take(batch)) {
+                if let Some(pfn) = *f {
+                    if !self.try_free_page(pfn) {
+                        *p = Some(pfn);
+                    }
+                }
+            }
+            // A page in the middle of a migration is freed once the migration is over,
+            // which needs the vmalloc lock (`movable.rs`): wait without it.
+            if pending.iter().any(Option::is_some) {
+                drop(inner);
+                for pfn in pending.iter().flatten() {
+                    while !self.try_free_page(*pfn) {
+                        core::hint::spin_loop();
+                    }
+                }
+                inner = self.inner.lock();
+            }
+            i += batch;
+        }
+        inner.space.release(first, slots);
+        inner.backed -= n as u64;
         Ok(())
+    }
+
+    /// Free the unmapped vmalloc page `pfn` unless a migration still owns it: the buddy
+    /// refuses to free a block that is migrating, and the target of a migration that has
+    /// just been mapped is settled only once the buddy has named its mover.
+    fn try_free_page(&self, pfn: Pfn) -> bool {
+        if let Some(m) = self.movable.get() {
+            let movable = self
+                .pages
+                .owner(pfn)
+                .is_some_and(|o| o.mobility == mmkit_buddy::MigrateType::Movable);
+            if movable && self.pages.buddy.mover_of(pfn) != Some(m.id) {
+                return false;
+            }
+        }
+        match self.pages.free(pfn, self.order) {
+            Ok(()) => true,
+            Err(mmkit_buddy::FreeError::Migrating) => false,
+            Err(e) => {
+                debug_assert!(false, "vmalloc page free failed: {e:?}");
+                true
+            }
+        }
     }
 }
 
@@ -404,8 +493,8 @@ pub struct VmallocStats {
 }
 
 impl<'m, P: IrqControl, F: PagingFormat> Mm<'m, P, F> {
-    fn vm(&self) -> Result<&Vmalloc<'m, P, F>, VmallocError> {
-        self.vmalloc.as_ref().ok_or(VmallocError::NoVmallocArea)
+    pub(crate) fn vm(&self) -> Result<&'m Vmalloc<'m, P, F>, VmallocError> {
+        self.vmalloc.ok_or(VmallocError::NoVmallocArea)
     }
 
     fn vmalloc_gfp(
@@ -421,7 +510,7 @@ impl<'m, P: IrqControl, F: PagingFormat> Mm<'m, P, F> {
         let n = usize::try_from((size as u64).div_ceil(vm.unit))
             .map_err(|_| VmallocError::NoVirtualSpace)?;
         let mut inner = vm.inner.lock();
-        vm.map_area(&mut inner, n, Attrs::KERNEL_RW, tlb, false, |_| {
+        vm.map_area(&mut inner, n, Attrs::KERNEL_RW, tlb, false, |_, _| {
             vm.pages
                 .alloc(gfp, vm.order, PageUse::Vmalloc)
                 .map(Pfn::addr)
@@ -449,8 +538,10 @@ impl<'m, P: IrqControl, F: PagingFormat> Mm<'m, P, F> {
         self.vmalloc_gfp(size, GfpFlags::KERNEL | GfpFlags::ZERO, tlb)
     }
 
-    /// Free a [`vmalloc`](Self::vmalloc) area: unmap, invalidate through `tlb`, then give
-    /// the pages and emptied tables back.
+    /// Free a [`vmalloc`](Self::vmalloc) or [`vmalloc_movable`](Self::vmalloc_movable) area:
+    /// unmap, invalidate through `tlb`, then give the pages and emptied tables back. A page
+    /// that is being migrated is freed as soon as its migration ends (the call waits for it,
+    /// without the vmalloc lock).
     pub fn vfree(
         &self,
         va: VirtAddr,
@@ -474,7 +565,7 @@ impl<'m, P: IrqControl, F: PagingFormat> Mm<'m, P, F> {
             return Err(VmallocError::ZeroSize);
         }
         let mut inner = vm.inner.lock();
-        vm.map_area(&mut inner, frames.len(), attrs, tlb, true, |i| {
+        vm.map_area(&mut inner, frames.len(), attrs, tlb, true, |i, _| {
             let pfn = frames[i];
             if pfn.as_u64() % vm.order.pages() != 0 {
                 return Err(VmallocError::BadFrame(pfn));
@@ -556,11 +647,27 @@ impl<'m, P: IrqControl, F: PagingFormat> Mm<'m, P, F> {
                             VmallocCorruption::Unmapped(va),
                         ));
                     };
-                    let owner = vm.pages.owner(t.page_pa.pfn());
+                    let pfn = t.page_pa.pfn();
+                    let owner = vm.pages.owner(pfn);
                     if owner.map(|o| o.usage) != Some(PageUse::Vmalloc) {
                         return Err(crate::mm::VerifyError::Vmalloc(
                             VmallocCorruption::NotVmallocFrame(va),
                         ));
+                    }
+                    // A movable page (`movable.rs`) names the facade's mover and keeps its
+                    // address as the reverse map.
+                    let movable = owner.is_some_and(|o| o.mobility == MigrateType::Movable);
+                    if movable {
+                        let buddy = &vm.pages.buddy;
+                        let id = vm.movable.get().map(|m| m.id);
+                        if id.is_none()
+                            || buddy.mover_of(pfn) != id
+                            || buddy.page_private(pfn) != Ok(va.as_u64())
+                        {
+                            return Err(crate::mm::VerifyError::Vmalloc(
+                                VmallocCorruption::StaleReverseMap(va),
+                            ));
+                        }
                     }
                 }
                 // The guard page stays unmapped.
@@ -586,6 +693,9 @@ pub enum VmallocCorruption {
     NotVmallocFrame(VirtAddr),
     /// A guard page is mapped.
     GuardMapped(VirtAddr),
+    /// A movable page does not name the facade's mover or its private word is not its
+    /// address.
+    StaleReverseMap(VirtAddr),
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use mmkit::addr::{PhysRange, VirtAddr, VirtRange};
 use mmkit::pgtable::arch::aarch64::Aarch64;
 use mmkit::pgtable::arch::aarch64_hw::{self, InnerShareableTlb};
 use mmkit::pgtable::TlbInvalidate;
-use mmkit::{BootError, LinearMap, Mm, MmBuilder};
+use mmkit::{BootError, LinearMap, Mm, MmBuilder, MoverTlb};
 use mmkit_qemu_common::harness::Reason;
 use mmkit_qemu_common::memmap::MemoryMap;
 use mmkit_qemu_common::mm_checks::ProbeOutcome;
@@ -110,6 +110,19 @@ pub fn probe(va: VirtAddr) -> ProbeOutcome {
         ))),
     }
 }
+
+/// The invalidator of the facade's mover (movable pages): [`tlb`] on each call.
+pub struct KernelMoverTlb;
+
+// SAFETY: `tlbi ...is` broadcasts to the inner-shareable domain, which holds every CPU that may have loaded the facade's table; EL1, ASID 0 is the only one in use (`tlb`'s contract). `with_tlb` calls `f` once and nothing else.
+unsafe impl MoverTlb for KernelMoverTlb {
+    fn with_tlb(&self, f: &mut dyn FnMut(&mut dyn TlbInvalidate)) {
+        f(&mut tlb())
+    }
+}
+
+/// The one [`KernelMoverTlb`], given to `Mm::enable_movable`.
+pub static MOVER_TLB: KernelMoverTlb = KernelMoverTlb;
 
 /// The kernel's TLB invalidation for vmalloc's flush tokens.
 pub fn tlb() -> InnerShareableTlb {

@@ -536,6 +536,18 @@ fn facade_sequence(
     h.run("vmalloc_through_the_live_table", || {
         mm_checks::vmalloc_through_live_tables(&mut mm, &mut tlb, &facade::probe)
     });
+    let mut figures = None;
+    h.run("movable_pages_migrate_under_compaction", || {
+        let f = mm_checks::movable_pages_compact(&mut mm, &facade::MOVER_TLB, &mut tlb)?;
+        figures = Some(f);
+        Ok(())
+    });
+    if let Some(f) = figures {
+        println!(
+            "mmkit-qemu: movable: {} pages mapped, {} kept, {} moved to new frames ({} migrated by the mover); free order-9 frames {} -> {}; huge page at pfn {:#x}",
+            f.mapped, f.kept, f.moved, f.migrated, f.huge_free_before, f.huge_free_after, f.huge_page
+        );
+    }
     if let Some(Ok(r)) = mm.with_page_table(|pt| pt.verify()) {
         println!(
             "mmkit-qemu: mm TTBR1 table: {} tables, {} leaves, {} MiB mapped; table frames from the buddy",

@@ -17,16 +17,25 @@
 //!    (the kernel's probe, through its exception table); `vfree` unmaps it (the probe faults on
 //!    the first page too) and `vmalloc_to_pfn` forgets it.
 //!
+//! 3. [`movable_pages_compact`], on the live table too: movable pages mapped with
+//!    `vmalloc_movable` are written and read through their virtual addresses; every free
+//!    block of a huge page's order is taken first (held as movable blocks without a mover)
+//!    and [`MOVABLE_HOLD_RELEASED`] of them given back, so only the mapped pages can make a
+//!    huge page; every other page is freed, the nodes are compacted (the facade's mover runs
+//!    with the kernel's `MoverTlb`: unmap, shootdown, copy, remap), the pages are read again
+//!    through the same addresses, and a huge page is allocated.
+//!
 //! The flush tokens of vmalloc / vfree go to the kernel's real TLB invalidation, passed in.
 
 use core::fmt::Write;
 use core::ptr::NonNull;
 
+use mmkit::addr::Pfn;
 use mmkit::addr::{IrqControl, Order, VirtAddr, PAGE_SIZE};
 use mmkit::buddy::GfpFlags;
 use mmkit::pgtable::{PagingFormat, TlbInvalidate};
 use mmkit::slab::CacheConfig;
-use mmkit::Mm;
+use mmkit::{Mm, MovableError, MoverTlb, VmallocError};
 
 use crate::harness::{CheckResult, Harness, Reason};
 use crate::rawmem;
@@ -372,6 +381,197 @@ fn check_vmalloc_area<P: IrqControl, F: PagingFormat>(
         "reading the guard page {guard:?} after the area: {got:?}"
     );
     Ok(())
+}
+
+/// Huge-page blocks the movable check gives back after taking every free one (16 MiB).
+pub const MOVABLE_HOLD_RELEASED: u64 = 8;
+
+/// The huge-page order the movable check builds (2 MiB with 4 KiB pages).
+pub const HUGE_ORDER: u32 = 9;
+
+/// What [`movable_pages_compact`] measured, for the kernel to print.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MovableFigures {
+    /// Movable pages mapped.
+    pub mapped: u64,
+    /// Pages kept (mapped) through the compaction.
+    pub kept: u64,
+    /// Kept pages whose frame changed (the translation moved, the bytes stayed).
+    pub moved: u64,
+    /// Pages the facade's mover migrated in all.
+    pub migrated: u64,
+    /// Free frames obtainable as huge-order blocks before compaction.
+    pub huge_free_before: u64,
+    /// The same after compaction.
+    pub huge_free_after: u64,
+    /// The huge page allocated after compaction.
+    pub huge_page: u64,
+}
+
+/// The movable-page check (module docs, step 3). `mover_tlb` is the kernel's invalidator for
+/// the facade's mover, `tlb` its per-call one for vmalloc / vfree.
+pub fn movable_pages_compact<'m, P: IrqControl + Sync, F: PagingFormat + Send + Sync>(
+    mm: &mut Mm<'m, P, F>,
+    mover_tlb: &'m dyn MoverTlb,
+    tlb: &mut impl TlbInvalidate,
+) -> Result<MovableFigures, Reason> {
+    match mm.enable_movable(mover_tlb) {
+        Ok(_) | Err(MovableError::AlreadyEnabled(_)) => {}
+        Err(e) => fail!("enable_movable: {e:?}"),
+    }
+    let huge = Order::new(HUGE_ORDER);
+    let gfp = GfpFlags::HIGHUSER_MOVABLE;
+    // Take every free huge block (a list through the blocks' private words), then give
+    // `MOVABLE_HOLD_RELEASED` back: the mapped pages land in those and in smaller holes.
+    let mut held: Option<Pfn> = None;
+    let mut nr_held = 0u64;
+    while let Ok(pfn) = mm.alloc_pages(gfp, huge) {
+        let next = held.map_or(0, |p| p.as_u64() + 1);
+        if mm.buddy().set_page_private(pfn, next).is_err() {
+            fail!("private word of a fresh block refused");
+        }
+        held = Some(pfn);
+        nr_held += 1;
+    }
+    let pop = |mm: &Mm<'m, P, F>, held: &mut Option<Pfn>| -> Option<Pfn> {
+        let pfn = (*held)?;
+        let next = mm.buddy().page_private(pfn).unwrap_or(0);
+        *held = next.checked_sub(1).map(Pfn::new);
+        Some(pfn)
+    };
+    for _ in 0..MOVABLE_HOLD_RELEASED.min(nr_held) {
+        if let Some(pfn) = pop(mm, &mut held) {
+            if let Err(e) = mm.free_pages(pfn, huge) {
+                fail!("freeing a held huge block: {e:?}");
+            }
+        }
+    }
+    let result = map_fragment_compact(mm, tlb);
+    while let Some(pfn) = pop(mm, &mut held) {
+        let _ = mm.buddy().set_page_private(pfn, 0);
+        if let Err(e) = mm.free_pages(pfn, huge) {
+            fail!("freeing a held huge block: {e:?}");
+        }
+    }
+    let figures = result?;
+    mm.verify()
+        .map_err(|e| Reason::new(format_args!("verify after the movable check: {e:?}")))?;
+    Ok(figures)
+}
+
+fn map_fragment_compact<P: IrqControl + Sync, F: PagingFormat + Send + Sync>(
+    mm: &mut Mm<'_, P, F>,
+    tlb: &mut impl TlbInvalidate,
+) -> Result<MovableFigures, Reason> {
+    let page_words = (PAGE_SIZE / 8) as usize;
+    // As many pages as were given back: they fill the smaller holes first, then the given-back
+    // blocks, so no free huge block is left; mapping stops early if memory runs out first.
+    let want = MOVABLE_HOLD_RELEASED << HUGE_ORDER;
+    let mut f = MovableFigures::default();
+    // The index: page k's address and frame, in an ordinary (unmovable) vmalloc area.
+    let index = mm
+        .vmalloc((want * 16) as usize, tlb)
+        .map_err(|e| Reason::new(format_args!("vmalloc for the index: {e:?}")))?;
+    let Some(idx) = NonNull::new(index.as_u64() as *mut u8) else {
+        fail!("vmalloc returned null");
+    };
+    let result = (|| {
+        for k in 0..want as usize {
+            let va = match mm.vmalloc_movable(PAGE_SIZE as usize, tlb) {
+                Ok(va) => va,
+                Err(VmallocError::OutOfMemory) if k as u64 >= want / 2 => break,
+                Err(e) => fail!("vmalloc_movable, page {k}: {e:?}"),
+            };
+            f.mapped += 1;
+            let Some(p) = NonNull::new(va.as_u64() as *mut u8) else {
+                fail!("vmalloc_movable returned null");
+            };
+            // SAFETY: one page this check just mapped RW in the live table (vmalloc_movable
+            // invalidated before returning); `idx` holds `2n` words, all this check's.
+            unsafe {
+                rawmem::write_read_pattern(p, page_words, va.as_u64())?;
+                rawmem::store_word(idx, 2 * k, va.as_u64());
+            }
+        }
+        let n = f.mapped;
+        mm.verify()
+            .map_err(|e| Reason::new(format_args!("verify after mapping: {e:?}")))?;
+        // Free every other page; note the kept pages' frames.
+        for k in 0..n as usize {
+            // SAFETY: word `2k` of the index, written above.
+            let va = VirtAddr::new(unsafe { rawmem::load_word(idx, 2 * k) });
+            if k % 2 == 0 {
+                mm.vfree(va, tlb)
+                    .map_err(|e| Reason::new(format_args!("vfree({va:?}): {e:?}")))?;
+            } else {
+                let pfn = mm.vmalloc_to_pfn(va).map_or(0, |p| p.as_u64());
+                // SAFETY: word `2k + 1` of the index.
+                unsafe { rawmem::store_word(idx, 2 * k + 1, pfn) };
+            }
+        }
+        mm.drain_all();
+        f.kept = n / 2;
+        f.huge_free_before = mm.free_pages_at_order(HUGE_ORDER);
+        let migrated_before = mm.movable_stats().migrated;
+        for nid in 0..mm.boot_summary().nr_nodes {
+            mm.buddy()
+                .compact_node(nid)
+                .map_err(|e| Reason::new(format_args!("compact_node({nid}): {e:?}")))?;
+        }
+        mm.drain_all();
+        f.migrated = mm.movable_stats().migrated - migrated_before;
+        f.huge_free_after = mm.free_pages_at_order(HUGE_ORDER);
+        mm.verify()
+            .map_err(|e| Reason::new(format_args!("verify after compaction: {e:?}")))?;
+        // Read every kept page again through its address.
+        for k in (1..n as usize).step_by(2) {
+            // SAFETY: words `2k` and `2k + 1` of the index.
+            let (va, pfn) = unsafe {
+                (
+                    rawmem::load_word(idx, 2 * k),
+                    rawmem::load_word(idx, 2 * k + 1),
+                )
+            };
+            let Some(p) = NonNull::new(va as *mut u8) else {
+                fail!("null address in the index");
+            };
+            // SAFETY: a page of this check, still mapped (possibly to a new frame: the
+            // mover's shootdown ran before any read here).
+            unsafe { rawmem::check_pattern(p, page_words, va) }.map_err(|e| {
+                Reason::new(format_args!(
+                    "page {k} at {va:#x} after compaction: {}",
+                    e.as_str()
+                ))
+            })?;
+            if mm.vmalloc_to_pfn(VirtAddr::new(va)).map(Pfn::as_u64) != Some(pfn) {
+                f.moved += 1;
+            }
+        }
+        ensure!(
+            f.huge_free_after > f.huge_free_before,
+            "compaction made no huge block: {} -> {} frames ({} pages migrated)",
+            f.huge_free_before,
+            f.huge_free_after,
+            f.migrated
+        );
+        let huge = mm
+            .alloc_pages(GfpFlags::HIGHUSER_MOVABLE, Order::new(HUGE_ORDER))
+            .map_err(|e| Reason::new(format_args!("huge page after compaction: {e:?}")))?;
+        f.huge_page = huge.as_u64();
+        mm.free_pages(huge, Order::new(HUGE_ORDER))
+            .map_err(|e| Reason::new(format_args!("freeing the huge page: {e:?}")))?;
+        for k in (1..f.mapped as usize).step_by(2) {
+            // SAFETY: word `2k` of the index.
+            let va = VirtAddr::new(unsafe { rawmem::load_word(idx, 2 * k) });
+            mm.vfree(va, tlb)
+                .map_err(|e| Reason::new(format_args!("vfree({va:?}): {e:?}")))?;
+        }
+        Ok(f)
+    })();
+    let freed = mm.vfree(index, tlb);
+    let f = result?;
+    ensure!(freed.is_ok(), "vfree of the index: {freed:?}");
+    Ok(f)
 }
 
 #[cfg(test)]

@@ -49,6 +49,25 @@ pub unsafe fn check_pattern(ptr: NonNull<u8>, words: usize, base: u64) -> CheckR
     Ok(())
 }
 
+/// Store `value` in 64-bit word `index` at `ptr` (a volatile write).
+///
+/// # Safety
+/// `ptr` must be valid for a volatile write of word `index`, 8-byte aligned, and owned by the
+/// caller.
+pub unsafe fn store_word(ptr: NonNull<u8>, index: usize, value: u64) {
+    // SAFETY: in bounds, aligned and owned per the caller's contract.
+    unsafe { ptr.cast::<u64>().as_ptr().add(index).write_volatile(value) };
+}
+
+/// Load 64-bit word `index` at `ptr` (a volatile read).
+///
+/// # Safety
+/// `ptr` must be valid for a volatile read of word `index` and 8-byte aligned.
+pub unsafe fn load_word(ptr: NonNull<u8>, index: usize) -> u64 {
+    // SAFETY: in bounds and aligned per the caller's contract.
+    unsafe { ptr.cast::<u64>().as_ptr().add(index).read_volatile() }
+}
+
 /// Zero the `words` 64-bit words at `ptr` (volatile writes).
 ///
 /// # Safety

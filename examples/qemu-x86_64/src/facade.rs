@@ -28,7 +28,8 @@ use mmkit::addr::{PhysRange, VirtAddr, VirtRange};
 use mmkit::bootmem::firmware::e820::{E820Entry, E820Type};
 use mmkit::pgtable::arch::x86_64::X86_64;
 use mmkit::pgtable::arch::x86_64_hw::LocalTlb;
-use mmkit::{BootError, GlobalMm, LinearMap, Mm, MmBuilder};
+use mmkit::pgtable::TlbInvalidate;
+use mmkit::{BootError, GlobalMm, LinearMap, Mm, MmBuilder, MoverTlb};
 use mmkit_qemu_common::harness::{CheckResult, Reason};
 use mmkit_qemu_common::memmap::MemoryMap;
 use mmkit_qemu_common::mm_checks::ProbeOutcome;
@@ -128,6 +129,19 @@ pub fn probe(va: VirtAddr) -> ProbeOutcome {
         Err(f) => ProbeOutcome::OtherFault(Reason::new(format_args!("{f:?}"))),
     }
 }
+
+/// The invalidator of the facade's mover (movable pages): [`tlb`] on each call.
+pub struct KernelMoverTlb;
+
+// SAFETY: one CPU runs the kernel and has loaded the facade's table, and no interrupt handler touches the page tables: `invlpg` on this CPU reaches every TLB that may hold a translation (`tlb`'s contract). `with_tlb` calls `f` once and nothing else.
+unsafe impl MoverTlb for KernelMoverTlb {
+    fn with_tlb(&self, f: &mut dyn FnMut(&mut dyn TlbInvalidate)) {
+        f(&mut tlb())
+    }
+}
+
+/// The one [`KernelMoverTlb`], given to `Mm::enable_movable`.
+pub static MOVER_TLB: KernelMoverTlb = KernelMoverTlb;
 
 /// The kernel's TLB invalidation for vmalloc's flush tokens.
 pub fn tlb() -> LocalTlb {
