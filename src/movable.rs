@@ -18,10 +18,10 @@
 //!   *migrating* bit already keeps the block from being freed, and `migrate` rechecks.
 //! * `migrate(src, dst, va)`, all under the vmalloc lock: recheck as `isolate`; unmap `va`;
 //!   invalidate through the kernel's [`MoverTlb`] (no CPU can write `src` any more); copy the
-//!   page through the direct map; move the owner-table head byte from `src` to `dst`; map
-//!   `va` to `dst` with the same attributes; invalidate again (the barrier aarch64 needs
-//!   before the walker sees the new entry); return `va` as `dst`'s private word. The buddy
-//!   then frees `src`. On any refusal before the unmap nothing has changed; after it nothing
+//!   page through the direct map; map `va` to `dst` with the same attributes; invalidate
+//!   again (the barrier aarch64 needs before the walker sees the new entry); return `va` as
+//!   `dst`'s private word. The buddy then tells the page allocator (its migration observer),
+//!   which moves the owner-table head byte from `src` to `dst`, and frees `src`. On any refusal before the unmap nothing has changed; after it nothing
 //!   can fail (the table is still there, the map needs no frame).
 //! * `putback`: nothing to release.
 //! * The mover never waits for the vmalloc lock: it tries it a bounded number of times
@@ -227,9 +227,8 @@ impl<P: IrqControl + Sync, F: PagingFormat + Send + Sync> Mover for Vmalloc<'_, 
         // invalidation above is done, and the buddy keeps it allocated while it migrates);
         // `dst` is free memory the buddy handed to this migration alone.
         unsafe { crate::raw::copy_page(from, to, self.unit as usize) };
-        if let Some(owner) = self.pages.owners.take(src) {
-            self.pages.owners.record(dst, owner);
-        }
+        // The owner record follows through the page allocator, the buddy's migration
+        // observer, once this returns.
         let mapped = inner
             .pt
             .map(va, dst.addr(), self.unit, attrs, MapSize::Exactly(granule))
