@@ -1,6 +1,7 @@
 //! Simulate a machine on the host: boot mmkit from a realistic firmware map, run a mixed
 //! workload until memory is fragmented, then print the reports, the high-order availability
-//! and write an SVG map of physical memory.
+//! and write an SVG map of physical memory; then give the processes' pages a mover, compact
+//! every node, and write the map again (`OUT-compacted.svg`).
 //!
 //! ```text
 //! cargo run --release --example simulate -- [OUT.svg] [--no-grouping] [--movablecore PCT] [--rounds N]
@@ -23,13 +24,15 @@
 //! mobility keeps unmovable and reclaimable allocations in few pageblocks; `--no-grouping`
 //! shows the difference.
 
+use std::collections::HashSet;
 use std::io::Write;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use mmkit::addr::host::HostPlatform;
 use mmkit::addr::{Order, Pfn, PhysAddr, PhysRange, VirtAddr, VirtRange};
 use mmkit::bootmem::firmware::e820::{E820Entry, E820Type};
-use mmkit::buddy::{CoreSize, GfpFlags};
+use mmkit::buddy::{CoreSize, GfpFlags, MoveError, Mover};
 use mmkit::host::HostRam;
 use mmkit::pgtable::arch::x86_64::X86_64;
 use mmkit::slab::{CacheConfig, CacheFlags};
@@ -246,6 +249,38 @@ fn worker(
     });
 }
 
+/// The processes' pages as a kernel's rmap would know them: which frames hold user pages.
+/// Registered as a mover after the workload, so compaction can move them; it copies the
+/// frames through the host memory that stands for the direct map.
+struct UserPages<'a> {
+    ram: &'a HostRam,
+    frames: Mutex<HashSet<u64>>,
+}
+
+impl Mover for UserPages<'_> {
+    fn isolate(&self, pfn: Pfn, _: Order, _: u64) -> Result<(), MoveError> {
+        match self.frames.lock().unwrap().contains(&pfn.as_u64()) {
+            true => Ok(()),
+            false => Err(MoveError::Refused),
+        }
+    }
+    fn migrate(&self, src: Pfn, dst: Pfn, order: Order, private: u64) -> Result<u64, MoveError> {
+        let mut frames = self.frames.lock().unwrap();
+        if !frames.remove(&src.as_u64()) {
+            return Err(MoveError::Refused);
+        }
+        let at = |p: Pfn| self.ram.ptr_of(PhysAddr::new(p.as_u64() << 12)).unwrap();
+        // SAFETY: both blocks are 2^order frames of the simulated machine: `src` is isolated
+        // for this migration and `dst` was handed to it by the allocator; they are distinct.
+        unsafe {
+            std::ptr::copy_nonoverlapping(at(src).as_ptr(), at(dst).as_ptr(), 4096 << order.get())
+        };
+        frames.insert(dst.as_u64());
+        Ok(private)
+    }
+    fn putback(&self, _: Pfn, _: Order, _: u64) {}
+}
+
 fn gib(kb: u64) -> f64 {
     kb as f64 / (1024.0 * 1024.0)
 }
@@ -254,6 +289,10 @@ fn main() {
     let opts = options();
     let started = Instant::now();
     let ram = HostRam::new(PhysAddr::new(0), SPAN);
+    let user_pages = UserPages {
+        ram: &ram,
+        frames: Mutex::new(HashSet::new()),
+    };
     let range = |s: u64, l: u64| PhysRange::from_start_size(PhysAddr::new(s), l).unwrap();
     // SAFETY: `ram` is the whole simulated machine and nothing else uses it.
     let mut builder = unsafe { MmBuilder::new(HostPlatform::new(2), &ram) }
@@ -374,9 +413,40 @@ fn main() {
         if opts.grouping { "on" } else { "off" }
     );
     std::fs::write(&opts.out, mm.svg_map(&title).to_string()).expect("write SVG");
+
+    // Compaction: the processes' pages get a mover (as a kernel's rmap would provide), then
+    // every node is compacted; page cache has none (reclaim frees it instead).
+    let id = mm.buddy().register_mover(&user_pages).expect("mover");
+    for (_, pages) in pools.iter().flat_map(|p| p.processes.iter()) {
+        for &(pfn, order) in pages {
+            user_pages.frames.lock().unwrap().insert(pfn.as_u64());
+            mm.buddy()
+                .set_mover(pfn, order, Some(id))
+                .expect("user page");
+        }
+    }
+    let before = mm.high_order(9);
+    let compacting = Instant::now();
+    let nodes = mm.boot_summary().nr_nodes;
+    let moved: u64 = (0..nodes)
+        .map(|nid| mm.buddy().compact_node(nid).expect("compact"))
+        .sum();
+    let after = mm.high_order(9);
+    mm.verify().expect("invariants hold after compaction");
+    println!(
+        "== compaction: {moved} user pages moved in {:.1?}; free memory as 2 MiB blocks {:.1}% -> {:.1}%",
+        compacting.elapsed(),
+        before.percent(),
+        after.percent()
+    );
+    print!("{}", mm.buddy().compact_stats());
+    let compacted = opts.out.replace(".svg", "-compacted.svg");
+    let title = format!("{title}, after compaction");
+    std::fs::write(&compacted, mm.svg_map(&title).to_string()).expect("write SVG");
     eprintln!(
-        "SVG map written to {} ({:.1?} total)",
+        "SVG maps written to {} and {} ({:.1?} total)",
         opts.out,
+        compacted,
         started.elapsed()
     );
 }

@@ -409,6 +409,10 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
                         if f.mt == MigrateType::Movable {
                             r.no_mover += step;
                         }
+                    } else if f.order >= self.cfg.pageblock_order {
+                        // A block of a pageblock or more is already what compaction builds;
+                        // its target would have to be a free pageblock, which the free
+                        // scanner never takes.
                     } else {
                         let got = self.migrate_block_in(node, zone, pfn, f.order, |z, o| {
                             let (free_pb, cursor) = &mut free_scan[o as usize];

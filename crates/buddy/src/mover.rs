@@ -342,7 +342,7 @@ impl ZoneLocked<'_, '_> {
     /// Take the first suitable free block of at least `order` in the pageblock at `pb`,
     /// walking from `from` (compaction's free scanner, which resumes where it stopped).
     /// Returns the block's head (its first `2^order` frames now the caller's) and the frame
-    /// to resume from.
+    /// to resume from (`from` itself for a pageblock passed without a walk).
     pub(crate) fn take_target_in_pageblock(
         &mut self,
         pb: u64,
@@ -350,8 +350,9 @@ impl ZoneLocked<'_, '_> {
         order: u32,
     ) -> (Option<u64>, u64) {
         let end = pb + self.p.pageblock_pages();
-        if self.pageblock_type(pb) != MigrateType::Movable {
-            return (None, end);
+        if self.pageblock_type(pb) != MigrateType::Movable || order >= self.p.pageblock_order {
+            // Not a target pageblock: passed without a walk.
+            return (None, from);
         }
         let mut pfn = from;
         while pfn < end {
