@@ -51,7 +51,7 @@ use crate::alloc::Request;
 use crate::allocator::{BuddyAllocator, Node};
 use crate::error::CompactError;
 use crate::migrate::MigrateType;
-use crate::page::PageState;
+use crate::page::{Flags, PageDesc, PageState};
 use crate::zone::{Watermark, Zone, ZoneType, HIGHATOMIC_MASK_SHIFT};
 
 /// Compaction counters (Linux `/proc/vmstat`), summed over every pass, and the
@@ -398,10 +398,7 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             while pfn < end {
                 let d = node.mm.desc(pfn);
                 let f = d.flags();
-                let step = match f.state {
-                    PageState::Free | PageState::Allocated | PageState::PerCpu => 1u64 << f.order,
-                    _ => 1,
-                };
+                let step = f.span();
                 r.migrate_scanned += step.min(end - pfn);
                 if f.state == PageState::Allocated && !d.is_migrating() {
                     if f.mt != MigrateType::Movable || d.mover_id() == 0 {
@@ -510,7 +507,7 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
                 continue;
             }
             if let Some(pb) = self.pick_evacuation(n, z) {
-                if self.evacuate_pageblock(n, z, pb) {
+                if self.migrate_out(n, z, pb, true).is_some() {
                     self.drain_zone_pcp(n, z);
                     self.compact_counters.evacuated.fetch_add(1, Relaxed);
                     return true;
@@ -549,7 +546,7 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
                 pb += pages;
             }
             if let Some((pb, _)) = best {
-                if self.migrate_movable_out(n, z, pb) > 0 {
+                if self.migrate_out(n, z, pb, false).is_some_and(|m| m > 0) {
                     self.drain_zone_pcp(n, z);
                     return true;
                 }
@@ -558,52 +555,58 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         false
     }
 
+    /// The block heads of `[pb, end)` (and single frames that are no head) with their flags,
+    /// read without the zone lock: hints that each migration rechecks.
+    fn heads<'a>(
+        node: &'a Node<'m>,
+        pb: u64,
+        end: u64,
+    ) -> impl Iterator<Item = (u64, &'m PageDesc, Flags)> + 'a {
+        let mut pfn = pb;
+        core::iter::from_fn(move || {
+            if pfn >= end {
+                return None;
+            }
+            let d = node.mm.desc(pfn);
+            let f = d.flags();
+            let at = pfn;
+            pfn += f.span();
+            Some((at, d, f))
+        })
+    }
+
     /// Pages of blocks with movers in the pageblock at `pb` (a lock-free hint).
     fn movable_with_mover(&self, node: &Node<'m>, pb: u64) -> u64 {
         let end = pb + (1u64 << self.cfg.pageblock_order);
-        let mut pages = 0;
-        let mut pfn = pb;
-        while pfn < end {
-            let d = node.mm.desc(pfn);
-            let f = d.flags();
-            let step = match f.state {
-                PageState::Free | PageState::Allocated | PageState::PerCpu => 1u64 << f.order,
-                _ => 1,
-            };
-            if f.state == PageState::Allocated && d.mover_id() != 0 {
-                pages += step;
-            }
-            pfn += step;
-        }
-        pages
+        Self::heads(node, pb, end)
+            .filter(|(_, d, f)| f.state == PageState::Allocated && d.mover_id() != 0)
+            .map(|(_, _, f)| f.span())
+            .sum()
     }
 
-    /// Migrate every block with a mover out of the pageblock at `pb`, to movable pageblocks
-    /// elsewhere; returns how many moved.
-    fn migrate_movable_out(&self, node: &Node<'m>, zone: &Zone<'m>, pb: u64) -> u64 {
+    /// Migrate blocks out of the pageblock at `pb` to movable pageblocks elsewhere. With
+    /// `every`, each allocated block must go and the first failure stops the walk (`None`);
+    /// without, only blocks with a mover are tried, and only running out of targets stops it.
+    /// Returns how many moved.
+    fn migrate_out(&self, node: &Node<'m>, zone: &Zone<'m>, pb: u64, every: bool) -> Option<u64> {
         let end = pb + (1u64 << self.cfg.pageblock_order);
         let mut moved = 0;
-        let mut pfn = pb;
-        while pfn < end {
-            let d = node.mm.desc(pfn);
-            let f = d.flags();
-            if f.state == PageState::Allocated && d.mover_id() != 0 {
-                let r = self.migrate_block_in(node, zone, pfn, f.order, |z, o| {
-                    z.take_target_outside(o, pb, end)
-                });
-                self.count_migration(&r);
-                match r {
-                    Ok(_) => moved += 1,
-                    Err(crate::MigrateError::NoTarget) => break,
-                    Err(_) => {}
-                }
+        for (pfn, d, f) in Self::heads(node, pb, end) {
+            if f.state != PageState::Allocated || (!every && d.mover_id() == 0) {
+                continue;
             }
-            pfn += match f.state {
-                PageState::Free | PageState::Allocated | PageState::PerCpu => 1u64 << f.order,
-                _ => 1,
-            };
+            let r = self.migrate_block_in(node, zone, pfn, f.order, |z, o| {
+                z.take_target_outside(o, pb, end)
+            });
+            self.count_migration(&r);
+            match r {
+                Ok(_) => moved += 1,
+                Err(_) if every => return None,
+                Err(crate::MigrateError::NoTarget) => break,
+                Err(_) => {}
+            }
         }
-        moved
+        Some(moved)
     }
 
     /// When no movable pageblock could be emptied for an unmovable or reclaimable request,
@@ -650,21 +653,17 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
     fn evacuation_cost(&self, node: &Node<'m>, pb: u64) -> Option<u64> {
         let end = pb + (1u64 << self.cfg.pageblock_order);
         let mut used = 0;
-        let mut pfn = pb;
-        while pfn < end {
-            let d = node.mm.desc(pfn);
-            let f = d.flags();
+        for (_, d, f) in Self::heads(node, pb, end) {
             match f.state {
                 PageState::Free | PageState::PerCpu => {}
                 PageState::Allocated => {
                     if f.mt != MigrateType::Movable || d.mover_id() == 0 || d.is_migrating() {
                         return None;
                     }
-                    used += 1u64 << f.order;
+                    used += f.span();
                 }
                 _ => return None,
             }
-            pfn += 1u64 << f.order;
         }
         Some(used)
     }
@@ -692,28 +691,6 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
     }
 
     /// Migrate every allocated block out of the pageblock at `pb`, to targets outside it.
-    fn evacuate_pageblock(&self, node: &Node<'m>, zone: &Zone<'m>, pb: u64) -> bool {
-        let end = pb + (1u64 << self.cfg.pageblock_order);
-        let mut pfn = pb;
-        while pfn < end {
-            let f = node.mm.desc(pfn).flags();
-            if f.state == PageState::Allocated {
-                let r = self.migrate_block_in(node, zone, pfn, f.order, |z, o| {
-                    z.take_target_outside(o, pb, end)
-                });
-                self.count_migration(&r);
-                if r.is_err() {
-                    return false;
-                }
-            }
-            pfn += match f.state {
-                PageState::Free | PageState::Allocated | PageState::PerCpu => 1u64 << f.order,
-                _ => 1,
-            };
-        }
-        true
-    }
-
     /// `vm.compaction_proactiveness` (0..=100, default [`DEFAULT_PROACTIVENESS`]): how low
     /// [`kcompactd_step`](Self::kcompactd_step) keeps the fragmentation score; 0 leaves only
     /// boosted zones to it. Larger values are taken as 100.

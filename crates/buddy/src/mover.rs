@@ -361,10 +361,7 @@ impl ZoneLocked<'_, '_> {
             {
                 return (Some(self.take_free_block(pfn, f.order, order, f.mt)), pfn);
             }
-            pfn += match f.state {
-                PageState::Free | PageState::Allocated | PageState::PerCpu => 1u64 << f.order,
-                _ => 1,
-            };
+            pfn += f.span();
         }
         (None, end)
     }

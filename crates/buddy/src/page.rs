@@ -91,6 +91,16 @@ impl Flags {
             migrating: false,
         }
     }
+    /// Frames from this descriptor to the next one that may be a block head: the block's
+    /// size for a head, one frame otherwise.
+    #[inline]
+    pub const fn span(&self) -> u64 {
+        match self.state {
+            PageState::Free | PageState::Allocated | PageState::PerCpu => 1u64 << self.order,
+            _ => 1,
+        }
+    }
+
     const fn encode(self) -> u32 {
         (self.state as u32) | ((self.order & 0x3f) << 3) | ((self.mt as u32) << 9)
     }
@@ -164,20 +174,28 @@ impl PageDesc {
     /// there, unchanged.
     #[inline]
     pub(crate) fn begin_free(&self, order: u32, to: Flags) -> Result<Flags, Flags> {
-        let mut cur = self.flags.load(Relaxed);
-        loop {
+        self.update_head(order, false, |_| Some(to.encode()))
+            .map(Flags::decode)
+            .map_err(Flags::decode)
+    }
+
+    /// Atomically replace the `flags` word of an allocated head of `order` by `next(word)`,
+    /// if the head's migrating bit is `migrating` and `next` gives a word. Returns the word
+    /// it replaced, or on refusal the word it saw.
+    #[inline]
+    fn update_head(
+        &self,
+        order: u32,
+        migrating: bool,
+        next: impl Fn(u32) -> Option<u32>,
+    ) -> Result<u32, u32> {
+        self.flags.fetch_update(Relaxed, Relaxed, |cur| {
             let f = Flags::decode(cur);
-            if f.state != PageState::Allocated || f.order != order || cur & MIGRATING != 0 {
-                return Err(f);
+            if f.state != PageState::Allocated || f.order != order || f.migrating != migrating {
+                return None;
             }
-            match self
-                .flags
-                .compare_exchange_weak(cur, to.encode(), Relaxed, Relaxed)
-            {
-                Ok(_) => return Ok(f),
-                Err(now) => cur = now,
-            }
-        }
+            next(cur)
+        })
     }
 
     /// The mover id of an allocated head (0: none).
@@ -195,18 +213,11 @@ impl PageDesc {
     /// Set the mover id of an allocated head of `order` (not being migrated). On failure
     /// returns what was there, unchanged.
     pub(crate) fn set_mover_id(&self, order: u32, id: u8) -> Result<(), Flags> {
-        let mut cur = self.flags.load(Relaxed);
-        loop {
-            let f = Flags::decode(cur);
-            if f.state != PageState::Allocated || f.order != order || cur & MIGRATING != 0 {
-                return Err(f);
-            }
-            let new = (cur & !MOVER_MASK) | (u32::from(id & 0xf) << MOVER_SHIFT);
-            match self.flags.compare_exchange_weak(cur, new, Relaxed, Relaxed) {
-                Ok(_) => return Ok(()),
-                Err(now) => cur = now,
-            }
-        }
+        self.update_head(order, false, |cur| {
+            Some((cur & !MOVER_MASK) | (u32::from(id & 0xf) << MOVER_SHIFT))
+        })
+        .map(|_| ())
+        .map_err(Flags::decode)
     }
 
     /// Claim an allocated head of `order` that names a mover for migration: set the
@@ -214,42 +225,21 @@ impl PageDesc {
     /// [`end_migration`](Self::end_migration). Returns the flags and the mover id; on
     /// failure what was there (flags, mover id, migrating bit), unchanged.
     pub(crate) fn begin_migration(&self, order: u32) -> Result<(Flags, u8), (Flags, u8, bool)> {
-        let mut cur = self.flags.load(Relaxed);
-        loop {
-            let f = Flags::decode(cur);
-            let id = ((cur & MOVER_MASK) >> MOVER_SHIFT) as u8;
-            let migrating = cur & MIGRATING != 0;
-            if f.state != PageState::Allocated || f.order != order || migrating || id == 0 {
-                return Err((f, id, migrating));
-            }
-            match self
-                .flags
-                .compare_exchange_weak(cur, cur | MIGRATING, Relaxed, Relaxed)
-            {
-                Ok(_) => return Ok((f, ((cur & MOVER_MASK) >> MOVER_SHIFT) as u8)),
-                Err(now) => cur = now,
-            }
-        }
+        let id = |w: u32| ((w & MOVER_MASK) >> MOVER_SHIFT) as u8;
+        self.update_head(order, false, |cur| {
+            (id(cur) != 0).then_some(cur | MIGRATING)
+        })
+        .map(|w| (Flags::decode(w), id(w)))
+        .map_err(|w| (Flags::decode(w), id(w), w & MIGRATING != 0))
     }
 
     /// Turn a head this migration claimed (allocated with `order`, migrating bit set) into
     /// `to`, ending the migration and the block together, so that no one can claim the block
     /// between the two. On failure returns what was there, unchanged.
     pub(crate) fn end_migration_free(&self, order: u32, to: Flags) -> Result<Flags, Flags> {
-        let mut cur = self.flags.load(Relaxed);
-        loop {
-            let f = Flags::decode(cur);
-            if f.state != PageState::Allocated || f.order != order || cur & MIGRATING == 0 {
-                return Err(f);
-            }
-            match self
-                .flags
-                .compare_exchange_weak(cur, to.encode(), Relaxed, Relaxed)
-            {
-                Ok(_) => return Ok(f),
-                Err(now) => cur = now,
-            }
-        }
+        self.update_head(order, true, |_| Some(to.encode()))
+            .map(Flags::decode)
+            .map_err(Flags::decode)
     }
 
     /// Clear the migrating bit (the block stays allocated with its mover).
