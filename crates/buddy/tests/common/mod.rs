@@ -51,3 +51,5 @@ pub fn build(nodes: &[&[PhysRange]], cfg: BuddyConfig, cpus: usize) -> TestBuddy
     b.finish_boot();
     b
 }
+
+pub mod owner;
