@@ -15,8 +15,8 @@ use common::owner::{Behaviour, FreeSnapshot, Owner};
 use common::{build, mib, TestBuddy};
 use mmkit_addr::{Order, Pfn};
 use mmkit_buddy::{
-    AllocError, BuddyConfig, CompactError, FreeError, GfpFlags, MigrateError, MigrateType,
-    MoverError, MoverId, ZoneType,
+    AllocError, BuddyConfig, CompactError, CompactOutcome, FreeError, GfpFlags, MigrateError,
+    MigrateType, MoverError, MoverId, ZoneType,
 };
 use proptest::prelude::*;
 
@@ -432,6 +432,10 @@ fn run(actions: Vec<Action>, c: Config) {
                     Ok(r) => {
                         assert_eq!(want, None, "{node} {ty:?} {order:?}");
                         assert_eq!(r.migrated, owner.counts().moved - counts.moved, "{r:?}");
+                        if let (Some(o), CompactOutcome::Success) = (order, r.outcome) {
+                            let free = b.extfrag(node, ty).unwrap().free_blocks;
+                            assert!(free[o as usize..].iter().any(|&n| n > 0), "{r:?}");
+                        }
                     }
                     Err(e) => {
                         assert_eq!(Some(e), want);
