@@ -190,11 +190,16 @@ impl Owner {
 
     /// Whether `[pfn, pfn + 2^order)` overlaps a live block.
     pub fn overlaps(&self, pfn: u64, order: u32) -> bool {
+        self.overlaps_range(pfn, pfn + (1 << order))
+    }
+
+    /// Whether frames `[start, end)` overlap a live block.
+    pub fn overlaps_range(&self, start: u64, end: u64) -> bool {
         let st = self.st();
         st.blocks
-            .range(..pfn + (1 << order))
+            .range(..end)
             .next_back()
-            .is_some_and(|(&h, l)| h + (1 << l.order) > pfn)
+            .is_some_and(|(&h, l)| h + (1 << l.order) > start)
     }
 
     /// Frames in live blocks.
