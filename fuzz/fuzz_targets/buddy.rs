@@ -18,9 +18,9 @@ use libfuzzer_sys::fuzz_target;
 use mmkit_addr::host::HostPlatform;
 use mmkit_addr::{Order, Pfn, PhysAddr, PhysRange};
 use mmkit_buddy::{
-    memmap_len, pcp_storage_len, AllocError, BuddyAllocator, BuddyConfig, CompactError, CoreSize,
-    GfpFlags, IsolateError, MigrateError, MigrateType, MoverError, NodeInit, PageDesc, PerCpuPages,
-    ZoneType,
+    memmap_len, pcp_storage_len, AllocError, BuddyAllocator, BuddyConfig, CompactError,
+    CompactOutcome, CoreSize, GfpFlags, IsolateError, MigrateError, MigrateType, MoverError,
+    NodeInit, PageDesc, PerCpuPages, ZoneType,
 };
 
 #[path = "../../crates/buddy/tests/common/owner.rs"]
@@ -371,6 +371,10 @@ fuzz_target!(|input: Input| {
                     Ok(r) => {
                         assert_eq!(want, None, "{node} {ty:?} {order:?}");
                         assert_eq!(r.migrated, owner.counts().moved - counts.moved, "{r:?}");
+                        if let (Some(o), CompactOutcome::Success) = (order, r.outcome) {
+                            let free = b.extfrag(node, ty).unwrap().free_blocks;
+                            assert!(free[o as usize..].iter().any(|&n| n > 0), "{r:?}");
+                        }
                     }
                     Err(e) => {
                         assert_eq!(Some(e), want);
