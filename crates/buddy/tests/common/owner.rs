@@ -75,6 +75,8 @@ struct State {
     isolate_calls: u64,
     migrate_calls: u64,
     counts: MoverCounts,
+    /// (source, target, order) of every migration since the last `take_moves`.
+    moves: Vec<(u64, u64, u32)>,
     next_tag: u64,
 }
 
@@ -99,6 +101,7 @@ impl Owner {
                 isolate_calls: 0,
                 migrate_calls: 0,
                 counts: MoverCounts::default(),
+                moves: Vec::new(),
                 next_tag: 1,
             }),
         }
@@ -111,6 +114,11 @@ impl Owner {
     /// Change how the mover misbehaves.
     pub fn set_behaviour(&self, b: Behaviour) {
         self.st().behaviour = b;
+    }
+
+    /// The migrations since the last call: (source, target, order).
+    pub fn take_moves(&self) -> Vec<(u64, u64, u32)> {
+        std::mem::take(&mut self.st().moves)
     }
 
     /// What the mover has done so far.
@@ -294,6 +302,7 @@ impl Mover for Owner {
         };
         st.blocks.insert(d, moved);
         st.counts.moved += 1;
+        st.moves.push((s, d, o));
         Ok(moved.private)
     }
 
