@@ -367,8 +367,12 @@ fuzz_target!(|input: Input| {
                 };
                 let (before, blocks, counts) =
                     (FreeSnapshot::of(&b), owner.blocks(), owner.counts());
+                owner.take_moves();
                 match b.compact_zone(node, ty, order) {
                     Ok(r) => {
+                        for (src, dst, o) in owner.take_moves() {
+                            assert!(dst > src, "compaction moved {src:#x}/{o} down to {dst:#x}");
+                        }
                         assert_eq!(want, None, "{node} {ty:?} {order:?}");
                         assert_eq!(r.migrated, owner.counts().moved - counts.moved, "{r:?}");
                         if let (Some(o), CompactOutcome::Success) = (order, r.outcome) {
@@ -527,6 +531,16 @@ fuzz_target!(|input: Input| {
         }
         b.verify().unwrap();
         owner.check(&b, id);
+        // Whoever migrated, the block stayed in its zone and out of isolated pageblocks.
+        for (src, dst, o) in owner.take_moves() {
+            assert_eq!(zone_of(dst), zone_of(src), "{src:#x}/{o} left its zone");
+            assert!(
+                !isolated
+                    .iter()
+                    .any(|&s| dst < s + 512 && s < dst + (1 << o)),
+                "{src:#x}/{o} moved into an isolated pageblock at {dst:#x}"
+            );
+        }
         assert_eq!(
             b.total_free() + b.total_pcp() + owner.live_frames(),
             managed
