@@ -1,14 +1,23 @@
-//! A proptest state machine: random allocations, frees (good and bad), drains and mobility
-//! switches against a reference model (the set of allocated blocks), with `verify()` after
-//! every step.
+//! A proptest state machine: random allocations, frees (good and bad), drains, mobility
+//! switches, isolation and contiguous ranges, and — with a model owner of every live block
+//! (`common::owner`) — movers named and cleared, single migrations, compaction of zones and
+//! nodes, and a mover that answers busy, fails, copies and then fails, or refuses, as told.
+//!
+//! After every step: `verify()`; every live block still holds its tag in every frame of the
+//! simulated memory, wherever compaction or migration took it, and the allocator agrees it is
+//! an allocated block of its order with its mover and private word; no frame is live twice;
+//! free + per-CPU + live frames = managed. A refused call leaves the free lists and every
+//! block where they were.
 
 mod common;
 
-use std::collections::BTreeMap;
-
-use common::{build, mib};
+use common::owner::{Behaviour, FreeSnapshot, Owner};
+use common::{build, mib, TestBuddy};
 use mmkit_addr::{Order, Pfn};
-use mmkit_buddy::{AllocError, BuddyConfig, FreeError, GfpFlags};
+use mmkit_buddy::{
+    AllocError, BuddyConfig, CompactError, CompactOutcome, FreeError, GfpFlags, MigrateError,
+    MigrateType, MoverError, MoverId, ZoneType,
+};
 use proptest::prelude::*;
 
 const FLAGS: [GfpFlags; 7] = [
@@ -21,12 +30,21 @@ const FLAGS: [GfpFlags; 7] = [
     GfpFlags::GFP_DMA,
 ];
 
+/// The machine: node 0 has 0..8 MiB and 12..16 MiB, node 1 16..28 MiB.
+const FRAMES: u64 = 28 * 256;
+
 #[derive(Debug, Clone)]
 enum Action {
     Alloc {
         flags: usize,
         order: u32,
         node: usize,
+    },
+    /// A movable allocation, naming the owner as its mover when `mover`.
+    AllocMovable {
+        order: u32,
+        node: usize,
+        mover: bool,
     },
     Free {
         pick: usize,
@@ -52,33 +70,83 @@ enum Action {
         nr: u64,
     },
     Grouping(bool),
+    /// Name or clear the mover of a live block (`wrong_order`: with an order it does not have).
+    SetMover {
+        pick: usize,
+        on: bool,
+        wrong_order: bool,
+    },
+    /// Migrate a live block, never into frames `[lo, lo + len)`.
+    MigrateBlock {
+        pick: usize,
+        exclude: Option<(u64, u64)>,
+    },
+    /// Migrate whatever is at a frame that is no live block's head of that order.
+    MigrateRandom {
+        frame: u64,
+        order: u32,
+    },
+    CompactZone {
+        node: usize,
+        zone: usize,
+        order: Option<u32>,
+    },
+    CompactNode {
+        node: usize,
+    },
+    Behave(Behaviour),
+    /// Fill node `node` (2: both) with up to `blocks` movable blocks of `order` that name
+    /// the mover, then free every `every`-th (`most`: all but every `every`-th):
+    /// fragmentation for compaction to undo, and movable pageblocks too full to claim, for
+    /// unmovable requests to have emptied.
+    Checkerboard {
+        node: usize,
+        order: u32,
+        blocks: usize,
+        every: usize,
+        most: bool,
+    },
 }
 
 fn action() -> impl Strategy<Value = Action> {
+    // Mostly well behaved, so that whole pageblocks can still be emptied.
+    let every = || prop_oneof![3 => Just(0u32), 1 => 1u32..8];
+    let behaviour = (every(), every(), every(), prop::bool::weighted(0.1)).prop_map(
+        |(busy_every, fail_every, copy_fail_every, refuse)| Behaviour {
+            busy_every,
+            fail_every,
+            copy_fail_every,
+            refuse,
+        },
+    );
     prop_oneof![
-        6 => (0..FLAGS.len(), prop_oneof![4 => 0u32..=3, 1 => 0u32..=11], 0usize..2)
+        4 => (0..FLAGS.len(), prop_oneof![4 => 0u32..=3, 1 => 0u32..=11], 0usize..2)
             .prop_map(|(flags, order, node)| Action::Alloc { flags, order, node }),
+        5 => (prop_oneof![4 => 0u32..=3, 1 => 4u32..=10], 0usize..2, prop::bool::weighted(0.8))
+            .prop_map(|(order, node, mover)| Action::AllocMovable { order, node, mover }),
         5 => any::<usize>().prop_map(|pick| Action::Free { pick }),
         1 => (any::<usize>(), 1u32..3).prop_map(|(pick, delta)| Action::FreeWrongOrder { pick, delta }),
-        1 => (0u64..(28 * 256), 0u32..4).prop_map(|(frame, order)| Action::FreeRandom { frame, order }),
+        1 => (0u64..FRAMES, 0u32..4).prop_map(|(frame, order)| Action::FreeRandom { frame, order }),
         1 => Just(Action::DrainAll),
         1 => Just(Action::DrainLocal),
         1 => (0u64..56).prop_map(|pb| Action::Isolate { pb }),
         1 => any::<usize>().prop_map(|pick| Action::Undo { pick }),
         1 => (0u64..56, 1u64..4).prop_map(|(pb, nr)| Action::Contig { pb, nr }),
         1 => any::<bool>().prop_map(Action::Grouping),
+        2 => (any::<usize>(), any::<bool>(), prop::bool::weighted(0.2))
+            .prop_map(|(pick, on, wrong_order)| Action::SetMover { pick, on, wrong_order }),
+        3 => (any::<usize>(), prop::option::weighted(0.3, (0u64..FRAMES, 0u64..4096)))
+            .prop_map(|(pick, exclude)| Action::MigrateBlock { pick, exclude }),
+        1 => (0u64..FRAMES + 512, prop_oneof![0u32..=3, 10u32..=12])
+            .prop_map(|(frame, order)| Action::MigrateRandom { frame, order }),
+        2 => (0usize..3, 0usize..4, prop::option::of(prop_oneof![0u32..=3, 9u32..=11]))
+            .prop_map(|(node, zone, order)| Action::CompactZone { node, zone, order }),
+        1 => (0usize..3).prop_map(|node| Action::CompactNode { node }),
+        1 => behaviour.prop_map(Action::Behave),
+        2 => (0usize..3, 0u32..3, 64usize..4096, 2usize..5, any::<bool>()).prop_map(
+            |(node, order, blocks, every, most)| Action::Checkerboard { node, order, blocks, every, most }
+        ),
     ]
-}
-
-/// Allocated blocks: head -> order.
-type Model = BTreeMap<u64, u32>;
-
-fn overlaps(model: &Model, pfn: u64, order: u32) -> bool {
-    let end = pfn + (1 << order);
-    model
-        .range(..end)
-        .next_back()
-        .is_some_and(|(&h, &o)| h + (1 << o) > pfn)
 }
 
 fn present(pfn: u64, order: u32) -> bool {
@@ -88,82 +156,138 @@ fn present(pfn: u64, order: u32) -> bool {
     inside(0, 8) || inside(12, 16) || inside(16, 28)
 }
 
-fn run(actions: Vec<Action>, pcp: bool, movable: bool) {
-    let cfg = BuddyConfig {
-        per_cpu_lists: pcp,
-        movablecore: movable.then_some(mmkit_buddy::CoreSize::Percent(30)),
-        ..BuddyConfig::default()
-    };
+/// Every spanned zone: (node, type, first frame, end frame, populated).
+fn zones(b: &TestBuddy) -> Vec<(usize, ZoneType, u64, u64, bool)> {
+    (0..b.nr_nodes())
+        .flat_map(|n| ZoneType::ALL.iter().map(move |&z| (n, z)))
+        .filter_map(|(n, z)| {
+            let s = b.zone_stats(n, z)?;
+            let start = s.start_pfn.as_u64();
+            Some((n, z, start, start + s.spanned, s.managed > 0))
+        })
+        .collect()
+}
+
+/// The allocator of a run, with the owner registered as a mover.
+fn machine(cfg: BuddyConfig) -> (TestBuddy, &'static Owner, MoverId) {
     let n0 = [mib(0, 8), mib(12, 4)];
     let n1 = [mib(16, 12)];
     let b = build(&[&n0, &n1], cfg, 2);
+    let owner: &'static Owner = Box::leak(Box::new(Owner::new(FRAMES)));
+    let id = b.register_mover(owner).unwrap();
+    (b, owner, id)
+}
+
+/// Allocate a block for the owner: tag its frames, store its private word, name the mover.
+fn adopt(b: &TestBuddy, owner: &Owner, id: MoverId, pfn: Pfn, order: u32, gfp: GfpFlags) {
+    let movable = gfp.migrate_type() == Ok(MigrateType::Movable);
+    let live = owner.adopt(pfn.as_u64(), order, movable);
+    b.set_page_private(pfn, live.private).unwrap();
+    if movable {
+        b.set_mover(pfn, Order::new(order), Some(id)).unwrap();
+        owner.set_mover(pfn.as_u64(), true);
+    }
+}
+
+struct Config {
+    pcp: bool,
+    movable: bool,
+    compaction: bool,
+}
+
+fn run(actions: Vec<Action>, c: Config) {
+    let cfg = BuddyConfig {
+        per_cpu_lists: c.pcp,
+        movablecore: c.movable.then_some(mmkit_buddy::CoreSize::Percent(30)),
+        compaction: c.compaction,
+        ..BuddyConfig::default()
+    };
+    let (b, owner, id) = machine(cfg);
     b.verify().unwrap();
     let managed = b.total_managed();
-    let movable_zones: Vec<(u64, u64)> = (0..2)
-        .filter_map(|n| b.zone_stats(n, mmkit_buddy::ZoneType::Movable))
-        .map(|z| (z.start_pfn.as_u64(), z.start_pfn.as_u64() + z.spanned))
+    let zones = zones(&b);
+    let zone_of = |pfn: u64| {
+        zones
+            .iter()
+            .find(|z| (z.2..z.3).contains(&pfn))
+            .map(|z| (z.0, z.1))
+    };
+    let movable_zones: Vec<(u64, u64)> = zones
+        .iter()
+        .filter(|z| z.1 == ZoneType::Movable)
+        .map(|z| (z.2, z.3))
         .collect();
-    assert_eq!(movable_zones.is_empty(), !movable);
-    let mut model = Model::new();
+    assert_eq!(movable_zones.is_empty(), !c.movable);
     let mut isolated: Vec<u64> = Vec::new();
     for a in actions {
         match a {
             Action::Alloc { flags, order, node } => {
-                match b.alloc_pages_node(node, FLAGS[flags], Order::new(order)) {
+                let gfp = FLAGS[flags];
+                match b.alloc_pages_node(node, gfp, Order::new(order)) {
                     Ok(pfn) => {
-                        let pfn = pfn.as_u64();
-                        assert_eq!(pfn % (1 << order), 0, "aligned");
-                        assert!(present(pfn, order), "{pfn:#x}/{order} is memory");
+                        let p = pfn.as_u64();
+                        assert!(present(p, order), "{p:#x}/{order} is memory");
                         assert!(
-                            !overlaps(&model, pfn, order),
-                            "{pfn:#x}/{order} handed out twice"
-                        );
-                        assert!(
-                            !isolated.iter().any(|&pb| pfn >= pb && pfn < pb + 512),
+                            !isolated.iter().any(|&pb| p >= pb && p < pb + 512),
                             "allocated from an isolated pageblock"
                         );
-                        if FLAGS[flags] != GfpFlags::HIGHUSER_MOVABLE {
+                        if gfp != GfpFlags::HIGHUSER_MOVABLE {
                             assert!(
-                                !movable_zones.iter().any(|&(s, e)| pfn >= s && pfn < e),
+                                !movable_zones.iter().any(|&(s, e)| p >= s && p < e),
                                 "non-movable allocation in ZONE_MOVABLE"
                             );
                         }
-                        if FLAGS[flags] == GfpFlags::GFP_DMA {
-                            assert!(pfn < 16 * 256, "GFP_DMA stays below 16 MiB");
+                        if gfp == GfpFlags::GFP_DMA {
+                            assert!(p < 16 * 256, "GFP_DMA stays below 16 MiB");
                         }
-                        model.insert(pfn, order);
+                        // Movable blocks of this action stay movable by type only.
+                        let live = owner.adopt(p, order, gfp == GfpFlags::HIGHUSER_MOVABLE);
+                        b.set_page_private(pfn, live.private).unwrap();
                     }
                     Err(AllocError::OrderTooLarge { .. }) => assert!(order > 10),
                     Err(e) => assert_eq!(e, AllocError::OutOfMemory, "order {order}"),
                 }
             }
-            Action::Free { pick } => {
-                if model.is_empty() {
-                    continue;
+            Action::AllocMovable { order, node, mover } => {
+                let gfp = GfpFlags::HIGHUSER_MOVABLE;
+                match b.alloc_pages_node(node, gfp, Order::new(order)) {
+                    Ok(pfn) => {
+                        assert!(present(pfn.as_u64(), order));
+                        if mover {
+                            adopt(&b, owner, id, pfn, order, gfp);
+                        } else {
+                            let live = owner.adopt(pfn.as_u64(), order, true);
+                            b.set_page_private(pfn, live.private).unwrap();
+                        }
+                    }
+                    Err(e) => assert_eq!(e, AllocError::OutOfMemory, "order {order}"),
                 }
-                let (&pfn, &order) = model.iter().nth(pick % model.len()).unwrap();
-                b.free_pages(Pfn::new(pfn), Order::new(order)).unwrap();
-                model.remove(&pfn);
+            }
+            Action::Free { pick } => {
+                let Some((pfn, l)) = owner.pick(pick) else {
+                    continue;
+                };
+                owner.release(pfn);
+                b.free_pages(Pfn::new(pfn), Order::new(l.order)).unwrap();
             }
             Action::FreeWrongOrder { pick, delta } => {
-                if model.is_empty() {
+                let Some((pfn, l)) = owner.pick(pick) else {
                     continue;
-                }
-                let (&pfn, &order) = model.iter().nth(pick % model.len()).unwrap();
-                let wrong = order + delta;
+                };
+                let wrong = l.order + delta;
                 let r = b.free_pages(Pfn::new(pfn), Order::new(wrong));
-                assert!(r.is_err(), "wrong order {wrong} for {order} accepted");
+                assert!(r.is_err(), "wrong order {wrong} for {} accepted", l.order);
             }
             Action::FreeRandom { frame, order } => {
                 let pfn = frame & !((1 << order) - 1);
-                if model.get(&pfn) == Some(&order) {
+                if owner.blocks().get(&pfn).is_some_and(|l| l.order == order) {
                     continue;
                 }
                 let free = b.total_free() + b.total_pcp();
                 let r = b.free_pages(Pfn::new(pfn), Order::new(order));
                 assert!(r.is_err(), "bogus free of {pfn:#x}/{order} accepted");
                 if let Err(FreeError::InsideBlock { head }) = r {
-                    assert!(model.contains_key(&head.as_u64()));
+                    assert!(owner.blocks().contains_key(&head.as_u64()));
                 }
                 assert_eq!(b.total_free() + b.total_pcp(), free, "state unchanged");
             }
@@ -185,25 +309,210 @@ fn run(actions: Vec<Action>, pcp: bool, movable: bool) {
                 b.undo_isolate_range(Pfn::new(start), 512).unwrap();
             }
             Action::Contig { pb, nr } => {
-                let start = pb * 512;
-                if isolated.iter().any(|&i| i >= start && i < start + nr * 512) {
+                let (start, nr) = (pb * 512, nr * 512);
+                if isolated.iter().any(|&i| i >= start && i < start + nr) {
                     continue;
                 }
-                if b.alloc_contig_range(Pfn::new(start), nr * 512).is_ok() {
-                    for p in start..start + nr * 512 {
-                        assert!(!overlaps(&model, p, 0), "contig range overlaps {p:#x}");
-                        assert!(present(p, 0));
-                        model.insert(p, 0);
+                let (before, blocks) = (FreeSnapshot::of(&b), owner.blocks());
+                match b.alloc_contig_range(Pfn::new(start), nr) {
+                    // Whatever lived in the range moved out first (the owner says where);
+                    // every frame of it is now an order-0 block of the caller's.
+                    Ok(()) => {
+                        for p in start..start + nr {
+                            assert!(present(p, 0));
+                            let live = owner.adopt(p, 0, true);
+                            b.set_page_private(Pfn::new(p), live.private).unwrap();
+                        }
+                    }
+                    Err(e) => {
+                        before.assert_unchanged(&b, &format!("contig {start:#x}+{nr:#x}: {e:?}"));
+                        assert_eq!(owner.blocks(), blocks, "a failed contig moved blocks");
+                    }
+                }
+            }
+            Action::SetMover {
+                pick,
+                on,
+                wrong_order,
+            } => {
+                let Some((pfn, l)) = owner.pick(pick) else {
+                    continue;
+                };
+                let order = Order::new(if wrong_order { l.order + 1 } else { l.order });
+                let before = FreeSnapshot::of(&b);
+                let r = b.set_mover(Pfn::new(pfn), order, on.then_some(id));
+                if l.movable && !wrong_order {
+                    assert_eq!(r, Ok(()));
+                    owner.set_mover(pfn, on);
+                } else {
+                    assert_eq!(r, Err(MoverError::NotMovableBlock), "{pfn:#x} {l:?}");
+                }
+                before.assert_unchanged(&b, "set_mover");
+            }
+            Action::MigrateBlock { pick, exclude } => {
+                let Some((pfn, l)) = owner.pick(pick) else {
+                    continue;
+                };
+                let (lo, hi) = exclude.map_or((0, 0), |(s, n)| (s, s + n));
+                let (before, blocks, counts) =
+                    (FreeSnapshot::of(&b), owner.blocks(), owner.counts());
+                let r = b.migrate_block(
+                    Pfn::new(pfn),
+                    Order::new(l.order),
+                    exclude.map(|_| (Pfn::new(lo), Pfn::new(hi))),
+                );
+                let now = owner.counts();
+                match r {
+                    Ok(dst) => {
+                        let d = dst.as_u64();
+                        assert!(l.movable && l.mover, "{l:?} moved");
+                        assert_eq!(owner.find(l.tag), Some(d), "the owner followed it");
+                        assert_eq!(now.moved, counts.moved + 1);
+                        assert!(d + (1 << l.order) <= lo || d >= hi, "{d:#x} excluded");
+                        assert_eq!(zone_of(d), zone_of(pfn), "moved to another zone");
+                        assert!(!isolated.iter().any(|&s| d >= s && d < s + 512));
+                        assert_eq!(b.allocated_block(Pfn::new(pfn)).map(|x| x.0.as_u64()), None);
+                    }
+                    Err(e) => {
+                        let want = if !l.movable {
+                            MigrateError::NotMovable
+                        } else if !l.mover {
+                            MigrateError::NoMover
+                        } else {
+                            e
+                        };
+                        assert_eq!(e, want, "{pfn:#x} {l:?}");
+                        match e {
+                            MigrateError::Busy | MigrateError::Refused => assert_eq!(
+                                now.declined + now.failed,
+                                counts.declined + counts.failed + 1,
+                                "{e:?} is the mover's answer"
+                            ),
+                            MigrateError::NoTarget => {
+                                assert_eq!(now.putbacks, counts.putbacks + 1)
+                            }
+                            MigrateError::NotMovable | MigrateError::NoMover => {
+                                assert_eq!(now, counts, "the mover was not asked")
+                            }
+                            _ => panic!("{pfn:#x} {l:?}: {e:?}"),
+                        }
+                        before.assert_unchanged(&b, &format!("migrate {pfn:#x}: {e:?}"));
+                        assert_eq!(owner.blocks(), blocks, "a failed migration moved blocks");
+                    }
+                }
+            }
+            Action::MigrateRandom { frame, order } => {
+                let pfn = frame & !((1u64 << order.min(10)) - 1);
+                if owner.blocks().get(&pfn).is_some_and(|l| l.order == order) {
+                    continue;
+                }
+                let (before, counts) = (FreeSnapshot::of(&b), owner.counts());
+                let r = b.migrate_block(Pfn::new(pfn), Order::new(order), None);
+                let want = if pfn < FRAMES {
+                    MigrateError::NotAllocated
+                } else {
+                    MigrateError::OutsideZones
+                };
+                assert_eq!(r, Err(want), "{pfn:#x}/{order}");
+                before.assert_unchanged(&b, "migrate of no block");
+                assert_eq!(owner.counts(), counts, "the mover was not asked");
+            }
+            Action::CompactZone { node, zone, order } => {
+                let ty = ZoneType::ALL[zone];
+                let populated = zones.iter().any(|z| (z.0, z.1, z.4) == (node, ty, true));
+                let want = match order {
+                    Some(o) if o > 10 => Some(CompactError::OrderTooLarge { order: o, max: 10 }),
+                    _ if node >= 2 => Some(CompactError::NoSuchNode(node)),
+                    _ if !populated => Some(CompactError::EmptyZone),
+                    _ => None,
+                };
+                let (before, blocks, counts) =
+                    (FreeSnapshot::of(&b), owner.blocks(), owner.counts());
+                owner.take_moves();
+                match b.compact_zone(node, ty, order) {
+                    Ok(r) => {
+                        for (src, dst, o) in owner.take_moves() {
+                            assert!(dst > src, "compaction moved {src:#x}/{o} down to {dst:#x}");
+                        }
+                        assert_eq!(want, None, "{node} {ty:?} {order:?}");
+                        assert_eq!(r.migrated, owner.counts().moved - counts.moved, "{r:?}");
+                        if let (Some(o), CompactOutcome::Success) = (order, r.outcome) {
+                            let free = b.extfrag(node, ty).unwrap().free_blocks;
+                            assert!(free[o as usize..].iter().any(|&n| n > 0), "{r:?}");
+                        }
+                    }
+                    Err(e) => {
+                        assert_eq!(Some(e), want);
+                        before.assert_unchanged(&b, "refused compaction");
+                        assert_eq!(owner.blocks(), blocks);
+                    }
+                }
+            }
+            Action::CompactNode { node } => {
+                let (before, counts) = (FreeSnapshot::of(&b), owner.counts());
+                match b.compact_node(node) {
+                    Ok(moved) => {
+                        assert!(node < 2);
+                        assert_eq!(moved, owner.counts().moved - counts.moved);
+                    }
+                    Err(e) => {
+                        assert_eq!(e, CompactError::NoSuchNode(node));
+                        before.assert_unchanged(&b, "compaction of no node");
+                    }
+                }
+            }
+            Action::Behave(bh) => owner.set_behaviour(bh),
+            Action::Checkerboard {
+                node,
+                order,
+                blocks,
+                every,
+                most,
+            } => {
+                let gfp = GfpFlags::HIGHUSER_MOVABLE;
+                let mut got = Vec::new();
+                let nodes = if node < 2 { node..node + 1 } else { 0..2 };
+                for node in nodes {
+                    let gfp = gfp | GfpFlags::THISNODE;
+                    for _ in 0..blocks {
+                        let Ok(pfn) = b.alloc_pages_node(node, gfp, Order::new(order)) else {
+                            break;
+                        };
+                        adopt(&b, owner, id, pfn, order, gfp);
+                        got.push(pfn);
+                    }
+                }
+                got.sort_unstable();
+                for (i, pfn) in got.into_iter().enumerate() {
+                    if (i % every == 0) != most {
+                        owner.release(pfn.as_u64());
+                        b.free_pages(pfn, Order::new(order)).unwrap();
                     }
                 }
             }
         }
         b.verify().unwrap();
-        let allocated: u64 = model.values().map(|&o| 1u64 << o).sum();
-        assert_eq!(b.total_free() + b.total_pcp() + allocated, managed);
+        owner.check(&b, id);
+        // Whoever migrated (compaction, evacuation, contig, a caller), the block stayed in
+        // its zone and went to no isolated pageblock.
+        for (src, dst, o) in owner.take_moves() {
+            assert_eq!(zone_of(dst), zone_of(src), "{src:#x}/{o} left its zone");
+            assert!(
+                !isolated
+                    .iter()
+                    .any(|&s| dst < s + 512 && s < dst + (1 << o)),
+                "{src:#x}/{o} moved into an isolated pageblock at {dst:#x}"
+            );
+        }
+        assert_eq!(
+            b.total_free() + b.total_pcp() + owner.live_frames(),
+            managed
+        );
     }
-    for (&pfn, &order) in &model {
-        b.free_pages(Pfn::new(pfn), Order::new(order)).unwrap();
+    owner.set_behaviour(Behaviour::default());
+    for (pfn, l) in owner.blocks() {
+        owner.release(pfn);
+        b.free_pages(Pfn::new(pfn), Order::new(l.order)).unwrap();
     }
     for start in isolated {
         b.undo_isolate_range(Pfn::new(start), 512).unwrap();
@@ -221,7 +530,7 @@ proptest! {
         actions in proptest::collection::vec(action(), 1..80),
         movable in any::<bool>(),
     ) {
-        run(actions, true, movable);
+        run(actions, Config { pcp: true, movable, compaction: true });
     }
 
     #[test]
@@ -229,7 +538,16 @@ proptest! {
         actions in proptest::collection::vec(action(), 1..80),
         movable in any::<bool>(),
     ) {
-        run(actions, false, movable);
+        run(actions, Config { pcp: false, movable, compaction: true });
+    }
+
+    #[test]
+    fn model_without_compaction(
+        actions in proptest::collection::vec(action(), 1..80),
+        movable in any::<bool>(),
+        pcp in any::<bool>(),
+    ) {
+        run(actions, Config { pcp, movable, compaction: false });
     }
 }
 
@@ -330,5 +648,12 @@ fn regression_isolate_with_grouping_off() {
             pick: 15781438701277829630,
         },
     ];
-    run(actions, true, true);
+    run(
+        actions,
+        Config {
+            pcp: true,
+            movable: true,
+            compaction: true,
+        },
+    );
 }

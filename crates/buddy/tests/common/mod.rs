@@ -22,6 +22,17 @@ pub fn mib(start_mib: u64, len_mib: u64) -> PhysRange {
 
 /// An allocator over `nodes` with every range freed and watermarks computed.
 pub fn build(nodes: &[&[PhysRange]], cfg: BuddyConfig, cpus: usize) -> TestBuddy {
+    build_freeing(nodes, cfg, cpus, &[])
+}
+
+/// As [`build`], but the ranges in `keep` (of any node) stay reserved: present memory the
+/// boot allocator never handed over.
+pub fn build_freeing(
+    nodes: &[&[PhysRange]],
+    cfg: BuddyConfig,
+    cpus: usize,
+    keep: &[PhysRange],
+) -> TestBuddy {
     let nr = nodes.len();
     let dists: Vec<Vec<u8>> = (0..nr)
         .map(|i| (0..nr).map(|j| if i == j { 10 } else { 20 }).collect())
@@ -44,10 +55,12 @@ pub fn build(nodes: &[&[PhysRange]], cfg: BuddyConfig, cpus: usize) -> TestBuddy
     );
     let b = BuddyAllocator::new(HostPlatform::new(cpus), cfg, &mut inits, pcp).unwrap();
     for mem in nodes {
-        for r in mem.iter() {
+        for r in mem.iter().filter(|r| !keep.contains(r)) {
             b.free_boot_range(*r).unwrap();
         }
     }
     b.finish_boot();
     b
 }
+
+pub mod owner;
