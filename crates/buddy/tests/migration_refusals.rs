@@ -253,7 +253,7 @@ fn contig_range_over_a_hole_is_refused_unchanged() {
         let first_hole = Pfn::new(start.max(8 * 256));
         assert_eq!(
             r,
-            Err(IsolateError::Busy { pfn: first_hole }),
+            Err(IsolateError::Hole { pfn: first_hole }),
             "{start:#x}+{nr:#x}"
         );
         assert_eq!(

@@ -339,6 +339,14 @@ impl FreeSnapshot {
         }
     }
 
+    /// Assert `b` has as many free frames (listed or cached per CPU) as this snapshot saw:
+    /// for a failed contiguous allocation, which keeps the blocks it already migrated where
+    /// they went, so the free lists' layout may differ.
+    pub fn assert_same_free<P: IrqControl>(&self, b: &BuddyAllocator<'_, P>, what: &str) {
+        let now = Self::of(b);
+        assert_eq!(now.free + now.pcp, self.free + self.pcp, "{what}");
+    }
+
     /// Assert `b` is as this snapshot saw it. A call that drained per-CPU lists (isolation
     /// does, before it finds the range busy) changed where free frames are listed, not how
     /// many there are: then only the sum must agree.
