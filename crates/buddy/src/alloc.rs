@@ -247,7 +247,7 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             return None;
         }
         let pfn = z.rmqueue(req.order, req.mt, flags)?;
-        node.mm.desc(pfn).set_allocated(req.order, req.declared);
+        self.mark_allocated(&node.mm, pfn, req);
         if flags.highatomic {
             z.reserve_highatomic_pageblock(pfn, req.order);
         }
@@ -270,7 +270,7 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         };
         let mm = node.mm;
         if let Some(pfn) = lists.pop(&mm, req.order, req.mt) {
-            mm.desc(pfn).set_allocated(req.order, req.declared);
+            self.mark_allocated(&mm, pfn, req);
             return Some(pfn);
         }
         let batch = zone.pcp_batch.load(Relaxed).max(1);
@@ -293,7 +293,7 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         }
         drop(z);
         let pfn = got?;
-        mm.desc(pfn).set_allocated(req.order, req.declared);
+        self.mark_allocated(&mm, pfn, req);
         Some(pfn)
     }
 
@@ -306,8 +306,16 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
     ) -> Option<u64> {
         let mut z = self.lock(node, zone);
         let pfn = z.rmqueue(req.order, req.mt, flags)?;
-        node.mm.desc(pfn).set_allocated(req.order, req.declared);
+        self.mark_allocated(&node.mm, pfn, req);
         Some(pfn)
+    }
+
+    /// Make `pfn` the head of the block `req` asked for, under the lock that handed it out
+    /// (zone or per-CPU), and count it in its pageblock's movable tally.
+    #[inline]
+    fn mark_allocated(&self, mm: &crate::page::Memmap<'m>, pfn: u64, req: &Request) {
+        mm.desc(pfn).set_allocated(req.order, req.declared);
+        mm.tally_movable(pfn, req.order, req.declared, self.cfg.pageblock_order, true);
     }
 
     fn zero_block(&self, pfn: u64, order: u32) -> Result<(), AllocError> {
@@ -508,6 +516,7 @@ mod tests {
                 while let Some(pfn) = zl.first_free(order, mt) {
                     zl.del_from_free_list(pfn, order, mt);
                     n.mm.desc(pfn).set_allocated(order, mt);
+                    n.mm.tally_movable(pfn, order, mt, b.cfg.pageblock_order, true);
                 }
             }
         }

@@ -215,6 +215,7 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
                 (lo, hi_bounds[zi].clamp(lo, ms))
             };
             let mut z = Zone::new(ty, nid, lo, hi);
+            z.set_tally_range(cfg.pageblock_order);
             z.present = (lo..hi)
                 .filter(|&p| mm.desc(p).state() != PageState::Hole)
                 .count() as u64;

@@ -147,7 +147,7 @@ impl<P: IrqControl> BuddyAllocator<'_, P> {
         while pb < e {
             z.mm.desc(pb)
                 .set_block_type(MigrateType::Cma, MigrateType::Cma);
-            z.scan_pageblock(pb, Some(MigrateType::Cma));
+            z.move_freepages_block(pb, MigrateType::Cma);
             pb += pages;
         }
         let mut pb = s;

@@ -534,7 +534,11 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             let mut seen = 0;
             let mut pb = z.start.div_ceil(pages) * pages;
             while pb + pages <= z.end && seen < EVACUATE_CANDIDATES {
-                if n.mm.desc(pb).block_type() == req.mt {
+                let d = n.mm.desc(pb);
+                // The movable tally rules out most pageblocks without a scan; a block of a
+                // pageblock or more is not in it, so one starting here is looked at.
+                let maybe = d.block_tally() > 0 || d.state() == PageState::Allocated;
+                if d.block_type() == req.mt && maybe {
                     let movable = self.movable_with_mover(n, pb);
                     if movable > 0 {
                         seen += 1;
@@ -629,7 +633,13 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
                 let d = n.mm.desc(pb);
                 if d.block_type() == MigrateType::Movable && d.state() != PageState::Tail {
                     seen += 1;
-                    let (free, _) = zl.scan_pageblock(pb, None);
+                    let f = d.flags();
+                    let free = if f.state == PageState::Free && f.order >= self.cfg.pageblock_order
+                    {
+                        pages
+                    } else {
+                        zl.pageblock_free_small(pb)
+                    };
                     if free >= 1u64 << req.order && best.map_or(true, |(_, f)| free > f) {
                         best = Some((pb, free));
                     }
@@ -637,7 +647,8 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
                 pb += pages;
             }
             if let Some((pb, _)) = best {
-                zl.scan_pageblock(pb, Some(req.mt));
+                zl.split_free_block_covering(pb);
+                zl.move_freepages_block(pb, req.mt);
                 z.boost_watermark(pages);
                 self.compact_counters.partial_claims.fetch_add(1, Relaxed);
                 return true;

@@ -12,7 +12,12 @@
 //!    claiming is tried only for requests that are unmovable or reclaimable, or when the block
 //!    is at least half a pageblock, and succeeds when the free pages plus the pages already
 //!    allocated with a compatible mobility fill at least half the pageblock. Small movable
-//!    requests never claim (movable pages don't fragment permanently).
+//!    requests never claim (movable pages don't fragment permanently). Linux walks the
+//!    pageblock to count those pages on every attempt; here each pageblock keeps a free tally
+//!    and a movable tally (changed where blocks enter or leave the free lists and where
+//!    movable blocks are allocated and freed; see the `page` module), so a refused claim
+//!    reads two words, and only a successful one walks the pageblock to move its free
+//!    blocks.
 //! 3. **Steal**: scan orders upward and take the smallest foreign block without retyping its
 //!    pageblock.
 //! 4. Non-blocking requests finally dip into the high-atomic reserve.
@@ -142,7 +147,12 @@ impl ZoneLocked<'_, '_> {
         if !self.pageblock_in_zone(pb) {
             return None;
         }
-        let (free, movable) = self.scan_pageblock(pb, None);
+        // The pageblock holds the free block at `pfn`, smaller than a pageblock: every
+        // block in it is smaller too, so its tallies count all of it.
+        let (free, movable) = (
+            self.pageblock_free_small(pb),
+            self.pageblock_movable_small(pb),
+        );
         let pages = self.p.pageblock_pages();
         let alike = if mt == MigrateType::Movable {
             movable
@@ -152,7 +162,7 @@ impl ZoneLocked<'_, '_> {
             0
         };
         if free + alike >= pages / 2 || !self.p.grouping {
-            self.scan_pageblock(pb, Some(mt));
+            self.move_freepages_block(pb, mt);
             if self.p.grouping {
                 // A pageblock changed hands with pages of another type in it.
                 self.zone.boost_watermark(pages);
@@ -200,7 +210,7 @@ impl ZoneLocked<'_, '_> {
         }
         let pages = self.fa.nr_reserved_highatomic + self.p.pageblock_pages();
         self.set_reserved_highatomic(pages);
-        self.scan_pageblock(pb, Some(MigrateType::HighAtomic));
+        self.move_freepages_block(pb, MigrateType::HighAtomic);
     }
 
     /// Give one high-atomic pageblock back to type `to` (Linux
@@ -219,7 +229,7 @@ impl ZoneLocked<'_, '_> {
                 let left = self.fa.nr_reserved_highatomic.saturating_sub(pages);
                 self.set_reserved_highatomic(left);
             }
-            self.scan_pageblock(pb, Some(to));
+            self.move_freepages_block(pb, to);
             return true;
         }
         false
@@ -341,5 +351,78 @@ mod behaviour {
         b.verify().unwrap();
         let st = b.zone_stats(0, ZoneType::Dma32).unwrap();
         assert_eq!(st.reserved_highatomic, 0);
+    }
+
+    /// The free and movable tallies of the pageblock holding `pfn`, and what a walk counts.
+    fn tallies(b: &crate::testutil::TestBuddy, pfn: u64) -> ((u64, u64), (u64, u64)) {
+        let n = b.node(0).unwrap();
+        let z = &n.zones[ZoneType::Dma32.index()];
+        let zl = b.lock(n, z);
+        let pb = zl.pageblock_start(pfn);
+        (
+            (zl.pageblock_free_small(pb), zl.pageblock_movable_small(pb)),
+            zl.count_pageblock(pb),
+        )
+    }
+
+    #[test]
+    fn tallies_follow_allocations_frees_merges_and_per_cpu_lists() {
+        // With per-CPU lists (refills, frees to another CPU's list, drains) and without.
+        for cfg in [crate::BuddyConfig::default(), no_pcp()] {
+            let b = build(&[&[mib(16, 16)]], cfg, 2);
+            let mut held = std::vec::Vec::new();
+            for i in 0..300u32 {
+                let gfp = if i % 3 == 0 {
+                    GfpFlags::KERNEL
+                } else {
+                    GfpFlags::HIGHUSER_MOVABLE
+                };
+                let order = Order::new(i % 4);
+                held.push((b.alloc_pages(gfp, order).unwrap(), order));
+            }
+            let first = held[1].0.as_u64();
+            let (tally, walked) = tallies(&b, first);
+            assert_eq!(tally, walked);
+            assert!(tally.1 > 0, "movable pages are counted: {tally:?}");
+            for (p, o) in held.iter().step_by(2) {
+                b.free_pages(*p, *o).unwrap();
+            }
+            b.verify().unwrap();
+            b.drain_all_pages();
+            b.verify().unwrap();
+            let (tally, walked) = tallies(&b, first);
+            assert_eq!(tally, walked);
+            assert!(tally.0 > 0, "free pages are counted: {tally:?}");
+            for (p, o) in held.iter().skip(1).step_by(2) {
+                b.free_pages(*p, *o).unwrap();
+            }
+            b.drain_all_pages();
+            // Everything merged back: no block smaller than a pageblock is left.
+            assert_eq!(tallies(&b, first), ((0, 0), (0, 0)));
+            b.verify().unwrap();
+        }
+    }
+
+    #[test]
+    fn verify_reports_a_wrong_tally() {
+        let b = build(&[&[mib(16, 16)]], no_pcp(), 1);
+        let p = b
+            .alloc_pages(GfpFlags::HIGHUSER_MOVABLE, Order::new(0))
+            .unwrap()
+            .as_u64();
+        b.verify().unwrap();
+        let n = b.node(0).unwrap();
+        let pb = p & !((1u64 << b.cfg.pageblock_order) - 1);
+        for (frame, what) in [(pb, "movable"), (pb + 1, "free")] {
+            n.mm.desc(frame).change_block_tally(1, true);
+            match b.verify() {
+                Err(crate::VerifyError::TallyMismatch { pfn, what: w, .. }) => {
+                    assert_eq!((pfn.as_u64(), w), (pb, what));
+                }
+                other => panic!("wrong {what} tally not reported: {other:?}"),
+            }
+            n.mm.desc(frame).change_block_tally(1, false);
+            b.verify().unwrap();
+        }
     }
 }

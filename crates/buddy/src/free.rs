@@ -65,8 +65,9 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         let mut z = self.lock(node, zone);
         let tail = Flags::new(PageState::Tail, 0, MigrateType::Unmovable);
         match node.mm.desc(pfn).begin_free(order, tail) {
-            Ok(_) => {
+            Ok(old) => {
                 let pb_order = self.cfg.pageblock_order;
+                node.mm.tally_movable(pfn, order, old.mt, pb_order, false);
                 if order <= pb_order {
                     let mt = z.pageblock_type(pfn);
                     z.free_one_page(pfn, order, mt, false);
@@ -107,8 +108,9 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         };
         let mm = node.mm;
         let to = Flags::new(PageState::PerCpu, order, mt);
-        if let Err(f) = mm.desc(pfn).begin_free(order, to) {
-            return PcpFree::Refused(f);
+        match mm.desc(pfn).begin_free(order, to) {
+            Ok(old) => mm.tally_movable(pfn, order, old.mt, self.cfg.pageblock_order, false),
+            Err(f) => return PcpFree::Refused(f),
         }
         // `push` rewrites the same flags and links the block.
         lists.push(&mm, pfn, order, mt);

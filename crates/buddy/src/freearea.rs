@@ -77,6 +77,7 @@ impl<'a, 'm> ZoneLocked<'a, 'm> {
         if *count == 1 {
             self.mark_order_nonempty(order, mt);
         }
+        self.tally_free(pfn, order, true);
         // Written only under the zone lock: a plain load/store, no locked RMW.
         let free = self.zone.free_pages.load(Relaxed);
         self.zone.free_pages.store(free + (1 << order), Relaxed);
@@ -93,8 +94,36 @@ impl<'a, 'm> ZoneLocked<'a, 'm> {
         if *count == 0 {
             self.refresh_order_mask(order);
         }
+        self.tally_free(pfn, order, false);
         let free = self.zone.free_pages.load(Relaxed);
         self.zone.free_pages.store(free - (1 << order), Relaxed);
+    }
+
+    /// Keep the free tally of the pageblock holding a free block smaller than a pageblock
+    /// (see the `page` module docs); only pageblocks wholly inside the zone have one.
+    #[inline(always)]
+    fn tally_free(&self, pfn: u64, order: u32, add: bool) {
+        let z = self.zone;
+        if order < self.p.pageblock_order && pfn.wrapping_sub(z.tally_lo) < z.tally_span {
+            let pb = self.pageblock_start(pfn);
+            self.mm
+                .desc(pb + 1)
+                .change_block_tally_locked(1 << order, add);
+        }
+    }
+
+    /// Free pages of the pageblock at `pb` (wholly inside the zone) in free blocks smaller
+    /// than a pageblock: its free tally, no scan.
+    #[inline]
+    pub fn pageblock_free_small(&self, pb: u64) -> u64 {
+        self.mm.desc(pb + 1).block_tally()
+    }
+
+    /// Pages of the pageblock at `pb` held by allocated movable blocks smaller than a
+    /// pageblock: its movable tally, no scan.
+    #[inline]
+    pub fn pageblock_movable_small(&self, pb: u64) -> u64 {
+        self.mm.desc(pb).block_tally()
     }
 
     /// Set the bit of `(order, mt)` in [`Zone::free_order_mask`] (a list just turned
@@ -298,38 +327,40 @@ impl<'a, 'm> ZoneLocked<'a, 'm> {
         self.add_to_free_list(h, o, f.mt, false);
     }
 
-    /// Walk the pageblock at `pb` (which must be inside the zone and not covered by a larger
-    /// free block) and return `(free pages, pages allocated as movable)`. With `move_to`,
-    /// also move every free block in it to that list and retype the pageblock.
-    pub fn scan_pageblock(&mut self, pb: u64, move_to: Option<MigrateType>) -> (u64, u64) {
+    /// Move every free block of the pageblock at `pb` (inside the zone, not covered by a
+    /// larger free block) to list `to` and retype the pageblock, keeping the type isolation
+    /// saved (Linux `move_freepages_block`).
+    pub fn move_freepages_block(&mut self, pb: u64, to: MigrateType) {
+        let end = pb + self.p.pageblock_pages();
+        let mut pfn = pb;
+        while pfn < end {
+            let f = self.mm.desc(pfn).flags();
+            if f.state == PageState::Free && f.mt != to {
+                self.move_to_free_list(pfn, f.order, f.mt, to);
+            }
+            pfn += f.span();
+        }
+        let saved = self.mm.desc(pb).saved_block_type();
+        self.mm.desc(pb).set_block_type(to, saved);
+    }
+
+    /// Walk the pageblock at `pb` and count what its tallies must say: `(pages in free
+    /// blocks, pages in allocated movable blocks)`, both among blocks smaller than a
+    /// pageblock (for `verify`).
+    pub fn count_pageblock(&self, pb: u64) -> (u64, u64) {
         let end = pb + self.p.pageblock_pages();
         let (mut free, mut movable) = (0, 0);
         let mut pfn = pb;
         while pfn < end {
             let f = self.mm.desc(pfn).flags();
-            match f.state {
-                PageState::Free => {
-                    free += 1 << f.order;
-                    if let Some(to) = move_to {
-                        if to != f.mt {
-                            self.move_to_free_list(pfn, f.order, f.mt, to);
-                        }
-                    }
-                    pfn += 1 << f.order;
+            if f.order < self.p.pageblock_order {
+                match f.state {
+                    PageState::Free => free += 1 << f.order,
+                    PageState::Allocated if f.mt == MigrateType::Movable => movable += 1 << f.order,
+                    _ => {}
                 }
-                PageState::Allocated => {
-                    if f.mt == MigrateType::Movable {
-                        movable += 1 << f.order;
-                    }
-                    pfn += 1 << f.order;
-                }
-                PageState::PerCpu => pfn += 1 << f.order,
-                _ => pfn += 1,
             }
-        }
-        if let Some(to) = move_to {
-            let saved = self.mm.desc(pb).saved_block_type();
-            self.mm.desc(pb).set_block_type(to, saved);
+            pfn += f.span();
         }
         (free, movable)
     }

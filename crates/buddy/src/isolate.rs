@@ -154,7 +154,7 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
                     z.set_reserved_highatomic(left);
                 }
                 node.mm.desc(pb).set_block_type(MigrateType::Isolate, old);
-                z.scan_pageblock(pb, Some(MigrateType::Isolate));
+                z.move_freepages_block(pb, MigrateType::Isolate);
                 pb += pages;
             }
             // Blocks that could not merge across types before may merge as Isolate now.
@@ -231,7 +231,7 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
                 let now = z.fa.nr_reserved_highatomic + pages;
                 z.set_reserved_highatomic(now);
             }
-            z.scan_pageblock(pb, Some(restore));
+            z.move_freepages_block(pb, restore);
             z.mm.desc(pb).set_block_type(restore, restore);
             pb += pages;
         }
@@ -287,6 +287,8 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             z.del_from_free_list(pfn, f.order, f.mt);
             for p in pfn..pfn + (1u64 << f.order) {
                 node.mm.desc(p).set_allocated(0, MigrateType::Movable);
+                node.mm
+                    .tally_movable(p, 0, MigrateType::Movable, z.p.pageblock_order, true);
             }
             pfn += 1u64 << f.order;
         }
@@ -446,7 +448,9 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         }
         for p in s..e {
             let tail = Flags::new(PageState::Tail, 0, MigrateType::Unmovable);
-            if node.mm.desc(p).begin_free(0, tail).is_ok() {
+            if let Ok(old) = node.mm.desc(p).begin_free(0, tail) {
+                node.mm
+                    .tally_movable(p, 0, old.mt, z.p.pageblock_order, false);
                 let mt = z.pageblock_type(p);
                 z.free_one_page(p, 0, mt, false);
             }

@@ -244,6 +244,8 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
                 node.mm
                     .desc(t)
                     .set_migration_target(order, MigrateType::Movable, id);
+                node.mm
+                    .tally_movable(t, order, MigrateType::Movable, z.p.pageblock_order, true);
             }
             t
         };
@@ -277,7 +279,9 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
     fn free_claimed_block(&self, node: &Node<'m>, zone: &Zone<'m>, pfn: u64, order: u32) {
         let mut z = self.lock(node, zone);
         let tail = Flags::new(PageState::Tail, 0, MigrateType::Unmovable);
-        if node.mm.desc(pfn).end_migration_free(order, tail).is_ok() {
+        if let Ok(old) = node.mm.desc(pfn).end_migration_free(order, tail) {
+            node.mm
+                .tally_movable(pfn, order, old.mt, z.p.pageblock_order, false);
             let mt = z.pageblock_type(pfn);
             z.free_one_page(pfn, order, mt, false);
         }

@@ -7,7 +7,7 @@
 //! | `next`  | next index on its list    | private word, low half      |                      |
 //! | `prev`  | previous index on its list| private word, high half     |                      |
 //! | `flags` | state, order, list type   | state, order, alloc type, mover id, migrating bit |  |
-//! | `block` |                           |                             | pageblock type       |
+//! | `block` |                           |                             | pageblock type, movable tally |
 //!
 //! List links are descriptor *indices* within the node's memmap (`NIL` ends a list), so free
 //! lists never touch page contents and unlinking is O(1).
@@ -19,8 +19,13 @@
 //! * Present frames never given to the allocator are [`PageState::Reserved`]; frames outside
 //!   every memory range of the node are [`PageState::Hole`].
 //! * The `block` word of the first frame of every pageblock holds the pageblock's migrate type
-//!   (bits 0..4), while isolated the type to restore (bits 4..8), and compaction's skip hint
-//!   (bit 8).
+//!   (bits 0..4), while isolated the type to restore (bits 4..8), compaction's skip hint
+//!   (bit 8), and (bits 16..32) the pages of the pageblock held by allocated movable blocks
+//!   smaller than a pageblock. The `block` word of the pageblock's *second* frame holds
+//!   (bits 16..32) the pages of the pageblock in free blocks (on the zone's lists) smaller
+//!   than a pageblock. The free tally is kept, and both are read, only for pageblocks wholly
+//!   inside one zone; they replace a scan of the pageblock when a fallback decides whether
+//!   to claim it.
 //! * An allocated head's `flags` word also holds its mover id (bits 12..16, 0 for none) and
 //!   the migrating bit (16), which makes every free of the block fail while it is set.
 //!
@@ -125,6 +130,10 @@ const MOVER_MASK: u32 = 0xf << MOVER_SHIFT;
 const MIGRATING: u32 = 1 << 16;
 /// Bit 8 of a pageblock's `block` word: compaction's skip hint.
 const SKIP_HINT: u32 = 1 << 8;
+/// Bits 16..32 of a `block` word: a pageblock tally (movable pages on the pageblock's first
+/// frame, free pages on its second). A tally is below 2^15 (`MAX_ORDER_LIMIT`).
+const TALLY_SHIFT: u32 = 16;
+const TALLY_LOW: u32 = (1 << TALLY_SHIFT) - 1;
 
 /// One frame's descriptor. Opaque: the caller only provides storage for an array of them.
 #[repr(C)]
@@ -320,11 +329,41 @@ impl PageDesc {
             self.block.fetch_and(!SKIP_HINT, Relaxed);
         }
     }
-    /// Set the pageblock type and the type isolation saved (clears the skip hint).
+    /// Set the pageblock type and the type isolation saved (clears the skip hint; keeps the
+    /// movable tally, which allocations and frees change without the zone lock).
     #[inline]
     pub(crate) fn set_block_type(&self, mt: MigrateType, saved: MigrateType) {
-        self.block
-            .store((mt as u32) | ((saved as u32) << 4), Relaxed);
+        let bits = (mt as u32) | ((saved as u32) << 4);
+        // The closure always returns `Some`: this cannot fail.
+        let _ = self
+            .block
+            .fetch_update(Relaxed, Relaxed, |w| Some((w & !TALLY_LOW) | bits));
+    }
+
+    /// The tally in bits 16..32 of the `block` word (see the module docs for which).
+    #[inline]
+    pub(crate) fn block_tally(&self) -> u64 {
+        u64::from(self.block.load(Relaxed) >> TALLY_SHIFT)
+    }
+
+    /// Add `pages` to (or with `!add`, take them from) the tally, atomically: the movable
+    /// tally changes under per-CPU locks of different CPUs at once.
+    #[inline]
+    pub(crate) fn change_block_tally(&self, pages: u32, add: bool) {
+        if add {
+            self.block.fetch_add(pages << TALLY_SHIFT, Relaxed);
+        } else {
+            self.block.fetch_sub(pages << TALLY_SHIFT, Relaxed);
+        }
+    }
+
+    /// Add or take `pages` with a plain load and store, for a tally only the zone lock
+    /// writes (the free tally).
+    #[inline]
+    pub(crate) fn change_block_tally_locked(&self, pages: u32, add: bool) {
+        let w = self.block.load(Relaxed);
+        let d = pages << TALLY_SHIFT;
+        self.block.store(if add { w + d } else { w - d }, Relaxed);
     }
 }
 
@@ -344,6 +383,17 @@ impl<'m> Memmap<'m> {
     pub fn contains(&self, pfn: u64) -> bool {
         pfn >= self.base && pfn < self.end()
     }
+    /// Record that the allocated head at `pfn` (`order`, allocated as `mt`) joined (`add`)
+    /// or left its pageblock's movable tally; only movable blocks smaller than a pageblock
+    /// (`order < pb_order`) count.
+    #[inline]
+    pub fn tally_movable(&self, pfn: u64, order: u32, mt: MigrateType, pb_order: u32, add: bool) {
+        if mt == MigrateType::Movable && order < pb_order {
+            self.desc(pfn & !((1u64 << pb_order) - 1))
+                .change_block_tally(1 << order, add);
+        }
+    }
+
     /// Descriptor of `pfn`; callers pass frames inside the node (checked at the API boundary).
     #[inline]
     pub fn desc(&self, pfn: u64) -> &'m PageDesc {

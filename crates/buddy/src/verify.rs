@@ -11,6 +11,8 @@
 //!   unmerged unless Linux forbids the merge;
 //! * each free block's type is its pageblock's type (every covered pageblock for large
 //!   blocks);
+//! * each pageblock wholly inside the zone has free and movable tallies equal to the pages
+//!   of its free and allocated-movable blocks smaller than a pageblock;
 //! * `free_pages` equals the pages on the lists; `managed` equals free + per-CPU + allocated;
 //!   the high-atomic reserve equals its pageblocks; the zone's CMA size equals its CMA
 //!   pageblocks (isolated ones included);
@@ -74,6 +76,17 @@ pub enum VerifyError {
     MoverOnUnmovable {
         /// The block.
         pfn: Pfn,
+    },
+    /// A pageblock's free or movable tally disagrees with its blocks.
+    TallyMismatch {
+        /// The pageblock's first frame.
+        pfn: Pfn,
+        /// Which tally.
+        what: &'static str,
+        /// What the tally says.
+        tally: u64,
+        /// What the blocks say.
+        actual: u64,
     },
     /// A counter disagrees with the lists.
     CounterMismatch {
@@ -219,6 +232,7 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             }
         }
         let (walk_free, walk_pcp, allocated) = self.walk_zone(&z)?;
+        Self::check_tallies(&z)?;
         if walk_free != list_blocks {
             return Err(VerifyError::UnlistedFree {
                 node: nid,
@@ -279,6 +293,34 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         }
         drop(z);
         drop(held);
+        Ok(())
+    }
+
+    /// Every pageblock wholly inside the zone: its free and movable tallies equal a count of
+    /// its blocks.
+    fn check_tallies(z: &ZoneLocked<'_, 'm>) -> Result<(), VerifyError> {
+        let pages = z.p.pageblock_pages();
+        if pages == 1 {
+            return Ok(());
+        }
+        let mut pb = z.zone.start.div_ceil(pages) * pages;
+        while pb + pages <= z.zone.end {
+            let (free, movable) = z.count_pageblock(pb);
+            for (what, tally, actual) in [
+                ("free", z.pageblock_free_small(pb), free),
+                ("movable", z.pageblock_movable_small(pb), movable),
+            ] {
+                if tally != actual {
+                    return Err(VerifyError::TallyMismatch {
+                        pfn: Pfn::new(pb),
+                        what,
+                        tally,
+                        actual,
+                    });
+                }
+            }
+            pb += pages;
+        }
         Ok(())
     }
 

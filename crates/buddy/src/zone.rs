@@ -125,6 +125,10 @@ pub(crate) struct Zone<'m> {
     pub end: u64,
     /// Frames of the span that are memory (not holes).
     pub present: u64,
+    /// `[tally_lo, tally_lo + tally_span)`: the whole pageblocks of the span, the ones with
+    /// pageblock tallies (see the `page` module); one subtraction and one compare test it.
+    pub tally_lo: u64,
+    pub tally_span: u64,
     /// Frames handed to the allocator (freed at boot).
     pub managed: AtomicU64,
     /// Frames on the zone's free lists (Linux `NR_FREE_PAGES`).
@@ -161,6 +165,8 @@ impl<'m> Zone<'m> {
             start,
             end,
             present: 0,
+            tally_lo: 0,
+            tally_span: 0,
             managed: AtomicU64::new(0),
             free_pages: AtomicU64::new(0),
             highatomic_pages: AtomicU64::new(0),
@@ -174,6 +180,15 @@ impl<'m> Zone<'m> {
             free: SpinMutex::new(FreeArea::new()),
             pcp: &[],
         }
+    }
+
+    /// Set the range of whole pageblocks of `2^pageblock_order` frames in the span.
+    pub fn set_tally_range(&mut self, pageblock_order: u32) {
+        let pages = 1u64 << pageblock_order;
+        let lo = self.start.div_ceil(pages) * pages;
+        let hi = self.end & !(pages - 1);
+        self.tally_lo = lo;
+        self.tally_span = hi.saturating_sub(lo);
     }
 
     /// Raise the watermark boost by `pages` (Linux `boost_watermark`), up to
