@@ -62,6 +62,22 @@ impl<'a, 'm> ZoneLocked<'a, 'm> {
     /// Mark `pfn` a free head of `order` and `mt` and put it on that list.
     #[inline]
     pub fn add_to_free_list(&mut self, pfn: u64, order: u32, mt: MigrateType, to_tail: bool) {
+        self.link_free(pfn, order, mt, to_tail);
+        self.tally_free(pfn, order, true);
+    }
+
+    /// Take the free head `pfn` (order `order`, list `mt`) off its list. The caller gives the
+    /// descriptor its next state.
+    #[inline]
+    pub fn del_from_free_list(&mut self, pfn: u64, order: u32, mt: MigrateType) {
+        self.unlink_free(pfn, order, mt);
+        self.tally_free(pfn, order, false);
+    }
+
+    /// [`add_to_free_list`](Self::add_to_free_list) without the pageblock's free tally, for
+    /// callers that settle the tally once for several blocks (`expand`, `free_one_page`).
+    #[inline]
+    fn link_free(&mut self, pfn: u64, order: u32, mt: MigrateType, to_tail: bool) {
         let idx = self.mm.idx(pfn);
         self.mm
             .at(idx)
@@ -77,16 +93,14 @@ impl<'a, 'm> ZoneLocked<'a, 'm> {
         if *count == 1 {
             self.mark_order_nonempty(order, mt);
         }
-        self.tally_free(pfn, order, true);
         // Written only under the zone lock: a plain load/store, no locked RMW.
         let free = self.zone.free_pages.load(Relaxed);
         self.zone.free_pages.store(free + (1 << order), Relaxed);
     }
 
-    /// Take the free head `pfn` (order `order`, list `mt`) off its list. The caller gives the
-    /// descriptor its next state.
+    /// [`del_from_free_list`](Self::del_from_free_list) without the pageblock's free tally.
     #[inline]
-    pub fn del_from_free_list(&mut self, pfn: u64, order: u32, mt: MigrateType) {
+    fn unlink_free(&mut self, pfn: u64, order: u32, mt: MigrateType) {
         let idx = self.mm.idx(pfn);
         self.fa.lists[order as usize][mt.index()].remove(&self.mm, idx);
         let count = &mut self.fa.counts[order as usize][mt.index()];
@@ -94,7 +108,6 @@ impl<'a, 'm> ZoneLocked<'a, 'm> {
         if *count == 0 {
             self.refresh_order_mask(order);
         }
-        self.tally_free(pfn, order, false);
         let free = self.zone.free_pages.load(Relaxed);
         self.zone.free_pages.store(free - (1 << order), Relaxed);
     }
@@ -103,12 +116,18 @@ impl<'a, 'm> ZoneLocked<'a, 'm> {
     /// (see the `page` module docs); only pageblocks wholly inside the zone have one.
     #[inline(always)]
     fn tally_free(&self, pfn: u64, order: u32, add: bool) {
+        if order < self.p.pageblock_order {
+            self.tally_free_pages(pfn, 1 << order, add);
+        }
+    }
+
+    /// Add `pages` to (or take them from) the free tally of the pageblock holding `pfn`.
+    #[inline(always)]
+    fn tally_free_pages(&self, pfn: u64, pages: u32, add: bool) {
         let z = self.zone;
-        if order < self.p.pageblock_order && pfn.wrapping_sub(z.tally_lo) < z.tally_span {
+        if pages != 0 && pfn.wrapping_sub(z.tally_lo) < z.tally_span {
             let pb = self.pageblock_start(pfn);
-            self.mm
-                .desc(pb + 1)
-                .change_block_tally_locked(1 << order, add);
+            self.mm.desc(pb + 1).change_block_tally_locked(pages, add);
         }
     }
 
@@ -213,10 +232,17 @@ impl<'a, 'm> ZoneLocked<'a, 'm> {
 
     /// Split the block at `pfn` of order `high` down to order `low`, giving the upper halves
     /// back to list `mt` (Linux `expand`). The caller owns `[pfn, pfn + 2^low)`.
-    pub fn expand(&mut self, pfn: u64, low: u32, mut high: u32, mt: MigrateType) {
-        while high > low {
-            high -= 1;
-            self.add_to_free_list(pfn + (1u64 << high), high, mt, false);
+    pub fn expand(&mut self, pfn: u64, low: u32, high: u32, mt: MigrateType) {
+        let mut o = high;
+        while o > low {
+            o -= 1;
+            self.link_free(pfn + (1u64 << o), o, mt, false);
+        }
+        // The halves below a pageblock all lie in `pfn`'s pageblock: one tally update.
+        let pbo = self.p.pageblock_order;
+        if low < pbo && high > low {
+            let pages = (1u32 << high.min(pbo)) - (1u32 << low);
+            self.tally_free_pages(pfn, pages, true);
         }
     }
 
@@ -264,12 +290,17 @@ impl<'a, 'm> ZoneLocked<'a, 'm> {
         mt: MigrateType,
         force_tail: bool,
     ) {
+        let (pfn0, order0) = (pfn, order);
         while order < self.p.max_order {
             let buddy = pfn ^ (1u64 << order);
             let Some(buddy_list) = self.mergeable_buddy(buddy, order, mt) else {
                 break;
             };
-            self.del_from_free_list(buddy, order, buddy_list);
+            if order < self.p.pageblock_order {
+                self.unlink_free(buddy, order, buddy_list);
+            } else {
+                self.del_from_free_list(buddy, order, buddy_list);
+            }
             if order >= self.p.pageblock_order && self.pageblock_type(buddy) != mt {
                 // Match the buddy's pageblocks to the merged block's type so that a later
                 // split puts the pieces on the right lists.
@@ -283,7 +314,18 @@ impl<'a, 'm> ZoneLocked<'a, 'm> {
             order += 1;
         }
         let to_tail = force_tail || self.buddy_merge_likely(pfn, order, mt);
-        self.add_to_free_list(pfn, order, mt, to_tail);
+        self.link_free(pfn, order, mt, to_tail);
+        // One tally update for the merges below a pageblock: the freed pages join the
+        // pageblock's small free blocks, or, merged into a whole pageblock or more, take all
+        // of them along.
+        let pbo = self.p.pageblock_order;
+        if order0 < pbo {
+            if order < pbo {
+                self.tally_free_pages(pfn0, 1 << order0, true);
+            } else {
+                self.tally_free_pages(pfn0, (1u32 << pbo) - (1u32 << order0), false);
+            }
+        }
     }
 
     /// Whether the next-higher buddy of the block just freed is free, so that the block is
