@@ -5,7 +5,9 @@
 //! threads than CPUs may exist, the "interrupts off" section is a re-entrant per-CPU lock: two
 //! threads bound to the same CPU exclude each other exactly as two contexts on one CPU do when
 //! interrupts are off. [`HostCpus`] is the same with a fixed CPU count, a constant
-//! thread-local id and no allocation, for use under a `#[global_allocator]`. [`HostMemory`] is
+//! thread-local id and no allocation, for use under a `#[global_allocator]`. [`KernelCpus`]
+//! binds one thread per CPU and makes the guard cost what it costs a kernel (see its
+//! module). [`HostMemory`] is
 //! zeroed host memory standing for a stretch of physical memory at a chosen base, its virtual
 //! addresses keeping the physical alignment of large blocks.
 
@@ -19,8 +21,11 @@ use std::cell::{Cell, RefCell};
 use std::vec::Vec;
 
 use crate::platform::{CpuTopology, IrqControl, PhysMapper};
+
+mod kernel;
 use crate::range::PhysRange;
 use crate::PhysAddr;
+pub use kernel::{BindError, CpuBinding, KernelCpus};
 
 static NEXT_PLATFORM_ID: AtomicU64 = AtomicU64::new(1);
 static NEXT_THREAD_TOKEN: AtomicU64 = AtomicU64::new(1);

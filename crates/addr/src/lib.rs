@@ -18,8 +18,11 @@
 //! "interrupt" guard is a re-entrant per-CPU lock, so tests and benches can run the per-CPU
 //! code multi-threaded with the same exclusion a kernel gets from disabling interrupts;
 //! `host::HostCpus` the same with a fixed CPU count and no allocation (for use under a
-//! `#[global_allocator]`); and `host::HostMemory` the third, over zeroed host memory standing
-//! for a stretch of physical memory.
+//! `#[global_allocator]`); `host::KernelCpus` the first two at a kernel's cost — one thread
+//! bound per CPU, the guard a per-CPU nesting counter with no atomic read-modify-write or
+//! fence, cross-CPU calls through an asymmetric barrier (`membarrier(2)`); and
+//! `host::HostMemory` the third, over zeroed host memory standing for a stretch of physical
+//! memory.
 //!
 //! ## Conventions
 //! * The base page (frame) is 4 KiB: [`PAGE_SIZE`], [`PAGE_SHIFT`]. Other translation granules
