@@ -10,8 +10,8 @@
 //!
 //! mmkit runs on `TestPageSource` (the real mmkit-buddy over host memory, per-CPU page lists
 //! on) and `HostPlatform` (threads as CPUs, a per-CPU lock as the interrupt guard);
-//! `mmkit-tlscpu` is the same with a thread-local CPU id and a plain flag as the guard, closer
-//! to a kernel's cost. Peers get a plain host arena. Peers with a `&mut` API are wrapped in a
+//! `mmkit-kernel` is the same on `mmkit_addr::host::KernelCpus` (one thread bound per CPU,
+//! the guard a per-CPU counter: what a kernel pays). Peers get a plain host arena. Peers with a `&mut` API are wrapped in a
 //! `spin::Mutex` for the two-thread workload, as their own `Locked*` types do.
 //!
 //! Run: `cargo bench -p mmkit-slab --bench slab`, then
@@ -42,16 +42,15 @@
 //! instruction counts under callgrind instead (see the crate docs).
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::hint::black_box;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, Ordering};
+
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use mmkit_addr::host::HostPlatform;
-use mmkit_addr::{CpuTopology, IrqControl};
+use mmkit_addr::host::{HostPlatform, KernelCpus};
+use mmkit_addr::IrqControl;
 use mmkit_slab::testing::TestPageSource;
 use mmkit_slab::{Gfp, Kmalloc};
 
@@ -96,74 +95,14 @@ unsafe fn realloc_by_copy<H: Heap + ?Sized>(
     Some(n)
 }
 
-/// A leaner host platform, for the `mmkit-tlscpu` rows: the CPU id is a `const` thread-local
-/// (as a kernel keeps it in a per-CPU register) and the "interrupts off" section is an
-/// uncontended, re-entrant per-CPU spin lock, so per-CPU data keeps the exclusion it needs.
-/// `HostPlatform` does the same with a per-thread table lookup and a thread token, which is
-/// most of mmkit's hot-path time on the host.
-struct TlsPlatform {
-    locks: Vec<AtomicBool>,
-}
+/// The kernel-like platform for the `mmkit-kernel` rows: one thread bound per CPU, the
+/// interrupt guard a per-CPU counter (what `local_irq_save` costs a kernel).
+static KERNEL: KernelCpus<2> = KernelCpus::new();
 
-thread_local! {
-    static TLS_CPU: Cell<usize> = const { Cell::new(0) };
-    static TLS_DEPTH: Cell<u32> = const { Cell::new(0) };
-}
-
-impl TlsPlatform {
-    fn new(n: usize) -> Self {
-        Self {
-            locks: (0..n.max(1)).map(|_| AtomicBool::new(false)).collect(),
-        }
-    }
-    fn bind(&self, cpu: usize) {
-        TLS_CPU.with(|c| c.set(cpu % self.locks.len()));
-    }
-}
-
-// SAFETY: `locks` never changes length; the id is reduced modulo it and changes only through
-// `bind`, which callers use outside sections.
-unsafe impl CpuTopology for TlsPlatform {
-    fn nr_cpus(&self) -> usize {
-        self.locks.len()
-    }
-    fn current_cpu(&self) -> usize {
-        // `bind` stores the id already reduced modulo the CPU count (default 0).
-        TLS_CPU.with(Cell::get)
-    }
-}
-
-// SAFETY: the outermost section of a thread holds its CPU's lock until the matching restore,
-// so two threads are never inside sections of one CPU at once; inner sections nest by depth.
-unsafe impl IrqControl for TlsPlatform {
-    type State = usize;
-    fn save_disable(&self) -> usize {
-        let cpu = self.current_cpu();
-        if TLS_DEPTH.with(|d| {
-            let v = d.get();
-            d.set(v + 1);
-            v
-        }) == 0
-        {
-            while self.locks[cpu]
-                .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-                .is_err()
-            {
-                std::hint::spin_loop();
-            }
-        }
-        cpu
-    }
-    unsafe fn restore(&self, cpu: usize) {
-        if TLS_DEPTH.with(|d| {
-            let v = d.get() - 1;
-            d.set(v);
-            v
-        }) == 0
-        {
-            self.locks[cpu].store(false, Ordering::Release);
-        }
-    }
+/// A `Kmalloc` on the kernel-like platform over its own page source.
+fn kernel_kmalloc() -> Kmalloc<'static, TestPageSource, KernelCpus<2>> {
+    let src: &'static TestPageSource = Box::leak(Box::new(TestPageSource::new(ARENA)));
+    Kmalloc::new(src, &KERNEL).unwrap()
 }
 
 struct Mmkit<'a, P: IrqControl>(&'a Kmalloc<'a, TestPageSource, P>);
@@ -385,13 +324,11 @@ fn peers(size: usize) -> Vec<(&'static str, Box<dyn Heap>)> {
 fn bench_hot(c: &mut Criterion) {
     let (src, plat) = mmkit_env(ARENA);
     let k = Kmalloc::new(src, plat).unwrap();
-    let tls_src: &'static TestPageSource = Box::leak(Box::new(TestPageSource::new(ARENA)));
-    let tls_plat: &'static TlsPlatform = Box::leak(Box::new(TlsPlatform::new(2)));
-    tls_plat.bind(0);
-    let k_tls = Kmalloc::new(tls_src, tls_plat).unwrap();
+    let _cpu = KERNEL.bind(0).expect("bench thread binds CPU 0");
+    let k_kernel = kernel_kmalloc();
     let mut heaps: Vec<(&str, Box<dyn Heap + '_>)> = vec![
+        ("mmkit-kernel", Box::new(Mmkit(&k_kernel))),
         ("mmkit", Box::new(Mmkit(&k))),
-        ("mmkit-tlscpu", Box::new(Mmkit(&k_tls))),
     ];
     heaps.extend(peers(ARENA));
     let mut g = c.benchmark_group("hot");
@@ -412,7 +349,12 @@ fn bench_hot(c: &mut Criterion) {
 fn bench_random(c: &mut Criterion) {
     let (src, plat) = mmkit_env(ARENA);
     let k = Kmalloc::new(src, plat).unwrap();
-    let mut heaps: Vec<(&str, Box<dyn Heap + '_>)> = vec![("mmkit", Box::new(Mmkit(&k)))];
+    let _cpu = KERNEL.bind(0).expect("bench thread binds CPU 0");
+    let k_kernel = kernel_kmalloc();
+    let mut heaps: Vec<(&str, Box<dyn Heap + '_>)> = vec![
+        ("mmkit-kernel", Box::new(Mmkit(&k_kernel))),
+        ("mmkit", Box::new(Mmkit(&k))),
+    ];
     heaps.extend(peers(ARENA));
     let mut g = c.benchmark_group("random");
     for max in [200usize, 1000, 3000, 10_000, 30_000] {
