@@ -7,8 +7,10 @@
 //!   [`KernelMap`](crate::KernelMap) implementation (the way back from a pointer to a physical address).
 //! * [`HostCpus`] is a platform that never allocates, so it can sit under a
 //!   `#[global_allocator]` built on [`GlobalMm`](crate::GlobalMm).
+//! * [`KernelCpus`] never allocates either and costs what a kernel's platform does: each
+//!   thread binds itself to one CPU, and the interrupt guard is a per-CPU counter.
 
-pub use mmkit_addr::host::{HostCpus, HostMemory as HostRam};
+pub use mmkit_addr::host::{BindError, CpuBinding, HostCpus, HostMemory as HostRam, KernelCpus};
 
 #[cfg(test)]
 mod tests {

@@ -93,6 +93,39 @@ pub unsafe trait IrqControl: CpuTopology {
     }
 }
 
+// SAFETY: a reference forwards every call to the platform it names, which keeps the promises.
+unsafe impl<T: CpuTopology + ?Sized> CpuTopology for &T {
+    #[inline]
+    fn nr_cpus(&self) -> usize {
+        (**self).nr_cpus()
+    }
+    #[inline]
+    fn current_cpu(&self) -> usize {
+        (**self).current_cpu()
+    }
+}
+
+// SAFETY: as above; a kernel may keep its platform in a `static` and hand the allocators a
+// reference to it.
+unsafe impl<T: IrqControl> IrqControl for &T {
+    type State = T::State;
+
+    #[inline]
+    fn save_disable(&self) -> T::State {
+        (**self).save_disable()
+    }
+
+    #[inline]
+    unsafe fn restore(&self, state: T::State) {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { (**self).restore(state) }
+    }
+
+    fn run_on_cpu(&self, cpu: usize, f: &(dyn Fn() + Sync)) -> bool {
+        (**self).run_on_cpu(cpu, f)
+    }
+}
+
 /// Local interrupts are off (or the host equivalent is held) while this lives. The guard knows
 /// the CPU it pinned; it cannot move to another thread.
 pub struct IrqGuard<'a, P: IrqControl> {

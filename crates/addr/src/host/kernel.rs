@@ -129,6 +129,8 @@ impl core::fmt::Display for BindError {
 ///
 /// Every thread that enters the allocators must first [`bind`](Self::bind) itself; a thread
 /// that is not bound panics on its first section (a harness mistake, not an allocator one).
+/// A binding names the `KernelCpus` by its address: keep it where it will stay (a `static`)
+/// and hand the allocators `&KernelCpus` (references are platforms too).
 #[derive(Debug)]
 pub struct KernelCpus<const N: usize> {
     slots: [Slot; N],
