@@ -47,7 +47,7 @@
 //! ```text
 //! Kmalloc ──> Cache (handle) ──> descriptor block (percpu.rs): config, node locks, CPU arrays
 //!                                   │
-//!           CPU arrays (lock-free fast path) <──> NodeLists per node (slab.rs): partial / full
+//!           CPU arrays (lock-free fast path) <──> NodeLists per node (slab/node.rs): partial / full
 //!                                   │                      └─ HeaderPool: off-slab headers
 //!                               PageSource: slab blocks + per-frame private word + nodes
 //!                               Rcu: call_rcu for TYPESAFE_BY_RCU slabs
