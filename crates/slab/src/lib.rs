@@ -105,20 +105,30 @@
     clippy::undocumented_unsafe_blocks,
     missing_docs
 )]
+// Unsafe code is fenced (see "Safety boundary" above): each module that has any says so with
+// an `allow` on its declaration, here or in `cache`; everything else denies it (unit tests
+// are exempt: they free through the unsafe API and poke at object bytes).
+#![cfg_attr(not(test), deny(unsafe_code))]
 
 mod cache;
 mod config;
 mod error;
 mod flags;
+#[allow(unsafe_code)] // `kfree` / `ksize` / `krealloc` contracts; calls into `slab` and the source
 mod kmalloc;
 pub mod layout;
+#[allow(unsafe_code)] // declares the unsafe `PageSource` and `Rcu` traits
 mod page_source;
+#[allow(unsafe_code)] // raw memory: the descriptor block and the per-CPU arrays
 mod percpu;
+#[allow(unsafe_code)] // raw memory: slab pages, headers, freelists, debug bytes, header pages
 mod slab;
 mod stats;
+#[allow(unsafe_code)] // writes, reads and frees a `T` through its slot
 mod typed;
 
 #[cfg(feature = "testing")]
+#[allow(unsafe_code)] // implements the unsafe traits over host memory
 pub mod testing;
 
 pub use cache::{

@@ -99,14 +99,23 @@ use crate::page_source::{PageBlock, PageSource, Rcu};
 use crate::percpu::CpuArrays;
 use crate::slab::{HeaderPool, NodeLists, SlabParams};
 
+// The paths call the `unsafe fn`s of `slab` and `percpu` (and the page source's), each call
+// with its `// SAFETY:` argument; they read and write no raw memory themselves. `report`
+// needs no unsafe code.
+#[allow(unsafe_code)]
 mod alloc;
+#[allow(unsafe_code)]
 mod debug;
+#[allow(unsafe_code)]
 mod free;
+#[allow(unsafe_code)]
 mod lifecycle;
 mod report;
+#[allow(unsafe_code)]
 mod slabs;
 #[cfg(test)]
 mod testutil;
+#[allow(unsafe_code)]
 mod verify;
 
 pub use self::lifecycle::{DestroyError, LeakReport};
@@ -196,9 +205,11 @@ pub struct Cache<'a, S: PageSource, P: IrqControl> {
     rcu: Option<&'a dyn Rcu>,
 }
 
+#[allow(unsafe_code)]
 // SAFETY: the descriptor is shared state protected by the node locks (lists), atomics
 // (counters) and per-CPU exclusion through `P`'s IrqGuard (arrays); `S` and `P` are Sync.
 unsafe impl<S: PageSource, P: IrqControl> Sync for Cache<'_, S, P> {}
+#[allow(unsafe_code)]
 // SAFETY: as above; the handle holds no thread-bound state.
 unsafe impl<S: PageSource, P: IrqControl> Send for Cache<'_, S, P> {}
 
@@ -213,6 +224,7 @@ impl<S: PageSource, P: IrqControl> fmt::Debug for Cache<'_, S, P> {
 
 impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
     #[inline]
+    #[allow(unsafe_code)]
     pub(crate) fn core(&self) -> &CacheCore {
         // SAFETY: the descriptor lives until `teardown` succeeds, which happens only in
         // `destroy(self)` or `drop`, after which the handle is gone.
