@@ -63,7 +63,7 @@ impl CacheCore {
 ///
 /// # Safety
 /// `head` is the `RcuHead` of a slab of a cache over page source `S`, handed to
-/// [`Rcu::call_rcu`] by that cache's `release`, and this is its one callback.
+/// [`Rcu::call_rcu`](crate::Rcu::call_rcu) by that cache's `release`, and this is its one callback.
 unsafe fn rcu_free_slab<S: PageSource>(head: NonNull<RcuHead>) {
     // SAFETY: the header embedding `head` is intact until its pages are freed below, and its
     // cache identity is the descriptor's address. The descriptor outlives the callback: a
