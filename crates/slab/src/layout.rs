@@ -16,9 +16,9 @@
 //! For objects of at least [`OFF_SLAB_MIN`] bytes whose slabs would lose an object (or more
 //! than the header's share) to an in-slab header (the 1, 2, 4 and 8 KiB kmalloc classes lose
 //! one in 32, 16, 8 and 4), the header goes *off slab*: into a header page of the cache
-//! (`slab.rs`, one page of headers serves 31 slabs), and the slots fill the whole block, as
-//! in SLAB's `OFF_SLAB` caches. SLUB keeps the same data in `struct page`, which a page
-//! source with one private word per frame cannot offer. Each new slab starts
+//! (`slab/header_pool.rs`, one page of headers serves 31 slabs), and the slots fill the
+//! whole block, as in SLAB's `OFF_SLAB` caches. SLUB keeps the same data in `struct page`,
+//! which a page source with one private word per frame cannot offer. Each new slab starts
 //! its slots at the next *colour* (Bonwick 1994): a multiple of the cache line within the
 //! leftover space, so the first objects of different slabs do not share cache sets.
 //!

@@ -45,24 +45,36 @@
 //!
 //! ## How it fits together
 //! ```text
-//! Kmalloc ──> Cache (handle) ──> descriptor block (percpu.rs): config, node locks, CPU arrays
+//! Kmalloc ──> Cache (handle) ──> descriptor block (percpu): config, node locks, CPU arrays
 //!                                   │
-//!           CPU arrays (lock-free fast path) <──> NodeLists per node (slab.rs): partial / full
-//!                                   │                      └─ HeaderPool: off-slab headers
+//!           CPU arrays (lock-free fast path) <──> NodeLists per node (slab/node.rs)
+//!                                   │               partial / full
+//!                                   │               └─ HeaderPool: off-slab headers
 //!                               PageSource: slab blocks + per-frame private word + nodes
 //!                               Rcu: call_rcu for TYPESAFE_BY_RCU slabs
 //! ```
 //!
-//! Module map: `layout` (geometry and policy tables), `config` (creation parameters), `slab` (slab memory, raw), `percpu`
-//! (descriptor block and per-CPU arrays, raw), `cache` (the cache and its paths), `typed`,
-//! `kmalloc`, `stats` (counters, slabinfo), `flags`, `error`, `page_source`, and with the
-//! `testing` feature `testing` (the real buddy as a host page source, and a hand-driven RCU).
+//! ## Map of the crate
+//! | module | concept | unsafe code |
+//! |---|---|---|
+//! | [`layout`] | slab geometry and the policy tables | denied |
+//! | `config` | [`CacheConfig`]: creation parameters | denied |
+//! | `cache` | [`Cache`] handle and descriptor; `cache/` holds one file per path: `alloc`, `free`, `debug`, `slabs` (grow and release), `lifecycle`, `verify`, `report` | the path files call contracts; `report` denied |
+//! | `slab` | slab memory; `slab/` holds the header and lookup, `freelist`, `node` (partial / full lists), `list`, `detached` (release, RCU), `header_pool`, `debug` (poison, red zones, owner records) | raw memory |
+//! | `percpu` | the descriptor block and the per-CPU arrays | raw memory |
+//! | `kmalloc` | [`Kmalloc`] over the size classes, large allocations from the page source | unsafe API, calls contracts |
+//! | `typed` | [`TypedCache`] / [`SlabBox`] | reads and writes a `T` through its slot |
+//! | `page_source` | the [`PageSource`] and [`Rcu`] contracts | declares unsafe traits |
+//! | `stats`, `flags`, `error` | [`CacheStats`] and slabinfo, [`CacheFlags`] / [`Gfp`], error enums | denied |
+//! | `testing` (feature) | the real buddy as a host page source, and a hand-driven RCU | implements the contracts over host memory it owns |
 //!
-//! Raw memory is read and written only in `slab` (slab pages) and `percpu` (the descriptor
-//! block), plus `typed`'s reads and writes of a `T` through its box. `cache` and `kmalloc`
-//! only call into them (and into the page source), each call with a `// SAFETY:` argument
-//! pointing at the contract; the policy modules (`layout`, `config`, `error`, `stats`) deny
-//! `unsafe_code`.
+//! Raw memory is read and written only in `slab` (slab pages and header pages) and `percpu`
+//! (the descriptor block), plus `typed`'s reads and writes of a `T` through its box (and, in
+//! host builds, `testing`'s own memory and RCU queue). The `cache` paths and `kmalloc` only
+//! call into them (and into the page source), each call with a `// SAFETY:` argument
+//! pointing at the contract. `unsafe_code` is denied crate-wide outside unit tests; a module
+//! that needs it carries an `allow` on its `mod` line (the cache paths in `cache/mod.rs`,
+//! which otherwise allows it only on `Cache`'s `Send` / `Sync` and the descriptor borrow).
 //!
 //! ## Performance
 //! Instructions per `kmalloc` + `kfree` of a cached object, counted by callgrind with
@@ -105,20 +117,30 @@
     clippy::undocumented_unsafe_blocks,
     missing_docs
 )]
+// Unsafe code is fenced (see "Safety boundary" above): each module that has any says so with
+// an `allow` on its declaration, here or in `cache`; everything else denies it (unit tests
+// are exempt: they free through the unsafe API and poke at object bytes).
+#![cfg_attr(not(test), deny(unsafe_code))]
 
 mod cache;
 mod config;
 mod error;
 mod flags;
+#[allow(unsafe_code)] // `kfree` / `ksize` / `krealloc` contracts; calls into `slab` and the source
 mod kmalloc;
 pub mod layout;
+#[allow(unsafe_code)] // declares the unsafe `PageSource` and `Rcu` traits
 mod page_source;
+#[allow(unsafe_code)] // raw memory: the descriptor block and the per-CPU arrays
 mod percpu;
+#[allow(unsafe_code)] // raw memory: slab pages, headers, freelists, debug bytes, header pages
 mod slab;
 mod stats;
+#[allow(unsafe_code)] // writes, reads and frees a `T` through its slot
 mod typed;
 
 #[cfg(feature = "testing")]
+#[allow(unsafe_code)] // implements the unsafe traits over host memory
 pub mod testing;
 
 pub use cache::{
