@@ -10,8 +10,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 
 use criterion::{criterion_main, BenchmarkId, Criterion};
-use mmkit::addr::{PhysAddr, PhysRange};
 use mmkit::addr::{IrqControl, Order};
+use mmkit::addr::{PhysAddr, PhysRange};
 use mmkit::buddy::GfpFlags;
 use mmkit::host::{HostCpus, HostRam, KernelCpus};
 

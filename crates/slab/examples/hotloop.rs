@@ -10,18 +10,15 @@
 //! The difference of the two totals over 100000 is the instructions per allocation + free of
 //! a cached object (setup cost cancels out). Heaps: `mmkit` (on the host platform: a
 //! thread-local CPU id and a per-CPU lock taken and released with atomic read-modify-writes
-//! as the "interrupt guard"), `mmkit-uni` (one CPU whose guard is a plain flag, what a
-//! kernel's interrupt disable costs in instructions), `talc`, `linked_list`, `buddy_system`,
-//! `system`.
+//! as the "interrupt guard"), `mmkit-kernel` (`KernelCpus`: the thread bound to CPU 0, the
+//! guard a per-CPU counter, what a kernel's interrupt disable costs in instructions), `talc`,
+//! `linked_list`, `buddy_system`, `system`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::ptr::NonNull;
 
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-
-use mmkit_addr::host::HostPlatform;
-use mmkit_addr::{CpuTopology, IrqControl};
+use mmkit_addr::host::{HostPlatform, KernelCpus};
 use mmkit_slab::testing::TestPageSource;
 use mmkit_slab::{Gfp, Kmalloc};
 
@@ -35,36 +32,8 @@ fn layout(size: usize) -> Layout {
     Layout::from_size_align(size, 8).expect("a valid layout")
 }
 
-/// One CPU; the guard saves and clears a flag, as `local_irq_save` saves and clears IF.
-struct UniPlatform {
-    irqs_on: AtomicBool,
-}
-
-// SAFETY: one CPU, id 0, and this example runs on one thread.
-unsafe impl CpuTopology for UniPlatform {
-    fn nr_cpus(&self) -> usize {
-        1
-    }
-    fn current_cpu(&self) -> usize {
-        0
-    }
-}
-
-// SAFETY: this example is single-threaded, so no two guarded sections ever overlap; the flag
-// only records the saved state, as an interrupt flag would.
-unsafe impl IrqControl for UniPlatform {
-    type State = bool;
-    #[inline]
-    fn save_disable(&self) -> bool {
-        let was = self.irqs_on.load(Relaxed);
-        self.irqs_on.store(false, Relaxed);
-        was
-    }
-    #[inline]
-    unsafe fn restore(&self, was: bool) {
-        self.irqs_on.store(was, Relaxed);
-    }
-}
+/// The kernel-like platform: this thread bound to CPU 0, the guard a per-CPU counter.
+static KERNEL: KernelCpus<1> = KernelCpus::new();
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -82,12 +51,10 @@ fn main() {
                 unsafe { k.kfree(black_box(p)) }.expect("a valid free");
             }
         }
-        "mmkit-uni" => {
+        "mmkit-kernel" => {
             let pages = TestPageSource::new(ARENA);
-            let cpu = UniPlatform {
-                irqs_on: AtomicBool::new(true),
-            };
-            let k = Kmalloc::new(&pages, &cpu).expect("descriptor pages");
+            let _cpu = KERNEL.bind(0).expect("the only thread binds CPU 0");
+            let k = Kmalloc::new(&pages, &KERNEL).expect("descriptor pages");
             for _ in 0..iters {
                 let p = k.kmalloc(black_box(size), Gfp::empty()).expect("memory");
                 // SAFETY: `p` was just allocated by `k` and is not used again.
