@@ -150,7 +150,9 @@ unsafe impl CpuTopology for HostPlatform {
 // SAFETY: `save_disable` takes the current CPU's lock (re-entrantly for its owner) and
 // `restore` releases it when the outermost section ends, so at most one thread is inside a
 // section for a given CPU at a time. `run_on_cpu` holds the target CPU's lock for the whole
-// of `f`, so `f` is excluded from that CPU's sections as they are from each other.
+// of `f`, so `f` is excluded from that CPU's sections as they are from each other. The state
+// is the CPU `save_disable` found, which stays the thread's CPU for the section
+// (`section_cpu`).
 unsafe impl IrqControl for HostPlatform {
     type State = usize;
 
@@ -159,6 +161,11 @@ unsafe impl IrqControl for HostPlatform {
         let (cpu, me) = self.cpu_and_token();
         lock_cpu(&self.cpus[cpu], me);
         cpu
+    }
+
+    #[inline]
+    fn section_cpu(&self, cpu: &usize) -> usize {
+        *cpu
     }
 
     #[inline]
@@ -389,7 +396,7 @@ unsafe impl<const N: usize> CpuTopology for HostCpus<N> {
 
 // SAFETY: as for `HostPlatform`: `save_disable` takes the current CPU's lock (re-entrantly for
 // its owner thread), `restore` releases it when the outermost section ends, and `run_on_cpu`
-// holds the target CPU's lock for the whole of `f`.
+// holds the target CPU's lock for the whole of `f`; the state is the section's CPU.
 unsafe impl<const N: usize> IrqControl for HostCpus<N> {
     type State = usize;
 
@@ -398,6 +405,11 @@ unsafe impl<const N: usize> IrqControl for HostCpus<N> {
         let cpu = self.current_cpu();
         lock_cpu(&self.locks[cpu], Self::thread_token());
         cpu
+    }
+
+    #[inline]
+    fn section_cpu(&self, cpu: &usize) -> usize {
+        *cpu
     }
 
     #[inline]

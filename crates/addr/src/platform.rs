@@ -48,6 +48,9 @@ pub unsafe trait CpuTopology: Sync {
 /// When [`run_on_cpu(cpu, f)`](IrqControl::run_on_cpu) returns `true`, `f` ran to completion
 /// exactly once, as a section of CPU `cpu`: excluded from every other `save_disable` section
 /// on `cpu` exactly as that CPU's own sections are.
+///
+/// [`section_cpu(state)`](IrqControl::section_cpu) returns what `current_cpu` returns inside
+/// the section that returned `state`.
 pub unsafe trait IrqControl: CpuTopology {
     /// What `save_disable` saved (on hardware, the previous interrupt flag).
     type State;
@@ -61,6 +64,15 @@ pub unsafe trait IrqControl: CpuTopology {
     /// `state` must come from the most recent `save_disable` on this context that has not been
     /// restored yet (sections are strictly nested, restored last-in first-out).
     unsafe fn restore(&self, state: Self::State);
+
+    /// The CPU of the section `state` opened: what [`current_cpu`](CpuTopology::current_cpu)
+    /// returns inside it. The default asks `current_cpu`; a platform whose state already names
+    /// the CPU returns that and saves a lookup per section.
+    #[inline]
+    fn section_cpu(&self, state: &Self::State) -> usize {
+        let _ = state;
+        self.current_cpu()
+    }
 
     /// Disable interrupts until the returned guard is dropped.
     #[inline]
@@ -121,6 +133,11 @@ unsafe impl<T: IrqControl> IrqControl for &T {
         unsafe { (**self).restore(state) }
     }
 
+    #[inline]
+    fn section_cpu(&self, state: &T::State) -> usize {
+        (**self).section_cpu(state)
+    }
+
     fn run_on_cpu(&self, cpu: usize, f: &(dyn Fn() + Sync)) -> bool {
         (**self).run_on_cpu(cpu, f)
     }
@@ -140,7 +157,7 @@ impl<'a, P: IrqControl> IrqGuard<'a, P> {
     #[inline]
     pub fn new(platform: &'a P) -> Self {
         let state = platform.save_disable();
-        let cpu = platform.current_cpu();
+        let cpu = platform.section_cpu(&state);
         Self {
             platform,
             state: ManuallyDrop::new(state),

@@ -273,7 +273,8 @@ fn unbound() -> ! {
 // sides); the owner, after its `depth` store and the matching barrier, enters only if it
 // sees `remote` clear. So either the owner sees the mark and steps aside, or the caller sees
 // the owner inside and waits: the function never overlaps a section of its CPU. Acquire and
-// release on `depth` and `remote` order the data each side touched.
+// release on `depth` and `remote` order the data each side touched. The state is the
+// section's CPU, the thread's binding (`section_cpu`).
 unsafe impl<const N: usize> IrqControl for KernelCpus<N> {
     type State = usize;
 
@@ -288,6 +289,11 @@ unsafe impl<const N: usize> IrqControl for KernelCpus<N> {
             slot.depth.store(d + 1, Relaxed);
         }
         cpu
+    }
+
+    #[inline]
+    fn section_cpu(&self, cpu: &usize) -> usize {
+        *cpu
     }
 
     #[inline]
