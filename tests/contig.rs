@@ -1,12 +1,9 @@
 //! Contiguous runs and the CMA area through the facade (`Mm::alloc_contig_pages`,
 //! `MmBuilder::cma`, `Mm::cma_alloc`), with owner-table records.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
 use mmkit::addr::host::HostPlatform;
 use mmkit::addr::{Order, Pfn, PhysAddr, PhysRange};
-use mmkit::buddy::{GfpFlags, IsolateError, MigrateType, MoveError, Mover};
+use mmkit::buddy::{GfpFlags, IsolateError, MigrateType};
 use mmkit::host::HostRam as HostMemory;
 use mmkit::{BootError, Mm, MmBuilder, PageFreeError, PageUse};
 
@@ -127,42 +124,11 @@ fn cma_without_an_area_and_oversized_areas_are_refused() {
     ));
 }
 
-/// A kernel's movable pages: frame -> tag, each page filled with its tag's byte; migration
-/// copies the page through the host map.
-struct Copier {
-    mem: &'static HostMemory,
-    pages: Mutex<HashMap<u64, u8>>,
-}
+#[path = "common/copier.rs"]
+mod copier;
 
-impl Copier {
-    fn ptr(&self, pfn: Pfn) -> *mut u8 {
-        self.mem
-            .ptr_of(PhysAddr::new(pfn.as_u64() * 4096))
-            .unwrap()
-            .as_ptr()
-    }
-}
-
-impl Mover for Copier {
-    fn isolate(&self, pfn: Pfn, _: Order, _: u64) -> Result<(), MoveError> {
-        match self.pages.lock().unwrap().contains_key(&pfn.as_u64()) {
-            true => Ok(()),
-            false => Err(MoveError::Refused),
-        }
-    }
-    fn migrate(&self, src: Pfn, dst: Pfn, order: Order, private: u64) -> Result<u64, MoveError> {
-        let mut t = self.pages.lock().unwrap();
-        let tag = t.remove(&src.as_u64()).ok_or(MoveError::Refused)?;
-        // SAFETY: both blocks are 2^order frames of this machine's memory, `src` isolated and
-        // `dst` handed to us by the allocator; they do not overlap.
-        unsafe {
-            core::ptr::copy_nonoverlapping(self.ptr(src), self.ptr(dst), 4096 << order.get())
-        };
-        t.insert(dst.as_u64(), tag);
-        Ok(private)
-    }
-    fn putback(&self, _: Pfn, _: Order, _: u64) {}
-}
+/// A kernel's movable pages: frame -> tag, each page filled with its tag's byte.
+type Copier = copier::Copier<u8>;
 
 /// Fill memory with movable pages from `Mm::alloc_pages` that name `copier`, then free
 /// every other one: no free pageblock is left.
@@ -203,10 +169,7 @@ fn check_pages(copier: &Copier, s: Pfn, n: u64) {
 fn contig_pages_migrate_a_kernels_pages_and_the_owner_table_follows() {
     let mem: &'static HostMemory = Box::leak(Box::new(HostMemory::new(PhysAddr::new(0), SPAN)));
     let mut mm = boot(mem, 0).unwrap();
-    let copier: &'static Copier = Box::leak(Box::new(Copier {
-        mem,
-        pages: Mutex::new(HashMap::new()),
-    }));
+    let copier: &'static Copier = Box::leak(Box::new(Copier::new(mem)));
     checkerboard(&mm, copier);
     let live = copier.pages.lock().unwrap().len();
     let pages_kb = mm.meminfo().pages_kb;
@@ -230,10 +193,7 @@ fn cma_alloc_takes_the_whole_area_back_from_a_kernels_pages() {
     let mem: &'static HostMemory = Box::leak(Box::new(HostMemory::new(PhysAddr::new(0), SPAN)));
     let mut mm = boot(mem, 8 * MIB).unwrap();
     let area = mm.cma_area().unwrap();
-    let copier: &'static Copier = Box::leak(Box::new(Copier {
-        mem,
-        pages: Mutex::new(HashMap::new()),
-    }));
+    let copier: &'static Copier = Box::leak(Box::new(Copier::new(mem)));
     checkerboard(&mm, copier);
     let borrowed = copier
         .pages

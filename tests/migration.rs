@@ -2,52 +2,19 @@
 //! mover copies through the direct map) and the facade's page-owner table follows the block,
 //! so `verify()` holds and the page is freed at its new frame.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
 use mmkit::addr::host::HostPlatform;
 use mmkit::addr::{Order, Pfn, PhysAddr, PhysRange};
-use mmkit::buddy::{GfpFlags, MoveError, Mover};
+use mmkit::buddy::GfpFlags;
 use mmkit::host::HostRam;
 use mmkit::{Mm, MmBuilder, PageUse};
 
 const MIB: u64 = 1 << 20;
 
-/// Owner of movable pages: frame -> tag; copies 4 KiB through the map on migrate.
-struct Copier {
-    mem: &'static HostRam,
-    pages: Mutex<HashMap<u64, u64>>,
-}
+#[path = "common/copier.rs"]
+mod copier;
 
-impl Copier {
-    fn ptr(&self, pfn: Pfn) -> *mut u8 {
-        self.mem
-            .ptr_of(PhysAddr::new(pfn.as_u64() * 4096))
-            .unwrap()
-            .as_ptr()
-    }
-}
-
-impl Mover for Copier {
-    fn isolate(&self, pfn: Pfn, _: Order, _: u64) -> Result<(), MoveError> {
-        match self.pages.lock().unwrap().contains_key(&pfn.as_u64()) {
-            true => Ok(()),
-            false => Err(MoveError::Refused),
-        }
-    }
-    fn migrate(&self, src: Pfn, dst: Pfn, order: Order, private: u64) -> Result<u64, MoveError> {
-        let mut t = self.pages.lock().unwrap();
-        let tag = t.remove(&src.as_u64()).ok_or(MoveError::Refused)?;
-        // SAFETY: both blocks are 2^order frames of this machine's memory, `src` isolated and
-        // `dst` handed to us by the allocator; they do not overlap.
-        unsafe {
-            core::ptr::copy_nonoverlapping(self.ptr(src), self.ptr(dst), 4096 << order.get())
-        };
-        t.insert(dst.as_u64(), tag);
-        Ok(private)
-    }
-    fn putback(&self, _: Pfn, _: Order, _: u64) {}
-}
+/// A kernel's movable pages: frame -> tag, each page filled with its tag's byte.
+type Copier = copier::Copier<u64>;
 
 fn boot(mem: &'static HostRam) -> Mm<'static, HostPlatform> {
     let ram = PhysRange::from_start_size(PhysAddr::new(MIB), 63 * MIB).unwrap();
@@ -62,10 +29,7 @@ fn boot(mem: &'static HostRam) -> Mm<'static, HostPlatform> {
 fn a_kernel_mover_moves_bytes_and_the_owner_table_follows() {
     let mem: &'static HostRam = Box::leak(Box::new(HostRam::new(PhysAddr::new(0), 64 * MIB)));
     let mut mm = boot(mem);
-    let copier: &'static Copier = Box::leak(Box::new(Copier {
-        mem,
-        pages: Mutex::new(HashMap::new()),
-    }));
+    let copier: &'static Copier = Box::leak(Box::new(Copier::new(mem)));
     let id = mm.buddy().register_mover(copier).unwrap();
     let mut live = Vec::new();
     for i in 0..64u64 {
