@@ -23,27 +23,15 @@
 //!
 //! Run: `cargo run --release -p mmkit-buddy --example contig -- [--memory-mib N]`
 
-use core::mem::MaybeUninit;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use mmkit_addr::host::HostPlatform;
 use mmkit_addr::{Order, Pfn, PhysAddr, PhysRange};
-use mmkit_buddy::{
-    memmap_len, BuddyAllocator, BuddyConfig, GfpFlags, IsolateError, MoveError, Mover, NodeInit,
-    PageDesc,
-};
+use mmkit_buddy::{BuddyConfig, GfpFlags, IsolateError, MoveError, Mover};
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
+mod common;
+use common::Rng;
 
 /// The workload's movable blocks: frame -> order. Migration moves the entry.
 #[derive(Default)]
@@ -101,17 +89,7 @@ fn run(memory_mib: u64, occupancy: u64, mode: Mode) -> Row {
         compaction: mode != Mode::MigrateNoCompaction,
         ..BuddyConfig::default()
     };
-    let mut memmap: Vec<MaybeUninit<PageDesc>> = (0..memmap_len(&ram, cfg.max_order))
-        .map(|_| MaybeUninit::uninit())
-        .collect();
-    let mut nodes = [NodeInit {
-        memory: &ram,
-        distances: &[10],
-        memmap: &mut memmap,
-    }];
-    let b = BuddyAllocator::new(HostPlatform::new(1), cfg, &mut nodes, &mut []).unwrap();
-    b.free_boot_range(ram[0]).unwrap();
-    b.finish_boot();
+    let b = common::one_node(ram[0], cfg);
     let owner: &'static Owner = Box::leak(Box::default());
     let mover = b.register_mover(owner).unwrap();
     let managed = b.total_managed();

@@ -11,26 +11,14 @@
 //!
 //! Run: `cargo run --release -p mmkit-buddy --example fragmentation`
 
-use core::mem::MaybeUninit;
-
-use mmkit_addr::host::HostPlatform;
 use mmkit_addr::{Order, Pfn, PhysAddr, PhysRange};
-use mmkit_buddy::{
-    memmap_len, BuddyAllocator, BuddyConfig, CoreSize, GfpFlags, MigrateType, NodeInit, PageDesc,
-};
+use mmkit_buddy::{BuddyConfig, CoreSize, GfpFlags, MigrateType};
 
 const MEMORY: u64 = 1 << 30;
 const STEPS: usize = 400_000;
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
+mod common;
+use common::Rng;
 
 struct Outcome {
     free_mib: u64,
@@ -48,17 +36,7 @@ fn run(name: &str, grouping: bool, movablecore: Option<CoreSize>) -> Outcome {
         movablecore,
         ..BuddyConfig::default()
     };
-    let mut memmap: Vec<MaybeUninit<PageDesc>> = (0..memmap_len(&ram, cfg.max_order))
-        .map(|_| MaybeUninit::uninit())
-        .collect();
-    let mut nodes = [NodeInit {
-        memory: &ram,
-        distances: &[10],
-        memmap: &mut memmap,
-    }];
-    let b = BuddyAllocator::new(HostPlatform::new(1), cfg, &mut nodes, &mut []).unwrap();
-    b.free_boot_range(ram[0]).unwrap();
-    b.finish_boot();
+    let b = common::one_node(ram[0], cfg);
     let managed = b.total_managed();
     let movable_mib = b
         .zone_stats(0, mmkit_buddy::ZoneType::Movable)

@@ -20,27 +20,15 @@
 //! [--occupancy PCT] [--unmovable PCT] [--steps N] [--lifetime N] [--random-reclaim PCT]
 //! [--only 0|1|2]`
 
-use core::mem::MaybeUninit;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use mmkit_addr::host::HostPlatform;
 use mmkit_addr::{Order, Pfn, PhysAddr, PhysRange};
-use mmkit_buddy::{
-    memmap_len, BuddyAllocator, BuddyConfig, GfpFlags, MigrateType, MoveError, Mover, NodeInit,
-    PageDesc,
-};
+use mmkit_buddy::{BuddyConfig, GfpFlags, MigrateType, MoveError, Mover};
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
+mod common;
+use common::Rng;
 
 /// The workload's table of movable blocks: allocation id -> frame, and back. Migration
 /// repoints it, as a kernel's page owner (an rmap) would.
@@ -100,17 +88,7 @@ fn run(name: &str, p: Params, grouping: bool, compaction: bool) -> Outcome {
         compaction,
         ..BuddyConfig::default()
     };
-    let mut memmap: Vec<MaybeUninit<PageDesc>> = (0..memmap_len(&ram, cfg.max_order))
-        .map(|_| MaybeUninit::uninit())
-        .collect();
-    let mut nodes = [NodeInit {
-        memory: &ram,
-        distances: &[10],
-        memmap: &mut memmap,
-    }];
-    let b = BuddyAllocator::new(HostPlatform::new(1), cfg, &mut nodes, &mut []).unwrap();
-    b.free_boot_range(ram[0]).unwrap();
-    b.finish_boot();
+    let b = common::one_node(ram[0], cfg);
     let owner: &'static Owner = Box::leak(Box::default());
     let mover = b.register_mover(owner).unwrap();
     let managed = b.total_managed();
