@@ -191,6 +191,12 @@ pub(crate) fn slab_flags(gfp: GfpFlags) -> Gfp {
     if gfp.contains(GfpFlags::DMA) {
         g |= Gfp::DMA;
     }
+    if !gfp.contains(GfpFlags::DIRECT_RECLAIM) {
+        g |= Gfp::NOWAIT;
+    }
+    if gfp.contains(GfpFlags::HIGH) {
+        g |= Gfp::HIGH;
+    }
     g
 }
 

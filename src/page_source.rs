@@ -24,7 +24,14 @@ use crate::pages::PageAllocator;
 
 /// The GFP flags a slab request maps to.
 pub(crate) fn slab_gfp(gfp: Gfp) -> GfpFlags {
-    let mut flags = GfpFlags::KERNEL;
+    let mut flags = if gfp.contains(Gfp::NOWAIT) {
+        GfpFlags::NOWAIT
+    } else {
+        GfpFlags::KERNEL
+    };
+    if gfp.contains(Gfp::HIGH) {
+        flags |= GfpFlags::HIGH;
+    }
     if gfp.contains(Gfp::RECLAIMABLE) {
         flags |= GfpFlags::RECLAIMABLE;
     }

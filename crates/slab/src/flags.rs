@@ -52,7 +52,23 @@ bitflags::bitflags! {
         const RECLAIMABLE = 1 << 1;
         /// Pages from the DMA zone (`__GFP_DMA`; kmalloc's `dma-kmalloc-*` caches).
         const DMA = 1 << 2;
+        /// The caller cannot sleep: a slab that must grow takes its pages without direct
+        /// reclaim or compaction (`GFP_NOWAIT`). Without it a grow may block (`GFP_KERNEL`).
+        const NOWAIT = 1 << 3;
+        /// The caller may use part of the page allocator's reserves below the min
+        /// watermark (`__GFP_HIGH`).
+        const HIGH = 1 << 4;
+        /// Interrupt or atomic context: cannot sleep, may use the atomic reserves
+        /// (`GFP_ATOMIC`).
+        const ATOMIC = Self::NOWAIT.bits() | Self::HIGH.bits();
     }
+}
+
+impl Gfp {
+    /// The bits that describe the caller's context (may it block, may it use the reserves)
+    /// rather than the memory: a cache's own zone and mobility bits stay the cache's, these
+    /// come from the call.
+    pub const CONTEXT: Gfp = Gfp::ATOMIC;
 }
 
 impl CacheFlags {

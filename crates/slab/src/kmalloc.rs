@@ -449,15 +449,10 @@ impl<'a, S: PageSource, P: IrqControl> Kmalloc<'a, S, P> {
         match class_index(size) {
             Some(class) => {
                 let cache = &self.sets[KmallocKind::from_gfp(gfp) as usize][class];
-                let obj = match node {
-                    None => cache.alloc()?,
-                    Some(n) => cache.alloc_node(n)?,
-                };
-                if gfp.contains(Gfp::ZERO) {
-                    // SAFETY: freshly allocated object of `object_size` bytes.
-                    unsafe { slab::zero_bytes(obj, cache.object_size()) };
+                match node {
+                    None => cache.alloc_flags(gfp),
+                    Some(n) => cache.alloc_node_flags(n, gfp),
                 }
-                Ok(obj)
             }
             None => self.alloc_large(size, gfp, node),
         }

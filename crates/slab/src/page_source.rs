@@ -63,7 +63,9 @@ pub struct PageBlock {
 /// * All methods may be called concurrently from several CPUs.
 pub unsafe trait PageSource: Sync {
     /// Allocate a naturally aligned block of `2^order` frames. `gfp` carries mobility and zone
-    /// hints ([`Gfp::RECLAIMABLE`], [`Gfp::DMA`]); the slab never passes [`Gfp::ZERO`].
+    /// hints ([`Gfp::RECLAIMABLE`], [`Gfp::DMA`]) and the allocating caller's context
+    /// ([`Gfp::NOWAIT`]: do not block; [`Gfp::HIGH`]: may use the reserves); the slab never
+    /// passes [`Gfp::ZERO`].
     fn alloc_pages(&self, order: Order, gfp: Gfp) -> Option<PageBlock>;
 
     /// Give back a block.

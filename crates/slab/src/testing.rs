@@ -23,7 +23,7 @@ extern crate std;
 
 use core::mem::MaybeUninit;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering::SeqCst};
 use std::boxed::Box;
 use std::sync::Mutex;
 use std::vec::Vec;
@@ -68,6 +68,8 @@ pub struct TestPageSource {
     in_use: AtomicUsize,
     reclaimable_blocks: AtomicUsize,
     dma_blocks: AtomicUsize,
+    /// The flags of the last `alloc_pages*` call.
+    last_gfp: AtomicU32,
 }
 
 // SAFETY: the buddy is `Sync` (its own locks and per-CPU exclusion); the storage boxes are
@@ -216,6 +218,7 @@ impl TestPageSource {
             limit: AtomicUsize::new(usize::MAX),
             in_use: AtomicUsize::new(0),
             reclaimable_blocks: AtomicUsize::new(0),
+            last_gfp: AtomicU32::new(0),
             dma_blocks: AtomicUsize::new(0),
         }
     }
@@ -242,6 +245,11 @@ impl TestPageSource {
         self.limit.store(frames, SeqCst);
     }
 
+    /// The flags the last `alloc_pages` / `alloc_pages_node` call passed.
+    pub fn last_gfp(&self) -> Gfp {
+        Gfp::from_bits_retain(self.last_gfp.load(SeqCst))
+    }
+
     /// Blocks handed out for `Gfp::RECLAIMABLE` requests so far.
     pub fn reclaimable_blocks(&self) -> usize {
         self.reclaimable_blocks.load(SeqCst)
@@ -259,7 +267,14 @@ impl TestPageSource {
     }
 
     fn gfp(gfp: Gfp) -> GfpFlags {
-        let mut f = GfpFlags::KERNEL;
+        let mut f = if gfp.contains(Gfp::NOWAIT) {
+            GfpFlags::NOWAIT
+        } else {
+            GfpFlags::KERNEL
+        };
+        if gfp.contains(Gfp::HIGH) {
+            f |= GfpFlags::HIGH;
+        }
         if gfp.contains(Gfp::RECLAIMABLE) {
             f |= GfpFlags::RECLAIMABLE;
         }
@@ -310,6 +325,7 @@ unsafe impl PageSource for TestPageSource {
     }
 
     fn alloc_pages_node(&self, node: usize, order: Order, gfp: Gfp) -> Option<PageBlock> {
+        self.last_gfp.store(gfp.bits(), SeqCst);
         let n = 1usize << order.get();
         let limit = self.limit.load(SeqCst);
         if self

@@ -11,6 +11,7 @@ use mmkit_addr::IrqControl;
 
 use super::{inc, Cache, CacheCore};
 use crate::error::AllocError;
+use crate::flags::Gfp;
 use crate::page_source::PageSource;
 use crate::percpu::CpuRef;
 use crate::slab;
@@ -21,19 +22,34 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
     #[track_caller]
     #[inline]
     pub fn alloc(&self) -> Result<NonNull<u8>, AllocError> {
-        if self.core().params.layout.cpu_capacity == 0 {
-            return self.alloc_debug(None, Location::caller());
+        self.alloc_flags(Gfp::empty())
+    }
+
+    /// [`alloc`](Self::alloc) in the caller's context (`kmem_cache_alloc(s, gfp)`): a slab
+    /// that must grow takes its pages with `gfp`'s [context bits](Gfp::CONTEXT) (atomic
+    /// callers never block and may use the reserves); [`Gfp::ZERO`] zeroes the object.
+    /// The cache's own zone and mobility bits are not the caller's to change.
+    #[track_caller]
+    #[inline]
+    pub fn alloc_flags(&self, gfp: Gfp) -> Result<NonNull<u8>, AllocError> {
+        let obj = if self.core().params.layout.cpu_capacity == 0 {
+            self.alloc_debug(None, gfp, Location::caller())?
+        } else if let Some(obj) = self.alloc_cached(None) {
+            obj
+        } else {
+            self.alloc_grow(gfp)?
+        };
+        if gfp.contains(Gfp::ZERO) {
+            // SAFETY: we just allocated `obj`; its object bytes are ours.
+            unsafe { slab::zero_bytes(obj, self.object_size()) };
         }
-        if let Some(obj) = self.alloc_cached(None) {
-            return Ok(obj);
-        }
-        self.alloc_grow()
+        Ok(obj)
     }
 
     #[cold]
-    fn alloc_grow(&self) -> Result<NonNull<u8>, AllocError> {
+    fn alloc_grow(&self, gfp: Gfp) -> Result<NonNull<u8>, AllocError> {
         loop {
-            let grown = self.grow(self.local_node())?;
+            let grown = self.grow(self.local_node(), gfp)?;
             if let Some(obj) = self.alloc_cached(Some(grown)) {
                 return Ok(obj);
             }
@@ -46,21 +62,39 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
     /// CPU array; if that node has no memory left, the page source's fallback decides.
     #[track_caller]
     pub fn alloc_node(&self, node: usize) -> Result<NonNull<u8>, AllocError> {
+        self.alloc_node_flags(node, Gfp::empty())
+    }
+
+    /// [`alloc_node`](Self::alloc_node) in the caller's context, as
+    /// [`alloc_flags`](Self::alloc_flags) (`kmem_cache_alloc_node(s, gfp, node)`).
+    #[track_caller]
+    pub fn alloc_node_flags(&self, node: usize, gfp: Gfp) -> Result<NonNull<u8>, AllocError> {
         let core = self.core();
         let node = core.node_id(node);
-        if core.params.layout.cpu_capacity == 0 {
-            return self.alloc_debug(Some(node), Location::caller());
+        let obj = if core.params.layout.cpu_capacity == 0 {
+            self.alloc_debug(Some(node), gfp, Location::caller())?
+        } else if node == self.local_node() {
+            return self.alloc_flags(gfp);
+        } else {
+            self.alloc_remote_node(node, gfp)?
+        };
+        if gfp.contains(Gfp::ZERO) {
+            // SAFETY: we just allocated `obj`; its object bytes are ours.
+            unsafe { slab::zero_bytes(obj, self.object_size()) };
         }
-        if node == self.local_node() {
-            return self.alloc();
-        }
+        Ok(obj)
+    }
+
+    /// An object from another node's lists, growing a slab there when they are empty.
+    fn alloc_remote_node(&self, node: usize, gfp: Gfp) -> Result<NonNull<u8>, AllocError> {
+        let core = self.core();
         loop {
             let got = core.node(node).lock().alloc_object(&core.params);
             if let Some(obj) = got {
                 inc(&core.slow.node_allocs);
                 return Ok(obj);
             }
-            let grown = self.grow(node)?;
+            let grown = self.grow(node, gfp)?;
             if grown != node {
                 // The source fell back to another node: take the object from there.
                 let got = core.node(grown).lock().alloc_object(&core.params);
@@ -75,10 +109,7 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
     /// Allocate and zero the object's bytes (`kmem_cache_zalloc`).
     #[track_caller]
     pub fn zalloc(&self) -> Result<NonNull<u8>, AllocError> {
-        let obj = self.alloc()?;
-        // SAFETY: we just allocated `obj`; its object bytes are ours.
-        unsafe { slab::zero_bytes(obj, self.object_size()) };
-        Ok(obj)
+        self.alloc_flags(Gfp::ZERO)
     }
 
     /// Pop from this CPU's array, refilling it once (from the CPU's node, then `extra`, then
@@ -157,7 +188,7 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
         let mut extra = None;
         while i < out.len() {
             if core.params.layout.cpu_capacity == 0 {
-                match self.alloc_debug(None, Location::caller()) {
+                match self.alloc_debug(None, Gfp::empty(), Location::caller()) {
                     Ok(o) => out[i] = Some(o),
                     Err(e) => return Err(self.undo_bulk(out, i, e)),
                 }
@@ -183,7 +214,7 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
                 }
             }
             if i < out.len() {
-                match self.grow(self.local_node()) {
+                match self.grow(self.local_node(), Gfp::empty()) {
                     Ok(n) => extra = Some(n),
                     Err(e) => return Err(self.undo_bulk(out, i, e)),
                 }
@@ -244,6 +275,41 @@ mod tests {
         }
         c.verify().unwrap();
         assert_eq!(c.live_objects(), 0);
+    }
+
+    /// A grow takes its pages in the caller's context (its `NOWAIT`/`HIGH` bits, with the
+    /// cache's own mobility), for an on-slab and a debug cache, on the local and a named
+    /// node; `ZERO` zeroes the object and is not passed down.
+    #[test]
+    fn a_grow_takes_its_pages_with_the_callers_context() {
+        for flags in [
+            crate::CacheFlags::RECLAIM_ACCOUNT,
+            crate::CacheFlags::RED_ZONE,
+        ] {
+            let (src, plat) = env();
+            let cfg = CacheConfig::new("ctx", 200).flags(flags);
+            let mut c = Cache::new(&cfg, &src, &plat).unwrap();
+            let o = c.alloc_flags(Gfp::ATOMIC | Gfp::ZERO).unwrap();
+            assert!((0..200).all(|k| read(o, k) == 0));
+            let mut want = Gfp::ATOMIC;
+            if flags.contains(crate::CacheFlags::RECLAIM_ACCOUNT) {
+                want |= Gfp::RECLAIMABLE;
+            }
+            assert_eq!(src.last_gfp(), want);
+            // SAFETY: allocated above, freed once.
+            unsafe { c.free(o).unwrap() };
+            c.shrink();
+            let o = c.alloc_node_flags(0, Gfp::NOWAIT).unwrap();
+            assert_eq!(src.last_gfp(), want - Gfp::HIGH);
+            // SAFETY: as above.
+            unsafe { c.free(o).unwrap() };
+            c.shrink();
+            let o = c.alloc().unwrap();
+            assert_eq!(src.last_gfp(), want - Gfp::ATOMIC);
+            // SAFETY: as above.
+            unsafe { c.free(o).unwrap() };
+            c.verify().unwrap();
+        }
     }
 
     #[test]

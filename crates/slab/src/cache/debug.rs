@@ -12,6 +12,7 @@ use mmkit_addr::IrqControl;
 
 use super::{inc, Cache};
 use crate::error::{AllocError, FreeError};
+use crate::flags::Gfp;
 use crate::page_source::PageSource;
 use crate::slab::{self, DetachedList, SlabPtr};
 
@@ -19,6 +20,7 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
     pub(super) fn alloc_debug(
         &self,
         want: Option<usize>,
+        gfp: Gfp,
         owner: &'static Location<'static>,
     ) -> Result<NonNull<u8>, AllocError> {
         let core = self.core();
@@ -36,7 +38,7 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
                     return Ok(obj);
                 }
             }
-            extra = Some(self.grow(first)?);
+            extra = Some(self.grow(first, gfp)?);
         }
     }
 

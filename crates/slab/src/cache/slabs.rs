@@ -18,11 +18,11 @@ use crate::slab::{self, DetachedList};
 impl CacheCore {
     /// An off-slab header slot, adding a header page from `src` (preferring node `nid`) if
     /// every page is full.
-    fn take_header<S: PageSource>(&self, src: &S, nid: usize) -> Option<NonNull<u8>> {
+    fn take_header<S: PageSource>(&self, src: &S, nid: usize, gfp: Gfp) -> Option<NonNull<u8>> {
         if let Some(h) = self.headers.lock().take() {
             return Some(h);
         }
-        let page = src.alloc_pages_node(nid, Order::new(0), Gfp::empty())?;
+        let page = src.alloc_pages_node(nid, Order::new(0), gfp & Gfp::CONTEXT)?;
         src.set_page_private(page.pfn, 0);
         let mut pool = self.headers.lock();
         // SAFETY: a fresh order-0 block from the cache's source, given to the pool; its
@@ -83,10 +83,12 @@ unsafe fn rcu_free_slab<S: PageSource>(head: NonNull<RcuHead>) {
 impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
     /// Take a slab from the page source, preferring node `nid`, and publish it on the
     /// partial list of the node its frames belong to; returns that node.
-    pub(super) fn grow(&self, nid: usize) -> Result<usize, AllocError> {
+    pub(super) fn grow(&self, nid: usize, ctx: Gfp) -> Result<usize, AllocError> {
         let core = self.core();
+        // The cache's zone and mobility, the caller's context.
+        let gfp = core.gfp | (ctx & Gfp::CONTEXT);
         let header = if core.params.layout.off_slab {
-            let Some(h) = core.take_header(self.src, nid) else {
+            let Some(h) = core.take_header(self.src, nid, gfp) else {
                 inc(&core.slow.alloc_failures);
                 return Err(AllocError::OutOfMemory);
             };
@@ -96,7 +98,7 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
         };
         let Some(block) = self
             .src
-            .alloc_pages_node(nid, core.params.layout.order, core.gfp)
+            .alloc_pages_node(nid, core.params.layout.order, gfp)
         else {
             if let Some(h) = header {
                 // SAFETY: taken just above and unused.
