@@ -15,7 +15,7 @@
 
 use core::ptr::NonNull;
 
-use mmkit_addr::{IrqControl, Order, Pfn, VirtAddr};
+use mmkit_addr::{IrqControl, Order, Pfn, PhysRange, VirtAddr, PAGE_SIZE};
 use mmkit_buddy::GfpFlags;
 use mmkit_slab::{Gfp, PageBlock, PageSource};
 
@@ -66,6 +66,29 @@ unsafe impl<P: IrqControl> PageSource for PageAllocator<'_, P> {
             return None;
         };
         Some(PageBlock { pfn, ptr })
+    }
+
+    fn alloc_pages_exact(&self, node: usize, nr: u64, gfp: Gfp) -> Option<PageBlock> {
+        let pfn = self
+            .alloc_exact(node, slab_gfp(gfp), nr, PageUse::Slab)
+            .ok()?;
+        let ptr = PhysRange::from_pfns(pfn, nr)
+            .ok()
+            .and_then(|r| self.map().phys_to_virt(r))
+            .filter(|p| p.as_ptr() as u64 % PAGE_SIZE == 0);
+        let Some(ptr) = ptr else {
+            let _ = self.free_exact(pfn, nr);
+            return None;
+        };
+        Some(PageBlock { pfn, ptr })
+    }
+
+    unsafe fn free_pages_exact(&self, block: PageBlock, nr: u64) {
+        let freed = self.free_exact(block.pfn, nr);
+        debug_assert!(
+            freed.is_ok(),
+            "slab freed an exact block it does not own: {freed:?}"
+        );
     }
 
     unsafe fn free_pages(&self, block: PageBlock, order: Order) {

@@ -90,6 +90,43 @@ impl<'m, P: IrqControl> PageAllocator<'m, P> {
         Ok(pfn)
     }
 
+    /// Allocate exactly `nr` frames (the buddy's `alloc_pages_exact`) for `usage`, preferring
+    /// node `node`; each of its pieces is recorded as a block of its own.
+    pub(crate) fn alloc_exact(
+        &self,
+        node: usize,
+        gfp: GfpFlags,
+        nr: u64,
+        usage: PageUse,
+    ) -> Result<Pfn, AllocError> {
+        let pfn = self.buddy.alloc_pages_exact(node, gfp, nr)?;
+        let mobility = gfp.migrate_type().unwrap_or(MigrateType::Unmovable);
+        for (p, order) in mmkit_buddy::exact_pieces(pfn, nr) {
+            let owner = Owner {
+                order,
+                mobility,
+                usage,
+            };
+            self.owners.record(p, owner);
+        }
+        Ok(pfn)
+    }
+
+    /// Free what [`alloc_exact`](Self::alloc_exact) returned; on error nothing changes.
+    pub(crate) fn free_exact(&self, pfn: Pfn, nr: u64) -> Result<(), FreeError> {
+        let mut taken: [Option<(Pfn, Owner)>; 64] = [None; 64];
+        for ((p, _), slot) in mmkit_buddy::exact_pieces(pfn, nr).zip(taken.iter_mut()) {
+            *slot = self.owners.take(p).map(|o| (p, o));
+        }
+        let freed = self.buddy.free_pages_exact(pfn, nr);
+        if freed.is_err() {
+            for (p, o) in taken.into_iter().flatten() {
+                self.owners.record(p, o);
+            }
+        }
+        freed
+    }
+
     /// Allocate `nr_pages` contiguous frames, any count, even beyond the max order (the
     /// buddy's `alloc_contig_pages`), for `usage`; every frame is recorded as an order-0
     /// block. `gfp`'s zone and mobility choose where; `ZERO` is the caller's to honour.

@@ -26,6 +26,8 @@ pub enum AllocError {
     NoMapper,
     /// Every allowed zone is at its watermark or lacks a large enough block.
     OutOfMemory,
+    /// An exact allocation of zero frames was asked for.
+    NoPages,
 }
 
 /// Why a free was refused.

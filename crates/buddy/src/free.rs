@@ -125,7 +125,13 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
     }
 
     /// Say precisely why freeing `(pfn, order)` is wrong, given the head flags seen.
-    fn classify_free_error(&self, node: &Node<'m>, pfn: u64, order: u32, seen: Flags) -> FreeError {
+    pub(crate) fn classify_free_error(
+        &self,
+        node: &Node<'m>,
+        pfn: u64,
+        order: u32,
+        seen: Flags,
+    ) -> FreeError {
         match seen.state {
             PageState::Hole => FreeError::Hole,
             PageState::Reserved => FreeError::Reserved,

@@ -77,6 +77,7 @@ mod cma;
 mod compaction;
 mod config;
 mod error;
+mod exact;
 mod fallback;
 mod free;
 mod freearea;
@@ -108,6 +109,7 @@ pub use error::{
     AllocError, BootFreeError, CmaError, CompactError, FreeError, InitError, IsolateError,
     MigrateError, MoverError, PrivateError,
 };
+pub use exact::exact_pieces;
 pub use gfp::{GfpError, GfpFlags};
 pub use isolate::CONTIG_CANDIDATES;
 pub use migrate::{MigrateType, FALLBACKS, NR_MIGRATE_TYPES, NR_PCP_TYPES};

@@ -23,7 +23,7 @@ use core::panic::Location;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use mmkit_addr::{IrqControl, Order, PAGE_SIZE};
+use mmkit_addr::{IrqControl, PAGE_SIZE};
 
 use crate::cache::{Cache, CacheConfig};
 use crate::error::{AllocError, CreateError, FreeError, VerifyError};
@@ -475,7 +475,9 @@ impl<'a, S: PageSource, P: IrqControl> Kmalloc<'a, S, P> {
         if !align.is_power_of_two() {
             return Err(AllocError::BadAlign);
         }
-        if align <= crate::layout::MIN_ALIGN || size == 0 {
+        // Large allocations start on a page: any alignment up to a page is theirs already.
+        let large = size > KMALLOC_MAX_CACHE_SIZE && align as u64 <= PAGE_SIZE;
+        if align <= crate::layout::MIN_ALIGN || size == 0 || large {
             return self.kmalloc(size, gfp);
         }
         let size = size
@@ -494,27 +496,28 @@ impl<'a, S: PageSource, P: IrqControl> Kmalloc<'a, S, P> {
         if size > KMALLOC_MAX_SIZE {
             return Err(AllocError::TooLarge);
         }
-        let order = Order::for_bytes(size as u64).ok_or(AllocError::TooLarge)?;
-        let block = match node {
-            None => self.src.alloc_pages(order, gfp - Gfp::ZERO),
-            Some(n) => self.src.alloc_pages_node(n, order, gfp - Gfp::ZERO),
-        }
-        .ok_or(AllocError::OutOfMemory)?;
+        // Exactly the frames needed (Linux `alloc_pages_exact`), not the power of two.
+        let frames = (size as u64).div_ceil(PAGE_SIZE);
+        let node = node.unwrap_or_else(|| self.sets[0][0].local_node());
+        let block = self
+            .src
+            .alloc_pages_exact(node, frames, gfp - Gfp::ZERO)
+            .ok_or(AllocError::OutOfMemory)?;
         self.src
-            .set_page_private(block.pfn, (u64::from(order.get()) << 8) | PRIVATE_LARGE);
-        // Tail frames say "nothing here", so a pointer into them is refused rather than read
+            .set_page_private(block.pfn, (frames << 8) | PRIVATE_LARGE);
+        // Other frames say "nothing here", so a pointer into them is refused rather than read
         // through whatever a previous owner of the frame left in its word.
-        for i in 1..order.pages() {
+        for i in 1..frames {
             if let Some(pfn) = block.pfn.checked_add_frames(i) {
                 self.src.set_page_private(pfn, 0);
             }
         }
         if gfp.contains(Gfp::ZERO) {
-            // SAFETY: the whole block is ours.
-            unsafe { slab::zero_bytes(block.ptr, order.bytes() as usize) };
+            // SAFETY: the `frames` frames are ours.
+            unsafe { slab::zero_bytes(block.ptr, (frames * PAGE_SIZE) as usize) };
         }
         self.large.allocs.fetch_add(1, Relaxed);
-        self.large.frames.fetch_add(order.pages(), Relaxed);
+        self.large.frames.fetch_add(frames, Relaxed);
         Ok(block.ptr)
     }
 
@@ -559,16 +562,16 @@ impl<'a, S: PageSource, P: IrqControl> Kmalloc<'a, S, P> {
                 // SAFETY: `s` is `ptr`'s slab; caller's contract.
                 unsafe { cache.free_in_slab(s, ptr, Location::caller()) }
             }
-            PageKind::Large(pfn, order) => {
+            PageKind::Large(pfn, frames) => {
                 if ptr.as_ptr() as usize % PAGE_SIZE as usize != 0 {
                     return Err(FreeError::Misaligned);
                 }
                 self.src.set_page_private(pfn, 0);
-                // SAFETY: the head frame's private word says a large kmalloc of `order`
-                // starts at `pfn` and `ptr` is its first byte; the caller gives it up.
-                unsafe { self.src.free_pages(PageBlock { pfn, ptr }, order) };
+                // SAFETY: the first frame's private word says a large kmalloc of `frames`
+                // frames starts at `pfn` and `ptr` is its first byte; the caller gives it up.
+                unsafe { self.src.free_pages_exact(PageBlock { pfn, ptr }, frames) };
                 self.large.frees.fetch_add(1, Relaxed);
-                self.large.frames.fetch_sub(order.pages(), Relaxed);
+                self.large.frames.fetch_sub(frames, Relaxed);
                 Ok(())
             }
             PageKind::Unknown => Err(FreeError::NotSlabMemory),
@@ -591,8 +594,8 @@ impl<'a, S: PageSource, P: IrqControl> Kmalloc<'a, S, P> {
                 s.object_index(cache.layout(), ptr)?;
                 Ok(cache.object_size())
             }
-            PageKind::Large(_, order) if ptr.as_ptr() as usize % PAGE_SIZE as usize == 0 => {
-                Ok(order.bytes() as usize)
+            PageKind::Large(_, frames) if ptr.as_ptr() as usize % PAGE_SIZE as usize == 0 => {
+                Ok((frames * PAGE_SIZE) as usize)
             }
             PageKind::Large(..) => Err(FreeError::Misaligned),
             PageKind::Unknown => Err(FreeError::NotSlabMemory),

@@ -1,13 +1,15 @@
 //! What the slab needs from the page allocator, and from RCU.
 //!
 //! The slab gets memory only through [`PageSource`]: naturally aligned blocks of 2^order
-//! frames (slabs are order 0..=3, large kmalloc blocks any order the source supports), a
+//! frames for slabs (order 0..=3), runs of exactly the frames a large kmalloc needs
+//! ([`alloc_pages_exact`](PageSource::alloc_pages_exact), Linux's `alloc_pages_exact`), a
 //! kernel virtual address for each block, and one *private word* per allocated frame. The
 //! private word is how `kfree(ptr)` and `ksize(ptr)` get from an arbitrary pointer to its slab
 //! (or to the order of a large allocation), as Linux stores `page->slab_cache` in `struct page`:
 //!
 //! * every frame of a slab holds `address of the slab header | PRIVATE_SLAB`;
-//! * the head frame of a large kmalloc holds `order << 8 | PRIVATE_LARGE`; its tail frames 0.
+//! * the first frame of a large kmalloc holds `frames << 8 | PRIVATE_LARGE`; its other
+//!   frames 0.
 //!
 //! The buddy allocator (mmkit-buddy) implements this trait from its page descriptors; the
 //! `testing` feature wraps a real `mmkit_buddy::BuddyAllocator` over host memory.
@@ -60,6 +62,11 @@ pub struct PageBlock {
 ///   to the slab: nothing else writes it while the block is live. A buddy allocator that
 ///   shares its page descriptors with other users meets the "0 for other frames" part with
 ///   a page-type mark, as Linux does with `PageSlab`.
+/// * [`alloc_pages_exact`](PageSource::alloc_pages_exact) returns `Some(b)` only for at
+///   least `nr` contiguous frames from `b.pfn` that nobody else owns until they are given back
+///   with [`free_pages_exact`](PageSource::free_pages_exact) and the same `nr`; `b.ptr` is
+///   aligned to a page and maps them contiguously; the first `nr` frames are frames of a
+///   live block for the private-word rules above.
 /// * All methods may be called concurrently from several CPUs.
 pub unsafe trait PageSource: Sync {
     /// Allocate a naturally aligned block of `2^order` frames. `gfp` carries mobility and zone
@@ -111,6 +118,27 @@ pub unsafe trait PageSource: Sync {
     fn alloc_pages_node(&self, node: usize, order: Order, gfp: Gfp) -> Option<PageBlock> {
         let _ = node;
         self.alloc_pages(order, gfp)
+    }
+
+    /// Allocate `nr` contiguous frames preferring node `node` (Linux `alloc_pages_exact`),
+    /// for large kmalloc. A source that can give the frames beyond `nr` of the covering
+    /// power-of-two block back at once should; the default takes the whole covering block
+    /// through [`alloc_pages_node`](Self::alloc_pages_node). A source overrides both this
+    /// and [`free_pages_exact`](Self::free_pages_exact), or neither.
+    fn alloc_pages_exact(&self, node: usize, nr: u64, gfp: Gfp) -> Option<PageBlock> {
+        self.alloc_pages_node(node, Order::for_pages(nr)?, gfp)
+    }
+
+    /// Give back what [`alloc_pages_exact`](Self::alloc_pages_exact) returned.
+    ///
+    /// # Safety
+    /// `block` and `nr` must be exactly what a previous `alloc_pages_exact` returned and was
+    /// asked for, not freed since; the caller does not touch the frames afterwards.
+    unsafe fn free_pages_exact(&self, block: PageBlock, nr: u64) {
+        if let Some(order) = Order::for_pages(nr) {
+            // SAFETY: the default `alloc_pages_exact` took exactly this block of `order`.
+            unsafe { self.free_pages(block, order) };
+        }
     }
 }
 

@@ -245,6 +245,43 @@ impl TestPageSource {
         self.limit.store(frames, SeqCst);
     }
 
+    /// Hand out `n` frames that `alloc` takes from the buddy, within the limit; every frame
+    /// after the first gets a stale private word, as a reused frame would have.
+    fn take(
+        &self,
+        n: usize,
+        gfp: Gfp,
+        alloc: impl FnOnce(&BuddyAllocator<'static, HostPlatform>) -> Option<Pfn>,
+    ) -> Option<PageBlock> {
+        self.last_gfp.store(gfp.bits(), SeqCst);
+        let limit = self.limit.load(SeqCst);
+        if self
+            .in_use
+            .fetch_update(SeqCst, SeqCst, |u| (u + n <= limit).then_some(u + n))
+            .is_err()
+        {
+            return None;
+        }
+        let Some(pfn) = alloc(self.buddy()) else {
+            self.in_use.fetch_sub(n, SeqCst);
+            return None;
+        };
+        let idx = self.index(pfn).expect("buddy frame inside the arena");
+        for i in 1..n as u64 {
+            self.buddy()
+                .set_page_private(Pfn::new(pfn.as_u64() + i), STALE_PRIVATE)
+                .expect("frame of a fresh block");
+        }
+        if gfp.contains(Gfp::RECLAIMABLE) {
+            self.reclaimable_blocks.fetch_add(1, SeqCst);
+        }
+        if gfp.contains(Gfp::DMA) {
+            self.dma_blocks.fetch_add(1, SeqCst);
+        }
+        let ptr = NonNull::new((self.base + idx * PAGE_SIZE as usize) as *mut u8)?;
+        Some(PageBlock { pfn, ptr })
+    }
+
     /// The flags the last `alloc_pages` / `alloc_pages_node` call passed.
     pub fn last_gfp(&self) -> Gfp {
         Gfp::from_bits_retain(self.last_gfp.load(SeqCst))
@@ -325,37 +362,32 @@ unsafe impl PageSource for TestPageSource {
     }
 
     fn alloc_pages_node(&self, node: usize, order: Order, gfp: Gfp) -> Option<PageBlock> {
-        self.last_gfp.store(gfp.bits(), SeqCst);
-        let n = 1usize << order.get();
-        let limit = self.limit.load(SeqCst);
-        if self
-            .in_use
-            .fetch_update(SeqCst, SeqCst, |u| (u + n <= limit).then_some(u + n))
-            .is_err()
-        {
-            return None;
-        }
-        let Ok(pfn) =
-            self.buddy()
-                .alloc_pages_node(node.min(self.nr_nodes - 1), Self::gfp(gfp), order)
-        else {
-            self.in_use.fetch_sub(n, SeqCst);
-            return None;
-        };
-        let idx = self.index(pfn).expect("buddy frame inside the arena");
-        for i in 1..n as u64 {
-            self.buddy()
-                .set_page_private(Pfn::new(pfn.as_u64() + i), STALE_PRIVATE)
-                .expect("tail of a fresh block");
-        }
-        if gfp.contains(Gfp::RECLAIMABLE) {
-            self.reclaimable_blocks.fetch_add(1, SeqCst);
-        }
-        if gfp.contains(Gfp::DMA) {
-            self.dma_blocks.fetch_add(1, SeqCst);
-        }
-        let ptr = NonNull::new((self.base + idx * PAGE_SIZE as usize) as *mut u8)?;
-        Some(PageBlock { pfn, ptr })
+        self.take(1 << order.get(), gfp, |b| {
+            b.alloc_pages_node(node.min(self.nr_nodes - 1), Self::gfp(gfp), order)
+                .ok()
+        })
+    }
+
+    fn alloc_pages_exact(&self, node: usize, nr: u64, gfp: Gfp) -> Option<PageBlock> {
+        self.take(usize::try_from(nr).ok()?, gfp, |b| {
+            b.alloc_pages_exact(node.min(self.nr_nodes - 1), Self::gfp(gfp), nr)
+                .ok()
+        })
+    }
+
+    unsafe fn free_pages_exact(&self, block: PageBlock, nr: u64) {
+        let idx = self
+            .index(block.pfn)
+            .expect("free of a frame outside the test source");
+        assert_eq!(
+            block.ptr.as_ptr() as usize,
+            self.base + idx * PAGE_SIZE as usize,
+            "pointer does not match pfn"
+        );
+        self.buddy()
+            .free_pages_exact(block.pfn, nr)
+            .expect("buddy free of a live exact allocation");
+        self.in_use.fetch_sub(nr as usize, SeqCst);
     }
 
     unsafe fn free_pages(&self, block: PageBlock, order: Order) {

@@ -74,12 +74,18 @@ fn large_allocations_come_from_pages_and_are_tracked() {
     let (src, plat) = env();
     let k = Kmalloc::new(&src, &plat).unwrap();
     let before = src.frames_in_use();
+    // Exactly the 5 frames 20,000 bytes need (`alloc_pages_exact`), at the start of the
+    // 8-frame block that covers them; the other 3 are free again.
     let p = k.kmalloc(20_000, Gfp::empty()).unwrap();
-    assert_eq!(src.frames_in_use(), before + 8);
+    assert_eq!(src.frames_in_use(), before + 5);
     assert_eq!(p.as_ptr() as usize % (8 * 4096), 0);
+    let q = k.kmalloc(12_000, Gfp::empty()).unwrap();
+    assert_eq!(src.frames_in_use(), before + 8);
     // SAFETY: allocated above; the second kfree and the interior pointer are refused.
     unsafe {
-        assert_eq!(k.ksize(p), Ok(32768));
+        assert_eq!(k.ksize(p), Ok(20480));
+        assert_eq!(k.ksize(q), Ok(12288));
+        k.kfree(q).unwrap();
         assert_eq!(k.kfree(p.add(4096)), Err(FreeError::NotSlabMemory));
         assert_eq!(k.large_live(), 1);
         k.kfree(p).unwrap();

@@ -271,7 +271,7 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
     }
 
     /// The node of the calling CPU (a preference: the caller may move right after).
-    fn local_node(&self) -> usize {
+    pub(crate) fn local_node(&self) -> usize {
         self.core().cpus.node(self.platform.current_cpu())
     }
 }

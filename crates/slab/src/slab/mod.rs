@@ -44,7 +44,7 @@
 
 use core::ptr::{self, NonNull};
 
-use mmkit_addr::{Order, Pfn};
+use mmkit_addr::Pfn;
 
 use crate::error::FreeError;
 use crate::layout::{SlabLayout, HEADER_RESERVE};
@@ -185,8 +185,8 @@ pub(crate) enum PageKind {
     Unknown,
     /// A frame of a slab.
     Slab(SlabPtr),
-    /// The head frame of a large kmalloc of this order.
-    Large(Pfn, Order),
+    /// The first frame of a large kmalloc of this many frames.
+    Large(Pfn, u64),
 }
 
 /// Find what `ptr` belongs to through the page source's private word.
@@ -213,9 +213,9 @@ pub(crate) unsafe fn lookup<S: PageSource>(src: &S, ptr: NonNull<u8>) -> PageKin
             }
             PageKind::Slab(SlabPtr(hdr))
         }
-        PRIVATE_LARGE => match Order::checked((word >> 8) as u32) {
-            Some(order) => PageKind::Large(pfn, order),
-            None => PageKind::Unknown,
+        PRIVATE_LARGE => match word >> 8 {
+            0 => PageKind::Unknown,
+            frames => PageKind::Large(pfn, frames),
         },
         _ => PageKind::Unknown,
     }
