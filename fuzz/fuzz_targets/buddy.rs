@@ -18,9 +18,9 @@ use libfuzzer_sys::fuzz_target;
 use mmkit_addr::host::HostPlatform;
 use mmkit_addr::{Order, Pfn, PhysAddr, PhysRange};
 use mmkit_buddy::{
-    memmap_len, pcp_storage_len, AllocError, BuddyAllocator, BuddyConfig, CompactError,
-    CompactOutcome, CoreSize, GfpFlags, IsolateError, MigrateError, MigrateType, MoverError,
-    NodeInit, PageDesc, PerCpuPages, ZoneType,
+    exact_pieces, memmap_len, pcp_storage_len, AllocError, BuddyAllocator, BuddyConfig,
+    CompactError, CompactOutcome, CoreSize, GfpFlags, IsolateError, MigrateError, MigrateType,
+    MoverError, NodeInit, PageDesc, PerCpuPages, ZoneType,
 };
 
 #[path = "../../crates/buddy/tests/common/owner.rs"]
@@ -33,6 +33,14 @@ enum Action {
         flags: u16,
         order: u8,
         node: u8,
+    },
+    /// `alloc_pages_exact`: kept as its pieces, or freed at once with `free_pages_exact`
+    /// (after a refused free of one frame too many).
+    AllocExact {
+        flags: u16,
+        nr: u16,
+        node: u8,
+        keep: bool,
     },
     Free {
         pick: u16,
@@ -225,6 +233,33 @@ fuzz_target!(|input: Input| {
                         adopt(p, order, is_movable(gfp), false);
                     }
                     Err(AllocError::OrderTooLarge { .. }) => assert!(order > 10),
+                    Err(_) => {}
+                }
+            }
+            Action::AllocExact {
+                flags,
+                nr,
+                node,
+                keep,
+            } => {
+                let gfp = GfpFlags::from_bits_truncate(u32::from(flags)) & !GfpFlags::ZERO;
+                let nr = u64::from(nr % 1100);
+                match b.alloc_pages_exact(usize::from(node % 3), gfp, nr) {
+                    Ok(p) if keep => {
+                        for (q, o) in exact_pieces(p, nr) {
+                            adopt(q, o.get(), is_movable(gfp), false);
+                        }
+                    }
+                    Ok(p) => {
+                        let before = b.total_free() + b.total_pcp();
+                        if nr < 1024 && !(nr + 1).is_power_of_two() {
+                            assert!(b.free_pages_exact(p, nr + 1).is_err());
+                            assert_eq!(b.total_free() + b.total_pcp(), before);
+                        }
+                        b.free_pages_exact(p, nr).unwrap();
+                    }
+                    Err(AllocError::NoPages) => assert_eq!(nr, 0),
+                    Err(AllocError::OrderTooLarge { .. }) => assert!(nr > 1024),
                     Err(_) => {}
                 }
             }
@@ -506,7 +541,11 @@ fuzz_target!(|input: Input| {
                                     t.sort_unstable();
                                     t
                                 };
-                                assert_eq!(tags(&owner.blocks()), tags(&blocks), "a failed contig lost a block");
+                                assert_eq!(
+                                    tags(&owner.blocks()),
+                                    tags(&blocks),
+                                    "a failed contig lost a block"
+                                );
                             }
                         }
                     }

@@ -15,8 +15,8 @@ use common::owner::{Behaviour, FreeSnapshot, Owner};
 use common::{build, mib, TestBuddy};
 use mmkit_addr::{Order, Pfn};
 use mmkit_buddy::{
-    AllocError, BuddyConfig, CompactError, CompactOutcome, FreeError, GfpFlags, MigrateError,
-    MigrateType, MoverError, MoverId, ZoneType,
+    exact_pieces, AllocError, BuddyConfig, CompactError, CompactOutcome, FreeError, GfpFlags,
+    MigrateError, MigrateType, MoverError, MoverId, ZoneType,
 };
 use proptest::prelude::*;
 
@@ -39,6 +39,14 @@ enum Action {
         flags: usize,
         order: u32,
         node: usize,
+    },
+    /// `alloc_pages_exact` of `nr` frames: kept as its pieces (each freed later on its own),
+    /// or given straight back with `free_pages_exact`.
+    AllocExact {
+        flags: usize,
+        nr: u64,
+        node: usize,
+        keep: bool,
     },
     /// A movable allocation, naming the owner as its mover when `mover`.
     AllocMovable {
@@ -122,6 +130,8 @@ fn action() -> impl Strategy<Value = Action> {
     prop_oneof![
         4 => (0..FLAGS.len(), prop_oneof![4 => 0u32..=3, 1 => 0u32..=11], 0usize..2)
             .prop_map(|(flags, order, node)| Action::Alloc { flags, order, node }),
+        2 => (0..FLAGS.len(), prop_oneof![3 => 1u64..=16, 1 => 17u64..=1100], 0usize..2, any::<bool>())
+            .prop_map(|(flags, nr, node, keep)| Action::AllocExact { flags, nr, node, keep }),
         5 => (prop_oneof![4 => 0u32..=3, 1 => 4u32..=10], 0usize..2, prop::bool::weighted(0.8))
             .prop_map(|(order, node, mover)| Action::AllocMovable { order, node, mover }),
         5 => any::<usize>().prop_map(|pick| Action::Free { pick }),
@@ -246,6 +256,30 @@ fn run(actions: Vec<Action>, c: Config) {
                     }
                     Err(AllocError::OrderTooLarge { .. }) => assert!(order > 10),
                     Err(e) => assert_eq!(e, AllocError::OutOfMemory, "order {order}"),
+                }
+            }
+            Action::AllocExact {
+                flags,
+                nr,
+                node,
+                keep,
+            } => {
+                let gfp = FLAGS[flags];
+                match b.alloc_pages_exact(node, gfp, nr) {
+                    Ok(pfn) if keep => {
+                        for (p, o) in exact_pieces(pfn, nr) {
+                            assert!(present(p.as_u64(), o.get()));
+                            let live =
+                                owner.adopt(p.as_u64(), o.get(), gfp == GfpFlags::HIGHUSER_MOVABLE);
+                            b.set_page_private(p, live.private).unwrap();
+                        }
+                    }
+                    Ok(pfn) => {
+                        assert!(present(pfn.as_u64(), 0));
+                        b.free_pages_exact(pfn, nr).unwrap();
+                    }
+                    Err(AllocError::OrderTooLarge { .. }) => assert!(nr > 1024),
+                    Err(e) => assert_eq!(e, AllocError::OutOfMemory, "{nr} frames"),
                 }
             }
             Action::AllocMovable { order, node, mover } => {
