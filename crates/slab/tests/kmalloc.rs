@@ -292,3 +292,36 @@ fn out_of_pages_takes_back_pages_parked_in_other_classes() {
     );
     k.verify().unwrap();
 }
+
+/// After every class, kind and large size has been used from two CPUs and everything is
+/// freed, a shrink gives every frame back to the page source: the slabs, the off-slab header
+/// pages and the large blocks, so only the caches' own descriptors stay.
+#[test]
+fn free_everything_and_shrink_returns_every_frame() {
+    let (src, plat) = env();
+    let k = Kmalloc::new(&src, &plat).unwrap();
+    let before = src.frames_in_use();
+    let kinds = [Gfp::empty(), Gfp::RECLAIMABLE, Gfp::DMA];
+    let mut live: Vec<NonNull<u8>> = Vec::new();
+    for cpu in 0..2 {
+        plat.bind_current_thread(cpu);
+        for gfp in kinds {
+            for &size in KMALLOC_CLASSES.iter().chain(&[9000, 20_000, 70_000]) {
+                for _ in 0..9 {
+                    live.push(k.kmalloc(size, gfp).unwrap());
+                }
+            }
+        }
+    }
+    assert!(src.frames_in_use() > before);
+    for p in live {
+        // SAFETY: allocated above, freed once.
+        unsafe { k.kfree(p).unwrap() };
+    }
+    assert!(k.shrink() > 0);
+    assert_eq!(
+        src.frames_in_use(),
+        before,
+        "frames kept after free + shrink"
+    );
+}

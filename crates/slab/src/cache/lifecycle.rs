@@ -179,8 +179,7 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
             }
         }
         let mut out = DetachedList::new();
-        let n = self.shrink_nodes(&mut out) + released.load(Relaxed);
-        n * core.params.layout.order.pages()
+        self.shrink_nodes(&mut out) + released.load(Relaxed) * core.params.layout.order.pages()
     }
 
     /// Drain this CPU's array and release every empty slab: [`shrink`](Self::shrink) without
@@ -195,7 +194,7 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
             let n = cpu.len();
             self.flush(&mut cpu, n, &mut out);
         }
-        self.shrink_nodes(&mut out) * core.params.layout.order.pages()
+        self.shrink_nodes(&mut out)
     }
 
     /// Drain every CPU's array and release every empty slab. Needs exclusive access, which
@@ -209,10 +208,11 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
             let n = cpu.len();
             self.flush(&mut cpu, n, &mut out);
         }
-        self.shrink_nodes(&mut out) * core.params.layout.order.pages()
+        self.shrink_nodes(&mut out)
     }
 
-    /// Detach every empty slab of every node into `out`, release them all; returns how many.
+    /// Detach every empty slab of every node into `out`, release them all, then every
+    /// off-slab header page no header uses any more; returns the frames released.
     fn shrink_nodes(&self, out: &mut DetachedList) -> u64 {
         let core = self.core();
         for slot in &core.nodes[..core.nr_nodes] {
@@ -220,7 +220,20 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
         }
         let n = out.len() as u64;
         self.release(core::mem::replace(out, DetachedList::new()));
-        n
+        n * core.params.layout.order.pages() + self.release_empty_header_pages()
+    }
+
+    /// Free every header page of the off-slab pool with no slot in use (the pool keeps one
+    /// spare while slabs come and go; a shrink gives it back too). Returns how many.
+    fn release_empty_header_pages(&self) -> u64 {
+        let mut n = 0;
+        loop {
+            let page = self.core().headers.lock().pop_empty_page();
+            let Some(page) = page else { return n };
+            // SAFETY: a header page from `self.src`, order 0, no slot in use.
+            unsafe { self.src.free_pages(page, Order::new(0)) };
+            n += 1;
+        }
     }
 
     /// Drain, then release everything if no object is live and no RCU callback is pending;
@@ -270,12 +283,8 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
                 owners: [None; LEAK_OWNERS],
             });
         }
-        loop {
-            let page = core.headers.lock().pop_unused_page();
-            let Some(page) = page else { break };
-            // SAFETY: a header page from `self.src`, order 0, no slot in use.
-            unsafe { self.src.free_pages(page, Order::new(0)) };
-        }
+        // No slab is left, so no header slot is in use: every header page goes.
+        self.release_empty_header_pages();
         let (block, order) = (core.block, core.block_order);
         // SAFETY: the descriptor block came from `self.src` at this order; no slab refers to
         // it any more and the handle is not used after teardown succeeds.

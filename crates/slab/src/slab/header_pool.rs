@@ -174,18 +174,21 @@ impl HeaderPool {
         None
     }
 
-    /// Take one page off an unused pool (for cache destruction); `None` when the pool has
-    /// no pages or still hands out slots.
-    pub fn pop_unused_page(&mut self) -> Option<PageBlock> {
-        if self.used != 0 || self.partial.is_null() {
-            return None;
-        }
-        let p = self.partial;
-        // SAFETY: a live page of this pool.
+    /// Take a page with no slot in use off the pool (for shrink and cache destruction);
+    /// `None` when every page hands out a slot.
+    pub fn pop_empty_page(&mut self) -> Option<PageBlock> {
+        let mut p = self.partial;
+        // SAFETY: the partial list links live pages of this pool.
         unsafe {
-            self.unlink(p);
-            self.pages -= 1;
-            Some((*p).block)
+            while !p.is_null() {
+                if (*p).nr_free == HEADERS_PER_PAGE {
+                    self.unlink(p);
+                    self.pages -= 1;
+                    return Some((*p).block);
+                }
+                p = (*p).next;
+            }
         }
+        None
     }
 }
