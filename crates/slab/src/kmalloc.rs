@@ -29,6 +29,8 @@ use crate::cache::{Cache, CacheConfig};
 use crate::error::{AllocError, CreateError, FreeError, VerifyError};
 use crate::flags::{CacheFlags, Gfp};
 use crate::page_source::{PageBlock, PageSource};
+use spin::Once;
+
 use crate::slab::{self, PageKind, PRIVATE_LARGE};
 use crate::stats::SLABINFO_HEADER;
 
@@ -318,8 +320,12 @@ struct LargeCounters {
 
 /// The kmalloc caches of one system.
 pub struct Kmalloc<'a, S: PageSource, P: IrqControl> {
-    sets: [[Cache<'a, S, P>; NR_CLASSES]; NR_KINDS],
+    /// Each cache is created on its first use (see [`Kmalloc::new`]).
+    sets: [[Once<Cache<'a, S, P>>; NR_CLASSES]; NR_KINDS],
     src: &'a S,
+    platform: &'a P,
+    /// Flags every cache is created with.
+    flags: CacheFlags,
     large: LargeCounters,
 }
 
@@ -332,62 +338,86 @@ impl<S: PageSource, P: IrqControl> fmt::Debug for Kmalloc<'_, S, P> {
 }
 
 impl<'a, S: PageSource, P: IrqControl> Kmalloc<'a, S, P> {
-    /// Create the kmalloc caches: [`NR_CLASSES`] each of normal, reclaimable and DMA.
+    /// The kmalloc family: [`NR_CLASSES`] caches each of normal, reclaimable and DMA. Each
+    /// cache is created on its first use (its descriptor block, with the per-CPU arrays,
+    /// costs a page or more), so a kernel pays only for the classes and kinds it uses;
+    /// creating one can fail for lack of memory, which that allocation reports. Nothing is
+    /// allocated here.
     pub fn new(src: &'a S, platform: &'a P) -> Result<Self, CreateError> {
         Self::with_flags(src, platform, CacheFlags::empty())
     }
 
-    /// Create the caches with extra flags on every one (for example debug flags, as the
-    /// `slub_debug=` boot option does).
+    /// [`new`](Self::new) with extra flags on every cache (for example debug flags, as the
+    /// `slub_debug=` boot option does). The flags are checked here, on a throw-away layout,
+    /// so a bad combination is reported now rather than by every later allocation.
     pub fn with_flags(src: &'a S, platform: &'a P, flags: CacheFlags) -> Result<Self, CreateError> {
-        let mut err = None;
-        let sets: [[Option<Cache<'a, S, P>>; NR_CLASSES]; NR_KINDS] =
-            core::array::from_fn(|kind| {
-                core::array::from_fn(|class| {
-                    if err.is_some() {
-                        return None;
-                    }
-                    let mut f = flags;
-                    let mut gfp = Gfp::empty();
-                    match kind {
-                        1 => f |= CacheFlags::RECLAIM_ACCOUNT,
-                        2 => gfp = Gfp::DMA,
-                        _ => {}
-                    }
-                    let size = KMALLOC_CLASSES[class];
-                    let config = CacheConfig::new(NAMES[kind][class], size)
-                        .align(natural_align(size))
-                        .flags(f)
-                        .gfp(gfp)
-                        .kmalloc_slot((kind * NR_CLASSES + class) as u16);
-                    match Cache::new(&config, src, platform) {
-                        Ok(c) => Some(c),
-                        Err(e) => {
-                            err = Some(e);
-                            None
-                        }
-                    }
-                })
-            });
-        if let Some(e) = err {
-            return Err(e);
+        for &size in &KMALLOC_CLASSES {
+            crate::layout::SlabLayout::new(
+                size,
+                natural_align(size),
+                flags,
+                false,
+                platform.nr_cpus().max(1),
+            )?;
         }
-        let sets = sets.map(|set| set.map(|c| c.expect("every cache was created")));
         Ok(Self {
-            sets,
+            sets: core::array::from_fn(|_| core::array::from_fn(|_| Once::new())),
             src,
+            platform,
+            flags,
             large: LargeCounters::default(),
         })
     }
 
-    /// The cache of `kind` serving `size` bytes, if a cache serves it.
-    pub fn cache_for(&self, size: usize, kind: KmallocKind) -> Option<&Cache<'a, S, P>> {
-        Some(&self.sets[kind as usize][class_index(size)?])
+    /// The cache of `kind` and `class`, created now (with `ctx`'s context bits for its
+    /// descriptor block) if this is its first use.
+    #[inline]
+    fn cache(&self, kind: usize, class: usize, ctx: Gfp) -> Result<&Cache<'a, S, P>, AllocError> {
+        let slot = &self.sets[kind][class];
+        match slot.get() {
+            Some(c) => Ok(c),
+            None => self.create(slot, kind, class, ctx),
+        }
     }
 
-    /// Every cache, normal set first.
+    #[cold]
+    #[inline(never)]
+    fn create<'s>(
+        &'s self,
+        slot: &'s Once<Cache<'a, S, P>>,
+        kind: usize,
+        class: usize,
+        ctx: Gfp,
+    ) -> Result<&'s Cache<'a, S, P>, AllocError> {
+        slot.try_call_once(|| {
+            let mut f = self.flags;
+            let mut gfp = Gfp::empty();
+            match kind {
+                1 => f |= CacheFlags::RECLAIM_ACCOUNT,
+                2 => gfp = Gfp::DMA,
+                _ => {}
+            }
+            let size = KMALLOC_CLASSES[class];
+            let config = CacheConfig::new(NAMES[kind][class], size)
+                .align(natural_align(size))
+                .flags(f)
+                .gfp(gfp)
+                .kmalloc_slot((kind * NR_CLASSES + class) as u16);
+            Cache::new_in_context(&config, self.src, self.platform, ctx)
+        })
+        .map_err(|_| AllocError::OutOfMemory)
+    }
+
+    /// The cache of `kind` serving `size` bytes, if a cache serves it (created now if this
+    /// is its first use; `None` also when that fails).
+    pub fn cache_for(&self, size: usize, kind: KmallocKind) -> Option<&Cache<'a, S, P>> {
+        self.cache(kind as usize, class_index(size)?, Gfp::empty())
+            .ok()
+    }
+
+    /// Every cache created so far, normal set first.
     pub fn caches(&self) -> impl Iterator<Item = &Cache<'a, S, P>> {
-        self.sets.iter().flatten()
+        self.sets.iter().flatten().filter_map(Once::get)
     }
 
     /// Allocate `size` bytes (`kmalloc`).
@@ -448,7 +478,7 @@ impl<'a, S: PageSource, P: IrqControl> Kmalloc<'a, S, P> {
         }
         match class_index(size) {
             Some(class) => {
-                let cache = &self.sets[KmallocKind::from_gfp(gfp) as usize][class];
+                let cache = self.cache(KmallocKind::from_gfp(gfp) as usize, class, gfp)?;
                 match node {
                     None => cache.alloc_flags(gfp),
                     Some(n) => cache.alloc_node_flags(n, gfp),
@@ -498,7 +528,10 @@ impl<'a, S: PageSource, P: IrqControl> Kmalloc<'a, S, P> {
         }
         // Exactly the frames needed (Linux `alloc_pages_exact`), not the power of two.
         let frames = (size as u64).div_ceil(PAGE_SIZE);
-        let node = node.unwrap_or_else(|| self.sets[0][0].local_node());
+        let node = match node {
+            Some(n) => n,
+            None => self.src.cpu_node(self.platform.current_cpu()),
+        };
         let block = self
             .src
             .alloc_pages_exact(node, frames, gfp - Gfp::ZERO)
@@ -529,6 +562,7 @@ impl<'a, S: PageSource, P: IrqControl> Kmalloc<'a, S, P> {
             .sets
             .as_flattened()
             .get(slot)
+            .and_then(Once::get)
             .ok_or(FreeError::WrongCache)?;
         if cache.kmalloc_slot().map(usize::from) != Some(slot) {
             return Err(FreeError::WrongCache);
@@ -663,12 +697,21 @@ impl<'a, S: PageSource, P: IrqControl> Kmalloc<'a, S, P> {
 
     /// Drain every CPU's arrays of every cache and release empty slabs.
     pub fn drain_all(&mut self) -> u64 {
-        self.sets.iter_mut().flatten().map(Cache::drain_all).sum()
+        self.sets
+            .iter_mut()
+            .flatten()
+            .filter_map(Once::get_mut)
+            .map(Cache::drain_all)
+            .sum()
     }
 
     /// Verify every cache.
     pub fn verify(&mut self) -> Result<(), VerifyError> {
-        self.sets.iter_mut().flatten().try_for_each(Cache::verify)
+        self.sets
+            .iter_mut()
+            .flatten()
+            .filter_map(Once::get_mut)
+            .try_for_each(Cache::verify)
     }
 }
 

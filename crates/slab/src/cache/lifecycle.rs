@@ -80,6 +80,17 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
     /// Create a cache (`kmem_cache_create`). Takes one block from `src` for the descriptor
     /// and per-CPU arrays; slabs come later, on demand.
     pub fn new(config: &CacheConfig<'a>, src: &'a S, platform: &'a P) -> Result<Self, CreateError> {
+        Self::new_in_context(config, src, platform, Gfp::empty())
+    }
+
+    /// [`new`](Self::new), taking the descriptor block with `ctx`'s context bits (a kmalloc
+    /// cache created on its first use, from whatever context that is).
+    pub(crate) fn new_in_context(
+        config: &CacheConfig<'a>,
+        src: &'a S,
+        platform: &'a P,
+        ctx: Gfp,
+    ) -> Result<Self, CreateError> {
         if config.name.len() > NAME_MAX {
             return Err(CreateError::NameTooLong);
         }
@@ -100,7 +111,7 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
         let nr_nodes = src.nr_nodes().clamp(1, MAX_NODES);
         let home = src.cpu_node(platform.current_cpu()).min(nr_nodes - 1);
         let block = src
-            .alloc_pages_node(home, block_order, Gfp::empty())
+            .alloc_pages_node(home, block_order, ctx & Gfp::CONTEXT)
             .ok_or(CreateError::OutOfMemory)?;
         let id = block.ptr.as_ptr() as usize;
         let random = config
