@@ -419,6 +419,83 @@ impl<'m, P: IrqControl, F: PagingFormat> MmBuilder<'m, P, F> {
         }
     }
 
+    /// What [`boot`](Self::boot) will take from boot memory for mmkit's own structures, from
+    /// the memory map and configuration given so far: a kernel can check it fits, or size a
+    /// machine, before booting. Every structure is page-aligned, so each is counted in whole
+    /// pages; after boot [`BootSummary::metadata_bytes`] gives the same total. The estimate
+    /// assumes the kernel map reaches all memory (boot drops what it cannot reach, which
+    /// only shrinks the figures). kmalloc caches are not in it: each is created, from the
+    /// page allocator, by its first allocation.
+    ///
+    /// [`BootSummary::metadata_bytes`]: crate::BootSummary::metadata_bytes
+    pub fn boot_cost(&self) -> Result<BootCost, BootError>
+    where
+        P: 'm,
+        F: 'm,
+    {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        let regions = self.bm.memory_regions();
+        let mut nr_nodes = 1;
+        let (mut lo, mut hi) = (u64::MAX, 0u64);
+        for r in regions {
+            let nid = r.nid().get();
+            if usize::from(nid) >= MAX_NUMNODES {
+                return Err(BootError::BadNode(nid));
+            }
+            nr_nodes = nr_nodes.max(usize::from(nid) + 1);
+            let p = r.range().whole_pfns();
+            if p.start < p.end {
+                lo = lo.min(p.start);
+                hi = hi.max(p.end);
+            }
+        }
+        if lo >= hi {
+            return Err(BootError::NoMemory);
+        }
+        let bytes = |size: usize, n: usize| page_round((size as u64).saturating_mul(n as u64));
+        let nr_cpus = self.platform.nr_cpus();
+        let mut memmap = 0;
+        let mut distances = 0;
+        for nid in 0..nr_nodes {
+            let mut node = [PhysRange::EMPTY; MAX_NODE_RANGES];
+            let mut n = 0;
+            for r in regions.iter().filter(|r| usize::from(r.nid().get()) == nid) {
+                if let Some(slot) = node.get_mut(n) {
+                    *slot = r.range();
+                    n += 1;
+                }
+            }
+            memmap += bytes(
+                size_of::<PageDesc>(),
+                memmap_len(&node[..n], self.cfg.max_order),
+            );
+            distances += bytes(1, nr_nodes);
+        }
+        let pcp_len = if self.cfg.per_cpu_lists {
+            pcp_storage_len(nr_nodes, nr_cpus)
+        } else {
+            0
+        };
+        let vmalloc = match &self.vmalloc {
+            Some((fmt, window)) => {
+                let slots = window.len() / fmt.granule().bytes();
+                3 * page_round(slots.div_ceil(64) * 8) + bytes(size_of::<Vmalloc<'m, P, F>>(), 1)
+            }
+            None => 0,
+        };
+        Ok(BootCost {
+            memmap_bytes: memmap,
+            owner_table_bytes: page_round(hi - lo),
+            per_cpu_bytes: bytes(size_of::<PerCpuPages>(), pcp_len) + bytes(1, nr_cpus),
+            vmalloc_bytes: vmalloc,
+            other_bytes: bytes(size_of::<PhysRange>(), regions.len())
+                + distances
+                + bytes(size_of::<PageAllocator<'m, P>>(), 1),
+        })
+    }
+
     /// Run the boot sequence (module docs).
     pub fn boot(self) -> Result<Mm<'m, P, F>, BootError> {
         if let Some(e) = self.error {
@@ -593,9 +670,45 @@ impl<'m, P: IrqControl, F: PagingFormat> MmBuilder<'m, P, F> {
             dropped_bytes: clipped.saturating_add(unreachable),
             reserved_bytes,
             memmap_bytes,
+            metadata_bytes: meta.ranges().iter().map(|r| page_round(r.len())).sum(),
             nr_nodes,
             span: (lo, hi),
         };
         Ok(Mm::from_parts(pages, kmalloc, vmalloc, summary, cma))
+    }
+}
+
+/// Page-aligned size: what a boot structure of `bytes` bytes takes.
+fn page_round(bytes: u64) -> u64 {
+    bytes.div_ceil(PAGE_SIZE).saturating_mul(PAGE_SIZE)
+}
+
+/// Memory ranges per node [`MmBuilder::boot_cost`] looks at (bootmem keeps fewer regions).
+const MAX_NODE_RANGES: usize = 128;
+
+/// What booting takes for mmkit's own structures ([`MmBuilder::boot_cost`]), in bytes of
+/// whole pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BootCost {
+    /// Page descriptors, 16 bytes per frame of each node's span.
+    pub memmap_bytes: u64,
+    /// The page-owner table, one byte per frame from the first to the last frame of memory.
+    pub owner_table_bytes: u64,
+    /// The buddy's per-CPU lists and the CPU-to-node map.
+    pub per_cpu_bytes: u64,
+    /// vmalloc's bitmaps and state (0 without a vmalloc area).
+    pub vmalloc_bytes: u64,
+    /// The page allocator object, the memory ranges and the node distance table.
+    pub other_bytes: u64,
+}
+
+impl BootCost {
+    /// Everything.
+    pub fn total_bytes(&self) -> u64 {
+        self.memmap_bytes
+            + self.owner_table_bytes
+            + self.per_cpu_bytes
+            + self.vmalloc_bytes
+            + self.other_bytes
     }
 }

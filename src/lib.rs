@@ -111,7 +111,9 @@ pub use mmkit_buddy as buddy;
 pub use mmkit_pgtable as pgtable;
 pub use mmkit_slab as slab;
 
-pub use builder::{BootError, MmBuilder, LOCAL_DISTANCE, MAX_CPU_NODE_MAP, REMOTE_DISTANCE};
+pub use builder::{
+    BootCost, BootError, MmBuilder, LOCAL_DISTANCE, MAX_CPU_NODE_MAP, REMOTE_DISTANCE,
+};
 pub use frame_source::TableFrames;
 pub use global::{AllocatedBlock, DeallocError, DeallocHook, GlobalMm};
 pub use map::{KernelMap, LinearMap, MapRef};

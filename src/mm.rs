@@ -59,6 +59,10 @@ pub struct BootSummary {
     pub reserved_bytes: u64,
     /// Bytes of page descriptors (memmaps).
     pub memmap_bytes: u64,
+    /// Bytes of boot memory mmkit took for its own structures (memmaps, page-owner table,
+    /// per-CPU lists, vmalloc bitmaps, the allocator objects), each rounded up to whole
+    /// pages: what [`MmBuilder::boot_cost`](crate::MmBuilder::boot_cost) predicts.
+    pub metadata_bytes: u64,
     /// NUMA nodes.
     pub nr_nodes: usize,
     /// Frames `[lo, hi)` spanned by memory.

@@ -614,3 +614,59 @@ fn typesafe_by_rcu_cache_frees_slab_pages_from_the_rcu_callback() {
     cache.destroy().unwrap();
     mm.verify().unwrap();
 }
+
+/// `boot_cost` predicts what boot takes for mmkit's own structures, to the byte of whole
+/// pages, for a two-node machine with vmalloc and per-CPU lists, and for one node without
+/// either; and a machine with a hole of 1 TiB in its map pays for its owner table.
+#[test]
+fn boot_cost_predicts_the_boot_metadata() {
+    let mem = HostMemory::new(PhysAddr::new(0), SPAN);
+    // SAFETY: `mem` is the whole simulated machine and nothing else uses it.
+    let b = unsafe { MmBuilder::new(HostPlatform::new(4), &mem) }
+        .e820(&e820_map())
+        .reserve(range(2 * MIB, 4 * MIB))
+        .node(1, range(80 * MIB, SPAN - 80 * MIB))
+        .cpu_node(2, 1)
+        .vmalloc_area(
+            X86_64::FOUR_LEVEL,
+            VirtRange::from_start_size(VirtAddr::new(VMALLOC), 64 * MIB).unwrap(),
+        );
+    let cost = b.boot_cost().unwrap();
+    assert!(cost.vmalloc_bytes > 0 && cost.per_cpu_bytes > 0);
+    assert_eq!(cost.memmap_bytes % PAGE_SIZE, 0);
+    let mm = b.boot().unwrap();
+    assert_eq!(
+        mm.boot_summary().metadata_bytes,
+        cost.total_bytes(),
+        "{cost:?}"
+    );
+    assert!(cost.memmap_bytes >= mm.boot_summary().memmap_bytes);
+
+    let mem = HostMemory::new(PhysAddr::new(0), 64 * MIB);
+    let cfg = mmkit::buddy::BuddyConfig {
+        per_cpu_lists: false,
+        ..Default::default()
+    };
+    // SAFETY: as above.
+    let b = unsafe { MmBuilder::new(HostPlatform::new(1), &mem) }
+        .memory(range(MIB, 63 * MIB))
+        .buddy_config(cfg);
+    let cost = b.boot_cost().unwrap();
+    assert_eq!((cost.vmalloc_bytes, cost.per_cpu_bytes), (0, PAGE_SIZE));
+    let mm = b.boot().unwrap();
+    assert_eq!(
+        mm.boot_summary().metadata_bytes,
+        cost.total_bytes(),
+        "{cost:?}"
+    );
+
+    // SAFETY: `boot_cost` reads the map only; nothing is booted on this memory.
+    let b = unsafe { MmBuilder::new(HostPlatform::new(1), &mem) }
+        .memory(range(MIB, 31 * MIB))
+        .memory(range(1 << 40, 32 * MIB));
+    let far = b.boot_cost().unwrap();
+    assert!(far.owner_table_bytes > (1 << 40) / PAGE_SIZE, "{far:?}");
+    // SAFETY: as above.
+    let empty = unsafe { MmBuilder::new(HostPlatform::new(1), &mem) };
+    assert_eq!(empty.boot_cost(), Err(BootError::NoMemory));
+}
