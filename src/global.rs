@@ -31,12 +31,14 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use core::cell::UnsafeCell;
 use mmkit_addr::{IrqControl, Order, PhysRange, VirtAddr, PAGE_SIZE};
 use mmkit_buddy::GfpFlags;
 use mmkit_pgtable::arch::x86_64::X86_64;
 use mmkit_pgtable::PagingFormat;
 use mmkit_slab::layout::MIN_ALIGN;
 use mmkit_slab::KMALLOC_MAX_SIZE;
+
 use spin::Once;
 
 use crate::mm::Mm;
@@ -44,7 +46,25 @@ use crate::owner::PageUse;
 
 /// An [`Mm`] installed at boot, usable as `#[global_allocator]`.
 pub struct GlobalMm<P: IrqControl + 'static, F: PagingFormat + 'static = X86_64> {
-    mm: Once<Mm<'static, P, F>>,
+    mm: Once<Installed<P, F>>,
+}
+
+/// The installed `Mm`, in a cell so that [`GlobalMm::verify_stopped`] can take it
+/// exclusively; every other access is shared.
+struct Installed<P: IrqControl + 'static, F: PagingFormat + 'static>(UnsafeCell<Mm<'static, P, F>>);
+
+// SAFETY: all access but `verify_stopped`'s is through `&Mm`, which `Mm: Sync` allows from
+// any thread; `verify_stopped`'s exclusive access is the caller's promise.
+unsafe impl<P: IrqControl, F: PagingFormat> Sync for Installed<P, F> where Mm<'static, P, F>: Sync {}
+// SAFETY: the cell owns the `Mm`; sending it sends the `Mm`.
+unsafe impl<P: IrqControl, F: PagingFormat> Send for Installed<P, F> where Mm<'static, P, F>: Send {}
+
+impl<P: IrqControl, F: PagingFormat> Installed<P, F> {
+    fn shared(&self) -> &Mm<'static, P, F> {
+        // SAFETY: only `verify_stopped` makes a `&mut`, and its caller promises no shared
+        // reference is used meanwhile.
+        unsafe { &*self.0.get() }
+    }
 }
 
 impl<P: IrqControl, F: PagingFormat> core::fmt::Debug for GlobalMm<P, F> {
@@ -99,16 +119,32 @@ impl<P: IrqControl, F: PagingFormat> GlobalMm<P, F> {
     #[allow(clippy::result_large_err)]
     pub fn init(&self, mm: Mm<'static, P, F>) -> Result<&Mm<'static, P, F>, Mm<'static, P, F>> {
         let mut slot = Some(mm);
-        let installed = self.mm.call_once(|| slot.take().expect("taken once"));
+        let installed = self
+            .mm
+            .call_once(|| Installed(UnsafeCell::new(slot.take().expect("taken once"))));
         match slot {
             Some(mm) => Err(mm),
-            None => Ok(installed),
+            None => Ok(installed.shared()),
         }
     }
 
     /// The installed `Mm`, if any.
     pub fn get(&self) -> Option<&Mm<'static, P, F>> {
-        self.mm.get()
+        self.mm.get().map(Installed::shared)
+    }
+
+    /// Run the full [`Mm::verify`] on the installed allocator; `None` if none is installed.
+    ///
+    /// # Safety
+    /// Nothing else uses the allocator until this returns: no other CPU and no interrupt
+    /// handler (a kernel calls it with the other CPUs stopped and interrupts off, as Linux's
+    /// `stop_machine` runs its callback). References that [`get`](Self::get) or
+    /// [`init`](Self::init) returned before the call are not used again: call `get` anew.
+    pub unsafe fn verify_stopped(&self) -> Option<Result<(), crate::VerifyError>> {
+        let cell = self.mm.get()?;
+        // SAFETY: the caller's promise: this is the only access for the call.
+        let mm = unsafe { &mut *cell.0.get() };
+        Some(mm.verify())
     }
 
     /// Whether `ptr` points into memory this allocator manages (its kernel map reaches it).
@@ -492,6 +528,13 @@ unsafe impl<P: IrqControl, F: PagingFormat> allocator_api2::alloc::Allocator for
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn verify_stopped_without_an_installed_mm_is_none() {
+        let g: GlobalMm<mmkit_addr::host::HostCpus<1>> = GlobalMm::new();
+        // SAFETY: nothing else uses `g`.
+        assert!(unsafe { g.verify_stopped() }.is_none());
+    }
 
     #[test]
     fn path_choice_depends_on_size_and_alignment() {
