@@ -14,7 +14,10 @@
 //! * [`TypedCache`] / [`SlabBox`]: a cache of `T` handing out owned, constructed objects.
 //! * [`Kmalloc`]: `kmalloc` / `kmalloc_node` / `kzalloc` / `kfree` / `ksize` / `krealloc`
 //!   over Linux's size classes (refined to four per doubling from 64 bytes), with
-//!   reclaimable and DMA sets and page-backed large allocations.
+//!   reclaimable and DMA sets, each cache created on its first use, and large allocations of
+//!   exactly the pages they need ([`PageSource::alloc_pages_exact`]).
+//! * GFP context: [`Gfp::NOWAIT`] / [`Gfp::HIGH`] / [`Gfp::ATOMIC`] on an allocation reach
+//!   the pages a cache grows with ([`Cache::alloc_flags`]).
 //! * `verify()` invariant scanners, [`CacheStats`], and `/proc/slabinfo` via `Display`.
 //!
 //! ```
@@ -82,16 +85,19 @@
 //! loop over an 8 MiB arena, without a lock). mmkit's pages come from the real mmkit-buddy,
 //! and every `kfree` validates its pointer through the buddy's page descriptors:
 //!
-//! | size | mmkit, host platform | mmkit, one-CPU flag guard | talc | linked_list | buddy_system | glibc |
-//! |------|----------------------|---------------------------|------|-------------|--------------|-------|
-//! | 8    | 307                  | 212                       | 227  | 173         | 145          | 142   |
-//! | 64   | 307                  | 212                       | 226  | 173         | 84           | 145   |
-//! | 256  | 311                  | 216                       | 228  | 173         | 84           | 145   |
-//! | 4096 | 401                  | 306                       | 238  | 173         | 84           | 325   |
+//! | size | mmkit, host platform | mmkit, `KernelCpus` | talc | linked_list | buddy_system | glibc |
+//! |------|----------------------|---------------------|------|-------------|--------------|-------|
+//! | 8    | 302                  | 250                 | 227  | 173         | 145          | 142   |
+//! | 64   | 302                  | 250                 | 226  | 173         | 84           | 145   |
+//! | 256  | 306                  | 254                 | 228  | 173         | 84           | 145   |
+//! | 4096 | 399                  | 347                 | 238  | 173         | 84           | 325   |
 //!
-//! About 95 of the host figure is `HostPlatform`'s guard (a thread-local CPU id and a
-//! compare-exchange / fetch-sub pair per section); a kernel's interrupt disable costs what the
-//! one-CPU column shows. About 55 are the page-source lookup that proves a freed pointer is
+//! (3 Dec. The 25 Nov figures were 307 / 311 / 401 on the host platform.) About 50 of the
+//! host figure is `HostPlatform`'s guard (a thread-local CPU id and a compare-exchange /
+//! fetch-sub pair per section); `KernelCpus` (`mmkit_addr::host`) is one thread bound per
+//! CPU with a plain counter as the guard, what a kernel's interrupt disable costs. Creating
+//! kmalloc caches on first use and exact large allocations added 15 of the `KernelCpus`
+//! figure (235 before them); taking the section's CPU from the guard's state saved 16. About 55 are the page-source lookup that proves a freed pointer is
 //! an object of a live slab (`virt_to_pfn`, then the buddy's private word, which the buddy
 //! returns only for frames of allocated blocks); 4 KiB objects live in order-3 slabs, so most
 //! of their frames are block tails whose head the buddy walks up to (another ~90). A test
