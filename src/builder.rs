@@ -652,7 +652,12 @@ impl<'m, P: IrqControl, F: PagingFormat> MmBuilder<'m, P, F> {
         let cma = declare_cma(&buddy, cma_bytes)?;
         buddy.finish_boot();
 
-        let pages: &'m PageAllocator<'m, P> = slot[0].write(PageAllocator { buddy, owners, map });
+        let pages: &'m PageAllocator<'m, P> = slot[0].write(PageAllocator {
+            buddy,
+            owners,
+            map,
+            window: map.linear_window(),
+        });
         // The owner table follows every block a mover migrates.
         pages.buddy.set_migration_observer(pages);
         let kmalloc = Kmalloc::with_flags(pages, pages.buddy.platform(), slab_flags)

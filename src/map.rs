@@ -11,7 +11,7 @@
 
 use core::ptr::NonNull;
 
-use mmkit_addr::{PhysAddr, PhysMapper, PhysRange, VirtAddr};
+use mmkit_addr::{LinearWindow, PhysAddr, PhysMapper, PhysRange, VirtAddr};
 
 /// A [`PhysMapper`] that also translates its own virtual addresses back.
 ///
@@ -62,6 +62,17 @@ unsafe impl PhysMapper for LinearMap {
         }
         let va = range.start().as_u64().checked_add(self.offset)?;
         NonNull::new(usize::try_from(va).ok()? as *mut u8)
+    }
+
+    /// `[0, limit)` (from 1 under an identity map, whose address 0 would be null).
+    #[inline]
+    fn linear_window(&self) -> Option<LinearWindow> {
+        self.limit.checked_add(self.offset)?;
+        Some(LinearWindow {
+            start: u64::from(self.offset == 0),
+            end: self.limit,
+            offset: self.offset,
+        })
     }
 }
 

@@ -48,6 +48,23 @@ pub const SLAB_TAIL_PRIVATE: u8 = 0b0001_0000;
 /// Owner byte of a frame after the head of a contiguous run.
 pub const CONTIG_TAIL: u8 = 0b0001_1000;
 
+// `slab_frame` tells block heads from the state bytes by the mobility bits alone.
+const _: () = {
+    let states = [
+        HOLE,
+        RESERVED,
+        METADATA,
+        SLAB_TAIL,
+        SLAB_TAIL_PRIVATE,
+        CONTIG_TAIL,
+    ];
+    let mut i = 0;
+    while i < states.len() {
+        assert!(states[i] & 0b11 == 0);
+        i += 1;
+    }
+};
+
 /// What the owner table says about a frame, for the slab's private-word lookups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SlabFrame {
@@ -294,13 +311,23 @@ impl<'m> PageOwners<'m> {
     }
 
     /// Whether `pfn` is a frame of a live slab block, and which kind.
+    #[inline]
     pub(crate) fn slab_frame(&self, pfn: Pfn) -> SlabFrame {
-        match self.slot(pfn.as_u64()).map(|s| s.load(Relaxed)) {
-            Some(SLAB_TAIL) => SlabFrame::Tail,
-            Some(SLAB_TAIL_PRIVATE) => SlabFrame::TailWithPrivate,
-            Some(b) if Owner::decode(b).is_some_and(|o| o.usage == PageUse::Slab) => {
+        let Some(b) = self.slot(pfn.as_u64()).map(|s| s.load(Relaxed)) else {
+            return SlabFrame::NotSlab;
+        };
+        // Block heads have a mobility in bits 0..2 (`Owner::encode`); every other state
+        // byte has them clear. Bits 6..8 of a head are its usage.
+        if b & 0b11 != 0 {
+            return if b >> 6 == PageUse::Slab as u8 {
                 SlabFrame::Head
-            }
+            } else {
+                SlabFrame::NotSlab
+            };
+        }
+        match b {
+            SLAB_TAIL => SlabFrame::Tail,
+            SLAB_TAIL_PRIVATE => SlabFrame::TailWithPrivate,
             _ => SlabFrame::NotSlab,
         }
     }

@@ -15,7 +15,7 @@
 
 use core::ptr::NonNull;
 
-use mmkit_addr::{IrqControl, Order, Pfn, PhysRange, VirtAddr, PAGE_SIZE};
+use mmkit_addr::{IrqControl, Order, Pfn, PhysAddr, PhysRange, VirtAddr, PAGE_SIZE};
 use mmkit_buddy::GfpFlags;
 use mmkit_slab::{Gfp, PageBlock, PageSource};
 
@@ -123,12 +123,18 @@ unsafe impl<P: IrqControl> PageSource for PageAllocator<'_, P> {
         }
     }
 
+    #[inline]
     fn virt_to_pfn(&self, addr: NonNull<u8>) -> Option<Pfn> {
-        Some(
-            self.map
-                .virt_to_phys(VirtAddr::from_ptr(addr.as_ptr()))?
-                .pfn(),
-        )
+        let va = VirtAddr::from_ptr(addr.as_ptr());
+        if let Some(w) = &self.window {
+            // Inside the window `phys_to_virt(pa)` is `pa + offset` (`PhysMapper`'s promise),
+            // so `KernelMap`'s would give this `pa` back.
+            let pa = va.as_u64().wrapping_sub(w.offset);
+            if (w.start..w.end).contains(&pa) {
+                return Some(PhysAddr::new(pa).pfn());
+            }
+        }
+        Some(self.map.virt_to_phys(va)?.pfn())
     }
 
     fn nr_nodes(&self) -> usize {

@@ -27,6 +27,9 @@ pub struct PageAllocator<'m, P: IrqControl> {
     pub(crate) buddy: BuddyAllocator<'m, P>,
     pub(crate) owners: PageOwners<'m>,
     pub(crate) map: &'m dyn KernelMap,
+    /// `map`'s linear window, if it has one: the free path turns a pointer into a frame
+    /// with a subtraction and a compare instead of a call through `dyn KernelMap`.
+    pub(crate) window: Option<mmkit_addr::LinearWindow>,
 }
 
 impl<P: IrqControl> core::fmt::Debug for PageAllocator<'_, P> {

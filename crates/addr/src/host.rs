@@ -20,7 +20,7 @@ use std::boxed::Box;
 use std::cell::{Cell, RefCell};
 use std::vec::Vec;
 
-use crate::platform::{CpuTopology, IrqControl, PhysMapper};
+use crate::platform::{CpuTopology, IrqControl, LinearWindow, PhysMapper};
 
 mod kernel;
 use crate::range::PhysRange;
@@ -329,6 +329,17 @@ unsafe impl PhysMapper for HostMemory {
             Some(self.ptr)
         } else {
             None
+        })
+    }
+
+    /// The whole buffer: `ptr_of(pa)` is `ptr + (pa - base)`.
+    #[inline]
+    fn linear_window(&self) -> Option<LinearWindow> {
+        let r = self.range();
+        Some(LinearWindow {
+            start: r.start().as_u64(),
+            end: r.end().as_u64(),
+            offset: (self.ptr.as_ptr() as u64).wrapping_sub(r.start().as_u64()),
         })
     }
 }
