@@ -495,6 +495,15 @@ impl<'m, P: IrqControl, F: PagingFormat> Mm<'m, P, F> {
         released
     }
 
+    /// Shrink the kmalloc family while it is in use (Linux `kmem_cache_shrink` on every
+    /// kmalloc cache, as its slab shrinker does): every CPU's cached objects go back to their
+    /// slabs, drained on that CPU through the platform's `run_on_cpu`, and empty slabs and
+    /// header pages go back to the page allocator. Returns the frames released. Call it with
+    /// interrupts on, as `run_on_cpu` requires.
+    pub fn kmalloc_shrink(&self) -> u64 {
+        self.kmalloc.shrink()
+    }
+
     /// Free frames obtainable as blocks of at least `order` (the high-order availability
     /// figure).
     pub fn free_pages_at_order(&self, order: u32) -> u64 {

@@ -1,10 +1,14 @@
 //! Several threads on one `Mm` at once: pages (per-CPU lists), kmalloc (per-CPU arrays),
 //! cross-thread frees and vmalloc (its lock), with contents checked and every invariant
-//! verified at the end.
+//! verified at the end; on the emulated-lock host platform and on `KernelCpus` (one thread
+//! per CPU, a plain counter as the interrupt guard), where another CPU keeps shrinking the
+//! kmalloc caches through cross-CPU calls meanwhile.
 
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Mutex;
 
-use mmkit::addr::host::HostPlatform;
+use mmkit::addr::host::{HostPlatform, KernelCpus};
+use mmkit::addr::IrqControl;
 use mmkit::addr::{Order, PhysAddr, PhysRange, VirtAddr, VirtRange, PAGE_SIZE};
 use mmkit::buddy::GfpFlags;
 use mmkit::host::HostRam;
@@ -16,23 +20,55 @@ const THREADS: usize = 4;
 
 #[test]
 fn threads_share_one_mm_without_losing_or_corrupting_memory() {
+    share_one_mm(HostPlatform::new(THREADS + 1), |p, cpu| {
+        p.bind_current_thread(cpu);
+    });
+}
+
+static KERNEL: KernelCpus<{ THREADS + 1 }> = KernelCpus::new();
+
+#[test]
+fn threads_share_one_mm_on_kernel_like_cpus_while_another_cpu_shrinks() {
+    share_one_mm(&KERNEL, |p, cpu| Some(p.bind(cpu).unwrap()));
+}
+
+/// The workload on `platform` with `THREADS + 1` CPUs: `bind(platform, cpu)` makes the
+/// calling thread CPU `cpu` (and returns what keeps it so). Threads `0..THREADS` allocate and
+/// free; CPU `THREADS` shrinks the kmalloc caches meanwhile.
+fn share_one_mm<P: IrqControl + Sync, B>(platform: P, bind: impl Fn(&P, usize) -> B + Sync) {
     let mem = HostRam::new(PhysAddr::new(0), 256 * MIB);
     let window =
         VirtRange::from_start_size(VirtAddr::new(0xffff_c900_0000_0000), 64 * MIB).unwrap();
+    // Booting allocates too: this thread is the boot CPU until the workers start.
+    let boot_cpu = bind(&platform, 0);
     // SAFETY: `mem` is the whole machine, used by nothing else.
-    let mut mm = unsafe { MmBuilder::new(HostPlatform::new(THREADS), &mem) }
+    let mut mm = unsafe { MmBuilder::new(platform, &mem) }
         .memory(PhysRange::from_start_size(PhysAddr::new(MIB), 255 * MIB).unwrap())
         .vmalloc_area(X86_64::FOUR_LEVEL, window)
         .boot()
         .unwrap();
     let before = mm.meminfo();
+    drop(boot_cpu);
     // Objects handed from one thread to the next, freed by a thread that did not allocate them.
     let handoff: Mutex<Vec<(usize, u8)>> = Mutex::new(Vec::new());
+    let done = AtomicBool::new(false);
     std::thread::scope(|s| {
+        let (mm_ref, bind_ref, done_ref) = (&mm, &bind, &done);
+        let shrinker = s.spawn(move || {
+            let _cpu = bind_ref(mm_ref.platform(), THREADS);
+            let mut rounds = 0u64;
+            while !done_ref.load(Relaxed) {
+                mm_ref.kmalloc_shrink();
+                rounds += 1;
+                std::thread::yield_now();
+            }
+            rounds
+        });
+        let mut workers = Vec::new();
         for t in 0..THREADS {
-            let (mm, handoff) = (&mm, &handoff);
-            s.spawn(move || {
-                mm.platform().bind_current_thread(t);
+            let (mm, handoff, bind) = (&mm, &handoff, &bind);
+            workers.push(s.spawn(move || {
+                let _cpu = bind(mm.platform(), t);
                 // SAFETY: the kernel page table is in no MMU on the host.
                 let mut tlb = unsafe { NotLoaded::new() };
                 let tag = t as u8 + 1;
@@ -87,9 +123,15 @@ fn threads_share_one_mm_without_losing_or_corrupting_memory() {
                     }
                     mm.vfree(area, &mut tlb).unwrap();
                 }
-            });
+            }));
         }
+        for w in workers {
+            w.join().unwrap();
+        }
+        done.store(true, Relaxed);
+        assert!(shrinker.join().unwrap() > 0, "the shrinker ran");
     });
+    let _cpu = bind(mm.platform(), 0);
     for (addr, _) in handoff.into_inner().unwrap() {
         // SAFETY: the last handed-off objects, freed once.
         unsafe {
@@ -106,4 +148,6 @@ fn threads_share_one_mm_without_losing_or_corrupting_memory() {
         after.free_kb + after.slab_kb + after.page_tables_kb,
         before.free_kb + before.slab_kb + before.page_tables_kb
     );
+    // Tearing down frees pages too: still as CPU 0.
+    drop(mm);
 }
