@@ -85,19 +85,20 @@
 //! loop over an 8 MiB arena, without a lock). mmkit's pages come from the real mmkit-buddy,
 //! and every `kfree` validates its pointer through the buddy's page descriptors:
 //!
-//! | size | mmkit, host platform | mmkit, `KernelCpus` | talc | linked_list | buddy_system | glibc |
-//! |------|----------------------|---------------------|------|-------------|--------------|-------|
-//! | 8    | 302                  | 250                 | 227  | 173         | 145          | 142   |
-//! | 64   | 302                  | 250                 | 226  | 173         | 84           | 145   |
-//! | 256  | 306                  | 254                 | 228  | 173         | 84           | 145   |
-//! | 4096 | 399                  | 347                 | 238  | 173         | 84           | 325   |
+//! | size | mmkit, host platform | mmkit, `KernelCpus` | same, `hardened` | talc | linked_list | buddy_system | glibc |
+//! |------|----------------------|---------------------|------------------|------|-------------|--------------|-------|
+//! | 8    | 280                  | 230                 | 265              | 227  | 173         | 145          | 142   |
+//! | 64   | 280                  | 230                 | 265              | 226  | 173         | 84           | 145   |
+//! | 256  | 284                  | 234                 | 269              | 228  | 173         | 84           | 145   |
+//! | 4096 | 377                  | 327                 | 362              | 238  | 173         | 84           | 325   |
 //!
-//! (3 Dec. The 25 Nov figures were 307 / 311 / 401 on the host platform.) About 50 of the
-//! host figure is `HostPlatform`'s guard (a thread-local CPU id and a compare-exchange /
-//! fetch-sub pair per section); `KernelCpus` (`mmkit_addr::host`) is one thread bound per
-//! CPU with a plain counter as the guard, what a kernel's interrupt disable costs. Creating
-//! kmalloc caches on first use and exact large allocations added 15 of the `KernelCpus`
-//! figure (235 before them); taking the section's CPU from the guard's state saved 16. About 55 are the page-source lookup that proves a freed pointer is
+//! (3 Dec, release builds; the 25 Nov figures were 307 / 311 / 401 on the host platform.)
+//! About 50 of the host figure is `HostPlatform`'s guard (a thread-local CPU id and a
+//! compare-exchange / fetch-sub pair per section); `KernelCpus` (`mmkit_addr::host`) is one
+//! thread bound per CPU with a plain counter as the guard, what a kernel's interrupt disable
+//! costs. The full pointer proof on free ([`HARDENED`]: the header's magic and the object
+//! index; on in debug builds, in release with the `hardened` feature) costs 35 instructions
+//! per pair. Build the `hardened` column with `--features hardened`. About 55 are the page-source lookup that proves a freed pointer is
 //! an object of a live slab (`virt_to_pfn`, then the buddy's private word, which the buddy
 //! returns only for frames of allocated blocks); 4 KiB objects live in order-3 slabs, so most
 //! of their frames are block tails whose head the buddy walks up to (another ~90). A test
@@ -148,6 +149,15 @@ mod typed;
 #[cfg(feature = "testing")]
 #[allow(unsafe_code)] // implements the unsafe traits over host memory
 pub mod testing;
+
+/// Whether every free proves its pointer in full: the slab header's magic and that the
+/// pointer starts an object. Always with debug assertions, and in release builds with the
+/// `hardened` feature. Without it a release build still finds the slab through the page
+/// source's word, refuses pointers outside slab memory and into another cache's slabs, and
+/// catches the CPU's last object freed twice, but a pointer into a slab that does not start
+/// an object is undefined behaviour (Linux checks no more without its debug options). Debug
+/// caches always check. The crate docs give what the proof costs.
+pub const HARDENED: bool = cfg!(any(debug_assertions, feature = "hardened"));
 
 pub use cache::{
     Cache, CacheConfig, Ctor, DestroyError, LeakReport, LEAK_OWNERS, MAX_NODES, NAME_MAX,

@@ -42,6 +42,12 @@ impl DetachedList {
         self.len
     }
 
+    /// Whether it holds no slab.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     pub(super) fn push(&mut self, slab: SlabPtr) {
         // SAFETY: the slab was just unlinked from every node list; we own it.
         unsafe {

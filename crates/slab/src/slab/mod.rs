@@ -208,7 +208,7 @@ pub(crate) unsafe fn lookup<S: PageSource>(src: &S, ptr: NonNull<u8>) -> PageKin
             };
             // SAFETY: the page source promises the word is the one we stored on a live slab
             // frame: the header address. The caller keeps that slab live.
-            if unsafe { (*hdr.as_ptr()).magic } != SLAB_MAGIC {
+            if crate::HARDENED && unsafe { (*hdr.as_ptr()).magic } != SLAB_MAGIC {
                 return PageKind::Unknown;
             }
             PageKind::Slab(SlabPtr(hdr))
