@@ -185,13 +185,21 @@ impl<'m> VmallocSpace<'m> {
         set(self.borrowed, first, borrowed);
     }
 
-    /// Slots of the area starting at `first`, guard included.
-    fn area_slots(&self, first: usize) -> Option<usize> {
+    /// Slots of the area starting at `first`, guard included: its pages, which `mapped`
+    /// says are mapped, and the unmapped guard slot after them. The guard ends the area even
+    /// where the next slots are used and no start: an area being freed on another CPU, which
+    /// gave up the lock to wait for a migration, has cleared its start but not yet released
+    /// its slots.
+    fn area_slots(&self, first: usize, mapped: impl Fn(usize) -> bool) -> Option<usize> {
         if first >= self.slots || !bit(self.starts, first) {
             return None;
         }
         let mut n = 1;
-        while first + n < self.slots && bit(self.used, first + n) && !bit(self.starts, first + n) {
+        while first + n < self.slots
+            && bit(self.used, first + n)
+            && !bit(self.starts, first + n)
+            && mapped(first + n - 1)
+        {
             n += 1;
         }
         Some(n)
@@ -387,7 +395,7 @@ impl<'m, P: IrqControl, F: PagingFormat> Vmalloc<'m, P, F> {
         let first = self.slot_of(va).ok_or(VfreeError::NotAnArea(va))?;
         let slots = inner
             .space
-            .area_slots(first)
+            .area_slots(first, |slot| inner.pt.translate(self.va_of(slot)).is_some())
             .ok_or(VfreeError::NotAnArea(va))?;
         if bit(inner.space.borrowed, first) != borrowed {
             return Err(VfreeError::WrongKind(va));
@@ -639,7 +647,8 @@ impl<'m, P: IrqControl, F: PagingFormat> Mm<'m, P, F> {
             }
             if bit(s.starts, i) && !bit(s.borrowed, i) {
                 // Every mapped page of a vmalloc area must be a frame vmalloc owns.
-                let n = s.area_slots(i).unwrap_or(1) - 1;
+                let mapped = |slot| inner.pt.translate(vm.va_of(slot)).is_some();
+                let n = s.area_slots(i, mapped).unwrap_or(1) - 1;
                 for j in 0..n {
                     let va = vm.va_of(i + j);
                     let Some(t) = inner.pt.translate(va) else {
@@ -721,15 +730,21 @@ mod tests {
         let b = s.find(2).unwrap();
         s.claim(b, 2, true);
         assert_eq!((a, b), (0, 4));
+        // Slots 0..3 and 4 hold pages; 3 and 5 are guards.
+        let mapped = |slot: usize| slot != 3 && slot != 5;
         assert_eq!(
-            s.area_slots(a),
+            s.area_slots(a, mapped),
             Some(4),
             "length stops at the next area's start"
         );
-        assert_eq!(s.area_slots(b), Some(2));
-        assert_eq!(s.area_slots(1), None, "not a start");
+        assert_eq!(s.area_slots(b, mapped), Some(2));
+        assert_eq!(s.area_slots(1, mapped), None, "not a start");
         assert!(bit(s.borrowed, b) && !bit(s.borrowed, a));
         assert_eq!((s.used_slots(), s.areas()), (6, 2));
+        // An area being freed elsewhere has cleared its start, its slots still used: the
+        // guard still ends the area before it.
+        set(s.starts, b, false);
+        assert_eq!(s.area_slots(a, mapped), Some(4), "the guard ends the area");
     }
 
     #[test]

@@ -345,6 +345,15 @@ fn compaction_races_mapping_writing_reading_and_freeing_through_the_addresses() 
             }
         });
         let published = &published;
+        // Stop the migrating thread however this closure ends: a worker's failure must fail
+        // the test, not leave the scope waiting for a thread that never stops.
+        struct StopOnDrop<'a>(&'a AtomicBool);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Relaxed);
+            }
+        }
+        let _stop = StopOnDrop(&stop);
         let workers: Vec<_> = (0..3u64)
             .map(|t| {
                 s.spawn(move || {
@@ -388,7 +397,6 @@ fn compaction_races_mapping_writing_reading_and_freeing_through_the_addresses() 
         for w in workers {
             w.join().unwrap();
         }
-        stop.store(true, Relaxed);
     });
     let stats = owner.movable_stats();
     println!("{stats:?}");
