@@ -64,6 +64,15 @@ fn share_one_mm<P: IrqControl + Sync, B>(platform: P, bind: impl Fn(&P, usize) -
             }
             rounds
         });
+        // Stop the shrinker however this closure ends: a worker's failure must fail the
+        // test, not leave the scope waiting for a thread that never stops.
+        struct DoneOnDrop<'a>(&'a AtomicBool);
+        impl Drop for DoneOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Relaxed);
+            }
+        }
+        let done_guard = DoneOnDrop(&done);
         let mut workers = Vec::new();
         for t in 0..THREADS {
             let (mm, handoff, bind) = (&mm, &handoff, &bind);
@@ -128,7 +137,7 @@ fn share_one_mm<P: IrqControl + Sync, B>(platform: P, bind: impl Fn(&P, usize) -
         for w in workers {
             w.join().unwrap();
         }
-        done.store(true, Relaxed);
+        drop(done_guard);
         assert!(shrinker.join().unwrap() > 0, "the shrinker ran");
     });
     let _cpu = bind(mm.platform(), 0);
