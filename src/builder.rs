@@ -437,23 +437,7 @@ impl<'m, P: IrqControl, F: PagingFormat> MmBuilder<'m, P, F> {
             return Err(e);
         }
         let regions = self.bm.memory_regions();
-        let mut nr_nodes = 1;
-        let (mut lo, mut hi) = (u64::MAX, 0u64);
-        for r in regions {
-            let nid = r.nid().get();
-            if usize::from(nid) >= MAX_NUMNODES {
-                return Err(BootError::BadNode(nid));
-            }
-            nr_nodes = nr_nodes.max(usize::from(nid) + 1);
-            let p = r.range().whole_pfns();
-            if p.start < p.end {
-                lo = lo.min(p.start);
-                hi = hi.max(p.end);
-            }
-        }
-        if lo >= hi {
-            return Err(BootError::NoMemory);
-        }
+        let (nr_nodes, lo, hi) = memory_shape(regions)?;
         let bytes = |size: usize, n: usize| page_round((size as u64).saturating_mul(n as u64));
         let nr_cpus = self.platform.nr_cpus();
         let mut memmap = 0;
@@ -521,26 +505,7 @@ impl<'m, P: IrqControl, F: PagingFormat> MmBuilder<'m, P, F> {
 
         // The shape of memory: node count, frame span, regions per node.
         let regions = bm.memory_regions();
-        if regions.is_empty() {
-            return Err(BootError::NoMemory);
-        }
-        let mut nr_nodes = 1;
-        let (mut lo, mut hi) = (u64::MAX, 0u64);
-        for r in regions {
-            let nid = r.nid().get();
-            if usize::from(nid) >= MAX_NUMNODES {
-                return Err(BootError::BadNode(nid));
-            }
-            nr_nodes = nr_nodes.max(usize::from(nid) + 1);
-            let p = r.range().whole_pfns();
-            if p.start < p.end {
-                lo = lo.min(p.start);
-                hi = hi.max(p.end);
-            }
-        }
-        if lo >= hi {
-            return Err(BootError::NoMemory);
-        }
+        let (nr_nodes, lo, hi) = memory_shape(regions)?;
         let nr_regions = regions.len();
         let memory_bytes = bm.memory_size();
 
@@ -681,6 +646,28 @@ impl<'m, P: IrqControl, F: PagingFormat> MmBuilder<'m, P, F> {
         };
         Ok(Mm::from_parts(pages, kmalloc, vmalloc, summary, cma))
     }
+}
+
+/// The shape of memory from bootmem's regions: `(node count, first frame, end frame)`.
+fn memory_shape(regions: &[mmkit_bootmem::Region]) -> Result<(usize, u64, u64), BootError> {
+    let mut nr_nodes = 1;
+    let (mut lo, mut hi) = (u64::MAX, 0u64);
+    for r in regions {
+        let nid = r.nid().get();
+        if usize::from(nid) >= MAX_NUMNODES {
+            return Err(BootError::BadNode(nid));
+        }
+        nr_nodes = nr_nodes.max(usize::from(nid) + 1);
+        let p = r.range().whole_pfns();
+        if p.start < p.end {
+            lo = lo.min(p.start);
+            hi = hi.max(p.end);
+        }
+    }
+    if lo >= hi {
+        return Err(BootError::NoMemory);
+    }
+    Ok((nr_nodes, lo, hi))
 }
 
 /// Page-aligned size: what a boot structure of `bytes` bytes takes.

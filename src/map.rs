@@ -11,7 +11,7 @@
 
 use core::ptr::NonNull;
 
-use mmkit_addr::{LinearWindow, PhysAddr, PhysMapper, PhysRange, VirtAddr};
+use mmkit_addr::{LinearWindow, OffsetMapper, PhysAddr, PhysMapper, PhysRange, VirtAddr};
 
 /// A [`PhysMapper`] that also translates its own virtual addresses back.
 ///
@@ -64,15 +64,11 @@ unsafe impl PhysMapper for LinearMap {
         NonNull::new(usize::try_from(va).ok()? as *mut u8)
     }
 
-    /// `[0, limit)` (from 1 under an identity map, whose address 0 would be null).
+    /// `[0, limit)`, as `mmkit_addr::OffsetMapper` reports the same map.
     #[inline]
     fn linear_window(&self) -> Option<LinearWindow> {
-        self.limit.checked_add(self.offset)?;
-        Some(LinearWindow {
-            start: u64::from(self.offset == 0),
-            end: self.limit,
-            offset: self.offset,
-        })
+        // SAFETY: `LinearMap::new`'s contract is `OffsetMapper::new`'s, for the same map.
+        unsafe { OffsetMapper::new(self.offset, self.limit) }.linear_window()
     }
 }
 

@@ -2,22 +2,15 @@
 //! min watermark a request that cannot block (`NOWAIT`) may use a quarter of the reserve, and
 //! an atomic one (`ATOMIC`, `__GFP_HIGH`) more; `KERNEL` none.
 
-use mmkit::addr::host::HostPlatform;
-use mmkit::addr::{Order, PhysAddr, PhysRange};
+use mmkit::addr::{Order, PhysAddr};
 use mmkit::buddy::GfpFlags;
 use mmkit::host::HostRam;
-use mmkit::{Mm, MmBuilder};
 
 const MIB: u64 = 1 << 20;
 
-fn boot(mem: &'static HostRam) -> Mm<'static, HostPlatform> {
-    let ram = PhysRange::from_start_size(PhysAddr::new(MIB), 63 * MIB).unwrap();
-    // SAFETY: `mem` is the whole simulated machine and nothing else uses it.
-    unsafe { MmBuilder::new(HostPlatform::new(1), mem) }
-        .memory(ram)
-        .boot()
-        .expect("boot")
-}
+#[path = "common/small.rs"]
+mod small;
+use small::boot;
 
 #[test]
 fn an_atomic_kmalloc_grows_a_slab_from_the_reserve_where_kernel_fails() {

@@ -2,11 +2,10 @@
 //! mover copies through the direct map) and the facade's page-owner table follows the block,
 //! so `verify()` holds and the page is freed at its new frame.
 
-use mmkit::addr::host::HostPlatform;
-use mmkit::addr::{Order, Pfn, PhysAddr, PhysRange};
+use mmkit::addr::{Order, Pfn, PhysAddr};
 use mmkit::buddy::GfpFlags;
 use mmkit::host::HostRam;
-use mmkit::{Mm, MmBuilder, PageUse};
+use mmkit::PageUse;
 
 const MIB: u64 = 1 << 20;
 
@@ -16,14 +15,9 @@ mod copier;
 /// A kernel's movable pages: frame -> tag, each page filled with its tag's byte.
 type Copier = copier::Copier<u64>;
 
-fn boot(mem: &'static HostRam) -> Mm<'static, HostPlatform> {
-    let ram = PhysRange::from_start_size(PhysAddr::new(MIB), 63 * MIB).unwrap();
-    // SAFETY: `mem` is the whole simulated machine and nothing else uses it.
-    unsafe { MmBuilder::new(HostPlatform::new(1), mem) }
-        .memory(ram)
-        .boot()
-        .expect("boot")
-}
+#[path = "common/small.rs"]
+mod small;
+use small::boot;
 
 #[test]
 fn a_kernel_mover_moves_bytes_and_the_owner_table_follows() {

@@ -282,6 +282,18 @@ impl TestPageSource {
         Some(PageBlock { pfn, ptr })
     }
 
+    /// A block given back is inside the source and its pointer is its frame's address.
+    fn check_block(&self, block: PageBlock) {
+        let idx = self
+            .index(block.pfn)
+            .expect("free of a frame outside the test source");
+        assert_eq!(
+            block.ptr.as_ptr() as usize,
+            self.base + idx * PAGE_SIZE as usize,
+            "pointer does not match pfn"
+        );
+    }
+
     /// The flags the last `alloc_pages` / `alloc_pages_node` call passed.
     pub fn last_gfp(&self) -> Gfp {
         Gfp::from_bits_retain(self.last_gfp.load(SeqCst))
@@ -376,14 +388,7 @@ unsafe impl PageSource for TestPageSource {
     }
 
     unsafe fn free_pages_exact(&self, block: PageBlock, nr: u64) {
-        let idx = self
-            .index(block.pfn)
-            .expect("free of a frame outside the test source");
-        assert_eq!(
-            block.ptr.as_ptr() as usize,
-            self.base + idx * PAGE_SIZE as usize,
-            "pointer does not match pfn"
-        );
+        self.check_block(block);
         self.buddy()
             .free_pages_exact(block.pfn, nr)
             .expect("buddy free of a live exact allocation");
@@ -391,14 +396,7 @@ unsafe impl PageSource for TestPageSource {
     }
 
     unsafe fn free_pages(&self, block: PageBlock, order: Order) {
-        let idx = self
-            .index(block.pfn)
-            .expect("free of a frame outside the test source");
-        assert_eq!(
-            block.ptr.as_ptr() as usize,
-            self.base + idx * PAGE_SIZE as usize,
-            "pointer does not match pfn"
-        );
+        self.check_block(block);
         assert_eq!(
             self.buddy().allocated_block(block.pfn),
             Some((block.pfn, order)),
