@@ -286,15 +286,16 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
                 break;
             };
             if i == 0 {
+                // Allocated before the zone lock goes: off the lists with a free head, the
+                // block would look free to a merge or a pageblock walk on another CPU.
+                self.mark_allocated(&mm, pfn, req);
                 got = Some(pfn);
             } else {
                 lists.push(&mm, pfn, req.order, req.mt);
             }
         }
         drop(z);
-        let pfn = got?;
-        self.mark_allocated(&mm, pfn, req);
-        Some(pfn)
+        got
     }
 
     fn rmqueue_buddy(
