@@ -17,9 +17,10 @@
 //! `n`, then of the other nodes by increasing distance (Linux's node-ordered zonelist).
 
 use core::mem::MaybeUninit;
+use core::ops::{Deref, DerefMut};
 use core::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
-use mmkit_addr::{IrqControl, Order, Pfn, PhysMapper, PhysRange};
+use mmkit_addr::{IrqControl, IrqGuard, Order, Pfn, PhysMapper, PhysRange};
 use spin::RwLock;
 
 use crate::compaction::CompactState;
@@ -34,6 +35,28 @@ use crate::pcp::PerCpuPages;
 use crate::raw::{init_allocator_in, init_by_value, init_slice, AllocatorHead, NodeHead};
 use crate::zone::{Zone, ZoneType, NR_ZONES};
 use crate::{MAX_NUMNODES, MAX_ORDER_LIMIT};
+
+/// A zone lock held inside an interrupts-off section. Fields drop in declaration order, so
+/// the lock goes before interrupts come back.
+pub(crate) struct ZoneLockedIrq<'a, 'm, P: IrqControl> {
+    z: ZoneLocked<'a, 'm>,
+    _irq: IrqGuard<'a, P>,
+}
+
+impl<'a, 'm, P: IrqControl> Deref for ZoneLockedIrq<'a, 'm, P> {
+    type Target = ZoneLocked<'a, 'm>;
+    #[inline]
+    fn deref(&self) -> &Self::Target {
+        &self.z
+    }
+}
+
+impl<P: IrqControl> DerefMut for ZoneLockedIrq<'_, '_, P> {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.z
+    }
+}
 
 /// Called (without any allocator lock held) when an allocation finds a zone below its low
 /// watermark: where Linux wakes kswapd. Arguments: node id and zone.
@@ -408,9 +431,19 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         None
     }
 
+    /// Take `zone`'s lock with local interrupts off (Linux `spin_lock_irqsave(&zone->lock)`):
+    /// an interrupt handler that allocates cannot then spin on a lock its own CPU holds.
     #[inline]
-    pub(crate) fn lock<'a>(&'a self, node: &'a Node<'m>, zone: &'a Zone<'m>) -> ZoneLocked<'a, 'm> {
-        ZoneLocked::lock(zone, node.mm, self.params())
+    pub(crate) fn lock<'a>(
+        &'a self,
+        node: &'a Node<'m>,
+        zone: &'a Zone<'m>,
+    ) -> ZoneLockedIrq<'a, 'm, P> {
+        let irq = self.platform.irq_save();
+        ZoneLockedIrq {
+            z: ZoneLocked::lock(zone, node.mm, self.params()),
+            _irq: irq,
+        }
     }
 
     /// Check that `[pfn, pfn + 2^order)` may be freed at boot; returns its node and zone.
@@ -695,6 +728,36 @@ mod tests {
         assert!(b.node(MAX_NUMNODES).is_none());
         assert!(b.locate(0).is_none());
         assert!(b.locate(16 * 256).is_some());
+    }
+
+    /// The zone lock is an interrupts-off section: a cross-CPU call (an interrupt on
+    /// hardware) aimed at the holder's CPU runs only after the lock is gone, so a handler
+    /// that allocates never spins on a zone lock its own CPU holds.
+    #[test]
+    fn zone_lock_keeps_interrupts_off_on_its_cpu() {
+        use core::sync::atomic::{AtomicBool, Ordering::SeqCst};
+        let b = crate::testutil::build(&[&[mib(16, 16)]], BuddyConfig::default(), 2);
+        let (node, zone) = b.locate(16 * 256).unwrap();
+        let released = AtomicBool::new(false);
+        let entered = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let z = b.lock(node, zone);
+            let cpu = b.platform.irq_save().cpu();
+            let (b, released, entered) = (&b, &released, &entered);
+            let caller = s.spawn(move || {
+                entered.store(true, SeqCst);
+                assert!(b.platform.run_on_cpu(cpu, &|| {
+                    assert!(released.load(SeqCst), "ran while the zone lock was held");
+                }));
+            });
+            while !entered.load(SeqCst) {
+                std::thread::yield_now();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            released.store(true, SeqCst);
+            drop(z);
+            caller.join().unwrap();
+        });
     }
 
     #[test]

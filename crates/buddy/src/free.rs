@@ -169,6 +169,8 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
 
     pub(crate) fn drain_zone_pcp(&self, node: &Node<'m>, zone: &Zone<'m>) {
         for pcp in zone.pcp {
+            // Lock order: interrupts off, the per-CPU lists, the zone.
+            let _irq = self.platform.irq_save();
             let mut lists = pcp.inner.lock();
             if lists.count > 0 {
                 self.lock(node, zone)

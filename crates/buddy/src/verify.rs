@@ -186,6 +186,9 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         if zone.pcp.len() > MAX_VERIFY_CPUS {
             self.drain_zone_pcp(node, zone);
         }
+        // Interrupts off before the per-CPU locks, as everywhere: lock order is interrupts,
+        // per-CPU lists, zone.
+        let _irq = self.platform.irq_save();
         let held = HeldPcp::lock_all(zone);
         for lists in held.iter() {
             let mut pages = 0;
