@@ -63,6 +63,11 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         order: Order,
     ) -> Result<Pfn, AllocError> {
         let req = self.request(node, gfp, order.get())?;
+        if !gfp.contains(GfpFlags::ZERO) {
+            if let Some(pfn) = self.alloc_pcp_hit(&req) {
+                return Ok(Pfn::new(pfn));
+            }
+        }
         if gfp.contains(GfpFlags::ZERO) && self.mapper.is_none() {
             return Err(AllocError::NoMapper);
         }
@@ -251,6 +256,36 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         if flags.highatomic {
             z.reserve_highatomic_pageblock(pfn, req.order);
         }
+        Some(pfn)
+    }
+
+    /// The fast path (Linux's first `get_page_from_freelist` pass when it finds the page on
+    /// the per-CPU list): the first populated zone of the preferred node that the request
+    /// may use, above its low watermark, and a block on this CPU's list for the order and
+    /// type. `None` sends the request down the full path, which starts with the same step
+    /// (and refills the list, falls back to other zones and nodes, reclaims reserves).
+    #[inline(always)]
+    fn alloc_pcp_hit(&self, req: &Request) -> Option<u64> {
+        if !self.pcp_enabled || req.order > PCP_MAX_ORDER {
+            return None;
+        }
+        let node = self.node(req.node)?;
+        let zone = node.zones[..=req.highest]
+            .iter()
+            .rev()
+            .find(|z| z.is_populated())?;
+        if !zone.watermark_ok(
+            req.order,
+            zone.wmark(Watermark::Low),
+            req.highest,
+            AllocFlags::default(),
+        ) {
+            return None;
+        }
+        let guard = self.platform.irq_save();
+        let mut lists = zone.pcp[guard.cpu()].inner.try_lock()?;
+        let pfn = lists.pop(&node.mm, req.order, req.mt)?;
+        self.mark_allocated(&node.mm, pfn, req);
         Some(pfn)
     }
 
