@@ -37,7 +37,7 @@ use mmkit_buddy::GfpFlags;
 use mmkit_pgtable::arch::x86_64::X86_64;
 use mmkit_pgtable::PagingFormat;
 use mmkit_slab::layout::MIN_ALIGN;
-use mmkit_slab::KMALLOC_MAX_SIZE;
+use mmkit_slab::{KMALLOC_MAX_CACHE_SIZE, KMALLOC_MAX_SIZE};
 
 use spin::Once;
 
@@ -338,20 +338,10 @@ impl<'m, P: IrqControl, F: PagingFormat> Mm<'m, P, F> {
             block,
         };
         if expected == Some(LayoutPath::Kmalloc) {
-            #[cfg(debug_assertions)]
-            // SAFETY: the caller's promise: `ptr` is a live allocation of ours; `ksize` only
-            // reads metadata and refuses pointers that are not kmalloc objects.
-            let usable = unsafe { self.ksize(ptr) }.ok();
-            // SAFETY: as above; a pointer that is not a live kmalloc allocation is refused
-            // by `kfree` and nothing changes, and the search below takes over.
-            if unsafe { self.kfree(ptr) }.is_ok() {
-                #[cfg(debug_assertions)]
-                if let Some(usable) = usable {
-                    if usable < layout.size() || addr % layout.align() != 0 {
-                        return Err(mismatch(AllocatedBlock::Kmalloc { usable }));
-                    }
-                }
-                return Ok(());
+            // SAFETY: the caller's promise; a pointer that is not a live kmalloc allocation
+            // is refused by `kfree` and nothing changes, and the search below takes over.
+            if let Some(done) = unsafe { self.kfree_layout(ptr, layout) } {
+                return done;
             }
         }
         let not_allocated = DeallocError::NotAllocated { addr, layout };
@@ -387,6 +377,39 @@ impl<'m, P: IrqControl, F: PagingFormat> Mm<'m, P, F> {
         Err(not_allocated)
     }
 
+    /// `kfree(ptr)` for a layout on the kmalloc path: `None` (nothing changed) when `ptr` is
+    /// not a live kmalloc allocation, else the outcome. Builds with debug assertions also
+    /// check the layout against the object freed (it costs a `ksize`).
+    ///
+    /// # Safety
+    /// As [`dealloc_layout`](Self::dealloc_layout).
+    #[inline(always)]
+    unsafe fn kfree_layout(
+        &self,
+        ptr: NonNull<u8>,
+        layout: Layout,
+    ) -> Option<Result<(), DeallocError>> {
+        #[cfg(debug_assertions)]
+        // SAFETY: the caller's promise: `ptr` is a live allocation of ours; `ksize` only
+        // reads metadata and refuses pointers that are not kmalloc objects.
+        let usable = unsafe { self.ksize(ptr) }.ok();
+        // SAFETY: as above; `kfree` refuses what is not a live kmalloc allocation.
+        unsafe { self.kfree(ptr) }.ok()?;
+        #[cfg(debug_assertions)]
+        if let Some(usable) = usable {
+            let addr = ptr.as_ptr() as usize;
+            if usable < layout.size() || addr % layout.align() != 0 {
+                return Some(Err(DeallocError::LayoutMismatch {
+                    addr,
+                    layout,
+                    block: AllocatedBlock::Kmalloc { usable },
+                }));
+            }
+        }
+        let _ = layout;
+        Some(Ok(()))
+    }
+
     /// Tell `hook` about every [`DeallocError`] that [`GlobalAlloc::dealloc`] on this `Mm`
     /// (or on a [`GlobalMm`] holding it) meets. Set once; a second hook is returned.
     pub fn set_dealloc_hook(&self, hook: DeallocHook) -> Result<(), DeallocHook> {
@@ -408,15 +431,44 @@ impl<'m, P: IrqControl, F: PagingFormat> Mm<'m, P, F> {
     }
 }
 
+impl<P: IrqControl, F: PagingFormat> Mm<'_, P, F> {
+    /// `GlobalAlloc::alloc` past the per-CPU fast path.
+    #[inline(never)]
+    fn alloc_slow(&self, layout: Layout) -> *mut u8 {
+        self.alloc_layout(layout, GfpFlags::KERNEL)
+            .map_or(ptr::null_mut(), NonNull::as_ptr)
+    }
+
+    /// `GlobalAlloc::dealloc` past the fast path: the full search, errors reported.
+    ///
+    /// # Safety
+    /// `GlobalAlloc::dealloc`'s contract: `p` came from `alloc` with `layout` and is not
+    /// used again.
+    #[inline(never)]
+    unsafe fn dealloc_slow(&self, p: NonNull<u8>, layout: Layout) {
+        // SAFETY: the caller's contract; `alloc` is `alloc_layout` with the same layout.
+        if let Err(e) = unsafe { self.dealloc_layout(p, layout) } {
+            self.dealloc_report.report(&e);
+        }
+    }
+}
+
 // SAFETY: memory comes from kmalloc (objects at least `layout.size()` long, aligned as asked by
 // `kmalloc_aligned`), from naturally aligned buddy blocks of at least `max(size, align)` bytes,
 // or from contiguous runs aligned as `alloc_contig_pages` promises; blocks are exclusively the
 // caller's until `dealloc`, which finds the block from the pointer. Failures return null;
 // nothing here panics (errors are values, reported through the dealloc hook).
 unsafe impl<P: IrqControl, F: PagingFormat> GlobalAlloc for Mm<'_, P, F> {
+    #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        self.alloc_layout(layout, GfpFlags::KERNEL)
-            .map_or(ptr::null_mut(), NonNull::as_ptr)
+        // The per-CPU fast path first: every kmalloc class is aligned to at least
+        // `MIN_ALIGN`, and a pop needs no page-allocation context.
+        if layout.align() <= MIN_ALIGN {
+            if let Some(p) = self.kmalloc.kmalloc_cached(layout.size()) {
+                return p.as_ptr();
+            }
+        }
+        self.alloc_slow(layout)
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
@@ -424,15 +476,24 @@ unsafe impl<P: IrqControl, F: PagingFormat> GlobalAlloc for Mm<'_, P, F> {
             .map_or(ptr::null_mut(), NonNull::as_ptr)
     }
 
+    #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         let Some(p) = NonNull::new(ptr) else {
             return;
         };
-        // SAFETY: `GlobalAlloc::dealloc`'s contract: `ptr` came from `alloc` with this
-        // layout (which is `alloc_layout`) and is not used again.
-        if let Err(e) = unsafe { self.dealloc_layout(p, layout) } {
-            self.dealloc_report.report(&e);
+        // A small layout is a kmalloc object if `kfree` takes it; anything `kfree` refuses
+        // (it then changes nothing) goes through the full search.
+        if layout.size() <= KMALLOC_MAX_CACHE_SIZE {
+            // SAFETY: `GlobalAlloc::dealloc`'s contract; `kfree` refuses what is not a live
+            // kmalloc allocation of ours.
+            match unsafe { self.kfree_layout(p, layout) } {
+                Some(Ok(())) => return,
+                Some(Err(e)) => return self.dealloc_report.report(&e),
+                None => {}
+            }
         }
+        // SAFETY: `GlobalAlloc::dealloc`'s contract.
+        unsafe { self.dealloc_slow(p, layout) };
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {

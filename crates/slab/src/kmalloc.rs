@@ -420,6 +420,24 @@ impl<'a, S: PageSource, P: IrqControl> Kmalloc<'a, S, P> {
         self.sets.iter().flatten().filter_map(Once::get)
     }
 
+    /// `kmalloc(size, Gfp::empty())` served from this CPU's array, for callers with a slow
+    /// path of their own (the facade's `GlobalAlloc`): the class from a table, the class's
+    /// cache, one pop, refilling the array from the cache's partial slabs when it is empty.
+    /// `None` when that does not serve it: `size` is 0 or above
+    /// [`KMALLOC_MAX_CACHE_SIZE`], the class has no cache yet, the cache keeps no per-CPU
+    /// arrays (debug flags), or no partial slab has an object. The caller then calls
+    /// [`kmalloc`](Self::kmalloc), which grows, retries and reports errors.
+    #[inline(always)]
+    pub fn kmalloc_cached(&self, size: usize) -> Option<NonNull<u8>> {
+        if size.wrapping_sub(1) >= KMALLOC_MAX_CACHE_SIZE {
+            return None;
+        }
+        let class = class_index(size)?;
+        self.sets[KmallocKind::Normal as usize][class]
+            .get()?
+            .alloc_cached_only()
+    }
+
     /// Allocate `size` bytes (`kmalloc`).
     #[track_caller]
     #[inline]

@@ -6,7 +6,7 @@ use mmkit_addr::host::HostPlatform;
 use mmkit_slab::testing::TestPageSource;
 use mmkit_slab::{
     AllocError, CacheFlags, FreeError, Gfp, Kmalloc, KmallocKind, KreallocError, KMALLOC_CLASSES,
-    ZERO_SIZE_PTR,
+    KMALLOC_MAX_CACHE_SIZE, ZERO_SIZE_PTR,
 };
 
 fn env() -> (TestPageSource, HostPlatform) {
@@ -348,4 +348,44 @@ fn use_everything_and_shrink(k: &Kmalloc<'_, TestPageSource, HostPlatform>, plat
         unsafe { k.kfree(p).unwrap() };
     }
     assert!(k.shrink() > 0);
+}
+
+#[test]
+fn the_cached_fast_path_serves_only_what_a_cpu_array_holds() {
+    let (src, plat) = env();
+    let mut k = Kmalloc::new(&src, &plat).unwrap();
+    // Nothing is created before first use, and sizes outside the classes never qualify.
+    assert_eq!(k.kmalloc_cached(64), None);
+    assert_eq!(k.kmalloc_cached(0), None);
+    assert_eq!(k.kmalloc_cached(KMALLOC_MAX_CACHE_SIZE + 1), None);
+    assert_eq!(k.kmalloc_cached(usize::MAX), None);
+    let warm = k.kmalloc(64, Gfp::empty()).unwrap();
+    // SAFETY: ours, freed once; it now sits in this CPU's array.
+    unsafe { k.kfree(warm).unwrap() };
+    assert_eq!(k.kmalloc_cached(1), None, "kmalloc-8 is not created yet");
+    let mut got = Vec::new();
+    for size in [49, 60, 64] {
+        let p = k
+            .kmalloc_cached(size)
+            .expect("the warm class serves from its array");
+        assert_eq!(p.as_ptr() as usize % 64, 0, "kmalloc-64 is 64-aligned");
+        // SAFETY: kmalloc memory of at least `size` bytes.
+        assert_eq!(unsafe { k.ksize(p) }, Ok(64));
+        got.push(p);
+    }
+    assert!(got.windows(2).all(|w| w[0] != w[1]));
+    for p in got {
+        // SAFETY: each is ours and freed once.
+        unsafe { k.kfree(p).unwrap() };
+    }
+    k.verify().unwrap();
+
+    // Caches with debug flags keep no per-CPU arrays: always the full path.
+    let (src, plat) = env();
+    let mut d = Kmalloc::with_flags(&src, &plat, CacheFlags::RED_ZONE).unwrap();
+    let p = d.kmalloc(64, Gfp::empty()).unwrap();
+    // SAFETY: ours, freed once.
+    unsafe { d.kfree(p).unwrap() };
+    assert_eq!(d.kmalloc_cached(64), None);
+    d.verify().unwrap();
 }

@@ -112,6 +112,16 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
         self.alloc_flags(Gfp::ZERO)
     }
 
+    /// [`alloc`](Self::alloc) when the per-CPU array (refilled once from partial slabs)
+    /// serves it; `None` for debug caches and when the cache would have to grow.
+    #[inline(always)]
+    pub(crate) fn alloc_cached_only(&self) -> Option<NonNull<u8>> {
+        if self.core().params.layout.cpu_capacity == 0 {
+            return None;
+        }
+        self.alloc_cached(None)
+    }
+
     /// Pop from this CPU's array, refilling it once (from the CPU's node, then `extra`, then
     /// other nodes with partial slabs to spare).
     #[inline]
