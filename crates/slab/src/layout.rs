@@ -77,7 +77,7 @@ const WASTE_FRACTIONS: [usize; 4] = [16, 8, 4, 2];
 /// sheaves took over.
 const CPU_ARRAY_LIMITS: [(usize, usize); 4] = [(128 * 1024, 1), (4096, 8), (1024, 24), (256, 54)];
 /// Capacity for objects of 256 bytes or less.
-const CPU_ARRAY_SMALL: usize = 120;
+pub(crate) const CPU_ARRAY_SMALL: usize = 120;
 
 /// Why a geometry cannot be built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

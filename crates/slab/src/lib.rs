@@ -8,8 +8,10 @@
 //!   `destroy`, with constructors, `HWCACHE_ALIGN`, `RECLAIM_ACCOUNT`, `TYPESAFE_BY_RCU`
 //!   (slab pages freed from the kernel's [`Rcu::call_rcu`] callback), and the debug flags
 //!   (consistency checks, red zones, poison, owner tracking). Slabs are kept on per-node
-//!   partial lists ([`PageSource::cpu_node`] / [`PageSource::pfn_node`]); `shrink` drains
-//!   every CPU's array through [`IrqControl::run_on_cpu`](mmkit_addr::IrqControl::run_on_cpu);
+//!   partial lists ([`PageSource::cpu_node`] / [`PageSource::pfn_node`]); a CPU array that
+//!   fills hands its oldest half whole to its node's depot, where a CPU whose array ran
+//!   empty takes it back whole (Linux's barn of sheaves); `shrink` drains every CPU's array
+//!   through [`IrqControl::run_on_cpu`](mmkit_addr::IrqControl::run_on_cpu) and every depot;
 //!   big objects get off-slab headers so their slots fill the slab.
 //! * [`TypedCache`] / [`SlabBox`]: a cache of `T` handing out owned, constructed objects.
 //! * [`Kmalloc`]: `kmalloc` / `kmalloc_node` / `kzalloc` / `kfree` / `ksize` / `krealloc`
@@ -48,9 +50,10 @@
 //!
 //! ## How it fits together
 //! ```text
-//! Kmalloc ──> Cache (handle) ──> descriptor block (percpu): config, node locks, CPU arrays
-//!                                   │
+//! Kmalloc ──> Cache (handle) ──> descriptor block (percpu): config, node locks, CPU arrays,
+//!                                   │                           depot magazines
 //!           CPU arrays (lock-free fast path) <──> NodeLists per node (slab/node.rs)
+//!                                   │               depot: whole batches between CPUs
 //!                                   │               partial / full
 //!                                   │               └─ HeaderPool: off-slab headers
 //!                               PageSource: slab blocks + per-frame private word + nodes
@@ -64,7 +67,7 @@
 //! | `config` | [`CacheConfig`]: creation parameters | denied |
 //! | `cache` | [`Cache`] handle and descriptor; `cache/` holds one file per path: `alloc`, `free`, `debug`, `slabs` (grow and release), `lifecycle`, `verify`, `report` | the path files call contracts; `report` denied |
 //! | `slab` | slab memory; `slab/` holds the header and lookup, `freelist`, `node` (partial / full lists), `list`, `detached` (release, RCU), `header_pool`, `debug` (poison, red zones, owner records) | raw memory |
-//! | `percpu` | the descriptor block and the per-CPU arrays | raw memory |
+//! | `percpu` | the descriptor block, the per-CPU arrays and the node depots | raw memory |
 //! | `kmalloc` | [`Kmalloc`] over the size classes, large allocations from the page source | unsafe API, calls contracts |
 //! | `typed` | [`TypedCache`] / [`SlabBox`] | reads and writes a `T` through its slot |
 //! | `page_source` | the [`PageSource`] and [`Rcu`] contracts | declares unsafe traits |

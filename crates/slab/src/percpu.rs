@@ -1,12 +1,17 @@
-//! The cache descriptor block and its per-CPU object arrays.
+//! The cache descriptor block, its per-CPU object arrays and its node depots.
 //!
-//! A cache is created without a heap: its descriptor and one object array per CPU live in a
-//! block taken from the page source at creation (Linux bootstraps `kmem_cache` from a cache
-//! of itself; mmkit takes whole pages, which is simpler and needs no bootstrap order).
+//! A cache is created without a heap: its descriptor, one object array per CPU and the
+//! depots' magazines live in a block taken from the page source at creation (Linux
+//! bootstraps `kmem_cache` from a cache of itself; mmkit takes whole pages, which is simpler
+//! and needs no bootstrap order).
 //!
 //! ```text
 //! | descriptor | pad to 64 | CpuArray 0 | CpuArray 1 | ... | objs of CPU 0 | objs of CPU 1 | ...
+//!   ... | node 0's magazines | node 1's magazines | ... (the rest of the block)
 //! ```
+//!
+//! The magazines take the block's slack, and the block is sized so each node gets at least
+//! four (more, up to eight, where the slack has room): see [`Depots`].
 //!
 //! Each [`CpuArray`] is a LIFO stack of free objects (Linux's per-CPU *sheaves*, earlier SLAB's
 //! `array_cache`), one cache line of bookkeeping per CPU so CPUs never share a line. Only the
@@ -260,6 +265,34 @@ impl CpuRef<'_> {
         self.arr.count.store(len - n, Relaxed);
     }
 
+    /// Move the `n` oldest objects (`n <= len()`) to `dst` and slide the rest down.
+    ///
+    /// # Safety
+    /// `dst` is valid for writes of `n` pointers and does not overlap the array.
+    pub unsafe fn take_oldest_into(&mut self, dst: *mut *mut u8, n: usize) {
+        let len = self.len();
+        let n = n.min(len);
+        // SAFETY: `[0, n)` is filled; `dst` is the caller's; the slide stays in `[0, len)`.
+        unsafe {
+            core::ptr::copy_nonoverlapping(self.arr.objs, dst, n);
+            core::ptr::copy(self.arr.objs.add(n), self.arr.objs, len - n);
+        }
+        self.arr.count.store(len - n, Relaxed);
+    }
+
+    /// Push `n` objects (`n <= room()`) from `src`, in order.
+    ///
+    /// # Safety
+    /// `src` is valid for reads of `n` pointers to objects of this cache and does not
+    /// overlap the array.
+    pub unsafe fn push_from(&mut self, src: *const *mut u8, n: usize) {
+        let len = self.len();
+        let n = n.min(self.cap - len);
+        // SAFETY: `[len, len + n)` is inside the array (`n <= room`); `src` is the caller's.
+        unsafe { core::ptr::copy_nonoverlapping(src, self.arr.objs.add(len), n) };
+        self.arr.count.store(len + n, Relaxed);
+    }
+
     /// Count one allocation (`fast`: served from the array without the node lock).
     #[inline]
     pub fn count_alloc(&self, fast: bool) {
@@ -276,5 +309,110 @@ impl CpuRef<'_> {
         if !fast {
             bump(&self.arr.free_slow, 1);
         }
+    }
+}
+
+/// Most objects a refill or flush batch moves: half the largest per-CPU array.
+pub(crate) const MAX_BATCH: usize = crate::layout::CPU_ARRAY_SMALL.div_ceil(2);
+
+/// The per-node depots of one cache: for each node, room for `mags` magazines of `batch`
+/// objects each, in the descriptor block's slack after the CPU arrays (Bonwick's magazine
+/// depot; Linux's per-node "barn" of full sheaves). A CPU whose array is full hands its
+/// `batch` oldest objects to its node's depot in one copy instead of returning them to their
+/// slabs one by one; a CPU whose array is empty takes a magazine back the same way. How many
+/// magazines a node holds lives in its lists (`NodeLists::depot_full`), under the node lock.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Depots {
+    base: *mut *mut u8,
+    mags: usize,
+    batch: usize,
+}
+
+// SAFETY: the region belongs to the descriptor block; every access to a node's magazines
+// happens under that node's lock (the contract of the methods below).
+unsafe impl Send for Depots {}
+// SAFETY: as above.
+unsafe impl Sync for Depots {}
+
+impl Depots {
+    /// Depots of `mags` magazines of `batch` objects per node for `nr_nodes` nodes at `base`.
+    ///
+    /// # Safety
+    /// `base` is valid for `nr_nodes * mags * batch` pointers, 8-aligned, owned by the cache
+    /// for its life and used for nothing else.
+    pub unsafe fn new(base: *mut *mut u8, mags: usize, batch: usize) -> Self {
+        Self { base, mags, batch }
+    }
+
+    /// Magazines a node may hold.
+    pub fn mags(&self) -> usize {
+        self.mags
+    }
+
+    fn magazine(&self, nid: usize, m: usize) -> *mut *mut u8 {
+        // SAFETY (of the offset): `m < mags` at every caller and `nid` below the node count
+        // the region was sized for, so the offset stays inside it.
+        self.base.wrapping_add((nid * self.mags + m) * self.batch)
+    }
+
+    /// Move the `batch` oldest objects of `cpu` into a magazine of node `nid`; `false` (and
+    /// nothing moved) if the depot is full or `cpu` holds fewer.
+    ///
+    /// # Safety
+    /// The caller holds node `nid`'s lock, `full` is that node's magazine count, and `nid` is
+    /// below the node count the depots were sized for.
+    pub unsafe fn put_oldest(&self, nid: usize, full: &mut usize, cpu: &mut CpuRef<'_>) -> bool {
+        if *full >= self.mags || cpu.len() < self.batch {
+            return false;
+        }
+        let dst = self.magazine(nid, *full);
+        // SAFETY: the magazine is inside the region (caller: node in range; `full < mags`)
+        // and ours under the node lock; `cpu` is owned by the caller.
+        unsafe { cpu.take_oldest_into(dst, self.batch) };
+        *full += 1;
+        true
+    }
+
+    /// Move the last magazine of node `nid` into `cpu`; `false` if there is none or `cpu`
+    /// has no room for a whole one.
+    ///
+    /// # Safety
+    /// As [`put_oldest`](Self::put_oldest).
+    pub unsafe fn take_into(&self, nid: usize, full: &mut usize, cpu: &mut CpuRef<'_>) -> bool {
+        if *full == 0 || cpu.room() < self.batch {
+            return false;
+        }
+        *full -= 1;
+        let src = self.magazine(nid, *full);
+        // SAFETY: a magazine filled by `put_oldest`, under the node lock.
+        unsafe { cpu.push_from(src, self.batch) };
+        true
+    }
+
+    /// Move the last magazine of node `nid` into `buf`; returns how many objects (0: none).
+    ///
+    /// # Safety
+    /// As [`put_oldest`](Self::put_oldest).
+    pub unsafe fn pop_into(&self, nid: usize, full: &mut usize, buf: &mut [*mut u8]) -> usize {
+        if *full == 0 || buf.len() < self.batch {
+            return 0;
+        }
+        *full -= 1;
+        let src = self.magazine(nid, *full);
+        // SAFETY: a filled magazine of `batch` pointers, under the node lock; `buf` holds them.
+        unsafe { core::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), self.batch) };
+        self.batch
+    }
+
+    /// Object `i` of node `nid`'s depot (`i < full * batch`).
+    ///
+    /// # Safety
+    /// As [`put_oldest`](Self::put_oldest).
+    pub unsafe fn get(&self, nid: usize, full: usize, i: usize) -> Option<NonNull<u8>> {
+        if i >= full * self.batch {
+            return None;
+        }
+        // SAFETY: inside the filled magazines of this node (`i < full * batch`).
+        NonNull::new(unsafe { self.magazine(nid, 0).add(i).read() })
     }
 }

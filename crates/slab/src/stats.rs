@@ -6,8 +6,10 @@
 //!
 //! The report follows `slabinfo - version: 2.1` (Linux `mm/slab_common.c`): `active_objs`
 //! counts objects not on a slab freelist (SLUB counts objects cached per CPU as active too),
-//! `objsize` is the slot size including debug words, `tunables` are the per-CPU array limit and
-//! batch, and `active_slabs` equals `num_slabs` as in SLUB.
+//! `objsize` is the slot size including debug words, `tunables` are the per-CPU array limit,
+//! the batch and the depot's magazines per node (where SLAB printed its shared array's
+//! factor), `active_slabs` equals `num_slabs` as in SLUB, and `sharedavail` is the objects in
+//! the depots (SLAB's node-shared array held the same kind of batch).
 
 #![deny(unsafe_code)]
 
@@ -46,10 +48,15 @@ pub struct CacheStats {
     pub rcu_pending_slabs: usize,
     /// Objects in all slabs.
     pub total_objects: usize,
-    /// Objects not on a slab freelist (allocated, or cached in a per-CPU array).
+    /// Objects not on a slab freelist (allocated, or cached in a per-CPU array or depot).
     pub active_objects: usize,
     /// Free objects cached in per-CPU arrays.
     pub cpu_cached: usize,
+    /// Free objects in the nodes' depots (whole batches handed over by CPU arrays).
+    pub depot_cached: usize,
+    /// Magazines (of `batch` objects) each node's depot may hold; 0 when the descriptor
+    /// block has no room for one.
+    pub depot_limit: usize,
     /// Objects held by callers.
     pub live_objects: usize,
     /// Per-CPU array limit.
@@ -64,11 +71,16 @@ pub struct CacheStats {
     pub free_fastpath: u64,
     /// Frees that needed the node lock (flush, or the debug path).
     pub free_slowpath: u64,
-    /// Batches moved from slabs into a per-CPU array (SLUB `ALLOC_REFILL`).
+    /// Batches moved into an empty per-CPU array, from slabs (SLUB `ALLOC_REFILL`) or from
+    /// the node's depot.
     pub refills: u64,
-    /// Batches moved from a per-CPU array back to slabs (SLUB `CPUSLAB_FLUSH`), including
-    /// shrink and drain.
+    /// Batches moved out of a per-CPU array, back to slabs (SLUB `CPUSLAB_FLUSH`, including
+    /// shrink and drain) or whole into the node's depot.
     pub flushes: u64,
+    /// Refills served by a depot magazine.
+    pub depot_gets: u64,
+    /// Flushes that went whole into a depot.
+    pub depot_puts: u64,
     /// Slabs taken from the page source.
     pub slabs_allocated: u64,
     /// Slabs given back to the page source.
@@ -106,10 +118,10 @@ impl fmt::Display for SlabInfoLine<'_> {
             s.pages_per_slab,
             s.cpu_limit,
             s.batch,
-            0,
+            s.depot_limit,
             s.slabs,
             s.slabs,
-            0
+            s.depot_cached
         )
     }
 }

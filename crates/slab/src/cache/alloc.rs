@@ -1,7 +1,7 @@
 //! Allocation: [`Cache::alloc`] pops from the calling CPU's array inside an `IrqGuard`,
-//! refilling an empty array with up to `batch` objects from partial slabs (its node first,
-//! then the node a grow just filled, then nodes with partial slabs to spare) and growing the
-//! cache when there are none. [`Cache::alloc_node`] for another node bypasses the array and
+//! refilling an empty array with a whole magazine from its node's depot, else with up to
+//! `batch` objects from partial slabs (its node first, then the node a grow just filled, then
+//! nodes with partial slabs to spare) and growing the cache when there are none. [`Cache::alloc_node`] for another node bypasses the array and
 //! takes from that node's lists. Debug caches go to `debug`.
 
 use core::panic::Location;
@@ -144,7 +144,10 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
         let core = self.core();
         let want = core.batch.min(cpu.room());
         let local = cpu.node();
-        let mut got = Self::take_from(core, local, want, 0, cpu);
+        let mut got = Self::take_from_depot(core, local, cpu);
+        if got == 0 {
+            got = Self::take_from(core, local, want, 0, cpu);
+        }
         if got == 0 {
             if let Some(e) = extra.filter(|&e| e != local) {
                 got = Self::take_from(core, e, want, 0, cpu);
@@ -162,6 +165,23 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
         cpu.count_alloc(false);
         inc(&core.slow.refills);
         Some(obj)
+    }
+
+    /// Move a whole magazine from node `nid`'s depot to the empty `cpu`; returns how many
+    /// objects moved (0: the depot had none).
+    fn take_from_depot(core: &CacheCore, nid: usize, cpu: &mut CpuRef<'_>) -> usize {
+        if core.depots.mags() == 0 {
+            return 0;
+        }
+        let nid = core.node_id(nid);
+        let mut node = core.node(nid).lock();
+        // SAFETY: we hold node `nid`'s lock, `depot_full` is its count, and `nid` is one of
+        // the cache's nodes, which the depots were sized for.
+        if unsafe { core.depots.take_into(nid, &mut node.depot_full, cpu) } {
+            inc(&core.slow.depot_gets);
+            return core.batch;
+        }
+        0
     }
 
     /// Move up to `want` objects from node `nid`'s partial slabs to `cpu`, if the node has

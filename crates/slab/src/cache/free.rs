@@ -1,8 +1,9 @@
 //! Free: every pointer is validated first — its slab found through the page source's private
 //! word, the cache and the object start checked — then, unless it is the object this CPU
-//! freed last, pushed on the calling CPU's array (flushing the `batch` oldest objects back
-//! to their slabs when it is full), or, for a slab of another node, returned straight to that
-//! slab under its node's lock. Debug caches go to `debug`.
+//! freed last, pushed on the calling CPU's array (when it is full, its `batch` oldest objects
+//! go whole to its node's depot, or back to their slabs when the depot is full), or, for a
+//! slab of another node, returned straight to that slab under its node's lock. Debug caches
+//! go to `debug`.
 
 use core::panic::Location;
 use core::ptr::NonNull;
@@ -13,7 +14,7 @@ use spin::MutexGuard;
 use super::{inc, Cache};
 use crate::error::FreeError;
 use crate::page_source::PageSource;
-use crate::percpu::CpuRef;
+use crate::percpu::{CpuRef, MAX_BATCH};
 use crate::slab::{self, DetachedList, NodeLists, PageKind, SlabPtr};
 
 /// The node lock currently held while returning objects, switched as objects of other
@@ -146,7 +147,7 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
             }
             let fast = !cpu.is_full();
             if !fast {
-                self.flush(&mut cpu, core.batch, &mut released);
+                self.flush_full(&mut cpu, &mut released);
             }
             cpu.push(obj);
             cpu.count_free(fast);
@@ -178,39 +179,92 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
         Ok(())
     }
 
+    /// Make room in a full array: its `batch` oldest objects go whole to its node's depot
+    /// when that has room for a magazine, else back to their slabs.
+    fn flush_full(&self, cpu: &mut CpuRef<'_>, out: &mut DetachedList) {
+        let core = self.core();
+        let nid = core.node_id(cpu.node());
+        {
+            let mut node = core.node(nid).lock();
+            // SAFETY: we hold node `nid`'s lock, `depot_full` is its count, and `nid` is one
+            // of the cache's nodes, which the depots were sized for.
+            if unsafe { core.depots.put_oldest(nid, &mut node.depot_full, cpu) } {
+                inc(&core.slow.flushes);
+                inc(&core.slow.depot_puts);
+                return;
+            }
+        }
+        self.flush(cpu, core.batch, out);
+    }
+
     /// Give the `n` oldest objects of `cpu` back to their slabs; emptied slabs beyond
     /// `min_partial` go to `out`.
     pub(super) fn flush(&self, cpu: &mut CpuRef<'_>, n: usize, out: &mut DetachedList) {
         if n == 0 || cpu.len() == 0 {
             return;
         }
-        let core = self.core();
-        inc(&core.slow.flushes);
+        inc(&self.core().slow.flushes);
         let mut held: Option<HeldNode<'_>> = None;
-        cpu.take_oldest(n, |obj| {
-            // SAFETY: objects in our arrays are objects of this cache counted in their slab's
-            // `inuse`, so the slab is live.
-            let PageKind::Slab(slab) = (unsafe { slab::lookup(self.src, obj) }) else {
-                return;
-            };
-            let nid = slab.node();
-            if held.as_ref().map(|h| h.id) != Some(nid) {
-                drop(held.take());
-                held = Some(HeldNode {
-                    id: nid,
-                    lists: core.node(nid).lock(),
-                });
+        cpu.take_oldest(n, |obj| self.give_back(&mut held, obj, out));
+    }
+
+    /// Give every magazine of every node's depot back to the slabs; emptied slabs beyond
+    /// `min_partial` go to `out`.
+    pub(super) fn drain_depots(&self, out: &mut DetachedList) {
+        let core = self.core();
+        if core.depots.mags() == 0 {
+            return;
+        }
+        let mut buf = [core::ptr::null_mut::<u8>(); MAX_BATCH];
+        for nid in 0..core.nr_nodes {
+            loop {
+                let n = {
+                    let mut node = core.node(nid).lock();
+                    // SAFETY: as in `flush_full`.
+                    unsafe { core.depots.pop_into(nid, &mut node.depot_full, &mut buf) }
+                };
+                if n == 0 {
+                    break;
+                }
+                let mut held: Option<HeldNode<'_>> = None;
+                for obj in buf[..n].iter().filter_map(|&p| NonNull::new(p)) {
+                    self.give_back(&mut held, obj, out);
+                }
             }
-            let Some(h) = held.as_mut() else { return };
-            let node = &mut h.lists;
-            // SAFETY: the slab is on the lists of its node, whose lock we hold, and `obj` is
-            // one of its in-use objects.
-            let empty = unsafe { node.free_object(&core.params, slab, obj) };
-            if empty && node.nr_partial > core.min_partial {
-                // SAFETY: empty slab on our partial list.
-                unsafe { node.detach_empty(slab, out) };
-            }
-        });
+        }
+    }
+
+    /// Return one cached object (from a CPU array or a depot) to its slab, switching the
+    /// node lock `held` to the slab's node.
+    fn give_back<'c>(
+        &'c self,
+        held: &mut Option<HeldNode<'c>>,
+        obj: NonNull<u8>,
+        out: &mut DetachedList,
+    ) {
+        let core = self.core();
+        // SAFETY: cached objects are objects of this cache counted in their slab's `inuse`,
+        // so the slab is live.
+        let PageKind::Slab(slab) = (unsafe { slab::lookup(self.src, obj) }) else {
+            return;
+        };
+        let nid = slab.node();
+        if held.as_ref().map(|h| h.id) != Some(nid) {
+            drop(held.take());
+            *held = Some(HeldNode {
+                id: nid,
+                lists: core.node(nid).lock(),
+            });
+        }
+        let Some(h) = held.as_mut() else { return };
+        let node = &mut h.lists;
+        // SAFETY: the slab is on the lists of its node, whose lock we hold, and `obj` is one
+        // of its in-use objects.
+        let empty = unsafe { node.free_object(&core.params, slab, obj) };
+        if empty && node.nr_partial > core.min_partial {
+            // SAFETY: empty slab on our partial list.
+            unsafe { node.detach_empty(slab, out) };
+        }
     }
 
     /// Free many objects (`kmem_cache_free_bulk`). Every pointer is validated first; if any is

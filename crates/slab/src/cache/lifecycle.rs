@@ -6,6 +6,7 @@
 //! objects.
 
 use core::fmt;
+use core::mem::size_of;
 use core::panic::Location;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Relaxed};
 
@@ -13,8 +14,8 @@ use mmkit_addr::{IrqControl, Order};
 use spin::{Mutex, MutexGuard};
 
 use super::{
-    Cache, CacheConfig, CacheCore, NodeSlot, SlowCounters, LEAK_OWNERS, MAX_NODES, NAME_MAX,
-    PARTIAL_BOUNDS,
+    Cache, CacheConfig, CacheCore, NodeSlot, SlowCounters, LEAK_OWNERS, MAX_DEPOT_MAGS, MAX_NODES,
+    MIN_DEPOT_MAGS, NAME_MAX, PARTIAL_BOUNDS,
 };
 use crate::error::CreateError;
 use crate::flags::{CacheFlags, Gfp};
@@ -107,8 +108,14 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
         )?;
         let cap = layout.cpu_capacity;
         let bytes = percpu::block_bytes::<CacheCore>(nr_cpus, cap);
-        let block_order = Order::for_bytes(bytes as u64).ok_or(CreateError::OutOfMemory)?;
         let nr_nodes = src.nr_nodes().clamp(1, MAX_NODES);
+        // The depots take the block's slack past the CPU arrays, with room for at least
+        // `MIN_DEPOT_MAGS` magazines per node.
+        let batch = cap.div_ceil(2);
+        let magazine = batch * size_of::<*mut u8>();
+        let depot_min = nr_nodes * MIN_DEPOT_MAGS * magazine;
+        let block_order =
+            Order::for_bytes((bytes + depot_min) as u64).ok_or(CreateError::OutOfMemory)?;
         let home = src.cpu_node(platform.current_cpu()).min(nr_nodes - 1);
         let block = src
             .alloc_pages_node(home, block_order, ctx & Gfp::CONTEXT)
@@ -126,6 +133,17 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
             gfp |= Gfp::RECLAIMABLE;
         }
         let cpu_node = |cpu: usize| src.cpu_node(cpu).min(nr_nodes - 1);
+        let slack = block_order.bytes() as usize - bytes;
+        let mags = if batch == 0 {
+            0
+        } else {
+            (slack / (nr_nodes * magazine)).min(MAX_DEPOT_MAGS)
+        };
+        // SAFETY: `[bytes, bytes + nr_nodes * mags * batch * 8)` is inside the block (the
+        // slack), 8-aligned (`block_bytes` is a multiple of 8), and used by nothing else.
+        let depots = unsafe {
+            percpu::Depots::new(block.ptr.as_ptr().add(bytes).cast::<*mut u8>(), mags, batch)
+        };
         // SAFETY: `block` is ours, page aligned and `block_bytes` long (order from its size);
         // it stays allocated until `teardown` frees it after the last use.
         let core = unsafe {
@@ -141,13 +159,14 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
                 name,
                 name_len: config.name.len(),
                 min_partial,
-                batch: cap.div_ceil(2),
+                batch,
                 gfp,
                 kmalloc_slot: config.kmalloc_slot,
                 colour: AtomicUsize::new(0),
                 nodes: core::array::from_fn(|_| NodeSlot(Mutex::new(NodeLists::new()))),
                 nr_nodes,
                 cpus,
+                depots,
                 block,
                 block_order,
                 slow: SlowCounters::default(),
@@ -164,10 +183,10 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
         })
     }
 
-    /// Give every CPU's cached objects back to their slabs and release every empty slab to
-    /// the page source (`kmem_cache_shrink`). Each CPU's array is drained on that CPU through
-    /// [`IrqControl::run_on_cpu`] (SLUB's `flush_all`); arrays of CPUs the platform cannot
-    /// reach keep their objects. Returns the number of frames released (in a
+    /// Give every CPU's cached objects and every node's depot back to their slabs and
+    /// release every empty slab to the page source (`kmem_cache_shrink`). Each CPU's array
+    /// is drained on that CPU through [`IrqControl::run_on_cpu`] (SLUB's `flush_all`);
+    /// arrays of CPUs the platform cannot reach keep their objects. Returns the number of frames released (in a
     /// `TYPESAFE_BY_RCU` cache: handed to RCU, to be freed after the grace period).
     ///
     /// Call it with interrupts on (not from inside an `IrqGuard`), as `run_on_cpu` requires.
@@ -190,11 +209,12 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
             }
         }
         let mut out = DetachedList::new();
+        self.drain_depots(&mut out);
         self.shrink_nodes(&mut out) + released.load(Relaxed) * core.params.layout.order.pages()
     }
 
-    /// Drain this CPU's array and release every empty slab: [`shrink`](Self::shrink) without
-    /// cross-CPU calls, for callers that may have interrupts off. Returns frames released.
+    /// Drain this CPU's array and every node's depot and release every empty slab:
+    /// [`shrink`](Self::shrink) without cross-CPU calls, for callers that may have interrupts off. Returns frames released.
     pub(crate) fn shrink_this_cpu(&self) -> u64 {
         let core = self.core();
         let mut out = DetachedList::new();
@@ -205,11 +225,12 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
             let n = cpu.len();
             self.flush(&mut cpu, n, &mut out);
         }
+        self.drain_depots(&mut out);
         self.shrink_nodes(&mut out)
     }
 
-    /// Drain every CPU's array and release every empty slab. Needs exclusive access, which
-    /// is what proves no CPU is using its array. Returns the number of frames released.
+    /// Drain every CPU's array and every node's depot and release every empty slab. Needs
+    /// exclusive access, which is what proves no CPU is using its array. Returns the number of frames released.
     pub fn drain_all(&mut self) -> u64 {
         let core = self.core();
         let mut out = DetachedList::new();
@@ -219,6 +240,7 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
             let n = cpu.len();
             self.flush(&mut cpu, n, &mut out);
         }
+        self.drain_depots(&mut out);
         self.shrink_nodes(&mut out)
     }
 
@@ -423,6 +445,68 @@ mod tests {
         let released = c.shrink();
         assert_eq!(c.stats().cpu_cached, 0, "CPU 1's array drained from CPU 0");
         assert!(released > 0);
+        assert_eq!(src.frames_in_use(), desc, "every slab went back");
+        c.verify().unwrap();
+    }
+
+    /// A CPU that frees what another allocated hands full batches to the node's depot; the
+    /// allocating CPU, its array empty, takes them back whole, and the objects never pass
+    /// through their slabs. A shrink empties the depot.
+    #[test]
+    fn batches_travel_between_cpus_through_the_depot() {
+        let src = TestPageSource::new(8 << 20);
+        let plat = HostPlatform::new(2);
+        let mut c = Cache::new(&CacheConfig::new("d", 64), &src, &plat).unwrap();
+        let desc = src.frames_in_use();
+        let s = c.stats();
+        assert!(
+            s.depot_limit > 0,
+            "a 2-CPU 64 B cache has room for magazines"
+        );
+        let (cap, batch) = (s.cpu_limit, s.batch);
+        plat.bind_current_thread(0);
+        let mut objs: Vec<_> = (0..cap + batch).map(|_| c.alloc().unwrap()).collect();
+        // What CPU 0's last refill left over stays in its array.
+        let leftover = c.stats().cpu_cached;
+        let addrs: Vec<usize> = objs.iter().map(|o| o.as_ptr() as usize).collect();
+        on_cpu(&plat, 1, || {
+            for &a in &addrs {
+                let o = core::ptr::NonNull::new(a as *mut u8).unwrap();
+                // SAFETY: allocated above on CPU 0, given to CPU 1, freed once.
+                unsafe { c.free(o).unwrap() };
+            }
+        });
+        let s = c.stats();
+        assert_eq!((s.depot_puts, s.depot_cached), (1, batch));
+        assert_eq!(
+            s.cpu_cached,
+            leftover + cap,
+            "CPU 1 keeps the hottest objects"
+        );
+        assert_eq!(s.live_objects, 0);
+        c.verify().unwrap();
+        // Once CPU 0's array is empty, its next refill is the magazine, whole.
+        let rest: Vec<_> = (0..leftover).map(|_| c.alloc().unwrap()).collect();
+        let refills = c.stats().refills;
+        let mut again: Vec<_> = (0..batch).map(|_| c.alloc().unwrap()).collect();
+        let s = c.stats();
+        assert_eq!((s.depot_gets, s.depot_cached), (1, 0));
+        assert_eq!(s.refills, refills + 1);
+        objs.truncate(batch);
+        objs.sort();
+        again.sort();
+        assert_eq!(
+            objs, again,
+            "the oldest batch came back as it was handed over"
+        );
+        c.verify().unwrap();
+        for o in again.into_iter().chain(rest) {
+            // SAFETY: allocated above, freed once.
+            unsafe { c.free(o).unwrap() };
+        }
+        c.shrink();
+        let s = c.stats();
+        assert_eq!((s.cpu_cached, s.depot_cached, s.slabs), (0, 0, 0));
         assert_eq!(src.frames_in_use(), desc, "every slab went back");
         c.verify().unwrap();
     }

@@ -96,7 +96,7 @@ use spin::Mutex;
 use crate::flags::{CacheFlags, Gfp};
 use crate::layout::SlabLayout;
 use crate::page_source::{PageBlock, PageSource, Rcu};
-use crate::percpu::CpuArrays;
+use crate::percpu::{CpuArrays, Depots};
 use crate::slab::{HeaderPool, NodeLists, SlabParams};
 
 // The paths call the `unsafe fn`s of `slab` and `percpu` (and the page source's), each call
@@ -148,7 +148,17 @@ struct SlowCounters {
     node_allocs: AtomicU64,
     /// Frees that went straight to a remote node's lists.
     node_frees: AtomicU64,
+    /// Batches a full CPU array handed to its node's depot (counted in `flushes` too).
+    depot_puts: AtomicU64,
+    /// Batches an empty CPU array took from its node's depot (counted in `refills` too).
+    depot_gets: AtomicU64,
 }
+
+/// Most full magazines a node's depot holds (Linux's barn keeps up to ten full sheaves), when
+/// the descriptor block's slack has room for them.
+const MAX_DEPOT_MAGS: usize = 8;
+/// Fewest magazines a node's depot holds: the descriptor block grows to make room for them.
+const MIN_DEPOT_MAGS: usize = 4;
 
 fn inc(c: &AtomicU64) {
     c.fetch_add(1, Relaxed);
@@ -172,6 +182,7 @@ pub(crate) struct CacheCore {
     nodes: [NodeSlot; MAX_NODES],
     nr_nodes: usize,
     cpus: CpuArrays,
+    depots: Depots,
     block: PageBlock,
     block_order: Order,
     slow: SlowCounters,

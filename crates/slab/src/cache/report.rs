@@ -37,11 +37,12 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
     pub fn stats(&self) -> CacheStats {
         let core = self.core();
         let l = &core.params.layout;
-        let (mut slabs, mut inuse) = (0, 0);
+        let (mut slabs, mut inuse, mut depot) = (0, 0, 0);
         for slot in &core.nodes[..core.nr_nodes] {
             let node = slot.0.lock();
             slabs += node.nr_slabs();
             inuse += node.inuse;
+            depot += node.depot_full * core.batch;
         }
         let header_pages = core.headers.lock().pages;
         let mut cached = 0usize;
@@ -66,7 +67,9 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
             total_objects: slabs * l.objects,
             active_objects: inuse,
             cpu_cached: cached,
-            live_objects: inuse.saturating_sub(cached),
+            depot_cached: depot,
+            depot_limit: core.depots.mags(),
+            live_objects: inuse.saturating_sub(cached + depot),
             cpu_limit: core.cpus.capacity(),
             batch: core.batch,
             alloc_fastpath: fast_a,
@@ -79,6 +82,8 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
                 + slow.node_frees.load(Relaxed),
             refills: slow.refills.load(Relaxed),
             flushes: slow.flushes.load(Relaxed),
+            depot_gets: slow.depot_gets.load(Relaxed),
+            depot_puts: slow.depot_puts.load(Relaxed),
             slabs_allocated: slow.slabs_allocated.load(Relaxed),
             slabs_freed: slow.slabs_freed.load(Relaxed),
             alloc_failures: slow.alloc_failures.load(Relaxed),

@@ -34,6 +34,9 @@ pub(crate) struct NodeLists {
     pub nr_empty: usize,
     /// Objects not on a freelist, over partial and full slabs.
     pub inuse: usize,
+    /// Full magazines in this node's depot (see `percpu::Depots`); their objects count in
+    /// `inuse`.
+    pub depot_full: usize,
 }
 
 // SAFETY: the raw pointers are slab headers owned by the cache; all access goes through the
@@ -50,6 +53,7 @@ impl NodeLists {
             nr_full: 0,
             nr_empty: 0,
             inuse: 0,
+            depot_full: 0,
         }
     }
 
