@@ -17,7 +17,7 @@
 //! | [`HOLE`] | no memory at this frame |
 //! | [`RESERVED`] | memory never handed to the buddy (firmware, kernel image, initrd, ...) |
 //! | [`METADATA`] | memory holding mmkit's own boot structures (memmap, this table, ...) |
-//! | [`SLAB_TAIL`] / [`SLAB_TAIL_PRIVATE`] | a tail frame of a slab block (private word unset / set) |
+//! | [`SLAB_TAIL`] | a tail frame of a slab block |
 //! | [`CONTIG_TAIL`] | a frame after the head of a contiguous run (`alloc_contig`), whose head is an order-0 block byte |
 //! | `mob + 1 | order << 2 | use << 6` | head of an allocated block (`mob` = migrate-type index 0..=2) |
 //!
@@ -39,25 +39,16 @@ pub const HOLE: u8 = 0b0000_0100;
 pub const RESERVED: u8 = 0b0000_1000;
 /// Owner byte of a frame holding mmkit's own boot metadata: reserved for good.
 pub const METADATA: u8 = 0b0001_0100;
-/// Owner byte of a tail frame of a slab block (so "does the slab own this frame" is one
-/// load, on the `kfree` path) whose private word the slab has not set: it reads 0.
+/// Owner byte of a tail frame of a slab block: the slab may store that frame's private word
+/// (`PageSource::set_page_private` checks it).
 pub const SLAB_TAIL: u8 = 0b0000_1100;
-/// Owner byte of a tail frame of a slab block whose private word the slab has set.
-pub const SLAB_TAIL_PRIVATE: u8 = 0b0001_0000;
 
 /// Owner byte of a frame after the head of a contiguous run.
 pub const CONTIG_TAIL: u8 = 0b0001_1000;
 
 // `slab_frame` tells block heads from the state bytes by the mobility bits alone.
 const _: () = {
-    let states = [
-        HOLE,
-        RESERVED,
-        METADATA,
-        SLAB_TAIL,
-        SLAB_TAIL_PRIVATE,
-        CONTIG_TAIL,
-    ];
+    let states = [HOLE, RESERVED, METADATA, SLAB_TAIL, CONTIG_TAIL];
     let mut i = 0;
     while i < states.len() {
         assert!(states[i] & 0b11 == 0);
@@ -65,17 +56,15 @@ const _: () = {
     }
 };
 
-/// What the owner table says about a frame, for the slab's private-word lookups.
+/// What the owner table says about a frame, for the slab's private-word stores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SlabFrame {
     /// Not a frame of a live slab block.
     NotSlab,
     /// The head frame of a slab block.
     Head,
-    /// A tail frame whose private word was never set (reads 0).
+    /// A tail frame of a slab block.
     Tail,
-    /// A tail frame whose private word was set.
-    TailWithPrivate,
 }
 
 /// What an allocated block is used for.
@@ -327,15 +316,7 @@ impl<'m> PageOwners<'m> {
         }
         match b {
             SLAB_TAIL => SlabFrame::Tail,
-            SLAB_TAIL_PRIVATE => SlabFrame::TailWithPrivate,
             _ => SlabFrame::NotSlab,
-        }
-    }
-
-    /// Note that the private word of slab tail frame `pfn` is being set.
-    pub(crate) fn mark_tail_private(&self, pfn: Pfn) {
-        if let Some(s) = self.slot(pfn.as_u64()) {
-            let _ = s.compare_exchange(SLAB_TAIL, SLAB_TAIL_PRIVATE, Relaxed, Relaxed);
         }
     }
 
@@ -382,7 +363,7 @@ impl<'m> PageOwners<'m> {
                 left -= 1;
             } else {
                 match self.slot(pfn).map_or(HOLE, |s| s.load(Relaxed)) {
-                    0 | SLAB_TAIL | SLAB_TAIL_PRIVATE => cur.free += 1,
+                    0 | SLAB_TAIL => cur.free += 1,
                     // Tails follow their run's head, which set `mob`.
                     CONTIG_TAIL => cur.by_mobility[mob] += 1,
                     HOLE => cur.hole += 1,
@@ -512,8 +493,6 @@ mod tests {
         );
         assert_eq!(owners.slab_frame(Pfn::new(8)), SlabFrame::Head);
         assert_eq!(owners.slab_frame(Pfn::new(15)), SlabFrame::Tail);
-        owners.mark_tail_private(Pfn::new(15));
-        assert_eq!(owners.slab_frame(Pfn::new(15)), SlabFrame::TailWithPrivate);
         assert_eq!(owners.slab_frame(Pfn::new(7)), SlabFrame::NotSlab);
         let mut seen = Vec::new();
         owners.census(2, |c| seen.push(*c));

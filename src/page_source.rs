@@ -100,27 +100,21 @@ unsafe impl<P: IrqControl> PageSource for PageAllocator<'_, P> {
     }
 
     fn set_page_private(&self, pfn: Pfn, value: u64) {
+        // Only frames of the slab's own blocks: every other frame's word stays its owner's.
         match self.owners.slab_frame(pfn) {
             SlabFrame::NotSlab => {}
-            SlabFrame::Head | SlabFrame::TailWithPrivate => {
+            SlabFrame::Head | SlabFrame::Tail => {
                 let _ = self.buddy.set_page_private(pfn, value);
-            }
-            SlabFrame::Tail => {
-                let _ = self.buddy.set_page_private(pfn, value);
-                self.owners.mark_tail_private(pfn);
             }
         }
     }
 
+    #[inline]
     fn page_private(&self, pfn: Pfn) -> u64 {
-        match self.owners.slab_frame(pfn) {
-            // The owner table already proves the frame belongs to a live slab block, so the
-            // buddy's own allocated-block check (a walk up from a tail) is not repeated.
-            SlabFrame::Head | SlabFrame::TailWithPrivate => {
-                self.buddy.page_private_unchecked(pfn).unwrap_or(0)
-            }
-            SlabFrame::NotSlab | SlabFrame::Tail => 0,
-        }
+        // One descriptor read, as Linux reads `page->slab`: only slab frames ever get a word
+        // (`set_page_private` above), the slab clears every word it set before it frees the
+        // block, and the buddy reads free heads (whose word holds list links) as 0.
+        self.buddy.page_private_fast(pfn).unwrap_or(0)
     }
 
     #[inline]
