@@ -189,10 +189,12 @@ impl<'m> PageOwners<'m> {
 
     /// Mark `[start, end)` with a boot-time state (`HOLE`, `RESERVED` or free `0`).
     pub(crate) fn mark_range(&self, start: u64, end: u64, value: u8) {
-        for pfn in start..end {
-            if let Some(s) = self.slot(pfn) {
-                s.store(value, Relaxed);
-            }
+        // The part of `[start, end)` the table covers, as one slice: no per-frame checks.
+        let len = self.bytes.len() as u64;
+        let lo = start.saturating_sub(self.base).min(len);
+        let hi = end.saturating_sub(self.base).clamp(lo, len);
+        for s in &self.bytes[lo as usize..hi as usize] {
+            s.store(value, Relaxed);
         }
     }
 
@@ -463,6 +465,20 @@ mod tests {
         assert_eq!(owners.take_run(Pfn::new(3), 6), None, "taken once");
         assert!((3..9).all(|p| t[p].load(Relaxed) == 0));
         assert_eq!(owners.frames(PageUse::Pages), [0, 1, 0]);
+    }
+
+    #[test]
+    fn mark_range_writes_only_the_frames_the_table_covers() {
+        // 8 frames from pfn 100.
+        let t = table(8);
+        let owners = PageOwners::new(100, &t);
+        owners.mark_range(0, 102, HOLE); // starts before the table
+        owners.mark_range(106, u64::MAX, RESERVED); // ends past it
+        owners.mark_range(200, 300, METADATA); // wholly past it
+        owners.mark_range(50, 60, METADATA); // wholly before it
+        owners.mark_range(104, 103, METADATA); // empty
+        let got: Vec<u8> = t.iter().map(|b| b.load(Relaxed)).collect();
+        assert_eq!(got, [HOLE, HOLE, 0, 0, 0, 0, RESERVED, RESERVED]);
     }
 
     #[test]

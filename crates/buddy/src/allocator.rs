@@ -187,13 +187,11 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             let descs: &'m [PageDesc] =
                 init_slice(&mut storage[..(end - start) as usize], |_| PageDesc::new());
             let mm = Memmap { base: start, descs };
+            let reserved = Flags::new(PageState::Reserved, 0, MigrateType::Unmovable);
             for r in n.memory {
-                for pfn in r.whole_pfns() {
-                    mm.desc(pfn).set_flags(Flags::new(
-                        PageState::Reserved,
-                        0,
-                        MigrateType::Unmovable,
-                    ));
+                let f = r.whole_pfns();
+                for d in mm.descs(f.start, f.end - f.start) {
+                    d.set_flags(reserved);
                 }
             }
             mms[nid] = Some(mm);
@@ -239,9 +237,16 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             };
             let mut z = Zone::new(ty, nid, lo, hi);
             z.set_tally_range(cfg.pageblock_order);
-            z.present = (lo..hi)
-                .filter(|&p| mm.desc(p).state() != PageState::Hole)
-                .count() as u64;
+            // Present frames: the node's memory ranges (disjoint, validated) inside the zone.
+            z.present = nodes[nid]
+                .memory
+                .iter()
+                .map(|r| {
+                    let f = r.whole_pfns();
+                    f.end.min(hi).saturating_sub(f.start.max(lo))
+                })
+                .sum();
+            let _ = mm;
             if plan.pcp_needed > 0 {
                 let base = (nid * NR_ZONES + zi) * plan.nr_cpus;
                 z.pcp = &pcp_all[base..base + plan.nr_cpus];
@@ -446,7 +451,9 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         }
     }
 
-    /// Check that `[pfn, pfn + 2^order)` may be freed at boot; returns its node and zone.
+    /// Check that `[pfn, pfn + 2^order)` is a block that may be freed at boot (order,
+    /// alignment, one zone; the frames' states are `check_reserved`'s); returns its node and
+    /// zone.
     fn check_boot_block(
         &self,
         pfn: u64,
@@ -463,10 +470,22 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         if end > zone.end {
             return Err(BootFreeError::OutsideZones);
         }
-        if let Some(bad) = (pfn..end).find(|&p| node.mm.desc(p).state() != PageState::Reserved) {
-            return Err(BootFreeError::NotReserved { pfn: Pfn::new(bad) });
-        }
         Ok((node, zone))
+    }
+
+    /// That every frame of `[pfn, pfn + 2^order)` is still reserved.
+    fn check_reserved(node: &Node<'m>, pfn: u64, order: u32) -> Result<(), BootFreeError> {
+        match node
+            .mm
+            .descs(pfn, 1u64 << order)
+            .iter()
+            .position(|d| !d.is(PageState::Reserved))
+        {
+            Some(i) => Err(BootFreeError::NotReserved {
+                pfn: Pfn::new(pfn + i as u64),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Give the boot-time free block `[pfn, pfn + 2^order)` to the allocator (Linux
@@ -476,12 +495,11 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         let (pfn, order) = (pfn.as_u64(), order.get());
         let (node, zone) = self.check_boot_block(pfn, order)?;
         let mut z = self.lock(node, zone);
-        // Re-check under the lock (another CPU may have freed part of it meanwhile).
-        self.check_boot_block(pfn, order)?;
-        for p in pfn + 1..pfn + (1u64 << order) {
-            node.mm
-                .desc(p)
-                .set_flags(Flags::new(PageState::Tail, 0, MigrateType::Unmovable));
+        // Checked under the lock: another CPU may be freeing part of it.
+        Self::check_reserved(node, pfn, order)?;
+        let tail = Flags::new(PageState::Tail, 0, MigrateType::Unmovable);
+        for d in &node.mm.descs(pfn, 1u64 << order)[1..] {
+            d.set_flags(tail);
         }
         zone.managed.fetch_add(1u64 << order, Relaxed);
         let mt = z.pageblock_type(pfn);
@@ -519,7 +537,8 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
     /// freed.
     pub fn free_boot_range(&self, range: PhysRange) -> Result<u64, BootFreeError> {
         self.boot_blocks(range, |pfn, order| {
-            self.check_boot_block(pfn, order).map(|_| ())
+            let (node, _) = self.check_boot_block(pfn, order)?;
+            Self::check_reserved(node, pfn, order)
         })?;
         let mut freed = 0;
         self.boot_blocks(range, |pfn, order| {

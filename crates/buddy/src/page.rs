@@ -178,6 +178,11 @@ impl PageDesc {
     pub(crate) fn state(&self) -> PageState {
         self.state_order().0
     }
+    /// Whether the frame is `state`, without decoding anything else (boot-time scans).
+    #[inline]
+    pub(crate) fn is(&self, state: PageState) -> bool {
+        self.flags.load(Relaxed) & 0x7 == state as u32
+    }
 
     /// Atomically turn an allocated head of `order` into `to`. On failure returns what was
     /// there, unchanged.
@@ -392,6 +397,14 @@ impl<'m> Memmap<'m> {
             self.desc(pfn & !((1u64 << pb_order) - 1))
                 .change_block_tally(1 << order, add);
         }
+    }
+
+    /// Descriptors of `[pfn, pfn + n)`, for loops over a range (one bounds check, not one per
+    /// frame); callers pass frames inside the node.
+    #[inline]
+    pub fn descs(&self, pfn: u64, n: u64) -> &'m [PageDesc] {
+        let i = (pfn - self.base) as usize;
+        &self.descs[i..i + n as usize]
     }
 
     /// Descriptor of `pfn`; callers pass frames inside the node (checked at the API boundary).
