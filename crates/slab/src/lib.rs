@@ -101,11 +101,19 @@
 //! thread bound per CPU with a plain counter as the guard, what a kernel's interrupt disable
 //! costs. The full pointer proof on free ([`HARDENED`]: the header's magic and the object
 //! index; on in debug builds, in release with the `hardened` feature) costs 35 instructions
-//! per pair. Build the `hardened` column with `--features hardened`. About 55 are the page-source lookup that proves a freed pointer is
-//! an object of a live slab (`virt_to_pfn`, then the buddy's private word, which the buddy
-//! returns only for frames of allocated blocks); 4 KiB objects live in order-3 slabs, so most
-//! of their frames are block tails whose head the buddy walks up to (another ~90). A test
-//! double with a flat array of private words (the first round's) cost 159 / 163. In talc's random-actions workload at max 200 mmkit runs 1.6x talc's
+//! per pair. Build the `hardened` column with `--features hardened`. About 55 are the
+//! page-source lookup that proves a freed pointer is an object of a live slab
+//! (`virt_to_pfn`, then the buddy's private word, which this test source reads only for
+//! frames of allocated blocks); 4 KiB objects live in order-3 slabs, so most of their frames
+//! are block tails whose head the buddy walks up to (another ~90). A test double with a flat
+//! array of private words (the first round's) cost 159 / 163.
+//!
+//! Objects that cross CPUs (`examples/handoff.rs`: CPU 0 allocates 256, CPU 1 frees them,
+//! one thread moving between the CPUs of a `KernelCpus<2>`) travel through the node depot in
+//! whole batches: 257 instructions per pair at 64 B and 336 at 1 KiB (414 and 669 before the
+//! depot; talc on the same batches 235 and 247).
+//!
+//! In talc's random-actions workload at max 200 mmkit runs 1.6x talc's
 //! instructions and 3.2x its L1 data misses per action (callgrind `--cache-sim`): each
 //! operation touches the cache descriptor, the CPU array, the frame's private word and the
 //! slab header, spread over a dozen caches, where talc touches one chunk and its neighbours.
