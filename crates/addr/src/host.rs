@@ -225,8 +225,9 @@ fn unlock_cpu(lock: &CpuLock) {
 /// keep the physical alignment of every block that fits in it, up to [`HostMemory::ALIGN`],
 /// as a kernel's
 /// direct map does (the slab's page-source contract wants a block's pointer aligned to the
-/// block size). It comes zeroed from the host's `calloc`, which on Linux maps fresh zero
-/// pages lazily, so a simulated machine of several GiB costs only the memory touched.
+/// block size). It comes zeroed and mapped lazily by the host (on Linux a `MAP_NORESERVE`
+/// mapping), so a simulated machine of several GiB, or of more than the host has, costs
+/// only the memory touched.
 pub struct HostMemory {
     base: PhysAddr,
     len: u64,
@@ -267,12 +268,8 @@ impl HostMemory {
         // nothing (and a smaller over-allocation keeps sanitizer builds fast).
         let align = Self::ALIGN.min(len.next_power_of_two());
         let total = usize::try_from(len + align).expect("host address space");
-        // Alignment 1 keeps std on the `calloc` path, which maps fresh zero pages lazily
-        // (an over-aligned layout would memset the whole buffer).
         let layout = Layout::from_size_align(total, 1).expect("host memory layout");
-        // SAFETY: `layout` has non-zero size.
-        let raw = unsafe { alloc::alloc_zeroed(layout) };
-        let raw = NonNull::new(raw).unwrap_or_else(|| alloc::handle_alloc_error(layout));
+        let raw = lazy_zeroed(layout);
         let want = base.as_u64() % align;
         let have = raw.as_ptr() as u64 % align;
         let skip = (want + align - have) % align;
@@ -311,10 +308,50 @@ impl HostMemory {
     }
 }
 
+/// `layout.size()` bytes of zeroed memory whose pages the host maps on first touch. On
+/// Linux an anonymous `MAP_NORESERVE` mapping, so the size may exceed the host's RAM (a
+/// simulated 1 TiB machine whose boot touches a few GiB); elsewhere `calloc` (alignment 1
+/// keeps std on that path, which maps fresh zero pages lazily where the host can).
+fn lazy_zeroed(layout: Layout) -> NonNull<u8> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: a fresh private anonymous mapping; no existing memory is touched.
+        let p = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                layout.size(),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            alloc::handle_alloc_error(layout);
+        }
+        NonNull::new(p.cast::<u8>()).unwrap_or_else(|| alloc::handle_alloc_error(layout))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        // SAFETY: `layout` has non-zero size.
+        let raw = unsafe { alloc::alloc_zeroed(layout) };
+        NonNull::new(raw).unwrap_or_else(|| alloc::handle_alloc_error(layout))
+    }
+}
+
 impl Drop for HostMemory {
     fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout, freed once.
-        unsafe { alloc::dealloc(self.raw.as_ptr(), self.layout) };
+        #[cfg(target_os = "linux")]
+        // SAFETY: mapped in `lazy_zeroed` with this size, unmapped once; nothing refers to
+        // the buffer after its owner is dropped.
+        unsafe {
+            libc::munmap(self.raw.as_ptr().cast(), self.layout.size());
+        }
+        #[cfg(not(target_os = "linux"))]
+        // SAFETY: allocated in `lazy_zeroed` with this layout, freed once.
+        unsafe {
+            alloc::dealloc(self.raw.as_ptr(), self.layout)
+        };
     }
 }
 
