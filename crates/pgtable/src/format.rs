@@ -25,7 +25,12 @@
 //!   `table_count(make_table(l, t, n)) == n`, and `set_table_count` changes only the count;
 //! * `kind(l, make_leaf(l, p, a)) == Leaf`, `leaf_addr(l, make_leaf(l, p, a)) == p`,
 //!   `leaf_attrs(l, make_leaf(l, p, a)) == a`;
-//! * `normalize(normalize(a)?) == normalize(a)`.
+//! * `normalize(normalize(a)?) == normalize(a)`;
+//! * the output address and the attributes of a leaf are separate fields:
+//!   `make_leaf(l, p, a) == leaf_template(l, a) | leaf_oa_bits(l, p)`, the two operands share
+//!   no bit, `leaf_oa_bits(l, p) & !leaf_oa_mask(l) == 0`, and `leaf_attrs`, `kind` and
+//!   `is_contiguous` of a leaf do not depend on its `leaf_oa_mask(l)` bits (the fast paths of
+//!   map and protect build one template per table and rewrite entries by mask).
 
 use mmkit_addr::{PageSize, PhysAddr, VirtAddr};
 
@@ -147,6 +152,40 @@ pub unsafe trait PagingFormat {
     fn attr_change_needs_bbm(&self, old: Attrs, new: Attrs) -> bool {
         let _ = (old, new);
         false
+    }
+
+    /// The bits of a leaf at `level` with (normalized) `attrs` other than its output address:
+    /// `make_leaf(level, pa, attrs) == leaf_template(level, attrs) | leaf_oa_bits(level, pa)`.
+    /// Map computes it once per table and fills the table from it.
+    #[inline]
+    fn leaf_template(&self, level: usize, attrs: Attrs) -> u64 {
+        self.make_leaf(level, PhysAddr::ZERO, attrs)
+    }
+
+    /// The output-address field of a leaf at `level` mapping `pa` (aligned to the level's
+    /// leaf size, within [`phys_bits`](Self::phys_bits)). The default derives it from
+    /// [`make_leaf`](Self::make_leaf), which the field law makes exact; formats override it
+    /// with the direct encoding.
+    #[inline]
+    fn leaf_oa_bits(&self, level: usize, pa: PhysAddr) -> u64 {
+        self.make_leaf(level, pa, Attrs::READ) & !self.make_leaf(level, PhysAddr::ZERO, Attrs::READ)
+    }
+
+    /// Every bit a leaf at `level` may use for its output address (see the field law in the
+    /// module docs).
+    #[inline]
+    fn leaf_oa_mask(&self, level: usize) -> u64 {
+        let top = (1u64 << self.phys_bits()) - 1;
+        self.leaf_oa_bits(level, PhysAddr::new(top & !self.leaf_span_mask(level)))
+    }
+
+    /// Whether the hardware may write the leaf `raw` of a live table on its own (x86: set
+    /// accessed, or dirty on a writable page). Where it cannot, a rewrite may read and then
+    /// store the entry instead of a compare-and-swap loop. The default says it always may.
+    #[inline]
+    fn hw_may_update(&self, raw: u64) -> bool {
+        let _ = raw;
+        true
     }
 
     /// Number of entries in a contiguous-hint run at `level`, if the format has the hint.

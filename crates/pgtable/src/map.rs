@@ -223,6 +223,12 @@ fn cont_run_ok<F: PagingFormat>(
 }
 
 /// Write the mapping planned by [`plan_map`]; returns the number of entries added to `t`.
+///
+/// Where every slot of `[first, last]` in `t` becomes a leaf of this level (the last level,
+/// or the level a forced size names), the plan has seen each of them absent, so the slots
+/// are filled in one loop from a template computed once ([`fill_leaves`]) without reading
+/// them. Elsewhere each slot is looked at: a leaf where [`wants_leaf`], a new or existing
+/// table below otherwise.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn apply_map<F: PagingFormat, M: PhysMapper>(
     ctx: &Ctx<'_, F, M>,
@@ -236,9 +242,19 @@ pub(crate) fn apply_map<F: PagingFormat, M: PhysMapper>(
     reserve: &mut Reserve,
 ) -> u32 {
     let fmt = ctx.fmt;
+    let leaf_here = fmt.leaf_size(level).is_some();
+    if leaf_here && (level == ctx.last_level() || opts.forced == Some(level)) {
+        let tmpl = fmt.leaf_template(level, attrs);
+        return fill_leaves(fmt, t, level, first, last, pa0, tmpl);
+    }
     let lv = fmt.levels()[level];
     let mask = lv.entry_span() - 1;
     let run = fmt.contiguous_run(level);
+    let tmpl = if leaf_here {
+        fmt.leaf_template(level, attrs)
+    } else {
+        0
+    };
     let mut cont_until: Option<u64> = None;
     let mut added = 0u32;
     let mut s = first;
@@ -258,7 +274,7 @@ pub(crate) fn apply_map<F: PagingFormat, M: PhysMapper>(
                             cont_until = Some(s + (lv.entry_span() * r as u64 - 1));
                         }
                     }
-                    let mut e = fmt.make_leaf(level, PhysAddr::new(pa), attrs);
+                    let mut e = tmpl | fmt.leaf_oa_bits(level, PhysAddr::new(pa));
                     if cont_until.is_some() {
                         e = fmt.set_contiguous(e, true);
                     }
@@ -288,4 +304,51 @@ pub(crate) fn apply_map<F: PagingFormat, M: PhysMapper>(
         }
         s = sl + 1;
     }
+}
+
+/// Write a leaf of `level` into every slot of `[first, last]` of `t` (each whole and absent,
+/// `first` and `pa0` aligned to the leaf size), mapping from `pa0` upwards with the bits of
+/// `tmpl` ([`PagingFormat::leaf_template`]). Contiguous-hint runs that lie wholly in the
+/// range and are physically aligned get the hint. Returns the number of entries written.
+pub(crate) fn fill_leaves<F: PagingFormat>(
+    fmt: &F,
+    t: &[AtomicU64],
+    level: usize,
+    first: u64,
+    last: u64,
+    pa0: u64,
+    tmpl: u64,
+) -> u32 {
+    let shift = fmt.leaf_span_mask(level).count_ones();
+    let i0 = fmt.index_of(level, first);
+    let n = ((last - first) >> shift) as usize + 1;
+    let slots = &t[i0..i0 + n];
+    match fmt.contiguous_run(level) {
+        None => raw::fill(slots, |k| {
+            tmpl | fmt.leaf_oa_bits(level, PhysAddr::new(pa0 + ((k as u64) << shift)))
+        }),
+        Some(run) => {
+            // Runs are aligned in the index and in the physical address; only whole runs in
+            // the range get the hint.
+            let run_mask = run - 1;
+            let pa_run_mask = ((run as u64) << shift) - 1;
+            let cont = fmt.set_contiguous(tmpl, true);
+            let mut k = 0;
+            while k < n {
+                let i = i0 + k;
+                let pa = pa0 + ((k as u64) << shift);
+                let len = if i & run_mask == 0 && pa & pa_run_mask == 0 && k + run <= n {
+                    raw::fill(&slots[k..k + run], |j| {
+                        cont | fmt.leaf_oa_bits(level, PhysAddr::new(pa + ((j as u64) << shift)))
+                    });
+                    run
+                } else {
+                    raw::store(slots, k, tmpl | fmt.leaf_oa_bits(level, PhysAddr::new(pa)));
+                    1
+                };
+                k += len;
+            }
+        }
+    }
+    n as u32
 }

@@ -135,6 +135,56 @@ fn new_attrs<F: PagingFormat>(
         .map_err(ProtectError::BadAttrs)
 }
 
+/// What [`AttrChange`] makes of leaves of one level, remembered for the last leaf seen: a
+/// leaf table's entries usually share every bit but their address, so the attribute decode,
+/// change and encode run once per distinct rest-of-entry, not once per entry.
+struct LeafMemo {
+    level: usize,
+    /// The entry bits outside the output address ([`PagingFormat::leaf_oa_mask`]).
+    oa_mask: u64,
+    /// The last non-address bits seen, and what the change makes of them (new non-address
+    /// bits, whether they differ in attributes).
+    key: u64,
+    new_key: u64,
+    changes: bool,
+    valid: bool,
+}
+
+impl LeafMemo {
+    fn new<F: PagingFormat>(fmt: &F, level: usize) -> Self {
+        Self {
+            level,
+            oa_mask: fmt.leaf_oa_mask(level),
+            key: 0,
+            new_key: 0,
+            changes: false,
+            valid: false,
+        }
+    }
+
+    /// The leaf `raw` after `change` (contiguous hint kept), and whether its attributes
+    /// change; the error of an inexpressible result.
+    #[inline]
+    fn apply<F: PagingFormat>(
+        &mut self,
+        fmt: &F,
+        raw: u64,
+        change: &AttrChange,
+    ) -> Result<(u64, bool), ProtectError> {
+        let key = raw & !self.oa_mask;
+        if !self.valid || key != self.key {
+            let old = fmt.leaf_attrs(self.level, key);
+            let new = new_attrs(fmt, old, change)?;
+            let e = fmt.leaf_template(self.level, new);
+            self.new_key = fmt.set_contiguous(e, fmt.is_contiguous(key));
+            self.changes = new != old;
+            self.key = key;
+            self.valid = true;
+        }
+        Ok((self.new_key | (raw & self.oa_mask), self.changes))
+    }
+}
+
 fn plan_protect<F: PagingFormat, M: PhysMapper>(
     ctx: &Ctx<'_, F, M>,
     table: PhysAddr,
@@ -145,6 +195,9 @@ fn plan_protect<F: PagingFormat, M: PhysMapper>(
 ) -> Result<usize, ProtectError> {
     let fmt = ctx.fmt;
     let t = ctx.table(table);
+    if level == ctx.last_level() {
+        return plan_protect_leaves(fmt, t, level, first, last, job);
+    }
     let lv = fmt.levels()[level];
     let mask = lv.entry_span() - 1;
     let mut need = 0;
@@ -186,6 +239,105 @@ fn plan_protect<F: PagingFormat, M: PhysMapper>(
     }
 }
 
+/// [`plan_protect`] in a last-level table: every slot must hold a leaf (whole, so only a
+/// contiguous run sticking out of the range can need break-before-make), and the change must
+/// be expressible for it. Needs no frames.
+fn plan_protect_leaves<F: PagingFormat>(
+    fmt: &F,
+    t: &[AtomicU64],
+    level: usize,
+    first: u64,
+    last: u64,
+    job: &Job,
+) -> Result<usize, ProtectError> {
+    let shift = fmt.leaf_span_mask(level).count_ones();
+    let i0 = fmt.index_of(level, first);
+    let n = ((last - first) >> shift) as usize + 1;
+    let mut memo = LeafMemo::new(fmt, level);
+    let hw = touches_hw_bits(&job.change);
+    for (k, e) in t[i0..i0 + n].iter().enumerate() {
+        let raw = raw::load_entry(e);
+        let va = first + ((k as u64) << shift);
+        if fmt.kind(level, raw) != EntryKind::Leaf {
+            return Err(ProtectError::NotMapped(VirtAddr::new(va)));
+        }
+        let (_, changes) = memo.apply(fmt, raw, &job.change)?;
+        // As in `plan_protect`: a change touching accessed/dirty is planned as changing.
+        if job.bbm
+            && (changes || hw)
+            && fmt.is_contiguous(raw)
+            && run_sticks_out(fmt, level, va, job.first, job.last)
+        {
+            return Err(ProtectError::BreakBeforeMake(VirtAddr::new(va)));
+        }
+        if job.bbm && (changes || hw) {
+            let old = fmt.leaf_attrs(level, raw);
+            let new = new_attrs(fmt, old, &job.change)?;
+            if fmt.attr_change_needs_bbm(old, new) {
+                return Err(ProtectError::BreakBeforeMake(VirtAddr::new(va)));
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// [`apply_protect`] in a last-level table: each leaf that changes is rewritten from the
+/// memo — with a plain store where the hardware cannot write the entry meanwhile
+/// ([`PagingFormat::hw_may_update`]), with a compare-and-swap loop where it can — and the
+/// flush grows once by the span from the first to the last leaf changed.
+fn apply_protect_leaves<F: PagingFormat>(
+    fmt: &F,
+    t: &[AtomicU64],
+    level: usize,
+    first: u64,
+    last: u64,
+    job: &Job,
+    flush: &mut Flush,
+) {
+    let shift = fmt.leaf_span_mask(level).count_ones();
+    let i0 = fmt.index_of(level, first);
+    let n = ((last - first) >> shift) as usize + 1;
+    let slots = &t[i0..i0 + n];
+    let mut memo = LeafMemo::new(fmt, level);
+    let mut changed: Option<(usize, usize)> = None;
+    for k in 0..n {
+        let mut raw = raw::load(slots, k);
+        let Ok((mut new, changes)) = memo.apply(fmt, raw, &job.change) else {
+            continue;
+        };
+        if !changes {
+            continue;
+        }
+        if fmt.is_contiguous(raw) {
+            let va = first + ((k as u64) << shift);
+            if run_sticks_out(fmt, level, va, job.first, job.last) {
+                unrun(fmt, t, level, i0 + k);
+                raw = raw::load(slots, k);
+                new = match memo.apply(fmt, raw, &job.change) {
+                    Ok((e, _)) => e,
+                    Err(_) => continue,
+                };
+            }
+        }
+        if fmt.hw_may_update(raw) {
+            raw::update(slots, k, |r| {
+                memo.apply(fmt, r, &job.change).map_or(r, |(e, _)| e)
+            });
+        } else {
+            raw::store(slots, k, new);
+        }
+        changed = Some(changed.map_or((k, k), |(a, _)| (a, k)));
+    }
+    if let Some((a, b)) = changed {
+        let size = fmt.leaf_size(level).unwrap_or(fmt.granule());
+        flush.cover(
+            first + ((a as u64) << shift),
+            first + ((b as u64) << shift) + (size.bytes() - 1),
+            size,
+        );
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn apply_protect<F: PagingFormat, M: PhysMapper>(
     ctx: &Ctx<'_, F, M>,
@@ -198,6 +350,9 @@ fn apply_protect<F: PagingFormat, M: PhysMapper>(
     flush: &mut Flush,
 ) {
     let fmt = ctx.fmt;
+    if level == ctx.last_level() {
+        return apply_protect_leaves(fmt, t, level, first, last, job, flush);
+    }
     let lv = fmt.levels()[level];
     let mask = lv.entry_span() - 1;
     let mut s = first;

@@ -209,10 +209,31 @@ pub(crate) fn load(t: &[AtomicU64], i: usize) -> u64 {
     t[i].load(Ordering::Relaxed)
 }
 
+/// Read one entry of a table slice being iterated.
+#[inline]
+pub(crate) fn load_entry(e: &AtomicU64) -> u64 {
+    e.load(Ordering::Relaxed)
+}
+
+/// Clear one entry of a table slice being iterated.
+#[inline]
+pub(crate) fn clear_entry(e: &AtomicU64) {
+    e.store(0, Ordering::Relaxed)
+}
+
 /// Write an entry that the hardware may not be walking through yet, or clear one.
 #[inline]
 pub(crate) fn store(t: &[AtomicU64], i: usize, v: u64) {
     t[i].store(v, Ordering::Relaxed)
+}
+
+/// Write entry `k` of `t` as `entry(k)`, for every entry of `t` (a run of slots nothing may
+/// walk through yet: map's fill loop).
+#[inline(always)]
+pub(crate) fn fill(t: &[AtomicU64], mut entry: impl FnMut(usize) -> u64) {
+    for (k, e) in t.iter().enumerate() {
+        e.store(entry(k), Ordering::Relaxed);
+    }
 }
 
 /// Install an entry that publishes a table filled just before (release ordering, so the

@@ -131,6 +131,9 @@ fn apply_unmap<F: PagingFormat, M: PhysMapper>(
     flush: &mut Flush,
 ) -> u32 {
     let fmt = ctx.fmt;
+    if level == ctx.last_level() {
+        return unmap_leaves(fmt, t, level, first, last, flush);
+    }
     let lv = fmt.levels()[level];
     let span = lv.entry_span();
     let mask = span - 1;
@@ -192,4 +195,52 @@ fn apply_unmap<F: PagingFormat, M: PhysMapper>(
         }
         s = sl + 1;
     }
+}
+
+/// [`apply_unmap`] in a last-level table: every leaf is whole, so each slot is cleared in
+/// one loop (after the contiguous runs sticking out at the two edges lost their hint: a run
+/// is all valid or all absent, so an edge slot tells whether one sticks out), and the flush
+/// grows once by the span from the first to the last leaf cleared.
+fn unmap_leaves<F: PagingFormat>(
+    fmt: &F,
+    t: &[AtomicU64],
+    level: usize,
+    first: u64,
+    last: u64,
+    flush: &mut Flush,
+) -> u32 {
+    let shift = fmt.leaf_span_mask(level).count_ones();
+    let i0 = fmt.index_of(level, first);
+    let n = ((last - first) >> shift) as usize + 1;
+    if fmt.contiguous_run(level).is_some() {
+        for (i, va) in [(i0, first), (i0 + n - 1, last)] {
+            let raw = raw::load(t, i);
+            if fmt.kind(level, raw) == EntryKind::Leaf
+                && fmt.is_contiguous(raw)
+                && run_sticks_out(fmt, level, va, first, last)
+            {
+                // Invalidating the removed part (inside the run) also drops a TLB entry
+                // that cached the whole run.
+                unrun(fmt, t, level, i);
+            }
+        }
+    }
+    let mut removed = 0u32;
+    let mut cleared: Option<(usize, usize)> = None;
+    for (k, e) in t[i0..i0 + n].iter().enumerate() {
+        if fmt.kind(level, raw::load_entry(e)) == EntryKind::Leaf {
+            raw::clear_entry(e);
+            removed += 1;
+            cleared = Some(cleared.map_or((k, k), |(a, _)| (a, k)));
+        }
+    }
+    if let Some((a, b)) = cleared {
+        let size = fmt.leaf_size(level).unwrap_or(fmt.granule());
+        flush.cover(
+            first + ((a as u64) << shift),
+            first + ((b as u64) << shift) + (size.bytes() - 1),
+            size,
+        );
+    }
+    removed
 }

@@ -399,6 +399,28 @@ unsafe impl PagingFormat for Aarch64 {
     }
 
     #[inline]
+    fn leaf_oa_bits(&self, _level: usize, pa: PhysAddr) -> u64 {
+        self.encode_oa(pa.as_u64())
+    }
+
+    #[inline]
+    fn leaf_oa_mask(&self, level: usize) -> u64 {
+        let high = if self.granule == Granule::K64 {
+            OA_HIGH_64K
+        } else {
+            0
+        };
+        (self.oa_mask() & !(self.levels[level].entry_span() - 1)) | high
+    }
+
+    /// Without FEAT_HAFDBS (which this crate does not enable) the walker never writes a
+    /// descriptor.
+    #[inline]
+    fn hw_may_update(&self, _raw: u64) -> bool {
+        false
+    }
+
+    #[inline]
     fn leaf_addr(&self, level: usize, raw: u64) -> PhysAddr {
         let size_mask = self.levels[level].entry_span() - 1;
         PhysAddr::new(self.decode_oa(raw) & !size_mask)

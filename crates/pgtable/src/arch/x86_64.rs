@@ -311,6 +311,24 @@ unsafe impl PagingFormat for X86_64 {
     }
 
     #[inline]
+    fn leaf_oa_bits(&self, _level: usize, pa: PhysAddr) -> u64 {
+        pa.as_u64() & ADDR_MASK
+    }
+
+    #[inline]
+    fn leaf_oa_mask(&self, level: usize) -> u64 {
+        ADDR_MASK & !self.leaf_span_mask(level)
+    }
+
+    /// The CPU sets A on any use of an entry without it and D on a write through a writable
+    /// entry without it (Intel SDM vol. 3A §4.8); an entry with A set and D set or RW clear is
+    /// never written by it.
+    #[inline]
+    fn hw_may_update(&self, raw: u64) -> bool {
+        raw & A == 0 || raw & (RW | D) == RW
+    }
+
+    #[inline]
     fn leaf_addr(&self, level: usize, raw: u64) -> PhysAddr {
         PhysAddr::new(raw & ADDR_MASK & !self.leaf_span_mask(level))
     }

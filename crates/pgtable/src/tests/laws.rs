@@ -65,6 +65,18 @@ fn check_laws<F: PagingFormat + core::fmt::Debug>(
         assert_eq!(f.leaf_addr(level, e), pa);
         assert_eq!(f.leaf_attrs(level, e), a, "{f:?} level {level} raw {e:#x}");
         assert!(!f.is_contiguous(e));
+        // The address and the attributes are separate fields (the map and protect fast paths
+        // rely on it).
+        let (tmpl, oa) = (f.leaf_template(level, a), f.leaf_oa_bits(level, pa));
+        assert_eq!(tmpl & oa, 0, "{f:?} level {level}");
+        assert_eq!(tmpl | oa, e, "{f:?} level {level}");
+        assert_eq!(oa & !f.leaf_oa_mask(level), 0, "{f:?} level {level}");
+        assert_eq!(f.leaf_oa_mask(level) & tmpl, 0, "{f:?} level {level}");
+        let moved = tmpl | f.leaf_oa_mask(level);
+        assert_eq!(f.leaf_attrs(level, moved), a, "{f:?} level {level}");
+        assert_eq!(f.kind(level, moved), EntryKind::Leaf);
+        assert_eq!(f.leaf_addr(level, tmpl), PhysAddr::ZERO);
+        assert_eq!(f.leaf_oa_bits(level, f.leaf_addr(level, e)), oa);
         let c = f.set_contiguous(e, true);
         if f.contiguous_run(level).is_some() {
             assert!(f.is_contiguous(c));
