@@ -44,8 +44,9 @@ pub(crate) fn table_at<M: PhysMapper>(
 
 /// A mapper's [`LinearWindow`](mmkit_addr::LinearWindow), pre-checked for table frames of
 /// one size: a `bytes`-aligned frame at `pa` lies inside it exactly when `pa - lo <= span`
-/// (wrapping), and is at virtual `pa + offset` (wrapping), 8-aligned, which is computed as
-/// `(pa - lo) + lo_va` to reuse the subtraction of the range check.
+/// (wrapping), and is at virtual `pa + offset` (wrapping), 8-aligned. The pointer is computed
+/// from `pa` directly, not from the range check's difference, so a walk's dependent chain per
+/// level is the entry load, the address mask and one add; the check runs beside it.
 ///
 /// Taken once when a [`PageTable`](crate::PageTable) is created: by the `PhysMapper`
 /// contract, every pointer the window promised then stays valid for as long as the mapper
@@ -54,8 +55,8 @@ pub(crate) fn table_at<M: PhysMapper>(
 pub(crate) struct Window {
     lo: u64,
     span: u64,
-    /// `lo + offset` (wrapping): the virtual address of `lo`.
-    lo_va: u64,
+    /// What to add to a physical address inside the window to get its virtual address.
+    offset: u64,
 }
 
 impl Window {
@@ -72,7 +73,7 @@ impl Window {
         Some(Self {
             lo: w.start,
             span,
-            lo_va: w.start.wrapping_add(w.offset),
+            offset: w.offset,
         })
     }
 }
@@ -151,14 +152,12 @@ impl<'m, M: PhysMapper> Windowed<'m, M> {
         let a = pa.as_u64();
         let above_lo = a.wrapping_sub(w.lo);
         if a % self.bytes == 0 && above_lo <= w.span {
-            // `a + offset`, reusing the subtraction of the range check.
-            let va = above_lo.wrapping_add(w.lo_va);
+            let va = a.wrapping_add(w.offset);
             // SAFETY: the window came from `self.mapper` for this frame size (the field's
             // invariant, from `Tables::new`'s contract); `[a, a + bytes)` is non-empty and
             // inside it (`lo <= a` and `a + bytes <= end`, checked in `Window::of`), so by the
             // `PhysMapper::linear_window` contract `phys_to_virt` returned (or would have)
-            // exactly `a + offset` for it, which is `va` (`(a - lo) + (lo + offset)`, all
-            // wrapping): valid for reads and writes of `bytes` bytes while the mapper
+            // exactly `a + offset` (wrapping) for it, which is `va`: valid for reads and writes of `bytes` bytes while the mapper
             // (borrowed for `'m`) lives, non-null, and 8-aligned (`a` is `bytes`-aligned and
             // `offset` 8-aligned). Table frames are only accessed through atomics, as in
             // `table_at`.

@@ -414,10 +414,6 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
     /// too. Other depths, and mappers without a window, share one general loop.
     #[inline(always)]
     fn find_leaf<R>(&self, va: VirtAddr, found: impl Fn(usize, u64) -> R) -> Option<R> {
-        if !self.fmt.is_canonical(va) {
-            return None;
-        }
-        let va = va.as_u64();
         let ctx = self.ctx();
         match ctx.tables.windowed() {
             Some(w) => {
@@ -432,17 +428,21 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
         }
     }
 
-    /// The walk of [`find_leaf`](Self::find_leaf) for a canonical `va`, reading tables through
-    /// `table`; `depth == self.fmt.depth()`, passed in so that a call with a literal depth is
-    /// specialised.
+    /// The walk of [`find_leaf`](Self::find_leaf), reading tables through `table`; `depth ==
+    /// self.fmt.depth()`, passed in so that a call with a literal depth is specialised (the
+    /// canonical check too, where the format derives its VA width from its depth).
     #[inline(always)]
     fn find_leaf_via<'a, R>(
         &self,
-        va: u64,
+        va: VirtAddr,
         depth: usize,
         table: impl Fn(PhysAddr) -> &'a [AtomicU64],
         found: impl Fn(usize, u64) -> R,
     ) -> Option<R> {
+        if !self.fmt.is_canonical(va) {
+            return None;
+        }
+        let va = va.as_u64();
         let mut t = table(self.root);
         let mut level = 0;
         while level < depth {

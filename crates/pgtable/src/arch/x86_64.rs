@@ -165,17 +165,17 @@ const POLICY_FIELD_OF_PAT_INDEX: [u8; 8] = [
     CachePolicy::WriteThrough as u8,
 ];
 
-/// The attributes a leaf's low byte decodes to, as though NX were clear, indexed by bits 0..8
-/// of the entry with the PAT bit in bit 7 (a 4 KiB PTE's own layout): READ always; RW 1 ->
-/// WRITE 1, US 2 -> USER 4, A 5 -> 6, D 6 -> 7; the execute bit of the page's privilege
-/// (USER_EXEC 2 if US, else KERNEL_EXEC 3); and the cache policy of PAT index `PAT << 2 | PCD
-/// << 1 | PWT` ([`POLICY_FIELD_OF_PAT_INDEX`]). Derived at compile time from those tables, so
-/// a decode is one load instead of a dozen bit moves;
-/// `low_byte_table_matches_bitwise_decode` checks it against the bitwise form.
-static ATTRS_OF_LOW_BYTE: [u32; 256] = {
-    let mut t = [0u32; 256];
+/// The attributes a leaf's low nine bits decode to, as though NX were clear, indexed by bits
+/// 0..9 of the entry with the PAT bit in bit 7 (a 4 KiB PTE's own layout): READ always; RW 1
+/// -> WRITE 1, US 2 -> USER 4, A 5 -> 6, D 6 -> 7, G 8 -> GLOBAL 5; the execute bit of the
+/// page's privilege (USER_EXEC 2 if US, else KERNEL_EXEC 3); and the cache policy of PAT
+/// index `PAT << 2 | PCD << 1 | PWT` ([`POLICY_FIELD_OF_PAT_INDEX`]). Derived at compile time
+/// from those tables, so a decode is one load instead of a dozen bit moves;
+/// `low_bits_table_matches_bitwise_decode` checks it against the bitwise form.
+static ATTRS_OF_LOW_BITS: [u32; 512] = {
+    let mut t = [0u32; 512];
     let mut i = 0;
-    while i < 256 {
+    while i < 512 {
         let raw = i as u64;
         let user = (raw >> 2) & 1;
         let exec = 0b1000 >> user;
@@ -186,6 +186,7 @@ static ATTRS_OF_LOW_BYTE: [u32; 256] = {
             | (user << 4)
             | exec
             | ((raw & (A | D)) << 1)
+            | ((raw & G) >> 3)
             | (cache << Attrs::CACHE_SHIFT);
         t[i] = bits as u32;
         i += 1;
@@ -211,7 +212,10 @@ unsafe impl PagingFormat for X86_64 {
 
     #[inline]
     fn is_canonical(&self, va: VirtAddr) -> bool {
-        va.is_canonical_x86(self.va_bits)
+        // 48 or 57 bits: 12 + 9 per level, computed from the depth rather than loaded, so a
+        // walk specialised for its depth checks with constant shifts (`va_bits` agrees:
+        // `x86_geometry_is_arithmetic`).
+        va.is_canonical_x86(12 + 9 * self.levels.len() as u32)
     }
 
     #[inline]
@@ -355,19 +359,18 @@ unsafe impl PagingFormat for X86_64 {
 
     #[inline]
     fn leaf_attrs(&self, level: usize, raw: u64) -> Attrs {
-        // The low byte, with the PAT bit moved to bit 7 (where a 4 KiB PTE has it; a huge
-        // leaf has PS there), indexes `ATTRS_OF_LOW_BYTE`; the rest moves bit by bit (see the
-        // bit table in the module docs and `Attrs`): G 8 -> GLOBAL 5, AVL 9..12 -> SW 8..11,
-        // pkey 59..63 -> 16..20, and NX clears both execute bits.
+        // The low nine bits, with the PAT bit moved to bit 7 (where a 4 KiB PTE has it; a
+        // huge leaf has PS there), index `ATTRS_OF_LOW_BITS`; the rest moves bit by bit (see
+        // the bit table in the module docs and `Attrs`): AVL 9..12 -> SW 8..11, pkey 59..63
+        // -> 16..20, and NX clears both execute bits.
         let low = if self.is_last(level) {
-            raw & 0xff
+            raw & 0x1ff
         } else {
-            (raw & 0x7f) | ((raw >> 5) & PS)
+            (raw & 0x17f) | ((raw >> 5) & PS)
         };
         let nx_clears =
             ((raw as i64 >> 63) as u64) & (Attrs::USER_EXEC | Attrs::KERNEL_EXEC).bits() as u64;
-        let bits = (ATTRS_OF_LOW_BYTE[low as usize] as u64 & !nx_clears)
-            | ((raw >> 3) & 0x20)
+        let bits = (ATTRS_OF_LOW_BITS[low as usize] as u64 & !nx_clears)
             | ((raw >> 1) & 0x700)
             | (((raw >> PKEY_SHIFT) & 0xf) << Attrs::PKEY_SHIFT);
         Attrs::from_bits_retain(bits as u32)
@@ -454,6 +457,7 @@ mod tests {
     fn x86_geometry_is_arithmetic() {
         for f in [X86_64::FOUR_LEVEL, X86_64::FIVE_LEVEL] {
             for (level, lv) in f.levels().iter().enumerate() {
+                assert_eq!(12 + 9 * f.depth() as u32, f.va_bits());
                 assert_eq!(f.shift_of(level), lv.shift, "{f:?} level {level}");
                 assert_eq!(f.leaf_size(level), lv.leaf, "{f:?} level {level}");
                 assert_eq!(f.leaf_span_mask(level), lv.entry_span() - 1);
@@ -488,10 +492,10 @@ mod tests {
     }
 
     #[test]
-    fn low_byte_table_matches_bitwise_decode() {
+    fn low_bits_table_matches_bitwise_decode() {
         let f = X86_64::FOUR_LEVEL;
         for level in 1..4 {
-            for low in 0..256u64 {
+            for low in 0..512u64 {
                 for high in [
                     0,
                     NX,
