@@ -33,15 +33,21 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use aarch64_paging::descriptor::{El1Attributes as A, PhysicalAddress as APhys};
+use aarch64_paging::idmap::IdTranslation;
+use aarch64_paging::paging::{Constraints, El1And0, MemoryRegion, RootTable, VaRange};
 use criterion::{Criterion, Throughput};
 use mmkit_addr::host::HostMemory;
+use mmkit_addr::VaHalf;
 use mmkit_addr::{OffsetMapper, PageSize, PhysAddr, VirtAddr};
+use mmkit_pgtable::arch::aarch64::{Aarch64, Granule};
 use mmkit_pgtable::arch::x86_64::X86_64;
+use mmkit_pgtable::{AttrChange, PagingFormat};
 use mmkit_pgtable::{Attrs, FrameSource, MapSize, PageTable, TlbInvalidate};
 use x86_64::structures::paging::mapper::TranslateResult;
 use x86_64::structures::paging::{
     FrameAllocator, Mapper, OffsetPageTable, Page, PageTable as XPageTable, PageTableFlags as XF,
-    PhysFrame, Size2MiB, Size4KiB, Translate,
+    PhysFrame, Size1GiB, Size2MiB, Size4KiB, Translate,
 };
 
 const GIB: u64 = 1 << 30;
@@ -53,37 +59,52 @@ const PA: u64 = 0x1_0000_0000;
 const TABLE_BASE: u64 = 0x20_0000;
 const TABLE_BYTES: u64 = 8 << 20;
 
-/// A LIFO of 4 KiB frames inside a host buffer, zeroed on allocation.
+/// A LIFO of table frames (4 KiB unless built with [`Frames::with_granule`]) inside a host
+/// buffer, zeroed on allocation.
 struct Frames {
     free: Vec<u64>,
     host_offset: u64,
+    bytes: u64,
 }
 
 impl Frames {
     fn new(mem: &HostMemory) -> Self {
+        Self::with_granule(mem, PageSize::Size4K)
+    }
+
+    fn with_granule(mem: &HostMemory, gran: PageSize) -> Self {
         let base = mem.range().start().as_u64();
         let host = mem.ptr_of(mem.range().start()).unwrap().as_ptr() as u64;
+        let bytes = gran.bytes();
         Self {
-            free: (0..mem.range().len() / 4096)
+            free: (0..mem.range().len() / bytes)
                 .rev()
-                .map(|i| base + i * 4096)
+                .map(|i| base + i * bytes)
                 .collect(),
             host_offset: host.wrapping_sub(base),
+            bytes,
         }
     }
 
     fn take_zeroed(&mut self) -> Option<u64> {
         let pa = self.free.pop()?;
         // SAFETY: `pa` is a free frame of the host buffer (offset mapping), exclusively ours.
-        unsafe { core::ptr::write_bytes(pa.wrapping_add(self.host_offset) as *mut u8, 0, 4096) };
+        unsafe {
+            core::ptr::write_bytes(
+                pa.wrapping_add(self.host_offset) as *mut u8,
+                0,
+                self.bytes as usize,
+            )
+        };
         Some(pa)
     }
 }
 
-// SAFETY: frames come from the free list once each, 4 KiB-aligned, zeroed just above.
+// SAFETY: frames come from the free list once each, aligned to their size (the buffer's base
+// is), zeroed just above.
 unsafe impl FrameSource for Frames {
     fn alloc_table(&mut self, size: PageSize) -> Option<PhysAddr> {
-        assert_eq!(size, PageSize::Size4K);
+        assert_eq!(size.bytes(), self.bytes);
         self.take_zeroed().map(PhysAddr::new)
     }
 
@@ -437,6 +458,79 @@ fn icount(rounds: u64) {
         "checksum {sum:#x} over {rounds} rounds of {} addresses",
         addrs.len()
     );
+    // The mapping loops, once each per round: map 1 GiB as 4 KiB pages into an empty table,
+    // protect the partial range, unmap the upper half of every leaf table.
+    let ours_mem2 = HostMemory::new(PhysAddr::new(TABLE_BASE), TABLE_BYTES);
+    let their_mem2 = HostMemory::new(PhysAddr::new(TABLE_BASE), TABLE_BYTES);
+    let mut pt = ours(&ours_mem2);
+    let mut theirs = Theirs::new(&their_mem2);
+    for _ in 0..rounds {
+        icount_ours_map_4k(&mut pt);
+        theirs.reset();
+        icount_theirs_map_4k(&mut theirs);
+        icount_ours_protect(&mut pt);
+        icount_theirs_protect(&mut theirs);
+        icount_ours_unmap_halves(&mut pt);
+        icount_theirs_unmap_halves(&mut theirs);
+        ours_unmap(&mut pt);
+    }
+}
+
+#[inline(never)]
+fn icount_ours_map_4k(pt: &mut Ours) {
+    ours_map(pt, PageSize::Size4K);
+}
+
+#[inline(never)]
+fn icount_theirs_map_4k(theirs: &mut Theirs<'_>) {
+    theirs.map(PageSize::Size4K);
+}
+
+#[inline(never)]
+fn icount_ours_protect(pt: &mut Ours) {
+    let ch = AttrChange::flags(Attrs::empty(), Attrs::WRITE);
+    let f = pt
+        .protect(VirtAddr::new(PARTIAL_VA), PARTIAL_LEN, ch)
+        .unwrap();
+    pt.free_tables(f.invalidate(&mut NoTlb)).unwrap();
+}
+
+#[inline(never)]
+fn icount_theirs_protect(theirs: &mut Theirs<'_>) {
+    let (mut tpt, _) = theirs.table();
+    let flags = XF::PRESENT | XF::GLOBAL | XF::NO_EXECUTE | XF::ACCESSED | XF::DIRTY;
+    for i in 0..PARTIAL_LEN / 4096 {
+        let va = x86_64::VirtAddr::new(PARTIAL_VA + i * 4096);
+        // SAFETY: the table is never loaded; the flags stay a valid mapping.
+        unsafe {
+            tpt.update_flags(Page::<Size4KiB>::containing_address(va), flags)
+                .unwrap()
+                .ignore();
+        }
+    }
+}
+
+#[inline(never)]
+fn icount_ours_unmap_halves(pt: &mut Ours) {
+    for k in 0..512u64 {
+        let va = VA + k * (2 << 20) + (1 << 20);
+        let f = pt.unmap(VirtAddr::new(va), 1 << 20).unwrap();
+        pt.free_tables(f.invalidate(&mut NoTlb)).unwrap();
+    }
+}
+
+#[inline(never)]
+fn icount_theirs_unmap_halves(theirs: &mut Theirs<'_>) {
+    let (mut tpt, _) = theirs.table();
+    for k in 0..512u64 {
+        for p in 0..256u64 {
+            let va = x86_64::VirtAddr::new(VA + k * (2 << 20) + (1 << 20) + p * 4096);
+            tpt.unmap(Page::<Size4KiB>::containing_address(va))
+                .unwrap()
+                .1
+                .ignore();
+        }
+    }
 }
 
 #[inline(never)]
@@ -459,10 +553,465 @@ fn icount_theirs_addr(tpt: &OffsetPageTable<'_>, addrs: &[u64]) -> u64 {
     theirs_addr(tpt, addrs)
 }
 
+/// `map_512GiB_1G`: 512 GiB as 512 1 GiB pages (mmkit: one call; x86_64: one `map_to` each).
+fn map_1g(c: &mut Criterion) {
+    const LEN: u64 = 512 * GIB;
+    let ours_mem = HostMemory::new(PhysAddr::new(TABLE_BASE), TABLE_BYTES);
+    let their_mem = HostMemory::new(PhysAddr::new(TABLE_BASE), TABLE_BYTES);
+    let mut g = c.benchmark_group("map_512GiB_1G");
+    g.throughput(Throughput::Elements(512));
+    g.sample_size(10).warm_up_time(Duration::from_millis(500));
+    let mut pt = ours(&ours_mem);
+    g.bench_function("mmkit", |b| {
+        b.iter_custom(|iters| {
+            let mut t = Duration::ZERO;
+            for _ in 0..iters {
+                let s = Instant::now();
+                let f = pt
+                    .map(
+                        VirtAddr::new(VA),
+                        PhysAddr::new(PA),
+                        LEN,
+                        Attrs::KERNEL_RW,
+                        MapSize::Exactly(PageSize::Size1G),
+                    )
+                    .unwrap();
+                let freed = f.invalidate(&mut NoTlb);
+                t += s.elapsed();
+                pt.free_tables(freed).unwrap();
+                let f = pt.unmap(VirtAddr::new(VA), LEN).unwrap();
+                pt.free_tables(f.invalidate(&mut NoTlb)).unwrap();
+            }
+            t
+        })
+    });
+    let mut theirs = Theirs::new(&their_mem);
+    g.bench_function("x86_64", |b| {
+        b.iter_custom(|iters| {
+            let mut t = Duration::ZERO;
+            for _ in 0..iters {
+                theirs.reset();
+                let flags = XF::PRESENT
+                    | XF::WRITABLE
+                    | XF::GLOBAL
+                    | XF::NO_EXECUTE
+                    | XF::ACCESSED
+                    | XF::DIRTY;
+                let (mut tpt, frames) = theirs.table();
+                let s = Instant::now();
+                for i in 0..512 {
+                    let va = x86_64::VirtAddr::new(VA + i * GIB);
+                    let pa = x86_64::PhysAddr::new(PA + i * GIB);
+                    // SAFETY: the mapped frames are never accessed; the table is never loaded.
+                    unsafe {
+                        tpt.map_to(
+                            Page::<Size1GiB>::containing_address(va),
+                            PhysFrame::containing_address(pa),
+                            flags,
+                            frames,
+                        )
+                        .unwrap()
+                        .ignore();
+                    }
+                }
+                t += s.elapsed();
+            }
+            t
+        })
+    });
+    g.finish();
+}
+
+/// The range the partial-range benches work on: 1 GiB less 1 MiB at each end, so the first
+/// and last leaf tables are partly inside (261 632 PTEs).
+const PARTIAL_VA: u64 = VA + (1 << 20);
+const PARTIAL_LEN: u64 = GIB - (2 << 20);
+
+/// `protect_4K`: write-protect, then (next iteration) make writable again, the partial range
+/// of 1 GiB mapped as 4 KiB pages (mmkit: one call per iteration, token invalidated; x86_64:
+/// one `update_flags` per page).
+fn protect(c: &mut Criterion) {
+    let ours_mem = HostMemory::new(PhysAddr::new(TABLE_BASE), TABLE_BYTES);
+    let their_mem = HostMemory::new(PhysAddr::new(TABLE_BASE), TABLE_BYTES);
+    let mut g = c.benchmark_group("protect_4K");
+    g.throughput(Throughput::Elements(PARTIAL_LEN / 4096));
+    g.sample_size(10).warm_up_time(Duration::from_millis(500));
+    let mut pt = ours(&ours_mem);
+    ours_map(&mut pt, PageSize::Size4K);
+    let mut writable = true;
+    g.bench_function("mmkit", |b| {
+        b.iter(|| {
+            let ch = if writable {
+                AttrChange::flags(Attrs::empty(), Attrs::WRITE)
+            } else {
+                AttrChange::flags(Attrs::WRITE, Attrs::empty())
+            };
+            writable = !writable;
+            let f = pt
+                .protect(VirtAddr::new(PARTIAL_VA), PARTIAL_LEN, ch)
+                .unwrap();
+            pt.free_tables(f.invalidate(&mut NoTlb)).unwrap();
+        })
+    });
+    let mut theirs = Theirs::new(&their_mem);
+    theirs.map(PageSize::Size4K);
+    let (mut tpt, _) = theirs.table();
+    let rw = XF::PRESENT | XF::WRITABLE | XF::GLOBAL | XF::NO_EXECUTE | XF::ACCESSED | XF::DIRTY;
+    let mut writable = true;
+    g.bench_function("x86_64", |b| {
+        b.iter(|| {
+            let flags = if writable { rw - XF::WRITABLE } else { rw };
+            writable = !writable;
+            for i in 0..PARTIAL_LEN / 4096 {
+                let va = x86_64::VirtAddr::new(PARTIAL_VA + i * 4096);
+                // SAFETY: the table is never loaded; the flags stay a valid mapping.
+                unsafe {
+                    tpt.update_flags(Page::<Size4KiB>::containing_address(va), flags)
+                        .unwrap()
+                        .ignore();
+                }
+            }
+        })
+    });
+    g.finish();
+}
+
+/// `unmap_half_tables_4K`: in 1 GiB mapped as 4 KiB pages, unmap the upper half of every leaf
+/// table (512 ranges of 256 PTEs, so no table empties and every PTE is cleared one by one;
+/// mmkit: one call per range; x86_64: one `unmap` per page). The halves are mapped again
+/// untimed.
+fn unmap_half_tables(c: &mut Criterion) {
+    let ours_mem = HostMemory::new(PhysAddr::new(TABLE_BASE), TABLE_BYTES);
+    let their_mem = HostMemory::new(PhysAddr::new(TABLE_BASE), TABLE_BYTES);
+    const HALF: u64 = 1 << 20;
+    let mut g = c.benchmark_group("unmap_half_tables_4K");
+    g.throughput(Throughput::Elements(512 * 256));
+    g.sample_size(10).warm_up_time(Duration::from_millis(500));
+    let mut pt = ours(&ours_mem);
+    ours_map(&mut pt, PageSize::Size4K);
+    g.bench_function("mmkit", |b| {
+        b.iter_custom(|iters| {
+            let mut t = Duration::ZERO;
+            for _ in 0..iters {
+                let s = Instant::now();
+                for k in 0..512u64 {
+                    let va = VA + k * (2 << 20) + HALF;
+                    let f = pt.unmap(VirtAddr::new(va), HALF).unwrap();
+                    pt.free_tables(f.invalidate(&mut NoTlb)).unwrap();
+                }
+                t += s.elapsed();
+                for k in 0..512u64 {
+                    let off = k * (2 << 20) + HALF;
+                    let f = pt
+                        .map(
+                            VirtAddr::new(VA + off),
+                            PhysAddr::new(PA + off),
+                            HALF,
+                            Attrs::KERNEL_RW,
+                            MapSize::Exactly(PageSize::Size4K),
+                        )
+                        .unwrap();
+                    pt.free_tables(f.invalidate(&mut NoTlb)).unwrap();
+                }
+            }
+            t
+        })
+    });
+    let mut theirs = Theirs::new(&their_mem);
+    theirs.map(PageSize::Size4K);
+    let flags = XF::PRESENT | XF::WRITABLE | XF::GLOBAL | XF::NO_EXECUTE | XF::ACCESSED | XF::DIRTY;
+    g.bench_function("x86_64", |b| {
+        b.iter_custom(|iters| {
+            let mut t = Duration::ZERO;
+            let (mut tpt, frames) = theirs.table();
+            for _ in 0..iters {
+                let s = Instant::now();
+                for k in 0..512u64 {
+                    for p in 0..256u64 {
+                        let va = x86_64::VirtAddr::new(VA + k * (2 << 20) + HALF + p * 4096);
+                        tpt.unmap(Page::<Size4KiB>::containing_address(va))
+                            .unwrap()
+                            .1
+                            .ignore();
+                    }
+                }
+                t += s.elapsed();
+                for k in 0..512u64 {
+                    for p in 0..256u64 {
+                        let off = k * (2 << 20) + HALF + p * 4096;
+                        // SAFETY: the mapped frames are never accessed; the table is never
+                        // loaded.
+                        unsafe {
+                            tpt.map_to(
+                                Page::<Size4KiB>::containing_address(x86_64::VirtAddr::new(
+                                    VA + off,
+                                )),
+                                PhysFrame::containing_address(x86_64::PhysAddr::new(PA + off)),
+                                flags,
+                                frames,
+                            )
+                            .unwrap()
+                            .ignore();
+                        }
+                    }
+                }
+            }
+            t
+        })
+    });
+    g.finish();
+}
+
+/// aarch64, 4 KiB granule, 48-bit TTBR0 beside aarch64-paging 0.12 (its `IdTranslation`:
+/// tables from the heap, identity-mapped), both El1:
+/// * `aarch64_map_1GiB_4K/*`: map 1 GiB as 4 KiB pages (mmkit: size forced; aarch64-paging:
+///   `NO_BLOCK_MAPPINGS`), one range call each; the tables are torn down untimed.
+/// * `aarch64_translate_4K/*`: translate the 4096 scattered addresses (mmkit: `translate`;
+///   aarch64-paging has no single-address lookup, so its `walk_range` over one page, which
+///   reports the descriptor with its attributes and level, is the equivalent).
+fn aarch64_vs_peer(c: &mut Criterion) {
+    const AVA: u64 = 0x40_0000_0000;
+    let ours_mem = HostMemory::new(PhysAddr::new(TABLE_BASE), TABLE_BYTES);
+    let f = Aarch64::new(Granule::K4, 48, VaHalf::Lower).unwrap();
+    let new_ours = || PageTable::new(f, mapper(&ours_mem), Frames::new(&ours_mem)).unwrap();
+    let normal = A::VALID | A::ATTRIBUTE_INDEX_0 | A::INNER_SHAREABLE | A::ACCESSED;
+    let their_flags = normal | A::UXN | A::PXN;
+    let region = MemoryRegion::new(AVA as usize, (AVA + GIB) as usize);
+    let new_theirs = || {
+        let mut t = RootTable::with_va_range(IdTranslation::<A>::new(), 0, El1And0, VaRange::Lower);
+        t.map_range(
+            &region,
+            APhys(PA as usize),
+            their_flags,
+            Constraints::NO_BLOCK_MAPPINGS | Constraints::NO_CONTIGUOUS_HINT,
+        )
+        .unwrap();
+        t
+    };
+    let ours_attrs = Attrs::READ | Attrs::WRITE | Attrs::GLOBAL | Attrs::ACCESSED;
+    let mut g = c.benchmark_group("aarch64_map_1GiB_4K");
+    g.throughput(Throughput::Elements(GIB / 4096));
+    g.sample_size(10).warm_up_time(Duration::from_millis(500));
+    let mut pt = new_ours();
+    g.bench_function("mmkit", |b| {
+        b.iter_custom(|iters| {
+            let mut t = Duration::ZERO;
+            for _ in 0..iters {
+                let s = Instant::now();
+                let fl = pt
+                    .map(
+                        VirtAddr::new(AVA),
+                        PhysAddr::new(PA),
+                        GIB,
+                        ours_attrs,
+                        MapSize::Exactly(PageSize::Size4K),
+                    )
+                    .unwrap();
+                let freed = fl.invalidate(&mut NoTlb);
+                t += s.elapsed();
+                pt.free_tables(freed).unwrap();
+                let fl = pt.unmap(VirtAddr::new(AVA), GIB).unwrap();
+                pt.free_tables(fl.invalidate(&mut NoTlb)).unwrap();
+            }
+            t
+        })
+    });
+    g.bench_function("aarch64-paging", |b| {
+        b.iter_custom(|iters| {
+            let mut t = Duration::ZERO;
+            for _ in 0..iters {
+                let s = Instant::now();
+                let theirs = black_box(new_theirs());
+                t += s.elapsed();
+                drop(theirs);
+            }
+            t
+        })
+    });
+    g.finish();
+
+    let fl = pt
+        .map(
+            VirtAddr::new(AVA),
+            PhysAddr::new(PA),
+            GIB,
+            ours_attrs,
+            MapSize::Exactly(PageSize::Size4K),
+        )
+        .unwrap();
+    pt.free_tables(fl.invalidate(&mut NoTlb)).unwrap();
+    let theirs = new_theirs();
+    let addrs: Vec<u64> = translate_addrs().iter().map(|a| a - VA + AVA).collect();
+    let ours_t = || {
+        let mut sum = 0u64;
+        for &a in &addrs {
+            let t = pt.translate(VirtAddr::new(a)).unwrap();
+            sum = sum.wrapping_add(t.pa_of(VirtAddr::new(a)).as_u64() ^ u64::from(t.attrs.bits()));
+        }
+        sum
+    };
+    let theirs_t = || {
+        let mut sum = 0u64;
+        for &a in &addrs {
+            let page = (a & !0xfff) as usize;
+            theirs
+                .walk_range(&MemoryRegion::new(page, page + 4096), &mut |_, d, _| {
+                    sum = sum.wrapping_add(
+                        (d.output_address().0 as u64 + (a & 0xfff)) ^ d.flags().bits() as u64,
+                    );
+                    Ok(())
+                })
+                .unwrap();
+        }
+        sum
+    };
+    let mut g = c.benchmark_group("aarch64_translate_4K");
+    g.throughput(Throughput::Elements(addrs.len() as u64));
+    g.bench_function("mmkit", |b| {
+        b.iter_custom(|n| interleaved(n, ours_t, theirs_t))
+    });
+    g.bench_function("aarch64-paging", |b| {
+        b.iter_custom(|n| interleaved(n, theirs_t, ours_t))
+    });
+    g.finish();
+}
+
+/// Per-format absolute figures (no peer): for x86_64 4- and 5-level and aarch64 4/16/64 KiB
+/// granules (48-bit TTBR0), in `formats_<workload>/<format>`:
+/// * `map_1GiB_pages`: 1 GiB as granule pages, size forced (per PTE);
+/// * `map_blocks`: 512 blocks of the largest block size of the last table level's parent
+///   (2 MiB, 32 MiB, 512 MiB), size forced (per entry);
+/// * `protect`: write-protect / unprotect 1 GiB of granule pages less 1 MiB at each end
+///   (per PTE);
+/// * `translate`: 4096 scattered full translates in the 1 GiB of pages.
+fn formats(c: &mut Criterion) {
+    fn one<F: PagingFormat + Copy>(c: &mut Criterion, name: &str, f: F, va: u64) {
+        let mem = HostMemory::new(PhysAddr::new(TABLE_BASE), TABLE_BYTES);
+        let gran = f.granule();
+        let block = f.levels()[f.depth() - 2]
+            .leaf
+            .expect("a block level above the pages");
+        let mut pt = PageTable::new(f, mapper(&mem), Frames::with_granule(&mem, gran)).unwrap();
+        let map_unmap = |pt: &mut PageTable<F, OffsetMapper, Frames>, len: u64, size| {
+            let s = Instant::now();
+            let fl = pt
+                .map(
+                    VirtAddr::new(va),
+                    PhysAddr::new(PA),
+                    len,
+                    Attrs::KERNEL_RW,
+                    MapSize::Exactly(size),
+                )
+                .unwrap();
+            let freed = fl.invalidate(&mut NoTlb);
+            let t = s.elapsed();
+            pt.free_tables(freed).unwrap();
+            let fl = pt.unmap(VirtAddr::new(va), len).unwrap();
+            pt.free_tables(fl.invalidate(&mut NoTlb)).unwrap();
+            t
+        };
+        let mut g = c.benchmark_group("formats_map_1GiB_pages");
+        g.throughput(Throughput::Elements(GIB / gran.bytes()));
+        g.sample_size(10).warm_up_time(Duration::from_millis(300));
+        g.measurement_time(Duration::from_secs(2));
+        g.bench_function(name, |b| {
+            b.iter_custom(|n| (0..n).map(|_| map_unmap(&mut pt, GIB, gran)).sum())
+        });
+        g.finish();
+        let mut g = c.benchmark_group("formats_map_blocks");
+        g.throughput(Throughput::Elements(512));
+        g.sample_size(10).warm_up_time(Duration::from_millis(300));
+        g.measurement_time(Duration::from_secs(2));
+        g.bench_function(name, |b| {
+            b.iter_custom(|n| {
+                (0..n)
+                    .map(|_| map_unmap(&mut pt, 512 * block.bytes(), block))
+                    .sum()
+            })
+        });
+        g.finish();
+        let fl = pt
+            .map(
+                VirtAddr::new(va),
+                PhysAddr::new(PA),
+                GIB,
+                Attrs::KERNEL_RW,
+                MapSize::Exactly(gran),
+            )
+            .unwrap();
+        pt.free_tables(fl.invalidate(&mut NoTlb)).unwrap();
+        let mut g = c.benchmark_group("formats_protect");
+        g.throughput(Throughput::Elements((GIB - (2 << 20)) / gran.bytes()));
+        g.sample_size(10).warm_up_time(Duration::from_millis(300));
+        g.measurement_time(Duration::from_secs(2));
+        let mut writable = true;
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let ch = if writable {
+                    AttrChange::flags(Attrs::empty(), Attrs::WRITE)
+                } else {
+                    AttrChange::flags(Attrs::WRITE, Attrs::empty())
+                };
+                writable = !writable;
+                let fl = pt
+                    .protect(VirtAddr::new(va + (1 << 20)), GIB - (2 << 20), ch)
+                    .unwrap();
+                pt.free_tables(fl.invalidate(&mut NoTlb)).unwrap();
+            })
+        });
+        g.finish();
+        let addrs: Vec<u64> = translate_addrs().iter().map(|a| a - VA + va).collect();
+        let mut g = c.benchmark_group("formats_translate");
+        g.throughput(Throughput::Elements(addrs.len() as u64));
+        g.measurement_time(Duration::from_secs(2));
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let mut sum = 0u64;
+                for &a in &addrs {
+                    let t = pt.translate(VirtAddr::new(a)).unwrap();
+                    sum = sum.wrapping_add(
+                        t.pa_of(VirtAddr::new(a)).as_u64() ^ u64::from(t.attrs.bits()),
+                    );
+                }
+                sum
+            })
+        });
+        g.finish();
+    }
+    one(c, "x86_64_4level", X86_64::FOUR_LEVEL, VA);
+    one(
+        c,
+        "x86_64_5level",
+        X86_64::FIVE_LEVEL,
+        0xff00_0000_4000_0000,
+    );
+    for (name, g) in [
+        ("aarch64_4K", Granule::K4),
+        ("aarch64_16K", Granule::K16),
+        ("aarch64_64K", Granule::K64),
+    ] {
+        one(
+            c,
+            name,
+            Aarch64::new(g, 48, VaHalf::Lower).unwrap(),
+            0x40_0000_0000,
+        );
+    }
+}
+
 /// `criterion_group!` generates an undocumented `pub fn`; the allow is scoped to it.
 mod group {
     #![allow(missing_docs)]
-    criterion::criterion_group!(benches, super::map_unmap, super::translate);
+    criterion::criterion_group!(
+        benches,
+        super::map_unmap,
+        super::map_1g,
+        super::protect,
+        super::unmap_half_tables,
+        super::translate,
+        super::aarch64_vs_peer,
+        super::formats
+    );
 }
 
 /// Best-of-`rounds` translate times of both sides, batches alternating (`MMKIT_AB=<rounds>`):

@@ -20,7 +20,7 @@ use crate::flush::Flush;
 use crate::format::{EntryKind, PagingFormat};
 use crate::frame::FrameSource;
 use crate::raw;
-use crate::split::{run_sticks_out, split_cost, split_leaf, unrun};
+use crate::split::{run_sticks_out, split_cost, split_leaf, unrun, whole_runs};
 use crate::table::{Ctx, PageTable, Reserve, ReserveError, SpanError};
 
 /// The outcome of [`PageTable::clear_accessed_dirty`].
@@ -164,7 +164,7 @@ impl LeafMemo {
 
     /// The leaf `raw` after `change` (contiguous hint kept), and whether its attributes
     /// change; the error of an inexpressible result.
-    #[inline]
+    #[inline(always)]
     fn apply<F: PagingFormat>(
         &mut self,
         fmt: &F,
@@ -173,15 +173,28 @@ impl LeafMemo {
     ) -> Result<(u64, bool), ProtectError> {
         let key = raw & !self.oa_mask;
         if !self.valid || key != self.key {
-            let old = fmt.leaf_attrs(self.level, key);
-            let new = new_attrs(fmt, old, change)?;
-            let e = fmt.leaf_template(self.level, new);
-            self.new_key = fmt.set_contiguous(e, fmt.is_contiguous(key));
-            self.changes = new != old;
-            self.key = key;
-            self.valid = true;
+            self.learn(fmt, key, change)?;
         }
         Ok((self.new_key | (raw & self.oa_mask), self.changes))
+    }
+
+    /// Decode, change and encode `key` (kept out of line: the loops run it once per distinct
+    /// key).
+    #[inline(never)]
+    fn learn<F: PagingFormat>(
+        &mut self,
+        fmt: &F,
+        key: u64,
+        change: &AttrChange,
+    ) -> Result<(), ProtectError> {
+        let old = fmt.leaf_attrs(self.level, key);
+        let new = new_attrs(fmt, old, change)?;
+        let e = fmt.leaf_template(self.level, new);
+        self.new_key = fmt.set_contiguous(e, fmt.is_contiguous(key));
+        self.changes = new != old;
+        self.key = key;
+        self.valid = true;
+        Ok(())
     }
 }
 
@@ -255,27 +268,30 @@ fn plan_protect_leaves<F: PagingFormat>(
     let n = ((last - first) >> shift) as usize + 1;
     let mut memo = LeafMemo::new(fmt, level);
     let hw = touches_hw_bits(&job.change);
+    let (k_lo, k_hi) = whole_runs(fmt, level, i0, n);
     for (k, e) in t[i0..i0 + n].iter().enumerate() {
         let raw = raw::load_entry(e);
-        let va = first + ((k as u64) << shift);
         if fmt.kind(level, raw) != EntryKind::Leaf {
-            return Err(ProtectError::NotMapped(VirtAddr::new(va)));
+            return Err(ProtectError::NotMapped(VirtAddr::new(
+                first + ((k as u64) << shift),
+            )));
         }
         let (_, changes) = memo.apply(fmt, raw, &job.change)?;
+        if !job.bbm || !(changes || hw) {
+            continue;
+        }
         // As in `plan_protect`: a change touching accessed/dirty is planned as changing.
-        if job.bbm
-            && (changes || hw)
+        let va = first + ((k as u64) << shift);
+        if (k < k_lo || k >= k_hi)
             && fmt.is_contiguous(raw)
             && run_sticks_out(fmt, level, va, job.first, job.last)
         {
             return Err(ProtectError::BreakBeforeMake(VirtAddr::new(va)));
         }
-        if job.bbm && (changes || hw) {
-            let old = fmt.leaf_attrs(level, raw);
-            let new = new_attrs(fmt, old, &job.change)?;
-            if fmt.attr_change_needs_bbm(old, new) {
-                return Err(ProtectError::BreakBeforeMake(VirtAddr::new(va)));
-            }
+        let old = fmt.leaf_attrs(level, raw);
+        let new = new_attrs(fmt, old, &job.change)?;
+        if fmt.attr_change_needs_bbm(old, new) {
+            return Err(ProtectError::BreakBeforeMake(VirtAddr::new(va)));
         }
     }
     Ok(0)
@@ -299,7 +315,9 @@ fn apply_protect_leaves<F: PagingFormat>(
     let n = ((last - first) >> shift) as usize + 1;
     let slots = &t[i0..i0 + n];
     let mut memo = LeafMemo::new(fmt, level);
-    let mut changed: Option<(usize, usize)> = None;
+    let (k_lo, k_hi) = whole_runs(fmt, level, i0, n);
+    // First and last index changed (`first_k > last_k` while none has).
+    let (mut first_k, mut last_k) = (usize::MAX, 0);
     for k in 0..n {
         let mut raw = raw::load(slots, k);
         let Ok((mut new, changes)) = memo.apply(fmt, raw, &job.change) else {
@@ -308,7 +326,7 @@ fn apply_protect_leaves<F: PagingFormat>(
         if !changes {
             continue;
         }
-        if fmt.is_contiguous(raw) {
+        if (k < k_lo || k >= k_hi) && fmt.is_contiguous(raw) {
             let va = first + ((k as u64) << shift);
             if run_sticks_out(fmt, level, va, job.first, job.last) {
                 unrun(fmt, t, level, i0 + k);
@@ -326,13 +344,14 @@ fn apply_protect_leaves<F: PagingFormat>(
         } else {
             raw::store(slots, k, new);
         }
-        changed = Some(changed.map_or((k, k), |(a, _)| (a, k)));
+        first_k = first_k.min(k);
+        last_k = k;
     }
-    if let Some((a, b)) = changed {
+    if first_k <= last_k {
         let size = fmt.leaf_size(level).unwrap_or(fmt.granule());
         flush.cover(
-            first + ((a as u64) << shift),
-            first + ((b as u64) << shift) + (size.bytes() - 1),
+            first + ((first_k as u64) << shift),
+            first + ((last_k as u64) << shift) + (size.bytes() - 1),
             size,
         );
     }

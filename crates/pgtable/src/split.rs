@@ -64,6 +64,31 @@ pub(crate) fn run_sticks_out<F: PagingFormat>(
     run_first < first || run_last > last
 }
 
+/// For the `n` slots of a table of `level` from index `i0`: the slots `k_lo..k_hi` (counted
+/// from `i0`) whose contiguous-hint run lies wholly among them. Only slots outside it can
+/// hold a run that [`run_sticks_out`] of the range; without the hint at `level` every slot
+/// is inside.
+#[inline]
+pub(crate) fn whole_runs<F: PagingFormat>(
+    fmt: &F,
+    level: usize,
+    i0: usize,
+    n: usize,
+) -> (usize, usize) {
+    match fmt.contiguous_run(level) {
+        None => (0, n),
+        Some(r) => {
+            let lo = (r - i0 % r) % r;
+            let hi = n.saturating_sub((i0 + n) % r);
+            if lo < hi {
+                (lo, hi)
+            } else {
+                (0, 0)
+            }
+        }
+    }
+}
+
 /// Clear the contiguous hint on the whole run holding entry `i` (needs BBM when live).
 pub(crate) fn unrun<F: PagingFormat>(fmt: &F, t: &[AtomicU64], level: usize, i: usize) {
     if let Some(r) = fmt.contiguous_run(level) {

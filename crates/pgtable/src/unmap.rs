@@ -226,19 +226,21 @@ fn unmap_leaves<F: PagingFormat>(
         }
     }
     let mut removed = 0u32;
-    let mut cleared: Option<(usize, usize)> = None;
+    // First and last index cleared (`first_k > last_k` while none is).
+    let (mut first_k, mut last_k) = (usize::MAX, 0);
     for (k, e) in t[i0..i0 + n].iter().enumerate() {
         if fmt.kind(level, raw::load_entry(e)) == EntryKind::Leaf {
             raw::clear_entry(e);
             removed += 1;
-            cleared = Some(cleared.map_or((k, k), |(a, _)| (a, k)));
+            first_k = first_k.min(k);
+            last_k = k;
         }
     }
-    if let Some((a, b)) = cleared {
+    if first_k <= last_k {
         let size = fmt.leaf_size(level).unwrap_or(fmt.granule());
         flush.cover(
-            first + ((a as u64) << shift),
-            first + ((b as u64) << shift) + (size.bytes() - 1),
+            first + ((first_k as u64) << shift),
+            first + ((last_k as u64) << shift) + (size.bytes() - 1),
             size,
         );
     }
