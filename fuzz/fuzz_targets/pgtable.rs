@@ -1,5 +1,5 @@
 //! Fuzz mmkit-pgtable: an `Arbitrary` format choice and sequence of map / unmap / protect /
-//! frame-limit actions and range operations with extreme addresses and lengths, replayed by `mmkit_pgtable::model::run` — the same machine as the
+//! mutating-cursor / frame-limit actions and range operations with extreme addresses and lengths, replayed by `mmkit_pgtable::model::run` — the same machine as the
 //! proptest state machine: `verify()`, the reference model, `translate` and the software MMU
 //! (with its stale-keeping TLB) are checked after every step, and every table frame must be
 //! back in the arena at the end. Even-length sequences reach the tables through the arena's
@@ -43,6 +43,11 @@ enum Action {
         change: u8,
     },
     Limit(Option<u8>),
+    Update {
+        start: u16,
+        pages: u16,
+        rule: u8,
+    },
     Extreme {
         op: u8,
         va: u8,
@@ -81,6 +86,11 @@ impl Action {
                 change,
             },
             Action::Limit(l) => Op::Limit(l),
+            Action::Update { start, pages, rule } => Op::Update {
+                start: start.into(),
+                pages: pages.into(),
+                rule,
+            },
             Action::Extreme { op, va, len, pa } => Op::Extreme { op, va, len, pa },
         }
     }

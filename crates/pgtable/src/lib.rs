@@ -14,6 +14,9 @@
 //! * [`PageTable::translate`], [`PageTable::walk`] (per-level callbacks and holes),
 //!   [`PageTable::cursor`] (sequential iteration), [`PageTable::clear_accessed_dirty`],
 //!   [`PageTable::copy_range_to`] (fork-style copy into another table);
+//! * [`PageTable::update_leaves`] — the mutating cursor: a callback rewrites, remaps or
+//!   removes each leaf of a range in one pass ([`PageTable::update_leaves_live`] does the
+//!   break-before-make a live aarch64 table needs through a [`TlbInvalidate`]);
 //! * [`PageTable::split_live`] — break-before-make split on live aarch64 tables;
 //! * [`PageTable::verify`] — the invariant scanner.
 //!
@@ -96,6 +99,7 @@ mod raw;
 mod split;
 mod table;
 mod unmap;
+mod update;
 mod walk;
 
 pub mod arch;
@@ -120,6 +124,7 @@ pub use format::{EntryKind, Level, PagingFormat, MAX_LEVELS};
 pub use frame::FrameSource;
 pub use protect::Cleared;
 pub use table::{MapSize, PageTable, Translation, VerifyReport};
+pub use update::{LeafUpdate, UpdateError};
 pub use walk::{Cursor, Visitor};
 
 static_assertions::const_assert!(MAX_LEVELS == 5);

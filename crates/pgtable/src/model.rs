@@ -28,8 +28,8 @@ use crate::softmmu::aarch64::Aarch64Walker;
 use crate::softmmu::x86_64::X86Walker;
 use crate::softmmu::{Access, Fault, Mode, SoftMmu, WalkCache, Walked, Walker};
 use crate::{
-    AttrChange, Attrs, CachePolicy, MapError, MapSize, PageTable, PagingFormat, ProtectError,
-    UnmapError,
+    AttrChange, Attrs, CachePolicy, LeafUpdate, MapError, MapSize, PageTable, PagingFormat,
+    ProtectError, UnmapError, UpdateError,
 };
 
 /// Physical base of test arenas (1 GiB, so table frames never collide with low test PAs).
@@ -219,8 +219,19 @@ pub enum Op {
     },
     /// Allow this many more table frames than are in use (`None`: no limit).
     Limit(Option<u8>),
-    /// Call range operation `op` (map, unmap, protect, clear accessed, walk, cursor, in that
-    /// order, taken modulo 6) with raw extreme arguments: `va`, `len` and `pa` index (modulo
+    /// Rewrite the leaves overlapping `pages` pages at `start` with the mutating cursor
+    /// ([`PageTable::update_leaves`](crate::PageTable::update_leaves)), each as
+    /// [`update_rule`]`(rule, leaf)` answers.
+    Update {
+        /// First page.
+        start: u64,
+        /// Number of pages.
+        pages: u64,
+        /// Which rule.
+        rule: u8,
+    },
+    /// Call range operation `op` (map, unmap, protect, clear accessed, walk, cursor, mutating
+    /// cursor, in that order, taken modulo 7) with raw extreme arguments: `va`, `len` and `pa` index (modulo
     /// their length) [`extreme_vas`], [`extreme_lens`] and [`extreme_pas`]. Skipped when the
     /// range meets the window; otherwise nothing is mapped there, so whatever the call
     /// returns, the table must be as before (a map that succeeds is unmapped again).
@@ -234,6 +245,36 @@ pub enum Op {
         /// Index of the physical address.
         pa: u8,
     },
+}
+
+/// What the mutating cursor does to leaf `t` under rule `rule`: a pure function of the
+/// leaf, so the model can predict it. Rules cover every [`LeafUpdate`] answer, mixtures of
+/// them keyed by the leaf's address, and invalid answers (unreadable attributes, a remap
+/// target not aligned to a huge leaf).
+pub fn update_rule(rule: u8, t: &crate::Translation) -> LeafUpdate {
+    let size = t.size.bytes();
+    let nth = t.page_va.as_u64() / size;
+    match rule % 6 {
+        0 => LeafUpdate::Attrs(change(rule / 6).apply(t.attrs)),
+        1 if nth % 2 == 0 => LeafUpdate::Unmap,
+        1 => LeafUpdate::Keep,
+        2 => LeafUpdate::Remap(PhysAddr::new(t.page_pa.as_u64() + 2 * size), t.attrs),
+        // W^X: writable leaves lose execute, the others become read-only.
+        3 if t.attrs.contains(Attrs::WRITE) => {
+            LeafUpdate::Attrs(t.attrs - Attrs::KERNEL_EXEC - Attrs::USER_EXEC)
+        }
+        3 => LeafUpdate::Attrs(t.attrs - Attrs::WRITE),
+        4 => match nth % 3 {
+            0 => LeafUpdate::Unmap,
+            1 => LeafUpdate::Attrs(ATTRS[(rule / 6) as usize % ATTRS.len()]),
+            _ => LeafUpdate::Keep,
+        },
+        // A remap by one granule: misaligned for any leaf larger than a granule.
+        _ => LeafUpdate::Remap(
+            PhysAddr::new(t.page_pa.as_u64() + (1 << t.size.shift().min(12)) * 16),
+            t.attrs,
+        ),
+    }
 }
 
 /// Virtual addresses at the edges of the 64-bit space and of `f`'s halves: 0, 1, one granule,
@@ -360,6 +401,10 @@ pub fn run<F: HostFormat>(f: F, ops: &[Op]) {
                 }
             }
             Op::Limit(l) => Op::Limit(l.map(|n| n % 4)),
+            Op::Update { start, pages, rule } => {
+                let (start, pages) = clamp(start, pages);
+                Op::Update { start, pages, rule }
+            }
             Op::Extreme { op, va, len, pa } => {
                 let va = vas[va as usize % vas.len()];
                 let len = lens[len as usize % lens.len()];
@@ -438,6 +483,55 @@ pub fn run<F: HostFormat>(f: F, ops: &[Op]) {
                     }
                 }
                 (r, Expect::Ok)
+            }
+            Op::Update { start, pages, rule } => {
+                // The leaves the cursor will visit, as the table has them now (translate has
+                // been checked against the model after the last step).
+                let leaves: Vec<crate::Translation> = pt
+                    .cursor(VirtAddr::new(base + start * g), pages * g)
+                    .unwrap()
+                    .collect();
+                let mut expect = Expect::Ok;
+                let mut next = model.clone();
+                for t in &leaves {
+                    let first = (t.page_va.as_u64() - base) / g;
+                    let n = t.size.bytes() / g;
+                    let (pa, a) = match update_rule(rule, t) {
+                        LeafUpdate::Keep => continue,
+                        LeafUpdate::Unmap => {
+                            for p in first..first + n {
+                                next.remove(&p);
+                            }
+                            continue;
+                        }
+                        LeafUpdate::Attrs(a) => (t.page_pa.as_u64(), a),
+                        LeafUpdate::Remap(pa, a) => (pa.as_u64(), a),
+                    };
+                    if pa % t.size.bytes() != 0 {
+                        expect = Expect::Unaligned;
+                        break;
+                    }
+                    let Ok(a) = f.normalize(a) else {
+                        expect = Expect::BadAttrs;
+                        break;
+                    };
+                    for k in 0..n {
+                        next.insert(first + k, ((pa - pa_base) / g + k, a));
+                    }
+                }
+                let r = pt
+                    .update_leaves(VirtAddr::new(base + start * g), pages * g, |t| {
+                        update_rule(rule, t)
+                    })
+                    .map_err(|e| match e {
+                        UpdateError::BadRemap(..) => Expect::Unaligned,
+                        UpdateError::BadAttrs(..) => Expect::BadAttrs,
+                        e => panic!("unexpected {e:?}"),
+                    });
+                if r.is_ok() {
+                    model = next;
+                }
+                (r, expect)
             }
             Op::Protect {
                 start,
@@ -524,7 +618,7 @@ fn extreme_step<F: HostFormat, W: Walker>(
         }
     }
     let v = VirtAddr::new(va);
-    let flush = match op % 6 {
+    let flush = match op % 7 {
         0 => match pt.map(v, PhysAddr::new(pa), len, ATTRS[0], MapSize::Largest) {
             Ok(flush) => {
                 let _ = flush.invalidate(mmu);
@@ -549,6 +643,11 @@ fn extreme_step<F: HostFormat, W: Walker>(
             let _ = pt.walk(v, len, &mut NoLeaves);
             None
         }
+        6 => pt
+            .update_leaves(v, len, |t| {
+                panic!("the cursor found {t:?} outside the window")
+            })
+            .ok(),
         _ => {
             if let Ok(mut c) = pt.cursor(v, len) {
                 assert_eq!(

@@ -118,7 +118,12 @@ fn walk_table<F: PagingFormat, M: PhysMapper, V: Visitor + ?Sized>(
     }
 }
 
-fn leaf_translation<F: PagingFormat>(fmt: &F, level: usize, slot: u64, raw: u64) -> Translation {
+pub(crate) fn leaf_translation<F: PagingFormat>(
+    fmt: &F,
+    level: usize,
+    slot: u64,
+    raw: u64,
+) -> Translation {
     Translation {
         page_va: VirtAddr::new(slot),
         page_pa: fmt.leaf_addr(level, raw),

@@ -8,6 +8,7 @@ mod extremes;
 mod laws;
 mod model;
 mod ops;
+mod update;
 
 pub(crate) use crate::arch::x86_64::X86_64;
 pub(crate) use crate::model::{

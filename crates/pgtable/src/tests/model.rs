@@ -1,5 +1,5 @@
-//! The proptest state machine: random map / unmap / protect / frame-limit / extreme-argument
-//! sequences replayed
+//! The proptest state machine: random map / unmap / protect / mutating-cursor / frame-limit /
+//! extreme-argument sequences replayed
 //! by [`crate::model::run`] against the reference model (see that module for what is checked
 //! after every step). Ranges are drawn small-and-anywhere or around block boundaries, so
 //! splits, huge mappings and contiguous runs all occur.
@@ -34,6 +34,7 @@ fn arb_op(window: u64, block: u64, nsizes: u8) -> impl Strategy<Value = Op> {
             }),
         3 => arb_range(window, block).prop_map(|(start, pages)| Op::Unmap { start, pages }),
         3 => (arb_range(window, block), any::<u8>()).prop_map(|((start, pages), change)| Op::Protect { start, pages, change }),
+        2 => (arb_range(window, block), any::<u8>()).prop_map(|((start, pages), rule)| Op::Update { start, pages, rule }),
         1 => proptest::option::of(0u8..3).prop_map(Op::Limit),
         1 => any::<[u8; 4]>().prop_map(|[op, va, len, pa]| Op::Extreme { op, va, len, pa }),
     ]
