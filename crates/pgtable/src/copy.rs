@@ -79,7 +79,8 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
         );
         dst.root_count += added;
         dst.finish_reserve(reserve);
-        Ok(Flush::nothing())
+        dst.may_global |= self.may_global;
+        Ok(dst.tag(Flush::nothing()))
     }
 }
 

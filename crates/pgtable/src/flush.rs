@@ -20,6 +20,17 @@
 //!
 //! [`Flush::invalidate`] invalidates page by page up to [`FLUSH_CEILING`] pages and the whole
 //! TLB beyond, as Linux's `tlb_single_page_flush_ceiling` does.
+//!
+//! # Address-space identifiers
+//! A table may carry an [`Asid`] (x86 PCID, aarch64 ASID; see
+//! [`PageTable::set_asid`](crate::PageTable::set_asid)); its tokens carry it too, and then
+//! invalidate that address space only ([`TlbInvalidate::invalidate_page_asid`],
+//! [`TlbInvalidate::invalidate_asid`]) — except when the table may hold global leaves, which
+//! no TLB tags with an ASID and which an ASID-scoped invalidation (x86 `INVPCID` types 0 and
+//! 1, and the stricter reading of aarch64 `TLBI ASIDE1`) leaves in place: such tokens
+//! invalidate in every address space. An untagged token invalidates in every address space
+//! too. Both new trait methods default to their all-address-space forms, so a
+//! [`TlbInvalidate`] that knows nothing of ASIDs stays correct (it just invalidates more).
 
 use mmkit_addr::{PageSize, PhysAddr, VirtAddr};
 
@@ -30,6 +41,11 @@ use mmkit_addr::{PageSize, PhysAddr, VirtAddr};
 /// assert_eq!(mmkit_pgtable::FLUSH_CEILING, 33);
 /// ```
 pub const FLUSH_CEILING: u64 = 33;
+
+/// An address-space identifier: the PCID in CR3 bits 0..12 on x86_64 (12 bits), the ASID in
+/// TTBRn_EL1 bits 48..64 on aarch64 (8 or 16 bits, per TCR_EL1.AS).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Asid(pub u16);
 
 /// Something that can drop translations from the TLBs that may hold them: the local CPU's
 /// instructions, an IPI shootdown, or the software MMU's TLB model.
@@ -45,6 +61,22 @@ pub unsafe trait TlbInvalidate {
 
     /// Drop every translation and cached table entry.
     fn invalidate_all(&mut self);
+
+    /// [`invalidate_page`](Self::invalidate_page) for address space `asid` only: drop the
+    /// non-global translation of the page containing `va` tagged with `asid` (and, unless
+    /// `leaf_only`, cached table entries of `asid` used to reach it). Tokens call it only when
+    /// no global leaf may have changed. The default invalidates in every address space.
+    fn invalidate_page_asid(&mut self, va: VirtAddr, size: PageSize, leaf_only: bool, asid: Asid) {
+        let _ = asid;
+        self.invalidate_page(va, size, leaf_only);
+    }
+
+    /// Drop every non-global translation and cached table entry tagged with `asid`. Tokens
+    /// call it only when no global leaf may have changed. The default drops everything.
+    fn invalidate_asid(&mut self, asid: Asid) {
+        let _ = asid;
+        self.invalidate_all();
+    }
 
     /// Called before the invalidations of one token, even an empty one (aarch64: `DSB ISHST`
     /// so the walker sees the new entries).
@@ -131,6 +163,11 @@ pub struct Flush {
     /// Table entries changed.
     pub(crate) tables: bool,
     pub(crate) freed: FreedTables,
+    /// The address space of the table that made the change, if it has one.
+    pub(crate) asid: Option<Asid>,
+    /// Whether the table may hold global leaves (then the token invalidates in every address
+    /// space).
+    pub(crate) global: bool,
 }
 
 impl Flush {
@@ -142,6 +179,26 @@ impl Flush {
             stride: None,
             tables: false,
             freed: FreedTables::none(),
+            asid: None,
+            global: false,
+        }
+    }
+
+    /// Tag the token with the address space of the table that made it.
+    #[inline]
+    pub(crate) fn tagged(mut self, asid: Option<Asid>, global: bool) -> Self {
+        self.asid = asid;
+        self.global = global;
+        self
+    }
+
+    /// The address space this token invalidates in: the table's [`Asid`], or `None` (every
+    /// address space) when the table has none or may hold global leaves.
+    pub fn asid(&self) -> Option<Asid> {
+        if self.global {
+            None
+        } else {
+            self.asid
         }
     }
 
@@ -218,9 +275,15 @@ impl Flush {
             });
         }
         self.tables |= other.tables;
+        // Tokens of two address spaces (or an untagged one) invalidate in every space.
+        if self.asid != other.asid {
+            self.asid = None;
+        }
+        self.global |= other.global;
     }
 
-    /// Invalidate through `tlb`: page by page up to [`FLUSH_CEILING`] pages, else everything.
+    /// Invalidate through `tlb`: page by page up to [`FLUSH_CEILING`] pages, else everything
+    /// — in the token's address space ([`asid`](Self::asid)) if it has one, else in all.
     /// Returns the tables that may now be freed.
     pub fn invalidate<T: TlbInvalidate + ?Sized>(self, tlb: &mut T) -> FreedTables {
         tlb.begin();
@@ -231,13 +294,20 @@ impl Flush {
             leaf_only,
         } = self.scope()
         {
+            let asid = self.asid();
             if pages <= FLUSH_CEILING {
                 for p in 0..pages {
-                    let va = start.as_u64() + (p << stride.shift());
-                    tlb.invalidate_page(VirtAddr::new(va), stride, leaf_only);
+                    let va = VirtAddr::new(start.as_u64() + (p << stride.shift()));
+                    match asid {
+                        Some(a) => tlb.invalidate_page_asid(va, stride, leaf_only, a),
+                        None => tlb.invalidate_page(va, stride, leaf_only),
+                    }
                 }
             } else {
-                tlb.invalidate_all();
+                match asid {
+                    Some(a) => tlb.invalidate_asid(a),
+                    None => tlb.invalidate_all(),
+                }
             }
         }
         tlb.finish();

@@ -119,7 +119,7 @@ pub use error::{
     AttrError, CopyError, FreeTablesError, MapError, MergeFlushError, Misaligned, NewError,
     ProtectError, SplitError, UnmapError, VerifyError,
 };
-pub use flush::{Flush, FlushScope, FreedTables, TlbInvalidate, FLUSH_CEILING};
+pub use flush::{Asid, Flush, FlushScope, FreedTables, TlbInvalidate, FLUSH_CEILING};
 pub use format::{EntryKind, Level, PagingFormat, MAX_LEVELS};
 pub use frame::FrameSource;
 pub use protect::Cleared;

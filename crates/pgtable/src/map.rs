@@ -89,7 +89,8 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
         );
         self.root_count += added;
         self.finish_reserve(reserve);
-        Ok(Flush::nothing())
+        self.may_global |= attrs.contains(Attrs::GLOBAL);
+        Ok(self.tag(Flush::nothing()))
     }
 }
 

@@ -7,7 +7,7 @@
 //! after every step invalidates the flush token through the software MMU, runs `verify()`,
 //! and checks every page of the window three ways: the model, `translate`, and a read and a
 //! write through the software MMU (whose TLB keeps whatever a missing or too-narrow flush
-//! left behind). Errors must be the ones the model predicts and leave everything unchanged;
+//! left behind; most runs tag the table and the MMU with an address-space identifier). Errors must be the ones the model predicts and leave everything unchanged;
 //! running out of frames is allowed only under a limit. At the end the table is destroyed and
 //! the arena must have every frame back. Any disagreement panics with the operation that
 //! caused it.
@@ -353,6 +353,13 @@ pub fn run<F: HostFormat>(f: F, ops: &[Op]) {
     arena.set_linear_window(ops.len() % 2 == 0);
     let mut pt = table(f, &arena);
     let mut mmu = mmu_for(&pt, &arena);
+    // Two runs in three give the table an address-space identifier (the MMU runs in it, so
+    // ASID-scoped tokens must still reach every stale entry), one in three none.
+    if ops.len() % 3 != 0 {
+        let asid = crate::Asid(ops.len() as u16 % 5 + 1);
+        pt.set_asid(Some(asid));
+        mmu.set_asid(asid);
+    }
     let mut model: Model = BTreeMap::new();
     let mut limited = false;
     let ad = if f.hw_ad() {

@@ -79,7 +79,8 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
             &mut flush,
         );
         self.finish_reserve(reserve);
-        Ok(flush)
+        self.may_global |= change.set.contains(Attrs::GLOBAL);
+        Ok(self.tag(flush))
     }
 
     /// Clear `which` (a subset of ACCESSED | DIRTY) on every leaf in `[va, va + len)`.
@@ -107,6 +108,7 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
             leaves: 0,
         };
         clear_ad(&ctx, self.root, 0, span.first, span.last, which, &mut out);
+        out.flush = self.tag(out.flush);
         Ok(out)
     }
 }

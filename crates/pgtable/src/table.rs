@@ -24,7 +24,7 @@ use mmkit_addr::{PageSize, PhysAddr, PhysMapper, VirtAddr};
 
 use crate::attrs::Attrs;
 use crate::error::{FreeTablesError, MergeFlushError, Misaligned, NewError, VerifyError};
-use crate::flush::{Flush, FreedTables, TlbInvalidate};
+use crate::flush::{Asid, Flush, FreedTables, TlbInvalidate};
 use crate::format::{EntryKind, PagingFormat};
 use crate::frame::FrameSource;
 use crate::raw;
@@ -89,6 +89,11 @@ pub struct PageTable<F: PagingFormat, M: PhysMapper, S: FrameSource> {
     window: Option<raw::Window>,
     /// This table's identity, stamped on the [`FreedTables`] it hands out.
     id: u64,
+    /// The address space the table is loaded under, stamped on its flush tokens.
+    asid: Option<Asid>,
+    /// Whether a global leaf was ever written (then tokens invalidate in every address
+    /// space, since no TLB tags global translations with an ASID).
+    pub(crate) may_global: bool,
 }
 
 /// The next table id (0 is never handed out). A 64-bit counter does not wrap in practice.
@@ -285,7 +290,30 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
             live: false,
             window,
             id: NEXT_TABLE_ID.fetch_add(1, Ordering::Relaxed),
+            asid: None,
+            may_global: false,
         })
+    }
+
+    /// The address-space identifier the table is loaded under (x86 PCID, aarch64 ASID), if
+    /// any.
+    pub fn asid(&self) -> Option<Asid> {
+        self.asid
+    }
+
+    /// Set the address space the table is loaded under: its flush tokens then invalidate
+    /// in that address space only, unless the table may hold global leaves (a global leaf
+    /// was ever mapped in it), whose translations no TLB tags with an ASID. Load the table
+    /// with the same identifier (CR3 bits 0..12 with CR4.PCIDE, TTBRn_EL1 bits 48..64) and
+    /// invalidate through a [`TlbInvalidate`] that implements the ASID methods.
+    pub fn set_asid(&mut self, asid: Option<Asid>) {
+        self.asid = asid;
+    }
+
+    /// Tag a token this table made with its address space.
+    #[inline]
+    pub(crate) fn tag(&self, f: Flush) -> Flush {
+        f.tagged(self.asid, self.may_global)
     }
 
     /// The root table's physical address (what CR3 / TTBRn_EL1 point to).

@@ -57,7 +57,7 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
         self.root_count -= removed;
         self.owned -= flush.freed.count;
         self.finish_reserve(reserve);
-        Ok(flush)
+        Ok(self.tag(flush))
     }
 }
 

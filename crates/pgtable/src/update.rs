@@ -163,7 +163,9 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
         );
         self.root_count -= removed;
         self.owned -= flush.freed.count;
-        Ok(flush)
+        // `apply_leaf` marks the token when it wrote a global leaf.
+        self.may_global |= flush.global;
+        Ok(self.tag(flush))
     }
 }
 
@@ -328,6 +330,9 @@ fn apply_leaf<F: PagingFormat, M: PhysMapper>(
 ) -> bool {
     let fmt = ctx.fmt;
     let slot = tr.page_va.as_u64();
+    if new != 0 && fmt.leaf_attrs(level, new).contains(Attrs::GLOBAL) {
+        flush.global = true;
+    }
     let live_bbm = bbm && needs_bbm(fmt, level, raw, new);
     // The plan refused break-before-make without a TLB handle, so `live_bbm` implies one.
     let tlb = match tlb {

@@ -147,6 +147,7 @@ impl<M: PhysMapper> Walker for Aarch64Walker<'_, M> {
                 shift,
                 perms,
                 dirty: true,
+                global: e & (1 << 11) == 0,
             });
         }
         Err(Fault::Translation {

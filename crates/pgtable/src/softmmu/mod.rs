@@ -15,6 +15,13 @@
 //! entry a walk followed and serves it instead of memory until an invalidation that is not
 //! leaf-only covers it, so a flush that forgets to say "tables changed" walks into a freed
 //! (and possibly reused) table.
+//!
+//! Both caches are tagged with the current address space ([`SoftMmu::set_asid`], as loading
+//! CR3 with a PCID or TTBR0 with an ASID): a lookup uses only entries of the current
+//! [`Asid`] and global translations (x86 G, aarch64 !nG), which carry no tag. The
+//! ASID-scoped invalidations take the stricter reading of the hardware: they drop the
+//! entries of that ASID and leave global ones, so a token that should have invalidated
+//! globally but stayed in one address space leaves a stale global translation behind.
 
 extern crate std;
 
@@ -23,7 +30,7 @@ use std::vec::Vec;
 
 use mmkit_addr::{PageSize, PhysAddr, VirtAddr};
 
-use crate::flush::TlbInvalidate;
+use crate::flush::{Asid, TlbInvalidate};
 
 pub mod aarch64;
 pub mod x86_64;
@@ -113,30 +120,50 @@ pub struct Walked {
     pub perms: Perms,
     /// Whether a write may be served from the TLB without a new walk (x86: D already set).
     pub dirty: bool,
+    /// Whether the translation is global (x86 G, aarch64 nG clear): cached untagged, used in
+    /// every address space.
+    pub global: bool,
 }
 
-/// A paging-structure (walk) cache: table entries the walker followed, keyed by the entry's
-/// VA shift and the address bits above it, served instead of memory until invalidated.
+/// A paging-structure (walk) cache: table entries the walker followed, keyed by the address
+/// space they were cached in, the entry's VA shift and the address bits above it, served
+/// instead of memory until invalidated.
 #[derive(Debug, Default)]
 pub struct WalkCache {
-    entries: HashMap<(u32, u64), u64>,
+    entries: HashMap<(Asid, u32, u64), u64>,
+    /// The address space lookups and fills use.
+    current: Asid,
 }
 
 impl WalkCache {
-    /// The cached table entry of the level indexed at `shift` for `va`.
+    /// The cached table entry of the level indexed at `shift` for `va`, in the current
+    /// address space.
     pub fn get(&self, shift: u32, va: u64) -> Option<u64> {
-        self.entries.get(&(shift, va >> shift)).copied()
+        self.entries
+            .get(&(self.current, shift, va >> shift))
+            .copied()
     }
 
-    /// Remember a table entry the walker followed.
+    /// Remember a table entry the walker followed, in the current address space.
     pub fn insert(&mut self, shift: u32, va: u64, raw: u64) {
-        self.entries.insert((shift, va >> shift), raw);
+        self.entries.insert((self.current, shift, va >> shift), raw);
     }
 
-    /// Drop every cached entry used to translate `va`.
+    /// Drop every cached entry used to translate `va`, in every address space.
     pub fn drop_va(&mut self, va: u64) {
         self.entries
-            .retain(|&(shift, prefix), _| va >> shift != prefix);
+            .retain(|&(_, shift, prefix), _| va >> shift != prefix);
+    }
+
+    /// Drop the entries used to translate `va` in address space `asid`.
+    pub fn drop_va_asid(&mut self, va: u64, asid: Asid) {
+        self.entries
+            .retain(|&(a, shift, prefix), _| a != asid || va >> shift != prefix);
+    }
+
+    /// Drop every entry of address space `asid`.
+    pub fn drop_asid(&mut self, asid: Asid) {
+        self.entries.retain(|&(a, _, _), _| a != asid);
     }
 
     /// Number of cached table entries.
@@ -173,20 +200,28 @@ pub trait Walker {
     fn shifts(&self) -> Vec<u32>;
 }
 
-/// A walker plus a TLB that keeps stale entries until invalidated.
+/// A cached translation with its address space (`None`: global).
+type Tagged = (Option<Asid>, Walked);
+
+/// A walker plus a TLB that keeps stale entries until invalidated, tagged by address space.
 pub struct SoftMmu<W: Walker> {
     walker: W,
     shifts: Vec<u32>,
-    tlb: HashMap<(u64, u32), Walked>,
+    /// Per page and size: the translations cached, each with its address space (`None`:
+    /// global).
+    tlb: HashMap<(u64, u32), Vec<Tagged>>,
     psc: WalkCache,
-    /// Page invalidations received.
+    asid: Asid,
+    /// Page invalidations received (every address space or one).
     pub page_invalidations: usize,
     /// Full invalidations received.
     pub full_invalidations: usize,
+    /// Invalidations of one whole address space received.
+    pub asid_invalidations: usize,
 }
 
 impl<W: Walker> SoftMmu<W> {
-    /// An MMU with an empty TLB.
+    /// An MMU with an empty TLB, in address space `Asid(0)`.
     pub fn new(walker: W) -> Self {
         let shifts = walker.shifts();
         Self {
@@ -194,8 +229,10 @@ impl<W: Walker> SoftMmu<W> {
             shifts,
             tlb: HashMap::new(),
             psc: WalkCache::default(),
+            asid: Asid(0),
             page_invalidations: 0,
             full_invalidations: 0,
+            asid_invalidations: 0,
         }
     }
 
@@ -210,9 +247,22 @@ impl<W: Walker> SoftMmu<W> {
         self.walker = walker;
     }
 
-    /// Number of cached translations.
+    /// Switch to address space `asid` without invalidating anything (CR3 with the no-flush
+    /// bit, TTBR0 with a new ASID): entries of other address spaces stay cached but are not
+    /// used until it is current again; global ones are used everywhere.
+    pub fn set_asid(&mut self, asid: Asid) {
+        self.asid = asid;
+        self.psc.current = asid;
+    }
+
+    /// The current address space.
+    pub fn asid(&self) -> Asid {
+        self.asid
+    }
+
+    /// Number of cached translations (every address space).
     pub fn tlb_entries(&self) -> usize {
-        self.tlb.len()
+        self.tlb.values().map(Vec::len).sum()
     }
 
     /// Number of cached table entries (the walk cache).
@@ -223,14 +273,32 @@ impl<W: Walker> SoftMmu<W> {
     fn lookup(&self, va: u64) -> Option<Walked> {
         self.shifts.iter().find_map(|&s| {
             let key = (va & !((1u64 << s) - 1), s);
-            self.tlb.get(&key).copied()
+            self.tlb.get(&key).and_then(|v| {
+                v.iter()
+                    .find(|(tag, _)| tag.is_none() || *tag == Some(self.asid))
+                    .map(|&(_, w)| w)
+            })
         })
     }
 
-    fn drop_va(&mut self, va: u64) {
+    /// Drop the entries of `va` (of any size) that `keep` does not keep.
+    fn drop_va_where(&mut self, va: u64, mut drop: impl FnMut(Option<Asid>) -> bool) {
         for &s in &self.shifts {
-            self.tlb.remove(&(va & !((1u64 << s) - 1), s));
+            let key = (va & !((1u64 << s) - 1), s);
+            if let Some(v) = self.tlb.get_mut(&key) {
+                v.retain(|&(tag, _)| !drop(tag));
+                if v.is_empty() {
+                    self.tlb.remove(&key);
+                }
+            }
         }
+    }
+
+    fn insert(&mut self, w: Walked) {
+        let tag = if w.global { None } else { Some(self.asid) };
+        let v = self.tlb.entry((w.page_va, w.shift)).or_default();
+        v.retain(|&(t, _)| t != tag);
+        v.push((tag, w));
     }
 
     /// Perform an access: from the TLB if cached (even if stale), else by a walk that fills it.
@@ -247,17 +315,21 @@ impl<W: Walker> SoftMmu<W> {
                 .walk_cached(va, access, mode, true, Some(&mut self.psc))
             {
                 Ok(w) => {
-                    self.tlb.insert((w.page_va, w.shift), w);
+                    self.insert(w);
                     w
                 }
                 Err(f) => {
-                    self.drop_va(va);
+                    // Like the hardware: a fault drops what this address space (and the
+                    // global set) had cached for the page.
+                    let asid = self.asid;
+                    self.drop_va_where(va, |tag| tag.is_none() || tag == Some(asid));
                     return Err(f);
                 }
             },
         };
         if !w.perms.allows(access, mode) {
-            self.drop_va(va);
+            let asid = self.asid;
+            self.drop_va_where(va, |tag| tag.is_none() || tag == Some(asid));
             return Err(Fault::Permission);
         }
         Ok(PhysAddr::new(w.page_pa + (va - w.page_va)))
@@ -269,23 +341,47 @@ impl<W: Walker> SoftMmu<W> {
     }
 }
 
-// SAFETY: the model's only TLB is `tlb`; invalidation removes every entry containing the
-// address (of any size), and invalidate_all clears it.
+// SAFETY: the model's only caches are `tlb` and `psc`; a page invalidation removes every entry
+// containing the address (of any size, in every address space, or in the one named: its
+// tagged entries and nothing global, the weakest the hardware does), an ASID invalidation
+// every entry tagged with it, and invalidate_all everything.
 unsafe impl<W: Walker> TlbInvalidate for SoftMmu<W> {
     fn invalidate_page(&mut self, va: VirtAddr, _size: PageSize, leaf_only: bool) {
         self.page_invalidations += 1;
-        // As INVLPG / TLBI VAE1: entries of any size that contain `va`, nothing else; the walk
-        // cache too unless only leaves changed (TLBI VALE1). (x86 INVLPG always drops the walk
-        // cache; modelling the narrower aarch64 rule is the stricter test.)
-        self.drop_va(va.as_u64());
+        // As INVLPG / TLBI VAAE1: entries of any size that contain `va`, nothing else; the
+        // walk cache too unless only leaves changed (TLBI VAALE1). (x86 INVLPG always drops
+        // the walk cache; modelling the narrower aarch64 rule is the stricter test.)
+        self.drop_va_where(va.as_u64(), |_| true);
         if !leaf_only {
             self.psc.drop_va(va.as_u64());
         }
     }
 
+    fn invalidate_page_asid(&mut self, va: VirtAddr, _size: PageSize, leaf_only: bool, asid: Asid) {
+        self.page_invalidations += 1;
+        // As INVPCID type 0: the page's entries tagged `asid`; global ones stay.
+        self.drop_va_where(va.as_u64(), |tag| tag == Some(asid));
+        if !leaf_only {
+            self.psc.drop_va_asid(va.as_u64(), asid);
+        }
+    }
+
+    fn invalidate_asid(&mut self, asid: Asid) {
+        self.asid_invalidations += 1;
+        // As INVPCID type 1: everything tagged `asid`; global entries stay.
+        self.tlb.retain(|_, v| {
+            v.retain(|&(tag, _)| tag != Some(asid));
+            !v.is_empty()
+        });
+        self.psc.drop_asid(asid);
+    }
+
     fn invalidate_all(&mut self) {
         self.full_invalidations += 1;
         self.tlb.clear();
-        self.psc = WalkCache::default();
+        self.psc = WalkCache {
+            current: self.asid,
+            ..WalkCache::default()
+        };
     }
 }

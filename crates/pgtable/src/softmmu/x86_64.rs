@@ -111,6 +111,7 @@ impl<M: PhysMapper> Walker for X86Walker<'_, M> {
                 shift,
                 perms,
                 dirty,
+                global: e & (1 << 8) != 0,
             });
         }
         unreachable!("the last level always ends the walk")

@@ -2,6 +2,7 @@
 //! cross-checks against peer crates. Fixtures come from the public `model` module, which the
 //! fuzz target shares.
 
+mod asid;
 mod concurrency;
 mod crosscheck;
 mod extremes;
@@ -15,4 +16,4 @@ pub(crate) use crate::model::{
     all_aarch64, all_x86, arena_for, mmu_for, sizes_of, table, HostFormat as TestFormat,
 };
 pub(crate) use crate::softmmu::{SoftMmu, Walker};
-pub(crate) use crate::Translation;
+pub(crate) use crate::{PageTable, Translation};
