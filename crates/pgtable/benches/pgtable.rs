@@ -12,7 +12,9 @@
 //!   attributes) 4096 addresses spread over the 1 GiB mapped as 4 KiB pages;
 //!   `translate_addr_4K/*`: the same, address only.
 //!
-//! Throughput is reported per page (PTE), so criterion prints the per-PTE cost directly.
+//! Throughput is reported per page (PTE), so criterion prints the per-PTE cost directly. The
+//! other groups (1 GiB pages, partial protect and unmap, copy, aarch64 beside aarch64-paging,
+//! every format on its own) are described at their functions.
 //! Run: `cargo bench -p mmkit-pgtable --bench pgtable`
 //!
 //! Instruction counts (repeatable on a shared host): `MMKIT_ICOUNT=10 valgrind
@@ -876,6 +878,35 @@ fn aarch64_vs_peer(c: &mut Criterion) {
     g.finish();
 }
 
+/// `copy_1GiB_4K/mmkit`: fork-style copy (`copy_range_to`) of 1 GiB mapped as 4 KiB pages
+/// into an empty table of the same format (per PTE; no peer has the operation). The
+/// destination is emptied untimed.
+fn copy(c: &mut Criterion) {
+    let src_mem = HostMemory::new(PhysAddr::new(TABLE_BASE), TABLE_BYTES);
+    let dst_mem = HostMemory::new(PhysAddr::new(TABLE_BASE), TABLE_BYTES);
+    let mut src = ours(&src_mem);
+    ours_map(&mut src, PageSize::Size4K);
+    let mut dst = ours(&dst_mem);
+    let mut g = c.benchmark_group("copy_1GiB_4K");
+    g.throughput(Throughput::Elements(GIB / 4096));
+    g.sample_size(10).warm_up_time(Duration::from_millis(500));
+    g.bench_function("mmkit", |b| {
+        b.iter_custom(|iters| {
+            let mut t = Duration::ZERO;
+            for _ in 0..iters {
+                let s = Instant::now();
+                let f = src.copy_range_to(&mut dst, VirtAddr::new(VA), GIB).unwrap();
+                let freed = f.invalidate(&mut NoTlb);
+                t += s.elapsed();
+                dst.free_tables(freed).unwrap();
+                ours_unmap(&mut dst);
+            }
+            t
+        })
+    });
+    g.finish();
+}
+
 /// Per-format absolute figures (no peer): for x86_64 4- and 5-level and aarch64 4/16/64 KiB
 /// granules (48-bit TTBR0), in `formats_<workload>/<format>`:
 /// * `map_1GiB_pages`: 1 GiB as granule pages, size forced (per PTE);
@@ -1008,6 +1039,7 @@ mod group {
         super::map_1g,
         super::protect,
         super::unmap_half_tables,
+        super::copy,
         super::translate,
         super::aarch64_vs_peer,
         super::formats

@@ -7,6 +7,14 @@
 //! Like every operation it plans first, so an error (a destination mapping in the way, or no
 //! frames) leaves the destination unchanged. The destination's new entries replace only
 //! absent ones, so the returned token is empty (but must be invalidated, as for map).
+//!
+//! Where a whole source table lies inside the range and the destination has nothing in its
+//! slot, the subtree is cloned: a new table per source table, filled by copying the source's
+//! table and leaf entries (leaves raw, so contiguous hints and accessed/dirty travel with
+//! them) in one loop per table, and counted for the plan from the source's tables alone.
+//! Source leaf tables are copied, not shared: a table frame shared by two trees would need a
+//! reference count that neither the frame source nor the entry format has (each tree frees
+//! its own frames after its own flush).
 
 use core::sync::atomic::AtomicU64;
 
@@ -125,7 +133,9 @@ fn plan_copy<F: PagingFormat, M: PhysMapper, M2: PhysMapper>(
             }
             EntryKind::Table => {
                 let sc = fmt.table_addr(sraw);
+                let whole = s & mask == 0 && sl & mask == mask;
                 match dkind {
+                    EntryKind::Absent if whole => need += 1 + count_subtree(src, sc, level + 1),
                     EntryKind::Absent => {
                         need += 1 + plan_copy(src, dst, sc, None, level + 1, s, sl)?
                     }
@@ -209,6 +219,14 @@ fn apply_copy<F: PagingFormat, M: PhysMapper, M2: PhysMapper>(
                     if n > 0 {
                         raw::update(dt, i, |r| fmt.set_table_count(r, fmt.table_count(r) + n));
                     }
+                } else if s & mask == 0 && sl & mask == mask {
+                    let (child, n) = clone_subtree(src, dst, sc, level + 1, reserve);
+                    if n > 0 {
+                        raw::publish(dt, i, fmt.make_table(level, child, n));
+                        added += 1;
+                    } else {
+                        reserve.give_back(dst, child);
+                    }
                 } else {
                     let child = reserve.take(dst);
                     let n = apply_copy(src, dst, sc, dst.table(child), level + 1, s, sl, reserve);
@@ -229,4 +247,76 @@ fn apply_copy<F: PagingFormat, M: PhysMapper, M2: PhysMapper>(
         }
         s = sl + 1;
     }
+}
+
+/// Tables below the source table `table` of `level` (its own not counted).
+fn count_subtree<F: PagingFormat, M: PhysMapper>(
+    src: &Ctx<'_, F, M>,
+    table: PhysAddr,
+    level: usize,
+) -> usize {
+    if level + 1 >= src.fmt.depth() {
+        return 0;
+    }
+    let t = src.table(table);
+    let fmt = src.fmt;
+    t[..fmt.levels()[level].entries()]
+        .iter()
+        .map(|e| {
+            let raw = raw::load_entry(e);
+            if fmt.kind(level, raw) == EntryKind::Table {
+                1 + count_subtree(src, fmt.table_addr(raw), level + 1)
+            } else {
+                0
+            }
+        })
+        .sum()
+}
+
+/// A new destination table reproducing the source table `table` of `level` and everything
+/// below it (frames from `reserve`, as many as [`count_subtree`] plus one); returns it with
+/// its entry count.
+fn clone_subtree<F: PagingFormat, M: PhysMapper, M2: PhysMapper>(
+    src: &Ctx<'_, F, M>,
+    dst: &Ctx<'_, F, M2>,
+    table: PhysAddr,
+    level: usize,
+    reserve: &mut Reserve,
+) -> (PhysAddr, u32) {
+    let fmt = src.fmt;
+    let n = fmt.levels()[level].entries();
+    let st = &src.table(table)[..n];
+    let child = reserve.take(dst);
+    let dt = &dst.table(child)[..n];
+    let mut count = 0u32;
+    if level + 1 == fmt.depth() {
+        for (d, e) in dt.iter().zip(st) {
+            let raw = raw::load_entry(e);
+            if fmt.kind(level, raw) == EntryKind::Leaf {
+                raw::store_entry(d, raw);
+                count += 1;
+            }
+        }
+        return (child, count);
+    }
+    for (k, e) in st.iter().enumerate() {
+        let raw = raw::load_entry(e);
+        match fmt.kind(level, raw) {
+            EntryKind::Leaf => {
+                raw::store(dt, k, raw);
+                count += 1;
+            }
+            EntryKind::Table => {
+                let (c, m) = clone_subtree(src, dst, fmt.table_addr(raw), level + 1, reserve);
+                if m > 0 {
+                    raw::publish(dt, k, fmt.make_table(level, c, m));
+                    count += 1;
+                } else {
+                    reserve.give_back(dst, c);
+                }
+            }
+            EntryKind::Absent | EntryKind::Malformed => {}
+        }
+    }
+    (child, count)
 }

@@ -214,6 +214,12 @@ pub(crate) fn load_entry(e: &AtomicU64) -> u64 {
     e.load(Ordering::Relaxed)
 }
 
+/// Write one entry of a table slice being iterated (nothing walks through it yet).
+#[inline]
+pub(crate) fn store_entry(e: &AtomicU64, v: u64) {
+    e.store(v, Ordering::Relaxed)
+}
+
 /// Clear one entry of a table slice being iterated.
 #[inline]
 pub(crate) fn clear_entry(e: &AtomicU64) {

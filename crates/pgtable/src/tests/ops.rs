@@ -943,3 +943,84 @@ fn merge_flush_refuses_another_tables_tokens() {
     a.verify().unwrap();
     b.verify().unwrap();
 }
+
+/// A copy whose range holds whole source tables (cloned entry by entry) and partial ones at
+/// both ends (mapped leaf by leaf) gives the destination the source's exact leaves — raw
+/// entries, contiguous hints included — and nothing outside the range.
+fn copy_clones_whole_tables<F: TestFormat>(f: F) {
+    let g = f.granule().bytes();
+    let block = sizes_of(&f)[1].bytes();
+    let base = f.test_base();
+    let arena = arena_for(&f, 64);
+    let mut src = table(f, &arena);
+    let mut mmu = mmu_for(&src, &arena);
+    // Granule pages over 3 blocks but one page, a block mapped whole after them.
+    for (off, len, size) in [
+        (g, 3 * block - g, MapSize::Exactly(f.granule())),
+        (3 * block, block, MapSize::Largest),
+    ] {
+        let fl = src
+            .map(
+                VirtAddr::new(base + off),
+                PhysAddr::new(0x1_0000_0000 + off),
+                len,
+                Attrs::USER_RW,
+                size,
+            )
+            .unwrap();
+        let _ = fl.invalidate(&mut mmu);
+    }
+    let (first, len) = (base + 5 * g, 4 * block - 5 * g - 3 * g);
+    let arena2 = arena_for(&f, 64);
+    let mut dst = table(f, &arena2);
+    let _ = src
+        .copy_range_to(&mut dst, VirtAddr::new(first), len)
+        .unwrap();
+    dst.verify().unwrap();
+    for p in 0..4 * block / g {
+        let va = VirtAddr::new(base + p * g);
+        let inside = (first..first + len).contains(&va.as_u64());
+        let want = if inside { src.translate(va) } else { None };
+        let got = dst.translate(va);
+        if want.is_some_and(|t| t.size.bytes() > g) {
+            // The block sticks out of the range: copied as smaller pages.
+            assert_eq!(
+                got.map(|t| t.pa_of(va)),
+                want.map(|t| t.pa_of(va)),
+                "{f:?} {p}"
+            );
+            continue;
+        }
+        // Leaves of partly covered tables are mapped one by one, without the hint.
+        let plain = |t: Option<Translation>| {
+            t.map(|t| Translation {
+                contiguous: false,
+                ..t
+            })
+        };
+        assert_eq!(plain(got), plain(want), "{f:?} page {p}");
+        if inside && p >= block / g && p < 2 * block / g {
+            // The second block's table is whole in the range: cloned raw.
+            assert_eq!(dst.raw_leaf(va), src.raw_leaf(va), "{f:?} page {p}");
+        }
+    }
+    let mut dmmu = mmu_for(&dst, &arena2);
+    assert_eq!(
+        dmmu.access(VirtAddr::new(first), Access::Read, Mode::User),
+        Ok(PhysAddr::new(0x1_0000_0000 + 5 * g))
+    );
+    let _ = dst.destroy(&mut dmmu);
+    assert_eq!(arena2.outstanding(), 0);
+    let _ = src.destroy(&mut mmu);
+    assert_eq!(arena.outstanding(), 0);
+}
+
+#[test]
+fn copy_clones_whole_tables_on_every_format() {
+    for f in all_x86() {
+        copy_clones_whole_tables(f);
+    }
+    for f in all_aarch64() {
+        copy_clones_whole_tables(f);
+    }
+}
