@@ -21,6 +21,7 @@ enum Format {
         granule: u8,
         va_bits: u8,
         upper: bool,
+        hafdbs: bool,
     },
 }
 
@@ -106,6 +107,7 @@ fuzz_target!(|input: (Format, Vec<Action>)| {
             granule,
             va_bits,
             upper,
+            hafdbs,
         } => {
             let granule = Granule::ALL[granule as usize % 3];
             let widths: &[u32] = match granule {
@@ -115,7 +117,9 @@ fuzz_target!(|input: (Format, Vec<Action>)| {
             let va_bits = widths[va_bits as usize % widths.len()];
             let half = if upper { VaHalf::Upper } else { VaHalf::Lower };
             run(
-                Aarch64::new(granule, va_bits, half).expect("supported width"),
+                Aarch64::new(granule, va_bits, half)
+                    .expect("supported width")
+                    .with_hw_access_dirty(hafdbs),
                 &ops,
             );
         }

@@ -8,6 +8,12 @@
 //! physically aligned to the run and was wholly absent gets the hint — decided before the
 //! entries are written, so no valid entry ever changes its hint in place.
 //!
+//! Cost: the plan reads only the slots of tables that already exist (it counts the tables a
+//! fresh stretch needs without visiting its pages), and the apply pass writes each leaf table
+//! (or each table of forced-size leaves) in one loop from a template computed once per table
+//! ([`PagingFormat::leaf_template`] | [`PagingFormat::leaf_oa_bits`]), since the plan has
+//! proved every slot it writes absent.
+//!
 //! A new mapping replaces only absent entries, so it needs no invalidation on either
 //! architecture; the returned token is empty but must still be invalidated (on aarch64 the
 //! hardware TLB type issues the barrier that makes new entries visible to the walker).

@@ -74,7 +74,7 @@ impl HostFormat for Aarch64 {
         }
     }
     fn hw_ad(&self) -> bool {
-        false
+        self.hw_access_dirty()
     }
     fn test_base(&self) -> u64 {
         match self.half() {
@@ -102,7 +102,8 @@ impl Walker for Box<dyn Walker + '_> {
     }
 }
 
-/// Every format configuration the crate supports (a representative VA width set).
+/// Every format configuration the crate supports (a representative VA width set), each
+/// granule's 48-bit halves also with hardware access/dirty management (FEAT_HAFDBS).
 pub fn all_aarch64() -> Vec<Aarch64> {
     let mut v = Vec::new();
     for g in Granule::ALL {
@@ -112,7 +113,11 @@ pub fn all_aarch64() -> Vec<Aarch64> {
         }
         for w in widths {
             for half in [VaHalf::Lower, VaHalf::Upper] {
-                v.push(Aarch64::new(g, w, half).unwrap());
+                let f = Aarch64::new(g, w, half).unwrap();
+                v.push(f);
+                if w == 48 {
+                    v.push(f.with_hw_access_dirty(true));
+                }
             }
         }
     }

@@ -3,8 +3,16 @@
 //! [`PageTable::protect`] requires every page of the range to be mapped (as `mprotect`
 //! reports `ENOMEM` for holes) and applies an [`AttrChange`] to each leaf; leaves whose
 //! attributes do not change are left alone (no split, no flush). A huge leaf partly inside the
-//! range is split first. Each leaf is rewritten with one atomic read-modify-write, so an
-//! accessed/dirty bit the hardware sets concurrently is not lost unless the change clears it.
+//! range is split first. A leaf the hardware may write on its own
+//! ([`PagingFormat::hw_may_update`]: x86 without A, or writable without D) is rewritten with
+//! one atomic read-modify-write, so an accessed/dirty bit the hardware sets concurrently is not
+//! lost unless the change clears it; any other leaf with a plain store.
+//!
+//! In last-level tables both passes run one loop per table, and the decode / change / encode
+//! of a leaf's attributes is remembered for the last distinct non-address bits seen (a leaf
+//! table's entries usually share them), so a typical leaf costs a load, a compare and a
+//! store. Only the slots at the two ends of a range can hold a contiguous-hint run that sticks
+//! out of it, so only they are checked for one.
 //!
 //! [`PageTable::clear_accessed_dirty`] clears A and/or D on every leaf in the range (holes
 //! allowed, huge leaves cleared whole — the bits are per translation) and reports how many

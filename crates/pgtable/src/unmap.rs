@@ -8,7 +8,9 @@
 //! fact). A table emptied by the unmap is unhooked the same way. Tables are never freed here.
 //!
 //! The plan pass looks only at the range's edge slots (where splits and contiguous-run breaks
-//! happen), so an unmap costs one descent plus the work on the tables it touches.
+//! happen), so an unmap costs one descent plus the work on the tables it touches; in a
+//! partly covered last-level table the leaves are cleared in one loop and the token grows
+//! once, by the span from the first to the last leaf cleared.
 
 use core::sync::atomic::AtomicU64;
 

@@ -23,6 +23,14 @@
 //! * Break-before-make: changing a valid entry's output address, size (split), memory type,
 //!   nG or contiguous hint must pass through an invalid entry and a TLB invalidation.
 //!   Permission, AF, dirty and software-bit changes may be made in place.
+//! * Hardware access/dirty management (FEAT_HAFDBS, [`Aarch64::with_hw_access_dirty`], for
+//!   TCR_EL1.HA and HD set): the walker sets AF on first use, and a writable leaf carries
+//!   DBM (bit 51) with AP\[2\] standing for "clean" — the walker clears AP\[2\] on the first
+//!   write, which is the dirty state (Linux's `pte_hw_dirty`). So WRITE encodes as DBM,
+//!   DIRTY of a writable leaf as AP\[2\] clear; a read-only leaf keeps its dirtiness in the
+//!   software bit 55 as without the feature. Leaves without AF, or writable and clean, may
+//!   then change under the table's feet ([`PagingFormat::hw_may_update`]), so they are
+//!   rewritten with compare-and-swap.
 
 use mmkit_addr::{PageSize, PhysAddr, VaHalf, VirtAddr};
 
@@ -54,6 +62,11 @@ pub const PXN: u64 = 1 << 53;
 pub const UXN: u64 = 1 << 54;
 /// Software dirty bit (Linux PTE_DIRTY).
 pub const SW_DIRTY: u64 = 1 << 55;
+/// Dirty bit modifier (FEAT_HAFDBS): the walker may clear AP\[2\] on a write.
+pub const DBM: u64 = 1 << 51;
+/// TCR_EL1.HA (bit 39) and HD (bit 40): hardware access flag and dirty state management,
+/// what [`Aarch64::with_hw_access_dirty`] formats assume.
+pub const TCR_HA_HD: u64 = (1 << 39) | (1 << 40);
 /// Shift of SW0..SW2.
 const SW_SHIFT: u32 = 56;
 /// Output-address bits 47:12 (further masked by the granule).
@@ -154,6 +167,8 @@ pub struct Aarch64 {
     granule: Granule,
     va_bits: u32,
     half: VaHalf,
+    /// FEAT_HAFDBS on (TCR_EL1.HA and HD).
+    hw_ad: bool,
 }
 
 impl Aarch64 {
@@ -202,7 +217,22 @@ impl Aarch64 {
             granule,
             va_bits,
             half,
+            hw_ad: false,
         })
+    }
+
+    /// This format with hardware access-flag and dirty-state management (FEAT_HAFDBS) on or
+    /// off: see the module docs for the encoding. Tables built with it must be used with
+    /// TCR_EL1.HA and HD set ([`TCR_HA_HD`]), on a CPU that has the feature
+    /// (ID_AA64MMFR1_EL1.HAFDBS = 2).
+    pub const fn with_hw_access_dirty(mut self, on: bool) -> Self {
+        self.hw_ad = on;
+        self
+    }
+
+    /// Whether the hardware manages the access flag and dirty state.
+    pub const fn hw_access_dirty(&self) -> bool {
+        self.hw_ad
     }
 
     /// The granule.
@@ -377,8 +407,21 @@ unsafe impl PagingFormat for Aarch64 {
         if attrs.contains(Attrs::USER) {
             e |= AP_EL0;
         }
-        if !attrs.contains(Attrs::WRITE) {
-            e |= AP_RO;
+        let write = attrs.contains(Attrs::WRITE);
+        let dirty = attrs.contains(Attrs::DIRTY);
+        if self.hw_ad && write {
+            // Writable: DBM; clean is AP[2] set until the walker's first write clears it.
+            e |= DBM;
+            if !dirty {
+                e |= AP_RO;
+            }
+        } else {
+            if !write {
+                e |= AP_RO;
+            }
+            if dirty {
+                e |= SW_DIRTY;
+            }
         }
         if !attrs.contains(Attrs::USER_EXEC) {
             e |= UXN;
@@ -391,9 +434,6 @@ unsafe impl PagingFormat for Aarch64 {
         }
         if attrs.contains(Attrs::ACCESSED) {
             e |= AF;
-        }
-        if attrs.contains(Attrs::DIRTY) {
-            e |= SW_DIRTY;
         }
         e | ((((attrs.bits() >> 8) & 0b111) as u64) << SW_SHIFT)
     }
@@ -413,11 +453,11 @@ unsafe impl PagingFormat for Aarch64 {
         (self.oa_mask() & !(self.levels[level].entry_span() - 1)) | high
     }
 
-    /// Without FEAT_HAFDBS (which this crate does not enable) the walker never writes a
-    /// descriptor.
+    /// Without FEAT_HAFDBS the walker never writes a descriptor; with it, it sets AF where it
+    /// is clear and clears AP\[2\] of a clean DBM leaf on a write.
     #[inline]
-    fn hw_may_update(&self, _raw: u64) -> bool {
-        false
+    fn hw_may_update(&self, raw: u64) -> bool {
+        self.hw_ad && (raw & AF == 0 || raw & (DBM | AP_RO) == DBM | AP_RO)
     }
 
     #[inline]
@@ -432,7 +472,12 @@ unsafe impl PagingFormat for Aarch64 {
         if raw & AP_EL0 != 0 {
             a |= Attrs::USER;
         }
-        if raw & AP_RO == 0 {
+        if self.hw_ad && raw & DBM != 0 {
+            a |= Attrs::WRITE;
+            if raw & AP_RO == 0 {
+                a |= Attrs::DIRTY;
+            }
+        } else if raw & AP_RO == 0 {
             a |= Attrs::WRITE;
         }
         if raw & UXN == 0 {

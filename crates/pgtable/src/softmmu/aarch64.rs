@@ -70,9 +70,9 @@ impl<M: PhysMapper> Walker for Aarch64Walker<'_, M> {
     fn walk_cached(
         &self,
         va: u64,
-        _access: Access,
-        _mode: Mode,
-        _update: bool,
+        access: Access,
+        mode: Mode,
+        update: bool,
         mut psc: Option<&mut WalkCache>,
     ) -> Result<Walked, Fault> {
         let regime = [self.ttbr0, self.ttbr1]
@@ -99,7 +99,7 @@ impl<M: PhysMapper> Walker for Aarch64Walker<'_, M> {
             let bits = if level == 0 { f.va_bits() - shift } else { per };
             let idx = (va >> shift) & ((1u64 << bits) - 1);
             let cached = psc.as_deref().and_then(|c| c.get(shift, va));
-            let e =
+            let mut e =
                 cached.unwrap_or_else(|| self.entry(table, 1 << gs, idx).load(Ordering::Acquire));
             if e & 1 == 0 {
                 return Err(Fault::Translation { level });
@@ -124,11 +124,37 @@ impl<M: PhysMapper> Walker for Aarch64Walker<'_, M> {
             if !block_ok {
                 return Err(Fault::Translation { level });
             }
-            if e & (1 << 10) == 0 {
-                return Err(Fault::AccessFlag);
+            // FEAT_HAFDBS (TCR_EL1.HA, HD): the walker sets AF itself, and a write through a
+            // DBM leaf with AP[2] set clears AP[2] (the dirty state) instead of faulting.
+            let (af, ap_ro, dbm) = (1u64 << 10, 1u64 << 7, 1u64 << 51);
+            let hafdbs = f.hw_access_dirty();
+            if e & af == 0 {
+                if !hafdbs {
+                    return Err(Fault::AccessFlag);
+                }
+                if update {
+                    e = self
+                        .entry(table, 1 << gs, idx)
+                        .fetch_or(af, Ordering::AcqRel)
+                        | af;
+                }
             }
             let ap1 = e & (1 << 6) != 0 && !no_el0;
-            let ro = e & (1 << 7) != 0 || ro_table;
+            let dbm_on = hafdbs && e & dbm != 0;
+            let may_write = match mode {
+                Mode::User => ap1,
+                Mode::Kernel => !ap1,
+            };
+            if dbm_on && e & ap_ro != 0 && access == Access::Write && update && may_write {
+                if ro_table {
+                    // The table forbids writes: the hardware faults without updating.
+                } else {
+                    let entry = self.entry(table, 1 << gs, idx);
+                    e = entry.fetch_and(!ap_ro, Ordering::AcqRel) & !ap_ro;
+                }
+            }
+            // A clean DBM leaf is writable (the first write makes it dirty).
+            let ro = (e & ap_ro != 0 && !dbm_on) || ro_table;
             let uxn = e & (1 << 54) != 0 || uxn_t;
             let pxn = e & (1 << 53) != 0 || pxn_t;
             let el0_writable = ap1 && !ro;
@@ -146,7 +172,8 @@ impl<M: PhysMapper> Walker for Aarch64Walker<'_, M> {
                 page_pa: output_address(g, e) & !size_mask,
                 shift,
                 perms,
-                dirty: true,
+                // A clean DBM leaf: a write must walk again so the walker marks it dirty.
+                dirty: !(dbm_on && e & ap_ro != 0),
                 global: e & (1 << 11) == 0,
             });
         }

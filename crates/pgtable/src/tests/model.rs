@@ -66,6 +66,11 @@ proptest! {
     fn aarch64_4k_39bit_ttbr1_matches_model(v in ops(1024, 512, 3)) {
         run(Aarch64::new(Granule::K4, 39, VaHalf::Upper).unwrap(), &v);
     }
+
+    #[test]
+    fn aarch64_4k_48bit_hafdbs_matches_model(v in ops(1024, 512, 3)) {
+        run(Aarch64::new(Granule::K4, 48, VaHalf::Lower).unwrap().with_hw_access_dirty(true), &v);
+    }
 }
 
 proptest! {
@@ -79,5 +84,10 @@ proptest! {
     #[test]
     fn aarch64_64k_52bit_matches_model(v in ops(16384, 8192, 2)) {
         run(Aarch64::new(Granule::K64, 52, VaHalf::Upper).unwrap(), &v);
+    }
+
+    #[test]
+    fn aarch64_16k_48bit_hafdbs_matches_model(v in ops(4096, 2048, 2)) {
+        run(Aarch64::new(Granule::K16, 48, VaHalf::Upper).unwrap().with_hw_access_dirty(true), &v);
     }
 }

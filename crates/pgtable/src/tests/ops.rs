@@ -1024,3 +1024,88 @@ fn copy_clones_whole_tables_on_every_format() {
         copy_clones_whole_tables(f);
     }
 }
+
+/// FEAT_HAFDBS: the walker sets AF on first use and marks a writable leaf dirty on its first
+/// write; `clear_accessed_dirty` makes it clean and unaccessed again, and only the flush it
+/// returns makes the next write mark it again (a stale TLB entry would take the write
+/// silently). Write-protecting a dirty leaf keeps it dirty.
+#[test]
+fn hafdbs_walker_sets_access_and_dirty_and_clearing_needs_the_flush() {
+    use crate::arch::aarch64::{Aarch64, Granule, AP_RO, DBM};
+    use crate::PagingFormat;
+    for g in Granule::ALL {
+        let f = Aarch64::new(g, 48, VaHalf::Lower)
+            .unwrap()
+            .with_hw_access_dirty(true);
+        let gb = f.granule().bytes();
+        let arena = arena_for(&f, 16);
+        let mut pt = table(f, &arena);
+        let mut mmu = mmu_for(&pt, &arena);
+        let va = VirtAddr::new(f.test_base());
+        let fresh = Attrs::USER_RW - Attrs::ACCESSED;
+        let fl = pt
+            .map(
+                va,
+                PhysAddr::new(0x1_0000_0000),
+                4 * gb,
+                fresh,
+                MapSize::Largest,
+            )
+            .unwrap();
+        let _ = fl.invalidate(&mut mmu);
+        let attrs = |pt: &PageTable<Aarch64, _, _>| pt.translate(va).unwrap().attrs;
+        let (_, raw) = pt.raw_leaf(va).unwrap();
+        assert_eq!(
+            raw & (DBM | AP_RO),
+            DBM | AP_RO,
+            "{g:?}: writable and clean"
+        );
+        assert!(!attrs(&pt).intersects(Attrs::ACCESSED | Attrs::DIRTY));
+        mmu.access(va, Access::Read, Mode::User).unwrap();
+        assert_eq!(
+            attrs(&pt) & (Attrs::ACCESSED | Attrs::DIRTY),
+            Attrs::ACCESSED,
+            "{g:?}: the walker set AF"
+        );
+        mmu.access(va, Access::Write, Mode::User).unwrap();
+        assert!(
+            attrs(&pt).contains(Attrs::DIRTY),
+            "{g:?}: the write dirtied it"
+        );
+        pt.verify().unwrap();
+
+        // Clear both and hold the flush back: the TLB still holds the dirty, writable
+        // translation and takes the next write without marking the leaf.
+        let c = pt
+            .clear_accessed_dirty(va, 4 * gb, Attrs::ACCESSED | Attrs::DIRTY)
+            .unwrap();
+        assert_eq!(c.leaves, 1);
+        assert!(!attrs(&pt).intersects(Attrs::ACCESSED | Attrs::DIRTY));
+        mmu.access(va, Access::Write, Mode::User).unwrap();
+        assert!(
+            !attrs(&pt).contains(Attrs::DIRTY),
+            "{g:?}: stale TLB entry used"
+        );
+        // With the flush, the next write walks and marks the leaf again.
+        let _ = c.flush.invalidate(&mut mmu);
+        mmu.access(va, Access::Write, Mode::User).unwrap();
+        assert!(
+            attrs(&pt).contains(Attrs::ACCESSED | Attrs::DIRTY),
+            "{g:?}: marked again after the flush"
+        );
+        // Write-protecting a dirty leaf keeps the dirtiness.
+        let fl = pt
+            .protect(va, gb, AttrChange::flags(Attrs::empty(), Attrs::WRITE))
+            .unwrap();
+        let _ = fl.invalidate(&mut mmu);
+        let a = attrs(&pt);
+        assert!(
+            a.contains(Attrs::DIRTY) && !a.contains(Attrs::WRITE),
+            "{g:?}: {a:?}"
+        );
+        assert!(mmu.access(va, Access::Write, Mode::User).is_err());
+        pt.verify().unwrap();
+        let _ = pt.destroy(&mut mmu);
+        assert_eq!(arena.outstanding(), 0);
+    }
+}
