@@ -18,19 +18,16 @@
 //! Run: `cargo bench -p mmkit-pgtable --bench pgtable`
 //!
 //! Instruction counts (repeatable on a shared host): `MMKIT_ICOUNT=10 valgrind
-//! --tool=callgrind <bench binary>` runs each side's translate loops 10 times in non-inlined
+//! --tool=callgrind <bench binary>` runs each side's translate loops 10 times, and its map
+//! 1 GiB of 4 KiB pages, partial protect and half-table unmaps 10 times each, in non-inlined
 //! `icount_*` functions instead of criterion; their inclusive counts (`callgrind_annotate
-//! --inclusive=yes`) divided by 10 × 4096 are instructions per translate.
+//! --inclusive=yes`) divided by 10 × 4096 are instructions per translate (by 10 × the PTE
+//! count for the loops).
 //!
-//! Figures (shared 2-core host; ranges over several runs, old and new binaries back to back;
-//! per translate):
+//! `MMKIT_AB=<rounds> <bench binary>` prints the best-of-`rounds` time of each side's
+//! translate loops (the same `icount_*` functions), batches alternating.
 //!
-//! | | mmkit | x86_64 crate | peer time ÷ mmkit time |
-//! |---|---:|---:|---:|
-//! | full translate, instructions (callgrind) | 97 (before the specialised walk: 197) | 113 | |
-//! | address only, instructions (callgrind) | 76 (before: 148) | 116 | |
-//! | full translate, time (criterion) | 13.5–16 ns (before: 26–27) | 10–16 ns | 0.7–1.0 (before: 0.5) |
-//! | address only, time (criterion) | 10.5–15.5 ns (before: 19–27) | 10–14 ns | 0.8–1.15 (before: 0.4–0.6) |
+//! The figures, before and after, are in the crate README (section "Performance").
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};

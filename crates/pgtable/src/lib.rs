@@ -42,25 +42,27 @@
 //! matching module too. Its functions are `unsafe` and need CPL 0 / EL1, so only a kernel
 //! calls them; unit tests never compile them.
 //!
-//! ## Translate cost
+//! ## Cost
 //! [`PageTable::translate`] and [`PageTable::translate_addr`] share one walk that tests for
 //! the linear window once, unrolls for the common depths (4 and 5 levels) so a format with
-//! arithmetic geometry indexes with immediate shifts, and decodes the leaf inside the unrolled
-//! loop where its level is a constant (the x86 attribute decode is one table load for the low
-//! byte). Every check stays: canonical address, absent and malformed entries, huge/block leaves
-//! at each level, the window range check on every table address read from an entry.
+//! arithmetic geometry indexes with immediate shifts (the canonical check too), and decodes
+//! the leaf inside the unrolled loop where its level is a constant (the x86 attribute decode
+//! is one table load for the low nine bits). Per level the dependent chain is the entry load,
+//! the address mask and one add; the window range check runs beside it. Every check stays:
+//! canonical address, absent and malformed entries, huge/block leaves at each level, the
+//! window range check on every table address read from an entry.
 //!
-//! Measured beside the `x86_64` crate's `OffsetPageTable` on a 4-level table mapping 1 GiB as
-//! 4 KiB pages, 4096 scattered addresses (`benches/pgtable.rs`, whose header has the
-//! commands): callgrind counts 97 instructions per full translate (address, size, attributes)
-//! and 76 address-only, against the peer's 113 and 116 (this crate before: 197 and 148). Wall
-//! time on the shared 2-core host moves ±15% between runs, so it is quoted as the ratio peer
-//! time ÷ mmkit time from runs of both binaries back to back: full translate 0.7–1.0 (before:
-//! 0.5), address only 0.8–1.15 (before: 0.4–0.6); per translate, full 13.5–16 ns against the
-//! peer's 10–16 ns, address only 10.5–15.5 ns against 10–14 ns. The full form still trails
-//! in time although it executes fewer instructions: the time is dominated by each level's
-//! dependent entry load, and the arch-neutral attribute decode the peer does not do sits
-//! after the last one.
+//! The range operations write leaf tables in one loop each: map fills a table from a
+//! template computed once per table, protect remembers the attribute change per distinct
+//! non-address bits and stores plainly where the hardware cannot write the entry
+//! ([`PagingFormat::hw_may_update`]), unmap clears a partly covered table in one pass, and
+//! copy clones whole source tables entry by entry. The crate README has the figures beside
+//! the `x86_64` crate and `aarch64-paging`, and the commands that reproduce them.
+//!
+//! ## Address spaces
+//! A table may carry an [`Asid`] ([`PageTable::set_asid`]); its [`Flush`] tokens then
+//! invalidate in that address space only, unless the table may hold global leaves (see the
+//! `flush` module docs on [`Flush::asid`]).
 //!
 //! ## Host testing
 //! With feature `std`, [`host::TableArena`] supplies frames with double-free and leak
