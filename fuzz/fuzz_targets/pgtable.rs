@@ -22,6 +22,7 @@ enum Format {
         va_bits: u8,
         upper: bool,
         hafdbs: bool,
+        lpa2: bool,
     },
 }
 
@@ -108,18 +109,24 @@ fuzz_target!(|input: (Format, Vec<Action>)| {
             va_bits,
             upper,
             hafdbs,
+            lpa2,
         } => {
             let granule = Granule::ALL[granule as usize % 3];
+            let lpa2 = lpa2 && granule != Granule::K64;
             let widths: &[u32] = match granule {
                 Granule::K64 => &[39, 42, 48, 52],
+                _ if lpa2 => &[39, 47, 48, 52],
                 _ => &[39, 40, 47, 48],
             };
             let va_bits = widths[va_bits as usize % widths.len()];
             let half = if upper { VaHalf::Upper } else { VaHalf::Lower };
-            run(
+            let f = if lpa2 {
+                Aarch64::new_lpa2(granule, va_bits, half)
+            } else {
                 Aarch64::new(granule, va_bits, half)
-                    .expect("supported width")
-                    .with_hw_access_dirty(hafdbs),
+            };
+            run(
+                f.expect("supported width").with_hw_access_dirty(hafdbs),
                 &ops,
             );
         }

@@ -4,7 +4,8 @@
 //! index bits, leaf sizes per level, VA width and canonical form, entry encoding), one generic
 //! [`PageTable`] implements the operations over any format, and two backends provide the
 //! formats: [`arch::x86_64::X86_64`] (4- and 5-level) and [`arch::aarch64::Aarch64`] (4, 16 and
-//! 64 KiB granules, 39–48-bit and 52-bit VA, TTBR0 and TTBR1 halves). Page sizes are values
+//! 64 KiB granules, 39–48-bit and 52-bit VA — with FEAT_LPA2 for the 4 and 16 KiB granules —,
+//! TTBR0 and TTBR1 halves, optionally with FEAT_HAFDBS). Page sizes are values
 //! ([`PageSize`](mmkit_addr::PageSize)), not type parameters.
 //!
 //! ## Operations

@@ -103,7 +103,8 @@ impl Walker for Box<dyn Walker + '_> {
 }
 
 /// Every format configuration the crate supports (a representative VA width set), each
-/// granule's 48-bit halves also with hardware access/dirty management (FEAT_HAFDBS).
+/// granule's 48-bit halves also with hardware access/dirty management (FEAT_HAFDBS), and the
+/// 4 and 16 KiB granules with FEAT_LPA2 at 48 and 52 bits.
 pub fn all_aarch64() -> Vec<Aarch64> {
     let mut v = Vec::new();
     for g in Granule::ALL {
@@ -117,6 +118,14 @@ pub fn all_aarch64() -> Vec<Aarch64> {
                 v.push(f);
                 if w == 48 {
                     v.push(f.with_hw_access_dirty(true));
+                }
+            }
+        }
+        // FEAT_LPA2: the 52-bit layout at 48 and 52 bits (4 KiB: five levels at 52).
+        if g != Granule::K64 {
+            for w in [48, 52] {
+                for half in [VaHalf::Lower, VaHalf::Upper] {
+                    v.push(Aarch64::new_lpa2(g, w, half).unwrap());
                 }
             }
         }

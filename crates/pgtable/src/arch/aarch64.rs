@@ -3,8 +3,12 @@
 //! A format value is one half of the address space (TTBR0: addresses with the top bits clear;
 //! TTBR1: set) for one granule and VA width (`TnSZ = 64 - va_bits`): 39..=48 bits for every
 //! granule, and 52 bits (FEAT_LVA) with the 64 KiB granule, whose output addresses may then use
-//! 52 bits too (FEAT_LPA: OA\[51:48\] in descriptor bits 15:12). 52-bit VA with 4/16 KiB
-//! granules needs FEAT_LPA2's different descriptor layout and is not supported.
+//! 52 bits too (FEAT_LPA: OA\[51:48\] in descriptor bits 15:12). With the 4 and 16 KiB
+//! granules, 52-bit VA and PA need FEAT_LPA2 ([`Aarch64::new_lpa2`], for TCR_EL1.DS = 1): OA\[49:12\]
+//! sits in descriptor bits 49:12 and OA\[51:50\] in bits 9:8, where the shareability field was
+//! (it moves to TCR_EL1), and a 52-bit VA with the 4 KiB granule starts one level higher, at
+//! level -1 (16 entries). The 512 GiB (4 KiB) and 64 GiB (16 KiB) blocks LPA2 allows at the
+//! top levels are not used.
 //!
 //! Levels: the hardware's level 3 holds pages; blocks exist at level 2 (2 MiB / 32 MiB /
 //! 512 MiB) and, for 4 KiB, level 1 (1 GiB). The root is the highest level the VA width
@@ -14,8 +18,9 @@
 //! access), AP\[2\] 7 (read-only), SH 8–9, AF 10, nG 11, Contiguous 52, PXN 53, UXN 54, software
 //! 55–58 (this crate: 55 DIRTY as Linux's PTE_DIRTY, 56–58 SW0–SW2).
 //!
-//! * Table descriptors carry the child's entry count in bits 2–11 and 52–55, all ignored by
-//!   the hardware in table descriptors (APTable/XNTable/PXNTable stay 0).
+//! * Table descriptors carry the child's entry count in bits 2–11 and 52–55 (with LPA2 in
+//!   bits 2–7, 10–11 and 52–55, twelve bits, since 9:8 hold address bits), all ignored by the
+//!   hardware in table descriptors (APTable/XNTable/PXNTable stay 0).
 //! * Permissions: EL0 access = USER; read-only = !WRITE; UXN = !USER_EXEC; PXN =
 //!   !KERNEL_EXEC. The hardware treats EL0-writable memory as PXN, so normalization drops
 //!   KERNEL_EXEC on USER|WRITE mappings.
@@ -64,6 +69,14 @@ pub const UXN: u64 = 1 << 54;
 pub const SW_DIRTY: u64 = 1 << 55;
 /// Dirty bit modifier (FEAT_HAFDBS): the walker may clear AP\[2\] on a write.
 pub const DBM: u64 = 1 << 51;
+/// TCR_EL1.DS (bit 59): the FEAT_LPA2 descriptor layout, what [`Aarch64::new_lpa2`] formats
+/// assume.
+pub const TCR_DS: u64 = 1 << 59;
+/// Output-address bits 49:12 of an LPA2 descriptor (further masked by the granule).
+const OA_LOW_LPA2: u64 = 0x0003_ffff_ffff_f000;
+/// Descriptor bits 9:8 holding OA\[51:50\] with LPA2.
+const OA_HIGH_LPA2: u64 = 0b11 << 8;
+
 /// TCR_EL1.HA (bit 39) and HD (bit 40): hardware access flag and dirty state management,
 /// what [`Aarch64::with_hw_access_dirty`] formats assume.
 pub const TCR_HA_HD: u64 = (1 << 39) | (1 << 40);
@@ -121,8 +134,9 @@ impl Granule {
         }
     }
 
-    /// The block size at hardware level `hw_level`, if blocks exist there (without LPA2).
-    pub const fn block_at(self, hw_level: u32) -> Option<PageSize> {
+    /// The block size at hardware level `hw_level`, if blocks exist there (LPA2's 512 GiB and
+    /// 64 GiB blocks are not used).
+    pub const fn block_at(self, hw_level: i32) -> Option<PageSize> {
         match (self, hw_level) {
             (Granule::K4, 1) => Some(PageSize::Size1G),
             (Granule::K4, 2) => Some(PageSize::Size2M),
@@ -133,7 +147,7 @@ impl Granule {
     }
 
     /// Entries in a contiguous-hint run at hardware level `hw_level` (Arm ARM D8.6.1).
-    pub const fn contiguous_entries(self, hw_level: u32) -> Option<usize> {
+    pub const fn contiguous_entries(self, hw_level: i32) -> Option<usize> {
         match (self, hw_level) {
             (Granule::K4, 1..=3) => Some(16),
             (Granule::K16, 2) => Some(32),
@@ -155,15 +169,19 @@ impl Granule {
 /// Why an aarch64 format could not be built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Aarch64ConfigError {
-    /// The VA width is outside 39..=48 (or 52 with the 64 KiB granule).
+    /// The VA width is outside 39..=48 (or 52 with the 64 KiB granule, or with LPA2).
     UnsupportedVaBits(u32),
+    /// LPA2 was asked for with the 64 KiB granule (which has 52 bits without it).
+    Lpa2NeedsSmallGranule,
 }
 
 /// One half of an aarch64 stage-1 regime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Aarch64 {
-    levels: [Level; 4],
+    levels: [Level; 5],
     depth: usize,
+    /// FEAT_LPA2 descriptor layout (TCR_EL1.DS = 1).
+    lpa2: bool,
     granule: Granule,
     va_bits: u32,
     half: VaHalf,
@@ -182,24 +200,47 @@ impl Aarch64 {
         if !ok {
             return Err(Aarch64ConfigError::UnsupportedVaBits(va_bits));
         }
-        let g = granule.shift();
+        Ok(Self::build(granule, va_bits, half, false))
+    }
+
+    /// A format with the FEAT_LPA2 descriptor layout (TCR_EL1.DS = 1) for the 4 or 16 KiB
+    /// granule: `va_bits` 39..=48 or 52, 52-bit output addresses. Tables built with it must
+    /// be used with [`TCR_DS`] set, on a CPU that has the feature
+    /// (ID_AA64MMFR0_EL1.TGran4 = 1 or TGran16 = 2).
+    pub const fn new_lpa2(
+        granule: Granule,
+        va_bits: u32,
+        half: VaHalf,
+    ) -> Result<Self, Aarch64ConfigError> {
+        if matches!(granule, Granule::K64) {
+            return Err(Aarch64ConfigError::Lpa2NeedsSmallGranule);
+        }
+        if !((va_bits >= 39 && va_bits <= 48) || va_bits == 52) {
+            return Err(Aarch64ConfigError::UnsupportedVaBits(va_bits));
+        }
+        Ok(Self::build(granule, va_bits, half, true))
+    }
+
+    const fn build(granule: Granule, va_bits: u32, half: VaHalf, lpa2: bool) -> Self {
+        let g = granule.shift() as i32;
         let per = g - 3;
-        // Hardware level n resolves VA bits [g + (3 - n) * per, + per).
-        let mut start = 3u32;
-        while g + (4 - start) * per < va_bits {
+        // Hardware level n resolves VA bits [g + (3 - n) * per, + per); 52 bits with the
+        // 4 KiB granule start at level -1.
+        let mut start = 3i32;
+        while g + (4 - start) * per < va_bits as i32 {
             start -= 1;
         }
         let mut levels = [Level {
             shift: 0,
             bits: 0,
             leaf: None,
-        }; 4];
+        }; 5];
         let depth = (4 - start) as usize;
         let mut k = 0;
         while k < depth {
-            let hw = start + k as u32;
-            let shift = g + (3 - hw) * per;
-            let bits = if k == 0 { va_bits - shift } else { per };
+            let hw = start + k as i32;
+            let shift = (g + (3 - hw) * per) as u32;
+            let bits = if k == 0 { va_bits - shift } else { per as u32 };
             levels[k] = Level {
                 shift,
                 bits,
@@ -211,14 +252,20 @@ impl Aarch64 {
             };
             k += 1;
         }
-        Ok(Self {
+        Self {
             levels,
             depth,
+            lpa2,
             granule,
             va_bits,
             half,
             hw_ad: false,
-        })
+        }
+    }
+
+    /// Whether the format uses the FEAT_LPA2 descriptor layout.
+    pub const fn lpa2(&self) -> bool {
+        self.lpa2
     }
 
     /// This format with hardware access-flag and dirty-state management (FEAT_HAFDBS) on or
@@ -250,9 +297,9 @@ impl Aarch64 {
         self.half
     }
 
-    /// The hardware level number (0..=3) of level index `level`.
-    pub const fn hw_level(&self, level: usize) -> u32 {
-        (4 - self.depth + level) as u32
+    /// The hardware level number (-1..=3) of level index `level`.
+    pub const fn hw_level(&self, level: usize) -> i32 {
+        4 - self.depth as i32 + level as i32
     }
 
     /// The TCR_EL1 fields for this half: TnSZ, TGn, SHn = inner, IRGNn/ORGNn = WB-WA, EPDn = 0.
@@ -281,13 +328,29 @@ impl Aarch64 {
 
     #[inline]
     fn oa_mask(&self) -> u64 {
-        OA_LOW & !((1u64 << self.granule.shift()) - 1)
+        let low = if self.lpa2 { OA_LOW_LPA2 } else { OA_LOW };
+        low & !((1u64 << self.granule.shift()) - 1)
+    }
+
+    /// The descriptor bits holding the top of the output address: 15:12 (64 KiB, FEAT_LPA),
+    /// 9:8 (LPA2), none.
+    #[inline]
+    fn oa_high_mask(&self) -> u64 {
+        if self.lpa2 {
+            OA_HIGH_LPA2
+        } else if matches!(self.granule, Granule::K64) {
+            OA_HIGH_64K
+        } else {
+            0
+        }
     }
 
     #[inline]
     fn encode_oa(&self, pa: u64) -> u64 {
         let mut e = pa & self.oa_mask();
-        if self.granule == Granule::K64 {
+        if self.lpa2 {
+            e |= (pa >> 50 & 0b11) << 8;
+        } else if self.granule == Granule::K64 {
             e |= (pa >> 48 & 0xf) << 12;
         }
         e
@@ -296,10 +359,23 @@ impl Aarch64 {
     #[inline]
     fn decode_oa(&self, raw: u64) -> u64 {
         let mut pa = raw & self.oa_mask();
-        if self.granule == Granule::K64 {
+        if self.lpa2 {
+            pa |= (raw & OA_HIGH_LPA2) >> 8 << 50;
+        } else if self.granule == Granule::K64 {
             pa |= (raw & OA_HIGH_64K) >> 12 << 48;
         }
         pa
+    }
+
+    /// The table-descriptor bits holding the low part of the entry count: 2..12, or 2..8
+    /// and 10..12 with LPA2.
+    #[inline]
+    fn count_low(&self, raw: u64) -> u64 {
+        if self.lpa2 {
+            ((raw >> CNT_LOW_SHIFT) & 0x3f) | ((raw >> 10 & 0b11) << 6)
+        } else {
+            (raw & CNT_LOW_MASK) >> CNT_LOW_SHIFT
+        }
     }
 
     #[inline]
@@ -345,6 +421,7 @@ unsafe impl PagingFormat for Aarch64 {
     fn phys_bits(&self) -> u32 {
         match self.granule {
             Granule::K64 => 52,
+            _ if self.lpa2 => 52,
             _ => 48,
         }
     }
@@ -385,21 +462,34 @@ unsafe impl PagingFormat for Aarch64 {
 
     #[inline]
     fn table_count(&self, raw: u64) -> u32 {
-        (((raw & CNT_LOW_MASK) >> CNT_LOW_SHIFT) | ((raw & CNT_HIGH_MASK) >> (CNT_HIGH_SHIFT - 10)))
-            as u32
+        // The high field holds the bits above the low field's 10 (8 with LPA2).
+        let low_bits = if self.lpa2 { 8 } else { 10 };
+        (self.count_low(raw) | ((raw & CNT_HIGH_MASK) >> CNT_HIGH_SHIFT << low_bits)) as u32
     }
 
     #[inline]
     fn set_table_count(&self, raw: u64, count: u32) -> u64 {
         let c = count as u64;
-        (raw & !(CNT_LOW_MASK | CNT_HIGH_MASK))
-            | ((c & 0x3ff) << CNT_LOW_SHIFT)
-            | (((c >> 10) & 0xf) << CNT_HIGH_SHIFT)
+        if self.lpa2 {
+            // Bits 9:8 are address bits: count bits 5:0 go to 7:2, 7:6 to 11:10, 11:8 to
+            // 55:52.
+            let low_mask = (0x3f << CNT_LOW_SHIFT) | (0b11 << 10);
+            (raw & !(low_mask | CNT_HIGH_MASK))
+                | ((c & 0x3f) << CNT_LOW_SHIFT)
+                | (((c >> 6) & 0b11) << 10)
+                | (((c >> 8) & 0xf) << CNT_HIGH_SHIFT)
+        } else {
+            (raw & !(CNT_LOW_MASK | CNT_HIGH_MASK))
+                | ((c & 0x3ff) << CNT_LOW_SHIFT)
+                | (((c >> 10) & 0xf) << CNT_HIGH_SHIFT)
+        }
     }
 
     #[inline]
     fn make_leaf(&self, level: usize, pa: PhysAddr, attrs: Attrs) -> u64 {
-        let mut e = self.encode_oa(pa.as_u64()) | VALID | SH_INNER;
+        // With LPA2 the shareability comes from TCR_EL1 (bits 9:8 are address bits).
+        let sh = if self.lpa2 { 0 } else { SH_INNER };
+        let mut e = self.encode_oa(pa.as_u64()) | VALID | sh;
         if self.is_last(level) {
             e |= TABLE_OR_PAGE;
         }
@@ -445,12 +535,7 @@ unsafe impl PagingFormat for Aarch64 {
 
     #[inline]
     fn leaf_oa_mask(&self, level: usize) -> u64 {
-        let high = if self.granule == Granule::K64 {
-            OA_HIGH_64K
-        } else {
-            0
-        };
-        (self.oa_mask() & !(self.levels[level].entry_span() - 1)) | high
+        (self.oa_mask() & !(self.levels[level].entry_span() - 1)) | self.oa_high_mask()
     }
 
     /// Without FEAT_HAFDBS the walker never writes a descriptor; with it, it sets AF where it
@@ -599,6 +684,20 @@ mod tests {
         assert_eq!(f.levels()[0].bits, 10);
         assert_eq!(f.levels()[1].leaf, Some(PageSize::Size512M));
         assert!(Aarch64::new(Granule::K4, 52, VaHalf::Lower).is_err());
+        // FEAT_LPA2: 52 bits with the 4 KiB granule start at level -1 (16 entries).
+        let f = Aarch64::new_lpa2(Granule::K4, 52, VaHalf::Lower).unwrap();
+        assert_eq!(f.depth(), 5);
+        assert_eq!((f.levels()[0].shift, f.levels()[0].bits), (48, 4));
+        assert_eq!((f.hw_level(0), f.levels()[0].leaf), (-1, None));
+        assert_eq!(f.levels()[2].leaf, Some(PageSize::Size1G));
+        assert_eq!(f.phys_bits(), 52);
+        let f = Aarch64::new_lpa2(Granule::K16, 52, VaHalf::Lower).unwrap();
+        assert_eq!(f.depth(), 4);
+        assert_eq!((f.levels()[0].shift, f.levels()[0].bits), (47, 5));
+        assert_eq!(
+            Aarch64::new_lpa2(Granule::K64, 52, VaHalf::Lower),
+            Err(Aarch64ConfigError::Lpa2NeedsSmallGranule)
+        );
         assert!(Aarch64::new(Granule::K16, 38, VaHalf::Lower).is_err());
     }
 
@@ -624,6 +723,25 @@ mod tests {
             0,
             "APTable/XNTable stay clear"
         );
+    }
+
+    #[test]
+    fn lpa2_puts_address_bits_51_50_where_shareability_was() {
+        for g in [Granule::K4, Granule::K16] {
+            let f = Aarch64::new_lpa2(g, 52, VaHalf::Lower).unwrap();
+            let last = f.depth() - 1;
+            let pa = PhysAddr::new(0x000f_0000_1234_0000 & !((1 << g.shift()) - 1));
+            let e = f.make_leaf(last, pa, Attrs::KERNEL_RW);
+            assert_eq!(e >> 8 & 0b11, 0b11, "OA[51:50] in bits 9:8");
+            assert_eq!(e & (0b11 << 50), 0);
+            assert_eq!(f.leaf_addr(last, e), pa);
+            let t = f.make_table(0, pa, 2048);
+            assert_eq!(f.table_addr(t), pa);
+            assert_eq!(f.table_count(t), 2048);
+            assert_eq!(t >> 8 & 0b11, 0b11, "the count keeps off bits 9:8");
+            assert_eq!(f.table_count(f.set_table_count(t, 0x2a5)), 0x2a5);
+            assert_eq!(f.table_addr(f.set_table_count(t, 0x2a5)), pa);
+        }
     }
 
     #[test]

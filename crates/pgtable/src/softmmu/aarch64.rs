@@ -42,7 +42,12 @@ impl<'m, M: PhysMapper> Aarch64Walker<'m, M> {
     }
 }
 
-fn output_address(g: Granule, e: u64) -> u64 {
+fn output_address(g: Granule, lpa2: bool, e: u64) -> u64 {
+    if lpa2 {
+        // TCR_EL1.DS = 1: OA[49:12] in 49:12, OA[51:50] in 9:8.
+        let low = e & 0x0003_ffff_ffff_f000 & !((1u64 << g.shift()) - 1);
+        return low | ((e >> 8) & 0b11) << 50;
+    }
     let low = e & 0x0000_ffff_ffff_f000 & !((1u64 << g.shift()) - 1);
     match g {
         Granule::K64 => low | ((e >> 12) & 0xf) << 48,
@@ -87,15 +92,17 @@ impl<M: PhysMapper> Walker for Aarch64Walker<'_, M> {
         };
         debug_assert!(matches!(f.half(), VaHalf::Lower | VaHalf::Upper));
         let g = f.granule_kind();
+        let lpa2 = f.lpa2();
         let gs = g.shift();
         let per = gs - 3;
         let depth = f.levels().len() as u32;
-        let start = 4 - depth;
+        // The root's hardware level: -1 for a 52-bit VA with the 4 KiB granule (LPA2).
+        let start = 4 - depth as i32;
         let mut table = root.as_u64();
         let (mut no_el0, mut ro_table, mut uxn_t, mut pxn_t) = (false, false, false, false);
         for level in 0..depth as usize {
-            let hw = start + level as u32;
-            let shift = gs + (3 - hw) * per;
+            let hw = start + level as i32;
+            let shift = gs + (3 - hw) as u32 * per;
             let bits = if level == 0 { f.va_bits() - shift } else { per };
             let idx = (va >> shift) & ((1u64 << bits) - 1);
             let cached = psc.as_deref().and_then(|c| c.get(shift, va));
@@ -113,7 +120,7 @@ impl<M: PhysMapper> Walker for Aarch64Walker<'_, M> {
                 if let Some(c) = psc.as_deref_mut() {
                     c.insert(shift, va, e);
                 }
-                table = output_address(g, e);
+                table = output_address(g, lpa2, e);
                 continue;
             }
             let block_ok = match (g, hw) {
@@ -169,7 +176,7 @@ impl<M: PhysMapper> Walker for Aarch64Walker<'_, M> {
             let size_mask = (1u64 << shift) - 1;
             return Ok(Walked {
                 page_va: va & !size_mask,
-                page_pa: output_address(g, e) & !size_mask,
+                page_pa: output_address(g, lpa2, e) & !size_mask,
                 shift,
                 perms,
                 // A clean DBM leaf: a write must walk again so the walker marks it dirty.

@@ -87,6 +87,16 @@ proptest! {
     }
 
     #[test]
+    fn aarch64_4k_52bit_lpa2_matches_model(v in ops(1024, 512, 3)) {
+        run(Aarch64::new_lpa2(Granule::K4, 52, VaHalf::Upper).unwrap(), &v);
+    }
+
+    #[test]
+    fn aarch64_16k_52bit_lpa2_matches_model(v in ops(4096, 2048, 2)) {
+        run(Aarch64::new_lpa2(Granule::K16, 52, VaHalf::Lower).unwrap(), &v);
+    }
+
+    #[test]
     fn aarch64_16k_48bit_hafdbs_matches_model(v in ops(4096, 2048, 2)) {
         run(Aarch64::new(Granule::K16, 48, VaHalf::Upper).unwrap().with_hw_access_dirty(true), &v);
     }

@@ -1109,3 +1109,43 @@ fn hafdbs_walker_sets_access_and_dirty_and_clearing_needs_the_flush() {
         assert_eq!(arena.outstanding(), 0);
     }
 }
+
+/// FEAT_LPA2: leaf output addresses with bits 51:48 set reach the software walker intact
+/// (its own decoder, not the format's).
+#[test]
+fn lpa2_high_output_addresses_reach_the_walker() {
+    use crate::arch::aarch64::{Aarch64, Granule};
+    use crate::PagingFormat;
+    for g in [Granule::K4, Granule::K16] {
+        for half in [VaHalf::Lower, VaHalf::Upper] {
+            let f = Aarch64::new_lpa2(g, 52, half).unwrap();
+            let arena = arena_for(&f, 16);
+            let mut pt = table(f, &arena);
+            let mut mmu = mmu_for(&pt, &arena);
+            let va = f.test_base();
+            let pa = 0x000f_8000_0000_0000u64;
+            let gb = f.granule().bytes();
+            let fl = pt
+                .map(
+                    VirtAddr::new(va),
+                    PhysAddr::new(pa),
+                    4 * gb,
+                    Attrs::KERNEL_RW,
+                    MapSize::Largest,
+                )
+                .unwrap();
+            let _ = fl.invalidate(&mut mmu);
+            pt.verify().unwrap();
+            for p in 0..4 {
+                let v = VirtAddr::new(va + p * gb + 8);
+                assert_eq!(
+                    mmu.access(v, Access::Write, Mode::Kernel),
+                    Ok(PhysAddr::new(pa + p * gb + 8)),
+                    "{f:?}"
+                );
+            }
+            let _ = pt.destroy(&mut mmu);
+            assert_eq!(arena.outstanding(), 0);
+        }
+    }
+}
