@@ -15,7 +15,8 @@
 //! answer (attributes the format can express, a remap target aligned to the leaf and within
 //! the output width, break-before-make on live tables) without writing anything, and the
 //! *apply* pass writes. An answer that was valid in the plan is applied; should a callback
-//! answer differently the second time and give an invalid answer, that leaf is kept.
+//! answer differently the second time, with an invalid answer or one needing a
+//! break-before-make the plan did not allow, that leaf is kept.
 //!
 //! # Flush token and break-before-make
 //! The token covers exactly the leaves that changed (their slots, at the smallest size
@@ -105,7 +106,7 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
     /// the range is changed as a whole (split it first to change part of it). `update` is
     /// asked twice per leaf — once to check every answer before anything is written, once
     /// to apply — so it should answer the same both times (a leaf whose second answer is
-    /// invalid is kept). Tables emptied by [`LeafUpdate::Unmap`] are unhooked and travel in
+    /// invalid, or needs a break the first did not, is kept). Tables emptied by [`LeafUpdate::Unmap`] are unhooked and travel in
     /// the token. The token covers exactly the leaves that changed.
     ///
     /// Errors leave the table unchanged: misaligned or non-canonical range, an answer the
@@ -334,11 +335,15 @@ fn apply_leaf<F: PagingFormat, M: PhysMapper>(
         flush.global = true;
     }
     let live_bbm = bbm && needs_bbm(fmt, level, raw, new);
-    // The plan refused break-before-make without a TLB handle, so `live_bbm` implies one.
     let tlb = match tlb {
         Some(tlb) if live_bbm => Some(&mut **tlb),
         _ => None,
     };
+    if live_bbm && tlb.is_none() {
+        // The plan refused every break without a TLB handle: this answer differs from the
+        // one it checked, and the leaf is kept rather than changed without the break.
+        return false;
+    }
     if let Some(tlb) = tlb {
         // Break: the whole run (its hint changes) or this leaf; invalidate; make (the run's
         // other entries come back unchanged but without the hint).

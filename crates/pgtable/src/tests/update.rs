@@ -224,3 +224,45 @@ fn a_bad_answer_late_in_the_range_changes_nothing() {
     let _ = pt.destroy(&mut mmu);
     assert_eq!(arena.outstanding(), 0);
 }
+
+/// A callback that answers the apply pass differently from the plan cannot slip a change
+/// needing break-before-make past a live table: that leaf is kept.
+#[test]
+fn a_changed_second_answer_needing_a_break_is_not_applied() {
+    let f = Aarch64::new(Granule::K4, 48, VaHalf::Lower).unwrap();
+    let arena = arena_for(&f, 16);
+    let mut pt = table(f, &arena);
+    let mut mmu = mmu_for(&pt, &arena);
+    let va = 0x4000_0000u64;
+    let fl = pt
+        .map(
+            VirtAddr::new(va),
+            PhysAddr::new(0x8000_0000),
+            0x1000,
+            Attrs::KERNEL_RW,
+            MapSize::Largest,
+        )
+        .unwrap();
+    let _ = fl.invalidate(&mut mmu);
+    pt.set_live(true);
+    let calls = core::cell::Cell::new(0);
+    let fickle = |t: &Translation| {
+        calls.set(calls.get() + 1);
+        if calls.get() == 1 {
+            LeafUpdate::Keep
+        } else {
+            LeafUpdate::Remap(PhysAddr::new(0x9000_0000), t.attrs)
+        }
+    };
+    let fl = pt.update_leaves(VirtAddr::new(va), 0x1000, fickle).unwrap();
+    assert_eq!(calls.get(), 2);
+    assert!(fl.is_empty());
+    let _ = fl.invalidate(&mut mmu);
+    assert_eq!(
+        pt.translate(VirtAddr::new(va)).unwrap().page_pa,
+        PhysAddr::new(0x8000_0000)
+    );
+    pt.verify().unwrap();
+    let _ = pt.destroy(&mut mmu);
+    assert_eq!(arena.outstanding(), 0);
+}
