@@ -98,7 +98,9 @@ pub enum EntryKind {
 /// [`index_of`](Self::index_of), [`leaf_size`](Self::leaf_size) and
 /// [`leaf_span_mask`](Self::leaf_span_mask), if overridden, must return exactly what their
 /// defaults compute from [`levels`](Self::levels) (in particular `index_of(l, va) < 1 <<
-/// levels()[l].bits`, since walks index tables with it).
+/// levels()[l].bits`, since walks index tables with it), and
+/// [`is_canonical_at_depth`](Self::is_canonical_at_depth)`(va, self.depth())` exactly what
+/// [`is_canonical`](Self::is_canonical)`(va)` does.
 pub unsafe trait PagingFormat {
     /// The levels, root first. The last level's leaf size is the granule.
     fn levels(&self) -> &[Level];
@@ -228,6 +230,16 @@ pub unsafe trait PagingFormat {
     #[inline]
     fn leaf_span_mask(&self, level: usize) -> u64 {
         self.levels()[level].entry_span() - 1
+    }
+
+    /// [`is_canonical`](Self::is_canonical) for a walk that knows the format's depth
+    /// (`depth == self.depth()`): a walk hook like [`index_of`](Self::index_of), so a format
+    /// whose VA width follows from its depth (x86_64) checks with constant shifts in a walk
+    /// specialised for that depth.
+    #[inline]
+    fn is_canonical_at_depth(&self, va: VirtAddr, depth: usize) -> bool {
+        let _ = depth;
+        self.is_canonical(va)
     }
 
     /// Number of levels.

@@ -467,7 +467,7 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
         table: impl Fn(PhysAddr) -> &'a [AtomicU64],
         found: impl Fn(usize, u64) -> R,
     ) -> Option<R> {
-        if !self.fmt.is_canonical(va) {
+        if !self.fmt.is_canonical_at_depth(va, depth) {
             return None;
         }
         let va = va.as_u64();

@@ -212,10 +212,14 @@ unsafe impl PagingFormat for X86_64 {
 
     #[inline]
     fn is_canonical(&self, va: VirtAddr) -> bool {
-        // 48 or 57 bits: 12 + 9 per level, computed from the depth rather than loaded, so a
-        // walk specialised for its depth checks with constant shifts (`va_bits` agrees:
-        // `x86_geometry_is_arithmetic`).
-        va.is_canonical_x86(12 + 9 * self.levels.len() as u32)
+        va.is_canonical_x86(self.va_bits)
+    }
+
+    /// 48 or 57 bits: 12 + 9 per level (`va_bits` agrees: `x86_geometry_is_arithmetic`), so
+    /// a walk specialised for its depth checks with constant shifts.
+    #[inline]
+    fn is_canonical_at_depth(&self, va: VirtAddr, depth: usize) -> bool {
+        va.is_canonical_x86(12 + 9 * depth as u32)
     }
 
     #[inline]

@@ -116,6 +116,21 @@ fn check_walk_hooks<F: PagingFormat + core::fmt::Debug>(f: &F, va: u64) {
         assert_eq!(f.leaf_size(level), lv.leaf, "{f:?} level {level}");
         assert_eq!(f.leaf_span_mask(level), lv.entry_span() - 1);
     }
+    // Near the canonical boundaries too, not only at random addresses.
+    let top = f.levels()[0];
+    let va_bits = top.shift + top.entries().trailing_zeros();
+    for v in [
+        va,
+        va ^ (1 << (va_bits - 1)),
+        va | (u64::MAX << (va_bits - 1)),
+    ] {
+        let v = mmkit_addr::VirtAddr::new(v);
+        assert_eq!(
+            f.is_canonical_at_depth(v, f.depth()),
+            f.is_canonical(v),
+            "{f:?} {v:?}"
+        );
+    }
 }
 
 proptest! {
