@@ -461,6 +461,39 @@ fn icount(rounds: u64) {
         "checksum {sum:#x} over {rounds} rounds of {} addresses",
         addrs.len()
     );
+    // aarch64 4 KiB, 48-bit: full translate beside aarch64-paging's one-page `walk_range`.
+    const AVA: u64 = 0x40_0000_0000;
+    let amem = HostMemory::new(PhysAddr::new(TABLE_BASE), TABLE_BYTES);
+    let af = Aarch64::new(Granule::K4, 48, VaHalf::Lower).unwrap();
+    let mut apt = PageTable::new(af, mapper(&amem), Frames::new(&amem)).unwrap();
+    let aattrs = Attrs::READ | Attrs::WRITE | Attrs::GLOBAL | Attrs::ACCESSED;
+    let fl = apt
+        .map(
+            VirtAddr::new(AVA),
+            PhysAddr::new(PA),
+            GIB,
+            aattrs,
+            MapSize::Exactly(PageSize::Size4K),
+        )
+        .unwrap();
+    apt.free_tables(fl.invalidate(&mut NoTlb)).unwrap();
+    let mut atheirs =
+        RootTable::with_va_range(IdTranslation::<A>::new(), 0, El1And0, VaRange::Lower);
+    atheirs
+        .map_range(
+            &MemoryRegion::new(AVA as usize, (AVA + GIB) as usize),
+            APhys(PA as usize),
+            A::VALID | A::ATTRIBUTE_INDEX_0 | A::INNER_SHAREABLE | A::ACCESSED | A::UXN | A::PXN,
+            Constraints::NO_BLOCK_MAPPINGS | Constraints::NO_CONTIGUOUS_HINT,
+        )
+        .unwrap();
+    let aaddrs: Vec<u64> = addrs.iter().map(|a| a - VA + AVA).collect();
+    for _ in 0..rounds {
+        sum = sum.wrapping_add(icount_ours_aarch64_full(&apt, &aaddrs));
+        sum = sum.wrapping_add(icount_theirs_aarch64_full(&atheirs, &aaddrs));
+    }
+    black_box(sum);
+
     // The mapping loops, once each per round: map 1 GiB as 4 KiB pages into an empty table,
     // protect the partial range, unmap the upper half of every leaf table.
     let ours_mem2 = HostMemory::new(PhysAddr::new(TABLE_BASE), TABLE_BYTES);
@@ -477,6 +510,33 @@ fn icount(rounds: u64) {
         icount_theirs_unmap_halves(&mut theirs);
         ours_unmap(&mut pt);
     }
+}
+
+#[inline(never)]
+fn icount_ours_aarch64_full(pt: &PageTable<Aarch64, OffsetMapper, Frames>, addrs: &[u64]) -> u64 {
+    let mut sum = 0u64;
+    for &a in addrs {
+        let t = pt.translate(VirtAddr::new(a)).unwrap();
+        sum = sum.wrapping_add(t.pa_of(VirtAddr::new(a)).as_u64() ^ u64::from(t.attrs.bits()));
+    }
+    sum
+}
+
+#[inline(never)]
+fn icount_theirs_aarch64_full(theirs: &RootTable<El1And0, IdTranslation<A>>, addrs: &[u64]) -> u64 {
+    let mut sum = 0u64;
+    for &a in addrs {
+        let page = (a & !0xfff) as usize;
+        theirs
+            .walk_range(&MemoryRegion::new(page, page + 4096), &mut |_, d, _| {
+                sum = sum.wrapping_add(
+                    (d.output_address().0 as u64 + (a & 0xfff)) ^ d.flags().bits() as u64,
+                );
+                Ok(())
+            })
+            .unwrap();
+    }
+    sum
 }
 
 #[inline(never)]
