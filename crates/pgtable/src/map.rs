@@ -185,7 +185,9 @@ pub(crate) fn count_new<F: PagingFormat>(
     pa0: u64,
     opts: MapOpts,
 ) -> usize {
-    if level + 1 >= fmt.depth() {
+    // The last level, and the level of a forced size (every slot aligned to it), hold only
+    // leaves.
+    if level + 1 >= fmt.depth() || opts.forced == Some(level) {
         return 0;
     }
     let lv = fmt.levels()[level];
