@@ -5,6 +5,8 @@
 //! * `random/<max>`: talc's random-actions workload: a pre-generated sequence of allocations
 //!   (4..max bytes), frees and reallocs over a pool of live blocks;
 //! * `two_threads/<size>`: one thread allocates batches of 256 blocks, the other frees them;
+//!   the time reported is the CPU time of both threads per pair (a thread blocked on the
+//!   other costs nothing; one spinning on a peer's lock does);
 //! * heap efficiency (printed, not timed): fill a 4 MiB heap with random actions until the
 //!   first allocation fails and report the share of the heap in use.
 //!
@@ -46,7 +48,7 @@ use std::hint::black_box;
 use std::ptr::NonNull;
 
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use mmkit_addr::host::{HostPlatform, KernelCpus};
@@ -394,9 +396,9 @@ unsafe impl Send for LinkedList {}
 // SAFETY: as above.
 unsafe impl Send for Buddy {}
 
-struct SharedMmkit<'k, 'a>(&'k Kmalloc<'a, TestPageSource, HostPlatform>);
+struct SharedMmkit<'k, 'a, P: IrqControl>(&'k Kmalloc<'a, TestPageSource, P>);
 
-impl SharedHeap for SharedMmkit<'_, '_> {
+impl<P: IrqControl> SharedHeap for SharedMmkit<'_, '_, P> {
     fn alloc(&self, size: usize) -> Option<NonNull<u8>> {
         self.0.kmalloc(size, Gfp::empty()).ok()
     }
@@ -420,8 +422,25 @@ impl SharedHeap for SharedSys {
 
 const BATCH: usize = 256;
 
-/// Allocate `iters` blocks on this thread in batches; a second thread frees them.
-fn producer_consumer(h: &dyn SharedHeap, plat: &HostPlatform, size: usize, iters: u64) -> Duration {
+/// CPU time this thread has run.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-parameter; the clock id is a constant the host supports.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "the thread CPU clock");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// How a thread of the two-thread workload takes CPU `cpu`; the value keeps the binding.
+type Bind<'p> = &'p (dyn Fn(usize) -> Box<dyn std::any::Any> + Sync);
+
+/// Allocate `iters` blocks on this thread in batches; a second thread frees them. Returns
+/// the CPU time both threads spent (a thread waiting on the other blocks and costs none),
+/// scaled to `iters` pairs.
+fn producer_consumer(h: &dyn SharedHeap, bind: Bind<'_>, size: usize, iters: u64) -> Duration {
     let batches = (iters as usize).div_ceil(BATCH);
     let (to_free, freed_rx) = mpsc::sync_channel::<Vec<usize>>(4);
     let (recycle, recycled) = mpsc::sync_channel::<Vec<usize>>(8);
@@ -429,8 +448,9 @@ fn producer_consumer(h: &dyn SharedHeap, plat: &HostPlatform, size: usize, iters
         recycle.send(Vec::with_capacity(BATCH)).unwrap();
     }
     std::thread::scope(|s| {
-        s.spawn(move || {
-            plat.bind_current_thread(1);
+        let consumer = s.spawn(move || {
+            let _cpu = bind(1);
+            let start = thread_cpu_time();
             for mut v in freed_rx {
                 for &a in &v {
                     // SAFETY: ownership moved to this thread through the channel.
@@ -441,9 +461,10 @@ fn producer_consumer(h: &dyn SharedHeap, plat: &HostPlatform, size: usize, iters
                     break;
                 }
             }
+            thread_cpu_time() - start
         });
-        plat.bind_current_thread(0);
-        let start = Instant::now();
+        let _cpu = bind(0);
+        let start = thread_cpu_time();
         for _ in 0..batches {
             let mut v = recycled.recv().unwrap();
             for _ in 0..BATCH {
@@ -460,9 +481,10 @@ fn producer_consumer(h: &dyn SharedHeap, plat: &HostPlatform, size: usize, iters
             }
             back += 1;
         }
-        start
-            .elapsed()
-            .mul_f64(iters as f64 / (batches * BATCH) as f64)
+        let producer = thread_cpu_time() - start;
+        drop(recycled);
+        let consumer = consumer.join().expect("the consumer thread");
+        (producer + consumer).mul_f64(iters as f64 / (batches * BATCH) as f64)
     })
 }
 
@@ -470,21 +492,38 @@ fn bench_two_threads(c: &mut Criterion) {
     let (src, plat) = mmkit_env(ARENA);
     let k = Kmalloc::new(src, plat).unwrap();
     let mmkit = SharedMmkit(&k);
+    let k_kernel = {
+        let _cpu = KERNEL.bind(0).expect("CPU 0 is free");
+        kernel_kmalloc()
+    };
+    let mmkit_kernel = SharedMmkit(&k_kernel);
     let talc = spin::Mutex::new(Talc::new(ARENA));
     let ll = spin::Mutex::new(LinkedList::new(ARENA));
     let buddy = spin::Mutex::new(Buddy::new(ARENA));
-    let heaps: [(&str, &dyn SharedHeap); 5] = [
-        ("mmkit", &mmkit),
-        ("talc", &talc),
-        ("linked_list_allocator", &ll),
-        ("buddy_system_allocator", &buddy),
-        ("system", &SharedSys),
+    let host_bind = |cpu: usize| -> Box<dyn std::any::Any> {
+        plat.bind_current_thread(cpu);
+        Box::new(())
+    };
+    let kernel_bind = |cpu: usize| -> Box<dyn std::any::Any> {
+        Box::new(
+            KERNEL
+                .bind(cpu)
+                .expect("each CPU is bound by one thread at a time"),
+        )
+    };
+    let heaps: [(&str, &dyn SharedHeap, Bind<'_>); 6] = [
+        ("mmkit-kernel", &mmkit_kernel, &kernel_bind),
+        ("mmkit", &mmkit, &host_bind),
+        ("talc", &talc, &host_bind),
+        ("linked_list_allocator", &ll, &host_bind),
+        ("buddy_system_allocator", &buddy, &host_bind),
+        ("system", &SharedSys, &host_bind),
     ];
     let mut g = c.benchmark_group("two_threads");
     for size in [64usize, 1024] {
-        for (name, h) in heaps {
+        for (name, h, bind) in heaps {
             g.bench_with_input(BenchmarkId::new(name, size), &size, |b, &size| {
-                b.iter_custom(|iters| producer_consumer(h, plat, size, iters))
+                b.iter_custom(|iters| producer_consumer(h, bind, size, iters))
             });
         }
     }
