@@ -27,6 +27,8 @@
 //!   and a mapper that reaches exactly that memory;
 //! * [`extable`]: the exception fixup table (Linux's `__ex_table`): instructions allowed to
 //!   fault, each with the address to resume at, so a kernel can *expect* a fault in a test;
+//! * [`stress`]: the cross-CPU stress self-test (per-CPU workers, remote frees through a
+//!   shared ring, quiesce, before/after figures);
 //! * [`rawmem`]: every raw-memory access (pattern write and verify, zero, zero test, stack
 //!   paint, uninitialised slices), each an `unsafe fn` with its contract.
 //!
@@ -71,5 +73,8 @@ pub mod mm_checks;
 #[allow(unsafe_code)]
 pub mod mmu_checks;
 pub mod pvh;
+// Writes and checks content patterns through `rawmem` in memory a booted `Mm` hands out.
 #[allow(unsafe_code)]
 pub mod rawmem;
+#[allow(unsafe_code)]
+pub mod stress;

@@ -1,0 +1,694 @@
+//! The cross-CPU stress self-test both kernels run once their CPUs are up (issue 13).
+//!
+//! Every CPU runs [`worker`] on the same [`Mm`] at once: a fixed number of randomised
+//! operations (kmalloc/kfree of many sizes, a shared typed cache, `alloc_pages` of orders 0-3
+//! in the three mobility types, vmalloc/vfree with writes through the mapping, slab shrinks
+//! that reach every CPU through `run_on_cpu`), and objects handed to other CPUs through a
+//! shared lock-free [`Ring`] to be freed there (remote frees). Every live allocation carries a
+//! content pattern unique to it ([`rawmem::pattern`] of a base no other allocation shares),
+//! checked before it is freed: memory handed out twice, or written through a stale mapping,
+//! shows up as a pattern mismatch.
+//!
+//! Afterwards the boot CPU, with the others idle, calls [`drain_ring`], then [`quiesce`]
+//! (every CPU's slab and page caches drained on that CPU) and compares a [`Snapshot`] with the
+//! one taken before the run: free memory, slab, pages, vmalloc and page-table figures must be
+//! back where they were.
+//!
+//! What a kernel supplies is in [`StressHooks`]: its TLB invalidation for vmalloc (a
+//! shootdown on SMP), how to reach a vmalloc address, and where to count "inside mmkit" for
+//! its interrupt statistics.
+
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use mmkit::addr::{IrqControl, Order, VirtAddr, PAGE_SIZE};
+use mmkit::buddy::GfpFlags;
+use mmkit::pgtable::{PagingFormat, TlbInvalidate};
+use mmkit::slab::SlabBox;
+use mmkit::{MemInfo, Mm, MmTypedCache, PageAllocator};
+
+use crate::harness::{CheckResult, Reason};
+use crate::rawmem;
+use crate::{ensure, fail};
+
+/// Slots in the shared ring of objects waiting for a remote free.
+pub const RING_SLOTS: usize = 64;
+
+/// Objects handed from one CPU to another to be freed there. A slot holds an object's address
+/// or 0; pushing and popping are single atomic operations, so no lock is needed.
+pub struct Ring {
+    slots: [AtomicUsize; RING_SLOTS],
+}
+
+impl Ring {
+    /// An empty ring.
+    pub const fn new() -> Self {
+        Self {
+            slots: [const { AtomicUsize::new(0) }; RING_SLOTS],
+        }
+    }
+
+    /// Put `addr` (not 0) in a free slot, searching from `hint`; `false` if the ring is full.
+    pub fn push(&self, addr: usize, hint: usize) -> bool {
+        (0..RING_SLOTS).any(|i| {
+            let slot = &self.slots[(hint + i) % RING_SLOTS];
+            slot.compare_exchange(0, addr, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        })
+    }
+
+    /// Take an object out, searching from `hint`.
+    pub fn pop(&self, hint: usize) -> Option<usize> {
+        (0..RING_SLOTS).find_map(|i| {
+            let addr = self.slots[(hint + i) % RING_SLOTS].swap(0, Ordering::AcqRel);
+            (addr != 0).then_some(addr)
+        })
+    }
+}
+
+impl Default for Ring {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The object type of the shared typed cache: a pattern the worker checks before freeing.
+#[derive(Debug, Default)]
+pub struct Tagged {
+    tag: u64,
+    words: [u64; 7],
+}
+
+impl Tagged {
+    fn fill(&mut self, tag: u64) {
+        self.tag = tag;
+        for (i, w) in self.words.iter_mut().enumerate() {
+            *w = rawmem::pattern(tag, i as u64);
+        }
+    }
+
+    fn intact(&self, tag: u64) -> bool {
+        self.tag == tag
+            && self
+                .words
+                .iter()
+                .enumerate()
+                .all(|(i, &w)| w == rawmem::pattern(tag, i as u64))
+    }
+}
+
+/// What the kernel provides to the workers.
+pub trait StressHooks {
+    /// The TLB invalidation vmalloc and vfree use (on SMP: every CPU's TLB).
+    type Tlb: TlbInvalidate;
+    /// An invalidator for one vmalloc call on this CPU.
+    fn tlb(&self) -> Self::Tlb;
+    /// A pointer through which `pages` pages of the live vmalloc area at `va` can be written,
+    /// or `None` if the kernel page table is not loaded (a host test), in which case the
+    /// worker writes each page through its direct-map address instead.
+    fn vmalloc_ptr(&self, va: VirtAddr) -> Option<NonNull<u8>>;
+    /// The worker is about to call into mmkit (interrupts taken until [`leave_mm`] count as
+    /// taken inside mmkit).
+    ///
+    /// [`leave_mm`]: StressHooks::leave_mm
+    fn enter_mm(&self);
+    /// The call into mmkit returned.
+    fn leave_mm(&self);
+}
+
+/// How much work each CPU does.
+#[derive(Debug, Clone, Copy)]
+pub struct StressConfig {
+    /// Operations per CPU.
+    pub ops: u64,
+    /// Mixed into every CPU's random sequence.
+    pub seed: u64,
+}
+
+/// One CPU's figures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuReport {
+    /// Operations done.
+    pub ops: u64,
+    /// kmalloc calls.
+    pub kmallocs: u64,
+    /// Objects this CPU freed that another CPU allocated.
+    pub remote_frees: u64,
+    /// Typed-cache allocations.
+    pub typed: u64,
+    /// `alloc_pages` calls.
+    pub pages: u64,
+    /// vmalloc calls.
+    pub vmallocs: u64,
+    /// kmalloc shrinks (each a `run_on_cpu` to every CPU).
+    pub shrinks: u64,
+}
+
+/// Tiny xorshift generator: enough randomness for operation mixes, the same sequence for the
+/// same seed.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Self(seed | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// Live allocations a worker keeps of each kind.
+const LIVE: usize = 16;
+/// Largest kmalloc size the worker asks for, in 64-bit words (8 KiB).
+const MAX_KMALLOC_WORDS: u64 = 1024;
+/// Largest vmalloc area, in pages.
+const MAX_VMALLOC_PAGES: u64 = 4;
+
+/// A kmalloc object: word 0 holds its size in words, word 1 its pattern base, the rest the
+/// pattern — so a remote CPU can check it knowing only its address.
+struct KObj(NonNull<u8>);
+
+impl KObj {
+    /// Fill a fresh object of `words` words (at least 2) with `base`.
+    ///
+    /// # Safety
+    /// `ptr` is a live allocation of at least `words * 8` bytes the caller owns.
+    unsafe fn init(ptr: NonNull<u8>, words: usize, base: u64) -> Result<Self, Reason> {
+        // SAFETY: the caller's allocation, at least `words` words, 8-byte aligned (kmalloc).
+        unsafe {
+            rawmem::store_word(ptr, 0, words as u64);
+            rawmem::store_word(ptr, 1, base);
+            rawmem::write_read_pattern(ptr.byte_add(16), words - 2, base)?;
+        }
+        Ok(Self(ptr))
+    }
+
+    /// Check the object's header and pattern.
+    ///
+    /// # Safety
+    /// The object is live and was made by [`KObj::init`].
+    unsafe fn check(&self) -> CheckResult {
+        // SAFETY: the caller's contract: a live object at least 2 words long.
+        let (words, base) = unsafe { (rawmem::load_word(self.0, 0), rawmem::load_word(self.0, 1)) };
+        ensure!(
+            (2..=MAX_KMALLOC_WORDS).contains(&words),
+            "object {:p} header says {words} words: overwritten",
+            self.0
+        );
+        // SAFETY: as above; `words` is the size it was made with.
+        unsafe { rawmem::check_pattern(self.0.byte_add(16), words as usize - 2, base) }
+    }
+}
+
+type TypedBox<'c, 'm, P> = SlabBox<'c, 'm, Tagged, PageAllocator<'m, P>, P>;
+
+struct Block {
+    pfn: mmkit::addr::Pfn,
+    order: Order,
+    ptr: NonNull<u8>,
+    base: u64,
+}
+
+struct Area {
+    va: VirtAddr,
+    pages: u64,
+    base: u64,
+}
+
+fn mm_call<H: StressHooks, R>(hooks: &H, f: impl FnOnce() -> R) -> R {
+    hooks.enter_mm();
+    let r = f();
+    hooks.leave_mm();
+    r
+}
+
+/// Run `cfg.ops` random operations on `mm` as CPU `cpu`, then free everything this CPU still
+/// holds (objects left in `ring` are for other CPUs, or [`drain_ring`]). Fails at the first
+/// allocation failure, refused free or damaged pattern.
+pub fn worker<P: IrqControl, F: PagingFormat, H: StressHooks>(
+    mm: &Mm<'_, P, F>,
+    typed: &MmTypedCache<'_, Tagged, P>,
+    ring: &Ring,
+    cfg: &StressConfig,
+    cpu: usize,
+    hooks: &H,
+) -> Result<CpuReport, Reason> {
+    let mut rng = Rng::new(cfg.seed ^ (cpu as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut r = CpuReport::default();
+    let mut objs: [Option<KObj>; LIVE] = [const { None }; LIVE];
+    let mut boxes: [Option<(TypedBox<'_, '_, P>, u64)>; LIVE] = [const { None }; LIVE];
+    let mut blocks: [Option<Block>; LIVE] = [const { None }; LIVE];
+    let mut areas: [Option<Area>; 4] = [const { None }; 4];
+    // Pattern bases unique to this CPU and allocation.
+    let mut serial = (cpu as u64) << 40;
+    let mut base = || {
+        serial += 1;
+        serial.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+
+    let result = (|| -> CheckResult {
+        while r.ops < cfg.ops {
+            r.ops += 1;
+            let slot = rng.below(LIVE as u64) as usize;
+            match rng.below(100) {
+                // kmalloc / kfree
+                0..=34 => match objs[slot].take() {
+                    Some(o) => free_kobj(mm, hooks, o)?,
+                    None => {
+                        let words = 2 + rng.below(MAX_KMALLOC_WORDS - 1) as usize;
+                        let p = mm_call(hooks, || mm.kmalloc(words * 8, GfpFlags::KERNEL))
+                            .map_err(|e| {
+                                Reason::new(format_args!("kmalloc({}): {e:?}", words * 8))
+                            })?;
+                        r.kmallocs += 1;
+                        // SAFETY: a fresh kmalloc object of `words * 8` bytes.
+                        objs[slot] = Some(unsafe { KObj::init(p, words, base()) }?);
+                    }
+                },
+                // hand an object to another CPU, or free one another CPU handed over
+                35..=49 => {
+                    if rng.below(2) == 0 {
+                        if let Some(o) = objs[slot].take() {
+                            if !ring
+                                .push(o.0.as_ptr() as usize, rng.below(RING_SLOTS as u64) as usize)
+                            {
+                                objs[slot] = Some(o);
+                            }
+                        }
+                    } else if let Some(addr) = ring.pop(rng.below(RING_SLOTS as u64) as usize) {
+                        let Some(p) = NonNull::new(addr as *mut u8) else {
+                            fail!("null in the ring");
+                        };
+                        free_kobj(mm, hooks, KObj(p))?;
+                        r.remote_frees += 1;
+                    }
+                }
+                // typed cache
+                50..=64 => match boxes[slot].take() {
+                    Some((b, tag)) => {
+                        ensure!(b.intact(tag), "typed object {:p} damaged", &*b);
+                        mm_call(hooks, || SlabBox::free(b))
+                            .map_err(|e| Reason::new(format_args!("typed free: {e:?}")))?;
+                    }
+                    None => {
+                        let mut b = mm_call(hooks, || typed.alloc())
+                            .map_err(|e| Reason::new(format_args!("typed alloc: {e:?}")))?;
+                        let tag = base();
+                        b.fill(tag);
+                        boxes[slot] = Some((b, tag));
+                        r.typed += 1;
+                    }
+                },
+                // pages
+                65..=89 => match blocks[slot].take() {
+                    Some(b) => free_block(mm, hooks, b)?,
+                    None => {
+                        let order = Order::new(rng.below(4) as u32);
+                        let gfp = match rng.below(3) {
+                            0 => GfpFlags::KERNEL,
+                            1 => GfpFlags::KERNEL | GfpFlags::MOVABLE,
+                            _ => GfpFlags::KERNEL_RECLAIMABLE,
+                        };
+                        let pfn = mm_call(hooks, || mm.alloc_pages(gfp, order)).map_err(|e| {
+                            Reason::new(format_args!("alloc_pages({order:?}): {e:?}"))
+                        })?;
+                        r.pages += 1;
+                        let Some(ptr) = mm.page_address(pfn, order) else {
+                            fail!("no address for pfn {pfn:?}");
+                        };
+                        let b = Block {
+                            pfn,
+                            order,
+                            ptr,
+                            base: base(),
+                        };
+                        let words = (order.pages() * PAGE_SIZE / 8) as usize;
+                        // SAFETY: the block is this worker's, mapped RW at `ptr`.
+                        unsafe { rawmem::write_read_pattern(b.ptr, words, b.base) }?;
+                        blocks[slot] = Some(b);
+                    }
+                },
+                // vmalloc
+                90..=98 => {
+                    let a = slot % areas.len();
+                    match areas[a].take() {
+                        Some(area) => free_area(mm, hooks, area)?,
+                        None => {
+                            let pages = 1 + rng.below(MAX_VMALLOC_PAGES);
+                            let mut tlb = hooks.tlb();
+                            let va = mm_call(hooks, || {
+                                mm.vmalloc((pages * PAGE_SIZE) as usize, &mut tlb)
+                            })
+                            .map_err(|e| Reason::new(format_args!("vmalloc: {e:?}")))?;
+                            r.vmallocs += 1;
+                            let area = Area {
+                                va,
+                                pages,
+                                base: base(),
+                            };
+                            area_pattern(mm, hooks, &area, true)?;
+                            areas[a] = Some(area);
+                        }
+                    }
+                }
+                // shrink: every CPU's kmalloc arrays drained on that CPU
+                _ => {
+                    if rng.below(4) == 0 {
+                        mm_call(hooks, || mm.kmalloc_shrink());
+                        r.shrinks += 1;
+                    }
+                }
+            }
+        }
+        Ok(())
+    })();
+
+    // Give everything back, failure or not (the first failure is what is reported).
+    let mut cleanup: CheckResult = Ok(());
+    for o in objs.iter_mut().filter_map(Option::take) {
+        cleanup = cleanup.and(free_kobj(mm, hooks, o));
+    }
+    for (b, tag) in boxes.iter_mut().filter_map(Option::take) {
+        if !b.intact(tag) {
+            cleanup = cleanup.and(Err(Reason::new(format_args!("typed object damaged"))));
+        }
+        if let Err(e) = mm_call(hooks, || SlabBox::free(b)) {
+            cleanup = cleanup.and(Err(Reason::new(format_args!("typed free: {e:?}"))));
+        }
+    }
+    for b in blocks.iter_mut().filter_map(Option::take) {
+        cleanup = cleanup.and(free_block(mm, hooks, b));
+    }
+    for a in areas.iter_mut().filter_map(Option::take) {
+        cleanup = cleanup.and(free_area(mm, hooks, a));
+    }
+    result.and(cleanup).map(|()| r)
+}
+
+fn free_kobj<P: IrqControl, F: PagingFormat, H: StressHooks>(
+    mm: &Mm<'_, P, F>,
+    hooks: &H,
+    o: KObj,
+) -> CheckResult {
+    // SAFETY: `o` is a live object made by `KObj::init`, owned by the caller.
+    unsafe { o.check() }?;
+    // SAFETY: a live kmalloc object nobody uses any more.
+    mm_call(hooks, || unsafe { mm.kfree(o.0) })
+        .map_err(|e| Reason::new(format_args!("kfree({:p}): {e:?}", o.0)))
+}
+
+fn free_block<P: IrqControl, F: PagingFormat, H: StressHooks>(
+    mm: &Mm<'_, P, F>,
+    hooks: &H,
+    b: Block,
+) -> CheckResult {
+    let words = (b.order.pages() * PAGE_SIZE / 8) as usize;
+    // SAFETY: the block is the caller's, mapped at `ptr`, and was filled with `base`.
+    unsafe { rawmem::check_pattern(b.ptr, words, b.base) }?;
+    mm_call(hooks, || mm.free_pages(b.pfn, b.order))
+        .map_err(|e| Reason::new(format_args!("free_pages({:?}): {e:?}", b.pfn)))
+}
+
+/// Write (or check) the area's pattern page by page, through the mapping when the kernel
+/// gives one, through the direct map of `vmalloc_to_pfn` otherwise.
+fn area_pattern<P: IrqControl, F: PagingFormat, H: StressHooks>(
+    mm: &Mm<'_, P, F>,
+    hooks: &H,
+    area: &Area,
+    write: bool,
+) -> CheckResult {
+    let words = (PAGE_SIZE / 8) as usize;
+    for i in 0..area.pages {
+        let va = VirtAddr::new(area.va.as_u64() + i * PAGE_SIZE);
+        let ptr = match hooks.vmalloc_ptr(va) {
+            Some(p) => p,
+            None => {
+                let Some(pfn) = mm.vmalloc_to_pfn(va) else {
+                    fail!("vmalloc page {va:?} has no frame");
+                };
+                let Some(p) = mm.page_address(pfn, Order::ZERO) else {
+                    fail!("no address for vmalloc frame {pfn:?}");
+                };
+                p
+            }
+        };
+        let base = area.base ^ i;
+        // SAFETY: the page belongs to the caller's live area, mapped RW at `ptr`.
+        unsafe {
+            if write {
+                rawmem::write_read_pattern(ptr, words, base)?;
+            } else {
+                rawmem::check_pattern(ptr, words, base)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn free_area<P: IrqControl, F: PagingFormat, H: StressHooks>(
+    mm: &Mm<'_, P, F>,
+    hooks: &H,
+    area: Area,
+) -> CheckResult {
+    area_pattern(mm, hooks, &area, false)?;
+    let mut tlb = hooks.tlb();
+    mm_call(hooks, || mm.vfree(area.va, &mut tlb))
+        .map_err(|e| Reason::new(format_args!("vfree({:?}): {e:?}", area.va)))
+}
+
+/// Create every kmalloc cache the workers can use (caches are made on first use, and their
+/// descriptors stay), so [`Snapshot`]s taken afterwards do not count them.
+pub fn warm_up<P: IrqControl, F: PagingFormat>(mm: &Mm<'_, P, F>) -> CheckResult {
+    for words in 2..=MAX_KMALLOC_WORDS as usize {
+        for gfp in [GfpFlags::KERNEL, GfpFlags::ATOMIC] {
+            let p = mm
+                .kmalloc(words * 8, gfp)
+                .map_err(|e| Reason::new(format_args!("kmalloc({}): {e:?}", words * 8)))?;
+            // SAFETY: a live kmalloc object nobody else uses.
+            unsafe { mm.kfree(p) }.map_err(|e| Reason::new(format_args!("kfree: {e:?}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// Free what the workers left in the ring, checking each object. Returns how many.
+pub fn drain_ring<P: IrqControl, F: PagingFormat, H: StressHooks>(
+    mm: &Mm<'_, P, F>,
+    ring: &Ring,
+    hooks: &H,
+) -> Result<u64, Reason> {
+    let mut n = 0;
+    while let Some(addr) = ring.pop(0) {
+        let Some(p) = NonNull::new(addr as *mut u8) else {
+            fail!("null in the ring");
+        };
+        free_kobj(mm, hooks, KObj(p))?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Give every cached object and page back: every CPU's kmalloc and `typed` arrays drained
+/// on that CPU (`run_on_cpu`), empty slabs released, then every CPU's per-CPU page lists
+/// drained on that CPU. Call with interrupts on, the workers finished. Returns the CPUs the
+/// platform could not reach (0 when all were).
+pub fn quiesce<P: IrqControl, F: PagingFormat>(
+    mm: &Mm<'_, P, F>,
+    typed: &MmTypedCache<'_, Tagged, P>,
+) -> usize {
+    mm.kmalloc_shrink();
+    typed.cache().shrink();
+    let platform = mm.platform();
+    let buddy = mm.buddy();
+    (0..platform.nr_cpus())
+        .filter(|&cpu| !platform.run_on_cpu(cpu, &|| buddy.drain_local_pages()))
+        .count()
+}
+
+/// The figures that must be the same before and after the stress run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Free memory (zones plus per-CPU lists), KiB.
+    pub free_kb: u64,
+    /// Of that, on per-CPU lists.
+    pub pcp_kb: u64,
+    /// Slab pages.
+    pub slab_kb: u64,
+    /// `alloc_pages` memory per mobility.
+    pub pages_kb: [u64; 3],
+    /// vmalloc frames.
+    pub vmalloc_kb: u64,
+    /// Page-table frames.
+    pub page_tables_kb: u64,
+}
+
+impl Snapshot {
+    /// Take the figures from `meminfo`.
+    pub fn of(m: &MemInfo) -> Self {
+        Self {
+            free_kb: m.free_kb,
+            pcp_kb: m.pcp_kb,
+            slab_kb: m.slab_kb,
+            pages_kb: m.pages_kb,
+            vmalloc_kb: m.vmalloc_used_kb,
+            page_tables_kb: m.page_tables_kb,
+        }
+    }
+
+    /// Fail unless `after` equals `self`.
+    pub fn unchanged(&self, after: &Snapshot) -> CheckResult {
+        ensure!(
+            self == after,
+            "before {:?} after {:?}",
+            (self.free_kb, self.slab_kb, self.pages_kb),
+            (after.free_kb, after.slab_kb, after.pages_kb)
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mmkit::addr::host::HostPlatform;
+    use mmkit::addr::{PhysAddr, PhysRange, VirtRange};
+    use mmkit::host::HostRam;
+    use mmkit::pgtable::arch::x86_64::X86_64;
+    use mmkit::slab::CacheConfig;
+    use mmkit::{MmBuilder, NotLoaded};
+    use std::sync::atomic::AtomicU64;
+
+    const MIB: u64 = 1 << 20;
+
+    struct HostHooks {
+        calls: AtomicU64,
+    }
+
+    impl StressHooks for HostHooks {
+        type Tlb = NotLoaded;
+        fn tlb(&self) -> NotLoaded {
+            // SAFETY: the host table is never loaded into an MMU.
+            unsafe { NotLoaded::new() }
+        }
+        fn vmalloc_ptr(&self, _va: VirtAddr) -> Option<NonNull<u8>> {
+            None
+        }
+        fn enter_mm(&self) {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+        }
+        fn leave_mm(&self) {}
+    }
+
+    fn host_mm(mem: &HostRam, cpus: usize) -> Mm<'_, HostPlatform, X86_64> {
+        let ram = PhysRange::from_start_size(PhysAddr::new(MIB), 63 * MIB).unwrap();
+        let window =
+            VirtRange::from_start_size(VirtAddr::new(0xffff_c900_0000_0000), 1 << 30).unwrap();
+        // SAFETY: `mem` stands for the whole map and nothing else uses it.
+        unsafe { MmBuilder::new(HostPlatform::new(cpus), mem) }
+            .memory(ram)
+            .vmalloc_area(X86_64::FOUR_LEVEL, window)
+            .boot()
+            .unwrap()
+    }
+
+    #[test]
+    fn four_cpus_stress_and_give_everything_back() {
+        let mem = HostRam::new(PhysAddr::new(0), 64 * MIB);
+        let mm = host_mm(&mem, 4);
+        let typed = mm
+            .typed_cache::<Tagged>(CacheConfig::new("stress", core::mem::size_of::<Tagged>()))
+            .unwrap();
+        let ring = Ring::new();
+        let hooks = HostHooks {
+            calls: AtomicU64::new(0),
+        };
+        let cfg = StressConfig { ops: 3000, seed: 7 };
+        // Warm up the caches the run will use, so the "before" figures include them.
+        warm_up(&mm).unwrap();
+        std::thread::scope(|s| {
+            for cpu in 0..4 {
+                let (mm, typed, ring, hooks) = (&mm, &typed, &ring, &hooks);
+                s.spawn(move || {
+                    mm.platform().bind_current_thread(cpu);
+                    let warm = StressConfig { ops: 300, seed: 1 };
+                    worker(mm, typed, ring, &warm, cpu, hooks).unwrap();
+                });
+            }
+        });
+        drain_ring(&mm, &ring, &hooks).unwrap();
+        assert_eq!(quiesce(&mm, &typed), 0);
+        let before = Snapshot::of(&mm.meminfo());
+        let reports: Vec<CpuReport> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|cpu| {
+                    let (mm, typed, ring, hooks) = (&mm, &typed, &ring, &hooks);
+                    s.spawn(move || {
+                        mm.platform().bind_current_thread(cpu);
+                        worker(mm, typed, ring, &cfg, cpu, hooks)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap().unwrap())
+                .collect()
+        });
+        drain_ring(&mm, &ring, &hooks).unwrap();
+        assert_eq!(quiesce(&mm, &typed), 0);
+        let after = Snapshot::of(&mm.meminfo());
+        before.unchanged(&after).unwrap();
+        assert!(reports.iter().all(|r| r.ops == 3000), "{reports:?}");
+        assert!(
+            reports.iter().map(|r| r.remote_frees).sum::<u64>() > 0,
+            "{reports:?}"
+        );
+        assert!(reports
+            .iter()
+            .all(|r| r.vmallocs > 0 && r.pages > 0 && r.typed > 0));
+        drop(typed);
+        let mut mm = mm;
+        mm.verify().unwrap();
+    }
+
+    #[test]
+    fn a_damaged_object_is_reported_on_free() {
+        let mem = HostRam::new(PhysAddr::new(0), 64 * MIB);
+        let mm = host_mm(&mem, 1);
+        let hooks = HostHooks {
+            calls: AtomicU64::new(0),
+        };
+        let p = mm.kmalloc(64, GfpFlags::KERNEL).unwrap();
+        // SAFETY: a fresh 64-byte object.
+        let o = unsafe { KObj::init(p, 8, 42) }.unwrap();
+        // Another "owner" writes into it, as a double hand-out would.
+        // SAFETY: the object is live and ours.
+        unsafe { rawmem::store_word(p, 5, 0) };
+        let ring = Ring::new();
+        assert!(ring.push(o.0.as_ptr() as usize, 3));
+        let err = drain_ring(&mm, &ring, &hooks).unwrap_err();
+        assert!(err.as_str().contains("reads 0x0"), "{err:?}");
+    }
+
+    #[test]
+    fn ring_hands_each_object_out_once() {
+        let ring = Ring::new();
+        for a in 1..=RING_SLOTS {
+            assert!(ring.push(a * 8, a));
+        }
+        assert!(!ring.push(4096, 0), "full");
+        let mut seen: Vec<usize> = (0..RING_SLOTS).map(|i| ring.pop(i).unwrap()).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (1..=RING_SLOTS).map(|a| a * 8).collect::<Vec<_>>());
+        assert_eq!(ring.pop(0), None);
+    }
+}
