@@ -569,6 +569,11 @@ fn inject_failure(h: &mut Harness<Serial>, cmdline: &str, map: &MemoryMap) {
             });
         }
         Ok(Some(Injection::Panic)) => panic!("injected by {}=panic", checks::INJECT_PARAM),
+        Ok(Some(Injection::Shootdown)) => {
+            h.run("injected_failure", || {
+                fail!("{}=shootdown needs the SMP kernel", checks::INJECT_PARAM)
+            });
+        }
         Ok(Some(Injection::Fault)) => {
             let target = unbacked_address(map).unwrap_or(0x3000_0000) as *const u64;
             // SAFETY: deliberately faulting: nothing decodes the address, so the read aborts

@@ -21,7 +21,7 @@ pub const FIRMWARE_SLACK: u64 = 4 << 20;
 /// each way of failing is reported (see [`Injection`]).
 pub const INJECT_PARAM: &str = "mmkit.inject";
 
-/// A failure injected on purpose (`mmkit.inject=check|panic|fault`).
+/// A failure injected on purpose (`mmkit.inject=check|panic|fault|shootdown`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Injection {
     /// One extra check that fails.
@@ -30,6 +30,9 @@ pub enum Injection {
     Panic,
     /// An access that faults with no exception-table entry, after the checks.
     Fault,
+    /// TLB shootdowns skip the other CPUs (the cross-CPU protocol broken): the SMP
+    /// self-test must notice the stale translations.
+    Shootdown,
 }
 
 /// The injection requested on `cmdline`: `Ok(None)` without the parameter, `Err(value)` for a
@@ -40,6 +43,7 @@ pub fn injection(cmdline: &str) -> Result<Option<Injection>, &str> {
         Some("check") => Ok(Some(Injection::Check)),
         Some("panic") => Ok(Some(Injection::Panic)),
         Some("fault") => Ok(Some(Injection::Fault)),
+        Some("shootdown") => Ok(Some(Injection::Shootdown)),
         Some(other) => Err(other),
     }
 }
@@ -218,6 +222,10 @@ mod tests {
         assert_eq!(
             injection("mmkit.inject=fault b"),
             Ok(Some(Injection::Fault))
+        );
+        assert_eq!(
+            injection("mmkit.inject=shootdown"),
+            Ok(Some(Injection::Shootdown))
         );
         assert_eq!(injection("mmkit.inject=boom"), Err("boom"));
     }

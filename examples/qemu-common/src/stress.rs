@@ -545,14 +545,24 @@ impl Snapshot {
         }
     }
 
-    /// Fail unless `after` equals `self`.
+    /// Fail unless `after` equals `self`, naming the first figure that moved.
     pub fn unchanged(&self, after: &Snapshot) -> CheckResult {
-        ensure!(
-            self == after,
-            "before {:?} after {:?}",
-            (self.free_kb, self.slab_kb, self.pages_kb),
-            (after.free_kb, after.slab_kb, after.pages_kb)
-        );
+        let figures = [
+            ("free", self.free_kb, after.free_kb),
+            ("per-CPU", self.pcp_kb, after.pcp_kb),
+            ("slab", self.slab_kb, after.slab_kb),
+            ("unmovable pages", self.pages_kb[0], after.pages_kb[0]),
+            ("movable pages", self.pages_kb[1], after.pages_kb[1]),
+            ("reclaimable pages", self.pages_kb[2], after.pages_kb[2]),
+            ("vmalloc", self.vmalloc_kb, after.vmalloc_kb),
+            ("page tables", self.page_tables_kb, after.page_tables_kb),
+        ];
+        for (what, before, now) in figures {
+            ensure!(
+                before == now,
+                "{what} memory: {before} KiB before, {now} KiB after"
+            );
+        }
         Ok(())
     }
 }
