@@ -66,6 +66,7 @@ boot_gdt:
     .quad 0x0000930000000000    /* 0x10: data, present, writable, accessed */
 boot_gdt_end:
     .balign 8
+    .global boot_gdt_ptr
 boot_gdt_ptr:
     .word boot_gdt_end - boot_gdt - 1
     .quad boot_gdt

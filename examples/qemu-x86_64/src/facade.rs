@@ -4,8 +4,10 @@
 //! live, so the direct map reaches all RAM):
 //!
 //! 1. [`boot`]: [`MmBuilder`] over the PVH e820 table (bootmem's e820 ingestion), with the
-//!    kernel image, the boot data, the low 1 MiB and the interim table pool reserved; the
-//!    platform hooks are the boot CPU ([`Bsp`]: one CPU, the real `cli`/`sti` guard); the
+//!    kernel image, the boot data, the low 1 MiB and the interim table pool reserved, and one
+//!    page below 1 MiB allocated from bootmem first for the APs' real-mode trampoline (given
+//!    back once they run); the platform hooks are the machine's CPUs ([`Cpus`]: APIC ids,
+//!    the real `cli`/`sti` guard, IPIs); the
 //!    kernel map is the direct map ([`KERNEL_MAP`]); the facade creates its kernel page table
 //!    (4-level) with a vmalloc window at [`VMALLOC_BASE`] (Linux's `VMALLOC_START` for 4-level
 //!    paging).
@@ -24,8 +26,9 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt::Write;
 
-use mmkit::addr::{PhysRange, VirtAddr, VirtRange};
+use mmkit::addr::{PhysAddr, PhysRange, VirtAddr, VirtRange, PAGE_SIZE};
 use mmkit::bootmem::firmware::e820::{E820Entry, E820Type};
+use mmkit::bootmem::AllocRequest;
 use mmkit::pgtable::arch::x86_64::X86_64;
 use mmkit::pgtable::arch::x86_64_hw::LocalTlb;
 use mmkit::pgtable::TlbInvalidate;
@@ -37,7 +40,7 @@ use mmkit_qemu_common::{ensure, fail};
 
 use crate::memmap::BootInfo;
 use crate::mmu::{self, PagingFeatures, DIRECT_MAP_BASE, DIRECT_MAP_LIMIT};
-use crate::platform::Bsp;
+use crate::platform::Cpus;
 use crate::traps::{self, Fault, VECTOR_PAGE_FAULT};
 
 /// The kernel map the facade uses: the direct map.
@@ -52,12 +55,12 @@ pub const VMALLOC_BASE: u64 = 0xffff_c900_0000_0000;
 pub const VMALLOC_SIZE: u64 = 1 << 30;
 
 /// The kernel's memory manager.
-pub type KernelMm = Mm<'static, Bsp, X86_64>;
+pub type KernelMm = Mm<'static, Cpus, X86_64>;
 
 /// The kernel's heap: mmkit's `GlobalAlloc` adapter (kmalloc up to its largest class, whole
 /// buddy blocks above). Allocations fail until [`install_global`].
 #[global_allocator]
-pub static GLOBAL: GlobalMm<Bsp, X86_64> = GlobalMm::new();
+pub static GLOBAL: GlobalMm<Cpus, X86_64> = GlobalMm::new();
 
 /// The PVH memory map as e820 entries for bootmem's ingestion. Call it while the boot
 /// tables are loaded: the PVH table may sit in page 0, which the kernel's own tables leave
@@ -75,19 +78,34 @@ pub fn e820_entries(info: &BootInfo) -> ([E820Entry; MemoryMap::CAPACITY], usize
     (entries, n)
 }
 
-/// Step 1 (module docs): boot mmkit from the e820 map with `reserved` kept out.
-pub fn boot(e820: &[E820Entry], reserved: &[PhysRange]) -> Result<KernelMm, BootError> {
+/// Step 1 (module docs): boot mmkit from the e820 map for `cpus` with `reserved` and `low`
+/// kept out, after taking the APs' trampoline page below `low`'s end from bootmem. Returns the
+/// trampoline page too (`None` if bootmem had none: the kernel then stays on one CPU).
+pub fn boot(
+    cpus: Cpus,
+    e820: &[E820Entry],
+    reserved: &[PhysRange],
+    low: PhysRange,
+) -> Result<(KernelMm, Option<PhysAddr>), BootError> {
     let window = VirtRange::from_start_size(VirtAddr::new(VMALLOC_BASE), VMALLOC_SIZE)
         .unwrap_or(VirtRange::EMPTY);
     // SAFETY: everything in use is in `reserved` (kernel image with its stack, boot tables
-    // and IDT; the PVH start info, map and command line; the low 1 MiB; the interim page
-    // tables), the free RAM is unused (the earlier checks are done with theirs), and the
+    // and IDT; the PVH start info, map and command line; the interim page tables) or in `low`
+    // (the first 1 MiB, reserved once the trampoline page is taken from its free RAM, which
+    // nothing uses), the free RAM is unused (the earlier checks are done with theirs), and the
     // direct map reaches all RAM.
-    let mut builder = unsafe { MmBuilder::new(Bsp, &KERNEL_MAP) }.e820(e820);
+    let mut builder = unsafe { MmBuilder::new(cpus, &KERNEL_MAP) }.e820(e820);
     for r in reserved {
         builder = builder.reserve(*r);
     }
-    builder.vmalloc_area(X86_64::FOUR_LEVEL, window).boot()
+    // Above the real-mode interrupt table and BIOS data, below the end of low memory.
+    let request = AllocRequest::new(PAGE_SIZE, PAGE_SIZE)
+        .above(PhysAddr::new(0x1000))
+        .below(low.end());
+    let trampoline = builder.bootmem_mut().alloc_request(&request).ok();
+    builder = builder.reserve(low);
+    let mm = builder.vmalloc_area(X86_64::FOUR_LEVEL, window).boot()?;
+    Ok((mm, trampoline))
 }
 
 /// Step 2 (module docs): map the kernel into the facade's table and load it into CR3.
@@ -133,7 +151,10 @@ pub fn probe(va: VirtAddr) -> ProbeOutcome {
 /// The invalidator of the facade's mover (movable pages): [`tlb`] on each call.
 pub struct KernelMoverTlb;
 
-// SAFETY: one CPU runs the kernel and has loaded the facade's table, and no interrupt handler touches the page tables: `invlpg` on this CPU reaches every TLB that may hold a translation (`tlb`'s contract). `with_tlb` calls `f` once and nothing else.
+// SAFETY: the mover runs only in the checks before the APs start, when one CPU has loaded the
+// facade's table and no interrupt handler touches the page tables: `invlpg` on this CPU
+// reaches every TLB that may hold a translation (`tlb`'s contract). `with_tlb` calls `f` once
+// and nothing else.
 unsafe impl MoverTlb for KernelMoverTlb {
     fn with_tlb(&self, f: &mut dyn FnMut(&mut dyn TlbInvalidate)) {
         f(&mut tlb())
@@ -143,9 +164,10 @@ unsafe impl MoverTlb for KernelMoverTlb {
 /// The one [`KernelMoverTlb`], given to `Mm::enable_movable`.
 pub static MOVER_TLB: KernelMoverTlb = KernelMoverTlb;
 
-/// The kernel's TLB invalidation for vmalloc's flush tokens.
+/// The kernel's TLB invalidation for vmalloc's flush tokens before the APs start (then
+/// [`crate::smp::ShootdownTlb`]).
 pub fn tlb() -> LocalTlb {
-    // SAFETY: one CPU, and no interrupt handler touches the page tables.
+    // SAFETY: used only while one CPU runs, and no interrupt handler touches the page tables.
     unsafe { LocalTlb::new() }
 }
 

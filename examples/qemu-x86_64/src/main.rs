@@ -29,6 +29,7 @@
 
 extern crate alloc;
 
+mod apic;
 mod boot;
 mod facade;
 mod memmap;
@@ -36,6 +37,7 @@ mod mmu;
 mod paging;
 mod platform;
 mod selftest;
+mod smp;
 mod traps;
 
 use core::panic::PanicInfo;
@@ -45,6 +47,7 @@ use platform::{exit, ExitCode};
 /// The Rust entry point, called by `boot.rs` on the boot stack with the physical address of
 /// QEMU's `hvm_start_info`.
 pub extern "C" fn kmain(start_info: u64) -> ! {
+    smp::init_boot_cpu();
     platform::serial_init();
     boot::paint_boot_stack();
     println!();

@@ -1,14 +1,16 @@
 //! The machine as mmkit sees it: serial console, QEMU exit, and the platform hooks.
 //!
 //! * Serial: the 16550 UART at COM1 (I/O port 0x3f8), 115200 8N1, polled. `println!` writes
-//!   there; there is one CPU and the console is not used from the exception handler except on
-//!   the way out, so no lock is needed.
+//!   there; only the boot CPU prints (see below), so no lock is needed.
 //! * Exit: QEMU's `isa-debug-exit` device at port 0xf4 (`-device
 //!   isa-debug-exit,iobase=0xf4,iosize=0x04`); writing `v` ends QEMU with status
 //!   `(v << 1) | 1`, so [`ExitCode::Success`] gives 33 and [`ExitCode::Failure`] 35 — neither
 //!   can be confused with QEMU's own 0/1 (for instance a triple fault under `-no-reboot`).
-//! * [`Bsp`]: the boot CPU, implementing [`CpuTopology`] (one CPU, id 0) and [`IrqControl`]
-//!   with the real interrupt flag (`pushfq`/`cli`, `sti` on restore).
+//!   While other CPUs run, only the boot CPU prints (the others report through memory), except
+//!   for a fatal exception on the way out.
+//! * [`Cpus`]: the machine's CPUs, implementing [`CpuTopology`] (ids are APIC ids, read from
+//!   the per-CPU area in `GS`) and [`IrqControl`] with the real interrupt flag
+//!   (`pushfq`/`cli`, `sti` on restore) and IPIs for `run_on_cpu` ([`crate::smp`]).
 //! * [`IDENTITY`]: the [`OffsetMapper`] for the boot identity map of the first 4 GiB (until
 //!   the kernel switches to its own tables; `mmu::DIRECT` after that).
 //!
@@ -174,29 +176,48 @@ pub unsafe fn enable_interrupts() {
     unsafe { asm!("sti", options(nomem, nostack)) };
 }
 
-/// The boot CPU: the only CPU this kernel runs on.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Bsp;
+/// The machine's CPUs as mmkit sees them: `nr` CPUs whose ids are their APIC ids
+/// ([`crate::smp`]), the real interrupt flag as the guard, and IPIs for cross-CPU calls.
+#[derive(Debug, Clone, Copy)]
+pub struct Cpus {
+    nr: usize,
+}
 
-// SAFETY: only the boot CPU runs kernel code (no AP is started), so there is exactly one CPU
-// and its id, 0, never changes.
-unsafe impl CpuTopology for Bsp {
-    fn nr_cpus(&self) -> usize {
-        1
-    }
-
-    fn current_cpu(&self) -> usize {
-        0
+impl Cpus {
+    /// `nr` CPUs (at least 1), the count QEMU reports.
+    pub const fn new(nr: usize) -> Self {
+        Self {
+            nr: if nr == 0 { 1 } else { nr },
+        }
     }
 }
 
-// SAFETY: `save_disable` clears RFLAGS.IF, so until `restore` no interrupt handler can run on
-// this (only) CPU; `restore` sets IF again only if it was set before, so nested sections keep
-// interrupts off until the outermost one ends.
-unsafe impl IrqControl for Bsp {
+// SAFETY: `nr` never changes. `current_cpu` reads the id from the CPU's own per-CPU area
+// (`GS`), set before any mmkit call on that CPU and never changed; a CPU comes online only if
+// its id is below `nr` (`smp::start_aps`, and the self-test checks the boot CPU's), and a CPU
+// never runs another CPU's code path, so the value is stable for a whole section.
+unsafe impl CpuTopology for Cpus {
+    fn nr_cpus(&self) -> usize {
+        self.nr
+    }
+
+    #[inline]
+    fn current_cpu(&self) -> usize {
+        crate::smp::this_cpu()
+    }
+}
+
+// SAFETY: `save_disable` clears RFLAGS.IF, so until `restore` no interrupt handler — the only
+// other context on a CPU — can run on the calling CPU; `restore` sets IF again only if it was
+// set before, so nested sections keep interrupts off until the outermost one ends.
+// `run_on_cpu` runs `f` either here with IF clear, or on the target inside its IPI handler
+// (IF clear, so outside every section of that CPU), and returns `true` only after `f`
+// finished (`smp::run_on_cpu`).
+unsafe impl IrqControl for Cpus {
     /// Whether interrupts were enabled.
     type State = bool;
 
+    #[inline]
     fn save_disable(&self) -> bool {
         let was_enabled = interrupts_enabled();
         // SAFETY: disabling interrupts is always allowed.
@@ -204,12 +225,17 @@ unsafe impl IrqControl for Bsp {
         was_enabled
     }
 
+    #[inline]
     unsafe fn restore(&self, was_enabled: bool) {
         if was_enabled {
             // SAFETY: interrupts were enabled when the matching `save_disable` ran, so the
             // IDT that made that safe is still in place.
             unsafe { enable_interrupts() };
         }
+    }
+
+    fn run_on_cpu(&self, cpu: usize, f: &(dyn Fn() + Sync)) -> bool {
+        cpu < self.nr && crate::smp::run_on_cpu(cpu, f)
     }
 }
 

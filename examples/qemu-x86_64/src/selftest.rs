@@ -6,7 +6,9 @@
 //! Memory used by a check is chosen with [`MemoryMap::find_free_top_down`] clear of the kernel
 //! image and the boot data; nothing else allocates yet, so such memory is the check's own.
 
-use mmkit_addr::{PageSize, PhysAddr, PhysMapper, PhysRange, VirtAddr, PAGE_SIZE};
+use mmkit::slab::CacheConfig;
+use mmkit::MmTypedCache;
+use mmkit_addr::{IrqControl, PageSize, PhysAddr, PhysMapper, PhysRange, VirtAddr, PAGE_SIZE};
 use mmkit_bootmem::firmware::e820::{self, E820Entry, E820Type};
 use mmkit_bootmem::Bootmem;
 use mmkit_pgtable::arch::x86_64_hw::LocalTlb;
@@ -16,15 +18,18 @@ use mmkit_qemu_common::checks::Injection;
 use mmkit_qemu_common::frames::{PoolFrames, WindowMapper};
 use mmkit_qemu_common::harness::{CheckResult, Harness, Outcome, Reason};
 use mmkit_qemu_common::memmap::MemoryMap;
+use mmkit_qemu_common::stress;
 use mmkit_qemu_common::{checks, ensure, fail};
 use mmkit_qemu_common::{mm_checks, mmu_checks};
 
-use crate::facade;
+use crate::apic;
+use crate::facade::{self, KernelMm};
 use crate::memmap::{kernel_image, BootInfo};
 use crate::mmu::{self, KernelTable, DIRECT_MAP_BASE};
 use crate::paging::{self, BLOCK_SIZE};
-use crate::platform::{interrupts_enabled, Bsp, Serial, IDENTITY, IDENTITY_LIMIT};
+use crate::platform::{interrupts_enabled, Cpus, Serial, IDENTITY, IDENTITY_LIMIT};
 use crate::println;
+use crate::smp;
 use crate::traps::{self, Fault, PF_INSTRUCTION, PF_PRESENT, PF_WRITE, VECTOR_PAGE_FAULT};
 
 /// Linux keeps the first 1 MiB of an x86 machine reserved (BIOS data, real-mode trampolines:
@@ -61,7 +66,7 @@ pub fn run(boot: &BootInfo) -> Outcome {
         checks::range_is_ram(map, kernel, "kernel image")
     });
     h.run("irq_guard_nests", || {
-        checks::irq_guard_nests(&Bsp, interrupts_enabled)
+        checks::irq_guard_nests(&Cpus::new(1), interrupts_enabled)
     });
     h.run("identity_mapper_translates", || {
         checks::mapper_translates(&IDENTITY, 0, IDENTITY_LIMIT, kernel)
@@ -100,11 +105,15 @@ pub fn run(boot: &BootInfo) -> Outcome {
     let outcome = bootmem_sequence(&mut h, boot, &exclude, &keep);
     let pool = outcome.kept[0];
     let live = mmu_sequence(&mut h, map, pool, &exclude);
+    let injection = checks::injection(boot.cmdline);
+    if injection == Ok(Some(Injection::Shootdown)) {
+        smp::skip_shootdowns();
+    }
     match pool {
         Some(pool) if live => facade_sequence(&mut h, boot, &e820[..nr_e820], &exclude, pool),
         _ => h.skip("mm_*", "needs the interim tables with the direct map"),
     }
-    inject_failure(&mut h, boot.cmdline);
+    inject_failure(&mut h, injection);
     let used = crate::boot::boot_stack_used();
     let size = crate::boot::USABLE_STACK_SIZE as u64;
     println!(
@@ -411,21 +420,16 @@ fn facade_sequence(
     exclude: &[PhysRange],
     pool: PhysRange,
 ) {
-    let reserved = [
-        exclude[0],
-        exclude[1],
-        exclude[2],
-        exclude[3],
-        low_memory(),
-        pool,
-    ];
+    let reserved = [exclude[0], exclude[1], exclude[2], exclude[3], pool];
+    let nr_cpus = apic::fw_cfg_cpus().unwrap_or(1).clamp(1, smp::MAX_CPUS);
     let mut booted = None;
     h.run("mm_boots_from_the_firmware_map", || {
-        let mm = facade::boot(e820, &reserved).map_err(|e| Reason::new(format_args!("{e}")))?;
-        booted = Some(mm);
+        let booted_mm = facade::boot(Cpus::new(nr_cpus), e820, &reserved, low_memory())
+            .map_err(|e| Reason::new(format_args!("{e}")))?;
+        booted = Some(booted_mm);
         Ok(())
     });
-    let Some(mut mm) = booted else {
+    let Some((mut mm, trampoline)) = booted else {
         h.skip("mm_*", "mmkit did not boot");
         return;
     };
@@ -506,6 +510,11 @@ fn facade_sequence(
                 facade::collections_on_global(mm)
             });
             println!("mmkit-qemu: after the collections:\n{}", mm.meminfo());
+            if adopted {
+                smp_sequence(h, mm, trampoline, nr_cpus);
+            } else {
+                h.skip("smp_*", "the APs need the mm page table");
+            }
         }
         Err(e) => {
             h.run("collections_on_the_global_allocator", || Err(e));
@@ -513,11 +522,263 @@ fn facade_sequence(
     }
 }
 
+/// Operations each CPU's stress worker does.
+const STRESS_OPS: u64 = 2_000;
+
+/// The SMP part (issue 13): start the other CPUs, give the trampoline back, timers on every
+/// CPU (allocating in their handlers), cross-CPU calls, the shootdown check, and the stress
+/// test with its before/after figures and `verify`.
+#[inline(never)]
+fn smp_sequence(
+    h: &mut Harness<Serial>,
+    mm: &'static KernelMm,
+    trampoline: Option<PhysAddr>,
+    nr_cpus: usize,
+) {
+    println!(
+        "mmkit-qemu: {nr_cpus} CPU(s) (fw_cfg), boot CPU APIC id {}",
+        smp::this_cpu()
+    );
+    let started = h.run("smp_brings_up_every_cpu", || {
+        let Some(page) = trampoline else {
+            fail!("bootmem gave no trampoline page below 1 MiB");
+        };
+        let online = smp::start_aps(mm, page, nr_cpus)?;
+        ensure!(online == nr_cpus, "{online} of {nr_cpus} CPUs came online");
+        Ok(())
+    });
+    if let Some(page) = trampoline {
+        h.run("smp_trampoline_goes_back_to_the_buddy", || {
+            let range = smp::trampoline_range(page);
+            // SAFETY: every AP has left the trampoline (it is online and runs kernel code on
+            // the facade's table) or never will (the start-up IPIs were sent once, before
+            // the wait ended); nothing else uses the page.
+            let freed = unsafe { mm.free_reserved_range(range) }
+                .map_err(|e| Reason::new(format_args!("{e}")))?;
+            ensure!(
+                freed == 1,
+                "freed {freed} frames of the trampoline page {range}"
+            );
+            Ok(())
+        });
+    }
+    if !started {
+        h.skip("smp_*", "not every CPU came up");
+        return;
+    }
+    smp::start_boot_cpu_timer();
+    smp::set_timer_allocations(true);
+    h.run("smp_run_on_cpu_reaches_every_cpu", || {
+        for cpu in 0..nr_cpus {
+            let seen = core::sync::atomic::AtomicUsize::new(usize::MAX);
+            let apic_id = core::sync::atomic::AtomicUsize::new(usize::MAX);
+            let reached = mm.platform().run_on_cpu(cpu, &|| {
+                seen.store(smp::this_cpu(), core::sync::atomic::Ordering::SeqCst);
+                apic_id.store(apic::id(), core::sync::atomic::Ordering::SeqCst);
+            });
+            let (seen, apic_id) = (seen.into_inner(), apic_id.into_inner());
+            ensure!(reached, "CPU {cpu} not reached");
+            ensure!(
+                seen == cpu && apic_id == cpu,
+                "the call for CPU {cpu} ran on CPU {seen} (APIC id {apic_id})"
+            );
+        }
+        Ok(())
+    });
+    if nr_cpus > 1 {
+        h.run("smp_tlb_shootdown_reaches_other_cpus", || {
+            smp::shootdown_reaches_other_cpus(mm)
+        });
+    } else {
+        h.skip("smp_tlb_shootdown_reaches_other_cpus", "one CPU");
+    }
+    h.run("smp_stress_every_cpu", || stress(mm));
+    smp::set_timer_allocations(false);
+    let mut totals = [0u64; 4];
+    for cpu in 0..nr_cpus {
+        let Some(l) = smp::local_of(cpu) else {
+            continue;
+        };
+        let load = |a: &core::sync::atomic::AtomicU64| a.load(core::sync::atomic::Ordering::SeqCst);
+        let row = [
+            load(&l.ticks),
+            load(&l.ticks_in_mm),
+            load(&l.ipis_sent),
+            load(&l.calls_run),
+        ];
+        println!(
+            "mmkit-qemu: cpu {cpu}: {} timer interrupts, {} of them inside mmkit calls, {} timer allocation rounds ({} failed), {} IPIs sent, {} cross-CPU calls run",
+            row[0], row[1], load(&l.timer_allocs), load(&l.timer_failures), row[2], row[3]
+        );
+        for (t, v) in totals.iter_mut().zip(row) {
+            *t += v;
+        }
+    }
+    println!(
+        "mmkit-qemu: all CPUs: {} timer interrupts, {} inside mmkit calls, {} IPIs sent, {} calls run",
+        totals[0], totals[1], totals[2], totals[3]
+    );
+    h.run("smp_no_refused_call_or_failed_shootdown", || {
+        let (refused, shootdowns) = smp::failures();
+        ensure!(
+            refused == 0 && shootdowns == 0,
+            "{refused} cross-CPU calls refused, {shootdowns} shootdowns failed"
+        );
+        let failed: u64 = (0..nr_cpus)
+            .filter_map(smp::local_of)
+            .map(|l| l.timer_failures.load(core::sync::atomic::Ordering::SeqCst))
+            .sum();
+        ensure!(
+            failed == 0,
+            "{failed} GFP_ATOMIC allocations in timer handlers failed"
+        );
+        Ok(())
+    });
+}
+
+/// The shared state of one stress run, reached by every CPU's job through [`STRESS`].
+struct StressRun {
+    mm: &'static KernelMm,
+    typed: MmTypedCache<'static, stress::Tagged, Cpus>,
+    ring: stress::Ring,
+    cfg: stress::StressConfig,
+    results: [core::cell::UnsafeCell<Option<Result<stress::CpuReport, Reason>>>; smp::MAX_CPUS],
+}
+
+// SAFETY: each CPU writes only its own `results` slot, and the boot CPU reads them only after
+// `run_everywhere` returned (every job finished, with release/acquire on its counter); the
+// rest is shared through `&` and is `Sync` (`Mm`, the typed cache, the ring of atomics).
+unsafe impl Sync for StressRun {}
+
+static STRESS: core::sync::atomic::AtomicPtr<StressRun> =
+    core::sync::atomic::AtomicPtr::new(core::ptr::null_mut());
+
+fn stress_job(cpu: usize) {
+    let run = STRESS.load(core::sync::atomic::Ordering::Acquire);
+    if run.is_null() || cpu >= smp::MAX_CPUS {
+        return;
+    }
+    // SAFETY: `stress` keeps the run alive until every job returned.
+    let run = unsafe { &*run };
+    let r = stress::worker(
+        run.mm,
+        &run.typed,
+        &run.ring,
+        &run.cfg,
+        cpu,
+        &smp::KernelHooks,
+    );
+    // SAFETY: this CPU's own slot (see `StressRun`'s `Sync`).
+    unsafe { *run.results[cpu].get() = Some(r) };
+}
+
+/// The cross-CPU stress test (`mmkit_qemu_common::stress`), on every CPU with the timers on.
+fn stress(mm: &'static KernelMm) -> CheckResult {
+    let typed = mm
+        .typed_cache::<stress::Tagged>(CacheConfig::new(
+            "stress_tagged",
+            core::mem::size_of::<stress::Tagged>(),
+        ))
+        .map_err(|e| Reason::new(format_args!("typed cache: {e:?}")))?;
+    let run = StressRun {
+        mm,
+        typed,
+        ring: stress::Ring::new(),
+        cfg: stress::StressConfig {
+            ops: STRESS_OPS,
+            seed: 0x5eed,
+        },
+        results: [const { core::cell::UnsafeCell::new(None) }; smp::MAX_CPUS],
+    };
+    let hooks = smp::KernelHooks;
+    stress::warm_up(mm)?;
+    // A short round so every CPU's caches and the typed cache's slabs exist before the
+    // "before" figures.
+    let warm = stress::StressConfig { ops: 200, seed: 1 };
+    stress::worker(mm, &run.typed, &run.ring, &warm, smp::this_cpu(), &hooks)?;
+    // Timer handlers cache pages on their CPU: quiet while the figures are taken.
+    smp::set_timer_allocations(false);
+    stress::drain_ring(mm, &run.ring, &hooks)?;
+    ensure!(
+        stress::quiesce(mm, &run.typed) == 0,
+        "a CPU was not reachable for the drain"
+    );
+    let before = stress::Snapshot::of(&mm.meminfo());
+    smp::set_timer_allocations(true);
+
+    STRESS.store(
+        core::ptr::addr_of!(run) as *mut StressRun,
+        core::sync::atomic::Ordering::Release,
+    );
+    smp::run_everywhere(stress_job);
+    STRESS.store(core::ptr::null_mut(), core::sync::atomic::Ordering::Release);
+
+    let mut total = stress::CpuReport::default();
+    let mut first_failure = None;
+    for (cpu, slot) in run.results.iter().enumerate() {
+        // SAFETY: every job has finished (`run_everywhere` returned).
+        let Some(result) = (unsafe { &*slot.get() }) else {
+            continue;
+        };
+        match result {
+            Ok(r) => {
+                println!(
+                    "mmkit-qemu: stress cpu {cpu}: {} ops: {} kmalloc, {} remote frees, {} typed, {} alloc_pages, {} vmalloc, {} shrinks",
+                    r.ops, r.kmallocs, r.remote_frees, r.typed, r.pages, r.vmallocs, r.shrinks
+                );
+                total.ops += r.ops;
+                total.kmallocs += r.kmallocs;
+                total.remote_frees += r.remote_frees;
+                total.typed += r.typed;
+                total.pages += r.pages;
+                total.vmallocs += r.vmallocs;
+                total.shrinks += r.shrinks;
+            }
+            Err(e) => {
+                println!("mmkit-qemu: stress cpu {cpu}: FAILED: {}", e.as_str());
+                first_failure.get_or_insert(Reason::new(format_args!("cpu {cpu}: {}", e.as_str())));
+            }
+        }
+    }
+    println!(
+        "mmkit-qemu: stress total: {} ops: {} kmalloc, {} remote frees, {} typed, {} alloc_pages, {} vmalloc, {} shrinks",
+        total.ops, total.kmallocs, total.remote_frees, total.typed, total.pages, total.vmallocs, total.shrinks
+    );
+    if let Some(e) = first_failure {
+        return Err(e);
+    }
+    smp::set_timer_allocations(false);
+    let left = stress::drain_ring(mm, &run.ring, &hooks)?;
+    ensure!(
+        stress::quiesce(mm, &run.typed) == 0,
+        "a CPU was not reachable for the drain"
+    );
+    let after = stress::Snapshot::of(&mm.meminfo());
+    println!(
+        "mmkit-qemu: stress: {left} objects left in the ring freed; free {} KiB before, {} KiB after",
+        before.free_kb, after.free_kb
+    );
+    before.unchanged(&after)?;
+    let guard = mm.platform().irq_save();
+    // SAFETY: the other CPUs are idle (their jobs returned) and their timer handlers no
+    // longer allocate (`set_timer_allocations(false)` waited for the last), this CPU's
+    // interrupts are off, and `mm` is not used until the verify returns.
+    let verified = unsafe { facade::GLOBAL.verify_stopped() };
+    drop(guard);
+    smp::set_timer_allocations(true);
+    match verified {
+        Some(Ok(())) => Ok(()),
+        Some(Err(e)) => fail!("verify after the stress run: {e}"),
+        None => fail!("no global allocator"),
+    }
+}
+
 /// Fail on purpose if the command line asks for it (`mmkit.inject=`), so the boot script can
-/// prove each failure path is caught: a failing check, a panic, an unexpected page fault.
-fn inject_failure(h: &mut Harness<Serial>, cmdline: &str) {
-    match checks::injection(cmdline) {
-        Ok(None) => {}
+/// prove each failure path is caught: a failing check, a panic, an unexpected page fault. (A
+/// skipped shootdown was injected before the SMP checks, which must fail by themselves.)
+fn inject_failure(h: &mut Harness<Serial>, injection: Result<Option<Injection>, &str>) {
+    match injection {
+        Ok(None) | Ok(Some(Injection::Shootdown)) => {}
         Ok(Some(Injection::Check)) => {
             h.run("injected_failure", || {
                 fail!("injected by {}=check", checks::INJECT_PARAM)

@@ -31,6 +31,10 @@ use crate::println;
 
 /// Number of exception vectors handled.
 const VECTORS: usize = 32;
+/// Entries in the IDT: every vector, so the APIC's (timer, call IPI, spurious) fit.
+const IDT_ENTRIES: usize = 256;
+/// The interrupt vectors with a stub (`crate::apic`'s), handled by `crate::smp::handle_irq`.
+const IRQ_VECTORS: [u8; 3] = [0x40, 0x41, 0xff];
 
 /// The registers saved on exception entry, lowest address first.
 #[repr(C)]
@@ -88,6 +92,9 @@ trap_stub_\n:
     .irp n, 8,10,11,12,13,14,17,21,29,30
     TRAP_ERROR \n
     .endr
+    .irp n, 64,65,255
+    TRAP_NO_ERROR \n
+    .endr
 
 trap_common:
     push %rax
@@ -133,6 +140,9 @@ trap_stubs:
     .irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
     .quad trap_stub_\n
     .endr
+    .global irq_stubs
+irq_stubs:
+    .quad trap_stub_64, trap_stub_65, trap_stub_255
     "#,
     handler = sym handle_trap,
     options(att_syntax)
@@ -141,6 +151,8 @@ trap_stubs:
 extern "C" {
     /// Addresses of the 32 entry stubs, from the assembly above.
     static trap_stubs: [u64; VECTORS];
+    /// Addresses of the interrupt stubs, in the order of `IRQ_VECTORS`.
+    static irq_stubs: [u64; IRQ_VECTORS.len()];
     /// Bounds of the exception table, from the linker script.
     static __ex_table_start: ExEntry;
     static __ex_table_end: ExEntry;
@@ -186,8 +198,8 @@ impl Gate {
     }
 }
 
-/// The IDT. Written once by [`init`] before `lidt`, then only read by the CPU.
-static mut IDT: [Gate; VECTORS] = [Gate::MISSING; VECTORS];
+/// The IDT. Written once by [`init`] before `lidt`, then only read by the CPUs.
+static mut IDT: [Gate; IDT_ENTRIES] = [Gate::MISSING; IDT_ENTRIES];
 
 /// The operand of `lidt`.
 #[repr(C, packed)]
@@ -198,20 +210,35 @@ struct IdtPointer {
 
 /// Fill and load the IDT. Call once, early, with interrupts disabled.
 pub fn init() {
-    // SAFETY: `trap_stubs` is an initialised, immutable table emitted by the assembly above.
-    let stubs = unsafe { &*core::ptr::addr_of!(trap_stubs) };
-    // SAFETY: single CPU, interrupts off, called once before the IDT is loaded: nothing else
+    // SAFETY: `trap_stubs` and `irq_stubs` are initialised, immutable tables emitted by the
+    // assembly above.
+    let (stubs, irqs) = unsafe {
+        (
+            &*core::ptr::addr_of!(trap_stubs),
+            &*core::ptr::addr_of!(irq_stubs),
+        )
+    };
+    // SAFETY: one CPU, interrupts off, called once before the IDT is loaded: nothing else
     // reads or writes `IDT` while it is filled.
     let idt = unsafe { &mut *core::ptr::addr_of_mut!(IDT) };
     for (gate, &stub) in idt.iter_mut().zip(stubs) {
         *gate = Gate::interrupt(stub);
     }
+    for (&vector, &stub) in IRQ_VECTORS.iter().zip(irqs) {
+        idt[usize::from(vector)] = Gate::interrupt(stub);
+    }
+    load_idt();
+}
+
+/// Load the IDT [`init`] filled on the calling CPU (each AP does, once).
+pub fn load_idt() {
     let pointer = IdtPointer {
-        limit: (core::mem::size_of::<[Gate; VECTORS]>() - 1) as u16,
-        base: idt.as_ptr() as u64,
+        limit: (core::mem::size_of::<[Gate; IDT_ENTRIES]>() - 1) as u16,
+        base: core::ptr::addr_of!(IDT) as u64,
     };
-    // SAFETY: the IDT is a static (lives forever) whose every gate points at a stub that
-    // saves state and calls `handle_trap` with a valid frame.
+    // SAFETY: the IDT is a static (lives forever), filled before any CPU loads it, whose every
+    // present gate points at a stub that saves state and calls `handle_trap` with a valid
+    // frame.
     unsafe { asm!("lidt [{}]", in(reg) &pointer, options(readonly, nostack, preserves_flags)) };
 }
 
@@ -298,6 +325,10 @@ const EXCEPTION_NAMES: [&str; VECTORS] = [
 ];
 
 extern "C" fn handle_trap(frame: &mut TrapFrame) {
+    if frame.vector >= VECTORS as u64 {
+        crate::smp::handle_irq(frame.vector as u8);
+        return;
+    }
     let cr2 = read_cr2();
     if frame.vector == 3 {
         BREAKPOINTS.fetch_add(1, Ordering::SeqCst);
