@@ -5,14 +5,18 @@
 #   scripts/qemu-test.sh            host tests of examples/qemu-common, build, then all boots
 #
 # Boots (each with a timeout, serial output saved to $QEMU_LOG_DIR/<name>.log and echoed):
-#   x86_64  PVH on q35: -m 512M with the default CPU (2 MiB pages), and -m 3G (RAM above
-#           4 GiB) with -cpu max (1 GiB pages)                success: status 33
+#   x86_64  PVH on q35: -m 512M with the default CPU (2 MiB pages) on one CPU and on four,
+#           and -m 3G (RAM above 4 GiB) with -cpu max (1 GiB pages) on four
+#                                                            success: status 33
 #   aarch64 virt at EL1, and at EL2 (virtualization=on)      success: status 0
+# Four CPUs run under QEMU's multi-threaded TCG (-accel tcg,thread=multi): the kernel starts
+# them, runs a timer on each that allocates in its handler, and the cross-CPU stress test.
 # Success also needs the kernel's line "mmkit-qemu: all N checks passed" on the serial port.
 # Then, per architecture, three boots with a failure injected on the kernel command line
 # (a failing check, a panic, an unexpected fault) must each be reported as a failure: the
 # failure status, the matching message, and no success line. They prove this script would
-# notice a broken kernel.
+# notice a broken kernel. On x86_64 a fourth, on four CPUs, breaks the cross-CPU protocol
+# (TLB shootdowns skip the other CPUs), which the SMP checks must report.
 #
 # Environment:
 #   QEMU_TARGET_DIR   cargo target dir for the kernels   (default: target/qemu)
@@ -132,9 +136,12 @@ boot() {
   fi
 }
 
+smp4=(-smp 4 -accel tcg,thread=multi)
 boot x86_64-pvh-512m 33 "$success_re" no -- "${x86[@]}" -m 512M -append "mmkit.expect_mem=512M"
-boot x86_64-pvh-3g-cpu-max 33 "$success_re" no -- \
-  "${x86[@]}" -cpu max -m 3G -append "mmkit.expect_mem=3G"
+boot x86_64-pvh-512m-smp4 33 "$success_re" no -- \
+  "${x86[@]}" "${smp4[@]}" -m 512M -append "mmkit.expect_mem=512M"
+boot x86_64-pvh-3g-cpu-max-smp4 33 "$success_re" no -- \
+  "${x86[@]}" "${smp4[@]}" -cpu max -m 3G -append "mmkit.expect_mem=3G"
 boot aarch64-virt-el1 0 "$success_re" no -- \
   "${arm[@]}" -machine virt -m 512M -append "mmkit.expect_mem=512M"
 boot aarch64-virt-el2 0 "$success_re" no -- \
@@ -151,6 +158,8 @@ if [ "${QEMU_SKIP_NEGATIVE:-0}" != 1 ]; then
     boot "aarch64-inject-$kind" 1 "${!re_var}" yes -- \
       "${arm[@]}" -machine virt -m 512M -append "mmkit.inject=$kind"
   done
+  boot x86_64-inject-shootdown 35 "$check_re" yes -- \
+    "${x86[@]}" "${smp4[@]}" -m 512M -append "mmkit.inject=shootdown"
 fi
 
 # ---------------------------------------------------------------------------------------------

@@ -523,7 +523,7 @@ fn facade_sequence(
 }
 
 /// Operations each CPU's stress worker does.
-const STRESS_OPS: u64 = 2_000;
+const STRESS_OPS: u64 = 4_000;
 
 /// The SMP part (issue 13): start the other CPUs, give the trampoline back, timers on every
 /// CPU (allocating in their handlers), cross-CPU calls, the shootdown check, and the stress
