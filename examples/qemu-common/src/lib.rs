@@ -27,6 +27,8 @@
 //!   and a mapper that reaches exactly that memory;
 //! * [`extable`]: the exception fixup table (Linux's `__ex_table`): instructions allowed to
 //!   fault, each with the address to resume at, so a kernel can *expect* a fault in a test;
+//! * [`smp`]: the arch-neutral half of SMP: per-CPU counters, cross-CPU call slots, jobs for
+//!   every CPU, the gate for allocating timer handlers;
 //! * [`stress`]: the cross-CPU stress self-test (per-CPU workers, remote frees through a
 //!   shared ring, quiesce, before/after figures);
 //! * [`rawmem`]: every raw-memory access (pattern write and verify, zero, zero test, stack
@@ -73,6 +75,10 @@ pub mod mm_checks;
 #[allow(unsafe_code)]
 pub mod mmu_checks;
 pub mod pvh;
+// Turns a cross-CPU call's published pointer back into the caller's closure, and a job's
+// published pointer back into its `fn`.
+#[allow(unsafe_code)]
+pub mod smp;
 // Writes and checks content patterns through `rawmem` in memory a booted `Mm` hands out.
 #[allow(unsafe_code)]
 pub mod rawmem;

@@ -132,7 +132,7 @@ pub struct CpuReport {
     pub ops: u64,
     /// kmalloc calls.
     pub kmallocs: u64,
-    /// Objects this CPU freed that another CPU allocated.
+    /// Objects this CPU took from the ring and freed that another CPU allocated.
     pub remote_frees: u64,
     /// Typed-cache allocations.
     pub typed: u64,
@@ -174,39 +174,42 @@ const MAX_KMALLOC_WORDS: u64 = 1024;
 /// Largest vmalloc area, in pages.
 const MAX_VMALLOC_PAGES: u64 = 4;
 
-/// A kmalloc object: word 0 holds its size in words, word 1 its pattern base, the rest the
-/// pattern — so a remote CPU can check it knowing only its address.
+/// A kmalloc object: word 0 holds its size in words (low half) and the CPU that allocated it
+/// (high half), word 1 its pattern base, the rest the pattern — so a remote CPU can check
+/// it knowing only its address.
 struct KObj(NonNull<u8>);
 
 impl KObj {
-    /// Fill a fresh object of `words` words (at least 2) with `base`.
+    /// Fill a fresh object of `words` words (at least 2) allocated on `cpu` with `base`.
     ///
     /// # Safety
     /// `ptr` is a live allocation of at least `words * 8` bytes the caller owns.
-    unsafe fn init(ptr: NonNull<u8>, words: usize, base: u64) -> Result<Self, Reason> {
+    unsafe fn init(ptr: NonNull<u8>, words: usize, cpu: usize, base: u64) -> Result<Self, Reason> {
         // SAFETY: the caller's allocation, at least `words` words, 8-byte aligned (kmalloc).
         unsafe {
-            rawmem::store_word(ptr, 0, words as u64);
+            rawmem::store_word(ptr, 0, words as u64 | (cpu as u64) << 32);
             rawmem::store_word(ptr, 1, base);
             rawmem::write_read_pattern(ptr.byte_add(16), words - 2, base)?;
         }
         Ok(Self(ptr))
     }
 
-    /// Check the object's header and pattern.
+    /// Check the object's header and pattern; returns the CPU that allocated it.
     ///
     /// # Safety
     /// The object is live and was made by [`KObj::init`].
-    unsafe fn check(&self) -> CheckResult {
+    unsafe fn check(&self) -> Result<usize, Reason> {
         // SAFETY: the caller's contract: a live object at least 2 words long.
-        let (words, base) = unsafe { (rawmem::load_word(self.0, 0), rawmem::load_word(self.0, 1)) };
+        let (head, base) = unsafe { (rawmem::load_word(self.0, 0), rawmem::load_word(self.0, 1)) };
+        let (words, cpu) = (head & 0xffff_ffff, (head >> 32) as usize);
         ensure!(
             (2..=MAX_KMALLOC_WORDS).contains(&words),
             "object {:p} header says {words} words: overwritten",
             self.0
         );
         // SAFETY: as above; `words` is the size it was made with.
-        unsafe { rawmem::check_pattern(self.0.byte_add(16), words as usize - 2, base) }
+        unsafe { rawmem::check_pattern(self.0.byte_add(16), words as usize - 2, base) }?;
+        Ok(cpu)
     }
 }
 
@@ -263,7 +266,9 @@ pub fn worker<P: IrqControl, F: PagingFormat, H: StressHooks>(
             match rng.below(100) {
                 // kmalloc / kfree
                 0..=34 => match objs[slot].take() {
-                    Some(o) => free_kobj(mm, hooks, o)?,
+                    Some(o) => {
+                        free_kobj(mm, hooks, o)?;
+                    }
                     None => {
                         let words = 2 + rng.below(MAX_KMALLOC_WORDS - 1) as usize;
                         let p = mm_call(hooks, || mm.kmalloc(words * 8, GfpFlags::KERNEL))
@@ -272,7 +277,7 @@ pub fn worker<P: IrqControl, F: PagingFormat, H: StressHooks>(
                             })?;
                         r.kmallocs += 1;
                         // SAFETY: a fresh kmalloc object of `words * 8` bytes.
-                        objs[slot] = Some(unsafe { KObj::init(p, words, base()) }?);
+                        objs[slot] = Some(unsafe { KObj::init(p, words, cpu, base()) }?);
                     }
                 },
                 // hand an object to another CPU, or free one another CPU handed over
@@ -289,8 +294,9 @@ pub fn worker<P: IrqControl, F: PagingFormat, H: StressHooks>(
                         let Some(p) = NonNull::new(addr as *mut u8) else {
                             fail!("null in the ring");
                         };
-                        free_kobj(mm, hooks, KObj(p))?;
-                        r.remote_frees += 1;
+                        if free_kobj(mm, hooks, KObj(p))? != cpu {
+                            r.remote_frees += 1;
+                        }
                     }
                 }
                 // typed cache
@@ -376,7 +382,7 @@ pub fn worker<P: IrqControl, F: PagingFormat, H: StressHooks>(
     // Give everything back, failure or not (the first failure is what is reported).
     let mut cleanup: CheckResult = Ok(());
     for o in objs.iter_mut().filter_map(Option::take) {
-        cleanup = cleanup.and(free_kobj(mm, hooks, o));
+        cleanup = cleanup.and(free_kobj(mm, hooks, o).map(|_| ()));
     }
     for (b, tag) in boxes.iter_mut().filter_map(Option::take) {
         if !b.intact(tag) {
@@ -395,16 +401,18 @@ pub fn worker<P: IrqControl, F: PagingFormat, H: StressHooks>(
     result.and(cleanup).map(|()| r)
 }
 
+/// Check and free `o`; returns the CPU that allocated it.
 fn free_kobj<P: IrqControl, F: PagingFormat, H: StressHooks>(
     mm: &Mm<'_, P, F>,
     hooks: &H,
     o: KObj,
-) -> CheckResult {
+) -> Result<usize, Reason> {
     // SAFETY: `o` is a live object made by `KObj::init`, owned by the caller.
-    unsafe { o.check() }?;
+    let cpu = unsafe { o.check() }?;
     // SAFETY: a live kmalloc object nobody uses any more.
     mm_call(hooks, || unsafe { mm.kfree(o.0) })
-        .map_err(|e| Reason::new(format_args!("kfree({:p}): {e:?}", o.0)))
+        .map_err(|e| Reason::new(format_args!("kfree({:p}): {e:?}", o.0)))?;
+    Ok(cpu)
 }
 
 fn free_block<P: IrqControl, F: PagingFormat, H: StressHooks>(
@@ -464,6 +472,30 @@ fn free_area<P: IrqControl, F: PagingFormat, H: StressHooks>(
     let mut tlb = hooks.tlb();
     mm_call(hooks, || mm.vfree(area.va, &mut tlb))
         .map_err(|e| Reason::new(format_args!("vfree({:?}): {e:?}", area.va)))
+}
+
+/// What a timer handler does on each tick (interrupt context, `GFP_ATOMIC`): a 64-byte
+/// kmalloc written with `stamp` and checked, kfree, and an order-0 page allocated and freed.
+/// Returns whether every step worked.
+pub fn atomic_round<P: IrqControl, F: PagingFormat>(mm: &Mm<'_, P, F>, stamp: u64) -> bool {
+    let mut ok = true;
+    match mm.kmalloc(64, GfpFlags::ATOMIC) {
+        Ok(p) => {
+            // SAFETY: a fresh 64-byte object, ours until the kfree below.
+            unsafe {
+                rawmem::store_word(p, 0, stamp);
+                ok &= rawmem::load_word(p, 0) == stamp;
+            }
+            // SAFETY: the object is live and unused from here on.
+            ok &= unsafe { mm.kfree(p) }.is_ok();
+        }
+        Err(_) => ok = false,
+    }
+    match mm.alloc_pages(GfpFlags::ATOMIC, Order::ZERO) {
+        Ok(pfn) => ok &= mm.free_pages(pfn, Order::ZERO).is_ok(),
+        Err(_) => ok = false,
+    }
+    ok
 }
 
 /// Create every kmalloc cache the workers can use (caches are made on first use, and their
@@ -679,7 +711,7 @@ mod tests {
         };
         let p = mm.kmalloc(64, GfpFlags::KERNEL).unwrap();
         // SAFETY: a fresh 64-byte object.
-        let o = unsafe { KObj::init(p, 8, 42) }.unwrap();
+        let o = unsafe { KObj::init(p, 8, 0, 42) }.unwrap();
         // Another "owner" writes into it, as a double hand-out would.
         // SAFETY: the object is live and ours.
         unsafe { rawmem::store_word(p, 5, 0) };

@@ -18,6 +18,7 @@ use mmkit_qemu_common::checks::Injection;
 use mmkit_qemu_common::frames::{PoolFrames, WindowMapper};
 use mmkit_qemu_common::harness::{CheckResult, Harness, Outcome, Reason};
 use mmkit_qemu_common::memmap::MemoryMap;
+use mmkit_qemu_common::smp as smp_stats;
 use mmkit_qemu_common::stress;
 use mmkit_qemu_common::{checks, ensure, fail};
 use mmkit_qemu_common::{mm_checks, mmu_checks};
@@ -594,29 +595,21 @@ fn smp_sequence(
     }
     h.run("smp_stress_every_cpu", || stress(mm));
     smp::set_timer_allocations(false);
-    let mut totals = [0u64; 4];
+    let mut total = smp_stats::StatsSnapshot::default();
     for cpu in 0..nr_cpus {
         let Some(l) = smp::local_of(cpu) else {
             continue;
         };
-        let load = |a: &core::sync::atomic::AtomicU64| a.load(core::sync::atomic::Ordering::SeqCst);
-        let row = [
-            load(&l.ticks),
-            load(&l.ticks_in_mm),
-            load(&l.ipis_sent),
-            load(&l.calls_run),
-        ];
+        let s = l.stats.snapshot();
         println!(
             "mmkit-qemu: cpu {cpu}: {} timer interrupts, {} of them inside mmkit calls, {} timer allocation rounds ({} failed), {} IPIs sent, {} cross-CPU calls run",
-            row[0], row[1], load(&l.timer_allocs), load(&l.timer_failures), row[2], row[3]
+            s.ticks, s.ticks_in_mm, s.timer_allocs, s.timer_failures, s.ipis_sent, s.calls_run
         );
-        for (t, v) in totals.iter_mut().zip(row) {
-            *t += v;
-        }
+        total.add(&s);
     }
     println!(
         "mmkit-qemu: all CPUs: {} timer interrupts, {} inside mmkit calls, {} IPIs sent, {} calls run",
-        totals[0], totals[1], totals[2], totals[3]
+        total.ticks, total.ticks_in_mm, total.ipis_sent, total.calls_run
     );
     h.run("smp_no_refused_call_or_failed_shootdown", || {
         let (refused, shootdowns) = smp::failures();
@@ -624,10 +617,7 @@ fn smp_sequence(
             refused == 0 && shootdowns == 0,
             "{refused} cross-CPU calls refused, {shootdowns} shootdowns failed"
         );
-        let failed: u64 = (0..nr_cpus)
-            .filter_map(smp::local_of)
-            .map(|l| l.timer_failures.load(core::sync::atomic::Ordering::SeqCst))
-            .sum();
+        let failed = total.timer_failures;
         ensure!(
             failed == 0,
             "{failed} GFP_ATOMIC allocations in timer handlers failed"

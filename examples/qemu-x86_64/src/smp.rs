@@ -40,13 +40,14 @@
 use core::arch::{asm, global_asm};
 use core::cell::UnsafeCell;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
 use mmkit::addr::{Order, PageSize, PhysAddr, PhysRange, VirtAddr, PAGE_SIZE};
 use mmkit::buddy::GfpFlags;
 use mmkit::pgtable::arch::x86_64_hw;
 use mmkit::pgtable::TlbInvalidate;
 use mmkit_qemu_common::harness::Reason;
+use mmkit_qemu_common::smp::{self, AllocGate, CallSlots, CpuStats, Jobs};
 use mmkit_qemu_common::stress::StressHooks;
 use mmkit_qemu_common::{ensure, fail};
 
@@ -56,7 +57,7 @@ use crate::mmu::DIRECT_MAP_BASE;
 use crate::platform::interrupts_enabled;
 
 /// The most CPUs this kernel runs (APIC ids at or above are not started).
-pub const MAX_CPUS: usize = 16;
+pub const MAX_CPUS: usize = smp::MAX_CPUS;
 
 /// Stack of each application processor (vmalloc'ed, with the guard page after the area below
 /// the next one's).
@@ -69,20 +70,8 @@ pub struct CpuLocal {
     cpu: usize,
     /// This area's own address; `gs:8`.
     this: *const CpuLocal,
-    /// Timer interrupts taken.
-    pub ticks: AtomicU64,
-    /// Of those, taken while this CPU's code was inside an mmkit call.
-    pub ticks_in_mm: AtomicU64,
-    /// Depth of mmkit calls the stress test is in (the interrupted code's).
-    pub in_mm: AtomicU64,
-    /// Allocation rounds the timer handler did.
-    pub timer_allocs: AtomicU64,
-    /// `GFP_ATOMIC` allocations the timer handler could not get.
-    pub timer_failures: AtomicU64,
-    /// IPIs this CPU sent.
-    pub ipis_sent: AtomicU64,
-    /// Cross-CPU calls this CPU ran for others.
-    pub calls_run: AtomicU64,
+    /// The CPU's counters.
+    pub stats: CpuStats,
 }
 
 impl CpuLocal {
@@ -90,13 +79,7 @@ impl CpuLocal {
         Self {
             cpu,
             this: core::ptr::null(),
-            ticks: AtomicU64::new(0),
-            ticks_in_mm: AtomicU64::new(0),
-            in_mm: AtomicU64::new(0),
-            timer_allocs: AtomicU64::new(0),
-            timer_failures: AtomicU64::new(0),
-            ipis_sent: AtomicU64::new(0),
-            calls_run: AtomicU64::new(0),
+            stats: CpuStats::new(),
         }
     }
 }
@@ -119,9 +102,11 @@ static SHOOTDOWN_FAILURES: AtomicU64 = AtomicU64::new(0);
 /// `mmkit.inject=shootdown`: skip the remote part of every shootdown.
 static SKIP_SHOOTDOWN: AtomicBool = AtomicBool::new(false);
 /// Whether timer handlers allocate.
-static TIMER_ALLOCS: AtomicBool = AtomicBool::new(false);
-/// Timer handlers between deciding to allocate and finishing.
-static TIMER_ALLOCATING: AtomicUsize = AtomicUsize::new(0);
+static TIMER_ALLOCS: AllocGate = AllocGate::new();
+/// Every CPU's incoming cross-CPU call.
+static CALLS: CallSlots = CallSlots::new();
+/// Jobs for every CPU.
+static JOBS: Jobs = Jobs::new();
 
 /// The facade's page-table root, for `ap_entry64`.
 static AP_CR3: AtomicU64 = AtomicU64::new(0);
@@ -428,29 +413,15 @@ extern "C" fn ap_main(apic_id: usize) -> ! {
     idle(apic_id)
 }
 
-/// A job for every CPU ([`run_everywhere`]).
-static JOB: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
-static JOB_GENERATION: AtomicU64 = AtomicU64::new(0);
-static JOB_DONE: AtomicUsize = AtomicUsize::new(0);
-
 fn idle(cpu: usize) -> ! {
     let mut seen = 0;
     loop {
         // SAFETY: masking interrupts until the `sti; hlt` pair, which cannot lose a wake-up.
         unsafe { asm!("cli", options(nomem, nostack)) };
-        let generation = JOB_GENERATION.load(Ordering::Acquire);
-        if generation != seen {
-            seen = generation;
+        if JOBS.pending(seen) {
             // SAFETY: the IDT is loaded.
             unsafe { crate::platform::enable_interrupts() };
-            let job = JOB.load(Ordering::Acquire);
-            if !job.is_null() {
-                // SAFETY: `run_everywhere` stores a `fn(usize)` and keeps it until every CPU
-                // reported done.
-                let job: fn(usize) = unsafe { core::mem::transmute::<*mut (), fn(usize)>(job) };
-                job(cpu);
-            }
-            JOB_DONE.fetch_add(1, Ordering::AcqRel);
+            JOBS.poll(cpu, &mut seen);
             continue;
         }
         // SAFETY: `sti; hlt`: the interrupt that ends the halt is taken after `sti`'s shadow.
@@ -461,15 +432,7 @@ fn idle(cpu: usize) -> ! {
 /// Run `job(cpu)` on every online CPU at once (the caller's share on the caller), with
 /// interrupts on, and wait for all.
 pub fn run_everywhere(job: fn(usize)) {
-    let others = nr_online() - 1;
-    JOB_DONE.store(0, Ordering::SeqCst);
-    JOB.store(job as *mut (), Ordering::SeqCst);
-    JOB_GENERATION.fetch_add(1, Ordering::SeqCst);
-    job(this_cpu());
-    while JOB_DONE.load(Ordering::Acquire) < others {
-        core::hint::spin_loop();
-    }
-    JOB.store(core::ptr::null_mut(), Ordering::SeqCst);
+    JOBS.run_everywhere(this_cpu(), nr_online() - 1, job);
 }
 
 // ---- interrupts ----------------------------------------------------------------------------
@@ -482,12 +445,7 @@ pub fn start_boot_cpu_timer() {
 
 /// Let timer handlers allocate (`true`), or stop them and wait until none is allocating.
 pub fn set_timer_allocations(on: bool) {
-    TIMER_ALLOCS.store(on, Ordering::SeqCst);
-    if !on {
-        while TIMER_ALLOCATING.load(Ordering::SeqCst) != 0 {
-            core::hint::spin_loop();
-        }
-    }
+    TIMER_ALLOCS.set(on);
 }
 
 /// An interrupt (vector 32 or above) from `traps`.
@@ -506,68 +464,25 @@ pub fn handle_irq(vector: u8) {
 }
 
 fn timer_tick() {
-    let local = local();
-    local.ticks.fetch_add(1, Ordering::Relaxed);
-    if local.in_mm.load(Ordering::Relaxed) > 0 {
-        local.ticks_in_mm.fetch_add(1, Ordering::Relaxed);
-    }
-    TIMER_ALLOCATING.fetch_add(1, Ordering::SeqCst);
-    if TIMER_ALLOCS.load(Ordering::SeqCst) {
+    let stats = &local().stats;
+    stats.tick();
+    TIMER_ALLOCS.run(|| {
         if let Some(mm) = GLOBAL.get() {
-            let mut ok = true;
-            match mm.kmalloc(64, GfpFlags::ATOMIC) {
-                Ok(p) => {
-                    // SAFETY: a fresh 64-byte object, ours until the kfree below.
-                    unsafe { p.cast::<u64>().as_ptr().write_volatile(local.cpu as u64) };
-                    // SAFETY: the object is live and unused from here on.
-                    ok &= unsafe { mm.kfree(p) }.is_ok();
-                }
-                Err(_) => ok = false,
-            }
-            match mm.alloc_pages(GfpFlags::ATOMIC, Order::ZERO) {
-                Ok(pfn) => ok &= mm.free_pages(pfn, Order::ZERO).is_ok(),
-                Err(_) => ok = false,
-            }
-            local.timer_allocs.fetch_add(1, Ordering::Relaxed);
+            let ok = mmkit_qemu_common::stress::atomic_round(mm, this_cpu() as u64);
+            stats.timer_allocs.fetch_add(1, Ordering::Relaxed);
             if !ok {
-                local.timer_failures.fetch_add(1, Ordering::Relaxed);
+                stats.timer_failures.fetch_add(1, Ordering::Relaxed);
             }
         }
-    }
-    TIMER_ALLOCATING.fetch_sub(1, Ordering::SeqCst);
+    });
 }
 
 // ---- cross-CPU calls -----------------------------------------------------------------------
 
-/// One CPU's incoming call: a pointer to the caller's `&dyn Fn`, and its completion.
-struct CallSlot {
-    busy: AtomicBool,
-    request: AtomicPtr<()>,
-    done: AtomicBool,
-}
-
-static CALLS: [CallSlot; MAX_CPUS] = [const {
-    CallSlot {
-        busy: AtomicBool::new(false),
-        request: AtomicPtr::new(core::ptr::null_mut()),
-        done: AtomicBool::new(false),
-    }
-}; MAX_CPUS];
-
-type CallFn<'a> = &'a (dyn Fn() + Sync);
-
 fn run_call() {
-    let slot = &CALLS[this_cpu()];
-    let request = slot.request.swap(core::ptr::null_mut(), Ordering::AcqRel);
-    if request.is_null() {
-        return;
+    if CALLS.handle(this_cpu()) {
+        local().stats.calls_run.fetch_add(1, Ordering::Relaxed);
     }
-    // SAFETY: `run_on_cpu` stored the address of a `CallFn` on its stack and waits, without
-    // returning, until `done` is set below.
-    let f = unsafe { *request.cast::<CallFn<'_>>() };
-    f();
-    local().calls_run.fetch_add(1, Ordering::Relaxed);
-    slot.done.store(true, Ordering::Release);
 }
 
 /// Run `f` on CPU `cpu` with its interrupts off and wait (see the module docs). `false`, with
@@ -588,25 +503,10 @@ pub fn run_on_cpu(cpu: usize, f: &(dyn Fn() + Sync)) -> bool {
         REFUSED_CALLS.fetch_add(1, Ordering::SeqCst);
         return false;
     }
-    let slot = &CALLS[cpu];
-    while slot
-        .busy
-        .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-        .is_err()
-    {
-        core::hint::spin_loop();
-    }
-    slot.done.store(false, Ordering::Relaxed);
-    let call: CallFn<'_> = f;
-    slot.request
-        .store(core::ptr::addr_of!(call) as *mut (), Ordering::Release);
-    apic::send_ipi(cpu, apic::VECTOR_CALL);
-    local().ipis_sent.fetch_add(1, Ordering::Relaxed);
-    while !slot.done.load(Ordering::Acquire) {
-        core::hint::spin_loop();
-    }
-    slot.busy.store(false, Ordering::Release);
-    true
+    CALLS.call(cpu, f, || {
+        apic::send_ipi(cpu, apic::VECTOR_CALL);
+        local().stats.ipis_sent.fetch_add(1, Ordering::Relaxed);
+    })
 }
 
 // ---- TLB shootdown -------------------------------------------------------------------------
@@ -702,11 +602,11 @@ impl StressHooks for KernelHooks {
     }
 
     fn enter_mm(&self) {
-        local().in_mm.fetch_add(1, Ordering::Relaxed);
+        local().stats.in_mm.fetch_add(1, Ordering::Relaxed);
     }
 
     fn leave_mm(&self) {
-        local().in_mm.fetch_sub(1, Ordering::Relaxed);
+        local().stats.in_mm.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
