@@ -6,7 +6,8 @@
 //!   ones; children with only `size`/`alloc-ranges` are dynamic requests, not reservations yet,
 //!   and are skipped), and the `/memreserve/` block → [`RegionKind::Reserved`]. These lie inside
 //!   RAM, which [`MemoryMap`] allows.
-//! * `/chosen/bootargs` (QEMU's `-append`) and the PSCI conduit from `/psci/method`.
+//! * `/chosen/bootargs` (QEMU's `-append`) and the PSCI conduit from `/psci/method`;
+//! * the CPUs' MPIDRs from `/cpus/cpu@*/reg`, and a GICv2's distributor and CPU interface.
 //!
 //! The blob itself is not in any of these lists (Linux reserves it separately with
 //! `early_init_fdt_reserve_self`); the kernel excludes `[blob, blob + total_size)` itself.
@@ -76,6 +77,46 @@ pub struct DtbFacts<'a> {
     pub ram_ranges: usize,
     /// How many reserved ranges were added.
     pub reserved_ranges: usize,
+    /// The CPUs under `/cpus` (their `reg`: the MPIDR affinity fields).
+    pub cpus: DtCpus,
+    /// A GICv2 (`arm,cortex-a15-gic` or `arm,gic-400`): distributor and CPU interface bases.
+    pub gic_v2: Option<(u64, u64)>,
+}
+
+/// The CPUs a device tree lists, in tree order (at most [`DtCpus::CAPACITY`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DtCpus {
+    mpidrs: [u64; DtCpus::CAPACITY],
+    len: usize,
+    /// CPU nodes beyond the capacity, not recorded.
+    pub dropped: usize,
+}
+
+impl DtCpus {
+    /// How many CPUs are recorded.
+    pub const CAPACITY: usize = 16;
+
+    const fn new() -> Self {
+        Self {
+            mpidrs: [0; Self::CAPACITY],
+            len: 0,
+            dropped: 0,
+        }
+    }
+
+    fn push(&mut self, mpidr: u64) {
+        if self.len < Self::CAPACITY {
+            self.mpidrs[self.len] = mpidr;
+            self.len += 1;
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    /// The recorded MPIDR values.
+    pub fn mpidrs(&self) -> &[u64] {
+        &self.mpidrs[..self.len]
+    }
 }
 
 /// The blob's `totalsize` from its first [`HEADER_PREFIX`] bytes, after checking the magic:
@@ -112,6 +153,8 @@ pub fn read<'a>(blob: &'a [u8], map: &mut MemoryMap) -> Result<DtbFacts<'a>, Dtb
         psci: None,
         ram_ranges: 0,
         reserved_ranges: 0,
+        cpus: DtCpus::new(),
+        gic_v2: None,
     };
 
     for node in root.children() {
@@ -155,6 +198,27 @@ pub fn read<'a>(blob: &'a [u8], map: &mut MemoryMap) -> Result<DtbFacts<'a>, Dtb
             "hvc" => Some(PsciConduit::Hvc),
             "smc" => Some(PsciConduit::Smc),
             _ => None,
+        });
+    if let Some(cpus) = fdt.find_node("/cpus") {
+        for cpu in cpus.children() {
+            let is_cpu = cpu
+                .property("device_type")
+                .and_then(|p| p.as_str())
+                .is_some_and(|t| t == "cpu");
+            if let (true, Some(mut reg)) = (is_cpu, cpu.reg()) {
+                if let Some(r) = reg.next() {
+                    facts.cpus.push(r.starting_address as usize as u64);
+                }
+            }
+        }
+    }
+    facts.gic_v2 = fdt
+        .find_compatible(&["arm,cortex-a15-gic", "arm,gic-400"])
+        .and_then(|gic| {
+            let mut reg = gic.reg()?;
+            let dist = reg.next()?.starting_address as usize as u64;
+            let cpu = reg.next()?.starting_address as usize as u64;
+            Some((dist, cpu))
         });
     Ok(facts)
 }
@@ -210,6 +274,27 @@ mod tests {
             .begin("chosen")
             .prop_str("bootargs", "mmkit.expect_mem=512M")
             .end()
+            .begin("intc@8000000")
+            .prop_str("compatible", "arm,cortex-a15-gic")
+            .prop_u32s(
+                "reg",
+                &[0, 0x0800_0000, 0, 0x1_0000, 0, 0x0801_0000, 0, 0x1_0000],
+            )
+            .end()
+            .begin("cpus")
+            .prop_u32s("#address-cells", &[1])
+            .prop_u32s("#size-cells", &[0])
+            .begin("cpu@0")
+            .prop_str("device_type", "cpu")
+            .prop_u32s("reg", &[0])
+            .end()
+            .begin("cpu@1")
+            .prop_str("device_type", "cpu")
+            .prop_u32s("reg", &[1])
+            .end()
+            .begin("cpu-map")
+            .end()
+            .end()
             .end();
         b.memreserve(0x4800_0000, 0x1000).finish()
     }
@@ -222,6 +307,8 @@ mod tests {
         assert_eq!(facts.total_size, blob.len());
         assert_eq!(facts.bootargs, Some("mmkit.expect_mem=512M"));
         assert_eq!(facts.psci, Some(PsciConduit::Hvc));
+        assert_eq!(facts.cpus.mpidrs(), &[0, 1]);
+        assert_eq!(facts.gic_v2, Some((0x0800_0000, 0x0801_0000)));
         assert_eq!(facts.ram_ranges, 1);
         assert_eq!(facts.reserved_ranges, 2);
         map.sort();
@@ -252,6 +339,8 @@ mod tests {
         assert_eq!(facts.ram_ranges, 3);
         assert_eq!(facts.psci, None);
         assert_eq!(facts.bootargs, None);
+        assert_eq!(facts.cpus.mpidrs(), &[] as &[u64]);
+        assert_eq!(facts.gic_v2, None);
         assert_eq!(map.total(RegionKind::Ram), 0x2100_0000);
     }
 

@@ -18,17 +18,21 @@
 //! shootdown on SMP), how to reach a vmalloc address, and where to count "inside mmkit" for
 //! its interrupt statistics.
 
+use core::cell::UnsafeCell;
+use core::fmt;
+use core::mem::size_of;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 use mmkit::addr::{IrqControl, Order, VirtAddr, PAGE_SIZE};
 use mmkit::buddy::GfpFlags;
 use mmkit::pgtable::{PagingFormat, TlbInvalidate};
-use mmkit::slab::SlabBox;
+use mmkit::slab::{CacheConfig, SlabBox};
 use mmkit::{MemInfo, Mm, MmTypedCache, PageAllocator};
 
 use crate::harness::{CheckResult, Reason};
 use crate::rawmem;
+use crate::smp::MAX_CPUS;
 use crate::{ensure, fail};
 
 /// Slots in the shared ring of objects waiting for a remote free.
@@ -98,7 +102,7 @@ impl Tagged {
 }
 
 /// What the kernel provides to the workers.
-pub trait StressHooks {
+pub trait StressHooks: Sync {
     /// The TLB invalidation vmalloc and vfree use (on SMP: every CPU's TLB).
     type Tlb: TlbInvalidate;
     /// An invalidator for one vmalloc call on this CPU.
@@ -142,6 +146,35 @@ pub struct CpuReport {
     pub vmallocs: u64,
     /// kmalloc shrinks (each a `run_on_cpu` to every CPU).
     pub shrinks: u64,
+}
+
+impl CpuReport {
+    /// Field-wise sum.
+    pub fn add(&mut self, r: &CpuReport) {
+        self.ops += r.ops;
+        self.kmallocs += r.kmallocs;
+        self.remote_frees += r.remote_frees;
+        self.typed += r.typed;
+        self.pages += r.pages;
+        self.vmallocs += r.vmallocs;
+        self.shrinks += r.shrinks;
+    }
+}
+
+impl fmt::Display for CpuReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} ops: {} kmalloc, {} remote frees, {} typed, {} alloc_pages, {} vmalloc, {} shrinks",
+            self.ops,
+            self.kmallocs,
+            self.remote_frees,
+            self.typed,
+            self.pages,
+            self.vmallocs,
+            self.shrinks
+        )
+    }
 }
 
 /// Tiny xorshift generator: enough randomness for operation mixes, the same sequence for the
@@ -531,20 +564,235 @@ pub fn drain_ring<P: IrqControl, F: PagingFormat, H: StressHooks>(
 }
 
 /// Give every cached object and page back: every CPU's kmalloc and `typed` arrays drained
-/// on that CPU (`run_on_cpu`), empty slabs released, then every CPU's per-CPU page lists
-/// drained on that CPU. Call with interrupts on, the workers finished. Returns the CPUs the
-/// platform could not reach (0 when all were).
+/// on that CPU (`run_on_cpu`, inside the slab's shrink), empty slabs released, then every
+/// CPU's per-CPU page lists drained (`drain_all_pages`, which takes each list's lock). Call
+/// with interrupts on, the workers finished. Returns the CPUs the platform could not reach
+/// (0 when all were).
+///
+/// Not `run_on_cpu(cpu, drain_local_pages)`: the host platforms run the function on the
+/// calling thread, whose CPU id stays the caller's, so "local" there means the caller's.
 pub fn quiesce<P: IrqControl, F: PagingFormat>(
     mm: &Mm<'_, P, F>,
     typed: &MmTypedCache<'_, Tagged, P>,
 ) -> usize {
     mm.kmalloc_shrink();
     typed.cache().shrink();
+    mm.buddy().drain_all_pages();
     let platform = mm.platform();
-    let buddy = mm.buddy();
     (0..platform.nr_cpus())
-        .filter(|&cpu| !platform.run_on_cpu(cpu, &|| buddy.drain_local_pages()))
+        .filter(|&cpu| !platform.run_on_cpu(cpu, &|| {}))
         .count()
+}
+
+/// What [`run_on_every_cpu`] needs from the kernel.
+pub trait SmpKernel {
+    /// The hooks one CPU's worker uses.
+    type Hooks: StressHooks + Default;
+    /// Run `job(cpu)` on every online CPU at once, outside interrupt context, the caller's
+    /// share on the caller, and return when all are done.
+    fn run_everywhere(&self, job: fn(usize));
+    /// Let the timer handlers allocate, or stop them and wait until none is allocating.
+    fn set_timer_allocations(&self, on: bool);
+    /// The caller's CPU id.
+    fn this_cpu(&self) -> usize;
+    /// The full `verify` of the `Mm`, with the other CPUs idle and their timer handlers not
+    /// allocating (as they are when this is called).
+    fn verify_stopped(&self) -> CheckResult;
+}
+
+/// The shared state of one stress run, reached by every CPU's job through [`RUN`].
+struct StressRun<'m, P: IrqControl + 'static, F: PagingFormat + 'static> {
+    mm: &'m Mm<'static, P, F>,
+    typed: MmTypedCache<'static, Tagged, P>,
+    ring: Ring,
+    cfg: StressConfig,
+    results: [UnsafeCell<Option<Result<CpuReport, Reason>>>; MAX_CPUS],
+}
+
+// SAFETY: each CPU writes only its own `results` slot, and the boot CPU reads them only after
+// `run_everywhere` returned (every job finished, with release/acquire on the job counter);
+// the rest is shared through `&` and is `Sync` (`Mm`, the typed cache, the ring of atomics).
+unsafe impl<P: IrqControl, F: PagingFormat> Sync for StressRun<'_, P, F> {}
+
+/// The run in progress (a `StressRun<P, F>` of the `P`, `F` that `job::<P, F, H>` names).
+static RUN: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
+
+fn job<P: IrqControl + 'static, F: PagingFormat + 'static, H: StressHooks + Default>(cpu: usize) {
+    let run = RUN.load(Ordering::Acquire);
+    if run.is_null() || cpu >= MAX_CPUS {
+        return;
+    }
+    // SAFETY: `run_on_every_cpu::<P, F, _>` published a `StressRun<P, F>` and keeps it alive
+    // until every job returned; it publishes only this instantiation of `job`.
+    let run = unsafe { &*run.cast::<StressRun<'_, P, F>>() };
+    let r = worker(run.mm, &run.typed, &run.ring, &run.cfg, cpu, &H::default());
+    // SAFETY: this CPU's own slot (see `StressRun`'s `Sync`).
+    unsafe { *run.results[cpu].get() = Some(r) };
+}
+
+/// The whole cross-CPU stress test (module docs) on `mm`, every CPU of `kernel` running
+/// `cfg.ops` operations with the timers allocating; per-CPU figures and totals go to `out`.
+pub fn run_on_every_cpu<P, F, K>(
+    mm: &'static Mm<'static, P, F>,
+    kernel: &K,
+    cfg: StressConfig,
+    out: &mut impl fmt::Write,
+) -> CheckResult
+where
+    P: IrqControl + 'static,
+    F: PagingFormat + 'static,
+    K: SmpKernel,
+{
+    let typed = mm
+        .typed_cache::<Tagged>(CacheConfig::new("stress_tagged", size_of::<Tagged>()))
+        .map_err(|e| Reason::new(format_args!("typed cache: {e:?}")))?;
+    let run = StressRun {
+        mm,
+        typed,
+        ring: Ring::new(),
+        cfg,
+        results: [const { UnsafeCell::new(None) }; MAX_CPUS],
+    };
+    let hooks = K::Hooks::default();
+    warm_up(mm)?;
+    // A short round so the typed cache's slabs and the per-CPU caches exist before the
+    // "before" figures.
+    let warm = StressConfig { ops: 200, seed: 1 };
+    worker(mm, &run.typed, &run.ring, &warm, kernel.this_cpu(), &hooks)?;
+    // Timer handlers cache pages on their CPU: quiet while the figures are taken.
+    kernel.set_timer_allocations(false);
+    drain_ring(mm, &run.ring, &hooks)?;
+    ensure!(
+        quiesce(mm, &run.typed) == 0,
+        "a CPU was not reachable for the drain"
+    );
+    let before = Snapshot::of(&mm.meminfo());
+    kernel.set_timer_allocations(true);
+
+    RUN.store(
+        core::ptr::addr_of!(run).cast_mut().cast(),
+        Ordering::Release,
+    );
+    kernel.run_everywhere(job::<P, F, K::Hooks>);
+    RUN.store(core::ptr::null_mut(), Ordering::Release);
+
+    let mut total = CpuReport::default();
+    let mut first_failure = None;
+    for (cpu, slot) in run.results.iter().enumerate() {
+        // SAFETY: every job has finished (`run_everywhere` returned).
+        let Some(result) = (unsafe { &*slot.get() }) else {
+            continue;
+        };
+        match result {
+            Ok(r) => {
+                let _ = writeln!(out, "mmkit-qemu: stress cpu {cpu}: {r}");
+                total.add(r);
+            }
+            Err(e) => {
+                let _ = writeln!(out, "mmkit-qemu: stress cpu {cpu}: FAILED: {}", e.as_str());
+                first_failure.get_or_insert(Reason::new(format_args!("cpu {cpu}: {}", e.as_str())));
+            }
+        }
+    }
+    let _ = writeln!(out, "mmkit-qemu: stress total: {total}");
+    if let Some(e) = first_failure {
+        return Err(e);
+    }
+    kernel.set_timer_allocations(false);
+    let left = drain_ring(mm, &run.ring, &hooks)?;
+    ensure!(
+        quiesce(mm, &run.typed) == 0,
+        "a CPU was not reachable for the drain"
+    );
+    let after = Snapshot::of(&mm.meminfo());
+    let _ = writeln!(
+        out,
+        "mmkit-qemu: stress: {left} objects left in the ring freed; free {} KiB before and after",
+        after.free_kb
+    );
+    let unchanged = before.unchanged(&after);
+    let verified = unchanged.and_then(|()| kernel.verify_stopped());
+    kernel.set_timer_allocations(true);
+    verified
+}
+
+/// Whether a TLB shootdown reaches the other CPUs: map frame A at a vmalloc address
+/// (`vmap`), let CPU `other` read it (its TLB now holds the translation), unmap, map frame B
+/// at the same address and let `other` read again: it must see B. With a shootdown that
+/// skips the other CPUs it still reads A through its stale TLB entry. The kernel page table
+/// must be live on every CPU (no host test can run this).
+pub fn shootdown_reaches<P: IrqControl, F: PagingFormat, H: StressHooks>(
+    mm: &Mm<'_, P, F>,
+    hooks: &H,
+    other: usize,
+) -> CheckResult {
+    let mut frames = [None; 2];
+    let mut result = Ok(());
+    for (i, f) in frames.iter_mut().enumerate() {
+        let got = mm.alloc_pages(GfpFlags::KERNEL, Order::ZERO).map(|pfn| {
+            mm.page_address(pfn, Order::ZERO).map(|p| {
+                // SAFETY: a fresh page of ours, mapped at `p`.
+                unsafe { rawmem::store_word(p, 0, 0xa000 + i as u64) };
+                pfn
+            })
+        });
+        match got {
+            Ok(Some(pfn)) => *f = Some(pfn),
+            other => result = Err(Reason::new(format_args!("frame {i}: {other:?}"))),
+        }
+    }
+    if let (Ok(()), [Some(a), Some(b)]) = (&result, frames) {
+        result = remap_seen_by(mm, hooks, other, a, b);
+    }
+    for pfn in frames.into_iter().flatten() {
+        let _ = mm.free_pages(pfn, Order::ZERO);
+    }
+    result
+}
+
+fn remap_seen_by<P: IrqControl, F: PagingFormat, H: StressHooks>(
+    mm: &Mm<'_, P, F>,
+    hooks: &H,
+    other: usize,
+    a: mmkit::addr::Pfn,
+    b: mmkit::addr::Pfn,
+) -> CheckResult {
+    let attrs = mmkit::pgtable::Attrs::KERNEL_RW;
+    let read_on_other = |va: VirtAddr| {
+        let seen = core::sync::atomic::AtomicU64::new(0);
+        let reached = mm.platform().run_on_cpu(other, &|| {
+            if let Some(p) = hooks.vmalloc_ptr(va) {
+                // SAFETY: `va` maps a page of ours while this runs.
+                seen.store(unsafe { rawmem::load_word(p, 0) }, Ordering::SeqCst);
+            }
+        });
+        reached.then(|| seen.load(Ordering::SeqCst))
+    };
+    let va = mm
+        .vmap(&[a], attrs, &mut hooks.tlb())
+        .map_err(|e| Reason::new(format_args!("vmap: {e:?}")))?;
+    let first = read_on_other(va);
+    mm.vunmap(va, &mut hooks.tlb())
+        .map_err(|e| Reason::new(format_args!("vunmap: {e:?}")))?;
+    let again = mm
+        .vmap(&[b], attrs, &mut hooks.tlb())
+        .map_err(|e| Reason::new(format_args!("vmap: {e:?}")))?;
+    let second = read_on_other(again);
+    mm.vunmap(again, &mut hooks.tlb())
+        .map_err(|e| Reason::new(format_args!("vunmap: {e:?}")))?;
+    ensure!(
+        first == Some(0xa000),
+        "CPU {other} read {first:x?} through {va:?}, frame A holds 0xa000"
+    );
+    ensure!(
+        again == va,
+        "the second vmap went to {again:?}, not {va:?}: nothing to compare"
+    );
+    ensure!(
+        second == Some(0xa001),
+        "CPU {other} read {second:x?} at {va:?} after the remap to frame B (0xa001): a stale TLB entry"
+    );
+    Ok(())
 }
 
 /// The figures that must be the same before and after the stress run.
@@ -700,6 +948,70 @@ mod tests {
         drop(typed);
         let mut mm = mm;
         mm.verify().unwrap();
+    }
+
+    #[derive(Default)]
+    struct ThreadHooks;
+
+    impl StressHooks for ThreadHooks {
+        type Tlb = NotLoaded;
+        fn tlb(&self) -> NotLoaded {
+            // SAFETY: the host table is never loaded into an MMU.
+            unsafe { NotLoaded::new() }
+        }
+        fn vmalloc_ptr(&self, _va: VirtAddr) -> Option<NonNull<u8>> {
+            None
+        }
+        fn enter_mm(&self) {}
+        fn leave_mm(&self) {}
+    }
+
+    static GLOBAL: mmkit::GlobalMm<HostPlatform, X86_64> = mmkit::GlobalMm::new();
+
+    /// Four threads bound to CPUs 0-3 of the global `Mm` stand in for the kernel's CPUs.
+    struct Threads;
+
+    impl SmpKernel for Threads {
+        type Hooks = ThreadHooks;
+        fn run_everywhere(&self, job: fn(usize)) {
+            std::thread::scope(|s| {
+                for cpu in 1..4 {
+                    s.spawn(move || {
+                        GLOBAL.get().unwrap().platform().bind_current_thread(cpu);
+                        job(cpu);
+                    });
+                }
+                job(0);
+            });
+        }
+        fn set_timer_allocations(&self, _on: bool) {}
+        fn this_cpu(&self) -> usize {
+            0
+        }
+        fn verify_stopped(&self) -> CheckResult {
+            // SAFETY: the worker threads have finished; nothing else uses the allocator.
+            match unsafe { GLOBAL.verify_stopped() } {
+                Some(Ok(())) => Ok(()),
+                other => Err(Reason::new(format_args!("{other:?}"))),
+            }
+        }
+    }
+
+    #[test]
+    fn the_whole_run_passes_on_four_threads_and_reports_each_cpu() {
+        let mem: &'static HostRam = Box::leak(Box::new(HostRam::new(PhysAddr::new(0), 64 * MIB)));
+        let mm = GLOBAL.init(host_mm(mem, 4)).ok().unwrap();
+        mm.platform().bind_current_thread(0);
+        let mut out = String::new();
+        let cfg = StressConfig { ops: 1000, seed: 3 };
+        run_on_every_cpu(mm, &Threads, cfg, &mut out).unwrap();
+        for cpu in 0..4 {
+            assert!(
+                out.contains(&format!("stress cpu {cpu}: 1000 ops")),
+                "{out}"
+            );
+        }
+        assert!(out.contains("stress total: 4000 ops"), "{out}");
     }
 
     #[test]

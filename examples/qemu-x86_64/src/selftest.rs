@@ -6,8 +6,6 @@
 //! Memory used by a check is chosen with [`MemoryMap::find_free_top_down`] clear of the kernel
 //! image and the boot data; nothing else allocates yet, so such memory is the check's own.
 
-use mmkit::slab::CacheConfig;
-use mmkit::MmTypedCache;
 use mmkit_addr::{IrqControl, PageSize, PhysAddr, PhysMapper, PhysRange, VirtAddr, PAGE_SIZE};
 use mmkit_bootmem::firmware::e820::{self, E820Entry, E820Type};
 use mmkit_bootmem::Bootmem;
@@ -588,12 +586,19 @@ fn smp_sequence(
     });
     if nr_cpus > 1 {
         h.run("smp_tlb_shootdown_reaches_other_cpus", || {
-            smp::shootdown_reaches_other_cpus(mm)
+            let other = (0..nr_cpus).find(|&c| c != smp::this_cpu()).unwrap_or(0);
+            stress::shootdown_reaches(mm, &smp::KernelHooks, other)
         });
     } else {
         h.skip("smp_tlb_shootdown_reaches_other_cpus", "one CPU");
     }
-    h.run("smp_stress_every_cpu", || stress(mm));
+    h.run("smp_stress_every_cpu", || {
+        let cfg = stress::StressConfig {
+            ops: STRESS_OPS,
+            seed: 0x5eed,
+        };
+        stress::run_on_every_cpu(mm, &smp::Kernel, cfg, &mut Serial)
+    });
     smp::set_timer_allocations(false);
     let mut total = smp_stats::StatsSnapshot::default();
     for cpu in 0..nr_cpus {
@@ -624,143 +629,6 @@ fn smp_sequence(
         );
         Ok(())
     });
-}
-
-/// The shared state of one stress run, reached by every CPU's job through [`STRESS`].
-struct StressRun {
-    mm: &'static KernelMm,
-    typed: MmTypedCache<'static, stress::Tagged, Cpus>,
-    ring: stress::Ring,
-    cfg: stress::StressConfig,
-    results: [core::cell::UnsafeCell<Option<Result<stress::CpuReport, Reason>>>; smp::MAX_CPUS],
-}
-
-// SAFETY: each CPU writes only its own `results` slot, and the boot CPU reads them only after
-// `run_everywhere` returned (every job finished, with release/acquire on its counter); the
-// rest is shared through `&` and is `Sync` (`Mm`, the typed cache, the ring of atomics).
-unsafe impl Sync for StressRun {}
-
-static STRESS: core::sync::atomic::AtomicPtr<StressRun> =
-    core::sync::atomic::AtomicPtr::new(core::ptr::null_mut());
-
-fn stress_job(cpu: usize) {
-    let run = STRESS.load(core::sync::atomic::Ordering::Acquire);
-    if run.is_null() || cpu >= smp::MAX_CPUS {
-        return;
-    }
-    // SAFETY: `stress` keeps the run alive until every job returned.
-    let run = unsafe { &*run };
-    let r = stress::worker(
-        run.mm,
-        &run.typed,
-        &run.ring,
-        &run.cfg,
-        cpu,
-        &smp::KernelHooks,
-    );
-    // SAFETY: this CPU's own slot (see `StressRun`'s `Sync`).
-    unsafe { *run.results[cpu].get() = Some(r) };
-}
-
-/// The cross-CPU stress test (`mmkit_qemu_common::stress`), on every CPU with the timers on.
-fn stress(mm: &'static KernelMm) -> CheckResult {
-    let typed = mm
-        .typed_cache::<stress::Tagged>(CacheConfig::new(
-            "stress_tagged",
-            core::mem::size_of::<stress::Tagged>(),
-        ))
-        .map_err(|e| Reason::new(format_args!("typed cache: {e:?}")))?;
-    let run = StressRun {
-        mm,
-        typed,
-        ring: stress::Ring::new(),
-        cfg: stress::StressConfig {
-            ops: STRESS_OPS,
-            seed: 0x5eed,
-        },
-        results: [const { core::cell::UnsafeCell::new(None) }; smp::MAX_CPUS],
-    };
-    let hooks = smp::KernelHooks;
-    stress::warm_up(mm)?;
-    // A short round so every CPU's caches and the typed cache's slabs exist before the
-    // "before" figures.
-    let warm = stress::StressConfig { ops: 200, seed: 1 };
-    stress::worker(mm, &run.typed, &run.ring, &warm, smp::this_cpu(), &hooks)?;
-    // Timer handlers cache pages on their CPU: quiet while the figures are taken.
-    smp::set_timer_allocations(false);
-    stress::drain_ring(mm, &run.ring, &hooks)?;
-    ensure!(
-        stress::quiesce(mm, &run.typed) == 0,
-        "a CPU was not reachable for the drain"
-    );
-    let before = stress::Snapshot::of(&mm.meminfo());
-    smp::set_timer_allocations(true);
-
-    STRESS.store(
-        core::ptr::addr_of!(run) as *mut StressRun,
-        core::sync::atomic::Ordering::Release,
-    );
-    smp::run_everywhere(stress_job);
-    STRESS.store(core::ptr::null_mut(), core::sync::atomic::Ordering::Release);
-
-    let mut total = stress::CpuReport::default();
-    let mut first_failure = None;
-    for (cpu, slot) in run.results.iter().enumerate() {
-        // SAFETY: every job has finished (`run_everywhere` returned).
-        let Some(result) = (unsafe { &*slot.get() }) else {
-            continue;
-        };
-        match result {
-            Ok(r) => {
-                println!(
-                    "mmkit-qemu: stress cpu {cpu}: {} ops: {} kmalloc, {} remote frees, {} typed, {} alloc_pages, {} vmalloc, {} shrinks",
-                    r.ops, r.kmallocs, r.remote_frees, r.typed, r.pages, r.vmallocs, r.shrinks
-                );
-                total.ops += r.ops;
-                total.kmallocs += r.kmallocs;
-                total.remote_frees += r.remote_frees;
-                total.typed += r.typed;
-                total.pages += r.pages;
-                total.vmallocs += r.vmallocs;
-                total.shrinks += r.shrinks;
-            }
-            Err(e) => {
-                println!("mmkit-qemu: stress cpu {cpu}: FAILED: {}", e.as_str());
-                first_failure.get_or_insert(Reason::new(format_args!("cpu {cpu}: {}", e.as_str())));
-            }
-        }
-    }
-    println!(
-        "mmkit-qemu: stress total: {} ops: {} kmalloc, {} remote frees, {} typed, {} alloc_pages, {} vmalloc, {} shrinks",
-        total.ops, total.kmallocs, total.remote_frees, total.typed, total.pages, total.vmallocs, total.shrinks
-    );
-    if let Some(e) = first_failure {
-        return Err(e);
-    }
-    smp::set_timer_allocations(false);
-    let left = stress::drain_ring(mm, &run.ring, &hooks)?;
-    ensure!(
-        stress::quiesce(mm, &run.typed) == 0,
-        "a CPU was not reachable for the drain"
-    );
-    let after = stress::Snapshot::of(&mm.meminfo());
-    println!(
-        "mmkit-qemu: stress: {left} objects left in the ring freed; free {} KiB before, {} KiB after",
-        before.free_kb, after.free_kb
-    );
-    before.unchanged(&after)?;
-    let guard = mm.platform().irq_save();
-    // SAFETY: the other CPUs are idle (their jobs returned) and their timer handlers no
-    // longer allocate (`set_timer_allocations(false)` waited for the last), this CPU's
-    // interrupts are off, and `mm` is not used until the verify returns.
-    let verified = unsafe { facade::GLOBAL.verify_stopped() };
-    drop(guard);
-    smp::set_timer_allocations(true);
-    match verified {
-        Some(Ok(())) => Ok(()),
-        Some(Err(e)) => fail!("verify after the stress run: {e}"),
-        None => fail!("no global allocator"),
-    }
 }
 
 /// Fail on purpose if the command line asks for it (`mmkit.inject=`), so the boot script can

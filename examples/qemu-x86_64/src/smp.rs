@@ -42,13 +42,13 @@ use core::cell::UnsafeCell;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
-use mmkit::addr::{Order, PageSize, PhysAddr, PhysRange, VirtAddr, PAGE_SIZE};
+use mmkit::addr::{PageSize, PhysAddr, PhysRange, VirtAddr, PAGE_SIZE};
 use mmkit::buddy::GfpFlags;
 use mmkit::pgtable::arch::x86_64_hw;
 use mmkit::pgtable::TlbInvalidate;
 use mmkit_qemu_common::harness::Reason;
 use mmkit_qemu_common::smp::{self, AllocGate, CallSlots, CpuStats, Jobs};
-use mmkit_qemu_common::stress::StressHooks;
+use mmkit_qemu_common::stress::{SmpKernel, StressHooks};
 use mmkit_qemu_common::{ensure, fail};
 
 use crate::apic;
@@ -587,7 +587,8 @@ unsafe impl TlbInvalidate for ShootdownTlb {
 
 // ---- the stress test's hooks and the shootdown check ----------------------------------------
 
-/// The kernel side of the stress test.
+/// The kernel side of the stress test: one CPU's hooks.
+#[derive(Debug, Default)]
 pub struct KernelHooks;
 
 impl StressHooks for KernelHooks {
@@ -610,70 +611,42 @@ impl StressHooks for KernelHooks {
     }
 }
 
-/// Map frame A at a vmalloc address, let another CPU read it (its TLB now holds the
-/// translation), unmap, map frame B at the same address and let that CPU read again: it must
-/// see B. Without a shootdown it still reads A through its stale TLB entry.
-pub fn shootdown_reaches_other_cpus(mm: &KernelMm) -> Result<(), Reason> {
-    let me = this_cpu();
-    let Some(other) = (0..MAX_CPUS).find(|&c| c != me && online(c)) else {
-        fail!("no other CPU online");
-    };
-    let mut frames = [None; 2];
-    for (i, f) in frames.iter_mut().enumerate() {
-        let pfn = mm
-            .alloc_pages(GfpFlags::KERNEL, Order::ZERO)
-            .map_err(|e| Reason::new(format_args!("alloc: {e:?}")))?;
-        let Some(p) = mm.page_address(pfn, Order::ZERO) else {
-            fail!("no address for {pfn:?}");
-        };
-        // SAFETY: a fresh page of ours.
-        unsafe { p.cast::<u64>().as_ptr().write_volatile(0xa000 + i as u64) };
-        *f = Some(pfn);
+/// The kernel as the stress test drives it.
+pub struct Kernel;
+
+impl SmpKernel for Kernel {
+    type Hooks = KernelHooks;
+
+    fn run_everywhere(&self, job: fn(usize)) {
+        run_everywhere(job);
     }
-    let [Some(a), Some(b)] = frames else {
-        fail!("frames");
-    };
-    let result = (|| {
-        let attrs = mmkit::pgtable::Attrs::KERNEL_RW;
-        let read_on_other = |va: VirtAddr| {
-            let seen = AtomicU64::new(0);
-            let reached = run_on_cpu(other, &|| {
-                // SAFETY: `va` is mapped to a page of ours while this runs.
-                let v = unsafe { (va.as_u64() as *const u64).read_volatile() };
-                seen.store(v, Ordering::SeqCst);
-            });
-            reached.then(|| seen.load(Ordering::SeqCst))
-        };
-        let va = mm
-            .vmap(&[a], attrs, &mut ShootdownTlb::new())
-            .map_err(|e| Reason::new(format_args!("vmap: {e:?}")))?;
-        let first = read_on_other(va);
-        mm.vunmap(va, &mut ShootdownTlb::new())
-            .map_err(|e| Reason::new(format_args!("vunmap: {e:?}")))?;
-        let again = mm
-            .vmap(&[b], attrs, &mut ShootdownTlb::new())
-            .map_err(|e| Reason::new(format_args!("vmap: {e:?}")))?;
-        let second = read_on_other(again);
-        mm.vunmap(again, &mut ShootdownTlb::new())
-            .map_err(|e| Reason::new(format_args!("vunmap: {e:?}")))?;
-        ensure!(
-            first == Some(0xa000),
-            "CPU {other} read {first:x?} through {va:?}, frame A holds 0xa000"
-        );
-        ensure!(
-            again == va,
-            "the second vmap went to {again:?}, not {va:?}: nothing to compare"
-        );
-        ensure!(
-            second == Some(0xa001),
-            "CPU {other} read {second:x?} at {va:?} after the remap to frame B (0xa001): stale TLB entry, the shootdown did not reach it"
-        );
-        Ok(())
-    })();
-    for pfn in [a, b] {
-        let _ = mm.free_pages(pfn, Order::ZERO);
+
+    fn set_timer_allocations(&self, on: bool) {
+        set_timer_allocations(on);
     }
-    result
+
+    fn this_cpu(&self) -> usize {
+        this_cpu()
+    }
+
+    fn verify_stopped(&self) -> Result<(), Reason> {
+        let was = interrupts_enabled();
+        // SAFETY: masking interrupts is always allowed.
+        unsafe { asm!("cli", options(nomem, nostack)) };
+        // SAFETY: the other CPUs are idle (their jobs returned) and their timer handlers no
+        // longer allocate (the caller closed the gate, which waited for the last), this
+        // CPU's interrupts are off, and no reference to the `Mm` is used until this returns.
+        let verified = unsafe { GLOBAL.verify_stopped() };
+        if was {
+            // SAFETY: interrupts were on, so the IDT is loaded.
+            unsafe { crate::platform::enable_interrupts() };
+        }
+        match verified {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => fail!("verify after the stress run: {e}"),
+            None => fail!("no global allocator"),
+        }
+    }
 }
 
 /// Physical range of the trampoline page for `free_reserved_range`.
