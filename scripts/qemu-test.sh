@@ -8,15 +8,17 @@
 #   x86_64  PVH on q35: -m 512M with the default CPU (2 MiB pages) on one CPU and on four,
 #           and -m 3G (RAM above 4 GiB) with -cpu max (1 GiB pages) on four
 #                                                            success: status 33
-#   aarch64 virt at EL1, and at EL2 (virtualization=on)      success: status 0
+#   aarch64 virt (GICv2) at EL1 on one CPU and on four, and at EL2 (virtualization=on) on
+#           four                                             success: status 0
 # Four CPUs run under QEMU's multi-threaded TCG (-accel tcg,thread=multi): the kernel starts
-# them, runs a timer on each that allocates in its handler, and the cross-CPU stress test.
+# them (INIT-SIPI-SIPI / PSCI CPU_ON), runs a timer on each that allocates in its handler,
+# cross-CPU calls through IPIs, a TLB shootdown check and the cross-CPU stress test.
 # Success also needs the kernel's line "mmkit-qemu: all N checks passed" on the serial port.
 # Then, per architecture, three boots with a failure injected on the kernel command line
 # (a failing check, a panic, an unexpected fault) must each be reported as a failure: the
 # failure status, the matching message, and no success line. They prove this script would
-# notice a broken kernel. On x86_64 a fourth, on four CPUs, breaks the cross-CPU protocol
-# (TLB shootdowns skip the other CPUs), which the SMP checks must report.
+# notice a broken kernel. A fourth per architecture, on four CPUs, breaks the cross-CPU
+# protocol (TLB invalidation skips the other CPUs), which the SMP checks must report.
 #
 # Environment:
 #   QEMU_TARGET_DIR   cargo target dir for the kernels   (default: target/qemu)
@@ -144,8 +146,10 @@ boot x86_64-pvh-3g-cpu-max-smp4 33 "$success_re" no -- \
   "${x86[@]}" "${smp4[@]}" -cpu max -m 3G -append "mmkit.expect_mem=3G"
 boot aarch64-virt-el1 0 "$success_re" no -- \
   "${arm[@]}" -machine virt -m 512M -append "mmkit.expect_mem=512M"
-boot aarch64-virt-el2 0 "$success_re" no -- \
-  "${arm[@]}" -machine virt,virtualization=on -m 512M -append "mmkit.expect_mem=512M"
+boot aarch64-virt-el1-smp4 0 "$success_re" no -- \
+  "${arm[@]}" -machine virt "${smp4[@]}" -m 512M -append "mmkit.expect_mem=512M"
+boot aarch64-virt-el2-smp4 0 "$success_re" no -- \
+  "${arm[@]}" -machine virt,virtualization=on "${smp4[@]}" -m 512M -append "mmkit.expect_mem=512M"
 
 if [ "${QEMU_SKIP_NEGATIVE:-0}" != 1 ]; then
   check_re='^mmkit-qemu: [0-9]+ of [0-9]+ checks FAILED'
@@ -160,6 +164,8 @@ if [ "${QEMU_SKIP_NEGATIVE:-0}" != 1 ]; then
   done
   boot x86_64-inject-shootdown 35 "$check_re" yes -- \
     "${x86[@]}" "${smp4[@]}" -m 512M -append "mmkit.inject=shootdown"
+  boot aarch64-inject-shootdown 1 "$check_re" yes -- \
+    "${arm[@]}" -machine virt "${smp4[@]}" -m 512M -append "mmkit.inject=shootdown"
 fi
 
 # ---------------------------------------------------------------------------------------------

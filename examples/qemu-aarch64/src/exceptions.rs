@@ -14,7 +14,10 @@
 //! 2. A fault at an instruction listed in the exception table (see
 //!    [`mmkit_qemu_common::extable`]) is recorded (ESR, FAR) and execution resumes at the
 //!    table's fixup address: [`read_u64_nofault`] relies on it.
-//! 3. Anything else — and any IRQ, FIQ, SError or exception from a lower EL — is fatal: the
+//!
+//! An IRQ at EL1 goes to [`crate::smp::handle_irq`] (GIC timer and call SGI).
+//!
+//! 3. Anything else — FIQ, SError, an exception from a lower EL — is fatal: the
 //!    slot, ESR (with its exception class decoded), FAR, ELR and SPSR are printed and QEMU
 //!    exits with the failure status.
 
@@ -269,7 +272,14 @@ impl Fault {
     }
 }
 
+/// The slot taken for IRQs at EL1 on SP_EL1.
+const SLOT_IRQ_EL1_SPX: u64 = 5;
+
 extern "C" fn handle_exception(frame: &mut ExceptionFrame) {
+    if frame.slot == SLOT_IRQ_EL1_SPX {
+        crate::smp::handle_irq();
+        return;
+    }
     let ec = (frame.esr >> 26) & 0x3f;
     if frame.slot == SLOT_SYNC_EL1_SPX || frame.slot == SLOT_SYNC_EL1_SP0 {
         if ec == EC_BRK64 {

@@ -5,8 +5,8 @@
 //!
 //! 1. [`boot`]: [`MmBuilder`] over the device tree (bootmem's device-tree ingestion:
 //!    `/memory`, `/reserved-memory`, `/memreserve/`), with the kernel image, the tree itself
-//!    and the interim table pool reserved; the platform hooks are the boot CPU ([`Bsp`]: one
-//!    CPU, the real `DAIF` guard); the kernel map is the direct map ([`KERNEL_MAP`]); the
+//!    and the interim table pool reserved; the platform hooks are the machine's CPUs
+//!    ([`Cpus`]: MPIDR-derived ids, the real `DAIF` guard, SGIs); the kernel map is the direct map ([`KERNEL_MAP`]); the
 //!    facade creates a TTBR1 table (4 KiB granule, 48-bit) with a vmalloc window at
 //!    [`VMALLOC_BASE`], in the upper half of the TTBR1 space as on Linux arm64.
 //! 2. [`adopt_page_table`]: the direct map ([`mmu::populate_upper`]) is mapped into the
@@ -23,7 +23,7 @@ use mmkit::addr::{PhysRange, VirtAddr, VirtRange};
 use mmkit::pgtable::arch::aarch64::Aarch64;
 use mmkit::pgtable::arch::aarch64_hw::{self, InnerShareableTlb};
 use mmkit::pgtable::TlbInvalidate;
-use mmkit::{BootError, LinearMap, Mm, MmBuilder, MoverTlb};
+use mmkit::{BootError, GlobalMm, LinearMap, Mm, MmBuilder, MoverTlb};
 use mmkit_qemu_common::harness::Reason;
 use mmkit_qemu_common::memmap::MemoryMap;
 use mmkit_qemu_common::mm_checks::ProbeOutcome;
@@ -31,7 +31,7 @@ use mmkit_qemu_common::{ensure, fail};
 
 use crate::exceptions::{self, EC_DATA_ABORT_SAME_EL};
 use crate::mmu::{self, DIRECT_MAP_BASE, UPPER};
-use crate::platform::Bsp;
+use crate::platform::Cpus;
 
 /// Physical memory the direct map may cover: the lower half of the TTBR1 space (128 TiB),
 /// leaving the upper half to vmalloc (Linux arm64 with 48-bit VAs splits it the same way).
@@ -49,16 +49,20 @@ pub const VMALLOC_BASE: u64 = DIRECT_MAP_BASE + DIRECT_MAP_SPAN;
 pub const VMALLOC_SIZE: u64 = 1 << 30;
 
 /// The kernel's memory manager.
-pub type KernelMm = Mm<'static, Bsp, Aarch64>;
+pub type KernelMm = Mm<'static, Cpus, Aarch64>;
 
-/// Step 1 (module docs): boot mmkit from the device tree with `reserved` kept out.
-pub fn boot(dtb: &[u8], reserved: &[PhysRange]) -> Result<KernelMm, BootError> {
+/// The `Mm` once the single-CPU checks are done with it: shared with the other CPUs and the
+/// timer handlers (not the `#[global_allocator]`: this kernel has no `alloc` users).
+pub static MM: GlobalMm<Cpus, Aarch64> = GlobalMm::new();
+
+/// Step 1 (module docs): boot mmkit from the device tree for `cpus` with `reserved` kept out.
+pub fn boot(cpus: Cpus, dtb: &[u8], reserved: &[PhysRange]) -> Result<KernelMm, BootError> {
     let window = VirtRange::from_start_size(VirtAddr::new(VMALLOC_BASE), VMALLOC_SIZE)
         .unwrap_or(VirtRange::EMPTY);
     // SAFETY: everything in use is in `reserved` or in the tree's own reservations (kernel
     // image with its stack; the device tree; the interim page tables); the free RAM is unused
     // (the earlier checks are done with theirs), and the direct map reaches all RAM.
-    let mut builder = unsafe { MmBuilder::new(Bsp, &KERNEL_MAP) }.device_tree(dtb);
+    let mut builder = unsafe { MmBuilder::new(cpus, &KERNEL_MAP) }.device_tree(dtb);
     for r in reserved {
         builder = builder.reserve(*r);
     }

@@ -13,6 +13,8 @@
 //! * [`memmap`]: the device tree turned into a memory map, and the kernel's own footprint;
 //! * [`mmu`]: the kernel's own tables built with mmkit-pgtable (identity with a W^X image,
 //!   direct map) and turning the MMU on with them;
+//! * [`gic`]: the GICv2 and the virtual timer;
+//! * [`smp`]: per-CPU areas, secondaries through PSCI, interrupts, cross-CPU calls;
 //! * [`facade`]: mmkit brought up through its facade (`MmBuilder` on the device tree), and
 //!   TTBR1 switched to the facade's page table, on which vmalloc maps;
 //! * [`selftest`]: the checks.
@@ -30,10 +32,12 @@
 mod boot;
 mod exceptions;
 mod facade;
+mod gic;
 mod memmap;
 mod mmu;
 mod platform;
 mod selftest;
+mod smp;
 
 use core::panic::PanicInfo;
 
@@ -42,9 +46,14 @@ use platform::{exit, ExitCode};
 /// The Rust entry point, called by `boot.rs` at EL1 on the boot stack with `x0` as QEMU left
 /// it and the exception level the CPU entered at.
 pub extern "C" fn kmain(x0: u64, entry_el: u64) -> ! {
+    let boot_cpu = smp::init_boot_cpu();
     boot::paint_boot_stack();
     println!();
     println!("mmkit-qemu: aarch64 kernel entered at EL{entry_el}, now at EL1, x0 = {x0:#x}");
+    if boot_cpu.is_none() {
+        println!("mmkit-qemu: the boot CPU's MPIDR gives no CPU id");
+        exit(ExitCode::Failure);
+    }
     // SAFETY: `boot.rs` installed the vector table; no interrupt controller is programmed.
     unsafe { platform::enable_interrupts() };
 

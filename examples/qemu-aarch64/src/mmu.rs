@@ -10,6 +10,7 @@
 //! | TTBR0 | kernel `.data` / `.bss` (stack) | identity | RW, no-exec |
 //! | TTBR0 | lowest page of the boot stack | — | unmapped: the stack's guard page |
 //! | TTBR0 | PL011 UART page | identity | Device-nGnRE, RW, no-exec |
+//! | TTBR0 | GICv2 distributor and CPU interface | identity | Device-nGnRE, RW, no-exec |
 //! | TTBR1 | [`DIRECT_MAP_BASE`] + every RAM range | RAM | RW, no-exec, largest blocks |
 //!
 //! Nothing else is mapped (flash, the rest of MMIO, address 0). The identity half keeps the
@@ -209,6 +210,19 @@ pub fn build_lower<'p>(
         PageSize::Size4K.bytes(),
         device,
     )?;
+    for (what, base) in [
+        ("GIC distributor", crate::gic::GICD_BASE),
+        ("GIC CPU interface", crate::gic::GICC_BASE),
+    ] {
+        map(
+            &mut pt,
+            what,
+            base,
+            base,
+            crate::gic::GIC_REGION_SIZE,
+            device,
+        )?;
+    }
     Ok(pt)
 }
 

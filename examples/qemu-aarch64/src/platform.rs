@@ -10,8 +10,11 @@
 //!   never pass.
 //! * The PSCI conduit (`hvc` or `smc`) comes from the device tree's `/psci/method`
 //!   ([`set_psci_conduit`]); until it is known, `hvc`, which is what `virt` uses without EL3.
-//! * [`Bsp`]: the boot CPU, implementing [`CpuTopology`] (one CPU, id 0) and [`IrqControl`]
-//!   with the real `DAIF` mask.
+//! * [`Cpus`]: the machine's CPUs, implementing [`CpuTopology`] (ids from the MPIDRs, read
+//!   from the per-CPU area in `TPIDR_EL1`) and [`IrqControl`] with the real `DAIF` mask and
+//!   SGIs for `run_on_cpu` ([`crate::smp`]); [`psci_cpu_on`] starts the other CPUs.
+//! * While other CPUs run, only the boot CPU prints (the others report through memory),
+//!   except for a fatal exception on the way out.
 //! * [`IDENTITY`]: the [`OffsetMapper`] for running with the MMU off (virtual = physical);
 //!   `mmu::DIRECT` once the MMU is on.
 //!
@@ -111,6 +114,28 @@ pub fn set_psci_conduit(conduit: PsciConduit) {
     PSCI_CONDUIT.store(value, Ordering::SeqCst);
 }
 
+/// PSCI 0.2+ `CPU_ON` (SMC64 calling convention).
+const PSCI_CPU_ON: u32 = 0xc400_0003;
+
+/// PSCI `CPU_ON`: start the CPU `mpidr` at physical `entry`, MMU off, with `context` in `x0`.
+/// Returns PSCI's status (0: success; negative: refused).
+pub fn psci_cpu_on(mpidr: u64, entry: u64, context: u64) -> i64 {
+    let ret: u64;
+    // SAFETY: CPU_ON only starts another CPU at `entry` (the kernel's `secondary_entry`, which
+    // needs nothing but what it is passed and the statics the caller prepared); the SMC
+    // calling convention may clobber x0-x17, which `clobber_abi("C")` declares.
+    unsafe {
+        if PSCI_CONDUIT.load(Ordering::SeqCst) == CONDUIT_SMC {
+            asm!("smc #0", inout("x0") u64::from(PSCI_CPU_ON) => ret, inout("x1") mpidr => _,
+                 inout("x2") entry => _, inout("x3") context => _, clobber_abi("C"), options(nostack));
+        } else {
+            asm!("hvc #0", inout("x0") u64::from(PSCI_CPU_ON) => ret, inout("x1") mpidr => _,
+                 inout("x2") entry => _, inout("x3") context => _, clobber_abi("C"), options(nostack));
+        }
+    }
+    ret as i64
+}
+
 /// Call PSCI `function` with no arguments; for the calls used here it does not return.
 fn psci_call(function: u32) {
     // SAFETY: SYSTEM_OFF / SYSTEM_RESET take no arguments and do not touch kernel memory; the
@@ -176,35 +201,54 @@ pub fn interrupts_enabled() -> bool {
 /// Unmask IRQs.
 ///
 /// # Safety
-/// The vector table must be installed; no interrupt controller is set up by this kernel, so
-/// no IRQ is expected to arrive (one would be reported as an unexpected exception).
+/// The vector table must be installed; IRQs arrive only once the GIC is set up
+/// ([`crate::gic`]), and the vector table hands them to [`crate::smp::handle_irq`].
 pub unsafe fn enable_interrupts() {
     // SAFETY: the caller guarantees the vector table is in place.
     unsafe { asm!("msr daifclr, #2", options(nomem, nostack)) };
 }
 
-/// The boot CPU: the only CPU this kernel runs on.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Bsp;
+/// The machine's CPUs as mmkit sees them: `nr` CPUs whose ids come from their MPIDRs
+/// ([`crate::smp`]), the real `DAIF` mask as the guard, and SGIs for cross-CPU calls.
+#[derive(Debug, Clone, Copy)]
+pub struct Cpus {
+    nr: usize,
+}
 
-// SAFETY: secondary CPUs are never started (QEMU holds them until a PSCI CPU_ON), so there is
-// exactly one CPU and its id, 0, never changes.
-unsafe impl CpuTopology for Bsp {
-    fn nr_cpus(&self) -> usize {
-        1
-    }
-
-    fn current_cpu(&self) -> usize {
-        0
+impl Cpus {
+    /// `nr` CPUs (at least 1): the device tree's count.
+    pub const fn new(nr: usize) -> Self {
+        Self {
+            nr: if nr == 0 { 1 } else { nr },
+        }
     }
 }
 
-// SAFETY: `save_disable` sets DAIF.I, so no IRQ handler runs on this (only) CPU until
-// `restore` writes back the saved DAIF, which unmasks only if the outer state was unmasked.
-unsafe impl IrqControl for Bsp {
+// SAFETY: `nr` never changes. `current_cpu` reads the id from the CPU's own per-CPU area
+// (`TPIDR_EL1`), set before any mmkit call on that CPU and never changed; a CPU comes online
+// only with an id below the tree's CPU count (`smp::start_secondaries`), and a CPU never runs
+// another CPU's code path, so the value is stable for a whole section.
+unsafe impl CpuTopology for Cpus {
+    fn nr_cpus(&self) -> usize {
+        self.nr
+    }
+
+    #[inline]
+    fn current_cpu(&self) -> usize {
+        crate::smp::this_cpu()
+    }
+}
+
+// SAFETY: `save_disable` sets DAIF.I, so no IRQ handler — the only other context on a CPU —
+// runs on the calling CPU until `restore` writes back the saved DAIF, which unmasks only if
+// the outer state was unmasked. `run_on_cpu` runs `f` here with IRQs masked, or on the target
+// inside its SGI handler (IRQs masked, so outside every section of that CPU), and returns
+// `true` only after `f` finished (`smp::run_on_cpu`).
+unsafe impl IrqControl for Cpus {
     /// The whole DAIF register as it was.
     type State = u64;
 
+    #[inline]
     fn save_disable(&self) -> u64 {
         let saved = daif();
         // SAFETY: masking IRQs is always allowed.
@@ -212,10 +256,15 @@ unsafe impl IrqControl for Bsp {
         saved
     }
 
+    #[inline]
     unsafe fn restore(&self, saved: u64) {
         // SAFETY: `saved` is a DAIF value read by the matching `save_disable`; if it unmasks
         // IRQs, they were unmasked before, with the vector table in place.
         unsafe { asm!("msr daif, {}", in(reg) saved, options(nomem, nostack)) };
+    }
+
+    fn run_on_cpu(&self, cpu: usize, f: &(dyn Fn() + Sync)) -> bool {
+        cpu < self.nr && crate::smp::run_on_cpu(cpu, f)
     }
 }
 

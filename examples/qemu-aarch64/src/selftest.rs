@@ -10,7 +10,9 @@
 //! A write to a read-only mapping cannot be provoked yet: the kernel runs with the MMU off
 //! until it builds its tables with mmkit-pgtable.
 
-use mmkit_addr::{PageSize, PhysAddr, PhysMapper, PhysRange, VirtAddr, PAGE_SIZE};
+use mmkit_addr::{
+    CpuTopology, IrqControl, PageSize, PhysAddr, PhysMapper, PhysRange, VirtAddr, PAGE_SIZE,
+};
 use mmkit_bootmem::{firmware::fdt, Bootmem};
 use mmkit_pgtable::arch::aarch64_hw::InnerShareableTlb;
 use mmkit_pgtable::{AttrChange, Attrs, ProtectError};
@@ -27,10 +29,15 @@ use crate::exceptions::{
     ESR_FNV, ESR_WNR,
 };
 use crate::facade;
+use crate::facade::KernelMm;
+use crate::gic;
 use crate::memmap::{kernel_image, BootInfo};
 use crate::mmu::{self, KernelTable, DIRECT_MAP_BASE};
-use crate::platform::{interrupts_enabled, Bsp, Serial, IDENTITY, IDENTITY_LIMIT};
+use crate::platform::{interrupts_enabled, Cpus, Serial, IDENTITY, IDENTITY_LIMIT};
 use crate::println;
+use crate::smp;
+use mmkit_qemu_common::smp as smp_stats;
+use mmkit_qemu_common::stress;
 
 /// How far above the kernel image the "far" RAM page must be.
 const FAR_FROM_KERNEL: u64 = 4 << 20;
@@ -64,7 +71,7 @@ pub fn run(boot: &BootInfo) -> Outcome {
         device_tree_in_ram_below_kernel(map, boot.dtb, kernel)
     });
     h.run("irq_guard_nests", || {
-        checks::irq_guard_nests(&Bsp, interrupts_enabled)
+        checks::irq_guard_nests(&Cpus::new(1), interrupts_enabled)
     });
     h.run("identity_mapper_translates", || {
         checks::mapper_translates(&IDENTITY, 0, IDENTITY_LIMIT, kernel)
@@ -94,6 +101,9 @@ pub fn run(boot: &BootInfo) -> Outcome {
         read_of_unbacked_address_aborts(map)
     });
     // Then: the platform checks above used free memory that bootmem is about to manage.
+    if checks::injection(cmdline) == Ok(Some(Injection::Shootdown)) {
+        smp::local_only_tlbi();
+    }
     let keep = [PAGE_TABLE_POOL];
     let outcome = bootmem_sequence(&mut h, boot, &exclude, &keep);
     let pool = outcome.kept[0];
@@ -503,10 +513,12 @@ fn facade_sequence(
     pool: PhysRange,
 ) {
     let reserved = [exclude[0], exclude[1], pool];
+    let mpidrs = boot.facts.cpus.mpidrs();
+    let nr_cpus = mpidrs.len().clamp(1, smp::MAX_CPUS);
     let mut booted = None;
     h.run("mm_boots_from_the_device_tree", || {
-        let mm =
-            facade::boot(boot.blob, &reserved).map_err(|e| Reason::new(format_args!("{e}")))?;
+        let mm = facade::boot(Cpus::new(nr_cpus), boot.blob, &reserved)
+            .map_err(|e| Reason::new(format_args!("{e}")))?;
         booted = Some(mm);
         Ok(())
     });
@@ -556,6 +568,111 @@ fn facade_sequence(
             r.mapped_bytes >> 20
         );
     }
+    match facade::MM.init(mm) {
+        Ok(mm) => smp_sequence(h, mm, boot),
+        Err(_) => {
+            h.run("smp_mm_is_shared", || fail!("an mm is installed already"));
+        }
+    }
+}
+
+/// Operations each CPU's stress worker does.
+const STRESS_OPS: u64 = 4_000;
+
+/// The SMP part (issue 13): the GIC and timers, the other CPUs through PSCI, cross-CPU
+/// calls, the shootdown check, and the stress test with its before/after figures and
+/// `verify`.
+#[inline(never)]
+fn smp_sequence(h: &mut Harness<Serial>, mm: &'static KernelMm, boot: &BootInfo) {
+    let mpidrs = boot.facts.cpus.mpidrs();
+    let nr_cpus = mm.platform().nr_cpus();
+    println!(
+        "mmkit-qemu: {nr_cpus} CPU(s) in the device tree (MPIDRs {mpidrs:x?}), boot CPU {}",
+        smp::this_cpu()
+    );
+    let gic_found = h.run("gic_v2_where_the_kernel_maps_it", || {
+        let expected = Some((gic::GICD_BASE, gic::GICC_BASE));
+        ensure!(
+            boot.facts.gic_v2 == expected,
+            "device tree GICv2 {:x?}, the kernel maps {expected:x?}",
+            boot.facts.gic_v2
+        );
+        Ok(())
+    });
+    if !gic_found {
+        h.skip("smp_*", "no GICv2 where expected");
+        return;
+    }
+    smp::start_boot_cpu_interrupts();
+    let started = h.run("smp_brings_up_every_cpu", || {
+        let online = smp::start_secondaries(mm, mpidrs)?;
+        ensure!(
+            online == mpidrs.len(),
+            "{online} of {} CPUs came online",
+            mpidrs.len()
+        );
+        Ok(())
+    });
+    if !started {
+        h.skip("smp_*", "not every CPU came up");
+        return;
+    }
+    smp::set_timer_allocations(true);
+    h.run("smp_run_on_cpu_reaches_every_cpu", || {
+        use core::sync::atomic::{AtomicUsize, Ordering};
+        for cpu in 0..nr_cpus {
+            let seen = AtomicUsize::new(usize::MAX);
+            let reached = mm.platform().run_on_cpu(cpu, &|| {
+                seen.store(smp::this_cpu(), Ordering::SeqCst);
+            });
+            let seen = seen.into_inner();
+            ensure!(reached, "CPU {cpu} not reached");
+            ensure!(seen == cpu, "the call for CPU {cpu} ran on CPU {seen}");
+        }
+        Ok(())
+    });
+    if nr_cpus > 1 {
+        h.run("smp_tlb_shootdown_reaches_other_cpus", || {
+            let other = (0..nr_cpus).find(|&c| c != smp::this_cpu()).unwrap_or(0);
+            stress::shootdown_reaches(mm, &smp::KernelHooks, other)
+        });
+    } else {
+        h.skip("smp_tlb_shootdown_reaches_other_cpus", "one CPU");
+    }
+    h.run("smp_stress_every_cpu", || {
+        let cfg = stress::StressConfig {
+            ops: STRESS_OPS,
+            seed: 0x5eed,
+        };
+        stress::run_on_every_cpu(mm, &smp::Kernel, cfg, &mut Serial)
+    });
+    smp::set_timer_allocations(false);
+    let mut total = smp_stats::StatsSnapshot::default();
+    for cpu in 0..nr_cpus {
+        let Some(l) = smp::local_of(cpu) else {
+            continue;
+        };
+        let s = l.stats.snapshot();
+        println!(
+            "mmkit-qemu: cpu {cpu}: {} timer interrupts, {} of them inside mmkit calls, {} timer allocation rounds ({} failed), {} IPIs sent, {} cross-CPU calls run",
+            s.ticks, s.ticks_in_mm, s.timer_allocs, s.timer_failures, s.ipis_sent, s.calls_run
+        );
+        total.add(&s);
+    }
+    println!(
+        "mmkit-qemu: all CPUs: {} timer interrupts, {} inside mmkit calls, {} IPIs sent, {} calls run",
+        total.ticks, total.ticks_in_mm, total.ipis_sent, total.calls_run
+    );
+    h.run("smp_no_refused_call_or_failed_allocation", || {
+        let refused = smp::refused_calls();
+        ensure!(refused == 0, "{refused} cross-CPU calls refused");
+        let failed = total.timer_failures;
+        ensure!(
+            failed == 0,
+            "{failed} GFP_ATOMIC allocations in timer handlers failed"
+        );
+        Ok(())
+    });
 }
 
 /// Fail on purpose if the command line asks for it (`mmkit.inject=`), so the boot script can
@@ -569,11 +686,7 @@ fn inject_failure(h: &mut Harness<Serial>, cmdline: &str, map: &MemoryMap) {
             });
         }
         Ok(Some(Injection::Panic)) => panic!("injected by {}=panic", checks::INJECT_PARAM),
-        Ok(Some(Injection::Shootdown)) => {
-            h.run("injected_failure", || {
-                fail!("{}=shootdown needs the SMP kernel", checks::INJECT_PARAM)
-            });
-        }
+        Ok(Some(Injection::Shootdown)) => {}
         Ok(Some(Injection::Fault)) => {
             let target = unbacked_address(map).unwrap_or(0x3000_0000) as *const u64;
             // SAFETY: deliberately faulting: nothing decodes the address, so the read aborts

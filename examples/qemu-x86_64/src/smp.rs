@@ -16,10 +16,10 @@
 //! long mode on the boot tables (`boot_pml4`, identity of the low 4 GiB, below 4 GiB as a
 //! 32-bit CR3 must be) → `ap_entry64` in the kernel, which loads the kernel GDT, the facade's
 //! page table ([`AP_CR3`]) and the stack the boot CPU allocated for its APIC id
-//! ([`AP_STACKS`], vmalloc'ed: a guard page below each), and calls `ap_main`. `ap_main`
-//! switches `GS` to its area, loads the IDT, enables its APIC and timer, marks itself
-//! online and waits for work with interrupts on. The trampoline page then goes back to the
-//! buddy (`Mm::free_reserved_range`).
+//! ([`AP_STACKS`], vmalloc'ed: the guard page ending the area before lies below each), and
+//! calls `ap_main`. `ap_main` switches `GS` to its area, loads the IDT, enables its APIC and
+//! timer, marks itself online and waits for work with interrupts on. The trampoline page
+//! then goes back to the buddy (`Mm::free_reserved_range`).
 //!
 //! ## Interrupts
 //! Every CPU's APIC timer ticks ([`apic::TIMER_COUNT`]); the handler, while
@@ -59,8 +59,8 @@ use crate::platform::interrupts_enabled;
 /// The most CPUs this kernel runs (APIC ids at or above are not started).
 pub const MAX_CPUS: usize = smp::MAX_CPUS;
 
-/// Stack of each application processor (vmalloc'ed, with the guard page after the area below
-/// the next one's).
+/// Stack of each application processor (vmalloc'ed: the guard page that ends the area before
+/// it lies just below).
 pub const AP_STACK_SIZE: usize = 64 * 1024;
 
 /// One CPU's per-CPU area.
