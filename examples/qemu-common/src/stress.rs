@@ -118,6 +118,13 @@ pub trait StressHooks: Sync {
     fn enter_mm(&self);
     /// The call into mmkit returned.
     fn leave_mm(&self);
+    /// Write `value` at `va` on the calling CPU, reporting a fault instead of dying from it:
+    /// `Some(true)` written, `Some(false)` faulted, `None` if the kernel cannot tell (a host
+    /// test). The caller owns the byte if it is writable.
+    fn write_nofault(&self, va: VirtAddr, value: u8) -> Option<bool> {
+        let _ = (va, value);
+        None
+    }
 }
 
 /// How much work each CPU does.
@@ -716,11 +723,13 @@ where
     verified
 }
 
-/// Whether a TLB shootdown reaches the other CPUs: map frame A at a vmalloc address
-/// (`vmap`), let CPU `other` read it (its TLB now holds the translation), unmap, map frame B
-/// at the same address and let `other` read again: it must see B. With a shootdown that
-/// skips the other CPUs it still reads A through its stale TLB entry. The kernel page table
-/// must be live on every CPU (no host test can run this).
+/// Whether a TLB shootdown reaches the other CPUs, after an unmap and after a `protect`:
+/// map frame A at a vmalloc address (`vmap`), let CPU `other` read it (its TLB now holds the
+/// translation), unmap, map frame B at the same address and let `other` read again: it must
+/// see B. Then make B's mapping read-only (`protect` on the kernel table, flushed through the
+/// hooks' TLB) and let `other` write: it must fault. With a shootdown that skips the other
+/// CPUs, `other` still reads A, or writes B, through its stale TLB entry. The kernel page
+/// table must be live on every CPU (no host test can run this).
 pub fn shootdown_reaches<P: IrqControl, F: PagingFormat, H: StressHooks>(
     mm: &Mm<'_, P, F>,
     hooks: &H,
@@ -778,6 +787,7 @@ fn remap_seen_by<P: IrqControl, F: PagingFormat, H: StressHooks>(
         .vmap(&[b], attrs, &mut hooks.tlb())
         .map_err(|e| Reason::new(format_args!("vmap: {e:?}")))?;
     let second = read_on_other(again);
+    let protected = protect_seen_by(mm, hooks, other, again);
     mm.vunmap(again, &mut hooks.tlb())
         .map_err(|e| Reason::new(format_args!("vunmap: {e:?}")))?;
     ensure!(
@@ -791,6 +801,56 @@ fn remap_seen_by<P: IrqControl, F: PagingFormat, H: StressHooks>(
     ensure!(
         second == Some(0xa001),
         "CPU {other} read {second:x?} at {va:?} after the remap to frame B (0xa001): a stale TLB entry"
+    );
+    protected
+}
+
+/// Make the page at `va` (mapped writable, just read by `other`) read-only and see a write on
+/// `other` fault.
+fn protect_seen_by<P: IrqControl, F: PagingFormat, H: StressHooks>(
+    mm: &Mm<'_, P, F>,
+    hooks: &H,
+    other: usize,
+    va: VirtAddr,
+) -> CheckResult {
+    use mmkit::pgtable::{AttrChange, Attrs};
+    let write_on_other = || {
+        let outcome = core::sync::atomic::AtomicU8::new(0);
+        let reached = mm.platform().run_on_cpu(other, &|| {
+            // The byte written is the one there (frame B's word 0 is 0xa001).
+            let code = match hooks.write_nofault(VirtAddr::new(va.as_u64()), 0x01) {
+                None => 3,
+                Some(true) => 1,
+                Some(false) => 2,
+            };
+            outcome.store(code, Ordering::SeqCst);
+        });
+        (reached, outcome.load(Ordering::SeqCst))
+    };
+    let (reached, before) = write_on_other();
+    ensure!(reached, "CPU {other} not reached");
+    if before == 3 {
+        return Ok(()); // the kernel cannot probe writes
+    }
+    ensure!(
+        before == 1,
+        "CPU {other} could not write {va:?} before the protect"
+    );
+    let change = AttrChange::flags(Attrs::empty(), Attrs::WRITE);
+    let protected = mm.with_page_table(|pt| {
+        let flush = pt.protect(va, PAGE_SIZE, change)?;
+        let freed = flush.invalidate(&mut hooks.tlb());
+        let _ = pt.free_tables(freed);
+        Ok::<(), mmkit::pgtable::ProtectError>(())
+    });
+    match protected {
+        Some(Ok(())) => {}
+        other => fail!("protect {va:?} read-only: {other:?}"),
+    }
+    let (_, after) = write_on_other();
+    ensure!(
+        after == 2,
+        "CPU {other} wrote {va:?} after it was made read-only: a stale TLB entry"
     );
     Ok(())
 }

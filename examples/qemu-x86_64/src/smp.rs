@@ -609,6 +609,11 @@ impl StressHooks for KernelHooks {
     fn leave_mm(&self) {
         local().stats.in_mm.fetch_sub(1, Ordering::Relaxed);
     }
+
+    fn write_nofault(&self, va: VirtAddr, value: u8) -> Option<bool> {
+        // SAFETY: the caller owns the byte if it is writable; a fault is caught.
+        Some(unsafe { crate::traps::write_u8_nofault(va.as_u64(), value) }.is_ok())
+    }
 }
 
 /// The kernel as the stress test drives it.
