@@ -15,15 +15,17 @@
 //!    on vmalloc maps into the live table and its flush tokens go to [`InnerShareableTlb`]
 //!    (`tlbi vale1is` / `vmalle1is` with the barriers).
 //!
-//! The interim TTBR1 table's frames stay in the reserved pool: the pool also holds the
-//! TTBR0 table (the identity half the kernel keeps running on), so unlike the x86_64 kernel
-//! this one does not give the pool back with `Mm::free_reserved_range`.
+//! 3. [`adopt_identity_table`]: the identity half is built again ([`mmu::populate_lower`])
+//!    on frames from the buddy and loaded into TTBR0. Nothing uses the interim pool any more
+//!    (both its tables are replaced), so `selftest` gives it back to the buddy with
+//!    [`Mm::free_reserved_range`], as the x86_64 kernel does.
 
 use mmkit::addr::{PhysRange, VirtAddr, VirtRange};
 use mmkit::pgtable::arch::aarch64::Aarch64;
 use mmkit::pgtable::arch::aarch64_hw::{self, InnerShareableTlb};
+use mmkit::pgtable::PageTable;
 use mmkit::pgtable::TlbInvalidate;
-use mmkit::{BootError, GlobalMm, LinearMap, Mm, MmBuilder, MoverTlb};
+use mmkit::{BootError, GlobalMm, LinearMap, MapRef, Mm, MmBuilder, MoverTlb, TableFrames};
 use mmkit_qemu_common::harness::Reason;
 use mmkit_qemu_common::memmap::MemoryMap;
 use mmkit_qemu_common::mm_checks::ProbeOutcome;
@@ -92,6 +94,35 @@ pub fn adopt_page_table(mm: &KernelMm, map: &MemoryMap) -> Result<u64, Reason> {
     let root = adopted.unwrap_or_else(|| Err(Reason::new(format_args!("no kernel page table"))))?;
     let (_, t1) = mmu::current_roots();
     ensure!(t1 == root, "TTBR1 {t1:#x}, table root {root:#x}");
+    Ok(root)
+}
+
+/// Step 3 (module docs): build the identity half anew on frames from the buddy and load it
+/// into TTBR0, so that nothing uses the interim pool any more. The table lives for the rest
+/// of the kernel's life (it is never edited again, so it is leaked rather than kept).
+/// Returns its root.
+pub fn adopt_identity_table(mm: &KernelMm, map: &MemoryMap) -> Result<u64, Reason> {
+    let frames = TableFrames(mm.page_allocator());
+    let mut pt = PageTable::new(mmu::LOWER, MapRef(&KERNEL_MAP), frames)
+        .map_err(|e| Reason::new(format_args!("no root: {e:?}")))?;
+    mmu::populate_lower(&mut pt, map).map_err(|e| Reason::new(format_args!("{e:?}")))?;
+    if let Err(e) = pt.verify() {
+        fail!("verify: {e:?}");
+    }
+    let mut t = tlb();
+    t.begin();
+    // SAFETY: EL1 with the MMU on; the new table maps everything the interim identity table
+    // did (`populate_lower` is what built that one too), so the code, stack, data and devices
+    // in use stay where they are; its frames are the buddy's, allocated for it, and never
+    // freed (the table is leaked below).
+    unsafe { aarch64_hw::load_ttbr(pt.root(), true) };
+    t.invalidate_all();
+    t.finish();
+    pt.set_live(true);
+    let root = pt.root().as_u64();
+    core::mem::forget(pt);
+    let (t0, _) = mmu::current_roots();
+    ensure!(t0 == root, "TTBR0 {t0:#x}, table root {root:#x}");
     Ok(root)
 }
 

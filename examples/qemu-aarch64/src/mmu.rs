@@ -150,6 +150,17 @@ pub fn build_lower<'p>(
     frames: PoolFrames<'p>,
 ) -> Result<KernelTable<'p>, BuildError> {
     let mut pt = PageTable::new(LOWER, mapper, frames).map_err(|_| BuildError::NoRoot)?;
+    populate_lower(&mut pt, map_)?;
+    Ok(pt)
+}
+
+/// Map the identity half (table above) into a TTBR0 table `pt`: RAM, the W^X kernel image
+/// without the boot stack's guard page, the UART and the GIC.
+pub fn populate_lower<M: PhysMapper, S: FrameSource>(
+    pt: &mut PageTable<Aarch64, M, S>,
+    map_: &MemoryMap,
+) -> Result<(), BuildError> {
+    let pt = &mut *pt;
     let kernel = kernel_image();
     let s = sections();
     let rw = Attrs::KERNEL_RW;
@@ -158,7 +169,7 @@ pub fn build_lower<'p>(
         if kernel.start().as_u64() >= start && kernel.end().as_u64() <= end {
             let (k_start, k_end) = (kernel.start().as_u64(), kernel.end().as_u64());
             map(
-                &mut pt,
+                pt,
                 "RAM below the kernel",
                 start,
                 start,
@@ -166,10 +177,10 @@ pub fn build_lower<'p>(
                 rw,
             )?;
             let text = s.text.start().as_u64();
-            map(&mut pt, ".text", text, text, s.text.len(), Attrs::KERNEL_RX)?;
+            map(pt, ".text", text, text, s.text.len(), Attrs::KERNEL_RX)?;
             let rodata = s.rodata.start().as_u64();
             map(
-                &mut pt,
+                pt,
                 ".rodata",
                 rodata,
                 rodata,
@@ -180,30 +191,23 @@ pub fn build_lower<'p>(
             let guard = crate::boot::boot_stack_guard();
             let (data, data_end) = (s.data.start().as_u64(), s.data.end().as_u64());
             let (g_start, g_end) = (guard.start().as_u64(), guard.end().as_u64());
-            map(&mut pt, ".data", data, data, g_start - data, rw)?;
+            map(pt, ".data", data, data, g_start - data, rw)?;
             map(
-                &mut pt,
+                pt,
                 ".bss above the guard",
                 g_end,
                 g_end,
                 data_end - g_end,
                 rw,
             )?;
-            map(
-                &mut pt,
-                "RAM above the kernel",
-                k_end,
-                k_end,
-                end - k_end,
-                rw,
-            )?;
+            map(pt, "RAM above the kernel", k_end, k_end, end - k_end, rw)?;
         } else {
-            map(&mut pt, "RAM", start, start, end - start, rw)?;
+            map(pt, "RAM", start, start, end - start, rw)?;
         }
     }
     let device = Attrs::KERNEL_RW.with_cache(CachePolicy::Device);
     map(
-        &mut pt,
+        pt,
         "UART",
         UART_PAGE,
         UART_PAGE,
@@ -214,16 +218,9 @@ pub fn build_lower<'p>(
         ("GIC distributor", crate::gic::GICD_BASE),
         ("GIC CPU interface", crate::gic::GICC_BASE),
     ] {
-        map(
-            &mut pt,
-            what,
-            base,
-            base,
-            crate::gic::GIC_REGION_SIZE,
-            device,
-        )?;
+        map(pt, what, base, base, crate::gic::GIC_REGION_SIZE, device)?;
     }
-    Ok(pt)
+    Ok(())
 }
 
 /// Build the direct-map (TTBR1) table.

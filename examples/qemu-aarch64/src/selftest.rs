@@ -535,6 +535,37 @@ fn facade_sequence(
         h.skip("mm_table_*", "the switch to the mm page table failed");
         return;
     }
+    let identity = h.run("ttbr0_switches_to_buddy_tables", || {
+        facade::adopt_identity_table(&mm, &boot.map).map(|_| ())
+    });
+    if identity {
+        h.run("mm_frees_the_interim_table_pool", || {
+            let managed = mm.buddy().total_managed();
+            // SAFETY: TTBR0 and TTBR1 now hold tables whose frames come from the buddy, and
+            // the TLBs were invalidated after each switch; the interim tables in `pool` are no
+            // longer walked or written, and nothing else lives in the pool.
+            let freed = unsafe { mm.free_reserved_range(pool) }
+                .map_err(|e| Reason::new(format_args!("{e}")))?;
+            ensure!(
+                freed == pool.len() / PAGE_SIZE,
+                "freed {freed} frames of a {}-frame pool",
+                pool.len() / PAGE_SIZE
+            );
+            ensure!(
+                mm.buddy().total_managed() == managed + freed,
+                "managed frames did not grow by {freed}"
+            );
+            mm.verify().map_err(|e| Reason::new(format_args!("{e}")))
+        });
+        h.run("mm_ttbr0_kernel_image_is_w_xor_x", || {
+            write_faults(
+                core::ptr::addr_of!(exceptions::RET_IN_RODATA) as u64,
+                "rodata",
+            )?;
+            executing_rodata_faults()?;
+            boot_stack_guard_page_faults()
+        });
+    }
     h.run("mm_table_direct_map_uses_large_blocks", || {
         let checked = mm.with_page_table(|pt| {
             mmu_checks::direct_map_uses_large_pages(pt, &boot.map, DIRECT_MAP_BASE)
