@@ -89,7 +89,7 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
     fn alloc_remote_node(&self, node: usize, gfp: Gfp) -> Result<NonNull<u8>, AllocError> {
         let core = self.core();
         loop {
-            let got = core.node(node).lock().alloc_object(&core.params);
+            let got = self.lock_node(node).alloc_object(&core.params);
             if let Some(obj) = got {
                 inc(&core.slow.node_allocs);
                 return Ok(obj);
@@ -97,7 +97,7 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
             let grown = self.grow(node, gfp)?;
             if grown != node {
                 // The source fell back to another node: take the object from there.
-                let got = core.node(grown).lock().alloc_object(&core.params);
+                let got = self.lock_node(grown).alloc_object(&core.params);
                 if let Some(obj) = got {
                     inc(&core.slow.node_allocs);
                     return Ok(obj);

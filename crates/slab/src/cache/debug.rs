@@ -28,7 +28,7 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
         let mut extra = None;
         loop {
             for nid in [Some(first), extra].into_iter().flatten() {
-                let mut node = core.node(nid).lock();
+                let mut node = self.lock_node(nid);
                 if let Some(obj) = node.alloc_object(&core.params) {
                     // SAFETY: just taken off our freelist, under the node lock.
                     if !unsafe { slab::debug_on_alloc(&core.params, obj, owner) } {
@@ -53,7 +53,7 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
         let core = self.core();
         let mut released = DetachedList::new();
         {
-            let mut node = core.node(slab.node()).lock();
+            let mut node = self.lock_node(slab.node());
             // SAFETY: the slab is live (caller owns an object of it) and we hold the lock.
             if unsafe { node.on_freelist(&core.params, slab, obj) } {
                 return Err(FreeError::DoubleFree);

@@ -165,7 +165,7 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
         let core = self.core();
         let mut released = DetachedList::new();
         {
-            let mut node = core.node(slab.node()).lock();
+            let mut node = self.lock_node(slab.node());
             // SAFETY: the slab is live (the caller owns `obj`) and listed on its node, whose
             // lock we hold.
             let empty = unsafe { node.free_object(&core.params, slab, obj) };
@@ -216,6 +216,8 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
             return;
         }
         let mut buf = [core::ptr::null_mut::<u8>(); MAX_BATCH];
+        // Interrupts off for the node locks here and in `give_back` (see `lock_node`).
+        let _irq = self.platform.irq_save();
         for nid in 0..core.nr_nodes {
             loop {
                 let n = {

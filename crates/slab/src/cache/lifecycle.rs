@@ -248,8 +248,8 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
     /// off-slab header page no header uses any more; returns the frames released.
     fn shrink_nodes(&self, out: &mut DetachedList) -> u64 {
         let core = self.core();
-        for slot in &core.nodes[..core.nr_nodes] {
-            slot.0.lock().shrink_empty(0, out);
+        for nid in 0..core.nr_nodes {
+            self.lock_node(nid).shrink_empty(0, out);
         }
         let n = out.len() as u64;
         self.release(core::mem::replace(out, DetachedList::new()));
@@ -261,7 +261,10 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
     fn release_empty_header_pages(&self) -> u64 {
         let mut n = 0;
         loop {
-            let page = self.core().headers.lock().pop_empty_page();
+            let page = {
+                let _irq = self.platform.irq_save();
+                self.core().headers.lock().pop_empty_page()
+            };
             let Some(page) = page else { return n };
             // SAFETY: a header page from `self.src`, order 0, no slot in use.
             unsafe { self.src.free_pages(page, Order::new(0)) };

@@ -52,6 +52,8 @@
 //! ## Lock order
 //! `IrqGuard` (per-CPU exclusion) → node lock (`spin::Mutex<NodeLists>`) → off-slab header
 //! pool lock (`spin::Mutex<HeaderPool>`) → page source (which may take its own zone locks).
+//! The node and header pool locks are always taken with interrupts off (`Cache::lock_node`
+//! outside an `IrqGuard`): an interrupt handler's `GFP_ATOMIC` allocation may need them.
 //! No path holds two node locks at once except `verify` and `destroy`, which take them all
 //! in node order.
 //!

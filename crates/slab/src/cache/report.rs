@@ -24,7 +24,7 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
         if node >= core.nr_nodes {
             return None;
         }
-        let n = core.node(node).lock();
+        let n = self.lock_node(node);
         Some(NodeStats {
             partial_slabs: n.nr_partial,
             full_slabs: n.nr_full,
@@ -38,13 +38,16 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
         let core = self.core();
         let l = &core.params.layout;
         let (mut slabs, mut inuse, mut depot) = (0, 0, 0);
-        for slot in &core.nodes[..core.nr_nodes] {
-            let node = slot.0.lock();
+        for nid in 0..core.nr_nodes {
+            let node = self.lock_node(nid);
             slabs += node.nr_slabs();
             inuse += node.inuse;
             depot += node.depot_full * core.batch;
         }
-        let header_pages = core.headers.lock().pages;
+        let header_pages = {
+            let _irq = self.platform.irq_save();
+            core.headers.lock().pages
+        };
         let mut cached = 0usize;
         let (mut fast_a, mut fast_f, mut allocs, mut frees) = (0u64, 0u64, 0u64, 0u64);
         for c in 0..core.cpus.nr_cpus() {

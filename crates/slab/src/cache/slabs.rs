@@ -7,13 +7,36 @@
 use core::ptr::NonNull;
 use core::sync::atomic::Ordering::{Relaxed, Release};
 
-use mmkit_addr::{IrqControl, Order};
+use core::ops::{Deref, DerefMut};
+
+use mmkit_addr::{IrqControl, IrqGuard, Order};
+use spin::MutexGuard;
 
 use super::{inc, Cache, CacheCore};
 use crate::error::AllocError;
 use crate::flags::{CacheFlags, Gfp};
 use crate::page_source::{PageSource, RcuHead};
-use crate::slab::{self, DetachedList};
+use crate::slab::{self, DetachedList, NodeLists};
+
+/// A node's lists locked with interrupts off ([`Cache::lock_node`]); the lock is released
+/// before interrupts are restored (fields drop in order).
+pub(super) struct NodeLocked<'c, P: IrqControl> {
+    lists: MutexGuard<'c, NodeLists>,
+    _irq: IrqGuard<'c, P>,
+}
+
+impl<P: IrqControl> Deref for NodeLocked<'_, P> {
+    type Target = NodeLists;
+    fn deref(&self) -> &NodeLists {
+        &self.lists
+    }
+}
+
+impl<P: IrqControl> DerefMut for NodeLocked<'_, P> {
+    fn deref_mut(&mut self) -> &mut NodeLists {
+        &mut self.lists
+    }
+}
 
 impl CacheCore {
     /// An off-slab header slot, adding a header page from `src` (preferring node `nid`) if
@@ -88,7 +111,12 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
         // The cache's zone and mobility, the caller's context.
         let gfp = core.gfp | (ctx & Gfp::CONTEXT);
         let header = if core.params.layout.off_slab {
-            let Some(h) = core.take_header(self.src, nid, gfp) else {
+            // Interrupts off around the header pool lock (see `lock_node`).
+            let taken = {
+                let _irq = self.platform.irq_save();
+                core.take_header(self.src, nid, gfp)
+            };
+            let Some(h) = taken else {
                 inc(&core.slow.alloc_failures);
                 return Err(AllocError::OutOfMemory);
             };
@@ -101,6 +129,7 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
             .alloc_pages_node(nid, core.params.layout.order, gfp)
         else {
             if let Some(h) = header {
+                let _irq = self.platform.irq_save();
                 // SAFETY: taken just above and unused.
                 unsafe { core.put_header(self.src, h) };
             }
@@ -113,9 +142,24 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
         // off-slab layout) a header slot of this cache's pool, owned here.
         let slab =
             unsafe { slab::format_slab(self.src, block, &core.params, colour, node, header) };
-        core.node(node).lock().add_new_slab(slab);
+        self.lock_node(node).add_new_slab(slab);
         inc(&core.slow.slabs_allocated);
         Ok(node)
+    }
+
+    /// Node `nid`'s lists, locked with this CPU's interrupts off (Linux's
+    /// `spin_lock_irqsave(&n->list_lock)`). Every path that may run with interrupts on takes
+    /// a node lock (and the header pool lock) this way: an interrupt handler's `GFP_ATOMIC`
+    /// allocation refills its CPU's array under the node lock, and would spin forever on a
+    /// lock that the code it interrupted on the same CPU holds (`shrink` did, found by the
+    /// SMP QEMU kernels of issue 13). Paths already inside an `IrqGuard` (array refill and
+    /// flush) lock directly.
+    pub(super) fn lock_node(&self, nid: usize) -> NodeLocked<'_, P> {
+        let irq = self.platform.irq_save();
+        NodeLocked {
+            lists: self.core().node(nid).lock(),
+            _irq: irq,
+        }
     }
 
     /// Release detached slabs: to the page source, or in a `TYPESAFE_BY_RCU` cache to the
@@ -242,6 +286,47 @@ mod tests {
         // SAFETY: allocated above.
         unsafe { c.free(first).unwrap() };
         c.verify().unwrap();
+    }
+
+    /// Regression (issue 13): `shrink` held node locks with interrupts on, and a timer
+    /// handler's `GFP_ATOMIC` kmalloc on the same CPU, refilling its empty array, spun on
+    /// the lock forever. A node lock now keeps its CPU's interrupts off: a cross-CPU call
+    /// (standing in for the interrupt) at the holder's CPU waits for the lock to go.
+    #[test]
+    fn node_lock_keeps_interrupts_off_on_its_cpu() {
+        use core::sync::atomic::{AtomicBool, Ordering::SeqCst};
+        let src = TestPageSource::new(8 << 20);
+        let plat = HostPlatform::new(2);
+        let c = Cache::new(&CacheConfig::new("irqsafe", 64), &src, &plat).unwrap();
+        let released = AtomicBool::new(false);
+        let entered = AtomicBool::new(false);
+        let ran_while_held = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            plat.bind_current_thread(0);
+            let held = c.lock_node(0);
+            let (plat, released, entered, ran_while_held) =
+                (&plat, &released, &entered, &ran_while_held);
+            let caller = s.spawn(move || {
+                plat.bind_current_thread(1);
+                entered.store(true, SeqCst);
+                plat.run_on_cpu(0, &|| {
+                    if !released.load(SeqCst) {
+                        ran_while_held.store(true, SeqCst);
+                    }
+                })
+            });
+            while !entered.load(SeqCst) {
+                std::thread::yield_now();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            released.store(true, SeqCst);
+            drop(held);
+            assert!(caller.join().unwrap(), "CPU 0 not reached");
+        });
+        assert!(
+            !ran_while_held.load(SeqCst),
+            "a call ran on CPU 0 while it held the node lock"
+        );
     }
 
     #[test]
