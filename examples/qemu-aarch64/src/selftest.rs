@@ -607,6 +607,9 @@ fn facade_sequence(
     }
 }
 
+/// kmalloc shrinks done under a fast timer (`smp_atomic_allocations_during_shrink`).
+const SHRINK_ROUNDS: u32 = 2_000;
+
 /// Operations each CPU's stress worker does.
 const STRESS_OPS: u64 = 4_000;
 
@@ -634,7 +637,22 @@ fn smp_sequence(h: &mut Harness<Serial>, mm: &'static KernelMm, boot: &BootInfo)
         h.skip("smp_*", "no GICv2 where expected");
         return;
     }
+    // The boot CPU's timer first: its handler allocates from here on, the other CPUs' as
+    // soon as they are online.
     smp::start_boot_cpu_interrupts();
+    smp::set_timer_allocations(true);
+    h.run("smp_atomic_allocations_during_shrink", || {
+        gic::set_fast_timer(true);
+        let boot_cpu = smp::local_of(smp::this_cpu());
+        let ticks = || boot_cpu.map_or(0, |l| l.stats.snapshot().ticks);
+        let taken = stress::shrink_under_interrupts(mm, SHRINK_ROUNDS, ticks);
+        gic::set_fast_timer(false);
+        let taken = taken?;
+        println!(
+            "mmkit-qemu: {SHRINK_ROUNDS} kmalloc shrinks with {taken} timer interrupts meanwhile"
+        );
+        Ok(())
+    });
     let started = h.run("smp_brings_up_every_cpu", || {
         let online = smp::start_secondaries(mm, mpidrs)?;
         ensure!(
@@ -648,7 +666,6 @@ fn smp_sequence(h: &mut Harness<Serial>, mm: &'static KernelMm, boot: &BootInfo)
         h.skip("smp_*", "not every CPU came up");
         return;
     }
-    smp::set_timer_allocations(true);
     h.run("smp_run_on_cpu_reaches_every_cpu", || {
         use core::sync::atomic::{AtomicUsize, Ordering};
         for cpu in 0..nr_cpus {

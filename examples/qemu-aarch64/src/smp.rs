@@ -172,7 +172,7 @@ pub fn local_only_tlbi() {
     LOCAL_ONLY_TLBI.store(true, Ordering::SeqCst);
 }
 
-/// Cross-CPU calls refused so far.
+/// Cross-CPU calls refused so far because the caller had IRQs masked.
 pub fn refused_calls() -> u64 {
     REFUSED_CALLS.load(Ordering::SeqCst)
 }
@@ -422,7 +422,9 @@ pub fn run_on_cpu(cpu: usize, f: &(dyn Fn() + Sync)) -> bool {
         return true;
     }
     let target = match local_of(cpu) {
-        Some(l) if online(cpu) && interrupts_enabled() => l.gic_mask.load(Ordering::Acquire),
+        // Not started (yet): nothing of it to reach, as mmkit's callers expect.
+        _ if !online(cpu) => return false,
+        Some(l) if interrupts_enabled() => l.gic_mask.load(Ordering::Acquire),
         _ => {
             REFUSED_CALLS.fetch_add(1, Ordering::SeqCst);
             return false;

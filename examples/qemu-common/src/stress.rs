@@ -27,7 +27,7 @@ use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use mmkit::addr::{IrqControl, Order, VirtAddr, PAGE_SIZE};
 use mmkit::buddy::GfpFlags;
 use mmkit::pgtable::{PagingFormat, TlbInvalidate};
-use mmkit::slab::{CacheConfig, SlabBox};
+use mmkit::slab::{CacheConfig, KmallocKind, SlabBox};
 use mmkit::{MemInfo, Mm, MmTypedCache, PageAllocator};
 
 use crate::harness::{CheckResult, Reason};
@@ -536,6 +536,33 @@ pub fn atomic_round<P: IrqControl, F: PagingFormat>(mm: &Mm<'_, P, F>, stamp: u6
         Err(_) => ok = false,
     }
     ok
+}
+
+/// Shrink the `kmalloc-64` cache `rounds` times in a row (every CPU's array drained on that
+/// CPU, then the node lists), with a kmalloc/kfree of 64 bytes between shrinks, while the
+/// caller's timer ticks fast and its handler allocates 64 bytes with `GFP_ATOMIC`: the
+/// handler's refill of its just-drained array meets `shrink` holding the node lock. Before
+/// the slab took its node locks with interrupts off, this hung within milliseconds on the
+/// aarch64 kernel (the handler spinning in the refill on the lock its own CPU held); now it
+/// must simply finish. Returns the ticks the caller's CPU took meanwhile, read by `ticks`.
+pub fn shrink_under_interrupts<P: IrqControl, F: PagingFormat>(
+    mm: &Mm<'_, P, F>,
+    rounds: u32,
+    ticks: impl Fn() -> u64,
+) -> Result<u64, Reason> {
+    let Some(cache) = mm.kmalloc_caches().cache_for(64, KmallocKind::Normal) else {
+        fail!("no kmalloc-64 cache");
+    };
+    let before = ticks();
+    for _ in 0..rounds {
+        let p = mm
+            .kmalloc(64, GfpFlags::KERNEL)
+            .map_err(|e| Reason::new(format_args!("kmalloc(64): {e:?}")))?;
+        // SAFETY: a live object nobody else uses.
+        unsafe { mm.kfree(p) }.map_err(|e| Reason::new(format_args!("kfree: {e:?}")))?;
+        cache.shrink();
+    }
+    Ok(ticks() - before)
 }
 
 /// Create every kmalloc cache the workers can use (caches are made on first use, and their

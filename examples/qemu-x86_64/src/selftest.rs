@@ -521,6 +521,9 @@ fn facade_sequence(
     }
 }
 
+/// kmalloc shrinks done under a fast timer (`smp_atomic_allocations_during_shrink`).
+const SHRINK_ROUNDS: u32 = 2_000;
+
 /// Operations each CPU's stress worker does.
 const STRESS_OPS: u64 = 4_000;
 
@@ -538,6 +541,22 @@ fn smp_sequence(
         "mmkit-qemu: {nr_cpus} CPU(s) (fw_cfg), boot CPU APIC id {}",
         smp::this_cpu()
     );
+    // The boot CPU's timer first: its handler allocates from here on, the other CPUs' as
+    // soon as they are online.
+    smp::start_boot_cpu_timer();
+    smp::set_timer_allocations(true);
+    h.run("smp_atomic_allocations_during_shrink", || {
+        apic::set_fast_timer(true);
+        let boot_cpu = smp::local_of(smp::this_cpu());
+        let ticks = || boot_cpu.map_or(0, |l| l.stats.snapshot().ticks);
+        let taken = stress::shrink_under_interrupts(mm, SHRINK_ROUNDS, ticks);
+        apic::set_fast_timer(false);
+        let taken = taken?;
+        println!(
+            "mmkit-qemu: {SHRINK_ROUNDS} kmalloc shrinks with {taken} timer interrupts meanwhile"
+        );
+        Ok(())
+    });
     let started = h.run("smp_brings_up_every_cpu", || {
         let Some(page) = trampoline else {
             fail!("bootmem gave no trampoline page below 1 MiB");
@@ -565,8 +584,6 @@ fn smp_sequence(
         h.skip("smp_*", "not every CPU came up");
         return;
     }
-    smp::start_boot_cpu_timer();
-    smp::set_timer_allocations(true);
     h.run("smp_run_on_cpu_reaches_every_cpu", || {
         for cpu in 0..nr_cpus {
             let seen = core::sync::atomic::AtomicUsize::new(usize::MAX);

@@ -95,7 +95,7 @@ static LOCALS: [AtomicPtr<CpuLocal>; MAX_CPUS] =
     [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS];
 /// Bit `i` set: CPU `i` is online.
 static ONLINE: AtomicU64 = AtomicU64::new(0);
-/// Cross-CPU calls refused (target offline, or the caller had interrupts off).
+/// Cross-CPU calls refused because the caller had interrupts off.
 static REFUSED_CALLS: AtomicU64 = AtomicU64::new(0);
 /// Shootdowns that did not reach a CPU.
 static SHOOTDOWN_FAILURES: AtomicU64 = AtomicU64::new(0);
@@ -499,7 +499,11 @@ pub fn run_on_cpu(cpu: usize, f: &(dyn Fn() + Sync)) -> bool {
         }
         return true;
     }
-    if !online(cpu) || !interrupts_enabled() {
+    if !online(cpu) {
+        // Not started (yet): nothing of it to reach, as mmkit's callers expect.
+        return false;
+    }
+    if !interrupts_enabled() {
         REFUSED_CALLS.fetch_add(1, Ordering::SeqCst);
         return false;
     }
