@@ -29,8 +29,11 @@
 #
 # Time on the 2-core development machine (second round: both kernels on the facade, core and
 # alloc built from source, other engineers' builds sharing the machine): cold (empty target
-# dir) 6.0 min in all (host tests ~1 min, x86_64 build 196 s, aarch64 build 100 s, 10 boots
-# ~4 s); warm 45 s when the mmkit crates changed since the last build, 6 s when nothing did.
+# dir) 6.0 min in all (host tests ~1 min, x86_64 build 196 s, aarch64 build 100 s).
+# With SMP (issue 13, 3 Dec, load average ~4 from other builds): 14 boots take ~26 s in all
+# (each -smp 4 boot 4-7 s, the EL2 one the slowest; each -smp 1 boot about 1 s; each boot
+# prints its time); a warm run is 30 s when nothing changed, ~1.5-2 min when the mmkit crates
+# changed (each kernel rebuilds in ~20 s). The cold figure was not measured again.
 #
 # Needs (installed by .ci/run; this script installs nothing):
 #   Debian's rustc/cargo with library sources: apt-get install rustc-web cargo-web rust-web-src
@@ -117,7 +120,7 @@ arm=(qemu-system-aarch64 -cpu cortex-a57 -display none -serial stdio -monitor no
 boot() {
   local name=$1 want_status=$2 want_line=$3 forbid_success=$4
   shift 5
-  local log="$log_dir/$name.log" status=0
+  local log="$log_dir/$name.log" status=0 start=$SECONDS
   say "boot $name"
   set +e
   timeout "$boot_timeout" "$@" </dev/null 2>&1 | tr -d '\r' | tee "$log"
@@ -131,7 +134,7 @@ boot() {
     why+=("printed the success line although a failure was injected")
   fi
   if [ ${#why[@]} -eq 0 ]; then
-    echo "-- $name: as expected (status $status)"
+    echo "-- $name: as expected (status $status, $((SECONDS - start)) s)"
   else
     echo "-- $name: FAILED: ${why[*]} (log: $log)"
     failures+=("$name: ${why[*]}")
