@@ -19,7 +19,7 @@
 //! number and runs its own share; idle CPUs notice the generation change and run theirs.
 //!
 //! ## Timer allocations ([`AllocGate`])
-//! A handler announces itself before looking at the switch (`enter`), so turning the switch
+//! A handler announces itself before looking at the switch (`run`), so turning the switch
 //! off and waiting for the count to reach zero guarantees no handler allocates afterwards.
 
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
@@ -264,7 +264,7 @@ impl AllocGate {
         }
     }
 
-    /// Open (`true`), or close and wait until no handler is past [`enter`](Self::enter).
+    /// Open (`true`), or close and wait until no handler is inside [`run`](Self::run).
     pub fn set(&self, on: bool) {
         self.on.store(on, Ordering::SeqCst);
         if !on {

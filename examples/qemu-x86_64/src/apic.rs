@@ -62,7 +62,7 @@ fn write(reg: usize, value: u32) {
     unsafe { ((base() + reg) as *mut u32).write_volatile(value) }
 }
 
-/// This CPU's APIC id as CPUID reports it (leaf 1, EBX[31:24]); needs no mapping.
+/// This CPU's APIC id as CPUID reports it (leaf 1, `EBX[31:24]`); needs no mapping.
 pub fn cpuid_apic_id() -> usize {
     (core::arch::x86_64::__cpuid(1).ebx >> 24) as usize
 }

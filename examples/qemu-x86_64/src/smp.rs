@@ -24,16 +24,18 @@
 //! ## Interrupts
 //! Every CPU's APIC timer ticks ([`apic::TIMER_COUNT`]); the handler, while
 //! [`set_timer_allocations`] allows it, does a `GFP_ATOMIC` kmalloc/kfree and an order-0
-//! `alloc_pages`/`free_pages` — also when it interrupted a worker inside mmkit, which
-//! [`CpuLocal::in_mm`] tells it (counted in `ticks_in_mm`). The platform's interrupt guard is
-//! the real `pushfq/cli … popf` (`platform::Cpus`).
+//! `alloc_pages`/`free_pages` — also when it interrupted a worker inside mmkit, which the
+//! CPU's `CpuStats::in_mm` tells it (counted in `ticks_in_mm`). The platform's interrupt guard
+//! is the real `pushfq/cli … popf` (`platform::Cpus`).
 //!
 //! ## Cross-CPU calls and shootdown
-//! [`run_on_cpu`] puts a pointer to the caller's closure in the target's [`CallSlot`], sends
-//! the [`apic::VECTOR_CALL`] IPI and spins, interrupts on, until the target's handler has run
-//! it (interrupts off there: a section of that CPU). One caller per target at a time; the
-//! caller must have interrupts on (two CPUs calling each other with interrupts off would wait
-//! forever), otherwise the call is refused and counted. [`ShootdownTlb`] invalidates locally
+//! [`run_on_cpu`] puts a pointer to the caller's closure in the target's call slot
+//! ([`mmkit_qemu_common::smp::CallSlots`]), sends the [`apic::VECTOR_CALL`] IPI and spins,
+//! interrupts on, until the target's handler has run it (interrupts off there: a section of
+//! that CPU). One caller per target at a time; the caller must have interrupts on (two CPUs
+//! calling each other with interrupts off would wait forever), otherwise the call is refused
+//! and counted. A CPU that is not online is not reached (`false`), as mmkit's callers
+//! expect. [`ShootdownTlb`] invalidates locally
 //! and, at the end of each flush token, replays the same invalidations on every other
 //! online CPU through [`run_on_cpu`], waiting for each.
 
