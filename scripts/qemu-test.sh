@@ -23,7 +23,8 @@
 # Environment:
 #   QEMU_TARGET_DIR   cargo target dir for the kernels   (default: target/qemu)
 #   QEMU_LOG_DIR      serial logs                        (default: target/qemu-logs)
-#   QEMU_TIMEOUT      seconds per boot                   (default: 60)
+#   QEMU_TIMEOUT      seconds per boot                   (default: 120: a -smp 4 boot takes
+#                     seconds, but MTTCG on a loaded 2-core host once stretched one to 40 s)
 #   QEMU_SKIP_HOST_TESTS=1   skip the host tests of examples/qemu-common
 #   QEMU_SKIP_NEGATIVE=1     skip the failure-injection boots
 #
@@ -45,7 +46,7 @@ repo=$(pwd)
 
 target_dir=${QEMU_TARGET_DIR:-$repo/target/qemu}
 log_dir=${QEMU_LOG_DIR:-$repo/target/qemu-logs}
-boot_timeout=${QEMU_TIMEOUT:-60}
+boot_timeout=${QEMU_TIMEOUT:-120}
 case $target_dir in /*) ;; *) target_dir=$repo/$target_dir ;; esac
 case $log_dir in /*) ;; *) log_dir=$repo/$log_dir ;; esac
 

@@ -363,9 +363,14 @@ extern "C" fn secondary_main(cpu: usize) -> ! {
     }
 }
 
-/// Run `job(cpu)` on every online CPU at once and wait for all.
+/// Run `job(cpu)` on every online CPU at once and wait for all, waiting for interrupts
+/// between looks.
 pub fn run_everywhere(job: fn(usize)) {
-    JOBS.run_everywhere(this_cpu(), nr_online() - 1, job);
+    JOBS.run_everywhere(this_cpu(), nr_online() - 1, job, || {
+        // SAFETY: waits for the next interrupt (IRQs are unmasked: the caller's contract);
+        // every CPU's timer runs, so one always comes.
+        unsafe { asm!("wfi", options(nomem, nostack)) }
+    });
 }
 
 // ---- interrupts ----------------------------------------------------------------------------

@@ -206,14 +206,16 @@ impl Jobs {
         }
     }
 
-    /// Publish `job`, run it as CPU `me`, and wait until `others` other CPUs have run it too.
-    pub fn run_everywhere(&self, me: usize, others: usize, job: fn(usize)) {
+    /// Publish `job`, run it as CPU `me`, and wait until `others` other CPUs have run it too,
+    /// calling `idle` between looks (a kernel halts until its next interrupt there: a CPU
+    /// that finished early must not spin on a host core its emulated siblings need).
+    pub fn run_everywhere(&self, me: usize, others: usize, job: fn(usize), idle: impl Fn()) {
         self.done.store(0, Ordering::SeqCst);
         self.job.store(job as *mut (), Ordering::SeqCst);
         self.generation.fetch_add(1, Ordering::SeqCst);
         job(me);
         while self.done.load(Ordering::Acquire) < others {
-            core::hint::spin_loop();
+            idle();
         }
         self.job.store(core::ptr::null_mut(), Ordering::SeqCst);
     }
@@ -353,8 +355,8 @@ mod tests {
                     }
                 });
             }
-            JOBS.run_everywhere(0, 3, job);
-            JOBS.run_everywhere(0, 3, job);
+            JOBS.run_everywhere(0, 3, job, core::hint::spin_loop);
+            JOBS.run_everywhere(0, 3, job, std::thread::yield_now);
             stop.store(true, Ordering::SeqCst);
         });
         for r in &RUNS {

@@ -432,9 +432,13 @@ fn idle(cpu: usize) -> ! {
 }
 
 /// Run `job(cpu)` on every online CPU at once (the caller's share on the caller), with
-/// interrupts on, and wait for all.
+/// interrupts on, and wait for all, halting between looks.
 pub fn run_everywhere(job: fn(usize)) {
-    JOBS.run_everywhere(this_cpu(), nr_online() - 1, job);
+    JOBS.run_everywhere(this_cpu(), nr_online() - 1, job, || {
+        // SAFETY: `sti; hlt` (interrupts were on: the caller's contract) waits for the next
+        // timer tick or IPI; every CPU's timer runs, so a tick always comes.
+        unsafe { asm!("sti", "hlt", options(nomem, nostack)) }
+    });
 }
 
 // ---- interrupts ----------------------------------------------------------------------------
