@@ -534,6 +534,10 @@ pub struct Kernel;
 impl SmpKernel for Kernel {
     type Hooks = KernelHooks;
 
+    fn online(&self, cpu: usize) -> bool {
+        online(cpu)
+    }
+
     fn run_everywhere(&self, job: fn(usize)) {
         run_everywhere(job);
     }

@@ -4,6 +4,7 @@
 //! talk to the serial port and take exceptions; everything else they do is ordinary logic, and
 //! it lives here so that it runs — and is tested — on the host too:
 //!
+//! * [`acpi`]: an x86 machine's CPUs (APIC ids) from the ACPI MADT, reached from the RSDP;
 //! * [`bootmem_checks`]: the kernels as users of mmkit-bootmem: ingest, reserve, allocate,
 //!   zero, double free, hand-off checked against a page-by-page model;
 //! * [`bootstack`]: the boot stack's guard page and stack painting;
@@ -52,6 +53,7 @@
 // See "Unsafe code" above: allowed module by module.
 #![deny(unsafe_code)]
 
+pub mod acpi;
 // Calls `rawmem`'s unsafe functions on memory bootmem hands out.
 #[allow(unsafe_code)]
 pub mod bootmem_checks;

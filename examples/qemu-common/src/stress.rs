@@ -600,21 +600,23 @@ pub fn drain_ring<P: IrqControl, F: PagingFormat, H: StressHooks>(
 /// Give every cached object and page back: every CPU's kmalloc and `typed` arrays drained
 /// on that CPU (`run_on_cpu`, inside the slab's shrink), empty slabs released, then every
 /// CPU's per-CPU page lists drained (`drain_all_pages`, which takes each list's lock). Call
-/// with interrupts on, the workers finished. Returns the CPUs the platform could not reach
-/// (0 when all were).
+/// with interrupts on, the workers finished. Returns how many of the CPUs `online` names
+/// the platform could not reach (0 when all were; ids without a CPU, as sparse APIC ids
+/// leave, are not asked).
 ///
 /// Not `run_on_cpu(cpu, drain_local_pages)`: the host platforms run the function on the
 /// calling thread, whose CPU id stays the caller's, so "local" there means the caller's.
 pub fn quiesce<P: IrqControl, F: PagingFormat>(
     mm: &Mm<'_, P, F>,
     typed: &MmTypedCache<'_, Tagged, P>,
+    online: impl Fn(usize) -> bool,
 ) -> usize {
     mm.kmalloc_shrink();
     typed.cache().shrink();
     mm.buddy().drain_all_pages();
     let platform = mm.platform();
     (0..platform.nr_cpus())
-        .filter(|&cpu| !platform.run_on_cpu(cpu, &|| {}))
+        .filter(|&cpu| online(cpu) && !platform.run_on_cpu(cpu, &|| {}))
         .count()
 }
 
@@ -629,6 +631,8 @@ pub trait SmpKernel {
     fn set_timer_allocations(&self, on: bool);
     /// The caller's CPU id.
     fn this_cpu(&self) -> usize;
+    /// Whether CPU `cpu` runs (ids without a CPU, or CPUs not started, do not).
+    fn online(&self, cpu: usize) -> bool;
     /// The full `verify` of the `Mm`, with the other CPUs idle and their timer handlers not
     /// allocating (as they are when this is called).
     fn verify_stopped(&self) -> CheckResult;
@@ -697,7 +701,7 @@ where
     kernel.set_timer_allocations(false);
     drain_ring(mm, &run.ring, &hooks)?;
     ensure!(
-        quiesce(mm, &run.typed) == 0,
+        quiesce(mm, &run.typed, |c| kernel.online(c)) == 0,
         "a CPU was not reachable for the drain"
     );
     let before = Snapshot::of(&mm.meminfo());
@@ -735,7 +739,7 @@ where
     kernel.set_timer_allocations(false);
     let left = drain_ring(mm, &run.ring, &hooks)?;
     ensure!(
-        quiesce(mm, &run.typed) == 0,
+        quiesce(mm, &run.typed, |c| kernel.online(c)) == 0,
         "a CPU was not reachable for the drain"
     );
     let after = Snapshot::of(&mm.meminfo());
@@ -1003,7 +1007,7 @@ mod tests {
             }
         });
         drain_ring(&mm, &ring, &hooks).unwrap();
-        assert_eq!(quiesce(&mm, &typed), 0);
+        assert_eq!(quiesce(&mm, &typed, |_| true), 0);
         let before = Snapshot::of(&mm.meminfo());
         let reports: Vec<CpuReport> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..4)
@@ -1021,7 +1025,7 @@ mod tests {
                 .collect()
         });
         drain_ring(&mm, &ring, &hooks).unwrap();
-        assert_eq!(quiesce(&mm, &typed), 0);
+        assert_eq!(quiesce(&mm, &typed, |_| true), 0);
         let after = Snapshot::of(&mm.meminfo());
         before.unchanged(&after).unwrap();
         assert!(reports.iter().all(|r| r.ops == 3000), "{reports:?}");
@@ -1074,6 +1078,9 @@ mod tests {
         fn set_timer_allocations(&self, _on: bool) {}
         fn this_cpu(&self) -> usize {
             0
+        }
+        fn online(&self, _cpu: usize) -> bool {
+            true
         }
         fn verify_stopped(&self) -> CheckResult {
             // SAFETY: the worker threads have finished; nothing else uses the allocator.

@@ -1,6 +1,5 @@
 //! The local APIC (xAPIC, memory-mapped): identity, enabling, the periodic timer, IPIs and
-//! the INIT-SIPI-SIPI start-up sequence (Intel SDM vol. 3A, 11.4-11.6 and 9.4.4), and the
-//! machine's CPU count from QEMU's fw_cfg.
+//! the INIT-SIPI-SIPI start-up sequence (Intel SDM vol. 3A, 11.4-11.6 and 9.4.4).
 //!
 //! The registers are at the physical base in `IA32_APIC_BASE` (0xfee0_0000 on QEMU), which
 //! both the kernel's tables and the facade's map RW at itself (the identity map of the low
@@ -141,28 +140,4 @@ pub fn start_all_others(trampoline: u64) {
         send(0, ICR_ALL_BUT_SELF | ICR_STARTUP | vector);
         udelay(200);
     }
-}
-
-/// The number of CPUs QEMU started the machine with (fw_cfg `FW_CFG_NB_CPUS`), or `None`
-/// without a fw_cfg device (its signature must read "QEMU").
-pub fn fw_cfg_cpus() -> Option<usize> {
-    const SELECT: u16 = 0x510;
-    const DATA: u16 = 0x511;
-    let read_key = |key: u16, out: &mut [u8]| {
-        // SAFETY: fw_cfg's selector and data ports only select and return configuration bytes.
-        unsafe {
-            asm!("out dx, ax", in("dx") SELECT, in("ax") key, options(nomem, nostack, preserves_flags));
-            for b in out.iter_mut() {
-                asm!("in al, dx", in("dx") DATA, out("al") *b, options(nomem, nostack, preserves_flags));
-            }
-        }
-    };
-    let mut signature = [0u8; 4];
-    read_key(0x00, &mut signature);
-    if &signature != b"QEMU" {
-        return None;
-    }
-    let mut n = [0u8; 2];
-    read_key(0x05, &mut n);
-    Some(usize::from(u16::from_le_bytes(n)))
 }

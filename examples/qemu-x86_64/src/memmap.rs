@@ -6,6 +6,7 @@
 //! [`kernel_image`] is the loaded image, from the linker script's symbols.
 
 use mmkit_addr::{PhysAddr, PhysRange};
+use mmkit_qemu_common::acpi::{self, AcpiError, MadtCpus};
 use mmkit_qemu_common::memmap::MemoryMap;
 use mmkit_qemu_common::pvh::{self, HvmMemmapEntry, HvmStartInfo, PvhError};
 
@@ -38,6 +39,8 @@ pub struct BootInfo {
     pub boot_data: [PhysRange; 3],
     /// The raw PVH memory map, for mmkit-bootmem's own e820 ingestion.
     pub firmware_table: &'static [HvmMemmapEntry],
+    /// The CPUs (APIC ids) of the ACPI MADT, read before any check writes memory.
+    pub cpus: Result<MadtCpus, AcpiError>,
 }
 
 /// Why the start info could not be read.
@@ -91,12 +94,38 @@ pub fn read_boot_info(start_info: u64) -> Result<BootInfo, BootInfoError> {
     map.sort();
 
     let (cmdline, cmdline_range) = read_cmdline(info.cmdline_paddr)?;
+    let cpus = read_madt(&map, info.rsdp_paddr);
     Ok(BootInfo {
         map,
         cmdline,
         boot_data: [info_range, table_range, cmdline_range],
         firmware_table: table,
+        cpus,
     })
+}
+
+/// The MADT's CPUs, from the RSDP the start info names (or the one in the BIOS area). The
+/// tables are read through the boot identity map, and only inside regions the firmware map
+/// lists below 4 GiB: ACPI tables sit in reserved or ACPI regions, and a pointer into a hole
+/// the map does not list is an error, never a read.
+fn read_madt(map: &MemoryMap, rsdp: u64) -> Result<MadtCpus, AcpiError> {
+    let read = |pa: u64, len: usize| -> Option<&'static [u8]> {
+        let end = pa.checked_add(len as u64)?;
+        let inside = map
+            .regions()
+            .iter()
+            .any(|r| r.range.start().as_u64() <= pa && end <= r.range.end().as_u64());
+        if !inside || pa < 0x1000 || end > IDENTITY_LIMIT {
+            return None;
+        }
+        // SAFETY: `[pa, end)` lies inside the boot identity map (below 4 GiB, not page 0) and
+        // inside one region of the firmware's memory map (not an unlisted device hole);
+        // nothing writes the firmware's tables while the kernel reads them, and `read_madt`
+        // runs before any check writes memory.
+        Some(unsafe { core::slice::from_raw_parts(pa as *const u8, len) })
+    };
+    let at = acpi::find_rsdp(read, rsdp)?;
+    acpi::madt_cpus(read, at)
 }
 
 fn read_cmdline(paddr: u64) -> Result<(&'static str, PhysRange), BootInfoError> {

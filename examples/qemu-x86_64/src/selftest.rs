@@ -420,7 +420,17 @@ fn facade_sequence(
     pool: PhysRange,
 ) {
     let reserved = [exclude[0], exclude[1], exclude[2], exclude[3], pool];
-    let nr_cpus = apic::fw_cfg_cpus().unwrap_or(1).clamp(1, smp::MAX_CPUS);
+    let nr_cpus = match &boot.cpus {
+        // CPU ids are APIC ids: enough ids for the highest.
+        Ok(cpus) => cpus
+            .apic_ids()
+            .iter()
+            .map(|&id| id as usize + 1)
+            .max()
+            .unwrap_or(1)
+            .clamp(1, smp::MAX_CPUS),
+        Err(_) => 1,
+    };
     let mut booted = None;
     h.run("mm_boots_from_the_firmware_map", || {
         let booted_mm = facade::boot(Cpus::new(nr_cpus), e820, &reserved, low_memory())
@@ -510,7 +520,7 @@ fn facade_sequence(
             });
             println!("mmkit-qemu: after the collections:\n{}", mm.meminfo());
             if adopted {
-                smp_sequence(h, mm, trampoline, nr_cpus);
+                smp_sequence(h, mm, boot, trampoline, nr_cpus);
             } else {
                 h.skip("smp_*", "the APs need the mm page table");
             }
@@ -534,13 +544,18 @@ const STRESS_OPS: u64 = 4_000;
 fn smp_sequence(
     h: &mut Harness<Serial>,
     mm: &'static KernelMm,
+    boot: &BootInfo,
     trampoline: Option<PhysAddr>,
     nr_cpus: usize,
 ) {
-    println!(
-        "mmkit-qemu: {nr_cpus} CPU(s) (fw_cfg), boot CPU APIC id {}",
-        smp::this_cpu()
-    );
+    match &boot.cpus {
+        Ok(cpus) => println!(
+            "mmkit-qemu: ACPI MADT: APIC ids {:?}; {nr_cpus} CPU id(s), boot CPU APIC id {}",
+            cpus.apic_ids(),
+            smp::this_cpu()
+        ),
+        Err(e) => println!("mmkit-qemu: {e}: running on the boot CPU only"),
+    }
     // The boot CPU's timer first: its handler allocates from here on, the other CPUs' as
     // soon as they are online.
     smp::start_boot_cpu_timer();
@@ -557,12 +572,36 @@ fn smp_sequence(
         );
         Ok(())
     });
+    // The CPUs to start: the MADT's APIC ids (just the boot CPU without a MADT).
+    let mut ids = [0usize; smp::MAX_CPUS];
+    let mut nr_ids = 0;
+    match &boot.cpus {
+        Ok(cpus) => {
+            for &id in cpus
+                .apic_ids()
+                .iter()
+                .filter(|&&id| (id as usize) < nr_cpus)
+            {
+                ids[nr_ids] = id as usize;
+                nr_ids += 1;
+            }
+        }
+        Err(_) => {
+            ids[0] = smp::this_cpu();
+            nr_ids = 1;
+        }
+    }
+    let ids = &ids[..nr_ids];
     let started = h.run("smp_brings_up_every_cpu", || {
         let Some(page) = trampoline else {
             fail!("bootmem gave no trampoline page below 1 MiB");
         };
-        let online = smp::start_aps(mm, page, nr_cpus)?;
-        ensure!(online == nr_cpus, "{online} of {nr_cpus} CPUs came online");
+        let online = smp::start_aps(mm, page, ids)?;
+        ensure!(
+            online == ids.len(),
+            "{online} of {} CPUs came online",
+            ids.len()
+        );
         Ok(())
     });
     if let Some(page) = trampoline {
@@ -585,7 +624,7 @@ fn smp_sequence(
         return;
     }
     h.run("smp_run_on_cpu_reaches_every_cpu", || {
-        for cpu in 0..nr_cpus {
+        for &cpu in ids {
             let seen = core::sync::atomic::AtomicUsize::new(usize::MAX);
             let apic_id = core::sync::atomic::AtomicUsize::new(usize::MAX);
             let reached = mm.platform().run_on_cpu(cpu, &|| {
@@ -601,9 +640,13 @@ fn smp_sequence(
         }
         Ok(())
     });
-    let shootdown_ok = if nr_cpus > 1 {
+    let shootdown_ok = if ids.len() > 1 {
         h.run("smp_tlb_shootdown_reaches_other_cpus", || {
-            let other = (0..nr_cpus).find(|&c| c != smp::this_cpu()).unwrap_or(0);
+            let other = ids
+                .iter()
+                .copied()
+                .find(|&c| c != smp::this_cpu())
+                .unwrap_or(0);
             stress::shootdown_reaches(mm, &smp::KernelHooks, other)
         })
     } else {

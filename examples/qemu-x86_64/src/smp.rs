@@ -2,8 +2,9 @@
 //! TLB shootdown.
 //!
 //! ## CPU ids and per-CPU areas
-//! A CPU's id is its local APIC id (QEMU numbers them 0..n-1); the machine has
-//! [`apic::fw_cfg_cpus`] CPUs and an id must be below that count to come online. Each CPU's
+//! A CPU's id is its local APIC id (QEMU numbers them 0..n-1); the machine's CPUs are the
+//! enabled local APICs of the ACPI MADT (`memmap::read_madt`), the platform's CPU count is
+//! the highest of their ids plus one, and an id must be below it to come online. Each CPU's
 //! `GS` base points at its [`CpuLocal`] (Linux's per-CPU offset in `GS`): word 0 is the id, so
 //! [`this_cpu`] is one `mov` from `gs:0`; word 1 points at the area itself. The boot CPU starts
 //! on a static area (set before anything asks for the CPU id) and moves to one allocated from
@@ -350,16 +351,22 @@ fn install_trampoline(page: PhysAddr, nx: bool) -> Result<(), Reason> {
     Ok(())
 }
 
-/// Give every CPU id below `nr` a per-CPU area from mmkit (the boot CPU moves onto its own),
-/// start every other CPU on the trampoline at `trampoline` with a vmalloc'ed stack, and wait
-/// for them. Returns how many came online (the boot CPU included).
-pub fn start_aps(mm: &'static KernelMm, trampoline: PhysAddr, nr: usize) -> Result<usize, Reason> {
+/// Give every CPU of `ids` (APIC ids, the boot CPU's among them) a per-CPU area from mmkit
+/// (the boot CPU moves onto its own), start every other CPU on the trampoline at `trampoline`
+/// with a vmalloc'ed stack, and wait for them. Returns how many came online (the boot CPU
+/// included).
+pub fn start_aps(
+    mm: &'static KernelMm,
+    trampoline: PhysAddr,
+    ids: &[usize],
+) -> Result<usize, Reason> {
     let me = this_cpu();
     ensure!(
-        nr <= MAX_CPUS && me < nr,
-        "{nr} CPUs, boot CPU id {me}; at most {MAX_CPUS}"
+        ids.contains(&me) && ids.iter().all(|&c| c < MAX_CPUS),
+        "CPU ids {ids:?}, boot CPU {me}; ids below {MAX_CPUS}"
     );
-    for cpu in 0..nr {
+    let nr = ids.len();
+    for &cpu in ids {
         let p = mm
             .kzalloc(core::mem::size_of::<CpuLocal>(), GfpFlags::KERNEL)
             .map_err(|e| Reason::new(format_args!("per-CPU area: {e:?}")))?;
@@ -379,7 +386,7 @@ pub fn start_aps(mm: &'static KernelMm, trampoline: PhysAddr, nr: usize) -> Resu
         return Ok(1);
     }
     let mut tlb = crate::facade::tlb();
-    for cpu in (0..nr).filter(|&c| c != me) {
+    for &cpu in ids.iter().filter(|&&c| c != me) {
         let va = mm
             .vmalloc(AP_STACK_SIZE, &mut tlb)
             .map_err(|e| Reason::new(format_args!("stack of CPU {cpu}: {e:?}")))?;
@@ -631,6 +638,10 @@ pub struct Kernel;
 
 impl SmpKernel for Kernel {
     type Hooks = KernelHooks;
+
+    fn online(&self, cpu: usize) -> bool {
+        online(cpu)
+    }
 
     fn run_everywhere(&self, job: fn(usize)) {
         run_everywhere(job);
