@@ -148,16 +148,18 @@ pub fn probe(va: VirtAddr) -> ProbeOutcome {
     }
 }
 
-/// The invalidator of the facade's mover (movable pages): [`tlb`] on each call.
+/// The invalidator of the facade's mover (movable pages): a [`crate::smp::ShootdownTlb`] on
+/// each call, because the mover runs whenever a compaction does — in the single-CPU checks,
+/// and in any later allocation's direct compaction, when the other CPUs may hold the page's
+/// translation.
 pub struct KernelMoverTlb;
 
-// SAFETY: the mover runs only in the checks before the APs start, when one CPU has loaded the
-// facade's table and no interrupt handler touches the page tables: `invlpg` on this CPU
-// reaches every TLB that may hold a translation (`tlb`'s contract). `with_tlb` calls `f` once
-// and nothing else.
+// SAFETY: `ShootdownTlb` invalidates on this CPU and then on every other online CPU, waiting
+// for each (its own contract); a CPU it cannot reach is counted as a failure the self-test
+// reports. `with_tlb` calls `f` once and nothing else.
 unsafe impl MoverTlb for KernelMoverTlb {
     fn with_tlb(&self, f: &mut dyn FnMut(&mut dyn TlbInvalidate)) {
-        f(&mut tlb())
+        f(&mut crate::smp::ShootdownTlb::new())
     }
 }
 
