@@ -32,6 +32,7 @@
 //!   every CPU, the gate for allocating timer handlers;
 //! * [`stress`]: the cross-CPU stress self-test (per-CPU workers, remote frees through a
 //!   shared ring, quiesce, before/after figures);
+//! * [`wx`]: the kernel image made W^X in one pass of mmkit-pgtable's mutating cursor;
 //! * [`rawmem`]: every raw-memory access (pattern write and verify, zero, zero test, stack
 //!   paint, uninitialised slices), each an `unsafe fn` with its contract.
 //!
@@ -86,3 +87,4 @@ pub mod smp;
 pub mod rawmem;
 #[allow(unsafe_code)]
 pub mod stress;
+pub mod wx;
