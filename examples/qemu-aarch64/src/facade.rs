@@ -16,7 +16,8 @@
 //!    (`tlbi vale1is` / `vmalle1is` with the barriers).
 //!
 //! 3. [`adopt_identity_table`]: the identity half is built again ([`mmu::populate_lower`])
-//!    on frames from the buddy and loaded into TTBR0. Nothing uses the interim pool any more
+//!    on frames from the buddy (its image made W^X by the mutating cursor) and loaded into
+//!    TTBR0 with the kernel's ASID (`mmu::KERNEL_ASID`). Nothing uses the interim pool any more
 //!    (both its tables are replaced), so `selftest` gives it back to the buddy with
 //!    [`Mm::free_reserved_range`], as the x86_64 kernel does.
 
@@ -100,7 +101,7 @@ pub fn adopt_page_table(mm: &KernelMm, map: &MemoryMap) -> Result<u64, Reason> {
 /// Step 3 (module docs): build the identity half anew on frames from the buddy and load it
 /// into TTBR0, so that nothing uses the interim pool any more. The table lives for the rest
 /// of the kernel's life (it is never edited again, so it is leaked rather than kept).
-/// Returns its root.
+/// The table is tagged with, and loaded under, [`mmu::KERNEL_ASID`]. Returns its root.
 pub fn adopt_identity_table(mm: &KernelMm, map: &MemoryMap) -> Result<u64, Reason> {
     let frames = TableFrames(mm.page_allocator());
     let mut pt = PageTable::new(mmu::LOWER, MapRef(&KERNEL_MAP), frames)
@@ -109,20 +110,23 @@ pub fn adopt_identity_table(mm: &KernelMm, map: &MemoryMap) -> Result<u64, Reaso
     if let Err(e) = pt.verify() {
         fail!("verify: {e:?}");
     }
+    pt.set_asid(Some(mmu::KERNEL_ASID));
     let mut t = tlb();
     t.begin();
     // SAFETY: EL1 with the MMU on; the new table maps everything the interim identity table
     // did (`populate_lower` is what built that one too), so the code, stack, data and devices
     // in use stay where they are; its frames are the buddy's, allocated for it, and never
-    // freed (the table is leaked below).
-    unsafe { aarch64_hw::load_ttbr(pt.root(), true) };
+    // freed (the table is leaked below). TCR_EL1 has A1 = 0 and the ASID width `mmu::tcr`
+    // chose. What is cached under the ASID (walks of the interim table, which is loaded
+    // under the same ASID) stays valid: that table lives, unchanged, until the invalidation
+    // of everything right after the switch.
+    unsafe { aarch64_hw::load_ttbr_asid(pt.root(), mmu::KERNEL_ASID) };
     t.invalidate_all();
     t.finish();
     pt.set_live(true);
     let root = pt.root().as_u64();
     core::mem::forget(pt);
-    let (t0, _) = mmu::current_roots();
-    ensure!(t0 == root, "TTBR0 {t0:#x}, table root {root:#x}");
+    mmu::check_ttbr0(root)?;
     Ok(root)
 }
 
@@ -149,7 +153,10 @@ pub fn probe(va: VirtAddr) -> ProbeOutcome {
 /// The invalidator of the facade's mover (movable pages): [`tlb`] on each call.
 pub struct KernelMoverTlb;
 
-// SAFETY: `tlbi ...is` broadcasts to the inner-shareable domain, which holds every CPU that may have loaded the facade's table; EL1, ASID 0 is the only one in use (`tlb`'s contract). `with_tlb` calls `f` once and nothing else.
+// SAFETY: `tlbi ...is` broadcasts to the inner-shareable domain, which holds every CPU that
+// may have loaded the facade's table; EL1, the tables' regime (`tlb`'s contract); the
+// facade's tokens carry no ASID, so they invalidate in every address space. `with_tlb`
+// calls `f` once and nothing else.
 unsafe impl MoverTlb for KernelMoverTlb {
     fn with_tlb(&self, f: &mut dyn FnMut(&mut dyn TlbInvalidate)) {
         f(&mut tlb())
@@ -161,6 +168,6 @@ pub static MOVER_TLB: KernelMoverTlb = KernelMoverTlb;
 
 /// The kernel's TLB invalidation for vmalloc's flush tokens.
 pub fn tlb() -> InnerShareableTlb {
-    // SAFETY: EL1; ASID 0 is the only one in use.
+    // SAFETY: EL1, with the kernel's tables in the EL1 regime.
     unsafe { InnerShareableTlb::new() }
 }

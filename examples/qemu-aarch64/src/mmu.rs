@@ -19,8 +19,15 @@
 //! bootmem kept (two tables cannot share one `&mut` frame source); the tables reach their
 //! frames through a [`WindowMapper`] over the pool, which is identity-mapped RW.
 //!
+//! The kernel image is mapped once, read + write with 4 KiB pages, and one pass of
+//! mmkit-pgtable's mutating cursor (`update_leaves`, through [`wx::seal_kernel_image`]) then
+//! makes `.text` read + execute and `.rodata` read only and removes the guard page; the
+//! table is not loaded yet, so the pass's token is settled without an invalidation.
+//!
 //! Turning the MMU on: MAIR_EL1 (pgtable's attribute encodings), TCR_EL1 (both halves' fields
-//! from the formats, plus IPS from `ID_AA64MMFR0_EL1.PARange`), TTBR0/TTBR1, a full TLB
+//! from the formats, IPS from `ID_AA64MMFR0_EL1.PARange`, A1 = 0 and AS for 16-bit ASIDs when
+//! the CPU has them), TTBR0 with [`KERNEL_ASID`] (`load_ttbr_asid`; the table is tagged
+//! with it through `set_asid`), TTBR1, a full TLB
 //! invalidation, then `SCTLR_EL1.{M, C, I}`. QEMU does not model caches, so the tables and
 //! data written with the MMU off need no cache maintenance here; real hardware would want the
 //! tables cleaned to the point of coherency first.
@@ -32,10 +39,16 @@ use mmkit_addr::{
 };
 use mmkit_pgtable::arch::aarch64::{Aarch64, Granule};
 use mmkit_pgtable::arch::aarch64_hw::{self, InnerShareableTlb};
-use mmkit_pgtable::{Attrs, CachePolicy, FrameSource, MapError, MapSize, PageTable, TlbInvalidate};
+use mmkit_pgtable::{
+    Asid, Attrs, CachePolicy, FlushScope, FrameSource, MapError, MapSize, PageTable, TlbInvalidate,
+    UpdateError,
+};
+use mmkit_qemu_common::ensure;
 use mmkit_qemu_common::frames::{PoolFrames, WindowMapper};
+use mmkit_qemu_common::harness::Reason;
 use mmkit_qemu_common::memmap::MemoryMap;
 use mmkit_qemu_common::mmu_checks::KernelSections;
+use mmkit_qemu_common::wx;
 
 use crate::memmap::kernel_image;
 
@@ -100,6 +113,12 @@ pub fn sections() -> KernelSections {
 pub enum BuildError {
     /// A table had no root frame.
     NoRoot,
+    /// The table is loaded already (the W^X pass assumes no TLB holds its entries).
+    Live,
+    /// The W^X pass of the mutating cursor failed.
+    Seal(UpdateError),
+    /// The W^X pass handed back tables that are not the table's own.
+    ForeignTables,
     /// A mapping failed.
     Map {
         /// What was being mapped.
@@ -119,17 +138,23 @@ fn map<M: PhysMapper, S: FrameSource>(
     len: u64,
     attrs: Attrs,
 ) -> Result<(), BuildError> {
+    map_sized(pt, what, va, pa, len, attrs, MapSize::Largest)
+}
+
+fn map_sized<M: PhysMapper, S: FrameSource>(
+    pt: &mut PageTable<Aarch64, M, S>,
+    what: &'static str,
+    va: u64,
+    pa: u64,
+    len: u64,
+    attrs: Attrs,
+    size: MapSize,
+) -> Result<(), BuildError> {
     if len == 0 {
         return Ok(());
     }
     let flush = pt
-        .map(
-            VirtAddr::new(va),
-            PhysAddr::new(pa),
-            len,
-            attrs,
-            MapSize::Largest,
-        )
+        .map(VirtAddr::new(va), PhysAddr::new(pa), len, attrs, size)
         .map_err(|error| BuildError::Map { what, va, error })?;
     // The tables are not loaded yet: nothing can be cached for them.
     let _ = flush;
@@ -143,24 +168,30 @@ fn whole_pages(r: PhysRange) -> (u64, u64) {
     (start, align_down(r.end().as_u64(), page).max(start))
 }
 
-/// Build the identity (TTBR0) table.
+/// Build the identity (TTBR0) table. Returns it with what the W^X pass changed
+/// ([`populate_lower`]).
 pub fn build_lower<'p>(
     map_: &MemoryMap,
     mapper: WindowMapper,
     frames: PoolFrames<'p>,
-) -> Result<KernelTable<'p>, BuildError> {
+) -> Result<(KernelTable<'p>, FlushScope), BuildError> {
     let mut pt = PageTable::new(LOWER, mapper, frames).map_err(|_| BuildError::NoRoot)?;
-    populate_lower(&mut pt, map_)?;
-    Ok(pt)
+    let sealed = populate_lower(&mut pt, map_)?;
+    Ok((pt, sealed))
 }
 
-/// Map the identity half (table above) into a TTBR0 table `pt`: RAM, the W^X kernel image
-/// without the boot stack's guard page, the UART and the GIC.
+/// Map the identity half (table above) into a TTBR0 table `pt`, which must not be loaded yet
+/// (not live): RAM, the W^X kernel image without the boot stack's guard page, the UART and
+/// the GIC. Returns what the W^X pass of the mutating cursor changed (its token's scope).
 pub fn populate_lower<M: PhysMapper, S: FrameSource>(
     pt: &mut PageTable<Aarch64, M, S>,
     map_: &MemoryMap,
-) -> Result<(), BuildError> {
+) -> Result<FlushScope, BuildError> {
+    if pt.is_live() {
+        return Err(BuildError::Live);
+    }
     let pt = &mut *pt;
+    let mut scope = FlushScope::Nothing;
     let kernel = kernel_image();
     let s = sections();
     let rw = Attrs::KERNEL_RW;
@@ -176,30 +207,27 @@ pub fn populate_lower<M: PhysMapper, S: FrameSource>(
                 k_start - start,
                 rw,
             )?;
-            let text = s.text.start().as_u64();
-            map(pt, ".text", text, text, s.text.len(), Attrs::KERNEL_RX)?;
-            let rodata = s.rodata.start().as_u64();
-            map(
+            // The image: read + write 4 KiB pages, then one pass of the mutating cursor makes
+            // it W^X (`.text` RX, `.rodata` RO, the boot stack's guard page removed).
+            map_sized(
                 pt,
-                ".rodata",
-                rodata,
-                rodata,
-                s.rodata.len(),
-                Attrs::KERNEL_RO,
-            )?;
-            // `.data` and `.bss`, minus the boot stack's guard page.
-            let guard = crate::boot::boot_stack_guard();
-            let (data, data_end) = (s.data.start().as_u64(), s.data.end().as_u64());
-            let (g_start, g_end) = (guard.start().as_u64(), guard.end().as_u64());
-            map(pt, ".data", data, data, g_start - data, rw)?;
-            map(
-                pt,
-                ".bss above the guard",
-                g_end,
-                g_end,
-                data_end - g_end,
+                "kernel image",
+                k_start,
+                k_start,
+                k_end - k_start,
                 rw,
+                MapSize::Exactly(PageSize::Size4K),
             )?;
+            let guard = crate::boot::boot_stack_guard();
+            let sealed =
+                wx::seal_kernel_image(pt, kernel, s, Some(guard)).map_err(BuildError::Seal)?;
+            scope = sealed.scope();
+            // SAFETY: `pt` is not live (checked above) and the kernel loads tables only
+            // through `enable` / `facade::adopt_identity_table`, which mark them live: no
+            // MMU has walked `pt`, no TLB holds its entries.
+            let freed = unsafe { sealed.assume_invalidated() };
+            pt.free_tables(freed)
+                .map_err(|_| BuildError::ForeignTables)?;
             map(pt, "RAM above the kernel", k_end, k_end, end - k_end, rw)?;
         } else {
             map(pt, "RAM", start, start, end - start, rw)?;
@@ -220,7 +248,7 @@ pub fn populate_lower<M: PhysMapper, S: FrameSource>(
     ] {
         map(pt, what, base, base, crate::gic::GIC_REGION_SIZE, device)?;
     }
-    Ok(())
+    Ok(scope)
 }
 
 /// Build the direct-map (TTBR1) table.
@@ -283,16 +311,75 @@ pub fn current_roots() -> (u64, u64) {
     (t0 & 0x0000_ffff_ffff_fffe, t1 & 0x0000_ffff_ffff_fffe)
 }
 
-/// TCR_EL1 for the two formats: both halves' fields, IPS from the CPU's physical address
-/// range (`ID_AA64MMFR0_EL1.PARange`, same encoding), TBI off.
-pub fn tcr() -> u64 {
-    let mmfr0: u64;
+/// The ASID the identity (TTBR0) tables are loaded with ([`aarch64_hw::load_ttbr_asid`]).
+/// TCR_EL1.A1 is 0, so TTBR0's ASID is the current one for both halves; the kernel's leaves
+/// are all global (nG clear), so no TLB entry is tagged with it, and tokens of its tables
+/// still invalidate in every address space.
+pub const KERNEL_ASID: Asid = Asid(1);
+
+/// TCR_EL1.AS: 16-bit ASIDs.
+const TCR_AS: u64 = 1 << 36;
+
+fn mmfr0() -> u64 {
+    let v: u64;
     // SAFETY: reading an ID register at EL1 has no side effect.
     unsafe {
-        asm!("mrs {}, id_aa64mmfr0_el1", out(reg) mmfr0, options(nomem, nostack, preserves_flags))
+        asm!("mrs {}, id_aa64mmfr0_el1", out(reg) v, options(nomem, nostack, preserves_flags))
     };
-    let ips = (mmfr0 & 0xf).min(0b101);
-    LOWER.tcr_half_bits() | UPPER.tcr_half_bits() | (ips << 32)
+    v
+}
+
+/// The ASID width TCR_EL1 selects: 16 bits when the CPU has them
+/// (`ID_AA64MMFR0_EL1.ASIDBits` = 0b0010), else 8.
+pub fn asid_bits() -> u32 {
+    if (mmfr0() >> 4) & 0xf == 0b0010 {
+        16
+    } else {
+        8
+    }
+}
+
+/// TCR_EL1 for the two formats: both halves' fields, IPS from the CPU's physical address
+/// range (`ID_AA64MMFR0_EL1.PARange`, same encoding), TBI off, A1 = 0 (the ASID comes from
+/// TTBR0), AS = 1 when the CPU has 16-bit ASIDs ([`asid_bits`]).
+pub fn tcr() -> u64 {
+    let ips = (mmfr0() & 0xf).min(0b101);
+    let as16 = if asid_bits() == 16 { TCR_AS } else { 0 };
+    LOWER.tcr_half_bits() | UPPER.tcr_half_bits() | (ips << 32) | as16
+}
+
+/// TTBR0_EL1's ASID field (bits 63:48).
+pub fn current_asid() -> u16 {
+    let t0: u64;
+    // SAFETY: reading TTBR0_EL1 at EL1 has no side effect.
+    unsafe { asm!("mrs {}, ttbr0_el1", out(reg) t0, options(nomem, nostack, preserves_flags)) };
+    (t0 >> 48) as u16
+}
+
+/// TTBR0 holds `root` with [`KERNEL_ASID`], and TCR_EL1 takes the ASID from TTBR0 (A1 = 0)
+/// with the width of [`asid_bits`].
+pub fn check_ttbr0(root: u64) -> Result<(), Reason> {
+    let (t0, _) = current_roots();
+    let asid = current_asid();
+    ensure!(
+        t0 == root && asid == KERNEL_ASID.0,
+        "TTBR0 holds root {t0:#x} with ASID {asid}, expected {root:#x} with ASID {}",
+        KERNEL_ASID.0
+    );
+    let tcr: u64;
+    // SAFETY: reading TCR_EL1 at EL1 has no side effect.
+    unsafe { asm!("mrs {}, tcr_el1", out(reg) tcr, options(nomem, nostack, preserves_flags)) };
+    ensure!(
+        tcr & (1 << 22) == 0,
+        "TCR_EL1.A1 is set: the ASID comes from TTBR1"
+    );
+    ensure!(
+        (tcr & TCR_AS != 0) == (asid_bits() == 16),
+        "TCR_EL1.AS {}, the CPU has {}-bit ASIDs",
+        tcr & TCR_AS != 0,
+        asid_bits()
+    );
+    Ok(())
 }
 
 /// Load both tables and turn the MMU (and caches) on.
@@ -302,13 +389,16 @@ pub fn tcr() -> u64 {
 /// (code, data, stack, device tree, UART, the tables' own frames), and both tables must stay
 /// alive, changed only through their own operations with their flushes, while loaded.
 pub unsafe fn enable(lower: &mut KernelTable<'_>, upper: &mut KernelTable<'_>) {
-    // SAFETY: EL1 with the MMU off (caller); the values describe the two tables' formats.
+    lower.set_asid(Some(KERNEL_ASID));
+    // SAFETY: EL1 with the MMU off (caller); the values describe the two tables' formats;
+    // TCR_EL1.A1 = 0 and AS matches the CPU (`tcr`), so ASID 1 is valid; nothing is cached
+    // under it that the full invalidation below does not drop before the MMU comes on.
     unsafe {
         aarch64_hw::write_mair_tcr(tcr());
-        aarch64_hw::load_ttbr(lower.root(), true);
+        aarch64_hw::load_ttbr_asid(lower.root(), KERNEL_ASID);
         aarch64_hw::load_ttbr(upper.root(), false);
     }
-    // SAFETY: EL1; ASID 0 is the only one in use.
+    // SAFETY: EL1, the tables' regime.
     let mut tlb = unsafe { InnerShareableTlb::new() };
     tlb.begin();
     tlb.invalidate_all();

@@ -15,7 +15,7 @@ use mmkit_addr::{
 };
 use mmkit_bootmem::{firmware::fdt, Bootmem};
 use mmkit_pgtable::arch::aarch64_hw::InnerShareableTlb;
-use mmkit_pgtable::{AttrChange, Attrs, ProtectError};
+use mmkit_pgtable::{AttrChange, Attrs, FlushScope, ProtectError};
 use mmkit_qemu_common::bootmem_checks;
 use mmkit_qemu_common::checks::{self, Injection};
 use mmkit_qemu_common::frames::{PoolFrames, WindowMapper};
@@ -263,13 +263,14 @@ fn mmu_sequence(
     let mut tables = None;
     h.run("pgtable_builds_kernel_tables", || {
         let err = |e| Reason::new(format_args!("{e:?}"));
-        let lower = mmu::build_lower(map, mapper, low_frames).map_err(err)?;
+        let (lower, sealed) = mmu::build_lower(map, mapper, low_frames).map_err(err)?;
         let upper = mmu::build_upper(map, mapper, high_frames).map_err(err)?;
         for (name, pt) in [("lower", &lower), ("upper", &upper)] {
             if let Err(e) = pt.verify() {
                 fail!("{name} table: verify: {e:?}");
             }
         }
+        print_w_xor_x_pass(sealed);
         tables = Some((lower, upper));
         Ok(())
     });
@@ -294,11 +295,17 @@ fn mmu_sequence(
         // the kernel exits.
         unsafe { mmu::enable(&mut lower, &mut upper) };
         ensure!(mmu::mmu_enabled(), "SCTLR_EL1.M is clear");
-        let (t0, t1) = mmu::current_roots();
+        let (_, t1) = mmu::current_roots();
         ensure!(
-            t0 == lower.root().as_u64(),
-            "TTBR0 {t0:#x}, table {:?}",
-            lower.root()
+            lower.asid() == Some(mmu::KERNEL_ASID),
+            "identity table tagged {:?}",
+            lower.asid()
+        );
+        mmu::check_ttbr0(lower.root().as_u64())?;
+        println!(
+            "mmkit-qemu: ASIDs on: TTBR0 loaded with ASID {} ({}-bit ASIDs, TCR_EL1.A1 = 0)",
+            mmu::current_asid(),
+            mmu::asid_bits()
         );
         ensure!(
             t1 == upper.root().as_u64(),
@@ -354,6 +361,20 @@ fn mmu_sequence(
         }
     }
     true
+}
+
+/// Say what the W^X pass of the mutating cursor changed: its flush token's scope.
+fn print_w_xor_x_pass(sealed: FlushScope) {
+    let s = mmu::sections();
+    match sealed {
+        FlushScope::Range { start, pages, .. } => println!(
+            "mmkit-qemu: W^X by the mutating cursor: image mapped RW in 4 KiB pages, one update_leaves pass made {} text pages RX, {} rodata pages RO, unmapped the stack guard; token covers {pages} pages from {:#x}",
+            s.text.len() / PAGE_SIZE,
+            s.rodata.len() / PAGE_SIZE,
+            start.as_u64()
+        ),
+        FlushScope::Nothing => println!("mmkit-qemu: W^X by the mutating cursor changed nothing"),
+    }
 }
 
 /// A read of the boot stack's guard page (what a stack overflow would touch first) gives a
@@ -464,7 +485,7 @@ fn protect_on_live_table_takes_effect(
         fail!("no free 2 MiB block");
     };
     let va = VirtAddr::new(DIRECT_MAP_BASE + block.start().as_u64());
-    // SAFETY: EL1, ASID 0.
+    // SAFETY: EL1, the tables' regime.
     let mut tlb = unsafe { InnerShareableTlb::new() };
     let target = va.as_u64() + 0x2468;
     let read_only = AttrChange::flags(Attrs::empty(), Attrs::WRITE);
@@ -562,6 +583,7 @@ fn facade_sequence(
                 core::ptr::addr_of!(exceptions::RET_IN_RODATA) as u64,
                 "rodata",
             )?;
+            write_faults(exceptions::call_rodata_nofault as *const () as u64, "text")?;
             executing_rodata_faults()?;
             boot_stack_guard_page_faults()
         });
@@ -677,6 +699,29 @@ fn smp_sequence(h: &mut Harness<Serial>, mm: &'static KernelMm, boot: &BootInfo)
             ensure!(reached, "CPU {cpu} not reached");
             ensure!(seen == cpu, "the call for CPU {cpu} ran on CPU {seen}");
         }
+        Ok(())
+    });
+    h.run("smp_every_cpu_runs_the_tagged_root", || {
+        use core::sync::atomic::{AtomicU64, Ordering};
+        let (t0, _) = mmu::current_roots();
+        let asid = mmu::current_asid();
+        for cpu in 0..nr_cpus {
+            let seen = AtomicU64::new(u64::MAX);
+            let reached = mm.platform().run_on_cpu(cpu, &|| {
+                let (root, _) = mmu::current_roots();
+                seen.store(
+                    root | u64::from(mmu::current_asid()) << 48,
+                    Ordering::SeqCst,
+                );
+            });
+            ensure!(reached, "CPU {cpu} not reached");
+            let seen = seen.into_inner();
+            ensure!(
+                seen == t0 | u64::from(asid) << 48 && asid == mmu::KERNEL_ASID.0,
+                "CPU {cpu}: TTBR0 {seen:#x}; the boot CPU has root {t0:#x} with ASID {asid}"
+            );
+        }
+        println!("mmkit-qemu: all {nr_cpus} CPUs run TTBR0 root {t0:#x} with ASID {asid}");
         Ok(())
     });
     let shootdown_ok = if nr_cpus > 1 {
