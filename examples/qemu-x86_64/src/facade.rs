@@ -14,7 +14,8 @@
 //! 2. [`adopt_page_table`]: the kernel's address space (identity with the W^X image, direct
 //!    map: [`mmu::populate`]) is mapped into the facade's table, whose frames come from the
 //!    buddy (the facade's `TableFrames`), and CR3 is switched to it. From then on vmalloc maps
-//!    into the live table and its flush tokens go to [`LocalTlb`] (`invlpg` / CR3 reload).
+//!    into the live table and its flush tokens go to [`CpuTlb`] (`invlpg`, or INVPCID with
+//!    PCIDs on: the table is then loaded with `mmu::KERNEL_PCID`).
 //! 3. [`install_global`]: the `Mm` becomes the `#[global_allocator]` ([`GLOBAL`]), and
 //!    `alloc` collections run on it.
 //!
@@ -30,8 +31,7 @@ use mmkit::addr::{PhysAddr, PhysRange, VirtAddr, VirtRange, PAGE_SIZE};
 use mmkit::bootmem::firmware::e820::{E820Entry, E820Type};
 use mmkit::bootmem::AllocRequest;
 use mmkit::pgtable::arch::x86_64::X86_64;
-use mmkit::pgtable::arch::x86_64_hw::LocalTlb;
-use mmkit::pgtable::TlbInvalidate;
+use mmkit::pgtable::{Asid, TlbInvalidate};
 use mmkit::{BootError, GlobalMm, LinearMap, Mm, MmBuilder, MoverTlb};
 use mmkit_qemu_common::harness::{CheckResult, Reason};
 use mmkit_qemu_common::memmap::MemoryMap;
@@ -39,7 +39,7 @@ use mmkit_qemu_common::mm_checks::ProbeOutcome;
 use mmkit_qemu_common::{ensure, fail};
 
 use crate::memmap::BootInfo;
-use crate::mmu::{self, PagingFeatures, DIRECT_MAP_BASE, DIRECT_MAP_LIMIT};
+use crate::mmu::{self, CpuTlb, PagingFeatures, DIRECT_MAP_BASE, DIRECT_MAP_LIMIT};
 use crate::platform::Cpus;
 use crate::traps::{self, Fault, VECTOR_PAGE_FAULT};
 
@@ -109,12 +109,12 @@ pub fn boot(
 }
 
 /// Step 2 (module docs): map the kernel into the facade's table and load it into CR3.
-/// Returns the root now in CR3.
+/// Returns the root now in CR3 and the PCID it was loaded with (`None`: PCIDs off).
 pub fn adopt_page_table(
     mm: &KernelMm,
     map: &MemoryMap,
     cpu: PagingFeatures,
-) -> Result<u64, Reason> {
+) -> Result<(u64, Option<Asid>), Reason> {
     let adopted = mm.with_page_table(|pt| {
         mmu::populate(pt, map, cpu).map_err(|e| Reason::new(format_args!("{e:?}")))?;
         if let Err(e) = pt.verify() {
@@ -124,13 +124,18 @@ pub fn adopt_page_table(
         // data and everything else below 4 GiB the kernel touches, and the direct map; the
         // table lives inside `mm`, which the kernel keeps until it exits, and changes only
         // through vmalloc with its flushes.
-        unsafe { mmu::switch_to(pt) };
-        Ok(pt.root().as_u64())
+        let pcid = unsafe { mmu::switch_to(pt) };
+        ensure!(
+            pt.asid() == pcid,
+            "table tagged {:?}, loaded with {pcid:?}",
+            pt.asid()
+        );
+        Ok((pt.root().as_u64(), pcid))
     });
-    let root = adopted.unwrap_or_else(|| Err(Reason::new(format_args!("no kernel page table"))))?;
-    let cr3 = mmu::current_root();
-    ensure!(cr3 == root, "CR3 {cr3:#x}, table root {root:#x}");
-    Ok(root)
+    let (root, pcid) =
+        adopted.unwrap_or_else(|| Err(Reason::new(format_args!("no kernel page table"))))?;
+    mmu::check_cr3(root, pcid)?;
+    Ok((root, pcid))
 }
 
 /// Read a word at `va` through the exception table and classify what happened.
@@ -167,10 +172,10 @@ unsafe impl MoverTlb for KernelMoverTlb {
 pub static MOVER_TLB: KernelMoverTlb = KernelMoverTlb;
 
 /// The kernel's TLB invalidation for vmalloc's flush tokens before the APs start (then
-/// [`crate::smp::ShootdownTlb`]).
-pub fn tlb() -> LocalTlb {
+/// [`crate::smp::ShootdownTlb`]): INVPCID with PCIDs on, INVLPG without.
+pub fn tlb() -> CpuTlb {
     // SAFETY: used only while one CPU runs, and no interrupt handler touches the page tables.
-    unsafe { LocalTlb::new() }
+    unsafe { CpuTlb::new() }
 }
 
 /// Step 3 (module docs): make `mm` the global allocator.

@@ -12,23 +12,43 @@
 //! | lowest page of the boot stack | — | unmapped: the stack's guard page |
 //! | [`DIRECT_MAP_BASE`] + every RAM range | RAM | RW, no-exec, largest pages alignment allows |
 //!
-//! So the kernel image is W^X, and all RAM has a higher-half alias (Linux's `page_offset_base`
-//! for 4-level paging). Table frames come from memory bootmem kept through the hand-off
-//! ([`PoolFrames`]); the tables reach them through a [`WindowMapper`] over that pool, which is
-//! identity-mapped RW in both the boot tables and these, so the table stays editable after the
-//! switch (the self-tests use `protect` on the live table).
+//! The image is mapped once, read + write with 4 KiB pages, and one pass of mmkit-pgtable's
+//! mutating cursor (`update_leaves`, through [`wx::seal_kernel_image`]) then makes `.text`
+//! read + execute and `.rodata` read only and removes the guard page; the pass's flush token
+//! covers exactly those pages and is settled without an invalidation, since the table is not
+//! loaded yet. So the kernel image is W^X, and all RAM has a higher-half alias (Linux's
+//! `page_offset_base` for 4-level paging). Table frames come from memory bootmem kept through
+//! the hand-off ([`PoolFrames`]); the tables reach them through a [`WindowMapper`] over that
+//! pool, which is identity-mapped RW in both the boot tables and these, so the table stays
+//! editable after the switch (the self-tests use `protect` on the live table).
 //!
 //! The boot tables of `boot.rs` stay in `.bss` but are no longer used once CR3 points here.
+//!
+//! ## PCIDs
+//! With PCID and INVPCID (CPUID; QEMU 7.2's TCG offers neither, even with `-cpu max`),
+//! [`enable_pcids`] sets CR4.PCIDE while the boot tables run in PCID 0, and [`switch_to`]
+//! loads every kernel table with [`KERNEL_PCID`] (`load_cr3_pcid`) and tags the table with
+//! it (`set_asid`), so its flush tokens know their address space; single-CPU invalidation
+//! then goes through [`PcidTlb`] (INVPCID) instead of [`LocalTlb`] ([`CpuTlb`] picks). The
+//! kernel's leaves are global, so their tokens still invalidate in every address space (the
+//! crate's rule); CR4.PGE stays off, so the hardware tags even those with the PCID. Without
+//! PCIDs everything runs in PCID 0 as before.
 
 use mmkit_addr::{
     align_down, align_up, OffsetMapper, PageSize, PhysAddr, PhysMapper, PhysRange, VirtAddr,
 };
 use mmkit_pgtable::arch::x86_64::X86_64;
 use mmkit_pgtable::arch::x86_64_hw;
-use mmkit_pgtable::{Attrs, FrameSource, MapError, MapSize, PageTable};
+use mmkit_pgtable::arch::x86_64_hw::{LocalTlb, PcidTlb};
+use mmkit_pgtable::{
+    Asid, Attrs, FlushScope, FrameSource, MapError, MapSize, PageTable, TlbInvalidate, UpdateError,
+};
+use mmkit_qemu_common::ensure;
 use mmkit_qemu_common::frames::{PoolFrames, WindowMapper};
+use mmkit_qemu_common::harness::Reason;
 use mmkit_qemu_common::memmap::MemoryMap;
 use mmkit_qemu_common::mmu_checks::KernelSections;
+use mmkit_qemu_common::wx;
 
 use crate::memmap::kernel_image;
 use crate::platform::IDENTITY_LIMIT;
@@ -72,22 +92,152 @@ pub fn sections() -> KernelSections {
     }
 }
 
-/// Paging features of this CPU (CPUID leaf 0x8000_0001, EDX).
+/// Paging features of this CPU (CPUID leaves 0x8000_0001, 1 and 7).
 #[derive(Debug, Clone, Copy)]
 pub struct PagingFeatures {
-    /// Execute-disable (bit 20); `boot.rs` set EFER.NXE when present.
+    /// Execute-disable (0x8000_0001 EDX bit 20); `boot.rs` set EFER.NXE when present.
     pub nx: bool,
-    /// 1 GiB pages (bit 26).
+    /// 1 GiB pages (0x8000_0001 EDX bit 26).
     pub gib_pages: bool,
+    /// Process-context identifiers (leaf 1 ECX bit 17).
+    pub pcid: bool,
+    /// The INVPCID instruction (leaf 7 subleaf 0 EBX bit 10).
+    pub invpcid: bool,
+}
+
+impl PagingFeatures {
+    /// Whether the kernel runs with PCIDs: it needs both PCID and INVPCID ([`PcidTlb`]
+    /// invalidates other PCIDs with INVPCID).
+    pub fn pcids(&self) -> bool {
+        self.pcid && self.invpcid
+    }
 }
 
 /// Read the paging features.
 pub fn paging_features() -> PagingFeatures {
-    // Leaf 0x8000_0001 exists on every CPU that reached long mode (`boot.rs` checked).
-    let edx = core::arch::x86_64::__cpuid(0x8000_0001).edx;
+    use core::arch::x86_64::{__cpuid, __cpuid_count};
+    // Leaf 0x8000_0001 exists on every CPU that reached long mode (`boot.rs` checked), and
+    // leaf 1 on every x86_64 CPU; leaf 7 only when leaf 0 reports it.
+    let edx = __cpuid(0x8000_0001).edx;
+    let ecx1 = __cpuid(1).ecx;
+    let ebx7 = if __cpuid(0).eax >= 7 {
+        __cpuid_count(7, 0).ebx
+    } else {
+        0
+    };
     PagingFeatures {
         nx: edx & (1 << 20) != 0,
         gib_pages: edx & (1 << 26) != 0,
+        pcid: ecx1 & (1 << 17) != 0,
+        invpcid: ebx7 & (1 << 10) != 0,
+    }
+}
+
+/// The PCID the kernel's tables are loaded with when PCIDs are on. Every CPU runs the same
+/// kernel table under it, so an `invlpg` (which drops the address in the current PCID and
+/// its global translation) reaches every CPU's cached entries of that table.
+pub const KERNEL_PCID: Asid = Asid(1);
+
+/// CR4.PCIDE.
+const CR4_PCIDE: u64 = 1 << 17;
+
+fn read_cr4() -> u64 {
+    let v: u64;
+    // SAFETY: reading CR4 at CPL 0 has no side effect.
+    unsafe {
+        core::arch::asm!("mov {}, cr4", out(reg) v, options(nomem, nostack, preserves_flags))
+    };
+    v
+}
+
+/// Whether CR4.PCIDE is set on this CPU.
+pub fn pcids_enabled() -> bool {
+    read_cr4() & CR4_PCIDE != 0
+}
+
+/// The CR4 bits an AP must set before it loads the kernel's CR3 (PCIDE when the boot CPU
+/// runs with PCIDs).
+pub fn ap_cr4_bits() -> u64 {
+    read_cr4() & CR4_PCIDE
+}
+
+/// Turn PCIDs on (CR4.PCIDE) if the CPU has PCID and INVPCID. Returns whether they are on.
+/// The CPU must run in PCID 0 (CR3 bits 0..12 clear: the boot tables), which the SDM requires
+/// for setting PCIDE; otherwise PCIDs stay off.
+pub fn enable_pcids(cpu: PagingFeatures) -> bool {
+    if pcids_enabled() {
+        return true;
+    }
+    // SAFETY: CPL 0; reading CR3 has no side effect.
+    let cr3 = unsafe { x86_64_hw::read_cr3() };
+    if !cpu.pcids() || cr3 & 0xfff != 0 {
+        return false;
+    }
+    let v = read_cr4() | CR4_PCIDE;
+    // SAFETY: the CPU has PCID (CPUID), runs in long mode with CR3 bits 0..12 clear, the
+    // conditions under which setting CR4.PCIDE cannot fault; it only tags TLB entries with
+    // the current PCID (0) from now on.
+    unsafe { core::arch::asm!("mov cr4, {}", in(reg) v, options(nostack, preserves_flags)) };
+    pcids_enabled()
+}
+
+/// This CPU's TLB for the kernel's tables while one CPU runs: [`PcidTlb`] (INVPCID) with
+/// PCIDs on, [`LocalTlb`] (INVLPG, CR4.PGE toggle) without.
+#[derive(Debug)]
+pub enum CpuTlb {
+    /// PCIDs off.
+    Local(LocalTlb),
+    /// PCIDs on (CR4.PCIDE, so the CPU has INVPCID: [`enable_pcids`] requires it).
+    Pcid(PcidTlb),
+}
+
+impl CpuTlb {
+    /// The invalidator matching CR4.PCIDE.
+    ///
+    /// # Safety
+    /// As [`LocalTlb::new`]: CPL 0, used with interrupts off for the full flush, only for
+    /// tables no other CPU has loaded.
+    pub unsafe fn new() -> Self {
+        if pcids_enabled() {
+            // SAFETY: the caller's contract; PCIDE is set, and `enable_pcids` sets it only
+            // on a CPU with INVPCID.
+            Self::Pcid(unsafe { PcidTlb::new() })
+        } else {
+            // SAFETY: the caller's contract; PCIDs are off.
+            Self::Local(unsafe { LocalTlb::new() })
+        }
+    }
+}
+
+// SAFETY: every call forwards to the invalidator matching CR4.PCIDE, chosen in `new`, which
+// keeps the contract for this CPU (the only one that loaded the tables: `new`'s contract).
+unsafe impl TlbInvalidate for CpuTlb {
+    fn invalidate_page(&mut self, va: VirtAddr, size: PageSize, leaf_only: bool) {
+        match self {
+            Self::Local(t) => t.invalidate_page(va, size, leaf_only),
+            Self::Pcid(t) => t.invalidate_page(va, size, leaf_only),
+        }
+    }
+
+    fn invalidate_all(&mut self) {
+        match self {
+            Self::Local(t) => t.invalidate_all(),
+            Self::Pcid(t) => t.invalidate_all(),
+        }
+    }
+
+    fn invalidate_page_asid(&mut self, va: VirtAddr, size: PageSize, leaf_only: bool, asid: Asid) {
+        match self {
+            Self::Local(t) => t.invalidate_page_asid(va, size, leaf_only, asid),
+            Self::Pcid(t) => t.invalidate_page_asid(va, size, leaf_only, asid),
+        }
+    }
+
+    fn invalidate_asid(&mut self, asid: Asid) {
+        match self {
+            Self::Local(t) => t.invalidate_asid(asid),
+            Self::Pcid(t) => t.invalidate_asid(asid),
+        }
     }
 }
 
@@ -98,6 +248,12 @@ pub enum BuildError {
     NoNx,
     /// The table had no root frame.
     NoRoot,
+    /// The table is loaded already (the W^X pass assumes no TLB holds its entries).
+    Live,
+    /// The W^X pass of the mutating cursor failed.
+    Seal(UpdateError),
+    /// The W^X pass handed back tables that are not the table's own.
+    ForeignTables,
     /// A mapping failed.
     Map {
         /// What was being mapped.
@@ -168,32 +324,37 @@ fn map_large<M: PhysMapper, S: FrameSource>(
     )
 }
 
-/// Build the kernel's tables (see the module docs) from `frames`.
+/// Build the kernel's tables (see the module docs) from `frames`. Returns them with what the
+/// W^X pass changed ([`populate`]).
 pub fn build<'p>(
     map_: &MemoryMap,
     mapper: WindowMapper,
     frames: PoolFrames<'p>,
     cpu: PagingFeatures,
-) -> Result<KernelTable<'p>, BuildError> {
+) -> Result<(KernelTable<'p>, FlushScope), BuildError> {
     if !cpu.nx {
         return Err(BuildError::NoNx);
     }
     let mut pt =
         PageTable::new(X86_64::FOUR_LEVEL, mapper, frames).map_err(|_| BuildError::NoRoot)?;
-    populate(&mut pt, map_, cpu)?;
-    Ok(pt)
+    let sealed = populate(&mut pt, map_, cpu)?;
+    Ok((pt, sealed))
 }
 
 /// Map the kernel's address space (module docs) into `pt`, which may already serve other
-/// ranges (the facade's table holds the vmalloc window): identity with the W^X image, and
-/// the direct map.
+/// ranges (the facade's table holds the vmalloc window) but must not be loaded yet (not
+/// live: [`switch_to`] marks it): identity with the W^X image, and the direct map. Returns
+/// what the W^X pass of the mutating cursor changed (its flush token's scope).
 pub fn populate<M: PhysMapper, S: FrameSource>(
     pt: &mut PageTable<X86_64, M, S>,
     map_: &MemoryMap,
     cpu: PagingFeatures,
-) -> Result<(), BuildError> {
+) -> Result<FlushScope, BuildError> {
     if !cpu.nx {
         return Err(BuildError::NoNx);
+    }
+    if pt.is_live() {
+        return Err(BuildError::Live);
     }
     let pt = &mut *pt;
     let kernel = kernel_image();
@@ -213,50 +374,26 @@ pub fn populate<M: PhysMapper, S: FrameSource>(
         Attrs::KERNEL_RW,
         MapSize::Largest,
     )?;
-    let rx = Attrs::KERNEL_RX;
+    // The image: read + write 4 KiB pages, then one pass of the mutating cursor makes it
+    // W^X (`.text` RX, `.rodata` RO, the boot stack's guard page removed).
     map(
         pt,
-        ".text",
-        s.text.start().as_u64(),
-        s.text.start().as_u64(),
-        s.text.len(),
-        rx,
-        MapSize::Largest,
+        "kernel image",
+        k_start,
+        k_start,
+        k_end - k_start,
+        Attrs::KERNEL_RW,
+        MapSize::Exactly(PageSize::Size4K),
     )?;
-    let ro = Attrs::KERNEL_RO;
-    let rodata = s.rodata.start().as_u64();
-    map(
-        pt,
-        ".rodata",
-        rodata,
-        rodata,
-        s.rodata.len(),
-        ro,
-        MapSize::Largest,
-    )?;
-    let rw = Attrs::KERNEL_RW;
-    // `.data` and `.bss`, minus the boot stack's guard page.
     let guard = crate::boot::boot_stack_guard();
-    let (data, data_end) = (s.data.start().as_u64(), s.data.end().as_u64());
-    let (g_start, g_end) = (guard.start().as_u64(), guard.end().as_u64());
-    map(
-        pt,
-        ".data",
-        data,
-        data,
-        g_start - data,
-        rw,
-        MapSize::Largest,
-    )?;
-    map(
-        pt,
-        ".bss above the guard",
-        g_end,
-        g_end,
-        data_end - g_end,
-        rw,
-        MapSize::Largest,
-    )?;
+    let sealed = wx::seal_kernel_image(pt, kernel, s, Some(guard)).map_err(BuildError::Seal)?;
+    let sealed_scope = sealed.scope();
+    // SAFETY: `pt` is not live (checked above) and the kernel loads tables only through
+    // `switch_to`, which marks them live: no MMU has walked `pt`, no TLB holds its entries.
+    let freed = unsafe { sealed.assume_invalidated() };
+    pt.free_tables(freed)
+        .map_err(|_| BuildError::ForeignTables)?;
+    let rw = Attrs::KERNEL_RW;
     map(
         pt,
         "above the kernel",
@@ -291,23 +428,65 @@ pub fn populate<M: PhysMapper, S: FrameSource>(
             )?;
         }
     }
-    Ok(())
+    Ok(sealed_scope)
 }
 
-/// Load `pt` into CR3.
+/// Load `pt` into CR3: with PCIDs on (CR4.PCIDE), tagged with [`KERNEL_PCID`] (and the
+/// table's flush tokens with it), else with PCID 0 as before. Returns the PCID used.
 ///
 /// # Safety
 /// `pt` must map everything the kernel uses from now on at its current address (it does:
 /// see [`build`]) and must stay alive, unchanged except through its own operations with
 /// their flushes, for as long as it is loaded.
-pub unsafe fn switch_to<M: PhysMapper, S: FrameSource>(pt: &mut PageTable<X86_64, M, S>) {
-    // SAFETY: CPL 0; the caller guarantees the table keeps the running kernel mapped.
-    unsafe { x86_64_hw::load_cr3(pt.root()) };
+pub unsafe fn switch_to<M: PhysMapper, S: FrameSource>(
+    pt: &mut PageTable<X86_64, M, S>,
+) -> Option<Asid> {
+    let pcid = pcids_enabled().then_some(KERNEL_PCID);
+    match pcid {
+        Some(p) => {
+            pt.set_asid(Some(p));
+            // SAFETY: CPL 0, CR4.PCIDE set; the caller guarantees the table keeps the
+            // running kernel mapped. Without `keep`, whatever was cached under the PCID
+            // (another table's entries) is dropped by the load.
+            unsafe { x86_64_hw::load_cr3_pcid(pt.root(), p, false) };
+        }
+        // SAFETY: CPL 0; the caller guarantees the table keeps the running kernel mapped.
+        None => unsafe { x86_64_hw::load_cr3(pt.root()) },
+    }
     pt.set_live(true);
+    pcid
 }
 
 /// CR3's current table address.
 pub fn current_root() -> u64 {
     // SAFETY: the kernel runs at CPL 0; reading CR3 has no side effect.
     unsafe { x86_64_hw::read_cr3() & !0xfff }
+}
+
+/// CR3 as it is: table address and PCID.
+pub fn current_cr3() -> u64 {
+    // SAFETY: the kernel runs at CPL 0; reading CR3 has no side effect.
+    unsafe { x86_64_hw::read_cr3() }
+}
+
+/// CR3's PCID field (bits 0..12; always 0 with PCIDs off).
+pub fn current_pcid() -> u16 {
+    // SAFETY: the kernel runs at CPL 0; reading CR3 has no side effect.
+    (unsafe { x86_64_hw::read_cr3() } & 0xfff) as u16
+}
+
+/// CR3 holds `root` with PCID `pcid` (0 for `None`), and CR4.PCIDE agrees.
+pub fn check_cr3(root: u64, pcid: Option<Asid>) -> Result<(), Reason> {
+    let (cr3, got) = (current_root(), current_pcid());
+    let want = pcid.map_or(0, |p| p.0);
+    ensure!(
+        cr3 == root && got == want,
+        "CR3 holds root {cr3:#x} with PCID {got}, expected {root:#x} with PCID {want}"
+    );
+    ensure!(
+        pcids_enabled() == pcid.is_some(),
+        "CR4.PCIDE is {}, but the table was loaded with PCID {pcid:?}",
+        pcids_enabled()
+    );
+    Ok(())
 }

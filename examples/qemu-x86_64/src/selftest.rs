@@ -9,8 +9,7 @@
 use mmkit_addr::{IrqControl, PageSize, PhysAddr, PhysMapper, PhysRange, VirtAddr, PAGE_SIZE};
 use mmkit_bootmem::firmware::e820::{self, E820Entry, E820Type};
 use mmkit_bootmem::Bootmem;
-use mmkit_pgtable::arch::x86_64_hw::LocalTlb;
-use mmkit_pgtable::{AttrChange, Attrs};
+use mmkit_pgtable::{AttrChange, Attrs, FlushScope};
 use mmkit_qemu_common::bootmem_checks;
 use mmkit_qemu_common::checks::Injection;
 use mmkit_qemu_common::frames::{PoolFrames, WindowMapper};
@@ -204,17 +203,18 @@ fn mmu_sequence(
     let frames = unsafe { PoolFrames::new(pool, &mapper) };
     let cpu = mmu::paging_features();
     println!(
-        "mmkit-qemu: page tables from {pool}; CPU: NX {}, 1 GiB pages {}",
-        cpu.nx, cpu.gib_pages
+        "mmkit-qemu: page tables from {pool}; CPU: NX {}, 1 GiB pages {}, PCID {}, INVPCID {}",
+        cpu.nx, cpu.gib_pages, cpu.pcid, cpu.invpcid
     );
 
     let mut table = None;
     h.run("pgtable_builds_kernel_tables", || {
-        let pt =
+        let (pt, sealed) =
             mmu::build(map, mapper, frames, cpu).map_err(|e| Reason::new(format_args!("{e:?}")))?;
         if let Err(e) = pt.verify() {
             fail!("verify: {e:?}");
         }
+        print_w_xor_x_pass(sealed);
         table = Some(pt);
         Ok(())
     });
@@ -233,18 +233,37 @@ fn mmu_sequence(
     h.run("direct_map_uses_large_pages", || {
         mmu_checks::direct_map_uses_large_pages(&pt, map, DIRECT_MAP_BASE)
     });
+    let pcids = mmu::enable_pcids(cpu);
+    if pcids {
+        println!(
+            "mmkit-qemu: PCIDs on (CR4.PCIDE): the kernel's tables are loaded with PCID {} and invalidated with INVPCID",
+            mmu::KERNEL_PCID.0
+        );
+    } else {
+        println!(
+            "mmkit-qemu: PCIDs off: the CPU lacks {}; tables loaded with PCID 0, invalidated with INVLPG",
+            match (cpu.pcid, cpu.invpcid) {
+                (false, false) => "PCID and INVPCID",
+                (false, true) => "PCID",
+                _ => "INVPCID",
+            }
+        );
+    }
     let switched = h.run("mmu_switches_to_new_tables", || {
         // SAFETY: `build` mapped the whole kernel image, the low memory holding the boot data,
         // the page-table pool and every other address below 4 GiB the kernel touches (I/O
         // ports need no mapping); `pt` lives until the kernel exits.
-        unsafe { mmu::switch_to(&mut pt) };
-        let cr3 = mmu::current_root();
+        let pcid = unsafe { mmu::switch_to(&mut pt) };
         ensure!(
-            cr3 == pt.root().as_u64(),
-            "CR3 {cr3:#x}, table root {:?}",
-            pt.root()
+            pcid.is_some() == pcids,
+            "PCIDs are {pcids}, switch used {pcid:?}"
         );
-        Ok(())
+        ensure!(
+            pt.asid() == pcid,
+            "table tagged {:?}, loaded with {pcid:?}",
+            pt.asid()
+        );
+        mmu::check_cr3(pt.root().as_u64(), pcid)
     });
     if !switched {
         h.skip("mmu_*", "the switch failed");
@@ -289,6 +308,20 @@ fn mmu_sequence(
         Err(e) => println!("mmkit-qemu: kernel tables fail verify: {e:?}"),
     }
     true
+}
+
+/// Say what the W^X pass of the mutating cursor changed: its flush token's scope.
+fn print_w_xor_x_pass(sealed: FlushScope) {
+    let s = mmu::sections();
+    match sealed {
+        FlushScope::Range { start, pages, .. } => println!(
+            "mmkit-qemu: W^X by the mutating cursor: image mapped RW in 4 KiB pages, one update_leaves pass made {} text pages RX, {} rodata pages RO, unmapped the stack guard; token covers {pages} pages from {:#x}",
+            s.text.len() / PAGE_SIZE,
+            s.rodata.len() / PAGE_SIZE,
+            start.as_u64()
+        ),
+        FlushScope::Nothing => println!("mmkit-qemu: W^X by the mutating cursor changed nothing"),
+    }
 }
 
 /// A read of the boot stack's guard page (what a stack overflow would touch first) faults.
@@ -373,7 +406,7 @@ fn protect_on_live_table_takes_effect(
     };
     let va = VirtAddr::new(DIRECT_MAP_BASE + block.start().as_u64());
     // SAFETY: one CPU, interrupts do not touch these tables, and the table is only loaded here.
-    let mut tlb = unsafe { LocalTlb::new() };
+    let mut tlb = unsafe { mmu::CpuTlb::new() };
     let target = va.as_u64() + 0x2468;
 
     let flush = pt
@@ -446,7 +479,17 @@ fn facade_sequence(
 
     let cpu = mmu::paging_features();
     let adopted = h.run("mmu_switches_to_the_mm_page_table", || {
-        facade::adopt_page_table(&mm, &boot.map, cpu).map(|_| ())
+        let (root, pcid) = facade::adopt_page_table(&mm, &boot.map, cpu)?;
+        println!(
+            "mmkit-qemu: CR3 now holds the facade's table {root:#x} with PCID {} ({})",
+            pcid.map_or(0, |p| p.0),
+            if pcid.is_some() {
+                "tagged"
+            } else {
+                "PCIDs off"
+            }
+        );
+        Ok(())
     });
     if adopted {
         h.run("mm_table_kernel_image_is_w_xor_x", || {
@@ -486,6 +529,10 @@ fn facade_sequence(
         h.run("mm_table_write_to_kernel_rodata_faults", || {
             write_faults(core::ptr::addr_of!(traps::RET_IN_RODATA) as u64, "rodata")
         });
+        h.run("mm_table_write_to_kernel_text_faults", || {
+            write_faults(traps::call_rodata_nofault as *const () as u64, "text")
+        });
+        h.run("mm_table_executing_rodata_faults", executing_rodata_faults);
         let mut tlb = facade::tlb();
         h.run("vmalloc_through_the_live_table", || {
             mm_checks::vmalloc_through_live_tables(&mut mm, &mut tlb, &facade::probe)
@@ -638,6 +685,36 @@ fn smp_sequence(
                 "the call for CPU {cpu} ran on CPU {seen} (APIC id {apic_id})"
             );
         }
+        Ok(())
+    });
+    h.run("smp_every_cpu_runs_the_tagged_root", || {
+        let cr3 = mmu::current_cr3();
+        let pcids = mmu::pcids_enabled();
+        for &cpu in ids {
+            let seen = core::sync::atomic::AtomicU64::new(u64::MAX);
+            let pcide = core::sync::atomic::AtomicBool::new(false);
+            let reached = mm.platform().run_on_cpu(cpu, &|| {
+                seen.store(mmu::current_cr3(), core::sync::atomic::Ordering::SeqCst);
+                pcide.store(mmu::pcids_enabled(), core::sync::atomic::Ordering::SeqCst);
+            });
+            ensure!(reached, "CPU {cpu} not reached");
+            let (seen, pcide) = (seen.into_inner(), pcide.into_inner());
+            ensure!(
+                seen == cr3 && pcide == pcids,
+                "CPU {cpu}: CR3 {seen:#x}, CR4.PCIDE {pcide}; the boot CPU has CR3 {cr3:#x}, PCIDE {pcids}"
+            );
+        }
+        println!(
+            "mmkit-qemu: all {} CPUs run root {:#x} with PCID {} (CR4.PCIDE {pcids})",
+            ids.len(),
+            cr3 & !0xfff,
+            cr3 & 0xfff
+        );
+        ensure!(
+            pcids == mmu::paging_features().pcids(),
+            "CR4.PCIDE {pcids}, but the CPU has PCID and INVPCID: {}",
+            mmu::paging_features().pcids()
+        );
         Ok(())
     });
     let shootdown_ok = if ids.len() > 1 {

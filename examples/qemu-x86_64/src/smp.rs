@@ -39,6 +39,14 @@
 //! expect. [`ShootdownTlb`] invalidates locally
 //! and, at the end of each flush token, replays the same invalidations on every other
 //! online CPU through [`run_on_cpu`], waiting for each.
+//!
+//! With PCIDs on (`mmu::enable_pcids`), each AP sets CR4.PCIDE in `ap_entry64` (still on the
+//! boot tables, PCID 0) and loads the boot CPU's CR3 with its PCID, so every CPU runs the
+//! facade's table under `mmu::KERNEL_PCID` and nothing else. That keeps [`ShootdownTlb`]
+//! correct unchanged: `invlpg` drops the address's translations in the current PCID (the
+//! table's, on every CPU) and its global ones, and the CR4.PGE toggle drops every PCID's
+//! entries. The facade table's tokens never carry a PCID (its leaves are global), and the
+//! ASID-scoped methods fall back to those two anyway.
 
 use core::arch::{asm, global_asm};
 use core::cell::UnsafeCell;
@@ -111,8 +119,10 @@ static CALLS: CallSlots = CallSlots::new();
 /// Jobs for every CPU.
 static JOBS: Jobs = Jobs::new();
 
-/// The facade's page-table root, for `ap_entry64`.
+/// The boot CPU's CR3 (the facade's root, with its PCID when PCIDs are on), for `ap_entry64`.
 static AP_CR3: AtomicU64 = AtomicU64::new(0);
+/// CR4 bits `ap_entry64` sets before loading [`AP_CR3`] (`mmu::ap_cr4_bits`: PCIDE).
+static AP_CR4: AtomicU64 = AtomicU64::new(0);
 /// Each AP's initial stack pointer, by APIC id (0: no stack, the AP halts).
 static AP_STACKS: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 
@@ -273,8 +283,12 @@ ap_entry64:
     shr $24, %ebx                   /* initial APIC id */
     cmp ${max_cpus}, %ebx
     jae 9f
+    mov {ap_cr4}(%rip), %rcx        /* PCIDE if the boot CPU has it; CR3 is boot_pml4, */
+    mov %cr4, %rdx                  /* PCID 0, as setting PCIDE requires */
+    or %rcx, %rdx
+    mov %rdx, %cr4
     mov {ap_cr3}(%rip), %rax
-    mov %rax, %cr3                  /* the facade's table */
+    mov %rax, %cr3                  /* the facade's table, with the boot CPU's PCID */
     lea {ap_stacks}(%rip), %rax
     mov (%rax, %rbx, 8), %rsp
     test %rsp, %rsp
@@ -288,6 +302,7 @@ ap_entry64:
     "#,
     max_cpus = const MAX_CPUS,
     ap_cr3 = sym AP_CR3,
+    ap_cr4 = sym AP_CR4,
     ap_stacks = sym AP_STACKS,
     ap_main = sym ap_main,
     options(att_syntax)
@@ -392,7 +407,10 @@ pub fn start_aps(
             .map_err(|e| Reason::new(format_args!("stack of CPU {cpu}: {e:?}")))?;
         AP_STACKS[cpu].store(va.as_u64() + AP_STACK_SIZE as u64, Ordering::Release);
     }
-    AP_CR3.store(crate::mmu::current_root(), Ordering::Release);
+    // SAFETY: CPL 0; reading CR3 has no side effect.
+    let cr3 = unsafe { x86_64_hw::read_cr3() };
+    AP_CR4.store(crate::mmu::ap_cr4_bits(), Ordering::Release);
+    AP_CR3.store(cr3, Ordering::Release);
     install_trampoline(trampoline, crate::mmu::paging_features().nx)?;
     apic::start_all_others(trampoline.as_u64());
     // Bounded wait: about a second on hardware, far more under TCG.
