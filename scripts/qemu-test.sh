@@ -10,6 +10,9 @@
 #                                                            success: status 33
 #   aarch64 virt (GICv2) at EL1 on one CPU and on four, and at EL2 (virtualization=on) on
 #           four                                             success: status 0
+# Every kernel makes its image W^X with mmkit-pgtable's mutating cursor; aarch64 loads TTBR0
+# with ASID 1; x86_64 uses PCIDs only when CPUID has PCID and INVPCID, which QEMU 7.2's TCG
+# never offers (not even -cpu max), so these boots run x86_64 with PCIDs off and say so.
 # Four CPUs run under QEMU's multi-threaded TCG (-accel tcg,thread=multi): the kernel starts
 # them (INIT-SIPI-SIPI / PSCI CPU_ON), runs a timer on each that allocates in its handler,
 # cross-CPU calls through IPIs, a TLB shootdown check and the cross-CPU stress test.
