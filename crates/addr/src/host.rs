@@ -225,9 +225,9 @@ fn unlock_cpu(lock: &CpuLock) {
 /// keep the physical alignment of every block that fits in it, up to [`HostMemory::ALIGN`],
 /// as a kernel's
 /// direct map does (the slab's page-source contract wants a block's pointer aligned to the
-/// block size). It comes zeroed and mapped lazily by the host (on Linux a `MAP_NORESERVE`
-/// mapping), so a simulated machine of several GiB, or of more than the host has, costs
-/// only the memory touched.
+/// block size). It comes zeroed and mapped lazily by the host (`calloc`, or on Linux a
+/// `MAP_NORESERVE` mapping for sizes the heap refuses), so a simulated machine of several
+/// GiB, or of more than the host has, costs only the memory touched.
 pub struct HostMemory {
     base: PhysAddr,
     len: u64,
@@ -235,6 +235,8 @@ pub struct HostMemory {
     ptr: NonNull<u8>,
     raw: NonNull<u8>,
     layout: Layout,
+    /// `raw` is our own `mmap` (else a heap block).
+    mapped: bool,
 }
 
 // SAFETY: the buffer is plain memory owned by this value; sharing the pointer between threads
@@ -269,7 +271,7 @@ impl HostMemory {
         let align = Self::ALIGN.min(len.next_power_of_two());
         let total = usize::try_from(len + align).expect("host address space");
         let layout = Layout::from_size_align(total, 1).expect("host memory layout");
-        let raw = lazy_zeroed(layout);
+        let (raw, mapped) = lazy_zeroed(layout);
         let want = base.as_u64() % align;
         let have = raw.as_ptr() as u64 % align;
         let skip = (want + align - have) % align;
@@ -282,6 +284,7 @@ impl HostMemory {
             ptr,
             raw,
             layout,
+            mapped,
         }
     }
 
@@ -308,11 +311,18 @@ impl HostMemory {
     }
 }
 
-/// `layout.size()` bytes of zeroed memory whose pages the host maps on first touch. On
-/// Linux an anonymous `MAP_NORESERVE` mapping, so the size may exceed the host's RAM (a
-/// simulated 1 TiB machine whose boot touches a few GiB); elsewhere `calloc` (alignment 1
-/// keeps std on that path, which maps fresh zero pages lazily where the host can).
-fn lazy_zeroed(layout: Layout) -> NonNull<u8> {
+/// `layout.size()` bytes of zeroed memory whose pages the host maps on first touch, and
+/// whether they are an `mmap` of our own (`true`) rather than a heap block. The heap first:
+/// `calloc` (alignment 1 keeps std on that path) maps fresh zero pages lazily, and leak
+/// checkers scan heap blocks, which keeps the pointers tests park in boot memory visible.
+/// On Linux, a size the heap refuses (more than the host has, under the default overcommit
+/// policy) gets an anonymous `MAP_NORESERVE` mapping instead: a simulated 1 TiB machine
+/// whose boot touches a few GiB.
+fn lazy_zeroed(layout: Layout) -> (NonNull<u8>, bool) {
+    // SAFETY: `layout` has non-zero size.
+    if let Some(p) = NonNull::new(unsafe { alloc::alloc_zeroed(layout) }) {
+        return (p, false);
+    }
     #[cfg(target_os = "linux")]
     {
         // SAFETY: a fresh private anonymous mapping; no existing memory is touched.
@@ -326,32 +336,28 @@ fn lazy_zeroed(layout: Layout) -> NonNull<u8> {
                 0,
             )
         };
-        if p == libc::MAP_FAILED {
-            alloc::handle_alloc_error(layout);
+        if p != libc::MAP_FAILED {
+            if let Some(p) = NonNull::new(p.cast::<u8>()) {
+                return (p, true);
+            }
         }
-        NonNull::new(p.cast::<u8>()).unwrap_or_else(|| alloc::handle_alloc_error(layout))
     }
-    #[cfg(not(target_os = "linux"))]
-    {
-        // SAFETY: `layout` has non-zero size.
-        let raw = unsafe { alloc::alloc_zeroed(layout) };
-        NonNull::new(raw).unwrap_or_else(|| alloc::handle_alloc_error(layout))
-    }
+    alloc::handle_alloc_error(layout)
 }
 
 impl Drop for HostMemory {
     fn drop(&mut self) {
-        #[cfg(target_os = "linux")]
-        // SAFETY: mapped in `lazy_zeroed` with this size, unmapped once; nothing refers to
-        // the buffer after its owner is dropped.
-        unsafe {
-            libc::munmap(self.raw.as_ptr().cast(), self.layout.size());
+        if self.mapped {
+            #[cfg(target_os = "linux")]
+            // SAFETY: mapped in `lazy_zeroed` with this size, unmapped once; nothing refers
+            // to the buffer after its owner is dropped.
+            unsafe {
+                libc::munmap(self.raw.as_ptr().cast(), self.layout.size());
+            }
+        } else {
+            // SAFETY: allocated in `lazy_zeroed` with this layout, freed once.
+            unsafe { alloc::dealloc(self.raw.as_ptr(), self.layout) };
         }
-        #[cfg(not(target_os = "linux"))]
-        // SAFETY: allocated in `lazy_zeroed` with this layout, freed once.
-        unsafe {
-            alloc::dealloc(self.raw.as_ptr(), self.layout)
-        };
     }
 }
 
