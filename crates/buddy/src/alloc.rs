@@ -4,12 +4,15 @@
 //!    request when grouping is off), reserve entitlements.
 //! 2. **Fast pass**: walk the zonelist; take from the first zone that stays above its *low*
 //!    watermark plus the lowmem reserve for the request's highest zone.
-//! 3. Call the low-watermark hook for every zone of the zonelist below low (Linux wakes
+//! 3. If a node the request may use still has deferred memmap in a zone it may use, grow
+//!    it ([`DEFERRED_GROW_FRAMES`](crate::DEFERRED_GROW_FRAMES) at a time) and retry the
+//!    fast pass, until it succeeds or nothing is left to grow (`deferred.rs`).
+//! 4. Call the low-watermark hook for every zone of the zonelist below low (Linux wakes
 //!    kswapd here).
-//! 4. **Slow pass** at the *min* watermark, with the reserves the flags allow: `HIGH` half of
+//! 5. **Slow pass** at the *min* watermark, with the reserves the flags allow: `HIGH` half of
 //!    min, non-blocking a further quarter; non-blocking order > 0 requests use and grow the
 //!    high-atomic reserve.
-//! 5. If that fails, release one high-atomic pageblock per zone and try once more, then fail
+//! 6. If that fails, release one high-atomic pageblock per zone and try once more, then fail
 //!    with `OutOfMemory`. The allocator never empties a zone below what the request may use.
 //!
 //! Orders up to [`PCP_MAX_ORDER`] come from the CPU's list when it can be locked (refilled
@@ -152,6 +155,14 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         }
         if let Some(pfn) = self.get_page_from_freelist(req, Watermark::Low, AllocFlags::default()) {
             return Ok(pfn);
+        }
+        // Deferred memmap initialisation: grow a node the request may use and try again,
+        // before anything slower (Linux `deferred_grow_zone`).
+        while self.grow_for(req.node, req.this_node, req.highest) {
+            let flags = AllocFlags::default();
+            if let Some(pfn) = self.get_page_from_freelist(req, Watermark::Low, flags) {
+                return Ok(pfn);
+            }
         }
         // Slow path from here on; a request no zone can serve is a different failure.
         if !self.zonelist(req).any(|(_, z)| z.is_populated()) {
@@ -303,9 +314,9 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             drop(guard);
             return self.rmqueue_buddy(node, zone, req, flags);
         };
-        let mm = node.mm;
-        if let Some(pfn) = lists.pop(&mm, req.order, req.mt) {
-            self.mark_allocated(&mm, pfn, req);
+        let mm = &node.mm;
+        if let Some(pfn) = lists.pop(mm, req.order, req.mt) {
+            self.mark_allocated(mm, pfn, req);
             return Some(pfn);
         }
         let batch = zone.pcp_batch.load(Relaxed).max(1);
@@ -323,10 +334,10 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             if i == 0 {
                 // Allocated before the zone lock goes: off the lists with a free head, the
                 // block would look free to a merge or a pageblock walk on another CPU.
-                self.mark_allocated(&mm, pfn, req);
+                self.mark_allocated(mm, pfn, req);
                 got = Some(pfn);
             } else {
-                lists.push(&mm, pfn, req.order, req.mt);
+                lists.push(mm, pfn, req.order, req.mt);
             }
         }
         drop(z);

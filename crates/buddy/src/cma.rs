@@ -89,7 +89,8 @@ impl ZoneLocked<'_, '_> {
         let pages = self.p.pageblock_pages();
         let mut n = 0;
         let mut pb = self.zone.start;
-        while pb < self.zone.end {
+        let end = self.zone.init_end(self.mm);
+        while pb < end {
             let d = self.mm.desc(pb);
             let t = d.block_type();
             if t == MigrateType::Cma

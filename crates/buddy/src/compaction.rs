@@ -384,7 +384,7 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         // The free scanner, one per block order: the pageblock it is in and the frame it
         // resumes from. A pageblock without a free block of order `o` is passed by the
         // order-`o` scanner only, so smaller blocks still find the holes it left behind.
-        let top = ((zone.end / pb) * pb).saturating_sub(pb);
+        let top = ((zone.init_end(&node.mm) / pb) * pb).saturating_sub(pb);
         let mut free_scan = [(top, top); crate::MAX_ORDER_LIMIT as usize + 1];
         'scan: while migrate_pb < free_scan[0].0 {
             let hint = node.mm.desc(migrate_pb);
@@ -456,7 +456,7 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         if r.outcome == CompactOutcome::Complete {
             // The zone was walked to the meeting point: rescan everything next time.
             let mut p = zone.start.div_ceil(pb) * pb;
-            while p + pb <= zone.end {
+            while p + pb <= zone.init_end(&node.mm) {
                 node.mm.desc(p).set_skip_hint(false);
                 p += pb;
             }
@@ -533,7 +533,7 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             let mut best: Option<(u64, u64)> = None;
             let mut seen = 0;
             let mut pb = z.start.div_ceil(pages) * pages;
-            while pb + pages <= z.end && seen < EVACUATE_CANDIDATES {
+            while pb + pages <= z.init_end(&n.mm) && seen < EVACUATE_CANDIDATES {
                 let d = n.mm.desc(pb);
                 // The movable tally rules out most pageblocks without a scan; a block of a
                 // pageblock or more is not in it, so one starting here is looked at.
@@ -629,7 +629,7 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             let mut best: Option<(u64, u64)> = None;
             let mut seen = 0;
             let mut pb = z.start.div_ceil(pages) * pages;
-            while pb + pages <= z.end && seen < EVACUATE_CANDIDATES {
+            while pb + pages <= z.init_end(&n.mm) && seen < EVACUATE_CANDIDATES {
                 let d = n.mm.desc(pb);
                 if d.block_type() == MigrateType::Movable && d.state() != PageState::Tail {
                     seen += 1;
@@ -684,7 +684,7 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         let mut best: Option<(u64, u64)> = None;
         let mut seen = 0;
         let mut pb = zone.start.div_ceil(pages) * pages;
-        while pb + pages <= zone.end && seen < EVACUATE_CANDIDATES {
+        while pb + pages <= zone.init_end(&node.mm) && seen < EVACUATE_CANDIDATES {
             if node.mm.desc(pb).block_type() == MigrateType::Movable {
                 if let Some(used) = self.evacuation_cost(node, pb) {
                     seen += 1;

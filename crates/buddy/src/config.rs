@@ -61,6 +61,13 @@ pub struct BuddyConfig {
     /// take pages from a movable pageblock, emptying a whole movable pageblock for it first
     /// (`compaction.rs`). Only blocks with a [`Mover`](crate::Mover) move. Default on.
     pub compaction: bool,
+    /// Deferred memmap initialisation (Linux `CONFIG_DEFERRED_STRUCT_PAGE_INIT`):
+    /// `Some(frames)` initialises only each node's first `frames` frames at construction
+    /// (rounded up to a max-order block) and leaves the rest to
+    /// [`deferred_init_step`](crate::BuddyAllocator::deferred_init_step) and to allocations
+    /// that would fail otherwise (`deferred.rs`). `None` (the default) initialises
+    /// everything at construction.
+    pub deferred_init: Option<u64>,
 }
 
 /// Linux's `sysctl_lowmem_reserve_ratio` defaults (`mm/page_alloc.c`), DMA, DMA32, Normal,
@@ -82,6 +89,7 @@ impl Default for BuddyConfig {
             min_free_kbytes: None,
             lowmem_reserve_ratio: DEFAULT_LOWMEM_RESERVE_RATIO,
             compaction: true,
+            deferred_init: None,
         }
     }
 }

@@ -270,6 +270,18 @@ pub enum CmaError {
     Free(FreeError),
 }
 
+/// Why [`BuddyAllocator::deferred_init_step`](crate::BuddyAllocator::deferred_init_step)
+/// did nothing. Nothing changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeferredError {
+    /// No such node (at or above the node count, or without memory).
+    NoSuchNode(usize),
+    /// The node's memmap is already wholly initialised (completed, or never deferred).
+    Complete,
+    /// `max_frames` is 0.
+    NoFrames,
+}
+
 macro_rules! display_via_debug {
     ($($t:ty),*) => {$(
         impl fmt::Display for $t {
@@ -289,5 +301,6 @@ display_via_debug!(
     CmaError,
     MigrateError,
     MoverError,
-    CompactError
+    CompactError,
+    DeferredError
 );

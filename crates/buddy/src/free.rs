@@ -106,14 +106,14 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         let Some(mut lists) = zone.pcp[guard.cpu()].inner.try_lock() else {
             return PcpFree::Busy;
         };
-        let mm = node.mm;
+        let mm = &node.mm;
         let to = Flags::new(PageState::PerCpu, order, mt);
         match mm.desc(pfn).begin_free(order, to) {
             Ok(old) => mm.tally_movable(pfn, order, old.mt, self.cfg.pageblock_order, false),
             Err(f) => return PcpFree::Refused(f),
         }
         // `push` rewrites the same flags and links the block.
-        lists.push(&mm, pfn, order, mt);
+        lists.push(mm, pfn, order, mt);
         let high = u64::from(zone.pcp_high.load(Relaxed));
         if lists.count >= high {
             let batch = u64::from(zone.pcp_batch.load(Relaxed).max(1));

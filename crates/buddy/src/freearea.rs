@@ -41,14 +41,14 @@ impl Params {
 /// A zone with its lock held.
 pub(crate) struct ZoneLocked<'a, 'm> {
     pub zone: &'a Zone<'m>,
-    pub mm: Memmap<'m>,
+    pub mm: &'a Memmap<'m>,
     pub fa: SpinMutexGuard<'a, FreeArea>,
     pub p: Params,
 }
 
 impl<'a, 'm> ZoneLocked<'a, 'm> {
     #[inline]
-    pub fn lock(zone: &'a Zone<'m>, mm: Memmap<'m>, p: Params) -> Self {
+    pub fn lock(zone: &'a Zone<'m>, mm: &'a Memmap<'m>, p: Params) -> Self {
         Self {
             zone,
             mm,
@@ -84,9 +84,9 @@ impl<'a, 'm> ZoneLocked<'a, 'm> {
             .set_flags(Flags::new(PageState::Free, order, mt));
         let list = &mut self.fa.lists[order as usize][mt.index()];
         if to_tail {
-            list.push_back(&self.mm, idx);
+            list.push_back(self.mm, idx);
         } else {
-            list.push_front(&self.mm, idx);
+            list.push_front(self.mm, idx);
         }
         let count = &mut self.fa.counts[order as usize][mt.index()];
         *count += 1;
@@ -102,7 +102,7 @@ impl<'a, 'm> ZoneLocked<'a, 'm> {
     #[inline]
     fn unlink_free(&mut self, pfn: u64, order: u32, mt: MigrateType) {
         let idx = self.mm.idx(pfn);
-        self.fa.lists[order as usize][mt.index()].remove(&self.mm, idx);
+        self.fa.lists[order as usize][mt.index()].remove(self.mm, idx);
         let count = &mut self.fa.counts[order as usize][mt.index()];
         *count -= 1;
         if *count == 0 {
@@ -342,7 +342,7 @@ impl<'a, 'm> ZoneLocked<'a, 'm> {
     /// The head of the block containing `pfn` (`pfn` itself if it is a head), as
     /// `(head, flags)`; `None` if `pfn` is a hole, reserved, or (impossibly) an orphan tail.
     pub fn find_block_head(&self, pfn: u64) -> Option<(u64, Flags)> {
-        find_block_head(&self.mm, self.p.max_order, pfn)
+        find_block_head(self.mm, self.p.max_order, pfn)
     }
 
     /// Make sure no free block larger than a pageblock covers the pageblock at `pb`: split a

@@ -57,7 +57,7 @@ impl ZoneLocked<'_, '_> {
     /// Split a free block that contains `pfn` but starts before it, so that no free block
     /// crosses `pfn`.
     pub(crate) fn split_free_block_straddling(&mut self, pfn: u64) {
-        if pfn >= self.zone.end {
+        if pfn >= self.zone.init_end(self.mm) {
             return;
         }
         if let Some((head, f)) = self.find_block_head(pfn) {
@@ -115,7 +115,7 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             return Err(IsolateError::BadRange);
         }
         let (node, zone) = self.locate(start).ok_or(IsolateError::BadRange)?;
-        if end > zone.end {
+        if end > zone.init_end(&node.mm) {
             return Err(IsolateError::BadRange);
         }
         Ok((node, zone))
@@ -245,7 +245,7 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             z.remerge_free_at(pb);
             pb += pages;
         }
-        if end < z.zone.end {
+        if end < z.zone.init_end(z.mm) {
             z.remerge_free_at(end);
         }
     }
@@ -318,7 +318,7 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
     /// whole blocks that straddle the range.
     fn survey_range_locked(z: &ZoneLocked<'_, 'm>, s: u64, e: u64) -> Result<Survey, IsolateError> {
         let mut survey = Survey { lo: s, hi: e };
-        let mut pfn = first_block_from(&z.mm, z.p.max_order, s);
+        let mut pfn = first_block_from(z.mm, z.p.max_order, s);
         survey.lo = survey.lo.min(pfn);
         while pfn < e {
             let f = z.mm.desc(pfn).flags();
@@ -426,7 +426,7 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         let s = start.as_u64();
         let e = s.checked_add(nr_pages).ok_or(FreeError::OutsideZones)?;
         let (node, zone) = self.locate(s).ok_or(FreeError::OutsideZones)?;
-        if e > zone.end {
+        if e > zone.init_end(&node.mm) {
             return Err(FreeError::OutsideZones);
         }
         let mut z = self.lock(node, zone);
@@ -504,7 +504,7 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             fits_somewhere = true;
             let runs = RunSearch {
                 from: z.start,
-                to: z.end,
+                to: z.init_end(&n.mm),
                 span,
                 align,
                 cma: false,

@@ -23,6 +23,10 @@
 //! * **Migration and compaction**: owners register a [`Mover`] for their movable blocks;
 //!   [`BuddyAllocator::migrate_block`] moves one block, [`BuddyAllocator::compact_zone`]
 //!   runs Linux's two-scanner compaction; [`Extfrag`] gives the fragmentation indices.
+//! * **Deferred memmap initialisation** (Linux `CONFIG_DEFERRED_STRUCT_PAGE_INIT`): with
+//!   [`BuddyConfig::deferred_init`] a node initialises only its first part at boot; the
+//!   rest is initialised by [`BuddyAllocator::deferred_init_step`] (a thread per node) or
+//!   by allocations that would otherwise fail (`deferred.rs`).
 //! * **Reports** in `/proc/buddyinfo`, `/proc/pagetypeinfo` and `/proc/zoneinfo` layouts.
 //! * [`BuddyAllocator::verify`] checks every invariant.
 //!
@@ -50,7 +54,7 @@
 //! ```
 //!
 //! In a kernel, build the allocator where it will live with [`BuddyAllocator::init_in`]
-//! (a `static` slot or bootmem): it writes the ~42 KiB structure in place and needs about
+//! (a `static` slot or bootmem): it writes the ~45 KiB structure in place and needs about
 //! 6 KiB of stack (12 KiB in a debug build), where `new` returns it by value.
 //!
 //! ## Locking (order: per-CPU list lock, then zone lock)
@@ -59,8 +63,9 @@
 //! or a per-CPU lock while holding a zone lock. The low-watermark hook runs with no lock held.
 //!
 //! ## Unsafe
-//! Confined to `raw.rs`: initialising caller storage and zeroing frames through a
-//! `PhysMapper`. Descriptors are atomics, so every other access is safe code.
+//! Confined to `raw.rs`: initialising caller storage (the memmap as a prefix that grows, for
+//! deferred initialisation) and zeroing frames through a `PhysMapper`. Descriptors are
+//! atomics, so every other access is safe code.
 #![no_std]
 #![deny(
     unsafe_op_in_unsafe_fn,
@@ -76,6 +81,7 @@ mod allocator;
 mod cma;
 mod compaction;
 mod config;
+mod deferred;
 mod error;
 mod exact;
 mod fallback;
@@ -105,9 +111,10 @@ pub use config::{
     memmap_len, node_span, pcp_storage_len, BuddyConfig, CoreSize, NodeInit,
     DEFAULT_LOWMEM_RESERVE_RATIO,
 };
+pub use deferred::{DeferredInfo, DeferredProgress, DEFERRED_GROW_FRAMES, DEFERRED_RUNS};
 pub use error::{
-    AllocError, BootFreeError, CmaError, CompactError, FreeError, InitError, IsolateError,
-    MigrateError, MoverError, PrivateError,
+    AllocError, BootFreeError, CmaError, CompactError, DeferredError, FreeError, InitError,
+    IsolateError, MigrateError, MoverError, PrivateError,
 };
 pub use exact::exact_pieces;
 pub use gfp::{GfpError, GfpFlags};

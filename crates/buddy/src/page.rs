@@ -42,6 +42,7 @@ use core::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use static_assertions::const_assert;
 
 use crate::migrate::MigrateType;
+use crate::raw::DescStorage;
 
 /// End-of-list marker for descriptor indices.
 pub(crate) const NIL: u32 = u32::MAX;
@@ -152,10 +153,15 @@ const_assert!(core::mem::align_of::<PageDesc>() <= 8);
 impl PageDesc {
     /// A descriptor for a hole, the initial state.
     pub const fn new() -> Self {
+        Self::with_state(PageState::Hole)
+    }
+
+    /// A fresh descriptor in `state` (a hole or a reserved frame), not on any list.
+    pub(crate) const fn with_state(state: PageState) -> Self {
         Self {
             next: AtomicU32::new(NIL),
             prev: AtomicU32::new(NIL),
-            flags: AtomicU32::new(0),
+            flags: AtomicU32::new(Flags::new(state, 0, MigrateType::Unmovable).encode()),
             block: AtomicU32::new(MigrateType::Movable as u32),
         }
     }
@@ -372,21 +378,51 @@ impl PageDesc {
     }
 }
 
-/// The descriptors of one node: frame `base + i` is `descs[i]`.
-#[derive(Debug, Clone, Copy)]
+/// The descriptors of one node: frame `base + i` has descriptor `i`. Only a prefix of the
+/// span may be initialised (deferred memmap initialisation, `deferred.rs`): every accessor
+/// below reaches initialised descriptors only, and panics on a frame past them, which
+/// callers never pass (they clamp to [`end`](Self::end) or locate the frame first).
 pub(crate) struct Memmap<'m> {
     pub base: u64,
-    pub descs: &'m [PageDesc],
+    /// Frames of the span (the storage may be longer).
+    pub span: u64,
+    pub store: DescStorage<'m>,
 }
 
 impl<'m> Memmap<'m> {
+    /// An empty memmap (absent nodes).
+    pub const fn empty() -> Self {
+        Self {
+            base: 0,
+            span: 0,
+            store: DescStorage::empty(),
+        }
+    }
+
+    /// One past the last initialised frame (the deferred boundary while one remains).
     #[inline]
     pub fn end(&self) -> u64 {
-        self.base + self.descs.len() as u64
+        self.base + self.store.len() as u64
     }
+    /// One past the last frame of the span.
+    #[inline]
+    pub fn span_end(&self) -> u64 {
+        self.base + self.span
+    }
+    /// Whether `pfn` has an initialised descriptor.
     #[inline]
     pub fn contains(&self, pfn: u64) -> bool {
         pfn >= self.base && pfn < self.end()
+    }
+    /// Whether `pfn` lies in the node's span, initialised or not.
+    #[inline]
+    pub fn spans(&self, pfn: u64) -> bool {
+        pfn >= self.base && pfn < self.span_end()
+    }
+    /// Initialised descriptors.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.store.len()
     }
     /// Record that the allocated head at `pfn` (`order`, allocated as `mt`) joined (`add`)
     /// or left its pageblock's movable tally; only movable blocks smaller than a pageblock
@@ -404,17 +440,17 @@ impl<'m> Memmap<'m> {
     #[inline]
     pub fn descs(&self, pfn: u64, n: u64) -> &'m [PageDesc] {
         let i = (pfn - self.base) as usize;
-        &self.descs[i..i + n as usize]
+        &self.store.initialised()[i..i + n as usize]
     }
 
     /// Descriptor of `pfn`; callers pass frames inside the node (checked at the API boundary).
     #[inline]
     pub fn desc(&self, pfn: u64) -> &'m PageDesc {
-        &self.descs[(pfn - self.base) as usize]
+        &self.store.initialised()[(pfn - self.base) as usize]
     }
     #[inline]
     pub fn at(&self, idx: u32) -> &'m PageDesc {
-        &self.descs[idx as usize]
+        &self.store.initialised()[idx as usize]
     }
     #[inline]
     pub fn idx(&self, pfn: u64) -> u32 {
@@ -550,11 +586,14 @@ mod tests {
 
     #[test]
     fn list_push_remove_pop_keeps_links() {
-        let descs: [PageDesc; 4] = core::array::from_fn(|_| PageDesc::new());
+        let mut storage: [core::mem::MaybeUninit<PageDesc>; 4] =
+            core::array::from_fn(|_| core::mem::MaybeUninit::uninit());
         let mm = Memmap {
             base: 100,
-            descs: &descs,
+            span: 4,
+            store: DescStorage::new(&mut storage),
         };
+        mm.store.extend(4, |_| PageDesc::new());
         let mut l = List::EMPTY;
         l.push_back(&mm, 1);
         l.push_front(&mm, 0);

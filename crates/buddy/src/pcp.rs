@@ -127,7 +127,7 @@ impl crate::freearea::ZoneLocked<'_, '_> {
         let mut cursor = 0;
         while freed < pages {
             let mm = self.mm;
-            let Some((pfn, order)) = lists.pop_cold(&mm, &mut cursor) else {
+            let Some((pfn, order)) = lists.pop_cold(mm, &mut cursor) else {
                 break;
             };
             freed += 1 << order;

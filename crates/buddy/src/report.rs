@@ -74,7 +74,7 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         for (_, n, z) in self.populated_zones() {
             let zl = self.lock(n, z);
             let mut pb = z.start.div_ceil(pages) * pages;
-            while pb + pages <= z.end {
+            while pb + pages <= z.init_end(&n.mm) {
                 c.total += 1;
                 c.by_type[n.mm.desc(pb).block_type().index()] += 1;
                 for mt in MigrateType::ALL {
@@ -187,6 +187,11 @@ impl<P: IrqControl> fmt::Display for ZoneInfo<'_, '_, P> {
             writeln!(f, "        spanned  {}", z.spanned())?;
             writeln!(f, "        present  {}", z.present)?;
             writeln!(f, "        managed  {}", z.managed.load(Relaxed))?;
+            let deferred = self.0.deferred_present(nid, z.ty);
+            if deferred > 0 {
+                // Not in Linux's file: present frames not initialised yet.
+                writeln!(f, "        deferred {deferred}")?;
+            }
             writeln!(f, "        cma      0")?;
             write!(f, "        protection: (")?;
             for (j, r) in z.lowmem_reserve.iter().enumerate() {

@@ -16,7 +16,10 @@
 //! * `free_pages` equals the pages on the lists; `managed` equals free + per-CPU + allocated;
 //!   the high-atomic reserve equals its pageblocks; the zone's CMA size equals its CMA
 //!   pageblocks (isolated ones included);
-//! * memmap frames outside every zone are holes.
+//! * memmap frames outside every zone are holes (initialised frames only: the scan stops at
+//!   a node's deferred boundary, as every walk does);
+//! * the deferred boundary is a multiple of the largest block or the span's end, and the
+//!   free runs recorded past it are present memory and disjoint (`deferred.rs`).
 
 use core::sync::atomic::Ordering::Relaxed;
 
@@ -88,6 +91,13 @@ pub enum VerifyError {
         /// What the blocks say.
         actual: u64,
     },
+    /// A node's deferred-memmap state is inconsistent: its boundary is not a multiple of
+    /// the largest block (and not the span's end), or a recorded free run past it is not
+    /// present memory or overlaps another.
+    Deferred {
+        /// Node.
+        node: usize,
+    },
     /// A counter disagrees with the lists.
     CounterMismatch {
         /// Node.
@@ -127,7 +137,7 @@ fn walk_list(
     let mut cur = list.head;
     let mut n = 0u64;
     while cur != NIL {
-        if cur as usize >= mm.descs.len() || n > zone.spanned() {
+        if cur as usize >= mm.len() || n > zone.spanned() {
             return Err(corrupt);
         }
         let d = mm.at(cur);
@@ -155,6 +165,7 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
     /// Check every invariant of every zone; see the module docs for the list.
     pub fn verify(&self) -> Result<(), VerifyError> {
         for (nid, node) in self.nodes() {
+            self.verify_deferred(nid, node)?;
             let mut pfn = node.mm.base;
             while pfn < node.mm.end() {
                 if !node.zones.iter().any(|z| z.contains(pfn))
@@ -171,8 +182,35 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         Ok(())
     }
 
+    fn verify_deferred(&self, nid: usize, node: &Node<'m>) -> Result<(), VerifyError> {
+        let bad = VerifyError::Deferred { node: nid };
+        let _irq = self.platform.irq_save();
+        let d = node.deferred.lock();
+        let (b, e) = (node.mm.end(), node.mm.span_end());
+        let max_pages = 1u64 << self.cfg.max_order;
+        if b > e || (b != e && (b - node.mm.base) % max_pages != 0) {
+            return Err(bad);
+        }
+        let live = |r: &crate::deferred::Run| (r.start.max(b), r.end.min(e));
+        for (i, r) in d.free().iter().enumerate() {
+            let (s, t) = live(r);
+            if s >= t {
+                continue;
+            }
+            if d.present_in(s, t) != t - s {
+                return Err(bad);
+            }
+            for o in &d.free()[i + 1..] {
+                if o.start < r.end && r.start < o.end {
+                    return Err(bad);
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn verify_zone(&self, nid: usize, node: &Node<'m>, zone: &Zone<'m>) -> Result<(), VerifyError> {
-        let mm = node.mm;
+        let mm = &node.mm;
         let mismatch = |what, counter, actual| VerifyError::CounterMismatch {
             node: nid,
             zone: zone.ty,
@@ -196,7 +234,7 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
                 for t in 0..NR_PCP_TYPES {
                     let mt = MigrateType::ALL[t];
                     let (b, p) = walk_list(
-                        &mm,
+                        mm,
                         &lists.lists[o as usize][t],
                         zone,
                         o,
@@ -218,14 +256,8 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         for o in 0..=self.cfg.max_order {
             for t in 0..NR_MIGRATE_TYPES {
                 let mt = MigrateType::ALL[t];
-                let (b, p) = walk_list(
-                    &mm,
-                    &z.fa.lists[o as usize][t],
-                    zone,
-                    o,
-                    mt,
-                    PageState::Free,
-                )?;
+                let (b, p) =
+                    walk_list(mm, &z.fa.lists[o as usize][t], zone, o, mt, PageState::Free)?;
                 let count = u64::from(z.fa.counts[o as usize][t]);
                 if b != count {
                     return Err(mismatch("free-list count", count, b));
@@ -307,7 +339,7 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             return Ok(());
         }
         let mut pb = z.zone.start.div_ceil(pages) * pages;
-        while pb + pages <= z.zone.end {
+        while pb + pages <= z.zone.init_end(z.mm) {
             let (free, movable) = z.count_pageblock(pb);
             for (what, tally, actual) in [
                 ("free", z.pageblock_free_small(pb), free),
@@ -333,7 +365,8 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         let pb_order = self.cfg.pageblock_order;
         let (mut free, mut pcp, mut allocated) = (0, 0, 0);
         let mut pfn = zone.start;
-        while pfn < zone.end {
+        let end = zone.init_end(mm);
+        while pfn < end {
             let f = mm.desc(pfn).flags();
             let order = f.order;
             match f.state {

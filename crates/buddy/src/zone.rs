@@ -26,7 +26,7 @@ use static_assertions::const_assert;
 
 use crate::fallback::AllocFlags;
 use crate::migrate::NR_MIGRATE_TYPES;
-use crate::page::List;
+use crate::page::{List, Memmap};
 use crate::pcp::PerCpuPages;
 use crate::MAX_ORDER_LIMIT;
 
@@ -98,7 +98,7 @@ pub enum Watermark {
 ///
 /// Counts are `u32`: a node spans fewer than `u32::MAX` frames (checked at construction), so
 /// no list can hold more blocks than that. Halving them keeps a zone near 1 KiB and the whole
-/// allocator near 42 KiB (see [`BuddyAllocator::init_in`](crate::BuddyAllocator::init_in)).
+/// allocator near 45 KiB (see [`BuddyAllocator::init_in`](crate::BuddyAllocator::init_in)).
 pub(crate) struct FreeArea {
     pub lists: [[List; NR_MIGRATE_TYPES]; MAX_ORDER_LIMIT as usize + 1],
     pub counts: [[u32; NR_MIGRATE_TYPES]; MAX_ORDER_LIMIT as usize + 1],
@@ -207,6 +207,14 @@ impl<'m> Zone<'m> {
     #[inline]
     pub fn is_populated(&self) -> bool {
         self.managed.load(Relaxed) > 0
+    }
+
+    /// One past the last frame of the span whose descriptor is initialised (the span's end
+    /// unless the node's memmap is still partly deferred; never below `start`): where
+    /// every walk over the zone's frames stops.
+    #[inline]
+    pub fn init_end(&self, mm: &Memmap<'_>) -> u64 {
+        self.end.min(mm.end()).max(self.start)
     }
 
     #[inline]

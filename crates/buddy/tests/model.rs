@@ -7,7 +7,9 @@
 //! simulated memory, wherever compaction or migration took it, and the allocator agrees it is
 //! an allocated block of its order with its mover and private word; no frame is live twice;
 //! free + per-CPU + live frames = managed. A refused call leaves the free lists and every
-//! block where they were.
+//! block where they were. With deferred memmap initialisation on, steps of it run among the
+//! other actions (and allocations grow nodes on demand); at the end every node is completed
+//! step by step and every present frame must be managed.
 
 mod common;
 
@@ -15,8 +17,8 @@ use common::owner::{Behaviour, FreeSnapshot, Owner};
 use common::{build, mib, TestBuddy};
 use mmkit_addr::{Order, Pfn};
 use mmkit_buddy::{
-    exact_pieces, AllocError, BuddyConfig, CompactError, CompactOutcome, FreeError, GfpFlags,
-    MigrateError, MigrateType, MoverError, MoverId, ZoneType,
+    exact_pieces, AllocError, BuddyConfig, CompactError, CompactOutcome, DeferredError, FreeError,
+    GfpFlags, MigrateError, MigrateType, MoverError, MoverId, ZoneType,
 };
 use proptest::prelude::*;
 
@@ -114,6 +116,11 @@ enum Action {
         every: usize,
         most: bool,
     },
+    /// One step of deferred memmap initialisation on `node` (2: no such node).
+    DeferredStep {
+        node: usize,
+        frames: u64,
+    },
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -156,6 +163,8 @@ fn action() -> impl Strategy<Value = Action> {
         2 => (0usize..3, 0u32..3, 64usize..4096, 2usize..5, any::<bool>()).prop_map(
             |(node, order, blocks, every, most)| Action::Checkerboard { node, order, blocks, every, most }
         ),
+        2 => (0usize..3, prop_oneof![0u64..=1, 2u64..3000])
+            .prop_map(|(node, frames)| Action::DeferredStep { node, frames }),
     ]
 }
 
@@ -203,18 +212,26 @@ struct Config {
     pcp: bool,
     movable: bool,
     compaction: bool,
+    /// Boot with deferred memmap initialisation (one max-order block per node at boot).
+    deferred: bool,
 }
+
+/// Present frames of the machine, all handed to the allocator once initialised.
+const PRESENT: u64 = 24 * 256;
 
 fn run(actions: Vec<Action>, c: Config) {
     let cfg = BuddyConfig {
         per_cpu_lists: c.pcp,
         movablecore: c.movable.then_some(mmkit_buddy::CoreSize::Percent(30)),
         compaction: c.compaction,
+        deferred_init: c.deferred.then_some(1),
         ..BuddyConfig::default()
     };
     let (b, owner, id) = machine(cfg);
     b.verify().unwrap();
-    let managed = b.total_managed();
+    if !c.deferred {
+        assert_eq!(b.total_managed(), PRESENT);
+    }
     let zones = zones(&b);
     let zone_of = |pfn: u64| {
         zones
@@ -454,7 +471,8 @@ fn run(actions: Vec<Action>, c: Config) {
                 }
                 let (before, counts) = (FreeSnapshot::of(&b), owner.counts());
                 let r = b.migrate_block(Pfn::new(pfn), Order::new(order), None);
-                let want = if pfn < FRAMES {
+                // A frame whose descriptor is still deferred is in no zone yet.
+                let want = if pfn < FRAMES && b.pfn_initialised(Pfn::new(pfn)) {
                     MigrateError::NotAllocated
                 } else {
                     MigrateError::OutsideZones
@@ -465,7 +483,8 @@ fn run(actions: Vec<Action>, c: Config) {
             }
             Action::CompactZone { node, zone, order } => {
                 let ty = ZoneType::ALL[zone];
-                let populated = zones.iter().any(|z| (z.0, z.1, z.4) == (node, ty, true));
+                // Populated now: deferred initialisation may have populated it since boot.
+                let populated = b.zone_stats(node, ty).is_some_and(|s| s.managed > 0);
                 let want = match order {
                     Some(o) if o > 10 => Some(CompactError::OrderTooLarge { order: o, max: 10 }),
                     _ if node >= 2 => Some(CompactError::NoSuchNode(node)),
@@ -536,6 +555,31 @@ fn run(actions: Vec<Action>, c: Config) {
                     }
                 }
             }
+            Action::DeferredStep { node, frames } => {
+                let before = FreeSnapshot::of(&b);
+                let info = b.deferred_info(node);
+                match b.deferred_init_step(node, frames) {
+                    Ok(p) => {
+                        let info = info.expect("a step on a node that exists");
+                        assert!(c.deferred && frames > 0 && info.spanned > 0);
+                        assert_eq!(p.remaining, b.deferred_info(node).unwrap().spanned);
+                        assert!(p.initialised >= frames.min(info.spanned), "{p:?}");
+                        assert!(p.freed <= info.free, "{p:?} {info:?}");
+                    }
+                    Err(e) => {
+                        let want = match info {
+                            None => DeferredError::NoSuchNode(node),
+                            Some(_) if frames == 0 => DeferredError::NoFrames,
+                            Some(i) => {
+                                assert_eq!(i.spanned, 0, "{e:?}");
+                                DeferredError::Complete
+                            }
+                        };
+                        assert_eq!(e, want);
+                        before.assert_unchanged(&b, "refused deferred step");
+                    }
+                }
+            }
         }
         b.verify().unwrap();
         owner.check(&b, id);
@@ -552,9 +596,21 @@ fn run(actions: Vec<Action>, c: Config) {
         }
         assert_eq!(
             b.total_free() + b.total_pcp() + owner.live_frames(),
-            managed
+            b.total_managed()
         );
     }
+    // Complete what is still deferred, checking every step.
+    for node in 0..2 {
+        while let Ok(p) = b.deferred_init_step(node, 1000) {
+            b.verify().unwrap();
+            if p.remaining == 0 {
+                break;
+            }
+        }
+        assert_eq!(b.deferred_info(node).unwrap().spanned, 0);
+    }
+    let managed = b.total_managed();
+    assert_eq!(managed, PRESENT);
     owner.set_behaviour(Behaviour::default());
     for (pfn, l) in owner.blocks() {
         owner.release(pfn);
@@ -575,16 +631,18 @@ proptest! {
     fn model_with_per_cpu_lists(
         actions in proptest::collection::vec(action(), 1..80),
         movable in any::<bool>(),
+        deferred in any::<bool>(),
     ) {
-        run(actions, Config { pcp: true, movable, compaction: true });
+        run(actions, Config { pcp: true, movable, compaction: true, deferred });
     }
 
     #[test]
     fn model_zone_path_only(
         actions in proptest::collection::vec(action(), 1..80),
         movable in any::<bool>(),
+        deferred in any::<bool>(),
     ) {
-        run(actions, Config { pcp: false, movable, compaction: true });
+        run(actions, Config { pcp: false, movable, compaction: true, deferred });
     }
 
     #[test]
@@ -592,8 +650,9 @@ proptest! {
         actions in proptest::collection::vec(action(), 1..80),
         movable in any::<bool>(),
         pcp in any::<bool>(),
+        deferred in any::<bool>(),
     ) {
-        run(actions, Config { pcp, movable, compaction: false });
+        run(actions, Config { pcp, movable, compaction: false, deferred });
     }
 }
 
@@ -700,6 +759,7 @@ fn regression_isolate_with_grouping_off() {
             pcp: true,
             movable: true,
             compaction: true,
+            deferred: false,
         },
     );
 }
