@@ -8,7 +8,9 @@
 //! tags in a simulated memory, copied by the mover). After every step: `verify()`, every
 //! live block holds its tag where the owner says it lives and is an allocated block of its
 //! order with its mover and private word, no frame is live twice, and free + per-CPU + live
-//! frames = managed; refused calls leave the free lists and every block as they were.
+//! frames = managed; refused calls leave the free lists and every block as they were. With
+//! deferred memmap initialisation on, steps of it run among the actions, allocations grow
+//! nodes on demand, and at the end every node is completed step by step.
 #![no_main]
 
 use std::mem::MaybeUninit;
@@ -19,8 +21,8 @@ use mmkit_addr::host::HostPlatform;
 use mmkit_addr::{Order, Pfn, PhysAddr, PhysRange};
 use mmkit_buddy::{
     exact_pieces, memmap_len, pcp_storage_len, AllocError, BuddyAllocator, BuddyConfig,
-    CompactError, CompactOutcome, CoreSize, GfpFlags, IsolateError, MigrateError, MigrateType,
-    MoverError, NodeInit, PageDesc, PerCpuPages, ZoneType,
+    CompactError, CompactOutcome, CoreSize, DeferredError, GfpFlags, IsolateError, MigrateError,
+    MigrateType, MoverError, NodeInit, PageDesc, PerCpuPages, ZoneType,
 };
 
 #[path = "../../crates/buddy/tests/common/owner.rs"]
@@ -115,6 +117,11 @@ enum Action {
         every: u8,
         most: bool,
     },
+    /// One step of deferred memmap initialisation on node `node % 3` (2: no such node).
+    DeferredStep {
+        node: u8,
+        frames: u16,
+    },
 }
 
 /// Frame numbers and counts at the extremes: 0, 1, a pageblock and one short of it, the
@@ -140,6 +147,8 @@ struct Input {
     pcp: bool,
     movable: bool,
     compaction: bool,
+    /// Boot with deferred memmap initialisation (one max-order block per node at boot).
+    deferred: bool,
     actions: Vec<Action>,
 }
 
@@ -161,6 +170,7 @@ fuzz_target!(|input: Input| {
         per_cpu_lists: input.pcp,
         movablecore: input.movable.then_some(CoreSize::Percent(25)),
         compaction: input.compaction,
+        deferred_init: input.deferred.then_some(1),
         ..BuddyConfig::default()
     };
     let mut mm0: Vec<MaybeUninit<PageDesc>> = (0..memmap_len(&n0, 10))
@@ -192,7 +202,6 @@ fuzz_target!(|input: Input| {
     }
     b.finish_boot();
     let id = b.register_mover(&owner).unwrap();
-    let managed = b.total_managed();
     let mut isolated: Vec<u64> = Vec::new();
     // Spanned zones: (node, type, first frame, end frame, populated).
     let zones: Vec<(usize, ZoneType, u64, u64, bool)> = (0..2)
@@ -377,7 +386,8 @@ fuzz_target!(|input: Input| {
                 let p = u64::from(frame) & !((1u64 << order.min(10)) - 1);
                 if owner.blocks().get(&p).is_none_or(|l| l.order != order) {
                     let (before, counts) = (FreeSnapshot::of(&b), owner.counts());
-                    let want = if p < FRAMES {
+                    // A frame whose descriptor is still deferred is in no zone yet.
+                    let want = if p < FRAMES && b.pfn_initialised(Pfn::new(p)) {
                         MigrateError::NotAllocated
                     } else {
                         MigrateError::OutsideZones
@@ -393,7 +403,8 @@ fuzz_target!(|input: Input| {
             Action::CompactZone { node, zone, order } => {
                 let (node, ty) = (usize::from(node % 3), ZoneType::ALL[usize::from(zone % 4)]);
                 let order = order.map(|o| u32::from(o % 12));
-                let populated = zones.iter().any(|z| (z.0, z.1, z.4) == (node, ty, true));
+                // Populated now: deferred initialisation may have populated it since boot.
+                let populated = b.zone_stats(node, ty).is_some_and(|s| s.managed > 0);
                 let want = match order {
                     Some(o) if o > 10 => Some(CompactError::OrderTooLarge { order: o, max: 10 }),
                     _ if node >= 2 => Some(CompactError::NoSuchNode(node)),
@@ -573,6 +584,32 @@ fuzz_target!(|input: Input| {
                     }
                 }
             }
+            Action::DeferredStep { node, frames } => {
+                let (node, frames) = (usize::from(node % 3), u64::from(frames));
+                let before = FreeSnapshot::of(&b);
+                let info = b.deferred_info(node);
+                match b.deferred_init_step(node, frames) {
+                    Ok(p) => {
+                        let info = info.expect("a step on a node that exists");
+                        assert!(input.deferred && frames > 0 && info.spanned > 0);
+                        assert_eq!(p.remaining, b.deferred_info(node).unwrap().spanned);
+                        assert!(p.initialised >= frames.min(info.spanned), "{p:?}");
+                        assert!(p.freed <= info.free, "{p:?} {info:?}");
+                    }
+                    Err(e) => {
+                        let want = match info {
+                            None => DeferredError::NoSuchNode(node),
+                            Some(_) if frames == 0 => DeferredError::NoFrames,
+                            Some(i) => {
+                                assert_eq!(i.spanned, 0, "{e:?}");
+                                DeferredError::Complete
+                            }
+                        };
+                        assert_eq!(e, want);
+                        before.assert_unchanged(&b, "refused deferred step");
+                    }
+                }
+            }
         }
         b.verify().unwrap();
         owner.check(&b, id);
@@ -588,9 +625,21 @@ fuzz_target!(|input: Input| {
         }
         assert_eq!(
             b.total_free() + b.total_pcp() + owner.live_frames(),
-            managed
+            b.total_managed()
         );
     }
+    // Complete what is still deferred, checking every step: then every present frame (0..8
+    // and 12..32 MiB) is managed.
+    for node in 0..2 {
+        while let Ok(p) = b.deferred_init_step(node, 1000) {
+            b.verify().unwrap();
+            if p.remaining == 0 {
+                break;
+            }
+        }
+    }
+    let managed = b.total_managed();
+    assert_eq!(managed, 28 * 256);
     owner.set_behaviour(Behaviour::default());
     for (p, l) in owner.blocks() {
         owner.release(p);
