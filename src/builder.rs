@@ -378,12 +378,29 @@ impl<'m, P: IrqControl, F: PagingFormat> MmBuilder<'m, P, F> {
     }
 
     /// Replace the buddy configuration (max order, pageblock order, zone limits, watermark
-    /// tunables). `kernelcore` / `movablecore` set earlier are kept unless `cfg` sets them.
+    /// tunables). `kernelcore` / `movablecore` / [`deferred_init`](Self::deferred_init) set
+    /// earlier are kept unless `cfg` sets them.
     pub fn buddy_config(mut self, cfg: BuddyConfig) -> Self {
-        let (kc, mc) = (self.cfg.kernelcore, self.cfg.movablecore);
+        let (kc, mc, di) = (
+            self.cfg.kernelcore,
+            self.cfg.movablecore,
+            self.cfg.deferred_init,
+        );
         self.cfg = cfg;
         self.cfg.kernelcore = self.cfg.kernelcore.or(kc);
         self.cfg.movablecore = self.cfg.movablecore.or(mc);
+        self.cfg.deferred_init = self.cfg.deferred_init.or(di);
+        self
+    }
+
+    /// Deferred memmap initialisation (Linux `CONFIG_DEFERRED_STRUCT_PAGE_INIT`): boot
+    /// initialises the page descriptors of only each node's first `frames_per_node` frames
+    /// (rounded up to a max-order block) and gives only those to the buddy; the rest is
+    /// initialised by [`Mm::deferred_init_step`] / [`Mm::complete_deferred_init`] (one
+    /// thread per node) or by allocations that would otherwise fail. The page-owner table
+    /// is still written whole at boot.
+    pub fn deferred_init(mut self, frames_per_node: u64) -> Self {
+        self.cfg.deferred_init = Some(frames_per_node);
         self
     }
 

@@ -10,7 +10,10 @@
 //! * objects: the kmalloc family and [`cache_create`](Mm::cache_create) /
 //!   [`typed_cache`](Mm::typed_cache) on the slab (per-CPU arrays first);
 //! * vmalloc / vmap (`vmalloc.rs`), reports (`report.rs`), and [`verify`](Mm::verify), which
-//!   runs every crate's invariant scanner plus the facade's cross-checks.
+//!   runs every crate's invariant scanner plus the facade's cross-checks;
+//! * deferred memmap initialisation, when booted with it:
+//!   [`deferred_init_step`](Mm::deferred_init_step) /
+//!   [`complete_deferred_init`](Mm::complete_deferred_init), one thread per node.
 //!
 //! GFP flags are the buddy's [`GfpFlags`] everywhere; the kmalloc calls pass the parts the
 //! slab understands (zeroing, reclaimable, DMA).
@@ -28,7 +31,8 @@ use core::ptr::NonNull;
 
 use mmkit_addr::{IrqControl, Order, Pfn, PhysRange};
 use mmkit_buddy::{
-    AllocError, BootFreeError, BuddyAllocator, CmaArea, FreeError, GfpFlags, IsolateError,
+    AllocError, BootFreeError, BuddyAllocator, CmaArea, DeferredError, DeferredProgress, FreeError,
+    GfpFlags, IsolateError,
 };
 use mmkit_pgtable::arch::x86_64::X86_64;
 use mmkit_pgtable::PagingFormat;
@@ -246,6 +250,53 @@ impl<'m, P: IrqControl, F: PagingFormat> Mm<'m, P, F> {
     /// The kmalloc caches.
     pub fn kmalloc_caches(&self) -> &MmKmalloc<'m, P> {
         &self.kmalloc
+    }
+
+    // ---- deferred memmap initialisation ----------------------------------------------
+
+    /// Frames per step of [`complete_deferred_init`](Self::complete_deferred_init): 32 MiB
+    /// of 4 KiB frames (512 KiB of descriptors written with interrupts off).
+    pub const DEFERRED_INIT_CHUNK: u64 = 8192;
+
+    /// Initialise the next `max_frames` frames (rounded up to a max-order block) of node
+    /// `node`'s deferred memmap and free what the boot hand-off gave there to the buddy
+    /// ([`MmBuilder::deferred_init`](crate::MmBuilder::deferred_init); the buddy's
+    /// [`deferred_init_step`](BuddyAllocator::deferred_init_step)). Call it from one thread
+    /// per node (each with its own CPU) while other CPUs allocate; local interrupts stay off
+    /// for the step, so `max_frames` bounds that time. Allocations that would otherwise fail
+    /// initialise more on their own.
+    pub fn deferred_init_step(
+        &self,
+        node: usize,
+        max_frames: u64,
+    ) -> Result<DeferredProgress, DeferredError> {
+        self.pages.buddy.deferred_init_step(node, max_frames)
+    }
+
+    /// Complete node `node`'s deferred memmap, [`DEFERRED_INIT_CHUNK`](Self::DEFERRED_INIT_CHUNK) frames per step (so
+    /// interrupts come back between steps). Returns the descriptors initialised; a node
+    /// already complete (or never deferred) is [`DeferredError::Complete`].
+    pub fn complete_deferred_init(&self, node: usize) -> Result<u64, DeferredError> {
+        let mut done = 0;
+        loop {
+            match self.deferred_init_step(node, Self::DEFERRED_INIT_CHUNK) {
+                Ok(p) => {
+                    done += p.initialised;
+                    if p.remaining == 0 {
+                        return Ok(done);
+                    }
+                }
+                // An allocation grew the rest on demand between two steps.
+                Err(DeferredError::Complete) if done > 0 => return Ok(done),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Frames, over all nodes, whose descriptors are still deferred (0 once every node is
+    /// complete).
+    pub fn deferred_frames(&self) -> u64 {
+        self.pages.buddy.total_deferred()
     }
 
     // ---- pages ----------------------------------------------------------------------

@@ -25,6 +25,9 @@ pub struct MemInfo {
     pub present_kb: u64,
     /// Memory never handed to the buddy (firmware, kernel, boot metadata).
     pub reserved_kb: u64,
+    /// Free memory whose page descriptors are still deferred (`MmBuilder::deferred_init`):
+    /// it joins `MemTotal` when initialised, and is not counted as reserved.
+    pub deferred_kb: u64,
     /// Of that, page descriptors.
     pub memmap_kb: u64,
     /// Slab pages and large kmalloc blocks (`Slab`).
@@ -43,12 +46,13 @@ pub struct MemInfo {
 
 impl fmt::Display for MemInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let rows: [(&str, u64); 15] = [
+        let rows: [(&str, u64); 16] = [
             ("MemTotal", self.total_kb),
             ("MemFree", self.free_kb),
             ("PerCpuCached", self.pcp_kb),
             ("MemPresent", self.present_kb),
             ("Reserved", self.reserved_kb),
+            ("Deferred", self.deferred_kb),
             ("Memmap", self.memmap_kb),
             ("Slab", self.slab_kb),
             ("SReclaimable", self.slab_reclaimable_kb),
@@ -124,13 +128,18 @@ impl<'m, P: IrqControl, F: PagingFormat> Mm<'m, P, F> {
         let pcp = buddy.total_pcp();
         let vm = self.vmalloc_stats();
         let managed = buddy.total_managed();
+        let deferred: u64 = (0..buddy.nr_nodes())
+            .filter_map(|n| buddy.deferred_info(n))
+            .map(|d| d.free)
+            .sum();
         let slab = owners.frames(PageUse::Slab);
         MemInfo {
             total_kb: kb(managed),
             free_kb: kb(buddy.total_free() + pcp),
             pcp_kb: kb(pcp),
             present_kb: self.boot.memory_bytes / 1024,
-            reserved_kb: (self.boot.memory_bytes / 1024).saturating_sub(kb(managed)),
+            reserved_kb: (self.boot.memory_bytes / 1024).saturating_sub(kb(managed + deferred)),
+            deferred_kb: kb(deferred),
             memmap_kb: self.boot.memmap_bytes / 1024,
             slab_kb: kb(slab.iter().sum()),
             slab_reclaimable_kb: kb(slab[2]),
