@@ -1,5 +1,7 @@
 //! How long `MmBuilder::boot` takes, and the first `kmalloc` after it, as RAM grows and as
-//! holes grow between two small banks of RAM:
+//! holes grow between two small banks of RAM; then the same with deferred memmap
+//! initialisation (`MmBuilder::deferred_init`), and how long completing it takes on one and
+//! on two threads:
 //!
 //! ```text
 //! cargo run --release --example boot_time                  # 1, 4, 16 and 64 GiB; holes
@@ -9,12 +11,20 @@
 //! The simulated RAM is host memory mapped lazily (`HostRam`), so only the frames boot
 //! touches are faulted in: the page descriptors (16 bytes per frame of each node's span), the
 //! page-owner table (one byte per frame from the first to the last frame) and the boot
-//! structures. Each figure is the best of three boots on one CPU; the host's page faults on
-//! those structures are part of it, as a kernel's cache misses on them would be.
+//! structures. Each figure is the best of three boots; the host's page faults on those
+//! structures are part of it, as a kernel's cache misses on them would be. Each machine is
+//! unmapped after its run (outside the timed part), so the 64 GiB rows need a few GiB of
+//! host memory at a time, not all of them at once.
 //!
 //! The hole rows boot two 512 MiB banks, one at 0 and one after a hole of the given size:
 //! every frame of the hole still gets a descriptor and an owner byte today, which is what
 //! issue 15's sparse memmap is to remove.
+//!
+//! The deferred rows split the RAM into two NUMA nodes of equal size and initialise
+//! [`EAGER_FRAMES`] frames of each at boot. "boot to kmalloc" is the boot plus the first
+//! `kmalloc`; "complete" is the time to initialise the rest of both nodes with
+//! `Mm::complete_deferred_init`, on one thread (node after node) and on two (one per node,
+//! each bound to its own CPU), per GiB of RAM.
 
 use std::time::{Duration, Instant};
 
@@ -22,21 +32,28 @@ use mmkit::addr::host::HostPlatform;
 use mmkit::addr::{PhysAddr, PhysRange};
 use mmkit::buddy::GfpFlags;
 use mmkit::host::HostRam;
-use mmkit::MmBuilder;
+use mmkit::{Mm, MmBuilder};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 
+/// Frames of each node initialised at boot in the deferred rows: 128 MiB (Linux keeps at
+/// least a memory section, 128 MiB on x86-64, per node).
+const EAGER_FRAMES: u64 = 32768;
+
+fn bank(start: u64, len: u64) -> PhysRange {
+    PhysRange::from_start_size(PhysAddr::new(start), len).expect("a valid bank")
+}
+
 /// Boot once on `banks` of RAM inside a machine whose physical span is `span` bytes; returns
 /// the boot time and the first kmalloc's time.
 fn boot_once(span: u64, banks: &[(u64, u64)]) -> (Duration, Duration) {
-    // Leaked: a booted `Mm` borrows its RAM for good, and a kernel never tears one down.
-    let ram: &'static HostRam = Box::leak(Box::new(HostRam::new(PhysAddr::new(0), span)));
-    // SAFETY: `ram` is the whole simulated machine, used by nothing else, and lives forever.
-    let mut b = unsafe { MmBuilder::new(HostPlatform::new(1), ram) };
+    let ram = HostRam::new(PhysAddr::new(0), span);
+    // SAFETY: `ram` is the whole simulated machine, used by nothing else, and outlives
+    // every use of the `Mm` (which is forgotten, never dropped, before `ram` goes).
+    let mut b = unsafe { MmBuilder::new(HostPlatform::new(1), &ram) };
     for &(start, len) in banks {
-        let r = PhysRange::from_start_size(PhysAddr::new(start), len).expect("a valid bank");
-        b = b.memory(r);
+        b = b.memory(bank(start, len));
     }
     let t = Instant::now();
     let mm = b.boot().expect("boot");
@@ -46,15 +63,65 @@ fn boot_once(span: u64, banks: &[(u64, u64)]) -> (Duration, Duration) {
     let first = t.elapsed();
     // SAFETY: `p` came from `mm` just above and is not used again.
     unsafe { mm.kfree(p) }.expect("a valid free");
-    // Keep the machine as a kernel would (dropping 64 GiB of descriptors costs time too).
+    // Keep the allocator as a kernel would (never torn down); only the host memory goes.
     std::mem::forget(mm);
     (booted, first)
 }
 
-fn best_of_three(span: u64, banks: &[(u64, u64)]) -> (Duration, Duration) {
+/// Complete every node of `mm` on `threads` threads (1: node after node; 2: one per node).
+fn complete(mm: &Mm<'_, HostPlatform>, threads: usize) {
+    let nodes = mm.boot_summary().nr_nodes;
+    if threads == 1 {
+        for node in 0..nodes {
+            let _ = mm.complete_deferred_init(node);
+        }
+        return;
+    }
+    std::thread::scope(|s| {
+        for node in 0..nodes {
+            s.spawn(move || {
+                mm.platform().bind_current_thread(node);
+                let _ = mm.complete_deferred_init(node);
+            });
+        }
+    });
+}
+
+/// Boot `gib` GiB (from 1 MiB) as two nodes with deferral; returns boot + first kmalloc,
+/// and the time to complete on `threads` threads.
+fn deferred_once(gib: u64, threads: usize) -> (Duration, Duration) {
+    let span = gib * GIB;
+    let ram = HostRam::new(PhysAddr::new(0), span);
+    // SAFETY: as in `boot_once`.
+    let b = unsafe { MmBuilder::new(HostPlatform::new(2), &ram) }
+        .memory(bank(MIB, span - MIB))
+        .node(1, bank(span / 2, span / 2))
+        .deferred_init(EAGER_FRAMES);
+    let t = Instant::now();
+    let mm = b.boot().expect("boot");
+    let p = mm.kmalloc(64, GfpFlags::KERNEL).expect("memory");
+    let first = t.elapsed();
+    // SAFETY: `p` came from `mm` just above and is not used again.
+    unsafe { mm.kfree(p) }.expect("a valid free");
+    let t = Instant::now();
+    complete(&mm, threads);
+    let done = t.elapsed();
+    assert_eq!(mm.deferred_frames(), 0, "completed");
+    std::mem::forget(mm);
+    (first, done)
+}
+
+fn best_of_three<T: Copy>(run: impl Fn() -> (Duration, T)) -> (Duration, T) {
     (0..3)
-        .map(|_| boot_once(span, banks))
+        .map(|_| run())
         .min_by_key(|&(b, _)| b)
+        .expect("three runs")
+}
+
+fn best_of_three_by_second(run: impl Fn() -> (Duration, Duration)) -> (Duration, Duration) {
+    (0..3)
+        .map(|_| run())
+        .min_by_key(|&(_, d)| d)
         .expect("three runs")
 }
 
@@ -70,13 +137,35 @@ fn main() {
     println!("RAM       boot (ms)   per GiB (ms)   first kmalloc (µs)");
     for g in &sizes {
         // RAM from 1 MiB, as a PC's.
-        let (b, k) = best_of_three(g * GIB, &[(MIB, g * GIB - MIB)]);
+        let (b, k) = best_of_three(|| boot_once(g * GIB, &[(MIB, g * GIB - MIB)]));
         println!(
             "{:>4} GiB  {:>9.2}   {:>12.2}   {:>18.1}",
             g,
             ms(b),
             ms(b) / *g as f64,
             k.as_secs_f64() * 1e6
+        );
+    }
+    println!();
+    println!(
+        "deferred init, two nodes, {} MiB each at boot:",
+        EAGER_FRAMES * 4096 / MIB
+    );
+    println!(
+        "RAM       boot to kmalloc (ms)   complete, 1 thread (ms, ms/GiB)   2 threads (ms, ms/GiB)"
+    );
+    for g in &sizes {
+        let (first, _) = best_of_three(|| deferred_once(*g, 1));
+        let (_, one) = best_of_three_by_second(|| deferred_once(*g, 1));
+        let (_, two) = best_of_three_by_second(|| deferred_once(*g, 2));
+        println!(
+            "{:>4} GiB  {:>20.2}   {:>16.1} {:>14.2}   {:>10.1} {:>11.2}",
+            g,
+            ms(first),
+            ms(one),
+            ms(one) / *g as f64,
+            ms(two),
+            ms(two) / *g as f64
         );
     }
     if std::env::args().nth(1).is_some() {
@@ -87,7 +176,7 @@ fn main() {
     for hole in [0u64, 16, 64] {
         let second = 512 * MIB + hole * GIB;
         let span = second + 512 * MIB;
-        let (b, _) = best_of_three(span, &[(MIB, 511 * MIB), (second, 512 * MIB)]);
+        let (b, _) = best_of_three(|| boot_once(span, &[(MIB, 511 * MIB), (second, 512 * MIB)]));
         println!("{:>32} GiB   {:>9.2}", hole, ms(b));
     }
 }
