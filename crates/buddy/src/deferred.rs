@@ -15,10 +15,11 @@
 //!   merging adjacent blocks; when the record is full it initialises up to the block and
 //!   frees it at once).
 //!
-//! **Growth** moves the boundary up by whole max-order blocks: it writes the descriptors
-//! (reserved for present frames, holes elsewhere), publishes them, then frees the recorded
-//! free runs below the new boundary to the buddy in the largest aligned blocks, as the
-//! hand-off would have. Two callers grow a node:
+//! **Growth** moves the boundary up by whole max-order blocks, zone by zone under the zone
+//! lock: it writes the descriptors in their final state (tails for the recorded free runs,
+//! reserved for other present frames, holes elsewhere), publishes them, and frees the
+//! recorded free runs below the new boundary to the buddy in the largest aligned blocks, as
+//! the hand-off would have. Two callers grow a node:
 //! * [`deferred_init_step`](crate::BuddyAllocator::deferred_init_step), one chunk at a
 //!   time, from a thread per node (Linux `deferred_init_memmap`);
 //! * the allocation path, when a request fails while a node it may use has deferred frames
@@ -35,10 +36,14 @@
 //! The node's `deferred` spin lock (taken with interrupts off, like a zone lock, so an
 //! interrupt handler that allocates never spins on it while its own CPU holds it) protects
 //! the record and serialises growth. Lock order: `deferred`, then a zone lock; nothing
-//! takes `deferred` while holding a zone or per-CPU lock. Readers of the memmap take no
-//! lock: the boundary is published with release ordering after the descriptors are written.
+//! takes `deferred` while holding a zone or per-CPU lock. Growth holds a zone's lock while
+//! it writes and frees that zone's part of a chunk, so the chunk size bounds how long it
+//! keeps other CPUs out of the zone. Readers of the memmap take no lock: the boundary is
+//! published with release ordering after the descriptors are written.
 
-use mmkit_addr::{IrqControl, Order, Pfn};
+use core::sync::atomic::Ordering::Relaxed;
+
+use mmkit_addr::{IrqControl, Pfn};
 
 use crate::allocator::{BuddyAllocator, Node};
 use crate::error::{BootFreeError, DeferredError};
@@ -255,34 +260,63 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         if new <= old {
             return (0, 0);
         }
-        // Descriptors: reserved where memory is, holes elsewhere; the present runs are
-        // sorted, so one cursor walks them.
-        let present = d.present();
-        let mut cur = 0;
-        n.mm.store.extend((new - base) as usize, |i| {
-            let pfn = base + i as u64;
-            while cur < present.len() && present[cur].end <= pfn {
-                cur += 1;
-            }
-            match present.get(cur) {
-                Some(r) if r.start <= pfn => PageDesc::with_state(PageState::Reserved),
-                _ => PageDesc::with_state(PageState::Hole),
-            }
-        });
-        // Free what the hand-off gave below the new boundary, as it would have.
-        let mut freed = 0;
+        // What the hand-off gave in [old, new), sorted (the record keeps arrival order).
+        let mut free = [Run::default(); DEFERRED_RUNS];
+        let mut nr_free = 0;
         for r in d.free() {
             let (s, e) = (r.start.max(old), r.end.min(new));
-            let mut pfn = s;
-            while pfn < e {
-                let order = self.boot_order(pfn, e);
-                // Initialised above, reserved, inside one zone: the free cannot fail.
-                let ok = self.free_boot_block(Pfn::new(pfn), Order::new(order));
-                debug_assert!(ok.is_ok(), "deferred free {pfn:#x}/{order}: {ok:?}");
-                freed += 1u64 << order;
-                pfn += 1u64 << order;
+            if s < e {
+                free[nr_free] = Run { start: s, end: e };
+                nr_free += 1;
             }
         }
+        let free = &mut free[..nr_free];
+        free.sort_unstable_by_key(|r| r.start);
+        let present = d.present();
+        // Zone by zone (zones tile the span; their boundaries are max-order aligned), with
+        // the zone lock held from publication to the last free, so a scan under the lock
+        // sees the new frames either not yet initialised or already free. Descriptors are
+        // written in their final state: tails for frames about to be freed (each block's
+        // head is set when it goes on its list), reserved for other memory, holes
+        // elsewhere; so each is written once and nothing is read back.
+        let mut freed = 0;
+        let (mut pc, mut fc) = (0, 0);
+        for z in n.zones.iter().filter(|z| z.start < z.end) {
+            let (zs, ze) = (z.start.max(old), z.end.min(new));
+            if zs >= ze {
+                continue;
+            }
+            let mut zl = self.lock(n, z);
+            n.mm.store.extend((ze - base) as usize, |i| {
+                let pfn = base + i as u64;
+                while fc < free.len() && free[fc].end <= pfn {
+                    fc += 1;
+                }
+                if free.get(fc).is_some_and(|r| r.start <= pfn) {
+                    return PageDesc::with_state(PageState::Tail);
+                }
+                while pc < present.len() && present[pc].end <= pfn {
+                    pc += 1;
+                }
+                match present.get(pc) {
+                    Some(r) if r.start <= pfn => PageDesc::with_state(PageState::Reserved),
+                    _ => PageDesc::with_state(PageState::Hole),
+                }
+            });
+            for r in free.iter() {
+                let (s, e) = (r.start.max(zs), r.end.min(ze));
+                let mut pfn = s;
+                while pfn < e {
+                    let order = self.boot_order(pfn, e);
+                    z.managed.fetch_add(1u64 << order, Relaxed);
+                    let mt = zl.pageblock_type(pfn);
+                    zl.free_one_page(pfn, order, mt, true);
+                    freed += 1u64 << order;
+                    pfn += 1u64 << order;
+                }
+            }
+        }
+        debug_assert_eq!(n.mm.end(), new, "the zones tile the node's span");
         if new == n.mm.span_end() {
             // Complete: watermarks and per-CPU sizes from the full managed counts.
             self.finish_boot();
@@ -345,6 +379,7 @@ mod tests {
     use super::*;
     use crate::testutil::{build, build_reserved, mib, no_pcp, snapshot, TestBuddy};
     use crate::{AllocError, BuddyConfig, FreeError, GfpFlags};
+    use mmkit_addr::Order;
     use mmkit_addr::PhysRange;
     use std::vec::Vec;
 
@@ -624,6 +659,11 @@ mod tests {
                         if let Some((p, o)) = held.pop() {
                             b.free_pages(p, o).unwrap();
                         }
+                    }
+                    // The scan runs while the other thread grows the node: it must see
+                    // each chunk either not yet initialised or initialised and freed.
+                    if i % 256 == 0 {
+                        b.verify().unwrap();
                     }
                 }
                 for (p, o) in held {
