@@ -27,7 +27,7 @@
 use core::fmt;
 use core::sync::atomic::AtomicU8;
 
-use mmkit_addr::{IrqControl, PhysAddr, PhysMapper, PhysRange, VirtRange};
+use mmkit_addr::{IrqControl, Pfn, PhysAddr, PhysMapper, PhysRange, VirtRange};
 use mmkit_bootmem::firmware::{e820, uefi};
 use mmkit_bootmem::{Bootmem, NodeId, RegionError};
 use mmkit_buddy::{
@@ -40,7 +40,7 @@ use mmkit_slab::{CacheFlags, CreateError, Kmalloc};
 
 use crate::map::KernelMap;
 use crate::mm::{BootSummary, Mm};
-use crate::owner::{PageOwners, HOLE, METADATA, RESERVED};
+use crate::owner::{DeferredOwners, PageOwners, HOLE, METADATA, RESERVED};
 use crate::pages::PageAllocator;
 use crate::raw::{boot_slice, fill, fill_from, MetaLog};
 use crate::vmalloc::{Vmalloc, VmallocSpace};
@@ -493,7 +493,12 @@ impl<'m, P: IrqControl, F: PagingFormat> MmBuilder<'m, P, F> {
             vmalloc_bytes: vmalloc,
             other_bytes: bytes(size_of::<PhysRange>(), regions.len())
                 + distances
-                + bytes(size_of::<PageAllocator<'m, P>>(), 1),
+                + bytes(size_of::<PageAllocator<'m, P>>(), 1)
+                + if self.cfg.deferred_init.is_some() {
+                    bytes(size_of::<DeferredOwners<'m>>(), 1)
+                } else {
+                    0
+                },
         })
     }
 
@@ -557,11 +562,23 @@ impl<'m, P: IrqControl, F: PagingFormat> MmBuilder<'m, P, F> {
             boot_slice::<u8>(bm, map, &mut meta, nr_cpus, None)?,
             |cpu| cpu_nodes.get(cpu).copied().unwrap_or(0),
         );
-        let owner_bytes = fill(
+        let owner_bytes: &'m [AtomicU8] = fill(
             boot_slice::<AtomicU8>(bm, map, &mut meta, (hi - lo) as usize, None)?,
             |_| AtomicU8::new(HOLE),
         );
         let owners = PageOwners::new(lo, owner_bytes);
+        // With deferral, the buddy tells this one which frames its growth frees.
+        let deferred_owners: Option<&'m DeferredOwners<'m>> = match cfg.deferred_init {
+            Some(_) => {
+                let slot = boot_slice::<DeferredOwners<'m>>(bm, map, &mut meta, 1, None)?;
+                let obs: &'m DeferredOwners<'m> = slot[0].write(DeferredOwners {
+                    base: lo,
+                    bytes: owner_bytes,
+                });
+                Some(obs)
+            }
+            None => None,
+        };
         let space = match &vmalloc {
             Some((fmt, window)) => Some(VmallocSpace::carve(bm, map, &mut meta, fmt, *window)?),
             None => None,
@@ -613,6 +630,9 @@ impl<'m, P: IrqControl, F: PagingFormat> MmBuilder<'m, P, F> {
             .map_err(BootError::Buddy)?;
         buddy.set_mapper(phys);
         buddy.set_cpu_nodes(cpu_map);
+        if let Some(obs) = deferred_owners {
+            buddy.set_deferred_observer(obs);
+        }
 
         // Hand-off: bootmem is consumed here.
         let reserved_bytes = bm.reserved_size();
@@ -622,14 +642,20 @@ impl<'m, P: IrqControl, F: PagingFormat> MmBuilder<'m, P, F> {
                 buddy
                     .free_boot_block(b.pfn, b.order)
                     .map_err(BootError::Handoff)?;
-                let s = b.pfn.as_u64();
-                owners.mark_range(s, s + b.order.pages(), 0);
+                // A block past a deferred boundary is only recorded: it stays reserved
+                // here until the buddy frees it (`DeferredOwners`).
+                if buddy.pfn_initialised(b.pfn) {
+                    let s = b.pfn.as_u64();
+                    owners.mark_range(s, s + b.order.pages(), 0);
+                }
             }
         }
         for array in handoff.into_region_arrays().into_iter().flatten() {
             buddy.free_boot_range(array).map_err(BootError::Handoff)?;
             let p = array.whole_pfns();
-            owners.mark_range(p.start, p.end, 0);
+            for pfn in (p.start..p.end).filter(|&f| buddy.pfn_initialised(Pfn::new(f))) {
+                owners.mark_range(pfn, pfn + 1, 0);
+            }
         }
         let cma = declare_cma(&buddy, cma_bytes)?;
         buddy.finish_boot();

@@ -21,6 +21,9 @@
 //! | [`CONTIG_TAIL`] | a frame after the head of a contiguous run (`alloc_contig`), whose head is an order-0 block byte |
 //! | `mob + 1 | order << 2 | use << 6` | head of an allocated block (`mob` = migrate-type index 0..=2) |
 //!
+//! Frames the boot hand-off gave past a node's deferred boundary (`MmBuilder::deferred_init`)
+//! stay [`RESERVED`] until the buddy initialises and frees them ([`DeferredOwners`]).
+//!
 //! Tail frames of other blocks read 0; the census walks from heads. A contiguous run is not
 //! one buddy block, so its length is kept in the table itself: the run's tail frames are
 //! marked, and the run ends at the first frame that is not [`CONTIG_TAIL`]. Only the head byte changes on
@@ -31,7 +34,7 @@
 use core::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 
 use mmkit_addr::{Order, Pfn};
-use mmkit_buddy::MigrateType;
+use mmkit_buddy::{DeferredObserver, MigrateType};
 
 /// Owner byte of a hole.
 pub const HOLE: u8 = 0b0000_0100;
@@ -165,6 +168,33 @@ impl PageblockCensus {
     }
 }
 
+/// Clears the owner bytes of the frames the buddy's deferred growth frees (the facade
+/// registers it as the buddy's [`DeferredObserver`] when booting with deferral): the boot
+/// hand-off leaves frames past a node's deferred boundary [`RESERVED`] in the table, as the
+/// buddy still holds them back, and they read free once the buddy has them.
+pub(crate) struct DeferredOwners<'m> {
+    pub(crate) base: u64,
+    pub(crate) bytes: &'m [AtomicU8],
+}
+
+impl DeferredObserver for DeferredOwners<'_> {
+    fn freeing(&self, start: Pfn, end: Pfn) {
+        mark(self.base, self.bytes, start.as_u64(), end.as_u64(), 0);
+    }
+}
+
+/// Store `value` in the bytes of `[start, end)` that the table `bytes` (from frame `base`)
+/// covers.
+fn mark(base: u64, bytes: &[AtomicU8], start: u64, end: u64, value: u8) {
+    // The part of `[start, end)` the table covers, as one slice: no per-frame checks.
+    let len = bytes.len() as u64;
+    let lo = start.saturating_sub(base).min(len);
+    let hi = end.saturating_sub(base).clamp(lo, len);
+    for s in &bytes[lo as usize..hi as usize] {
+        s.store(value, Relaxed);
+    }
+}
+
 /// The owner table and the counters derived from it.
 pub(crate) struct PageOwners<'m> {
     base: u64,
@@ -189,13 +219,7 @@ impl<'m> PageOwners<'m> {
 
     /// Mark `[start, end)` with a boot-time state (`HOLE`, `RESERVED` or free `0`).
     pub(crate) fn mark_range(&self, start: u64, end: u64, value: u8) {
-        // The part of `[start, end)` the table covers, as one slice: no per-frame checks.
-        let len = self.bytes.len() as u64;
-        let lo = start.saturating_sub(self.base).min(len);
-        let hi = end.saturating_sub(self.base).clamp(lo, len);
-        for s in &self.bytes[lo as usize..hi as usize] {
-            s.store(value, Relaxed);
-        }
+        mark(self.base, self.bytes, start, end, value);
     }
 
     /// Turn the reserved frames `[start, end)` into free ones (owner byte 0) before they go to

@@ -103,6 +103,8 @@ pub struct BuddyAllocator<'m, P: IrqControl> {
     /// Registered movers; id `i + 1` is slot `i`.
     pub(crate) movers: RwLock<[Option<&'m dyn Mover>; MAX_MOVERS]>,
     pub(crate) migration_observer: RwLock<Option<&'m dyn MigrationObserver>>,
+    /// Told about the frames each deferred growth frees (`deferred.rs`).
+    pub(crate) deferred_observer: RwLock<Option<&'m dyn crate::deferred::DeferredObserver>>,
     pub(crate) migrate_counters: MigrateCounters,
     pub(crate) compact_counters: CompactState,
 }

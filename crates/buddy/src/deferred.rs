@@ -58,6 +58,16 @@ pub const DEFERRED_RUNS: usize = 8;
 /// block.
 pub const DEFERRED_GROW_FRAMES: u64 = 1 << 15;
 
+/// Told about the frames deferred growth gives to the buddy
+/// ([`BuddyAllocator::set_deferred_observer`]), e.g. to keep a per-frame table of its own
+/// in step without writing the deferred part of it at boot.
+pub trait DeferredObserver: Sync {
+    /// Frames `[start, end)`, until now held back as deferred, are about to go on the free
+    /// lists. Called with the node's deferred lock and a zone lock held and interrupts off:
+    /// it must not call into the allocator.
+    fn freeing(&self, start: Pfn, end: Pfn);
+}
+
 /// A run of frames `[start, end)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Run {
@@ -200,6 +210,18 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         })
     }
 
+    /// Register the observer of deferred growth (one; `false`, changing nothing, if one is
+    /// registered already). Register it before the boot hand-off: growth may run from
+    /// there on (a full deferred record initialises up to a block).
+    pub fn set_deferred_observer(&self, observer: &'m dyn DeferredObserver) -> bool {
+        let mut slot = self.deferred_observer.write();
+        if slot.is_some() {
+            return false;
+        }
+        *slot = Some(observer);
+        true
+    }
+
     /// Node `node`'s deferred state, or `None` for a node that does not exist.
     pub fn deferred_info(&self, node: usize) -> Option<DeferredInfo> {
         let n = self.node(node)?;
@@ -303,8 +325,12 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
                     _ => PageDesc::with_state(PageState::Hole),
                 }
             });
+            let observer = *self.deferred_observer.read();
             for r in free.iter() {
                 let (s, e) = (r.start.max(zs), r.end.min(ze));
+                if let (Some(obs), true) = (observer, s < e) {
+                    obs.freeing(Pfn::new(s), Pfn::new(e));
+                }
                 let mut pfn = s;
                 while pfn < e {
                     let order = self.boot_order(pfn, e);
@@ -636,6 +662,37 @@ mod tests {
         assert_eq!(info.present, DEFERRED_RUNS as u64 * 1024);
         drain_steps(&b, 0, 1 << 20);
         assert_eq!(b.total_managed(), ram.len() as u64 * 1024);
+    }
+
+    #[derive(Default)]
+    struct Seen(std::sync::Mutex<Vec<(u64, u64)>>);
+
+    impl DeferredObserver for Seen {
+        fn freeing(&self, start: Pfn, end: Pfn) {
+            self.0.lock().unwrap().push((start.as_u64(), end.as_u64()));
+        }
+    }
+
+    #[test]
+    fn the_observer_hears_every_frame_growth_frees_and_nothing_else() {
+        let ram = [mib(0, 64)];
+        let b = build_reserved(&[&ram], cfg(1), 1);
+        let seen: &'static Seen = std::boxed::Box::leak(std::boxed::Box::default());
+        assert!(b.set_deferred_observer(seen));
+        assert!(!b.set_deferred_observer(seen), "one observer");
+        // Handed over: 0..40 MiB and 48..64 MiB; 40..48 MiB stays reserved.
+        b.free_boot_range(mib(0, 40)).unwrap();
+        b.free_boot_range(mib(48, 16)).unwrap();
+        b.finish_boot();
+        assert!(seen.0.lock().unwrap().is_empty(), "nothing grown yet");
+        drain_steps(&b, 0, 3000);
+        let mut got = seen.0.lock().unwrap().clone();
+        got.sort_unstable();
+        let frames: u64 = got.iter().map(|(s, e)| e - s).sum();
+        assert_eq!(frames, b.total_managed() - 1024);
+        assert!(got
+            .iter()
+            .all(|&(s, e)| s >= 1024 && (e <= 40 * 256 || s >= 48 * 256)));
     }
 
     #[test]

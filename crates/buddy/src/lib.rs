@@ -111,7 +111,9 @@ pub use config::{
     memmap_len, node_span, pcp_storage_len, BuddyConfig, CoreSize, NodeInit,
     DEFAULT_LOWMEM_RESERVE_RATIO,
 };
-pub use deferred::{DeferredInfo, DeferredProgress, DEFERRED_GROW_FRAMES, DEFERRED_RUNS};
+pub use deferred::{
+    DeferredInfo, DeferredObserver, DeferredProgress, DEFERRED_GROW_FRAMES, DEFERRED_RUNS,
+};
 pub use error::{
     AllocError, BootFreeError, CmaError, CompactError, DeferredError, FreeError, InitError,
     IsolateError, MigrateError, MoverError, PrivateError,

@@ -173,6 +173,7 @@ pub(crate) fn init_allocator_in<'s, 'm, P: IrqControl>(
         addr_of_mut!((*this).cpu_nodes).write(&[]);
         addr_of_mut!((*this).movers).write(RwLock::new([None; MAX_MOVERS]));
         addr_of_mut!((*this).migration_observer).write(RwLock::new(None));
+        addr_of_mut!((*this).deferred_observer).write(RwLock::new(None));
         addr_of_mut!((*this).migrate_counters).write(MigrateCounters::default());
         addr_of_mut!((*this).compact_counters).write(CompactState::default());
         let nodes = addr_of_mut!((*this).nodes).cast::<Node<'m>>();
@@ -208,6 +209,7 @@ fn _every_field_is_written<P: IrqControl>(b: BuddyAllocator<'_, P>) {
         cpu_nodes: _,
         movers: _,
         migration_observer: _,
+        deferred_observer: _,
         migrate_counters: _,
         compact_counters: _,
     } = b;
