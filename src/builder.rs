@@ -13,8 +13,8 @@
 //!    page-owner table, the vmalloc bitmaps and the slot the page allocator will live in —
 //!    all carved out of bootmem and reached through the kernel map (`raw.rs`); no heap;
 //! 3. **zones**: the buddy sizes DMA / DMA32 / Normal / Movable per node;
-//! 4. **hand-off**: bootmem is consumed; every free block goes to the buddy's
-//!    `free_boot_block` (largest aligned blocks, never page by page), then bootmem's own
+//! 4. **hand-off**: bootmem is consumed; every run of free blocks goes to the buddy's
+//!    `free_boot_run` (largest aligned blocks, never page by page), then bootmem's own
 //!    region arrays, if it grew them; then the CMA area (`cma=`,
 //!    [`MmBuilder::cma`]) is declared on the first free run that fits;
 //! 5. **slab**: the kmalloc caches come up on the buddy;
@@ -638,10 +638,11 @@ impl<'m, P: IrqControl, F: PagingFormat> MmBuilder<'m, P, F> {
         let reserved_bytes = bm.reserved_size();
         let handoff = core::mem::take(bm).handoff(mmkit_addr::Order::new(cfg.max_order));
         for run in handoff.block_runs() {
+            // One call per run: the part past a deferred boundary is recorded at once.
+            buddy
+                .free_boot_run(run.first.pfn, run.first.order, run.count)
+                .map_err(BootError::Handoff)?;
             for b in run.blocks() {
-                buddy
-                    .free_boot_block(b.pfn, b.order)
-                    .map_err(BootError::Handoff)?;
                 // A block past a deferred boundary is only recorded: it stays reserved
                 // here until the buddy frees it (`DeferredOwners`).
                 if buddy.pfn_initialised(b.pfn) {

@@ -603,6 +603,41 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         Ok(())
     }
 
+    /// Give the boot allocator's run of `count` consecutive blocks of `order` from `pfn` to
+    /// the allocator: what [`free_boot_block`](Self::free_boot_block) does for each, but a
+    /// stretch past a node's deferred boundary is checked and recorded at once, so a
+    /// deferred hand-off costs O(runs), not O(blocks). Frees in address order and stops at
+    /// the first refused block (the blocks before it stay freed, as with one
+    /// `free_boot_block` call per block). Returns the frames given.
+    pub fn free_boot_run(&self, pfn: Pfn, order: Order, count: u64) -> Result<u64, BootFreeError> {
+        let (start, o) = (pfn.as_u64(), order.get());
+        if o > self.cfg.max_order {
+            return Err(BootFreeError::OrderTooLarge);
+        }
+        if start & ((1u64 << o) - 1) != 0 {
+            return Err(BootFreeError::Misaligned);
+        }
+        let end = count
+            .checked_mul(1u64 << o)
+            .and_then(|n| start.checked_add(n))
+            .ok_or(BootFreeError::OutsideZones)?;
+        let mut cur = start;
+        while cur < end {
+            if let Some((node, _)) = self.locate_span(cur) {
+                // Blocks are aligned and the boundary is a max-order multiple, so the rest
+                // of the run inside this node's span is past the boundary too.
+                let stop = end.min(node.mm.span_end());
+                if !node.mm.contains(cur) && self.defer_boot_frames(node, cur, stop, false)? {
+                    cur = stop;
+                    continue;
+                }
+            }
+            self.free_boot_block(Pfn::new(cur), order)?;
+            cur += 1u64 << o;
+        }
+        Ok(end - start)
+    }
+
     /// The largest naturally aligned block at `pfn` that ends by `end` and stays inside one
     /// zone, as the boot allocator's hand-off cuts ranges.
     pub(crate) fn boot_order(&self, pfn: u64, end: u64) -> u32 {

@@ -360,19 +360,30 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         order: u32,
         check_only: bool,
     ) -> Result<bool, BootFreeError> {
+        self.defer_boot_frames(n, pfn, pfn + (1u64 << order), check_only)
+    }
+
+    /// [`defer_boot_block`](Self::defer_boot_block) for the frames `[pfn, end)` of node
+    /// `n`, all past the boundary when checked, at once.
+    pub(crate) fn defer_boot_frames(
+        &self,
+        n: &Node<'m>,
+        pfn: u64,
+        end: u64,
+        check_only: bool,
+    ) -> Result<bool, BootFreeError> {
         let _irq = self.platform.irq_save();
         let mut d = n.deferred.lock();
         if n.mm.contains(pfn) {
             return Ok(false);
         }
-        let end = pfn + (1u64 << order);
         d.check_free(pfn, end)
             .map_err(|p| BootFreeError::NotReserved { pfn: Pfn::new(p) })?;
         if check_only || d.record_free(pfn, end) {
             return Ok(true);
         }
-        // The record is full: initialise up to this block (freeing the recorded runs below
-        // it), then the caller frees the block itself.
+        // The record is full: initialise up to these frames (freeing the recorded runs
+        // below them), then the caller frees them itself.
         self.grow_to_locked(n, &mut d, end);
         Ok(false)
     }
@@ -693,6 +704,58 @@ mod tests {
         assert!(got
             .iter()
             .all(|&(s, e)| s >= 1024 && (e <= 40 * 256 || s >= 48 * 256)));
+    }
+
+    #[test]
+    fn a_boot_run_is_recorded_at_once_and_ends_as_its_blocks_would() {
+        // Node 0: 0..48 MiB, node 1: 64..128 MiB, 8 MiB of each at boot; each node's memory
+        // handed over as one run of order-10 blocks across its boundary.
+        let (n0, n1) = ([mib(0, 48)], [mib(64, 64)]);
+        let c = BuddyConfig {
+            deferred_init: Some(2048),
+            ..no_pcp()
+        };
+        let by_run = build_reserved(&[&n0, &n1], c, 1);
+        let by_block = build_reserved(&[&n0, &n1], c, 1);
+        for (start, count) in [(0u64, 12u64), (64 * 256, 16)] {
+            let freed = by_run
+                .free_boot_run(Pfn::new(start), Order::new(10), count)
+                .unwrap();
+            assert_eq!(freed, count * 1024);
+            for i in 0..count {
+                by_block
+                    .free_boot_block(Pfn::new(start + i * 1024), Order::new(10))
+                    .unwrap();
+            }
+        }
+        for node in 0..2 {
+            assert_eq!(by_run.deferred_info(node), by_block.deferred_info(node));
+            assert_eq!(
+                by_run.deferred_info(node).unwrap().boundary.as_u64() % 1024,
+                0
+            );
+        }
+        // Handing any of it over again is refused and changes nothing.
+        let before = snapshot(&by_run);
+        assert!(by_run
+            .free_boot_run(Pfn::new(64 * 256), Order::new(10), 2)
+            .is_err());
+        assert_eq!(
+            by_run.free_boot_run(Pfn::new(1), Order::new(1), 1),
+            Err(BootFreeError::Misaligned)
+        );
+        assert_eq!(snapshot(&by_run), before);
+        for b in [&by_run, &by_block] {
+            b.finish_boot();
+            for node in 0..2 {
+                drain_steps(b, node, 4096);
+            }
+        }
+        assert_eq!(
+            std::format!("{}", by_run.buddyinfo()),
+            std::format!("{}", by_block.buddyinfo())
+        );
+        assert_eq!(by_run.total_managed(), 28 * 1024);
     }
 
     #[test]
