@@ -239,18 +239,6 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         Ok(self.allocated_desc(pfn.as_u64())?.private())
     }
 
-    /// The private word of `pfn` as last stored, without checking that `pfn` lies in an
-    /// allocated block (`None` only outside every node). For callers that know it does, from
-    /// their own records (the facade's page-owner table says which frames are slab frames):
-    /// it skips the walk from a tail frame up to its block head that
-    /// [`page_private`](Self::page_private) makes. On a frame that is not allocated the word
-    /// is meaningless (free blocks keep list links there).
-    #[inline]
-    pub fn page_private_unchecked(&self, pfn: Pfn) -> Option<u64> {
-        let p = pfn.as_u64();
-        Some(self.node_spanning(p)?.mm.desc(p).private())
-    }
-
     /// The private word of `pfn`, read with its state from the one descriptor, for callers
     /// that clear every word they set before they free the block (the slab does): the word
     /// of an allocated block's first frame, or of any non-first frame (what its last owner
@@ -431,9 +419,6 @@ mod tests {
         b.set_page_private(tail, 7).unwrap();
         assert_eq!(b.page_private(x), Ok(0xfeed));
         assert_eq!(b.page_private(tail), Ok(7));
-        assert_eq!(b.page_private_unchecked(tail), Some(7));
-        assert_eq!(b.page_private_unchecked(x), Some(0xfeed));
-        assert_eq!(b.page_private_unchecked(Pfn::new(1 << 30)), None);
         assert_eq!(b.page_private_fast(tail), Some(7));
         assert_eq!(b.page_private_fast(x), Some(0xfeed));
         assert_eq!(b.page_private_fast(Pfn::new(1 << 30)), None);
@@ -497,7 +482,7 @@ mod tests {
                 assert_eq!(b.allocated_block(pfn), None, "{p:#x}");
             }
             let spanned = (16 * 256..32 * 256).contains(&p);
-            assert_eq!(b.page_private_unchecked(pfn).is_some(), spanned, "{p:#x}");
+            assert_eq!(b.page_private_fast(pfn).is_some(), spanned, "{p:#x}");
             assert_eq!(snapshot(&b), before, "private word of {p:#x}");
         }
         b.free_pages(kept, o(0)).unwrap();
