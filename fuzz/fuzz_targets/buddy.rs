@@ -575,7 +575,7 @@ fuzz_target!(|input: Input| {
                     _ => {
                         let _ = (b.pageblock_migratetype(start), b.pfn_node(start));
                         let _ = (b.allocated_block(start), b.page_private(start));
-                        let _ = b.page_private_unchecked(start);
+                        let _ = b.page_private_fast(start);
                         let _ = b.free_pages_at_order(order);
                         if let Ok(p) = b.alloc_pages_node(usize::from(a), GfpFlags::KERNEL, o) {
                             assert!(order <= 10, "order {order} allocated");
