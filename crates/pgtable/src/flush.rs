@@ -224,6 +224,28 @@ impl Flush {
         });
     }
 
+    /// Widen the span over the leaves changed in slots `first_k..=last_k` of a table at
+    /// `level` whose slot 0 maps `base`, each slot `1 << shift` bytes; nothing when no slot
+    /// changed (`first_k > last_k`).
+    #[inline]
+    pub(crate) fn cover_slots<F: crate::format::PagingFormat>(
+        &mut self,
+        fmt: &F,
+        level: usize,
+        base: u64,
+        shift: u32,
+        (first_k, last_k): (usize, usize),
+    ) {
+        if first_k <= last_k {
+            let size = fmt.leaf_size(level).unwrap_or(fmt.granule());
+            self.cover(
+                base + ((first_k as u64) << shift),
+                base + ((last_k as u64) << shift) + (size.bytes() - 1),
+                size,
+            );
+        }
+    }
+
     /// Record that a table entry covering `[va, va + span)` changed, stepping at `stride`.
     #[inline]
     pub(crate) fn add_table(&mut self, va: u64, span: u64, stride: PageSize) {

@@ -357,14 +357,7 @@ fn apply_protect_leaves<F: PagingFormat>(
         first_k = first_k.min(k);
         last_k = k;
     }
-    if first_k <= last_k {
-        let size = fmt.leaf_size(level).unwrap_or(fmt.granule());
-        flush.cover(
-            first + ((first_k as u64) << shift),
-            first + ((last_k as u64) << shift) + (size.bytes() - 1),
-            size,
-        );
-    }
+    flush.cover_slots(fmt, level, first, shift, (first_k, last_k));
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -238,13 +238,6 @@ fn unmap_leaves<F: PagingFormat>(
             last_k = k;
         }
     }
-    if first_k <= last_k {
-        let size = fmt.leaf_size(level).unwrap_or(fmt.granule());
-        flush.cover(
-            first + ((first_k as u64) << shift),
-            first + ((last_k as u64) << shift) + (size.bytes() - 1),
-            size,
-        );
-    }
+    flush.cover_slots(fmt, level, first, shift, (first_k, last_k));
     removed
 }
