@@ -21,13 +21,13 @@ use mmkit_addr::host::HostPlatform;
 use mmkit_addr::{Order, Pfn, PhysAddr, PhysRange};
 use mmkit_buddy::{
     exact_pieces, memmap_len, pcp_storage_len, AllocError, BuddyAllocator, BuddyConfig,
-    CompactError, CompactOutcome, CoreSize, DeferredError, GfpFlags, IsolateError, MigrateError,
+    CompactError, CompactOutcome, CoreSize, GfpFlags, IsolateError, MigrateError,
     MigrateType, MoverError, NodeInit, PageDesc, PerCpuPages, ZoneType,
 };
 
 #[path = "../../crates/buddy/tests/common/owner.rs"]
 mod owner;
-use owner::{Behaviour, FreeSnapshot, Owner};
+use owner::{deferred_step_checked, Behaviour, FreeSnapshot, Owner};
 
 #[derive(Arbitrary, Debug)]
 enum Action {
@@ -586,29 +586,7 @@ fuzz_target!(|input: Input| {
             }
             Action::DeferredStep { node, frames } => {
                 let (node, frames) = (usize::from(node % 3), u64::from(frames));
-                let before = FreeSnapshot::of(&b);
-                let info = b.deferred_info(node);
-                match b.deferred_init_step(node, frames) {
-                    Ok(p) => {
-                        let info = info.expect("a step on a node that exists");
-                        assert!(input.deferred && frames > 0 && info.spanned > 0);
-                        assert_eq!(p.remaining, b.deferred_info(node).unwrap().spanned);
-                        assert!(p.initialised >= frames.min(info.spanned), "{p:?}");
-                        assert!(p.freed <= info.free, "{p:?} {info:?}");
-                    }
-                    Err(e) => {
-                        let want = match info {
-                            None => DeferredError::NoSuchNode(node),
-                            Some(_) if frames == 0 => DeferredError::NoFrames,
-                            Some(i) => {
-                                assert_eq!(i.spanned, 0, "{e:?}");
-                                DeferredError::Complete
-                            }
-                        };
-                        assert_eq!(e, want);
-                        before.assert_unchanged(&b, "refused deferred step");
-                    }
-                }
+                deferred_step_checked(&b, node, frames, input.deferred);
             }
         }
         b.verify().unwrap();

@@ -13,12 +13,12 @@
 
 mod common;
 
-use common::owner::{Behaviour, FreeSnapshot, Owner};
+use common::owner::{deferred_step_checked, Behaviour, FreeSnapshot, Owner};
 use common::{build, mib, TestBuddy};
 use mmkit_addr::{Order, Pfn};
 use mmkit_buddy::{
-    exact_pieces, AllocError, BuddyConfig, CompactError, CompactOutcome, DeferredError, FreeError,
-    GfpFlags, MigrateError, MigrateType, MoverError, MoverId, ZoneType,
+    exact_pieces, AllocError, BuddyConfig, CompactError, CompactOutcome, FreeError, GfpFlags,
+    MigrateError, MigrateType, MoverError, MoverId, ZoneType,
 };
 use proptest::prelude::*;
 
@@ -556,29 +556,7 @@ fn run(actions: Vec<Action>, c: Config) {
                 }
             }
             Action::DeferredStep { node, frames } => {
-                let before = FreeSnapshot::of(&b);
-                let info = b.deferred_info(node);
-                match b.deferred_init_step(node, frames) {
-                    Ok(p) => {
-                        let info = info.expect("a step on a node that exists");
-                        assert!(c.deferred && frames > 0 && info.spanned > 0);
-                        assert_eq!(p.remaining, b.deferred_info(node).unwrap().spanned);
-                        assert!(p.initialised >= frames.min(info.spanned), "{p:?}");
-                        assert!(p.freed <= info.free, "{p:?} {info:?}");
-                    }
-                    Err(e) => {
-                        let want = match info {
-                            None => DeferredError::NoSuchNode(node),
-                            Some(_) if frames == 0 => DeferredError::NoFrames,
-                            Some(i) => {
-                                assert_eq!(i.spanned, 0, "{e:?}");
-                                DeferredError::Complete
-                            }
-                        };
-                        assert_eq!(e, want);
-                        before.assert_unchanged(&b, "refused deferred step");
-                    }
-                }
+                deferred_step_checked(&b, node, frames, c.deferred);
             }
         }
         b.verify().unwrap();

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
 use mmkit_addr::{IrqControl, Order, Pfn};
-use mmkit_buddy::{BuddyAllocator, MoveError, Mover, MoverId};
+use mmkit_buddy::{BuddyAllocator, DeferredError, MoveError, Mover, MoverId};
 
 /// One live block, as its owner knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -357,6 +357,40 @@ impl FreeSnapshot {
         } else {
             assert!(now.pcp < self.pcp, "{what} filled per-CPU lists");
             assert_eq!(now.free + now.pcp, self.free + self.pcp, "{what}");
+        }
+    }
+}
+
+/// One `deferred_init_step(node, frames)` held to its contract, for the state-machine test
+/// and the fuzz target: a step that runs made progress on a node with deferred frames (the
+/// boot had `deferred` on); a refused one names the right reason and changed nothing.
+pub fn deferred_step_checked<P: IrqControl>(
+    b: &BuddyAllocator<'_, P>,
+    node: usize,
+    frames: u64,
+    deferred: bool,
+) {
+    let before = FreeSnapshot::of(b);
+    let info = b.deferred_info(node);
+    match b.deferred_init_step(node, frames) {
+        Ok(p) => {
+            let info = info.expect("a step on a node that exists");
+            assert!(deferred && frames > 0 && info.spanned > 0);
+            assert_eq!(p.remaining, b.deferred_info(node).unwrap().spanned);
+            assert!(p.initialised >= frames.min(info.spanned), "{p:?}");
+            assert!(p.freed <= info.free, "{p:?} {info:?}");
+        }
+        Err(e) => {
+            let want = match info {
+                None => DeferredError::NoSuchNode(node),
+                Some(_) if frames == 0 => DeferredError::NoFrames,
+                Some(i) => {
+                    assert_eq!(i.spanned, 0, "{e:?}");
+                    DeferredError::Complete
+                }
+            };
+            assert_eq!(e, want);
+            before.assert_unchanged(b, "refused deferred step");
         }
     }
 }
