@@ -59,7 +59,14 @@ pub type KernelMm = Mm<'static, Cpus, Aarch64>;
 pub static MM: GlobalMm<Cpus, Aarch64> = GlobalMm::new();
 
 /// Step 1 (module docs): boot mmkit from the device tree for `cpus` with `reserved` kept out.
-pub fn boot(cpus: Cpus, dtb: &[u8], reserved: &[PhysRange]) -> Result<KernelMm, BootError> {
+/// With `deferred` set, each node initialises only its first `deferred` frames at boot
+/// ([`MmBuilder::deferred_init`]); the SMP part completes the rest on every CPU.
+pub fn boot(
+    cpus: Cpus,
+    dtb: &[u8],
+    reserved: &[PhysRange],
+    deferred: Option<u64>,
+) -> Result<KernelMm, BootError> {
     let window = VirtRange::from_start_size(VirtAddr::new(VMALLOC_BASE), VMALLOC_SIZE)
         .unwrap_or(VirtRange::EMPTY);
     // SAFETY: everything in use is in `reserved` or in the tree's own reservations (kernel
@@ -68,6 +75,9 @@ pub fn boot(cpus: Cpus, dtb: &[u8], reserved: &[PhysRange]) -> Result<KernelMm, 
     let mut builder = unsafe { MmBuilder::new(cpus, &KERNEL_MAP) }.device_tree(dtb);
     for r in reserved {
         builder = builder.reserve(*r);
+    }
+    if let Some(frames) = deferred {
+        builder = builder.deferred_init(frames);
     }
     builder.vmalloc_area(UPPER, window).boot()
 }

@@ -18,6 +18,7 @@ use mmkit_pgtable::arch::aarch64_hw::InnerShareableTlb;
 use mmkit_pgtable::{AttrChange, Attrs, FlushScope, ProtectError};
 use mmkit_qemu_common::bootmem_checks;
 use mmkit_qemu_common::checks::{self, Injection};
+use mmkit_qemu_common::deferred;
 use mmkit_qemu_common::frames::{PoolFrames, WindowMapper};
 use mmkit_qemu_common::harness::{CheckResult, Harness, Outcome, Reason};
 use mmkit_qemu_common::memmap::MemoryMap;
@@ -536,9 +537,10 @@ fn facade_sequence(
     let reserved = [exclude[0], exclude[1], pool];
     let mpidrs = boot.facts.cpus.mpidrs();
     let nr_cpus = mpidrs.len().clamp(1, smp::MAX_CPUS);
+    let (defer, completion) = deferred::plan(h, boot.facts.bootargs.unwrap_or(""));
     let mut booted = None;
     h.run("mm_boots_from_the_device_tree", || {
-        let mm = facade::boot(Cpus::new(nr_cpus), boot.blob, &reserved)
+        let mm = facade::boot(Cpus::new(nr_cpus), boot.blob, &reserved, defer)
             .map_err(|e| Reason::new(format_args!("{e}")))?;
         booted = Some(mm);
         Ok(())
@@ -547,6 +549,9 @@ fn facade_sequence(
         h.skip("mm_*", "mmkit did not boot");
         return;
     };
+    if defer.is_some() {
+        deferred::check_after_boot(h, &mm);
+    }
     mm_checks::run(h, &mut mm);
 
     let adopted = h.run("ttbr1_switches_to_the_mm_page_table", || {
@@ -561,7 +566,9 @@ fn facade_sequence(
     });
     if identity {
         h.run("mm_frees_the_interim_table_pool", || {
-            let managed = mm.buddy().total_managed();
+            // Frames past a deferred boundary join the deferred part instead.
+            let managed = |i: mmkit::MemInfo| (i.total_kb + i.deferred_kb) / (PAGE_SIZE / 1024);
+            let before = managed(mm.meminfo());
             // SAFETY: TTBR0 and TTBR1 now hold tables whose frames come from the buddy, and
             // the TLBs were invalidated after each switch; the interim tables in `pool` are no
             // longer walked or written, and nothing else lives in the pool.
@@ -573,8 +580,8 @@ fn facade_sequence(
                 pool.len() / PAGE_SIZE
             );
             ensure!(
-                mm.buddy().total_managed() == managed + freed,
-                "managed frames did not grow by {freed}"
+                managed(mm.meminfo()) == before + freed,
+                "managed and deferred frames did not grow by {freed}"
             );
             mm.verify().map_err(|e| Reason::new(format_args!("{e}")))
         });
@@ -601,17 +608,20 @@ fn facade_sequence(
     h.run("vmalloc_through_the_live_table", || {
         mm_checks::vmalloc_through_live_tables(&mut mm, &mut tlb, &facade::probe)
     });
-    let mut figures = None;
-    h.run("movable_pages_migrate_under_compaction", || {
-        let f = mm_checks::movable_pages_compact(&mut mm, &facade::MOVER_TLB, &mut tlb)?;
-        figures = Some(f);
-        Ok(())
-    });
-    if let Some(f) = figures {
-        println!(
-            "mmkit-qemu: movable: {} pages mapped, {} kept, {} moved to new frames ({} migrated by the mover); free order-9 frames {} -> {}; huge page at pfn {:#x}",
-            f.mapped, f.kept, f.moved, f.migrated, f.huge_free_before, f.huge_free_after, f.huge_page
-        );
+    if let Some(before) = deferred::before_movable_check(h, &mm, completion) {
+        let mut figures = None;
+        h.run("movable_pages_migrate_under_compaction", || {
+            let f = mm_checks::movable_pages_compact(&mut mm, &facade::MOVER_TLB, &mut tlb)?;
+            figures = Some(f);
+            Ok(())
+        });
+        if let Some(f) = figures {
+            println!(
+                "mmkit-qemu: movable: {} pages mapped, {} kept, {} moved to new frames ({} migrated by the mover); free order-9 frames {} -> {}; huge page at pfn {:#x}",
+                f.mapped, f.kept, f.moved, f.migrated, f.huge_free_before, f.huge_free_after, f.huge_page
+            );
+        }
+        deferred::after_movable_check(h, &mm, &before);
     }
     if let Some(Ok(r)) = mm.with_page_table(|pt| pt.verify()) {
         println!(
@@ -724,6 +734,7 @@ fn smp_sequence(h: &mut Harness<Serial>, mm: &'static KernelMm, boot: &BootInfo)
         println!("mmkit-qemu: all {nr_cpus} CPUs run TTBR0 root {t0:#x} with ASID {asid}");
         Ok(())
     });
+    deferred::smp_check(h, mm, &smp::Kernel, &mut Serial);
     let shootdown_ok = if nr_cpus > 1 {
         h.run("smp_tlb_shootdown_reaches_other_cpus", || {
             let other = (0..nr_cpus).find(|&c| c != smp::this_cpu()).unwrap_or(0);

@@ -22,6 +22,8 @@
 //! * [`pvh`]: the x86 PVH boot ABI (`struct hvm_start_info` and its e820-style memory map);
 //! * [`dtb`] (feature `fdt`): `/memory`, `/reserved-memory`, `/memreserve/`, `/chosen` and
 //!   `/psci` from a flattened device tree;
+//! * [`deferred`]: deferred memmap initialisation: the boot-time share from the command line,
+//!   the check after boot, and completion on every online CPU at once;
 //! * [`cmdline`]: `key=value` parameters and `memparse`-style sizes (`512M`) from the kernel
 //!   command line QEMU passes with `-append`;
 //! * [`frames`]: page-table frames for mmkit-pgtable from memory bootmem kept for the kernel,
@@ -63,6 +65,9 @@ pub mod bootmem_checks;
 pub mod bootstack;
 pub mod checks;
 pub mod cmdline;
+// Reads the `Mm` its per-CPU job works on from a static pointer (as `stress` does).
+#[allow(unsafe_code)]
+pub mod deferred;
 #[cfg(feature = "fdt")]
 pub mod dtb;
 pub mod extable;

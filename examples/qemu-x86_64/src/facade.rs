@@ -81,11 +81,14 @@ pub fn e820_entries(info: &BootInfo) -> ([E820Entry; MemoryMap::CAPACITY], usize
 /// Step 1 (module docs): boot mmkit from the e820 map for `cpus` with `reserved` and `low`
 /// kept out, after taking the APs' trampoline page below `low`'s end from bootmem. Returns the
 /// trampoline page too (`None` if bootmem had none: the kernel then stays on one CPU).
+/// With `deferred` set, each node initialises only its first `deferred` frames at boot
+/// ([`MmBuilder::deferred_init`]); the SMP part completes the rest on every CPU.
 pub fn boot(
     cpus: Cpus,
     e820: &[E820Entry],
     reserved: &[PhysRange],
     low: PhysRange,
+    deferred: Option<u64>,
 ) -> Result<(KernelMm, Option<PhysAddr>), BootError> {
     let window = VirtRange::from_start_size(VirtAddr::new(VMALLOC_BASE), VMALLOC_SIZE)
         .unwrap_or(VirtRange::EMPTY);
@@ -104,6 +107,9 @@ pub fn boot(
         .below(low.end());
     let trampoline = builder.bootmem_mut().alloc_request(&request).ok();
     builder = builder.reserve(low);
+    if let Some(frames) = deferred {
+        builder = builder.deferred_init(frames);
+    }
     let mm = builder.vmalloc_area(X86_64::FOUR_LEVEL, window).boot()?;
     Ok((mm, trampoline))
 }

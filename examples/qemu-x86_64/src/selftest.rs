@@ -12,6 +12,7 @@ use mmkit_bootmem::Bootmem;
 use mmkit_pgtable::{AttrChange, Attrs, FlushScope};
 use mmkit_qemu_common::bootmem_checks;
 use mmkit_qemu_common::checks::Injection;
+use mmkit_qemu_common::deferred;
 use mmkit_qemu_common::frames::{PoolFrames, WindowMapper};
 use mmkit_qemu_common::harness::{CheckResult, Harness, Outcome, Reason};
 use mmkit_qemu_common::memmap::MemoryMap;
@@ -464,9 +465,10 @@ fn facade_sequence(
             .clamp(1, smp::MAX_CPUS),
         Err(_) => 1,
     };
+    let (defer, completion) = deferred::plan(h, boot.cmdline);
     let mut booted = None;
     h.run("mm_boots_from_the_firmware_map", || {
-        let booted_mm = facade::boot(Cpus::new(nr_cpus), e820, &reserved, low_memory())
+        let booted_mm = facade::boot(Cpus::new(nr_cpus), e820, &reserved, low_memory(), defer)
             .map_err(|e| Reason::new(format_args!("{e}")))?;
         booted = Some(booted_mm);
         Ok(())
@@ -475,6 +477,9 @@ fn facade_sequence(
         h.skip("mm_*", "mmkit did not boot");
         return;
     };
+    if defer.is_some() {
+        deferred::check_after_boot(h, &mm);
+    }
     mm_checks::run(h, &mut mm);
 
     let cpu = mmu::paging_features();
@@ -504,7 +509,9 @@ fn facade_sequence(
             checked.unwrap_or_else(|| fail!("no kernel page table"))
         });
         h.run("mm_frees_the_interim_table_pool", || {
-            let managed = mm.buddy().total_managed();
+            // Frames past a deferred boundary join the deferred part instead.
+            let managed = |i: mmkit::MemInfo| (i.total_kb + i.deferred_kb) / (PAGE_SIZE / 1024);
+            let before = managed(mm.meminfo());
             // SAFETY: CR3 now holds the facade's table, whose frames come from the buddy; the
             // interim tables built in `pool` are no longer walked or written, and nothing
             // else lives in the pool.
@@ -516,8 +523,8 @@ fn facade_sequence(
                 pool.len() / PAGE_SIZE
             );
             ensure!(
-                mm.buddy().total_managed() == managed + freed,
-                "managed frames did not grow by {freed}"
+                managed(mm.meminfo()) == before + freed,
+                "managed and deferred frames did not grow by {freed}"
             );
             mm.verify().map_err(|e| Reason::new(format_args!("{e}")))
         });
@@ -537,17 +544,20 @@ fn facade_sequence(
         h.run("vmalloc_through_the_live_table", || {
             mm_checks::vmalloc_through_live_tables(&mut mm, &mut tlb, &facade::probe)
         });
-        let mut figures = None;
-        h.run("movable_pages_migrate_under_compaction", || {
-            let f = mm_checks::movable_pages_compact(&mut mm, &facade::MOVER_TLB, &mut tlb)?;
-            figures = Some(f);
-            Ok(())
-        });
-        if let Some(f) = figures {
-            println!(
-                "mmkit-qemu: movable: {} pages mapped, {} kept, {} moved to new frames ({} migrated by the mover); free order-9 frames {} -> {}; huge page at pfn {:#x}",
-                f.mapped, f.kept, f.moved, f.migrated, f.huge_free_before, f.huge_free_after, f.huge_page
-            );
+        if let Some(before) = deferred::before_movable_check(h, &mm, completion) {
+            let mut figures = None;
+            h.run("movable_pages_migrate_under_compaction", || {
+                let f = mm_checks::movable_pages_compact(&mut mm, &facade::MOVER_TLB, &mut tlb)?;
+                figures = Some(f);
+                Ok(())
+            });
+            if let Some(f) = figures {
+                println!(
+                    "mmkit-qemu: movable: {} pages mapped, {} kept, {} moved to new frames ({} migrated by the mover); free order-9 frames {} -> {}; huge page at pfn {:#x}",
+                    f.mapped, f.kept, f.moved, f.migrated, f.huge_free_before, f.huge_free_after, f.huge_page
+                );
+            }
+            deferred::after_movable_check(h, &mm, &before);
         }
         if let Some(Ok(r)) = mm.with_page_table(|pt| pt.verify()) {
             println!(
@@ -717,6 +727,7 @@ fn smp_sequence(
         );
         Ok(())
     });
+    deferred::smp_check(h, mm, &smp::Kernel, &mut Serial);
     let shootdown_ok = if ids.len() > 1 {
         h.run("smp_tlb_shootdown_reaches_other_cpus", || {
             let other = ids
