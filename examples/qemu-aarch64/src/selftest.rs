@@ -616,10 +616,7 @@ fn facade_sequence(
             Ok(())
         });
         if let Some(f) = figures {
-            println!(
-                "mmkit-qemu: movable: {} pages mapped, {} kept, {} moved to new frames ({} migrated by the mover); free order-9 frames {} -> {}; huge page at pfn {:#x}",
-                f.mapped, f.kept, f.moved, f.migrated, f.huge_free_before, f.huge_free_after, f.huge_page
-            );
+            println!("mmkit-qemu: movable: {f}");
         }
         deferred::after_movable_check(h, &mm, &before);
     }

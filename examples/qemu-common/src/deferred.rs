@@ -138,22 +138,31 @@ pub fn after_movable_check<W: Write, P: IrqControl, F: PagingFormat>(
         return;
     }
     h.run("mm_deferred_memory_grew_on_demand", || {
-        let after = mm.meminfo();
-        ensure!(
-            mm.deferred_frames() == 0 && after.deferred_kb == 0,
-            "{} frames still deferred ({} KiB in meminfo)",
-            mm.deferred_frames(),
-            after.deferred_kb
-        );
-        ensure!(
-            after.total_kb == before.total_kb + before.deferred_kb,
-            "MemTotal {} KiB, expected {} + {} deferred",
-            after.total_kb,
-            before.total_kb,
-            before.deferred_kb
-        );
-        Ok(())
+        all_initialised(mm, before, &mm.meminfo())
     });
+}
+
+/// Nothing is deferred any more, and `MemTotal` (`after`) grew by exactly what `Deferred`
+/// held in `before`.
+fn all_initialised<P: IrqControl, F: PagingFormat>(
+    mm: &Mm<'_, P, F>,
+    before: &MemInfo,
+    after: &MemInfo,
+) -> CheckResult {
+    ensure!(
+        mm.deferred_frames() == 0 && after.deferred_kb == 0,
+        "{} frames still deferred ({} KiB in meminfo)",
+        mm.deferred_frames(),
+        after.deferred_kb
+    );
+    ensure!(
+        after.total_kb == before.total_kb + before.deferred_kb,
+        "MemTotal {} KiB, expected {} + {} deferred",
+        after.total_kb,
+        before.total_kb,
+        before.deferred_kb
+    );
+    Ok(())
 }
 
 /// The check right after boot, when the kernel booted with deferral: prints the split and
@@ -338,19 +347,7 @@ where
         "mmkit-qemu: deferred init complete: {total} frames on {cpus} CPU(s); MemTotal {} -> {} KiB",
         before.total_kb, after.total_kb
     );
-    ensure!(
-        mm.deferred_frames() == 0 && after.deferred_kb == 0,
-        "{} frames still deferred ({} KiB in meminfo)",
-        mm.deferred_frames(),
-        after.deferred_kb
-    );
-    ensure!(
-        after.total_kb == before.total_kb + before.deferred_kb,
-        "MemTotal {} KiB, expected {} + {} deferred",
-        after.total_kb,
-        before.total_kb,
-        before.deferred_kb
-    );
+    all_initialised(mm, &before, &after)?;
     ensure!(
         after.reserved_kb == before.reserved_kb,
         "Reserved moved from {} to {} KiB",
@@ -380,15 +377,11 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::harness::Reason;
-    use crate::stress::StressHooks;
-    use core::ptr::NonNull;
+    use crate::stress::host_kernel::{HostGlobal, Threads};
     use mmkit::addr::host::HostPlatform;
-    use mmkit::addr::{PhysAddr, PhysRange, VirtAddr};
-    use mmkit::buddy::GfpFlags;
+    use mmkit::addr::{PhysAddr, PhysRange};
     use mmkit::host::HostRam;
-    use mmkit::pgtable::arch::x86_64::X86_64;
-    use mmkit::{MmBuilder, NotLoaded};
+    use mmkit::MmBuilder;
 
     const MIB: u64 = 1 << 20;
     const CPUS: usize = 3;
@@ -421,60 +414,7 @@ mod tests {
             .contains("check mm_deferred_parameters_are_valid ... FAILED"));
     }
 
-    #[derive(Default)]
-    struct Hooks;
-
-    impl StressHooks for Hooks {
-        type Tlb = NotLoaded;
-        fn tlb(&self) -> NotLoaded {
-            // SAFETY: the host table is never loaded into an MMU.
-            unsafe { NotLoaded::new() }
-        }
-        fn vmalloc_ptr(&self, _va: VirtAddr) -> Option<NonNull<u8>> {
-            None
-        }
-        fn enter_mm(&self) {}
-        fn leave_mm(&self) {}
-    }
-
-    static GLOBAL: mmkit::GlobalMm<HostPlatform, X86_64> = mmkit::GlobalMm::new();
-
-    /// Threads bound to CPUs 0..CPUS of the global `Mm`; each allocates and frees while it
-    /// runs its share of the job, as the kernels' timer handlers do.
-    struct Threads;
-
-    impl SmpKernel for Threads {
-        type Hooks = Hooks;
-        fn run_everywhere(&self, job: fn(usize)) {
-            std::thread::scope(|s| {
-                for cpu in 1..CPUS {
-                    s.spawn(move || {
-                        let mm = GLOBAL.get().unwrap();
-                        mm.platform().bind_current_thread(cpu);
-                        let p = mm.kmalloc(512, GfpFlags::ATOMIC).unwrap();
-                        job(cpu);
-                        // SAFETY: allocated above, not used after this.
-                        unsafe { mm.kfree(p) }.unwrap();
-                    });
-                }
-                job(0);
-            });
-        }
-        fn set_timer_allocations(&self, _on: bool) {}
-        fn this_cpu(&self) -> usize {
-            0
-        }
-        fn online(&self, cpu: usize) -> bool {
-            cpu < CPUS
-        }
-        fn verify_stopped(&self) -> CheckResult {
-            // SAFETY: the threads have finished; nothing else uses the allocator.
-            match unsafe { GLOBAL.verify_stopped() } {
-                Some(Ok(())) => Ok(()),
-                other => Err(Reason::new(format_args!("{other:?}"))),
-            }
-        }
-    }
+    static GLOBAL: HostGlobal = mmkit::GlobalMm::new();
 
     #[test]
     fn every_cpu_completes_the_deferred_memmap_and_the_checks_pass() {
@@ -491,12 +431,12 @@ mod tests {
         mm.platform().bind_current_thread(0);
         let mut out = String::new();
         boots_with_the_rest_deferred(mm).unwrap();
-        complete_on_every_cpu(mm, &Threads, &mut out).unwrap();
+        complete_on_every_cpu(mm, &Threads::new(&GLOBAL, CPUS), &mut out).unwrap();
         assert!(out.contains("deferred init complete"), "{out}");
         let total: u64 = (0..CPUS).map(|c| FRAMES[c].load(Ordering::Relaxed)).sum();
         assert!(total > 0, "{out}");
         // Nothing left: a second run is refused before it starts.
-        let again = complete_on_every_cpu(mm, &Threads, &mut out).unwrap_err();
+        let again = complete_on_every_cpu(mm, &Threads::new(&GLOBAL, CPUS), &mut out).unwrap_err();
         assert!(again.as_str().contains("nothing deferred"), "{again:?}");
         assert!(boots_with_the_rest_deferred(mm).is_err());
     }

@@ -408,6 +408,22 @@ pub struct MovableFigures {
     pub huge_page: u64,
 }
 
+impl core::fmt::Display for MovableFigures {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "{} pages mapped, {} kept, {} moved to new frames ({} migrated by the mover); free order-9 frames {} -> {}; huge page at pfn {:#x}",
+            self.mapped,
+            self.kept,
+            self.moved,
+            self.migrated,
+            self.huge_free_before,
+            self.huge_free_after,
+            self.huge_page
+        )
+    }
+}
+
 /// The movable-page check (module docs, step 3). `mover_tlb` is the kernel's invalidator for
 /// the facade's mover, `tlb` its per-call one for vmalloc / vfree.
 pub fn movable_pages_compact<'m, P: IrqControl + Sync, F: PagingFormat + Send + Sync>(

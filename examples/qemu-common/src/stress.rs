@@ -938,8 +938,82 @@ impl Snapshot {
     }
 }
 
+/// A host stand-in for a kernel's SMP half, for the tests here and in `deferred`: threads
+/// bound to CPUs `0..cpus` of a global `Mm` run each job at once.
+#[cfg(test)]
+pub(crate) mod host_kernel {
+    use super::*;
+    use mmkit::addr::host::HostPlatform;
+    use mmkit::pgtable::arch::x86_64::X86_64;
+    use mmkit::NotLoaded;
+
+    /// The global `Mm` type the host tests install.
+    pub(crate) type HostGlobal = mmkit::GlobalMm<HostPlatform, X86_64>;
+
+    /// Hooks for host workers: no live table, no counting.
+    #[derive(Default)]
+    pub(crate) struct ThreadHooks;
+
+    impl StressHooks for ThreadHooks {
+        type Tlb = NotLoaded;
+        fn tlb(&self) -> NotLoaded {
+            // SAFETY: the host table is never loaded into an MMU.
+            unsafe { NotLoaded::new() }
+        }
+        fn vmalloc_ptr(&self, _va: VirtAddr) -> Option<NonNull<u8>> {
+            None
+        }
+        fn enter_mm(&self) {}
+        fn leave_mm(&self) {}
+    }
+
+    /// Threads bound to CPUs `0..cpus` of `global` stand in for the kernel's CPUs; the
+    /// caller is CPU 0.
+    pub(crate) struct Threads {
+        global: &'static HostGlobal,
+        cpus: usize,
+    }
+
+    impl Threads {
+        pub(crate) fn new(global: &'static HostGlobal, cpus: usize) -> Self {
+            Self { global, cpus }
+        }
+    }
+
+    impl SmpKernel for Threads {
+        type Hooks = ThreadHooks;
+        fn run_everywhere(&self, job: fn(usize)) {
+            let global = self.global;
+            std::thread::scope(|s| {
+                for cpu in 1..self.cpus {
+                    s.spawn(move || {
+                        global.get().unwrap().platform().bind_current_thread(cpu);
+                        job(cpu);
+                    });
+                }
+                job(0);
+            });
+        }
+        fn set_timer_allocations(&self, _on: bool) {}
+        fn this_cpu(&self) -> usize {
+            0
+        }
+        fn online(&self, cpu: usize) -> bool {
+            cpu < self.cpus
+        }
+        fn verify_stopped(&self) -> CheckResult {
+            // SAFETY: the worker threads have finished; nothing else uses the allocator.
+            match unsafe { self.global.verify_stopped() } {
+                Some(Ok(())) => Ok(()),
+                other => Err(Reason::new(format_args!("{other:?}"))),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::host_kernel::{HostGlobal, Threads};
     use super::*;
     use mmkit::addr::host::HostPlatform;
     use mmkit::addr::{PhysAddr, PhysRange, VirtRange};
@@ -1041,55 +1115,7 @@ mod tests {
         mm.verify().unwrap();
     }
 
-    #[derive(Default)]
-    struct ThreadHooks;
-
-    impl StressHooks for ThreadHooks {
-        type Tlb = NotLoaded;
-        fn tlb(&self) -> NotLoaded {
-            // SAFETY: the host table is never loaded into an MMU.
-            unsafe { NotLoaded::new() }
-        }
-        fn vmalloc_ptr(&self, _va: VirtAddr) -> Option<NonNull<u8>> {
-            None
-        }
-        fn enter_mm(&self) {}
-        fn leave_mm(&self) {}
-    }
-
-    static GLOBAL: mmkit::GlobalMm<HostPlatform, X86_64> = mmkit::GlobalMm::new();
-
-    /// Four threads bound to CPUs 0-3 of the global `Mm` stand in for the kernel's CPUs.
-    struct Threads;
-
-    impl SmpKernel for Threads {
-        type Hooks = ThreadHooks;
-        fn run_everywhere(&self, job: fn(usize)) {
-            std::thread::scope(|s| {
-                for cpu in 1..4 {
-                    s.spawn(move || {
-                        GLOBAL.get().unwrap().platform().bind_current_thread(cpu);
-                        job(cpu);
-                    });
-                }
-                job(0);
-            });
-        }
-        fn set_timer_allocations(&self, _on: bool) {}
-        fn this_cpu(&self) -> usize {
-            0
-        }
-        fn online(&self, _cpu: usize) -> bool {
-            true
-        }
-        fn verify_stopped(&self) -> CheckResult {
-            // SAFETY: the worker threads have finished; nothing else uses the allocator.
-            match unsafe { GLOBAL.verify_stopped() } {
-                Some(Ok(())) => Ok(()),
-                other => Err(Reason::new(format_args!("{other:?}"))),
-            }
-        }
-    }
+    static GLOBAL: HostGlobal = mmkit::GlobalMm::new();
 
     #[test]
     fn the_whole_run_passes_on_four_threads_and_reports_each_cpu() {
@@ -1098,7 +1124,7 @@ mod tests {
         mm.platform().bind_current_thread(0);
         let mut out = String::new();
         let cfg = StressConfig { ops: 1000, seed: 3 };
-        run_on_every_cpu(mm, &Threads, cfg, &mut out).unwrap();
+        run_on_every_cpu(mm, &Threads::new(&GLOBAL, 4), cfg, &mut out).unwrap();
         for cpu in 0..4 {
             assert!(
                 out.contains(&format!("stress cpu {cpu}: 1000 ops")),
