@@ -37,7 +37,6 @@ use crate::mmu::{self, KernelTable, DIRECT_MAP_BASE};
 use crate::platform::{interrupts_enabled, Cpus, Serial, IDENTITY, IDENTITY_LIMIT};
 use crate::println;
 use crate::smp;
-use mmkit_qemu_common::smp as smp_stats;
 use mmkit_qemu_common::stress;
 
 /// How far above the kernel image the "far" RAM page must be.
@@ -741,39 +740,11 @@ fn smp_sequence(h: &mut Harness<Serial>, mm: &'static KernelMm, boot: &BootInfo)
         h.skip("smp_tlb_shootdown_reaches_other_cpus", "one CPU");
         true
     };
-    if !shootdown_ok {
-        // Stale translations would let the workers write freed memory: the run could
-        // corrupt anything, or hang.
-        h.skip(
-            "smp_stress_every_cpu",
-            "TLB invalidation does not reach every CPU",
-        );
-    } else {
-        h.run("smp_stress_every_cpu", || {
-            let cfg = stress::StressConfig {
-                ops: STRESS_OPS,
-                seed: 0x5eed,
-            };
-            stress::run_on_every_cpu(mm, &smp::Kernel, cfg, &mut Serial)
-        });
-    }
-    smp::set_timer_allocations(false);
-    let mut total = smp_stats::StatsSnapshot::default();
-    for cpu in 0..nr_cpus {
-        let Some(l) = smp::local_of(cpu) else {
-            continue;
-        };
-        let s = l.stats.snapshot();
-        println!(
-            "mmkit-qemu: cpu {cpu}: {} timer interrupts, {} of them inside mmkit calls, {} timer allocation rounds ({} failed), {} IPIs sent, {} cross-CPU calls run",
-            s.ticks, s.ticks_in_mm, s.timer_allocs, s.timer_failures, s.ipis_sent, s.calls_run
-        );
-        total.add(&s);
-    }
-    println!(
-        "mmkit-qemu: all CPUs: {} timer interrupts, {} inside mmkit calls, {} IPIs sent, {} calls run",
-        total.ticks, total.ticks_in_mm, total.ipis_sent, total.calls_run
-    );
+    let cfg = stress::StressConfig {
+        ops: STRESS_OPS,
+        seed: 0x5eed,
+    };
+    let total = stress::stress_and_report(h, mm, &smp::Kernel, shootdown_ok, cfg, &mut Serial);
     h.run("smp_no_refused_call_or_failed_allocation", || {
         let refused = smp::refused_calls();
         ensure!(refused == 0, "{refused} cross-CPU calls refused");

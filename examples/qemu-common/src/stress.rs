@@ -30,7 +30,7 @@ use mmkit::pgtable::{PagingFormat, TlbInvalidate};
 use mmkit::slab::{CacheConfig, KmallocKind, SlabBox};
 use mmkit::{MemInfo, Mm, MmTypedCache, PageAllocator};
 
-use crate::harness::{CheckResult, Reason};
+use crate::harness::{CheckResult, Harness, Reason};
 use crate::rawmem;
 use crate::smp::MAX_CPUS;
 use crate::{ensure, fail};
@@ -636,6 +636,8 @@ pub trait SmpKernel {
     /// The full `verify` of the `Mm`, with the other CPUs idle and their timer handlers not
     /// allocating (as they are when this is called).
     fn verify_stopped(&self) -> CheckResult;
+    /// CPU `cpu`'s counters (`None` for a CPU without a per-CPU area).
+    fn cpu_stats(&self, cpu: usize) -> Option<crate::smp::StatsSnapshot>;
 }
 
 /// The shared state of one stress run, reached by every CPU's job through [`RUN`].
@@ -752,6 +754,55 @@ where
     let verified = unchanged.and_then(|()| kernel.verify_stopped());
     kernel.set_timer_allocations(true);
     verified
+}
+
+/// The end both kernels' SMP parts share: `smp_stress_every_cpu` ([`run_on_every_cpu`],
+/// skipped when `shootdown_ok` is false: stale translations would let the workers write
+/// freed memory), then the timer handlers stopped, and every CPU's counters printed. Returns
+/// their sum, for the kernel's own last check.
+pub fn stress_and_report<W, P, F, K>(
+    h: &mut Harness<W>,
+    mm: &'static Mm<'static, P, F>,
+    kernel: &K,
+    shootdown_ok: bool,
+    cfg: StressConfig,
+    out: &mut impl fmt::Write,
+) -> crate::smp::StatsSnapshot
+where
+    W: fmt::Write,
+    P: IrqControl + 'static,
+    F: PagingFormat + 'static,
+    K: SmpKernel,
+{
+    if shootdown_ok {
+        h.run("smp_stress_every_cpu", || {
+            run_on_every_cpu(mm, kernel, cfg, out)
+        });
+    } else {
+        h.skip(
+            "smp_stress_every_cpu",
+            "TLB invalidation does not reach every CPU",
+        );
+    }
+    kernel.set_timer_allocations(false);
+    let mut total = crate::smp::StatsSnapshot::default();
+    for cpu in 0..MAX_CPUS {
+        let Some(s) = kernel.cpu_stats(cpu) else {
+            continue;
+        };
+        let _ = writeln!(
+            out,
+            "mmkit-qemu: cpu {cpu}: {} timer interrupts, {} of them inside mmkit calls, {} timer allocation rounds ({} failed), {} IPIs sent, {} cross-CPU calls run",
+            s.ticks, s.ticks_in_mm, s.timer_allocs, s.timer_failures, s.ipis_sent, s.calls_run
+        );
+        total.add(&s);
+    }
+    let _ = writeln!(
+        out,
+        "mmkit-qemu: all CPUs: {} timer interrupts, {} inside mmkit calls, {} IPIs sent, {} calls run",
+        total.ticks, total.ticks_in_mm, total.ipis_sent, total.calls_run
+    );
+    total
 }
 
 /// Whether a TLB shootdown reaches the other CPUs, after an unmap and after a `protect`:
@@ -1007,6 +1058,9 @@ pub(crate) mod host_kernel {
                 Some(Ok(())) => Ok(()),
                 other => Err(Reason::new(format_args!("{other:?}"))),
             }
+        }
+        fn cpu_stats(&self, cpu: usize) -> Option<crate::smp::StatsSnapshot> {
+            (cpu < self.cpus).then(crate::smp::StatsSnapshot::default)
         }
     }
 }

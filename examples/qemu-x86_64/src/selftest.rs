@@ -16,7 +16,6 @@ use mmkit_qemu_common::deferred;
 use mmkit_qemu_common::frames::{PoolFrames, WindowMapper};
 use mmkit_qemu_common::harness::{CheckResult, Harness, Outcome, Reason};
 use mmkit_qemu_common::memmap::MemoryMap;
-use mmkit_qemu_common::smp as smp_stats;
 use mmkit_qemu_common::stress;
 use mmkit_qemu_common::{checks, ensure, fail};
 use mmkit_qemu_common::{mm_checks, mmu_checks};
@@ -738,39 +737,11 @@ fn smp_sequence(
         h.skip("smp_tlb_shootdown_reaches_other_cpus", "one CPU");
         true
     };
-    if !shootdown_ok {
-        // Stale translations would let the workers write freed memory: the run could
-        // corrupt anything, or hang.
-        h.skip(
-            "smp_stress_every_cpu",
-            "TLB invalidation does not reach every CPU",
-        );
-    } else {
-        h.run("smp_stress_every_cpu", || {
-            let cfg = stress::StressConfig {
-                ops: STRESS_OPS,
-                seed: 0x5eed,
-            };
-            stress::run_on_every_cpu(mm, &smp::Kernel, cfg, &mut Serial)
-        });
-    }
-    smp::set_timer_allocations(false);
-    let mut total = smp_stats::StatsSnapshot::default();
-    for cpu in 0..nr_cpus {
-        let Some(l) = smp::local_of(cpu) else {
-            continue;
-        };
-        let s = l.stats.snapshot();
-        println!(
-            "mmkit-qemu: cpu {cpu}: {} timer interrupts, {} of them inside mmkit calls, {} timer allocation rounds ({} failed), {} IPIs sent, {} cross-CPU calls run",
-            s.ticks, s.ticks_in_mm, s.timer_allocs, s.timer_failures, s.ipis_sent, s.calls_run
-        );
-        total.add(&s);
-    }
-    println!(
-        "mmkit-qemu: all CPUs: {} timer interrupts, {} inside mmkit calls, {} IPIs sent, {} calls run",
-        total.ticks, total.ticks_in_mm, total.ipis_sent, total.calls_run
-    );
+    let cfg = stress::StressConfig {
+        ops: STRESS_OPS,
+        seed: 0x5eed,
+    };
+    let total = stress::stress_and_report(h, mm, &smp::Kernel, shootdown_ok, cfg, &mut Serial);
     h.run("smp_no_refused_call_or_failed_shootdown", || {
         let (refused, shootdowns) = smp::failures();
         ensure!(

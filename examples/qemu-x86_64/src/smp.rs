@@ -657,6 +657,10 @@ pub struct Kernel;
 impl SmpKernel for Kernel {
     type Hooks = KernelHooks;
 
+    fn cpu_stats(&self, cpu: usize) -> Option<mmkit_qemu_common::smp::StatsSnapshot> {
+        local_of(cpu).map(|l| l.stats.snapshot())
+    }
+
     fn online(&self, cpu: usize) -> bool {
         online(cpu)
     }
