@@ -4,6 +4,12 @@
 //! (with its stale-keeping TLB) are checked after every step, and every table frame must be
 //! back in the arena at the end. Even-length sequences reach the tables through the arena's
 //! linear window (the walk fast path), odd-length ones through `phys_to_virt` calls.
+//!
+//! The shared mode replays map / unmap / protect / mutating-cursor / fork-style copy actions
+//! on two tables over one arena with share counts (`mmkit_pgtable::model::run_shared`), so
+//! copies share read-only leaf tables and later writes on either side un-share them: both
+//! sides are checked against their own models after every step, and tearing both down (in
+//! either order) must free every frame exactly once.
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -11,7 +17,7 @@ use libfuzzer_sys::fuzz_target;
 use mmkit_addr::VaHalf;
 use mmkit_pgtable::arch::aarch64::{Aarch64, Granule};
 use mmkit_pgtable::arch::x86_64::X86_64;
-use mmkit_pgtable::model::{run, Op};
+use mmkit_pgtable::model::{run, run_shared, HostFormat, Op, ShareOp, SHARE_TABLES};
 
 #[derive(Arbitrary, Debug)]
 enum Format {
@@ -58,6 +64,60 @@ enum Action {
     },
 }
 
+/// One step of the shared mode: on which side, which pages (whole leaf tables when `whole`:
+/// what a copy can share), and a flag (read-only map, protect to writable).
+#[derive(Arbitrary, Debug)]
+struct SharedAction {
+    kind: u8,
+    side: bool,
+    whole: bool,
+    start: u16,
+    pages: u16,
+    flag: bool,
+}
+
+impl SharedAction {
+    fn to_op(&self, per: u64) -> ShareOp {
+        let (a, n) = if self.whole {
+            let t = u64::from(self.start) % SHARE_TABLES;
+            (t * per, per * (1 + u64::from(self.pages) % 2))
+        } else {
+            (u64::from(self.start), u64::from(self.pages % 16) + 1)
+        };
+        let s = usize::from(self.side);
+        match self.kind % 5 {
+            0 => ShareOp::Map(s, a, n, self.flag),
+            1 => ShareOp::Unmap(s, a, n),
+            2 => ShareOp::Protect(s, a, n, self.flag),
+            3 => ShareOp::Update(s, a, n),
+            _ => ShareOp::Copy(s, a, n),
+        }
+    }
+}
+
+#[derive(Arbitrary, Debug)]
+enum Mode {
+    Single(Vec<Action>),
+    Shared {
+        actions: Vec<SharedAction>,
+        order: bool,
+    },
+}
+
+fn drive<F: HostFormat>(f: F, mode: &Mode) {
+    match mode {
+        Mode::Single(actions) => {
+            let ops: Vec<Op> = actions.iter().take(64).map(Action::to_op).collect();
+            run(f, &ops);
+        }
+        Mode::Shared { actions, order } => {
+            let per = f.levels()[f.depth() - 1].entries() as u64;
+            let ops: Vec<ShareOp> = actions.iter().take(24).map(|a| a.to_op(per)).collect();
+            run_shared(f, &ops, *order);
+        }
+    }
+}
+
 impl Action {
     fn to_op(&self) -> Op {
         match *self {
@@ -98,12 +158,11 @@ impl Action {
     }
 }
 
-fuzz_target!(|input: (Format, Vec<Action>)| {
-    let (format, actions) = input;
-    let ops: Vec<Op> = actions.iter().take(64).map(Action::to_op).collect();
+fuzz_target!(|input: (Format, Mode)| {
+    let (format, mode) = input;
     match format {
-        Format::X86FourLevel => run(X86_64::FOUR_LEVEL, &ops),
-        Format::X86FiveLevel => run(X86_64::FIVE_LEVEL, &ops),
+        Format::X86FourLevel => drive(X86_64::FOUR_LEVEL, &mode),
+        Format::X86FiveLevel => drive(X86_64::FIVE_LEVEL, &mode),
         Format::Aarch64 {
             granule,
             va_bits,
@@ -125,9 +184,9 @@ fuzz_target!(|input: (Format, Vec<Action>)| {
             } else {
                 Aarch64::new(granule, va_bits, half)
             };
-            run(
+            drive(
                 f.expect("supported width").with_hw_access_dirty(hafdbs),
-                &ops,
+                &mode,
             );
         }
     }

@@ -29,7 +29,10 @@
 //!
 //! The figures, before and after, are in the crate README (section "Performance").
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::hint::black_box;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use aarch64_paging::descriptor::{El1Attributes as A, PhysicalAddress as APhys};
@@ -42,7 +45,7 @@ use mmkit_addr::{OffsetMapper, PageSize, PhysAddr, VirtAddr};
 use mmkit_pgtable::arch::aarch64::{Aarch64, Granule};
 use mmkit_pgtable::arch::x86_64::X86_64;
 use mmkit_pgtable::{AttrChange, PagingFormat};
-use mmkit_pgtable::{Attrs, FrameSource, MapSize, PageTable, TlbInvalidate};
+use mmkit_pgtable::{Attrs, FrameSource, MapSize, PageTable, TableRefs, TlbInvalidate};
 use x86_64::structures::paging::mapper::TranslateResult;
 use x86_64::structures::paging::{
     FrameAllocator, Mapper, OffsetPageTable, Page, PageTable as XPageTable, PageTableFlags as XF,
@@ -59,9 +62,12 @@ const TABLE_BASE: u64 = 0x20_0000;
 const TABLE_BYTES: u64 = 8 << 20;
 
 /// A LIFO of table frames (4 KiB unless built with [`Frames::with_granule`]) inside a host
-/// buffer, zeroed on allocation.
+/// buffer, zeroed on allocation unless they came back through `free_zeroed_table` (the page
+/// table's promise that they are all zeroes: tables emptied entry by entry), as a kernel's
+/// cache of zeroed page-table pages would.
 struct Frames {
-    free: Vec<u64>,
+    /// Free frames, each with whether it is known to be all zeroes.
+    free: Vec<(u64, bool)>,
     host_offset: u64,
     bytes: u64,
 }
@@ -78,7 +84,7 @@ impl Frames {
         Self {
             free: (0..mem.range().len() / bytes)
                 .rev()
-                .map(|i| base + i * bytes)
+                .map(|i| (base + i * bytes, false))
                 .collect(),
             host_offset: host.wrapping_sub(base),
             bytes,
@@ -86,15 +92,18 @@ impl Frames {
     }
 
     fn take_zeroed(&mut self) -> Option<u64> {
-        let pa = self.free.pop()?;
-        // SAFETY: `pa` is a free frame of the host buffer (offset mapping), exclusively ours.
-        unsafe {
-            core::ptr::write_bytes(
-                pa.wrapping_add(self.host_offset) as *mut u8,
-                0,
-                self.bytes as usize,
-            )
-        };
+        let (pa, zeroed) = self.free.pop()?;
+        if !zeroed {
+            // SAFETY: `pa` is a free frame of the host buffer (offset mapping), exclusively
+            // ours.
+            unsafe {
+                core::ptr::write_bytes(
+                    pa.wrapping_add(self.host_offset) as *mut u8,
+                    0,
+                    self.bytes as usize,
+                )
+            };
+        }
         Some(pa)
     }
 }
@@ -108,7 +117,11 @@ unsafe impl FrameSource for Frames {
     }
 
     unsafe fn free_table(&mut self, frame: PhysAddr, _size: PageSize) {
-        self.free.push(frame.as_u64());
+        self.free.push((frame.as_u64(), false));
+    }
+
+    unsafe fn free_zeroed_table(&mut self, frame: PhysAddr, _size: PageSize) {
+        self.free.push((frame.as_u64(), true));
     }
 }
 
@@ -262,29 +275,11 @@ fn map_unmap(c: &mut Criterion) {
         g.sample_size(10).warm_up_time(Duration::from_millis(500));
         let mut pt = ours(&ours_mem);
         g.bench_function("mmkit", |b| {
-            b.iter_custom(|iters| {
-                let mut t = Duration::ZERO;
-                for _ in 0..iters {
-                    let s = Instant::now();
-                    ours_map(&mut pt, size);
-                    t += s.elapsed();
-                    ours_unmap(&mut pt);
-                }
-                t
-            })
+            b.iter_custom(|n| time_between(n, &mut pt, |_| {}, |pt| ours_map(pt, size), ours_unmap))
         });
         let mut theirs = Theirs::new(&their_mem);
         g.bench_function("x86_64", |b| {
-            b.iter_custom(|iters| {
-                let mut t = Duration::ZERO;
-                for _ in 0..iters {
-                    theirs.reset();
-                    let s = Instant::now();
-                    theirs.map(size);
-                    t += s.elapsed();
-                }
-                t
-            })
+            b.iter_custom(|n| time_between(n, &mut theirs, Theirs::reset, |t| t.map(size), |_| {}))
         });
         g.finish();
 
@@ -292,29 +287,14 @@ fn map_unmap(c: &mut Criterion) {
         g.throughput(Throughput::Elements(ptes));
         g.sample_size(10).warm_up_time(Duration::from_millis(500));
         g.bench_function("mmkit", |b| {
-            b.iter_custom(|iters| {
-                let mut t = Duration::ZERO;
-                for _ in 0..iters {
-                    ours_map(&mut pt, size);
-                    let s = Instant::now();
-                    ours_unmap(&mut pt);
-                    t += s.elapsed();
-                }
-                t
-            })
+            b.iter_custom(|n| time_between(n, &mut pt, |pt| ours_map(pt, size), ours_unmap, |_| {}))
         });
         g.bench_function("x86_64", |b| {
-            b.iter_custom(|iters| {
-                let mut t = Duration::ZERO;
-                for _ in 0..iters {
-                    theirs.reset();
-                    theirs.map(size);
-                    let s = Instant::now();
-                    theirs.unmap(size);
-                    t += s.elapsed();
-                }
-                t
-            })
+            let before = |t: &mut Theirs<'_>| {
+                t.reset();
+                t.map(size);
+            };
+            b.iter_custom(|n| time_between(n, &mut theirs, before, |t| t.unmap(size), |_| {}))
         });
         g.finish();
     }
@@ -420,6 +400,26 @@ fn theirs_addr(tpt: &OffsetPageTable<'_>, addrs: &[u64]) -> u64 {
         );
     }
     sum
+}
+
+/// The body of criterion's `iter_custom` for work with untimed set-up and clean-up: `n` runs
+/// of `before`, `timed` and `after` on `state`, returning the time spent in `timed` alone.
+fn time_between<S: ?Sized>(
+    n: u64,
+    state: &mut S,
+    mut before: impl FnMut(&mut S),
+    mut timed: impl FnMut(&mut S),
+    mut after: impl FnMut(&mut S),
+) -> Duration {
+    let mut t = Duration::ZERO;
+    for _ in 0..n {
+        before(state);
+        let s = Instant::now();
+        timed(state);
+        t += s.elapsed();
+        after(state);
+    }
+    t
 }
 
 /// Time `n` runs of `timed`, each followed by an untimed run of `other`.
@@ -940,8 +940,13 @@ fn aarch64_vs_peer(c: &mut Criterion) {
 }
 
 /// `copy_1GiB_4K/mmkit`: fork-style copy (`copy_range_to`) of 1 GiB mapped as 4 KiB pages
-/// into an empty table of the same format (per PTE; no peer has the operation). The
-/// destination is emptied untimed.
+/// (writable) into an empty table of the same format (per PTE; no peer has the operation).
+/// The destination is emptied untimed.
+///
+/// `copy_1GiB_4K_ro/{shared,copied}`: the same copy of 1 GiB of read-only 4 KiB pages, both
+/// tables over one frame pool, with share counts (`TableRefs`: every leaf table is shared,
+/// the destination gets only its upper tables) and without (every leaf table cloned). The
+/// destination is torn down (`destroy`) and created again untimed.
 fn copy(c: &mut Criterion) {
     let src_mem = HostMemory::new(PhysAddr::new(TABLE_BASE), TABLE_BYTES);
     let dst_mem = HostMemory::new(PhysAddr::new(TABLE_BASE), TABLE_BYTES);
@@ -951,21 +956,127 @@ fn copy(c: &mut Criterion) {
     let mut g = c.benchmark_group("copy_1GiB_4K");
     g.throughput(Throughput::Elements(GIB / 4096));
     g.sample_size(10).warm_up_time(Duration::from_millis(500));
+    let mut copy_into = |dst: &mut Ours| {
+        let f = src.copy_range_to(dst, VirtAddr::new(VA), GIB).unwrap();
+        dst.free_tables(f.invalidate(&mut NoTlb)).unwrap();
+    };
     g.bench_function("mmkit", |b| {
-        b.iter_custom(|iters| {
-            let mut t = Duration::ZERO;
-            for _ in 0..iters {
-                let s = Instant::now();
-                let f = src.copy_range_to(&mut dst, VirtAddr::new(VA), GIB).unwrap();
-                let freed = f.invalidate(&mut NoTlb);
-                t += s.elapsed();
-                dst.free_tables(freed).unwrap();
-                ours_unmap(&mut dst);
-            }
-            t
-        })
+        b.iter_custom(|n| time_between(n, &mut dst, |_| {}, &mut copy_into, ours_unmap))
     });
     g.finish();
+
+    let mut g = c.benchmark_group("copy_1GiB_4K_ro");
+    g.throughput(Throughput::Elements(GIB / 4096));
+    g.sample_size(10).warm_up_time(Duration::from_millis(500));
+    for (name, sharing) in [("shared", true), ("copied", false)] {
+        let mem = HostMemory::new(PhysAddr::new(TABLE_BASE), TABLE_BYTES);
+        let pool = Pool::new(&mem, sharing);
+        let new_table = || PageTable::new(X86_64::FOUR_LEVEL, mapper(&mem), pool.clone()).unwrap();
+        let mut src = new_table();
+        let fl = src
+            .map(
+                VirtAddr::new(VA),
+                PhysAddr::new(PA),
+                GIB,
+                Attrs::KERNEL_RO,
+                MapSize::Exactly(PageSize::Size4K),
+            )
+            .unwrap();
+        src.free_tables(fl.invalidate(&mut NoTlb)).unwrap();
+        let mut dst = Some(new_table());
+        let mut copy_into = |dst: &mut Option<PageTable<X86_64, OffsetMapper, Pool>>| {
+            let d = dst.as_mut().unwrap();
+            let f = src.copy_range_to(d, VirtAddr::new(VA), GIB).unwrap();
+            d.free_tables(f.invalidate(&mut NoTlb)).unwrap();
+        };
+        let renew = |dst: &mut Option<PageTable<X86_64, OffsetMapper, Pool>>| {
+            let _ = dst.take().unwrap().destroy(&mut NoTlb);
+            *dst = Some(new_table());
+        };
+        g.bench_function(name, |b| {
+            b.iter_custom(|n| time_between(n, &mut dst, |_| {}, &mut copy_into, renew))
+        });
+    }
+    g.finish();
+}
+
+/// Table frames of one host buffer for several tables, with share counts (`TableRefs`) when
+/// `sharing`: what a kernel's frame source with page descriptors provides.
+#[derive(Clone)]
+struct Pool(Rc<PoolInner>);
+
+struct PoolInner {
+    frames: RefCell<Frames>,
+    /// References beyond the first, per shared frame.
+    extra: RefCell<HashMap<u64, u32>>,
+    sharing: bool,
+}
+
+impl Pool {
+    fn new(mem: &HostMemory, sharing: bool) -> Self {
+        Pool(Rc::new(PoolInner {
+            frames: RefCell::new(Frames::new(mem)),
+            extra: RefCell::new(HashMap::new()),
+            sharing,
+        }))
+    }
+}
+
+// SAFETY: forwards to one `Frames` (which keeps the contract) for every handle.
+unsafe impl FrameSource for Pool {
+    fn alloc_table(&mut self, size: PageSize) -> Option<PhysAddr> {
+        self.0.frames.borrow_mut().alloc_table(size)
+    }
+
+    unsafe fn free_table(&mut self, frame: PhysAddr, size: PageSize) {
+        // SAFETY: forwarded.
+        unsafe { self.0.frames.borrow_mut().free_table(frame, size) }
+    }
+
+    unsafe fn free_zeroed_table(&mut self, frame: PhysAddr, size: PageSize) {
+        // SAFETY: forwarded.
+        unsafe { self.0.frames.borrow_mut().free_zeroed_table(frame, size) }
+    }
+
+    fn table_refs(&self) -> Option<&dyn TableRefs> {
+        self.0.sharing.then_some(self as &dyn TableRefs)
+    }
+}
+
+// SAFETY: every clone of one pool reports the same domain (the shared allocation's address)
+// and keeps its counts in it; frames go back to the one `Frames` through any clone.
+unsafe impl TableRefs for Pool {
+    fn domain(&self) -> u64 {
+        Rc::as_ptr(&self.0) as u64
+    }
+
+    fn count(&self, frame: PhysAddr) -> u32 {
+        1 + self
+            .0
+            .extra
+            .borrow()
+            .get(&frame.as_u64())
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn get(&self, frame: PhysAddr) {
+        *self.0.extra.borrow_mut().entry(frame.as_u64()).or_insert(0) += 1;
+    }
+
+    fn put(&self, frame: PhysAddr) -> bool {
+        let mut extra = self.0.extra.borrow_mut();
+        match extra.get_mut(&frame.as_u64()) {
+            Some(n) => {
+                *n -= 1;
+                if *n == 0 {
+                    extra.remove(&frame.as_u64());
+                }
+                false
+            }
+            None => true,
+        }
+    }
 }
 
 /// Per-format absolute figures (no peer): for x86_64 4- and 5-level and aarch64 4/16/64 KiB

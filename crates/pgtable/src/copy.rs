@@ -12,9 +12,11 @@
 //! slot, the subtree is cloned: a new table per source table, filled by copying the source's
 //! table and leaf entries (leaves raw, so contiguous hints and accessed/dirty travel with
 //! them) in one loop per table, and counted for the plan from the source's tables alone.
-//! Source leaf tables are copied, not shared: a table frame shared by two trees would need a
-//! reference count that neither the frame source nor the entry format has (each tree frees
-//! its own frames after its own flush).
+//! A whole read-only leaf table is shared instead of cloned when both frame sources keep
+//! share counts in one pool (`crate::share`; "Shared leaf tables" in the crate docs): the
+//! destination's entry points at the source's frame and its count goes up. Leaf tables of
+//! the destination shared with a third tree are made private first, since the copy writes
+//! into them.
 
 use core::sync::atomic::AtomicU64;
 
@@ -23,17 +25,21 @@ use mmkit_addr::{PhysAddr, PhysMapper, VirtAddr};
 use crate::error::{CopyError, MapError, ProtectError};
 use crate::flush::Flush;
 use crate::format::{EntryKind, PagingFormat};
-use crate::frame::FrameSource;
+use crate::frame::{FrameSource, TableRefs};
 use crate::map::{apply_map, count_new, plan_map, wants_leaf, MapOpts};
 use crate::raw;
+use crate::share::shareable;
 use crate::table::{Ctx, PageTable, Reserve, ReserveError, SpanError};
 
 const LARGEST: MapOpts = MapOpts { forced: None };
 
 impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
     /// Map in `dst` every mapping of `[va, va + len)` of `self`, at the same addresses.
+    ///
+    /// The source is borrowed mutably: where the copy shares a leaf table (see the module
+    /// docs), the source's later writes to it must un-share it first.
     pub fn copy_range_to<M2: PhysMapper, S2: FrameSource>(
-        &self,
+        &mut self,
         dst: &mut PageTable<F, M2, S2>,
         va: VirtAddr,
         len: u64,
@@ -55,7 +61,7 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
             return Err(CopyError::Destination(MapError::NonCanonical(va)));
         }
         let src = self.ctx();
-        let need = plan_copy(
+        let mut need = plan_copy(
             &src,
             &dst.ctx(),
             self.root,
@@ -65,6 +71,9 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
             span.last,
         )
         .map_err(CopyError::Destination)?;
+        // The destination's leaf tables in the range that it shares with another tree are
+        // made private first (this copy writes into them).
+        need += 2 * dst.shared_in(span.first, span.last);
         let mut reserve = match dst.reserve(need) {
             Ok(r) => r,
             Err(ReserveError::OutOfFrames) => {
@@ -74,7 +83,20 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
                 return Err(CopyError::Destination(MapError::FrameUnreachable(p)))
             }
         };
+        let unshared = dst.unshare(span.first, span.last, &mut reserve);
         let dctx = dst.ctx();
+        // No sharing into or out of a live table of a break-before-make format: un-sharing
+        // swaps a table descriptor for one pointing at an identical copy, which is not done
+        // without break-before-make on a live aarch64 table.
+        let bbm = (self.live || dst.live) && self.fmt.needs_break_before_make();
+        let mut share = Share {
+            refs: if bbm {
+                None
+            } else {
+                crate::share::common_refs(&self.frames, &dst.frames)
+            },
+            shared: 0,
+        };
         let added = apply_copy(
             &src,
             &dctx,
@@ -84,11 +106,21 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
             span.first,
             span.last,
             &mut reserve,
+            &mut share,
         );
+        let shared = share.shared;
         dst.root_count += added;
+        // Shared tables are the destination's too (reachable, counted), without a frame of
+        // its own reserve.
+        dst.owned += shared;
         dst.finish_reserve(reserve);
         dst.may_global |= self.may_global;
-        Ok(dst.tag(Flush::nothing()))
+        if shared > 0 {
+            self.may_share = true;
+            dst.may_share = true;
+        }
+        let flush = dst.join_unshare(Flush::nothing(), unshared);
+        Ok(dst.tag(flush))
     }
 }
 
@@ -159,6 +191,14 @@ fn plan_copy<F: PagingFormat, M: PhysMapper, M2: PhysMapper>(
     }
 }
 
+/// Sharing of whole read-only leaf tables during one copy (`crate::share`).
+struct Share<'r> {
+    /// The share counts source and destination have in common, if any.
+    refs: Option<&'r dyn TableRefs>,
+    /// Leaf tables shared so far.
+    shared: usize,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn apply_copy<F: PagingFormat, M: PhysMapper, M2: PhysMapper>(
     src: &Ctx<'_, F, M>,
@@ -169,6 +209,7 @@ fn apply_copy<F: PagingFormat, M: PhysMapper, M2: PhysMapper>(
     first: u64,
     last: u64,
     reserve: &mut Reserve,
+    share: &mut Share<'_>,
 ) -> u32 {
     let fmt = src.fmt;
     let st = src.table(src_table);
@@ -215,12 +256,12 @@ fn apply_copy<F: PagingFormat, M: PhysMapper, M2: PhysMapper>(
                 let sc = fmt.table_addr(sraw);
                 if fmt.kind(level, draw) == EntryKind::Table {
                     let ct = dst.table(fmt.table_addr(draw));
-                    let n = apply_copy(src, dst, sc, ct, level + 1, s, sl, reserve);
+                    let n = apply_copy(src, dst, sc, ct, level + 1, s, sl, reserve, share);
                     if n > 0 {
                         raw::update(dt, i, |r| fmt.set_table_count(r, fmt.table_count(r) + n));
                     }
                 } else if s & mask == 0 && sl & mask == mask {
-                    let (child, n) = clone_subtree(src, dst, sc, level + 1, reserve);
+                    let (child, n) = clone_subtree(src, dst, sc, level + 1, reserve, share);
                     if n > 0 {
                         raw::publish(dt, i, fmt.make_table(level, child, n));
                         added += 1;
@@ -229,7 +270,17 @@ fn apply_copy<F: PagingFormat, M: PhysMapper, M2: PhysMapper>(
                     }
                 } else {
                     let child = reserve.take(dst);
-                    let n = apply_copy(src, dst, sc, dst.table(child), level + 1, s, sl, reserve);
+                    let n = apply_copy(
+                        src,
+                        dst,
+                        sc,
+                        dst.table(child),
+                        level + 1,
+                        s,
+                        sl,
+                        reserve,
+                        share,
+                    );
                     if n > 0 {
                         raw::publish(dt, i, fmt.make_table(level, child, n));
                         added += 1;
@@ -282,10 +333,21 @@ fn clone_subtree<F: PagingFormat, M: PhysMapper, M2: PhysMapper>(
     table: PhysAddr,
     level: usize,
     reserve: &mut Reserve,
+    share: &mut Share<'_>,
 ) -> (PhysAddr, u32) {
     let fmt = src.fmt;
     let n = fmt.levels()[level].entries();
     let st = &src.table(table)[..n];
+    if let Some(refs) = share.refs {
+        if level + 1 == fmt.depth() && dst.tables.reaches(table) {
+            let leaves = shareable(fmt, level, st);
+            if leaves > 0 {
+                refs.get(table);
+                share.shared += 1;
+                return (table, leaves);
+            }
+        }
+    }
     let child = reserve.take(dst);
     let dt = &dst.table(child)[..n];
     let mut count = 0u32;
@@ -307,7 +369,8 @@ fn clone_subtree<F: PagingFormat, M: PhysMapper, M2: PhysMapper>(
                 count += 1;
             }
             EntryKind::Table => {
-                let (c, m) = clone_subtree(src, dst, fmt.table_addr(raw), level + 1, reserve);
+                let (c, m) =
+                    clone_subtree(src, dst, fmt.table_addr(raw), level + 1, reserve, share);
                 if m > 0 {
                     raw::publish(dt, k, fmt.make_table(level, c, m));
                     count += 1;

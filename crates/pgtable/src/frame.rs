@@ -26,6 +26,59 @@ pub unsafe trait FrameSource {
     /// and no TLB, walk cache or table entry references it any more. Its contents may be
     /// arbitrary.
     unsafe fn free_table(&mut self, frame: PhysAddr, size: PageSize);
+
+    /// Give back a frame whose every byte is zero: a table unhooked because its last entry
+    /// went (so the range operations cleared it entry by entry), or a reserved frame never
+    /// used. A source that keeps such frames apart may hand them out again without clearing
+    /// them (the old quicklists of page-table pages), which saves zeroing a whole table for
+    /// each table a later map allocates; the default forgets the hint.
+    ///
+    /// # Safety
+    /// As for [`free_table`](Self::free_table).
+    #[inline]
+    unsafe fn free_zeroed_table(&mut self, frame: PhysAddr, size: PageSize) {
+        // SAFETY: the caller's promise is forwarded unchanged.
+        unsafe { self.free_table(frame, size) }
+    }
+
+    /// The share counts of this source's table frames, if it keeps them: then a fork-style
+    /// copy ([`PageTable::copy_range_to`](crate::PageTable::copy_range_to)) into a table
+    /// whose source has the same [`TableRefs::domain`] shares whole read-only leaf tables
+    /// instead of copying them (see "Shared leaf tables" in the crate docs). The default,
+    /// `None`, means no sharing: copy clones every table. A source answers the same for its
+    /// whole life (a tree holding shared tables releases them through it).
+    #[inline]
+    fn table_refs(&self) -> Option<&dyn TableRefs> {
+        None
+    }
+}
+
+/// Per-table-frame share counts, kept by a frame source (a kernel keeps them in its page
+/// descriptors, as Linux keeps a page-table page's `pt_share_count`).
+///
+/// A frame nobody shared counts 1. A fork-style copy that shares a leaf table calls
+/// [`get`](Self::get) through the destination's source; each tree that lets go of it (after
+/// invalidating) calls [`put`](Self::put) through its own source, and the one that drops the
+/// last reference frees the frame through its source.
+///
+/// # Safety
+/// Sources reporting the same [`domain`](Self::domain) hand out frames from one pool and
+/// keep one count per frame between them: a frame allocated by one of them may be freed
+/// through any other (`free_table` of the same size), and `count`/`get`/`put` through any of
+/// them see and change the same count. `put` returns `true` exactly once per frame life, for
+/// the reference that brought the count to zero.
+pub unsafe trait TableRefs {
+    /// The identity of the pool and its counts.
+    fn domain(&self) -> u64;
+
+    /// How many trees hold table `frame` (1 if it was never shared).
+    fn count(&self, frame: PhysAddr) -> u32;
+
+    /// One more tree holds table `frame`.
+    fn get(&self, frame: PhysAddr);
+
+    /// One tree fewer holds table `frame`; `true` if that was the last (the caller frees it).
+    fn put(&self, frame: PhysAddr) -> bool;
 }
 
 // SAFETY: forwards to `S`, which keeps the contract.
@@ -39,5 +92,16 @@ unsafe impl<S: FrameSource + ?Sized> FrameSource for &mut S {
     unsafe fn free_table(&mut self, frame: PhysAddr, size: PageSize) {
         // SAFETY: the caller's promise is forwarded unchanged.
         unsafe { (**self).free_table(frame, size) }
+    }
+
+    #[inline]
+    unsafe fn free_zeroed_table(&mut self, frame: PhysAddr, size: PageSize) {
+        // SAFETY: the caller's promise is forwarded unchanged.
+        unsafe { (**self).free_zeroed_table(frame, size) }
+    }
+
+    #[inline]
+    fn table_refs(&self) -> Option<&dyn TableRefs> {
+        (**self).table_refs()
     }
 }

@@ -1,9 +1,10 @@
 //! Host scaffolding: a table-frame arena over [`HostMemory`] that catches misuse.
 //!
 //! [`TableArena`] stands in for a stretch of physical memory and hands out table frames of
-//! one size (the granule). It zeroes frames on allocation, panics on a double free or a free
-//! of a frame it never gave out (test scaffolding: the trait method is `unsafe` and such a call
-//! is a bug in the page-table layer), can be limited to simulate running out of memory, and
+//! one size (the granule). It zeroes frames on allocation (except frames given back through
+//! [`FrameSource::free_zeroed_table`], which it checks to be all zeroes when they come back),
+//! panics on a double free or a free of a frame it never gave out (test scaffolding: the trait
+//! method is `unsafe` and such a call is a bug in the page-table layer), can be limited to simulate running out of memory, and
 //! reports outstanding frames so tests can assert that nothing leaked.
 //! [`ArenaRef`] is the cheap `Copy` handle a [`PageTable`](crate::PageTable) holds as both its
 //! [`PhysMapper`] and its [`FrameSource`].
@@ -18,11 +19,19 @@ use std::vec::Vec;
 use mmkit_addr::host::HostMemory;
 use mmkit_addr::{LinearWindow, PageSize, PhysAddr, PhysMapper, PhysRange};
 
-use crate::frame::FrameSource;
+use crate::frame::{FrameSource, TableRefs};
 use crate::raw;
 
 struct ArenaState {
     allocated: Vec<bool>,
+    /// Frames known to be all zeroes (given back through `free_zeroed_table`, checked then):
+    /// allocation hands them out without clearing them again.
+    zeroed: Vec<bool>,
+    zeroed_frees: usize,
+    /// Trees holding each frame beyond the first (share counts, `TableRefs`).
+    extra_refs: Vec<u32>,
+    /// Whether handles report share counts (`FrameSource::table_refs`).
+    sharing: bool,
     free: Vec<usize>,
     outstanding: usize,
     limit: usize,
@@ -56,6 +65,10 @@ impl TableArena {
             frame,
             state: Mutex::new(ArenaState {
                 allocated: std::vec![false; frames],
+                zeroed: std::vec![false; frames],
+                zeroed_frees: 0,
+                extra_refs: std::vec![0; frames],
+                sharing: true,
                 free: (0..frames).rev().collect(),
                 outstanding: 0,
                 limit: usize::MAX,
@@ -95,6 +108,24 @@ impl TableArena {
         (s.allocs, s.frees)
     }
 
+    /// Frames given back as zeroed ([`FrameSource::free_zeroed_table`]), each checked to be
+    /// all zeroes, so far.
+    pub fn zeroed_frees(&self) -> usize {
+        self.lock().zeroed_frees
+    }
+
+    /// Whether handles keep share counts ([`FrameSource::table_refs`]; the default), so
+    /// fork-style copies between tables of this arena share read-only leaf tables, or not
+    /// (copies clone every table).
+    pub fn set_sharing(&self, on: bool) {
+        self.lock().sharing = on;
+    }
+
+    /// Frames currently held by more than one tree.
+    pub fn shared_frames(&self) -> usize {
+        self.lock().extra_refs.iter().filter(|&&n| n > 0).count()
+    }
+
     /// Allow at most `limit` outstanding frames (to simulate running out).
     pub fn set_limit(&self, limit: usize) {
         self.lock().limit = limit;
@@ -120,7 +151,7 @@ impl TableArena {
 
     fn alloc(&self, size: PageSize) -> Option<PhysAddr> {
         assert_eq!(size, self.frame, "arena serves one frame size");
-        let i = {
+        let (i, zeroed) = {
             let mut s = self.lock();
             if s.outstanding >= s.limit {
                 return None;
@@ -129,12 +160,26 @@ impl TableArena {
             s.allocated[i] = true;
             s.outstanding += 1;
             s.allocs += 1;
-            i
+            (i, core::mem::replace(&mut s.zeroed[i], false))
         };
         let pa = PhysAddr::new(self.mem.range().start().as_u64() + i as u64 * self.frame.bytes());
         let t = raw::table_at(&self.mem, pa, self.frame.bytes()).expect("arena frame reachable");
-        raw::zero(t);
+        if !zeroed {
+            raw::zero(t);
+        }
         Some(pa)
+    }
+
+    fn free_zeroed(&self, pa: PhysAddr, size: PageSize) {
+        let t = raw::table_at(&self.mem, pa, size.bytes());
+        if let Some(k) = t.and_then(|t| t.iter().position(|e| raw::load_entry(e) != 0)) {
+            panic!("table frame {pa:?} freed as zeroed has a non-zero entry {k}");
+        }
+        self.free(pa, size);
+        let i = self.index_of(pa).expect("checked by free");
+        let mut s = self.lock();
+        s.zeroed[i] = true;
+        s.zeroed_frees += 1;
     }
 
     fn free(&self, pa: PhysAddr, size: PageSize) {
@@ -145,6 +190,10 @@ impl TableArena {
         };
         let mut s = self.lock();
         assert!(s.allocated[i], "double free of table frame {pa:?}");
+        assert_eq!(
+            s.extra_refs[i], 0,
+            "free of table frame {pa:?}, which other trees still share"
+        );
         s.allocated[i] = false;
         s.free.push(i);
         s.outstanding -= 1;
@@ -188,7 +237,9 @@ unsafe impl PhysMapper for ArenaRef<'_> {
 
 // SAFETY: frames come from the arena's free list (so they are exclusively the caller's until
 // freed), are `frame`-sized and -aligned physically (the base is aligned and frames are
-// consecutive), and are zeroed just before being returned.
+// consecutive), and are zeroed just before being returned unless they came back through
+// `free_zeroed_table`, which checked that every entry was zero (and nothing wrote them since:
+// they were free).
 unsafe impl FrameSource for ArenaRef<'_> {
     fn alloc_table(&mut self, size: PageSize) -> Option<PhysAddr> {
         self.0.alloc(size)
@@ -196,6 +247,53 @@ unsafe impl FrameSource for ArenaRef<'_> {
 
     unsafe fn free_table(&mut self, frame: PhysAddr, size: PageSize) {
         self.0.free(frame, size)
+    }
+
+    /// Checks that the frame is all zeroes (panics otherwise, as for a double free), then
+    /// keeps it aside so the next allocation of it skips the clearing.
+    unsafe fn free_zeroed_table(&mut self, frame: PhysAddr, size: PageSize) {
+        self.0.free_zeroed(frame, size)
+    }
+
+    fn table_refs(&self) -> Option<&dyn TableRefs> {
+        self.0.lock().sharing.then_some(self as &dyn TableRefs)
+    }
+}
+
+// SAFETY: every handle of one arena reports the arena's address as its domain and keeps the
+// counts in the arena, which frees its frames through any handle; `put` returns `true` only
+// when no extra reference is left, once per allocation (a later `free` checks the count).
+unsafe impl TableRefs for ArenaRef<'_> {
+    fn domain(&self) -> u64 {
+        self.0 as *const TableArena as u64
+    }
+
+    fn count(&self, frame: PhysAddr) -> u32 {
+        let i = self.0.index_of(frame).expect("a frame of this arena");
+        let s = self.0.lock();
+        assert!(s.allocated[i], "share count of free frame {frame:?}");
+        s.extra_refs[i] + 1
+    }
+
+    fn get(&self, frame: PhysAddr) {
+        let i = self.0.index_of(frame).expect("a frame of this arena");
+        let mut s = self.0.lock();
+        assert!(s.allocated[i], "sharing free frame {frame:?}");
+        s.extra_refs[i] += 1;
+    }
+
+    fn put(&self, frame: PhysAddr) -> bool {
+        let i = self.0.index_of(frame).expect("a frame of this arena");
+        let mut s = self.0.lock();
+        assert!(
+            s.allocated[i],
+            "dropping a reference to free frame {frame:?}"
+        );
+        if s.extra_refs[i] == 0 {
+            return true;
+        }
+        s.extra_refs[i] -= 1;
+        false
     }
 }
 

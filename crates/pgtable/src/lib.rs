@@ -60,6 +60,40 @@
 //! copy clones whole source tables entry by entry. The crate README has the figures beside
 //! the `x86_64` crate and `aarch64-paging`, and the commands that reproduce them.
 //!
+//! Table frames emptied entry by entry (a table unhooked because its last entry went) and
+//! reserved frames never used go back through [`FrameSource::free_zeroed_table`]: a source
+//! that keeps such frames apart hands them out again without clearing them (the default
+//! forgets the hint and frees as usual).
+//!
+//! ## Shared leaf tables (fork-style copy)
+//! [`PageTable::copy_range_to`] shares a whole source leaf table with the destination instead
+//! of copying it when the table lies inside the range, the destination has nothing in its
+//! slot, every leaf in it is read-only with nothing the hardware may write
+//! ([`PagingFormat::hw_may_update`] false: x86 accessed set; aarch64 AF set without DBM), and
+//! both trees' frame sources keep share counts in one pool ([`FrameSource::table_refs`]
+//! returns a [`TableRefs`] of the same domain; the host arena does). The design decision:
+//! the count lives with the frame source, not in the tables or the crate, because a kernel
+//! already keeps per-frame state there (a page descriptor) and both trees must see one count;
+//! a source without counts (the default `table_refs` = `None`) gets the old behaviour, every
+//! table cloned. A copy does not share into or out of a table marked live on a
+//! break-before-make format (aarch64): un-sharing replaces a table descriptor in place by one
+//! pointing at an identical copy, and whether a live aarch64 table needs break-before-make
+//! for that is not settled here (a tree that shares and is loaded later still un-shares in
+//! place: an open point).
+//!
+//! A shared table is never written: map, protect, unmap, [`PageTable::update_leaves`],
+//! [`PageTable::clear_accessed_dirty`] and a copy *into* a tree first give that tree private
+//! copies of the shared leaf tables overlapping their range (copy-on-write of the table; two
+//! frames each, reserved with the operation's own, so running out still changes nothing).
+//! The tree lets go of the shared frame only after the operation's [`Flush`] was invalidated
+//! — its reference travels in the token as a ticket frame, released by
+//! [`PageTable::free_tables`] — because a stale walk cache of its address space could
+//! otherwise reach a table the other tree, now its sole owner, writes in place.
+//! [`PageTable::destroy`] invalidates everything and then drops one reference per leaf
+//! table, freeing those it held last. Where this costs: un-sharing copies the table even for
+//! an unmap that then discards the copy, and every writing operation on a tree that ever
+//! shared walks its range once more to find shared tables.
+//!
 //! ## Address spaces
 //! A table may carry an [`Asid`] ([`PageTable::set_asid`]); its [`Flush`] tokens then
 //! invalidate in that address space only, unless the table may hold global leaves (see the
@@ -99,6 +133,7 @@ mod frame;
 mod map;
 mod protect;
 mod raw;
+mod share;
 mod split;
 mod table;
 mod unmap;
@@ -124,7 +159,7 @@ pub use error::{
 };
 pub use flush::{Asid, Flush, FlushScope, FreedTables, TlbInvalidate, FLUSH_CEILING};
 pub use format::{EntryKind, Level, PagingFormat, MAX_LEVELS};
-pub use frame::FrameSource;
+pub use frame::{FrameSource, TableRefs};
 pub use protect::Cleared;
 pub use table::{MapSize, PageTable, Translation, VerifyReport};
 pub use update::{LeafUpdate, UpdateError};

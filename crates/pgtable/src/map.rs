@@ -75,7 +75,7 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
         let opts = MapOpts { forced };
         let ctx = self.ctx();
         let need = plan_map(&ctx, self.root, 0, span.first, span.last, pa.as_u64(), opts)?;
-        let mut reserve = match self.reserve(need) {
+        let (mut reserve, unshared) = match self.reserve_unsharing(need, span.first, span.last) {
             Ok(r) => r,
             Err(ReserveError::OutOfFrames) => return Err(MapError::OutOfFrames),
             Err(ReserveError::Unreachable(p)) => return Err(MapError::FrameUnreachable(p)),
@@ -96,7 +96,8 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
         self.root_count += added;
         self.finish_reserve(reserve);
         self.may_global |= attrs.contains(Attrs::GLOBAL);
-        Ok(self.tag(Flush::nothing()))
+        let flush = self.join_unshare(Flush::nothing(), unshared);
+        Ok(self.tag(flush))
     }
 }
 

@@ -11,6 +11,12 @@
 //! running out of frames is allowed only under a limit. At the end the table is destroyed and
 //! the arena must have every frame back. Any disagreement panics with the operation that
 //! caused it.
+//!
+//! [`run_shared`] replays [`ShareOp`]s on two tables over one arena with share counts, so
+//! fork-style copies share read-only leaf tables and later writes on either side un-share
+//! them: both sides are checked against their own models after every step (cursor,
+//! `translate`, `verify`, the software MMU), and tearing both down must free every frame
+//! exactly once.
 
 extern crate std;
 
@@ -28,7 +34,7 @@ use crate::softmmu::aarch64::Aarch64Walker;
 use crate::softmmu::x86_64::X86Walker;
 use crate::softmmu::{Access, Fault, Mode, SoftMmu, WalkCache, Walked, Walker};
 use crate::{
-    AttrChange, Attrs, CachePolicy, LeafUpdate, MapError, MapSize, PageTable, PagingFormat,
+    AttrChange, Attrs, CachePolicy, Flush, LeafUpdate, MapError, MapSize, PageTable, PagingFormat,
     ProtectError, UnmapError, UpdateError,
 };
 
@@ -749,4 +755,264 @@ fn check_window<W: Walker, F: HostFormat>(
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Two tables sharing leaf tables (fork-style copies): the machine of the sharing proptests
+// and of the fuzz target's shared mode.
+
+/// Leaf tables in the window of [`run_shared`].
+pub const SHARE_TABLES: u64 = 3;
+
+type SharePt<'a, F> = PageTable<F, ArenaRef<'a>, ArenaRef<'a>>;
+type ShareMmu<'a> = SoftMmu<Box<dyn Walker + 'a>>;
+
+/// One side of a [`World`]: its table, its software MMU and its model (page index ->
+/// (pa, attrs)).
+pub struct Side<'a, F: HostFormat> {
+    /// The table.
+    pub pt: SharePt<'a, F>,
+    mmu: ShareMmu<'a>,
+    model: BTreeMap<u64, (u64, Attrs)>,
+}
+
+const SHARE_PA_BASE: u64 = 0x1_0000_0000;
+
+/// Two tables over one arena, for [`run_shared`].
+pub struct World<'a, F: HostFormat> {
+    f: F,
+    base: u64,
+    g: u64,
+    pages: u64,
+    /// The two sides; `sides[s].pt` is side `s`'s table.
+    pub sides: [Side<'a, F>; 2],
+}
+
+impl<'a, F: HostFormat> World<'a, F> {
+    /// Two empty tables of `f` over `arena`, checked over a window of `pages` granules.
+    pub fn new(f: F, arena: &'a TableArena, pages: u64) -> Self {
+        let side = || {
+            let pt = table(f, arena);
+            let mmu = mmu_for(&pt, arena);
+            Side {
+                pt,
+                mmu,
+                model: BTreeMap::new(),
+            }
+        };
+        World {
+            f,
+            base: f.test_base(),
+            g: f.granule().bytes(),
+            pages,
+            sides: [side(), side()],
+        }
+    }
+
+    fn va(&self, page: u64) -> VirtAddr {
+        VirtAddr::new(self.base + page * self.g)
+    }
+
+    fn finish(&mut self, s: usize, flush: Flush) {
+        let side = &mut self.sides[s];
+        let freed = flush.invalidate(&mut side.mmu);
+        side.pt.free_tables(freed).unwrap();
+    }
+
+    /// Map pages `first..first + n` on side `s` (read-only, accessed: shareable, or writable), as the model predicts.
+    pub fn map(&mut self, s: usize, first: u64, n: u64, ro: bool) {
+        let attrs = if ro {
+            Attrs::KERNEL_RO
+        } else {
+            Attrs::KERNEL_RW
+        };
+        let attrs = self.f.normalize(attrs).unwrap();
+        let free = (first..first + n).all(|p| !self.sides[s].model.contains_key(&p));
+        let r = self.sides[s].pt.map(
+            self.va(first),
+            PhysAddr::new(SHARE_PA_BASE + first * self.g),
+            n * self.g,
+            attrs,
+            MapSize::Exactly(self.f.granule()),
+        );
+        assert_eq!(r.is_ok(), free, "map {first}+{n}: {r:?}");
+        if let Ok(fl) = r {
+            self.finish(s, fl);
+            for p in first..first + n {
+                self.sides[s]
+                    .model
+                    .insert(p, (SHARE_PA_BASE + p * self.g, attrs));
+            }
+        }
+    }
+
+    /// Unmap pages on side `s`.
+    pub fn unmap(&mut self, s: usize, first: u64, n: u64) {
+        let fl = self.sides[s].pt.unmap(self.va(first), n * self.g).unwrap();
+        self.finish(s, fl);
+        for p in first..first + n {
+            self.sides[s].model.remove(&p);
+        }
+    }
+
+    /// Make pages of side `s` writable or read-only (refused unless all are mapped).
+    pub fn protect(&mut self, s: usize, first: u64, n: u64, write: bool) {
+        let all = (first..first + n).all(|p| self.sides[s].model.contains_key(&p));
+        let ch = if write {
+            AttrChange::flags(Attrs::WRITE | Attrs::DIRTY, Attrs::empty())
+        } else {
+            AttrChange::flags(Attrs::empty(), Attrs::WRITE)
+        };
+        let r = self.sides[s].pt.protect(self.va(first), n * self.g, ch);
+        assert_eq!(r.is_ok(), all, "protect {first}+{n}: {r:?}");
+        if let Ok(fl) = r {
+            self.finish(s, fl);
+            for p in first..first + n {
+                let e = self.sides[s].model.get_mut(&p).unwrap();
+                e.1 = self.f.normalize(ch.apply(e.1)).unwrap();
+            }
+        }
+    }
+
+    /// The mutating cursor on side `s`: make every leaf of the range read-only.
+    pub fn update(&mut self, s: usize, first: u64, n: u64) {
+        let f = self.f;
+        let fl = self.sides[s]
+            .pt
+            .update_leaves(self.va(first), n * self.g, |t| {
+                LeafUpdate::Attrs(f.normalize(t.attrs - Attrs::WRITE - Attrs::DIRTY).unwrap())
+            })
+            .unwrap();
+        self.finish(s, fl);
+        for p in first..first + n {
+            if let Some(e) = self.sides[s].model.get_mut(&p) {
+                e.1 = f.normalize(e.1 - Attrs::WRITE - Attrs::DIRTY).unwrap();
+            }
+        }
+    }
+
+    /// `copy_range_to` from side `from` to the other (refused where both map a page).
+    pub fn copy(&mut self, from: usize, first: u64, n: u64) {
+        let to = 1 - from;
+        // Copy refuses only where the source maps a page the destination maps too.
+        let free = (first..first + n).all(|p| {
+            !self.sides[from].model.contains_key(&p) || !self.sides[to].model.contains_key(&p)
+        });
+        let (va, len) = (self.va(first), n * self.g);
+        let [a, b] = &mut self.sides;
+        let (src, dst) = if from == 0 { (a, b) } else { (b, a) };
+        let r = src.pt.copy_range_to(&mut dst.pt, va, len);
+        assert_eq!(r.is_ok(), free, "copy {first}+{n}: {r:?}");
+        if let Ok(fl) = r {
+            self.finish(to, fl);
+            let moved: Vec<_> = self.sides[from]
+                .model
+                .range(first..first + n)
+                .map(|(&p, &e)| (p, e))
+                .collect();
+            self.sides[to].model.extend(moved);
+        }
+    }
+
+    /// Each side, through translate, a cursor over the window, `verify` and the software
+    /// MMU, holds exactly its model.
+    pub fn check(&mut self) {
+        let (base, g, pages) = (self.base, self.g, self.pages);
+        for side in &mut self.sides {
+            side.pt.verify().unwrap();
+            let got: BTreeMap<u64, (u64, Attrs)> = side
+                .pt
+                .cursor(VirtAddr::new(base), pages * g)
+                .unwrap()
+                .flat_map(|t| {
+                    let n = t.size.bytes() / g;
+                    let p0 = (t.page_va.as_u64() - base) / g;
+                    (0..n).map(move |k| (p0 + k, (t.page_pa.as_u64() + k * g, t.attrs)))
+                })
+                .collect();
+            assert_eq!(got, side.model);
+            for (&p, &(pa, attrs)) in side.model.iter().step_by(7) {
+                let va = VirtAddr::new(base + p * g);
+                assert_eq!(side.pt.translate(va).map(|t| t.attrs), Some(attrs));
+                let r = side.mmu.access(va, Access::Read, Mode::Kernel);
+                assert_eq!(r, Ok(PhysAddr::new(pa)), "read page {p}");
+                let w = side.mmu.access(va, Access::Write, Mode::Kernel);
+                assert_eq!(w.is_ok(), attrs.contains(Attrs::WRITE), "write page {p}");
+            }
+            for p in (0..pages).step_by(13) {
+                if !side.model.contains_key(&p) {
+                    let va = VirtAddr::new(base + p * g);
+                    assert!(side.mmu.access(va, Access::Read, Mode::Kernel).is_err());
+                }
+            }
+        }
+    }
+
+    /// Tear both sides down (side 0 first if `order`) and check every frame came back
+    /// exactly once.
+    pub fn destroy(self, arena: &TableArena, order: bool) {
+        let [a, b] = self.sides;
+        let (first, second) = if order { (a, b) } else { (b, a) };
+        let mut mmu = first.mmu;
+        let _ = first.pt.destroy(&mut mmu);
+        assert_eq!(arena.outstanding(), second.pt.table_frames());
+        let mut mmu = second.mmu;
+        let _ = second.pt.destroy(&mut mmu);
+        assert_eq!(arena.outstanding(), 0, "table frames leaked");
+        assert_eq!(arena.shared_frames(), 0);
+    }
+}
+
+/// One step of [`run_shared`]: side (0 or 1), first page, page count, and a flag.
+#[derive(Debug, Clone)]
+pub enum ShareOp {
+    /// Map pages on a side, read-only (`true`) or writable.
+    Map(usize, u64, u64, bool),
+    /// Unmap pages on a side.
+    Unmap(usize, u64, u64),
+    /// Make pages of a side writable (`true`) or read-only.
+    Protect(usize, u64, u64, bool),
+    /// Make every leaf of the pages read-only through the mutating cursor.
+    Update(usize, u64, u64),
+    /// Copy pages from a side to the other.
+    Copy(usize, u64, u64),
+}
+
+/// Replay `ops` on two tables of `f` over one arena with share counts, in a window of
+/// [`SHARE_TABLES`] leaf tables (op pages taken modulo the window, so any input is valid),
+/// checking both sides after every step, and tear them down (side 0 first if `order`):
+/// every frame must come back exactly once.
+pub fn run_shared<F: HostFormat>(f: F, ops: &[ShareOp], order: bool) {
+    let tables = SHARE_TABLES;
+    let per = f.levels()[f.depth() - 1].entries() as u64;
+    let arena = arena_for(&f, 128);
+    let mut w = World::new(f, &arena, tables * per);
+    let pages = tables * per;
+    for op in ops {
+        let clip = |a: u64, n: u64| (a % pages, n.clamp(1, pages - a % pages));
+        match *op {
+            ShareOp::Map(s, a, n, ro) => {
+                let (a, n) = clip(a, n);
+                w.map(s & 1, a, n, ro)
+            }
+            ShareOp::Unmap(s, a, n) => {
+                let (a, n) = clip(a, n);
+                w.unmap(s & 1, a, n)
+            }
+            ShareOp::Protect(s, a, n, wr) => {
+                let (a, n) = clip(a, n);
+                w.protect(s & 1, a, n, wr)
+            }
+            ShareOp::Update(s, a, n) => {
+                let (a, n) = clip(a, n);
+                w.update(s & 1, a, n)
+            }
+            ShareOp::Copy(s, a, n) => {
+                let (a, n) = clip(a, n);
+                w.copy(s & 1, a, n)
+            }
+        }
+        w.check();
+    }
+    w.destroy(&arena, order);
 }

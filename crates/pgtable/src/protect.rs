@@ -69,7 +69,7 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
             bbm,
         };
         let need = plan_protect(&ctx, self.root, 0, span.first, span.last, &job)?;
-        let mut reserve = match self.reserve(need) {
+        let (mut reserve, unshared) = match self.reserve_unsharing(need, span.first, span.last) {
             Ok(r) => r,
             Err(ReserveError::OutOfFrames) => return Err(ProtectError::OutOfFrames),
             Err(ReserveError::Unreachable(p)) => return Err(ProtectError::FrameUnreachable(p)),
@@ -88,6 +88,7 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
         );
         self.finish_reserve(reserve);
         self.may_global |= change.set.contains(Attrs::GLOBAL);
+        let flush = self.join_unshare(flush, unshared);
         Ok(self.tag(flush))
     }
 
@@ -110,13 +111,19 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
             Err(SpanError::Unaligned(m)) => return Err(ProtectError::Unaligned(m)),
             Err(SpanError::NonCanonical(v)) => return Err(ProtectError::NonCanonical(v)),
         };
+        let (reserve, unshared) = match self.reserve_unsharing(0, span.first, span.last) {
+            Ok(r) => r,
+            Err(ReserveError::OutOfFrames) => return Err(ProtectError::OutOfFrames),
+            Err(ReserveError::Unreachable(p)) => return Err(ProtectError::FrameUnreachable(p)),
+        };
+        self.finish_reserve(reserve);
         let ctx = self.ctx();
         let mut out = Cleared {
             flush: Flush::nothing(),
             leaves: 0,
         };
         clear_ad(&ctx, self.root, 0, span.first, span.last, which, &mut out);
-        out.flush = self.tag(out.flush);
+        out.flush = self.tag(self.join_unshare(out.flush, unshared));
         Ok(out)
     }
 }

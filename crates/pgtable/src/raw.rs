@@ -16,6 +16,13 @@ use mmkit_addr::{PhysAddr, PhysMapper, PhysRange};
 
 /// Link value for the last table of a freed-table list.
 const LINK_END: u64 = 0b10;
+/// Mark in a link: every other entry of the linked table is 0 (it was emptied entry by entry
+/// before it was unhooked), so clearing the link leaves a zeroed frame. Still an invalid
+/// encoding on both architectures (bit 0 clear).
+const ZEROED: u64 = 0b100;
+/// Mark in a link: the linked frame is a ticket ([`crate::share`]): entry 1 names a shared
+/// table whose reference is dropped when the list is freed.
+const TICKET: u64 = 0b1000;
 
 /// The entries of the table frame at `pa` (`bytes` long), or `None` if the mapper cannot reach
 /// it or the address is misaligned.
@@ -115,6 +122,11 @@ impl<'m, M: PhysMapper> Tables<'m, M> {
             Some(w) => w.get_or(pa, unreachable),
             None => outside_window_or(self.mapper, pa, self.bytes, unreachable),
         }
+    }
+
+    /// Whether the mapper reaches the frame at `pa`.
+    pub(crate) fn reaches(&self, pa: PhysAddr) -> bool {
+        table_at(self.mapper, pa, self.bytes).is_some()
     }
 
     /// The same frames, seen through the window, if the mapper has one: a walk tests for the
@@ -269,25 +281,52 @@ pub(crate) fn zero(t: &[AtomicU64]) {
     }
 }
 
-/// Link a detached table to the next one of a list (`None` ends the list).
+/// Link a detached table to the next one of a list (`None` ends the list), keeping the
+/// table's [`ZEROED`] mark.
 #[inline]
 pub(crate) fn set_link(t: &[AtomicU64], next: Option<PhysAddr>) {
+    let mark = t[0].load(Ordering::Relaxed) & (ZEROED | TICKET);
     let v = match next {
         Some(pa) => pa.as_u64() | LINK_END,
         None => LINK_END,
     };
-    t[0].store(v, Ordering::Relaxed);
+    t[0].store(v | mark, Ordering::Relaxed);
+}
+
+/// Start a table's link (the end of a list), marking whether every entry but the link is 0.
+#[inline]
+pub(crate) fn init_link(t: &[AtomicU64], zeroed: bool) {
+    let mark = if zeroed { ZEROED } else { 0 };
+    t[0].store(LINK_END | mark, Ordering::Relaxed);
 }
 
 /// The next table of a list.
 #[inline]
 pub(crate) fn link(t: &[AtomicU64]) -> Option<PhysAddr> {
-    let v = t[0].load(Ordering::Relaxed);
+    let v = t[0].load(Ordering::Relaxed) & !(ZEROED | TICKET);
     if v == LINK_END {
         None
     } else {
         Some(PhysAddr::new(v & !LINK_END))
     }
+}
+
+/// Start a ticket's link (the end of a list).
+#[inline]
+pub(crate) fn init_ticket_link(t: &[AtomicU64]) {
+    t[0].store(LINK_END | TICKET, Ordering::Relaxed);
+}
+
+/// Whether a linked frame is a ticket.
+#[inline]
+pub(crate) fn is_ticket(t: &[AtomicU64]) -> bool {
+    t[0].load(Ordering::Relaxed) & TICKET != 0
+}
+
+/// Whether a linked table was marked zeroed by [`init_link`]: every entry but the link is 0.
+#[inline]
+pub(crate) fn is_marked_zeroed(t: &[AtomicU64]) -> bool {
+    t[0].load(Ordering::Relaxed) & ZEROED != 0
 }
 
 #[cfg(test)]

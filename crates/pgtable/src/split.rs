@@ -161,6 +161,22 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
         if !va.is_aligned(self.fmt.granule().bytes()) || !self.fmt.is_canonical(va) {
             return Err(SplitError::BadAddress(va));
         }
+        // A leaf table shared with another tree (`crate::share`) is made private first (the
+        // split may rewrite a contiguous run in it), and the shared one released at once,
+        // through `tlb`.
+        let first = va.as_u64();
+        if self.shared_in(first, first) > 0 {
+            let (r, unshared) = match self.reserve_unsharing(0, first, first) {
+                Ok(r) => r,
+                Err(ReserveError::OutOfFrames) => return Err(SplitError::OutOfFrames),
+                Err(ReserveError::Unreachable(p)) => return Err(SplitError::FrameUnreachable(p)),
+            };
+            self.finish_reserve(r);
+            let freed = self.tag(unshared).invalidate(tlb);
+            if self.free_tables(freed).is_err() {
+                unreachable!("the token came from this table");
+            }
+        }
         let ctx = self.ctx();
         let levels = self.fmt.levels();
         let mut table = self.root;

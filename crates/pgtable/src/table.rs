@@ -94,6 +94,12 @@ pub struct PageTable<F: PagingFormat, M: PhysMapper, S: FrameSource> {
     /// Whether a global leaf was ever written (then tokens invalidate in every address
     /// space, since no TLB tags global translations with an ASID).
     pub(crate) may_global: bool,
+    /// Whether a copy ever shared a leaf table into or out of this tree (`crate::share`):
+    /// never cleared; it only enables the un-sharing pre-pass of the writing operations. A
+    /// plain `bool` (the source of a copy is borrowed mutably): interior mutability here
+    /// would make `&PageTable` non-`Freeze`, and the optimiser would then reload the table's
+    /// fields on every step of a loop of translates.
+    pub(crate) may_share: bool,
 }
 
 /// The next table id (0 is never handed out). A 64-bit counter does not wrap in practice.
@@ -138,11 +144,26 @@ impl<'a, F: PagingFormat, M: PhysMapper> Ctx<'a, F, M> {
         self.fmt.depth() - 1
     }
 
-    /// Push a detached table on a freed list.
-    pub(crate) fn push_freed(&self, list: &mut FreedTables, pa: PhysAddr) {
+    /// Push a detached table on a freed list; `zeroed`: every entry of it is 0 (a table
+    /// unhooked because its last entry went), so it can go back to the frame source as a
+    /// zeroed frame once the link is cleared.
+    pub(crate) fn push_freed(&self, list: &mut FreedTables, pa: PhysAddr, zeroed: bool) {
         debug_assert!(list.belongs_to(self.id), "mixing two tables' freed lists");
         list.owner = self.id;
-        raw::set_link(self.table(pa), None);
+        raw::init_link(self.table(pa), zeroed);
+        match list.tail {
+            Some(tail) => raw::set_link(self.table(tail), Some(pa)),
+            None => list.head = Some(pa),
+        }
+        list.tail = Some(pa);
+        list.count += 1;
+    }
+
+    /// Push a ticket (a reserved frame whose entry 1 names a shared table) on a freed list.
+    pub(crate) fn push_ticket(&self, list: &mut FreedTables, pa: PhysAddr) {
+        debug_assert!(list.belongs_to(self.id), "mixing two tables' freed lists");
+        list.owner = self.id;
+        raw::init_ticket_link(self.table(pa));
         match list.tail {
             Some(tail) => raw::set_link(self.table(tail), Some(pa)),
             None => list.head = Some(pa),
@@ -182,7 +203,7 @@ impl<'a, F: PagingFormat, M: PhysMapper> Ctx<'a, F, M> {
             }
             flush.tables = true;
         }
-        self.push_freed(&mut flush.freed, pa);
+        self.push_freed(&mut flush.freed, pa, false);
     }
 }
 
@@ -230,7 +251,9 @@ impl Reserve {
         ctx: &Ctx<'_, F, M>,
         pa: PhysAddr,
     ) {
-        raw::set_link(ctx.table(pa), self.head);
+        let t = ctx.table(pa);
+        raw::init_link(t, true);
+        raw::set_link(t, self.head);
         self.head = Some(pa);
         self.count += 1;
     }
@@ -292,6 +315,7 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
             id: NEXT_TABLE_ID.fetch_add(1, Ordering::Relaxed),
             asid: None,
             may_global: false,
+            may_share: false,
         })
     }
 
@@ -397,6 +421,7 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
                 Ok(pa) => {
                     let t = raw::table_at(&self.mapper, pa, gran.bytes())
                         .unwrap_or_else(|| unreachable!("checked by alloc_checked"));
+                    raw::init_link(t, true);
                     raw::set_link(t, r.head);
                     r.head = Some(pa);
                     r.count += 1;
@@ -417,8 +442,9 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
         while r.count > 0 {
             let pa = r.take(&self.ctx());
             // SAFETY: reserved frames were allocated from `frames` and never linked into the
-            // tree, so nothing references them.
-            unsafe { self.frames.free_table(pa, gran) };
+            // tree, so nothing references them; they came zeroed (or were given back zeroed,
+            // `Reserve::give_back`) and `take` cleared the link, so they are all zeroes.
+            unsafe { self.frames.free_zeroed_table(pa, gran) };
         }
     }
 
@@ -563,12 +589,41 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
         let gran = self.fmt.granule();
         let mut next = freed.head;
         while let Some(pa) = next {
-            next = raw::link(self.ctx().table(pa));
+            let t = self.ctx().table(pa);
+            next = raw::link(t);
+            if raw::is_ticket(t) {
+                // A ticket of `crate::share`: drop this tree's reference to the shared table
+                // it names (freeing the table if it was the last), then free the ticket.
+                let shared = PhysAddr::new(raw::load(t, 1));
+                raw::store(t, 0, 0);
+                raw::store(t, 1, 0);
+                let last = self.frames.table_refs().is_some_and(|r| r.put(shared));
+                // SAFETY: the ticket was reserved from `frames` and is all zeroes now; the
+                // shared table left this tree before the flush that carried the ticket was
+                // invalidated, and with `last` no other tree holds it (its source shares
+                // this one's pool, the `TableRefs` contract).
+                unsafe {
+                    self.frames.free_zeroed_table(pa, gran);
+                    if last {
+                        self.frames.free_table(shared, gran);
+                    }
+                }
+                continue;
+            }
+            let zeroed = raw::is_marked_zeroed(t);
             // SAFETY: the list holds tables unhooked from this tree (its owner id is this
             // table's) by an operation whose flush was invalidated (`Flush::invalidate` is the
             // only safe way to get the list), so nothing references them; each was allocated
-            // from `frames` with this size.
-            unsafe { self.frames.free_table(pa, gran) };
+            // from `frames` with this size. A table marked zeroed had every entry but the
+            // link at 0 (`push_freed`), and the link is cleared first.
+            unsafe {
+                if zeroed {
+                    raw::store(t, 0, 0);
+                    self.frames.free_zeroed_table(pa, gran);
+                } else {
+                    self.frames.free_table(pa, gran);
+                }
+            }
         }
         Ok(())
     }
@@ -576,6 +631,14 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
     /// Tear the tree down: invalidate everything through `tlb` and free every table, root
     /// included, returning the frame source. The table must not be loaded in any MMU.
     pub fn destroy<T: TlbInvalidate + ?Sized>(mut self, tlb: &mut T) -> S {
+        if self.may_share && self.frames.table_refs().is_some() {
+            // Leaf tables may be shared with other trees: invalidate first, then free every
+            // table directly, dropping one reference of each leaf table (freed only by the
+            // tree that held the last one), without ever linking through a shared frame.
+            tlb.invalidate_all();
+            self.free_subtree(self.root, 0);
+            return self.frames;
+        }
         let mut flush = Flush::nothing();
         let ctx = self.ctx();
         ctx.retire_subtree(self.root, 0, &mut flush);
@@ -585,6 +648,31 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
             unreachable!("retire_subtree stamps this table's id");
         }
         self.frames
+    }
+
+    /// Free table `pa` of `level` and everything below it, children first; leaf tables drop
+    /// one share reference and are freed only with the last. For [`destroy`](Self::destroy)
+    /// after invalidating everything.
+    fn free_subtree(&mut self, pa: PhysAddr, level: usize) {
+        let gran = self.fmt.granule();
+        let last_level = self.fmt.depth() - 1;
+        if level < last_level {
+            let n = self.fmt.levels()[level].entries();
+            for i in 0..n {
+                let raw = raw::load(self.ctx().table(pa), i);
+                if self.fmt.kind(level, raw) == EntryKind::Table {
+                    self.free_subtree(self.fmt.table_addr(raw), level + 1);
+                }
+            }
+        }
+        let free = level < last_level || self.frames.table_refs().is_none_or(|r| r.put(pa));
+        if free {
+            // SAFETY: the tree is being destroyed and everything was invalidated; the table
+            // came from `frames` (or from a source sharing its pool), and no other tree holds
+            // it (`put` said this was the last reference, or it was never a leaf table that
+            // could be shared).
+            unsafe { self.frames.free_table(pa, gran) };
+        }
     }
 
     /// Check every invariant listed in the module docs.

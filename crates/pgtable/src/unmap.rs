@@ -40,7 +40,7 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
         let bbm = self.live && self.fmt.needs_break_before_make();
         let ctx = self.ctx();
         let need = plan_unmap(&ctx, self.root, 0, span.first, span.last, bbm)?;
-        let mut reserve = match self.reserve(need) {
+        let (mut reserve, unshared) = match self.reserve_unsharing(need, span.first, span.last) {
             Ok(r) => r,
             Err(ReserveError::OutOfFrames) => return Err(UnmapError::OutOfFrames),
             Err(ReserveError::Unreachable(p)) => return Err(UnmapError::FrameUnreachable(p)),
@@ -59,6 +59,7 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
         self.root_count -= removed;
         self.owned -= flush.freed.count;
         self.finish_reserve(reserve);
+        let flush = self.join_unshare(flush, unshared);
         Ok(self.tag(flush))
     }
 }
@@ -184,7 +185,7 @@ fn apply_unmap<F: PagingFormat, M: PhysMapper>(
                     if left == 0 {
                         raw::store(t, i, 0);
                         removed += 1;
-                        ctx.push_freed(&mut flush.freed, child);
+                        ctx.push_freed(&mut flush.freed, child, true);
                         flush.add_table(s, sl - s + 1, flush.stride.unwrap_or(fmt.granule()));
                     } else {
                         raw::update(t, i, |r| fmt.set_table_count(r, left));

@@ -45,7 +45,7 @@ use crate::format::{EntryKind, PagingFormat};
 use crate::frame::FrameSource;
 use crate::raw;
 use crate::split::unrun;
-use crate::table::{Ctx, PageTable, SpanError, Translation};
+use crate::table::{Ctx, PageTable, ReserveError, SpanError, Translation};
 use crate::walk::leaf_translation;
 
 /// What [`PageTable::update_leaves`] does to one leaf.
@@ -77,6 +77,11 @@ pub enum UpdateError {
     /// The change of the leaf at this address needs break-before-make on a live table: use
     /// [`update_leaves_live`](PageTable::update_leaves_live).
     BreakBeforeMake(VirtAddr),
+    /// Too few table frames to give this tree private copies of the leaf tables it shares
+    /// with another tree in the range (see [`PageTable::copy_range_to`]).
+    OutOfFrames,
+    /// The frame source returned a frame the mapper cannot reach.
+    FrameUnreachable(PhysAddr),
 }
 
 impl core::fmt::Display for UpdateError {
@@ -157,6 +162,13 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
         // Without a TLB handle, the plan refuses every change that needs break-before-make.
         let refuse_bbm = job.bbm && tlb.is_none();
         plan_update(&ctx, self.root, 0, span.first, span.last, &job, refuse_bbm)?;
+        let (reserve, unshared) = match self.reserve_unsharing(0, span.first, span.last) {
+            Ok(r) => r,
+            Err(ReserveError::OutOfFrames) => return Err(UpdateError::OutOfFrames),
+            Err(ReserveError::Unreachable(p)) => return Err(UpdateError::FrameUnreachable(p)),
+        };
+        self.finish_reserve(reserve);
+        let ctx = self.ctx();
         let mut flush = Flush::nothing();
         let root = ctx.table(self.root);
         let removed = apply_update(
@@ -166,6 +178,7 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
         self.owned -= flush.freed.count;
         // `apply_leaf` marks the token when it wrote a global leaf.
         self.may_global |= flush.global;
+        let flush = self.join_unshare(flush, unshared);
         Ok(self.tag(flush))
     }
 }
@@ -288,7 +301,7 @@ fn apply_update<F: PagingFormat, M: PhysMapper, U: Fn(&Translation) -> LeafUpdat
                     if left == 0 {
                         raw::store(t, i, 0);
                         removed += 1;
-                        ctx.push_freed(&mut flush.freed, child);
+                        ctx.push_freed(&mut flush.freed, child, true);
                         let stride = flush.stride.unwrap_or(fmt.granule());
                         flush.add_table(slot, mask + 1, stride);
                     } else {

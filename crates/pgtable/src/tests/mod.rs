@@ -9,6 +9,7 @@ mod extremes;
 mod laws;
 mod model;
 mod ops;
+mod share;
 mod update;
 
 pub(crate) use crate::arch::x86_64::X86_64;
