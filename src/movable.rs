@@ -132,7 +132,7 @@ fn mapped_here<P: IrqControl, F: PagingFormat>(
     }
     match inner.pt.translate(va) {
         Some(t) if t.page_va == va && t.page_pa == pfn.addr() && t.size.bytes() == vm.unit => {
-            Ok(t.attrs)
+            Ok(t.attrs())
         }
         _ => Err(MoveError::Refused),
     }

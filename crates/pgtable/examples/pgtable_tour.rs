@@ -44,7 +44,10 @@ fn tour<F: HostFormat>(name: &str, f: F, va: u64) {
     for m in pt.cursor(VirtAddr::new(start), len).unwrap() {
         println!(
             "  {:#x} -> {:#x} {} {:?}",
-            m.page_va, m.page_pa, m.size, m.attrs
+            m.page_va,
+            m.page_pa,
+            m.size,
+            m.attrs()
         );
     }
     // Unmap one page inside the block: the block is split, the flush drops the stale entry.

@@ -24,7 +24,8 @@
 //! * `kind(l, make_table(l, t, n)) == Table`, `table_addr(make_table(l, t, n)) == t`,
 //!   `table_count(make_table(l, t, n)) == n`, and `set_table_count` changes only the count;
 //! * `kind(l, make_leaf(l, p, a)) == Leaf`, `leaf_addr(l, make_leaf(l, p, a)) == p`,
-//!   `leaf_attrs(l, make_leaf(l, p, a)) == a`;
+//!   `leaf_attrs(l, make_leaf(l, p, a)) == a`, and `decode_leaf_attrs(attrs_key(), l, e) ==
+//!   leaf_attrs(l, e)` for every entry `e`;
 //! * `normalize(normalize(a)?) == normalize(a)`;
 //! * the output address and the attributes of a leaf are separate fields:
 //!   `make_leaf(l, p, a) == leaf_template(l, a) | leaf_oa_bits(l, p)`, the two operands share
@@ -140,6 +141,19 @@ pub unsafe trait PagingFormat {
 
     /// The attributes of a leaf entry, in normalized form.
     fn leaf_attrs(&self, level: usize, raw: u64) -> Attrs;
+
+    /// What besides a leaf entry and its level decides how the entry's attribute bits read
+    /// (x86_64: which level is the last, where bit 7 is PAT rather than PS; aarch64: whether
+    /// the DBM bit means hardware-managed dirty state). A [`Translation`](crate::Translation)
+    /// keeps it with the raw entry and decodes its attributes only when asked, so a
+    /// translate does not pay for a decode nobody reads.
+    fn attrs_key(&self) -> u32;
+
+    /// [`leaf_attrs`](Self::leaf_attrs) of a format whose [`attrs_key`](Self::attrs_key) is
+    /// `key`: `decode_leaf_attrs(self.attrs_key(), l, raw) == self.leaf_attrs(l, raw)`.
+    fn decode_leaf_attrs(key: u32, level: usize, raw: u64) -> Attrs
+    where
+        Self: Sized;
 
     /// The canonical form of `attrs` for this format, or why it cannot be expressed.
     fn normalize(&self, attrs: Attrs) -> Result<Attrs, AttrError>;

@@ -275,15 +275,15 @@ pub fn update_rule(rule: u8, t: &crate::Translation) -> LeafUpdate {
     let size = t.size.bytes();
     let nth = t.page_va.as_u64() / size;
     match rule % 6 {
-        0 => LeafUpdate::Attrs(change(rule / 6).apply(t.attrs)),
+        0 => LeafUpdate::Attrs(change(rule / 6).apply(t.attrs())),
         1 if nth % 2 == 0 => LeafUpdate::Unmap,
         1 => LeafUpdate::Keep,
-        2 => LeafUpdate::Remap(PhysAddr::new(t.page_pa.as_u64() + 2 * size), t.attrs),
+        2 => LeafUpdate::Remap(PhysAddr::new(t.page_pa.as_u64() + 2 * size), t.attrs()),
         // W^X: writable leaves lose execute, the others become read-only.
-        3 if t.attrs.contains(Attrs::WRITE) => {
-            LeafUpdate::Attrs(t.attrs - Attrs::KERNEL_EXEC - Attrs::USER_EXEC)
+        3 if t.attrs().contains(Attrs::WRITE) => {
+            LeafUpdate::Attrs(t.attrs() - Attrs::KERNEL_EXEC - Attrs::USER_EXEC)
         }
-        3 => LeafUpdate::Attrs(t.attrs - Attrs::WRITE),
+        3 => LeafUpdate::Attrs(t.attrs() - Attrs::WRITE),
         4 => match nth % 3 {
             0 => LeafUpdate::Unmap,
             1 => LeafUpdate::Attrs(ATTRS[(rule / 6) as usize % ATTRS.len()]),
@@ -292,7 +292,7 @@ pub fn update_rule(rule: u8, t: &crate::Translation) -> LeafUpdate {
         // A remap by one granule: misaligned for any leaf larger than a granule.
         _ => LeafUpdate::Remap(
             PhysAddr::new(t.page_pa.as_u64() + (1 << t.size.shift().min(12)) * 16),
-            t.attrs,
+            t.attrs(),
         ),
     }
 }
@@ -733,7 +733,7 @@ fn check_window<W: Walker, F: HostFormat>(
                 let t = t.unwrap_or_else(|| panic!("page {p} should be mapped"));
                 let pa = pa_base + pp * g;
                 assert_eq!(t.pa_of(va), PhysAddr::new(pa), "page {p}");
-                assert_eq!(t.attrs - ad, a - ad, "page {p}");
+                assert_eq!(t.attrs() - ad, a - ad, "page {p}");
                 let mode = if a.contains(Attrs::USER) {
                     Mode::User
                 } else {
@@ -880,7 +880,10 @@ impl<'a, F: HostFormat> World<'a, F> {
         let fl = self.sides[s]
             .pt
             .update_leaves(self.va(first), n * self.g, |t| {
-                LeafUpdate::Attrs(f.normalize(t.attrs - Attrs::WRITE - Attrs::DIRTY).unwrap())
+                LeafUpdate::Attrs(
+                    f.normalize(t.attrs() - Attrs::WRITE - Attrs::DIRTY)
+                        .unwrap(),
+                )
             })
             .unwrap();
         self.finish(s, fl);
@@ -927,13 +930,13 @@ impl<'a, F: HostFormat> World<'a, F> {
                 .flat_map(|t| {
                     let n = t.size.bytes() / g;
                     let p0 = (t.page_va.as_u64() - base) / g;
-                    (0..n).map(move |k| (p0 + k, (t.page_pa.as_u64() + k * g, t.attrs)))
+                    (0..n).map(move |k| (p0 + k, (t.page_pa.as_u64() + k * g, t.attrs())))
                 })
                 .collect();
             assert_eq!(got, side.model);
             for (&p, &(pa, attrs)) in side.model.iter().step_by(7) {
                 let va = VirtAddr::new(base + p * g);
-                assert_eq!(side.pt.translate(va).map(|t| t.attrs), Some(attrs));
+                assert_eq!(side.pt.translate(va).map(|t| t.attrs()), Some(attrs));
                 let r = side.mmu.access(va, Access::Read, Mode::Kernel);
                 assert_eq!(r, Ok(PhysAddr::new(pa)), "read page {p}");
                 let w = side.mmu.access(va, Access::Write, Mode::Kernel);

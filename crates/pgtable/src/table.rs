@@ -40,7 +40,11 @@ pub enum MapSize {
 }
 
 /// One leaf mapping, as found by translate, walk or a cursor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// It keeps the leaf entry as the hardware reads it and decodes the normalized attributes
+/// only when [`attrs`](Self::attrs) is asked (the `x86_64` crate likewise hands back raw
+/// flags): a translate that wants the address and size pays nothing for them.
+#[derive(Clone, Copy)]
 pub struct Translation {
     /// First virtual address of the page or block.
     pub page_va: VirtAddr,
@@ -48,19 +52,81 @@ pub struct Translation {
     pub page_pa: PhysAddr,
     /// Its size.
     pub size: PageSize,
-    /// Its attributes (normalized).
-    pub attrs: Attrs,
     /// The level (from the root, 0-based) holding the leaf.
     pub level: usize,
     /// Whether the entry carries the contiguous hint (aarch64).
     pub contiguous: bool,
+    /// The leaf entry itself.
+    pub raw: u64,
+    /// The format's [`attrs_key`](PagingFormat::attrs_key), and its decoder.
+    attrs_key: u32,
+    decode: fn(u32, usize, u64) -> Attrs,
 }
 
 impl Translation {
+    /// The mapping a leaf entry `raw` at `level` of a `fmt` table makes, its first virtual
+    /// address `page_va`.
+    #[inline(always)]
+    pub(crate) fn new<F: PagingFormat>(
+        fmt: &F,
+        level: usize,
+        page_va: VirtAddr,
+        size: PageSize,
+        raw: u64,
+    ) -> Self {
+        Self {
+            page_va,
+            page_pa: fmt.leaf_addr(level, raw),
+            size,
+            level,
+            contiguous: fmt.is_contiguous(raw),
+            raw,
+            attrs_key: fmt.attrs_key(),
+            decode: F::decode_leaf_attrs,
+        }
+    }
+
+    /// Its attributes (normalized), decoded from [`raw`](Self::raw).
+    #[inline]
+    pub fn attrs(&self) -> Attrs {
+        (self.decode)(self.attrs_key, self.level, self.raw)
+    }
+
     /// The physical address `va` (inside this mapping) translates to.
     #[inline]
     pub fn pa_of(&self, va: VirtAddr) -> PhysAddr {
         PhysAddr::new(self.page_pa.as_u64() + (va.as_u64() - self.page_va.as_u64()))
+    }
+}
+
+impl PartialEq for Translation {
+    /// The same mapping: addresses, size, level, hint and decoded attributes (two formats
+    /// that encode the same attributes differently compare equal).
+    fn eq(&self, o: &Self) -> bool {
+        (
+            self.page_va,
+            self.page_pa,
+            self.size,
+            self.level,
+            self.contiguous,
+        ) == (o.page_va, o.page_pa, o.size, o.level, o.contiguous)
+            && self.attrs() == o.attrs()
+    }
+}
+
+impl Eq for Translation {}
+
+impl core::fmt::Debug for Translation {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Translation")
+            .field("page_va", &self.page_va)
+            .field("page_pa", &self.page_pa)
+            .field("size", &self.size)
+            .field("attrs", &self.attrs())
+            .field("level", &self.level)
+            .field("contiguous", &self.contiguous)
+            .field("raw", &format_args!("{:#x}", self.raw))
+            .finish()
     }
 }
 
@@ -518,14 +584,13 @@ impl<F: PagingFormat, M: PhysMapper, S: FrameSource> PageTable<F, M, S> {
             va,
             #[inline(always)]
             |level, raw| {
-                Some(Translation {
-                    page_va: VirtAddr::new(va.as_u64() & !self.fmt.leaf_span_mask(level)),
-                    page_pa: self.fmt.leaf_addr(level, raw),
-                    size: self.fmt.leaf_size(level)?,
-                    attrs: self.fmt.leaf_attrs(level, raw),
+                Some(Translation::new(
+                    &self.fmt,
                     level,
-                    contiguous: self.fmt.is_contiguous(raw),
-                })
+                    VirtAddr::new(va.as_u64() & !self.fmt.leaf_span_mask(level)),
+                    self.fmt.leaf_size(level)?,
+                    raw,
+                ))
             },
         )
         .flatten()

@@ -124,14 +124,8 @@ pub(crate) fn leaf_translation<F: PagingFormat>(
     slot: u64,
     raw: u64,
 ) -> Translation {
-    Translation {
-        page_va: VirtAddr::new(slot),
-        page_pa: fmt.leaf_addr(level, raw),
-        size: fmt.levels()[level].leaf.unwrap_or(fmt.granule()),
-        attrs: fmt.leaf_attrs(level, raw),
-        level,
-        contiguous: fmt.is_contiguous(raw),
-    }
+    let size = fmt.levels()[level].leaf.unwrap_or(fmt.granule());
+    Translation::new(fmt, level, VirtAddr::new(slot), size, raw)
 }
 
 /// Sequential iteration over mappings; see the module docs.

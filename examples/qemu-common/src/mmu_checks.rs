@@ -43,16 +43,16 @@ pub fn kernel_image_is_w_xor_x<F: PagingFormat, M: PhysMapper, S: FrameSource>(
             t.pa_of(VirtAddr::new(va)).as_u64() == va,
             "kernel page {va:#x} is not identity-mapped"
         );
-        let w = t.attrs.contains(Attrs::WRITE);
-        let x = t.attrs.contains(Attrs::KERNEL_EXEC);
+        let w = t.attrs().contains(Attrs::WRITE);
+        let x = t.attrs().contains(Attrs::KERNEL_EXEC);
         ensure!(!(w && x), "kernel page {va:#x} is writable and executable");
         let pa = PhysAddr::new(va);
         if s.text.contains(pa) {
-            ensure!(x && !w, "text page {va:#x}: {:?}", t.attrs);
+            ensure!(x && !w, "text page {va:#x}: {:?}", t.attrs());
         } else if s.rodata.contains(pa) {
-            ensure!(!x && !w, "rodata page {va:#x}: {:?}", t.attrs);
+            ensure!(!x && !w, "rodata page {va:#x}: {:?}", t.attrs());
         } else if s.data.contains(pa) {
-            ensure!(!x && w, "data page {va:#x}: {:?}", t.attrs);
+            ensure!(!x && w, "data page {va:#x}: {:?}", t.attrs());
         }
     }
     Ok(())
@@ -91,7 +91,7 @@ pub fn direct_map_uses_large_pages<F: PagingFormat, M: PhysMapper, S: FrameSourc
         t.size
     );
     ensure!(
-        !t.attrs.contains(Attrs::KERNEL_EXEC),
+        !t.attrs().contains(Attrs::KERNEL_EXEC),
         "direct map is executable"
     );
     Ok(())

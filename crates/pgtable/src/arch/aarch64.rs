@@ -552,12 +552,23 @@ unsafe impl PagingFormat for Aarch64 {
     }
 
     #[inline]
-    fn leaf_attrs(&self, _level: usize, raw: u64) -> Attrs {
+    fn leaf_attrs(&self, level: usize, raw: u64) -> Attrs {
+        Self::decode_leaf_attrs(self.attrs_key(), level, raw)
+    }
+
+    #[inline]
+    fn attrs_key(&self) -> u32 {
+        u32::from(self.hw_ad)
+    }
+
+    #[inline]
+    fn decode_leaf_attrs(key: u32, _level: usize, raw: u64) -> Attrs {
+        let hw_ad = key != 0;
         let mut a = Attrs::READ;
         if raw & AP_EL0 != 0 {
             a |= Attrs::USER;
         }
-        if self.hw_ad && raw & DBM != 0 {
+        if hw_ad && raw & DBM != 0 {
             a |= Attrs::WRITE;
             if raw & AP_RO == 0 {
                 a |= Attrs::DIRTY;

@@ -363,11 +363,22 @@ unsafe impl PagingFormat for X86_64 {
 
     #[inline]
     fn leaf_attrs(&self, level: usize, raw: u64) -> Attrs {
+        Self::decode_leaf_attrs(self.attrs_key(), level, raw)
+    }
+
+    #[inline]
+    fn attrs_key(&self) -> u32 {
+        // The last level's index: bit 7 is PAT there and PS above.
+        (self.levels.len() - 1) as u32
+    }
+
+    #[inline]
+    fn decode_leaf_attrs(key: u32, level: usize, raw: u64) -> Attrs {
         // The low nine bits, with the PAT bit moved to bit 7 (where a 4 KiB PTE has it; a
         // huge leaf has PS there), index `ATTRS_OF_LOW_BITS`; the rest moves bit by bit (see
         // the bit table in the module docs and `Attrs`): AVL 9..12 -> SW 8..11, pkey 59..63
         // -> 16..20, and NX clears both execute bits.
-        let low = if self.is_last(level) {
+        let low = if level == key as usize {
             raw & 0x1ff
         } else {
             (raw & 0x17f) | ((raw >> 5) & PS)

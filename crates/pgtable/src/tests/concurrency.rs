@@ -96,7 +96,7 @@ fn hardware_dirty_bits_survive_concurrent_protect_and_clear_accessed() {
             // Record, do not assert here: a panic would leave the walkers at the barrier.
             for p in 0..PAGES {
                 let t = pt.translate(VirtAddr::new(va + p * 4096)).unwrap();
-                if !t.attrs.contains(Attrs::DIRTY) {
+                if !t.attrs().contains(Attrs::DIRTY) {
                     lost.push((round, p));
                 }
             }

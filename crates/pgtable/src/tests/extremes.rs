@@ -80,7 +80,7 @@ fn on_mapped_edge<F: TestFormat>(
     let ro = AttrChange::flags(Attrs::empty(), Attrs::WRITE);
     let _ = pt.protect(v, len, ro).unwrap().invalidate(&mut NeverLoaded);
     assert!(
-        !pt.translate(v).unwrap().attrs.contains(Attrs::WRITE),
+        !pt.translate(v).unwrap().attrs().contains(Attrs::WRITE),
         "{ctx:x?}"
     );
     let c = pt.clear_accessed_dirty(v, len, Attrs::ACCESSED).unwrap();
@@ -267,7 +267,7 @@ fn emptied_tables_come_back_zeroed_and_are_reused_clean() {
             for k in [0, 1, 2 * block / g - 1] {
                 let t = pt.translate(VirtAddr::new(va + k * g)).unwrap();
                 assert_eq!(t.page_pa, PhysAddr::new(pa + k * g));
-                assert_eq!(t.attrs, f.normalize(attrs).unwrap());
+                assert_eq!(t.attrs(), f.normalize(attrs).unwrap());
             }
             assert_eq!(pt.translate(VirtAddr::new(va + 2 * block)), None);
             assert_eq!(pt.translate(VirtAddr::new(va - g)), None);

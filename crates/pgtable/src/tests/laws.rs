@@ -64,6 +64,14 @@ fn check_laws<F: PagingFormat + core::fmt::Debug>(
         assert_eq!(f.kind(level, e), EntryKind::Leaf);
         assert_eq!(f.leaf_addr(level, e), pa);
         assert_eq!(f.leaf_attrs(level, e), a, "{f:?} level {level} raw {e:#x}");
+        // What a `Translation` decodes later, from the key alone.
+        for raw in [e, e ^ pa_seed, !e] {
+            assert_eq!(
+                F::decode_leaf_attrs(f.attrs_key(), level, raw),
+                f.leaf_attrs(level, raw),
+                "{f:?} level {level} raw {raw:#x}"
+            );
+        }
         assert!(!f.is_contiguous(e));
         // The address and the attributes are separate fields (the map and protect fast paths
         // rely on it).

@@ -71,7 +71,7 @@ fn exercise_format<F: TestFormat>(f: F) {
         t.pa_of(VirtAddr::new(base + block + 5 * g)),
         PhysAddr::new(pa0 + block + 5 * g)
     );
-    assert_eq!(t.attrs, f.normalize(attrs).unwrap());
+    assert_eq!(t.attrs(), f.normalize(attrs).unwrap());
     let after = base + 2 * block;
     assert_eq!(
         pt.translate(VirtAddr::new(after + g)).unwrap().size,
@@ -235,7 +235,7 @@ fn exercise_format<F: TestFormat>(f: F) {
         Some(true),
     );
     let t = pt.translate(VirtAddr::new(p_va + g)).unwrap();
-    assert!(t.attrs.contains(Attrs::SW1) && !t.attrs.contains(Attrs::WRITE));
+    assert!(t.attrs().contains(Attrs::SW1) && !t.attrs().contains(Attrs::WRITE));
     pt.verify().unwrap();
 
     // 5. Walk and cursor agree, holes are reported.
@@ -268,7 +268,7 @@ fn exercise_format<F: TestFormat>(f: F) {
     assert!(!pt
         .translate(VirtAddr::new(va))
         .unwrap()
-        .attrs
+        .attrs()
         .contains(Attrs::ACCESSED));
     if !f.hw_ad() {
         assert_eq!(
@@ -281,7 +281,7 @@ fn exercise_format<F: TestFormat>(f: F) {
         assert!(
             pt.translate(VirtAddr::new(va))
                 .unwrap()
-                .attrs
+                .attrs()
                 .contains(Attrs::ACCESSED),
             "hardware sets A"
         );
@@ -299,7 +299,7 @@ fn exercise_format<F: TestFormat>(f: F) {
     let ad = Attrs::ACCESSED | Attrs::DIRTY;
     let strip = |v: &[Translation]| -> Vec<_> {
         v.iter()
-            .map(|t| (t.page_va, t.page_pa, t.size, t.attrs - ad))
+            .map(|t| (t.page_va, t.page_pa, t.size, t.attrs() - ad))
             .collect()
     };
     assert_eq!(
@@ -476,7 +476,7 @@ fn x86_pkey_and_user_exec_reach_the_walker() {
         .unwrap();
     let t = pt.translate(VirtAddr::new(va)).unwrap();
     assert_eq!(
-        (t.attrs.pkey(), t.attrs.cache(), t.size),
+        (t.attrs().pkey(), t.attrs().cache(), t.size),
         (9, CachePolicy::WriteThrough, PageSize::Size2M)
     );
     assert!(mmu
@@ -750,9 +750,9 @@ fn protect_touching_hw_bits_reserves_conservatively_and_returns_unused_frames() 
     assert!(!pt
         .translate(VirtAddr::new(va.as_u64() + 0x1000))
         .unwrap()
-        .attrs
+        .attrs()
         .contains(Attrs::DIRTY));
-    assert!(pt.translate(va).unwrap().attrs.contains(Attrs::DIRTY));
+    assert!(pt.translate(va).unwrap().attrs().contains(Attrs::DIRTY));
     pt.verify().unwrap();
     let _ = pt.destroy(&mut mmu);
     assert_eq!(arena.outstanding(), 0);
@@ -993,9 +993,9 @@ fn copy_clones_whole_tables<F: TestFormat>(f: F) {
         }
         // Leaves of partly covered tables are mapped one by one, without the hint.
         let plain = |t: Option<Translation>| {
-            t.map(|t| Translation {
-                contiguous: false,
-                ..t
+            t.map(|mut t| {
+                t.contiguous = false;
+                t
             })
         };
         assert_eq!(plain(got), plain(want), "{f:?} page {p}");
@@ -1053,7 +1053,7 @@ fn hafdbs_walker_sets_access_and_dirty_and_clearing_needs_the_flush() {
             )
             .unwrap();
         let _ = fl.invalidate(&mut mmu);
-        let attrs = |pt: &PageTable<Aarch64, _, _>| pt.translate(va).unwrap().attrs;
+        let attrs = |pt: &PageTable<Aarch64, _, _>| pt.translate(va).unwrap().attrs();
         let (_, raw) = pt.raw_leaf(va).unwrap();
         assert_eq!(
             raw & (DBM | AP_RO),

@@ -72,7 +72,7 @@ fn live_aarch64_remap_is_refused_without_tlb_and_broken_before_made_with_it() {
     let moved = |t: &Translation| {
         let page1 = t.page_va.as_u64() == va + 0x1000;
         if page1 || t.size == PageSize::Size2M {
-            LeafUpdate::Remap(PhysAddr::new(t.page_pa.as_u64() + (4 << 30)), t.attrs)
+            LeafUpdate::Remap(PhysAddr::new(t.page_pa.as_u64() + (4 << 30)), t.attrs())
         } else {
             LeafUpdate::Keep
         }
@@ -90,7 +90,7 @@ fn live_aarch64_remap_is_refused_without_tlb_and_broken_before_made_with_it() {
     // A permission change outside any run needs no break even on a live table.
     let ro = |t: &Translation| {
         if t.size == PageSize::Size2M {
-            LeafUpdate::Attrs(t.attrs - Attrs::WRITE)
+            LeafUpdate::Attrs(t.attrs() - Attrs::WRITE)
         } else {
             LeafUpdate::Keep
         }
@@ -201,9 +201,9 @@ fn a_bad_answer_late_in_the_range_changes_nothing() {
     // The first block is made read-only, the second remapped by one page (misaligned).
     let answer = |t: &Translation| {
         if t.page_va.as_u64() == va {
-            LeafUpdate::Attrs(t.attrs - Attrs::WRITE)
+            LeafUpdate::Attrs(t.attrs() - Attrs::WRITE)
         } else {
-            LeafUpdate::Remap(PhysAddr::new(t.page_pa.as_u64() + 0x1000), t.attrs)
+            LeafUpdate::Remap(PhysAddr::new(t.page_pa.as_u64() + 0x1000), t.attrs())
         }
     };
     assert_eq!(
@@ -251,7 +251,7 @@ fn a_changed_second_answer_needing_a_break_is_not_applied() {
         if calls.get() == 1 {
             LeafUpdate::Keep
         } else {
-            LeafUpdate::Remap(PhysAddr::new(0x9000_0000), t.attrs)
+            LeafUpdate::Remap(PhysAddr::new(0x9000_0000), t.attrs())
         }
     };
     let fl = pt.update_leaves(VirtAddr::new(va), 0x1000, fickle).unwrap();
