@@ -195,6 +195,15 @@ fn mark(base: u64, bytes: &[AtomicU8], start: u64, end: u64, value: u8) {
     }
 }
 
+/// Why [`PageOwners::take_pages`] refused a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TakePagesError {
+    /// The block belongs to another user.
+    NotPages(PageUse),
+    /// The frame heads a contiguous run.
+    ContiguousRun,
+}
+
 /// The owner table and the counters derived from it.
 pub(crate) struct PageOwners<'m> {
     base: u64,
@@ -265,6 +274,35 @@ impl<'m> PageOwners<'m> {
             c.fetch_sub(owner.order.pages(), Relaxed);
         }
         Some(owner)
+    }
+
+    /// [`take`](Self::take) for `Mm::free_pages`, with its two checks on the same byte: the
+    /// block at `pfn` must be a [`PageUse::Pages`] block, and not the head of a contiguous
+    /// run (whose next frame is a [`CONTIG_TAIL`]); otherwise nothing changes and the error
+    /// says which. `Ok(None)` when no owner is recorded or another freer took it first.
+    #[inline]
+    pub(crate) fn take_pages(&self, pfn: Pfn) -> Result<Option<Owner>, TakePagesError> {
+        let p = pfn.as_u64();
+        let Some(s) = self.slot(p) else {
+            return Ok(None);
+        };
+        let b = s.load(Relaxed);
+        let Some(owner) = Owner::decode(b) else {
+            return Ok(None);
+        };
+        if owner.usage != PageUse::Pages {
+            return Err(TakePagesError::NotPages(owner.usage));
+        }
+        if owner.order == Order::ZERO && p.checked_add(1).is_some_and(|q| self.is_contig_tail(q)) {
+            return Err(TakePagesError::ContiguousRun);
+        }
+        if s.compare_exchange(b, 0, Relaxed, Relaxed).is_err() {
+            return Ok(None);
+        }
+        if let Some(c) = self.frames[PageUse::Pages as usize].get(owner.mobility.index()) {
+            c.fetch_sub(owner.order.pages(), Relaxed);
+        }
+        Ok(Some(owner))
     }
 
     /// Record a freshly allocated contiguous run of `n` frames: the head as an order-0 block

@@ -20,7 +20,8 @@ use mmkit_buddy::{
 };
 
 use crate::map::KernelMap;
-use crate::owner::{Owner, PageOwners, PageUse};
+use crate::mm::PageFreeError;
+use crate::owner::{Owner, PageOwners, PageUse, TakePagesError};
 
 /// The buddy allocator with ownership tracking and a kernel map.
 pub struct PageAllocator<'m, P: IrqControl> {
@@ -215,6 +216,29 @@ impl<'m, P: IrqControl> PageAllocator<'m, P> {
                     self.owners.record(pfn, o);
                 }
                 Err(e)
+            }
+        }
+    }
+
+    /// Free a block of [`Mm::alloc_pages`](crate::Mm::alloc_pages): refused, changing
+    /// nothing, when the owner table says another user has it (slab, vmalloc and page-table
+    /// frames are freed by their owners only), when `pfn` heads a contiguous run (freeing
+    /// its first frame alone would strand the rest), or when the buddy refuses it. One read
+    /// of the owner byte serves both checks and the take.
+    #[inline]
+    pub(crate) fn free_pages_block(&self, pfn: Pfn, order: Order) -> Result<(), PageFreeError> {
+        let owner = match self.owners.take_pages(pfn) {
+            Ok(o) => o,
+            Err(TakePagesError::NotPages(u)) => return Err(PageFreeError::NotFromAllocPages(u)),
+            Err(TakePagesError::ContiguousRun) => return Err(PageFreeError::ContiguousRun),
+        };
+        match self.buddy.free_pages(pfn, order) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                if let Some(o) = owner {
+                    self.owners.record(pfn, o);
+                }
+                Err(PageFreeError::Buddy(e))
             }
         }
     }
