@@ -181,8 +181,8 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
 
     pub(crate) fn drain_zone_pcp(&self, node: &Node<'m>, zone: &Zone<'m>) {
         for pcp in zone.pcp {
-            // Lock order: interrupts off, the per-CPU lists, the zone.
-            let _irq = self.platform.irq_save();
+            // Lock order: the per-CPU lists (interrupts on, as their owner holds them), then
+            // interrupts off and the zone (inside `lock`).
             let mut lists = pcp.inner.lock();
             if lists.count > 0 {
                 self.lock(node, zone)
@@ -193,10 +193,10 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
 
     /// Give this CPU's lists back to the zones (Linux `drain_local_pages`).
     pub fn drain_local_pages(&self) {
-        let guard = self.platform.irq_save();
+        let cpu = self.platform.current_cpu();
         for (_, node) in self.nodes() {
             for zone in node.zones.iter() {
-                if let Some(pcp) = zone.pcp.get(guard.cpu()) {
+                if let Some(pcp) = zone.pcp.get(cpu) {
                     let mut lists = pcp.inner.lock();
                     if lists.count > 0 {
                         self.lock(node, zone)

@@ -9,9 +9,14 @@
 //! set, a remote drain, or a thread moved to another CPU) the request goes straight to the
 //! zone, so an allocating interrupt handler never spins on a lock its own CPU holds. The
 //! lock is what excludes remote drains and `verify`, which take it blocking (several only in
-//! increasing CPU order) with interrupts off; drains therefore run only where Linux's do, in
-//! contexts that may wait (never in an interrupt handler). The zone lock is taken *inside*
-//! the per-CPU lock, never the other way round, and always with interrupts off.
+//! increasing CPU order) and, like the owner, with interrupts on: a context that spun on it
+//! with interrupts off could wait forever for an owner it keeps off its CPU (the host
+//! platform's emulated interrupt guard is a per-CPU lock, which makes that a lock-order
+//! cycle). Drains therefore run only where Linux's do, in contexts that may wait (never in
+//! an interrupt handler). Lock order: per-CPU lists, then interrupts off and the zone lock;
+//! never the other way round. The owner holds its set with interrupts on, so a kernel
+//! whose scheduler preempts it there makes a drain on that CPU wait for its return (Linux
+//! pins the task with preemption off instead; the platform traits have no such hook).
 //!
 //! The fast path costs one compare-exchange to take the set and a store to release it; it
 //! does not disable interrupts (what `local_irq_save` costs is the platform's, and on the
