@@ -16,7 +16,7 @@ use core::ptr::NonNull;
 use mmkit_addr::{IrqControl, Order, Pfn, PhysRange};
 use mmkit_buddy::{
     AllocError, BuddyAllocator, CmaArea, FreeError, GfpFlags, IsolateError, MigrateType,
-    MigrationObserver,
+    MigrationObserver, ResizeError,
 };
 
 use crate::map::KernelMap;
@@ -129,6 +129,32 @@ impl<'m, P: IrqControl> PageAllocator<'m, P> {
             }
         }
         freed
+    }
+
+    /// Resize what [`alloc_exact`](Self::alloc_exact) returned from `nr` to `new_nr` frames
+    /// in place (the buddy's `resize_pages_exact`), moving the owner records from the old
+    /// pieces to the new ones; on error nothing changes.
+    pub(crate) fn resize_exact(&self, pfn: Pfn, nr: u64, new_nr: u64) -> Result<(), ResizeError> {
+        let mut taken: [Option<(Pfn, Owner)>; 64] = [None; 64];
+        for ((p, _), slot) in mmkit_buddy::exact_pieces(pfn, nr).zip(taken.iter_mut()) {
+            *slot = self.owners.take(p).map(|o| (p, o));
+        }
+        match self.buddy.resize_pages_exact(pfn, nr, new_nr) {
+            Ok(()) => {
+                if let Some((_, first)) = taken[0] {
+                    for (p, order) in mmkit_buddy::exact_pieces(pfn, new_nr) {
+                        self.owners.record(p, Owner { order, ..first });
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                for (p, o) in taken.into_iter().flatten() {
+                    self.owners.record(p, o);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Allocate `nr_pages` contiguous frames, any count, even beyond the max order (the
