@@ -658,8 +658,10 @@ impl<'a, S: PageSource, P: IrqControl> Kmalloc<'a, S, P> {
         }
     }
 
-    /// Resize (`krealloc`): in place when the usable size suffices, else allocate, copy the
-    /// old usable bytes and free the old allocation. Size 0 frees and returns
+    /// Resize (`krealloc`): a large block changes its frame count in place when the page
+    /// source can (shrinking gives the frames past the new size back; growing takes the
+    /// frames after it if they are free); otherwise in place when the usable size suffices,
+    /// else allocate, copy the old usable bytes and free the old allocation. Size 0 frees and returns
     /// [`ZERO_SIZE_PTR`]. On error the old allocation is untouched.
     ///
     /// # Safety
