@@ -421,15 +421,7 @@ impl<'m, P: IrqControl, F: PagingFormat> Mm<'m, P, F> {
     /// Free a block [`alloc_pages`](Self::alloc_pages) returned. A bad free (double, wrong
     /// order, not allocated) is refused and changes nothing.
     pub fn free_pages(&self, pfn: Pfn, order: Order) -> Result<(), PageFreeError> {
-        if let Some(o) = self.pages.owner(pfn).filter(|o| o.usage != PageUse::Pages) {
-            // Slab, vmalloc and page-table frames are freed by their owners only.
-            return Err(PageFreeError::NotFromAllocPages(o.usage));
-        }
-        if order == Order::ZERO && self.pages.contig_len(pfn).is_some() {
-            // Freeing the head frame alone would strand the rest of the run.
-            return Err(PageFreeError::ContiguousRun);
-        }
-        self.pages.free(pfn, order).map_err(PageFreeError::Buddy)
+        self.pages.free_pages_block(pfn, order)
     }
 
     /// The kernel virtual address of a block (`page_address`).

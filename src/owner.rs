@@ -195,11 +195,21 @@ fn mark(base: u64, bytes: &[AtomicU8], start: u64, end: u64, value: u8) {
     }
 }
 
+/// Why [`PageOwners::take_pages`] refused a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TakePagesError {
+    /// The block belongs to another user.
+    NotPages(PageUse),
+    /// The frame heads a contiguous run.
+    ContiguousRun,
+}
+
 /// The owner table and the counters derived from it.
 pub(crate) struct PageOwners<'m> {
     base: u64,
     bytes: &'m [AtomicU8],
-    /// Frames per use and mobility.
+    /// Frames per use and mobility; the row of [`PageUse::Pages`] stays 0 (those are
+    /// counted by a scan when asked, see [`frames`](Self::frames)).
     frames: [[AtomicU64; 3]; 4],
 }
 
@@ -245,9 +255,7 @@ impl<'m> PageOwners<'m> {
             let p = pfn.as_u64();
             self.mark_range(p + 1, p + owner.order.pages(), SLAB_TAIL);
         }
-        if let Some(c) = self.frames[owner.usage as usize].get(owner.mobility.index()) {
-            c.fetch_add(owner.order.pages(), Relaxed);
-        }
+        self.count(&owner, owner.order.pages(), true);
     }
 
     /// Forget the block at `pfn` before it is freed; returns what it was.
@@ -261,10 +269,34 @@ impl<'m> PageOwners<'m> {
             let p = pfn.as_u64();
             self.mark_range(p + 1, p + owner.order.pages(), 0);
         }
-        if let Some(c) = self.frames[owner.usage as usize].get(owner.mobility.index()) {
-            c.fetch_sub(owner.order.pages(), Relaxed);
-        }
+        self.count(&owner, owner.order.pages(), false);
         Some(owner)
+    }
+
+    /// [`take`](Self::take) for `Mm::free_pages`, with its two checks on the same byte: the
+    /// block at `pfn` must be a [`PageUse::Pages`] block, and not the head of a contiguous
+    /// run (whose next frame is a [`CONTIG_TAIL`]); otherwise nothing changes and the error
+    /// says which. `Ok(None)` when no owner is recorded or another freer took it first.
+    #[inline]
+    pub(crate) fn take_pages(&self, pfn: Pfn) -> Result<Option<Owner>, TakePagesError> {
+        let p = pfn.as_u64();
+        let Some(s) = self.slot(p) else {
+            return Ok(None);
+        };
+        let b = s.load(Relaxed);
+        let Some(owner) = Owner::decode(b) else {
+            return Ok(None);
+        };
+        if owner.usage != PageUse::Pages {
+            return Err(TakePagesError::NotPages(owner.usage));
+        }
+        if owner.order == Order::ZERO && p.checked_add(1).is_some_and(|q| self.is_contig_tail(q)) {
+            return Err(TakePagesError::ContiguousRun);
+        }
+        if s.compare_exchange(b, 0, Relaxed, Relaxed).is_err() {
+            return Ok(None);
+        }
+        Ok(Some(owner))
     }
 
     /// Record a freshly allocated contiguous run of `n` frames: the head as an order-0 block
@@ -279,9 +311,7 @@ impl<'m> PageOwners<'m> {
         if let Some(s) = self.slot(p) {
             s.store(owner.encode(), Relaxed);
         }
-        if let Some(c) = self.frames[owner.usage as usize].get(owner.mobility.index()) {
-            c.fetch_add(n, Relaxed);
-        }
+        self.count(&owner, n, true);
     }
 
     /// The length of the contiguous run whose head is `pfn`, or `None` if `pfn` is not the
@@ -308,9 +338,7 @@ impl<'m> PageOwners<'m> {
         s.compare_exchange(b, 0, Relaxed, Relaxed).ok()?;
         let p = pfn.as_u64();
         self.mark_range(p.saturating_add(1), p.saturating_add(n), 0);
-        if let Some(c) = self.frames[owner.usage as usize].get(owner.mobility.index()) {
-            c.fetch_sub(n, Relaxed);
-        }
+        self.count(&owner, n, false);
         Some(owner)
     }
 
@@ -351,9 +379,54 @@ impl<'m> PageOwners<'m> {
         Owner::decode(self.slot(pfn.as_u64())?.load(Relaxed))
     }
 
-    /// Frames held for `usage`, per mobility (unmovable, movable, reclaimable).
+    /// Frames held for `usage`, per mobility (unmovable, movable, reclaimable). Pages of
+    /// `Mm::alloc_pages` (and contiguous runs) are counted by a scan of the table, which
+    /// keeps two shared atomic read-modify-writes off every page alloc+free pair.
     pub(crate) fn frames(&self, usage: PageUse) -> [u64; 3] {
+        if usage == PageUse::Pages {
+            return self.scan_pages();
+        }
         core::array::from_fn(|i| self.frames[usage as usize][i].load(Relaxed))
+    }
+
+    /// Keep the counter of `owner`'s use and mobility, `n` frames more or fewer; pages of
+    /// [`PageUse::Pages`] are not counted here (see [`frames`](Self::frames)).
+    #[inline]
+    fn count(&self, owner: &Owner, n: u64, add: bool) {
+        if owner.usage == PageUse::Pages {
+            return;
+        }
+        if let Some(c) = self.frames[owner.usage as usize].get(owner.mobility.index()) {
+            if add {
+                c.fetch_add(n, Relaxed);
+            } else {
+                c.fetch_sub(n, Relaxed);
+            }
+        }
+    }
+
+    /// Frames of [`PageUse::Pages`] blocks per mobility, from the table: each head's block,
+    /// and each [`CONTIG_TAIL`] frame right after a run's head or another tail of it.
+    fn scan_pages(&self) -> [u64; 3] {
+        let mut out = [0u64; 3];
+        let mut run = None;
+        for s in self.bytes {
+            let b = s.load(Relaxed);
+            match Owner::decode(b) {
+                Some(o) if o.usage == PageUse::Pages => {
+                    let i = o.mobility.index().min(2);
+                    out[i] += o.order.pages();
+                    run = Some(i);
+                }
+                None if b == CONTIG_TAIL => {
+                    if let Some(i) = run {
+                        out[i] += 1;
+                    }
+                }
+                _ => run = None,
+            }
+        }
+        out
     }
 
     /// Frames held for `usage`.

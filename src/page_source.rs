@@ -83,6 +83,10 @@ unsafe impl<P: IrqControl> PageSource for PageAllocator<'_, P> {
         Some(PageBlock { pfn, ptr })
     }
 
+    unsafe fn resize_pages_exact(&self, block: PageBlock, nr: u64, new_nr: u64) -> bool {
+        self.resize_exact(block.pfn, nr, new_nr).is_ok()
+    }
+
     unsafe fn free_pages_exact(&self, block: PageBlock, nr: u64) {
         let freed = self.free_exact(block.pfn, nr);
         debug_assert!(

@@ -16,11 +16,12 @@ use core::ptr::NonNull;
 use mmkit_addr::{IrqControl, Order, Pfn, PhysRange};
 use mmkit_buddy::{
     AllocError, BuddyAllocator, CmaArea, FreeError, GfpFlags, IsolateError, MigrateType,
-    MigrationObserver,
+    MigrationObserver, ResizeError,
 };
 
 use crate::map::KernelMap;
-use crate::owner::{Owner, PageOwners, PageUse};
+use crate::mm::PageFreeError;
+use crate::owner::{Owner, PageOwners, PageUse, TakePagesError};
 
 /// The buddy allocator with ownership tracking and a kernel map.
 pub struct PageAllocator<'m, P: IrqControl> {
@@ -130,6 +131,32 @@ impl<'m, P: IrqControl> PageAllocator<'m, P> {
         freed
     }
 
+    /// Resize what [`alloc_exact`](Self::alloc_exact) returned from `nr` to `new_nr` frames
+    /// in place (the buddy's `resize_pages_exact`), moving the owner records from the old
+    /// pieces to the new ones; on error nothing changes.
+    pub(crate) fn resize_exact(&self, pfn: Pfn, nr: u64, new_nr: u64) -> Result<(), ResizeError> {
+        let mut taken: [Option<(Pfn, Owner)>; 64] = [None; 64];
+        for ((p, _), slot) in mmkit_buddy::exact_pieces(pfn, nr).zip(taken.iter_mut()) {
+            *slot = self.owners.take(p).map(|o| (p, o));
+        }
+        match self.buddy.resize_pages_exact(pfn, nr, new_nr) {
+            Ok(()) => {
+                if let Some((_, first)) = taken[0] {
+                    for (p, order) in mmkit_buddy::exact_pieces(pfn, new_nr) {
+                        self.owners.record(p, Owner { order, ..first });
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                for (p, o) in taken.into_iter().flatten() {
+                    self.owners.record(p, o);
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Allocate `nr_pages` contiguous frames, any count, even beyond the max order (the
     /// buddy's `alloc_contig_pages`), for `usage`; every frame is recorded as an order-0
     /// block. `gfp`'s zone and mobility choose where; `ZERO` is the caller's to honour.
@@ -215,6 +242,29 @@ impl<'m, P: IrqControl> PageAllocator<'m, P> {
                     self.owners.record(pfn, o);
                 }
                 Err(e)
+            }
+        }
+    }
+
+    /// Free a block of [`Mm::alloc_pages`](crate::Mm::alloc_pages): refused, changing
+    /// nothing, when the owner table says another user has it (slab, vmalloc and page-table
+    /// frames are freed by their owners only), when `pfn` heads a contiguous run (freeing
+    /// its first frame alone would strand the rest), or when the buddy refuses it. One read
+    /// of the owner byte serves both checks and the take.
+    #[inline]
+    pub(crate) fn free_pages_block(&self, pfn: Pfn, order: Order) -> Result<(), PageFreeError> {
+        let owner = match self.owners.take_pages(pfn) {
+            Ok(o) => o,
+            Err(TakePagesError::NotPages(u)) => return Err(PageFreeError::NotFromAllocPages(u)),
+            Err(TakePagesError::ContiguousRun) => return Err(PageFreeError::ContiguousRun),
+        };
+        match self.buddy.free_pages(pfn, order) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                if let Some(o) = owner {
+                    self.owners.record(pfn, o);
+                }
+                Err(PageFreeError::Buddy(e))
             }
         }
     }

@@ -22,7 +22,7 @@ use mmkit_addr::{Order, Pfn, PhysAddr, PhysRange};
 use mmkit_buddy::{
     exact_pieces, memmap_len, pcp_storage_len, AllocError, BuddyAllocator, BuddyConfig,
     CompactError, CompactOutcome, CoreSize, GfpFlags, IsolateError, MigrateError,
-    MigrateType, MoverError, NodeInit, PageDesc, PerCpuPages, ZoneType,
+    MigrateType, MoverError, NodeInit, PageDesc, PerCpuPages, ResizeError, ZoneType,
 };
 
 #[path = "../../crates/buddy/tests/common/owner.rs"]
@@ -41,6 +41,15 @@ enum Action {
     AllocExact {
         flags: u16,
         nr: u16,
+        node: u8,
+        keep: bool,
+    },
+    /// `alloc_pages_exact`, then `resize_pages_exact` in place (after a refused resize with
+    /// a count that is not the allocation's); kept as the pieces of its size, or freed.
+    ResizeExact {
+        flags: u16,
+        nr: u16,
+        new_nr: u16,
         node: u8,
         keep: bool,
     },
@@ -270,6 +279,44 @@ fuzz_target!(|input: Input| {
                     Err(AllocError::NoPages) => assert_eq!(nr, 0),
                     Err(AllocError::OrderTooLarge { .. }) => assert!(nr > 1024),
                     Err(_) => {}
+                }
+            }
+            Action::ResizeExact {
+                flags,
+                nr,
+                new_nr,
+                node,
+                keep,
+            } => {
+                let gfp = GfpFlags::from_bits_truncate(u32::from(flags)) & !GfpFlags::ZERO;
+                let (nr, new_nr) = (u64::from(nr % 1100).max(1), u64::from(new_nr % 1100).max(1));
+                if let Ok(p) = b.alloc_pages_exact(usize::from(node % 3), gfp, nr) {
+                    let before = b.total_free() + b.total_pcp();
+                    let wrong = (nr + 1).next_power_of_two();
+                    assert!(matches!(
+                        b.resize_pages_exact(p, wrong, new_nr),
+                        Err(ResizeError::Free(_))
+                    ));
+                    assert_eq!(b.total_free() + b.total_pcp(), before);
+                    let size = match b.resize_pages_exact(p, nr, new_nr) {
+                        Ok(()) => {
+                            assert_eq!(b.total_free() + b.total_pcp() + new_nr, before + nr);
+                            new_nr
+                        }
+                        Err(e) => {
+                            assert_eq!(e, ResizeError::NotInPlace);
+                            assert!(new_nr > nr);
+                            assert_eq!(b.total_free() + b.total_pcp(), before);
+                            nr
+                        }
+                    };
+                    if keep {
+                        for (q, o) in exact_pieces(p, size) {
+                            adopt(q, o.get(), is_movable(gfp), false);
+                        }
+                    } else {
+                        b.free_pages_exact(p, size).unwrap();
+                    }
                 }
             }
             Action::Free { pick } => {

@@ -9,29 +9,50 @@
 //!   order-0 free list holds 32768 blocks (zone path for mmkit);
 //! * `two_threads`: two threads each doing order-0 alloc + free pairs at once.
 //!
+//! mmkit runs on two platforms: `mmkit_kernel_*` on `KernelCpus` (the bench thread bound to
+//! CPU 0, the interrupt guard a per-CPU flag: what a kernel pays), `mmkit_*` on the emulated
+//! host platform (`HostPlatform`, whose interrupt guard is a per-CPU lock). `two_threads`
+//! runs on the host platform only.
+//!
 //! Run: `cargo bench -p mmkit-buddy --bench buddy`
 
 use std::hint::black_box;
 use std::mem::MaybeUninit;
-use std::sync::{Arc, Barrier};
+use std::sync::{Arc, Barrier, Once};
 use std::time::{Duration, Instant};
 
 use buddy_system_allocator::LockedFrameAllocator;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use mmkit_addr::host::HostPlatform;
-use mmkit_addr::{Order, PhysAddr, PhysRange};
+use mmkit_addr::host::{HostPlatform, KernelCpus};
+use mmkit_addr::{IrqControl, Order, PhysAddr, PhysRange};
 use mmkit_buddy::{
     memmap_len, pcp_storage_len, BuddyAllocator, BuddyConfig, GfpFlags, NodeInit, PageDesc,
     PerCpuPages,
 };
 
-type Buddy = BuddyAllocator<'static, HostPlatform>;
+/// The kernel-like platform (threads bound to CPU ids, a per-CPU flag as the interrupt
+/// guard): the bench thread binds CPU 0 once, for the whole run.
+static KERNEL: KernelCpus<2> = KernelCpus::new();
+
+fn bind_bench_thread() {
+    static BIND: Once = Once::new();
+    BIND.call_once(|| std::mem::forget(KERNEL.bind(0).expect("the bench thread binds CPU 0")));
+}
 
 const BASE: u64 = 16 << 20;
 const SIZE: u64 = 256 << 20;
 const FRAMES: usize = (SIZE >> 12) as usize;
 
-fn mmkit(pcp: bool, cpus: usize) -> Buddy {
+fn mmkit(pcp: bool, cpus: usize) -> BuddyAllocator<'static, HostPlatform> {
+    mmkit_on(HostPlatform::new(cpus), pcp, cpus)
+}
+
+fn mmkit_kernel(pcp: bool) -> BuddyAllocator<'static, &'static KernelCpus<2>> {
+    bind_bench_thread();
+    mmkit_on(&KERNEL, pcp, 2)
+}
+
+fn mmkit_on<P: IrqControl>(platform: P, pcp: bool, cpus: usize) -> BuddyAllocator<'static, P> {
     let ram: &'static [PhysRange] = Box::leak(Box::new([PhysRange::from_start_size(
         PhysAddr::new(BASE),
         SIZE,
@@ -56,7 +77,7 @@ fn mmkit(pcp: bool, cpus: usize) -> Buddy {
         distances: &[10],
         memmap: mm,
     }];
-    let b = BuddyAllocator::new(HostPlatform::new(cpus), cfg, &mut nodes, pcps).unwrap();
+    let b = BuddyAllocator::new(platform, cfg, &mut nodes, pcps).unwrap();
     b.free_boot_range(ram[0]).unwrap();
     b.finish_boot();
     b
@@ -73,6 +94,18 @@ fn peer() -> LockedFrameAllocator {
 
 fn alloc_free(c: &mut Criterion, group: &str, order: u32) {
     let mut g = c.benchmark_group(group);
+    for (name, pcp) in [("mmkit_kernel_pcp", true), ("mmkit_kernel_zone", false)] {
+        if order > 3 && pcp {
+            continue;
+        }
+        let b = mmkit_kernel(pcp);
+        g.bench_function(name, |bench| {
+            bench.iter(|| {
+                let p = b.alloc_pages(GfpFlags::KERNEL, Order::new(order)).unwrap();
+                b.free_pages(black_box(p), Order::new(order)).unwrap();
+            })
+        });
+    }
     for (name, pcp) in [("mmkit_pcp", true), ("mmkit_zone", false)] {
         if order > 3 && pcp {
             continue;
@@ -110,6 +143,19 @@ fn order9(c: &mut Criterion) {
 fn order0_batch(c: &mut Criterion) {
     let mut g = c.benchmark_group("order0_batch64");
     let mut buf = Vec::with_capacity(64);
+    for (name, pcp) in [("mmkit_kernel_pcp", true), ("mmkit_kernel_zone", false)] {
+        let b = mmkit_kernel(pcp);
+        g.bench_function(name, |bench| {
+            bench.iter(|| {
+                for _ in 0..64 {
+                    buf.push(b.alloc_pages(GfpFlags::KERNEL, Order::ZERO).unwrap());
+                }
+                for p in buf.drain(..) {
+                    b.free_pages(p, Order::ZERO).unwrap();
+                }
+            })
+        });
+    }
     for (name, pcp) in [("mmkit_pcp", true), ("mmkit_zone", false)] {
         let b = mmkit(pcp, 1);
         g.bench_function(name, |bench| {
@@ -138,9 +184,8 @@ fn order0_batch(c: &mut Criterion) {
     g.finish();
 }
 
-fn long_lists(c: &mut Criterion) {
-    let mut g = c.benchmark_group("long_lists");
-    let b = mmkit(false, 1);
+/// Leave every other frame of `b` allocated: the order-0 free list holds 32768 blocks.
+fn fragment<P: IrqControl>(b: &BuddyAllocator<'static, P>) {
     let mut held = Vec::new();
     while let Ok(p) = b.alloc_pages(GfpFlags::KERNEL, Order::ZERO) {
         held.push(p);
@@ -148,6 +193,20 @@ fn long_lists(c: &mut Criterion) {
     for p in held.iter().filter(|p| p.as_u64() % 2 == 0) {
         b.free_pages(*p, Order::ZERO).unwrap();
     }
+}
+
+fn long_lists(c: &mut Criterion) {
+    let mut g = c.benchmark_group("long_lists");
+    let k = mmkit_kernel(false);
+    fragment(&k);
+    g.bench_function("mmkit_kernel_zone", |bench| {
+        bench.iter(|| {
+            let p = k.alloc_pages(GfpFlags::ATOMIC, Order::ZERO).unwrap();
+            k.free_pages(black_box(p), Order::ZERO).unwrap();
+        })
+    });
+    let b = mmkit(false, 1);
+    fragment(&b);
     g.bench_function("mmkit_zone", |bench| {
         bench.iter(|| {
             let p = b.alloc_pages(GfpFlags::ATOMIC, Order::ZERO).unwrap();

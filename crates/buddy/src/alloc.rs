@@ -59,18 +59,31 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
     }
 
     /// Allocate a block of `2^order` frames preferring node `node`.
+    #[inline]
     pub fn alloc_pages_node(
         &self,
         node: usize,
         gfp: GfpFlags,
         order: Order,
     ) -> Result<Pfn, AllocError> {
-        let req = self.request(node, gfp, order.get())?;
-        if !gfp.contains(GfpFlags::ZERO) {
-            if let Some(pfn) = self.alloc_pcp_hit(&req) {
+        if order.get() <= PCP_MAX_ORDER && !gfp.contains(GfpFlags::ZERO) {
+            if let Some(pfn) = self.alloc_pcp_hit(node, gfp, order.get()) {
                 return Ok(Pfn::new(pfn));
             }
         }
+        self.alloc_pages_full(node, gfp, order)
+    }
+
+    /// Everything but a per-CPU hit: decode and check the request, then the whole path of
+    /// the module docs.
+    #[inline(never)]
+    fn alloc_pages_full(
+        &self,
+        node: usize,
+        gfp: GfpFlags,
+        order: Order,
+    ) -> Result<Pfn, AllocError> {
+        let req = self.request(node, gfp, order.get())?;
         if gfp.contains(GfpFlags::ZERO) && self.mapper.is_none() {
             return Err(AllocError::NoMapper);
         }
@@ -275,28 +288,45 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
     /// may use, above its low watermark, and a block on this CPU's list for the order and
     /// type. `None` sends the request down the full path, which starts with the same step
     /// (and refills the list, falls back to other zones and nodes, reclaims reserves).
+    ///
+    /// The flags are decoded by one table lookup ([`GfpFlags::placement`]); flags it refuses
+    /// take the full path, which reports why.
     #[inline(always)]
-    fn alloc_pcp_hit(&self, req: &Request) -> Option<u64> {
-        if !self.pcp_enabled || req.order > PCP_MAX_ORDER {
+    fn alloc_pcp_hit(&self, node: usize, gfp: GfpFlags, order: u32) -> Option<u64> {
+        if !self.pcp_enabled {
             return None;
         }
-        let node = self.node(req.node)?;
-        let zone = node.zones[..=req.highest]
-            .iter()
-            .rev()
-            .find(|z| z.is_populated())?;
-        if !zone.watermark_ok(
-            req.order,
-            zone.wmark(Watermark::Low),
-            req.highest,
-            AllocFlags::default(),
-        ) {
+        let (highest, declared) = gfp.placement()?;
+        let n = self.node(node)?;
+        let mut i = highest;
+        let zone = loop {
+            let z = &n.zones[i];
+            if z.is_populated() {
+                break z;
+            }
+            i = i.checked_sub(1)?;
+        };
+        let mark = zone.wmark(Watermark::Low);
+        if !zone.watermark_ok(order, mark, highest, AllocFlags::default()) {
             return None;
         }
-        let guard = self.platform.irq_save();
-        let mut lists = zone.pcp[guard.cpu()].inner.try_lock()?;
-        let pfn = lists.pop(&node.mm, req.order, req.mt)?;
-        self.mark_allocated(&node.mm, pfn, req);
+        let mt = if self.grouping.load(Relaxed) {
+            declared
+        } else {
+            MigrateType::Unmovable
+        };
+        let mut lists = zone
+            .pcp
+            .get(self.platform.current_cpu())?
+            .inner
+            .try_lock()?;
+        let idx = lists.pop_idx(&n.mm, order, mt)?;
+        // Allocated before the list lock goes, as on every path: `verify` holds the lists
+        // and counts every per-CPU descriptor on them.
+        n.mm.at(idx).set_allocated(order, declared);
+        let pfn = n.mm.pfn(idx);
+        n.mm.tally_movable(pfn, order, declared, self.cfg.pageblock_order, true);
+        drop(lists);
         Some(pfn)
     }
 
@@ -309,9 +339,8 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         req: &Request,
         flags: AllocFlags,
     ) -> Option<u64> {
-        let guard = self.platform.irq_save();
-        let Some(mut lists) = zone.pcp[guard.cpu()].inner.try_lock() else {
-            drop(guard);
+        let lists = zone.pcp.get(self.platform.current_cpu());
+        let Some(mut lists) = lists.and_then(|l| l.inner.try_lock()) else {
             return self.rmqueue_buddy(node, zone, req, flags);
         };
         let mm = &node.mm;

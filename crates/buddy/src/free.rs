@@ -102,8 +102,8 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         order: u32,
         mt: MigrateType,
     ) -> PcpFree {
-        let guard = self.platform.irq_save();
-        let Some(mut lists) = zone.pcp[guard.cpu()].inner.try_lock() else {
+        let lists = zone.pcp.get(self.platform.current_cpu());
+        let Some(mut lists) = lists.and_then(|l| l.inner.try_lock()) else {
             return PcpFree::Busy;
         };
         let mm = &node.mm;
@@ -112,16 +112,28 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             Ok(old) => mm.tally_movable(pfn, order, old.mt, self.cfg.pageblock_order, false),
             Err(f) => return PcpFree::Refused(f),
         }
-        // `push` rewrites the same flags and links the block.
-        lists.push(mm, pfn, order, mt);
-        let high = u64::from(zone.pcp_high.load(Relaxed));
-        if lists.count >= high {
-            let batch = u64::from(zone.pcp_batch.load(Relaxed).max(1));
-            let excess = lists.count - high.saturating_sub(batch);
-            self.lock(node, zone)
-                .free_pcppages_bulk(&mut lists, excess.max(batch));
+        // `begin_free` wrote the per-CPU flags; link the block.
+        lists.link(mm, pfn, order, mt);
+        if lists.count >= u64::from(zone.pcp_high.load(Relaxed)) {
+            self.trim_pcp(node, zone, &mut lists);
         }
         PcpFree::Done
+    }
+
+    /// Give a list set above its high mark a batch of its coldest blocks back to the zone.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn trim_pcp(
+        &self,
+        node: &Node<'m>,
+        zone: &Zone<'m>,
+        lists: &mut crate::pcp::PcpLists,
+    ) {
+        let high = u64::from(zone.pcp_high.load(Relaxed));
+        let batch = u64::from(zone.pcp_batch.load(Relaxed).max(1));
+        let excess = lists.count - high.saturating_sub(batch);
+        self.lock(node, zone)
+            .free_pcppages_bulk(lists, excess.max(batch));
     }
 
     /// Say precisely why freeing `(pfn, order)` is wrong, given the head flags seen.
@@ -169,8 +181,8 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
 
     pub(crate) fn drain_zone_pcp(&self, node: &Node<'m>, zone: &Zone<'m>) {
         for pcp in zone.pcp {
-            // Lock order: interrupts off, the per-CPU lists, the zone.
-            let _irq = self.platform.irq_save();
+            // Lock order: the per-CPU lists (interrupts on, as their owner holds them), then
+            // interrupts off and the zone (inside `lock`).
             let mut lists = pcp.inner.lock();
             if lists.count > 0 {
                 self.lock(node, zone)
@@ -181,10 +193,10 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
 
     /// Give this CPU's lists back to the zones (Linux `drain_local_pages`).
     pub fn drain_local_pages(&self) {
-        let guard = self.platform.irq_save();
+        let cpu = self.platform.current_cpu();
         for (_, node) in self.nodes() {
             for zone in node.zones.iter() {
-                if let Some(pcp) = zone.pcp.get(guard.cpu()) {
+                if let Some(pcp) = zone.pcp.get(cpu) {
                     let mut lists = pcp.inner.lock();
                     if lists.count > 0 {
                         self.lock(node, zone)

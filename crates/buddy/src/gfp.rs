@@ -97,7 +97,45 @@ pub enum GfpError {
     ConflictingMobility,
 }
 
+/// Bits of [`GfpFlags`] that choose the zone and the migrate type (`DMA`, `HIGHMEM`,
+/// `DMA32`, `MOVABLE`, `RECLAIMABLE`: bits 0..=4).
+const PLACEMENT_BITS: u32 = 0x1f;
+
+/// [`GfpFlags::placement`] for every combination of the placement bits, computed at build
+/// time from [`GfpFlags::zone`] and [`GfpFlags::migrate_type`] (Linux keeps the zone half
+/// as `GFP_ZONE_TABLE`): bits 0..=1 the zone index, bits 2..=3 the migrate type index, bit
+/// 7 set when the combination is refused.
+const PLACEMENT_TABLE: [u8; 32] = {
+    let mut t = [0u8; 32];
+    let mut i = 0;
+    while i < 32 {
+        let g = GfpFlags::from_bits_truncate(i as u32);
+        t[i] = match (g.zone(), g.migrate_type()) {
+            (Ok(z), Ok(m)) => (z as u8) | ((m as u8) << 2),
+            _ => 0x80,
+        };
+        i += 1;
+    }
+    t
+};
+
 impl GfpFlags {
+    /// [`zone`](Self::zone) and [`migrate_type`](Self::migrate_type) at once, by one table
+    /// lookup (the allocation fast path's decode); `None` where either refuses the flags.
+    #[inline]
+    pub(crate) fn placement(self) -> Option<(usize, MigrateType)> {
+        let e = PLACEMENT_TABLE[(self.bits() & PLACEMENT_BITS) as usize];
+        if e & 0x80 != 0 {
+            return None;
+        }
+        let mt = match e >> 2 {
+            0 => MigrateType::Unmovable,
+            1 => MigrateType::Movable,
+            _ => MigrateType::Reclaimable,
+        };
+        Some((usize::from(e & 3), mt))
+    }
+
     /// The highest zone this request may use (Linux `gfp_zone`).
     pub const fn zone(self) -> Result<ZoneType, GfpError> {
         let dma = self.contains(Self::DMA);
@@ -174,6 +212,18 @@ mod tests {
             (GfpFlags::MOVABLE | GfpFlags::RECLAIMABLE).migrate_type(),
             Err(GfpError::ConflictingMobility)
         );
+    }
+
+    #[test]
+    fn placement_table_agrees_with_zone_and_migrate_type() {
+        for bits in 0..(1u32 << 16) {
+            let g = GfpFlags::from_bits_truncate(bits);
+            let slow = match (g.zone(), g.migrate_type()) {
+                (Ok(z), Ok(m)) => Some((z.index(), m)),
+                _ => None,
+            };
+            assert_eq!(g.placement(), slow, "{g:?}");
+        }
     }
 
     #[test]

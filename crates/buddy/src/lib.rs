@@ -118,7 +118,7 @@ pub use error::{
     AllocError, BootFreeError, CmaError, CompactError, DeferredError, FreeError, InitError,
     IsolateError, MigrateError, MoverError, PrivateError,
 };
-pub use exact::exact_pieces;
+pub use exact::{exact_pieces, ResizeError};
 pub use gfp::{GfpError, GfpFlags};
 pub use isolate::CONTIG_CANDIDATES;
 pub use migrate::{MigrateType, FALLBACKS, NR_MIGRATE_TYPES, NR_PCP_TYPES};

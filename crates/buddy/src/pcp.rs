@@ -3,12 +3,26 @@
 //! `free_unref_page`, `free_pcppages_bulk`).
 //!
 //! ## Locking
-//! Each list set has its own lock. The owning CPU takes it with a *try*-lock inside an
-//! [`IrqGuard`](mmkit_addr::IrqGuard), like Linux's `pcp_spin_trylock`: if it is busy (a
-//! remote drain, or re-entry) the request goes straight to the zone. Drains from other CPUs
-//! and `verify` take it blocking, several only in increasing CPU order. The zone lock is
-//! taken *inside* the per-CPU lock, never the other way round.
+//! Each list set has its own lock, taken as Linux takes `pcp->lock` since 6.0
+//! (`pcp_spin_trylock`): the calling CPU's set with a *try*-lock and interrupts left on. If
+//! the lock is busy (an interrupt handler arriving while the code it interrupted holds the
+//! set, a remote drain, or a thread moved to another CPU) the request goes straight to the
+//! zone, so an allocating interrupt handler never spins on a lock its own CPU holds. The
+//! lock is what excludes remote drains and `verify`, which take it blocking (several only in
+//! increasing CPU order) and, like the owner, with interrupts on: a context that spun on it
+//! with interrupts off could wait forever for an owner it keeps off its CPU (the host
+//! platform's emulated interrupt guard is a per-CPU lock, which makes that a lock-order
+//! cycle). Drains therefore run only where Linux's do, in contexts that may wait (never in
+//! an interrupt handler). Lock order: per-CPU lists, then interrupts off and the zone lock;
+//! never the other way round. The owner holds its set with interrupts on, so a kernel
+//! whose scheduler preempts it there makes a drain on that CPU wait for its return (Linux
+//! pins the task with preemption off instead; the platform traits have no such hook).
 //!
+//! The fast path costs one compare-exchange to take the set and a store to release it; it
+//! does not disable interrupts (what `local_irq_save` costs is the platform's, and on the
+//! emulated host platform that is a lock of its own). Which CPU's set a request uses is a
+//! matter of locality only: the lock, not the CPU id, makes it exclusive.
+
 //! ## Sizes (Linux `zone_batchsize`, `zone_highsize`)
 //! * batch = `min(managed >> 10, 256) / 4`, then `rounddown_pow_of_two(b + b/2) - 1`, at
 //!   least 1 (63 for zones of 1 GiB or more);
@@ -81,6 +95,27 @@ impl PcpLists {
             .set_flags(Flags::new(PageState::PerCpu, order, mt));
         self.lists[order as usize][mt.index()].push_front(mm, idx);
         self.count += 1 << order;
+    }
+
+    /// Put a block whose descriptor already reads per-CPU (`order`, `mt`) on the front of
+    /// its list.
+    #[inline]
+    pub fn link(&mut self, mm: &crate::page::Memmap<'_>, pfn: u64, order: u32, mt: MigrateType) {
+        self.lists[order as usize][mt.index()].push_front(mm, mm.idx(pfn));
+        self.count += 1 << order;
+    }
+
+    /// Take the hottest block of `order` and `mt`; its descriptor index.
+    #[inline]
+    pub fn pop_idx(
+        &mut self,
+        mm: &crate::page::Memmap<'_>,
+        order: u32,
+        mt: MigrateType,
+    ) -> Option<u32> {
+        let idx = self.lists[order as usize][mt.index()].pop_front(mm)?;
+        self.count -= 1 << order;
+        Some(idx)
     }
 
     /// Take the hottest block of `order` and `mt`.

@@ -224,10 +224,10 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         if zone.pcp.len() > MAX_VERIFY_CPUS {
             self.drain_zone_pcp(node, zone);
         }
-        // Interrupts off before the per-CPU locks, as everywhere: lock order is interrupts,
-        // per-CPU lists, zone.
-        let _irq = self.platform.irq_save();
+        // Lock order: the per-CPU lists (with interrupts on, as their owners hold them),
+        // then interrupts off and the zone.
         let held = HeldPcp::lock_all(zone);
+        let _irq = self.platform.irq_save();
         for lists in held.iter() {
             let mut pages = 0;
             for o in 0..=PCP_MAX_ORDER {

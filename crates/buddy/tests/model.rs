@@ -18,7 +18,7 @@ use common::{build, mib, TestBuddy};
 use mmkit_addr::{Order, Pfn};
 use mmkit_buddy::{
     exact_pieces, AllocError, BuddyConfig, CompactError, CompactOutcome, FreeError, GfpFlags,
-    MigrateError, MigrateType, MoverError, MoverId, ZoneType,
+    MigrateError, MigrateType, MoverError, MoverId, ResizeError, ZoneType,
 };
 use proptest::prelude::*;
 
@@ -47,6 +47,15 @@ enum Action {
     AllocExact {
         flags: usize,
         nr: u64,
+        node: usize,
+        keep: bool,
+    },
+    /// `alloc_pages_exact` of `nr` frames, then `resize_pages_exact` to `new_nr` in place:
+    /// kept as the pieces of whichever size it has, or freed with that size.
+    ResizeExact {
+        flags: usize,
+        nr: u64,
+        new_nr: u64,
         node: usize,
         keep: bool,
     },
@@ -139,6 +148,8 @@ fn action() -> impl Strategy<Value = Action> {
             .prop_map(|(flags, order, node)| Action::Alloc { flags, order, node }),
         2 => (0..FLAGS.len(), prop_oneof![3 => 1u64..=16, 1 => 17u64..=1100], 0usize..2, any::<bool>())
             .prop_map(|(flags, nr, node, keep)| Action::AllocExact { flags, nr, node, keep }),
+        2 => (0..FLAGS.len(), 1u64..=40, 1u64..=40, 0usize..2, any::<bool>())
+            .prop_map(|(flags, nr, new_nr, node, keep)| Action::ResizeExact { flags, nr, new_nr, node, keep }),
         5 => (prop_oneof![4 => 0u32..=3, 1 => 4u32..=10], 0usize..2, prop::bool::weighted(0.8))
             .prop_map(|(order, node, mover)| Action::AllocMovable { order, node, mover }),
         5 => any::<usize>().prop_map(|pick| Action::Free { pick }),
@@ -296,6 +307,56 @@ fn run(actions: Vec<Action>, c: Config) {
                         b.free_pages_exact(pfn, nr).unwrap();
                     }
                     Err(AllocError::OrderTooLarge { .. }) => assert!(nr > 1024),
+                    Err(e) => assert_eq!(e, AllocError::OutOfMemory, "{nr} frames"),
+                }
+            }
+            Action::ResizeExact {
+                flags,
+                nr,
+                new_nr,
+                node,
+                keep,
+            } => {
+                let gfp = FLAGS[flags];
+                match b.alloc_pages_exact(node, gfp, nr) {
+                    Ok(pfn) => {
+                        let before = b.total_free() + b.total_pcp();
+                        // A count whose first piece is larger than this allocation's is
+                        // refused, changing nothing.
+                        let wrong = (nr + 1).next_power_of_two();
+                        assert!(matches!(
+                            b.resize_pages_exact(pfn, wrong, new_nr),
+                            Err(ResizeError::Free(_))
+                        ));
+                        assert_eq!(b.total_free() + b.total_pcp(), before);
+                        let size = match b.resize_pages_exact(pfn, nr, new_nr) {
+                            Ok(()) => {
+                                assert_eq!(b.total_free() + b.total_pcp() + new_nr, before + nr);
+                                new_nr
+                            }
+                            Err(e) => {
+                                assert_eq!(e, ResizeError::NotInPlace);
+                                assert!(new_nr > nr, "shrinking always works");
+                                assert_eq!(b.total_free() + b.total_pcp(), before);
+                                nr
+                            }
+                        };
+                        for (p, o) in exact_pieces(pfn, size) {
+                            assert_eq!(b.allocated_block(p), Some((p, o)));
+                        }
+                        if keep {
+                            for (p, o) in exact_pieces(pfn, size) {
+                                let live = owner.adopt(
+                                    p.as_u64(),
+                                    o.get(),
+                                    gfp == GfpFlags::HIGHUSER_MOVABLE,
+                                );
+                                b.set_page_private(p, live.private).unwrap();
+                            }
+                        } else {
+                            b.free_pages_exact(pfn, size).unwrap();
+                        }
+                    }
                     Err(e) => assert_eq!(e, AllocError::OutOfMemory, "{nr} frames"),
                 }
             }

@@ -557,10 +557,14 @@ impl<'a, S: PageSource, P: IrqControl> Kmalloc<'a, S, P> {
         self.src
             .set_page_private(block.pfn, (frames << 8) | PRIVATE_LARGE);
         // Other frames say "nothing here", so a pointer into them is refused rather than read
-        // through whatever a previous owner of the frame left in its word.
+        // through whatever a previous owner of the frame left in its word. A read is cheaper
+        // than a store through the source, and the buddy's exact allocations come with every
+        // word already 0.
         for i in 1..frames {
             if let Some(pfn) = block.pfn.checked_add_frames(i) {
-                self.src.set_page_private(pfn, 0);
+                if self.src.page_private(pfn) != 0 {
+                    self.src.set_page_private(pfn, 0);
+                }
             }
         }
         if gfp.contains(Gfp::ZERO) {
@@ -654,8 +658,10 @@ impl<'a, S: PageSource, P: IrqControl> Kmalloc<'a, S, P> {
         }
     }
 
-    /// Resize (`krealloc`): in place when the usable size suffices, else allocate, copy the
-    /// old usable bytes and free the old allocation. Size 0 frees and returns
+    /// Resize (`krealloc`): a large block changes its frame count in place when the page
+    /// source can (shrinking gives the frames past the new size back; growing takes the
+    /// frames after it if they are free); otherwise in place when the usable size suffices,
+    /// else allocate, copy the old usable bytes and free the old allocation. Size 0 frees and returns
     /// [`ZERO_SIZE_PTR`]. On error the old allocation is untouched.
     ///
     /// # Safety
@@ -673,6 +679,9 @@ impl<'a, S: PageSource, P: IrqControl> Kmalloc<'a, S, P> {
             // SAFETY: caller's contract.
             unsafe { self.kfree(ptr) }.map_err(KreallocError::Free)?;
             return Ok(ZERO_SIZE_PTR);
+        }
+        if let Some(done) = self.krealloc_large_in_place(ptr, old, new_size, gfp) {
+            return Ok(done);
         }
         if new_size <= old {
             return Ok(ptr);
@@ -692,6 +701,62 @@ impl<'a, S: PageSource, P: IrqControl> Kmalloc<'a, S, P> {
             return Err(KreallocError::Free(e));
         }
         Ok(new)
+    }
+
+    /// `krealloc` of a large block (`old` bytes, a whole number of frames) to `new_size`
+    /// bytes where it is, through the page source's
+    /// [`resize_pages_exact`](PageSource::resize_pages_exact): shrinking to fewer frames
+    /// gives the rest back (a large block stays a large block, however small the new size),
+    /// growing takes the frames after it if they are free. `None` when `ptr` is not a large
+    /// block, the frame count does not change, or the source cannot resize in place.
+    fn krealloc_large_in_place(
+        &self,
+        ptr: NonNull<u8>,
+        old: usize,
+        new_size: usize,
+        gfp: Gfp,
+    ) -> Option<NonNull<u8>> {
+        if old <= KMALLOC_MAX_CACHE_SIZE || new_size > KMALLOC_MAX_SIZE {
+            return None;
+        }
+        let old_frames = old as u64 / PAGE_SIZE;
+        let frames = (new_size as u64).div_ceil(PAGE_SIZE);
+        if frames == old_frames {
+            return None;
+        }
+        // SAFETY: `ksize` said `ptr` is a live large block of `old` bytes, so its first frame
+        // is its head and its word holds `old_frames`.
+        let PageKind::Large(pfn, n) = (unsafe { slab::lookup(self.src, ptr) }) else {
+            return None;
+        };
+        debug_assert_eq!(n, old_frames);
+        let block = PageBlock { pfn, ptr };
+        // SAFETY: `(block, old_frames)` is the live exact allocation `kmalloc_large` made (or
+        // a resize of it); the caller gives up the frames past `frames` on success.
+        if !unsafe { self.src.resize_pages_exact(block, old_frames, frames) } {
+            return None;
+        }
+        self.src
+            .set_page_private(pfn, (frames << 8) | PRIVATE_LARGE);
+        for i in old_frames.min(frames).max(1)..frames {
+            if let Some(p) = pfn.checked_add_frames(i) {
+                if self.src.page_private(p) != 0 {
+                    self.src.set_page_private(p, 0);
+                }
+            }
+        }
+        if frames > old_frames {
+            self.large.frames.fetch_add(frames - old_frames, Relaxed);
+            if gfp.contains(Gfp::ZERO) {
+                // SAFETY: the frames past `old` bytes are ours now.
+                unsafe {
+                    slab::zero_bytes(ptr.add(old), ((frames - old_frames) * PAGE_SIZE) as usize)
+                };
+            }
+        } else {
+            self.large.frames.fetch_sub(old_frames - frames, Relaxed);
+        }
+        Some(ptr)
     }
 
     /// Large allocations currently live.

@@ -129,6 +129,23 @@ pub unsafe trait PageSource: Sync {
         self.alloc_pages_node(node, Order::for_pages(nr)?, gfp)
     }
 
+    /// Resize what [`alloc_pages_exact`](Self::alloc_pages_exact) returned from `nr` to
+    /// `new_nr` frames where it is (`krealloc` of a large block tries this before moving
+    /// it); `false`, nothing changed, when the source cannot. The default cannot.
+    ///
+    /// On `true` the allocation is `new_nr` frames at the same place, to be freed with
+    /// `new_nr`; the private words of its frames follow the rules of a fresh
+    /// `alloc_pages_exact` block (the caller sets again what it keeps there).
+    ///
+    /// # Safety
+    /// `block` and `nr` must be exactly what a previous `alloc_pages_exact` (or resize)
+    /// returned and was asked for, not freed since; on `true` the caller does not touch
+    /// frames past `new_nr` afterwards.
+    unsafe fn resize_pages_exact(&self, block: PageBlock, nr: u64, new_nr: u64) -> bool {
+        let _ = (block, nr, new_nr);
+        false
+    }
+
     /// Give back what [`alloc_pages_exact`](Self::alloc_pages_exact) returned.
     ///
     /// # Safety

@@ -387,6 +387,44 @@ unsafe impl PageSource for TestPageSource {
         })
     }
 
+    unsafe fn resize_pages_exact(&self, block: PageBlock, nr: u64, new_nr: u64) -> bool {
+        self.check_block(block);
+        let (Ok(old), Ok(new)) = (usize::try_from(nr), usize::try_from(new_nr)) else {
+            return false;
+        };
+        let limit = self.limit.load(SeqCst);
+        if new > old
+            && self
+                .in_use
+                .fetch_update(SeqCst, SeqCst, |u| {
+                    (u + (new - old) <= limit).then_some(u + (new - old))
+                })
+                .is_err()
+        {
+            return false;
+        }
+        if self
+            .buddy()
+            .resize_pages_exact(block.pfn, nr, new_nr)
+            .is_err()
+        {
+            if new > old {
+                self.in_use.fetch_sub(new - old, SeqCst);
+            }
+            return false;
+        }
+        // New frames carry a stale word, as fresh blocks do here.
+        for i in nr..new_nr {
+            self.buddy()
+                .set_page_private(Pfn::new(block.pfn.as_u64() + i), STALE_PRIVATE)
+                .expect("frame of the grown block");
+        }
+        if new < old {
+            self.in_use.fetch_sub(old - new, SeqCst);
+        }
+        true
+    }
+
     unsafe fn free_pages_exact(&self, block: PageBlock, nr: u64) {
         self.check_block(block);
         self.buddy()

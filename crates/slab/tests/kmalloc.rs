@@ -100,6 +100,39 @@ fn large_allocations_come_from_pages_and_are_tracked() {
 }
 
 #[test]
+fn large_krealloc_resizes_in_place_when_it_can() {
+    let (src, plat) = env();
+    let k = Kmalloc::new(&src, &plat).unwrap();
+    let before = src.frames_in_use();
+    let p = k.kmalloc(30_000, Gfp::empty()).unwrap();
+    fill(p, 30_000, 0x5a);
+    assert_eq!(src.frames_in_use(), before + 8);
+    // SAFETY: every pointer passed is the live allocation the previous call returned.
+    unsafe {
+        // Shrinking gives the frames past the new size back where it is.
+        let q = k.krealloc(p, 9_000, Gfp::empty()).unwrap();
+        assert_eq!(q, p);
+        assert_eq!(k.ksize(q), Ok(3 * 4096));
+        assert_eq!(src.frames_in_use(), before + 3);
+        assert_eq!(k.large_frames(), 3);
+        assert!(all(q, 9_000, 0x5a));
+        // Growing takes the frame after it, free since the shrink, and zeroes it.
+        let r = k.krealloc(q, 16_000, Gfp::ZERO).unwrap();
+        assert_eq!(r, p);
+        assert_eq!(k.ksize(r), Ok(4 * 4096));
+        assert_eq!(src.frames_in_use(), before + 4);
+        assert!(all(r, 9_000, 0x5a));
+        assert!(all(r.add(3 * 4096), 4096, 0));
+        // A pointer into the frames given back is refused; the block frees with its size.
+        assert_eq!(k.kfree(p.add(4 * 4096)), Err(FreeError::NotSlabMemory));
+        k.kfree(r).unwrap();
+    }
+    assert_eq!(src.frames_in_use(), before);
+    assert_eq!(k.large_frames(), 0);
+    assert_eq!(k.large_live(), 0);
+}
+
+#[test]
 fn kzalloc_zeroes_recycled_memory() {
     let (src, plat) = env();
     let k = Kmalloc::new(&src, &plat).unwrap();

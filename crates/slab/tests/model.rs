@@ -65,7 +65,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (prop_oneof![0..300usize, 0..9000usize, 0..40_000usize], 0..3u8, any::<bool>(), any::<u8>())
             .prop_map(|(size, kind, zero, byte)| Op::Kmalloc { size, kind, zero, byte }),
         3 => any::<usize>().prop_map(|pick| Op::Kfree { pick }),
-        2 => (any::<usize>(), 0..12_000usize, any::<u8>())
+        2 => (any::<usize>(), prop_oneof![0..12_000usize, 8_000..40_000usize], any::<u8>())
             .prop_map(|(pick, size, byte)| Op::Krealloc { pick, size, byte }),
         1 => (any::<usize>(), 0..64usize).prop_map(|(pick, offset)| Op::BadFree { pick, offset }),
         1 => (0..3usize).prop_map(|cpu| Op::Migrate { cpu }),
