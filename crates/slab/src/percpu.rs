@@ -211,6 +211,43 @@ impl CpuRef<'_> {
         NonNull::new(obj)
     }
 
+    /// [`pop`](Self::pop) and count a fast allocation: the allocation fast path's one
+    /// branch (an empty array, which is every array of a debug cache, returns `None`).
+    #[inline(always)]
+    pub fn pop_fast(&mut self) -> Option<NonNull<u8>> {
+        let n = self.len();
+        if n == 0 {
+            return None;
+        }
+        // SAFETY: n - 1 < cap: slot written by a previous push; we own the array (`get`).
+        let obj = unsafe { self.arr.objs.add(n - 1).read() };
+        self.arr.count.store(n - 1, Relaxed);
+        bump(&self.arr.allocs, 1);
+        NonNull::new(obj)
+    }
+
+    /// Push `obj` and count a fast free, unless the array is full (every array of a debug
+    /// cache is) or `obj` is the object on top (a double free): then `false` and nothing
+    /// changed, for the slow path to sort out.
+    #[inline(always)]
+    pub fn push_fast(&mut self, obj: NonNull<u8>) -> bool {
+        let n = self.len();
+        if n >= self.cap {
+            return false;
+        }
+        // SAFETY: n - 1 < cap when n > 0: a slot written by a previous push; n < cap for the
+        // write; we own the array (`get`).
+        unsafe {
+            if n > 0 && self.arr.objs.add(n - 1).read() == obj.as_ptr() {
+                return false;
+            }
+            self.arr.objs.add(n).write(obj.as_ptr());
+        }
+        self.arr.count.store(n + 1, Relaxed);
+        bump(&self.arr.frees, 1);
+        true
+    }
+
     /// The most recently pushed object, if any.
     #[inline]
     pub fn last(&self) -> Option<NonNull<u8>> {

@@ -228,9 +228,9 @@ impl<const N: usize> KernelCpus<N> {
     }
 
     /// The calling thread's CPU if it is bound to this `KernelCpus`.
-    #[inline]
+    #[inline(always)]
     fn bound_cpu(&self) -> Option<usize> {
-        let (p, cpu) = BOUND.with(Cell::get);
+        let (p, cpu) = BOUND.get();
         (p == self as *const Self as usize).then_some(cpu)
     }
 
@@ -273,7 +273,7 @@ unsafe impl<const N: usize> CpuTopology for KernelCpus<N> {
         N
     }
 
-    #[inline]
+    #[inline(always)]
     fn current_cpu(&self) -> usize {
         match self.bound_cpu() {
             Some(cpu) => cpu,

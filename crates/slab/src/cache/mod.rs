@@ -179,7 +179,6 @@ pub(crate) struct CacheCore {
     min_partial: usize,
     batch: usize,
     gfp: Gfp,
-    kmalloc_slot: Option<u16>,
     colour: AtomicUsize,
     nodes: [NodeSlot; MAX_NODES],
     nr_nodes: usize,
@@ -277,10 +276,6 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
 
     pub(crate) fn id(&self) -> usize {
         self.core().params.cache
-    }
-
-    pub(crate) fn kmalloc_slot(&self) -> Option<u16> {
-        self.core().kmalloc_slot
     }
 
     /// The node of the calling CPU (a preference: the caller may move right after).
