@@ -438,9 +438,26 @@ impl<'a, S: PageSource, P: IrqControl> Kmalloc<'a, S, P> {
     }
 
     /// Allocate `size` bytes (`kmalloc`).
+    ///
+    /// A request for the normal set without [`Gfp::ZERO`] tries
+    /// [`kmalloc_cached`](Self::kmalloc_cached) first (a table lookup and one pop); the
+    /// context bits matter only when a slab must grow, which that never does.
     #[track_caller]
     #[inline]
     pub fn kmalloc(&self, size: usize, gfp: Gfp) -> Result<NonNull<u8>, AllocError> {
+        if !gfp.intersects(Gfp::DMA | Gfp::RECLAIMABLE | Gfp::ZERO) {
+            if let Some(p) = self.kmalloc_cached(size) {
+                return Ok(p);
+            }
+        }
+        self.kmalloc_slow(size, gfp)
+    }
+
+    /// [`kmalloc`](Self::kmalloc) past the fast path: cache creation, refill, growth, the
+    /// shrink-and-retry on out-of-memory, large allocations, debug caches.
+    #[track_caller]
+    #[inline(never)]
+    fn kmalloc_slow(&self, size: usize, gfp: Gfp) -> Result<NonNull<u8>, AllocError> {
         match self.kmalloc_once(size, gfp, None) {
             Err(AllocError::OutOfMemory) => self.kmalloc_after_shrink(size, gfp, None),
             r => r,

@@ -247,6 +247,15 @@ impl TestPageSource {
 
     /// Hand out `n` frames that `alloc` takes from the buddy, within the limit; every frame
     /// after the first gets a stale private word, as a reused frame would have.
+    /// Zero the private words of a live block's frames before it goes back to the buddy,
+    /// so that free frames read 0 through `page_private_fast` (a word the slab never wrote,
+    /// such as [`STALE_PRIVATE`] on a cache descriptor block, would otherwise outlive it).
+    fn clear_words(&self, pfn: Pfn, frames: u64) {
+        for i in 0..frames {
+            let _ = self.buddy().set_page_private(Pfn::new(pfn.as_u64() + i), 0);
+        }
+    }
+
     fn take(
         &self,
         n: usize,
@@ -389,6 +398,7 @@ unsafe impl PageSource for TestPageSource {
 
     unsafe fn free_pages_exact(&self, block: PageBlock, nr: u64) {
         self.check_block(block);
+        self.clear_words(block.pfn, nr);
         self.buddy()
             .free_pages_exact(block.pfn, nr)
             .expect("buddy free of a live exact allocation");
@@ -402,6 +412,7 @@ unsafe impl PageSource for TestPageSource {
             Some((block.pfn, order)),
             "free of a block not allocated at this order"
         );
+        self.clear_words(block.pfn, 1 << order.get());
         self.buddy()
             .free_pages(block.pfn, order)
             .expect("buddy free of a live block");
@@ -416,9 +427,11 @@ unsafe impl PageSource for TestPageSource {
             .expect("private word of a frame not handed out");
     }
 
+    /// One descriptor read, as the facade's source does (`page_private_fast`): a free
+    /// block's head reads 0, and its other frames read 0 because `free_pages` cleared them.
     #[inline]
     fn page_private(&self, pfn: Pfn) -> u64 {
-        self.buddy().page_private(pfn).unwrap_or(0)
+        self.buddy().page_private_fast(pfn).unwrap_or(0)
     }
 
     #[inline]
