@@ -297,12 +297,14 @@ fn unbound() -> ! {
 // enters only if it sees `REMOTE` clear. So either the owner sees the mark and steps aside, or
 // the caller sees the owner inside and waits: the function never overlaps a section of its
 // CPU. Acquire and release on `depth` and the mark order the data each side touched. The
-// state is the section's CPU, the thread's binding (`section_cpu`).
+// state is the section's CPU, the thread's binding (`section_cpu`), and the depth the
+// section found, which `restore` puts back (sections nest strictly).
 unsafe impl<const N: usize> IrqControl for KernelCpus<N> {
-    type State = usize;
+    /// The section's CPU and the depth to restore (0 for an outermost section).
+    type State = (usize, usize);
 
     #[inline]
-    fn save_disable(&self) -> usize {
+    fn save_disable(&self) -> (usize, usize) {
         let cpu = self.current_cpu();
         let slot = self.slot(cpu);
         let d = slot.depth.load(Relaxed);
@@ -314,20 +316,21 @@ unsafe impl<const N: usize> IrqControl for KernelCpus<N> {
             if slot.mark.load(Acquire) != 0 {
                 Self::enter_marked(slot);
             }
+            // A constant, so leaving the section stores a value that depends on no load:
+            // back-to-back sections do not chain store-to-load forwarding through `depth`.
+            return (cpu, 0);
         }
-        cpu
+        (cpu, d)
     }
 
     #[inline]
-    fn section_cpu(&self, cpu: &usize) -> usize {
-        *cpu
+    fn section_cpu(&self, state: &(usize, usize)) -> usize {
+        state.0
     }
 
     #[inline]
-    unsafe fn restore(&self, cpu: usize) {
-        let slot = self.slot(cpu);
-        let d = slot.depth.load(Relaxed);
-        slot.depth.store(d - 1, Release);
+    unsafe fn restore(&self, (cpu, depth): (usize, usize)) {
+        self.slot(cpu).depth.store(depth, Release);
     }
 
     /// Runs `f` on the calling thread once CPU `cpu`'s thread is outside its sections (and

@@ -47,10 +47,11 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
     /// array is empty, which is always the case in a debug cache (no arrays).
     #[inline(always)]
     pub(crate) fn alloc_fast(&self) -> Option<NonNull<u8>> {
+        let core = self.core();
         let guard = self.platform.irq_save();
         // SAFETY: we hold this CPU's guard of the platform the arrays were sized for, and do
-        // not re-enter the cache while `cpu` lives.
-        let mut cpu = unsafe { self.core().cpus.get(guard.cpu()) };
+        // not re-enter the cache while `cpu` lives; `core.cpus` belongs to `core`.
+        let mut cpu = unsafe { core.cpus.get_beside(core, guard.cpu()) };
         cpu.pop_fast()
     }
 

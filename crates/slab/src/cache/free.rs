@@ -11,7 +11,7 @@ use core::ptr::NonNull;
 use mmkit_addr::IrqControl;
 use spin::MutexGuard;
 
-use super::{inc, Cache};
+use super::{inc, Cache, CacheCore};
 use crate::error::FreeError;
 use crate::page_source::PageSource;
 use crate::percpu::{CpuRef, MAX_BATCH};
@@ -134,12 +134,20 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
     /// The fast path: one push on this CPU's array inside its `IrqGuard`. `false` (nothing
     /// changed) when the array is full, `obj` is on its top (a double free), the slab lives
     /// on another node, or the cache is a debug cache (no arrays).
+    ///
+    /// The descriptor is reached through the slab header's cache id (our descriptor's
+    /// address, which every caller checked), not through the handle: for `kfree`, whose
+    /// handle comes out of the kmalloc table, that takes a table load off the chain of
+    /// dependent loads from the pointer to the CPU array.
     #[inline(always)]
     fn free_fast(&self, slab: SlabPtr, obj: NonNull<u8>) -> bool {
-        let core = self.core();
+        debug_assert_eq!(slab.cache_id(), self.id());
+        // SAFETY: the callers checked `slab.cache_id() == self.id()`, and a cache's id is the
+        // address of its descriptor (`lifecycle`), which lives as long as `self`.
+        let core = unsafe { &*(slab.cache_id() as *const CacheCore) };
         let guard = self.platform.irq_save();
         // SAFETY: as in `alloc_fast`.
-        let mut cpu = unsafe { core.cpus.get(guard.cpu()) };
+        let mut cpu = unsafe { core.cpus.get_beside(core, guard.cpu()) };
         if core.nr_nodes > 1 && slab.node() != cpu.node() {
             return false;
         }
