@@ -622,6 +622,38 @@ mod tests {
         }
     }
 
+    /// `page_private` reads one descriptor (`page_private_fast`), so a freed block's frames
+    /// must read 0 again, whatever they held while the block was live; also after the buddy
+    /// merges the block with its neighbours.
+    #[test]
+    fn freed_blocks_read_zero_private_words() {
+        let s = TestPageSource::new(4 << 20);
+        for (order, exact) in [(3u32, None), (0, None), (2, Some(3u64))] {
+            let (b, frames) = match exact {
+                None => (
+                    s.alloc_pages(Order::new(order), Gfp::empty()).unwrap(),
+                    1u64 << order,
+                ),
+                Some(n) => (s.alloc_pages_exact(0, n, Gfp::empty()).unwrap(), n),
+            };
+            let pfn = |i: u64| b.pfn.checked_add_frames(i).unwrap();
+            s.set_page_private(pfn(0), 0x1234_5671);
+            for i in 1..frames {
+                assert_eq!(s.page_private(pfn(i)), STALE_PRIVATE);
+            }
+            // SAFETY: `b` came from `s` with this order / frame count.
+            unsafe {
+                match exact {
+                    None => s.free_pages(b, Order::new(order)),
+                    Some(n) => s.free_pages_exact(b, n),
+                }
+            }
+            for i in 0..frames {
+                assert_eq!(s.page_private(pfn(i)), 0, "frame {i} of a freed block");
+            }
+        }
+    }
+
     #[test]
     fn numa_source_allocates_on_the_asked_node() {
         let s = TestPageSource::numa(8 << 20, 2, &[0, 1]);

@@ -478,6 +478,30 @@ mod tests {
         }
     }
 
+    /// Leaving a section puts back the depth it found: nested sections unwind to the outer
+    /// one, the outermost to 0.
+    #[test]
+    fn nested_sections_restore_the_depth_they_found() {
+        let cpus = KernelCpus::<2>::new();
+        let _b = cpus.bind(1).unwrap();
+        let depth = || cpus.slots[1].depth.load(Relaxed);
+        let outer = cpus.irq_save();
+        let inner = cpus.irq_save();
+        let innermost = cpus.irq_save();
+        assert_eq!((depth(), innermost.cpu()), (3, 1));
+        drop(innermost);
+        assert_eq!(depth(), 2);
+        drop(inner);
+        assert_eq!(depth(), 1);
+        drop(outer);
+        assert_eq!(depth(), 0);
+        assert_eq!(
+            cpus.slots[0].depth.load(Relaxed),
+            0,
+            "another CPU's depth untouched"
+        );
+    }
+
     #[test]
     fn a_call_to_the_own_cpu_runs_as_a_section() {
         let cpus = KernelCpus::<2>::new();
