@@ -432,9 +432,11 @@ impl<'a, S: PageSource, P: IrqControl> Kmalloc<'a, S, P> {
             return None;
         }
         let class = class_index(size)?;
-        self.sets[KmallocKind::Normal as usize][class]
-            .get()?
-            .alloc_fast()
+        debug_assert!(class < NR_CLASSES);
+        // SAFETY: `class_index` returns entries of its tables, which `smallest_class` fills
+        // with indices below `NR_CLASSES`: no bounds check on the fast path.
+        let slot = unsafe { self.sets[KmallocKind::Normal as usize].get_unchecked(class) };
+        slot.get()?.alloc_fast()
     }
 
     /// Allocate `size` bytes (`kmalloc`).

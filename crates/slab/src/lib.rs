@@ -90,10 +90,10 @@
 //!
 //! | size | mmkit, host platform | mmkit, `KernelCpus` | same, `hardened` | talc | linked_list | buddy_system | glibc |
 //! |------|----------------------|---------------------|------------------|------|-------------|--------------|-------|
-//! | 8    | 217 (280)            | 152 (230)           | 172 (265)        | 227  | 173         | 145          | 142   |
-//! | 64   | 217 (280)            | 152 (230)           | 172 (265)        | 226  | 173         | 84           | 145   |
-//! | 256  | 217 (284)            | 152 (234)           | 172 (269)        | 228  | 173         | 84           | 145   |
-//! | 4096 | 219 (377)            | 154 (327)           | 174 (362)        | 238  | 173         | 84           | 325   |
+//! | 8    | 214 (280)            | 151 (230)           | 171 (265)        | 227  | 173         | 145          | 142   |
+//! | 64   | 214 (280)            | 151 (230)           | 171 (265)        | 226  | 173         | 84           | 145   |
+//! | 256  | 214 (284)            | 151 (234)           | 171 (269)        | 228  | 173         | 84           | 145   |
+//! | 4096 | 216 (377)            | 149 (327)           | 169 (362)        | 238  | 173         | 84           | 325   |
 //!
 //! (3 Dec, release builds; in brackets the same day's figures before the fast-path rework
 //! below, and the 25 Nov figures were 307 / 311 / 401 on the host platform.) About 65 of the
@@ -108,7 +108,7 @@
 //! is one pop or push behind one branch, with debug caches, refills, flushes, double frees
 //! and remote nodes in out-of-line slow paths (a debug cache's arrays have no room, so it
 //! needs no test of its own); `kmalloc` tries the class table and one pop before anything
-//! else; `kfree` checks the kmalloc slot with one compare; the test page source reads the
+//! else; `kfree` checks the kmalloc slot with one compare against the handle; the test page source reads the
 //! frame's word in one descriptor load (`page_private_fast`, as the facade's does) where it
 //! walked to the block head (the old 4 KiB column paid ~90 for that walk); `KernelCpus`
 //! enters a section with one store, one load and one branch. What is left of a pair on
@@ -125,7 +125,7 @@
 //!
 //! Objects that cross CPUs (`examples/handoff.rs`: CPU 0 allocates 256, CPU 1 frees them,
 //! one thread moving between the CPUs of a `KernelCpus<2>`) travel through the node depot in
-//! whole batches: 186 instructions per pair at 64 B and 218 at 1 KiB (257 and 336 before the
+//! whole batches: 183 instructions per pair at 64 B and 215 at 1 KiB (257 and 336 before the
 //! fast-path rework, 414 and 669 before the depot; talc on the same batches 235 and 247).
 //!
 //! In talc's random-actions workload at max 200 mmkit runs 1.6x talc's
@@ -159,7 +159,8 @@ mod cache;
 mod config;
 mod error;
 mod flags;
-#[allow(unsafe_code)] // `kfree` / `ksize` / `krealloc` contracts; calls into `slab` and the source
+#[allow(unsafe_code)]
+// `kfree` / `ksize` / `krealloc` contracts; calls into `slab` and the source; the class-table index on the fast path
 mod kmalloc;
 pub mod layout;
 #[allow(unsafe_code)] // declares the unsafe `PageSource` and `Rcu` traits

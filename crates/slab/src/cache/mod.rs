@@ -281,8 +281,13 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
         self.core().nr_nodes
     }
 
+    /// The cache's identity, stored in every slab header: its descriptor's address, read
+    /// from the handle (no load from the descriptor).
+    #[inline]
     pub(crate) fn id(&self) -> usize {
-        self.core().params.cache
+        let id = self.core.as_ptr() as usize;
+        debug_assert_eq!(id, self.core().params.cache);
+        id
     }
 
     /// The node of the calling CPU (a preference: the caller may move right after).
