@@ -41,6 +41,15 @@ pub(crate) fn slab_gfp(gfp: Gfp) -> GfpFlags {
     flags
 }
 
+impl<P: IrqControl> PageAllocator<'_, P> {
+    /// `virt_to_pfn` outside the linear window: the kernel map's walk, out of line so that
+    /// the window's arithmetic stays small enough to inline into `kfree`.
+    #[inline(never)]
+    fn virt_to_pfn_mapped(&self, va: VirtAddr) -> Option<Pfn> {
+        Some(self.map.virt_to_phys(va)?.pfn())
+    }
+}
+
 // SAFETY: blocks come from the buddy, which hands each block to one owner until it is freed;
 // `page_address` maps the whole block contiguously through the kernel map for `'m`, and a
 // buddy block is naturally aligned physically, which the map preserves (checked below). The
@@ -132,7 +141,7 @@ unsafe impl<P: IrqControl> PageSource for PageAllocator<'_, P> {
                 return Some(PhysAddr::new(pa).pfn());
             }
         }
-        Some(self.map.virt_to_phys(va)?.pfn())
+        self.virt_to_pfn_mapped(va)
     }
 
     fn nr_nodes(&self) -> usize {

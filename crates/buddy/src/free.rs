@@ -218,9 +218,14 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
 
     /// The node whose memmap spans `pfn`, found by span alone (no zone search): the private
     /// word is on every slab free's path (`kfree` finds its slab through it).
+    /// Node 0 is tried first, without the search loop: on a one-node machine that is the
+    /// whole lookup (every allocator has a node 0: `new` refuses zero nodes).
     #[inline]
     fn node_spanning(&self, pfn: u64) -> Option<&Node<'m>> {
-        self.nodes[..self.nr_nodes]
+        if self.nodes[0].mm.contains(pfn) {
+            return Some(&self.nodes[0]);
+        }
+        self.nodes[1..self.nr_nodes.max(1)]
             .iter()
             .find(|n| n.mm.contains(pfn))
     }

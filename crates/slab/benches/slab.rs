@@ -528,6 +528,10 @@ fn bench_two_threads(c: &mut Criterion) {
         }
     }
     g.finish();
+    // Dropping the caches drains their arrays and depots inside sections of their platform:
+    // on `KernelCpus` that takes a bound thread.
+    let _cpu = KERNEL.bind(0).expect("CPU 0 is free again");
+    drop(k_kernel);
 }
 
 /// Random actions with allocation bias until the first failure: the share of the heap held

@@ -23,7 +23,7 @@ use core::panic::Location;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use mmkit_addr::{IrqControl, PAGE_SIZE};
+use mmkit_addr::{IrqControl, Pfn, PAGE_SIZE};
 
 use crate::cache::{Cache, CacheConfig};
 use crate::error::{AllocError, CreateError, FreeError, VerifyError};
@@ -422,26 +422,44 @@ impl<'a, S: PageSource, P: IrqControl> Kmalloc<'a, S, P> {
 
     /// `kmalloc(size, Gfp::empty())` served from this CPU's array, for callers with a slow
     /// path of their own (the facade's `GlobalAlloc`): the class from a table, the class's
-    /// cache, one pop, refilling the array from the cache's partial slabs when it is empty.
-    /// `None` when that does not serve it: `size` is 0 or above
+    /// cache, one pop. `None` when that does not serve it: `size` is 0 or above
     /// [`KMALLOC_MAX_CACHE_SIZE`], the class has no cache yet, the cache keeps no per-CPU
-    /// arrays (debug flags), or no partial slab has an object. The caller then calls
-    /// [`kmalloc`](Self::kmalloc), which grows, retries and reports errors.
+    /// arrays (debug flags), or the array is empty. The caller then calls
+    /// [`kmalloc`](Self::kmalloc), which refills, grows, retries and reports errors.
     #[inline(always)]
     pub fn kmalloc_cached(&self, size: usize) -> Option<NonNull<u8>> {
         if size.wrapping_sub(1) >= KMALLOC_MAX_CACHE_SIZE {
             return None;
         }
         let class = class_index(size)?;
-        self.sets[KmallocKind::Normal as usize][class]
-            .get()?
-            .alloc_cached_only()
+        debug_assert!(class < NR_CLASSES);
+        // SAFETY: `class_index` returns entries of its tables, which `smallest_class` fills
+        // with indices below `NR_CLASSES`: no bounds check on the fast path.
+        let slot = unsafe { self.sets[KmallocKind::Normal as usize].get_unchecked(class) };
+        slot.get()?.alloc_fast()
     }
 
     /// Allocate `size` bytes (`kmalloc`).
+    ///
+    /// A request for the normal set without [`Gfp::ZERO`] tries
+    /// [`kmalloc_cached`](Self::kmalloc_cached) first (a table lookup and one pop); the
+    /// context bits matter only when a slab must grow, which that never does.
     #[track_caller]
     #[inline]
     pub fn kmalloc(&self, size: usize, gfp: Gfp) -> Result<NonNull<u8>, AllocError> {
+        if !gfp.intersects(Gfp::DMA | Gfp::RECLAIMABLE | Gfp::ZERO) {
+            if let Some(p) = self.kmalloc_cached(size) {
+                return Ok(p);
+            }
+        }
+        self.kmalloc_slow(size, gfp)
+    }
+
+    /// [`kmalloc`](Self::kmalloc) past the fast path: cache creation, refill, growth, the
+    /// shrink-and-retry on out-of-memory, large allocations, debug caches.
+    #[track_caller]
+    #[inline(never)]
+    fn kmalloc_slow(&self, size: usize, gfp: Gfp) -> Result<NonNull<u8>, AllocError> {
         match self.kmalloc_once(size, gfp, None) {
             Err(AllocError::OutOfMemory) => self.kmalloc_after_shrink(size, gfp, None),
             r => r,
@@ -576,20 +594,21 @@ impl<'a, S: PageSource, P: IrqControl> Kmalloc<'a, S, P> {
         Ok(block.ptr)
     }
 
-    /// The cache that owns a slab pointer, after checking the slab's tag names one of ours.
+    /// The cache that owns a slab: the kmalloc cache in the slot the slab's tag names, if
+    /// that cache is the one the slab's header names (so a slab of any other cache, this
+    /// `Kmalloc`'s or not, is refused).
+    #[inline(always)]
     fn cache_of(&self, slab: slab::SlabPtr) -> Result<&Cache<'a, S, P>, FreeError> {
-        let slot = slab.tag() as usize;
         // Slot `kind * NR_CLASSES + class` is the flattened index: no division on the free path.
-        let cache = self
+        match self
             .sets
             .as_flattened()
-            .get(slot)
+            .get(slab.tag() as usize)
             .and_then(Once::get)
-            .ok_or(FreeError::WrongCache)?;
-        if cache.kmalloc_slot().map(usize::from) != Some(slot) {
-            return Err(FreeError::WrongCache);
+        {
+            Some(cache) if cache.id() == slab.cache_id() => Ok(cache),
+            _ => Err(FreeError::WrongCache),
         }
-        Ok(cache)
     }
 
     /// Free what `kmalloc` returned (`kfree`). A pointer that is not a live kmalloc
@@ -615,23 +634,33 @@ impl<'a, S: PageSource, P: IrqControl> Kmalloc<'a, S, P> {
         match unsafe { slab::lookup(self.src, ptr) } {
             PageKind::Slab(s) => {
                 let cache = self.cache_of(s)?;
-                // SAFETY: `s` is `ptr`'s slab; caller's contract.
-                unsafe { cache.free_in_slab(s, ptr, Location::caller()) }
+                // SAFETY: `s` is `ptr`'s slab and names `cache`; caller's contract.
+                unsafe { cache.free_in_own_slab(s, ptr, Location::caller()) }
             }
-            PageKind::Large(pfn, frames) => {
-                if ptr.as_ptr() as usize % PAGE_SIZE as usize != 0 {
-                    return Err(FreeError::Misaligned);
-                }
-                self.src.set_page_private(pfn, 0);
-                // SAFETY: the first frame's private word says a large kmalloc of `frames`
-                // frames starts at `pfn` and `ptr` is its first byte; the caller gives it up.
-                unsafe { self.src.free_pages_exact(PageBlock { pfn, ptr }, frames) };
-                self.large.frees.fetch_add(1, Relaxed);
-                self.large.frames.fetch_sub(frames, Relaxed);
-                Ok(())
-            }
+            // SAFETY: caller's contract.
+            PageKind::Large(pfn, frames) => unsafe { self.kfree_large(ptr, pfn, frames) },
             PageKind::Unknown => Err(FreeError::NotSlabMemory),
         }
+    }
+
+    /// `kfree` of a large allocation whose head frame `pfn` says it has `frames` frames; out
+    /// of line, so that the slab-object path stays small enough to inline.
+    ///
+    /// # Safety
+    /// As [`kfree`](Self::kfree); `lookup` returned `Large(pfn, frames)` for `ptr`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn kfree_large(&self, ptr: NonNull<u8>, pfn: Pfn, frames: u64) -> Result<(), FreeError> {
+        if ptr.as_ptr() as usize % PAGE_SIZE as usize != 0 {
+            return Err(FreeError::Misaligned);
+        }
+        self.src.set_page_private(pfn, 0);
+        // SAFETY: the first frame's private word says a large kmalloc of `frames`
+        // frames starts at `pfn` and `ptr` is its first byte; the caller gives it up.
+        unsafe { self.src.free_pages_exact(PageBlock { pfn, ptr }, frames) };
+        self.large.frees.fetch_add(1, Relaxed);
+        self.large.frames.fetch_sub(frames, Relaxed);
+        Ok(())
     }
 
     /// Usable size of a kmalloc allocation (`ksize`): the class size, or the whole block for

@@ -90,28 +90,43 @@
 //!
 //! | size | mmkit, host platform | mmkit, `KernelCpus` | same, `hardened` | talc | linked_list | buddy_system | glibc |
 //! |------|----------------------|---------------------|------------------|------|-------------|--------------|-------|
-//! | 8    | 280                  | 230                 | 265              | 227  | 173         | 145          | 142   |
-//! | 64   | 280                  | 230                 | 265              | 226  | 173         | 84           | 145   |
-//! | 256  | 284                  | 234                 | 269              | 228  | 173         | 84           | 145   |
-//! | 4096 | 377                  | 327                 | 362              | 238  | 173         | 84           | 325   |
+//! | 8    | 214 (280)            | 151 (230)           | 171 (265)        | 227  | 173         | 145          | 142   |
+//! | 64   | 214 (280)            | 151 (230)           | 171 (265)        | 226  | 173         | 84           | 145   |
+//! | 256  | 214 (284)            | 151 (234)           | 171 (269)        | 228  | 173         | 84           | 145   |
+//! | 4096 | 216 (377)            | 149 (327)           | 169 (362)        | 238  | 173         | 84           | 325   |
 //!
-//! (3 Dec, release builds; the 25 Nov figures were 307 / 311 / 401 on the host platform.)
-//! About 50 of the host figure is `HostPlatform`'s guard (a thread-local CPU id and a
-//! compare-exchange / fetch-sub pair per section); `KernelCpus` (`mmkit_addr::host`) is one
-//! thread bound per CPU with a plain counter as the guard, what a kernel's interrupt disable
-//! costs. The full pointer proof on free ([`HARDENED`]: the header's magic and the object
-//! index; on in debug builds, in release with the `hardened` feature) costs 35 instructions
-//! per pair. Build the `hardened` column with `--features hardened`. About 55 are the
-//! page-source lookup that proves a freed pointer is an object of a live slab
-//! (`virt_to_pfn`, then the buddy's private word, which this test source reads only for
-//! frames of allocated blocks); 4 KiB objects live in order-3 slabs, so most of their frames
-//! are block tails whose head the buddy walks up to (another ~90). A test double with a flat
-//! array of private words (the first round's) cost 159 / 163.
+//! (3 Dec, release builds; in brackets the same day's figures before the fast-path rework
+//! below, and the 25 Nov figures were 307 / 311 / 401 on the host platform.) About 65 of the
+//! host figure is `HostPlatform`'s guard (a thread-local CPU id and a compare-exchange /
+//! fetch-sub pair per section); `KernelCpus` (`mmkit_addr::host`) is one thread bound per
+//! CPU with a plain counter as the guard, what a kernel's interrupt disable costs. The full
+//! pointer proof on free ([`HARDENED`]: the header's magic and the object index; on in debug
+//! builds, in release with the `hardened` feature) costs 20 instructions per pair. Build the
+//! `hardened` column with `--features hardened`.
+//!
+//! What the rework changed (each step's figures are in its commit message): each fast path
+//! is one pop or push behind one branch, with debug caches, refills, flushes, double frees
+//! and remote nodes in out-of-line slow paths (a debug cache's arrays have no room, so it
+//! needs no test of its own); `kmalloc` tries the class table and one pop before anything
+//! else; `kfree` checks the kmalloc slot with one compare against the handle; the test page source reads the
+//! frame's word in one descriptor load (`page_private_fast`, as the facade's does) where it
+//! walked to the block head (the old 4 KiB column paid ~90 for that walk); `KernelCpus`
+//! enters a section with one store, one load and one branch. What is left of a pair on
+//! `KernelCpus`: ~45 for the allocation (class table, cache, guard, pop) and ~100 for the
+//! free, of which ~35 are the page-source lookup (`virt_to_pfn`, then the buddy's
+//! descriptor: node, bounds, state, word) and ~20 the header and kmalloc-slot checks.
+//!
+//! Fewer instructions did not buy the same share of time: the pair is bound by a chain of
+//! dependent loads (pointer, frame word, slab header, descriptor, CPU array, array slot; the
+//! next allocation waits on the array count the free stored). The array's address is now
+//! computed from the descriptor's and a free reaches the descriptor through the header, one
+//! load less each; still, 20 M pairs of `hotloop mmkit-kernel 64` take 0.31 s of user time
+//! where they took 0.34 s before the rework (talc 0.22 s, glibc 0.15 s, same run).
 //!
 //! Objects that cross CPUs (`examples/handoff.rs`: CPU 0 allocates 256, CPU 1 frees them,
 //! one thread moving between the CPUs of a `KernelCpus<2>`) travel through the node depot in
-//! whole batches: 257 instructions per pair at 64 B and 336 at 1 KiB (414 and 669 before the
-//! depot; talc on the same batches 235 and 247).
+//! whole batches: 183 instructions per pair at 64 B and 215 at 1 KiB (257 and 336 before the
+//! fast-path rework, 414 and 669 before the depot; talc on the same batches 235 and 247).
 //!
 //! In talc's random-actions workload at max 200 mmkit runs 1.6x talc's
 //! instructions and 3.2x its L1 data misses per action (callgrind `--cache-sim`): each
@@ -144,7 +159,8 @@ mod cache;
 mod config;
 mod error;
 mod flags;
-#[allow(unsafe_code)] // `kfree` / `ksize` / `krealloc` contracts; calls into `slab` and the source
+#[allow(unsafe_code)]
+// `kfree` / `ksize` / `krealloc` contracts; calls into `slab` and the source; the class-table index on the fast path
 mod kmalloc;
 pub mod layout;
 #[allow(unsafe_code)] // declares the unsafe `PageSource` and `Rcu` traits

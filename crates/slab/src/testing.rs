@@ -247,6 +247,15 @@ impl TestPageSource {
 
     /// Hand out `n` frames that `alloc` takes from the buddy, within the limit; every frame
     /// after the first gets a stale private word, as a reused frame would have.
+    /// Zero the private words of a live block's frames before it goes back to the buddy,
+    /// so that free frames read 0 through `page_private_fast` (a word the slab never wrote,
+    /// such as [`STALE_PRIVATE`] on a cache descriptor block, would otherwise outlive it).
+    fn clear_words(&self, pfn: Pfn, frames: u64) {
+        for i in 0..frames {
+            let _ = self.buddy().set_page_private(Pfn::new(pfn.as_u64() + i), 0);
+        }
+    }
+
     fn take(
         &self,
         n: usize,
@@ -427,6 +436,7 @@ unsafe impl PageSource for TestPageSource {
 
     unsafe fn free_pages_exact(&self, block: PageBlock, nr: u64) {
         self.check_block(block);
+        self.clear_words(block.pfn, nr);
         self.buddy()
             .free_pages_exact(block.pfn, nr)
             .expect("buddy free of a live exact allocation");
@@ -440,6 +450,7 @@ unsafe impl PageSource for TestPageSource {
             Some((block.pfn, order)),
             "free of a block not allocated at this order"
         );
+        self.clear_words(block.pfn, 1 << order.get());
         self.buddy()
             .free_pages(block.pfn, order)
             .expect("buddy free of a live block");
@@ -454,9 +465,11 @@ unsafe impl PageSource for TestPageSource {
             .expect("private word of a frame not handed out");
     }
 
+    /// One descriptor read, as the facade's source does (`page_private_fast`): a free
+    /// block's head reads 0, and its other frames read 0 because `free_pages` cleared them.
     #[inline]
     fn page_private(&self, pfn: Pfn) -> u64 {
-        self.buddy().page_private(pfn).unwrap_or(0)
+        self.buddy().page_private_fast(pfn).unwrap_or(0)
     }
 
     #[inline]
@@ -644,6 +657,38 @@ mod tests {
         unsafe {
             s.free_pages(a, Order::new(2));
             s.free_pages(d, Order::new(0));
+        }
+    }
+
+    /// `page_private` reads one descriptor (`page_private_fast`), so a freed block's frames
+    /// must read 0 again, whatever they held while the block was live; also after the buddy
+    /// merges the block with its neighbours.
+    #[test]
+    fn freed_blocks_read_zero_private_words() {
+        let s = TestPageSource::new(4 << 20);
+        for (order, exact) in [(3u32, None), (0, None), (2, Some(3u64))] {
+            let (b, frames) = match exact {
+                None => (
+                    s.alloc_pages(Order::new(order), Gfp::empty()).unwrap(),
+                    1u64 << order,
+                ),
+                Some(n) => (s.alloc_pages_exact(0, n, Gfp::empty()).unwrap(), n),
+            };
+            let pfn = |i: u64| b.pfn.checked_add_frames(i).unwrap();
+            s.set_page_private(pfn(0), 0x1234_5671);
+            for i in 1..frames {
+                assert_eq!(s.page_private(pfn(i)), STALE_PRIVATE);
+            }
+            // SAFETY: `b` came from `s` with this order / frame count.
+            unsafe {
+                match exact {
+                    None => s.free_pages(b, Order::new(order)),
+                    Some(n) => s.free_pages_exact(b, n),
+                }
+            }
+            for i in 0..frames {
+                assert_eq!(s.page_private(pfn(i)), 0, "frame {i} of a freed block");
+            }
         }
     }
 

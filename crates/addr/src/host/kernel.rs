@@ -19,13 +19,19 @@
 //! `membarrier` is unavailable both sides use a full fence instead (slower, still correct);
 //! [`KernelCpus::fence_free`] says which.
 //!
+//! The mark and the "fence needed" setting share one byte of the CPU's slot, so entering
+//! the outermost section costs one load and one well-predicted branch beyond the counter
+//! store: the byte is 0 on the fast, fence-free path, and anything else (a remote call, or
+//! a process without `membarrier`) goes to an out-of-line entry that fences and steps aside
+//! as needed.
+//!
 //! The function runs on the caller's thread: a remote call never interrupts the target in
 //! the middle of something, so (unlike a real IPI handler) it cannot deadlock on a lock the
 //! target holds outside its sections.
 
 use core::cell::Cell;
 use core::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
-use core::sync::atomic::{compiler_fence, fence, AtomicBool, AtomicU64, AtomicU8, AtomicUsize};
+use core::sync::atomic::{compiler_fence, fence, AtomicU64, AtomicU8, AtomicUsize};
 
 use crate::platform::{CpuTopology, IrqControl};
 
@@ -88,16 +94,23 @@ struct Slot {
     owner: AtomicU64,
     /// Section nesting depth; written only by the owner thread.
     depth: AtomicUsize,
-    /// A cross-CPU call holds this CPU (its function runs, or is about to).
-    remote: AtomicBool,
+    /// [`REMOTE`]: a cross-CPU call holds this CPU (its function runs, or is about to);
+    /// [`FENCED`]: `membarrier` is unavailable, so the owner fences on entry. 0 on the fast
+    /// path.
+    mark: AtomicU8,
 }
+
+/// [`Slot::mark`] bit: a remote call holds the CPU.
+const REMOTE: u8 = 1;
+/// [`Slot::mark`] bit: entries need a full fence (no `membarrier`).
+const FENCED: u8 = 2;
 
 impl Slot {
     const fn new() -> Self {
         Self {
             owner: AtomicU64::new(0),
             depth: AtomicUsize::new(0),
-            remote: AtomicBool::new(false),
+            mark: AtomicU8::new(0),
         }
     }
 }
@@ -191,6 +204,10 @@ impl<const N: usize> KernelCpus<N> {
             let ok = sys::register();
             MEMBARRIER.store(if ok { 1 } else { 2 }, Release);
         }
+        if MEMBARRIER.load(Acquire) != 1 {
+            // Before this thread's first section: its entries take the fenced path.
+            slot.mark.fetch_or(FENCED, AcqRel);
+        }
         BOUND.with(|b| b.set((self as *const Self as usize, cpu)));
         Ok(CpuBinding {
             cpus: self,
@@ -211,35 +228,40 @@ impl<const N: usize> KernelCpus<N> {
     }
 
     /// The calling thread's CPU if it is bound to this `KernelCpus`.
-    #[inline]
+    #[inline(always)]
     fn bound_cpu(&self) -> Option<usize> {
-        let (p, cpu) = BOUND.with(Cell::get);
+        let (p, cpu) = BOUND.get();
         (p == self as *const Self as usize).then_some(cpu)
     }
 
-    /// Enter the outermost section of `slot`, stepping aside while a remote call holds it.
+    /// The slot of `cpu`, a CPU id this `KernelCpus` handed out (`bound_cpu`, `bind`) or a
+    /// section state, so below `N`.
     #[inline]
-    fn enter(slot: &Slot) {
-        loop {
-            slot.depth.store(1, Relaxed);
-            if MEMBARRIER.load(Relaxed) == 1 {
-                // The remote caller's `membarrier` supplies the full barrier.
-                compiler_fence(SeqCst);
-            } else {
-                fence(SeqCst);
-            }
-            if !slot.remote.load(Acquire) {
-                return;
-            }
-            Self::step_aside(slot);
-        }
+    fn slot(&self, cpu: usize) -> &Slot {
+        debug_assert!(cpu < N);
+        // SAFETY: every CPU id reaching here passed `bind`'s range check (`slots.get`).
+        unsafe { self.slots.get_unchecked(cpu) }
     }
 
+    /// The rest of entering the outermost section of `slot` after `depth` was set to 1 and
+    /// the mark read non-zero: fence if the process has no `membarrier`, and step aside
+    /// while a remote call holds the CPU.
     #[cold]
-    fn step_aside(slot: &Slot) {
-        slot.depth.store(0, Release);
-        while slot.remote.load(Acquire) {
-            core::hint::spin_loop();
+    #[inline(never)]
+    fn enter_marked(slot: &Slot) {
+        loop {
+            if slot.mark.load(Relaxed) & FENCED != 0 {
+                fence(SeqCst);
+            }
+            if slot.mark.load(Acquire) & REMOTE == 0 {
+                return;
+            }
+            slot.depth.store(0, Release);
+            while slot.mark.load(Acquire) & REMOTE != 0 {
+                core::hint::spin_loop();
+            }
+            slot.depth.store(1, Relaxed);
+            compiler_fence(SeqCst);
         }
     }
 }
@@ -251,7 +273,7 @@ unsafe impl<const N: usize> CpuTopology for KernelCpus<N> {
         N
     }
 
-    #[inline]
+    #[inline(always)]
     fn current_cpu(&self) -> usize {
         match self.bound_cpu() {
             Some(cpu) => cpu,
@@ -268,39 +290,47 @@ fn unbound() -> ! {
 
 // SAFETY: one thread at most is bound to a CPU (`owner` compare-exchange), and only it enters
 // that CPU's sections, so its own sections exclude each other by program order. A remote call
-// runs only while it holds `remote` and has seen `depth == 0` after a barrier that orders
-// its `remote` store before that load in every thread (`membarrier`, or a full fence on both
-// sides); the owner, after its `depth` store and the matching barrier, enters only if it
-// sees `remote` clear. So either the owner sees the mark and steps aside, or the caller sees
-// the owner inside and waits: the function never overlaps a section of its CPU. Acquire and
-// release on `depth` and `remote` order the data each side touched. The state is the
-// section's CPU, the thread's binding (`section_cpu`).
+// runs only while it holds the mark's `REMOTE` bit and has seen `depth == 0` after a barrier
+// that orders its mark store before that load in every thread (`membarrier`, or a full fence
+// on both sides: a slot of a process without `membarrier` carries `FENCED`, so its owner
+// fences in `enter_marked`); the owner, after its `depth` store and the matching barrier,
+// enters only if it sees `REMOTE` clear. So either the owner sees the mark and steps aside, or
+// the caller sees the owner inside and waits: the function never overlaps a section of its
+// CPU. Acquire and release on `depth` and the mark order the data each side touched. The
+// state is the section's CPU, the thread's binding (`section_cpu`), and the depth the
+// section found, which `restore` puts back (sections nest strictly).
 unsafe impl<const N: usize> IrqControl for KernelCpus<N> {
-    type State = usize;
+    /// The section's CPU and the depth to restore (0 for an outermost section).
+    type State = (usize, usize);
 
     #[inline]
-    fn save_disable(&self) -> usize {
+    fn save_disable(&self) -> (usize, usize) {
         let cpu = self.current_cpu();
-        let slot = &self.slots[cpu];
+        let slot = self.slot(cpu);
         let d = slot.depth.load(Relaxed);
+        slot.depth.store(d + 1, Relaxed);
         if d == 0 {
-            Self::enter(slot);
-        } else {
-            slot.depth.store(d + 1, Relaxed);
+            // With `membarrier`, the remote caller's system call supplies the full barrier
+            // between this store and the load below.
+            compiler_fence(SeqCst);
+            if slot.mark.load(Acquire) != 0 {
+                Self::enter_marked(slot);
+            }
+            // A constant, so leaving the section stores a value that depends on no load:
+            // back-to-back sections do not chain store-to-load forwarding through `depth`.
+            return (cpu, 0);
         }
-        cpu
+        (cpu, d)
     }
 
     #[inline]
-    fn section_cpu(&self, cpu: &usize) -> usize {
-        *cpu
+    fn section_cpu(&self, state: &(usize, usize)) -> usize {
+        state.0
     }
 
     #[inline]
-    unsafe fn restore(&self, cpu: usize) {
-        let slot = &self.slots[cpu];
-        let d = slot.depth.load(Relaxed);
-        slot.depth.store(d - 1, Release);
+    unsafe fn restore(&self, (cpu, depth): (usize, usize)) {
+        self.slot(cpu).depth.store(depth, Release);
     }
 
     /// Runs `f` on the calling thread once CPU `cpu`'s thread is outside its sections (and
@@ -315,11 +345,7 @@ unsafe impl<const N: usize> IrqControl for KernelCpus<N> {
             return true;
         }
         let mut spins = 0u32;
-        while slot
-            .remote
-            .compare_exchange_weak(false, true, AcqRel, Relaxed)
-            .is_err()
-        {
+        while slot.mark.fetch_or(REMOTE, AcqRel) & REMOTE != 0 {
             backoff(&mut spins);
         }
         if MEMBARRIER.load(Relaxed) != 1 || !sys::barrier() {
@@ -330,7 +356,7 @@ unsafe impl<const N: usize> IrqControl for KernelCpus<N> {
             backoff(&mut spins);
         }
         f();
-        slot.remote.store(false, Release);
+        slot.mark.fetch_and(!REMOTE, Release);
         true
     }
 }
@@ -396,6 +422,21 @@ mod tests {
     /// overlapping a section.
     #[test]
     fn remote_calls_never_overlap_sections() {
+        check_remote_calls_never_overlap(&FOUR);
+    }
+
+    /// The same on the path a process without `membarrier` takes: every entry fences and
+    /// reads the mark again out of line.
+    #[test]
+    fn remote_calls_never_overlap_fenced_sections() {
+        static FENCED4: KernelCpus<4> = KernelCpus::new();
+        for slot in &FENCED4.slots {
+            slot.mark.fetch_or(FENCED, AcqRel);
+        }
+        check_remote_calls_never_overlap(&FENCED4);
+    }
+
+    fn check_remote_calls_never_overlap(cpus: &'static KernelCpus<4>) {
         const ROUNDS: u64 = 20_000;
         let counters: [AtomicU64; 4] = Default::default();
         let remote: [AtomicU64; 4] = Default::default();
@@ -404,10 +445,10 @@ mod tests {
             for cpu in 0..4 {
                 let (counters, running) = (&counters, &running);
                 s.spawn(move || {
-                    let _b = FOUR.bind(cpu).unwrap();
+                    let _b = cpus.bind(cpu).unwrap();
                     for _ in 0..ROUNDS {
-                        let g = FOUR.irq_save();
-                        let inner = FOUR.irq_save();
+                        let g = cpus.irq_save();
+                        let inner = cpus.irq_save();
                         let c = &counters[g.cpu()];
                         let v = c.load(Relaxed);
                         dawdle();
@@ -423,7 +464,7 @@ mod tests {
                 while running.load(Relaxed) > 0 {
                     let cpu = i % 4;
                     i += 1;
-                    assert!(FOUR.run_on_cpu(cpu, &|| {
+                    assert!(cpus.run_on_cpu(cpu, &|| {
                         let v = counters[cpu].load(Relaxed);
                         dawdle();
                         counters[cpu].store(v + 1, Relaxed);
@@ -435,6 +476,30 @@ mod tests {
         for (c, r) in counters.iter().zip(&remote) {
             assert_eq!(c.load(Relaxed), ROUNDS + r.load(Relaxed));
         }
+    }
+
+    /// Leaving a section puts back the depth it found: nested sections unwind to the outer
+    /// one, the outermost to 0.
+    #[test]
+    fn nested_sections_restore_the_depth_they_found() {
+        let cpus = KernelCpus::<2>::new();
+        let _b = cpus.bind(1).unwrap();
+        let depth = || cpus.slots[1].depth.load(Relaxed);
+        let outer = cpus.irq_save();
+        let inner = cpus.irq_save();
+        let innermost = cpus.irq_save();
+        assert_eq!((depth(), innermost.cpu()), (3, 1));
+        drop(innermost);
+        assert_eq!(depth(), 2);
+        drop(inner);
+        assert_eq!(depth(), 1);
+        drop(outer);
+        assert_eq!(depth(), 0);
+        assert_eq!(
+            cpus.slots[0].depth.load(Relaxed),
+            0,
+            "another CPU's depth untouched"
+        );
     }
 
     #[test]

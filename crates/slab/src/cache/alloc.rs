@@ -32,18 +32,44 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
     #[track_caller]
     #[inline]
     pub fn alloc_flags(&self, gfp: Gfp) -> Result<NonNull<u8>, AllocError> {
-        let obj = if self.core().params.layout.cpu_capacity == 0 {
-            self.alloc_debug(None, gfp, Location::caller())?
-        } else if let Some(obj) = self.alloc_cached(None) {
-            obj
-        } else {
-            self.alloc_grow(gfp)?
+        let obj = match self.alloc_fast() {
+            Some(obj) => obj,
+            None => self.alloc_slow(gfp, Location::caller())?,
         };
         if gfp.contains(Gfp::ZERO) {
             // SAFETY: we just allocated `obj`; its object bytes are ours.
             unsafe { slab::zero_bytes(obj, self.object_size()) };
         }
         Ok(obj)
+    }
+
+    /// The fast path: one pop from this CPU's array inside its `IrqGuard`. `None` when the
+    /// array is empty, which is always the case in a debug cache (no arrays).
+    #[inline(always)]
+    pub(crate) fn alloc_fast(&self) -> Option<NonNull<u8>> {
+        let core = self.core();
+        let guard = self.platform.irq_save();
+        // SAFETY: we hold this CPU's guard of the platform the arrays were sized for, and do
+        // not re-enter the cache while `cpu` lives; `core.cpus` belongs to `core`.
+        let mut cpu = unsafe { core.cpus.get_beside(core, guard.cpu()) };
+        cpu.pop_fast()
+    }
+
+    /// Everything past the fast path: debug caches, refilling an empty array, growing.
+    #[cold]
+    #[inline(never)]
+    fn alloc_slow(
+        &self,
+        gfp: Gfp,
+        owner: &'static Location<'static>,
+    ) -> Result<NonNull<u8>, AllocError> {
+        if self.core().params.layout.cpu_capacity == 0 {
+            return self.alloc_debug(None, gfp, owner);
+        }
+        match self.alloc_cached(None) {
+            Some(obj) => Ok(obj),
+            None => self.alloc_grow(gfp),
+        }
     }
 
     #[cold]
@@ -110,16 +136,6 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
     #[track_caller]
     pub fn zalloc(&self) -> Result<NonNull<u8>, AllocError> {
         self.alloc_flags(Gfp::ZERO)
-    }
-
-    /// [`alloc`](Self::alloc) when the per-CPU array (refilled once from partial slabs)
-    /// serves it; `None` for debug caches and when the cache would have to grow.
-    #[inline(always)]
-    pub(crate) fn alloc_cached_only(&self) -> Option<NonNull<u8>> {
-        if self.core().params.layout.cpu_capacity == 0 {
-            return None;
-        }
-        self.alloc_cached(None)
     }
 
     /// Pop from this CPU's array, refilling it once (from the CPU's node, then `extra`, then

@@ -11,7 +11,7 @@ use core::ptr::NonNull;
 use mmkit_addr::IrqControl;
 use spin::MutexGuard;
 
-use super::{inc, Cache};
+use super::{inc, Cache, CacheCore};
 use crate::error::FreeError;
 use crate::page_source::PageSource;
 use crate::percpu::{CpuRef, MAX_BATCH};
@@ -91,33 +91,84 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
         unsafe { self.free_validated(slab, obj, Location::caller()) }
     }
 
-    /// Free `obj`, found (by the caller, through [`slab::lookup`]) in `slab`.
+    /// Free `obj`, found (by the caller, through [`slab::lookup`]) in `slab`, whose header
+    /// the caller found naming this cache (`slab.cache_id() == self.id()`).
     ///
     /// # Safety
     /// As [`free`](Self::free); `slab` is what `lookup` returned for `obj`.
-    #[inline]
-    pub(crate) unsafe fn free_in_slab(
+    #[inline(always)]
+    pub(crate) unsafe fn free_in_own_slab(
         &self,
         slab: SlabPtr,
         obj: NonNull<u8>,
         owner: &'static Location<'static>,
     ) -> Result<(), FreeError> {
-        self.check_object(slab, obj)?;
-        // SAFETY: validated just above; caller's contract otherwise.
+        debug_assert_eq!(slab.cache_id(), self.id());
+        if crate::HARDENED {
+            slab.object_index(&self.core().params.layout, obj)?;
+        }
+        // SAFETY: the object's slab is ours; in a debug cache `free_slow` proves the index
+        // before the debug path uses it; caller's contract otherwise.
         unsafe { self.free_validated(slab, obj, owner) }
     }
 
     /// # Safety
-    /// `slab`/`obj` passed `check_object`; the caller owns `obj` and gives it up.
-    #[inline]
+    /// `slab` is `obj`'s slab and names this cache, and the index is proven when the cache is
+    /// a debug cache or [`HARDENED`](crate::HARDENED) (`check_object`), or the cache is a
+    /// debug cache and the proof is left to `free_slow`; the caller owns `obj` and gives it
+    /// up.
+    #[inline(always)]
     unsafe fn free_validated(
         &self,
         slab: SlabPtr,
         obj: NonNull<u8>,
         owner: &'static Location<'static>,
     ) -> Result<(), FreeError> {
+        if self.free_fast(slab, obj) {
+            return Ok(());
+        }
+        // SAFETY: caller's contract.
+        unsafe { self.free_slow(slab, obj, owner) }
+    }
+
+    /// The fast path: one push on this CPU's array inside its `IrqGuard`. `false` (nothing
+    /// changed) when the array is full, `obj` is on its top (a double free), the slab lives
+    /// on another node, or the cache is a debug cache (no arrays).
+    ///
+    /// The descriptor is reached through the slab header's cache id (our descriptor's
+    /// address, which every caller checked), not through the handle: for `kfree`, whose
+    /// handle comes out of the kmalloc table, that takes a table load off the chain of
+    /// dependent loads from the pointer to the CPU array.
+    #[inline(always)]
+    fn free_fast(&self, slab: SlabPtr, obj: NonNull<u8>) -> bool {
+        debug_assert_eq!(slab.cache_id(), self.id());
+        // SAFETY: the callers checked `slab.cache_id() == self.id()`, and a cache's id is the
+        // address of its descriptor (`lifecycle`), which lives as long as `self`.
+        let core = unsafe { &*(slab.cache_id() as *const CacheCore) };
+        let guard = self.platform.irq_save();
+        // SAFETY: as in `alloc_fast`.
+        let mut cpu = unsafe { core.cpus.get_beside(core, guard.cpu()) };
+        if core.nr_nodes > 1 && slab.node() != cpu.node() {
+            return false;
+        }
+        cpu.push_fast(obj)
+    }
+
+    /// Everything past the fast path: debug caches, double frees, remote nodes, full arrays.
+    ///
+    /// # Safety
+    /// As [`free_validated`](Self::free_validated).
+    #[cold]
+    #[inline(never)]
+    unsafe fn free_slow(
+        &self,
+        slab: SlabPtr,
+        obj: NonNull<u8>,
+        owner: &'static Location<'static>,
+    ) -> Result<(), FreeError> {
         if self.core().params.layout.cpu_capacity == 0 {
-            // SAFETY: caller's contract.
+            slab.object_index(&self.core().params.layout, obj)?;
+            // SAFETY: caller's contract; the index is proven just above.
             return unsafe { self.free_debug(slab, obj, owner) };
         }
         // SAFETY: caller's contract.
@@ -129,7 +180,6 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
     ///
     /// # Safety
     /// As [`free_validated`](Self::free_validated).
-    #[inline]
     unsafe fn free_cached(&self, slab: SlabPtr, obj: NonNull<u8>) -> Result<(), FreeError> {
         let core = self.core();
         let mut released = DetachedList::new();

@@ -161,7 +161,6 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
                 min_partial,
                 batch,
                 gfp,
-                kmalloc_slot: config.kmalloc_slot,
                 colour: AtomicUsize::new(0),
                 nodes: core::array::from_fn(|_| NodeSlot(Mutex::new(NodeLists::new()))),
                 nr_nodes,

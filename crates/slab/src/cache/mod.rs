@@ -17,9 +17,16 @@
 //! * **Fast path** (caches without debug flags): inside an `IrqGuard`, pop from or push to the
 //!   current CPU's array. No shared lock, no shared cache line, no slab metadata touched on
 //!   allocation. A free first finds the object's slab through the page source's private word
-//!   (an O(1) lookup that catches frees of foreign, misaligned and non-slab pointers) and
-//!   rejects the object if it is the one most recently freed on this CPU (SLUB's naive
-//!   double-free check).
+//!   (an O(1) lookup that catches frees of foreign and non-slab pointers, and with
+//!   [`HARDENED`](crate::HARDENED) misaligned ones) and rejects the object if it is the one
+//!   most recently freed on this CPU (SLUB's naive double-free check). Each fast path is one
+//!   well-predicted branch (`alloc_fast`: the array is not empty; `free_fast`: it has room,
+//!   `obj` is not on top and, on NUMA caches only, the slab is on the CPU's node); anything
+//!   else goes to an out-of-line slow path that runs the full checks. A debug cache's arrays
+//!   have no room, so its allocations and frees always take the slow path, with no test of
+//!   their own on the fast one. The CPU array's address is computed from the descriptor's,
+//!   and a free reaches the descriptor through the slab header's cache id, so few loads wait
+//!   on one another.
 //! * **Refill / flush**: an empty array takes up to `batch` objects from partial slabs of its
 //!   CPU's node under that node's lock (then from other nodes that hold more than
 //!   `min_partial` partial slabs, as SLUB's `get_any_partial`); a full array gives its `batch`
@@ -179,7 +186,6 @@ pub(crate) struct CacheCore {
     min_partial: usize,
     batch: usize,
     gfp: Gfp,
-    kmalloc_slot: Option<u16>,
     colour: AtomicUsize,
     nodes: [NodeSlot; MAX_NODES],
     nr_nodes: usize,
@@ -275,12 +281,13 @@ impl<'a, S: PageSource, P: IrqControl> Cache<'a, S, P> {
         self.core().nr_nodes
     }
 
+    /// The cache's identity, stored in every slab header: its descriptor's address, read
+    /// from the handle (no load from the descriptor).
+    #[inline]
     pub(crate) fn id(&self) -> usize {
-        self.core().params.cache
-    }
-
-    pub(crate) fn kmalloc_slot(&self) -> Option<u16> {
-        self.core().kmalloc_slot
+        let id = self.core.as_ptr() as usize;
+        debug_assert_eq!(id, self.core().params.cache);
+        id
     }
 
     /// The node of the calling CPU (a preference: the caller may move right after).

@@ -195,6 +195,7 @@ pub(crate) enum PageKind {
 /// If `ptr` lies in a slab, the slab must stay live while the returned [`SlabPtr`] is used:
 /// the caller owns an allocated object of that slab (the contract of `free`/`kfree`), or holds
 /// the owning cache's node lock with the slab listed.
+#[inline(always)]
 pub(crate) unsafe fn lookup<S: PageSource>(src: &S, ptr: NonNull<u8>) -> PageKind {
     let Some(pfn) = src.virt_to_pfn(ptr) else {
         return PageKind::Unknown;
