@@ -66,6 +66,14 @@ pub trait DeferredObserver: Sync {
     /// lists. Called with the node's deferred lock and a zone lock held and interrupts off:
     /// it must not call into the allocator.
     fn freeing(&self, start: Pfn, end: Pfn);
+
+    /// Frames `[start, end)` of a node are about to be initialised (before any of them is
+    /// freed, with the same locks held as for [`freeing`](Self::freeing) except the zone
+    /// lock): a sparse table of the observer's own can give their sections storage here.
+    /// The default does nothing.
+    fn initialising(&self, start: Pfn, end: Pfn) {
+        let _ = (start, end);
+    }
 }
 
 /// A run of frames `[start, end)`.
@@ -294,7 +302,10 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         }
         let free = &mut free[..nr_free];
         free.sort_unstable_by_key(|r| r.start);
-        let present = d.present();
+        if let Some(obs) = *self.deferred_observer.read() {
+            obs.initialising(Pfn::new(old), Pfn::new(new));
+        }
+        let present_runs = d.present();
         // Zone by zone (zones tile the span; their boundaries are max-order aligned), with
         // the zone lock held from publication to the last free, so a scan under the lock
         // sees the new frames either not yet initialised or already free. Descriptors are
@@ -309,22 +320,42 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
                 continue;
             }
             let mut zl = self.lock(n, z);
-            n.mm.store.extend((ze - base) as usize, |i| {
-                let pfn = base + i as u64;
-                while fc < free.len() && free[fc].end <= pfn {
-                    fc += 1;
+            let shift = n.mm.map.shift();
+            let step = 1u64 << shift;
+            let mut sec = zs;
+            while sec < ze {
+                let sec_end = sec + step;
+                let index = ((sec - base) >> shift) as usize;
+                let whole_free = free.iter().any(|r| r.start <= sec && sec_end <= r.end);
+                let has_free = free.iter().any(|r| r.overlap(sec, sec_end) > 0);
+                let present = d.present_in(sec, sec_end);
+                if whole_free {
+                    // The common case: one template, wide stores.
+                    n.mm.init_section(index, |_| PageDesc::with_state(PageState::Tail));
+                } else if present == step && !has_free {
+                    n.mm.init_section(index, |_| PageDesc::with_state(PageState::Reserved));
+                } else if present > 0 {
+                    n.mm.init_section(index, |i| {
+                        let pfn = sec + i as u64;
+                        while fc < free.len() && free[fc].end <= pfn {
+                            fc += 1;
+                        }
+                        if free.get(fc).is_some_and(|r| r.start <= pfn) {
+                            return PageDesc::with_state(PageState::Tail);
+                        }
+                        while pc < present_runs.len() && present_runs[pc].end <= pfn {
+                            pc += 1;
+                        }
+                        match present_runs.get(pc) {
+                            Some(r) if r.start <= pfn => PageDesc::with_state(PageState::Reserved),
+                            _ => PageDesc::with_state(PageState::Hole),
+                        }
+                    });
                 }
-                if free.get(fc).is_some_and(|r| r.start <= pfn) {
-                    return PageDesc::with_state(PageState::Tail);
-                }
-                while pc < present.len() && present[pc].end <= pfn {
-                    pc += 1;
-                }
-                match present.get(pc) {
-                    Some(r) if r.start <= pfn => PageDesc::with_state(PageState::Reserved),
-                    _ => PageDesc::with_state(PageState::Hole),
-                }
-            });
+                // A section without memory keeps sharing the hole block.
+                sec = sec_end;
+            }
+            n.mm.set_end(ze);
             let observer = *self.deferred_observer.read();
             for r in free.iter() {
                 let (s, e) = (r.start.max(zs), r.end.min(ze));

@@ -134,6 +134,11 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             let mut z = self.lock(node, zone);
             let mut pb = start;
             while pb < end {
+                // A pageblock of a section without memory has no descriptors of its own
+                // (sparse memmap) and no type to change.
+                if !node.mm.has_own_desc(pb) {
+                    return Err(IsolateError::Hole { pfn: Pfn::new(pb) });
+                }
                 if z.pageblock_type(pb) == MigrateType::Isolate {
                     return Err(IsolateError::AlreadyIsolated);
                 }

@@ -124,6 +124,7 @@ pub use isolate::CONTIG_CANDIDATES;
 pub use migrate::{MigrateType, FALLBACKS, NR_MIGRATE_TYPES, NR_PCP_TYPES};
 pub use mover::{MigrationObserver, MoveError, Mover, MoverId, MAX_MOVERS};
 pub use page::{PageDesc, PageState};
+pub use raw::SectionMap;
 pub use pcp::{PerCpuPages, PCP_MAX_ORDER};
 pub use report::{BuddyInfo, PageTypeInfo, PageblockCensus, ZoneInfo};
 pub use verify::VerifyError;
