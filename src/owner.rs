@@ -22,7 +22,7 @@
 //! | `mob + 1 | order << 2 | use << 6` | head of an allocated block (`mob` = migrate-type index 0..=2) |
 //!
 //! Frames the boot hand-off gave past a node's deferred boundary (`MmBuilder::deferred_init`)
-//! stay [`RESERVED`] until the buddy initialises and frees them ([`DeferredOwners`]).
+//! stay [`RESERVED`] until the buddy initialises and frees them (the [`OwnerMap`] is the buddy's deferred observer).
 //!
 //! Tail frames of other blocks read 0; the census walks from heads. A contiguous run is not
 //! one buddy block, so its length is kept in the table itself: the run's tail frames are
@@ -33,8 +33,8 @@
 
 use core::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 
-use mmkit_addr::{Order, Pfn};
-use mmkit_buddy::{DeferredObserver, MigrateType};
+use mmkit_addr::{Order, Pfn, PhysRange, PAGE_SIZE};
+use mmkit_buddy::{memmap_sections, DeferredObserver, MigrateType, SectionMap};
 
 /// Owner byte of a hole.
 pub const HOLE: u8 = 0b0000_0100;
@@ -168,58 +168,225 @@ impl PageblockCensus {
     }
 }
 
-/// Clears the owner bytes of the frames the buddy's deferred growth frees (the facade
-/// registers it as the buddy's [`DeferredObserver`] when booting with deferral): the boot
-/// hand-off leaves frames past a node's deferred boundary [`RESERVED`] in the table, as the
-/// buddy still holds them back, and they read free once the buddy has them.
-pub(crate) struct DeferredOwners<'m> {
+/// The owner table's storage: a sparse per-frame byte table (`SectionMap`) over the span
+/// of memory, sections of one max-order block. Sections that hold memory get bytes of their
+/// own when initialised (at boot below each node's deferred boundary, later when the
+/// buddy's deferred growth reaches them); sections without memory read [`HOLE`] from one
+/// shared block, and sections still deferred read [`RESERVED`] from another, so the table
+/// costs 4 bytes per section of hole and writes nothing at boot for deferred memory.
+/// Bytes of the shared blocks are never written ([`OwnerMap::mark`] skips them, and no
+/// other writer reaches a frame of a section without bytes of its own: allocated blocks
+/// and frames being freed are all initialised).
+pub(crate) struct OwnerMap<'m> {
+    /// First frame of the first section.
     pub(crate) base: u64,
-    pub(crate) bytes: &'m [AtomicU8],
+    pub(crate) map: SectionMap<'m, AtomicU8>,
+    /// Every memory range (any node).
+    pub(crate) memory: &'m [PhysRange],
+    /// mmkit's own boot structures, marked [`METADATA`] when their sections are initialised.
+    pub(crate) meta: &'m [PhysRange],
 }
 
-impl DeferredObserver for DeferredOwners<'_> {
-    fn freeing(&self, start: Pfn, end: Pfn) {
-        mark(self.base, self.bytes, start.as_u64(), end.as_u64(), 0);
+/// Offset of the shared [`RESERVED`] block (the shared [`HOLE`] block is at 0).
+fn reserved_block(shift: u32) -> u32 {
+    1 << shift
+}
+
+impl<'m> OwnerMap<'m> {
+    /// A table of `table.len()` sections of `2^shift` frames from `base` (section-aligned),
+    /// every section reading [`HOLE`]; `storage` holds the two shared blocks and the
+    /// present sections' bytes.
+    pub(crate) fn new(
+        base: u64,
+        table: &'m mut [core::mem::MaybeUninit<core::sync::atomic::AtomicU32>],
+        storage: &'m mut [core::mem::MaybeUninit<AtomicU8>],
+        shift: u32,
+        memory: &'m [PhysRange],
+        meta: &'m [PhysRange],
+    ) -> Self {
+        let map = SectionMap::new(table, storage, shift, |_| AtomicU8::new(HOLE));
+        let r = map.alloc_block(|_| AtomicU8::new(RESERVED));
+        debug_assert_eq!(r, reserved_block(shift));
+        Self {
+            base,
+            map,
+            memory,
+            meta,
+        }
+    }
+
+    /// Bytes of storage for `memory` with sections of `2^shift` frames: the two shared
+    /// blocks and one block per present section.
+    pub(crate) fn storage_len(memory: &[PhysRange], max_order: u32) -> usize {
+        let present: u64 = memmap_sections(memory, max_order)
+            .map(|(a, b)| b - a)
+            .sum();
+        ((present + 2) << max_order.min(mmkit_buddy::MAX_ORDER_LIMIT)) as usize
+    }
+
+    fn shift(&self) -> u32 {
+        self.map.shift()
+    }
+
+    /// The section of `pfn`, if the table covers it.
+    #[inline]
+    fn section(&self, pfn: u64) -> Option<usize> {
+        let s = usize::try_from(pfn.checked_sub(self.base)? >> self.shift()).ok()?;
+        (s < self.map.sections()).then_some(s)
+    }
+
+    /// Whether section `s` has bytes of its own.
+    fn is_own(&self, s: usize) -> bool {
+        self.map.entry(s) > reserved_block(self.shift())
+    }
+
+    #[inline]
+    fn slot(&self, pfn: u64) -> Option<&'m AtomicU8> {
+        self.section(pfn)?;
+        Some(self.map.get(pfn - self.base))
+    }
+
+    /// Whether `pfn` lies in mmkit's boot structures (from the log, not the table: also
+    /// right for sections not initialised yet).
+    fn in_meta(&self, pfn: u64) -> bool {
+        // Partial frames at either end count too.
+        self.meta.iter().any(|r| {
+            let (s, e) = (r.start().pfn().as_u64(), r.end().as_u64().div_ceil(PAGE_SIZE));
+            s <= pfn && pfn < e
+        })
+    }
+
+    /// The byte a frame starts with when its section is initialised.
+    fn initial_byte(&self, pfn: u64) -> u8 {
+        if self.in_meta(pfn) {
+            METADATA
+        } else if self.memory.iter().any(|r| {
+            let f = r.whole_pfns();
+            f.start <= pfn && pfn < f.end
+        }) {
+            RESERVED
+        } else {
+            HOLE
+        }
+    }
+
+    /// Give every section overlapping `[start, end)` that holds memory bytes of its own,
+    /// written with their boot state ([`RESERVED`] memory, [`HOLE`]s, [`METADATA`]);
+    /// sections initialised already are left alone.
+    pub(crate) fn init_sections(&self, start: u64, end: u64) {
+        let shift = self.shift();
+        let step = 1u64 << shift;
+        let Some(first) = self.section(start.max(self.base)) else {
+            return;
+        };
+        let last = self
+            .section(end.saturating_sub(1))
+            .unwrap_or(self.map.sections() - 1);
+        for s in first..=last {
+            if self.is_own(s) {
+                continue;
+            }
+            let sec = self.base + ((s as u64) << shift);
+            let (se, m) = (sec + step, |r: &PhysRange| {
+                let f = r.whole_pfns();
+                (f.start, f.end)
+            });
+            let whole = self.memory.iter().map(m).any(|(a, b)| a <= sec && se <= b);
+            let any = self.memory.iter().map(m).any(|(a, b)| a < se && sec < b);
+            let meta = self.meta.iter().any(|r| {
+                let (a, b) = (r.start().pfn().as_u64(), r.end().as_u64().div_ceil(PAGE_SIZE));
+                a < se && sec < b
+            });
+            if !any {
+                continue;
+            }
+            let off = if whole && !meta {
+                self.map.alloc_block(|_| AtomicU8::new(RESERVED))
+            } else {
+                self.map
+                    .alloc_block(|i| AtomicU8::new(self.initial_byte(sec + i as u64)))
+            };
+            self.map.publish(s, off);
+        }
+    }
+
+    /// Point every section overlapping `[start, end)` that holds memory at the shared
+    /// [`RESERVED`] block (the deferred part of a node, at boot).
+    pub(crate) fn defer_sections(&self, start: u64, end: u64) {
+        let shift = self.shift();
+        for (a, b) in memmap_sections(self.memory, shift) {
+            let (a, b) = ((a << shift).max(start), (b << shift).min(end));
+            let mut p = a;
+            while p < b {
+                if let Some(s) = self.section(p) {
+                    if !self.is_own(s) {
+                        self.map.publish(s, reserved_block(shift));
+                    }
+                }
+                p = (p | ((1 << shift) - 1)) + 1;
+            }
+        }
+    }
+
+    /// Store `value` in the bytes of `[start, end)` that sections with bytes of their own
+    /// hold (shared blocks are never written).
+    pub(crate) fn mark(&self, start: u64, end: u64, value: u8) {
+        let shift = self.shift();
+        let span_end = self.base + ((self.map.sections() as u64) << shift);
+        let (mut p, end) = (start.max(self.base), end.min(span_end));
+        while p < end {
+            let next = ((p >> shift) + 1) << shift;
+            let e = next.min(end);
+            if let Some(s) = self.section(p) {
+                if self.is_own(s) {
+                    for b in self.map.get_run(p - self.base, e - p) {
+                        b.store(value, Relaxed);
+                    }
+                }
+            }
+            p = e;
+        }
     }
 }
 
-/// Store `value` in the bytes of `[start, end)` that the table `bytes` (from frame `base`)
-/// covers.
-fn mark(base: u64, bytes: &[AtomicU8], start: u64, end: u64, value: u8) {
-    // The part of `[start, end)` the table covers, as one slice: no per-frame checks.
-    let len = bytes.len() as u64;
-    let lo = start.saturating_sub(base).min(len);
-    let hi = end.saturating_sub(base).clamp(lo, len);
-    for s in &bytes[lo as usize..hi as usize] {
-        s.store(value, Relaxed);
+/// The facade registers the table as the buddy's [`DeferredObserver`] when booting with
+/// deferral: growth gives the sections it reaches bytes of their own, then clears the bytes
+/// of the frames it frees (until then a deferred section reads [`RESERVED`] from the
+/// shared block).
+impl DeferredObserver for OwnerMap<'_> {
+    fn initialising(&self, start: Pfn, end: Pfn) {
+        self.init_sections(start.as_u64(), end.as_u64());
+    }
+
+    fn freeing(&self, start: Pfn, end: Pfn) {
+        self.mark(start.as_u64(), end.as_u64(), 0);
     }
 }
 
 /// The owner table and the counters derived from it.
 pub(crate) struct PageOwners<'m> {
-    base: u64,
-    bytes: &'m [AtomicU8],
+    map: &'m OwnerMap<'m>,
     /// Frames per use and mobility.
     frames: [[AtomicU64; 3]; 4],
 }
 
 impl<'m> PageOwners<'m> {
-    pub(crate) fn new(base: u64, bytes: &'m [AtomicU8]) -> Self {
+    pub(crate) fn new(map: &'m OwnerMap<'m>) -> Self {
         Self {
-            base,
-            bytes,
+            map,
             frames: Default::default(),
         }
     }
 
-    fn slot(&self, pfn: u64) -> Option<&AtomicU8> {
-        self.bytes
-            .get(usize::try_from(pfn.checked_sub(self.base)?).ok()?)
+    #[inline]
+    fn slot(&self, pfn: u64) -> Option<&'m AtomicU8> {
+        self.map.slot(pfn)
     }
 
-    /// Mark `[start, end)` with a boot-time state (`HOLE`, `RESERVED` or free `0`).
+    /// Mark `[start, end)` with a boot-time state (`HOLE`, `RESERVED` or free `0`), in the
+    /// sections initialised so far.
     pub(crate) fn mark_range(&self, start: u64, end: u64, value: u8) {
-        mark(self.base, self.bytes, start, end, value);
+        self.map.mark(start, end, value);
     }
 
     /// Turn the reserved frames `[start, end)` into free ones (owner byte 0) before they go to
@@ -228,6 +395,8 @@ impl<'m> PageOwners<'m> {
     pub(crate) fn release_reserved(&self, start: u64, end: u64) -> Result<(), (u64, Option<u8>)> {
         for pfn in start..end {
             match self.slot(pfn).map(|s| s.load(Relaxed)) {
+                // A deferred section reads the shared reserved block: ask the log.
+                Some(RESERVED) if self.map.in_meta(pfn) => return Err((pfn, Some(METADATA))),
                 Some(RESERVED) => {}
                 other => return Err((pfn, other)),
             }
@@ -322,7 +491,12 @@ impl<'m> PageOwners<'m> {
 
     /// Whether `pfn` holds mmkit's own boot metadata.
     pub(crate) fn is_metadata(&self, pfn: u64) -> bool {
-        self.slot(pfn).is_some_and(|s| s.load(Relaxed) == METADATA)
+        match self.slot(pfn).map(|s| s.load(Relaxed)) {
+            Some(METADATA) => true,
+            // A section not initialised yet reads the shared reserved block.
+            Some(RESERVED) => self.map.in_meta(pfn),
+            _ => false,
+        }
     }
 
     /// Whether `pfn` is a frame of a live slab block, and which kind.
@@ -366,8 +540,8 @@ impl<'m> PageOwners<'m> {
     /// concurrently.
     pub(crate) fn census(&self, pageblock_order: u32, mut f: impl FnMut(&PageblockCensus)) {
         let pb = 1u64 << pageblock_order;
-        let start = self.base & !(pb - 1);
-        let end = self.base + self.bytes.len() as u64;
+        let start = self.map.base & !(pb - 1);
+        let end = self.map.base + ((self.map.map.sections() as u64) << self.map.shift());
         let mut cur = PageblockCensus {
             pfn: start,
             ..Default::default()
@@ -418,8 +592,83 @@ mod tests {
     use super::*;
     use std::vec::Vec;
 
-    fn table(n: usize) -> Vec<AtomicU8> {
-        (0..n).map(|_| AtomicU8::new(0)).collect()
+    use core::mem::MaybeUninit;
+    use core::sync::atomic::AtomicU32;
+    use mmkit_addr::PhysAddr;
+
+    fn leaked<T>(n: usize) -> &'static mut [MaybeUninit<T>] {
+        Vec::leak((0..n).map(|_| MaybeUninit::uninit()).collect())
+    }
+
+    /// An owner table over the `n` frames from `base` (all memory, sections of 4 frames),
+    /// every section initialised and every byte 0.
+    fn table(base: u64, n: u64) -> &'static OwnerMap<'static> {
+        let mem: &'static [PhysRange] = Vec::leak(std::vec![PhysRange::from_start_size(
+            PhysAddr::new(base * 4096),
+            n * 4096
+        )
+        .unwrap()]);
+        let sections = n.div_ceil(4) as usize;
+        let map = OwnerMap::new(
+            base,
+            leaked::<AtomicU32>(sections),
+            leaked::<AtomicU8>(OwnerMap::storage_len(mem, 2)),
+            2,
+            mem,
+            &[],
+        );
+        let map: &'static OwnerMap<'static> = std::boxed::Box::leak(std::boxed::Box::new(map));
+        map.init_sections(base, base + n);
+        map.mark(base, base + n, 0);
+        map
+    }
+
+    fn byte(owners: &PageOwners<'_>, pfn: u64) -> u8 {
+        owners.slot(pfn).unwrap().load(Relaxed)
+    }
+
+    #[test]
+    fn holes_and_deferred_sections_share_blocks_and_are_never_written() {
+        // Frames 0..8 and 32..40 are memory (sections of 4 frames); 8..32 is a hole.
+        let r = |s: u64, n: u64| PhysRange::from_start_size(PhysAddr::new(s * 4096), n * 4096).unwrap();
+        let mem: &'static [PhysRange] = Vec::leak(std::vec![r(0, 8), r(32, 8)]);
+        let meta: &'static [PhysRange] = Vec::leak(std::vec![r(36, 1)]);
+        assert_eq!(OwnerMap::storage_len(mem, 2), 4 * 4 + 2 * 4);
+        let map = OwnerMap::new(
+            0,
+            leaked::<AtomicU32>(10),
+            leaked::<AtomicU8>(OwnerMap::storage_len(mem, 2)),
+            2,
+            mem,
+            meta,
+        );
+        let map: &'static OwnerMap<'static> = std::boxed::Box::leak(std::boxed::Box::new(map));
+        // The first bank now, the second deferred.
+        map.init_sections(0, 32);
+        map.defer_sections(32, 40);
+        let owners = PageOwners::new(map);
+        assert_eq!(map.map.written(), 4 * 4, "two shared blocks and the first bank's two sections");
+        assert_eq!(byte(&owners, 3), RESERVED);
+        assert_eq!(byte(&owners, 20), HOLE);
+        assert_eq!(byte(&owners, 36), RESERVED, "deferred: the shared reserved block");
+        assert!(owners.is_metadata(36), "known from the log before its section is");
+        assert_eq!(owners.release_reserved(36, 37), Err((36, Some(METADATA))));
+        // Writes to shared blocks are dropped; a release of deferred frames only checks.
+        owners.mark_range(0, 40, 0);
+        assert_eq!((byte(&owners, 3), byte(&owners, 20), byte(&owners, 33)), (0, HOLE, RESERVED));
+        assert_eq!(owners.release_reserved(32, 36), Ok(()));
+        assert_eq!(byte(&owners, 32), RESERVED);
+        // Growth reaches the second bank: bytes of its own, then the freed frames clear.
+        map.initialising(Pfn::new(32), Pfn::new(40));
+        map.freeing(Pfn::new(32), Pfn::new(36));
+        assert_eq!(byte(&owners, 33), 0);
+        assert_eq!(byte(&owners, 36), METADATA);
+        assert_eq!(byte(&owners, 37), RESERVED);
+        assert_eq!(byte(&owners, 20), HOLE);
+        assert_eq!(map.map.written(), 6 * 4);
+        let mut holes = 0;
+        owners.census(2, |c| holes += c.hole);
+        assert_eq!(holes, 24);
     }
 
     #[test]
@@ -446,8 +695,7 @@ mod tests {
 
     #[test]
     fn take_clears_once_and_keeps_counters_balanced() {
-        let t = table(16);
-        let owners = PageOwners::new(100, &t);
+        let owners = PageOwners::new(table(100, 16));
         let o = Owner {
             order: Order::new(2),
             mobility: MigrateType::Movable,
@@ -468,8 +716,7 @@ mod tests {
 
     #[test]
     fn a_contiguous_run_knows_its_length_and_counts_every_frame() {
-        let t = table(16);
-        let owners = PageOwners::new(0, &t);
+        let owners = PageOwners::new(table(0, 16));
         let o = Owner {
             order: Order::ZERO,
             mobility: MigrateType::Movable,
@@ -487,29 +734,27 @@ mod tests {
         assert_eq!(movable, 7);
         assert_eq!(owners.take_run(Pfn::new(3), 6), Some(o));
         assert_eq!(owners.take_run(Pfn::new(3), 6), None, "taken once");
-        assert!((3..9).all(|p| t[p].load(Relaxed) == 0));
+        assert!((3..9).all(|p| byte(&owners, p) == 0));
         assert_eq!(owners.frames(PageUse::Pages), [0, 1, 0]);
     }
 
     #[test]
     fn mark_range_writes_only_the_frames_the_table_covers() {
         // 8 frames from pfn 100.
-        let t = table(8);
-        let owners = PageOwners::new(100, &t);
+        let owners = PageOwners::new(table(100, 8));
         owners.mark_range(0, 102, HOLE); // starts before the table
         owners.mark_range(106, u64::MAX, RESERVED); // ends past it
         owners.mark_range(200, 300, METADATA); // wholly past it
         owners.mark_range(50, 60, METADATA); // wholly before it
         owners.mark_range(104, 103, METADATA); // empty
-        let got: Vec<u8> = t.iter().map(|b| b.load(Relaxed)).collect();
+        let got: Vec<u8> = (100..108).map(|p| byte(&owners, p)).collect();
         assert_eq!(got, [HOLE, HOLE, 0, 0, 0, 0, RESERVED, RESERVED]);
     }
 
     #[test]
     fn census_counts_blocks_across_pageblocks() {
         // 16 frames from pfn 0, pageblocks of 4 frames.
-        let t = table(16);
-        let owners = PageOwners::new(0, &t);
+        let owners = PageOwners::new(table(0, 16));
         owners.mark_range(0, 2, HOLE);
         owners.mark_range(2, 3, RESERVED);
         assert_eq!(owners.slab_frame(Pfn::new(9)), SlabFrame::NotSlab);

@@ -164,6 +164,17 @@ pub fn memmap_len(memory: &[PhysRange], max_order: u32) -> usize {
     crate::raw::table_slots_saturating::<PageDesc>(sections).saturating_add(blocks)
 }
 
+/// The sections of a node's sparse memmap ([`memmap_len`]) that hold memory of `memory`,
+/// numbered `pfn >> max_order`, as sorted, disjoint, non-adjacent runs `[first, end)`:
+/// the sections that get descriptors of their own. For per-frame tables of the caller's
+/// that want the same layout (the facade's page-owner table).
+pub fn memmap_sections(
+    memory: &[PhysRange],
+    max_order: u32,
+) -> impl Iterator<Item = (u64, u64)> + '_ {
+    present_sections(memory, section_shift(max_order))
+}
+
 /// The memmap's section size for `max_order`, as a shift: one max-order block.
 pub(crate) fn section_shift(max_order: u32) -> u32 {
     max_order.min(MAX_ORDER_LIMIT)

@@ -108,7 +108,7 @@ pub use allocator::{BuddyAllocator, LowWatermarkHook, ZoneStats};
 pub use cma::CmaArea;
 pub use compaction::{CompactOutcome, CompactResult, CompactStats, Extfrag, DEFAULT_PROACTIVENESS};
 pub use config::{
-    memmap_len, node_span, pcp_storage_len, BuddyConfig, CoreSize, NodeInit,
+    memmap_len, memmap_sections, node_span, pcp_storage_len, BuddyConfig, CoreSize, NodeInit,
     DEFAULT_LOWMEM_RESERVE_RATIO,
 };
 pub use deferred::{
