@@ -87,28 +87,59 @@ fn complete(mm: &Mm<'_, HostPlatform>, threads: usize) {
     });
 }
 
-/// Boot `gib` GiB (from 1 MiB) as two nodes with deferral; returns boot + first kmalloc,
-/// and the time to complete on `threads` threads.
-fn deferred_once(gib: u64, threads: usize) -> (Duration, Duration) {
-    let span = gib * GIB;
+/// What one deferred boot measured.
+#[derive(Clone, Copy)]
+struct Deferred {
+    /// Boot plus the first kmalloc.
+    first: Duration,
+    /// Completion, descriptor and owner-table memory faulted in by the host as it goes.
+    cold: Duration,
+    /// Completion of a second boot on the same host memory: the same metadata pages, now
+    /// faulted in (what a kernel sees: RAM that is just there).
+    warm: Duration,
+}
+
+/// Boot `banks` (inside a `span`-byte machine) as two nodes split at `split` with deferral,
+/// kmalloc once and complete on `threads` threads; then boot the same machine again and
+/// complete it again (warm).
+fn deferred_once(span: u64, banks: &[(u64, u64)], split: u64, threads: usize) -> Deferred {
     let ram = HostRam::new(PhysAddr::new(0), span);
-    // SAFETY: as in `boot_once`.
-    let b = unsafe { MmBuilder::new(HostPlatform::new(2), &ram) }
-        .memory(bank(MIB, span - MIB))
-        .node(1, bank(span / 2, span / 2))
-        .deferred_init(EAGER_FRAMES);
-    let t = Instant::now();
-    let mm = b.boot().expect("boot");
-    let p = mm.kmalloc(64, GfpFlags::KERNEL).expect("memory");
-    let first = t.elapsed();
-    // SAFETY: `p` came from `mm` just above and is not used again.
-    unsafe { mm.kfree(p) }.expect("a valid free");
-    let t = Instant::now();
-    complete(&mm, threads);
-    let done = t.elapsed();
-    assert_eq!(mm.deferred_frames(), 0, "completed");
-    std::mem::forget(mm);
-    (first, done)
+    let run = || {
+        // SAFETY: as in `boot_once`; the second boot on `ram` starts after the first `Mm` is
+        // done with (forgotten, never used again).
+        let mut b = unsafe { MmBuilder::new(HostPlatform::new(2), &ram) };
+        for &(start, len) in banks {
+            b = b.memory(bank(start, len));
+        }
+        let b = b
+            .node(1, bank(split, span - split))
+            .deferred_init(EAGER_FRAMES);
+        let t = Instant::now();
+        let mm = b.boot().expect("boot");
+        let p = mm.kmalloc(64, GfpFlags::KERNEL).expect("memory");
+        let first = t.elapsed();
+        // SAFETY: `p` came from `mm` just above and is not used again.
+        unsafe { mm.kfree(p) }.expect("a valid free");
+        let t = Instant::now();
+        complete(&mm, threads);
+        let done = t.elapsed();
+        assert_eq!(mm.deferred_frames(), 0, "completed");
+        std::mem::forget(mm);
+        (first, done)
+    };
+    let (first, cold) = run();
+    let (_, warm) = run();
+    Deferred { first, cold, warm }
+}
+
+/// The best of three runs, per figure.
+fn best_deferred(run: impl Fn() -> Deferred) -> Deferred {
+    let runs: Vec<Deferred> = (0..3).map(|_| run()).collect();
+    Deferred {
+        first: runs.iter().map(|r| r.first).min().expect("runs"),
+        cold: runs.iter().map(|r| r.cold).min().expect("runs"),
+        warm: runs.iter().map(|r| r.warm).min().expect("runs"),
+    }
 }
 
 fn best_of_three<T: Copy>(run: impl Fn() -> (Duration, T)) -> (Duration, T) {
@@ -118,24 +149,18 @@ fn best_of_three<T: Copy>(run: impl Fn() -> (Duration, T)) -> (Duration, T) {
         .expect("three runs")
 }
 
-fn best_of_three_by_second(run: impl Fn() -> (Duration, Duration)) -> (Duration, Duration) {
-    (0..3)
-        .map(|_| run())
-        .min_by_key(|&(_, d)| d)
-        .expect("three runs")
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
 fn main() {
-    let sizes: Vec<u64> = match std::env::args().nth(1).and_then(|a| a.parse().ok()) {
-        Some(g) => vec![g],
-        None => vec![1, 4, 16, 64],
+    let one: Option<u64> = std::env::args().nth(1).and_then(|a| a.parse().ok());
+    let (eager, deferred): (Vec<u64>, Vec<u64>) = match one {
+        Some(g) => (vec![g], vec![g]),
+        None => (vec![1, 4, 16, 64, 256], vec![1, 4, 16, 64, 256, 1024]),
     };
     println!("RAM       boot (ms)   per GiB (ms)   first kmalloc (µs)");
-    for g in &sizes {
+    for g in &eager {
         // RAM from 1 MiB, as a PC's.
         let (b, k) = best_of_three(|| boot_once(g * GIB, &[(MIB, g * GIB - MIB)]));
         println!(
@@ -148,35 +173,40 @@ fn main() {
     }
     println!();
     println!(
-        "deferred init, two nodes, {} MiB each at boot:",
+        "deferred init, two nodes, {} MiB each at boot; completion in ms per GiB, cold (host \
+         faults the metadata pages in) and warm (pages already there)",
         EAGER_FRAMES * 4096 / MIB
     );
     println!(
-        "RAM       boot to kmalloc (ms)   complete, 1 thread (ms, ms/GiB)   2 threads (ms, ms/GiB)"
+        "RAM       boot to kmalloc (ms)   1 thread cold   warm   2 threads cold   warm"
     );
-    for g in &sizes {
-        let (first, _) = best_of_three(|| deferred_once(*g, 1));
-        let (_, one) = best_of_three_by_second(|| deferred_once(*g, 1));
-        let (_, two) = best_of_three_by_second(|| deferred_once(*g, 2));
+    for g in &deferred {
+        let span = g * GIB;
+        let banks = [(MIB, span - MIB)];
+        let one = best_deferred(|| deferred_once(span, &banks, span / 2, 1));
+        let two = best_deferred(|| deferred_once(span, &banks, span / 2, 2));
+        let per = |d: Duration| ms(d) / *g as f64;
         println!(
-            "{:>4} GiB  {:>20.2}   {:>16.1} {:>14.2}   {:>10.1} {:>11.2}",
+            "{:>4} GiB  {:>20.2}   {:>13.2}   {:>4.2}   {:>14.2}   {:>4.2}",
             g,
-            ms(first),
-            ms(one),
-            ms(one) / *g as f64,
-            ms(two),
-            ms(two) / *g as f64
+            ms(one.first.min(two.first)),
+            per(one.cold),
+            per(one.warm),
+            per(two.cold),
+            per(two.warm)
         );
     }
-    if std::env::args().nth(1).is_some() {
+    if one.is_some() {
         return;
     }
     println!();
-    println!("two 512 MiB banks around a hole of   boot (ms)");
-    for hole in [0u64, 16, 64] {
+    println!("two 512 MiB banks around a hole of   boot (ms)   deferred boot to kmalloc (ms)");
+    for hole in [0u64, 16, 64, 1024] {
         let second = 512 * MIB + hole * GIB;
         let span = second + 512 * MIB;
-        let (b, _) = best_of_three(|| boot_once(span, &[(MIB, 511 * MIB), (second, 512 * MIB)]));
-        println!("{:>32} GiB   {:>9.2}", hole, ms(b));
+        let banks = [(MIB, 511 * MIB), (second, 512 * MIB)];
+        let (b, _) = best_of_three(|| boot_once(span, &banks));
+        let d = best_deferred(|| deferred_once(span, &banks, second, 1));
+        println!("{:>32} GiB   {:>9.2}   {:>29.2}", hole, ms(b), ms(d.first));
     }
 }

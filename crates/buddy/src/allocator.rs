@@ -242,7 +242,18 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
                 let (a, b) = (a << shift, (b << shift).min(boundary));
                 let mut sec = a;
                 while sec < b {
-                    mm.init_section(((sec - start) >> shift) as usize, |i| {
+                    let index = ((sec - start) >> shift) as usize;
+                    let whole = n.memory.iter().any(|r| {
+                        let f = r.whole_pfns();
+                        f.start <= sec && sec + (1 << shift) <= f.end
+                    });
+                    if whole {
+                        // The common case: one template, wide stores.
+                        mm.init_section(index, |_| PageDesc::with_state(PageState::Reserved));
+                        sec += 1 << shift;
+                        continue;
+                    }
+                    mm.init_section(index, |i| {
                         let pfn = sec + i as u64;
                         let present = n.memory.iter().any(|r| {
                             let f = r.whole_pfns();

@@ -463,6 +463,14 @@ impl<'m> Memmap<'m> {
     pub fn has_own_desc(&self, pfn: u64) -> bool {
         self.spans(pfn) && self.map.entry(((pfn - self.base) >> self.map.shift()) as usize) != 0
     }
+    /// For a walker at the first frame of a section without descriptors of its own (all
+    /// holes, or past the deferred boundary), the first frame of the next section; `None`
+    /// anywhere else.
+    #[inline]
+    pub fn skip_hole_section(&self, pfn: u64) -> Option<u64> {
+        let mask = (1u64 << self.map.shift()) - 1;
+        ((pfn - self.base) & mask == 0 && !self.has_own_desc(pfn)).then(|| pfn + mask + 1)
+    }
     /// Frames initialised.
     #[inline]
     pub fn len(&self) -> usize {
