@@ -110,6 +110,7 @@ impl Owner {
         (self.mobility as u8 + 1) | ((self.order.get() as u8) << 2) | ((self.usage as u8) << 6)
     }
 
+    #[inline]
     fn decode(b: u8) -> Option<Self> {
         let mob = b & 0b11;
         if mob == 0 {
@@ -242,8 +243,8 @@ impl<'m> OwnerMap<'m> {
 
     #[inline]
     fn slot(&self, pfn: u64) -> Option<&'m AtomicU8> {
-        self.section(pfn)?;
-        Some(self.map.get(pfn - self.base))
+        // A frame below `base` wraps to an index past the last section.
+        self.map.try_get(pfn.wrapping_sub(self.base))
     }
 
     /// Whether `pfn` lies in mmkit's boot structures (from the log, not the table: also
@@ -385,6 +386,7 @@ impl<'m> PageOwners<'m> {
 
     /// Mark `[start, end)` with a boot-time state (`HOLE`, `RESERVED` or free `0`), in the
     /// sections initialised so far.
+    #[inline]
     pub(crate) fn mark_range(&self, start: u64, end: u64, value: u8) {
         self.map.mark(start, end, value);
     }
@@ -406,6 +408,7 @@ impl<'m> PageOwners<'m> {
     }
 
     /// Record a freshly allocated block.
+    #[inline]
     pub(crate) fn record(&self, pfn: Pfn, owner: Owner) {
         if let Some(s) = self.slot(pfn.as_u64()) {
             s.store(owner.encode(), Relaxed);
@@ -420,6 +423,7 @@ impl<'m> PageOwners<'m> {
     }
 
     /// Forget the block at `pfn` before it is freed; returns what it was.
+    #[inline]
     pub(crate) fn take(&self, pfn: Pfn) -> Option<Owner> {
         let s = self.slot(pfn.as_u64())?;
         let b = s.load(Relaxed);
@@ -455,6 +459,7 @@ impl<'m> PageOwners<'m> {
 
     /// The length of the contiguous run whose head is `pfn`, or `None` if `pfn` is not the
     /// head of one (not an order-0 block byte followed by a [`CONTIG_TAIL`]).
+    #[inline]
     pub(crate) fn run_len(&self, pfn: Pfn) -> Option<u64> {
         let head = self.get(pfn)?;
         let p = pfn.as_u64();
@@ -484,6 +489,7 @@ impl<'m> PageOwners<'m> {
     }
 
     /// Whether `pfn` is a tail frame of a contiguous run.
+    #[inline]
     pub(crate) fn is_contig_tail(&self, pfn: u64) -> bool {
         self.slot(pfn)
             .is_some_and(|s| s.load(Relaxed) == CONTIG_TAIL)
@@ -521,6 +527,7 @@ impl<'m> PageOwners<'m> {
     }
 
     /// The owner of the block whose head is `pfn`.
+    #[inline]
     pub(crate) fn get(&self, pfn: Pfn) -> Option<Owner> {
         Owner::decode(self.slot(pfn.as_u64())?.load(Relaxed))
     }

@@ -131,7 +131,8 @@ pub fn node_span(memory: &[PhysRange], max_order: u32) -> Option<(u64, u64)> {
 /// aligned to 8). The memmap is sparse (`PageDesc` storage only for present memory):
 /// the span, rounded out to max-order blocks, is cut into **sections** of one max-order
 /// block each, and the storage holds a table of one 4-byte entry per section, one shared
-/// block of hole descriptors, and a block of descriptors per section that holds memory.
+/// block of hole descriptors, a block of descriptors per section that holds memory, and a
+/// 4-byte entry per block naming its section.
 /// Holes of whole sections cost 4 bytes per section (1 MiB per TiB of hole with 4 MiB
 /// sections) instead of 16 bytes per frame.
 ///
@@ -139,14 +140,15 @@ pub fn node_span(memory: &[PhysRange], max_order: u32) -> Option<(u64, u64)> {
 /// use mmkit_addr::{PhysAddr, PhysRange};
 /// let ram = [PhysRange::from_start_size(PhysAddr::new(0x10_0000), 0x30_0000).unwrap()];
 /// // 1 MiB..4 MiB rounded out to one 4 MiB (order-10) section: a one-entry table (one
-/// // slot), the shared hole block and the section's block, 1024 slots each.
-/// assert_eq!(mmkit_buddy::memmap_len(&ram, 10), 1 + 2 * 1024);
+/// // slot), a two-entry reverse table (one slot), the shared hole block and the
+/// // section's block, 1024 slots each.
+/// assert_eq!(mmkit_buddy::memmap_len(&ram, 10), 2 + 2 * 1024);
 /// // Two 4 MiB banks 1 TiB apart: 2^18 sections, two of them present.
 /// let far = [
 ///     PhysRange::from_start_size(PhysAddr::new(0), 4 << 20).unwrap(),
 ///     PhysRange::from_start_size(PhysAddr::new(1 << 40), 4 << 20).unwrap(),
 /// ];
-/// assert_eq!(mmkit_buddy::memmap_len(&far, 10), (1 << 18) / 4 + 1 + 3 * 1024);
+/// assert_eq!(mmkit_buddy::memmap_len(&far, 10), (1 << 18) / 4 + 1 + 1 + 3 * 1024);
 /// ```
 ///
 /// A span too large for `usize` saturates to `usize::MAX` (no storage can be that large, so
@@ -158,10 +160,11 @@ pub fn memmap_len(memory: &[PhysRange], max_order: u32) -> usize {
     let shift = section_shift(max_order);
     let sections = usize::try_from((e - s) >> shift).unwrap_or(usize::MAX);
     let present: u64 = present_sections(memory, shift).map(|(a, b)| b - a).sum();
-    let blocks = usize::try_from(present.saturating_add(1))
-        .unwrap_or(usize::MAX)
-        .saturating_mul(1usize << shift);
-    crate::raw::table_slots_saturating::<PageDesc>(sections).saturating_add(blocks)
+    let nr_blocks = usize::try_from(present.saturating_add(1)).unwrap_or(usize::MAX);
+    let blocks = nr_blocks.saturating_mul(1usize << shift);
+    crate::raw::table_slots_saturating::<PageDesc>(sections)
+        .saturating_add(crate::raw::table_slots_saturating::<PageDesc>(nr_blocks))
+        .saturating_add(blocks)
 }
 
 /// The sections of a node's sparse memmap ([`memmap_len`]) that hold memory of `memory`,
@@ -264,7 +267,7 @@ mod tests {
         let ram = [r(64 * m, m), r(0, 6 * m), r(5 * m, 2 * m)];
         let got: std::vec::Vec<_> = present_sections(&ram, 10).collect();
         assert_eq!(got, [(0, 2), (16, 17)]);
-        assert_eq!(memmap_len(&ram, 10), 5 + 4 * 1024);
+        assert_eq!(memmap_len(&ram, 10), 5 + 1 + 4 * 1024);
     }
 
     #[test]

@@ -404,7 +404,7 @@ impl PageDesc {
     }
 }
 
-/// The descriptors of one node: frame `base + i` has descriptor index `i`. The memmap is
+/// The descriptors of one node, frame `base + i` at index `i` of the section map. The memmap is
 /// sparse (Linux SPARSEMEM, `raw::SectionMap`): each section of `2^max_order` frames
 /// (one max-order block) that holds memory has its own descriptors; sections without
 /// memory, and sections past the deferred boundary until they are initialised
@@ -471,11 +471,6 @@ impl<'m> Memmap<'m> {
         let mask = (1u64 << self.map.shift()) - 1;
         ((pfn - self.base) & mask == 0 && !self.has_own_desc(pfn)).then(|| pfn + mask + 1)
     }
-    /// Frames initialised.
-    #[inline]
-    pub fn len(&self) -> usize {
-        self.init.load(Acquire) as usize
-    }
     /// Give section `section` descriptors of its own, written with `f(i)` for its `i`-th
     /// frame, and publish them.
     pub fn init_section(&self, section: usize, f: impl FnMut(usize) -> PageDesc) {
@@ -510,17 +505,22 @@ impl<'m> Memmap<'m> {
     pub fn desc(&self, pfn: u64) -> &'m PageDesc {
         self.map.get(pfn - self.base)
     }
+    /// The descriptor of list index `idx` (from [`idx`](Self::idx) or a list link): a
+    /// storage slot, reached without the section table.
     #[inline]
     pub fn at(&self, idx: u32) -> &'m PageDesc {
-        self.map.get(u64::from(idx))
+        self.map.at_slot(idx)
     }
+    /// The list index of `pfn`'s descriptor: its storage slot (lists link descriptors by
+    /// slot, so walking a list needs no section lookup).
     #[inline]
     pub fn idx(&self, pfn: u64) -> u32 {
-        (pfn - self.base) as u32
+        self.map.slot(pfn - self.base)
     }
+    /// The frame of list index `idx`.
     #[inline]
     pub fn pfn(&self, idx: u32) -> u64 {
-        self.base + u64::from(idx)
+        self.base + self.map.index_of_slot(idx)
     }
 }
 
@@ -648,23 +648,24 @@ mod tests {
 
     #[test]
     fn list_push_remove_pop_keeps_links() {
-        let mut storage: [core::mem::MaybeUninit<PageDesc>; 9] =
+        let mut storage: [core::mem::MaybeUninit<PageDesc>; 10] =
             core::array::from_fn(|_| core::mem::MaybeUninit::uninit());
         let mm = Memmap {
             base: 100,
             span: 4,
-            map: SectionMap::new_in_one(&mut storage, 1, 2, |_| PageDesc::new()),
+            map: SectionMap::new_in_one(&mut storage, 1, 2, 2, |_| PageDesc::new()),
             init: AtomicU64::new(0),
         };
         mm.init_section(0, |_| PageDesc::new());
         mm.set_end(104);
+        let i = |p: u64| mm.idx(p);
         let mut l = List::EMPTY;
-        l.push_back(&mm, 1);
-        l.push_front(&mm, 0);
-        l.push_back(&mm, 3);
-        l.remove(&mm, 1);
-        assert_eq!(l.pop_front(&mm), Some(0));
-        assert_eq!(l.pop_back(&mm), Some(3));
+        l.push_back(&mm, i(101));
+        l.push_front(&mm, i(100));
+        l.push_back(&mm, i(103));
+        l.remove(&mm, i(101));
+        assert_eq!(l.pop_front(&mm).map(|x| mm.pfn(x)), Some(100));
+        assert_eq!(l.pop_back(&mm).map(|x| mm.pfn(x)), Some(103));
         assert!(l.is_empty());
         assert_eq!(l.pop_front(&mm), None);
     }

@@ -65,10 +65,14 @@ pub(crate) fn init_slice<T>(s: &mut [MaybeUninit<T>], mut f: impl FnMut(usize) -
 /// the table is initialised, because every entry points at an initialised block from
 /// construction on. Writers are serialised by a lock inside the map.
 ///
-/// Invariant: every entry `e` satisfies `e + 2^shift <= written <= cap`, and the elements
-/// `..written` are initialised and never written again except through `&T`.
+/// Invariant: every entry is the bias (`bias`) of a block offset `off` with `off + 2^shift
+/// <= written <= cap`, and the elements `..written` are initialised and never written again
+/// except through `&T`.
 pub struct SectionMap<'m, T> {
     table: &'m [AtomicU32],
+    /// Per block of storage, the section it holds (`u32::MAX`: none, or shared), when the
+    /// map keeps the reverse direction (`slot` / `index_of_slot`); empty otherwise.
+    rev: &'m [AtomicU32],
     shift: u32,
     mask: usize,
     ptr: NonNull<T>,
@@ -99,13 +103,23 @@ unsafe impl<T: Sync> Sync for SectionMap<'_, T> {}
 // SAFETY: as above; the borrows are `Send` for `Send` `T`.
 unsafe impl<T: Send + Sync> Send for SectionMap<'_, T> {}
 
-/// Table entries (`u32`) needed for `nr_sections` sections, in slots of `T` (the buddy
-/// keeps the table at the start of the memmap storage): `ceil(4 * nr_sections / size_of T)`.
-pub(crate) const fn table_slots<T>(nr_sections: usize) -> usize {
-    (nr_sections * 4).div_ceil(core::mem::size_of::<T>())
+/// The panic of a block allocation past the storage's end.
+#[cold]
+#[inline(never)]
+fn storage_exhausted() -> ! {
+    panic!("section map storage exhausted")
 }
 
-/// [`table_slots`] for any count, saturating.
+/// The panic of a lookup past the last section: out of line and without arguments, so the
+/// check costs the fast path a compare and a branch only.
+#[cold]
+#[inline(never)]
+fn past_the_last_section() -> ! {
+    panic!("a frame past the last section of a section map")
+}
+
+/// Slots of `T` that hold `n` `u32` table entries (the buddy keeps its tables at the
+/// start of the memmap storage), saturating.
 pub(crate) const fn table_slots_saturating<T>(nr_sections: usize) -> usize {
     nr_sections.div_ceil(core::mem::size_of::<T>() / 4)
 }
@@ -121,6 +135,18 @@ impl<'m, T> SectionMap<'m, T> {
         shift: u32,
         fill: impl FnMut(usize) -> T,
     ) -> Self {
+        Self::with_reverse(table, &mut [], storage, shift, fill)
+    }
+
+    /// [`new`](Self::new) keeping the reverse direction too, in `rev` (one entry per block
+    /// of storage): then [`index_of_slot`](Self::index_of_slot) answers.
+    pub fn with_reverse(
+        table: &'m mut [MaybeUninit<AtomicU32>],
+        rev: &'m mut [MaybeUninit<AtomicU32>],
+        storage: &'m mut [MaybeUninit<T>],
+        shift: u32,
+        fill: impl FnMut(usize) -> T,
+    ) -> Self {
         let sec = 1usize << shift;
         assert!(storage.len() >= sec, "section map storage smaller than a section");
         assert!(u32::try_from(storage.len()).is_ok(), "section map storage too large");
@@ -128,6 +154,7 @@ impl<'m, T> SectionMap<'m, T> {
             ptr: NonNull::from(&mut *storage).cast(),
             cap: storage.len(),
             table: &[],
+            rev: &[],
             shift,
             mask: sec - 1,
             written: AtomicUsize::new(0),
@@ -136,36 +163,51 @@ impl<'m, T> SectionMap<'m, T> {
         };
         let first = this.alloc_block(fill);
         debug_assert_eq!(first, 0);
-        let table = init_slice(table, |_| AtomicU32::new(0));
-        Self { table, ..this }
+        let table = init_slice(table, |s| AtomicU32::new(Self::bias(0, s, shift)));
+        let rev = init_slice(rev, |_| AtomicU32::new(u32::MAX));
+        Self { table, rev, ..this }
     }
 
-    /// The buddy's form: the table in the first [`table_slots`] slots of `storage`, the
+    /// The buddy's form: the table and the reverse table (`nr_blocks` entries) in the first
+    /// slots of `storage` ([`table_slots_saturating`]), the
     /// blocks after it.
     pub(crate) fn new_in_one(
         storage: &'m mut [MaybeUninit<T>],
         nr_sections: usize,
+        nr_blocks: usize,
         shift: u32,
         fill: impl FnMut(usize) -> T,
     ) -> Self {
         const { assert!(core::mem::align_of::<T>() >= core::mem::align_of::<AtomicU32>()) };
         const { assert!(core::mem::size_of::<T>() % 4 == 0) };
-        let (head, rest) = storage.split_at_mut(table_slots::<T>(nr_sections));
-        let words = head.len() * core::mem::size_of::<T>() / 4;
-        // SAFETY: `head` is exclusively borrowed for `'m`; its bytes are `words * 4`
-        // bytes aligned at least as `AtomicU32` (checked above), and `MaybeUninit` has no
-        // validity requirement, so viewing them as `words` uninitialised `AtomicU32`s is
-        // sound, and the borrow of `head` is moved into the new slice.
-        let head: &'m mut [MaybeUninit<AtomicU32>] = unsafe {
-            core::slice::from_raw_parts_mut(head.as_mut_ptr().cast::<MaybeUninit<AtomicU32>>(), words)
-        };
-        Self::new(&mut head[..nr_sections], rest, shift, fill)
+        let (head, rest) = storage.split_at_mut(table_slots_saturating::<T>(nr_sections));
+        let (rev, rest) = rest.split_at_mut(table_slots_saturating::<T>(nr_blocks));
+        Self::with_reverse(
+            &mut Self::as_words(head)[..nr_sections],
+            &mut Self::as_words(rev)[..nr_blocks],
+            rest,
+            shift,
+            fill,
+        )
+    }
+
+    /// `slots` as the uninitialised `u32` words they are made of.
+    fn as_words(slots: &'m mut [MaybeUninit<T>]) -> &'m mut [MaybeUninit<AtomicU32>] {
+        let words = slots.len() * core::mem::size_of::<T>() / 4;
+        // SAFETY: `slots` is exclusively borrowed for `'m`; its bytes are `words * 4`
+        // bytes aligned at least as `AtomicU32` (checked by `new_in_one`'s assertions), and
+        // `MaybeUninit` has no validity requirement, so viewing them as `words`
+        // uninitialised `AtomicU32`s is sound, and the borrow moves into the new slice.
+        unsafe {
+            core::slice::from_raw_parts_mut(slots.as_mut_ptr().cast::<MaybeUninit<AtomicU32>>(), words)
+        }
     }
 
     /// No sections (absent nodes).
     pub const fn empty() -> Self {
         Self {
             table: &[],
+            rev: &[],
             shift: 0,
             mask: 0,
             ptr: NonNull::dangling(),
@@ -202,21 +244,40 @@ impl<'m, T> SectionMap<'m, T> {
     /// `0..2^shift`, and return its offset, for [`publish`](Self::publish). Panics, writing
     /// nothing, if the storage is exhausted.
     pub fn alloc_block(&self, mut f: impl FnMut(usize) -> T) -> u32 {
-        let sec = self.mask + 1;
         let _w = self.writer.lock();
-        let off = self.written.load(Ordering::Relaxed);
-        assert!(off + sec <= self.cap, "section map storage exhausted");
-        // SAFETY: `off..off + sec` is inside the borrowed storage (checked above) and at or
-        // past `written`, so no entry points into it and no reference to it exists; no other
-        // writer runs (we hold `writer`): plain writes are exclusive.
-        unsafe {
-            let base = self.ptr.as_ptr().add(off);
-            for i in 0..sec {
-                base.add(i).write(f(i));
-            }
+        let (base, off, sec) = self.next_block();
+        for i in 0..sec {
+            // SAFETY: `next_block` checked that the block `off..off + sec` is inside the
+            // borrowed storage; it is at or past `written`, so no entry points into it and no
+            // reference to it exists, and no other writer runs (we hold `writer`): plain
+            // writes are exclusive.
+            unsafe { base.add(i).write(f(i)) };
         }
-        self.written.store(off + sec, Ordering::Relaxed);
+        self.written.store(off + sec, Ordering::Release);
         off as u32
+    }
+
+    /// The next block of storage (its first element, offset and length); panics if the
+    /// storage is exhausted. Kept out of the generic `alloc_block`, whose frame is on the
+    /// boot stack.
+    #[inline(never)]
+    fn next_block(&self) -> (*mut T, usize, usize) {
+        let sec = self.mask + 1;
+        let off = self.written.load(Ordering::Relaxed);
+        if off + sec > self.cap {
+            storage_exhausted();
+        }
+        // SAFETY: `off + sec <= cap`: the offset is inside the borrowed storage.
+        (unsafe { self.ptr.as_ptr().add(off) }, off, sec)
+    }
+
+    /// The table entry pointing section `section` at the block at `off`: the offset minus
+    /// the section's first index, modulo 2^32, so that a lookup adds the index to it with no
+    /// masking (`(off - (s << shift) + idx) mod 2^32 = off + (idx & mask)`, which is below
+    /// the storage size, itself below 2^32).
+    #[inline]
+    fn bias(off: u32, section: usize, shift: u32) -> u32 {
+        off.wrapping_sub(((section as u64) << shift) as u32)
     }
 
     /// Point section `section` at the block at `off` (from [`alloc_block`](Self::alloc_block),
@@ -228,27 +289,80 @@ impl<'m, T> SectionMap<'m, T> {
             off as usize & self.mask == 0 && off as usize + self.mask < self.written.load(Ordering::Relaxed),
             "publishing an unwritten block"
         );
-        self.table[section].store(off, Ordering::Release);
+        if let Some(r) = self.rev.get(off as usize >> self.shift) {
+            r.store(section as u32, Ordering::Relaxed);
+        }
+        self.table[section].store(Self::bias(off, section, self.shift), Ordering::Release);
     }
 
     /// The block offset section `section` points at.
     #[inline]
     pub fn entry(&self, section: usize) -> u32 {
-        self.table[section].load(Ordering::Acquire)
+        let b = self.table[section].load(Ordering::Acquire);
+        b.wrapping_add(((section as u64) << self.shift) as u32)
     }
 
     /// The element of index `idx` (section `idx >> shift`). Panics on an index past the
     /// last section.
     #[inline]
     pub fn get(&self, idx: u64) -> &'m T {
-        let e = self.table[(idx >> self.shift) as usize].load(Ordering::Acquire);
-        let i = e as usize + (idx as usize & self.mask);
+        let s = (idx >> self.shift) as usize;
+        if s >= self.table.len() {
+            past_the_last_section();
+        }
+        // SAFETY: `s` is below the table's length (checked just above).
+        let b = unsafe { self.table.get_unchecked(s) }.load(Ordering::Acquire);
+        let i = b.wrapping_add(idx as u32) as usize;
         debug_assert!(i < self.written.load(Ordering::Relaxed));
-        // SAFETY: the entry points at a written block (`e + 2^shift <= written <= cap`,
-        // the type invariant kept by `new` and `publish`) and `i` is inside that block; the
+        // SAFETY: the entry is the bias of a written block (`off + 2^shift <= written <=
+        // cap`, the type invariant kept by `new` and `publish`), so `i = off + (idx & mask)`
+        // (`bias`) is inside that block; the
         // acquire load pairs with the release store of `publish`, which came after the
         // block was written. Written elements are only ever accessed as `&T` afterwards.
         unsafe { &*self.ptr.as_ptr().add(i) }
+    }
+
+    /// The element of index `idx`, or `None` past the last section (one compare).
+    #[inline]
+    pub fn try_get(&self, idx: u64) -> Option<&'m T> {
+        let b = self.table.get((idx >> self.shift) as usize)?.load(Ordering::Acquire);
+        let i = b.wrapping_add(idx as u32) as usize;
+        // SAFETY: as in `get`.
+        Some(unsafe { &*self.ptr.as_ptr().add(i) })
+    }
+
+    /// The storage slot of the element of index `idx` (for links between elements that
+    /// need no table lookup: [`at_slot`](Self::at_slot)). Panics past the last section.
+    #[inline]
+    pub fn slot(&self, idx: u64) -> u32 {
+        let s = (idx >> self.shift) as usize;
+        if s >= self.table.len() {
+            past_the_last_section();
+        }
+        // SAFETY: `s` is below the table's length (checked just above).
+        let b = unsafe { self.table.get_unchecked(s) }.load(Ordering::Acquire);
+        b.wrapping_add(idx as u32)
+    }
+
+    /// The element in storage slot `slot` (from [`slot`](Self::slot)). Panics on a slot
+    /// not written.
+    #[inline]
+    pub fn at_slot(&self, slot: u32) -> &'m T {
+        if slot as usize >= self.written.load(Ordering::Acquire) {
+            past_the_last_section();
+        }
+        // SAFETY: the slot is below `written` (checked above; the acquire load pairs with
+        // the release ordering that published the block, see `alloc_block`), so it is an
+        // initialised element inside the storage, only ever accessed as `&T` from now on.
+        unsafe { &*self.ptr.as_ptr().add(slot as usize) }
+    }
+
+    /// The index whose element is in storage slot `slot` of a block published to a
+    /// section, with the reverse direction kept ([`with_reverse`](Self::with_reverse)).
+    #[inline]
+    pub fn index_of_slot(&self, slot: u32) -> u64 {
+        let s = self.rev[slot as usize >> self.shift].load(Ordering::Relaxed);
+        (u64::from(s) << self.shift) | (slot as usize & self.mask) as u64
     }
 
     /// The elements of `[idx, idx + n)`, which must lie in one section (panics otherwise).
@@ -256,7 +370,7 @@ impl<'m, T> SectionMap<'m, T> {
     pub fn get_run(&self, idx: u64, n: u64) -> &'m [T] {
         let off = idx as usize & self.mask;
         assert!(off + n as usize <= self.mask + 1, "a run crosses a section");
-        let e = self.table[(idx >> self.shift) as usize].load(Ordering::Acquire);
+        let e = self.entry((idx >> self.shift) as usize);
         // SAFETY: as in `get`: the `n` elements from `e + off` are inside one written block.
         unsafe { core::slice::from_raw_parts(self.ptr.as_ptr().add(e as usize + off), n as usize) }
     }
@@ -434,10 +548,11 @@ mod tests {
             let bytes: [u8; 16] = unsafe { slot.as_ptr().cast::<[u8; 16]>().read() };
             bytes == [PAINT; 16]
         };
-        // Layout: the section table (16 entries, 4 slots), the shared hole block, then the
-        // blocks of the two sections initialised so far; nothing else is written.
-        assert_eq!(storage.len(), 4 + 17 * 1024);
-        let written = 4 + 3 * 1024;
+        // Layout: the section table (16 entries, 4 slots), the reverse table (17 entries, 5
+        // slots), the shared hole block, then the blocks of the two sections initialised so
+        // far; nothing else is written.
+        assert_eq!(storage.len(), 4 + 5 + 17 * 1024);
+        let written = 4 + 5 + 3 * 1024;
         assert!(storage[..written].iter().all(|s| !painted(s)));
         assert!(storage[written..].iter().all(painted));
     }

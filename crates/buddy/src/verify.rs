@@ -137,7 +137,7 @@ fn walk_list(
     let mut cur = list.head;
     let mut n = 0u64;
     while cur != NIL {
-        if cur as usize >= mm.len() || n > zone.spanned() {
+        if cur as usize >= mm.map.written() || n > zone.spanned() {
             return Err(corrupt);
         }
         let d = mm.at(cur);

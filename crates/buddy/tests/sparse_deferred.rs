@@ -62,9 +62,9 @@ fn a_terabyte_of_holes_costs_a_table_entry_per_section() {
     // 16 MiB at 0 and 16 MiB at 1 TiB, one node.
     let banks: &'static [PhysRange] = Vec::leak(vec![frames(0, 4096), frames(1 << 28, 4096)]);
     let len = memmap_len(banks, 10);
-    // 2^18 + 4 sections (4 bytes each, four per 16-byte slot), the shared hole block and
-    // eight present sections.
-    assert_eq!(len, ((1 << 18) + 4) / 4 + 9 * 1024);
+    // 2^18 + 4 sections (4 bytes each, four per 16-byte slot), a reverse entry per block
+    // (three slots), the shared hole block and eight present sections.
+    assert_eq!(len, ((1 << 18) + 4) / 4 + 3 + 9 * 1024);
     assert_eq!(memmap_sections(banks, 10).collect::<Vec<_>>(), [(0, 4), (1 << 18, (1 << 18) + 4)]);
     let cfg = BuddyConfig {
         deferred_init: Some(1),
