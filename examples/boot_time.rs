@@ -1,30 +1,33 @@
-//! How long `MmBuilder::boot` takes, and the first `kmalloc` after it, as RAM grows and as
-//! holes grow between two small banks of RAM; then the same with deferred memmap
-//! initialisation (`MmBuilder::deferred_init`), and how long completing it takes on one and
-//! on two threads:
+//! How long `MmBuilder::boot` takes, and the first `kmalloc` after it, as RAM grows; then the
+//! same with deferred memmap initialisation (`MmBuilder::deferred_init`) up to 1 TiB, and
+//! how long completing it takes on one and on two threads; then two small banks around
+//! holes of up to 1 TiB:
 //!
 //! ```text
-//! cargo run --release --example boot_time                  # 1, 4, 16 and 64 GiB; holes
+//! cargo run --release --example boot_time                  # 1 GiB .. 1 TiB; holes
 //! cargo run --release --example boot_time -- 256           # one size, in GiB
 //! ```
 //!
-//! The simulated RAM is host memory mapped lazily (`HostRam`), so only the frames boot
-//! touches are faulted in: the page descriptors (16 bytes per frame of each node's span), the
-//! page-owner table (one byte per frame from the first to the last frame) and the boot
-//! structures. Each figure is the best of three boots; the host's page faults on those
-//! structures are part of it, as a kernel's cache misses on them would be. Each machine is
-//! unmapped after its run (outside the timed part), so the 64 GiB rows need a few GiB of
-//! host memory at a time, not all of them at once.
-//!
-//! The hole rows boot two 512 MiB banks, one at 0 and one after a hole of the given size:
-//! every frame of the hole still gets a descriptor and an owner byte today, which is what
-//! issue 15's sparse memmap is to remove.
+//! The simulated RAM is host memory mapped lazily (`HostRam`, `MAP_NORESERVE` past what the
+//! host has), so only the frames boot touches are faulted in: the page descriptors (16
+//! bytes per frame of each present 4 MiB section, a 4-byte entry per section of the span),
+//! the page-owner table (one byte per frame of each present section) and the boot
+//! structures. Each figure is the best of three; each machine is unmapped after its run
+//! (outside the timed part), so the 1 TiB rows need ~4.3 GiB of host memory at a time.
 //!
 //! The deferred rows split the RAM into two NUMA nodes of equal size and initialise
 //! [`EAGER_FRAMES`] frames of each at boot. "boot to kmalloc" is the boot plus the first
-//! `kmalloc`; "complete" is the time to initialise the rest of both nodes with
-//! `Mm::complete_deferred_init`, on one thread (node after node) and on two (one per node,
-//! each bound to its own CPU), per GiB of RAM.
+//! `kmalloc`; completion (`Mm::complete_deferred_init`, on one thread node after node, or
+//! on two, one per node, each bound to its own CPU) is given per GiB of RAM twice: *cold*,
+//! the first boot on fresh host memory, where the host faults in (and zeroes) every page of
+//! descriptors and owner bytes as completion first writes it; and *warm*, a second boot on
+//! the same host memory, whose metadata lands on the same, already mapped pages (what a
+//! kernel sees: RAM that is simply there). Warm is bound by memory bandwidth: 16 + 2 bytes
+//! written per frame.
+//!
+//! The hole rows boot two 512 MiB banks, one at 1 MiB and one after a hole of the given
+//! size, without and with deferral: with the sparse memmap a hole costs a 4-byte table
+//! entry per 4 MiB section in the memmap and in the owner table, nothing per frame.
 
 use std::time::{Duration, Instant};
 

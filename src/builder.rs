@@ -398,7 +398,8 @@ impl<'m, P: IrqControl, F: PagingFormat> MmBuilder<'m, P, F> {
     /// (rounded up to a max-order block) and gives only those to the buddy; the rest is
     /// initialised by [`Mm::deferred_init_step`] / [`Mm::complete_deferred_init`] (one
     /// thread per node) or by allocations that would otherwise fail. The page-owner table
-    /// is still written whole at boot.
+    /// follows: its deferred sections read reserved from one shared block until the buddy's
+    /// growth gives them bytes of their own, so boot writes nothing per deferred frame.
     pub fn deferred_init(mut self, frames_per_node: u64) -> Self {
         self.cfg.deferred_init = Some(frames_per_node);
         self

@@ -10,7 +10,7 @@
 //! * the per-pageblock census behind the SVG memory map: how many frames of each pageblock
 //!   are free, reserved, or held by each mobility.
 //!
-//! ## Encoding (one `AtomicU8` per frame of the covered span)
+//! ## Encoding (one `AtomicU8` per frame of each present section: see [`OwnerMap`])
 //! | value | meaning |
 //! |---|---|
 //! | `0` | not allocated through the facade (free, or on a per-CPU list) |
@@ -277,38 +277,42 @@ impl<'m> OwnerMap<'m> {
     pub(crate) fn init_sections(&self, start: u64, end: u64) {
         let shift = self.shift();
         let step = 1u64 << shift;
-        let Some(first) = self.section(start.max(self.base)) else {
+        // Only the sections that hold memory: a hole costs nothing here either.
+        for (a, b) in memmap_sections(self.memory, shift) {
+            let (a, b) = ((a << shift).max(start & !(step - 1)), (b << shift).min(end));
+            let mut sec = a;
+            while sec < b {
+                self.init_section(sec);
+                sec += step;
+            }
+        }
+    }
+
+    /// Give the section starting at frame `sec` (which holds memory) bytes of its own,
+    /// unless it has them already.
+    fn init_section(&self, sec: u64) {
+        let Some(s) = self.section(sec) else {
             return;
         };
-        let last = self
-            .section(end.saturating_sub(1))
-            .unwrap_or(self.map.sections() - 1);
-        for s in first..=last {
-            if self.is_own(s) {
-                continue;
-            }
-            let sec = self.base + ((s as u64) << shift);
-            let (se, m) = (sec + step, |r: &PhysRange| {
-                let f = r.whole_pfns();
-                (f.start, f.end)
-            });
-            let whole = self.memory.iter().map(m).any(|(a, b)| a <= sec && se <= b);
-            let any = self.memory.iter().map(m).any(|(a, b)| a < se && sec < b);
-            let meta = self.meta.iter().any(|r| {
-                let (a, b) = (r.start().pfn().as_u64(), r.end().as_u64().div_ceil(PAGE_SIZE));
-                a < se && sec < b
-            });
-            if !any {
-                continue;
-            }
-            let off = if whole && !meta {
-                self.map.alloc_block(|_| AtomicU8::new(RESERVED))
-            } else {
-                self.map
-                    .alloc_block(|i| AtomicU8::new(self.initial_byte(sec + i as u64)))
-            };
-            self.map.publish(s, off);
+        if self.is_own(s) {
+            return;
         }
+        let se = sec + (1u64 << self.shift());
+        let whole = self.memory.iter().any(|r| {
+            let f = r.whole_pfns();
+            f.start <= sec && se <= f.end
+        });
+        let meta = self.meta.iter().any(|r| {
+            let (a, b) = (r.start().pfn().as_u64(), r.end().as_u64().div_ceil(PAGE_SIZE));
+            a < se && sec < b
+        });
+        let off = if whole && !meta {
+            self.map.alloc_block(|_| AtomicU8::new(RESERVED))
+        } else {
+            self.map
+                .alloc_block(|i| AtomicU8::new(self.initial_byte(sec + i as u64)))
+        };
+        self.map.publish(s, off);
     }
 
     /// Point every section overlapping `[start, end)` that holds memory at the shared

@@ -3,8 +3,9 @@
 //! With [`BuddyConfig::deferred_init`](crate::BuddyConfig::deferred_init) set, construction
 //! initialises only the first part of each node's memmap: the node's first `frames` frames,
 //! rounded up to a max-order block (Linux's `first_deferred_pfn`). The descriptors past
-//! that **boundary** are not written at all; the memmap hands out descriptors only below it
-//! (`raw::DescStorage`), and every frame walker stops there.
+//! that **boundary** are not written at all: the memmap is sparse (`raw::SectionMap`), and
+//! a section past the boundary reads the shared block of hole descriptors until growth
+//! gives it descriptors of its own; every frame walker stops at the boundary.
 //!
 //! What the deferred part holds is remembered in the node's [`Deferred`] record, at most
 //! [`DEFERRED_RUNS`] runs each:
@@ -15,9 +16,12 @@
 //!   merging adjacent blocks; when the record is full it initialises up to the block and
 //!   frees it at once).
 //!
-//! **Growth** moves the boundary up by whole max-order blocks, zone by zone under the zone
-//! lock: it writes the descriptors in their final state (tails for the recorded free runs,
-//! reserved for other present frames, holes elsewhere), publishes them, and frees the
+//! **Growth** moves the boundary up by whole max-order blocks (memmap sections), zone by
+//! zone under the zone lock: it gives each section that holds memory a block of
+//! descriptors written in their final state (tails for the recorded free runs, reserved for
+//! other present frames, holes elsewhere; a section wholly free or wholly reserved from one
+//! template), publishes them, leaves sections without memory on the shared hole block, and
+//! frees the
 //! recorded free runs below the new boundary to the buddy in the largest aligned blocks, as
 //! the hand-off would have. Two callers grow a node:
 //! * [`deferred_init_step`](crate::BuddyAllocator::deferred_init_step), one chunk at a

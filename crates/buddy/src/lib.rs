@@ -63,8 +63,9 @@
 //! or a per-CPU lock while holding a zone lock. The low-watermark hook runs with no lock held.
 //!
 //! ## Unsafe
-//! Confined to `raw.rs`: initialising caller storage (the memmap as a prefix that grows, for
-//! deferred initialisation) and zeroing frames through a `PhysMapper`. Descriptors are
+//! Confined to `raw.rs`: initialising caller storage (the sparse memmap, a section table
+//! over blocks of descriptors written as sections are initialised, for holes and deferred
+//! initialisation) and zeroing frames through a `PhysMapper`. Descriptors are
 //! atomics, so every other access is safe code.
 #![no_std]
 #![deny(

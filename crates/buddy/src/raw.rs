@@ -2,13 +2,16 @@
 //! initialised values (memmaps, per-CPU lists, the allocator itself, built in place), and
 //! zeroing freshly allocated frames through a `PhysMapper`.
 //!
-//! ## A memmap initialised as a growing prefix
-//! [`DescStorage`] holds a node's memmap storage of which only a prefix is initialised
-//! (deferred memmap initialisation, `deferred.rs`). It hands out `&PageDesc` only inside the
-//! prefix; [`DescStorage::extend`] writes the next descriptors through the raw pointer, never
-//! through a reference, and only then publishes the new length with a release store that
-//! every reader's acquire load pairs with. Writers are serialised by a lock inside the
-//! storage, so no two of them ever write the same descriptor.
+//! ## A sparse memmap initialised section by section
+//! [`SectionMap`] holds a node's memmap storage (and the facade's page-owner table): a table
+//! of one `u32` entry per section of `2^max_order` frames, pointing each section at a block
+//! of elements. Blocks are taken from the storage in order, written through the raw pointer
+//! while nothing refers to them, and only then made reachable by a release store of the
+//! entry that every lookup's acquire load of it pairs with. Every entry points at a written
+//! block from construction on (sections without memory, and sections not initialised yet,
+//! share one block), so a lookup is one dependent load with no check of how far the map is
+//! initialised. Writers are serialised by a lock inside the map, so no two of them ever
+//! write the same element.
 //!
 //! ## Building the allocator in place
 //! [`init_allocator_in`] writes every field of a [`BuddyAllocator`] through raw field
