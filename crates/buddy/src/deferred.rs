@@ -674,6 +674,29 @@ mod tests {
     }
 
     #[test]
+    fn a_contiguous_request_grows_the_node_until_a_run_fits() {
+        // 512 MiB with one block initialised at boot: a 256 MiB run needs growth first.
+        let ram = [mib(0, 512)];
+        let b = build(
+            &[&ram],
+            BuddyConfig {
+                deferred_init: Some(1),
+                ..no_pcp()
+            },
+            1,
+        );
+        let before = b.total_deferred();
+        let p = b
+            .alloc_contig_pages(65536, GfpFlags::KERNEL, 0)
+            .expect("growth makes room");
+        assert!(b.total_deferred() < before);
+        assert!(b.pfn_valid(p) && b.pfn_valid(Pfn::new(p.as_u64() + 65535)));
+        b.verify().unwrap();
+        b.free_contig_range(p, 65536).unwrap();
+        b.verify().unwrap();
+    }
+
+    #[test]
     fn a_dma_request_grows_only_as_far_as_its_zone() {
         // DMA is the first 16 MiB: one growth (128 MiB) covers it, and once DMA is
         // exhausted the rest stays deferred.
