@@ -180,8 +180,7 @@ fn main() {
         // types: their pages are what `boot_cost` counts beyond the other small structures.
         let builder = builder.vmalloc_area(
             X86_64::FOUR_LEVEL,
-            VirtRange::from_start_size(VirtAddr::new(VMALLOC_BASE), VMALLOC_SIZE)
-                .expect("window"),
+            VirtRange::from_start_size(VirtAddr::new(VMALLOC_BASE), VMALLOC_SIZE).expect("window"),
         );
         let cost = builder.boot_cost().expect("cost");
         // vmalloc's own state object, beside its three bitmaps.

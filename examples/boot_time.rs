@@ -180,9 +180,7 @@ fn main() {
          faults the metadata pages in) and warm (pages already there)",
         EAGER_FRAMES * 4096 / MIB
     );
-    println!(
-        "RAM       boot to kmalloc (ms)   1 thread cold   warm   2 threads cold   warm"
-    );
+    println!("RAM       boot to kmalloc (ms)   1 thread cold   warm   2 threads cold   warm");
     for g in &deferred {
         let span = g * GIB;
         let banks = [(MIB, span - MIB)];

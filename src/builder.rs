@@ -31,8 +31,8 @@ use mmkit_addr::{IrqControl, PhysAddr, PhysMapper, PhysRange, VirtRange};
 use mmkit_bootmem::firmware::{e820, uefi};
 use mmkit_bootmem::{Bootmem, NodeId, RegionError};
 use mmkit_buddy::{
-    memmap_len, node_span, pcp_storage_len, BootFreeError, BuddyAllocator, BuddyConfig, CmaArea, CoreSize,
-    GfpFlags, InitError, IsolateError, NodeInit, PageDesc, PerCpuPages, MAX_NUMNODES,
+    memmap_len, node_span, pcp_storage_len, BootFreeError, BuddyAllocator, BuddyConfig, CmaArea,
+    CoreSize, GfpFlags, InitError, IsolateError, NodeInit, PageDesc, PerCpuPages, MAX_NUMNODES,
 };
 use mmkit_pgtable::arch::x86_64::X86_64;
 use mmkit_pgtable::{NewError, PagingFormat};
@@ -574,13 +574,8 @@ impl<'m, P: IrqControl, F: PagingFormat> MmBuilder<'m, P, F> {
         // The page-owner table: sparse, like the memmap (`OwnerMap`).
         let shift = cfg.max_order.min(mmkit_buddy::MAX_ORDER_LIMIT);
         let (olo, ohi) = owner_span(lo, hi, shift);
-        let owner_table = boot_slice::<AtomicU32>(
-            bm,
-            map,
-            &mut meta,
-            ((ohi - olo) >> shift) as usize,
-            None,
-        )?;
+        let owner_table =
+            boot_slice::<AtomicU32>(bm, map, &mut meta, ((ohi - olo) >> shift) as usize, None)?;
         let owner_storage = boot_slice::<AtomicU8>(
             bm,
             map,
@@ -629,8 +624,9 @@ impl<'m, P: IrqControl, F: PagingFormat> MmBuilder<'m, P, F> {
         });
         // Every boot structure is allocated: the log is complete.
         let logged = meta.ranges();
-        let meta_ranges: &'m [PhysRange] =
-            &fill(meta_slot, |i| logged.get(i).copied().unwrap_or(PhysRange::EMPTY))[..logged.len()];
+        let meta_ranges: &'m [PhysRange] = &fill(meta_slot, |i| {
+            logged.get(i).copied().unwrap_or(PhysRange::EMPTY)
+        })[..logged.len()];
         let owner_map: &'m OwnerMap<'m> = owner_slot[0].write(OwnerMap::new(
             olo,
             owner_table,

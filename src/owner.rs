@@ -219,9 +219,7 @@ impl<'m> OwnerMap<'m> {
     /// Bytes of storage for `memory` with sections of `2^shift` frames: the two shared
     /// blocks and one block per present section.
     pub(crate) fn storage_len(memory: &[PhysRange], max_order: u32) -> usize {
-        let present: u64 = memmap_sections(memory, max_order)
-            .map(|(a, b)| b - a)
-            .sum();
+        let present: u64 = memmap_sections(memory, max_order).map(|(a, b)| b - a).sum();
         ((present + 2) << max_order.min(mmkit_buddy::MAX_ORDER_LIMIT)) as usize
     }
 
@@ -252,7 +250,10 @@ impl<'m> OwnerMap<'m> {
     fn in_meta(&self, pfn: u64) -> bool {
         // Partial frames at either end count too.
         self.meta.iter().any(|r| {
-            let (s, e) = (r.start().pfn().as_u64(), r.end().as_u64().div_ceil(PAGE_SIZE));
+            let (s, e) = (
+                r.start().pfn().as_u64(),
+                r.end().as_u64().div_ceil(PAGE_SIZE),
+            );
             s <= pfn && pfn < e
         })
     }
@@ -303,7 +304,10 @@ impl<'m> OwnerMap<'m> {
             f.start <= sec && se <= f.end
         });
         let meta = self.meta.iter().any(|r| {
-            let (a, b) = (r.start().pfn().as_u64(), r.end().as_u64().div_ceil(PAGE_SIZE));
+            let (a, b) = (
+                r.start().pfn().as_u64(),
+                r.end().as_u64().div_ceil(PAGE_SIZE),
+            );
             a < se && sec < b
         });
         let off = if whole && !meta {
@@ -641,7 +645,8 @@ mod tests {
     #[test]
     fn holes_and_deferred_sections_share_blocks_and_are_never_written() {
         // Frames 0..8 and 32..40 are memory (sections of 4 frames); 8..32 is a hole.
-        let r = |s: u64, n: u64| PhysRange::from_start_size(PhysAddr::new(s * 4096), n * 4096).unwrap();
+        let r =
+            |s: u64, n: u64| PhysRange::from_start_size(PhysAddr::new(s * 4096), n * 4096).unwrap();
         let mem: &'static [PhysRange] = Vec::leak(std::vec![r(0, 8), r(32, 8)]);
         let meta: &'static [PhysRange] = Vec::leak(std::vec![r(36, 1)]);
         assert_eq!(OwnerMap::storage_len(mem, 2), 4 * 4 + 2 * 4);
@@ -658,15 +663,29 @@ mod tests {
         map.init_sections(0, 32);
         map.defer_sections(32, 40);
         let owners = PageOwners::new(map);
-        assert_eq!(map.map.written(), 4 * 4, "two shared blocks and the first bank's two sections");
+        assert_eq!(
+            map.map.written(),
+            4 * 4,
+            "two shared blocks and the first bank's two sections"
+        );
         assert_eq!(byte(&owners, 3), RESERVED);
         assert_eq!(byte(&owners, 20), HOLE);
-        assert_eq!(byte(&owners, 36), RESERVED, "deferred: the shared reserved block");
-        assert!(owners.is_metadata(36), "known from the log before its section is");
+        assert_eq!(
+            byte(&owners, 36),
+            RESERVED,
+            "deferred: the shared reserved block"
+        );
+        assert!(
+            owners.is_metadata(36),
+            "known from the log before its section is"
+        );
         assert_eq!(owners.release_reserved(36, 37), Err((36, Some(METADATA))));
         // Writes to shared blocks are dropped; a release of deferred frames only checks.
         owners.mark_range(0, 40, 0);
-        assert_eq!((byte(&owners, 3), byte(&owners, 20), byte(&owners, 33)), (0, HOLE, RESERVED));
+        assert_eq!(
+            (byte(&owners, 3), byte(&owners, 20), byte(&owners, 33)),
+            (0, HOLE, RESERVED)
+        );
         assert_eq!(owners.release_reserved(32, 36), Ok(()));
         assert_eq!(byte(&owners, 32), RESERVED);
         // Growth reaches the second bank: bytes of its own, then the freed frames clear.

@@ -672,7 +672,11 @@ fn boot_cost_predicts_the_boot_metadata() {
     let table = (4 * ((1 << 18) + 8) as u64).div_ceil(PAGE_SIZE) * PAGE_SIZE;
     assert_eq!(far.owner_table_bytes, table + 5 * PAGE_SIZE, "{far:?}");
     let memmap = (16 * ((1 << 18) + 8) / 4 + 5 * 16 + 17 * 16 * 1024) as u64;
-    assert_eq!(far.memmap_bytes, memmap.div_ceil(PAGE_SIZE) * PAGE_SIZE, "{far:?}");
+    assert_eq!(
+        far.memmap_bytes,
+        memmap.div_ceil(PAGE_SIZE) * PAGE_SIZE,
+        "{far:?}"
+    );
     // SAFETY: as above.
     let empty = unsafe { MmBuilder::new(HostPlatform::new(1), &mem) };
     assert_eq!(empty.boot_cost(), Err(BootError::NoMemory));

@@ -29,8 +29,7 @@ use spin::RwLock;
 
 use crate::compaction::CompactState;
 use crate::config::{
-    memmap_len, node_span, pcp_storage_len, present_sections, section_shift, BuddyConfig,
-    NodeInit,
+    memmap_len, node_span, pcp_storage_len, present_sections, section_shift, BuddyConfig, NodeInit,
 };
 use crate::deferred::{Deferred, Run, DEFERRED_RUNS};
 use crate::error::{BootFreeError, InitError};
@@ -486,9 +485,9 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
     /// frames past a node's deferred boundary.
     pub fn pfn_valid(&self, pfn: Pfn) -> bool {
         let p = pfn.as_u64();
-        self.nodes[..self.nr_nodes].iter().any(|n| {
-            n.mm.contains(p) && n.mm.has_own_desc(p) && !n.mm.desc(p).is(PageState::Hole)
-        })
+        self.nodes[..self.nr_nodes]
+            .iter()
+            .any(|n| n.mm.contains(p) && n.mm.has_own_desc(p) && !n.mm.desc(p).is(PageState::Hole))
     }
 
     /// Register the low-watermark hook (replacing any previous one).

@@ -37,7 +37,10 @@
 //! Atomics make every access data-race free without `unsafe`; on x86-64 and aarch64 relaxed
 //! loads and stores compile to plain moves.
 
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering::{Acquire, Relaxed, Release}};
+use core::sync::atomic::{
+    AtomicU32, AtomicU64,
+    Ordering::{Acquire, Relaxed, Release},
+};
 
 use static_assertions::const_assert;
 
@@ -165,7 +168,9 @@ impl PageDesc {
     pub(crate) const fn shared_hole() -> Self {
         let d = Self::with_state(PageState::Hole);
         Self {
-            flags: AtomicU32::new(Flags::new(PageState::Hole, 0, MigrateType::Unmovable).encode() | SHARED_HOLE),
+            flags: AtomicU32::new(
+                Flags::new(PageState::Hole, 0, MigrateType::Unmovable).encode() | SHARED_HOLE,
+            ),
             ..d
         }
     }
@@ -461,7 +466,11 @@ impl<'m> Memmap<'m> {
     /// boundary, share the hole block.
     #[inline]
     pub fn has_own_desc(&self, pfn: u64) -> bool {
-        self.spans(pfn) && self.map.entry(((pfn - self.base) >> self.map.shift()) as usize) != 0
+        self.spans(pfn)
+            && self
+                .map
+                .entry(((pfn - self.base) >> self.map.shift()) as usize)
+                != 0
     }
     /// For a walker at the first frame of a section without descriptors of its own (all
     /// holes, or past the deferred boundary), the first frame of the next section; `None`

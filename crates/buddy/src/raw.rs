@@ -151,8 +151,14 @@ impl<'m, T> SectionMap<'m, T> {
         fill: impl FnMut(usize) -> T,
     ) -> Self {
         let sec = 1usize << shift;
-        assert!(storage.len() >= sec, "section map storage smaller than a section");
-        assert!(u32::try_from(storage.len()).is_ok(), "section map storage too large");
+        assert!(
+            storage.len() >= sec,
+            "section map storage smaller than a section"
+        );
+        assert!(
+            u32::try_from(storage.len()).is_ok(),
+            "section map storage too large"
+        );
         let this = Self {
             ptr: NonNull::from(&mut *storage).cast(),
             cap: storage.len(),
@@ -202,7 +208,10 @@ impl<'m, T> SectionMap<'m, T> {
         // `MaybeUninit` has no validity requirement, so viewing them as `words`
         // uninitialised `AtomicU32`s is sound, and the borrow moves into the new slice.
         unsafe {
-            core::slice::from_raw_parts_mut(slots.as_mut_ptr().cast::<MaybeUninit<AtomicU32>>(), words)
+            core::slice::from_raw_parts_mut(
+                slots.as_mut_ptr().cast::<MaybeUninit<AtomicU32>>(),
+                words,
+            )
         }
     }
 
@@ -289,7 +298,8 @@ impl<'m, T> SectionMap<'m, T> {
     pub fn publish(&self, section: usize, off: u32) {
         let _w = self.writer.lock();
         assert!(
-            off as usize & self.mask == 0 && off as usize + self.mask < self.written.load(Ordering::Relaxed),
+            off as usize & self.mask == 0
+                && off as usize + self.mask < self.written.load(Ordering::Relaxed),
             "publishing an unwritten block"
         );
         if let Some(r) = self.rev.get(off as usize >> self.shift) {
@@ -328,7 +338,10 @@ impl<'m, T> SectionMap<'m, T> {
     /// The element of index `idx`, or `None` past the last section (one compare).
     #[inline]
     pub fn try_get(&self, idx: u64) -> Option<&'m T> {
-        let b = self.table.get((idx >> self.shift) as usize)?.load(Ordering::Acquire);
+        let b = self
+            .table
+            .get((idx >> self.shift) as usize)?
+            .load(Ordering::Acquire);
         let i = b.wrapping_add(idx as u32) as usize;
         // SAFETY: as in `get`.
         Some(unsafe { &*self.ptr.as_ptr().add(i) })

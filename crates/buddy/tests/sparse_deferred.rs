@@ -65,7 +65,10 @@ fn a_terabyte_of_holes_costs_a_table_entry_per_section() {
     // 2^18 + 4 sections (4 bytes each, four per 16-byte slot), a reverse entry per block
     // (three slots), the shared hole block and eight present sections.
     assert_eq!(len, ((1 << 18) + 4) / 4 + 3 + 9 * 1024);
-    assert_eq!(memmap_sections(banks, 10).collect::<Vec<_>>(), [(0, 4), (1 << 18, (1 << 18) + 4)]);
+    assert_eq!(
+        memmap_sections(banks, 10).collect::<Vec<_>>(),
+        [(0, 4), (1 << 18, (1 << 18) + 4)]
+    );
     let cfg = BuddyConfig {
         deferred_init: Some(1),
         ..BuddyConfig::default()
@@ -89,7 +92,10 @@ fn a_terabyte_of_holes_costs_a_table_entry_per_section() {
     b.verify().unwrap();
     assert_eq!(b.total_managed(), 8192);
     assert!(b.pfn_valid(Pfn::new((1 << 28) + 5)));
-    assert!(!b.pfn_valid(Pfn::new((1 << 28) + 5000)), "past the last bank");
+    assert!(
+        !b.pfn_valid(Pfn::new((1 << 28) + 5000)),
+        "past the last bank"
+    );
     assert!(!b.pfn_valid(Pfn::new(1 << 29)), "outside every node");
     // Completing again, and handing a range over twice, are refused and change nothing.
     let free = b.total_free();
@@ -158,7 +164,10 @@ fn one_thread_completes_a_sparse_node_while_another_allocates() {
     });
     b.drain_all_pages();
     b.verify().unwrap();
-    let present: u64 = banks.iter().map(|r| r.whole_pfns().end - r.whole_pfns().start).sum();
+    let present: u64 = banks
+        .iter()
+        .map(|r| r.whole_pfns().end - r.whole_pfns().start)
+        .sum();
     assert_eq!(b.total_managed(), present);
     assert_eq!(b.total_free(), present);
 }
