@@ -565,6 +565,7 @@ impl<'m> PageOwners<'m> {
         let mut left = 0u64;
         let mut mob = 0usize;
         let mut pfn = start;
+        let sec_mask = (1u64 << self.map.shift()) - 1;
         while pfn < end {
             if pfn - cur.pfn == pb {
                 f(&cur);
@@ -572,6 +573,27 @@ impl<'m> PageOwners<'m> {
                     pfn,
                     ..Default::default()
                 };
+            }
+            // A section without memory: its pageblocks are holes, without reading a byte.
+            if left == 0
+                && pfn == cur.pfn
+                && (pfn - self.map.base) & sec_mask == 0
+                && self
+                    .map
+                    .section(pfn)
+                    .is_some_and(|s| self.map.map.entry(s) == 0)
+            {
+                let sec_end = (pfn + sec_mask + 1).min(end);
+                while cur.pfn + pb <= sec_end {
+                    cur.hole = pb as u32;
+                    f(&cur);
+                    cur = PageblockCensus {
+                        pfn: cur.pfn + pb,
+                        ..Default::default()
+                    };
+                }
+                pfn = cur.pfn;
+                continue;
             }
             if left > 0 {
                 cur.by_mobility[mob] += 1;
