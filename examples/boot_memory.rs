@@ -18,7 +18,9 @@ use core::mem::size_of;
 
 use mmkit::addr::{CpuTopology, IrqControl, Pfn, PhysAddr, PhysRange, VirtAddr, VirtRange};
 use mmkit::bootmem::firmware::e820::{E820Entry, E820Type};
-use mmkit::buddy::{memmap_len, pcp_storage_len, BuddyConfig, PageDesc, PerCpuPages};
+use mmkit::buddy::{
+    memmap_len, memmap_sections, pcp_storage_len, BuddyConfig, PageDesc, PerCpuPages,
+};
 use mmkit::host::HostRam;
 use mmkit::pgtable::arch::x86_64::X86_64;
 use mmkit::pgtable::PagingFormat;
@@ -167,7 +169,27 @@ fn main() {
         let slots = VMALLOC_SIZE / X86_64::FOUR_LEVEL.granule().bytes();
         let bitmap = slots.div_ceil(64) * 8;
         let memmap = memmap_len(&regions, cfg.max_order) as u64;
-        let parts: [(String, u64, u64); 8] = [
+        // The owner table is sparse like the memmap: 4-byte entries over the span in
+        // sections of 2^max_order frames, bytes for present sections only.
+        let sec = 1u64 << cfg.max_order;
+        let owner_sections = hi.div_ceil(sec) - lo / sec;
+        let present: u64 = memmap_sections(&regions, cfg.max_order)
+            .map(|(a, b)| b - a)
+            .sum();
+        // The owner map object and the copy of the metadata log (40 ranges) are private
+        // types: their pages are what `boot_cost` counts beyond the other small structures.
+        let builder = builder.vmalloc_area(
+            X86_64::FOUR_LEVEL,
+            VirtRange::from_start_size(VirtAddr::new(VMALLOC_BASE), VMALLOC_SIZE).expect("window"),
+        );
+        let cost = builder.boot_cost().expect("cost");
+        // vmalloc's own state object, beside its three bitmaps.
+        let vmalloc_state = cost.vmalloc_bytes - 3 * pages(bitmap) * PAGE;
+        let others = pages((regions.len() * size_of::<PhysRange>()) as u64)
+            + pages(nodes as u64)
+            + pages(size_of::<PageAllocator<'static, OneCpu>>() as u64);
+        let owner_object_and_log = cost.other_bytes - others * PAGE;
+        let parts: [(String, u64, u64); 11] = [
             (
                 format!(
                     "memory ranges: {} × {} B",
@@ -187,11 +209,25 @@ fn main() {
             ),
             (format!("CPU→node map: {cpus} × 1 B"), cpus as u64, 1),
             (
-                format!("page-owner table: {} spanned frames × 1 B", hi - lo),
-                hi - lo,
+                format!("page-owner section table: {owner_sections} sections × 4 B"),
+                owner_sections * 4,
+                1,
+            ),
+            (
+                format!(
+                    "page-owner bytes: ({present} present + 2 shared sections) × 2^{} B",
+                    cfg.max_order
+                ),
+                (present + 2) << cfg.max_order,
+                1,
+            ),
+            (
+                "page-owner map and the boot-structure log".to_string(),
+                owner_object_and_log,
                 1,
             ),
             (format!("vmalloc bitmaps: 3 × {slots} slots / 8"), bitmap, 3),
+            ("vmalloc state".to_string(), vmalloc_state, 1),
             (
                 "page allocator (buddy, owner table, map)".to_string(),
                 size_of::<PageAllocator<'static, OneCpu>>() as u64,
@@ -199,7 +235,7 @@ fn main() {
             ),
             (
                 format!(
-                    "memmap: {memmap} frames (span rounded out to 2^{}) × {} B",
+                    "memmap: {memmap} slots (sparse, sections of 2^{}) × {} B",
                     cfg.max_order,
                     size_of::<PageDesc>()
                 ),
@@ -209,14 +245,7 @@ fn main() {
             (format!("node distances: {nodes} × 1 B"), nodes as u64, 1),
         ];
 
-        let mm = builder
-            .vmalloc_area(
-                X86_64::FOUR_LEVEL,
-                VirtRange::from_start_size(VirtAddr::new(VMALLOC_BASE), VMALLOC_SIZE)
-                    .expect("window"),
-            )
-            .boot()
-            .expect("boot");
+        let mm = builder.boot().expect("boot");
         let s = *mm.boot_summary();
         let marked = (s.span.0..s.span.1)
             .filter(|&p| mm.page_allocator().is_boot_metadata(Pfn::new(p)))

@@ -1,30 +1,33 @@
-//! How long `MmBuilder::boot` takes, and the first `kmalloc` after it, as RAM grows and as
-//! holes grow between two small banks of RAM; then the same with deferred memmap
-//! initialisation (`MmBuilder::deferred_init`), and how long completing it takes on one and
-//! on two threads:
+//! How long `MmBuilder::boot` takes, and the first `kmalloc` after it, as RAM grows; then the
+//! same with deferred memmap initialisation (`MmBuilder::deferred_init`) up to 1 TiB, and
+//! how long completing it takes on one and on two threads; then two small banks around
+//! holes of up to 1 TiB:
 //!
 //! ```text
-//! cargo run --release --example boot_time                  # 1, 4, 16 and 64 GiB; holes
+//! cargo run --release --example boot_time                  # 1 GiB .. 1 TiB; holes
 //! cargo run --release --example boot_time -- 256           # one size, in GiB
 //! ```
 //!
-//! The simulated RAM is host memory mapped lazily (`HostRam`), so only the frames boot
-//! touches are faulted in: the page descriptors (16 bytes per frame of each node's span), the
-//! page-owner table (one byte per frame from the first to the last frame) and the boot
-//! structures. Each figure is the best of three boots; the host's page faults on those
-//! structures are part of it, as a kernel's cache misses on them would be. Each machine is
-//! unmapped after its run (outside the timed part), so the 64 GiB rows need a few GiB of
-//! host memory at a time, not all of them at once.
-//!
-//! The hole rows boot two 512 MiB banks, one at 0 and one after a hole of the given size:
-//! every frame of the hole still gets a descriptor and an owner byte today, which is what
-//! issue 15's sparse memmap is to remove.
+//! The simulated RAM is host memory mapped lazily (`HostRam`, `MAP_NORESERVE` past what the
+//! host has), so only the frames boot touches are faulted in: the page descriptors (16
+//! bytes per frame of each present 4 MiB section, a 4-byte entry per section of the span),
+//! the page-owner table (one byte per frame of each present section) and the boot
+//! structures. Each figure is the best of three; each machine is unmapped after its run
+//! (outside the timed part), so the 1 TiB rows need ~4.3 GiB of host memory at a time.
 //!
 //! The deferred rows split the RAM into two NUMA nodes of equal size and initialise
 //! [`EAGER_FRAMES`] frames of each at boot. "boot to kmalloc" is the boot plus the first
-//! `kmalloc`; "complete" is the time to initialise the rest of both nodes with
-//! `Mm::complete_deferred_init`, on one thread (node after node) and on two (one per node,
-//! each bound to its own CPU), per GiB of RAM.
+//! `kmalloc`; completion (`Mm::complete_deferred_init`, on one thread node after node, or
+//! on two, one per node, each bound to its own CPU) is given per GiB of RAM twice: *cold*,
+//! the first boot on fresh host memory, where the host faults in (and zeroes) every page of
+//! descriptors and owner bytes as completion first writes it; and *warm*, a second boot on
+//! the same host memory, whose metadata lands on the same, already mapped pages (what a
+//! kernel sees: RAM that is simply there). Warm is bound by memory bandwidth: 16 + 2 bytes
+//! written per frame.
+//!
+//! The hole rows boot two 512 MiB banks, one at 1 MiB and one after a hole of the given
+//! size, without and with deferral: with the sparse memmap a hole costs a 4-byte table
+//! entry per 4 MiB section in the memmap and in the owner table, nothing per frame.
 
 use std::time::{Duration, Instant};
 
@@ -87,28 +90,59 @@ fn complete(mm: &Mm<'_, HostPlatform>, threads: usize) {
     });
 }
 
-/// Boot `gib` GiB (from 1 MiB) as two nodes with deferral; returns boot + first kmalloc,
-/// and the time to complete on `threads` threads.
-fn deferred_once(gib: u64, threads: usize) -> (Duration, Duration) {
-    let span = gib * GIB;
+/// What one deferred boot measured.
+#[derive(Clone, Copy)]
+struct Deferred {
+    /// Boot plus the first kmalloc.
+    first: Duration,
+    /// Completion, descriptor and owner-table memory faulted in by the host as it goes.
+    cold: Duration,
+    /// Completion of a second boot on the same host memory: the same metadata pages, now
+    /// faulted in (what a kernel sees: RAM that is just there).
+    warm: Duration,
+}
+
+/// Boot `banks` (inside a `span`-byte machine) as two nodes split at `split` with deferral,
+/// kmalloc once and complete on `threads` threads; then boot the same machine again and
+/// complete it again (warm).
+fn deferred_once(span: u64, banks: &[(u64, u64)], split: u64, threads: usize) -> Deferred {
     let ram = HostRam::new(PhysAddr::new(0), span);
-    // SAFETY: as in `boot_once`.
-    let b = unsafe { MmBuilder::new(HostPlatform::new(2), &ram) }
-        .memory(bank(MIB, span - MIB))
-        .node(1, bank(span / 2, span / 2))
-        .deferred_init(EAGER_FRAMES);
-    let t = Instant::now();
-    let mm = b.boot().expect("boot");
-    let p = mm.kmalloc(64, GfpFlags::KERNEL).expect("memory");
-    let first = t.elapsed();
-    // SAFETY: `p` came from `mm` just above and is not used again.
-    unsafe { mm.kfree(p) }.expect("a valid free");
-    let t = Instant::now();
-    complete(&mm, threads);
-    let done = t.elapsed();
-    assert_eq!(mm.deferred_frames(), 0, "completed");
-    std::mem::forget(mm);
-    (first, done)
+    let run = || {
+        // SAFETY: as in `boot_once`; the second boot on `ram` starts after the first `Mm` is
+        // done with (forgotten, never used again).
+        let mut b = unsafe { MmBuilder::new(HostPlatform::new(2), &ram) };
+        for &(start, len) in banks {
+            b = b.memory(bank(start, len));
+        }
+        let b = b
+            .node(1, bank(split, span - split))
+            .deferred_init(EAGER_FRAMES);
+        let t = Instant::now();
+        let mm = b.boot().expect("boot");
+        let p = mm.kmalloc(64, GfpFlags::KERNEL).expect("memory");
+        let first = t.elapsed();
+        // SAFETY: `p` came from `mm` just above and is not used again.
+        unsafe { mm.kfree(p) }.expect("a valid free");
+        let t = Instant::now();
+        complete(&mm, threads);
+        let done = t.elapsed();
+        assert_eq!(mm.deferred_frames(), 0, "completed");
+        std::mem::forget(mm);
+        (first, done)
+    };
+    let (first, cold) = run();
+    let (_, warm) = run();
+    Deferred { first, cold, warm }
+}
+
+/// The best of three runs, per figure.
+fn best_deferred(run: impl Fn() -> Deferred) -> Deferred {
+    let runs: Vec<Deferred> = (0..3).map(|_| run()).collect();
+    Deferred {
+        first: runs.iter().map(|r| r.first).min().expect("runs"),
+        cold: runs.iter().map(|r| r.cold).min().expect("runs"),
+        warm: runs.iter().map(|r| r.warm).min().expect("runs"),
+    }
 }
 
 fn best_of_three<T: Copy>(run: impl Fn() -> (Duration, T)) -> (Duration, T) {
@@ -118,24 +152,18 @@ fn best_of_three<T: Copy>(run: impl Fn() -> (Duration, T)) -> (Duration, T) {
         .expect("three runs")
 }
 
-fn best_of_three_by_second(run: impl Fn() -> (Duration, Duration)) -> (Duration, Duration) {
-    (0..3)
-        .map(|_| run())
-        .min_by_key(|&(_, d)| d)
-        .expect("three runs")
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
 fn main() {
-    let sizes: Vec<u64> = match std::env::args().nth(1).and_then(|a| a.parse().ok()) {
-        Some(g) => vec![g],
-        None => vec![1, 4, 16, 64],
+    let one: Option<u64> = std::env::args().nth(1).and_then(|a| a.parse().ok());
+    let (eager, deferred): (Vec<u64>, Vec<u64>) = match one {
+        Some(g) => (vec![g], vec![g]),
+        None => (vec![1, 4, 16, 64, 256], vec![1, 4, 16, 64, 256, 1024]),
     };
     println!("RAM       boot (ms)   per GiB (ms)   first kmalloc (µs)");
-    for g in &sizes {
+    for g in &eager {
         // RAM from 1 MiB, as a PC's.
         let (b, k) = best_of_three(|| boot_once(g * GIB, &[(MIB, g * GIB - MIB)]));
         println!(
@@ -148,35 +176,38 @@ fn main() {
     }
     println!();
     println!(
-        "deferred init, two nodes, {} MiB each at boot:",
+        "deferred init, two nodes, {} MiB each at boot; completion in ms per GiB, cold (host \
+         faults the metadata pages in) and warm (pages already there)",
         EAGER_FRAMES * 4096 / MIB
     );
-    println!(
-        "RAM       boot to kmalloc (ms)   complete, 1 thread (ms, ms/GiB)   2 threads (ms, ms/GiB)"
-    );
-    for g in &sizes {
-        let (first, _) = best_of_three(|| deferred_once(*g, 1));
-        let (_, one) = best_of_three_by_second(|| deferred_once(*g, 1));
-        let (_, two) = best_of_three_by_second(|| deferred_once(*g, 2));
+    println!("RAM       boot to kmalloc (ms)   1 thread cold   warm   2 threads cold   warm");
+    for g in &deferred {
+        let span = g * GIB;
+        let banks = [(MIB, span - MIB)];
+        let one = best_deferred(|| deferred_once(span, &banks, span / 2, 1));
+        let two = best_deferred(|| deferred_once(span, &banks, span / 2, 2));
+        let per = |d: Duration| ms(d) / *g as f64;
         println!(
-            "{:>4} GiB  {:>20.2}   {:>16.1} {:>14.2}   {:>10.1} {:>11.2}",
+            "{:>4} GiB  {:>20.2}   {:>13.2}   {:>4.2}   {:>14.2}   {:>4.2}",
             g,
-            ms(first),
-            ms(one),
-            ms(one) / *g as f64,
-            ms(two),
-            ms(two) / *g as f64
+            ms(one.first.min(two.first)),
+            per(one.cold),
+            per(one.warm),
+            per(two.cold),
+            per(two.warm)
         );
     }
-    if std::env::args().nth(1).is_some() {
+    if one.is_some() {
         return;
     }
     println!();
-    println!("two 512 MiB banks around a hole of   boot (ms)");
-    for hole in [0u64, 16, 64] {
+    println!("two 512 MiB banks around a hole of   boot (ms)   deferred boot to kmalloc (ms)");
+    for hole in [0u64, 16, 64, 1024] {
         let second = 512 * MIB + hole * GIB;
         let span = second + 512 * MIB;
-        let (b, _) = best_of_three(|| boot_once(span, &[(MIB, 511 * MIB), (second, 512 * MIB)]));
-        println!("{:>32} GiB   {:>9.2}", hole, ms(b));
+        let banks = [(MIB, 511 * MIB), (second, 512 * MIB)];
+        let (b, _) = best_of_three(|| boot_once(span, &banks));
+        let d = best_deferred(|| deferred_once(span, &banks, second, 1));
+        println!("{:>32} GiB   {:>9.2}   {:>29.2}", hole, ms(b), ms(d.first));
     }
 }

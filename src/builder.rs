@@ -25,14 +25,14 @@
 //! dropping the builder (bootmem owns nothing else).
 
 use core::fmt;
-use core::sync::atomic::AtomicU8;
+use core::sync::atomic::{AtomicU32, AtomicU8};
 
-use mmkit_addr::{IrqControl, Pfn, PhysAddr, PhysMapper, PhysRange, VirtRange};
+use mmkit_addr::{IrqControl, PhysAddr, PhysMapper, PhysRange, VirtRange};
 use mmkit_bootmem::firmware::{e820, uefi};
 use mmkit_bootmem::{Bootmem, NodeId, RegionError};
 use mmkit_buddy::{
-    memmap_len, pcp_storage_len, BootFreeError, BuddyAllocator, BuddyConfig, CmaArea, CoreSize,
-    GfpFlags, InitError, IsolateError, NodeInit, PageDesc, PerCpuPages, MAX_NUMNODES,
+    memmap_len, node_span, pcp_storage_len, BootFreeError, BuddyAllocator, BuddyConfig, CmaArea,
+    CoreSize, GfpFlags, InitError, IsolateError, NodeInit, PageDesc, PerCpuPages, MAX_NUMNODES,
 };
 use mmkit_pgtable::arch::x86_64::X86_64;
 use mmkit_pgtable::{NewError, PagingFormat};
@@ -40,9 +40,9 @@ use mmkit_slab::{CacheFlags, CreateError, Kmalloc};
 
 use crate::map::KernelMap;
 use crate::mm::{BootSummary, Mm};
-use crate::owner::{DeferredOwners, PageOwners, HOLE, METADATA, RESERVED};
+use crate::owner::{OwnerMap, PageOwners};
 use crate::pages::PageAllocator;
-use crate::raw::{boot_slice, fill, fill_from, MetaLog};
+use crate::raw::{boot_slice, fill, fill_from, MetaLog, META_MAX};
 use crate::vmalloc::{Vmalloc, VmallocSpace};
 use mmkit_addr::PAGE_SIZE;
 
@@ -398,7 +398,8 @@ impl<'m, P: IrqControl, F: PagingFormat> MmBuilder<'m, P, F> {
     /// (rounded up to a max-order block) and gives only those to the buddy; the rest is
     /// initialised by [`Mm::deferred_init_step`] / [`Mm::complete_deferred_init`] (one
     /// thread per node) or by allocations that would otherwise fail. The page-owner table
-    /// is still written whole at boot.
+    /// follows: its deferred sections read reserved from one shared block until the buddy's
+    /// growth gives them bytes of their own, so boot writes nothing per deferred frame.
     pub fn deferred_init(mut self, frames_per_node: u64) -> Self {
         self.cfg.deferred_init = Some(frames_per_node);
         self
@@ -486,19 +487,27 @@ impl<'m, P: IrqControl, F: PagingFormat> MmBuilder<'m, P, F> {
             }
             None => 0,
         };
+        let shift = self.cfg.max_order.min(mmkit_buddy::MAX_ORDER_LIMIT);
+        let (olo, ohi) = owner_span(lo, hi, shift);
+        let mut all = [PhysRange::EMPTY; MAX_NODE_RANGES];
+        let mut n_all = 0;
+        for r in regions {
+            if let Some(slot) = all.get_mut(n_all) {
+                *slot = r.range();
+                n_all += 1;
+            }
+        }
         Ok(BootCost {
             memmap_bytes: memmap,
-            owner_table_bytes: page_round(hi - lo),
+            owner_table_bytes: bytes(4, ((ohi - olo) >> shift) as usize)
+                + bytes(1, OwnerMap::storage_len(&all[..n_all], self.cfg.max_order)),
             per_cpu_bytes: bytes(size_of::<PerCpuPages>(), pcp_len) + bytes(1, nr_cpus),
             vmalloc_bytes: vmalloc,
             other_bytes: bytes(size_of::<PhysRange>(), regions.len())
                 + distances
                 + bytes(size_of::<PageAllocator<'m, P>>(), 1)
-                + if self.cfg.deferred_init.is_some() {
-                    bytes(size_of::<DeferredOwners<'m>>(), 1)
-                } else {
-                    0
-                },
+                + bytes(size_of::<OwnerMap<'m>>(), 1)
+                + bytes(size_of::<PhysRange>(), META_MAX),
         })
     }
 
@@ -562,23 +571,20 @@ impl<'m, P: IrqControl, F: PagingFormat> MmBuilder<'m, P, F> {
             boot_slice::<u8>(bm, map, &mut meta, nr_cpus, None)?,
             |cpu| cpu_nodes.get(cpu).copied().unwrap_or(0),
         );
-        let owner_bytes: &'m [AtomicU8] = fill(
-            boot_slice::<AtomicU8>(bm, map, &mut meta, (hi - lo) as usize, None)?,
-            |_| AtomicU8::new(HOLE),
-        );
-        let owners = PageOwners::new(lo, owner_bytes);
-        // With deferral, the buddy tells this one which frames its growth frees.
-        let deferred_owners: Option<&'m DeferredOwners<'m>> = match cfg.deferred_init {
-            Some(_) => {
-                let slot = boot_slice::<DeferredOwners<'m>>(bm, map, &mut meta, 1, None)?;
-                let obs: &'m DeferredOwners<'m> = slot[0].write(DeferredOwners {
-                    base: lo,
-                    bytes: owner_bytes,
-                });
-                Some(obs)
-            }
-            None => None,
-        };
+        // The page-owner table: sparse, like the memmap (`OwnerMap`).
+        let shift = cfg.max_order.min(mmkit_buddy::MAX_ORDER_LIMIT);
+        let (olo, ohi) = owner_span(lo, hi, shift);
+        let owner_table =
+            boot_slice::<AtomicU32>(bm, map, &mut meta, ((ohi - olo) >> shift) as usize, None)?;
+        let owner_storage = boot_slice::<AtomicU8>(
+            bm,
+            map,
+            &mut meta,
+            OwnerMap::storage_len(ranges, cfg.max_order),
+            None,
+        )?;
+        let owner_slot = boot_slice::<OwnerMap<'m>>(bm, map, &mut meta, 1, None)?;
+        let meta_slot = boot_slice::<PhysRange>(bm, map, &mut meta, META_MAX, None)?;
         let space = match &vmalloc {
             Some((fmt, window)) => Some(VmallocSpace::carve(bm, map, &mut meta, fmt, *window)?),
             None => None,
@@ -616,22 +622,42 @@ impl<'m, P: IrqControl, F: PagingFormat> MmBuilder<'m, P, F> {
                 memmap: &mut [],
             })
         });
-        for r in ranges {
-            let p = r.whole_pfns();
-            owners.mark_range(p.start, p.end, RESERVED);
-        }
-        // mmkit's own boot structures stay reserved for good; `free_reserved_range` refuses them.
-        for r in meta.ranges() {
-            let end = r.end().as_u64().div_ceil(PAGE_SIZE);
-            owners.mark_range(r.start().pfn().as_u64(), end, METADATA);
-        }
+        // Every boot structure is allocated: the log is complete.
+        let logged = meta.ranges();
+        let meta_ranges: &'m [PhysRange] = &fill(meta_slot, |i| {
+            logged.get(i).copied().unwrap_or(PhysRange::EMPTY)
+        })[..logged.len()];
+        let owner_map: &'m OwnerMap<'m> = owner_slot[0].write(OwnerMap::new(
+            olo,
+            owner_table,
+            owner_storage,
+            shift,
+            ranges,
+            meta_ranges,
+        ));
+        let owners = PageOwners::new(owner_map);
 
         let mut buddy = BuddyAllocator::new(platform, cfg, &mut inits[..nr_nodes], pcp)
             .map_err(BootError::Buddy)?;
         buddy.set_mapper(phys);
         buddy.set_cpu_nodes(cpu_map);
-        if let Some(obs) = deferred_owners {
-            buddy.set_deferred_observer(obs);
+        // The owner table gets bytes for what the buddy initialised; the rest of each node
+        // reads reserved until the buddy's growth reaches it.
+        for nid in 0..nr_nodes {
+            let memory = &ranges[bounds[nid]..bounds[nid + 1]];
+            let (Some((start, end)), Some(info)) =
+                (node_span(memory, cfg.max_order), buddy.deferred_info(nid))
+            else {
+                continue;
+            };
+            let boundary = info.boundary.as_u64();
+            owner_map.init_sections(start, boundary);
+            owner_map.defer_sections(boundary, end);
+        }
+        // With deferral, the buddy tells the table which frames its growth initialises and
+        // frees.
+        if cfg.deferred_init.is_some() {
+            buddy.set_deferred_observer(owner_map);
         }
 
         // Hand-off: bootmem is consumed here.
@@ -642,21 +668,16 @@ impl<'m, P: IrqControl, F: PagingFormat> MmBuilder<'m, P, F> {
             buddy
                 .free_boot_run(run.first.pfn, run.first.order, run.count)
                 .map_err(BootError::Handoff)?;
-            for b in run.blocks() {
-                // A block past a deferred boundary is only recorded: it stays reserved
-                // here until the buddy frees it (`DeferredOwners`).
-                if buddy.pfn_initialised(b.pfn) {
-                    let s = b.pfn.as_u64();
-                    owners.mark_range(s, s + b.order.pages(), 0);
-                }
-            }
+            // Frames past a deferred boundary are only recorded: their sections read
+            // reserved until the buddy frees them (`OwnerMap` as the deferred observer), and `mark_range`
+            // writes only sections with bytes of their own.
+            let s = run.first.pfn.as_u64();
+            owners.mark_range(s, s + run.count * run.first.order.pages(), 0);
         }
         for array in handoff.into_region_arrays().into_iter().flatten() {
             buddy.free_boot_range(array).map_err(BootError::Handoff)?;
             let p = array.whole_pfns();
-            for pfn in (p.start..p.end).filter(|&f| buddy.pfn_initialised(Pfn::new(f))) {
-                owners.mark_range(pfn, pfn + 1, 0);
-            }
+            owners.mark_range(p.start, p.end, 0);
         }
         let cma = declare_cma(&buddy, cma_bytes)?;
         buddy.finish_boot();
@@ -714,6 +735,12 @@ fn memory_shape(regions: &[mmkit_bootmem::Region]) -> Result<(usize, u64, u64), 
     Ok((nr_nodes, lo, hi))
 }
 
+/// The owner table's span: `[lo, hi)` rounded out to sections of `2^shift` frames.
+fn owner_span(lo: u64, hi: u64, shift: u32) -> (u64, u64) {
+    let sec = 1u64 << shift;
+    (lo & !(sec - 1), hi.div_ceil(sec) * sec)
+}
+
 /// Page-aligned size: what a boot structure of `bytes` bytes takes.
 fn page_round(bytes: u64) -> u64 {
     bytes.div_ceil(PAGE_SIZE).saturating_mul(PAGE_SIZE)
@@ -726,9 +753,13 @@ const MAX_NODE_RANGES: usize = 128;
 /// whole pages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BootCost {
-    /// Page descriptors, 16 bytes per frame of each node's span.
+    /// Page descriptors: 16 bytes per frame of each max-order section that holds memory,
+    /// plus a 4-byte entry per section of each node's span and one shared block of hole
+    /// descriptors per node (sparse memmap: see `mmkit_buddy::memmap_len`).
     pub memmap_bytes: u64,
-    /// The page-owner table, one byte per frame from the first to the last frame of memory.
+    /// The page-owner table: one byte per frame of each section that holds memory, a
+    /// 4-byte entry per section from the first to the last frame of memory, and two shared
+    /// blocks (holes, deferred memory).
     pub owner_table_bytes: u64,
     /// The buddy's per-CPU lists and the CPU-to-node map.
     pub per_cpu_bytes: u64,

@@ -22,7 +22,7 @@ use crate::map::KernelMap;
 
 /// Most boot-metadata allocations one boot makes (a handful, plus two per node and three for
 /// vmalloc).
-const META_MAX: usize = 40;
+pub(crate) const META_MAX: usize = 40;
 
 /// The physical ranges of every boot-metadata allocation, so the page-owner table can mark
 /// them as mmkit's own and `Mm::free_reserved_range` can refuse to free them.

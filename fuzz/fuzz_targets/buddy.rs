@@ -131,6 +131,9 @@ enum Action {
         node: u8,
         frames: u16,
     },
+    /// `pfn_valid` of a frame (the sparse memmap: 8..12 MiB is a whole section of hole,
+    /// sharing the hole block; deferred frames are not valid until initialised).
+    PfnValid { frame: u16 },
 }
 
 /// Frame numbers and counts at the extremes: 0, 1, a pageblock and one short of it, the
@@ -634,6 +637,18 @@ fuzz_target!(|input: Input| {
             Action::DeferredStep { node, frames } => {
                 let (node, frames) = (usize::from(node % 3), u64::from(frames));
                 deferred_step_checked(&b, node, frames, input.deferred);
+            }
+            Action::PfnValid { frame } => {
+                let p = u64::from(frame) % (FRAMES + 1024);
+                let memory = nodes.iter().flat_map(|n| n.iter()).any(|r| {
+                    let f = r.whole_pfns();
+                    f.start <= p && p < f.end
+                });
+                assert_eq!(
+                    b.pfn_valid(Pfn::new(p)),
+                    memory && b.pfn_initialised(Pfn::new(p)),
+                    "pfn_valid({p})"
+                );
             }
         }
         b.verify().unwrap();

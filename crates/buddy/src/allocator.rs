@@ -21,14 +21,16 @@
 
 use core::mem::MaybeUninit;
 use core::ops::{Deref, DerefMut};
-use core::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 use mmkit_addr::{IrqControl, IrqGuard, Order, Pfn, PhysMapper, PhysRange};
 use spin::mutex::SpinMutex;
 use spin::RwLock;
 
 use crate::compaction::CompactState;
-use crate::config::{node_span, pcp_storage_len, BuddyConfig, NodeInit};
+use crate::config::{
+    memmap_len, node_span, pcp_storage_len, present_sections, section_shift, BuddyConfig, NodeInit,
+};
 use crate::deferred::{Deferred, Run, DEFERRED_RUNS};
 use crate::error::{BootFreeError, InitError};
 use crate::freearea::{Params, ZoneLocked};
@@ -38,7 +40,7 @@ use crate::mover::{MigrateCounters, MigrationObserver, Mover, MAX_MOVERS};
 use crate::page::{Flags, Memmap, PageDesc, PageState};
 use crate::pcp::PerCpuPages;
 use crate::raw::{
-    init_allocator_in, init_by_value, init_slice, AllocatorHead, DescStorage, NodeHead,
+    init_allocator_in, init_by_value, init_slice, AllocatorHead, NodeHead, SectionMap,
 };
 use crate::zone::{Zone, ZoneType, NR_ZONES};
 use crate::{MAX_NUMNODES, MAX_ORDER_LIMIT};
@@ -222,23 +224,53 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             };
             let boundary = plan.boundaries[nid];
             let storage = core::mem::take(&mut n.memmap);
+            let shift = section_shift(cfg.max_order);
             let mm = Memmap {
                 base: start,
                 span: end - start,
-                store: DescStorage::new(storage),
+                map: SectionMap::new_in_one(
+                    storage,
+                    ((end - start) >> shift) as usize,
+                    1 + present_sections(n.memory, shift)
+                        .map(|(a, b)| (b - a) as usize)
+                        .sum::<usize>(),
+                    shift,
+                    |_| PageDesc::shared_hole(),
+                ),
+                init: AtomicU64::new(0),
             };
-            mm.store
-                .extend((boundary - start) as usize, |_| PageDesc::new());
-            let reserved = Flags::new(PageState::Reserved, 0, MigrateType::Unmovable);
-            for r in n.memory {
-                let f = r.whole_pfns();
-                let e = f.end.min(boundary);
-                if f.start < e {
-                    for d in mm.descs(f.start, e - f.start) {
-                        d.set_flags(reserved);
+            // Only the sections below the boundary that hold memory get descriptors now.
+            for (a, b) in present_sections(n.memory, shift) {
+                let (a, b) = (a << shift, (b << shift).min(boundary));
+                let mut sec = a;
+                while sec < b {
+                    let index = ((sec - start) >> shift) as usize;
+                    let whole = n.memory.iter().any(|r| {
+                        let f = r.whole_pfns();
+                        f.start <= sec && sec + (1 << shift) <= f.end
+                    });
+                    if whole {
+                        // The common case: one template, wide stores.
+                        mm.init_section(index, |_| PageDesc::with_state(PageState::Reserved));
+                        sec += 1 << shift;
+                        continue;
                     }
+                    mm.init_section(index, |i| {
+                        let pfn = sec + i as u64;
+                        let present = n.memory.iter().any(|r| {
+                            let f = r.whole_pfns();
+                            f.start <= pfn && pfn < f.end
+                        });
+                        PageDesc::with_state(if present {
+                            PageState::Reserved
+                        } else {
+                            PageState::Hole
+                        })
+                    });
+                    sec += 1 << shift;
                 }
             }
+            mm.set_end(boundary);
             mms[nid] = Some(mm);
         }
         let head = AllocatorHead {
@@ -351,11 +383,9 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
                 if e - s >= u64::from(u32::MAX) {
                     return Err(InitError::NodeTooLarge);
                 }
-                if n.memmap.len() < (e - s) as usize {
-                    return Err(InitError::MemmapTooSmall {
-                        node: nid,
-                        needed: (e - s) as usize,
-                    });
+                let needed = memmap_len(n.memory, cfg.max_order);
+                if n.memmap.len() < needed {
+                    return Err(InitError::MemmapTooSmall { node: nid, needed });
                 }
                 for (os, oe) in spans.iter().take(nid).flatten() {
                     if s < *oe && *os < e {
@@ -447,6 +477,17 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         self.nodes[..self.nr_nodes]
             .iter()
             .any(|n| n.mm.contains(pfn.as_u64()))
+    }
+
+    /// Whether `pfn` is a frame of memory with an initialised descriptor of its own (Linux
+    /// `pfn_valid` on a sparse memmap, plus "not still deferred"): `false` for frames no
+    /// node spans, for holes (whole hole sections have no descriptors at all), and for
+    /// frames past a node's deferred boundary.
+    pub fn pfn_valid(&self, pfn: Pfn) -> bool {
+        let p = pfn.as_u64();
+        self.nodes[..self.nr_nodes]
+            .iter()
+            .any(|n| n.mm.contains(p) && n.mm.has_own_desc(p) && !n.mm.desc(p).is(PageState::Hole))
     }
 
     /// Register the low-watermark hook (replacing any previous one).
@@ -800,7 +841,10 @@ mod tests {
 
     /// The smallest thread stack the host lets us ask for (glibc's `PTHREAD_STACK_MIN` on
     /// x86-64 and aarch64 rounds anything smaller up to this), a common kernel boot stack.
-    const SMALL_STACK: usize = 16 * 1024;
+    /// Debug builds get 32 KiB: the sparse memmap's construction (section table, blocks
+    /// written through a generic closure) takes unoptimised frames of a few KiB more; a
+    /// release build fits in 8 KiB.
+    const SMALL_STACK: usize = if cfg!(debug_assertions) { 32 } else { 16 } * 1024;
 
     fn leaked<T>(n: usize) -> &'static mut [MaybeUninit<T>] {
         Vec::leak((0..n).map(|_| MaybeUninit::uninit()).collect())
@@ -866,10 +910,10 @@ mod tests {
             r.err(),
             Some(InitError::MemmapTooSmall {
                 node: 0,
-                needed: 4096
+                needed: 3 + 5 * 1024
             })
         );
-        assert_eq!(nodes[0].memmap.len(), 4095, "storage not taken");
+        assert_eq!(nodes[0].memmap.len(), 2 + 5 * 1024, "storage not taken");
     }
 
     #[test]

@@ -127,20 +127,103 @@ pub fn node_span(memory: &[PhysRange], max_order: u32) -> Option<(u64, u64)> {
     Some((start, end))
 }
 
-/// Descriptors a node's memmap needs (the caller provides `memmap_len * 16` bytes aligned
-/// to 8).
+/// Descriptor slots a node's memmap needs (the caller provides `memmap_len * 16` bytes
+/// aligned to 8). The memmap is sparse (`PageDesc` storage only for present memory):
+/// the span, rounded out to max-order blocks, is cut into **sections** of one max-order
+/// block each, and the storage holds a table of one 4-byte entry per section, one shared
+/// block of hole descriptors, a block of descriptors per section that holds memory, and a
+/// 4-byte entry per block naming its section.
+/// Holes of whole sections cost 4 bytes per section (1 MiB per TiB of hole with 4 MiB
+/// sections) instead of 16 bytes per frame.
 ///
 /// ```
 /// use mmkit_addr::{PhysAddr, PhysRange};
 /// let ram = [PhysRange::from_start_size(PhysAddr::new(0x10_0000), 0x30_0000).unwrap()];
-/// // 1 MiB..4 MiB rounded out to 4 MiB (order-10) blocks: 1024 frames.
-/// assert_eq!(mmkit_buddy::memmap_len(&ram, 10), 1024);
+/// // 1 MiB..4 MiB rounded out to one 4 MiB (order-10) section: a one-entry table (one
+/// // slot), a two-entry reverse table (one slot), the shared hole block and the
+/// // section's block, 1024 slots each.
+/// assert_eq!(mmkit_buddy::memmap_len(&ram, 10), 2 + 2 * 1024);
+/// // Two 4 MiB banks 1 TiB apart: 2^18 sections, two of them present.
+/// let far = [
+///     PhysRange::from_start_size(PhysAddr::new(0), 4 << 20).unwrap(),
+///     PhysRange::from_start_size(PhysAddr::new(1 << 40), 4 << 20).unwrap(),
+/// ];
+/// assert_eq!(mmkit_buddy::memmap_len(&far, 10), (1 << 18) / 4 + 1 + 1 + 3 * 1024);
 /// ```
 ///
 /// A span too large for `usize` saturates to `usize::MAX` (no storage can be that large, so
 /// construction then fails with `NodeTooLarge` or `MemmapTooSmall`).
 pub fn memmap_len(memory: &[PhysRange], max_order: u32) -> usize {
-    node_span(memory, max_order).map_or(0, |(s, e)| usize::try_from(e - s).unwrap_or(usize::MAX))
+    let Some((s, e)) = node_span(memory, max_order) else {
+        return 0;
+    };
+    let shift = section_shift(max_order);
+    let sections = usize::try_from((e - s) >> shift).unwrap_or(usize::MAX);
+    let present: u64 = present_sections(memory, shift).map(|(a, b)| b - a).sum();
+    let nr_blocks = usize::try_from(present.saturating_add(1)).unwrap_or(usize::MAX);
+    let blocks = nr_blocks.saturating_mul(1usize << shift);
+    crate::raw::table_slots_saturating::<PageDesc>(sections)
+        .saturating_add(crate::raw::table_slots_saturating::<PageDesc>(nr_blocks))
+        .saturating_add(blocks)
+}
+
+/// The sections of a node's sparse memmap ([`memmap_len`]) that hold memory of `memory`,
+/// numbered `pfn >> max_order`, as sorted, disjoint, non-adjacent runs `[first, end)`:
+/// the sections that get descriptors of their own. For per-frame tables of the caller's
+/// that want the same layout (the facade's page-owner table).
+pub fn memmap_sections(
+    memory: &[PhysRange],
+    max_order: u32,
+) -> impl Iterator<Item = (u64, u64)> + '_ {
+    present_sections(memory, section_shift(max_order))
+}
+
+/// The memmap's section size for `max_order`, as a shift: one max-order block.
+pub(crate) fn section_shift(max_order: u32) -> u32 {
+    max_order.min(MAX_ORDER_LIMIT)
+}
+
+/// The sections (numbered `pfn >> shift`) that hold memory of `memory`, as sorted,
+/// disjoint, non-adjacent runs `[first, end)`.
+pub(crate) fn present_sections(
+    memory: &[PhysRange],
+    shift: u32,
+) -> impl Iterator<Item = (u64, u64)> + '_ {
+    let sec = move |r: &PhysRange| {
+        let f = r.whole_pfns();
+        (f.start < f.end).then(move || (f.start >> shift, ((f.end - 1) >> shift) + 1))
+    };
+    let mut cursor = 0u64;
+    let mut done = false;
+    core::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        // The lowest run reaching past the cursor, then every run touching it.
+        let (mut lo, mut hi) = memory
+            .iter()
+            .filter_map(sec)
+            .filter(|&(_, e)| e > cursor)
+            .min_by_key(|&(s, _)| s)?;
+        lo = lo.max(cursor);
+        loop {
+            let grown = memory
+                .iter()
+                .filter_map(sec)
+                .filter(|&(s, e)| s <= hi && e > hi)
+                .map(|(_, e)| e)
+                .max();
+            match grown {
+                Some(e) => hi = e,
+                None => break,
+            }
+        }
+        if hi == u64::MAX {
+            done = true;
+        }
+        cursor = hi;
+        Some((lo, hi))
+    })
 }
 
 /// Entries of per-CPU storage needed for `nr_nodes` nodes and `nr_cpus` CPUs. Nodes past
@@ -176,6 +259,18 @@ mod tests {
     }
 
     #[test]
+    fn present_sections_merge_and_skip_holes() {
+        let r = |s: u64, l: u64| PhysRange::from_start_size(PhysAddr::new(s), l).unwrap();
+        let m = 1u64 << 20;
+        // Sections of 4 MiB: [0, 6 MiB) and [5, 7 MiB) share sections 0..2; 64 MiB stands
+        // alone.
+        let ram = [r(64 * m, m), r(0, 6 * m), r(5 * m, 2 * m)];
+        let got: std::vec::Vec<_> = present_sections(&ram, 10).collect();
+        assert_eq!(got, [(0, 2), (16, 17)]);
+        assert_eq!(memmap_len(&ram, 10), 5 + 1 + 4 * 1024);
+    }
+
+    #[test]
     fn defaults_are_linux_x86_64() {
         let c = BuddyConfig::default();
         assert_eq!((c.max_order, c.pageblock_order), (10, 9));
@@ -208,7 +303,7 @@ mod tests {
                 let span = node_span(&[ram], max_order);
                 if let Some((s, e)) = span {
                     assert!(s < e, "{ram:?} at {max_order}");
-                    assert_eq!(memmap_len(&[ram], max_order) as u64, e - s);
+                    assert!(memmap_len(&[ram], max_order) as u64 >= e - s);
                 } else {
                     assert_eq!(memmap_len(&[ram], max_order), 0);
                 }

@@ -3,8 +3,9 @@
 //! With [`BuddyConfig::deferred_init`](crate::BuddyConfig::deferred_init) set, construction
 //! initialises only the first part of each node's memmap: the node's first `frames` frames,
 //! rounded up to a max-order block (Linux's `first_deferred_pfn`). The descriptors past
-//! that **boundary** are not written at all; the memmap hands out descriptors only below it
-//! (`raw::DescStorage`), and every frame walker stops there.
+//! that **boundary** are not written at all: the memmap is sparse (`raw::SectionMap`), and
+//! a section past the boundary reads the shared block of hole descriptors until growth
+//! gives it descriptors of its own; every frame walker stops at the boundary.
 //!
 //! What the deferred part holds is remembered in the node's [`Deferred`] record, at most
 //! [`DEFERRED_RUNS`] runs each:
@@ -15,9 +16,12 @@
 //!   merging adjacent blocks; when the record is full it initialises up to the block and
 //!   frees it at once).
 //!
-//! **Growth** moves the boundary up by whole max-order blocks, zone by zone under the zone
-//! lock: it writes the descriptors in their final state (tails for the recorded free runs,
-//! reserved for other present frames, holes elsewhere), publishes them, and frees the
+//! **Growth** moves the boundary up by whole max-order blocks (memmap sections), zone by
+//! zone under the zone lock: it gives each section that holds memory a block of
+//! descriptors written in their final state (tails for the recorded free runs, reserved for
+//! other present frames, holes elsewhere; a section wholly free or wholly reserved from one
+//! template), publishes them, leaves sections without memory on the shared hole block, and
+//! frees the
 //! recorded free runs below the new boundary to the buddy in the largest aligned blocks, as
 //! the hand-off would have. Two callers grow a node:
 //! * [`deferred_init_step`](crate::BuddyAllocator::deferred_init_step), one chunk at a
@@ -66,6 +70,14 @@ pub trait DeferredObserver: Sync {
     /// lists. Called with the node's deferred lock and a zone lock held and interrupts off:
     /// it must not call into the allocator.
     fn freeing(&self, start: Pfn, end: Pfn);
+
+    /// Frames `[start, end)` of a node are about to be initialised (before any of them is
+    /// freed, with the same locks held as for [`freeing`](Self::freeing) except the zone
+    /// lock): a sparse table of the observer's own can give their sections storage here.
+    /// The default does nothing.
+    fn initialising(&self, start: Pfn, end: Pfn) {
+        let _ = (start, end);
+    }
 }
 
 /// A run of frames `[start, end)`.
@@ -294,7 +306,10 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         }
         let free = &mut free[..nr_free];
         free.sort_unstable_by_key(|r| r.start);
-        let present = d.present();
+        if let Some(obs) = *self.deferred_observer.read() {
+            obs.initialising(Pfn::new(old), Pfn::new(new));
+        }
+        let present_runs = d.present();
         // Zone by zone (zones tile the span; their boundaries are max-order aligned), with
         // the zone lock held from publication to the last free, so a scan under the lock
         // sees the new frames either not yet initialised or already free. Descriptors are
@@ -309,22 +324,42 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
                 continue;
             }
             let mut zl = self.lock(n, z);
-            n.mm.store.extend((ze - base) as usize, |i| {
-                let pfn = base + i as u64;
-                while fc < free.len() && free[fc].end <= pfn {
-                    fc += 1;
+            let shift = n.mm.map.shift();
+            let step = 1u64 << shift;
+            let mut sec = zs;
+            while sec < ze {
+                let sec_end = sec + step;
+                let index = ((sec - base) >> shift) as usize;
+                let whole_free = free.iter().any(|r| r.start <= sec && sec_end <= r.end);
+                let has_free = free.iter().any(|r| r.overlap(sec, sec_end) > 0);
+                let present = d.present_in(sec, sec_end);
+                if whole_free {
+                    // The common case: one template, wide stores.
+                    n.mm.init_section(index, |_| PageDesc::with_state(PageState::Tail));
+                } else if present == step && !has_free {
+                    n.mm.init_section(index, |_| PageDesc::with_state(PageState::Reserved));
+                } else if present > 0 {
+                    n.mm.init_section(index, |i| {
+                        let pfn = sec + i as u64;
+                        while fc < free.len() && free[fc].end <= pfn {
+                            fc += 1;
+                        }
+                        if free.get(fc).is_some_and(|r| r.start <= pfn) {
+                            return PageDesc::with_state(PageState::Tail);
+                        }
+                        while pc < present_runs.len() && present_runs[pc].end <= pfn {
+                            pc += 1;
+                        }
+                        match present_runs.get(pc) {
+                            Some(r) if r.start <= pfn => PageDesc::with_state(PageState::Reserved),
+                            _ => PageDesc::with_state(PageState::Hole),
+                        }
+                    });
                 }
-                if free.get(fc).is_some_and(|r| r.start <= pfn) {
-                    return PageDesc::with_state(PageState::Tail);
-                }
-                while pc < present.len() && present[pc].end <= pfn {
-                    pc += 1;
-                }
-                match present.get(pc) {
-                    Some(r) if r.start <= pfn => PageDesc::with_state(PageState::Reserved),
-                    _ => PageDesc::with_state(PageState::Hole),
-                }
-            });
+                // A section without memory keeps sharing the hole block.
+                sec = sec_end;
+            }
+            n.mm.set_end(ze);
             let observer = *self.deferred_observer.read();
             for r in free.iter() {
                 let (s, e) = (r.start.max(zs), r.end.min(ze));
@@ -636,6 +671,29 @@ mod tests {
         }
         b.verify().unwrap();
         assert_eq!(b.total_free(), 16384);
+    }
+
+    #[test]
+    fn a_contiguous_request_grows_the_node_until_a_run_fits() {
+        // 512 MiB with one block initialised at boot: a 256 MiB run needs growth first.
+        let ram = [mib(0, 512)];
+        let b = build(
+            &[&ram],
+            BuddyConfig {
+                deferred_init: Some(1),
+                ..no_pcp()
+            },
+            1,
+        );
+        let before = b.total_deferred();
+        let p = b
+            .alloc_contig_pages(65536, GfpFlags::KERNEL, 0)
+            .expect("growth makes room");
+        assert!(b.total_deferred() < before);
+        assert!(b.pfn_valid(p) && b.pfn_valid(Pfn::new(p.as_u64() + 65535)));
+        b.verify().unwrap();
+        b.free_contig_range(p, 65536).unwrap();
+        b.verify().unwrap();
     }
 
     #[test]

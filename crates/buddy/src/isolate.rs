@@ -134,6 +134,11 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             let mut z = self.lock(node, zone);
             let mut pb = start;
             while pb < end {
+                // A pageblock of a section without memory has no descriptors of its own
+                // (sparse memmap) and no type to change.
+                if !node.mm.has_own_desc(pb) {
+                    return Err(IsolateError::Hole { pfn: Pfn::new(pb) });
+                }
                 if z.pageblock_type(pb) == MigrateType::Isolate {
                     return Err(IsolateError::AlreadyIsolated);
                 }
@@ -495,34 +500,43 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         let span = nr_pages.div_ceil(pb).checked_mul(pb).ok_or(too_large)?;
         let align = if nr_pages.is_power_of_two() { span } else { pb };
         let migrate = !gfp.is_non_blocking();
-        let mut fits_somewhere = false;
-        let mut last = IsolateError::NotFound;
-        for (n, z) in self.zonelist(&req) {
-            if !z.is_populated() || z.spanned() < span {
+        loop {
+            let mut fits_somewhere = false;
+            let mut last = IsolateError::NotFound;
+            for (n, z) in self.zonelist(&req) {
+                if !z.is_populated() || z.spanned() < span {
+                    continue;
+                }
+                fits_somewhere = true;
+                let runs = RunSearch {
+                    from: z.start,
+                    to: z.init_end(&n.mm),
+                    span,
+                    align,
+                    cma: false,
+                    migrate,
+                };
+                match self.take_best_run(n, &runs) {
+                    Ok(pfn) => {
+                        if span > nr_pages {
+                            // Give back the rounding.
+                            let _ =
+                                self.free_contig_range(Pfn::new(pfn + nr_pages), span - nr_pages);
+                        }
+                        return Ok(Pfn::new(pfn));
+                    }
+                    Err(e) if e.is_transient() => last = e,
+                    Err(_) => {}
+                }
+            }
+            // No run yet: while a node the request may use has deferred frames in a zone it
+            // may use, initialise more of it and look again (Linux grows the zone from the
+            // contiguous allocator's path too).
+            if self.grow_for(req.node, req.this_node, req.highest) {
                 continue;
             }
-            fits_somewhere = true;
-            let runs = RunSearch {
-                from: z.start,
-                to: z.init_end(&n.mm),
-                span,
-                align,
-                cma: false,
-                migrate,
-            };
-            match self.take_best_run(n, &runs) {
-                Ok(pfn) => {
-                    if span > nr_pages {
-                        // Give back the rounding.
-                        let _ = self.free_contig_range(Pfn::new(pfn + nr_pages), span - nr_pages);
-                    }
-                    return Ok(Pfn::new(pfn));
-                }
-                Err(e) if e.is_transient() => last = e,
-                Err(_) => {}
-            }
+            return Err(if fits_somewhere { last } else { too_large });
         }
-        Err(if fits_somewhere { last } else { too_large })
     }
 
     /// Search `[from, to)` for aligned runs of `span` frames that could be taken, and take

@@ -63,8 +63,9 @@
 //! or a per-CPU lock while holding a zone lock. The low-watermark hook runs with no lock held.
 //!
 //! ## Unsafe
-//! Confined to `raw.rs`: initialising caller storage (the memmap as a prefix that grows, for
-//! deferred initialisation) and zeroing frames through a `PhysMapper`. Descriptors are
+//! Confined to `raw.rs`: initialising caller storage (the sparse memmap, a section table
+//! over blocks of descriptors written as sections are initialised, for holes and deferred
+//! initialisation) and zeroing frames through a `PhysMapper`. Descriptors are
 //! atomics, so every other access is safe code.
 #![no_std]
 #![deny(
@@ -108,7 +109,7 @@ pub use allocator::{BuddyAllocator, LowWatermarkHook, ZoneStats};
 pub use cma::CmaArea;
 pub use compaction::{CompactOutcome, CompactResult, CompactStats, Extfrag, DEFAULT_PROACTIVENESS};
 pub use config::{
-    memmap_len, node_span, pcp_storage_len, BuddyConfig, CoreSize, NodeInit,
+    memmap_len, memmap_sections, node_span, pcp_storage_len, BuddyConfig, CoreSize, NodeInit,
     DEFAULT_LOWMEM_RESERVE_RATIO,
 };
 pub use deferred::{
@@ -125,6 +126,7 @@ pub use migrate::{MigrateType, FALLBACKS, NR_MIGRATE_TYPES, NR_PCP_TYPES};
 pub use mover::{MigrationObserver, MoveError, Mover, MoverId, MAX_MOVERS};
 pub use page::{PageDesc, PageState};
 pub use pcp::{PerCpuPages, PCP_MAX_ORDER};
+pub use raw::SectionMap;
 pub use report::{BuddyInfo, PageTypeInfo, PageblockCensus, ZoneInfo};
 pub use verify::VerifyError;
 pub use watermark::default_min_free_kbytes;

@@ -37,12 +37,15 @@
 //! Atomics make every access data-race free without `unsafe`; on x86-64 and aarch64 relaxed
 //! loads and stores compile to plain moves.
 
-use core::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use core::sync::atomic::{
+    AtomicU32, AtomicU64,
+    Ordering::{Acquire, Relaxed, Release},
+};
 
 use static_assertions::const_assert;
 
 use crate::migrate::MigrateType;
-use crate::raw::DescStorage;
+use crate::raw::SectionMap;
 
 /// End-of-list marker for descriptor indices.
 pub(crate) const NIL: u32 = u32::MAX;
@@ -129,6 +132,11 @@ const MOVER_SHIFT: u32 = 12;
 const MOVER_MASK: u32 = 0xf << MOVER_SHIFT;
 /// Bit 16 of the `flags` word of an allocated head: the block is being migrated.
 const MIGRATING: u32 = 1 << 16;
+/// Bit 20 of the `flags` word: a descriptor of the memmap's shared hole block (`Memmap`),
+/// which stands for every frame of every section without descriptors of its own. Its
+/// pageblock word is never changed (isolation or a skip-hint reset walking over a hole
+/// section would otherwise change it for all of them).
+const SHARED_HOLE: u32 = 1 << 20;
 /// Bit 8 of a pageblock's `block` word: compaction's skip hint.
 const SKIP_HINT: u32 = 1 << 8;
 /// Bits 16..32 of a `block` word: a pageblock tally (movable pages on the pageblock's first
@@ -154,6 +162,23 @@ impl PageDesc {
     /// A descriptor for a hole, the initial state.
     pub const fn new() -> Self {
         Self::with_state(PageState::Hole)
+    }
+
+    /// A descriptor of the shared hole block (`Memmap`).
+    pub(crate) const fn shared_hole() -> Self {
+        let d = Self::with_state(PageState::Hole);
+        Self {
+            flags: AtomicU32::new(
+                Flags::new(PageState::Hole, 0, MigrateType::Unmovable).encode() | SHARED_HOLE,
+            ),
+            ..d
+        }
+    }
+
+    /// Whether this is a descriptor of the shared hole block.
+    #[inline]
+    pub(crate) fn is_shared_hole(&self) -> bool {
+        self.flags.load(Relaxed) & SHARED_HOLE != 0
     }
 
     /// A fresh descriptor in `state` (a hole or a reserved frame), not on any list.
@@ -334,6 +359,9 @@ impl PageDesc {
     }
     #[inline]
     pub(crate) fn set_skip_hint(&self, on: bool) {
+        if self.is_shared_hole() {
+            return;
+        }
         if on {
             self.block.fetch_or(SKIP_HINT, Relaxed);
         } else {
@@ -344,6 +372,9 @@ impl PageDesc {
     /// movable tally, which allocations and frees change without the zone lock).
     #[inline]
     pub(crate) fn set_block_type(&self, mt: MigrateType, saved: MigrateType) {
+        if self.is_shared_hole() {
+            return;
+        }
         let bits = (mt as u32) | ((saved as u32) << 4);
         // The closure always returns `Some`: this cannot fail.
         let _ = self
@@ -378,15 +409,25 @@ impl PageDesc {
     }
 }
 
-/// The descriptors of one node: frame `base + i` has descriptor `i`. Only a prefix of the
-/// span may be initialised (deferred memmap initialisation, `deferred.rs`): every accessor
-/// below reaches initialised descriptors only, and panics on a frame past them, which
-/// callers never pass (they clamp to [`end`](Self::end) or locate the frame first).
+/// The descriptors of one node, frame `base + i` at index `i` of the section map. The memmap is
+/// sparse (Linux SPARSEMEM, `raw::SectionMap`): each section of `2^max_order` frames
+/// (one max-order block) that holds memory has its own descriptors; sections without
+/// memory, and sections past the deferred boundary until they are initialised
+/// (`deferred.rs`), share one block of hole descriptors. So every accessor below answers
+/// for any frame of the span (a hole descriptor for a frame without its own), and the
+/// lookup is one load of the section's entry; walkers still stop at [`end`](Self::end).
+///
+/// The shared hole block is never written: holes are never freed or allocated, and the
+/// pageblock-word writers that can walk over a hole section (isolation, a skip-hint reset)
+/// leave its descriptors alone (`PageDesc::is_shared_hole`).
 pub(crate) struct Memmap<'m> {
     pub base: u64,
-    /// Frames of the span (the storage may be longer).
+    /// Frames of the span.
     pub span: u64,
-    pub store: DescStorage<'m>,
+    pub map: SectionMap<'m, PageDesc>,
+    /// Frames from `base` initialised so far (the deferred boundary); only grows, stored
+    /// with release ordering after the sections below it are published.
+    pub init: AtomicU64,
 }
 
 impl<'m> Memmap<'m> {
@@ -395,21 +436,22 @@ impl<'m> Memmap<'m> {
         Self {
             base: 0,
             span: 0,
-            store: DescStorage::empty(),
+            map: SectionMap::empty(),
+            init: AtomicU64::new(0),
         }
     }
 
     /// One past the last initialised frame (the deferred boundary while one remains).
     #[inline]
     pub fn end(&self) -> u64 {
-        self.base + self.store.len() as u64
+        self.base + self.init.load(Acquire)
     }
     /// One past the last frame of the span.
     #[inline]
     pub fn span_end(&self) -> u64 {
         self.base + self.span
     }
-    /// Whether `pfn` has an initialised descriptor.
+    /// Whether `pfn` is below the deferred boundary, inside the span.
     #[inline]
     pub fn contains(&self, pfn: u64) -> bool {
         pfn >= self.base && pfn < self.end()
@@ -419,10 +461,34 @@ impl<'m> Memmap<'m> {
     pub fn spans(&self, pfn: u64) -> bool {
         pfn >= self.base && pfn < self.span_end()
     }
-    /// Initialised descriptors.
+    /// Whether `pfn` (inside the span) has descriptors of its own: its section holds memory
+    /// and is initialised. Frames of hole sections, and of sections past the deferred
+    /// boundary, share the hole block.
     #[inline]
-    pub fn len(&self) -> usize {
-        self.store.len()
+    pub fn has_own_desc(&self, pfn: u64) -> bool {
+        self.spans(pfn)
+            && self
+                .map
+                .entry(((pfn - self.base) >> self.map.shift()) as usize)
+                != 0
+    }
+    /// For a walker at the first frame of a section without descriptors of its own (all
+    /// holes, or past the deferred boundary), the first frame of the next section; `None`
+    /// anywhere else.
+    #[inline]
+    pub fn skip_hole_section(&self, pfn: u64) -> Option<u64> {
+        let mask = (1u64 << self.map.shift()) - 1;
+        ((pfn - self.base) & mask == 0 && !self.has_own_desc(pfn)).then(|| pfn + mask + 1)
+    }
+    /// Give section `section` descriptors of its own, written with `f(i)` for its `i`-th
+    /// frame, and publish them.
+    pub fn init_section(&self, section: usize, f: impl FnMut(usize) -> PageDesc) {
+        let off = self.map.alloc_block(f);
+        self.map.publish(section, off);
+    }
+    /// Publish the deferred boundary `end` (a frame number), after the sections below it.
+    pub fn set_end(&self, end: u64) {
+        self.init.store(end - self.base, Release);
     }
     /// Record that the allocated head at `pfn` (`order`, allocated as `mt`) joined (`add`)
     /// or left its pageblock's movable tally; only movable blocks smaller than a pageblock
@@ -435,30 +501,35 @@ impl<'m> Memmap<'m> {
         }
     }
 
-    /// Descriptors of `[pfn, pfn + n)`, for loops over a range (one bounds check, not one per
-    /// frame); callers pass frames inside the node.
+    /// Descriptors of `[pfn, pfn + n)`, for loops over a range (one lookup, not one per
+    /// frame); the range must lie in one section (a block of at most max order does).
     #[inline]
     pub fn descs(&self, pfn: u64, n: u64) -> &'m [PageDesc] {
-        let i = (pfn - self.base) as usize;
-        &self.store.initialised()[i..i + n as usize]
+        self.map.get_run(pfn - self.base, n)
     }
 
-    /// Descriptor of `pfn`; callers pass frames inside the node (checked at the API boundary).
+    /// Descriptor of `pfn`; callers pass frames inside the node's span (checked at the API
+    /// boundary).
     #[inline]
     pub fn desc(&self, pfn: u64) -> &'m PageDesc {
-        &self.store.initialised()[(pfn - self.base) as usize]
+        self.map.get(pfn - self.base)
     }
+    /// The descriptor of list index `idx` (from [`idx`](Self::idx) or a list link): a
+    /// storage slot, reached without the section table.
     #[inline]
     pub fn at(&self, idx: u32) -> &'m PageDesc {
-        &self.store.initialised()[idx as usize]
+        self.map.at_slot(idx)
     }
+    /// The list index of `pfn`'s descriptor: its storage slot (lists link descriptors by
+    /// slot, so walking a list needs no section lookup).
     #[inline]
     pub fn idx(&self, pfn: u64) -> u32 {
-        (pfn - self.base) as u32
+        self.map.slot(pfn - self.base)
     }
+    /// The frame of list index `idx`.
     #[inline]
     pub fn pfn(&self, idx: u32) -> u64 {
-        self.base + u64::from(idx)
+        self.base + self.map.index_of_slot(idx)
     }
 }
 
@@ -586,21 +657,24 @@ mod tests {
 
     #[test]
     fn list_push_remove_pop_keeps_links() {
-        let mut storage: [core::mem::MaybeUninit<PageDesc>; 4] =
+        let mut storage: [core::mem::MaybeUninit<PageDesc>; 10] =
             core::array::from_fn(|_| core::mem::MaybeUninit::uninit());
         let mm = Memmap {
             base: 100,
             span: 4,
-            store: DescStorage::new(&mut storage),
+            map: SectionMap::new_in_one(&mut storage, 1, 2, 2, |_| PageDesc::new()),
+            init: AtomicU64::new(0),
         };
-        mm.store.extend(4, |_| PageDesc::new());
+        mm.init_section(0, |_| PageDesc::new());
+        mm.set_end(104);
+        let i = |p: u64| mm.idx(p);
         let mut l = List::EMPTY;
-        l.push_back(&mm, 1);
-        l.push_front(&mm, 0);
-        l.push_back(&mm, 3);
-        l.remove(&mm, 1);
-        assert_eq!(l.pop_front(&mm), Some(0));
-        assert_eq!(l.pop_back(&mm), Some(3));
+        l.push_back(&mm, i(101));
+        l.push_front(&mm, i(100));
+        l.push_back(&mm, i(103));
+        l.remove(&mm, i(101));
+        assert_eq!(l.pop_front(&mm).map(|x| mm.pfn(x)), Some(100));
+        assert_eq!(l.pop_back(&mm).map(|x| mm.pfn(x)), Some(103));
         assert!(l.is_empty());
         assert_eq!(l.pop_front(&mm), None);
     }

@@ -2,13 +2,16 @@
 //! initialised values (memmaps, per-CPU lists, the allocator itself, built in place), and
 //! zeroing freshly allocated frames through a `PhysMapper`.
 //!
-//! ## A memmap initialised as a growing prefix
-//! [`DescStorage`] holds a node's memmap storage of which only a prefix is initialised
-//! (deferred memmap initialisation, `deferred.rs`). It hands out `&PageDesc` only inside the
-//! prefix; [`DescStorage::extend`] writes the next descriptors through the raw pointer, never
-//! through a reference, and only then publishes the new length with a release store that
-//! every reader's acquire load pairs with. Writers are serialised by a lock inside the
-//! storage, so no two of them ever write the same descriptor.
+//! ## A sparse memmap initialised section by section
+//! [`SectionMap`] holds a node's memmap storage (and the facade's page-owner table): a table
+//! of one `u32` entry per section of `2^max_order` frames, pointing each section at a block
+//! of elements. Blocks are taken from the storage in order, written through the raw pointer
+//! while nothing refers to them, and only then made reachable by a release store of the
+//! entry that every lookup's acquire load of it pairs with. Every entry points at a written
+//! block from construction on (sections without memory, and sections not initialised yet,
+//! share one block), so a lookup is one dependent load with no check of how far the map is
+//! initialised. Writers are serialised by a lock inside the map, so no two of them ever
+//! write the same element.
 //!
 //! ## Building the allocator in place
 //! [`init_allocator_in`] writes every field of a [`BuddyAllocator`] through raw field
@@ -20,7 +23,7 @@
 use core::marker::PhantomData;
 use core::mem::MaybeUninit;
 use core::ptr::{addr_of_mut, NonNull};
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
 use mmkit_addr::{IrqControl, PhysMapper, PhysRange};
 use spin::mutex::SpinMutex;
@@ -31,7 +34,7 @@ use crate::compaction::CompactState;
 use crate::config::BuddyConfig;
 use crate::deferred::Deferred;
 use crate::mover::{MigrateCounters, MAX_MOVERS};
-use crate::page::{Memmap, PageDesc};
+use crate::page::Memmap;
 use crate::zone::{Zone, ZoneType};
 use crate::MAX_NUMNODES;
 
@@ -48,81 +51,344 @@ pub(crate) fn init_slice<T>(s: &mut [MaybeUninit<T>], mut f: impl FnMut(usize) -
     unsafe { core::slice::from_raw_parts_mut(ptr, len) }
 }
 
-/// Caller storage for `cap` descriptors of which the first [`len`](Self::len) are
-/// initialised (module docs). Never drops anything: descriptors need no drop.
-pub(crate) struct DescStorage<'m> {
-    ptr: NonNull<PageDesc>,
+/// A sparse, lazily initialised per-frame table (Linux SPARSEMEM's section map): frames
+/// are grouped in **sections** of `2^shift` frames, and a table of `u32` entries maps each
+/// section to the block of element storage that holds its elements. Only sections that are
+/// present get a block of their own; the others share blocks written once (a block of
+/// hole descriptors, say), so a table over a span with large holes costs 4 bytes per
+/// section of hole, not an element per frame. Used for the buddy's memmap and the facade's
+/// page-owner table.
+///
+/// Blocks are taken from the element storage in order ([`alloc_block`](Self::alloc_block)),
+/// written through the raw pointer while nothing refers to them, and only then made
+/// reachable by storing their offset in a table entry with release ordering
+/// ([`publish`](Self::publish)); [`get`](Self::get) loads the entry with acquire ordering.
+/// A section is thus initialised (or re-pointed) whole, while other CPUs read the table:
+/// the lookup is one dependent load of the entry, and needs no separate check of how far
+/// the table is initialised, because every entry points at an initialised block from
+/// construction on. Writers are serialised by a lock inside the map.
+///
+/// Invariant: every entry is the bias (`bias`) of a block offset `off` with `off + 2^shift
+/// <= written <= cap`, and the elements `..written` are initialised and never written again
+/// except through `&T`.
+pub struct SectionMap<'m, T> {
+    table: &'m [AtomicU32],
+    /// Per block of storage, the section it holds (`u32::MAX`: none, or shared), when the
+    /// map keeps the reverse direction (`slot` / `index_of_slot`); empty otherwise.
+    rev: &'m [AtomicU32],
+    shift: u32,
+    mask: usize,
+    ptr: NonNull<T>,
     cap: usize,
-    /// Initialised descriptors; only grows, release-stored after they are written.
-    len: AtomicUsize,
-    /// Held by [`extend`](Self::extend) while it writes past `len`.
+    /// Elements written so far (the next block starts here); only grows, under `writer`.
+    written: AtomicUsize,
+    /// Held while a block is written.
     writer: SpinMutex<()>,
-    _storage: PhantomData<&'m mut [MaybeUninit<PageDesc>]>,
+    _storage: PhantomData<&'m mut [MaybeUninit<T>]>,
 }
 
-// SAFETY: the storage is an exclusive borrow for `'m` of `PageDesc`s (which are `Sync`:
-// atomics only). Shared access reaches only the initialised prefix, as `&PageDesc`; the
-// uninitialised part is written only by `extend` under `writer`, never read.
-unsafe impl Sync for DescStorage<'_> {}
-// SAFETY: as above; the storage is owned as a `&mut` borrow, which is `Send` for `Send` `T`.
-unsafe impl Send for DescStorage<'_> {}
+impl<T> core::fmt::Debug for SectionMap<'_, T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("SectionMap")
+            .field("sections", &self.table.len())
+            .field("shift", &self.shift)
+            .field("written", &self.written.load(Ordering::Relaxed))
+            .field("cap", &self.cap)
+            .finish()
+    }
+}
 
-impl<'m> DescStorage<'m> {
-    /// Take `storage` with nothing initialised; writes nothing.
-    pub fn new(storage: &'m mut [MaybeUninit<PageDesc>]) -> Self {
-        Self {
+// SAFETY: the map owns exclusive borrows for `'m` of its table and of its element storage.
+// Shared access reaches elements only through published entries, which point at written
+// blocks (`&T`, so `T: Sync` is required); unwritten storage is written only under
+// `writer`, never read.
+unsafe impl<T: Sync> Sync for SectionMap<'_, T> {}
+// SAFETY: as above; the borrows are `Send` for `Send` `T`.
+unsafe impl<T: Send + Sync> Send for SectionMap<'_, T> {}
+
+/// The panic of a block allocation past the storage's end.
+#[cold]
+#[inline(never)]
+fn storage_exhausted() -> ! {
+    panic!("section map storage exhausted")
+}
+
+/// The panic of a lookup past the last section: out of line and without arguments, so the
+/// check costs the fast path a compare and a branch only.
+#[cold]
+#[inline(never)]
+fn past_the_last_section() -> ! {
+    panic!("a frame past the last section of a section map")
+}
+
+/// Slots of `T` that hold `n` `u32` table entries (the buddy keeps its tables at the
+/// start of the memmap storage), saturating.
+pub(crate) const fn table_slots_saturating<T>(nr_sections: usize) -> usize {
+    nr_sections.div_ceil(core::mem::size_of::<T>() / 4)
+}
+
+impl<'m, T> SectionMap<'m, T> {
+    /// A map of `table.len()` sections of `2^shift` elements over `storage`, whose first
+    /// block (offset 0) is written with `fill(i)` for `i` in `0..2^shift` and is where every
+    /// entry points until published otherwise. Writes the table and that one block only.
+    /// Panics if the storage cannot hold one block or exceeds `u32` offsets.
+    pub fn new(
+        table: &'m mut [MaybeUninit<AtomicU32>],
+        storage: &'m mut [MaybeUninit<T>],
+        shift: u32,
+        fill: impl FnMut(usize) -> T,
+    ) -> Self {
+        Self::with_reverse(table, &mut [], storage, shift, fill)
+    }
+
+    /// [`new`](Self::new) keeping the reverse direction too, in `rev` (one entry per block
+    /// of storage): then [`index_of_slot`](Self::index_of_slot) answers.
+    pub fn with_reverse(
+        table: &'m mut [MaybeUninit<AtomicU32>],
+        rev: &'m mut [MaybeUninit<AtomicU32>],
+        storage: &'m mut [MaybeUninit<T>],
+        shift: u32,
+        fill: impl FnMut(usize) -> T,
+    ) -> Self {
+        let sec = 1usize << shift;
+        assert!(
+            storage.len() >= sec,
+            "section map storage smaller than a section"
+        );
+        assert!(
+            u32::try_from(storage.len()).is_ok(),
+            "section map storage too large"
+        );
+        let this = Self {
+            ptr: NonNull::from(&mut *storage).cast(),
             cap: storage.len(),
-            ptr: NonNull::from(storage).cast(),
-            len: AtomicUsize::new(0),
+            table: &[],
+            rev: &[],
+            shift,
+            mask: sec - 1,
+            written: AtomicUsize::new(0),
             writer: SpinMutex::new(()),
             _storage: PhantomData,
+        };
+        let first = this.alloc_block(fill);
+        debug_assert_eq!(first, 0);
+        let table = init_slice(table, |s| AtomicU32::new(Self::bias(0, s, shift)));
+        let rev = init_slice(rev, |_| AtomicU32::new(u32::MAX));
+        Self { table, rev, ..this }
+    }
+
+    /// The buddy's form: the table and the reverse table (`nr_blocks` entries) in the first
+    /// slots of `storage` ([`table_slots_saturating`]), the
+    /// blocks after it.
+    pub(crate) fn new_in_one(
+        storage: &'m mut [MaybeUninit<T>],
+        nr_sections: usize,
+        nr_blocks: usize,
+        shift: u32,
+        fill: impl FnMut(usize) -> T,
+    ) -> Self {
+        const { assert!(core::mem::align_of::<T>() >= core::mem::align_of::<AtomicU32>()) };
+        const { assert!(core::mem::size_of::<T>() % 4 == 0) };
+        let (head, rest) = storage.split_at_mut(table_slots_saturating::<T>(nr_sections));
+        let (rev, rest) = rest.split_at_mut(table_slots_saturating::<T>(nr_blocks));
+        Self::with_reverse(
+            &mut Self::as_words(head)[..nr_sections],
+            &mut Self::as_words(rev)[..nr_blocks],
+            rest,
+            shift,
+            fill,
+        )
+    }
+
+    /// `slots` as the uninitialised `u32` words they are made of.
+    fn as_words(slots: &'m mut [MaybeUninit<T>]) -> &'m mut [MaybeUninit<AtomicU32>] {
+        let words = slots.len() * core::mem::size_of::<T>() / 4;
+        // SAFETY: `slots` is exclusively borrowed for `'m`; its bytes are `words * 4`
+        // bytes aligned at least as `AtomicU32` (checked by `new_in_one`'s assertions), and
+        // `MaybeUninit` has no validity requirement, so viewing them as `words`
+        // uninitialised `AtomicU32`s is sound, and the borrow moves into the new slice.
+        unsafe {
+            core::slice::from_raw_parts_mut(
+                slots.as_mut_ptr().cast::<MaybeUninit<AtomicU32>>(),
+                words,
+            )
         }
     }
 
-    /// No storage (absent nodes).
+    /// No sections (absent nodes).
     pub const fn empty() -> Self {
         Self {
+            table: &[],
+            rev: &[],
+            shift: 0,
+            mask: 0,
             ptr: NonNull::dangling(),
             cap: 0,
-            len: AtomicUsize::new(0),
+            written: AtomicUsize::new(0),
             writer: SpinMutex::new(()),
             _storage: PhantomData,
         }
     }
 
-    /// Descriptors initialised so far.
+    /// Sections in the map.
     #[inline]
-    pub fn len(&self) -> usize {
-        self.len.load(Ordering::Acquire)
+    pub fn sections(&self) -> usize {
+        self.table.len()
     }
 
-    /// The initialised descriptors.
+    /// Elements per section, as a shift.
     #[inline]
-    pub fn initialised(&self) -> &'m [PageDesc] {
-        let n = self.len.load(Ordering::Acquire);
-        // SAFETY: `ptr` is the start of `cap` `PageDesc` slots borrowed for `'m` (`new`),
-        // and `n <= cap` (`extend` never stores more). The acquire load pairs with the
-        // release store in `extend` that published `n`, after every one of the first `n`
-        // slots was written: they are initialised. Nobody writes them again except through
-        // `&PageDesc` (atomics), so shared references to them are sound for `'m`.
-        unsafe { core::slice::from_raw_parts(self.ptr.as_ptr(), n) }
+    pub fn shift(&self) -> u32 {
+        self.shift
     }
 
-    /// Initialise descriptors `len..new_len` with `f(index)` and publish them; does nothing if
-    /// `new_len <= len`. Panics if `new_len` exceeds the capacity (before writing anything).
-    pub fn extend(&self, new_len: usize, mut f: impl FnMut(usize) -> PageDesc) {
-        assert!(new_len <= self.cap, "memmap storage overrun");
+    /// Elements written so far (shared blocks included): the storage in use.
+    pub fn written(&self) -> usize {
+        self.written.load(Ordering::Relaxed)
+    }
+
+    /// Elements of storage.
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    /// Take the next block of storage, write its elements with `f(i)` for `i` in
+    /// `0..2^shift`, and return its offset, for [`publish`](Self::publish). Panics, writing
+    /// nothing, if the storage is exhausted.
+    pub fn alloc_block(&self, mut f: impl FnMut(usize) -> T) -> u32 {
         let _w = self.writer.lock();
-        let old = self.len.load(Ordering::Relaxed);
-        for i in old..new_len {
-            // SAFETY: `i < new_len <= cap`, so the slot is inside the borrowed storage. It is
-            // at or past `len`, so no reference to it exists (`initialised` covers `..len`
-            // only) and no other writer runs (we hold `writer`): a plain write is exclusive.
-            unsafe { self.ptr.as_ptr().add(i).write(f(i)) };
+        let (base, off, sec) = self.next_block();
+        for i in 0..sec {
+            // SAFETY: `next_block` checked that the block `off..off + sec` is inside the
+            // borrowed storage; it is at or past `written`, so no entry points into it and no
+            // reference to it exists, and no other writer runs (we hold `writer`): plain
+            // writes are exclusive.
+            unsafe { base.add(i).write(f(i)) };
         }
-        if new_len > old {
-            self.len.store(new_len, Ordering::Release);
+        self.written.store(off + sec, Ordering::Release);
+        off as u32
+    }
+
+    /// The next block of storage (its first element, offset and length); panics if the
+    /// storage is exhausted. Kept out of the generic `alloc_block`, whose frame is on the
+    /// boot stack.
+    #[inline(never)]
+    fn next_block(&self) -> (*mut T, usize, usize) {
+        let sec = self.mask + 1;
+        let off = self.written.load(Ordering::Relaxed);
+        if off + sec > self.cap {
+            storage_exhausted();
         }
+        // SAFETY: `off + sec <= cap`: the offset is inside the borrowed storage.
+        (unsafe { self.ptr.as_ptr().add(off) }, off, sec)
+    }
+
+    /// The table entry pointing section `section` at the block at `off`: the offset minus
+    /// the section's first index, modulo 2^32, so that a lookup adds the index to it with no
+    /// masking (`(off - (s << shift) + idx) mod 2^32 = off + (idx & mask)`, which is below
+    /// the storage size, itself below 2^32).
+    #[inline]
+    fn bias(off: u32, section: usize, shift: u32) -> u32 {
+        off.wrapping_sub(((section as u64) << shift) as u32)
+    }
+
+    /// Point section `section` at the block at `off` (from [`alloc_block`](Self::alloc_block),
+    /// or 0 for the shared first block). Readers that load the entry afterwards see the
+    /// block's elements as written. Panics on a section or offset out of range.
+    pub fn publish(&self, section: usize, off: u32) {
+        let _w = self.writer.lock();
+        assert!(
+            off as usize & self.mask == 0
+                && off as usize + self.mask < self.written.load(Ordering::Relaxed),
+            "publishing an unwritten block"
+        );
+        if let Some(r) = self.rev.get(off as usize >> self.shift) {
+            r.store(section as u32, Ordering::Relaxed);
+        }
+        self.table[section].store(Self::bias(off, section, self.shift), Ordering::Release);
+    }
+
+    /// The block offset section `section` points at.
+    #[inline]
+    pub fn entry(&self, section: usize) -> u32 {
+        let b = self.table[section].load(Ordering::Acquire);
+        b.wrapping_add(((section as u64) << self.shift) as u32)
+    }
+
+    /// The element of index `idx` (section `idx >> shift`). Panics on an index past the
+    /// last section.
+    #[inline]
+    pub fn get(&self, idx: u64) -> &'m T {
+        let s = (idx >> self.shift) as usize;
+        if s >= self.table.len() {
+            past_the_last_section();
+        }
+        // SAFETY: `s` is below the table's length (checked just above).
+        let b = unsafe { self.table.get_unchecked(s) }.load(Ordering::Acquire);
+        let i = b.wrapping_add(idx as u32) as usize;
+        debug_assert!(i < self.written.load(Ordering::Relaxed));
+        // SAFETY: the entry is the bias of a written block (`off + 2^shift <= written <=
+        // cap`, the type invariant kept by `new` and `publish`), so `i = off + (idx & mask)`
+        // (`bias`) is inside that block; the
+        // acquire load pairs with the release store of `publish`, which came after the
+        // block was written. Written elements are only ever accessed as `&T` afterwards.
+        unsafe { &*self.ptr.as_ptr().add(i) }
+    }
+
+    /// The element of index `idx`, or `None` past the last section (one compare).
+    #[inline]
+    pub fn try_get(&self, idx: u64) -> Option<&'m T> {
+        let b = self
+            .table
+            .get((idx >> self.shift) as usize)?
+            .load(Ordering::Acquire);
+        let i = b.wrapping_add(idx as u32) as usize;
+        // SAFETY: as in `get`.
+        Some(unsafe { &*self.ptr.as_ptr().add(i) })
+    }
+
+    /// The storage slot of the element of index `idx` (for links between elements that
+    /// need no table lookup: [`at_slot`](Self::at_slot)). Panics past the last section.
+    #[inline]
+    pub fn slot(&self, idx: u64) -> u32 {
+        let s = (idx >> self.shift) as usize;
+        if s >= self.table.len() {
+            past_the_last_section();
+        }
+        // SAFETY: `s` is below the table's length (checked just above).
+        let b = unsafe { self.table.get_unchecked(s) }.load(Ordering::Acquire);
+        b.wrapping_add(idx as u32)
+    }
+
+    /// The element in storage slot `slot` (from [`slot`](Self::slot)). Panics on a slot
+    /// not written.
+    #[inline]
+    pub fn at_slot(&self, slot: u32) -> &'m T {
+        if slot as usize >= self.written.load(Ordering::Acquire) {
+            past_the_last_section();
+        }
+        // SAFETY: the slot is below `written` (checked above; the acquire load pairs with
+        // the release ordering that published the block, see `alloc_block`), so it is an
+        // initialised element inside the storage, only ever accessed as `&T` from now on.
+        unsafe { &*self.ptr.as_ptr().add(slot as usize) }
+    }
+
+    /// The index whose element is in storage slot `slot` of a block published to a
+    /// section, with the reverse direction kept ([`with_reverse`](Self::with_reverse)).
+    #[inline]
+    pub fn index_of_slot(&self, slot: u32) -> u64 {
+        let s = self.rev[slot as usize >> self.shift].load(Ordering::Relaxed);
+        (u64::from(s) << self.shift) | (slot as usize & self.mask) as u64
+    }
+
+    /// The elements of `[idx, idx + n)`, which must lie in one section (panics otherwise).
+    #[inline]
+    pub fn get_run(&self, idx: u64, n: u64) -> &'m [T] {
+        let off = idx as usize & self.mask;
+        assert!(off + n as usize <= self.mask + 1, "a run crosses a section");
+        let e = self.entry((idx >> self.shift) as usize);
+        // SAFETY: as in `get`: the `n` elements from `e + off` are inside one written block.
+        unsafe { core::slice::from_raw_parts(self.ptr.as_ptr().add(e as usize + off), n as usize) }
     }
 }
 
@@ -255,7 +521,7 @@ pub(crate) fn zero_range(mapper: &dyn PhysMapper, range: PhysRange) -> bool {
 mod tests {
     use super::*;
     use crate::testutil::mib;
-    use crate::{memmap_len, BuddyAllocator, NodeInit};
+    use crate::{memmap_len, BuddyAllocator, NodeInit, PageDesc};
     use mmkit_addr::host::HostPlatform;
     use mmkit_addr::Pfn;
     use std::vec::Vec;
@@ -298,7 +564,12 @@ mod tests {
             let bytes: [u8; 16] = unsafe { slot.as_ptr().cast::<[u8; 16]>().read() };
             bytes == [PAINT; 16]
         };
-        assert!(storage[..2048].iter().all(|s| !painted(s)));
-        assert!(storage[2048..].iter().all(painted));
+        // Layout: the section table (16 entries, 4 slots), the reverse table (17 entries, 5
+        // slots), the shared hole block, then the blocks of the two sections initialised so
+        // far; nothing else is written.
+        assert_eq!(storage.len(), 4 + 5 + 17 * 1024);
+        let written = 4 + 5 + 3 * 1024;
+        assert!(storage[..written].iter().all(|s| !painted(s)));
+        assert!(storage[written..].iter().all(painted));
     }
 }

@@ -137,7 +137,7 @@ fn walk_list(
     let mut cur = list.head;
     let mut n = 0u64;
     while cur != NIL {
-        if cur as usize >= mm.len() || n > zone.spanned() {
+        if cur as usize >= mm.map.written() || n > zone.spanned() {
             return Err(corrupt);
         }
         let d = mm.at(cur);
@@ -168,6 +168,10 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             self.verify_deferred(nid, node)?;
             let mut pfn = node.mm.base;
             while pfn < node.mm.end() {
+                if let Some(next) = node.mm.skip_hole_section(pfn) {
+                    pfn = next;
+                    continue;
+                }
                 if !node.zones.iter().any(|z| z.contains(pfn))
                     && node.mm.desc(pfn).state() != PageState::Hole
                 {
@@ -340,6 +344,10 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         }
         let mut pb = z.zone.start.div_ceil(pages) * pages;
         while pb + pages <= z.zone.init_end(z.mm) {
+            if let Some(next) = z.mm.skip_hole_section(pb) {
+                pb = next;
+                continue;
+            }
             let (free, movable) = z.count_pageblock(pb);
             for (what, tally, actual) in [
                 ("free", z.pageblock_free_small(pb), free),
@@ -367,6 +375,10 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         let mut pfn = zone.start;
         let end = zone.init_end(mm);
         while pfn < end {
+            if let Some(next) = mm.skip_hole_section(pfn) {
+                pfn = next;
+                continue;
+            }
             let f = mm.desc(pfn).flags();
             let order = f.order;
             match f.state {
