@@ -248,6 +248,20 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
         Ok(())
     }
 
+    /// Atomically update the low 32 bits of `pfn`'s private word, a frame of an allocated
+    /// block (`AtomicU32::fetch_update`: `f` gets the current value and returns the new one,
+    /// or `None` to leave it): `Ok(previous)` if it was updated, `Err(current)` if `f`
+    /// declined. The high half is untouched. For owners that keep a count there (the facade
+    /// keeps page-table share counts, as Linux keeps a table page's `pt_share_count`).
+    #[inline]
+    pub fn update_page_private_low(
+        &self,
+        pfn: Pfn,
+        f: impl FnMut(u32) -> Option<u32>,
+    ) -> Result<Result<u32, u32>, PrivateError> {
+        Ok(self.allocated_desc(pfn.as_u64())?.update_private_low(f))
+    }
+
     /// The private word of `pfn`, a frame of an allocated block: what its owner last
     /// stored. A block's first frame reads 0 right after allocation; other frames are
     /// unspecified until set.

@@ -39,7 +39,7 @@
 
 use core::sync::atomic::{
     AtomicU32, AtomicU64,
-    Ordering::{Acquire, Relaxed, Release},
+    Ordering::{AcqRel, Acquire, Relaxed, Release},
 };
 
 use static_assertions::const_assert;
@@ -337,6 +337,12 @@ impl PageDesc {
     pub(crate) fn set_private(&self, v: u64) {
         self.set_next(v as u32);
         self.set_prev((v >> 32) as u32);
+    }
+
+    /// `fetch_update` on the low half of the private word (the high half is untouched).
+    #[inline]
+    pub(crate) fn update_private_low(&self, f: impl FnMut(u32) -> Option<u32>) -> Result<u32, u32> {
+        self.next.fetch_update(AcqRel, Acquire, f)
     }
 
     /// Pageblock type (meaningful on the first frame of a pageblock).
