@@ -28,7 +28,8 @@ use mmkit::pgtable::PagingFormat;
 use mmkit::{MemInfo, Mm};
 
 use crate::cmdline;
-use crate::harness::{CheckResult, Harness};
+use crate::harness::{CheckResult, Harness, Reason};
+use crate::mm_checks::MovableFigures;
 use crate::smp::MAX_CPUS;
 use crate::stress::SmpKernel;
 use crate::{ensure, fail};
@@ -107,6 +108,34 @@ pub fn plan<W: Write>(h: &mut Harness<W>, cmdline: &str) -> (Option<u64>, Comple
             (None, Completion::OnDemand)
         }
     }
+}
+
+/// The movable check (`movable_pages_migrate_under_compaction`, `check` running
+/// [`movable_pages_compact`](crate::mm_checks::movable_pages_compact)) as deferral allows
+/// it: skipped while the deferred memory waits for the SMP part ([`before_movable_check`]),
+/// its figures printed, then [`after_movable_check`].
+pub fn movable_check<'m, W, P, F>(
+    h: &mut Harness<W>,
+    mm: &mut Mm<'m, P, F>,
+    completion: Completion,
+    check: impl FnOnce(&mut Mm<'m, P, F>) -> Result<MovableFigures, Reason>,
+) where
+    W: Write,
+    P: IrqControl,
+    F: PagingFormat,
+{
+    let Some(before) = before_movable_check(h, mm, completion) else {
+        return;
+    };
+    let mut figures = None;
+    h.run("movable_pages_migrate_under_compaction", || {
+        figures = Some(check(mm)?);
+        Ok(())
+    });
+    if let Some(f) = figures {
+        let _ = writeln!(h.out(), "mmkit-qemu: movable: {f}");
+    }
+    after_movable_check(h, mm, &before);
 }
 
 /// Before the movable check: `Some(meminfo)` if it is to run, `None` (and the check reported

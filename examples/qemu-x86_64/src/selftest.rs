@@ -543,18 +543,9 @@ fn facade_sequence(
         h.run("vmalloc_through_the_live_table", || {
             mm_checks::vmalloc_through_live_tables(&mut mm, &mut tlb, &facade::probe)
         });
-        if let Some(before) = deferred::before_movable_check(h, &mm, completion) {
-            let mut figures = None;
-            h.run("movable_pages_migrate_under_compaction", || {
-                let f = mm_checks::movable_pages_compact(&mut mm, &facade::MOVER_TLB, &mut tlb)?;
-                figures = Some(f);
-                Ok(())
-            });
-            if let Some(f) = figures {
-                println!("mmkit-qemu: movable: {f}");
-            }
-            deferred::after_movable_check(h, &mm, &before);
-        }
+        deferred::movable_check(h, &mut mm, completion, |mm| {
+            mm_checks::movable_pages_compact(mm, &facade::MOVER_TLB, &mut tlb)
+        });
         if let Some(Ok(r)) = mm.with_page_table(|pt| pt.verify()) {
             println!(
                 "mmkit-qemu: mm page table: {} tables, {} leaves, {} MiB mapped; table frames from the buddy",
