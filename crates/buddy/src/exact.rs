@@ -86,6 +86,21 @@ fn frames_free(z: &ZoneLocked<'_, '_>, a: u64, b: u64) -> bool {
     true
 }
 
+/// Free `[start, end)` to the zone `z` holds, as its aligned [`pieces`]. Each piece lies
+/// inside one pageblock or covers whole ones, whose types it takes pageblock by pageblock,
+/// as `free_pages` does.
+fn free_pieces(z: &mut ZoneLocked<'_, '_>, start: u64, end: u64, pbo: u32) {
+    for (p, o) in pieces(start, end) {
+        let step = o.min(pbo);
+        let mut q = p;
+        while q < p + (1u64 << o) {
+            let t = z.pageblock_type(q);
+            z.free_one_page(q, step, t, false);
+            q += 1u64 << step;
+        }
+    }
+}
+
 /// Take `[a, b)`, every frame of it free ([`frames_free`]), off the zone's free lists: each
 /// free block overlapping it leaves the lists and its parts outside `[a, b)` go back as the
 /// aligned blocks they cut into (none of which can merge: each one's buddy overlaps the
@@ -160,17 +175,7 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             node.mm.tally_movable(p, o, mt, pbo, true);
         }
         let mut z = self.lock(node, zone);
-        for (p, o) in pieces(keep, end) {
-            // Each piece lies inside one pageblock or covers whole ones of the block, whose
-            // types it takes pageblock by pageblock, as `free_pages` does.
-            let step = o.min(pbo);
-            let mut q = p;
-            while q < p + (1u64 << o) {
-                let t = z.pageblock_type(q);
-                z.free_one_page(q, step, t, false);
-                q += 1u64 << step;
-            }
-        }
+        free_pieces(&mut z, keep, end, pbo);
     }
 
     /// Free the `nr` frames at `pfn` that [`alloc_pages_exact`](Self::alloc_pages_exact)
@@ -285,16 +290,7 @@ impl<'m, P: IrqControl> BuddyAllocator<'m, P> {
             mm.desc(p).set_allocated(o, mt);
             mm.tally_movable(p, o, mt, pbo, true);
         }
-        for (p, o) in pieces(end, old_end) {
-            // Pageblock by pageblock above a pageblock, as `free_pages` frees.
-            let step = o.min(pbo);
-            let mut q = p;
-            while q < p + (1u64 << o) {
-                let t = z.pageblock_type(q);
-                z.free_one_page(q, step, t, false);
-                q += 1u64 << step;
-            }
-        }
+        free_pieces(&mut z, end, old_end, pbo);
         Ok(())
     }
 
