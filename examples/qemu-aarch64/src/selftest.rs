@@ -565,24 +565,10 @@ fn facade_sequence(
     });
     if identity {
         h.run("mm_frees_the_interim_table_pool", || {
-            // Frames past a deferred boundary join the deferred part instead.
-            let managed = |i: mmkit::MemInfo| (i.total_kb + i.deferred_kb) / (PAGE_SIZE / 1024);
-            let before = managed(mm.meminfo());
             // SAFETY: TTBR0 and TTBR1 now hold tables whose frames come from the buddy, and
             // the TLBs were invalidated after each switch; the interim tables in `pool` are no
             // longer walked or written, and nothing else lives in the pool.
-            let freed = unsafe { mm.free_reserved_range(pool) }
-                .map_err(|e| Reason::new(format_args!("{e}")))?;
-            ensure!(
-                freed == pool.len() / PAGE_SIZE,
-                "freed {freed} frames of a {}-frame pool",
-                pool.len() / PAGE_SIZE
-            );
-            ensure!(
-                managed(mm.meminfo()) == before + freed,
-                "managed and deferred frames did not grow by {freed}"
-            );
-            mm.verify().map_err(|e| Reason::new(format_args!("{e}")))
+            unsafe { mm_checks::frees_reserved_pool(&mut mm, pool) }
         });
         h.run("mm_ttbr0_kernel_image_is_w_xor_x", || {
             write_faults(

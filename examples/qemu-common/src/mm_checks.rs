@@ -31,11 +31,11 @@ use core::fmt::Write;
 use core::ptr::NonNull;
 
 use mmkit::addr::Pfn;
-use mmkit::addr::{IrqControl, Order, VirtAddr, PAGE_SIZE};
+use mmkit::addr::{IrqControl, Order, PhysRange, VirtAddr, PAGE_SIZE};
 use mmkit::buddy::GfpFlags;
 use mmkit::pgtable::{PagingFormat, TlbInvalidate};
 use mmkit::slab::CacheConfig;
-use mmkit::{Mm, MovableError, MoverTlb, VmallocError};
+use mmkit::{MemInfo, Mm, MovableError, MoverTlb, VmallocError};
 
 use crate::harness::{CheckResult, Harness, Reason};
 use crate::rawmem;
@@ -80,6 +80,35 @@ pub fn run<W: Write, P: IrqControl + Sync, F: PagingFormat>(
             .map_err(|e| Reason::new(format_args!("verify: {e:?}")))
     });
     let _ = write!(h.out(), "{}", mm.report());
+}
+
+/// `mm_frees_the_interim_table_pool`: the kernel's boot page-table pool goes back to the
+/// buddy with [`Mm::free_reserved_range`]: every frame of it is freed, and `MemTotal` plus
+/// `Deferred` grow by exactly that (frames past a deferred boundary join the deferred part),
+/// with `verify` clean afterwards.
+///
+/// # Safety
+/// As [`Mm::free_reserved_range`] for `pool`: nothing uses its frames any more.
+pub unsafe fn frees_reserved_pool<P: IrqControl + Sync, F: PagingFormat>(
+    mm: &mut Mm<'_, P, F>,
+    pool: PhysRange,
+) -> CheckResult {
+    let managed = |i: MemInfo| (i.total_kb + i.deferred_kb) / (PAGE_SIZE / 1024);
+    let before = managed(mm.meminfo());
+    // SAFETY: the caller's promise.
+    let freed =
+        unsafe { mm.free_reserved_range(pool) }.map_err(|e| Reason::new(format_args!("{e}")))?;
+    ensure!(
+        freed == pool.len() / PAGE_SIZE,
+        "freed {freed} frames of a {}-frame pool",
+        pool.len() / PAGE_SIZE
+    );
+    ensure!(
+        managed(mm.meminfo()) == before + freed,
+        "managed and deferred frames did not grow by {freed}"
+    );
+    mm.verify()
+        .map_err(|e| Reason::new(format_args!("verify: {e:?}")))
 }
 
 fn serves_every_size<P: IrqControl, F: PagingFormat>(mm: &Mm<'_, P, F>) -> CheckResult {
