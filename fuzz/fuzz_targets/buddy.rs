@@ -21,13 +21,13 @@ use mmkit_addr::host::HostPlatform;
 use mmkit_addr::{Order, Pfn, PhysAddr, PhysRange};
 use mmkit_buddy::{
     exact_pieces, memmap_len, pcp_storage_len, AllocError, BuddyAllocator, BuddyConfig,
-    CompactError, CompactOutcome, CoreSize, GfpFlags, IsolateError, MigrateError,
-    MigrateType, MoverError, NodeInit, PageDesc, PerCpuPages, ResizeError, ZoneType,
+    CompactError, CompactOutcome, CoreSize, GfpFlags, IsolateError, MigrateError, MigrateType,
+    MoverError, NodeInit, PageDesc, PerCpuPages, ZoneType,
 };
 
 #[path = "../../crates/buddy/tests/common/owner.rs"]
 mod owner;
-use owner::{deferred_step_checked, Behaviour, FreeSnapshot, Owner};
+use owner::{deferred_step_checked, resize_exact_checked, Behaviour, FreeSnapshot, Owner};
 
 #[derive(Arbitrary, Debug)]
 enum Action {
@@ -133,7 +133,9 @@ enum Action {
     },
     /// `pfn_valid` of a frame (the sparse memmap: 8..12 MiB is a whole section of hole,
     /// sharing the hole block; deferred frames are not valid until initialised).
-    PfnValid { frame: u16 },
+    PfnValid {
+        frame: u16,
+    },
 }
 
 /// Frame numbers and counts at the extremes: 0, 1, a pageblock and one short of it, the
@@ -294,25 +296,7 @@ fuzz_target!(|input: Input| {
                 let gfp = GfpFlags::from_bits_truncate(u32::from(flags)) & !GfpFlags::ZERO;
                 let (nr, new_nr) = (u64::from(nr % 1100).max(1), u64::from(new_nr % 1100).max(1));
                 if let Ok(p) = b.alloc_pages_exact(usize::from(node % 3), gfp, nr) {
-                    let before = b.total_free() + b.total_pcp();
-                    let wrong = (nr + 1).next_power_of_two();
-                    assert!(matches!(
-                        b.resize_pages_exact(p, wrong, new_nr),
-                        Err(ResizeError::Free(_))
-                    ));
-                    assert_eq!(b.total_free() + b.total_pcp(), before);
-                    let size = match b.resize_pages_exact(p, nr, new_nr) {
-                        Ok(()) => {
-                            assert_eq!(b.total_free() + b.total_pcp() + new_nr, before + nr);
-                            new_nr
-                        }
-                        Err(e) => {
-                            assert_eq!(e, ResizeError::NotInPlace);
-                            assert!(new_nr > nr);
-                            assert_eq!(b.total_free() + b.total_pcp(), before);
-                            nr
-                        }
-                    };
+                    let size = resize_exact_checked(&b, p, nr, new_nr);
                     if keep {
                         for (q, o) in exact_pieces(p, size) {
                             adopt(q, o.get(), is_movable(gfp), false);

@@ -13,12 +13,12 @@
 
 mod common;
 
-use common::owner::{deferred_step_checked, Behaviour, FreeSnapshot, Owner};
+use common::owner::{deferred_step_checked, resize_exact_checked, Behaviour, FreeSnapshot, Owner};
 use common::{build, mib, TestBuddy};
 use mmkit_addr::{Order, Pfn};
 use mmkit_buddy::{
     exact_pieces, AllocError, BuddyConfig, CompactError, CompactOutcome, FreeError, GfpFlags,
-    MigrateError, MigrateType, MoverError, MoverId, ResizeError, ZoneType,
+    MigrateError, MigrateType, MoverError, MoverId, ZoneType,
 };
 use proptest::prelude::*;
 
@@ -320,27 +320,7 @@ fn run(actions: Vec<Action>, c: Config) {
                 let gfp = FLAGS[flags];
                 match b.alloc_pages_exact(node, gfp, nr) {
                     Ok(pfn) => {
-                        let before = b.total_free() + b.total_pcp();
-                        // A count whose first piece is larger than this allocation's is
-                        // refused, changing nothing.
-                        let wrong = (nr + 1).next_power_of_two();
-                        assert!(matches!(
-                            b.resize_pages_exact(pfn, wrong, new_nr),
-                            Err(ResizeError::Free(_))
-                        ));
-                        assert_eq!(b.total_free() + b.total_pcp(), before);
-                        let size = match b.resize_pages_exact(pfn, nr, new_nr) {
-                            Ok(()) => {
-                                assert_eq!(b.total_free() + b.total_pcp() + new_nr, before + nr);
-                                new_nr
-                            }
-                            Err(e) => {
-                                assert_eq!(e, ResizeError::NotInPlace);
-                                assert!(new_nr > nr, "shrinking always works");
-                                assert_eq!(b.total_free() + b.total_pcp(), before);
-                                nr
-                            }
-                        };
+                        let size = resize_exact_checked(&b, pfn, nr, new_nr);
                         for (p, o) in exact_pieces(pfn, size) {
                             assert_eq!(b.allocated_block(p), Some((p, o)));
                         }

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
 use mmkit_addr::{IrqControl, Order, Pfn};
-use mmkit_buddy::{BuddyAllocator, DeferredError, MoveError, Mover, MoverId};
+use mmkit_buddy::{BuddyAllocator, DeferredError, MoveError, Mover, MoverId, ResizeError};
 
 /// One live block, as its owner knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -391,6 +391,38 @@ pub fn deferred_step_checked<P: IrqControl>(
             };
             assert_eq!(e, want);
             before.assert_unchanged(b, "refused deferred step");
+        }
+    }
+}
+
+/// One `resize_pages_exact` of a fresh exact allocation of `nr` frames at `pfn` to `new_nr`,
+/// held to its contract, for the state-machine test and the fuzz target: a count whose first
+/// piece is larger than the allocation's is refused and changes nothing; a resize that works
+/// moves exactly the difference between the free lists and the allocation; one that cannot
+/// stay in place (only growth may fail) changes nothing. Returns the allocation's size now.
+pub fn resize_exact_checked<P: IrqControl>(
+    b: &BuddyAllocator<'_, P>,
+    pfn: Pfn,
+    nr: u64,
+    new_nr: u64,
+) -> u64 {
+    let before = b.total_free() + b.total_pcp();
+    let wrong = (nr + 1).next_power_of_two();
+    assert!(matches!(
+        b.resize_pages_exact(pfn, wrong, new_nr),
+        Err(ResizeError::Free(_))
+    ));
+    assert_eq!(b.total_free() + b.total_pcp(), before);
+    match b.resize_pages_exact(pfn, nr, new_nr) {
+        Ok(()) => {
+            assert_eq!(b.total_free() + b.total_pcp() + new_nr, before + nr);
+            new_nr
+        }
+        Err(e) => {
+            assert_eq!(e, ResizeError::NotInPlace);
+            assert!(new_nr > nr, "shrinking always works");
+            assert_eq!(b.total_free() + b.total_pcp(), before);
+            nr
         }
     }
 }
